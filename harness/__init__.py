@@ -1,0 +1,1 @@
+"""mailflow harness: lab, traces, replay, expectations, targets and reports."""

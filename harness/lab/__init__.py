@@ -1,0 +1,1 @@
+"""The lab: fake network services (DNS, SMTP peers, directory) that traces run against."""

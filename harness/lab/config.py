@@ -1,0 +1,252 @@
+"""Lab files: load, validate and resolve one world into addresses, records and an organization.
+
+A lab file is checked against `harness/schemas/lab.schema.json`, then for what a schema cannot say
+(host names that must exist, addresses that must stay on loopback). Every error names the file, the
+line and the field. Addresses are `network.base + addr`, so the same file relocates to another base
+and port offset when several labs run side by side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import yamlsource
+from harness.lab.dns import Fault, Record, ptr_name
+from reference_mta import topology
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+LAB_NETWORKS = (ipaddress.IPv4Network("127.0.0.0/8"),)
+NETNS_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+@dataclass(frozen=True)
+class SinkRule:
+    command: str
+    match: str | None
+    reply: str | None
+    action: str
+    delay: float
+    times: int | None
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    fqdn: str | None
+    address: str
+    kind: str  # "server", "virtual_server", "internet", "client", "dns", "gc"
+    rules: tuple[SinkRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class GlobalCatalogConfig:
+    address: str
+    port: int
+    fqdn: str
+    base_dn: str
+    directory: Path
+    bind_dn: str
+    bind_password: str
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    name: str
+    path: Path
+    base: ipaddress.IPv4Address
+    port_offset: int
+    dns_address: str
+    dns_port: int
+    records: tuple[Record, ...]
+    global_catalog: GlobalCatalogConfig
+    organization: topology.Organization
+    hosts: Mapping[str, Host] = field(default_factory=dict)
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name.lower()]
+        except KeyError:
+            raise KeyError(f"lab {self.name!r} has no host named {name!r}") from None
+
+    @property
+    def internet_hosts(self) -> list[Host]:
+        return [h for h in self.hosts.values() if h.kind == "internet"]
+
+    @property
+    def clients(self) -> list[Host]:
+        return [h for h in self.hosts.values() if h.kind == "client"]
+
+    def port(self, standard: int) -> int:
+        return standard + self.port_offset
+
+
+def lab_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A lab named in a trace (`contoso`) or given as a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_absolute() and relative_to is not None and (relative_to / candidate).exists():
+            return (relative_to / candidate).resolve()
+        return candidate.resolve()
+    return FIXTURES / "labs" / f"{name_or_path}.yaml"
+
+
+def load(path: Path, *, base: str | None = None, port_offset: int | None = None) -> LabConfig:
+    """Load and check a lab file; `base`/`port_offset` relocate it."""
+    document = yamlsource.load(path)
+    yamlsource.validate(document, "lab.schema.json")
+    data: dict[str, Any] = document.data
+    network = data["network"]
+    base_text = base if base is not None else network["base"]
+    try:
+        base_address = ipaddress.IPv4Address(base_text)
+    except ValueError as exc:
+        raise document.error(("network", "base"), f"{base_text!r} is not an IPv4 address") from exc
+    if not _is_lab_address(base_address):
+        where = "network.base" if base is None else "the base given on the command line"
+        raise document.error(
+            ("network", "base"),
+            f"{base_address} ({where}) is not a loopback address: a lab only binds inside 127.0.0.0/8",
+        )
+    offset = port_offset if port_offset is not None else network.get("port_offset", 0)
+    if offset + 691 > 65535:
+        raise document.error(
+            ("network", "port_offset"), f"port offset {offset} leaves no room for the lab's ports"
+        )
+
+    def address_of(number: int) -> str:
+        address = base_address + number
+        if not _is_lab_address(address):
+            raise ValueError(f"{address} is outside the loopback range")
+        return str(address)
+
+    hosts: dict[str, Host] = {}
+
+    def add(host: Host, location: tuple[str | int, ...]) -> None:
+        if host.name.lower() in hosts:
+            raise document.error(location, f"duplicate host name {host.name!r}")
+        taken = next(
+            (h for h in hosts.values() if h.address == host.address and h.kind != "virtual_server"), None
+        )
+        if taken is not None and host.kind != "virtual_server":
+            raise document.error(location, f"address {host.address} is already used by {taken.name!r}")
+        hosts[host.name.lower()] = host
+
+    dns_address = address_of(data["dns"]["addr"])
+    add(Host("dns", None, dns_address, "dns"), ("dns", "addr"))
+    gc_raw = data["global_catalog"]
+    add(Host("gc", gc_raw["fqdn"], address_of(gc_raw["addr"]), "gc"), ("global_catalog", "addr"))
+    for index, raw in enumerate(data["organization"]["servers"]):
+        add(
+            Host(raw["name"], raw["fqdn"], address_of(raw["addr"]), "server"),
+            ("organization", "servers", index),
+        )
+    for section in ("internet", "clients"):
+        for index, raw in enumerate(data.get(section) or []):
+            rules = tuple(_rule(r) for r in raw.get("rules") or [])
+            kind = "internet" if section == "internet" else "client"
+            add(Host(raw["name"], raw.get("fqdn"), address_of(raw["addr"]), kind, rules), (section, index))
+
+    def host_address(name: str) -> str:
+        return hosts[name.lower()].address
+
+    try:
+        organization = topology.build(data["organization"], address_of, host_address, offset)
+    except topology.TopologyError as exc:
+        raise document.error(exc.location, exc.message) from exc
+    for server in organization.servers:
+        for vs in server.virtual_servers:
+            if vs.address != server.address:
+                hosts.setdefault(
+                    f"{server.name}/{vs.name}".lower(),
+                    Host(f"{server.name}/{vs.name}", None, vs.address, "virtual_server"),
+                )
+
+    directory = (path.parent / gc_raw["directory"]).resolve()
+    if not directory.is_file():
+        raise document.error(("global_catalog", "directory"), f"directory fixture {directory} does not exist")
+    global_catalog = GlobalCatalogConfig(
+        address=host_address("gc"),
+        port=389 + offset,
+        fqdn=gc_raw["fqdn"],
+        base_dn=gc_raw["base_dn"],
+        directory=directory,
+        bind_dn=gc_raw.get("bind_dn", f"CN=Exchange Categorizer,CN=Users,{gc_raw['base_dn']}"),
+        bind_password=gc_raw.get("bind_password", "Cat-P@ssw0rd"),
+    )
+    records = _records(document, data, hosts)
+    return LabConfig(
+        name=data["name"],
+        path=path,
+        base=base_address,
+        port_offset=offset,
+        dns_address=dns_address,
+        dns_port=53 + offset,
+        records=records,
+        global_catalog=global_catalog,
+        organization=organization,
+        hosts=hosts,
+    )
+
+
+def _is_lab_address(address: ipaddress.IPv4Address) -> bool:
+    return any(address in network for network in LAB_NETWORKS)
+
+
+def _rule(raw: Mapping[str, Any]) -> SinkRule:
+    return SinkRule(
+        command=raw["command"],
+        match=raw.get("match"),
+        reply=raw.get("reply"),
+        action=raw.get("action", "reply" if raw.get("reply") else "delay"),
+        delay=float(raw.get("delay", 0.0)),
+        times=raw.get("times"),
+    )
+
+
+def _records(
+    document: yamlsource.Document, data: Mapping[str, Any], hosts: Mapping[str, Host]
+) -> tuple[Record, ...]:
+    records: list[Record] = []
+    for host in hosts.values():
+        if host.fqdn:
+            records.append(Record(host.fqdn.lower(), "A", host.address))
+            records.append(Record(ptr_name(host.address), "PTR", host.fqdn.lower() + "."))
+    for index, raw in enumerate(data["dns"].get("records") or []):
+        value = raw.get("value")
+        if "host" in raw:
+            try:
+                value = hosts[raw["host"].lower()].address
+            except KeyError:
+                raise document.error(
+                    ("dns", "records", index, "host"), f"no lab host named {raw['host']!r}"
+                ) from None
+        if raw["type"] == "A":
+            try:
+                address = ipaddress.IPv4Address(value)
+            except ValueError:
+                raise document.error(
+                    ("dns", "records", index, "value"), f"{value!r} is not an IPv4 address"
+                ) from None
+            if not _is_lab_address(address):
+                raise document.error(
+                    ("dns", "records", index, "value"),
+                    f"{address} is not a lab address: DNS may only point inside the lab",
+                )
+        fault_raw = raw.get("fault")
+        fault = (
+            Fault(
+                delay=float(fault_raw.get("delay", 0.0)),
+                servfail=fault_raw.get("servfail", False),
+                no_answer=fault_raw.get("no_answer", False),
+            )
+            if fault_raw
+            else None
+        )
+        records.append(
+            Record(raw["name"].lower().rstrip("."), raw["type"], str(value), raw.get("ttl", 300), fault)
+        )
+    return tuple(records)

@@ -1,0 +1,185 @@
+"""Outbound SMTP: carries a link queue's message to its next hop (another Exchange server, a connector's
+remote bridgehead, a smart host, or the destination domain's mail exchangers found through DNS).
+
+Resolution goes through the lab's DNS with dnspython (MX by preference, then A; a domain without MX is
+its own exchanger). The session binds the server's own address so that the next hop sees who is
+calling. Per-recipient refusals are permanent (5xx → NDR) or transient (4xx → retry); a host that
+cannot be reached or answers 4xx to the transaction makes the next address be tried, then a retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_MTA, MailMsg, Recipient
+from reference_mta.queuing import DeliveryResult, Hop
+
+
+class Unresolvable(Exception):
+    """Permanent: the name does not exist."""
+
+
+class ResolverTrouble(Exception):
+    """Transient: DNS did not answer (SERVFAIL, timeout)."""
+
+
+class SmtpDelivery:
+    def __init__(
+        self,
+        fqdn: str,
+        source_address: str,
+        resolver: dns.asyncresolver.Resolver,
+        port: int,
+        timeout: float = 30.0,
+    ) -> None:
+        self.fqdn = fqdn
+        self.source_address = source_address
+        self.resolver = resolver
+        self.port = port
+        self.timeout = timeout
+
+    async def deliver(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
+        pending = list(msg.recipients)
+        try:
+            addresses = await self._addresses(hop)
+        except Unresolvable as exc:
+            for recipient in pending:
+                recipient.fail(f"550 5.4.0 {exc}", "5.4.0", RP_ERROR_CONTEXT_MTA)
+            return DeliveryResult(delivered=[], failed=pending, deferred=[], error=str(exc))
+        except ResolverTrouble as exc:
+            return DeliveryResult(delivered=[], failed=[], deferred=pending, error=f"4.4.9 {exc}")
+        errors: list[str] = []
+        for address in addresses:
+            result = await self._session(address, msg, content, pending)
+            if result is not None:
+                return result
+            errors.append(f"{address}: {self._last_error}")
+        return DeliveryResult(delivered=[], failed=[], deferred=pending, error="; ".join(errors))
+
+    _last_error = ""
+
+    async def _session(
+        self, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient]
+    ) -> DeliveryResult | None:
+        """One SMTP transaction; None means try the next address."""
+        client = aiosmtplib.SMTP(
+            hostname=address,
+            port=self.port,
+            local_hostname=self.fqdn,
+            source_address=(self.source_address, 0),
+            timeout=self.timeout,
+            start_tls=False,
+            use_tls=False,
+        )
+        try:
+            await client.connect()
+            await client.ehlo()
+            await client.mail(msg.sender)
+            accepted: list[Recipient] = []
+            failed: list[Recipient] = []
+            deferred: list[Recipient] = []
+            for recipient in recipients:
+                try:
+                    await client.rcpt(recipient.address)
+                    accepted.append(recipient)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    text = f"{exc.code} {exc.message}"
+                    if 400 <= exc.code < 500:
+                        deferred.append(recipient)
+                    else:
+                        recipient.fail(text, _enhanced(exc.message, "5.0.0"), RP_ERROR_CONTEXT_MTA)
+                        failed.append(recipient)
+            if accepted:
+                try:
+                    await client.data(content)
+                except aiosmtplib.SMTPDataError as exc:
+                    if 400 <= exc.code < 500:
+                        deferred.extend(accepted)
+                    else:
+                        for recipient in accepted:
+                            recipient.fail(
+                                f"{exc.code} {exc.message}",
+                                _enhanced(exc.message, "5.0.0"),
+                                RP_ERROR_CONTEXT_MTA,
+                            )
+                        failed.extend(accepted)
+                    accepted = []
+            for recipient in accepted:
+                recipient.status = "relayed"
+                recipient.flags |= RP_DELIVERED
+            with contextlib.suppress(aiosmtplib.SMTPException):
+                await client.quit()
+            return DeliveryResult(delivered=accepted, failed=failed, deferred=deferred, partner=address)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code >= 500:
+                for recipient in recipients:
+                    recipient.fail(
+                        f"{exc.code} {exc.message}", _enhanced(exc.message, "5.0.0"), RP_ERROR_CONTEXT_MTA
+                    )
+                return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
+            self._last_error = f"{exc.code} {exc.message}"
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            self._last_error = f"4.4.1 {exc}"
+        finally:
+            client.close()
+        return None
+
+    async def _addresses(self, hop: Hop) -> list[str]:
+        addresses: list[str] = []
+        for target in hop.targets:
+            if target.startswith("[") and target.endswith("]"):
+                addresses.append(target[1:-1])
+            elif hop.kind == "dns":
+                for exchange in await self._mx(target):
+                    addresses.extend(await self._a(exchange))
+            else:
+                addresses.extend(await self._a(target))
+        if not addresses:
+            raise Unresolvable(f"no address for {', '.join(hop.targets)}")
+        return addresses
+
+    async def _mx(self, domain: str) -> list[str]:
+        try:
+            answer = await self.resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN as exc:
+            raise Unresolvable(f"{domain}: host not found (NXDOMAIN)") from exc
+        except dns.resolver.NoAnswer:
+            return [domain]  # RFC 5321 §5.1: no MX means the domain is its own mail exchanger
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise ResolverTrouble(f"{domain}: DNS lookup failed ({exc.__class__.__name__})") from exc
+        records = sorted(answer, key=lambda r: r.preference)
+        return [r.exchange.to_text(omit_final_dot=True) for r in records]
+
+    async def _a(self, name: str) -> list[str]:
+        try:
+            answer = await self.resolver.resolve(name, "A")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise ResolverTrouble(f"{name}: DNS lookup failed ({exc.__class__.__name__})") from exc
+        return [r.to_text() for r in answer]
+
+
+def _enhanced(text: str, default: str) -> str:
+    first = text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return first
+    return default
+
+
+def make_resolver(address: str, port: int, timeout: float = 3.0) -> dns.asyncresolver.Resolver:
+    """A resolver that asks only the given server (the lab's DNS, or the external DNS of the VS)."""
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [address]
+    resolver.port = port
+    resolver.timeout = timeout
+    resolver.lifetime = timeout
+    resolver.cache = None
+    return resolver

@@ -1,0 +1,111 @@
+"""MAILMSG: the envelope AQ carries for each message — sender, recipients with per-recipient status,
+and the message properties (client IP, HELO, authenticated user, size, ...).
+
+Property names follow the IMMPID_MP_* names of MailMsgProps.h without the prefix, so a property in a
+queue file reads like the SDK. The envelope is JSON so a queue directory can be read by a person and
+by the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# IMMPID_RP_* recipient flags (MailMsgProps.h).
+RP_HANDLED = 0x00000010
+RP_GENERAL_FAILURE = 0x00000020
+RP_DSN_HANDLED = 0x00000040
+RP_DELIVERED = 0x00000110
+RP_DSN_SENT_NDR = 0x00000450
+RP_FAILED = 0x00000830
+RP_UNRESOLVED = 0x00001030
+RP_EXPANDED = 0x00002010
+RP_ERROR_CONTEXT_STORE = 0x00100000
+RP_ERROR_CONTEXT_CAT = 0x00200000
+RP_ERROR_CONTEXT_MTA = 0x00400000
+RP_DSN_NOTIFY_SUCCESS = 0x01000000
+RP_DSN_NOTIFY_FAILURE = 0x02000000
+RP_DSN_NOTIFY_DELAY = 0x04000000
+RP_DSN_NOTIFY_NEVER = 0x08000000
+
+# MSGCLASS values.
+MSGCLASS_NORMAL = 0
+MSGCLASS_NDR = 4
+
+
+@dataclass
+class Recipient:
+    address: str
+    original: str  # DSN_PRE_CAT_ADDRESS
+    address_type: str = "SMTP"
+    flags: int = 0
+    # pending → local | remote | gateway | failed | expanded, then delivered / relayed / failed
+    status: str = "pending"
+    home_server: str | None = None  # FQDN stamped by the categorizer
+    home_mdb: str | None = None
+    user_dn: str | None = None
+    display_name: str | None = None
+    status_text: str | None = None  # SMTP_STATUS_STRING, "550 5.1.1 ..."
+    enhanced: str | None = None
+    next_hop: str | None = None
+    orcpt: str | None = None
+    notify: str | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower() if self.address_type == "SMTP" else ""
+
+    def fail(self, status_text: str, enhanced: str, context: int) -> None:
+        self.status = "failed"
+        self.status_text = status_text
+        self.enhanced = enhanced
+        self.flags |= RP_FAILED | context
+
+
+@dataclass
+class MailMsg:
+    sender: str  # "" is the null reverse-path <>
+    recipients: list[Recipient]
+    properties: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def new(cls, sender: str, recipients: list[str], **properties: Any) -> MailMsg:
+        msg = cls(sender=sender, recipients=[Recipient(address=r, original=r) for r in recipients])
+        msg.properties.update(properties)
+        msg.properties.setdefault("ARRIVAL_TIME", time.time())
+        msg.properties["NUM_RECIPIENTS"] = len(recipients)
+        return msg
+
+    @property
+    def message_id(self) -> str:
+        value: str = self.properties.get("RFC822_MSG_ID", "")
+        return value
+
+    @property
+    def size(self) -> int:
+        value: int = self.properties.get("MSG_SIZE_HINT", 0)
+        return value
+
+    def pending(self, status: str = "pending") -> list[Recipient]:
+        return [r for r in self.recipients if r.status == status]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MailMsg:
+        raw = json.loads(text)
+        return cls(
+            sender=raw["sender"],
+            recipients=[Recipient(**r) for r in raw["recipients"]],
+            properties=raw["properties"],
+            id=raw["id"],
+        )
+
+    def copy_for(self, recipients: list[Recipient]) -> MailMsg:
+        """Bifurcate: a new envelope over the same content for a subset of recipients."""
+        return MailMsg(sender=self.sender, recipients=recipients, properties=dict(self.properties))

@@ -1,0 +1,477 @@
+"""Advanced queuing engine (AQ): the queues every message passes through, and the only way components
+hand work to each other.
+
+Theory of operation. SMTP and the store driver `submit()` a MAILMSG; AQ makes it durable (content and
+envelope fsync'd, then the directory entry fsync'd) before submit returns, so the 250 reply is never
+given for a message that a crash could lose. From then on the envelope lives in exactly one named
+queue at a time, and each move rewrites its envelope file atomically:
+
+    Messages pending submission → Messages awaiting directory lookup (categorizer)
+        → Local delivery (store driver)                              → delivered
+        → Messages waiting to be routed (routing engine) → <next hop> link queue (SMTP / gateway)
+        → Final destination currently unreachable
+    failed recipients → DSN messages pending submission → a new NDR message is submitted
+
+When the categorizer splits recipients between destinations, AQ bifurcates the envelope: each part is a
+new envelope over the same content file. The components themselves are plain callables given to AQ by
+the server that wires them (see `Components`); none of them calls another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reference_mta import tracking
+from reference_mta.mailmsg import MailMsg, Recipient
+
+log = logging.getLogger(__name__)
+
+PENDING_SUBMISSION = "Messages pending submission"
+DIRECTORY_LOOKUP = "Messages awaiting directory lookup"
+TO_BE_ROUTED = "Messages waiting to be routed"
+LOCAL_DELIVERY = "Local delivery"
+UNREACHABLE = "Final destination currently unreachable"
+DSN_PENDING = "DSN messages pending submission"
+RETRY = "Failed message retry queue"
+SYSTEM_QUEUES = (
+    PENDING_SUBMISSION,
+    DIRECTORY_LOOKUP,
+    TO_BE_ROUTED,
+    LOCAL_DELIVERY,
+    UNREACHABLE,
+    DSN_PENDING,
+    RETRY,
+)
+# Envelopes in these queues wait for time or an administrator, not for work in progress.
+PARKED = frozenset({UNREACHABLE, RETRY})
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where routing sends a set of recipients: the link queue's name and how to reach it."""
+
+    queue: str
+    kind: str  # "server" | "connector" | "dns" | "smart_host" | "gateway" | "unreachable"
+    targets: tuple[str, ...] = ()  # FQDNs or [a.b.c.d] literals, tried in order
+    connector: str | None = None
+    spec: str = "C-RE"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivered: list[Recipient]
+    failed: list[Recipient]  # permanent: each carries status_text / enhanced
+    deferred: list[Recipient]  # transient: retried later
+    error: str = ""
+    partner: str = "-"
+
+
+@dataclass
+class Components:
+    """The work AQ dispatches. Each is given one envelope and does one job."""
+
+    categorize: Callable[[MailMsg], Awaitable[None]]
+    route: Callable[[MailMsg, Recipient], Hop]
+    deliver_local: Callable[[MailMsg, bytes], Awaitable[DeliveryResult]]
+    deliver_remote: Callable[[Hop, MailMsg, bytes], Awaitable[DeliveryResult]]
+    make_ndr: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None]
+
+
+@dataclass
+class Entry:
+    msg: MailMsg
+    queue: str
+    hop: Hop | None = None
+    attempts: int = 0
+    next_retry: float = 0.0
+
+
+class QueueDirectory:
+    """`Mailroot/vsi 1/Queue`: content files and envelope files, written durably."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_content(self, content_id: str, data: bytes) -> None:
+        self._write(self.path / f"{content_id}.eml", data)
+
+    def read_content(self, content_id: str) -> bytes:
+        return (self.path / f"{content_id}.eml").read_bytes()
+
+    def save(self, entry: Entry) -> None:
+        record: dict[str, Any] = {
+            "queue": entry.queue,
+            "attempts": entry.attempts,
+            "next_retry": entry.next_retry,
+            "msg": json.loads(entry.msg.to_json()),
+        }
+        if entry.hop is not None:
+            record["hop"] = entry.hop.__dict__
+        self._write(self.path / f"{entry.msg.id}.json", json.dumps(record, indent=1).encode())
+
+    def remove(self, envelope_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / f"{envelope_id}.json").unlink()
+
+    def remove_content(self, content_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / f"{content_id}.eml").unlink()
+
+    def load(self) -> list[Entry]:
+        entries = []
+        for path in sorted(self.path.glob("*.json")):
+            record = json.loads(path.read_text())
+            hop = Hop(**record["hop"]) if record.get("hop") else None
+            msg = MailMsg.from_json(json.dumps(record["msg"]))
+            entries.append(
+                Entry(msg, record["queue"], hop, record.get("attempts", 0), record.get("next_retry", 0.0))
+            )
+        return entries
+
+    def _write(self, target: Path, data: bytes) -> None:
+        # Write-then-rename keeps the old version intact until the new one is on disk.
+        temporary = target.with_suffix(target.suffix + ".tmp")
+        with temporary.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        directory = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+@dataclass
+class RetryPolicy:
+    intervals: tuple[float, ...] = (600.0, 600.0, 600.0, 900.0)
+    expiration: float = 2 * 24 * 3600.0
+
+    def delay(self, attempt: int) -> float:
+        return self.intervals[min(attempt, len(self.intervals)) - 1] if self.intervals else 60.0
+
+
+class AdvancedQueuingEngine:
+    def __init__(
+        self,
+        server: str,
+        directory: QueueDirectory,
+        log_: tracking.TrackingLog,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.server = server
+        self.directory = directory
+        self.tracking = log_
+        self.retry = retry or RetryPolicy()
+        self.components: Components | None = None
+        self.entries: dict[str, Entry] = {}
+        self._content_refs: dict[str, int] = defaultdict(int)
+        self._work: asyncio.Queue[str] = asyncio.Queue()
+        self._links: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._busy = 0
+        self._runner: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, components: Components) -> None:
+        self.components = components
+        for entry in self.directory.load():
+            # Recovery: whatever was on disk when the service stopped resumes from its queue.
+            self.entries[entry.msg.id] = entry
+            self._content_refs[self._content_id(entry.msg)] += 1
+            self._schedule(entry)
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        tasks = [t for t in (self._runner, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def idle(self) -> bool:
+        """No envelope is being worked on or waiting for work (parked ones wait for time)."""
+        return (
+            self._busy == 0 and self._work.empty() and all(e.queue in PARKED for e in self.entries.values())
+        )
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        queues: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEM_QUEUES}
+        for entry in self.entries.values():
+            queues.setdefault(entry.queue, []).append(
+                {
+                    "id": entry.msg.id,
+                    "msgid": entry.msg.message_id,
+                    "sender": entry.msg.sender,
+                    "recipients": [r.address for r in entry.msg.recipients],
+                    "attempts": entry.attempts,
+                }
+            )
+        return queues
+
+    # --- submission ------------------------------------------------------------------------------
+
+    async def submit(self, msg: MailMsg, content: bytes, *, source: str = "smtp") -> None:
+        """Make the message durable and queue it. Returns only once it is safe to acknowledge."""
+        content_id = uuid.uuid4().hex
+        msg.properties["CONTENT_ID"] = content_id
+        msg.properties.setdefault("MSG_SIZE_HINT", len(content))
+        entry = Entry(msg, PENDING_SUBMISSION)
+        await asyncio.to_thread(self._persist_new, entry, content)
+        self._content_refs[content_id] += 1
+        self.entries[msg.id] = entry
+        first = tracking.SUBMITTED_FROM_STORE if source == "store" else tracking.SUBMIT_TO_AQ
+        spec = {"store": "OUT-2a", "dsn": "C-AQ"}.get(source, "IN-4")
+        self.tracking.log(first, msg, None, spec, queue=PENDING_SUBMISSION)
+        if source == "store":
+            self.tracking.log(tracking.SUBMIT_TO_AQ, msg, None, "C-AQ", queue=PENDING_SUBMISSION)
+        self.tracking.log(tracking.BEGIN_SUBMIT, msg, None, "C-AQ", queue=PENDING_SUBMISSION)
+        self._work.put_nowait(msg.id)
+
+    def _persist_new(self, entry: Entry, content: bytes) -> None:
+        self.directory.write_content(self._content_id(entry.msg), content)
+        self.directory.save(entry)
+
+    # --- the pipeline ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            envelope_id = await self._work.get()
+            entry = self.entries.get(envelope_id)
+            if entry is None:
+                continue
+            self._spawn(self._process(entry))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        async def tracked() -> None:
+            self._busy += 1
+            try:
+                await coroutine
+            except Exception:
+                log.exception("%s: AQ failure", self.server)
+            finally:
+                self._busy -= 1
+
+        task = asyncio.get_running_loop().create_task(tracked())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, entry: Entry) -> None:
+        assert self.components is not None
+        if entry.queue == PENDING_SUBMISSION:
+            await self._move(entry, DIRECTORY_LOOKUP)
+            self.tracking.log(tracking.SUBMIT_TO_CAT, entry.msg, None, "C-CAT", queue=DIRECTORY_LOOKUP)
+            await self._categorize(entry)
+        elif entry.queue == DIRECTORY_LOOKUP:
+            await self._categorize(entry)
+        elif entry.queue == LOCAL_DELIVERY:
+            await self._deliver_local(entry)
+        elif entry.queue == TO_BE_ROUTED:
+            await self._route(entry)
+        elif entry.queue == DSN_PENDING:
+            await self._submit_dsn(entry)
+        elif entry.hop is not None:
+            await self._deliver_remote(entry)
+
+    async def _categorize(self, entry: Entry) -> None:
+        assert self.components is not None
+        msg = entry.msg
+        await self.components.categorize(msg)
+        failed = msg.pending("failed")
+        local = msg.pending("local")
+        onward = msg.pending("remote") + msg.pending("gateway")
+        resolved = local + onward
+        if resolved:
+            self.tracking.log(tracking.CATEGORIZED, msg, resolved, "C-CAT", queue=TO_BE_ROUTED)
+        if failed:
+            self._fail(entry, failed)
+        parts: list[tuple[list[Recipient], str]] = [(local, LOCAL_DELIVERY), (onward, TO_BE_ROUTED)]
+        for recipients, queue in parts:
+            if not recipients:
+                continue
+            part = await self._bifurcate(entry, recipients, queue)
+            if queue == LOCAL_DELIVERY:
+                self.tracking.log(tracking.QUEUED_LOCAL, part.msg, None, "IN-6a", queue=LOCAL_DELIVERY)
+            self._work.put_nowait(part.msg.id)
+        await self._finish(entry)
+
+    async def _route(self, entry: Entry) -> None:
+        assert self.components is not None
+        by_hop: dict[Hop, list[Recipient]] = defaultdict(list)
+        for recipient in entry.msg.recipients:
+            by_hop[self.components.route(entry.msg, recipient)].append(recipient)
+        for hop, recipients in by_hop.items():
+            for recipient in recipients:
+                recipient.next_hop = hop.queue
+            part = await self._bifurcate(
+                entry, recipients, hop.queue if hop.kind != "unreachable" else UNREACHABLE, hop
+            )
+            if hop.kind == "unreachable":
+                for recipient in recipients:
+                    recipient.fail("550 5.4.0 No route to the destination", "5.4.0", 0)
+                self._fail(part, recipients)
+                await self._finish(part)
+                continue
+            event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
+            self.tracking.log(event, part.msg, None, hop.spec, queue=hop.queue, detail=hop.detail)
+            self._work.put_nowait(part.msg.id)
+        await self._finish(entry)
+
+    async def _deliver_local(self, entry: Entry) -> None:
+        assert self.components is not None
+        content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
+        result = await self.components.deliver_local(entry.msg, content)
+        if result.delivered:
+            self.tracking.log(
+                tracking.SD_LOCAL_DELIVERY, entry.msg, result.delivered, "IN-6a", partner="STORE"
+            )
+            self.tracking.log(tracking.LOCAL_DELIVERY, entry.msg, result.delivered, "IN-6a", partner="STORE")
+        if result.failed:
+            self._fail(entry, result.failed)
+        if result.deferred:
+            self.tracking.log(tracking.LOCAL_RETRY, entry.msg, result.deferred, "C-AQ", detail=result.error)
+            await self._park_for_retry(entry, result.deferred)
+            return
+        await self._finish(entry)
+
+    async def _deliver_remote(self, entry: Entry) -> None:
+        assert self.components is not None and entry.hop is not None
+        lock = self._links.setdefault(entry.hop.queue, asyncio.Lock())
+        async with lock:  # one session at a time per link keeps the queue's order
+            content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
+            if entry.hop.kind == "gateway":
+                self.tracking.log(tracking.SD_GATEWAY_DELIVERY, entry.msg, None, "IN-7c", partner="X400")
+            else:
+                self.tracking.log(
+                    tracking.BEGIN_OUTBOUND,
+                    entry.msg,
+                    None,
+                    entry.hop.spec,
+                    queue=entry.hop.queue,
+                    detail=",".join(entry.hop.targets),
+                )
+            result = await self.components.deliver_remote(entry.hop, entry.msg, content)
+        if result.delivered and entry.hop.kind != "gateway":
+            self.tracking.log(
+                tracking.END_OUTBOUND,
+                entry.msg,
+                result.delivered,
+                entry.hop.spec,
+                partner=result.partner,
+                queue=entry.hop.queue,
+            )
+        if result.failed:
+            self._fail(entry, result.failed)
+        if result.deferred:
+            await self._park_for_retry(entry, result.deferred, result.error)
+            return
+        await self._finish(entry)
+
+    async def _park_for_retry(self, entry: Entry, deferred: list[Recipient], error: str = "") -> None:
+        entry.msg.recipients = deferred
+        entry.attempts += 1
+        arrival = float(entry.msg.properties.get("ARRIVAL_TIME", time.time()))
+        if time.time() - arrival > self.retry.expiration:
+            for recipient in deferred:
+                recipient.fail(f"550 4.4.7 Message expired: {error}", "4.4.7", 0)
+            self._fail(entry, deferred)
+            await self._finish(entry)
+            return
+        delay = self.retry.delay(entry.attempts)
+        entry.next_retry = time.time() + delay
+        home = entry.queue
+        entry.queue = RETRY
+        entry.msg.properties["RETRY_QUEUE"] = home
+        await asyncio.to_thread(self.directory.save, entry)
+
+        def wake() -> None:
+            entry.queue = entry.msg.properties.pop("RETRY_QUEUE", home)
+            self._work.put_nowait(entry.msg.id)
+
+        timer = asyncio.get_running_loop().call_later(delay, wake)
+        self._timers.add(timer)
+
+    def _fail(self, entry: Entry, failed: list[Recipient]) -> None:
+        """Failed recipients: log the NDR event and queue the DSN for submission."""
+        self.tracking.log(
+            tracking.NDR_ALL,
+            entry.msg,
+            failed,
+            "DSN-1",
+            detail="; ".join(r.status_text or "" for r in failed),
+        )
+        if not entry.msg.sender:
+            return  # no NDR for an NDR
+        dsn = entry.msg.copy_for([Recipient(**r.__dict__) for r in failed])
+        dsn_entry = Entry(dsn, DSN_PENDING)
+        self._content_refs[self._content_id(dsn)] += 1
+        self.entries[dsn.id] = dsn_entry
+        self.directory.save(dsn_entry)
+        self._work.put_nowait(dsn.id)
+
+    async def _submit_dsn(self, entry: Entry) -> None:
+        assert self.components is not None
+        content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
+        made = self.components.make_ndr(entry.msg, entry.msg.recipients, content)
+        if made is not None:
+            ndr, ndr_content = made
+            await self.submit(ndr, ndr_content, source="dsn")
+        await self._finish(entry)
+
+    # --- queue bookkeeping -----------------------------------------------------------------------
+
+    async def _move(self, entry: Entry, queue: str) -> None:
+        entry.queue = queue
+        await asyncio.to_thread(self.directory.save, entry)
+
+    async def _bifurcate(
+        self, entry: Entry, recipients: list[Recipient], queue: str, hop: Hop | None = None
+    ) -> Entry:
+        part = Entry(entry.msg.copy_for(recipients), queue, hop)
+        self._content_refs[self._content_id(part.msg)] += 1
+        self.entries[part.msg.id] = part
+        await asyncio.to_thread(self.directory.save, part)
+        return part
+
+    async def _finish(self, entry: Entry) -> None:
+        self.entries.pop(entry.msg.id, None)
+        content_id = self._content_id(entry.msg)
+        self._content_refs[content_id] -= 1
+        await asyncio.to_thread(self.directory.remove, entry.msg.id)
+        if self._content_refs[content_id] <= 0:
+            del self._content_refs[content_id]
+            await asyncio.to_thread(self.directory.remove_content, content_id)
+
+    def _schedule(self, entry: Entry) -> None:
+        if entry.queue == RETRY:
+            delay = max(0.0, entry.next_retry - time.time())
+
+            def wake() -> None:
+                entry.queue = entry.msg.properties.pop("RETRY_QUEUE", TO_BE_ROUTED)
+                self._work.put_nowait(entry.msg.id)
+
+            self._timers.add(asyncio.get_running_loop().call_later(delay, wake))
+        elif entry.queue != UNREACHABLE:
+            self._work.put_nowait(entry.msg.id)
+
+    @staticmethod
+    def _content_id(msg: MailMsg) -> str:
+        value: str = msg.properties["CONTENT_ID"]
+        return value

@@ -1,0 +1,93 @@
+"""Catalogue of the SMTP replies an Exchange 2003 virtual server gives (IIS 6 SMTP service texts).
+
+One place for every reply text, as aiosmtpd keeps its status codes: the virtual server refers to these
+names, and the translation table maps aiosmtpd's own built-in texts onto Exchange's wording so that a
+trace recorded against Exchange replays against the reference MTA.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+SERVICE_VERSION = "6.0.3790.3959"
+
+
+def banner(fqdn: str) -> str:
+    # Exchange puts two spaces after "at"; recorded traces depend on it.
+    return f"Microsoft ESMTP MAIL Service, Version: {SERVICE_VERSION} ready at  {email.utils.formatdate()}"
+
+
+def ehlo_lines(fqdn: str, client_ip: str, size_limit: int, auth: bool) -> list[str]:
+    """The EHLO keywords we advertise: Exchange's list, less what the reference MTA does not implement
+    yet (TURN, ATRN, ETRN, BINARYMIME, CHUNKING, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md)."""
+    keywords = [f"{fqdn} Hello [{client_ip}]", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime", "VRFY"]
+    keywords.insert(1, f"SIZE {size_limit}" if size_limit else "SIZE")
+    if auth:
+        keywords += ["AUTH LOGIN", "AUTH=LOGIN"]
+    keywords.append("OK")
+    return [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
+
+
+def helo(fqdn: str, client_ip: str) -> str:
+    return f"250 {fqdn} Hello [{client_ip}]"
+
+
+def sender_ok(address: str) -> str:
+    return f"250 2.1.0 {address}....Sender OK"
+
+
+def recipient_ok(address: str) -> str:
+    return f"250 2.1.5 {address}"
+
+
+START_MAIL_INPUT = "354 Start mail input; end with <CRLF>.<CRLF>"
+
+
+def queued(message_id: str) -> str:
+    return f"250 2.6.0 <{message_id}> Queued mail for delivery"
+
+
+def closing(fqdn: str) -> str:
+    return f"221 2.0.0 {fqdn} Service closing transmission channel"
+
+
+def unable_to_relay(address: str) -> str:
+    return f"550 5.7.1 Unable to relay for {address}"
+
+
+MAILBOX_NOT_AVAILABLE = "550 5.7.1 Requested action not taken: mailbox not available"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+NOT_AUTHENTICATED = "530 5.7.3 Client was not authenticated"
+NEED_MAIL = "503 5.5.2 Need mail command"
+NEED_RCPT = "503 5.5.2 Need Rcpt command."
+NESTED_MAIL = "503 5.5.2 Sender already specified"
+INVALID_ADDRESS = "501 5.5.4 Invalid Address"
+UNRECOGNIZED = "500 5.3.3 Unrecognized command"
+QUEUE_FAILURE = "451 4.3.0 Error queueing message, please retry"
+AUTH_OK = "235 2.7.0 Authentication successful."
+AUTH_FAILED = "535 5.7.3 Authentication unsuccessful."
+
+# aiosmtpd's built-in texts → Exchange's. Matched on the start of the line.
+_TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^354 "), START_MAIL_INPUT),
+    (re.compile(r"^503 Error: need MAIL command"), NEED_MAIL),
+    (re.compile(r"^503 Error: need RCPT command"), NEED_RCPT),
+    (re.compile(r"^503 Error: nested MAIL command"), NESTED_MAIL),
+    (re.compile(r"^500 Error: command .* not recognized"), UNRECOGNIZED),
+    (re.compile(r"^500 Error: bad syntax"), UNRECOGNIZED),
+    (re.compile(r"^553 5\.1\.3 Error: malformed address"), INVALID_ADDRESS),
+    (re.compile(r"^552 Error: message size exceeds"), TOO_BIG),
+    (re.compile(r"^552 Error: Too much mail data"), TOO_BIG),
+    (re.compile(r"^235 2\.7\.0 Authentication successful"), AUTH_OK),
+    (re.compile(r"^535 5\.7\.8 Authentication credentials invalid"), AUTH_FAILED),
+    (re.compile(r"^530 5\.7\.0 Authentication required"), NOT_AUTHENTICATED),
+)
+
+
+def translate(status: str) -> str:
+    for pattern, replacement in _TRANSLATIONS:
+        if pattern.match(status):
+            return replacement
+    return status

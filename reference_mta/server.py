@@ -1,0 +1,127 @@
+"""One Exchange server: wires its SMTP virtual servers, AQ, categorizer, routing engine, store driver,
+outbound SMTP and DSN generation together, and runs them on the current event loop.
+
+Everything a server needs from the world around it (where its files go, which DNS server and global
+catalog it uses, which port the other hosts listen on) comes in through `Environment`, so the same
+server runs inside a lab or, with real LDAP and DNS, on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reference_mta import dsn, store
+from reference_mta.categorizer import Categorizer, Directory
+from reference_mta.delivery import SmtpDelivery, make_resolver
+from reference_mta.mailmsg import MailMsg, Recipient
+from reference_mta.queuing import (
+    AdvancedQueuingEngine,
+    Components,
+    DeliveryResult,
+    Hop,
+    QueueDirectory,
+    RetryPolicy,
+)
+from reference_mta.routing import RoutingEngine
+from reference_mta.smtp_server import Authenticator, VirtualServerHandler
+from reference_mta.topology import Organization
+from reference_mta.tracking import TrackingLog
+
+
+@dataclass(frozen=True)
+class Environment:
+    root: Path
+    dns_address: str
+    dns_port: int
+    smtp_port: int  # where the other hosts' SMTP services listen
+    directory: Callable[[str], Directory]  # a GC connection for the named server
+    base_dn: str
+    authenticate: Authenticator | None = None
+    retry: RetryPolicy | None = None
+
+
+class ExchangeServer:
+    def __init__(self, organization: Organization, name: str, environment: Environment) -> None:
+        self.organization = organization
+        self.config = organization.server(name)
+        self.environment = environment
+        self.tracking = TrackingLog(environment.root / "tracking", self.config.name, self.config.address)
+        queue_path = environment.root / self.config.name / "Mailroot" / "vsi 1" / "Queue"
+        self.aq = AdvancedQueuingEngine(
+            self.config.name, QueueDirectory(queue_path), self.tracking, environment.retry
+        )
+        self.routing = RoutingEngine(organization, self.config)
+        self.store = store.MailboxStore(environment.root, self.config.name)
+        self.categorizer: Categorizer | None = None
+        self.delivery = SmtpDelivery(
+            self.config.fqdn,
+            self.config.address,
+            make_resolver(environment.dns_address, environment.dns_port),
+            environment.smtp_port,
+        )
+        self._listeners: list[asyncio.Server] = []
+
+    async def start(self) -> None:
+        self.categorizer = Categorizer(
+            self.organization,
+            self.config,
+            self.environment.directory(self.config.name),
+            self.environment.base_dn,
+        )
+        self.aq.start(
+            Components(
+                categorize=self.categorizer.categorize,
+                route=self.routing.route,
+                deliver_local=self._deliver_local,
+                deliver_remote=self._deliver_remote,
+                make_ndr=self._make_ndr,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for vs in self.config.virtual_servers:
+            handler = VirtualServerHandler(
+                self.organization, self.config, vs, self.aq, self.environment.authenticate
+            )
+            listener = await loop.create_server(handler.protocol, vs.address, vs.port)
+            self._listeners.append(listener)
+
+    async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners.clear()
+        await self.aq.stop()
+
+    def idle(self) -> bool:
+        return self.aq.idle()
+
+    async def _deliver_local(self, msg: MailMsg, content: bytes) -> DeliveryResult:
+        return await asyncio.to_thread(self.store.deliver, msg, content, self.config.stores)
+
+    async def _deliver_remote(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
+        if hop.kind == "gateway":
+            return await asyncio.to_thread(
+                store.transfer_to_mta, self.environment.root, self.config.name, hop.queue, msg, content
+            )
+        return await self.delivery.deliver(hop, msg, content)
+
+    def _make_ndr(
+        self, msg: MailMsg, failed: list[Recipient], content: bytes
+    ) -> tuple[MailMsg, bytes] | None:
+        primary = next(
+            (
+                d.domain
+                for p in self.organization.policies
+                for d in p.domains
+                if d.authoritative and not d.domain.startswith("*")
+            ),
+            self.config.fqdn,
+        )
+        made = dsn.make_ndr(msg, failed, content, self.config.fqdn, f"postmaster@{primary}")
+        if made is not None:
+            made[0].properties.update(CONNECTION_IP_ADDRESS=self.config.address, SERVER_NAME=self.config.fqdn)
+        return made

@@ -1,0 +1,440 @@
+"""The Exchange organization: routing groups, servers, virtual servers, connectors, recipient policies.
+
+This is the configuration partition of the directory as the transport reads it. It is built from the
+`organization` section of a lab file (already schema-checked by the loader) and checked here for the
+cross-references a schema cannot express: a bridgehead that names no server, a connector into a
+routing group that does not exist. Errors carry the location of the offending value so the lab loader
+can point at the line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Location = tuple[str | int, ...]
+
+
+class TopologyError(ValueError):
+    def __init__(self, location: Location, message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PolicyDomain:
+    domain: str
+    authoritative: bool
+
+
+@dataclass(frozen=True)
+class RecipientPolicy:
+    name: str
+    priority: int
+    domains: tuple[PolicyDomain, ...]
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Access → Relay restrictions of a virtual server. Default: only the (empty) list, plus
+    "allow all computers which successfully authenticate to relay" (see docs/decisions.md)."""
+
+    open: bool = False
+    only_list: tuple[ipaddress.IPv4Network, ...] = ()
+    all_except: tuple[ipaddress.IPv4Network, ...] | None = None
+    allow_authenticated: bool = True
+
+    def permits_address(self, client_ip: str) -> bool:
+        address = ipaddress.IPv4Address(client_ip)
+        if self.open:
+            return True
+        if self.all_except is not None:
+            return not any(address in network for network in self.all_except)
+        return any(address in network for network in self.only_list)
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    name: str
+    server: str
+    instance: int
+    address: str
+    port: int
+    relay: RelaySettings
+    smart_host: str | None = None
+    max_message_kb: int = 4096
+    max_recipients: int = 64000
+    max_messages_per_connection: int = 20
+    recipient_filter: bool = False
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    fqdn: str
+    address: str
+    routing_group: str
+    stores: tuple[str, ...]
+    virtual_servers: tuple[VirtualServer, ...]
+
+    @property
+    def default_virtual_server(self) -> VirtualServer:
+        return self.virtual_servers[0]
+
+
+@dataclass(frozen=True)
+class RoutingGroup:
+    name: str
+    master: str | None
+
+
+@dataclass(frozen=True)
+class AddressSpace:
+    type: str
+    pattern: str
+    cost: int = 1
+
+    def specificity(self, domain: str) -> int | None:
+        """How closely this SMTP address space matches `domain`: None for no match, higher is closer.
+
+        E2K3 reads an address space only up to the first wildcard (KB 244986), so `abc.*.x.com`
+        behaves as `*.x.com`. An exact match beats any wildcard; among wildcards, the one with more
+        literal characters wins; `*` alone matches everything with the lowest score.
+        """
+        pattern = self.pattern.lower()
+        domain = domain.lower()
+        if "*" not in pattern and "%" not in pattern:
+            return 10_000 + len(pattern) if domain == pattern else None
+        star = pattern.rfind("*")
+        suffix = pattern[star + 1 :]
+        return len(suffix) if domain.endswith(suffix) and len(domain) > len(suffix) else None
+
+
+@dataclass(frozen=True)
+class Restrictions:
+    max_size_kb: int | None = None
+    accept_from: tuple[str, ...] = ()
+    reject_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Connector:
+    kind: Literal["routing_group", "smtp", "gateway"]
+    name: str
+    routing_group: str
+    cost: int = 1
+    connects_to: str | None = None
+    local_bridgeheads: tuple[str, ...] = ()
+    remote_bridgeheads: tuple[str, ...] = ()
+    address_spaces: tuple[AddressSpace, ...] = ()
+    uses_dns: bool = False
+    smart_hosts: tuple[str, ...] = ()
+    allow_relay: bool = False
+    restrictions: Restrictions = field(default_factory=Restrictions)
+    foreign_system: str | None = None
+    smtp_domain: str | None = None
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class Organization:
+    name: str
+    admin_group: str
+    policies: tuple[RecipientPolicy, ...]
+    routing_groups: tuple[RoutingGroup, ...]
+    servers: tuple[Server, ...]
+    connectors: tuple[Connector, ...]
+
+    def server(self, name: str) -> Server:
+        for server in self.servers:
+            if server.name.lower() == name.lower():
+                return server
+        raise KeyError(name)
+
+    def server_by_fqdn(self, fqdn: str) -> Server | None:
+        return next((s for s in self.servers if s.fqdn.lower() == fqdn.lower().rstrip(".")), None)
+
+    def server_by_address(self, address: str) -> Server | None:
+        for server in self.servers:
+            if address == server.address or any(vs.address == address for vs in server.virtual_servers):
+                return server
+        return None
+
+    def policy_domain(self, domain: str) -> PolicyDomain | None:
+        """The recipient-policy SMTP address space that covers `domain` (inbound domain), if any.
+
+        A `*.contoso.com` entry covers subdomains; a plain entry covers exactly that domain
+        (docs/decisions.md: subdomain semantics are not confirmed for E2K3, so we stay literal).
+        """
+        domain = domain.lower()
+        ordered = sorted(self.policies, key=lambda p: -p.priority)
+        for policy in ordered:
+            for entry in policy.domains:
+                pattern = entry.domain.lower()
+                if pattern == domain or (pattern.startswith("*.") and domain.endswith(pattern[1:])):
+                    return entry
+        return None
+
+
+AddressOf = Callable[[int], str]
+
+
+def build(
+    config: Mapping[str, Any], address_of: AddressOf, host_address: Callable[[str], str], port_offset: int
+) -> Organization:
+    """Build the organization from a schema-valid `organization` mapping.
+
+    `address_of(n)` turns a host number into an address; `host_address(name)` gives the address of
+    any named lab host (for relay lists and bracketed smart hosts).
+    """
+    root: Location = ("organization",)
+    groups = tuple(RoutingGroup(name=g["name"], master=g.get("master")) for g in config["routing_groups"])
+    group_names = {g.name.lower() for g in groups}
+    _unique([g.name for g in groups], (*root, "routing_groups"), "routing group")
+
+    servers: list[Server] = []
+    for index, raw in enumerate(config["servers"]):
+        where = (*root, "servers", index)
+        if raw["routing_group"].lower() not in group_names:
+            raise TopologyError((*where, "routing_group"), f"no routing group named {raw['routing_group']!r}")
+        address = address_of(raw["addr"])
+        virtual_servers = tuple(
+            _virtual_server(
+                vs,
+                raw["name"],
+                number + 1,
+                address,
+                (*where, "virtual_servers", number),
+                address_of,
+                host_address,
+                port_offset,
+            )
+            for number, vs in enumerate(raw["virtual_servers"])
+        )
+        servers.append(
+            Server(
+                name=raw["name"],
+                fqdn=raw["fqdn"].lower(),
+                address=address,
+                routing_group=raw["routing_group"],
+                stores=tuple(raw.get("stores") or [f"Mailbox Store ({raw['name']})"]),
+                virtual_servers=virtual_servers,
+            )
+        )
+    _unique([s.name for s in servers], (*root, "servers"), "server")
+    _unique([s.fqdn for s in servers], (*root, "servers"), "server FQDN")
+    server_names = {s.name.lower() for s in servers}
+    for index, group in enumerate(groups):
+        if group.master and group.master.lower() not in server_names:
+            raise TopologyError(
+                (*root, "routing_groups", index, "master"), f"no server named {group.master!r}"
+            )
+
+    connectors: list[Connector] = []
+    for index, raw in enumerate(config.get("connectors") or []):
+        connectors.extend(
+            _connector(raw, (*root, "connectors", index), group_names, server_names, host_address)
+        )
+    _unique(
+        [c.name for c in connectors if not c.name.endswith(" (reciprocal)")],
+        (*root, "connectors"),
+        "connector",
+    )
+
+    policies = tuple(
+        RecipientPolicy(
+            name=p["name"],
+            priority=p.get("priority", 0),
+            domains=tuple(
+                PolicyDomain(a["domain"].lower(), a.get("authoritative", True)) for a in p["addresses"]
+            ),
+        )
+        for p in config["recipient_policies"]
+    )
+    for index, server in enumerate(servers):
+        if any(policy.domains and d.domain == server.fqdn for policy in policies for d in policy.domains):
+            # KB: a recipient policy must never contain a server FQDN (it breaks intra-RG routing).
+            raise TopologyError(
+                (*root, "servers", index, "fqdn"), "server FQDN is also a recipient-policy domain"
+            )
+    return Organization(
+        name=config["name"],
+        admin_group=config.get("admin_group", "First Administrative Group"),
+        policies=policies,
+        routing_groups=groups,
+        servers=tuple(servers),
+        connectors=tuple(connectors),
+    )
+
+
+def _virtual_server(
+    raw: Mapping[str, Any],
+    server: str,
+    instance: int,
+    server_address: str,
+    where: Location,
+    address_of: AddressOf,
+    host_address: Callable[[str], str],
+    port_offset: int,
+) -> VirtualServer:
+    relay_raw = raw.get("relay") or {}
+
+    def networks(key: str) -> tuple[ipaddress.IPv4Network, ...]:
+        result = []
+        for number, item in enumerate(relay_raw.get(key) or []):
+            try:
+                text = item if any(c.isdigit() for c in item.split("/")[0][:1]) else host_address(item)
+                result.append(ipaddress.IPv4Network(text, strict=False))
+            except (KeyError, ValueError) as exc:
+                raise TopologyError(
+                    (*where, "relay", key, number), f"{item!r} is neither a lab host nor an IPv4 network"
+                ) from exc
+        return tuple(result)
+
+    relay = RelaySettings(
+        open=relay_raw.get("open", False),
+        only_list=networks("only_list"),
+        all_except=networks("all_except") if "all_except" in relay_raw else None,
+        allow_authenticated=relay_raw.get("allow_authenticated", True),
+    )
+    smart_host = raw.get("smart_host")
+    if smart_host:
+        smart_host = _smart_host(smart_host, (*where, "smart_host"), host_address)
+    return VirtualServer(
+        name=raw["name"],
+        server=server,
+        instance=instance,
+        address=address_of(raw["addr"]) if "addr" in raw else server_address,
+        port=raw.get("port", 25) + port_offset,
+        relay=relay,
+        smart_host=smart_host,
+        max_message_kb=raw.get("max_message_kb", 4096),
+        max_recipients=raw.get("max_recipients", 64000),
+        max_messages_per_connection=raw.get("max_messages_per_connection", 20),
+        recipient_filter=raw.get("recipient_filter", False),
+    )
+
+
+def _smart_host(text: str, where: Location, host_address: Callable[[str], str]) -> str:
+    """Exchange syntax: an FQDN, or an address in brackets. In a lab the bracketed form names a lab
+    host, because the lab's addresses move with its base."""
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1]
+        try:
+            return f"[{ipaddress.IPv4Address(inner)}]"
+        except ValueError:
+            pass
+        try:
+            return f"[{host_address(inner)}]"
+        except KeyError as exc:
+            raise TopologyError(where, f"{inner!r} is not a lab host") from exc
+    return text.lower()
+
+
+def _connector(
+    raw: Mapping[str, Any],
+    where: Location,
+    groups: set[str],
+    servers: set[str],
+    host_address: Callable[[str], str],
+) -> list[Connector]:
+    def check_group(key: str) -> str:
+        value: str = raw[key]
+        if value.lower() not in groups:
+            raise TopologyError((*where, key), f"no routing group named {value!r}")
+        return value
+
+    def check_servers(key: str) -> tuple[str, ...]:
+        names = raw.get(key) or []
+        for number, name in enumerate(names):
+            if name.lower() not in servers:
+                raise TopologyError((*where, key, number), f"no server named {name!r}")
+        return tuple(names)
+
+    group = check_group("routing_group")
+    up = raw.get("state", "up") == "up"
+    spaces = tuple(
+        AddressSpace(a["type"], a["pattern"], a.get("cost", 1)) for a in raw.get("address_spaces") or []
+    )
+    if raw["type"] == "routing_group":
+        target = check_group("connects_to")
+        if target.lower() == group.lower():
+            raise TopologyError(
+                (*where, "connects_to"), "a routing group connector must join two routing groups"
+            )
+        forward = Connector(
+            kind="routing_group",
+            name=raw["name"],
+            routing_group=group,
+            connects_to=target,
+            cost=raw.get("cost", 1),
+            local_bridgeheads=check_servers("local_bridgeheads"),
+            remote_bridgeheads=check_servers("remote_bridgeheads"),
+            up=up,
+        )
+        if not raw.get("reciprocal", True):
+            return [forward]
+        # ESM offers to create the connector in the other group too; labs get it unless they opt out.
+        return [
+            forward,
+            Connector(
+                kind="routing_group",
+                name=f"{raw['name']} (reciprocal)",
+                routing_group=target,
+                connects_to=group,
+                cost=forward.cost,
+                local_bridgeheads=forward.remote_bridgeheads,
+                remote_bridgeheads=forward.local_bridgeheads,
+                up=up,
+            ),
+        ]
+    if raw["type"] == "smtp":
+        restrictions_raw = raw.get("restrictions") or {}
+        delivery = raw["delivery"]
+        return [
+            Connector(
+                kind="smtp",
+                name=raw["name"],
+                routing_group=group,
+                local_bridgeheads=check_servers("bridgeheads"),
+                address_spaces=spaces,
+                uses_dns=bool(delivery.get("dns")),
+                smart_hosts=tuple(
+                    _smart_host(h, (*where, "delivery", "smart_hosts", n), host_address)
+                    for n, h in enumerate(delivery.get("smart_hosts") or [])
+                ),
+                allow_relay=raw.get("allow_relay", False),
+                restrictions=Restrictions(
+                    max_size_kb=restrictions_raw.get("max_size_kb"),
+                    accept_from=tuple(restrictions_raw.get("accept_from") or []),
+                    reject_from=tuple(restrictions_raw.get("reject_from") or []),
+                ),
+                up=up,
+            )
+        ]
+    server = raw["server"]
+    if server.lower() not in servers:
+        raise TopologyError((*where, "server"), f"no server named {server!r}")
+    return [
+        Connector(
+            kind="gateway",
+            name=raw["name"],
+            routing_group=group,
+            local_bridgeheads=(server,),
+            address_spaces=spaces,
+            foreign_system=raw["foreign_system"],
+            smtp_domain=raw.get("smtp_domain"),
+            up=up,
+        )
+    ]
+
+
+def _unique(names: Sequence[str], where: Location, what: str) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name.lower() in seen:
+            raise TopologyError((*where, index), f"duplicate {what} {name!r}")
+        seen.add(name.lower())
