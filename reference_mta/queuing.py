@@ -255,17 +255,21 @@ class AdvancedQueuingEngine:
         while True:
             envelope_id = await self._work.get()
             entry = self.entries.get(envelope_id)
-            if entry is None:
-                continue
-            self._spawn(self._process(entry))
+            if entry is not None:
+                self._spawn(entry)
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
+    def _spawn(self, entry: Entry) -> None:
         async def tracked() -> None:
             self._busy += 1
             try:
-                await coroutine
-            except Exception:
-                log.exception("%s: AQ failure", self.server)
+                await self._process(entry)
+            except Exception as exc:
+                # A component failed unexpectedly: the message is parked in the failed message retry
+                # queue, never dropped, and the failure is in the event log and the tracking detail.
+                log.exception("%s: AQ failure processing %s in %s", self.server, entry.msg.id, entry.queue)
+                self.tracking.log(tracking.AQ_FAILURE, entry.msg, None, "C-AQ", queue=RETRY,
+                                  detail=f"{exc.__class__.__name__}: {exc}")
+                await self._park_for_retry(entry, entry.msg.recipients, str(exc))
             finally:
                 self._busy -= 1
 

@@ -43,6 +43,7 @@ class MailboxStore:
                 failed.append(recipient)
                 continue
             folder = self.path_of(store, recipient.address)
+            folder.parent.mkdir(parents=True, exist_ok=True)
             box = mailbox.Maildir(folder, create=True)
             key = box.add(content)
             box.close()

@@ -23,6 +23,7 @@ from reference_mta.replies import SERVICE_VERSION
 SUBMIT_TO_AQ = 1019
 BEGIN_OUTBOUND = 1020
 BAD_MAIL = 1021
+AQ_FAILURE = 1022
 LOCAL_DELIVERY = 1023
 SUBMIT_TO_CAT = 1024
 BEGIN_SUBMIT = 1025
@@ -43,6 +44,7 @@ DESCRIPTIONS = {
     SUBMIT_TO_AQ: "SMTP: Message Submitted to Advanced Queuing",
     BEGIN_OUTBOUND: "SMTP: Started Outbound Transfer of Message",
     BAD_MAIL: "SMTP: Message moved to BadMail",
+    AQ_FAILURE: "SMTP: AQ Failure",
     LOCAL_DELIVERY: "SMTP: Message Delivered Locally",
     SUBMIT_TO_CAT: "SMTP: Message Submitted to Categorizer",
     BEGIN_SUBMIT: "SMTP: Started Message Submission to Advanced Queue",

@@ -1,0 +1,199 @@
+"""The `mailflow` command.
+
+`mailflow run` is the main job: it replays the trace corpus through pytest (so the same traces run under
+`pytest traces/` with identical results), shows progress while the corpus runs, writes Allure results
+and a JSON summary, prints a summary table, and exits non-zero on any failure — the CI gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness import targets
+from harness.catalogue import catalogue
+from harness.lab import config as lab_config
+from harness.trace import is_trace_file, load
+from harness.yamlsource import SourceError
+
+console = Console(stderr=False)
+DEFAULT_REPORTS = Path("reports")
+
+
+def trace_files(paths: tuple[str, ...]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths or ("traces",):
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*.y*ml")) if is_trace_file(p.resolve()))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise click.BadParameter(f"{raw} does not exist", param_hint="PATHS")
+    return files
+
+
+class ProgressPlugin:
+    """Feeds pytest's per-trace reports into a rich progress bar (works with xdist: the controller
+    receives every worker's reports)."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self.progress = progress
+        self.task = task
+        self.failed = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            if report.failed:
+                self.failed += 1
+            self.progress.update(self.task, advance=1,
+                                 description=f"{report.nodeid.rsplit('::', 1)[-1]} [{report.outcome}]")
+
+
+@click.group()
+def main() -> None:
+    """mailflow: trace-replay and conformance test harness for mail transfer agents."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--target", "target_name", default="reference", show_default=True, help="server under test")
+@click.option("--reports", "reports_dir", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True)
+@click.option("-n", "--workers", default="0", show_default=True, help="parallel workers (pytest-xdist), or auto")
+@click.option("-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression")
+def run(paths: tuple[str, ...], target_name: str, reports_dir: Path, workers: str, keyword: str | None) -> None:
+    """Replay traces (default: traces/) against a target, write Allure results, print a summary."""
+    try:
+        target = targets.get(target_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from exc
+    files = trace_files(paths)
+    if not files:
+        console.print("[red]no trace files found[/red]")
+        sys.exit(5)
+    results_file = reports_dir / "last-run.json"
+    args = [str(p) for p in files] + [
+        "--mailflow-target", target.name, "--mailflow-results", str(results_file),
+        "--alluredir", str(reports_dir / "allure-results"), "--clean-alluredir",
+        "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no", "-o", "console_output_style=classic",
+    ]
+    if workers != "0":
+        args += ["-n", workers]
+    if keyword:
+        args += ["-k", keyword]
+    console.print(f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(files))
+        plugin = ProgressPlugin(progress, task)
+        with open(os.devnull, "w") as quiet:
+            saved = sys.stdout
+            sys.stdout = quiet  # pytest's own terminal output would tear the progress bar
+            try:
+                code = pytest.main(args, plugins=[plugin])
+            finally:
+                sys.stdout = saved
+    outcomes = json.loads(results_file.read_text()) if results_file.exists() else []
+    print_summary(outcomes)
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        console.print("[red]no trace was run[/red]")
+    sys.exit(int(code))
+
+
+def print_summary(outcomes: list[dict[str, Any]]) -> None:
+    table = Table(title="mailflow conformance summary", show_lines=False)
+    for column in ("trace", "catalogue IDs", "target", "result", "time"):
+        table.add_column(column)
+    colours = {"passed": "green", "failed": "red", "skipped": "yellow"}
+    counts: dict[str, int] = defaultdict(int)
+    for outcome in sorted(outcomes, key=lambda o: str(o["trace"])):
+        counts[outcome["outcome"]] += 1
+        colour = colours.get(outcome["outcome"], "magenta")
+        table.add_row(outcome["trace"], " ".join(outcome["spec"]), outcome["target"],
+                      f"[{colour}]{outcome['outcome']}[/{colour}]", f"{outcome['duration']:.2f}s")
+    console.print(table)
+    for outcome in outcomes:
+        if outcome["outcome"] == "failed" and outcome.get("message"):
+            console.print(f"[red]✗ {outcome['trace']}[/red] ({outcome['path']})")
+            console.print(outcome["message"], markup=False, highlight=False)
+    console.print(f"{sum(counts.values())} traces: {counts['passed']} passed, {counts['failed']} failed, "
+                  f"{counts['skipped']} skipped")
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_REPORTS / "last-run.json",
+              show_default=True)
+def coverage(paths: tuple[str, ...], results: Path) -> None:
+    """Catalogue IDs × traces (showing / boundary) × last result per target."""
+    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    broken: list[str] = []
+    for path in trace_files(paths):
+        try:
+            trace = load(path.resolve())
+        except SourceError as exc:
+            broken.append(str(exc))
+            continue
+        for spec_id in trace.spec:
+            by_id[spec_id].append((trace.id, trace.boundary))
+    last: dict[tuple[str, str], list[str]] = defaultdict(list)
+    target_names: list[str] = []
+    if results.exists():
+        for outcome in json.loads(results.read_text()):
+            if outcome["target"] not in target_names:
+                target_names.append(outcome["target"])
+            for spec_id in outcome["spec"]:
+                last[(spec_id, outcome["target"])].append(outcome["outcome"])
+    table = Table(title="conformance coverage")
+    for column in ("ID", "flow", "traces", "shows", "boundary", *target_names):
+        table.add_column(column)
+    missing = 0
+    for entry in catalogue().values():
+        traces = by_id.get(entry.id, [])
+        shows = sum(1 for _, boundary in traces if not boundary)
+        bounds = sum(1 for _, boundary in traces if boundary)
+        if not traces:
+            missing += 1
+        cells = []
+        for name in target_names:
+            seen = last.get((entry.id, name), [])
+            cells.append("—" if not seen else ("[red]failed[/red]" if "failed" in seen else
+                         "[green]passed[/green]" if all(s == "passed" for s in seen) else "/".join(sorted(set(seen)))))
+        table.add_row(entry.id, entry.flow, str(len(traces)), str(shows), str(bounds), *cells)
+    console.print(table)
+    console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
+    for problem in broken:
+        console.print(f"[red]broken trace:[/red] {problem}", markup=True, highlight=False)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def check(paths: tuple[str, ...]) -> None:
+    """Validate trace and lab files without running anything."""
+    problems = 0
+    for raw in paths:
+        for path in ([Path(raw)] if not Path(raw).is_dir() else sorted(Path(raw).rglob("*.y*ml"))):
+            try:
+                if "labs" in path.resolve().parts:
+                    lab_config.load(path.resolve())
+                else:
+                    load(path.resolve())
+                console.print(f"[green]ok[/green] {path}")
+            except SourceError as exc:
+                problems += 1
+                console.print(f"[red]error[/red] {exc}", markup=True, highlight=False)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Outcome expectations: what the lab saw after the sessions — DNS and LDAP queries, deliveries into
+mailboxes, sinks and gateways, tracking events per server, queues — checked against a trace.
+
+Evidence is gathered once (`Evidence.collect`), then each check returns its own verdict with the
+expected and actual values in words, so a failing trace says what differed without a debugger.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.lab.runtime import Lab
+from reference_mta import store, tracking
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message that left the system under test: into a mailbox, a sink, or a gateway folder."""
+
+    kind: str  # "mailbox" | "sink" | "gateway"
+    where: str  # mailbox address, sink host name, or gateway connector
+    server: str  # server holding the mailbox / gateway; the peer that handed it to a sink
+    sender: str
+    rcpt: tuple[str, ...]
+    data: bytes
+
+    def describe(self) -> str:
+        rcpt = ", ".join(self.rcpt)
+        sender = self.sender or "<>"
+        if self.kind == "mailbox":
+            return f"mailbox {self.where} on {self.server} (from {sender})"
+        if self.kind == "sink":
+            return f"sink {self.where} from {self.server}: {sender} → {rcpt}"
+        return f"gateway {self.where} on {self.server}: {sender} → {rcpt}"
+
+
+@dataclass
+class Evidence:
+    dns: list[dict[str, Any]]
+    ldap: list[dict[str, Any]]
+    deliveries: list[Delivery]
+    tracking: dict[str, list[dict[str, Any]]]
+    queues: dict[str, dict[str, list[dict[str, Any]]]]
+
+    @classmethod
+    def collect(cls, lab: Lab) -> Evidence:
+        names = {h.address: h.name for h in reversed(list(lab.config.hosts.values()))}
+        dns = [
+            {"client": names.get(q.client, q.client), "client_ip": q.client, "name": q.name, "type": q.rtype,
+             "rcode": q.rcode, "answers": list(q.answers), "transport": q.transport}
+            for q in lab.dns.queries
+        ]
+        ldap = [
+            {"client": q.client, "base": q.base, "filter": q.filter, "scope": q.scope, "results": q.results}
+            for q in lab.gc.queries
+        ]
+        deliveries: list[Delivery] = []
+        for record in store.read_deliveries(lab.workdir):
+            deliveries.append(Delivery(
+                "mailbox", str(record["recipient"]).lower(), str(record["server"]), str(record["sender"]),
+                (str(record["recipient"]),), Path(str(record["path"])).read_bytes(),
+            ))
+        for sink in lab.sinks.values():
+            for capture in sink.captures:
+                deliveries.append(Delivery("sink", sink.host.name, names.get(capture.peer, capture.peer),
+                                           capture.mail_from, tuple(capture.rcpt_tos), capture.data))
+        for envelope in sorted(lab.workdir.glob("*/gateways/*/MTS-OUT/*.json")):
+            msg = json.loads(envelope.read_text())
+            deliveries.append(Delivery(
+                "gateway", envelope.parents[1].name, envelope.parents[3].name, msg["sender"],
+                tuple(r["address"] for r in msg["recipients"]), envelope.with_suffix(".eml").read_bytes(),
+            ))
+        events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
+        return cls(dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues())
+
+
+@dataclass
+class Check:
+    title: str
+    failures: list[str] = field(default_factory=list)
+    expected: str = ""
+    actual: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
+    checks: list[Check] = []
+    for spec in outcome.get("dns") or []:
+        checks.append(_check_dns(spec, evidence))
+    for spec in outcome.get("ldap") or []:
+        checks.append(_check_ldap(spec, evidence))
+    matched: set[int] = set()
+    for spec in outcome.get("delivered") or []:
+        checks.append(_check_delivered(spec, evidence, matched))
+    for spec in outcome.get("not_delivered") or []:
+        checks.append(_check_not_delivered(spec, evidence))
+    if outcome.get("nothing_else_delivered"):
+        extra = [d.describe() for i, d in enumerate(evidence.deliveries) if i not in matched]
+        checks.append(Check("nothing else delivered", [f"unexpected delivery: {e}" for e in extra],
+                            "no other delivery", "\n".join(extra) or "none"))
+    if outcome.get("nothing_delivered"):
+        found = [d.describe() for d in evidence.deliveries]
+        checks.append(Check("nothing delivered", [f"unexpected delivery: {e}" for e in found], "no delivery",
+                            "\n".join(found) or "none"))
+    for server, expected in (outcome.get("tracking") or {}).items():
+        checks.append(_check_tracking(server, expected, evidence))
+    if "hops" in outcome:
+        checks.append(_check_hops(outcome["hops"], evidence))
+    if outcome.get("queues_empty"):
+        busy = [f"{server}: {queue} holds {len(items)}" for server, queues in evidence.queues.items()
+                for queue, items in queues.items() if items]
+        checks.append(Check("queues empty", busy, "all queues empty", "\n".join(busy) or "all empty"))
+    return checks
+
+
+def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
+    name = spec["name"].lower().rstrip(".")
+    rtype = spec.get("type")
+    client = spec.get("client")
+    title = f"DNS query {name} {rtype or ''}".rstrip() + (f" from {client}" if client else "")
+    found = [q for q in evidence.dns if q["name"] == name and (rtype is None or q["type"] == rtype)
+             and (client is None or q["client"] == client)]
+    seen = "\n".join(f"{q['client']} asked {q['name']} {q['type']} → {q['rcode']} {q['answers']}"
+                     for q in evidence.dns) or "no queries"
+    if spec.get("absent"):
+        return Check(f"no {title}", [f"{title} was made"] if found else [], "no such query", seen)
+    return Check(title, [] if found else [f"{title} was not made"], title, seen)
+
+
+def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
+    exact = spec.get("filter")
+    pattern = re.compile(spec["filter_regex"]) if spec.get("filter_regex") else None
+    client = spec.get("client")
+    described = exact or f"/{spec.get('filter_regex')}/"
+    title = f"LDAP filter {described}" + (f" from {client}" if client else "")
+
+    def matches(query: dict[str, Any]) -> bool:
+        if exact is not None and query["filter"].lower() != exact.lower():
+            return False
+        if pattern is not None and not pattern.search(query["filter"]):
+            return False
+        if client is not None and query["client"].lower() != client.lower():
+            return False
+        return "results" not in spec or query["results"] == spec["results"]
+
+    found = [q for q in evidence.ldap if matches(q)]
+    seen = "\n".join(f"{q['client']}: {q['filter']} (base {q['base']}) → {q['results']}" for q in evidence.ldap)
+    if spec.get("absent"):
+        return Check(f"no {title}", [f"{title} was sent"] if found else [], "no such filter", seen or "none")
+    failures = [] if found else [f"{title} was not sent" + (f" with {spec['results']} results"
+                                                            if "results" in spec else "")]
+    return Check(title, failures, described, seen or "no LDAP queries")
+
+
+def _delivery_matches(spec: dict[str, Any], delivery: Delivery) -> list[str]:
+    """Differences between a delivery spec and one actual delivery (empty = it matches)."""
+    problems: list[str] = []
+    if "mailbox" in spec:
+        if delivery.kind != "mailbox" or delivery.where != spec["mailbox"].lower():
+            return ["other destination"]
+        if "server" in spec and delivery.server.lower() != spec["server"].lower():
+            problems.append(f"stored on {delivery.server}, expected {spec['server']}")
+    elif "sink" in spec:
+        if delivery.kind != "sink" or delivery.where.lower() != spec["sink"].lower():
+            return ["other destination"]
+        if "peer" in spec and delivery.server.lower() != spec["peer"].lower():
+            problems.append(f"handed over by {delivery.server}, expected {spec['peer']}")
+    elif "gateway" in spec:
+        if delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower():
+            return ["other destination"]
+    if "rcpt" in spec:
+        wanted = [spec["rcpt"]] if isinstance(spec["rcpt"], str) else spec["rcpt"]
+        have = {r.lower() for r in delivery.rcpt}
+        missing = [r for r in wanted if r.lower() not in have]
+        if missing or len(wanted) != len(have):
+            problems.append(f"recipients {sorted(have)}, expected {sorted(w.lower() for w in wanted)}")
+    if "sender" in spec:
+        expected_sender = spec["sender"].strip("<>")
+        if delivery.sender.lower() != expected_sender.lower():
+            problems.append(f"sender <{delivery.sender}>, expected <{expected_sender}>")
+    if "headers" in spec or "body_contains" in spec or "dsn" in spec:
+        message = email.message_from_bytes(delivery.data, policy=email.policy.default)
+        for name, pattern in (spec.get("headers") or {}).items():
+            value = str(message.get(name, ""))
+            if not re.search(pattern, value):
+                problems.append(f"header {name}: {value!r} does not match /{pattern}/")
+        if "body_contains" in spec and spec["body_contains"].encode() not in delivery.data:
+            problems.append(f"body does not contain {spec['body_contains']!r}")
+        if "dsn" in spec:
+            problems.extend(_dsn_problems(spec["dsn"], message))
+    return problems
+
+
+def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[str]:
+    if message.get_content_type() != "multipart/report":
+        return [f"not a DSN (Content-Type {message.get_content_type()})"]
+    fields: list[dict[str, str]] = []
+    for part in message.walk():
+        if part.get_content_type() == "message/delivery-status":
+            payload = part.get_payload()
+            blocks = payload if isinstance(payload, list) else []
+            if isinstance(payload, str):
+                text = payload.replace("\r\n", "\n")
+                blocks = [email.message_from_string(b) for b in text.split("\n\n") if b.strip()]
+            for block in blocks[1:]:
+                fields.append({k.lower(): str(v) for k, v in block.items()})
+    if not fields:
+        return ["DSN has no per-recipient delivery-status fields"]
+    for entry in fields:
+        ok = True
+        if "status" in spec and entry.get("status", "").strip() != spec["status"]:
+            ok = False
+        if "action" in spec and entry.get("action", "").strip().lower() != spec["action"]:
+            ok = False
+        if "recipient" in spec and spec["recipient"].lower() not in entry.get("final-recipient", "").lower():
+            ok = False
+        if ok:
+            return []
+    shown = "; ".join(f"{f.get('final-recipient')} {f.get('action')} {f.get('status')}" for f in fields)
+    return [f"no DSN recipient block matches {spec} (have: {shown})"]
+
+
+def _describe_spec(spec: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in spec.items())
+
+
+def _check_delivered(spec: dict[str, Any], evidence: Evidence, matched: set[int]) -> Check:
+    title = f"delivered: {_describe_spec(spec)}"
+    near: list[str] = []
+    for index, delivery in enumerate(evidence.deliveries):
+        if index in matched:
+            continue
+        problems = _delivery_matches(spec, delivery)
+        if not problems:
+            matched.add(index)
+            return Check(title, [], _describe_spec(spec), delivery.describe())
+        if problems != ["other destination"]:
+            near.append(f"{delivery.describe()}: {'; '.join(problems)}")
+    actual = "\n".join(near or [d.describe() for d in evidence.deliveries]) or "nothing was delivered"
+    return Check(title, [f"no delivery matches {_describe_spec(spec)}"] + near, _describe_spec(spec), actual)
+
+
+def _check_not_delivered(spec: dict[str, Any], evidence: Evidence) -> Check:
+    title = f"not delivered: {_describe_spec(spec)}"
+    found = [d.describe() for d in evidence.deliveries if not _delivery_matches(spec, d)]
+    return Check(title, [f"delivered anyway: {f}" for f in found], "no such delivery", "\n".join(found) or "none")
+
+
+def collapse(ids: Iterable[int]) -> list[int]:
+    result: list[int] = []
+    for event_id in ids:
+        if not result or result[-1] != event_id:
+            result.append(event_id)
+    return result
+
+
+def _check_tracking(server: str, expected: list[int] | dict[str, list[int]], evidence: Evidence) -> Check:
+    events = next((v for k, v in evidence.tracking.items() if k.lower() == server.lower()), None)
+    if events is None:
+        return Check(f"tracking on {server}", [f"no tracking log for server {server!r}"], str(expected), "")
+    if isinstance(expected, list):
+        actual = collapse(e["event-id"] for e in events)
+        failures = [] if actual == expected else [f"tracking on {server}: expected {expected}, got {actual}"]
+        return Check(f"tracking on {server}", failures, str(expected), str(actual))
+    failures = []
+    actual_text = []
+    for recipient, ids in expected.items():
+        actual = collapse(e["event-id"] for e in events if e["recipient-address"].lower() == recipient.lower())
+        actual_text.append(f"{recipient}: {actual}")
+        if actual != ids:
+            failures.append(f"tracking on {server} for {recipient}: expected {ids}, got {actual}")
+    return Check(f"tracking on {server} per recipient", failures, json.dumps(expected), "\n".join(actual_text))
+
+
+def _check_hops(expected: list[str], evidence: Evidence) -> Check:
+    first_seen: list[tuple[float, str]] = []
+    for server, events in evidence.tracking.items():
+        times = [e["timestamp"] for e in events if e["event-id"] == tracking.SUBMIT_TO_AQ
+                 and e["sender-address"] != "<>"]
+        if times:
+            first_seen.append((min(times), server))
+    actual = [server for _, server in sorted(first_seen)]
+    failures = [] if [a.lower() for a in actual] == [e.lower() for e in expected] else [
+        f"hops: expected {' > '.join(expected)}, got {' > '.join(actual) or 'none'}"]
+    return Check("hop chain", failures, " > ".join(expected), " > ".join(actual))

@@ -1,0 +1,161 @@
+"""A running lab, in-process backend: fake DNS, mock global catalog, Internet sinks and the reference
+Exchange servers, all on one asyncio loop in a background thread.
+
+The harness drives the lab from ordinary (synchronous) test code, so the loop lives in its own thread
+and every call into it goes through `run()`. Replay clients use their own loop and reach the lab only
+over real sockets on the lab's loopback addresses, as a remote client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.lab.config import LabConfig
+from harness.lab.dns import FakeDNS
+from harness.lab.gc import MockGlobalCatalog
+from harness.lab.sinks import SinkHost
+from reference_mta.queuing import RetryPolicy
+from reference_mta.server import Environment, ExchangeServer
+
+T = TypeVar("T")
+
+
+class LabError(RuntimeError):
+    """The lab could not do what was asked (a harness problem, not a conformance failure)."""
+
+
+class Lab:
+    def __init__(self, config: LabConfig, workdir: Path | None = None, *, reference_servers: bool = True,
+                 retry: RetryPolicy | None = None) -> None:
+        self.config = config
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
+        self.reference_servers = reference_servers
+        self.retry = retry or RetryPolicy(intervals=(1.0, 2.0, 5.0))
+        self.dns = FakeDNS(config.dns_address, config.dns_port, config.records,
+                           authoritative_zones=_zones(config))
+        self.gc = MockGlobalCatalog(config.global_catalog)
+        self.sinks = {h.name: SinkHost(h, config.port(25)) for h in config.internet_hosts}
+        self.servers: dict[str, ExchangeServer] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.started_in = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Lab:
+        began = time.perf_counter()
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name=f"lab-{self.config.name}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self.gc.load()
+            self.run(self._start())
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.perf_counter() - began
+        return self
+
+    async def _start(self) -> None:
+        await self.dns.start()
+        for sink in self.sinks.values():
+            await sink.start()
+        if not self.reference_servers:
+            return
+        environment = Environment(
+            root=self.workdir, dns_address=self.config.dns_address, dns_port=self.config.dns_port,
+            smtp_port=self.config.port(25), directory=self.gc.connect, base_dn=self.config.global_catalog.base_dn,
+            authenticate=self.gc.authenticate, retry=self.retry,
+        )
+        for server in self.config.organization.servers:
+            exchange = ExchangeServer(self.config.organization, server.name, environment)
+            self.servers[server.name] = exchange
+            await exchange.start()
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            if loop.is_running():
+                self.run(self._stop(), timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            loop.close()
+            self._loop = None
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _stop(self) -> None:
+        for server in self.servers.values():
+            await server.stop()
+        for sink in self.sinks.values():
+            await sink.stop()
+        await self.dns.stop()
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- driving ---------------------------------------------------------------------------------
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        if self._loop is None:
+            coroutine.close()
+            raise LabError("the lab is not running")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(timeout)
+
+    def settle(self, timeout: float = 15.0, quiet: float = 0.05) -> bool:
+        """Wait until every server's queues are idle (parked retries excepted) for `quiet` seconds."""
+
+        async def wait() -> bool:
+            deadline = time.monotonic() + timeout
+            quiet_since: float | None = None
+            while time.monotonic() < deadline:
+                if all(server.idle() for server in self.servers.values()):
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since >= quiet:
+                        return True
+                else:
+                    quiet_since = None
+                await asyncio.sleep(0.01)
+            return False
+
+        return self.run(wait(), timeout=timeout + 5)
+
+    def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        async def snapshot() -> dict[str, dict[str, list[dict[str, Any]]]]:
+            return {name: server.aq.snapshot() for name, server in self.servers.items()}
+
+        return self.run(snapshot())
+
+    @property
+    def tracking_dir(self) -> Path:
+        return self.workdir / "tracking"
+
+
+def _zones(config: LabConfig) -> list[str]:
+    zones = {d.domain for p in config.organization.policies for d in p.domains if not d.domain.startswith("*")}
+    return sorted(zones)

@@ -1,0 +1,105 @@
+"""pytest plugin: every trace file under a `traces/` folder is collected as a test, through public
+hooks only (pytest_collect_file, Item.runtest, repr_failure).
+
+A trace that fails its expectations raises AssertionError (Allure "failed"); a trace that cannot be
+loaded or a lab that cannot run raises something else (Allure "broken"). With `--mailflow-results FILE`
+the outcome of every trace is written as JSON for `mailflow coverage` and the CLI summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import report, targets
+from harness.runner import run_trace
+from harness.trace import Trace, is_trace_file, load
+from harness.yamlsource import SourceError
+
+
+class TraceFailed(AssertionError):
+    """The target did not behave as the trace expects."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mailflow")
+    group.addoption("--mailflow-target", default="reference", help="target standing in for the server under test")
+    group.addoption("--mailflow-results", default=None, help="write per-trace outcomes as JSON to this file")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if is_trace_file(file_path):
+        collected: TraceFile = TraceFile.from_parent(parent, path=file_path)
+        return collected
+    return None
+
+
+class TraceFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            trace: Trace | None = load(self.path)
+            error: SourceError | None = None
+        except SourceError as exc:
+            trace, error = None, exc
+        name = trace.id if trace is not None else self.path.stem
+        yield TraceItem.from_parent(self, name=name, trace=trace, load_error=error)
+
+
+class TraceItem(pytest.Item):
+    def __init__(self, *, trace: Trace | None, load_error: SourceError | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trace = trace
+        self.load_error = load_error
+        if trace is not None:
+            self.user_properties.append(("mailflow", {"trace": trace.id, "spec": list(trace.spec),
+                                                      "path": str(trace.path), "boundary": trace.boundary}))
+
+    def runtest(self) -> None:
+        if self.load_error is not None:
+            raise self.load_error
+        assert self.trace is not None
+        target = targets.get(self.config.getoption("mailflow_target"))
+        self.user_properties.append(("mailflow_target", target.name))
+        report.label(self.trace, target.name)
+        missing = target.missing(self.trace.requires)
+        if missing:
+            pytest.skip(f"target {target.name} lacks {', '.join(missing)}")
+        result = run_trace(self.trace, target)
+        report.publish(result)
+        if not result.passed:
+            raise TraceFailed("\n".join(result.failures()))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, TraceFailed | SourceError):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, 0, f"trace {self.name}"
+
+
+_outcomes: list[dict[str, Any]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    properties = dict(report.user_properties)
+    info = properties.get("mailflow")
+    if info is None or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
+        return
+    outcome = report.outcome
+    if report.failed and report.longreprtext and "TraceFailed" not in report.longreprtext and report.when == "call":
+        outcome = "failed"
+    _outcomes.append({**info, "target": properties.get("mailflow_target", "reference"), "outcome": outcome,
+                      "duration": report.duration, "message": report.longreprtext[:2000] if report.failed else ""})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    destination = session.config.getoption("mailflow_results", None)
+    if destination and not hasattr(session.config, "workerinput"):
+        path = Path(destination)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_outcomes, indent=1), encoding="utf-8")
