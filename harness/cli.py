@@ -56,8 +56,9 @@ class ProgressPlugin:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             if report.failed:
                 self.failed += 1
-            self.progress.update(self.task, advance=1,
-                                 description=f"{report.nodeid.rsplit('::', 1)[-1]} [{report.outcome}]")
+            self.progress.update(
+                self.task, advance=1, description=f"{report.nodeid.rsplit('::', 1)[-1]} [{report.outcome}]"
+            )
 
 
 @click.group()
@@ -68,10 +69,16 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--target", "target_name", default="reference", show_default=True, help="server under test")
-@click.option("--reports", "reports_dir", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True)
-@click.option("-n", "--workers", default="0", show_default=True, help="parallel workers (pytest-xdist), or auto")
+@click.option(
+    "--reports", "reports_dir", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True
+)
+@click.option(
+    "-n", "--workers", default="0", show_default=True, help="parallel workers (pytest-xdist), or auto"
+)
 @click.option("-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression")
-def run(paths: tuple[str, ...], target_name: str, reports_dir: Path, workers: str, keyword: str | None) -> None:
+def run(
+    paths: tuple[str, ...], target_name: str, reports_dir: Path, workers: str, keyword: str | None
+) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, print a summary."""
     try:
         target = targets.get(target_name)
@@ -83,17 +90,35 @@ def run(paths: tuple[str, ...], target_name: str, reports_dir: Path, workers: st
         sys.exit(5)
     results_file = reports_dir / "last-run.json"
     args = [str(p) for p in files] + [
-        "--mailflow-target", target.name, "--mailflow-results", str(results_file),
-        "--alluredir", str(reports_dir / "allure-results"), "--clean-alluredir",
-        "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no", "-o", "console_output_style=classic",
+        "--mailflow-target",
+        target.name,
+        "--mailflow-results",
+        str(results_file),
+        "--alluredir",
+        str(reports_dir / "allure-results"),
+        "--clean-alluredir",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--no-header",
+        "-rN",
+        "--tb=no",
+        "-o",
+        "console_output_style=classic",
     ]
     if workers != "0":
         args += ["-n", workers]
     if keyword:
         args += ["-k", keyword]
     console.print(f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("starting", total=len(files))
         plugin = ProgressPlugin(progress, task)
         with open(os.devnull, "w") as quiet:
@@ -119,24 +144,32 @@ def print_summary(outcomes: list[dict[str, Any]]) -> None:
     for outcome in sorted(outcomes, key=lambda o: str(o["trace"])):
         counts[outcome["outcome"]] += 1
         colour = colours.get(outcome["outcome"], "magenta")
-        table.add_row(outcome["trace"], " ".join(outcome["spec"]), outcome["target"],
-                      f"[{colour}]{outcome['outcome']}[/{colour}]", f"{outcome['duration']:.2f}s")
+        table.add_row(
+            outcome["trace"],
+            " ".join(outcome["spec"]),
+            outcome["target"],
+            f"[{colour}]{outcome['outcome']}[/{colour}]",
+            f"{outcome['duration']:.2f}s",
+        )
     console.print(table)
     for outcome in outcomes:
         if outcome["outcome"] == "failed" and outcome.get("message"):
             console.print(f"[red]✗ {outcome['trace']}[/red] ({outcome['path']})")
             console.print(outcome["message"], markup=False, highlight=False)
-    console.print(f"{sum(counts.values())} traces: {counts['passed']} passed, {counts['failed']} failed, "
-                  f"{counts['skipped']} skipped")
+    console.print(
+        f"{sum(counts.values())} traces: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped"
+    )
 
 
 @main.command()
 @click.argument("paths", nargs=-1)
-@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_REPORTS / "last-run.json",
-              show_default=True)
+@click.option(
+    "--results", type=click.Path(path_type=Path), default=DEFAULT_REPORTS / "last-run.json", show_default=True
+)
 def coverage(paths: tuple[str, ...], results: Path) -> None:
-    """Catalogue IDs × traces (showing / boundary) × last result per target."""
-    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    """Catalogue IDs by traces (showing, boundary) and last result per target."""
+    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)  # ID → (trace, shows its boundary)
     broken: list[str] = []
     for path in trace_files(paths):
         try:
@@ -145,7 +178,7 @@ def coverage(paths: tuple[str, ...], results: Path) -> None:
             broken.append(str(exc))
             continue
         for spec_id in trace.spec:
-            by_id[spec_id].append((trace.id, trace.boundary))
+            by_id[spec_id].append((trace.id, spec_id in trace.boundary))
     last: dict[tuple[str, str], list[str]] = defaultdict(list)
     target_names: list[str] = []
     if results.exists():
@@ -167,8 +200,17 @@ def coverage(paths: tuple[str, ...], results: Path) -> None:
         cells = []
         for name in target_names:
             seen = last.get((entry.id, name), [])
-            cells.append("—" if not seen else ("[red]failed[/red]" if "failed" in seen else
-                         "[green]passed[/green]" if all(s == "passed" for s in seen) else "/".join(sorted(set(seen)))))
+            cells.append(
+                "—"
+                if not seen
+                else (
+                    "[red]failed[/red]"
+                    if "failed" in seen
+                    else "[green]passed[/green]"
+                    if all(s == "passed" for s in seen)
+                    else "/".join(sorted(set(seen)))
+                )
+            )
         table.add_row(entry.id, entry.flow, str(len(traces)), str(shows), str(bounds), *cells)
     console.print(table)
     console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
@@ -182,7 +224,7 @@ def check(paths: tuple[str, ...]) -> None:
     """Validate trace and lab files without running anything."""
     problems = 0
     for raw in paths:
-        for path in ([Path(raw)] if not Path(raw).is_dir() else sorted(Path(raw).rglob("*.y*ml"))):
+        for path in [Path(raw)] if not Path(raw).is_dir() else sorted(Path(raw).rglob("*.y*ml")):
             try:
                 if "labs" in path.resolve().parts:
                     lab_config.load(path.resolve())

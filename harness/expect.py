@@ -54,8 +54,15 @@ class Evidence:
     def collect(cls, lab: Lab) -> Evidence:
         names = {h.address: h.name for h in reversed(list(lab.config.hosts.values()))}
         dns = [
-            {"client": names.get(q.client, q.client), "client_ip": q.client, "name": q.name, "type": q.rtype,
-             "rcode": q.rcode, "answers": list(q.answers), "transport": q.transport}
+            {
+                "client": names.get(q.client, q.client),
+                "client_ip": q.client,
+                "name": q.name,
+                "type": q.rtype,
+                "rcode": q.rcode,
+                "answers": list(q.answers),
+                "transport": q.transport,
+            }
             for q in lab.dns.queries
         ]
         ldap = [
@@ -64,20 +71,40 @@ class Evidence:
         ]
         deliveries: list[Delivery] = []
         for record in store.read_deliveries(lab.workdir):
-            deliveries.append(Delivery(
-                "mailbox", str(record["recipient"]).lower(), str(record["server"]), str(record["sender"]),
-                (str(record["recipient"]),), Path(str(record["path"])).read_bytes(),
-            ))
+            deliveries.append(
+                Delivery(
+                    "mailbox",
+                    str(record["recipient"]).lower(),
+                    str(record["server"]),
+                    str(record["sender"]),
+                    (str(record["recipient"]),),
+                    Path(str(record["path"])).read_bytes(),
+                )
+            )
         for sink in lab.sinks.values():
             for capture in sink.captures:
-                deliveries.append(Delivery("sink", sink.host.name, names.get(capture.peer, capture.peer),
-                                           capture.mail_from, tuple(capture.rcpt_tos), capture.data))
+                deliveries.append(
+                    Delivery(
+                        "sink",
+                        sink.host.name,
+                        names.get(capture.peer, capture.peer),
+                        capture.mail_from,
+                        tuple(capture.rcpt_tos),
+                        capture.data,
+                    )
+                )
         for envelope in sorted(lab.workdir.glob("*/gateways/*/MTS-OUT/*.json")):
             msg = json.loads(envelope.read_text())
-            deliveries.append(Delivery(
-                "gateway", envelope.parents[1].name, envelope.parents[3].name, msg["sender"],
-                tuple(r["address"] for r in msg["recipients"]), envelope.with_suffix(".eml").read_bytes(),
-            ))
+            deliveries.append(
+                Delivery(
+                    "gateway",
+                    envelope.parents[1].name,
+                    envelope.parents[3].name,
+                    msg["sender"],
+                    tuple(r["address"] for r in msg["recipients"]),
+                    envelope.with_suffix(".eml").read_bytes(),
+                )
+            )
         events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
         return cls(dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues())
 
@@ -107,19 +134,35 @@ def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
         checks.append(_check_not_delivered(spec, evidence))
     if outcome.get("nothing_else_delivered"):
         extra = [d.describe() for i, d in enumerate(evidence.deliveries) if i not in matched]
-        checks.append(Check("nothing else delivered", [f"unexpected delivery: {e}" for e in extra],
-                            "no other delivery", "\n".join(extra) or "none"))
+        checks.append(
+            Check(
+                "nothing else delivered",
+                [f"unexpected delivery: {e}" for e in extra],
+                "no other delivery",
+                "\n".join(extra) or "none",
+            )
+        )
     if outcome.get("nothing_delivered"):
         found = [d.describe() for d in evidence.deliveries]
-        checks.append(Check("nothing delivered", [f"unexpected delivery: {e}" for e in found], "no delivery",
-                            "\n".join(found) or "none"))
+        checks.append(
+            Check(
+                "nothing delivered",
+                [f"unexpected delivery: {e}" for e in found],
+                "no delivery",
+                "\n".join(found) or "none",
+            )
+        )
     for server, expected in (outcome.get("tracking") or {}).items():
         checks.append(_check_tracking(server, expected, evidence))
     if "hops" in outcome:
         checks.append(_check_hops(outcome["hops"], evidence))
     if outcome.get("queues_empty"):
-        busy = [f"{server}: {queue} holds {len(items)}" for server, queues in evidence.queues.items()
-                for queue, items in queues.items() if items]
+        busy = [
+            f"{server}: {queue} holds {len(items)}"
+            for server, queues in evidence.queues.items()
+            for queue, items in queues.items()
+            if items
+        ]
         checks.append(Check("queues empty", busy, "all queues empty", "\n".join(busy) or "all empty"))
     return checks
 
@@ -129,10 +172,19 @@ def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     rtype = spec.get("type")
     client = spec.get("client")
     title = f"DNS query {name} {rtype or ''}".rstrip() + (f" from {client}" if client else "")
-    found = [q for q in evidence.dns if q["name"] == name and (rtype is None or q["type"] == rtype)
-             and (client is None or q["client"] == client)]
-    seen = "\n".join(f"{q['client']} asked {q['name']} {q['type']} → {q['rcode']} {q['answers']}"
-                     for q in evidence.dns) or "no queries"
+    found = [
+        q
+        for q in evidence.dns
+        if q["name"] == name
+        and (rtype is None or q["type"] == rtype)
+        and (client is None or q["client"] == client)
+    ]
+    seen = (
+        "\n".join(
+            f"{q['client']} asked {q['name']} {q['type']} → {q['rcode']} {q['answers']}" for q in evidence.dns
+        )
+        or "no queries"
+    )
     if spec.get("absent"):
         return Check(f"no {title}", [f"{title} was made"] if found else [], "no such query", seen)
     return Check(title, [] if found else [f"{title} was not made"], title, seen)
@@ -155,11 +207,16 @@ def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
         return "results" not in spec or query["results"] == spec["results"]
 
     found = [q for q in evidence.ldap if matches(q)]
-    seen = "\n".join(f"{q['client']}: {q['filter']} (base {q['base']}) → {q['results']}" for q in evidence.ldap)
+    seen = "\n".join(
+        f"{q['client']}: {q['filter']} (base {q['base']}) → {q['results']}" for q in evidence.ldap
+    )
     if spec.get("absent"):
         return Check(f"no {title}", [f"{title} was sent"] if found else [], "no such filter", seen or "none")
-    failures = [] if found else [f"{title} was not sent" + (f" with {spec['results']} results"
-                                                            if "results" in spec else "")]
+    failures = (
+        []
+        if found
+        else [f"{title} was not sent" + (f" with {spec['results']} results" if "results" in spec else "")]
+    )
     return Check(title, failures, described, seen or "no LDAP queries")
 
 
@@ -176,9 +233,10 @@ def _delivery_matches(spec: dict[str, Any], delivery: Delivery) -> list[str]:
             return ["other destination"]
         if "peer" in spec and delivery.server.lower() != spec["peer"].lower():
             problems.append(f"handed over by {delivery.server}, expected {spec['peer']}")
-    elif "gateway" in spec:
-        if delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower():
-            return ["other destination"]
+    elif "gateway" in spec and (
+        delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower()
+    ):
+        return ["other destination"]
     if "rcpt" in spec:
         wanted = [spec["rcpt"]] if isinstance(spec["rcpt"], str) else spec["rcpt"]
         have = {r.lower() for r in delivery.rcpt}
@@ -214,7 +272,8 @@ def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[
                 text = payload.replace("\r\n", "\n")
                 blocks = [email.message_from_string(b) for b in text.split("\n\n") if b.strip()]
             for block in blocks[1:]:
-                fields.append({k.lower(): str(v) for k, v in block.items()})
+                if isinstance(block, email.message.Message):
+                    fields.append({k.lower(): str(v) for k, v in block.items()})
     if not fields:
         return ["DSN has no per-recipient delivery-status fields"]
     for entry in fields:
@@ -248,13 +307,15 @@ def _check_delivered(spec: dict[str, Any], evidence: Evidence, matched: set[int]
         if problems != ["other destination"]:
             near.append(f"{delivery.describe()}: {'; '.join(problems)}")
     actual = "\n".join(near or [d.describe() for d in evidence.deliveries]) or "nothing was delivered"
-    return Check(title, [f"no delivery matches {_describe_spec(spec)}"] + near, _describe_spec(spec), actual)
+    return Check(title, [f"no delivery matches {_describe_spec(spec)}", *near], _describe_spec(spec), actual)
 
 
 def _check_not_delivered(spec: dict[str, Any], evidence: Evidence) -> Check:
     title = f"not delivered: {_describe_spec(spec)}"
     found = [d.describe() for d in evidence.deliveries if not _delivery_matches(spec, d)]
-    return Check(title, [f"delivered anyway: {f}" for f in found], "no such delivery", "\n".join(found) or "none")
+    return Check(
+        title, [f"delivered anyway: {f}" for f in found], "no such delivery", "\n".join(found) or "none"
+    )
 
 
 def collapse(ids: Iterable[int]) -> list[int]:
@@ -276,21 +337,31 @@ def _check_tracking(server: str, expected: list[int] | dict[str, list[int]], evi
     failures = []
     actual_text = []
     for recipient, ids in expected.items():
-        actual = collapse(e["event-id"] for e in events if e["recipient-address"].lower() == recipient.lower())
+        actual = collapse(
+            e["event-id"] for e in events if e["recipient-address"].lower() == recipient.lower()
+        )
         actual_text.append(f"{recipient}: {actual}")
         if actual != ids:
             failures.append(f"tracking on {server} for {recipient}: expected {ids}, got {actual}")
-    return Check(f"tracking on {server} per recipient", failures, json.dumps(expected), "\n".join(actual_text))
+    return Check(
+        f"tracking on {server} per recipient", failures, json.dumps(expected), "\n".join(actual_text)
+    )
 
 
 def _check_hops(expected: list[str], evidence: Evidence) -> Check:
     first_seen: list[tuple[float, str]] = []
     for server, events in evidence.tracking.items():
-        times = [e["timestamp"] for e in events if e["event-id"] == tracking.SUBMIT_TO_AQ
-                 and e["sender-address"] != "<>"]
+        times = [
+            e["timestamp"]
+            for e in events
+            if e["event-id"] == tracking.SUBMIT_TO_AQ and e["sender-address"] != "<>"
+        ]
         if times:
             first_seen.append((min(times), server))
     actual = [server for _, server in sorted(first_seen)]
-    failures = [] if [a.lower() for a in actual] == [e.lower() for e in expected] else [
-        f"hops: expected {' > '.join(expected)}, got {' > '.join(actual) or 'none'}"]
+    failures = (
+        []
+        if [a.lower() for a in actual] == [e.lower() for e in expected]
+        else [f"hops: expected {' > '.join(expected)}, got {' > '.join(actual) or 'none'}"]
+    )
     return Check("hop chain", failures, " > ".join(expected), " > ".join(actual))

@@ -27,7 +27,9 @@ class TraceFailed(AssertionError):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mailflow")
-    group.addoption("--mailflow-target", default="reference", help="target standing in for the server under test")
+    group.addoption(
+        "--mailflow-target", default="reference", help="target standing in for the server under test"
+    )
     group.addoption("--mailflow-results", default=None, help="write per-trace outcomes as JSON to this file")
 
 
@@ -55,10 +57,28 @@ class TraceItem(pytest.Item):
         self.trace = trace
         self.load_error = load_error
         if trace is not None:
-            self.user_properties.append(("mailflow", {"trace": trace.id, "spec": list(trace.spec),
-                                                      "path": str(trace.path), "boundary": trace.boundary}))
+            self.user_properties.append(
+                (
+                    "mailflow",
+                    {
+                        "trace": trace.id,
+                        "spec": list(trace.spec),
+                        "path": str(trace.path),
+                        "boundary": sorted(trace.boundary),
+                    },
+                )
+            )
 
     def runtest(self) -> None:
+        try:
+            self._run()
+        except (TraceFailed, pytest.skip.Exception):
+            raise
+        except Exception:
+            self.user_properties.append(("mailflow_verdict", "broken"))
+            raise
+
+    def _run(self) -> None:
         if self.load_error is not None:
             raise self.load_error
         assert self.trace is not None
@@ -86,15 +106,20 @@ _outcomes: list[dict[str, Any]] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    properties = dict(report.user_properties)
+    properties: dict[str, Any] = dict(report.user_properties)
     info = properties.get("mailflow")
-    if info is None or (report.when != "call" and not (report.when == "setup" and report.outcome != "passed")):
+    if info is None or report.when != "call":
         return
-    outcome = report.outcome
-    if report.failed and report.longreprtext and "TraceFailed" not in report.longreprtext and report.when == "call":
-        outcome = "failed"
-    _outcomes.append({**info, "target": properties.get("mailflow_target", "reference"), "outcome": outcome,
-                      "duration": report.duration, "message": report.longreprtext[:2000] if report.failed else ""})
+    outcome = properties.get("mailflow_verdict", report.outcome)
+    _outcomes.append(
+        {
+            **info,
+            "target": properties.get("mailflow_target", "reference"),
+            "outcome": outcome,
+            "duration": report.duration,
+            "message": report.longreprtext[:4000] if report.failed else "",
+        }
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -27,11 +27,15 @@ def label(trace: Trace, target: str) -> None:
         allure.dynamic.story(spec_id)
     allure.dynamic.parameter("target", target)
     allure.dynamic.label("trace", trace.id)
-    if trace.boundary:
-        allure.dynamic.tag("boundary")
+    for spec_id in sorted(trace.boundary):
+        allure.dynamic.tag(f"boundary {spec_id}")
     known = catalogue()
     lines = [trace.description, "", f"Trace file: {trace.path}", "", "Checks:"]
-    lines += [f"- {i}: {known[i].title}" for i in trace.spec if i in known]
+    lines += [
+        f"- {i}{' (boundary)' if i in trace.boundary else ''}: {known[i].title}"
+        for i in trace.spec
+        if i in known
+    ]
     allure.dynamic.description("\n".join(lines).strip())
 
 
@@ -71,10 +75,23 @@ def publish(result: TraceResult) -> None:
     if evidence.tracking:
         _text(_tracking_excerpt(evidence.tracking), "tracking log excerpt")
         _text(path_diagram(evidence.tracking), "message path")
-    _text("\n".join(f"{q['client']} ({q['client_ip']}) {q['transport']} {q['name']} {q['type']} → {q['rcode']} "
-                    f"{' '.join(q['answers'])}" for q in evidence.dns) or "no DNS queries", "DNS query log")
-    _text("\n".join(f"{q['client']}: {q['filter']}  base={q['base']} scope={q['scope']} → {q['results']}"
-                    for q in evidence.ldap) or "no LDAP queries", "LDAP query log")
+    _text(
+        "\n".join(
+            f"{q['client']} ({q['client_ip']}) {q['transport']} {q['name']} {q['type']} → {q['rcode']} "
+            f"{' '.join(q['answers'])}"
+            for q in evidence.dns
+        )
+        or "no DNS queries",
+        "DNS query log",
+    )
+    _text(
+        "\n".join(
+            f"{q['client']}: {q['filter']}  base={q['base']} scope={q['scope']} → {q['results']}"
+            for q in evidence.ldap
+        )
+        or "no LDAP queries",
+        "LDAP query log",
+    )
     _text("\n".join(d.describe() for d in evidence.deliveries) or "nothing delivered", "delivered envelopes")
     if not result.passed:
         _text("\n".join(result.failures()), "failures")
@@ -84,15 +101,20 @@ def _tracking_excerpt(events: dict[str, list[dict[str, object]]]) -> str:
     lines = []
     for server, entries in events.items():
         for entry in entries:
-            lines.append(f"{server}\t{entry['event-id']}\t{entry['spec']}\t{entry['recipient-address']}\t"
-                         f"{entry['msgid']}\t{entry['event']}\t{entry['queue']}\t{entry['detail']}")
+            lines.append(
+                f"{server}\t{entry['event-id']}\t{entry['spec']}\t{entry['recipient-address']}\t"
+                f"{entry['msgid']}\t{entry['event']}\t{entry['queue']}\t{entry['detail']}"
+            )
     return "server\tevent\tspec\trecipient\tmsgid\tdescription\tqueue\tdetail\n" + "\n".join(lines)
 
 
 def path_diagram(events: dict[str, list[dict[str, object]]]) -> str:
     """The message's path as text: each server with its tracking events, in the order it first acted."""
-    order = sorted((min(float(str(e["timestamp"])) for e in entries), server)
-                   for server, entries in events.items() if entries)
+    order = sorted(
+        (min(float(str(e["timestamp"])) for e in entries), server)
+        for server, entries in events.items()
+        if entries
+    )
     blocks = []
     for _, server in order:
         ids = collapse(int(str(e["event-id"])) for e in events[server])

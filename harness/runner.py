@@ -15,8 +15,8 @@ import dns.resolver
 from harness.expect import Check, Evidence, check_outcome
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
-from harness.lab.runtime import Lab, LabError
-from harness.replay import SessionResult, run_session
+from harness.lab.runtime import LabError
+from harness.replay import Exchange, SessionResult, run_session
 from harness.targets import Target
 from harness.trace import MESSAGE_DIRS, Connect, Trace
 
@@ -47,8 +47,10 @@ class TraceResult:
         for number, run in enumerate(self.sessions):
             for exchange in run.result.exchanges:
                 for failure in exchange.failures:
-                    problems.append(f"session {number + 1} ({run.client}), step {exchange.index}: "
-                                    f"{exchange.title}: {failure}")
+                    problems.append(
+                        f"session {number + 1} ({run.client}), step {exchange.index}: "
+                        f"{exchange.title}: {failure}"
+                    )
         for check in self.checks:
             problems.extend(check.failures)
         return problems
@@ -74,10 +76,26 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
         for session in trace.sessions:
             client = config.host(session.client)
             host, port = asyncio.run(endpoint(session.connect, config, client.address))
-            outcome = asyncio.run(run_session(
-                session.steps, host=host, port=port, source_address=client.address, base_dir=trace.base_dir,
-                search_dirs=MESSAGE_DIRS, timeout=min(trace.timeout, 30.0),
-            ))
+            if session.refused:
+                result.sessions.append(
+                    SessionRun(
+                        session.client,
+                        f"{host}:{port}",
+                        asyncio.run(expect_refused(host, port, client.address)),
+                    )
+                )
+                continue
+            outcome = asyncio.run(
+                run_session(
+                    session.steps,
+                    host=host,
+                    port=port,
+                    source_address=client.address,
+                    base_dir=trace.base_dir,
+                    search_dirs=MESSAGE_DIRS,
+                    timeout=min(trace.timeout, 30.0),
+                )
+            )
             result.sessions.append(SessionRun(session.client, f"{host}:{port}", outcome))
             if not outcome.passed:
                 break
@@ -87,6 +105,23 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
         result.checks = check_outcome(trace.outcome, result.evidence)
     result.duration = time.perf_counter() - began
     return result
+
+
+async def expect_refused(host: str, port: int, source: str) -> SessionResult:
+    """A session whose connection must be refused: nothing listens there."""
+    exchange = Exchange(
+        index=0, title=f"connect {host}:{port} is refused", sent=b"", reply=None, failures=[], error=None
+    )
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)), 5.0)
+    except (ConnectionRefusedError, TimeoutError) as exc:
+        note = f"-- connect {host}:{port} from {source}: {exc.__class__.__name__} (expected)"
+        return SessionResult([exchange], note, True, "none", (source, 0))
+    writer.close()
+    exchange.failures.append(f"expected the connection to {host}:{port} to be refused, but it was accepted")
+    return SessionResult(
+        [exchange], f"-- connect {host}:{port} from {source}: accepted", False, "client", (source, 0)
+    )
 
 
 async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[str, int]:
@@ -116,6 +151,11 @@ async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[st
             addresses = await resolver.resolve(record.exchange, "A", source=source)
             for address in addresses:
                 return address.to_text(), port
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+    except (
+        dns.resolver.NXDOMAIN,
+        dns.resolver.NoAnswer,
+        dns.resolver.NoNameservers,
+        dns.exception.Timeout,
+    ) as exc:
         raise LabError(f"cannot resolve the MX of {connect.mx} in the lab: {exc}") from exc
     raise LabError(f"the MX of {connect.mx} has no address")

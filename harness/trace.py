@@ -34,6 +34,7 @@ class Session:
     client: str
     connect: Connect
     steps: tuple[Step, ...]
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Trace:
     requires: frozenset[str]
     sessions: tuple[Session, ...]
     outcome: dict[str, Any]
-    boundary: bool = False
+    boundary: frozenset[str] = frozenset()
     description: str = ""
     timeout: float = 30.0
 
@@ -68,29 +69,44 @@ def load(path: Path) -> Trace:
     known = catalogue()
     for index, spec_id in enumerate(data["spec"]):
         if spec_id not in known:
-            raise document.error(("spec", index), f"unknown catalogue ID {spec_id!r} (see harness/catalogue.yaml)")
+            raise document.error(
+                ("spec", index), f"unknown catalogue ID {spec_id!r} (see harness/catalogue.yaml)"
+            )
+    for index, spec_id in enumerate(data.get("boundary") or []):
+        if spec_id not in data["spec"]:
+            raise document.error(("boundary", index), f"{spec_id!r} is not one of this trace's spec IDs")
     lab = lab_path(data.get("lab", "contoso"), path.parent)
     if not lab.is_file():
         raise document.error(("lab",), f"no lab {data.get('lab')!r}: {lab} does not exist")
     sessions = []
     for number, raw in enumerate(data["sessions"]):
         try:
-            steps = parse_script(raw["script"])
+            steps = parse_script(raw["script"]) if "script" in raw else []
         except ScriptError as exc:
             location: tuple[str | int, ...] = ("sessions", number, "script", exc.index)
             raise document.error((*location, exc.key) if exc.key else location, exc.message) from exc
         for index, step in enumerate(steps):
-            if isinstance(step, Data) and step.source is not None and (
-                resolve_message_path(step.source, path.parent, MESSAGE_DIRS) is None
+            if (
+                isinstance(step, Data)
+                and step.source is not None
+                and (resolve_message_path(step.source, path.parent, MESSAGE_DIRS) is None)
             ):
-                raise document.error(("sessions", number, "script", index, "data"),
-                                     f"message file {step.source!r} not found next to the trace or in "
-                                     "fixtures/messages")
+                raise document.error(
+                    ("sessions", number, "script", index, "data"),
+                    f"message file {step.source!r} not found next to the trace or in fixtures/messages",
+                )
         connect = raw["connect"]
-        sessions.append(Session(raw["client"], Connect(**connect), tuple(steps)))
+        sessions.append(Session(raw["client"], Connect(**connect), tuple(steps), raw.get("refused", False)))
     return Trace(
-        id=data["id"], title=data["title"], path=path, spec=tuple(data["spec"]), lab=lab,
-        requires=frozenset(data.get("requires") or []), sessions=tuple(sessions), outcome=data.get("outcome") or {},
-        boundary=data.get("boundary", False), description=data.get("description", ""),
+        id=data["id"],
+        title=data["title"],
+        path=path,
+        spec=tuple(data["spec"]),
+        lab=lab,
+        requires=frozenset(data.get("requires") or []),
+        sessions=tuple(sessions),
+        outcome=data.get("outcome") or {},
+        boundary=frozenset(data.get("boundary") or []),
+        description=data.get("description", ""),
         timeout=float(data.get("timeout", 30.0)),
     )

@@ -146,7 +146,7 @@ class SmtpDelivery:
 
     async def _mx(self, domain: str) -> list[str]:
         try:
-            answer = await self.resolver.resolve(domain, "MX")
+            answer = await self.resolver.resolve(domain, "MX", source=self.source_address)
         except dns.resolver.NXDOMAIN as exc:
             raise Unresolvable(f"{domain}: host not found (NXDOMAIN)") from exc
         except dns.resolver.NoAnswer:
@@ -158,7 +158,7 @@ class SmtpDelivery:
 
     async def _a(self, name: str) -> list[str]:
         try:
-            answer = await self.resolver.resolve(name, "A")
+            answer = await self.resolver.resolve(name, "A", source=self.source_address)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:

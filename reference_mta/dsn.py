@@ -8,7 +8,7 @@ original headers. No NDR is ever made for a message whose sender is already null
 from __future__ import annotations
 
 import email.utils
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 
@@ -51,26 +51,25 @@ def make_ndr(
     report.set_type("multipart/report")
     report.set_param("report-type", "delivery-status")
 
-    status = EmailMessage(policy=SMTP)
-    per_message = [f"Reporting-MTA: dns;{reporting_fqdn}"]
-    arrival = original.properties.get("ARRIVAL_TIME")
-    if isinstance(arrival, float | int):
-        per_message.append(f"Arrival-Date: {email.utils.formatdate(arrival)}")
-    blocks = ["\r\n".join(per_message)]
+    # message/delivery-status is a list of header blocks: the per-message one, then one per recipient.
+    status = EmailMessage()
+    status.set_type("message/delivery-status")
+    blocks: list[Message | str] = [
+        _fields([("Reporting-MTA", f"dns;{reporting_fqdn}"), ("Arrival-Date", _arrival(original))])
+    ]
     for recipient in failed:
-        block = [
-            f"Original-Recipient: rfc822;{recipient.original}",
-            f"Final-Recipient: rfc822;{recipient.address}",
-            "Action: failed",
-            f"Status: {recipient.enhanced}",
-        ]
-        if recipient.status_text:
-            block.append(f"Diagnostic-Code: smtp;{recipient.status_text}")
-        blocks.append("\r\n".join(block))
-    status.set_payload("\r\n\r\n".join(blocks) + "\r\n")
-    status.replace_header("Content-Type", "message/delivery-status") if status.get(
-        "Content-Type"
-    ) else status.add_header("Content-Type", "message/delivery-status")
+        blocks.append(
+            _fields(
+                [
+                    ("Original-Recipient", f"rfc822;{recipient.original}"),
+                    ("Final-Recipient", f"rfc822;{recipient.address}"),
+                    ("Action", "failed"),
+                    ("Status", recipient.enhanced or "5.0.0"),
+                    ("Diagnostic-Code", f"smtp;{recipient.status_text}" if recipient.status_text else None),
+                ]
+            )
+        )
+    status.set_payload(blocks)
     report.attach(status)
 
     original_headers = EmailMessage(policy=SMTP)
@@ -89,3 +88,16 @@ def make_ndr(
         LINKED_MSGID=original.message_id,
     )
     return ndr, data
+
+
+def _fields(pairs: list[tuple[str, str | None]]) -> Message:
+    block = Message()
+    for name, value in pairs:
+        if value is not None:
+            block[name] = value
+    return block
+
+
+def _arrival(original: MailMsg) -> str | None:
+    arrival = original.properties.get("ARRIVAL_TIME")
+    return email.utils.formatdate(arrival) if isinstance(arrival, float | int) else None

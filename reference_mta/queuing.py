@@ -267,8 +267,14 @@ class AdvancedQueuingEngine:
                 # A component failed unexpectedly: the message is parked in the failed message retry
                 # queue, never dropped, and the failure is in the event log and the tracking detail.
                 log.exception("%s: AQ failure processing %s in %s", self.server, entry.msg.id, entry.queue)
-                self.tracking.log(tracking.AQ_FAILURE, entry.msg, None, "C-AQ", queue=RETRY,
-                                  detail=f"{exc.__class__.__name__}: {exc}")
+                self.tracking.log(
+                    tracking.AQ_FAILURE,
+                    entry.msg,
+                    None,
+                    "C-AQ",
+                    queue=RETRY,
+                    detail=f"{exc.__class__.__name__}: {exc}",
+                )
                 await self._park_for_retry(entry, entry.msg.recipients, str(exc))
             finally:
                 self._busy -= 1

@@ -122,9 +122,10 @@ class VirtualServerHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        # aiosmtpd hands the null reverse-path over as "<>" and needs mail_from to be non-empty.
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return replies.sender_ok(f"<{address}>" if address else "<>")
+        return replies.sender_ok(f"<{address.strip('<>')}>")
 
     async def handle_RCPT(
         self,

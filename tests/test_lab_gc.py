@@ -155,6 +155,13 @@ def test_missing_base_gives_no_results(conn: GcConnection) -> None:
     assert conn.search(f"CN=Nobody,{USERS}", "(objectClass=*)", ["cn"], scope="LEVEL") == []
 
 
+def test_a_malformed_filter_is_an_error_and_is_logged(gc: MockGlobalCatalog, conn: GcConnection) -> None:
+    with pytest.raises(GlobalCatalogError, match="failed"):
+        conn.search(BASE, "(proxyAddresses=smtp:alice@contoso.com", ["cn"])
+    (query,) = gc.queries
+    assert (query.filter, query.results) == ("(proxyAddresses=smtp:alice@contoso.com", 0)
+
+
 def test_unknown_scope_is_refused(conn: GcConnection) -> None:
     with pytest.raises(ValueError, match="scope"):
         conn.search(BASE, "(objectClass=*)", ["cn"], scope="ONELEVEL")

@@ -86,6 +86,7 @@ class GcConnection:
         if scope_name not in _SCOPES:
             raise ValueError(f"unknown search scope {scope!r} (BASE, LEVEL or SUBTREE)")
         requested = tuple(attributes)
+        asked = time.time()
         entries: list[DirectoryEntry] = []
         try:
             with self._lock:
@@ -111,7 +112,7 @@ class GcConnection:
             # Failed searches are logged too: the log records what the client asked.
             self._catalog._record(
                 LdapQuery(
-                    time=time.time(),
+                    time=asked,
                     client=self.client,
                     base=base,
                     filter=ldap_filter,

@@ -32,15 +32,22 @@ class LabError(RuntimeError):
 
 
 class Lab:
-    def __init__(self, config: LabConfig, workdir: Path | None = None, *, reference_servers: bool = True,
-                 retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: LabConfig,
+        workdir: Path | None = None,
+        *,
+        reference_servers: bool = True,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.config = config
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
         self.reference_servers = reference_servers
         self.retry = retry or RetryPolicy(intervals=(1.0, 2.0, 5.0))
-        self.dns = FakeDNS(config.dns_address, config.dns_port, config.records,
-                           authoritative_zones=_zones(config))
+        self.dns = FakeDNS(
+            config.dns_address, config.dns_port, config.records, authoritative_zones=_zones(config)
+        )
         self.gc = MockGlobalCatalog(config.global_catalog)
         self.sinks = {h.name: SinkHost(h, config.port(25)) for h in config.internet_hosts}
         self.servers: dict[str, ExchangeServer] = {}
@@ -80,9 +87,14 @@ class Lab:
         if not self.reference_servers:
             return
         environment = Environment(
-            root=self.workdir, dns_address=self.config.dns_address, dns_port=self.config.dns_port,
-            smtp_port=self.config.port(25), directory=self.gc.connect, base_dn=self.config.global_catalog.base_dn,
-            authenticate=self.gc.authenticate, retry=self.retry,
+            root=self.workdir,
+            dns_address=self.config.dns_address,
+            dns_port=self.config.dns_port,
+            smtp_port=self.config.port(25),
+            directory=self.gc.connect,
+            base_dn=self.config.global_catalog.base_dn,
+            authenticate=self.gc.authenticate,
+            retry=self.retry,
         )
         for server in self.config.organization.servers:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
@@ -157,5 +169,7 @@ class Lab:
 
 
 def _zones(config: LabConfig) -> list[str]:
-    zones = {d.domain for p in config.organization.policies for d in p.domains if not d.domain.startswith("*")}
+    zones = {
+        d.domain for p in config.organization.policies for d in p.domains if not d.domain.startswith("*")
+    }
     return sorted(zones)

@@ -59,7 +59,8 @@ class Capture:
 @dataclass
 class SessionLog:
     """One connection to a sink. `transcript` holds (who, line) pairs in order: "C" a command as
-    received, "S" a reply as sent, "*" something the sink did (a rule applied, the connection dropped)."""
+    received (a message as "<message of N bytes>"), "S" a reply as sent, "*" something the sink did
+    (a rule applied, the connection dropped)."""
 
     peer: str
     started: float
