@@ -291,7 +291,9 @@ def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[
 
 
 def _describe_spec(spec: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in spec.items())
+    return ", ".join(
+        f"{k}={v if isinstance(v, str) and chr(10) not in v else json.dumps(v)}" for k, v in spec.items()
+    )
 
 
 def _check_delivered(spec: dict[str, Any], evidence: Evidence, matched: set[int]) -> Check:

@@ -1,0 +1,153 @@
+"""AQ keeps every accepted message durable: on disk (fsync'd) before submit returns, in exactly one
+queue at a time, and resumed from disk after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from reference_mta.mailmsg import MailMsg
+from reference_mta.queuing import (
+    DIRECTORY_LOOKUP,
+    PENDING_SUBMISSION,
+    RETRY,
+    AdvancedQueuingEngine,
+    Components,
+    DeliveryResult,
+    Hop,
+    QueueDirectory,
+    RetryPolicy,
+)
+from reference_mta.tracking import TrackingLog, read_events
+
+
+def _engine(tmp_path: Path) -> AdvancedQueuingEngine:
+    return AdvancedQueuingEngine(
+        "EX1",
+        QueueDirectory(tmp_path / "Queue"),
+        TrackingLog(tmp_path, "EX1", "127.0.0.1"),
+        RetryPolicy(intervals=(0.05,)),
+    )
+
+
+def _components(delivered: list[str], *, fail_local: bool = False) -> Components:
+    async def categorize(msg: MailMsg) -> None:
+        for recipient in msg.recipients:
+            recipient.status = "local"
+
+    async def deliver_local(msg: MailMsg, content: bytes) -> DeliveryResult:
+        if fail_local:
+            raise OSError("store is offline")
+        delivered.extend(f"{r.address}:{content.decode()}" for r in msg.recipients)
+        return DeliveryResult(delivered=list(msg.recipients), failed=[], deferred=[])
+
+    async def deliver_remote(hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
+        raise AssertionError("no remote delivery in these tests")
+
+    return Components(
+        categorize=categorize,
+        route=lambda msg, r: Hop("x", "dns"),
+        deliver_local=deliver_local,
+        deliver_remote=deliver_remote,
+        make_ndr=lambda msg, failed, content: None,
+    )
+
+
+async def _until(condition: object, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_submit_returns_only_after_content_and_envelope_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    engine = _engine(tmp_path)
+    msg = MailMsg.new("ann@fabrikam.com", ["alice@contoso.com"], RFC822_MSG_ID="m1@x")
+
+    asyncio.run(engine.submit(msg, b"Subject: hi\r\n\r\nbody\r\n"))
+
+    queue = tmp_path / "Queue"
+    content_id = msg.properties["CONTENT_ID"]
+    assert (queue / f"{content_id}.eml").read_bytes() == b"Subject: hi\r\n\r\nbody\r\n"
+    envelope = json.loads((queue / f"{msg.id}.json").read_text())
+    assert envelope["queue"] == PENDING_SUBMISSION
+    assert envelope["msg"]["recipients"][0]["address"] == "alice@contoso.com"
+    # Both files and the directory entry that names them reached the disk before submit returned.
+    assert str(queue / f"{content_id}.eml.tmp") in synced or str(queue / f"{content_id}.eml") in synced
+    assert any(p.startswith(str(queue / msg.id)) for p in synced)
+    assert str(queue) in synced
+    events = [e["event-id"] for e in read_events(tmp_path, "EX1")]
+    assert events == [1019, 1025]
+
+
+def test_queued_messages_survive_a_restart_and_are_delivered(tmp_path: Path) -> None:
+    msg = MailMsg.new("ann@fabrikam.com", ["alice@contoso.com"], RFC822_MSG_ID="m2@x")
+    asyncio.run(_engine(tmp_path).submit(msg, b"kept"))  # the engine never started: as if it crashed
+
+    delivered: list[str] = []
+
+    async def restart() -> None:
+        engine = _engine(tmp_path)
+        engine.start(_components(delivered))
+        await _until(lambda: bool(delivered) and engine.idle())
+        await engine.stop()
+
+    asyncio.run(restart())
+    assert delivered == ["alice@contoso.com:kept"]
+    assert list((tmp_path / "Queue").iterdir()) == []  # delivered messages leave no files behind
+
+
+def test_a_failing_component_parks_the_message_for_retry_instead_of_losing_it(tmp_path: Path) -> None:
+    async def scenario() -> tuple[dict[str, list[dict[str, object]]], list[int]]:
+        engine = _engine(tmp_path)
+        engine.start(_components([], fail_local=True))
+        await engine.submit(
+            MailMsg.new("ann@fabrikam.com", ["alice@contoso.com"], RFC822_MSG_ID="m3@x"), b"x"
+        )
+        await _until(lambda: any(e.queue == RETRY for e in engine.entries.values()))
+        snapshot = engine.snapshot()
+        await engine.stop()
+        return snapshot, [e["event-id"] for e in read_events(tmp_path, "EX1")]
+
+    snapshot, events = asyncio.run(scenario())
+    assert len(snapshot[RETRY]) == 1
+    assert 1022 in events  # AQ failure is logged
+    files = [p.name for p in (tmp_path / "Queue").iterdir()]
+    assert any(name.endswith(".eml") for name in files) and any(name.endswith(".json") for name in files)
+
+
+def test_the_envelope_moves_through_named_queues(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        engine = _engine(tmp_path)
+        components = _components([])
+        inner = components.categorize
+
+        async def categorize(msg: MailMsg) -> None:
+            seen.extend(e.queue for e in engine.entries.values() if e.msg.id == msg.id)
+            await inner(msg)
+
+        components.categorize = categorize
+        engine.start(components)
+        await engine.submit(MailMsg.new("", ["a@b"]), b"y")
+        await _until(engine.idle)
+        await engine.stop()
+
+    asyncio.run(scenario())
+    assert seen == [DIRECTORY_LOOKUP]
