@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,8 @@ def run(
 
 def print_summary(outcomes: list[dict[str, Any]]) -> None:
     table = Table(title="mailflow conformance summary", show_lines=False)
-    for column in ("trace", "catalogue IDs", "target", "result", "time"):
+    table.add_column("trace", no_wrap=True)
+    for column in ("catalogue IDs", "target", "result", "time"):
         table.add_column(column)
     colours = {"passed": "green", "failed": "red", "skipped": "yellow"}
     counts: dict[str, int] = defaultdict(int)
@@ -235,6 +237,55 @@ def check(paths: tuple[str, ...]) -> None:
                 problems += 1
                 console.print(f"[red]error[/red] {exc}", markup=True, highlight=False)
     sys.exit(1 if problems else 0)
+
+
+@main.group()
+def lab() -> None:
+    """Run a lab by hand: poke it with swaks or a mail client, read its logs."""
+
+
+@lab.command("up")
+@click.argument("name", default="contoso")
+@click.option("--base", default=None, help="relocate: address base (inside 127.0.0.0/8)")
+@click.option("--port-offset", type=int, default=None, help="relocate: port offset")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="keep queues, mailboxes and tracking logs here (default: a temporary folder)",
+)
+def lab_up(name: str, base: str | None, port_offset: int | None, workdir: Path | None) -> None:
+    """Start lab NAME (or a lab file) in the foreground until Ctrl-C."""
+    from harness.lab.runtime import Lab
+
+    try:
+        config = lab_config.load(lab_config.lab_path(name), base=base, port_offset=port_offset)
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    with Lab(config, workdir) as running:
+        table = Table(title=f"lab {config.name} (started in {running.started_in * 1000:.0f} ms)")
+        for column in ("host", "kind", "name", "address", "service"):
+            table.add_column(column)
+        services = {
+            "dns": f"DNS udp+tcp :{config.dns_port}",
+            "gc": "LDAP: in-process only (ldap3 MOCK_SYNC)",
+            "server": f"SMTP :{config.port(25)}",
+            "internet": f"SMTP sink :{config.port(25)}",
+            "virtual_server": f"SMTP :{config.port(25)}",
+            "client": "-",
+        }
+        for host in config.hosts.values():
+            table.add_row(host.name, host.kind, host.fqdn or "-", host.address, services.get(host.kind, "-"))
+        console.print(table)
+        console.print(f"queues, mailboxes and tracking logs: {running.workdir}")
+        console.print("Ctrl-C stops the lab.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping")
 
 
 if __name__ == "__main__":

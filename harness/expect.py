@@ -44,6 +44,7 @@ class Delivery:
 
 @dataclass
 class Evidence:
+    hosts: dict[str, str]  # address → lab host name
     dns: list[dict[str, Any]]
     ldap: list[dict[str, Any]]
     deliveries: list[Delivery]
@@ -106,7 +107,9 @@ class Evidence:
                 )
             )
         events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
-        return cls(dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues())
+        return cls(
+            hosts=names, dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues()
+        )
 
 
 @dataclass
@@ -154,6 +157,8 @@ def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
         )
     for server, expected in (outcome.get("tracking") or {}).items():
         checks.append(_check_tracking(server, expected, evidence))
+    for spec in outcome.get("events") or []:
+        checks.append(_check_event(spec, evidence))
     if "hops" in outcome:
         checks.append(_check_hops(outcome["hops"], evidence))
     if outcome.get("queues_empty"):
@@ -367,3 +372,49 @@ def _check_hops(expected: list[str], evidence: Evidence) -> Check:
         else [f"hops: expected {' > '.join(expected)}, got {' > '.join(actual) or 'none'}"]
     )
     return Check("hop chain", failures, " > ".join(expected), " > ".join(actual))
+
+
+def _check_event(spec: dict[str, Any], evidence: Evidence) -> Check:
+    """One tracking event with the given fields; `client` names the lab host whose address it shows."""
+    wanted = {k: v for k, v in spec.items() if k not in ("server", "absent")}
+    title = f"tracking event {spec['event']} on {spec['server']}" + "".join(
+        f", {k} {v}" for k, v in wanted.items() if k != "event"
+    )
+    events = next((v for k, v in evidence.tracking.items() if k.lower() == spec["server"].lower()), [])
+
+    def matches(event: dict[str, Any]) -> bool:
+        fields = {
+            "event": event["event-id"],
+            "recipient": event["recipient-address"].lower(),
+            "sender": event["sender-address"].lower(),
+            "client": evidence.hosts.get(event["client-ip"], "-"),
+            "client_hostname": event["client-hostname"].lower(),
+            "spec": event["spec"],
+            "queue": event["queue"],
+        }
+        for key, value in wanted.items():
+            if key in ("msgid", "subject"):
+                field_name = "msgid" if key == "msgid" else "message-subject"
+                if not re.search(str(value), str(event[field_name])):
+                    return False
+            elif key == "event":
+                if fields["event"] != value:
+                    return False
+            elif str(fields[key]).lower() != str(value).lower().strip("<>") and not (
+                key == "sender" and value in ("<>", "") and fields[key] == "<>"
+            ):
+                return False
+        return True
+
+    found = [e for e in events if matches(e)]
+    seen = (
+        "\n".join(
+            f"{e['event-id']} {e['recipient-address']} from {e['sender-address']} client "
+            f"{evidence.hosts.get(e['client-ip'], e['client-ip'])} ({e['client-hostname']}) spec {e['spec']}"
+            for e in events
+        )
+        or "no events"
+    )
+    if spec.get("absent"):
+        return Check(f"no {title}", [f"{title} was logged"] if found else [], "no such event", seen)
+    return Check(title, [] if found else [f"{title} was not logged"], title, seen)
