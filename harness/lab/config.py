@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import yamlsource
+from harness.lab.addresses import is_lab_address
 from harness.lab.dns import Fault, Record, ptr_name
 from reference_mta import topology
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-LAB_NETWORKS = (ipaddress.IPv4Network("127.0.0.0/8"),)
-NETNS_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         base_address = ipaddress.IPv4Address(base_text)
     except ValueError as exc:
         raise document.error(("network", "base"), f"{base_text!r} is not an IPv4 address") from exc
-    if not _is_lab_address(base_address):
+    if not is_lab_address(base_address, loopback_only=True):
         where = "network.base" if base is None else "the base given on the command line"
         raise document.error(
             ("network", "base"),
@@ -119,7 +118,7 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
 
     def address_of(number: int) -> str:
         address = base_address + number
-        if not _is_lab_address(address):
+        if not is_lab_address(address, loopback_only=True):
             raise ValueError(f"{address} is outside the loopback range")
         return str(address)
 
@@ -192,10 +191,6 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
     )
 
 
-def _is_lab_address(address: ipaddress.IPv4Address) -> bool:
-    return any(address in network for network in LAB_NETWORKS)
-
-
 def _rule(raw: Mapping[str, Any]) -> SinkRule:
     return SinkRule(
         command=raw["command"],
@@ -231,7 +226,7 @@ def _records(
                 raise document.error(
                     ("dns", "records", index, "value"), f"{value!r} is not an IPv4 address"
                 ) from None
-            if not _is_lab_address(address):
+            if not is_lab_address(address, loopback_only=True):
                 raise document.error(
                     ("dns", "records", index, "value"),
                     f"{address} is not a lab address: DNS may only point inside the lab",

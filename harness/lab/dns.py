@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import struct
 import time
@@ -32,11 +31,12 @@ import dns.rdtypes.ANY.TXT
 import dns.reversename
 import dns.rrset
 
+from harness.lab.addresses import check_endpoint
+
 __all__ = ["FakeDNS", "Fault", "Query", "Record", "ptr_name"]
 
 _logger = logging.getLogger(__name__)
 
-_LAB_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
 # Longer CNAME chains than this are a mistake in the lab data (or a loop), not something to test.
 _MAX_CNAME_CHAIN = 8
 # RFC 7766 asks servers to drop idle TCP clients; a lab MTA that wedges must not pin a task forever.
@@ -150,14 +150,7 @@ class FakeDNS:
         records: Iterable[Record],
         authoritative_zones: Iterable[str] = (),
     ) -> None:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            raise ValueError(f"{address!r} is not a lab address (not an IP address)") from None
-        if not any(ip in net for net in _LAB_NETWORKS):
-            raise ValueError(f"{address} is not a lab address (must be in 127.0.0.0/8 or 198.18.0.0/15)")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} out of range")
+        check_endpoint(address, port)
         self._address = address
         self._port = port
         self._data: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}

@@ -10,7 +10,6 @@ exercise an MTA's retry and NDR paths. aiosmtpd does the SMTP; this module decid
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from typing import AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
+from harness.lab.addresses import check_endpoint
 from harness.lab.config import Host, SinkRule
 
 __all__ = ["ACTIONS", "COMMANDS", "Capture", "SessionLog", "SinkHost"]
@@ -26,7 +26,6 @@ __all__ = ["ACTIONS", "COMMANDS", "Capture", "SessionLog", "SinkHost"]
 COMMANDS = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "DOT", "QUIT", "RSET")
 ACTIONS = ("reply", "disconnect", "delay")
 
-_LAB_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
 _REPLY = re.compile(r"[2-5][0-9][0-9]( .*)?")
 _IDENT = "ESMTP mailflow sink"
 # RFC 3461 parameters. aiosmtpd answers 555 to any MAIL/RCPT parameter it does not know.
@@ -116,14 +115,7 @@ class SinkHost:
     """
 
     def __init__(self, host: Host, port: int, *, advertise_dsn: bool = True) -> None:
-        try:
-            ip = ipaddress.ip_address(host.address)
-        except ValueError:
-            raise ValueError(f"{host.address!r} is not a lab address (not an IP address)") from None
-        if not any(ip in network for network in _LAB_NETWORKS):
-            raise ValueError(f"{host.address} is not a lab address (must be in 127.0.0.0/8 or 198.18.0.0/15)")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} out of range")
+        check_endpoint(host.address, port)
         self.host = host
         self.fqdn = host.fqdn or host.name
         self.advertise_dsn = advertise_dsn
