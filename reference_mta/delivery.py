@@ -57,17 +57,15 @@ class SmtpDelivery:
         errors: list[str] = []
         for address in addresses:
             result = await self._session(address, msg, content, pending)
-            if result is not None:
+            if isinstance(result, DeliveryResult):
                 return result
-            errors.append(f"{address}: {self._last_error}")
+            errors.append(f"{address}: {result}")
         return DeliveryResult(delivered=[], failed=[], deferred=pending, error="; ".join(errors))
-
-    _last_error = ""
 
     async def _session(
         self, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient]
-    ) -> DeliveryResult | None:
-        """One SMTP transaction; None means try the next address."""
+    ) -> DeliveryResult | str:
+        """One SMTP transaction; a string (the transient error) means: try the next address."""
         client = aiosmtplib.SMTP(
             hostname=address,
             port=self.port,
@@ -123,12 +121,11 @@ class SmtpDelivery:
                         f"{exc.code} {exc.message}", _enhanced(exc.message, "5.0.0"), RP_ERROR_CONTEXT_MTA
                     )
                 return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
-            self._last_error = f"{exc.code} {exc.message}"
+            return f"{exc.code} {exc.message}"
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            self._last_error = f"4.4.1 {exc}"
+            return f"4.4.1 {exc}"
         finally:
             client.close()
-        return None
 
     async def _addresses(self, hop: Hop) -> list[str]:
         addresses: list[str] = []

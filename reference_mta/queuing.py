@@ -311,7 +311,7 @@ class AdvancedQueuingEngine:
         if resolved:
             self.tracking.log(tracking.CATEGORIZED, msg, resolved, "C-CAT", queue=TO_BE_ROUTED)
         if failed:
-            self._fail(entry, failed)
+            await self._fail(entry, failed)
         parts: list[tuple[list[Recipient], str]] = [(local, LOCAL_DELIVERY), (onward, TO_BE_ROUTED)]
         for recipients, queue in parts:
             if not recipients:
@@ -336,7 +336,7 @@ class AdvancedQueuingEngine:
             if hop.kind == "unreachable":
                 for recipient in recipients:
                     recipient.fail("550 5.4.0 No route to the destination", "5.4.0", 0)
-                self._fail(part, recipients)
+                await self._fail(part, recipients)
                 await self._finish(part)
                 continue
             event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
@@ -354,7 +354,7 @@ class AdvancedQueuingEngine:
             )
             self.tracking.log(tracking.LOCAL_DELIVERY, entry.msg, result.delivered, "IN-6a", partner="STORE")
         if result.failed:
-            self._fail(entry, result.failed)
+            await self._fail(entry, result.failed)
         if result.deferred:
             self.tracking.log(tracking.LOCAL_RETRY, entry.msg, result.deferred, "C-AQ", detail=result.error)
             await self._park_for_retry(entry, result.deferred)
@@ -388,7 +388,7 @@ class AdvancedQueuingEngine:
                 queue=entry.hop.queue,
             )
         if result.failed:
-            self._fail(entry, result.failed)
+            await self._fail(entry, result.failed)
         if result.deferred:
             await self._park_for_retry(entry, result.deferred, result.error)
             return
@@ -401,7 +401,7 @@ class AdvancedQueuingEngine:
         if time.time() - arrival > self.retry.expiration:
             for recipient in deferred:
                 recipient.fail(f"550 4.4.7 Message expired: {error}", "4.4.7", 0)
-            self._fail(entry, deferred)
+            await self._fail(entry, deferred)
             await self._finish(entry)
             return
         delay = self.retry.delay(entry.attempts)
@@ -418,7 +418,7 @@ class AdvancedQueuingEngine:
         timer = asyncio.get_running_loop().call_later(delay, wake)
         self._timers.add(timer)
 
-    def _fail(self, entry: Entry, failed: list[Recipient]) -> None:
+    async def _fail(self, entry: Entry, failed: list[Recipient]) -> None:
         """Failed recipients: log the NDR event and queue the DSN for submission."""
         self.tracking.log(
             tracking.NDR_ALL,
@@ -433,7 +433,7 @@ class AdvancedQueuingEngine:
         dsn_entry = Entry(dsn, DSN_PENDING)
         self._content_refs[self._content_id(dsn)] += 1
         self.entries[dsn.id] = dsn_entry
-        self.directory.save(dsn_entry)
+        await asyncio.to_thread(self.directory.save, dsn_entry)
         self._work.put_nowait(dsn.id)
 
     async def _submit_dsn(self, entry: Entry) -> None:
