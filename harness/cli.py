@@ -18,6 +18,7 @@ from typing import Any
 import click
 import pytest
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -157,7 +158,7 @@ def print_summary(outcomes: list[dict[str, Any]]) -> None:
     for outcome in outcomes:
         if outcome["outcome"] == "failed" and outcome.get("message"):
             console.print(f"[red]✗ {outcome['trace']}[/red] ({outcome['path']})")
-            console.print(outcome["message"], markup=False, highlight=False)
+            console.print(outcome["message"], markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"{sum(counts.values())} traces: {counts['passed']} passed, {counts['failed']} failed, "
         f"{counts['skipped']} skipped"
@@ -217,7 +218,7 @@ def coverage(paths: tuple[str, ...], results: Path) -> None:
     console.print(table)
     console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
     for problem in broken:
-        console.print(f"[red]broken trace:[/red] {problem}", markup=True, highlight=False)
+        console.print(f"[red]broken trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -235,7 +236,8 @@ def check(paths: tuple[str, ...]) -> None:
                 console.print(f"[green]ok[/green] {path}")
             except SourceError as exc:
                 problems += 1
-                console.print(f"[red]error[/red] {exc}", markup=True, highlight=False)
+                # soft_wrap keeps "file:line: field: message" on one line for grep and editors.
+                console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
     sys.exit(1 if problems else 0)
 
 

@@ -53,6 +53,18 @@ class Document:
             line = node.start_mark.line + 1
         return line
 
+    def key_line(self, location: Sequence[str | int]) -> int | None:
+        """1-based line of the key that names the last part of `location` in its mapping."""
+        parent = self.root
+        for part in location[:-1]:
+            parent = _child(parent, part)
+        if isinstance(parent, yaml.MappingNode):
+            for key, _ in parent.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == location[-1]:
+                    line: int = key.start_mark.line + 1
+                    return line
+        return self.line_of(location[:-1])
+
     def error(self, location: Sequence[str | int], message: str) -> SourceError:
         return SourceError(self.path, self.line_of(location), field_name(location), message)
 
@@ -89,14 +101,43 @@ def load(path: Path) -> Document:
         root: yaml.Node | None = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SourceError(path, line, "", f"YAML syntax error: {exc.problem or exc.context}") from exc
+        # The context mark is where the broken construct began (an unclosed quote or bracket); the
+        # problem mark is where the parser gave up, which can be the end of the file.
+        problem = exc.problem_mark.line + 1 if exc.problem_mark else None
+        context = exc.context_mark.line + 1 if exc.context_mark else None
+        at_end = "end of stream" in (exc.problem or "")
+        line = (context or problem) if at_end else (problem or context)
+        message = f"YAML syntax error: {exc.problem or exc.context}"
+        if at_end and context and problem and problem != context:
+            message += f" ({exc.context} that starts here, never closed)"
+        raise SourceError(path, line, "", message) from exc
     except yaml.YAMLError as exc:
         raise SourceError(path, None, "", f"YAML error: {exc}") from exc
     finally:
         loader.dispose()
-    return Document(path=path, data=data, root=root)
+    document = Document(path=path, data=data, root=root)
+    _reject_duplicate_keys(document, root, [])
+    return document
+
+
+def _reject_duplicate_keys(document: Document, node: yaml.Node | None, location: list[str | int]) -> None:
+    """PyYAML silently keeps the last of two equal keys; a hand-written file means the first one too."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise SourceError(
+                        document.path,
+                        key.start_mark.line + 1,
+                        field_name([*location, key.value]),
+                        f"duplicate key {key.value!r} (first at line {seen[key.value]})",
+                    )
+                seen[key.value] = key.start_mark.line + 1
+                _reject_duplicate_keys(document, value, [*location, key.value])
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _reject_duplicate_keys(document, item, [*location, index])
 
 
 @cache
@@ -114,7 +155,19 @@ def validate(document: Document, schema_name: str) -> None:
     errors = sorted(validator.iter_errors(document.data), key=_error_rank)
     if errors:
         best = jsonschema.exceptions.best_match(errors)
-        location = list(best.absolute_path)
+        location: list[str | int] = list(best.absolute_path)
+        if best.validator == "additionalProperties" and isinstance(best.instance, dict):
+            allowed = set(best.schema.get("properties", {}))
+            unexpected = [key for key in best.instance if key not in allowed]
+            if unexpected:
+                key_line = document.key_line([*location, unexpected[0]])
+                known = ", ".join(sorted(allowed))
+                raise SourceError(
+                    document.path,
+                    key_line,
+                    field_name([*location, unexpected[0]]),
+                    f"unknown field {unexpected[0]!r} (expected one of: {known})",
+                )
         raise document.error(location, _describe(best))
 
 

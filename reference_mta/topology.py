@@ -286,8 +286,10 @@ def _virtual_server(
         result = []
         for number, item in enumerate(relay_raw.get(key) or []):
             try:
-                text = item if any(c.isdigit() for c in item.split("/")[0][:1]) else host_address(item)
-                result.append(ipaddress.IPv4Network(text, strict=False))
+                try:
+                    result.append(ipaddress.IPv4Network(item, strict=False))
+                except ValueError:
+                    result.append(ipaddress.IPv4Network(host_address(item)))
             except (KeyError, ValueError) as exc:
                 raise TopologyError(
                     (*where, "relay", key, number), f"{item!r} is neither a lab host nor an IPv4 network"

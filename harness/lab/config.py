@@ -117,27 +117,19 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         )
 
     def address_of(number: int) -> str:
-        address = base_address + number
-        if not is_lab_address(address, loopback_only=True):
-            raise ValueError(f"{address} is outside the loopback range")
-        return str(address)
+        return str(base_address + number)
 
+    _check_addresses(document, data, base_address, offset, relocated=base is not None)
     hosts: dict[str, Host] = {}
 
     def add(host: Host, location: tuple[str | int, ...]) -> None:
         if host.name.lower() in hosts:
             raise document.error(location, f"duplicate host name {host.name!r}")
-        taken = next(
-            (h for h in hosts.values() if h.address == host.address and h.kind != "virtual_server"), None
-        )
-        if taken is not None and host.kind != "virtual_server":
-            raise document.error(location, f"address {host.address} is already used by {taken.name!r}")
         hosts[host.name.lower()] = host
 
-    dns_address = address_of(data["dns"]["addr"])
-    add(Host("dns", None, dns_address, "dns"), ("dns", "addr"))
+    add(Host("dns", None, address_of(data["dns"]["addr"]), "dns"), ("dns",))
     gc_raw = data["global_catalog"]
-    add(Host("gc", gc_raw["fqdn"], address_of(gc_raw["addr"]), "gc"), ("global_catalog", "addr"))
+    add(Host("gc", gc_raw["fqdn"], address_of(gc_raw["addr"]), "gc"), ("global_catalog",))
     for index, raw in enumerate(data["organization"]["servers"]):
         add(
             Host(raw["name"], raw["fqdn"], address_of(raw["addr"]), "server"),
@@ -148,6 +140,13 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
             rules = tuple(_rule(r) for r in raw.get("rules") or [])
             kind = "internet" if section == "internet" else "client"
             add(Host(raw["name"], raw.get("fqdn"), address_of(raw["addr"]), kind, rules), (section, index))
+    fqdns: dict[str, str] = {}
+    for host in hosts.values():
+        if host.fqdn and fqdns.setdefault(host.fqdn.lower(), host.name) != host.name:
+            raise document.error(
+                _host_location(data, host.name),
+                f"FQDN {host.fqdn} is already the name of {fqdns[host.fqdn.lower()]!r}",
+            )
 
     def host_address(name: str) -> str:
         return hosts[name.lower()].address
@@ -164,6 +163,16 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
                     Host(f"{server.name}/{vs.name}", None, vs.address, "virtual_server"),
                 )
 
+    for index, server in enumerate(organization.servers):
+        for number, vs in enumerate(server.virtual_servers):
+            location = ("organization", "servers", index, "virtual_servers", number, "smart_host")
+            _check_literal(document, vs.smart_host, location)
+    for index, connector in enumerate(data["organization"].get("connectors") or []):
+        built = next(c for c in organization.connectors if c.name == connector["name"])
+        for number, smart_host in enumerate(built.smart_hosts):
+            _check_literal(
+                document, smart_host, ("organization", "connectors", index, "delivery", "smart_hosts", number)
+            )
     directory = (path.parent / gc_raw["directory"]).resolve()
     if not directory.is_file():
         raise document.error(("global_catalog", "directory"), f"directory fixture {directory} does not exist")
@@ -182,13 +191,80 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         path=path,
         base=base_address,
         port_offset=offset,
-        dns_address=dns_address,
+        dns_address=hosts["dns"].address,
         dns_port=53 + offset,
         records=records,
         global_catalog=global_catalog,
         organization=organization,
         hosts=hosts,
     )
+
+
+def _check_addresses(
+    document: yamlsource.Document,
+    data: Mapping[str, Any],
+    base: ipaddress.IPv4Address,
+    offset: int,
+    *,
+    relocated: bool,
+) -> None:
+    """Every host number must land inside 127.0.0.0/8 and name one host only; every port must fit."""
+    owners: dict[int, str] = {}
+    moved = " (after relocation)" if relocated else ""
+    for location, name, raw in _addressed(data):
+        address = base + raw["addr"] if int(base) + raw["addr"] <= 0xFFFFFFFF else None
+        if address is None or not is_lab_address(address, loopback_only=True):
+            raise document.error(
+                (*location, "addr"),
+                f"base {base} + {raw['addr']} = {address or 'overflow'}{moved} is outside 127.0.0.0/8",
+            )
+        if raw["addr"] in owners:
+            raise document.error(
+                (*location, "addr"), f"address {address} is already used by {owners[raw['addr']]!r}"
+            )
+        owners[raw["addr"]] = name
+        if "port" in raw and raw["port"] + offset > 65535:
+            raise document.error((*location, "port"), f"port {raw['port']} + offset {offset} is above 65535")
+
+
+def _addressed(data: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str, Mapping[str, Any]]]:
+    """(location, host name, mapping with addr) for every entry of a lab file that takes an address."""
+    found: list[tuple[tuple[str | int, ...], str, Mapping[str, Any]]] = [
+        (("dns",), "dns", data["dns"]),
+        (("global_catalog",), "gc", data["global_catalog"]),
+    ]
+    for index, server in enumerate(data["organization"]["servers"]):
+        found.append((("organization", "servers", index), server["name"], server))
+        for number, vs in enumerate(server["virtual_servers"]):
+            if "addr" in vs:
+                found.append(
+                    (
+                        ("organization", "servers", index, "virtual_servers", number),
+                        f"{server['name']}/{vs['name']}",
+                        vs,
+                    )
+                )
+    for section in ("internet", "clients"):
+        for index, raw in enumerate(data.get(section) or []):
+            found.append(((section, index), raw["name"], raw))
+    return found
+
+
+def _host_location(data: Mapping[str, Any], name: str) -> tuple[str | int, ...]:
+    return next((loc for loc, owner, _ in _addressed(data) if owner == name), ())
+
+
+def _check_literal(
+    document: yamlsource.Document, smart_host: str | None, location: tuple[str | int, ...]
+) -> None:
+    if (
+        smart_host
+        and smart_host.startswith("[")
+        and not is_lab_address(smart_host.strip("[]"), loopback_only=True)
+    ):
+        raise document.error(
+            location, f"smart host {smart_host} is not a lab address: name a lab host instead"
+        )
 
 
 def _rule(raw: Mapping[str, Any]) -> SinkRule:
