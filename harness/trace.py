@@ -7,6 +7,7 @@ broken trace is fixed from the error message alone.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from harness import yamlsource
 from harness.catalogue import catalogue
 from harness.lab.config import FIXTURES, lab_path
 from harness.replay import resolve_message_path
-from harness.script import Data, ScriptError, Step, parse_script
+from harness.script import Data, ScriptError, Step, parse_script, parse_step
 from harness.yamlsource import SourceError
 
 MESSAGE_DIRS = (FIXTURES / "messages",)
@@ -56,6 +57,25 @@ class Trace:
         return self.path.parent
 
 
+def _clearer(document: yamlsource.Document, error: SourceError) -> SourceError:
+    """A schema error inside a script step says "not valid under any of the given schemas"; the step
+    parser says what is wrong in the trace author's terms, so ask it for the same step."""
+    match = re.match(r"sessions\[(\d+)\]\.script\[(\d+)\]", error.field)
+    vague = "valid under" in error.message or error.field == (match[0] if match else None)
+    if match is None or not vague:
+        return error
+    session, index = int(match[1]), int(match[2])
+    try:
+        raw = document.data["sessions"][session]["script"][index]
+        parse_step(raw, index=index) if isinstance(raw, dict) else None
+    except ScriptError as exc:
+        location: tuple[str | int, ...] = ("sessions", session, "script", index)
+        return document.error((*location, exc.key) if exc.key else location, exc.message)
+    except (KeyError, IndexError, TypeError):
+        pass
+    return error
+
+
 def is_trace_file(path: Path) -> bool:
     return path.suffix in (".yaml", ".yml") and "traces" in path.parts
 
@@ -64,7 +84,10 @@ def load(path: Path) -> Trace:
     document = yamlsource.load(path)
     if not isinstance(document.data, dict):
         raise SourceError(path, 1, "", "a trace is a YAML mapping (id, title, spec, sessions, outcome)")
-    yamlsource.validate(document, "trace.schema.json")
+    try:
+        yamlsource.validate(document, "trace.schema.json")
+    except SourceError as exc:
+        raise _clearer(document, exc) from None
     data: dict[str, Any] = document.data
     known = catalogue()
     for index, spec_id in enumerate(data["spec"]):

@@ -176,6 +176,27 @@ def _error_rank(error: jsonschema.ValidationError) -> tuple[int, int]:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
+    alternatives = _exclusive_keys(error)
+    if alternatives is not None and isinstance(error.instance, dict):
+        found = [key for key in alternatives if key in error.instance]
+        return f"give exactly one of {', '.join(alternatives)} (found {', '.join(found) or 'none'})"
+    return _plain(error)
+
+
+def _exclusive_keys(error: jsonschema.ValidationError) -> list[str] | None:
+    """The keys of a oneOf whose branches each just require one key (connect: mx | server | host)."""
+    if error.validator != "oneOf" or not isinstance(error.validator_value, list):
+        return None
+    keys: list[str] = []
+    for branch in error.validator_value:
+        required = branch.get("required") if isinstance(branch, dict) else None
+        if not required or len(required) != 1 or set(branch) - {"required", "not"}:
+            return None
+        keys.append(required[0])
+    return keys
+
+
+def _plain(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         return f"unknown field ({error.message})"
     if error.validator == "required":

@@ -195,9 +195,9 @@ def test_step_with_two_keys(tmp_path: Path) -> None:
     text = mutate("- send: QUIT", "- {send: QUIT, expect: 221}")
     error = load_error(tmp_path, text)
     assert_error(
-        error, line_with(text, "{send: QUIT"), "sessions[0].script[3]", "{'send': 'QUIT', 'expect': 221}"
+        error, line_with(text, "{send: QUIT"), "sessions[0].script[3]", "a step must have exactly one of"
     )
-    assert error.message.endswith("has too many properties")
+    assert error.message.endswith("found send, expect")
 
 
 def test_unknown_step_key(tmp_path: Path) -> None:
@@ -210,7 +210,8 @@ def test_unknown_step_key(tmp_path: Path) -> None:
 def test_empty_step(tmp_path: Path) -> None:
     text = mutate("- send: QUIT", "- {}")
     error = load_error(tmp_path, text)
-    assert_error(error, line_with(text, "- {}"), "sessions[0].script[3]", "{} should be non-empty")
+    assert_error(error, line_with(text, "- {}"), "sessions[0].script[3]", "a step must have exactly one of")
+    assert error.message.endswith("found none")
 
 
 @pytest.mark.parametrize(
@@ -349,7 +350,12 @@ def test_message_file_next_to_the_trace(tmp_path: Path) -> None:
 def test_connect_with_both_mx_and_server(tmp_path: Path) -> None:
     text = mutate("{server: EX1}", "{mx: contoso.com, server: EX1}")
     error = load_error(tmp_path, text)
-    assert_error(error, line_with(text, "connect:"), "sessions[0].connect", "is valid under each of")
+    assert_error(
+        error,
+        line_with(text, "connect:"),
+        "sessions[0].connect",
+        "give exactly one of mx, server, host (found mx, server)",
+    )
 
 
 def test_connect_with_only_a_virtual_server(tmp_path: Path) -> None:
@@ -359,7 +365,7 @@ def test_connect_with_only_a_virtual_server(tmp_path: Path) -> None:
         error,
         line_with(text, "connect:"),
         "sessions[0].connect",
-        "is not valid under any of the given schemas",
+        "give exactly one of mx, server, host (found none)",
     )
 
 
@@ -367,7 +373,10 @@ def test_refused_session_with_a_script(tmp_path: Path) -> None:
     text = mutate("    connect: {server: EX1}\n", "    connect: {server: EX1}\n    refused: true\n")
     error = load_error(tmp_path, text)
     assert_error(
-        error, line_with(text, "- client:"), "sessions[0]", "is not valid under any of the given schemas"
+        error,
+        line_with(text, "- client:"),
+        "sessions[0]",
+        "give exactly one of script, refused (found script, refused)",
     )
 
 

@@ -81,9 +81,11 @@ class Lab:
         return self
 
     async def _start(self) -> None:
-        await self.dns.start()
+        await _listening(self.dns.start(), "fake DNS", self.config.dns_address, self.config.dns_port)
         for sink in self.sinks.values():
-            await sink.start()
+            await _listening(
+                sink.start(), f"Internet host {sink.host.name}", sink.host.address, self.config.port(25)
+            )
         if not self.reference_servers:
             return
         environment = Environment(
@@ -99,7 +101,7 @@ class Lab:
         for server in self.config.organization.servers:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
-            await exchange.start()
+            await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
 
     def stop(self) -> None:
         loop = self._loop
@@ -166,6 +168,17 @@ class Lab:
     @property
     def tracking_dir(self) -> Path:
         return self.workdir / "tracking"
+
+
+async def _listening(starting: Coroutine[Any, Any, None], what: str, address: str, port: int) -> None:
+    try:
+        await starting
+    except OSError as exc:
+        # Usually another lab (or a left-over process) on the same base and port offset.
+        raise LabError(
+            f"{what} cannot listen on {address}:{port}: {exc.strerror or exc}; "
+            "relocate the lab (MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET)"
+        ) from exc
 
 
 def _zones(config: LabConfig) -> list[str]:
