@@ -16,7 +16,15 @@ from typing import Protocol
 
 from ldap3.utils.conv import escape_filter_chars
 
-from reference_mta.mailmsg import RP_ERROR_CONTEXT_CAT, RP_EXPANDED, RP_UNRESOLVED, MailMsg, Recipient
+from reference_mta.mailmsg import (
+    RP_ERROR_CONTEXT_CAT,
+    RP_EXPANDED,
+    RP_HANDLED,
+    RP_UNRESOLVED,
+    MailMsg,
+    Recipient,
+    decapsulate,
+)
 from reference_mta.topology import Organization, Server
 
 RECIPIENT_ATTRIBUTES = (
@@ -75,22 +83,36 @@ class Categorizer:
         server: Server,
         directory: Directory,
         base_dn: str,
-        max_expansion_depth: int = 10,
     ) -> None:
         self.organization = organization
         self.server = server
         self.directory = directory
         self.base_dn = base_dn
-        self.max_expansion_depth = max_expansion_depth
         self._server_fqdn_cache: dict[str, str | None] = {}
 
     async def categorize(self, msg: MailMsg) -> None:
+        hops, limit = int(msg.properties.get("HOP_COUNT", 0)), int(msg.properties.get("MAX_HOP_COUNT", 15))
+        if hops > limit:
+            for recipient in msg.pending():
+                recipient.fail(
+                    f"554 5.4.6 Hop count exceeded ({hops} > {limit}): possible mail loop",
+                    "5.4.6",
+                    RP_ERROR_CONTEXT_CAT,
+                )
+            return
         sender = self._resolve_sender(msg)
         expanded_seen: set[str] = set()
+        resolved: set[str] = set()
         queue = [r for r in msg.recipients if r.status == "pending"]
         while queue:
             recipient = queue.pop(0)
             queue.extend(self._categorize_one(msg, recipient, sender, expanded_seen))
+            # Two addresses of one mailbox (or a member reached twice) get one copy, as in Exchange.
+            if recipient.user_dn and recipient.status in ("local", "remote", "gateway"):
+                if recipient.user_dn.lower() in resolved:
+                    recipient.status = "duplicate"
+                    recipient.flags |= RP_HANDLED
+                resolved.add(recipient.user_dn.lower())
         msg.properties["MESSAGE_STATUS"] = 5  # MP_STATUS_CATEGORIZED
 
     def _resolve_sender(self, msg: MailMsg) -> DirectoryEntry | None:
@@ -109,6 +131,10 @@ class Categorizer:
         self, msg: MailMsg, recipient: Recipient, sender: DirectoryEntry | None, expanded_seen: set[str]
     ) -> list[Recipient]:
         """Resolve one recipient; returns new recipients (group members) to categorize too."""
+        if recipient.address_type == "SMTP":
+            encapsulated = decapsulate(recipient.address)
+            if encapsulated is not None:
+                recipient.address_type, recipient.address = encapsulated
         if recipient.address_type != "SMTP":
             recipient.status = "gateway"
             return []
@@ -134,10 +160,10 @@ class Categorizer:
         entry = found[0]
         recipient.user_dn = entry.dn
         recipient.display_name = entry.first("displayName") or entry.first("cn")
+        if not self._permitted(msg, recipient, entry, sender):
+            return []  # a group's restrictions apply before it is expanded
         if "group" in entry.classes:
             return self._expand(msg, recipient, entry, expanded_seen)
-        if not self._permitted(msg, recipient, entry, sender):
-            return []
         target = entry.first("targetAddress")
         if target and not entry.first("homeMDB"):
             kind, _, address = target.partition(":")

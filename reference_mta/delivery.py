@@ -17,7 +17,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_MTA, MailMsg, Recipient
+from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_MTA, MailMsg, Recipient, encapsulate
 from reference_mta.queuing import DeliveryResult, Hop
 
 
@@ -37,7 +37,11 @@ class SmtpDelivery:
         resolver: dns.asyncresolver.Resolver,
         port: int,
         timeout: float = 30.0,
+        own_addresses: frozenset[str] = frozenset(),
+        encapsulation_domain: str = "",
     ) -> None:
+        self.encapsulation_domain = encapsulation_domain or fqdn
+        self.own_addresses = own_addresses | {source_address}
         self.fqdn = fqdn
         self.source_address = source_address
         self.resolver = resolver
@@ -54,6 +58,15 @@ class SmtpDelivery:
             return DeliveryResult(delivered=[], failed=pending, deferred=[], error=str(exc))
         except ResolverTrouble as exc:
             return DeliveryResult(delivered=[], failed=[], deferred=pending, error=f"4.4.9 {exc}")
+        if any(address in self.own_addresses for address in addresses):
+            # A next hop that is this very server: Exchange's "looping condition" NDR (5.4.8).
+            for recipient in pending:
+                recipient.fail(
+                    f"554 5.4.8 Looping condition: {', '.join(hop.targets)} is this server",
+                    "5.4.8",
+                    RP_ERROR_CONTEXT_MTA,
+                )
+            return DeliveryResult(delivered=[], failed=pending, deferred=[], error="loop to self")
         errors: list[str] = []
         for address in addresses:
             result = await self._session(address, msg, content, pending)
@@ -84,7 +97,7 @@ class SmtpDelivery:
             deferred: list[Recipient] = []
             for recipient in recipients:
                 try:
-                    await client.rcpt(recipient.address)
+                    await client.rcpt(self._smtp_address(recipient))
                     accepted.append(recipient)
                 except aiosmtplib.SMTPRecipientRefused as exc:
                     text = f"{exc.code} {exc.message}"
@@ -126,6 +139,12 @@ class SmtpDelivery:
             return f"4.4.1 {exc}"
         finally:
             client.close()
+
+    def _smtp_address(self, recipient: Recipient) -> str:
+        if recipient.address_type == "SMTP":
+            return recipient.address
+        # A foreign address travels to the gateway's server inside an IMCEA address.
+        return encapsulate(recipient.address_type, recipient.address, self.encapsulation_domain)
 
     async def _addresses(self, hop: Hop) -> list[str]:
         addresses: list[str] = []

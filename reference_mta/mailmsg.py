@@ -9,6 +9,7 @@ by the harness.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -109,3 +110,24 @@ class MailMsg:
     def copy_for(self, recipients: list[Recipient]) -> MailMsg:
         """Bifurcate: a new envelope over the same content for a subset of recipients."""
         return MailMsg(sender=self.sender, recipients=recipients, properties=dict(self.properties))
+
+
+# IMCEA encapsulation: how Exchange carries a non-SMTP address (NOTES:, X400:, ...) over SMTP, e.g.
+# NOTES "Nora Lee/Contoso" ⇄ IMCEANOTES-Nora+20Lee+2FContoso@contoso.com.
+_IMCEA = re.compile(r"^IMCEA([A-Za-z0-9]+)-(.+)@([^@]+)$")
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*-/=?^_`{|}~.")
+
+
+def encapsulate(address_type: str, address: str, domain: str) -> str:
+    encoded = "".join(
+        c if c in _PLAIN and c != "/" else "".join(f"+{b:02X}" for b in c.encode()) for c in address
+    )
+    return f"IMCEA{address_type.upper()}-{encoded}@{domain}"
+
+
+def decapsulate(smtp_address: str) -> tuple[str, str] | None:
+    match = _IMCEA.match(smtp_address)
+    if match is None:
+        return None
+    decoded = re.sub(rb"\+([0-9A-Fa-f]{2})", lambda m: bytes([int(m[1], 16)]), match[2].encode())
+    return match[1].upper(), decoded.decode("utf-8", "replace")

@@ -62,7 +62,9 @@ class Hop:
     """Where routing sends a set of recipients: the link queue's name and how to reach it."""
 
     queue: str
-    kind: str  # "server" | "connector" | "dns" | "smart_host" | "gateway" | "unreachable"
+    # "server" | "connector" | "dns" | "smart_host" | "gateway"; "unreachable" waits and retries (a
+    # connector or path is down), "no_route" fails at once (nothing could ever carry it)
+    kind: str
     targets: tuple[str, ...] = ()  # FQDNs or [a.b.c.d] literals, tried in order
     connector: str | None = None
     spec: str = "C-RE"
@@ -206,11 +208,19 @@ class AdvancedQueuingEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def idle(self) -> bool:
-        """No envelope is being worked on or waiting for work (parked ones wait for time)."""
-        return (
-            self._busy == 0 and self._work.empty() and all(e.queue in PARKED for e in self.entries.values())
-        )
+    def idle(self, horizon: float | None = None) -> bool:
+        """No envelope is being worked on or waiting for work. A parked envelope (retry, unreachable)
+        waits for time; with a `horizon` (a time.time() value) one in the retry queue whose next attempt
+        falls before it still counts as work to come."""
+        if self._busy or not self._work.empty():
+            return False
+        for entry in self.entries.values():
+            if entry.queue not in PARKED:
+                return False
+            # Unreachable destinations wait for link state, not for a retry worth waiting for.
+            if horizon is not None and entry.queue == RETRY and entry.next_retry <= horizon:
+                return False
+        return True
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         queues: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEM_QUEUES}
@@ -275,7 +285,8 @@ class AdvancedQueuingEngine:
                     queue=RETRY,
                     detail=f"{exc.__class__.__name__}: {exc}",
                 )
-                await self._park_for_retry(entry, entry.msg.recipients, str(exc))
+                resume = TO_BE_ROUTED if entry.hop is not None else entry.queue
+                await self._park(entry, entry.msg.recipients, RETRY, resume=resume, error=str(exc))
             finally:
                 self._busy -= 1
 
@@ -324,24 +335,38 @@ class AdvancedQueuingEngine:
 
     async def _route(self, entry: Entry) -> None:
         assert self.components is not None
+        # Every decision first, then the moves: a routing failure leaves the envelope whole.
         by_hop: dict[Hop, list[Recipient]] = defaultdict(list)
         for recipient in entry.msg.recipients:
             by_hop[self.components.route(entry.msg, recipient)].append(recipient)
         for hop, recipients in by_hop.items():
             for recipient in recipients:
                 recipient.next_hop = hop.queue
-            part = await self._bifurcate(
-                entry, recipients, hop.queue if hop.kind != "unreachable" else UNREACHABLE, hop
-            )
-            if hop.kind == "unreachable":
+            if hop.kind == "no_route":
                 for recipient in recipients:
-                    recipient.fail("550 5.4.0 No route to the destination", "5.4.0", 0)
+                    recipient.fail(f"550 5.0.0 No route for the address space ({hop.detail})", "5.0.0", 0)
+                part = await self._bifurcate(entry, recipients, UNREACHABLE, hop)
                 await self._fail(part, recipients)
                 await self._finish(part)
-                continue
-            event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
-            self.tracking.log(event, part.msg, None, hop.spec, queue=hop.queue, detail=hop.detail)
-            self._work.put_nowait(part.msg.id)
+            elif hop.kind == "unreachable":
+                # A connector or path that is down: wait for link state to change, as Exchange does.
+                part = await self._bifurcate(entry, recipients, TO_BE_ROUTED)
+                self.tracking.log(
+                    tracking.ROUTING_RETRY, part.msg, None, "C-RE", queue=UNREACHABLE, detail=hop.detail
+                )
+                await self._park(
+                    part,
+                    part.msg.recipients,
+                    UNREACHABLE,
+                    resume=TO_BE_ROUTED,
+                    error=hop.detail,
+                    code="5.4.0",
+                )
+            else:
+                part = await self._bifurcate(entry, recipients, hop.queue, hop)
+                event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
+                self.tracking.log(event, part.msg, None, hop.spec, queue=hop.queue, detail=hop.detail)
+                self._work.put_nowait(part.msg.id)
         await self._finish(entry)
 
     async def _deliver_local(self, entry: Entry) -> None:
@@ -357,7 +382,7 @@ class AdvancedQueuingEngine:
             await self._fail(entry, result.failed)
         if result.deferred:
             self.tracking.log(tracking.LOCAL_RETRY, entry.msg, result.deferred, "C-AQ", detail=result.error)
-            await self._park_for_retry(entry, result.deferred)
+            await self._park(entry, result.deferred, RETRY, resume=LOCAL_DELIVERY, error=result.error)
             return
         await self._finish(entry)
 
@@ -390,33 +415,47 @@ class AdvancedQueuingEngine:
         if result.failed:
             await self._fail(entry, result.failed)
         if result.deferred:
-            await self._park_for_retry(entry, result.deferred, result.error)
+            # The next attempt is routed afresh: link state may have changed meanwhile.
+            await self._park(entry, result.deferred, RETRY, resume=TO_BE_ROUTED, error=result.error)
             return
         await self._finish(entry)
 
-    async def _park_for_retry(self, entry: Entry, deferred: list[Recipient], error: str = "") -> None:
-        entry.msg.recipients = deferred
+    async def _park(
+        self,
+        entry: Entry,
+        waiting: list[Recipient],
+        queue: str,
+        *,
+        resume: str,
+        error: str = "",
+        code: str = "4.4.7",
+    ) -> None:
+        """Park `waiting` recipients in `queue` until their next attempt, which starts in `resume`;
+        past the expiration time they fail instead (4.4.7, or `code` for unreachable destinations)."""
+        entry.msg.recipients = waiting
         entry.attempts += 1
         arrival = float(entry.msg.properties.get("ARRIVAL_TIME", time.time()))
         if time.time() - arrival > self.retry.expiration:
-            for recipient in deferred:
-                recipient.fail(f"550 4.4.7 Message expired: {error}", "4.4.7", 0)
-            await self._fail(entry, deferred)
+            for recipient in waiting:
+                recipient.fail(f"550 {code} Message expired in queue {queue}: {error}", code, 0)
+            await self._fail(entry, waiting)
             await self._finish(entry)
             return
-        delay = self.retry.delay(entry.attempts)
-        entry.next_retry = time.time() + delay
-        home = entry.queue
-        entry.queue = RETRY
-        entry.msg.properties["RETRY_QUEUE"] = home
+        entry.next_retry = time.time() + self.retry.delay(entry.attempts)
+        entry.queue = queue
+        entry.hop = None if resume == TO_BE_ROUTED else entry.hop
+        entry.msg.properties["RESUME_QUEUE"] = resume
         await asyncio.to_thread(self.directory.save, entry)
+        self._wake_later(entry)
 
+    def _wake_later(self, entry: Entry) -> None:
         def wake() -> None:
-            entry.queue = entry.msg.properties.pop("RETRY_QUEUE", home)
-            self._work.put_nowait(entry.msg.id)
+            if self.entries.get(entry.msg.id) is entry and entry.queue in PARKED:
+                entry.queue = entry.msg.properties.pop("RESUME_QUEUE", TO_BE_ROUTED)
+                self._work.put_nowait(entry.msg.id)
 
-        timer = asyncio.get_running_loop().call_later(delay, wake)
-        self._timers.add(timer)
+        delay = max(0.0, entry.next_retry - time.time())
+        self._timers.add(asyncio.get_running_loop().call_later(delay, wake))
 
     async def _fail(self, entry: Entry, failed: list[Recipient]) -> None:
         """Failed recipients: log the NDR event and queue the DSN for submission."""
@@ -429,7 +468,12 @@ class AdvancedQueuingEngine:
         )
         if not entry.msg.sender:
             return  # no NDR for an NDR
+        if entry.msg.properties.get("DSN_REQUEST"):
+            # The DSN itself could not be made: BadMail, never a DSN about a DSN.
+            self.tracking.log(tracking.BAD_MAIL, entry.msg, failed, "DSN-1", queue="BadMail")
+            return
         dsn = entry.msg.copy_for([Recipient(**r.__dict__) for r in failed])
+        dsn.properties["DSN_REQUEST"] = True
         dsn_entry = Entry(dsn, DSN_PENDING)
         self._content_refs[self._content_id(dsn)] += 1
         self.entries[dsn.id] = dsn_entry
@@ -470,15 +514,9 @@ class AdvancedQueuingEngine:
             await asyncio.to_thread(self.directory.remove_content, content_id)
 
     def _schedule(self, entry: Entry) -> None:
-        if entry.queue == RETRY:
-            delay = max(0.0, entry.next_retry - time.time())
-
-            def wake() -> None:
-                entry.queue = entry.msg.properties.pop("RETRY_QUEUE", TO_BE_ROUTED)
-                self._work.put_nowait(entry.msg.id)
-
-            self._timers.add(asyncio.get_running_loop().call_later(delay, wake))
-        elif entry.queue != UNREACHABLE:
+        if entry.queue in PARKED:
+            self._wake_later(entry)
+        else:
             self._work.put_nowait(entry.msg.id)
 
     @staticmethod

@@ -72,7 +72,7 @@ class RoutingEngine:
     def route_to_server(self, fqdn: str) -> Hop:
         target = self.organization.server_by_fqdn(fqdn)
         if target is None:
-            return Hop(queue=fqdn, kind="unreachable", detail=f"{fqdn} is not a server of the organization")
+            return Hop(queue=fqdn, kind="no_route", detail=f"{fqdn} is not a server of the organization")
         if target.routing_group.lower() == self.group.lower():
             return Hop(
                 queue=target.fqdn,
@@ -113,7 +113,7 @@ class RoutingEngine:
             _, _, _, connector = max(usable, key=lambda c: (c[1], c[2]))
             return self._via_connector(connector, domain)
         if address_type != "SMTP":
-            return Hop(queue=domain, kind="unreachable", detail=f"no connector for {address_type} addresses")
+            return Hop(queue=domain, kind="no_route", detail=f"no connector for {address_type} addresses")
         vs = self.server.default_virtual_server
         if vs.smart_host:
             return Hop(

@@ -61,8 +61,13 @@ class ExchangeServer:
             self.config.address,
             make_resolver(environment.dns_address, environment.dns_port),
             environment.smtp_port,
+            own_addresses=frozenset(
+                {self.config.address, *(vs.address for vs in self.config.virtual_servers)}
+            ),
+            encapsulation_domain=organization.primary_domain,
         )
         self._listeners: list[asyncio.Server] = []
+        self._handlers: list[VirtualServerHandler] = []
 
     async def start(self) -> None:
         self.categorizer = Categorizer(
@@ -85,19 +90,22 @@ class ExchangeServer:
             handler = VirtualServerHandler(
                 self.organization, self.config, vs, self.aq, self.environment.authenticate
             )
+            self._handlers.append(handler)
             listener = await loop.create_server(handler.protocol, vs.address, vs.port)
             self._listeners.append(listener)
 
     async def stop(self) -> None:
         for listener in self._listeners:
             listener.close()
+        for handler in self._handlers:
+            await handler.close_sessions()
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
         await self.aq.stop()
 
-    def idle(self) -> bool:
-        return self.aq.idle()
+    def idle(self, horizon: float | None = None) -> bool:
+        return self.aq.idle(horizon)
 
     async def _deliver_local(self, msg: MailMsg, content: bytes) -> DeliveryResult:
         return await asyncio.to_thread(self.store.deliver, msg, content, self.config.stores)
@@ -112,15 +120,7 @@ class ExchangeServer:
     def _make_ndr(
         self, msg: MailMsg, failed: list[Recipient], content: bytes
     ) -> tuple[MailMsg, bytes] | None:
-        primary = next(
-            (
-                d.domain
-                for p in self.organization.policies
-                for d in p.domains
-                if d.authoritative and not d.domain.startswith("*")
-            ),
-            self.config.fqdn,
-        )
+        primary = self.organization.primary_domain
         made = dsn.make_ndr(msg, failed, content, self.config.fqdn, f"postmaster@{primary}")
         if made is not None:
             made[0].properties.update(CONNECTION_IP_ADDRESS=self.config.address, SERVER_NAME=self.config.fqdn)

@@ -17,9 +17,12 @@ Relay decision for a recipient, first match wins:
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from typing import Any
@@ -32,7 +35,6 @@ from reference_mta.queuing import AdvancedQueuingEngine
 from reference_mta.topology import Organization, Server, VirtualServer
 
 Authenticator = Callable[[str, str], str | None]
-DSN_PARAMETERS = ("NOTIFY=", "ORCPT=", "RET=", "ENVID=")
 
 
 class ExchangeSMTP(SMTP):
@@ -48,25 +50,37 @@ class ExchangeSMTP(SMTP):
         else:
             await super().push(status)
 
+    # aiosmtpd answers 555 to parameters it does not know; the DSN extension's are ours (RFC 3461).
+    dsn_mail: dict[str, str]
+    dsn_rcpt: dict[str, str]
+    # This transaction's DSN arguments: RET/ENVID, and NOTIFY/ORCPT per accepted recipient.
+    dsn_transaction: dict[str, dict[str, Any]]
+
     async def smtp_MAIL(self, arg: str | None) -> None:
-        await super().smtp_MAIL(self._take_dsn(arg, "mail"))
+        arg, self.dsn_mail = self._take_dsn(arg, ("RET", "ENVID"))
+        await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        await super().smtp_RCPT(self._take_dsn(arg, "rcpt"))
+        arg, self.dsn_rcpt = self._take_dsn(arg, ("NOTIFY", "ORCPT"))
+        await super().smtp_RCPT(arg)
 
-    def _take_dsn(self, arg: str | None, kind: str) -> str | None:
-        # aiosmtpd answers 555 to parameters it does not know; DSN's are ours to keep on the envelope.
+    def _take_dsn(self, arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
         if arg is None or self.session is None or not self.session.extended_smtp:
-            return arg
-        words = arg.split(" ")
-        kept = [w for w in words if not w.upper().startswith(DSN_PARAMETERS)]
-        taken = [w for w in words if w.upper().startswith(DSN_PARAMETERS)]
-        if taken and self.envelope is not None:
-            store: dict[str, list[str]] = self.envelope.__dict__.setdefault(
-                "dsn_params", {"mail": [], "rcpt": []}
-            )
-            store[kind].append(" ".join(taken))
-        return " ".join(kept)
+            return arg, {}
+        kept: list[str] = []
+        taken: dict[str, str] = {}
+        for word in arg.split(" "):
+            name, equals, value = word.partition("=")
+            if equals and name.upper() in names:
+                taken[name.upper()] = xtext_decode(value)
+            else:
+                kept.append(word)
+        return " ".join(kept), taken
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 xtext: "+XX" is the byte with hex value XX."""
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m[1], 16)), value)
 
 
 class VirtualServerHandler:
@@ -83,9 +97,10 @@ class VirtualServerHandler:
         self.vs = vs
         self.aq = aq
         self.authenticate = authenticate
+        self.sessions: weakref.WeakSet[ExchangeSMTP] = weakref.WeakSet()
 
     def protocol(self) -> ExchangeSMTP:
-        return ExchangeSMTP(
+        smtp = ExchangeSMTP(
             self,
             decode_data=False,
             data_size_limit=self.vs.max_message_kb * 1024 or None,
@@ -94,6 +109,19 @@ class VirtualServerHandler:
             auth_require_tls=False,
             auth_exclude_mechanism=["PLAIN"],
         )
+        self.sessions.add(smtp)
+        return smtp
+
+    async def close_sessions(self) -> None:
+        """End every open session: a stopping server must not leave handler tasks behind."""
+        handlers = []
+        for smtp in list(self.sessions):
+            if smtp.transport is not None:
+                smtp.transport.close()
+            # aiosmtpd keeps the session's task in _handler_coroutine; closing the transport cancels it.
+            if smtp._handler_coroutine is not None:
+                handlers.append(smtp._handler_coroutine)
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     # --- hooks -----------------------------------------------------------------------------------
 
@@ -125,6 +153,7 @@ class VirtualServerHandler:
         # aiosmtpd hands the null reverse-path over as "<>" and needs mail_from to be non-empty.
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        server.dsn_transaction = {"mail": dict(getattr(server, "dsn_mail", {})), "rcpt": {}}
         return replies.sender_ok(f"<{address.strip('<>')}>")
 
     async def handle_RCPT(
@@ -143,6 +172,7 @@ class VirtualServerHandler:
             return replies.unable_to_relay(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        server.dsn_transaction["rcpt"][address] = dict(getattr(server, "dsn_rcpt", {}))
         return replies.recipient_ok(address)
 
     async def handle_DATA(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
@@ -154,7 +184,7 @@ class VirtualServerHandler:
         content, message_id, subject, queue_id = self._stamp(raw, session)
         client_ip = _client_ip(session)
         msg = MailMsg.new(
-            envelope.mail_from or "",
+            (envelope.mail_from or "").strip("<>"),
             list(envelope.rcpt_tos),
             CONNECTION_IP_ADDRESS=client_ip,
             HELO_DOMAIN=session.host_name or "",
@@ -167,11 +197,16 @@ class VirtualServerHandler:
             MSG_SIZE_HINT=len(content),
             QUEUE_ID=queue_id,
             ORG_INTERNAL=self.organization.server_by_address(client_ip) is not None,
+            HOP_COUNT=_hop_count(content),
+            MAX_HOP_COUNT=self.vs.max_hop_count,
             EIGHTBIT_MIME_OPTION=any(o.upper() == "BODY=8BITMIME" for o in envelope.mail_options),
         )
-        dsn = envelope.__dict__.get("dsn_params")
-        if dsn:
-            msg.properties["DSN_PARAMETERS"] = dsn
+        dsn = server.dsn_transaction
+        msg.properties.update(DSN_RET_VALUE=dsn["mail"].get("RET"), DSN_ENVID_VALUE=dsn["mail"].get("ENVID"))
+        for recipient in msg.recipients:
+            arguments = dsn["rcpt"].get(recipient.address, {})
+            recipient.notify = arguments.get("NOTIFY")
+            recipient.orcpt = arguments.get("ORCPT")
         try:
             await self.aq.submit(msg, content, source="smtp")
         except OSError:
@@ -197,14 +232,7 @@ class VirtualServerHandler:
             return True
         if self.organization.policy_domain(domain) is not None:
             return True
-        return any(
-            connector.allow_relay
-            and any(
-                space.type == "SMTP" and space.specificity(domain) is not None
-                for space in connector.address_spaces
-            )
-            for connector in self.organization.connectors
-        )
+        return self.organization.relay_connector(domain) is not None
 
     def _authenticator(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
@@ -239,3 +267,10 @@ def _client_ip(session: Session) -> str:
     # aiosmtpd types peer loosely; for TCP it is the (host, port) tuple of the client.
     peer: tuple[str, int] = session.peer  # type: ignore[assignment]
     return peer[0]
+
+
+def _hop_count(content: bytes) -> int:
+    """Received: headers in the header block, ours included: the hop count IIS compares with its
+    maximum (Delivery → Advanced → Maximum hop count)."""
+    header_block = content.split(b"\r\n\r\n", 1)[0]
+    return sum(1 for line in header_block.split(b"\r\n") if line[:9].lower() == b"received:")

@@ -67,8 +67,7 @@ class VirtualServer:
     smart_host: str | None = None
     max_message_kb: int = 4096
     max_recipients: int = 64000
-    max_messages_per_connection: int = 20
-    recipient_filter: bool = False
+    max_hop_count: int = 15
 
 
 @dataclass(frozen=True)
@@ -98,19 +97,24 @@ class AddressSpace:
     cost: int = 1
 
     def specificity(self, domain: str) -> int | None:
-        """How closely this SMTP address space matches `domain`: None for no match, higher is closer.
+        return domain_match(self.pattern, domain)
 
-        E2K3 reads an address space only up to the first wildcard (KB 244986), so `abc.*.x.com`
-        behaves as `*.x.com`. An exact match beats any wildcard; among wildcards, the one with more
-        literal characters wins; `*` alone matches everything with the lowest score.
-        """
-        pattern = self.pattern.lower()
-        domain = domain.lower()
-        if "*" not in pattern and "%" not in pattern:
-            return 10_000 + len(pattern) if domain == pattern else None
-        star = pattern.rfind("*")
-        suffix = pattern[star + 1 :]
-        return len(suffix) if domain.endswith(suffix) and len(domain) > len(suffix) else None
+
+def domain_match(pattern: str, domain: str) -> int | None:
+    """How closely an SMTP address space (or recipient-policy domain) matches `domain`: None for no
+    match, higher is closer. The one place this rule lives.
+
+    E2K3 reads an address space only up to the first wildcard (KB 244986), so `abc.*.x.com` behaves
+    as `*.x.com`. An exact match beats any wildcard; among wildcards, the one with more literal
+    characters wins; `*` alone matches everything with the lowest score. A plain domain covers only
+    itself, not its subdomains (docs/decisions.md).
+    """
+    pattern = pattern.lower()
+    domain = domain.lower().rstrip(".")
+    if "*" not in pattern and "%" not in pattern:
+        return 10_000 + len(pattern) if domain == pattern else None
+    suffix = pattern[pattern.rfind("*") + 1 :]
+    return len(suffix) if domain.endswith(suffix) and len(domain) > len(suffix) else None
 
 
 @dataclass(frozen=True)
@@ -164,18 +168,37 @@ class Organization:
         return None
 
     def policy_domain(self, domain: str) -> PolicyDomain | None:
-        """The recipient-policy SMTP address space that covers `domain` (inbound domain), if any.
-
-        A `*.contoso.com` entry covers subdomains; a plain entry covers exactly that domain
-        (docs/decisions.md: subdomain semantics are not confirmed for E2K3, so we stay literal).
-        """
-        domain = domain.lower()
-        ordered = sorted(self.policies, key=lambda p: -p.priority)
-        for policy in ordered:
+        """The recipient-policy SMTP address space that covers `domain` (an inbound domain), if any."""
+        best: tuple[int, PolicyDomain] | None = None
+        for policy in self.policies:
             for entry in policy.domains:
-                pattern = entry.domain.lower()
-                if pattern == domain or (pattern.startswith("*.") and domain.endswith(pattern[1:])):
-                    return entry
+                score = domain_match(entry.domain, domain)
+                if score is not None and (best is None or score > best[0]):
+                    best = (score, entry)
+        return best[1] if best else None
+
+    @property
+    def primary_domain(self) -> str:
+        """The default (lowest-priority) policy's first authoritative domain: postmaster and IMCEA
+        addresses live there."""
+        for policy in sorted(self.policies, key=lambda p: p.priority):
+            for entry in policy.domains:
+                if entry.authoritative and "*" not in entry.domain:
+                    return entry.domain
+        return self.servers[0].fqdn
+
+    @property
+    def literal_policy_domains(self) -> list[str]:
+        return sorted({d.domain for p in self.policies for d in p.domains if "*" not in d.domain})
+
+    def relay_connector(self, domain: str) -> Connector | None:
+        """An SMTP connector that allows messages to be relayed to `domain`, if any."""
+        for connector in self.connectors:
+            if connector.allow_relay and any(
+                space.type == "SMTP" and space.specificity(domain) is not None
+                for space in connector.address_spaces
+            ):
+                return connector
         return None
 
 
@@ -315,8 +338,7 @@ def _virtual_server(
         smart_host=smart_host,
         max_message_kb=raw.get("max_message_kb", 4096),
         max_recipients=raw.get("max_recipients", 64000),
-        max_messages_per_connection=raw.get("max_messages_per_connection", 20),
-        recipient_filter=raw.get("recipient_filter", False),
+        max_hop_count=raw.get("max_hop_count", 15),
     )
 
 

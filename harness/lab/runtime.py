@@ -41,16 +41,20 @@ class Lab:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.config = config
-        self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
         self.reference_servers = reference_servers
         self.retry = retry or RetryPolicy(intervals=(1.0, 2.0, 5.0))
         self.dns = FakeDNS(
-            config.dns_address, config.dns_port, config.records, authoritative_zones=_zones(config)
+            config.dns_address,
+            config.dns_port,
+            config.records,
+            authoritative_zones=config.organization.literal_policy_domains,
         )
         self.gc = MockGlobalCatalog(config.global_catalog)
         self.sinks = {h.name: SinkHost(h, config.port(25)) for h in config.internet_hosts}
         self.servers: dict[str, ExchangeServer] = {}
+        # Made last: a lab whose hosts cannot be built leaves no folder behind.
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.started_in = 0.0
@@ -146,9 +150,11 @@ class Lab:
 
         async def wait() -> bool:
             deadline = time.monotonic() + timeout
+            # A retry due before the deadline is work still to come: fault traces wait for it.
+            horizon = time.time() + timeout
             quiet_since: float | None = None
             while time.monotonic() < deadline:
-                if all(server.idle() for server in self.servers.values()):
+                if all(server.idle(horizon) for server in self.servers.values()):
                     quiet_since = quiet_since or time.monotonic()
                     if time.monotonic() - quiet_since >= quiet:
                         return True
@@ -179,10 +185,3 @@ async def _listening(starting: Coroutine[Any, Any, None], what: str, address: st
             f"{what} cannot listen on {address}:{port}: {exc.strerror or exc}; "
             "relocate the lab (MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET)"
         ) from exc
-
-
-def _zones(config: LabConfig) -> list[str]:
-    zones = {
-        d.domain for p in config.organization.policies for d in p.domains if not d.domain.startswith("*")
-    }
-    return sorted(zones)
