@@ -25,6 +25,7 @@ from rich.table import Table
 from harness import targets
 from harness.catalogue import catalogue
 from harness.lab import config as lab_config
+from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.trace import is_trace_file, load
 from harness.yamlsource import SourceError
 
@@ -91,6 +92,8 @@ def run(
         console.print("[red]no trace files found[/red]")
         sys.exit(5)
     results_file = reports_dir / "last-run.json"
+    # A pytest that stops before its session finishes writes no summary: show none, not the last run's.
+    results_file.unlink(missing_ok=True)
     args = [str(p) for p in files] + [
         "--mailflow-target",
         target.name,
@@ -230,11 +233,13 @@ def check(paths: tuple[str, ...]) -> None:
         for path in [Path(raw)] if not Path(raw).is_dir() else sorted(Path(raw).rglob("*.y*ml")):
             try:
                 if "labs" in path.resolve().parts:
-                    lab_config.load(path.resolve())
+                    config = lab_config.load(path.resolve())
+                    # The directory is only parsed when a lab starts; a broken LDIF must show up here.
+                    MockGlobalCatalog(config.global_catalog).load()
                 else:
                     load(path.resolve())
                 console.print(f"[green]ok[/green] {path}")
-            except SourceError as exc:
+            except (SourceError, GlobalCatalogError) as exc:
                 problems += 1
                 # soft_wrap keeps "file:line: field: message" on one line for grep and editors.
                 console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

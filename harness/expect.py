@@ -1,8 +1,10 @@
-"""Outcome expectations: what the lab saw after the sessions — DNS and LDAP queries, deliveries into
-mailboxes, sinks and gateways, tracking events per server, queues — checked against a trace.
+"""Outcome expectations: a trace's `outcome` checked against the evidence (`harness.evidence`) — DNS and
+LDAP queries, deliveries into mailboxes, sinks and gateways, tracking events per server, queues.
 
-Evidence is gathered once (`Evidence.collect`), then each check returns its own verdict with the
-expected and actual values in words, so a failing trace says what differed without a debugger.
+Each check returns its own verdict with the expected and actual values in words, so a failing trace
+says what differed without a debugger. Names of lab hosts, servers, sinks and connectors are compared
+without regard to case, as Exchange and DNS treat them; that they name something in the lab at all is
+checked when the trace is loaded (`harness.trace`), so an `absent: true` check cannot pass on a typo.
 """
 
 from __future__ import annotations
@@ -14,102 +16,10 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from harness.lab.runtime import Lab
-from reference_mta import store, tracking
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A message that left the system under test: into a mailbox, a sink, or a gateway folder."""
-
-    kind: str  # "mailbox" | "sink" | "gateway"
-    where: str  # mailbox address, sink host name, or gateway connector
-    server: str  # server holding the mailbox / gateway; the peer that handed it to a sink
-    sender: str
-    rcpt: tuple[str, ...]
-    data: bytes
-
-    def describe(self) -> str:
-        rcpt = ", ".join(self.rcpt)
-        sender = self.sender or "<>"
-        if self.kind == "mailbox":
-            return f"mailbox {self.where} on {self.server} (from {sender})"
-        if self.kind == "sink":
-            return f"sink {self.where} from {self.server}: {sender} → {rcpt}"
-        return f"gateway {self.where} on {self.server}: {sender} → {rcpt}"
-
-
-@dataclass
-class Evidence:
-    hosts: dict[str, str]  # address → lab host name
-    dns: list[dict[str, Any]]
-    ldap: list[dict[str, Any]]
-    deliveries: list[Delivery]
-    tracking: dict[str, list[dict[str, Any]]]
-    queues: dict[str, dict[str, list[dict[str, Any]]]]
-
-    @classmethod
-    def collect(cls, lab: Lab) -> Evidence:
-        names = {h.address: h.name for h in reversed(list(lab.config.hosts.values()))}
-        dns = [
-            {
-                "client": names.get(q.client, q.client),
-                "client_ip": q.client,
-                "name": q.name,
-                "type": q.rtype,
-                "rcode": q.rcode,
-                "answers": list(q.answers),
-                "transport": q.transport,
-            }
-            for q in lab.dns.queries
-        ]
-        ldap = [
-            {"client": q.client, "base": q.base, "filter": q.filter, "scope": q.scope, "results": q.results}
-            for q in lab.gc.queries
-        ]
-        deliveries: list[Delivery] = []
-        for record in store.read_deliveries(lab.workdir):
-            deliveries.append(
-                Delivery(
-                    "mailbox",
-                    str(record["recipient"]).lower(),
-                    str(record["server"]),
-                    str(record["sender"]),
-                    (str(record["recipient"]),),
-                    Path(str(record["path"])).read_bytes(),
-                )
-            )
-        for sink in lab.sinks.values():
-            for capture in sink.captures:
-                deliveries.append(
-                    Delivery(
-                        "sink",
-                        sink.host.name,
-                        names.get(capture.peer, capture.peer),
-                        capture.mail_from,
-                        tuple(capture.rcpt_tos),
-                        capture.data,
-                    )
-                )
-        for envelope in sorted(lab.workdir.glob("*/gateways/*/MTS-OUT/*.json")):
-            msg = json.loads(envelope.read_text())
-            deliveries.append(
-                Delivery(
-                    "gateway",
-                    envelope.parents[1].name,
-                    envelope.parents[3].name,
-                    msg["sender"],
-                    tuple(r["address"] for r in msg["recipients"]),
-                    envelope.with_suffix(".eml").read_bytes(),
-                )
-            )
-        events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
-        return cls(
-            hosts=names, dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues()
-        )
+from harness.evidence import Delivery, Evidence
+from reference_mta import tracking
 
 
 @dataclass
@@ -174,15 +84,15 @@ def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
 
 def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     name = spec["name"].lower().rstrip(".")
-    rtype = spec.get("type")
+    rtype = spec["type"].upper() if spec.get("type") else None
     client = spec.get("client")
     title = f"DNS query {name} {rtype or ''}".rstrip() + (f" from {client}" if client else "")
     found = [
         q
         for q in evidence.dns
-        if q["name"] == name
-        and (rtype is None or q["type"] == rtype)
-        and (client is None or q["client"] == client)
+        if q["name"].lower().rstrip(".") == name
+        and (rtype is None or q["type"].upper() == rtype)
+        and (client is None or q["client"].lower() == client.lower())
     ]
     seen = (
         "\n".join(
@@ -225,11 +135,15 @@ def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
     return Check(title, failures, described, seen or "no LDAP queries")
 
 
-def _delivery_matches(spec: dict[str, Any], delivery: Delivery) -> list[str]:
-    """Differences between a delivery spec and one actual delivery (empty = it matches)."""
+def _delivery_matches(spec: dict[str, Any], delivery: Delivery, *, any_rcpt: bool = False) -> list[str]:
+    """Differences between a delivery spec and one actual delivery (empty = it matches).
+
+    `rcpt` must equal the delivery's recipient set, unless `any_rcpt`: then one listed recipient among
+    them is enough. not_delivered needs that, or a copy for [bob, eve] would not count as one for eve.
+    """
     problems: list[str] = []
     if "mailbox" in spec:
-        if delivery.kind != "mailbox" or delivery.where != spec["mailbox"].lower():
+        if delivery.kind != "mailbox" or delivery.where.lower() != spec["mailbox"].lower():
             return ["other destination"]
         if "server" in spec and delivery.server.lower() != spec["server"].lower():
             problems.append(f"stored on {delivery.server}, expected {spec['server']}")
@@ -238,15 +152,18 @@ def _delivery_matches(spec: dict[str, Any], delivery: Delivery) -> list[str]:
             return ["other destination"]
         if "peer" in spec and delivery.server.lower() != spec["peer"].lower():
             problems.append(f"handed over by {delivery.server}, expected {spec['peer']}")
-    elif "gateway" in spec and (
-        delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower()
-    ):
-        return ["other destination"]
+    elif "gateway" in spec:
+        if delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower():
+            return ["other destination"]
+        if "server" in spec and delivery.server.lower() != spec["server"].lower():
+            problems.append(f"handed to the gateway on {delivery.server}, expected {spec['server']}")
     if "rcpt" in spec:
         wanted = [spec["rcpt"]] if isinstance(spec["rcpt"], str) else spec["rcpt"]
         have = {r.lower() for r in delivery.rcpt}
-        missing = [r for r in wanted if r.lower() not in have]
-        if missing or len(wanted) != len(have):
+        if any_rcpt:
+            if not any(w.lower() in have for w in wanted):
+                problems.append(f"recipients {sorted(have)}, none of {sorted(w.lower() for w in wanted)}")
+        elif {w.lower() for w in wanted} != have:
             problems.append(f"recipients {sorted(have)}, expected {sorted(w.lower() for w in wanted)}")
     if "sender" in spec:
         expected_sender = spec["sender"].strip("<>")
@@ -319,7 +236,7 @@ def _check_delivered(spec: dict[str, Any], evidence: Evidence, matched: set[int]
 
 def _check_not_delivered(spec: dict[str, Any], evidence: Evidence) -> Check:
     title = f"not delivered: {_describe_spec(spec)}"
-    found = [d.describe() for d in evidence.deliveries if not _delivery_matches(spec, d)]
+    found = [d.describe() for d in evidence.deliveries if not _delivery_matches(spec, d, any_rcpt=True)]
     return Check(
         title, [f"delivered anyway: {f}" for f in found], "no such delivery", "\n".join(found) or "none"
     )

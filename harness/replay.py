@@ -167,10 +167,10 @@ class _Transcript:
         self.lines.append(f"{self._stamp()} -- {text}")
 
     def failure(self, index: int, problem: str) -> None:
-        self.lines.append(f"{self._stamp()} !! step {index} failed: {problem}")
+        self.lines.append(f"{self._stamp()} !! step {index + 1} failed: {problem}")
 
     def not_run(self, index: int, title: str) -> None:
-        self.lines.append(f"{'-':>6} not run: step {index}: {title}")
+        self.lines.append(f"{'-':>6} not run: step {index + 1}: {title}")
 
     def render(self) -> str:
         return "\n".join(self.lines) + "\n"

@@ -4,7 +4,9 @@ let the lab settle, gather the evidence and check the outcome."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +14,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from harness.expect import Check, Evidence, check_outcome
+from harness.evidence import Evidence
+from harness.expect import Check, check_outcome
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
 from harness.lab.runtime import LabError
@@ -43,12 +46,16 @@ class TraceResult:
         return all(s.result.passed for s in self.sessions) and all(c.passed for c in self.checks)
 
     def failures(self) -> list[str]:
+        """One line per failure; sessions and steps count from 1, as a reader of the trace counts, and
+        the step's line in the trace file says where to look."""
         problems = []
         for number, run in enumerate(self.sessions):
+            lines = self.trace.sessions[number].step_lines if number < len(self.trace.sessions) else ()
             for exchange in run.result.exchanges:
+                where = f" (line {lines[exchange.index]})" if exchange.index < len(lines) else ""
                 for failure in exchange.failures:
                     problems.append(
-                        f"session {number + 1} ({run.client}), step {exchange.index}: "
+                        f"session {number + 1} ({run.client}), step {exchange.index + 1}{where}: "
                         f"{exchange.title}: {failure}"
                     )
         for check in self.checks:
@@ -56,14 +63,39 @@ class TraceResult:
         return problems
 
 
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
 def relocation() -> tuple[str | None, int | None]:
-    """Each pytest-xdist worker gets its own address block so labs run side by side."""
-    base = os.environ.get("MAILFLOW_LAB_BASE")
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if base is None and worker.startswith("gw") and worker[2:].isdigit():
-        base = f"127.{101 + int(worker[2:]) % 150}.0.0"
+    """The address base and port offset for this process's labs (None: the lab file's own).
+
+    Each pytest-xdist worker gets its own address block so labs run side by side: worker gwN uses
+    127.(101 + N).0.0, or, when MAILFLOW_LAB_BASE is set, that base with its second octet moved up by N
+    (otherwise every worker would get the same base and their labs would clash).
+    """
+    base = os.environ.get("MAILFLOW_LAB_BASE") or None
+    match = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if match is not None:
+        worker = int(match[1])
+        base = f"127.{101 + worker % 150}.0.0" if base is None else _shifted(base, worker)
     offset = os.environ.get("MAILFLOW_PORT_OFFSET")
     return base, int(offset) if offset else None
+
+
+def _shifted(base: str, worker: int) -> str:
+    try:
+        address = ipaddress.IPv4Address(base)
+    except ValueError:
+        raise ValueError(f"MAILFLOW_LAB_BASE={base!r} is not an IPv4 address") from None
+    if address not in _LOOPBACK:
+        raise ValueError(f"MAILFLOW_LAB_BASE={base} is outside 127.0.0.0/8: a lab only binds on loopback")
+    moved = int(address) + (worker << 16)
+    if moved > int(_LOOPBACK.broadcast_address):
+        raise ValueError(
+            f"MAILFLOW_LAB_BASE={base} moved up {worker} in the second octet for pytest-xdist worker "
+            f"gw{worker} leaves 127.0.0.0/8; choose a lower base"
+        )
+    return str(ipaddress.IPv4Address(moved))
 
 
 def run_trace(trace: Trace, target: Target) -> TraceResult:
@@ -99,10 +131,27 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             result.sessions.append(SessionRun(session.client, f"{host}:{port}", outcome))
             if not outcome.passed:
                 break
-        if not lab.settle(timeout=trace.timeout):
-            raise LabError(f"the lab did not settle within {trace.timeout} s: {lab.queues()}")
+        settled = lab.settle(timeout=trace.timeout)
         result.evidence = Evidence.collect(lab)
         result.checks = check_outcome(trace.outcome, result.evidence)
+        if not settled:
+            # Messages still being retried when the trace's time is up: the target's behaviour, so a
+            # failed check (with the queues as evidence) rather than a broken run.
+            busy = [
+                f"{server}: {queue}: {len(items)} message(s)"
+                for server, queues in result.evidence.queues.items()
+                for queue, items in queues.items()
+                if items
+            ]
+            result.checks.insert(
+                0,
+                Check(
+                    f"the lab settled within {trace.timeout:g} s",
+                    [f"the lab was still working after {trace.timeout:g} s"],
+                    "no message in progress",
+                    "\n".join(busy) or "none",
+                ),
+            )
     result.duration = time.perf_counter() - began
     return result
 

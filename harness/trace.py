@@ -1,20 +1,28 @@
 """Traces: one YAML file each, validated against `harness/schemas/trace.schema.json`.
 
 Beyond the schema a trace must name catalogue IDs that exist, scripts that parse, message files that
-are there and a lab that exists; each problem is reported with the file, the line and the field, so a
-broken trace is fixed from the error message alone.
+are there, a lab that exists and loads, and only hosts, servers, sinks and connectors of that lab; each
+problem is reported with the file, the line and the field, so a broken trace is fixed from the error
+message alone — not from a KeyError once the lab is running, nor from an `absent: true` check that
+passes because it names a host that does not exist.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.rdatatype
+
 from harness import yamlsource
 from harness.catalogue import catalogue
-from harness.lab.config import FIXTURES, lab_path
+from harness.lab import config as lab_config
+from harness.lab.config import FIXTURES, LabConfig, lab_path
+from harness.lab.gc import AUTH_CLIENT
 from harness.replay import resolve_message_path
 from harness.script import Data, ScriptError, Step, parse_script, parse_step
 from harness.yamlsource import SourceError
@@ -36,6 +44,8 @@ class Session:
     connect: Connect
     steps: tuple[Step, ...]
     refused: bool = False
+    step_lines: tuple[int, ...] = ()
+    """Line in the trace file of each step; for a refused session, of its `refused:` (its only step)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,9 @@ def load(path: Path) -> Trace:
     lab = lab_path(data.get("lab", "contoso"), path.parent)
     if not lab.is_file():
         raise document.error(("lab",), f"no lab {data.get('lab')!r}: {lab} does not exist")
+    # A broken lab file raises its own SourceError (its file, its line): that is what needs fixing.
+    _check_lab_names(document, data, _load_lab(lab))
+    _check_regexes(document, data.get("outcome") or {})
     sessions = []
     for number, raw in enumerate(data["sessions"]):
         try:
@@ -119,7 +132,13 @@ def load(path: Path) -> Trace:
                     f"message file {step.source!r} not found next to the trace or in fixtures/messages",
                 )
         connect = raw["connect"]
-        sessions.append(Session(raw["client"], Connect(**connect), tuple(steps), raw.get("refused", False)))
+        refused = raw.get("refused", False)
+        lines = (
+            (_line(document, ("sessions", number, "refused")),)
+            if refused
+            else tuple(_line(document, ("sessions", number, "script", i)) for i in range(len(steps)))
+        )
+        sessions.append(Session(raw["client"], Connect(**connect), tuple(steps), refused, lines))
     return Trace(
         id=data["id"],
         title=data["title"],
@@ -133,3 +152,146 @@ def load(path: Path) -> Trace:
         description=data.get("description", ""),
         timeout=float(data.get("timeout", 30.0)),
     )
+
+
+def _line(document: yamlsource.Document, location: Sequence[str | int]) -> int:
+    return document.line_of(location) or 0
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_lab(path: Path, version: tuple[int, int]) -> LabConfig:
+    return lab_config.load(path)
+
+
+def _load_lab(path: Path) -> LabConfig:
+    """The lab a trace names, loaded once per version of its file: nearly every trace of the corpus
+    names contoso, and one load is enough for all of them until the file changes."""
+    stat = path.stat()
+    return _cached_lab(path, (stat.st_mtime_ns, stat.st_size))
+
+
+class _LabNames:
+    """Checks that the names a trace uses exist in its lab, ignoring case as the lab and the checks do."""
+
+    def __init__(self, document: yamlsource.Document, config: LabConfig) -> None:
+        self.document = document
+        self.config = config
+        self.hosts = [h.name for h in config.hosts.values()]
+        self.servers = [s.name for s in config.organization.servers]
+        self.sinks = [h.name for h in config.internet_hosts]
+        self.gateways = [c.name for c in config.organization.connectors if c.kind == "gateway"]
+        # The categorizer of each server asks under the server's name; SMTP AUTH look-ups under this one.
+        self.directory_clients = [*self.servers, AUTH_CLIENT]
+
+    def require(
+        self, location: Sequence[str | int], name: str, kind: str, known: Sequence[str], *, key: bool = False
+    ) -> None:
+        if name.lower() in {k.lower() for k in known}:
+            return
+        message = f"no {kind} named {name!r} (lab {self.config.name} has: {', '.join(known) or 'none'})"
+        if key:  # a mapping key names it: point at the key, not at the value below it
+            raise SourceError(
+                self.document.path,
+                self.document.key_line(location),
+                yamlsource.field_name(location),
+                message,
+            )
+        raise self.document.error(location, message)
+
+
+def _check_regexes(document: yamlsource.Document, outcome: dict[str, Any]) -> None:
+    """Outcome regexes compile now, not after the lab has run."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for index, spec in enumerate(outcome.get("ldap") or []):
+        if "filter_regex" in spec:
+            found.append((("ldap", index, "filter_regex"), spec["filter_regex"]))
+    for section in ("delivered", "not_delivered"):
+        for index, spec in enumerate(outcome.get(section) or []):
+            for name, pattern in (spec.get("headers") or {}).items():
+                found.append(((section, index, "headers", name), pattern))
+    for index, spec in enumerate(outcome.get("events") or []):
+        for key in ("msgid", "subject"):
+            if key in spec:
+                found.append((("events", index, key), spec[key]))
+    for location, pattern in found:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise document.error(
+                ("outcome", *location), f"regex {pattern!r} does not compile: {exc}"
+            ) from None
+
+
+def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config: LabConfig) -> None:
+    """Every host, server, sink and connector a trace names must be in its lab."""
+    names = _LabNames(document, config)
+    for number, session in enumerate(data["sessions"]):
+        at: tuple[str | int, ...] = ("sessions", number)
+        names.require((*at, "client"), session["client"], "lab host", names.hosts)
+        connect = session["connect"]
+        if "host" in connect:
+            names.require((*at, "connect", "host"), connect["host"], "lab host", names.hosts)
+        if "server" in connect:
+            names.require((*at, "connect", "server"), connect["server"], "server", names.servers)
+        if "virtual_server" in connect:
+            if "server" not in connect:
+                raise document.error(
+                    (*at, "connect", "virtual_server"),
+                    "virtual_server names one of a server's virtual servers: give server too",
+                )
+            server = config.organization.server(connect["server"])
+            virtual = [vs.name for vs in server.virtual_servers]
+            names.require(
+                (*at, "connect", "virtual_server"),
+                connect["virtual_server"],
+                f"virtual server on {server.name}",
+                virtual,
+            )
+    outcome: dict[str, Any] = data.get("outcome") or {}
+    for index, spec in enumerate(outcome.get("dns") or []):
+        at = ("outcome", "dns", index)
+        if "client" in spec:
+            names.require((*at, "client"), spec["client"], "lab host", names.hosts)
+        if "type" in spec:
+            try:
+                dns.rdatatype.from_text(spec["type"])
+            except dns.rdatatype.UnknownRdatatype:
+                raise document.error((*at, "type"), f"unknown DNS record type {spec['type']!r}") from None
+    for index, spec in enumerate(outcome.get("ldap") or []):
+        if "client" in spec:
+            at = ("outcome", "ldap", index, "client")
+            names.require(at, spec["client"], "directory client", names.directory_clients)
+    for section in ("delivered", "not_delivered"):
+        for index, spec in enumerate(outcome.get(section) or []):
+            _check_delivery_names(names, ("outcome", section, index), spec)
+    for server in outcome.get("tracking") or {}:
+        names.require(("outcome", "tracking", server), server, "server", names.servers, key=True)
+    for index, spec in enumerate(outcome.get("events") or []):
+        at = ("outcome", "events", index)
+        names.require((*at, "server"), spec["server"], "server", names.servers)
+        if "client" in spec:
+            names.require((*at, "client"), spec["client"], "lab host", names.hosts)
+    for index, server in enumerate(outcome.get("hops") or []):
+        names.require(("outcome", "hops", index), server, "server", names.servers)
+
+
+def _check_delivery_names(names: _LabNames, at: tuple[str | int, ...], spec: dict[str, Any]) -> None:
+    # A field the check ignores for this kind of delivery would make it pass whatever it says.
+    if "sink" in spec:
+        names.require((*at, "sink"), spec["sink"], "Internet host", names.sinks)
+        if "server" in spec:
+            raise names.document.error(
+                (*at, "server"), "server is for mailbox and gateway deliveries; a sink's sender is its peer"
+            )
+    elif "peer" in spec:
+        raise names.document.error(
+            (*at, "peer"), "peer is for sink deliveries: the lab host that handed the message over"
+        )
+    if "mailbox" in spec and "server" in spec:
+        names.require((*at, "server"), spec["server"], "server", names.servers)
+    if "gateway" in spec:
+        names.require((*at, "gateway"), spec["gateway"], "gateway connector", names.gateways)
+        if "server" in spec:
+            names.require((*at, "server"), spec["server"], "server", names.servers)
+    if "peer" in spec:
+        names.require((*at, "peer"), spec["peer"], "lab host", names.hosts)

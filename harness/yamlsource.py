@@ -96,7 +96,7 @@ def load(path: Path) -> Document:
         raise SourceError(path, None, "", f"cannot read file: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise SourceError(path, None, "", f"not UTF-8 text: {exc.reason}") from exc
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         root: yaml.Node | None = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
@@ -116,28 +116,91 @@ def load(path: Path) -> Document:
     finally:
         loader.dispose()
     document = Document(path=path, data=data, root=root)
-    _reject_duplicate_keys(document, root, [])
+    _check_graph(document, loader.aliases)
     return document
 
 
-def _reject_duplicate_keys(document: Document, node: yaml.Node | None, location: list[str | int]) -> None:
-    """PyYAML silently keeps the last of two equal keys; a hand-written file means the first one too."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    raise SourceError(
-                        document.path,
-                        key.start_mark.line + 1,
-                        field_name([*location, key.value]),
-                        f"duplicate key {key.value!r} (first at line {seen[key.value]})",
-                    )
-                seen[key.value] = key.start_mark.line + 1
-                _reject_duplicate_keys(document, value, [*location, key.value])
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _reject_duplicate_keys(document, item, [*location, index])
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that remembers where each alias is used: the node graph keeps only the node an alias
+    stands for, whose line is that of its anchor."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases: list[tuple[yaml.Node, str, int]] = []  # (node, anchor name, 1-based line of *alias)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        alias: yaml.AliasEvent | None = None
+        if self.check_event(yaml.AliasEvent):
+            alias = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
+        node = super().compose_node(parent, index)
+        if alias is not None and alias.start_mark is not None and node is not None:
+            self.aliases.append((node, str(alias.anchor), alias.start_mark.line + 1))
+        return node
+
+
+def _check_graph(document: Document, aliases: Sequence[tuple[yaml.Node, str, int]]) -> None:
+    """Refuse duplicate keys (PyYAML silently keeps the last of two; a hand-written file means the
+    first one too) and recursive aliases (a value that contains itself: nothing in a trace or a lab
+    is recursive, and every later walk of the data, the schema's included, would recurse until
+    Python gives up)."""
+    checked: set[int] = set()  # a node reached again through a plain alias needs no second look
+    ancestors: set[int] = set()
+
+    def walk(node: yaml.Node | None, location: list[str | int], line: int | None) -> None:
+        if node is None:
+            return
+        if id(node) in ancestors:
+            _recursive_alias(document, node, location, line, aliases)
+        if id(node) in checked:
+            return
+        checked.add(id(node))
+        ancestors.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise SourceError(
+                            document.path,
+                            key.start_mark.line + 1,
+                            field_name([*location, key.value]),
+                            f"duplicate key {key.value!r} (first at line {seen[key.value]})",
+                        )
+                    seen[key.value] = key.start_mark.line + 1
+                    walk(value, [*location, key.value], key.start_mark.line + 1)
+                else:
+                    walk(key, location, key.start_mark.line + 1)
+                    walk(value, location, key.start_mark.line + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, [*location, index], None)
+        ancestors.discard(id(node))
+
+    walk(document.root, [], None)
+
+
+def _recursive_alias(
+    document: Document,
+    node: yaml.Node,
+    location: list[str | int],
+    line: int | None,
+    aliases: Sequence[tuple[yaml.Node, str, int]],
+) -> None:
+    anchor_line = node.start_mark.line + 1
+    # The alias that closes the loop is the one inside the anchored value's own lines.
+    inside = [
+        (name, at)
+        for target, name, at in aliases
+        if target is node and anchor_line <= at <= node.end_mark.line + 1
+    ]
+    alias = f"recursive alias *{inside[0][0]}" if inside else "recursive alias"
+    at = inside[0][1] if inside else (line or anchor_line)
+    raise SourceError(
+        document.path,
+        at,
+        field_name(location),
+        f"{alias}: the value anchored at line {anchor_line} contains itself",
+    )
 
 
 @cache

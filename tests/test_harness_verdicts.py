@@ -7,11 +7,20 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from harness import cli, trace
+from harness.replay import Exchange, SessionResult
+from harness.runner import SessionRun, TraceResult
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ROOT / "traces" / "inbound" / "local-mailbox-on-gateway.yaml"
+REFUSED = ROOT / "traces" / "inbound" / "no-smtp-on-directory-host.yaml"
 
 
 def _copy_trace(pytester: pytest.Pytester, text: str, name: str = "t.yaml") -> Path:
@@ -60,7 +69,11 @@ def test_a_wrong_reply_expectation_fails_with_expected_and_actual(pytester: pyte
     alluredir = pytester.path / "allure"
     result = pytester.runpytest_subprocess("traces", f"--alluredir={alluredir}", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*step 6: S: expect 250: expected code 250, got 550*"])
+    # Steps count from 1 like sessions, and the line is the step's in the trace file.
+    line = text.splitlines().index("      - expect: {code: 250}") + 1
+    result.stdout.fnmatch_lines(
+        [f"*session 1 (internet), step 7 (line {line}): S: expect 250: expected code 250, got 550*"]
+    )
     (report,) = _results(alluredir)
     assert report["status"] == "failed"
     (failing,) = [s for s in report["steps"][0]["steps"] if s["status"] == "failed"]  # type: ignore[index]
@@ -105,3 +118,52 @@ def test_no_trace_files_means_no_tests_not_success(pytester: pytest.Pytester) ->
     (pytester.path / "traces").mkdir()
     result = pytester.runpytest_subprocess("traces", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def _failed_run(client: str, index: int, title: str, failure: str) -> SessionRun:
+    exchange = Exchange(index, title, b"", None, [failure], None)
+    return SessionRun(
+        client, "127.0.0.1:10025", SessionResult([exchange], "", False, "none", ("127.0.0.1", 0))
+    )
+
+
+def test_failures_count_steps_from_one_and_name_the_trace_line() -> None:
+    loaded = trace.load(GOOD)
+    run = _failed_run("internet", 6, "S: expect {code: 250, enhanced: 2.1.5}", "expected code 250, got 550")
+    line = GOOD.read_text().splitlines().index("      - expect: {code: 250, enhanced: 2.1.5}") + 1
+    assert TraceResult(loaded, "reference", [run]).failures() == [
+        f"session 1 (internet), step 7 (line {line}): S: expect {{code: 250, enhanced: 2.1.5}}: "
+        "expected code 250, got 550"
+    ]
+
+
+def test_a_refused_session_failure_names_its_refused_line() -> None:
+    loaded = trace.load(REFUSED)
+    run = _failed_run("internet", 0, "connect is refused", "it was accepted")
+    line = REFUSED.read_text().splitlines().index("    refused: true") + 1
+    assert TraceResult(loaded, "reference", [run]).failures() == [
+        f"session 1 (internet), step 1 (line {line}): connect is refused: it was accepted"
+    ]
+
+
+def test_mailflow_run_never_shows_the_previous_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    stale = [
+        {"trace": "old/run", "spec": ["IN-1"], "target": "reference", "outcome": "passed", "duration": 1.0}
+    ]
+    (reports / "last-run.json").write_text(json.dumps(stale))
+
+    def interrupted(args: list[str], plugins: list[Any]) -> pytest.ExitCode:
+        # Stops before pytest_sessionfinish, which is what writes the summary.
+        return pytest.ExitCode.INTERRUPTED
+
+    monkeypatch.setattr(cli, "pytest", SimpleNamespace(main=interrupted, ExitCode=pytest.ExitCode))
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    result = CliRunner().invoke(cli.main, ["run", str(GOOD), "--reports", str(reports)])
+    assert result.exit_code == pytest.ExitCode.INTERRUPTED
+    assert not (reports / "last-run.json").exists()
+    assert "old/run" not in result.output
+    assert "0 traces: 0 passed, 0 failed, 0 skipped" in result.output

@@ -10,7 +10,10 @@ from pathlib import Path
 import dns.message
 import dns.query
 import pytest
+from click.testing import CliRunner
+from rich.console import Console
 
+from harness import cli, runner
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab, LabError
@@ -303,6 +306,90 @@ def test_a_record_that_is_not_an_address(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "field", "message"),
+    [
+        (
+            'value: "10 mx.adatum.com."',
+            'value: "ten mx.adatum.com."',
+            "ten mx.adatum.com.",
+            "dns.records[10].value",
+            "'ten mx.adatum.com.' is not a valid MX value: expecting an integer",
+        ),
+        (
+            'value: "10 mx.adatum.com."',
+            'value: "10 mx..adatum.com."',
+            "mx..adatum",
+            "dns.records[10].value",
+            "'10 mx..adatum.com.' is not a valid MX value: A DNS label is empty.",
+        ),
+        (
+            'value: "\\"v=spf1 mx -all\\""',
+            'value: "\\"v=spf1 mx -all"',
+            "v=spf1",
+            "dns.records[6].value",
+            "is not a valid TXT value: ",
+        ),
+    ],
+    ids=["mx-preference", "mx-exchange", "txt-unclosed-quote"],
+)
+def test_dns_record_value_the_dns_server_cannot_parse(
+    tmp_path: Path, old: str, new: str, needle: str, field: str, message: str
+) -> None:
+    # Found when the lab is loaded (mailflow check), not as a bare ValueError when it starts.
+    text = mutate(contoso_text(), old, new)
+    error = load_error(tmp_path, text)
+    assert_error(error, line_with(text, needle), field, message)
+
+
+def test_dns_record_name_that_is_not_a_name(tmp_path: Path) -> None:
+    text = mutate(contoso_text(), "{name: adatum.com,", "{name: adatum..com,")
+    error = load_error(tmp_path, text)
+    assert_error(
+        error, line_with(text, "adatum..com"), "dns.records[10].name", "'adatum..com' is not a DNS name"
+    )
+
+
+def test_unquoted_txt_is_one_literal_string(tmp_path: Path) -> None:
+    # Unquoted TXT is literal text, as the DNS server serves it: an odd quote inside is no error.
+    text = mutate(contoso_text(), 'value: "\\"v=spf1 mx -all\\""', "value: 'v=spf1 \"mx -all'")
+    config = lab_config.load(write_lab(tmp_path, text))
+    assert any(r.rtype == "TXT" and r.value == 'v=spf1 "mx -all' for r in config.records)
+
+
+# --- mailflow check on a lab file ------------------------------------------------------------------
+
+
+def check_output(monkeypatch: pytest.MonkeyPatch, path: Path) -> tuple[int, str]:
+    monkeypatch.setattr(cli, "console", Console(width=10_000))
+    result = CliRunner().invoke(cli.main, ["check", str(path)])
+    return result.exit_code, result.output
+
+
+def test_mailflow_check_passes_the_lab(monkeypatch: pytest.MonkeyPatch, lab_file: Path) -> None:
+    assert check_output(monkeypatch, lab_file) == (0, f"ok {lab_file}\n")
+
+
+def test_mailflow_check_reports_a_bad_dns_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = mutate(contoso_text(), 'value: "10 mx.adatum.com."', 'value: "ten mx.adatum.com."')
+    path = write_lab(tmp_path, text)
+    code, output = check_output(monkeypatch, path)
+    assert code == 1
+    assert output.startswith(f"error {path}:{line_with(text, 'ten mx')}: dns.records[10].value: ")
+
+
+def test_mailflow_check_parses_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ldif = tmp_path / "broken.ldif"
+    ldif.write_bytes(LDIF.read_bytes() + b"\ndn: CN=Broken,DC=contoso,DC=com\ncn: Broken\nno colon here\n")
+    broken_line = ldif.read_bytes().count(b"\n")
+    path = write_lab(tmp_path, contoso_text().replace(str(LDIF), str(ldif)))
+    code, output = check_output(monkeypatch, path)
+    assert code == 1
+    assert output.startswith(
+        f"error {ldif}:{broken_line}: expected 'attribute: value', found 'no colon here'"
+    )
+
+
 # --- virtual servers -------------------------------------------------------------------------------
 
 
@@ -349,7 +436,7 @@ def test_unknown_field_in_a_virtual_server(tmp_path: Path) -> None:
         error,
         line_with(text, "max_msgs: 5"),
         "organization.servers[0].virtual_servers[1].max_msgs",
-        "unknown field 'max_msgs' (expected one of: addr, max_message_kb,",
+        "unknown field 'max_msgs' (expected one of: addr, max_hop_count, max_message_kb,",
     )
 
 
@@ -444,6 +531,61 @@ def test_relocation_moves_relay_lists_and_bracketed_smart_hosts(relocated: LabCo
     assert connectors["Adatum Relay SMTP Connector"].smart_hosts == ("[127.88.0.102]",)
     # An FQDN smart host is resolved through the lab DNS, so it stays as it is.
     assert connectors["Example TLD SMTP Connector"].smart_hosts == ("smarthost.isp.example",)
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No relocation variables: this test run may itself be an xdist worker, or have a base set."""
+    for name in ("MAILFLOW_LAB_BASE", "MAILFLOW_PORT_OFFSET", "PYTEST_XDIST_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("base", "worker", "expected"),
+    [
+        (None, None, None),
+        (None, "gw0", "127.101.0.0"),
+        (None, "gw3", "127.104.0.0"),
+        ("127.50.0.0", None, "127.50.0.0"),
+        ("127.50.0.0", "gw0", "127.50.0.0"),
+        ("127.50.0.0", "gw3", "127.53.0.0"),
+        ("127.50.7.0", "gw12", "127.62.7.0"),
+        ("127.250.0.0", "gw5", "127.255.0.0"),
+    ],
+)
+def test_relocation_gives_each_xdist_worker_its_own_block(
+    environment: pytest.MonkeyPatch, base: str | None, worker: str | None, expected: str | None
+) -> None:
+    if base is not None:
+        environment.setenv("MAILFLOW_LAB_BASE", base)
+    if worker is not None:
+        environment.setenv("PYTEST_XDIST_WORKER", worker)
+    assert runner.relocation() == (expected, None)
+
+
+def test_relocation_passes_the_port_offset(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("MAILFLOW_PORT_OFFSET", "23000")
+    environment.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert runner.relocation() == ("127.102.0.0", 23000)
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("127.250.0.0", r"MAILFLOW_LAB_BASE=127\.250\.0\.0 moved up 6 .* gw6 leaves 127\.0\.0\.0/8"),
+        ("10.0.0.0", r"MAILFLOW_LAB_BASE=10\.0\.0\.0 is outside 127\.0\.0\.0/8"),
+        ("127.77", r"MAILFLOW_LAB_BASE='127\.77' is not an IPv4 address"),
+    ],
+    ids=["overflow", "not-loopback", "not-an-address"],
+)
+def test_relocation_refuses_a_base_it_cannot_move(
+    environment: pytest.MonkeyPatch, base: str, message: str
+) -> None:
+    environment.setenv("MAILFLOW_LAB_BASE", base)
+    environment.setenv("PYTEST_XDIST_WORKER", "gw6")
+    with pytest.raises(ValueError, match=message):
+        runner.relocation()
 
 
 # --- organization ----------------------------------------------------------------------------------

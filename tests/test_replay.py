@@ -218,10 +218,10 @@ def test_wrong_expectation_fails_readably_and_stops(tmp_path: Path) -> None:
     assert failed.failures == ["expected code 250, got 550"]
     assert failed.error is None
     assert failed.reply == Reply(550, ("550 5.1.1 No such user",))
-    assert "!! step 6 failed: expected code 250, got 550" in result.transcript
-    assert "not run: step 7: C: DATA (inline, 21 bytes)" in result.transcript
-    assert "not run: step 8: S: expect 250" in result.transcript
-    assert "C: DATA" not in result.transcript.replace("not run: step 7: C: DATA", "")
+    assert "!! step 7 failed: expected code 250, got 550" in result.transcript
+    assert "not run: step 8: C: DATA (inline, 21 bytes)" in result.transcript
+    assert "not run: step 9: S: expect 250" in result.transcript
+    assert "C: DATA" not in result.transcript.replace("not run: step 8: C: DATA", "")
     assert recorder.messages == []
     assert result.closed_by == "none"
 
@@ -247,7 +247,7 @@ def test_data_step_requires_354(tmp_path: Path) -> None:
     assert data.index == 5
     assert data.failures == ["expected code 354, got 503"]
     assert data.sent == b"DATA\r\n"
-    assert "no recipients" not in result.transcript.split("!! step 5")[0]
+    assert "no recipients" not in result.transcript.split("!! step 6")[0]
 
 
 def test_pipeline_against_aiosmtpd(tmp_path: Path) -> None:
@@ -465,10 +465,10 @@ def test_reply_timeout_names_step_and_shows_what_arrived(tmp_path: Path) -> None
     assert exchange.error == (
         r"timed out after 0.3 s waiting for a reply (220); received '220-first line\r\n220 par'"
     )
-    assert f"!! step 0 failed: {exchange.error}" in result.transcript
+    assert f"!! step 1 failed: {exchange.error}" in result.transcript
     assert "S: 220-first line\n" in result.transcript
     assert "S: 220 par [no line end]" in result.transcript
-    assert "not run: step 1: C: QUIT" in result.transcript
+    assert "not run: step 2: C: QUIT" in result.transcript
 
 
 def test_malformed_reply_from_raw_server(tmp_path: Path) -> None:

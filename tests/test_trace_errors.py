@@ -471,3 +471,259 @@ def test_mailflow_check_shows_the_value_verbatim(
     result = CliRunner().invoke(cli.main, ["check", str(broken)])
     assert isinstance(result.exception, SystemExit), result.exception
     assert f"expect: regex '{value}' does not compile" in result.output
+
+
+# --- names of the lab ------------------------------------------------------------------------------
+
+HOSTS = "(lab contoso has: dns, gc, EX1, EX2, EX3, EX4, fabrikam-mx, "
+SERVERS = "(lab contoso has: EX1, EX2, EX3, EX4)"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "field", "message"),
+    [
+        ("- client: internet", "- client: internte", "internte", "sessions[0].client", "no lab host"),
+        ("{server: EX1}", "{server: EX9}", "EX9", "sessions[0].connect.server", "no server"),
+        ("{server: EX1}", "{host: nosuch}", "nosuch", "sessions[0].connect.host", "no lab host"),
+    ],
+    ids=["client", "server", "host"],
+)
+def test_session_naming_nothing_in_the_lab(
+    tmp_path: Path, old: str, new: str, needle: str, field: str, message: str
+) -> None:
+    text = mutate(old, new)
+    error = load_error(tmp_path, text)
+    listed = SERVERS if message == "no server" else HOSTS
+    assert_error(error, line_with(text, needle), field, f"{message} named {needle!r} {listed}")
+
+
+def test_virtual_server_that_the_server_does_not_have(tmp_path: Path) -> None:
+    text = mutate("{server: EX1}", "{server: EX2, virtual_server: Open Relay SMTP Virtual Server}")
+    error = load_error(tmp_path, text)
+    assert_error(
+        error,
+        line_with(text, "Open Relay"),
+        "sessions[0].connect.virtual_server",
+        "no virtual server on EX2 named 'Open Relay SMTP Virtual Server' "
+        "(lab contoso has: Default SMTP Virtual Server)",
+    )
+
+
+def test_virtual_server_without_its_server(tmp_path: Path) -> None:
+    text = mutate("{server: EX1}", "{host: EX1, virtual_server: Default SMTP Virtual Server}")
+    error = load_error(tmp_path, text)
+    assert_error(
+        error,
+        line_with(text, "virtual_server"),
+        "sessions[0].connect.virtual_server",
+        "virtual_server names one of a server's virtual servers: give server too",
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "needle", "field", "message"),
+    [
+        (
+            "dns:\n    - {name: contoso.com, type: MX, client: ex9, absent: true}",
+            "ex9",
+            "outcome.dns[0].client",
+            f"no lab host named 'ex9' {HOSTS}",
+        ),
+        (
+            "dns:\n    - {name: contoso.com, type: MXX, absent: true}",
+            "MXX",
+            "outcome.dns[0].type",
+            "unknown DNS record type 'MXX'",
+        ),
+        (
+            "ldap:\n    - {filter: (cn=x), client: EX9, absent: true}",
+            "EX9",
+            "outcome.ldap[0].client",
+            "no directory client named 'EX9' (lab contoso has: EX1, EX2, EX3, EX4, smtp-auth)",
+        ),
+        (
+            "delivered:\n    - {mailbox: alice@contoso.com, server: EX9}",
+            "EX9",
+            "outcome.delivered[0].server",
+            f"no server named 'EX9' {SERVERS}",
+        ),
+        (
+            "not_delivered:\n    - {sink: partner-mxx}",
+            "partner-mxx",
+            "outcome.not_delivered[0].sink",
+            "no Internet host named 'partner-mxx' (lab contoso has: fabrikam-mx, isp-smarthost, partner-mx,",
+        ),
+        (
+            "not_delivered:\n    - {sink: partner-mx, peer: EX9}",
+            "EX9",
+            "outcome.not_delivered[0].peer",
+            f"no lab host named 'EX9' {HOSTS}",
+        ),
+        (
+            "delivered:\n    - {gateway: Notes Conector}",
+            "Conector",
+            "outcome.delivered[0].gateway",
+            "no gateway connector named 'Notes Conector' (lab contoso has: Notes Connector)",
+        ),
+        (
+            "delivered:\n    - {gateway: Notes Connector, server: EX9}",
+            "EX9",
+            "outcome.delivered[0].server",
+            f"no server named 'EX9' {SERVERS}",
+        ),
+        (
+            "delivered:\n    - {sink: partner-mx, server: EX2}",
+            "EX2",
+            "outcome.delivered[0].server",
+            "server is for mailbox and gateway deliveries; a sink's sender is its peer",
+        ),
+        (
+            "delivered:\n    - {mailbox: alice@contoso.com, peer: EX1}",
+            "peer",
+            "outcome.delivered[0].peer",
+            "peer is for sink deliveries: the lab host that handed the message over",
+        ),
+        ("tracking:\n    EX9: [1019]", "EX9", "outcome.tracking.EX9", f"no server named 'EX9' {SERVERS}"),
+        (
+            "tracking:\n    EX9:\n      alice@contoso.com: [1019]",
+            "EX9",
+            "outcome.tracking.EX9",
+            f"no server named 'EX9' {SERVERS}",
+        ),
+        (
+            "events:\n    - {server: EX9, event: 1019, absent: true}",
+            "EX9",
+            "outcome.events[0].server",
+            f"no server named 'EX9' {SERVERS}",
+        ),
+        (
+            "events:\n    - {server: EX1, event: 1019, client: internte, absent: true}",
+            "internte",
+            "outcome.events[0].client",
+            f"no lab host named 'internte' {HOSTS}",
+        ),
+        ("hops:\n    - EX1\n    - EX9", "EX9", "outcome.hops[1]", f"no server named 'EX9' {SERVERS}"),
+    ],
+    ids=[
+        "dns-client",
+        "dns-type",
+        "ldap-client",
+        "mailbox-server",
+        "sink",
+        "peer",
+        "gateway",
+        "gateway-server",
+        "server-on-a-sink",
+        "peer-on-a-mailbox",
+        "tracking",
+        "tracking-per-recipient",
+        "events-server",
+        "events-client",
+        "hops",
+    ],
+)
+def test_outcome_naming_nothing_in_the_lab(
+    tmp_path: Path, outcome: str, needle: str, field: str, message: str
+) -> None:
+    text = mutate("nothing_delivered: true", outcome)
+    error = load_error(tmp_path, text)
+    assert_error(error, line_with(text, needle), field, message)
+
+
+def test_lab_names_are_matched_without_regard_to_case(tmp_path: Path) -> None:
+    text = mutate("- client: internet", "- client: INTERNET")
+    text = mutate("{server: EX1}", "{server: ex1, virtual_server: open relay smtp virtual server}", text)
+    outcome = """\
+dns: [{name: contoso.com, type: mx, client: Ex1, absent: true}]
+  ldap: [{filter: (cn=x), client: SMTP-AUTH, absent: true}]
+  not_delivered: [{sink: Partner-MX, peer: ex2}, {gateway: notes connector, server: ex4}]
+  tracking: {ex1: [1019]}
+  events: [{server: ex1, event: 1019, client: Relay-Host, absent: true}]
+  hops: [ex1, ex2]"""
+    loaded = trace.load(write_trace(tmp_path, mutate("nothing_delivered: true", outcome, text)))
+    assert loaded.sessions[0].client == "INTERNET"
+
+
+def test_a_broken_lab_is_reported_in_the_lab_file(tmp_path: Path) -> None:
+    lab_text = (ROOT / "fixtures" / "labs" / "contoso.yaml").read_text(encoding="utf-8")
+    lab_text = lab_text.replace(
+        "../directory/contoso.ldif", str(ROOT / "fixtures" / "directory" / "contoso.ldif")
+    )
+    lab_text = mutate('value: "10 mx.adatum.com."', 'value: "ten mx.adatum.com."', lab_text)
+    lab = tmp_path / "labs" / "broken.yaml"
+    lab.parent.mkdir()
+    lab.write_text(lab_text, encoding="utf-8")
+    path = write_trace(tmp_path, mutate("lab: contoso", "lab: ../labs/broken.yaml"))
+    with pytest.raises(SourceError) as info:
+        trace.load(path)
+    assert (info.value.path, info.value.line) == (str(lab), line_with(lab_text, "ten mx.adatum.com."))
+    assert info.value.field.startswith("dns.records[")
+
+
+def test_an_edited_lab_is_loaded_again(tmp_path: Path) -> None:
+    lab_text = (ROOT / "fixtures" / "labs" / "contoso.yaml").read_text(encoding="utf-8")
+    lab_text = lab_text.replace(
+        "../directory/contoso.ldif", str(ROOT / "fixtures" / "directory" / "contoso.ldif")
+    )
+    lab = tmp_path / "labs" / "mine.yaml"
+    lab.parent.mkdir()
+    lab.write_text(lab_text, encoding="utf-8")
+    path = write_trace(tmp_path, mutate("lab: contoso", "lab: ../labs/mine.yaml"))
+    trace.load(path)
+    lab.write_text(mutate("- {name: internet, fqdn:", "- {name: outside, fqdn:", lab_text), encoding="utf-8")
+    error = load_error(tmp_path, path.read_text(encoding="utf-8"))
+    assert error.message.startswith("no lab host named 'internet' (lab contoso has: ")
+
+
+# --- step lines --------------------------------------------------------------------------------------
+
+
+def test_each_step_knows_its_line(tmp_path: Path) -> None:
+    (session,) = trace.load(write_trace(tmp_path, VALID)).sessions
+    needles = ["expect: 220", "send: EHLO", "expect: 250", "send: QUIT", "expect: 221"]
+    assert session.step_lines == tuple(line_with(VALID, n) for n in needles)
+
+
+def test_a_refused_session_points_at_its_refused_line(tmp_path: Path) -> None:
+    text = VALID.split("    script:")[0] + "    refused: true\n"
+    (session,) = trace.load(write_trace(tmp_path, text)).sessions
+    assert session.step_lines == (line_with(text, "refused: true"),)
+
+
+# --- recursive aliases -------------------------------------------------------------------------------
+
+
+def test_a_recursive_alias_is_an_error_at_its_line(tmp_path: Path) -> None:
+    text = VALID.split("sessions:")[0] + "sessions: &s [ {client: x, connect: {server: EX1}, script: *s} ]\n"
+    error = load_error(tmp_path, text)
+    line = line_with(text, "*s")
+    assert_error(
+        error, line, "sessions[0].script", f"recursive alias *s: the value anchored at line {line} contains"
+    )
+
+
+def test_a_recursive_alias_in_a_block_sequence_names_the_alias_line(tmp_path: Path) -> None:
+    text = mutate("    script:\n      - expect: 220\n", "    script: &steps\n      - *steps\n")
+    error = load_error(tmp_path, text)
+    assert_error(
+        error,
+        line_with(text, "- *steps"),
+        "sessions[0].script[0]",
+        f"recursive alias *steps: the value anchored at line {line_with(text, '&steps')} contains itself",
+    )
+
+
+def test_an_alias_used_twice_is_not_recursive(tmp_path: Path) -> None:
+    text = mutate("      - expect: 250\n", "      - &ok {expect: 250}\n      - send: NOOP\n      - *ok\n")
+    loaded = trace.load(write_trace(tmp_path, text))
+    assert loaded.sessions[0].steps[2] == loaded.sessions[0].steps[4]
+
+
+def test_an_outcome_regex_that_does_not_compile_is_reported_at_load(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "  nothing_delivered: true\n", '  nothing_delivered: true\n  ldap:\n    - {filter_regex: "proxy(("}\n'
+    )
+    error = load_error(tmp_path, text)
+    assert_error(
+        error, line_with(text, "proxy(("), "outcome.ldap[0].filter_regex", "regex 'proxy((' does not compile"
+    )

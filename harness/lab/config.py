@@ -1,7 +1,8 @@
 """Lab files: load, validate and resolve one world into addresses, records and an organization.
 
 A lab file is checked against `harness/schemas/lab.schema.json`, then for what a schema cannot say
-(host names that must exist, addresses that must stay on loopback). Every error names the file, the
+(host names that must exist, addresses that must stay on loopback, DNS record values the lab's DNS
+server can parse). Every error names the file, the
 line and the field. Addresses are `network.base + addr`, so the same file relocates to another base
 and port offset when several labs run side by side.
 """
@@ -14,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.name
+
 from harness import yamlsource
 from harness.lab.addresses import is_lab_address
-from harness.lab.dns import Fault, Record, ptr_name
+from harness.lab.dns import Fault, Record, check_record, ptr_name
 from reference_mta import topology
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -317,7 +321,18 @@ def _records(
             if fault_raw
             else None
         )
-        records.append(
-            Record(raw["name"].lower().rstrip("."), raw["type"], str(value), raw.get("ttl", 300), fault)
-        )
+        try:
+            dns.name.from_text(raw["name"])
+        except dns.exception.DNSException as exc:
+            raise document.error(
+                ("dns", "records", index, "name"), f"{raw['name']!r} is not a DNS name: {exc}"
+            ) from None
+        record = Record(raw["name"].lower().rstrip("."), raw["type"], str(value), raw.get("ttl", 300), fault)
+        try:
+            check_record(record)
+        except ValueError as exc:
+            raise document.error(
+                ("dns", "records", index, "value"), f"{value!r} is not a valid {raw['type']} value: {exc}"
+            ) from None
+        records.append(record)
     return tuple(records)

@@ -33,7 +33,7 @@ import dns.rrset
 
 from harness.lab.addresses import check_endpoint
 
-__all__ = ["FakeDNS", "Fault", "Query", "Record", "ptr_name"]
+__all__ = ["FakeDNS", "Fault", "Query", "Record", "check_record", "ptr_name"]
 
 _logger = logging.getLogger(__name__)
 
@@ -132,6 +132,19 @@ def _make_rdata(record: Record, rdtype: dns.rdatatype.RdataType) -> dns.rdata.Rd
     return dns.rdata.from_text(
         dns.rdataclass.IN, rdtype, record.value, origin=dns.name.root, relativize=False
     )
+
+
+def check_record(record: Record) -> None:
+    """Raise ValueError, saying why, if the server could not serve `record`: its type and value are
+    parsed exactly as when the lab starts, so a lab file can be rejected when it is loaded instead.
+    (Conflicts between records, such as a CNAME beside other data, are still found at start.)"""
+    rtype = _rtype_text(record.rtype)
+    if rtype == _ALL_TYPES:
+        raise ValueError("'*' is only valid for faults")
+    try:
+        _make_rdata(record, dns.rdatatype.from_text(rtype))
+    except dns.exception.DNSException as exc:
+        raise ValueError(str(exc) or exc.__class__.__name__) from exc
 
 
 class FakeDNS:

@@ -31,13 +31,13 @@ from ldap3.utils.dn import safe_dn
 from harness.lab.config import GlobalCatalogConfig
 from reference_mta.categorizer import DirectoryEntry
 
-__all__ = ["GcConnection", "GlobalCatalogError", "LdapQuery", "MockGlobalCatalog"]
+__all__ = ["AUTH_CLIENT", "GcConnection", "GlobalCatalogError", "LdapQuery", "MockGlobalCatalog"]
 
 _SCOPES = {"BASE": ldap3.BASE, "LEVEL": ldap3.LEVEL, "SUBTREE": ldap3.SUBTREE}
 _RESULT_SUCCESS = 0
 _RESULT_NO_SUCH_OBJECT = 32
 # The client name logged for SMTP AUTH lookups, which arrive without one.
-_AUTH_CLIENT = "smtp-auth"
+AUTH_CLIENT = "smtp-auth"
 
 
 class GlobalCatalogError(Exception):
@@ -211,7 +211,7 @@ class MockGlobalCatalog:
             # An empty password would be an LDAP unauthenticated bind, which "succeeds" anonymously.
             return None
         if self._auth_connection is None:
-            self._auth_connection = self.connect(_AUTH_CLIENT)
+            self._auth_connection = self.connect(AUTH_CLIENT)
         name = escape_filter_chars(user)
         lookup = f"(&(objectClass=user)(|(sAMAccountName={name})(mail={name})(proxyAddresses=smtp:{name})))"
         found = self._auth_connection.search(self.config.base_dn, lookup, ())
