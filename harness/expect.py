@@ -46,25 +46,10 @@ def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
     for spec in outcome.get("not_delivered") or []:
         checks.append(_check_not_delivered(spec, evidence))
     if outcome.get("nothing_else_delivered"):
-        extra = [d.describe() for i, d in enumerate(evidence.deliveries) if i not in matched]
-        checks.append(
-            Check(
-                "nothing else delivered",
-                [f"unexpected delivery: {e}" for e in extra],
-                "no other delivery",
-                "\n".join(extra) or "none",
-            )
-        )
+        extra = [d for i, d in enumerate(evidence.deliveries) if i not in matched]
+        checks.append(_unexpected("nothing else delivered", "no other delivery", extra))
     if outcome.get("nothing_delivered"):
-        found = [d.describe() for d in evidence.deliveries]
-        checks.append(
-            Check(
-                "nothing delivered",
-                [f"unexpected delivery: {e}" for e in found],
-                "no delivery",
-                "\n".join(found) or "none",
-            )
-        )
+        checks.append(_unexpected("nothing delivered", "no delivery", evidence.deliveries))
     for server, expected in (outcome.get("tracking") or {}).items():
         checks.append(_check_tracking(server, expected, evidence))
     for spec in outcome.get("events") or []:
@@ -80,6 +65,11 @@ def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
         ]
         checks.append(Check("queues empty", busy, "all queues empty", "\n".join(busy) or "all empty"))
     return checks
+
+
+def _unexpected(title: str, expected: str, deliveries: list[Delivery]) -> Check:
+    found = [d.describe() for d in deliveries]
+    return Check(title, [f"unexpected delivery: {f}" for f in found], expected, "\n".join(found) or "none")
 
 
 def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:

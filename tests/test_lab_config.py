@@ -19,6 +19,7 @@ from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab, LabError
 from harness.yamlsource import SourceError
 from reference_mta.topology import PolicyDomain
+from tests.sourcetext import line_with, replace_once, write
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTOSO = ROOT / "fixtures" / "labs" / "contoso.yaml"
@@ -32,22 +33,11 @@ def contoso_text() -> str:
 
 
 def mutate(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"{old!r} must occur exactly once"
-    return text.replace(old, new)
-
-
-def line_with(text: str, needle: str) -> int:
-    """1-based line of the one line of `text` that contains `needle`."""
-    lines = [number for number, line in enumerate(text.splitlines(), 1) if needle in line]
-    assert len(lines) == 1, f"{needle!r} is on lines {lines}"
-    return lines[0]
+    return replace_once(text, old, new)
 
 
 def write_lab(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "labs" / "contoso.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write(tmp_path / "labs" / "contoso.yaml", text)
 
 
 def load_error(

@@ -12,6 +12,7 @@ from rich.console import Console
 from harness import cli, trace
 from harness.script import Data
 from harness.yamlsource import SourceError
+from tests.sourcetext import line_with, replace_once, write
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "traces").rglob("*.y*ml"))
@@ -37,22 +38,11 @@ outcome:
 
 
 def mutate(old: str, new: str, text: str = VALID) -> str:
-    assert text.count(old) == 1, f"{old!r} must occur exactly once"
-    return text.replace(old, new)
-
-
-def line_with(text: str, needle: str) -> int:
-    """1-based line of the one line of `text` that contains `needle`."""
-    lines = [number for number, line in enumerate(text.splitlines(), 1) if needle in line]
-    assert len(lines) == 1, f"{needle!r} is on lines {lines}"
-    return lines[0]
+    return replace_once(text, old, new)
 
 
 def write_trace(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "traces" / "x.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write(tmp_path / "traces" / "x.yaml", text)
 
 
 def load_error(tmp_path: Path, text: str) -> SourceError:
