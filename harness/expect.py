@@ -159,7 +159,7 @@ def _delivery_matches(spec: dict[str, Any], delivery: Delivery, *, any_rcpt: boo
         expected_sender = spec["sender"].strip("<>")
         if delivery.sender.lower() != expected_sender.lower():
             problems.append(f"sender <{delivery.sender}>, expected <{expected_sender}>")
-    if "headers" in spec or "body_contains" in spec or "dsn" in spec:
+    if {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
         message = email.message_from_bytes(delivery.data, policy=email.policy.default)
         for name, pattern in (spec.get("headers") or {}).items():
             value = str(message.get(name, ""))
@@ -167,6 +167,8 @@ def _delivery_matches(spec: dict[str, Any], delivery: Delivery, *, any_rcpt: boo
                 problems.append(f"header {name}: {value!r} does not match /{pattern}/")
         if "body_contains" in spec and spec["body_contains"].encode() not in delivery.data:
             problems.append(f"body does not contain {spec['body_contains']!r}")
+        if "body_lacks" in spec and spec["body_lacks"].encode() in delivery.data:
+            problems.append(f"body contains {spec['body_lacks']!r}")
         if "dsn" in spec:
             problems.extend(_dsn_problems(spec["dsn"], message))
     return problems
