@@ -30,6 +30,9 @@ from harness.trace import is_trace_file, load
 from harness.yamlsource import SourceError
 
 console = Console(stderr=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # CI logs are read in wide windows: don't fold the summary into 80 columns.
+    console = Console(stderr=False, width=150)
 DEFAULT_REPORTS = Path("reports")
 
 
