@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import allure
 
 from harness.catalogue import catalogue, flow_of
+from harness.diagram import path_svg
 from harness.expect import collapse
 from harness.runner import TraceResult
 from harness.trace import Trace
@@ -75,6 +76,9 @@ def publish(result: TraceResult) -> None:
     if evidence.tracking:
         _text(_tracking_excerpt(evidence.tracking), "tracking log excerpt")
         _text(path_diagram(evidence.tracking), "message path")
+        allure.attach(
+            path_svg(evidence), name="message path diagram", attachment_type=allure.attachment_type.SVG
+        )
     _text(
         "\n".join(
             f"{q['client']} ({q['client_ip']}) {q['transport']} {q['name']} {q['type']} → {q['rcode']} "

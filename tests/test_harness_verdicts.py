@@ -54,7 +54,13 @@ def test_a_correct_trace_passes_and_writes_allure_labels_steps_and_attachments(
     inner = [s["name"] for s in report["steps"][0]["steps"]]  # type: ignore[index]
     assert "C: MAIL FROM:<ann@fabrikam.com>" in inner
     attachments = {a["name"] for a in report["attachments"]}  # type: ignore[union-attr,index]
-    assert {"tracking log excerpt", "DNS query log", "LDAP query log", "message path"} <= attachments
+    assert {
+        "tracking log excerpt",
+        "DNS query log",
+        "LDAP query log",
+        "message path",
+        "message path diagram",
+    } <= attachments
     parameters = {p["name"]: p["value"] for p in report["parameters"]}  # type: ignore[union-attr,index]
     assert "reference" in str(parameters["target"])
 
