@@ -222,6 +222,13 @@ class AdvancedQueuingEngine:
                 return False
         return True
 
+    def reroute_unreachable(self) -> None:
+        """Link state changed: what waits for an unreachable destination is routed again now."""
+        for entry in self.entries.values():
+            if entry.queue == UNREACHABLE:
+                entry.queue = entry.msg.properties.pop("RESUME_QUEUE", TO_BE_ROUTED)
+                self._work.put_nowait(entry.msg.id)
+
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         queues: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEM_QUEUES}
         for entry in self.entries.values():

@@ -1,14 +1,19 @@
 """Routing engine: the next hop for a recipient, from link state over routing groups and connectors.
 
 Theory of operation. The organization is a graph whose nodes are routing groups and whose edges are
-routing group connectors that are up, weighted by cost; Dijkstra gives the least expensive path
-(link-state routing, as the Exchange routing engine does). A recipient whose mailbox is on another
-server is sent to that server when it is in our routing group, and otherwise along the first connector
-of the least-cost path to its routing group. A recipient outside the organization is matched against
-connector address spaces: the most specific match wins whatever it costs; among equally specific ones
-the lowest total cost (path to the connector's routing group + address-space cost) wins, and a
-connector on this server wins over an equal one elsewhere. Without any matching connector the virtual
-server delivers itself, by DNS or through its smart host.
+routing group connectors that are up in the link state table, weighted by cost; Dijkstra gives the
+least expensive path (link-state routing, as the Exchange routing engine does). A recipient whose
+mailbox is on another server is sent to that server when it is in our routing group, and otherwise
+along the first connector of the least-cost path to its routing group.
+
+A recipient outside the organization is matched against connector address spaces (SMTP connectors and
+gateways in scope for this server that the sender may use): the most specific match wins whatever it
+costs; among equally specific ones the lowest total cost (path to the connector's routing group +
+address-space cost) wins, then a connector this server is a bridgehead of, then the connector's name
+(Exchange spreads equal-cost traffic; a conformance tool needs one answer, docs/decisions.md). When
+every connector with the most specific match is down, the message waits: there is no fail-over to a
+less specific address space. Without any matching connector the virtual server delivers itself, by
+DNS or through its smart host.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queuing import Hop
-from reference_mta.topology import Connector, Organization, Server
+from reference_mta.topology import Connector, Organization, Server, domain_match
 
 
 @dataclass(frozen=True)
@@ -26,38 +32,48 @@ class Path:
     cost: int
     connectors: tuple[Connector, ...]
 
+    @property
+    def groups(self) -> list[str]:
+        return [c.connects_to or "" for c in self.connectors]
+
 
 class RoutingEngine:
-    def __init__(self, organization: Organization, server: Server) -> None:
+    def __init__(
+        self, organization: Organization, server: Server, link_state: LinkState | None = None
+    ) -> None:
         self.organization = organization
         self.server = server
         self.group = server.routing_group
+        self.link_state = link_state or LinkState(organization)
 
     # --- link state ------------------------------------------------------------------------------
 
     def paths(self) -> dict[str, Path]:
-        """Least-cost path from our routing group to every reachable routing group."""
+        """Least-cost path from our routing group to every reachable routing group (ties: the path
+        whose connector names sort first)."""
         best: dict[str, Path] = {self.group.lower(): Path(0, ())}
-        frontier: list[tuple[int, int, str]] = [(0, 0, self.group.lower())]
-        counter = 1
+        frontier: list[tuple[int, tuple[str, ...], str]] = [(0, (), self.group.lower())]
+        done: set[str] = set()
         while frontier:
-            cost, _, group = heapq.heappop(frontier)
-            if cost > best[group].cost:
+            cost, names, group = heapq.heappop(frontier)
+            if group in done:
                 continue
+            done.add(group)
             for connector in self.organization.connectors:
                 if (
                     connector.kind != "routing_group"
-                    or not connector.up
                     or connector.routing_group.lower() != group
+                    or not self.link_state.connector_up(connector)
                 ):
                     continue
                 assert connector.connects_to is not None
                 target = connector.connects_to.lower()
                 total = cost + connector.cost
-                if target not in best or total < best[target].cost:
+                key = (*names, connector.name)
+                current = best.get(target)
+                if target not in done and (current is None or (total, key) < (current.cost, _names(current))):
                     best[target] = Path(total, (*best[group].connectors, connector))
-                    heapq.heappush(frontier, (total, counter, target))
-                    counter += 1
+                    heapq.heappush(frontier, (total, key, target))
         return best
 
     # --- decisions -------------------------------------------------------------------------------
@@ -74,6 +90,8 @@ class RoutingEngine:
         if target is None:
             return Hop(queue=fqdn, kind="no_route", detail=f"{fqdn} is not a server of the organization")
         if target.routing_group.lower() == self.group.lower():
+            if self.link_state.server_down(target.name):
+                return Hop(queue=target.fqdn, kind="unreachable", detail=f"{target.name} is down")
             return Hop(
                 queue=target.fqdn,
                 kind="server",
@@ -83,59 +101,82 @@ class RoutingEngine:
             )
         return self._toward_group(target.routing_group, spec="IN-7a", reason=f"home server {target.fqdn}")
 
-    def route_to_address_space(self, msg: MailMsg, address_type: str, domain: str) -> Hop:
-        paths = self.paths()
-        candidates: list[tuple[int, int, int, Connector]] = []
+    def candidates(self, msg: MailMsg, address_type: str, address: str) -> list[tuple[int, int, Connector]]:
+        """(specificity, address-space cost, connector) for every connector whose address space matches
+        and that this server and this message may use — up or down."""
+        paths = self.paths_including_down()
+        found: list[tuple[int, int, Connector]] = []
         for connector in self.organization.connectors:
             if connector.kind == "routing_group" or connector.routing_group.lower() not in paths:
                 continue
+            if connector.scope == "routing_group" and connector.routing_group.lower() != self.group.lower():
+                continue  # a routing-group-scoped connector does not exist outside its group
             if not self._restrictions_allow(connector, msg):
-                continue  # a connector the message may not use does not exist for it
+                continue  # a connector the sender may not use does not exist for that sender
             for space in connector.address_spaces:
                 if space.type != address_type:
                     continue
-                specificity = (
-                    space.specificity(domain)
+                score = (
+                    domain_match(space.pattern, address)
                     if address_type == "SMTP"
-                    else _other_match(space.pattern, domain)
+                    else _other_match(space.pattern, address)
                 )
-                if specificity is None:
-                    continue
-                total = paths[connector.routing_group.lower()].cost + space.cost
-                here = 0 if self.server.name in connector.local_bridgeheads else 1
-                candidates.append((specificity, -total, -here, connector))
+                if score is not None:
+                    found.append((score, space.cost, connector))
+        return found
+
+    def paths_including_down(self) -> dict[str, Path]:
+        """Path costs ignoring link state: which connectors could ever carry a message from here."""
+        return RoutingEngine(self.organization, self.server, _AllUp(self.organization)).paths()
+
+    def route_to_address_space(self, msg: MailMsg, address_type: str, address: str) -> Hop:
+        candidates = self.candidates(msg, address_type, address)
         if candidates:
-            best_specificity = max(c[0] for c in candidates)
-            usable = [c for c in candidates if c[0] == best_specificity and c[3].up]
+            best_score = max(score for score, _, _ in candidates)
+            best = [(cost, c) for score, cost, c in candidates if score == best_score]
+            live_paths = self.paths()
+            usable = [
+                (live_paths[c.routing_group.lower()].cost + space_cost, c)
+                for space_cost, c in best
+                if self.link_state.connector_up(c) and c.routing_group.lower() in live_paths
+            ]
             if not usable:
-                # No fail-over to a less specific address space when the specific connector is down.
-                return Hop(queue=domain, kind="unreachable", detail="matching connector is down")
-            _, _, _, connector = max(usable, key=lambda c: (c[1], c[2]))
-            return self._via_connector(connector, domain)
+                names = ", ".join(sorted(c.name for _, c in best))
+                return Hop(
+                    queue=address,
+                    kind="unreachable",
+                    spec="OUT-6",
+                    detail=f"every connector for the closest address space is down: {names}",
+                )
+            _, connector = min(usable, key=lambda item: (item[0], self._not_here(item[1]), item[1].name))
+            return self._via_connector(connector, address)
         if address_type != "SMTP":
-            return Hop(queue=domain, kind="no_route", detail=f"no connector for {address_type} addresses")
+            return Hop(queue=address, kind="no_route", detail=f"no connector for {address_type} addresses")
         vs = self.server.default_virtual_server
         if vs.smart_host:
             return Hop(
-                queue=domain,
+                queue=address,
                 kind="smart_host",
                 targets=_split_hosts(vs.smart_host),
                 spec="OUT-9b",
-                detail="virtual server smart host",
+                detail="no connector: virtual server smart host",
             )
-        return Hop(queue=domain, kind="dns", targets=(domain,), spec="OUT-9a", detail="no connector: DNS")
+        return Hop(queue=address, kind="dns", targets=(address,), spec="OUT-9a", detail="no connector: DNS")
+
+    def _not_here(self, connector: Connector) -> int:
+        return 0 if self.server.name in connector.local_bridgeheads else 1
 
     def _via_connector(self, connector: Connector, domain: str) -> Hop:
-        if connector.kind == "gateway":
-            if self.server.name in connector.local_bridgeheads:
-                return Hop(
-                    queue=connector.name,
-                    kind="gateway",
-                    connector=connector.name,
-                    spec="IN-7c",
-                    detail=connector.foreign_system or "",
-                )
-        elif not connector.local_bridgeheads or self.server.name in connector.local_bridgeheads:
+        local = not connector.local_bridgeheads or self.server.name in connector.local_bridgeheads
+        if connector.kind == "gateway" and local:
+            return Hop(
+                queue=connector.name,
+                kind="gateway",
+                connector=connector.name,
+                spec="IN-7c",
+                detail=connector.foreign_system or "",
+            )
+        if connector.kind == "smtp" and local:
             if connector.smart_hosts:
                 return Hop(
                     queue=connector.name,
@@ -143,7 +184,7 @@ class RoutingEngine:
                     targets=connector.smart_hosts,
                     connector=connector.name,
                     spec="OUT-9b",
-                    detail=f"connector {connector.name}",
+                    detail=f"connector {connector.name}: smart host",
                 )
             return Hop(
                 queue=connector.name,
@@ -151,10 +192,11 @@ class RoutingEngine:
                 targets=(domain,),
                 connector=connector.name,
                 spec="OUT-9a",
-                detail=f"connector {connector.name}",
+                detail=f"connector {connector.name}: DNS",
             )
-        # The connector lives on another server: carry the message to its bridgehead first.
-        bridgehead = self.organization.server(connector.local_bridgeheads[0])
+        # The connector lives on another server: carry the message to an up bridgehead first.
+        bridgeheads = self.link_state.up_bridgeheads(connector.local_bridgeheads)
+        bridgehead = self.organization.server(bridgeheads[0])
         if bridgehead.routing_group.lower() == self.group.lower():
             return Hop(
                 queue=bridgehead.fqdn,
@@ -162,33 +204,37 @@ class RoutingEngine:
                 targets=(bridgehead.fqdn,),
                 connector=connector.name,
                 spec="OUT-7",
-                detail=f"bridgehead of {connector.name}",
+                detail=f"bridgehead {bridgehead.name} of {connector.name}",
             )
         return self._toward_group(
-            bridgehead.routing_group, spec="OUT-7", reason=f"bridgehead of {connector.name}"
+            bridgehead.routing_group, spec="OUT-7", reason=f"bridgehead {bridgehead.name} of {connector.name}"
         )
 
     def _toward_group(self, group: str, *, spec: str, reason: str) -> Hop:
         path = self.paths().get(group.lower())
         if path is None or not path.connectors:
-            return Hop(queue=group, kind="unreachable", detail=f"no path to routing group {group}")
+            return Hop(
+                queue=group, kind="unreachable", spec="C-RE", detail=f"no path to routing group {group}"
+            )
         first = path.connectors[0]
-        route = " > ".join([self.group, *[c.connects_to or "" for c in path.connectors]])
+        route = " > ".join([self.group, *path.groups])
         if first.local_bridgeheads and self.server.name not in first.local_bridgeheads:
-            bridgehead = self.organization.server(first.local_bridgeheads[0])
+            bridgehead = self.organization.server(self.link_state.up_bridgeheads(first.local_bridgeheads)[0])
             return Hop(
                 queue=bridgehead.fqdn,
                 kind="server",
                 targets=(bridgehead.fqdn,),
                 connector=first.name,
                 spec=spec,
-                detail=f"{reason}; via local bridgehead; path {route} cost {path.cost}",
+                detail=f"{reason}; via local bridgehead {bridgehead.name}; path {route} cost {path.cost}",
             )
-        remote = self.organization.server(first.remote_bridgeheads[0])
+        remotes = [
+            self.organization.server(n).fqdn for n in self.link_state.up_bridgeheads(first.remote_bridgeheads)
+        ]
         return Hop(
             queue=first.name,
             kind="connector",
-            targets=(remote.fqdn,),
+            targets=tuple(remotes),
             connector=first.name,
             spec=spec,
             detail=f"{reason}; path {route} cost {path.cost}",
@@ -203,6 +249,20 @@ class RoutingEngine:
         if limits.accept_from and sender not in [a.lower() for a in limits.accept_from]:
             return False
         return sender not in [a.lower() for a in limits.reject_from]
+
+
+class _AllUp(LinkState):
+    """A link state in which everything is up: the topology as configured."""
+
+    def connector_up(self, connector: Connector) -> bool:
+        return True
+
+    def server_down(self, name: str) -> bool:
+        return False
+
+
+def _names(path: Path) -> tuple[str, ...]:
+    return tuple(c.name for c in path.connectors)
 
 
 def _other_match(pattern: str, address: str) -> int | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from reference_mta import dsn, store
 from reference_mta.categorizer import Categorizer, Directory
 from reference_mta.delivery import SmtpDelivery, make_resolver
+from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queuing import (
     AdvancedQueuingEngine,
@@ -41,6 +42,7 @@ class Environment:
     base_dn: str
     authenticate: Authenticator | None = None
     retry: RetryPolicy | None = None
+    link_state: LinkState | None = None  # shared by the organization's servers; one of its own if None
 
 
 class ExchangeServer:
@@ -53,7 +55,8 @@ class ExchangeServer:
         self.aq = AdvancedQueuingEngine(
             self.config.name, QueueDirectory(queue_path), self.tracking, environment.retry
         )
-        self.routing = RoutingEngine(organization, self.config)
+        self.link_state = environment.link_state or LinkState(organization)
+        self.routing = RoutingEngine(organization, self.config, self.link_state)
         self.store = store.MailboxStore(environment.root, self.config.name)
         self.categorizer: Categorizer | None = None
         self.delivery = SmtpDelivery(
@@ -85,7 +88,14 @@ class ExchangeServer:
                 make_ndr=self._make_ndr,
             )
         )
+        # A change of link state is a chance for what waits on an unreachable destination.
+        self.link_state.on_change(self.aq.reroute_unreachable)
+        await self.listen()
+
+    async def listen(self) -> None:
+        """Open the virtual servers' listeners (at start, and when a stopped server comes back)."""
         loop = asyncio.get_running_loop()
+        self._handlers.clear()
         for vs in self.config.virtual_servers:
             handler = VirtualServerHandler(
                 self.organization, self.config, vs, self.aq, self.environment.authenticate
@@ -95,6 +105,11 @@ class ExchangeServer:
             self._listeners.append(listener)
 
     async def stop(self) -> None:
+        await self.close()
+        await self.aq.stop()
+
+    async def close(self) -> None:
+        """Close the listeners and end open sessions: the server is down for its clients."""
         for listener in self._listeners:
             listener.close()
         for handler in self._handlers:
@@ -102,7 +117,6 @@ class ExchangeServer:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
-        await self.aq.stop()
 
     def idle(self, horizon: float | None = None) -> bool:
         return self.aq.idle(horizon)

@@ -141,6 +141,7 @@ class Connector:
     foreign_system: str | None = None
     smtp_domain: str | None = None
     up: bool = True
+    scope: str = "organization"  # or "routing_group": usable only by servers of its own routing group
 
 
 @dataclass(frozen=True)
@@ -431,6 +432,7 @@ def _connector(
                     for n, h in enumerate(delivery.get("smart_hosts") or [])
                 ),
                 allow_relay=raw.get("allow_relay", False),
+                scope=raw.get("scope", "organization"),
                 restrictions=Restrictions(
                     max_size_kb=restrictions_raw.get("max_size_kb"),
                     accept_from=tuple(restrictions_raw.get("accept_from") or []),

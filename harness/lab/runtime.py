@@ -21,6 +21,7 @@ from harness.lab.config import LabConfig
 from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.sinks import SinkHost
+from reference_mta.linkstate import LinkState
 from reference_mta.queuing import RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
 
@@ -52,6 +53,7 @@ class Lab:
         self.gc = MockGlobalCatalog(config.global_catalog)
         self.sinks = {h.name: SinkHost(h, config.port(25)) for h in config.internet_hosts}
         self.servers: dict[str, ExchangeServer] = {}
+        self.link_state = LinkState(config.organization)
         # Made last: a lab whose hosts cannot be built leaves no folder behind.
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
@@ -101,6 +103,7 @@ class Lab:
             base_dn=self.config.global_catalog.base_dn,
             authenticate=self.gc.authenticate,
             retry=self.retry,
+            link_state=self.link_state,
         )
         for server in self.config.organization.servers:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
@@ -164,6 +167,29 @@ class Lab:
             return False
 
         return self.run(wait(), timeout=timeout + 5)
+
+    # --- control: what an administrator (or a trace's setup) does to the running organization ---
+
+    def set_connector(self, name: str, up: bool) -> None:
+        """Mark a connector down or up in the link state every server routes by."""
+
+        async def change() -> None:
+            self.link_state.set_connector(name, up)
+
+        self.run(change())
+
+    def set_server(self, name: str, up: bool) -> None:
+        """Take a server down (its virtual servers stop answering, link state marks it down) or back up."""
+
+        async def change() -> None:
+            server = self.servers[self.config.organization.server(name).name]
+            if up:
+                await server.listen()
+            else:
+                await server.close()
+            self.link_state.set_server(name, up)
+
+        self.run(change())
 
     def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         async def snapshot() -> dict[str, dict[str, list[dict[str, Any]]]]:

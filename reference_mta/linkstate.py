@@ -1,0 +1,76 @@
+"""Link state: which connectors and servers of the organization are up right now.
+
+Every Exchange server keeps a link state table initialised from the directory and updated as
+connectors and bridgeheads go down and come back; routing group masters propagate changes (port 691
+inside a routing group, X-LINK2STATE between them). In a lab all servers share one table, so a change
+reaches every server at once: the propagation delay is not modelled (docs/decisions.md).
+
+A connector is down when an administrator (or a lab) marks it down, or when every one of its local
+bridgeheads is down; a routing group connector also needs one of its remote bridgeheads up. Minor
+version numbers count state changes, major ones topology changes, as in Exchange's link state data.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from reference_mta.topology import Connector, Organization
+
+
+class LinkState:
+    def __init__(self, organization: Organization) -> None:
+        self.organization = organization
+        self._connectors_down = {c.name.lower() for c in organization.connectors if not c.up}
+        self._servers_down: set[str] = set()
+        self.major = 1
+        self.minor = 0
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def connector_up(self, connector: Connector) -> bool:
+        if connector.name.lower() in self._connectors_down:
+            return False
+        if connector.local_bridgeheads and all(self.server_down(b) for b in connector.local_bridgeheads):
+            return False
+        return not (
+            connector.remote_bridgeheads and all(self.server_down(b) for b in connector.remote_bridgeheads)
+        )
+
+    def server_down(self, name: str) -> bool:
+        return name.lower() in self._servers_down
+
+    def up_bridgeheads(self, names: tuple[str, ...]) -> list[str]:
+        return [name for name in names if not self.server_down(name)]
+
+    def set_connector(self, name: str, up: bool) -> None:
+        if not any(c.name.lower() == name.lower() for c in self.organization.connectors):
+            raise KeyError(f"no connector named {name!r}")
+        with self._lock:
+            (self._connectors_down.discard if up else self._connectors_down.add)(name.lower())
+            self.minor += 1
+        self._changed()
+
+    def set_server(self, name: str, up: bool) -> None:
+        self.organization.server(name)  # KeyError for an unknown server
+        with self._lock:
+            (self._servers_down.discard if up else self._servers_down.add)(name.lower())
+            self.minor += 1
+        self._changed()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Called after every state change: servers re-route what waits for an unreachable destination."""
+        self._listeners.append(listener)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "version": f"{self.major}.{self.minor}",
+            "connectors": {
+                c.name: "up" if self.connector_up(c) else "down" for c in self.organization.connectors
+            },
+            "servers_down": sorted(self._servers_down),
+        }
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener()
