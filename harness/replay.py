@@ -9,6 +9,8 @@ message file named by the script does not exist (ScriptError, raised before conn
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from harness.reply import (
     show_bytes,
 )
 from harness.script import (
+    Auth,
     Close,
     Data,
     Expect,
@@ -42,6 +45,7 @@ from harness.script import (
 
 CRLF = b"\r\n"
 _EXPECT_354 = ReplyMatcher(code=354)
+_EXPECT_334 = ReplyMatcher(code=334)
 
 
 class ConnectError(Exception):
@@ -91,6 +95,7 @@ class _Message:
     label: str
     payload: bytes
     size: int
+    body: bytes = b""
 
 
 def step_title(step: Step, message: _Message | None = None) -> str:
@@ -106,6 +111,8 @@ def step_title(step: Step, message: _Message | None = None) -> str:
             label = step.source if step.source is not None else "inline"
             return f"C: DATA ({label}{', raw' if step.raw else ''})"
         return f"C: DATA ({message.label}{', raw' if step.raw else ''}, {message.size} bytes)"
+    if isinstance(step, Auth):
+        return f"C: AUTH {step.mechanism} as {step.user}"
     if isinstance(step, Expect):
         return f"S: expect {step.matcher.describe()}"
     if isinstance(step, Wait):
@@ -129,6 +136,12 @@ def resolve_message_path(source: str, base_dir: Path, search_dirs: Sequence[Path
     return None
 
 
+def message_bytes(step: Data, base_dir: Path, search_dirs: Sequence[Path]) -> bytes:
+    """The message a data step names, as stored in a mailbox: CRLF line ends, no dot-stuffing."""
+    body = _load_message(0, step, base_dir, search_dirs).body
+    return body if step.raw else re.sub(rb"\r\n|\r|\n", b"\r\n", body)
+
+
 def _load_message(index: int, step: Data, base_dir: Path, search_dirs: Sequence[Path]) -> _Message:
     if step.source is None:
         body = (step.inline or "").encode("utf-8")
@@ -140,7 +153,7 @@ def _load_message(index: int, step: Data, base_dir: Path, search_dirs: Sequence[
             raise ScriptError(index, f"message file {step.source!r} not found (looked in {looked})", "data")
         body = path.read_bytes()
         label = step.source
-    return _Message(label=label, payload=body if step.raw else dot_stuff(body), size=len(body))
+    return _Message(label=label, payload=body if step.raw else dot_stuff(body), size=len(body), body=body)
 
 
 @dataclass
@@ -282,6 +295,8 @@ class _Session:
             if not exchange.failures:
                 exchange.sent += message.payload
                 await self.send(message.payload)
+        elif isinstance(step, Auth):
+            await self._auth(step, exchange)
         elif isinstance(step, Expect):
             exchange.reply = await self.read()
             exchange.failures.extend(step.matcher.check(exchange.reply))
@@ -296,6 +311,24 @@ class _Session:
             self.closed_by = "client"
         else:
             assert_never(step)
+
+    async def _auth(self, step: Auth, exchange: Exchange) -> None:
+        def b64(text: str) -> bytes:
+            return base64.b64encode(text.encode("utf-8"))
+
+        if step.mechanism == "PLAIN":
+            exchange.sent = b"AUTH PLAIN " + b64(f"\0{step.user}\0{step.password}") + CRLF
+            await self.send(exchange.sent)
+            return
+        exchange.sent = b"AUTH LOGIN" + CRLF
+        await self.send(exchange.sent)
+        for answer in (b64(step.user), b64(step.password)):
+            exchange.reply = await self.read()
+            exchange.failures.extend(_EXPECT_334.check(exchange.reply))
+            if exchange.failures:
+                return
+            exchange.sent += answer + CRLF
+            await self.send(answer + CRLF)
 
     async def _expect_close(self, exchange: Exchange) -> None:
         try:

@@ -18,10 +18,10 @@ from harness.evidence import Evidence
 from harness.expect import Check, check_outcome
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
-from harness.lab.runtime import LabError
-from harness.replay import Exchange, SessionResult, run_session
+from harness.lab.runtime import Lab, LabError
+from harness.replay import Exchange, SessionResult, message_bytes, run_session
 from harness.targets import Target
-from harness.trace import MESSAGE_DIRS, Connect, Trace
+from harness.trace import MESSAGE_DIRS, Connect, LabAction, Session, Submission, Trace
 
 
 @dataclass
@@ -50,7 +50,8 @@ class TraceResult:
         the step's line in the trace file says where to look."""
         problems = []
         for number, run in enumerate(self.sessions):
-            lines = self.trace.sessions[number].step_lines if number < len(self.trace.sessions) else ()
+            item = self.trace.sessions[number] if number < len(self.trace.sessions) else None
+            lines = item.step_lines if isinstance(item, Session) else (item.line,) if item is not None else ()
             for exchange in run.result.exchanges:
                 where = f" (line {lines[exchange.index]})" if exchange.index < len(lines) else ""
                 for failure in exchange.failures:
@@ -105,31 +106,15 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
     result = TraceResult(trace=trace, target=target.name)
     with target.lab(config) as lab:
         result.lab_started_in = lab.started_in
-        for session in trace.sessions:
-            client = config.host(session.client)
-            host, port = asyncio.run(endpoint(session.connect, config, client.address))
-            if session.refused:
-                result.sessions.append(
-                    SessionRun(
-                        session.client,
-                        f"{host}:{port}",
-                        asyncio.run(expect_refused(host, port, client.address)),
-                    )
-                )
-                continue
-            outcome = asyncio.run(
-                run_session(
-                    session.steps,
-                    host=host,
-                    port=port,
-                    source_address=client.address,
-                    base_dir=trace.base_dir,
-                    search_dirs=MESSAGE_DIRS,
-                    timeout=min(trace.timeout, 30.0),
-                )
-            )
-            result.sessions.append(SessionRun(session.client, f"{host}:{port}", outcome))
-            if not outcome.passed:
+        for item in trace.sessions:
+            if isinstance(item, Submission):
+                run = _submit(lab, item, trace)
+            elif isinstance(item, LabAction):
+                run = _act(lab, item, trace)
+            else:
+                run = _smtp_session(config, item, trace)
+            result.sessions.append(run)
+            if not run.result.passed:
                 break
         settled = lab.settle(timeout=trace.timeout)
         result.evidence = Evidence.collect(lab)
@@ -154,6 +139,60 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             )
     result.duration = time.perf_counter() - began
     return result
+
+
+def _smtp_session(config: LabConfig, session: Session, trace: Trace) -> SessionRun:
+    client = config.host(session.client)
+    host, port = asyncio.run(endpoint(session.connect, config, client.address))
+    if session.refused:
+        return SessionRun(
+            session.client, f"{host}:{port}", asyncio.run(expect_refused(host, port, client.address))
+        )
+    outcome = asyncio.run(
+        run_session(
+            session.steps,
+            host=host,
+            port=port,
+            source_address=client.address,
+            base_dir=trace.base_dir,
+            search_dirs=MESSAGE_DIRS,
+            timeout=min(trace.timeout, 30.0),
+        )
+    )
+    return SessionRun(session.client, f"{host}:{port}", outcome)
+
+
+def _single(title: str, failure: str | None, note: str) -> SessionResult:
+    """A one-step result for what is not an SMTP session (a store submission, a lab action)."""
+    exchange = Exchange(
+        index=0, title=title, sent=b"", reply=None, failures=[failure] if failure else [], error=failure
+    )
+    return SessionResult([exchange], note, failure is None, "none", ("", 0))
+
+
+def _submit(lab: Lab, item: Submission, trace: Trace) -> SessionRun:
+    content = message_bytes(item.data, trace.base_dir, MESSAGE_DIRS)
+    title = f"submit through the store of {item.server}: {item.mailbox} → {', '.join(item.to)}"
+    try:
+        msgid = lab.submit(item.server, item.mailbox, list(item.to), content)
+    except ValueError as exc:
+        return SessionRun("store", item.server, _single(title, str(exc), f"-- {title}: refused: {exc}"))
+    return SessionRun("store", item.server, _single(title, None, f"-- {title}: submitted as <{msgid}>"))
+
+
+def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
+    title = f"lab: {item.action.replace('_', ' ')}" + (f" {item.target}" if item.target else "")
+    if item.action == "settle":
+        settled = lab.settle(timeout=trace.timeout)
+        failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
+        return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
+    assert item.target is not None
+    kind, _, state = item.action.partition("_")
+    if kind == "connector":
+        lab.set_connector(item.target, state == "up")
+    else:
+        lab.set_server(item.target, state == "up")
+    return SessionRun("lab", kind, _single(title, None, f"-- {title}"))
 
 
 async def expect_refused(host: str, port: int, source: str) -> SessionResult:

@@ -57,6 +57,16 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Auth:
+    """SMTP AUTH (RFC 4954): LOGIN answers the server's 334 challenges, PLAIN sends an initial
+    response; the final reply is read by the next expect."""
+
+    mechanism: str
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
 class Expect:
     """Read one reply and match it."""
 
@@ -78,9 +88,10 @@ class Close:
     """The client closes the connection (without QUIT)."""
 
 
-Step: TypeAlias = Send | SendRaw | Pipeline | Data | Expect | Wait | ExpectClose | Close
+Step: TypeAlias = Send | SendRaw | Pipeline | Data | Auth | Expect | Wait | ExpectClose | Close
 
-STEP_KEYS = ("send", "send_raw", "pipeline", "data", "expect", "wait", "expect_close", "close")
+STEP_KEYS = ("send", "send_raw", "pipeline", "data", "auth", "expect", "wait", "expect_close", "close")
+AUTH_MECHANISMS = ("LOGIN", "PLAIN")
 
 
 def parse_script(raw: Sequence[Mapping[str, object]]) -> list[Step]:
@@ -129,6 +140,8 @@ def _parse_value(key: str, value: object) -> Step:
         return _parse_data(value)
     if key == "expect":
         return Expect(ReplyMatcher.parse(value))
+    if key == "auth":
+        return _parse_auth(value)
     if key == "wait":
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"must be a number of seconds >= 0, not {value!r}")
@@ -138,6 +151,21 @@ def _parse_value(key: str, value: object) -> Step:
             raise ValueError(f"must be true, not {value!r}")
         return ExpectClose() if key == "expect_close" else Close()
     raise ValueError(f"unknown step; expected one of {', '.join(STEP_KEYS)}")
+
+
+def _parse_auth(value: object) -> Auth:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping with mechanism, user and password, not {value!r}")
+    unknown = sorted(str(key) for key in value if key not in ("mechanism", "user", "password"))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: mechanism, user, password")
+    mechanism = str(value.get("mechanism", "LOGIN")).upper()
+    if mechanism not in AUTH_MECHANISMS:
+        raise ValueError(f"mechanism must be one of {', '.join(AUTH_MECHANISMS)}, not {mechanism!r}")
+    user, password = value.get("user"), value.get("password")
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise ValueError("user and password must be strings")
+    return Auth(mechanism, user, password)
 
 
 def _command_line(value: object) -> str:

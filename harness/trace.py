@@ -49,6 +49,30 @@ class Session:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """A MAPI/OWA client's message, submitted through the store of the sender's home server (OUT-2a)."""
+
+    server: str
+    mailbox: str
+    to: tuple[str, ...]
+    data: Data
+    line: int
+
+
+@dataclass(frozen=True)
+class LabAction:
+    """What an administrator does to the running organization between sessions, or `settle`: wait
+    until the lab has nothing left to do before going on."""
+
+    action: str  # connector_down | connector_up | server_down | server_up | settle
+    target: str | None
+    line: int
+
+
+Item = Session | Submission | LabAction
+
+
+@dataclass(frozen=True)
 class Trace:
     id: str
     title: str
@@ -56,7 +80,7 @@ class Trace:
     spec: tuple[str, ...]
     lab: Path
     requires: frozenset[str]
-    sessions: tuple[Session, ...]
+    sessions: tuple[Item, ...]
     outcome: dict[str, Any]
     boundary: frozenset[str] = frozenset()
     description: str = ""
@@ -114,8 +138,11 @@ def load(path: Path) -> Trace:
     # A broken lab file raises its own SourceError (its file, its line): that is what needs fixing.
     _check_lab_names(document, data, _load_lab(lab))
     _check_regexes(document, data.get("outcome") or {})
-    sessions = []
+    sessions: list[Item] = []
     for number, raw in enumerate(data["sessions"]):
+        if "submit" in raw or "lab" in raw:
+            sessions.append(_other_item(document, number, raw, path))
+            continue
         try:
             steps = parse_script(raw["script"]) if "script" in raw else []
         except ScriptError as exc:
@@ -151,6 +178,33 @@ def load(path: Path) -> Trace:
         boundary=frozenset(data.get("boundary") or []),
         description=data.get("description", ""),
         timeout=float(data.get("timeout", 30.0)),
+    )
+
+
+def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any], path: Path) -> Item:
+    if "lab" in raw:
+        ((action, value),) = raw["lab"].items()
+        return LabAction(
+            action, None if action == "settle" else str(value), _line(document, ("sessions", number))
+        )
+    submit = raw["submit"]
+    try:
+        data = parse_step({"data": submit["data"]})
+    except ScriptError as exc:
+        raise document.error(("sessions", number, "submit", "data"), exc.message) from None
+    assert isinstance(data, Data)
+    if data.source is not None and resolve_message_path(data.source, path.parent, MESSAGE_DIRS) is None:
+        raise document.error(
+            ("sessions", number, "submit", "data"),
+            f"message file {data.source!r} not found next to the trace or in fixtures/messages",
+        )
+    to = submit["to"]
+    return Submission(
+        submit["server"],
+        submit["mailbox"],
+        tuple([to] if isinstance(to, str) else to),
+        data,
+        _line(document, ("sessions", number)),
     )
 
 
@@ -225,8 +279,19 @@ def _check_regexes(document: yamlsource.Document, outcome: dict[str, Any]) -> No
 def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config: LabConfig) -> None:
     """Every host, server, sink and connector a trace names must be in its lab."""
     names = _LabNames(document, config)
+    connectors = [c.name for c in config.organization.connectors if not c.name.endswith(" (reciprocal)")]
     for number, session in enumerate(data["sessions"]):
         at: tuple[str | int, ...] = ("sessions", number)
+        if "submit" in session:
+            names.require((*at, "submit", "server"), session["submit"]["server"], "server", names.servers)
+            continue
+        if "lab" in session:
+            ((action, value),) = session["lab"].items()
+            if action.startswith("connector_"):
+                names.require((*at, "lab", action), value, "connector", connectors)
+            elif action.startswith("server_"):
+                names.require((*at, "lab", action), value, "server", names.servers)
+            continue
         names.require((*at, "client"), session["client"], "lab host", names.hosts)
         connect = session["connect"]
         if "host" in connect:

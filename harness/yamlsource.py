@@ -217,10 +217,10 @@ def validate(document: Document, schema_name: str) -> None:
     validator = jsonschema.Draft202012Validator(schema(schema_name))
     errors = sorted(validator.iter_errors(document.data), key=_error_rank)
     if errors:
-        best = jsonschema.exceptions.best_match(errors)
+        best = _within_alternatives(jsonschema.exceptions.best_match(errors))
         location: list[str | int] = list(best.absolute_path)
         if best.validator == "additionalProperties" and isinstance(best.instance, dict):
-            allowed = set(best.schema.get("properties", {}))
+            allowed = set(best.schema.get("properties", {})) if isinstance(best.schema, dict) else set()
             unexpected = [key for key in best.instance if key not in allowed]
             if unexpected:
                 key_line = document.key_line([*location, unexpected[0]])
@@ -232,6 +232,23 @@ def validate(document: Document, schema_name: str) -> None:
                     f"unknown field {unexpected[0]!r} (expected one of: {known})",
                 )
         raise document.error(location, _describe(best))
+
+
+def _within_alternatives(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For "not valid under any of the given schemas", the error of the alternative the author meant:
+    the one whose fields the value uses (no unknown field at its own level), with the fewest errors."""
+    if error.validator != "anyOf" or not error.context:
+        return error
+    branches: dict[int, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
+
+    def fit(item: tuple[int, list[jsonschema.ValidationError]]) -> tuple[int, int]:
+        unknown = sum(1 for e in item[1] if e.validator == "additionalProperties" and not e.relative_path)
+        return (unknown, len(item[1]))
+
+    _, chosen = min(branches.items(), key=fit)
+    return _within_alternatives(jsonschema.exceptions.best_match(chosen))
 
 
 def _error_rank(error: jsonschema.ValidationError) -> tuple[int, int]:

@@ -254,6 +254,12 @@ class Categorizer:
             members.append(added)
         return members
 
+    def home_server_of(self, address: str) -> str | None:
+        """FQDN of the server holding the mailbox with this SMTP address, if it is one."""
+        found = self.directory.search(self.base_dn, proxy_filter("smtp", address), ("homeMDB",))
+        home_mdb = found[0].first("homeMDB") if len(found) == 1 else None
+        return self._home_server_fqdn(home_mdb) if home_mdb else None
+
     def _home_server_fqdn(self, home_mdb: str) -> str | None:
         """homeMDB → server object (strip store, storage group and InformationStore RDNs) → FQDN from the
         `ncacn_ip_tcp:` network address."""

@@ -24,7 +24,7 @@ def ehlo_lines(fqdn: str, client_ip: str, size_limit: int, auth: bool) -> list[s
     keywords = [f"{fqdn} Hello [{client_ip}]", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime", "VRFY"]
     keywords.insert(1, f"SIZE {size_limit}" if size_limit else "SIZE")
     if auth:
-        keywords += ["AUTH LOGIN", "AUTH=LOGIN"]
+        keywords += ["AUTH LOGIN PLAIN", "AUTH=LOGIN"]
     keywords.append("OK")
     return [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
 

@@ -9,6 +9,8 @@ server runs inside a lab or, with real LDAP and DNS, on its own.
 from __future__ import annotations
 
 import asyncio
+import email
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,37 @@ class ExchangeServer:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
+
+    async def submit_from_store(self, mailbox: str, recipients: list[str], content: bytes) -> str:
+        """The MAPI/OWA path (OUT-2a): a mailbox on this server submits a message through the store;
+        the store driver hands it to AQ (tracking 1027 first). Returns its Message-ID."""
+        assert self.categorizer is not None
+        home = self.categorizer.home_server_of(mailbox)
+        if home is None:
+            raise ValueError(f"{mailbox} is not a mailbox in the directory")
+        if home != self.config.fqdn:
+            raise ValueError(
+                f"the mailbox of {mailbox} is on {home}, not on {self.config.fqdn}: submit it there"
+            )
+        headers = email.message_from_bytes(content.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+        message_id = (headers.get("Message-ID") or "").strip().strip("<>")
+        if not message_id:
+            message_id = f"{uuid.uuid4().hex.upper()}@{self.config.fqdn}"
+            content = f"Message-ID: <{message_id}>\r\n".encode() + content
+        msg = MailMsg.new(
+            mailbox,
+            recipients,
+            CONNECTION_IP_ADDRESS=self.config.address,
+            HELO_DOMAIN="STORE",
+            SERVER_NAME=self.config.fqdn,
+            RFC822_MSG_ID=message_id,
+            RFC822_MSG_SUBJECT=str(headers.get("Subject") or ""),
+            MSG_SIZE_HINT=len(content),
+            ORG_INTERNAL=True,
+            AUTHENTICATED_USER_NAME=mailbox,
+        )
+        await self.aq.submit(msg, content, source="store")
+        return message_id
 
     def idle(self, horizon: float | None = None) -> bool:
         return self.aq.idle(horizon)

@@ -107,7 +107,6 @@ class VirtualServerHandler:
             enable_SMTPUTF8=False,
             authenticator=self._authenticator if self.authenticate else None,
             auth_require_tls=False,
-            auth_exclude_mechanism=["PLAIN"],
         )
         self.sessions.add(smtp)
         return smtp

@@ -191,6 +191,12 @@ class Lab:
 
         self.run(change())
 
+    def submit(self, server: str, mailbox: str, recipients: list[str], content: bytes) -> str:
+        """A MAPI/OWA client submits through the store of `server` (ValueError if the mailbox is not
+        there); returns the message's Message-ID."""
+        exchange = self.servers[self.config.organization.server(server).name]
+        return self.run(exchange.submit_from_store(mailbox, recipients, content))
+
     def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         async def snapshot() -> dict[str, dict[str, list[dict[str, Any]]]]:
             return {name: server.aq.snapshot() for name, server in self.servers.items()}
