@@ -53,8 +53,8 @@ SYSTEM_QUEUES = (
     DSN_PENDING,
     RETRY,
 )
-# Envelopes in these queues wait for time or an administrator, not for work in progress.
-PARKED = frozenset({UNREACHABLE, RETRY})
+# Queue states as Queue Viewer shows them (KB 264054).
+READY, ACTIVE, RETRYING = "Ready", "Active", "Retry"
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ class Entry:
     hop: Hop | None = None
     attempts: int = 0
     next_retry: float = 0.0
+    state: str = READY  # Retry: waiting for its next attempt (or for link state, when unreachable)
+    resume: str = TO_BE_ROUTED  # where the next attempt starts
 
 
 class QueueDirectory:
@@ -118,6 +120,8 @@ class QueueDirectory:
             "queue": entry.queue,
             "attempts": entry.attempts,
             "next_retry": entry.next_retry,
+            "state": entry.state,
+            "resume": entry.resume,
             "msg": json.loads(entry.msg.to_json()),
         }
         if entry.hop is not None:
@@ -139,7 +143,15 @@ class QueueDirectory:
             hop = Hop(**record["hop"]) if record.get("hop") else None
             msg = MailMsg.from_json(json.dumps(record["msg"]))
             entries.append(
-                Entry(msg, record["queue"], hop, record.get("attempts", 0), record.get("next_retry", 0.0))
+                Entry(
+                    msg,
+                    record["queue"],
+                    hop,
+                    record.get("attempts", 0),
+                    record.get("next_retry", 0.0),
+                    record.get("state", READY),
+                    record.get("resume", TO_BE_ROUTED),
+                )
             )
         return entries
 
@@ -215,18 +227,18 @@ class AdvancedQueuingEngine:
         if self._busy or not self._work.empty():
             return False
         for entry in self.entries.values():
-            if entry.queue not in PARKED:
+            if entry.state != RETRYING:
                 return False
             # Unreachable destinations wait for link state, not for a retry worth waiting for.
-            if horizon is not None and entry.queue == RETRY and entry.next_retry <= horizon:
+            if horizon is not None and entry.queue != UNREACHABLE and entry.next_retry <= horizon:
                 return False
         return True
 
     def reroute_unreachable(self) -> None:
         """Link state changed: what waits for an unreachable destination is routed again now."""
         for entry in self.entries.values():
-            if entry.queue == UNREACHABLE:
-                entry.queue = entry.msg.properties.pop("RESUME_QUEUE", TO_BE_ROUTED)
+            if entry.queue == UNREACHABLE and entry.state == RETRYING:
+                entry.queue, entry.state = entry.resume, READY
                 self._work.put_nowait(entry.msg.id)
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
@@ -239,6 +251,8 @@ class AdvancedQueuingEngine:
                     "sender": entry.msg.sender,
                     "recipients": [r.address for r in entry.msg.recipients],
                     "attempts": entry.attempts,
+                    "state": entry.state,
+                    "next_retry": entry.next_retry if entry.state == RETRYING else None,
                 }
             )
         return queues
@@ -389,7 +403,9 @@ class AdvancedQueuingEngine:
             await self._fail(entry, result.failed)
         if result.deferred:
             self.tracking.log(tracking.LOCAL_RETRY, entry.msg, result.deferred, "C-AQ", detail=result.error)
-            await self._park(entry, result.deferred, RETRY, resume=LOCAL_DELIVERY, error=result.error)
+            await self._park(
+                entry, result.deferred, LOCAL_DELIVERY, resume=LOCAL_DELIVERY, error=result.error
+            )
             return
         await self._finish(entry)
 
@@ -397,6 +413,7 @@ class AdvancedQueuingEngine:
         assert self.components is not None and entry.hop is not None
         lock = self._links.setdefault(entry.hop.queue, asyncio.Lock())
         async with lock:  # one session at a time per link keeps the queue's order
+            entry.state = ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
             if entry.hop.kind == "gateway":
                 self.tracking.log(tracking.SD_GATEWAY_DELIVERY, entry.msg, None, "IN-7c", partner="X400")
@@ -422,8 +439,8 @@ class AdvancedQueuingEngine:
         if result.failed:
             await self._fail(entry, result.failed)
         if result.deferred:
-            # The next attempt is routed afresh: link state may have changed meanwhile.
-            await self._park(entry, result.deferred, RETRY, resume=TO_BE_ROUTED, error=result.error)
+            # The link queue shows Retry; the next attempt is routed afresh (link state may have changed).
+            await self._park(entry, result.deferred, entry.hop.queue, resume=TO_BE_ROUTED, error=result.error)
             return
         await self._finish(entry)
 
@@ -449,16 +466,15 @@ class AdvancedQueuingEngine:
             await self._finish(entry)
             return
         entry.next_retry = time.time() + self.retry.delay(entry.attempts)
-        entry.queue = queue
+        entry.queue, entry.state, entry.resume = queue, RETRYING, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
-        entry.msg.properties["RESUME_QUEUE"] = resume
         await asyncio.to_thread(self.directory.save, entry)
         self._wake_later(entry)
 
     def _wake_later(self, entry: Entry) -> None:
         def wake() -> None:
-            if self.entries.get(entry.msg.id) is entry and entry.queue in PARKED:
-                entry.queue = entry.msg.properties.pop("RESUME_QUEUE", TO_BE_ROUTED)
+            if self.entries.get(entry.msg.id) is entry and entry.state == RETRYING:
+                entry.queue, entry.state = entry.resume, READY
                 self._work.put_nowait(entry.msg.id)
 
         delay = max(0.0, entry.next_retry - time.time())
@@ -521,7 +537,7 @@ class AdvancedQueuingEngine:
             await asyncio.to_thread(self.directory.remove_content, content_id)
 
     def _schedule(self, entry: Entry) -> None:
-        if entry.queue in PARKED:
+        if entry.state == RETRYING:
             self._wake_later(entry)
         else:
             self._work.put_nowait(entry.msg.id)

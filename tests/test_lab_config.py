@@ -214,7 +214,11 @@ def test_server_in_a_routing_group_that_does_not_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
-        ("      bridgeheads: [EX1]", "      bridgeheads: [EX9]", "organization.connectors[3].bridgeheads[0]"),
+        (
+            'bridgeheads: [EX1]\n      address_spaces: [{type: SMTP, pattern: "*"',
+            'bridgeheads: [EX9]\n      address_spaces: [{type: SMTP, pattern: "*"',
+            "organization.connectors[3].bridgeheads[0]",
+        ),
         (
             "local_bridgeheads: [EX2]",
             "local_bridgeheads: [EX9]",

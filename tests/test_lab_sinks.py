@@ -213,20 +213,20 @@ def test_rcpt_rule_rejects_only_the_matching_address() -> None:
 
 
 def test_lab_file_rules_fail_data_once_then_accept_the_retry() -> None:
-    # flaky-mx of the Contoso lab: RCPT <nobody@slow.example> → 550, DATA → 451 the first time only.
+    # flaky-mx of the Contoso lab: RCPT <nobody@slow.net> → 550, DATA → 451 the first time only.
     lab = lab_config.load(ROOT / "fixtures" / "labs" / "contoso.yaml", base="127.77.9.0")
     host = lab.host("flaky-mx")
     assert host.address == "127.77.9.108"
 
     async def scenario(sink: SinkHost) -> None:
         with pytest.raises(aiosmtplib.SMTPRecipientRefused):
-            await send(sink, "alice@contoso.com", ["nobody@slow.example"], b"Subject: x\r\n\r\n1\r\n")
+            await send(sink, "alice@contoso.com", ["nobody@slow.net"], b"Subject: x\r\n\r\n1\r\n")
         with pytest.raises(aiosmtplib.SMTPDataError) as failed:
-            await send(sink, "alice@contoso.com", ["someone@slow.example"], b"Subject: x\r\n\r\n2\r\n")
+            await send(sink, "alice@contoso.com", ["someone@slow.net"], b"Subject: x\r\n\r\n2\r\n")
         assert (failed.value.code, failed.value.message) == (451, "4.3.0 Try again later")
         assert sink.captures == []
         # The retry comes on a new connection, as an MTA's would: the rule's one time is used up.
-        await send(sink, "alice@contoso.com", ["someone@slow.example"], b"Subject: x\r\n\r\n3\r\n")
+        await send(sink, "alice@contoso.com", ["someone@slow.net"], b"Subject: x\r\n\r\n3\r\n")
 
     run(sink := SinkHost(host, PORT), scenario)
     (capture,) = sink.captures

@@ -189,7 +189,7 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         bind_dn=gc_raw.get("bind_dn", f"CN=Exchange Categorizer,CN=Users,{gc_raw['base_dn']}"),
         bind_password=gc_raw.get("bind_password", "Cat-P@ssw0rd"),
     )
-    records = _records(document, data, hosts)
+    records = _records(document, data, hosts, base_address)
     return LabConfig(
         name=data["name"],
         path=path,
@@ -283,7 +283,10 @@ def _rule(raw: Mapping[str, Any]) -> SinkRule:
 
 
 def _records(
-    document: yamlsource.Document, data: Mapping[str, Any], hosts: Mapping[str, Host]
+    document: yamlsource.Document,
+    data: Mapping[str, Any],
+    hosts: Mapping[str, Host],
+    base: ipaddress.IPv4Address,
 ) -> tuple[Record, ...]:
     records: list[Record] = []
     for host in hosts.values():
@@ -292,6 +295,8 @@ def _records(
             records.append(Record(ptr_name(host.address), "PTR", host.fqdn.lower() + "."))
     for index, raw in enumerate(data["dns"].get("records") or []):
         value = raw.get("value")
+        if "addr" in raw:
+            value = str(base + raw["addr"])
         if "host" in raw:
             try:
                 value = hosts[raw["host"].lower()].address
