@@ -56,6 +56,8 @@ def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
         checks.append(_check_event(spec, evidence))
     if "hops" in outcome:
         checks.append(_check_hops(outcome["hops"], evidence))
+    for spec in outcome.get("queues") or []:
+        checks.append(_check_queue(spec, evidence))
     if outcome.get("queues_empty"):
         busy = [
             f"{server}: {queue} holds {len(items)}"
@@ -327,3 +329,31 @@ def _check_event(spec: dict[str, Any], evidence: Evidence) -> Check:
     if spec.get("absent"):
         return Check(f"no {title}", [f"{title} was logged"] if found else [], "no such event", seen)
     return Check(title, [] if found else [f"{title} was not logged"], title, seen)
+
+
+def _check_queue(spec: dict[str, Any], evidence: Evidence) -> Check:
+    server = next((k for k in evidence.queues if k.lower() == spec["server"].lower()), spec["server"])
+    queues = evidence.queues.get(server, {})
+    items = next((v for k, v in queues.items() if k.lower() == spec["queue"].lower()), [])
+    if "state" in spec:
+        items = [i for i in items if i.get("state") == spec["state"]]
+    title = f"queue {spec['queue']} on {spec['server']}" + (
+        f" in state {spec['state']}" if "state" in spec else ""
+    )
+    seen = (
+        "\n".join(
+            f"{name}: {len(found)} ({', '.join(sorted({str(i.get('state')) for i in found}))})"
+            for name, found in queues.items()
+            if found
+        )
+        or "all queues empty"
+    )
+    if "count" in spec:
+        ok = len(items) == spec["count"]
+        return Check(
+            title,
+            [] if ok else [f"{title} holds {len(items)} message(s), expected {spec['count']}"],
+            f"{spec['count']} message(s)",
+            seen,
+        )
+    return Check(title, [] if items else [f"{title} holds no message"], "at least one message", seen)

@@ -116,7 +116,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             result.sessions.append(run)
             if not run.result.passed:
                 break
-        settled = lab.settle(timeout=trace.timeout)
+        settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         result.evidence = Evidence.collect(lab)
         result.checks = check_outcome(trace.outcome, result.evidence)
         if not settled:
@@ -176,14 +176,16 @@ def _submit(lab: Lab, item: Submission, trace: Trace) -> SessionRun:
     try:
         msgid = lab.submit(item.server, item.mailbox, list(item.to), content)
     except ValueError as exc:
-        return SessionRun("store", item.server, _single(title, str(exc), f"-- {title}: refused: {exc}"))
-    return SessionRun("store", item.server, _single(title, None, f"-- {title}: submitted as <{msgid}>"))
+        failure = None if item.refused else str(exc)
+        return SessionRun("store", item.server, _single(title, failure, f"-- {title}: refused: {exc}"))
+    failure = "expected the store to refuse the submission" if item.refused else None
+    return SessionRun("store", item.server, _single(title, failure, f"-- {title}: submitted as <{msgid}>"))
 
 
 def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     title = f"lab: {item.action.replace('_', ' ')}" + (f" {item.target}" if item.target else "")
     if item.action == "settle":
-        settled = lab.settle(timeout=trace.timeout)
+        settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
         return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
     assert item.target is not None

@@ -57,6 +57,7 @@ class Submission:
     to: tuple[str, ...]
     data: Data
     line: int
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Trace:
     boundary: frozenset[str] = frozenset()
     description: str = ""
     timeout: float = 30.0
+    wait_for_retries: bool = True
 
     @property
     def base_dir(self) -> Path:
@@ -178,6 +180,7 @@ def load(path: Path) -> Trace:
         boundary=frozenset(data.get("boundary") or []),
         description=data.get("description", ""),
         timeout=float(data.get("timeout", 30.0)),
+        wait_for_retries=data.get("wait_for_retries", True),
     )
 
 
@@ -338,6 +341,8 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
             names.require((*at, "client"), spec["client"], "lab host", names.hosts)
     for index, server in enumerate(outcome.get("hops") or []):
         names.require(("outcome", "hops", index), server, "server", names.servers)
+    for index, spec in enumerate(outcome.get("queues") or []):
+        names.require(("outcome", "queues", index, "server"), spec["server"], "server", names.servers)
 
 
 def _check_delivery_names(names: _LabNames, at: tuple[str | int, ...], spec: dict[str, Any]) -> None:

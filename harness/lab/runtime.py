@@ -148,13 +148,13 @@ class Lab:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout)
 
-    def settle(self, timeout: float = 15.0, quiet: float = 0.05) -> bool:
+    def settle(self, timeout: float = 15.0, quiet: float = 0.05, *, wait_for_retries: bool = True) -> bool:
         """Wait until every server's queues are idle (parked retries excepted) for `quiet` seconds."""
 
         async def wait() -> bool:
             deadline = time.monotonic() + timeout
             # A retry due before the deadline is work still to come: fault traces wait for it.
-            horizon = time.time() + timeout
+            horizon = time.time() + timeout if wait_for_retries else None
             quiet_since: float | None = None
             while time.monotonic() < deadline:
                 if all(server.idle(horizon) for server in self.servers.values()):
