@@ -208,6 +208,7 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
         tuple([to] if isinstance(to, str) else to),
         data,
         _line(document, ("sessions", number)),
+        submit.get("refused", False),
     )
 
 
