@@ -101,6 +101,8 @@ class Categorizer:
                 )
             return
         sender = self._resolve_sender(msg)
+        if sender is not None and not self._sender_within_limits(msg, sender):
+            return
         expanded_seen: set[str] = set()
         resolved: set[str] = set()
         queue = [r for r in msg.recipients if r.status == "pending"]
@@ -119,13 +121,33 @@ class Categorizer:
         if not msg.sender:
             return None
         found = self.directory.search(
-            self.base_dn, proxy_filter("smtp", msg.sender), ("cn", "legacyExchangeDN")
+            self.base_dn,
+            proxy_filter("smtp", msg.sender),
+            ("cn", "legacyExchangeDN", "submissionContLength", "msExchRecipLimit"),
         )
         if len(found) == 1:
             msg.properties["SENDER_ADDRESS_LEGACY_EX_DN"] = found[0].first("legacyExchangeDN")
             msg.properties["SENDER_DN"] = found[0].dn
             return found[0]
         return None
+
+    def _sender_within_limits(self, msg: MailMsg, sender: DirectoryEntry) -> bool:
+        """Per-sender limits (they override the organization's defaults, which are "no limit"): a
+        message over them is returned whole — 5.2.3 for size, 5.5.3 for the number of recipients."""
+        size_limit = sender.first("submissionContLength")
+        recipient_limit = sender.first("msExchRecipLimit")
+        pending = msg.pending()
+        if size_limit and msg.size > int(size_limit) * 1024:
+            text = f"552 5.2.3 Message of {msg.size} bytes exceeds the sender's limit of {size_limit} KB"
+            code = "5.2.3"
+        elif recipient_limit and len(pending) > int(recipient_limit):
+            text = f"550 5.5.3 {len(pending)} recipients exceed the sender's limit of {recipient_limit}"
+            code = "5.5.3"
+        else:
+            return True
+        for recipient in pending:
+            recipient.fail(text, code, RP_ERROR_CONTEXT_CAT)
+        return False
 
     def _categorize_one(
         self, msg: MailMsg, recipient: Recipient, sender: DirectoryEntry | None, expanded_seen: set[str]
