@@ -17,7 +17,7 @@ import dns.resolver
 from harness.evidence import Evidence
 from harness.expect import Check, check_outcome
 from harness.lab import config as lab_config
-from harness.lab.config import LabConfig
+from harness.lab.config import LabConfig, sink_rule
 from harness.lab.runtime import Lab, LabError
 from harness.replay import Exchange, SessionResult, message_bytes, run_session
 from harness.targets import Target
@@ -189,6 +189,9 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
         return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
     assert item.target is not None
+    if item.rule is not None:
+        lab.sinks[lab.config.host(item.target).name].add_rule(sink_rule(item.rule))
+        return SessionRun("lab", "sink", _single(title, None, f"-- {title}: {item.rule}"))
     kind, _, state = item.action.partition("_")
     if kind == "connector":
         lab.set_connector(item.target, state == "up")

@@ -65,9 +65,10 @@ class LabAction:
     """What an administrator does to the running organization between sessions, or `settle`: wait
     until the lab has nothing left to do before going on."""
 
-    action: str  # connector_down | connector_up | server_down | server_up | settle
+    action: str  # connector_down | connector_up | server_down | server_up | settle | sink_rule
     target: str | None
     line: int
+    rule: dict[str, Any] | None = None
 
 
 Item = Session | Submission | LabAction
@@ -187,9 +188,10 @@ def load(path: Path) -> Trace:
 def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any], path: Path) -> Item:
     if "lab" in raw:
         ((action, value),) = raw["lab"].items()
-        return LabAction(
-            action, None if action == "settle" else str(value), _line(document, ("sessions", number))
-        )
+        line = _line(document, ("sessions", number))
+        if action == "sink_rule":
+            return LabAction(action, value["host"], line, dict(value))
+        return LabAction(action, None if action == "settle" else str(value), line)
     submit = raw["submit"]
     try:
         data = parse_step({"data": submit["data"]})
@@ -295,6 +297,8 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
                 names.require((*at, "lab", action), value, "connector", connectors)
             elif action.startswith("server_"):
                 names.require((*at, "lab", action), value, "server", names.servers)
+            elif action == "sink_rule":
+                names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
             continue
         names.require((*at, "client"), session["client"], "lab host", names.hosts)
         connect = session["connect"]

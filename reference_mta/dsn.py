@@ -20,18 +20,32 @@ UNKNOWN_USER_TEXT = (
 )
 
 
-def wants_failure_notice(recipient: Recipient) -> bool:
-    """RFC 3461: without NOTIFY the default is FAILURE (and DELAY); NOTIFY=NEVER or a list without
-    FAILURE asks for no NDR."""
+def wants_notice(recipient: Recipient, kind: str) -> bool:
+    """RFC 3461: without NOTIFY the default is FAILURE and DELAY; NOTIFY=NEVER, or a list without the
+    kind, asks for no notice of that kind."""
     if recipient.notify is None:
-        return True
-    return "FAILURE" in {word.strip().upper() for word in recipient.notify.split(",")}
+        return kind in ("FAILURE", "DELAY")
+    return kind in {word.strip().upper() for word in recipient.notify.split(",")}
 
 
 def make_ndr(
     original: MailMsg, failed: list[Recipient], content: bytes, reporting_fqdn: str, postmaster: str
 ) -> tuple[MailMsg, bytes] | None:
-    failed = [r for r in failed if wants_failure_notice(r)]
+    return make_dsn(original, failed, content, reporting_fqdn, postmaster, action="failed")
+
+
+def make_dsn(
+    original: MailMsg,
+    failed: list[Recipient],
+    content: bytes,
+    reporting_fqdn: str,
+    postmaster: str,
+    *,
+    action: str,
+) -> tuple[MailMsg, bytes] | None:
+    """An NDR (action "failed") or a delay notice (action "delayed": the message is still being tried)."""
+    delayed = action == "delayed"
+    failed = [r for r in failed if wants_notice(r, "DELAY" if delayed else "FAILURE")]
     if not original.sender or not failed:
         return None
     header_block = content.split(b"\r\n\r\n", 1)[0]
@@ -42,20 +56,27 @@ def make_ndr(
     report["To"] = original.sender
     report["Date"] = email.utils.formatdate()
     report["Message-ID"] = f"<{message_id}>"
-    report["Subject"] = "Delivery Status Notification (Failure)"
+    subject_line = f"Delivery Status Notification ({'Delay' if delayed else 'Failure'})"
+    report["Subject"] = subject_line
     original_id = _text(headers.get("Message-ID"))
     if original_id:
         report["In-Reply-To"] = original_id
-    lines = ["Your message did not reach some or all of the intended recipients.", ""]
+    lines = [
+        "Delivery to the following recipients has been delayed; the server will keep trying."
+        if delayed
+        else "Your message did not reach some or all of the intended recipients.",
+        "",
+    ]
     subject = _text(headers.get("Subject"))
     if subject:
         lines.insert(1, f"      Subject:  {subject}")
-    lines += ["The following recipient(s) could not be reached:", ""]
+    if not delayed:
+        lines += ["The following recipient(s) could not be reached:", ""]
     for recipient in failed:
         lines.append(f"      {recipient.original} on {email.utils.formatdate()}")
         if recipient.enhanced == "5.1.1":
             lines.append(f"            {UNKNOWN_USER_TEXT}")
-        lines.append(f"            <{reporting_fqdn} #{recipient.enhanced}>")
+        lines.append(f"            <{reporting_fqdn} #{_status(recipient, delayed)}>")
         lines.append("")
     report.set_content("\r\n".join(lines))
     report.make_mixed()
@@ -81,8 +102,8 @@ def make_ndr(
                 [
                     ("Original-Recipient", recipient.orcpt or f"rfc822;{recipient.original}"),
                     ("Final-Recipient", f"rfc822;{recipient.address}"),
-                    ("Action", "failed"),
-                    ("Status", recipient.enhanced or "5.0.0"),
+                    ("Action", action),
+                    ("Status", _status(recipient, delayed)),
                     ("Diagnostic-Code", f"smtp;{recipient.status_text}" if recipient.status_text else None),
                 ]
             )
@@ -103,12 +124,16 @@ def make_ndr(
         "",
         [original.sender],
         RFC822_MSG_ID=message_id,
-        RFC822_MSG_SUBJECT="Delivery Status Notification (Failure)",
+        RFC822_MSG_SUBJECT=subject_line,
         MSGCLASS=MSGCLASS_NDR,
         MSG_SIZE_HINT=len(data),
         LINKED_MSGID=original.message_id,
     )
     return ndr, data
+
+
+def _status(recipient: Recipient, delayed: bool) -> str:
+    return recipient.enhanced or ("4.4.7" if delayed else "5.0.0")
 
 
 def _text(value: object) -> str:

@@ -89,6 +89,7 @@ class Components:
     deliver_local: Callable[[MailMsg, bytes], Awaitable[DeliveryResult]]
     deliver_remote: Callable[[Hop, MailMsg, bytes], Awaitable[DeliveryResult]]
     make_ndr: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None]
+    make_delay_notice: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None] | None = None
 
 
 @dataclass
@@ -172,8 +173,12 @@ class QueueDirectory:
 
 @dataclass
 class RetryPolicy:
+    """Delivery timers of a virtual server (Delivery tab): retry intervals, delay notification, and
+    expiration. Exchange 2003's defaults; labs set short ones."""
+
     intervals: tuple[float, ...] = (600.0, 600.0, 600.0, 900.0)
     expiration: float = 2 * 24 * 3600.0
+    delay_notification: float = 12 * 3600.0
 
     def delay(self, attempt: int) -> float:
         return self.intervals[min(attempt, len(self.intervals)) - 1] if self.intervals else 60.0
@@ -465,6 +470,10 @@ class AdvancedQueuingEngine:
             await self._fail(entry, waiting)
             await self._finish(entry)
             return
+        if time.time() - arrival > self.retry.delay_notification and not entry.msg.properties.get(
+            "DELAY_NOTIFIED"
+        ):
+            await self._notify_delay(entry, waiting)
         entry.next_retry = time.time() + self.retry.delay(entry.attempts)
         entry.queue, entry.state, entry.resume = queue, RETRYING, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
@@ -502,6 +511,18 @@ class AdvancedQueuingEngine:
         self.entries[dsn.id] = dsn_entry
         await asyncio.to_thread(self.directory.save, dsn_entry)
         self._work.put_nowait(dsn.id)
+
+    async def _notify_delay(self, entry: Entry, waiting: list[Recipient]) -> None:
+        """Once per message, past the delay notification time: tell the sender it is still trying."""
+        entry.msg.properties["DELAY_NOTIFIED"] = True
+        if self.components is None or self.components.make_delay_notice is None or not entry.msg.sender:
+            return
+        content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
+        made = self.components.make_delay_notice(entry.msg, waiting, content)
+        if made is not None:
+            self.tracking.log(tracking.DELAY_NOTICE, entry.msg, waiting, "DSN-2", queue=entry.queue)
+            notice, notice_content = made
+            await self.submit(notice, notice_content, source="dsn")
 
     async def _submit_dsn(self, entry: Entry) -> None:
         assert self.components is not None

@@ -88,6 +88,7 @@ class ExchangeServer:
                 deliver_local=self._deliver_local,
                 deliver_remote=self._deliver_remote,
                 make_ndr=self._make_ndr,
+                make_delay_notice=self._make_delay_notice,
             )
         )
         # A change of link state is a chance for what waits on an unreachable destination.
@@ -164,11 +165,30 @@ class ExchangeServer:
             )
         return await self.delivery.deliver(hop, msg, content)
 
-    def _make_ndr(
-        self, msg: MailMsg, failed: list[Recipient], content: bytes
+    def _make_delay_notice(
+        self, msg: MailMsg, waiting: list[Recipient], content: bytes
     ) -> tuple[MailMsg, bytes] | None:
-        primary = self.organization.primary_domain
-        made = dsn.make_ndr(msg, failed, content, self.config.fqdn, f"postmaster@{primary}")
+        return self._made(
+            dsn.make_dsn(
+                msg,
+                waiting,
+                content,
+                self.config.fqdn,
+                f"postmaster@{self.organization.primary_domain}",
+                action="delayed",
+            )
+        )
+
+    def _made(self, made: tuple[MailMsg, bytes] | None) -> tuple[MailMsg, bytes] | None:
         if made is not None:
             made[0].properties.update(CONNECTION_IP_ADDRESS=self.config.address, SERVER_NAME=self.config.fqdn)
         return made
+
+    def _make_ndr(
+        self, msg: MailMsg, failed: list[Recipient], content: bytes
+    ) -> tuple[MailMsg, bytes] | None:
+        return self._made(
+            dsn.make_ndr(
+                msg, failed, content, self.config.fqdn, f"postmaster@{self.organization.primary_domain}"
+            )
+        )

@@ -39,6 +39,9 @@ ROUTING_RETRY = 1035
 QUEUED_LOCAL = 1036
 LOCAL_RETRY = 1037
 ROUTED_GATEWAY = 1038
+# Not in KB 821905: Exchange logs no event of its own when it sends a delay DSN. The reference MTA logs
+# the delay notice under this ID so that traces can see it (docs/decisions.md).
+DELAY_NOTICE = 1045
 
 DESCRIPTIONS = {
     SUBMIT_TO_AQ: "SMTP: Message Submitted to Advanced Queuing",
@@ -60,6 +63,7 @@ DESCRIPTIONS = {
     QUEUED_LOCAL: "SMTP: Message Queued for Local Delivery",
     LOCAL_RETRY: "SMTP: Message Scheduled to Retry Local Delivery",
     ROUTED_GATEWAY: "SMTP: Message Routed and Queued for Gateway Delivery",
+    DELAY_NOTICE: "mailflow: Delay Delivery Status Notification Sent",
 }
 
 

@@ -22,6 +22,7 @@ from harness import yamlsource
 from harness.lab.addresses import is_lab_address
 from harness.lab.dns import Fault, Record, check_record, ptr_name
 from reference_mta import topology
+from reference_mta.queuing import RetryPolicy
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -68,6 +69,7 @@ class LabConfig:
     global_catalog: GlobalCatalogConfig
     organization: topology.Organization
     hosts: Mapping[str, Host] = field(default_factory=dict)
+    timers: RetryPolicy = field(default_factory=RetryPolicy)
 
     def host(self, name: str) -> Host:
         try:
@@ -141,7 +143,7 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         )
     for section in ("internet", "clients"):
         for index, raw in enumerate(data.get(section) or []):
-            rules = tuple(_rule(r) for r in raw.get("rules") or [])
+            rules = tuple(sink_rule(r) for r in raw.get("rules") or [])
             kind = "internet" if section == "internet" else "client"
             add(Host(raw["name"], raw.get("fqdn"), address_of(raw["addr"]), kind, rules), (section, index))
     fqdns: dict[str, str] = {}
@@ -201,6 +203,7 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         global_catalog=global_catalog,
         organization=organization,
         hosts=hosts,
+        timers=_timers(data.get("timers") or {}),
     )
 
 
@@ -271,7 +274,17 @@ def _check_literal(
         )
 
 
-def _rule(raw: Mapping[str, Any]) -> SinkRule:
+def _timers(raw: Mapping[str, Any]) -> RetryPolicy:
+    default = RetryPolicy()
+    return RetryPolicy(
+        intervals=tuple(float(x) for x in raw.get("retry", default.intervals)),
+        expiration=float(raw.get("expiration", default.expiration)),
+        delay_notification=float(raw.get("delay_notification", default.delay_notification)),
+    )
+
+
+def sink_rule(raw: Mapping[str, Any]) -> SinkRule:
+    """A reply rule of an Internet host, from a lab file or a trace's lab action."""
     return SinkRule(
         command=raw["command"],
         match=raw.get("match"),

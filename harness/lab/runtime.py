@@ -43,7 +43,7 @@ class Lab:
     ) -> None:
         self.config = config
         self.reference_servers = reference_servers
-        self.retry = retry or RetryPolicy(intervals=(1.0, 2.0, 5.0))
+        self.retry = retry or config.timers
         self.dns = FakeDNS(
             config.dns_address,
             config.dns_port,
