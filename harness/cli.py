@@ -274,7 +274,7 @@ def lab_up(name: str, base: str | None, port_offset: int | None, workdir: Path |
         raise click.ClickException(str(exc)) from exc
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    with Lab(config, workdir) as running:
+    with Lab(config, workdir, control=True) as running:
         table = Table(title=f"lab {config.name} (started in {running.started_in * 1000:.0f} ms)")
         for column in ("host", "kind", "name", "address", "service"):
             table.add_column(column)
@@ -290,12 +290,104 @@ def lab_up(name: str, base: str | None, port_offset: int | None, workdir: Path |
             table.add_row(host.name, host.kind, host.fqdn or "-", host.address, services.get(host.kind, "-"))
         console.print(table)
         console.print(f"queues, mailboxes and tracking logs: {running.workdir}")
+        console.print(
+            f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, "
+            "mailflow lab connector|server NAME up|down)"
+        )
         console.print("Ctrl-C stops the lab.")
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+LAB_DIR = click.option(
+    "--lab-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="the folder of a lab started with `mailflow lab up --workdir DIR`",
+)
+
+
+def _control(lab_dir: Path, payload: dict[str, Any]) -> Any:
+    from harness.lab.control import ControlError, request
+
+    try:
+        return request(lab_dir, payload)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@LAB_DIR
+@click.option("--server", default=None, help="only this server's queues")
+@click.option("--all", "show_all", is_flag=True, help="also list empty queues")
+def queues(lab_dir: Path, server: str | None, show_all: bool) -> None:
+    """Queue Viewer: every queue of a running lab's servers, with state, count and next retry."""
+    rows = _control(lab_dir, {"op": "queues"})
+    table = Table(title="queues")
+    for column in ("server", "queue", "state", "messages", "next retry", "recipients"):
+        table.add_column(column)
+    for row in rows:
+        if (server and row["server"].lower() != server.lower()) or (not show_all and not row["count"]):
+            continue
+        retry = f"in {row['next_retry_in']:g} s" if row["next_retry_in"] is not None else "-"
+        table.add_row(
+            row["server"],
+            row["queue"],
+            row["state"],
+            str(row["count"]),
+            retry,
+            escape(", ".join(row["recipients"])),
+        )
+    console.print(table)
+
+
+@main.command()
+@LAB_DIR
+@click.option("--server", required=True, help="the home server of the mailbox")
+@click.option("--from", "mailbox", required=True, help="the submitting mailbox's address")
+@click.option("--to", "recipients", multiple=True, required=True, help="a recipient (repeat for more)")
+@click.argument("message", type=click.File("rb"))
+def submit(lab_dir: Path, server: str, mailbox: str, recipients: tuple[str, ...], message: Any) -> None:
+    """Submit MESSAGE (a file, or - for standard input) through a server's store, as Outlook does."""
+    import base64
+
+    content = message.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    msgid = _control(
+        lab_dir,
+        {
+            "op": "submit",
+            "server": server,
+            "mailbox": mailbox,
+            "to": list(recipients),
+            "content": base64.b64encode(content).decode(),
+        },
+    )
+    console.print(f"submitted <{msgid}>")
+
+
+@lab.command("connector")
+@LAB_DIR
+@click.argument("name")
+@click.argument("state", type=click.Choice(["up", "down"]))
+def lab_connector(lab_dir: Path, name: str, state: str) -> None:
+    """Mark connector NAME up or down in the lab's link state."""
+    result = _control(lab_dir, {"op": "connector", "name": name, "up": state == "up"})
+    console.print(f"link state {result['version']}: {name} is {result['connectors'].get(name, state)}")
+
+
+@lab.command("server")
+@LAB_DIR
+@click.argument("name")
+@click.argument("state", type=click.Choice(["up", "down"]))
+def lab_server(lab_dir: Path, name: str, state: str) -> None:
+    """Take server NAME down (it stops answering) or bring it back up."""
+    result = _control(lab_dir, {"op": "server", "name": name, "up": state == "up"})
+    console.print(
+        f"link state {result['version']}: servers down: {', '.join(result['servers_down']) or 'none'}"
+    )
 
 
 if __name__ == "__main__":

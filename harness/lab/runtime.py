@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.lab.config import LabConfig
+from harness.lab.control import SOCKET_NAME, ControlServer
 from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.sinks import SinkHost
@@ -40,6 +41,7 @@ class Lab:
         *,
         reference_servers: bool = True,
         retry: RetryPolicy | None = None,
+        control: bool = False,
     ) -> None:
         self.config = config
         self.reference_servers = reference_servers
@@ -53,6 +55,8 @@ class Lab:
         self.gc = MockGlobalCatalog(config.global_catalog)
         self.sinks = {h.name: SinkHost(h, config.port(25)) for h in config.internet_hosts}
         self.servers: dict[str, ExchangeServer] = {}
+        self.control: ControlServer | None = None
+        self._with_control = control
         self.link_state = LinkState(config.organization)
         # Made last: a lab whose hosts cannot be built leaves no folder behind.
         self._own_workdir = workdir is None
@@ -109,6 +113,9 @@ class Lab:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
             await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
+        if self._with_control:
+            self.control = ControlServer(self, self.workdir / SOCKET_NAME)
+            await self.control.start()
 
     def stop(self) -> None:
         loop = self._loop
@@ -127,6 +134,8 @@ class Lab:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def _stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         for server in self.servers.values():
             await server.stop()
         for sink in self.sinks.values():
@@ -180,16 +189,15 @@ class Lab:
 
     def set_server(self, name: str, up: bool) -> None:
         """Take a server down (its virtual servers stop answering, link state marks it down) or back up."""
+        self.run(self.change_server(name, up))
 
-        async def change() -> None:
-            server = self.servers[self.config.organization.server(name).name]
-            if up:
-                await server.listen()
-            else:
-                await server.close()
-            self.link_state.set_server(name, up)
-
-        self.run(change())
+    async def change_server(self, name: str, up: bool) -> None:
+        server = self.servers[self.config.organization.server(name).name]
+        if up:
+            await server.listen()
+        else:
+            await server.close()
+        self.link_state.set_server(name, up)
 
     def submit(self, server: str, mailbox: str, recipients: list[str], content: bytes) -> str:
         """A MAPI/OWA client submits through the store of `server` (ValueError if the mailbox is not
@@ -199,9 +207,13 @@ class Lab:
 
     def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         async def snapshot() -> dict[str, dict[str, list[dict[str, Any]]]]:
-            return {name: server.aq.snapshot() for name, server in self.servers.items()}
+            return self.queue_snapshot()
 
         return self.run(snapshot())
+
+    def queue_snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Every server's queues (call on the lab's loop)."""
+        return {name: server.aq.snapshot() for name, server in self.servers.items()}
 
     @property
     def tracking_dir(self) -> Path:

@@ -1,0 +1,111 @@
+"""A running lab driven from outside, as an administrator and an Outlook client would: queues with
+their states, connectors and servers marked down and up, submissions through the store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.evidence import Evidence
+from harness.lab import config as lab_config
+from harness.lab.control import ControlError, request
+from harness.lab.runtime import Lab
+
+LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
+BASE = f"127.{40 + int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:] or 0) % 20}.0.0"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    config = lab_config.load(LAB, base=BASE, port_offset=27000)
+    with Lab(config, tmp_path, control=True) as running:
+        yield running
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_submit_through_the_store_from_the_command_line(lab: Lab, tmp_path: Path) -> None:
+    message = tmp_path / "note.eml"
+    message.write_bytes(b"Subject: from the command line\n\nhello\n")
+    output = cli(
+        "submit",
+        "--lab-dir",
+        str(lab.workdir),
+        "--server",
+        "EX1",
+        "--from",
+        "alice@contoso.com",
+        "--to",
+        "bob@contoso.com",
+        str(message),
+    )
+    assert output.startswith("submitted <") and "@ex1.contoso.com>" in output
+    assert lab.settle()
+    assert [d.describe() for d in Evidence.collect(lab).deliveries] == [
+        "mailbox bob@contoso.com on EX2 (from alice@contoso.com)"
+    ]
+
+
+def test_a_connector_marked_down_holds_mail_in_unreachable_until_it_comes_back(lab: Lab) -> None:
+    workdir = str(lab.workdir)
+    cli("lab", "connector", "--lab-dir", workdir, "Example TLD SMTP Connector", "down")
+    cli("lab", "connector", "--lab-dir", workdir, "Example Backup SMTP Connector", "down")
+    request(
+        lab.workdir,
+        {
+            "op": "submit",
+            "server": "EX1",
+            "mailbox": "alice@contoso.com",
+            "to": ["ops@tailspin.example"],
+            "content": "U3ViamVjdDogeA0KDQp4DQo=",
+        },
+    )
+    assert lab.settle()
+    rows = request(lab.workdir, {"op": "queues"})
+    (waiting,) = [r for r in rows if r["count"]]
+    assert (waiting["server"], waiting["queue"], waiting["state"]) == (
+        "EX1",
+        "Final destination currently unreachable",
+        "Retry",
+    )
+    assert "Final destination currently unreachable" in cli("queues", "--lab-dir", workdir, "--server", "EX1")
+    output = cli("lab", "connector", "--lab-dir", workdir, "Example TLD SMTP Connector", "up")
+    assert "Example TLD SMTP Connector is up" in output
+    assert lab.settle()
+    assert [d.describe() for d in Evidence.collect(lab).deliveries] == [
+        "sink isp-smarthost from EX3: alice@contoso.com → ops@tailspin.example"
+    ]
+
+
+def test_a_server_taken_down_refuses_connections_and_is_rerouted_around(lab: Lab) -> None:
+    cli("lab", "server", "--lab-dir", str(lab.workdir), "EX2", "down")
+    assert lab.link_state.server_down("EX2")
+    # EX2 bridgeheads the cheap Seattle-Tokyo connector: mail for London takes the direct one instead.
+    lab.submit("EX1", "alice@contoso.com", ["carol@contoso.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert lab.settle()
+    evidence = Evidence.collect(lab)
+    assert [d.describe() for d in evidence.deliveries] == [
+        "mailbox carol@contoso.com on EX3 (from alice@contoso.com)"
+    ]
+    assert not evidence.tracking["EX2"]
+    with pytest.raises(ControlError, match="unknown operation"):
+        request(lab.workdir, {"op": "reboot"})
+    with pytest.raises(ControlError, match=r"KeyError: .EX9."):
+        request(lab.workdir, {"op": "server", "name": "EX9", "up": False})
+    cli("lab", "server", "--lab-dir", str(lab.workdir), "EX2", "up")
+    assert not lab.link_state.server_down("EX2")
+
+
+def test_no_lab_running_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["queues", "--lab-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"no running lab at {tmp_path}" in result.output
