@@ -327,8 +327,9 @@ def queues(lab_dir: Path, server: str | None, show_all: bool) -> None:
     """Queue Viewer: every queue of a running lab's servers, with state, count and next retry."""
     rows = _control(lab_dir, {"op": "queues"})
     table = Table(title="queues")
-    for column in ("server", "queue", "state", "messages", "next retry", "recipients"):
-        table.add_column(column)
+    for column in ("server", "queue", "state", "messages", "next retry"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("recipients")
     for row in rows:
         if (server and row["server"].lower() != server.lower()) or (not show_all and not row["count"]):
             continue
