@@ -323,16 +323,22 @@ def _control(lab_dir: Path, payload: dict[str, Any]) -> Any:
 @LAB_DIR
 @click.option("--server", default=None, help="only this server's queues")
 @click.option("--all", "show_all", is_flag=True, help="also list empty queues")
-def queues(lab_dir: Path, server: str | None, show_all: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON, for scripts")
+def queues(lab_dir: Path, server: str | None, show_all: bool, as_json: bool) -> None:
     """Queue Viewer: every queue of a running lab's servers, with state, count and next retry."""
-    rows = _control(lab_dir, {"op": "queues"})
+    rows = [
+        row
+        for row in _control(lab_dir, {"op": "queues"})
+        if (not server or row["server"].lower() == server.lower()) and (show_all or row["count"])
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
     table = Table(title="queues")
     for column in ("server", "queue", "state", "messages", "next retry"):
         table.add_column(column, no_wrap=True)
     table.add_column("recipients")
     for row in rows:
-        if (server and row["server"].lower() != server.lower()) or (not show_all and not row["count"]):
-            continue
         retry = f"in {row['next_retry_in']:g} s" if row["next_retry_in"] is not None else "-"
         table.add_row(
             row["server"],

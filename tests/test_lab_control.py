@@ -3,6 +3,7 @@ their states, connectors and servers marked down and up, submissions through the
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,13 @@ def test_a_connector_marked_down_holds_mail_in_unreachable_until_it_comes_back(l
         "Final destination currently unreachable",
         "Retry",
     )
-    assert "Final destination currently unreachable" in cli("queues", "--lab-dir", workdir, "--server", "EX1")
+    (listed,) = json.loads(cli("queues", "--lab-dir", workdir, "--server", "EX1", "--json"))
+    assert (listed["queue"], listed["state"], listed["recipients"]) == (
+        "Final destination currently unreachable",
+        "Retry",
+        ["ops@tailspin.example"],
+    )
+    assert "EX1" in cli("queues", "--lab-dir", workdir)
     output = cli("lab", "connector", "--lab-dir", workdir, "Example TLD SMTP Connector", "up")
     assert "Example TLD SMTP Connector is up" in output
     assert lab.settle()
