@@ -18,11 +18,13 @@ def banner(fqdn: str) -> str:
     return f"Microsoft ESMTP MAIL Service, Version: {SERVICE_VERSION} ready at  {email.utils.formatdate()}"
 
 
-def ehlo_lines(fqdn: str, client_ip: str, size_limit: int, auth: bool) -> list[str]:
+def ehlo_lines(fqdn: str, client_ip: str, size_limit: int, auth: bool, starttls: bool = False) -> list[str]:
     """The EHLO keywords we advertise: Exchange's list, less what the reference MTA does not implement
     yet (TURN, ATRN, ETRN, BINARYMIME, CHUNKING, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md)."""
     keywords = [f"{fqdn} Hello [{client_ip}]", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime", "VRFY"]
     keywords.insert(1, f"SIZE {size_limit}" if size_limit else "SIZE")
+    if starttls:
+        keywords.append("STARTTLS")
     if auth:
         keywords += ["AUTH LOGIN PLAIN", "AUTH=LOGIN"]
     keywords.append("OK")
@@ -67,6 +69,8 @@ INVALID_ADDRESS = "501 5.5.4 Invalid Address"
 UNRECOGNIZED = "500 5.3.3 Unrecognized command"
 QUEUE_FAILURE = "451 4.3.0 Error queueing message, please retry"
 AUTH_OK = "235 2.7.0 Authentication successful."
+READY_FOR_TLS = "220 2.0.0 SMTP server ready"
+TLS_REQUIRED_FOR_AUTH = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_FAILED = "535 5.7.3 Authentication unsuccessful."
 
 # aiosmtpd's built-in texts → Exchange's. Matched on the start of the line.
@@ -81,6 +85,7 @@ _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^552 Error: message size exceeds"), TOO_BIG),
     (re.compile(r"^552 Error: Too much mail data"), TOO_BIG),
     (re.compile(r"^235 2\.7\.0 Authentication successful"), AUTH_OK),
+    (re.compile(r"^220 Ready to start TLS"), READY_FOR_TLS),
     (re.compile(r"^535 5\.7\.8 Authentication credentials invalid"), AUTH_FAILED),
     (re.compile(r"^530 5\.7\.0 Authentication required"), NOT_AUTHENTICATED),
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Environment:
     authenticate: Authenticator | None = None
     retry: RetryPolicy | None = None
     link_state: LinkState | None = None  # shared by the organization's servers; one of its own if None
+    tls_context: Callable[[str], ssl.SSLContext] | None = None  # server FQDN → its certificate's context
 
 
 class ExchangeServer:
@@ -100,8 +102,9 @@ class ExchangeServer:
         loop = asyncio.get_running_loop()
         self._handlers.clear()
         for vs in self.config.virtual_servers:
+            tls = self.environment.tls_context(self.config.fqdn) if self.environment.tls_context else None
             handler = VirtualServerHandler(
-                self.organization, self.config, vs, self.aq, self.environment.authenticate
+                self.organization, self.config, vs, self.aq, self.environment.authenticate, tls
             )
             self._handlers.append(handler)
             listener = await loop.create_server(handler.protocol, vs.address, vs.port)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
+import ssl
 import time
 import uuid
 import weakref
@@ -91,6 +92,7 @@ class VirtualServerHandler:
         vs: VirtualServer,
         aq: AdvancedQueuingEngine,
         authenticate: Authenticator | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -98,6 +100,7 @@ class VirtualServerHandler:
         self.aq = aq
         self.authenticate = authenticate
         self.sessions: weakref.WeakSet[ExchangeSMTP] = weakref.WeakSet()
+        self.tls_context = tls_context if vs.tls else None
 
     def protocol(self) -> ExchangeSMTP:
         smtp = ExchangeSMTP(
@@ -106,7 +109,8 @@ class VirtualServerHandler:
             data_size_limit=self.vs.max_message_kb * 1024 or None,
             enable_SMTPUTF8=False,
             authenticator=self._authenticator if self.authenticate else None,
-            auth_require_tls=False,
+            auth_require_tls=self.vs.auth_requires_tls and self.tls_context is not None,
+            tls_context=self.tls_context,
         )
         self.sessions.add(smtp)
         return smtp
@@ -128,11 +132,15 @@ class VirtualServerHandler:
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        encrypted = session.ssl is not None
+        # With "requires TLS", AUTH is offered only once the session is encrypted.
+        auth_offered = self.authenticate is not None and (encrypted or not server._auth_require_tls)
         return replies.ehlo_lines(
             self.server.fqdn,
             _client_ip(session),
             self.vs.max_message_kb * 1024,
-            auth=self.authenticate is not None,
+            auth=auth_offered,
+            starttls=self.tls_context is not None and not encrypted,
         )
 
     async def handle_HELO(

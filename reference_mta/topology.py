@@ -68,6 +68,8 @@ class VirtualServer:
     max_message_kb: int = 4096
     max_recipients: int = 64000
     max_hop_count: int = 15
+    tls: bool = False  # a certificate is bound: STARTTLS is offered
+    auth_requires_tls: bool = False  # Basic authentication "Requires TLS encryption"
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,8 @@ def _virtual_server(
         max_message_kb=raw.get("max_message_kb", 4096),
         max_recipients=raw.get("max_recipients", 64000),
         max_hop_count=raw.get("max_hop_count", 15),
+        tls=raw.get("tls", False),
+        auth_requires_tls=raw.get("auth_requires_tls", False),
     )
 
 

@@ -430,7 +430,7 @@ def test_unknown_field_in_a_virtual_server(tmp_path: Path) -> None:
         error,
         line_with(text, "max_msgs: 5"),
         "organization.servers[0].virtual_servers[1].max_msgs",
-        "unknown field 'max_msgs' (expected one of: addr, max_hop_count, max_message_kb,",
+        "unknown field 'max_msgs' (expected one of: addr, auth_requires_tls, max_hop_count,",
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.control import SOCKET_NAME, ControlServer
 from harness.lab.dns import FakeDNS
@@ -61,6 +62,7 @@ class Lab:
         # Made last: a lab whose hosts cannot be built leaves no folder behind.
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
+        self.certificates = LabCertificates(self.workdir, config.name)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.started_in = 0.0
@@ -108,6 +110,7 @@ class Lab:
             authenticate=self.gc.authenticate,
             retry=self.retry,
             link_state=self.link_state,
+            tls_context=self.certificates.server_context,
         )
         for server in self.config.organization.servers:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
