@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from harness.script import (
     ScriptError,
     Send,
     SendRaw,
+    StartTls,
     Step,
     Wait,
     dot_stuff,
@@ -46,6 +48,7 @@ from harness.script import (
 CRLF = b"\r\n"
 _EXPECT_354 = ReplyMatcher(code=354)
 _EXPECT_334 = ReplyMatcher(code=334)
+_EXPECT_220 = ReplyMatcher(code=220)
 
 
 class ConnectError(Exception):
@@ -113,6 +116,8 @@ def step_title(step: Step, message: _Message | None = None) -> str:
         return f"C: DATA ({message.label}{', raw' if step.raw else ''}, {message.size} bytes)"
     if isinstance(step, Auth):
         return f"C: AUTH {step.mechanism} as {step.user}"
+    if isinstance(step, StartTls):
+        return "C: STARTTLS"
     if isinstance(step, Expect):
         return f"S: expect {step.matcher.describe()}"
     if isinstance(step, Wait):
@@ -198,12 +203,19 @@ class _Session:
         writer: asyncio.StreamWriter,
         transcript: _Transcript,
         timeout: float,
+        tls_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.transcript = transcript
         self.timeout = timeout
         self.closed_by = "none"
+        self.tls_context = tls_context
+        self.server_hostname = server_hostname
+        # A reply an AUTH step read but that ends the exchange early (a refusal instead of a 334
+        # challenge): the next expect checks it.
+        self.pending: Reply | None = None
 
     async def send(self, data: bytes) -> None:
         self.transcript.wire("C", data)
@@ -214,6 +226,9 @@ class _Session:
 
     async def read(self) -> Reply:
         """Read one reply, putting every received byte in the transcript, including partial ones."""
+        if self.pending is not None:
+            reply, self.pending = self.pending, None
+            return reply
         recorded = 0
 
         def on_line(line: bytes) -> None:
@@ -297,6 +312,8 @@ class _Session:
                 await self.send(message.payload)
         elif isinstance(step, Auth):
             await self._auth(step, exchange)
+        elif isinstance(step, StartTls):
+            await self._starttls(exchange)
         elif isinstance(step, Expect):
             exchange.reply = await self.read()
             exchange.failures.extend(step.matcher.check(exchange.reply))
@@ -312,6 +329,26 @@ class _Session:
         else:
             assert_never(step)
 
+    async def _starttls(self, exchange: Exchange) -> None:
+        exchange.sent = b"STARTTLS" + CRLF
+        await self.send(exchange.sent)
+        exchange.reply = await self.read()
+        exchange.failures.extend(_EXPECT_220.check(exchange.reply))
+        if exchange.failures:
+            return
+        context = self.tls_context or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.writer.start_tls(context, server_hostname=self.server_hostname)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            exchange.failures.append(f"TLS handshake failed: {exc}")
+            return
+        tls = self.writer.get_extra_info("ssl_object")
+        version = tls.version() if tls is not None else "?"
+        self.transcript.note(
+            f"TLS established ({version}, server {self.server_hostname or 'unverified name'})"
+        )
+
     async def _auth(self, step: Auth, exchange: Exchange) -> None:
         def b64(text: str) -> bytes:
             return base64.b64encode(text.encode("utf-8"))
@@ -324,8 +361,8 @@ class _Session:
         await self.send(exchange.sent)
         for answer in (b64(step.user), b64(step.password)):
             exchange.reply = await self.read()
-            exchange.failures.extend(_EXPECT_334.check(exchange.reply))
-            if exchange.failures:
+            if _EXPECT_334.check(exchange.reply):
+                self.pending = exchange.reply
                 return
             exchange.sent += answer + CRLF
             await self.send(answer + CRLF)
@@ -362,6 +399,8 @@ async def run_session(
     search_dirs: Sequence[Path] = (),
     timeout: float = 10.0,
     connect_timeout: float = 5.0,
+    tls_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
 
@@ -386,7 +425,7 @@ async def run_session(
     sockname = writer.get_extra_info("sockname")
     local_address = (str(sockname[0]), int(sockname[1]))
     transcript.note(f"connected from {local_address[0]}:{local_address[1]} to {host}:{port}")
-    session = _Session(reader, writer, transcript, timeout)
+    session = _Session(reader, writer, transcript, timeout, tls_context, server_hostname)
     exchanges: list[Exchange] = []
     try:
         for index, step in enumerate(steps):

@@ -112,7 +112,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             elif isinstance(item, LabAction):
                 run = _act(lab, item, trace)
             else:
-                run = _smtp_session(config, item, trace)
+                run = _smtp_session(lab, item, trace)
             result.sessions.append(run)
             if not run.result.passed:
                 break
@@ -141,9 +141,10 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
     return result
 
 
-def _smtp_session(config: LabConfig, session: Session, trace: Trace) -> SessionRun:
+def _smtp_session(lab: Lab, session: Session, trace: Trace) -> SessionRun:
+    config = lab.config
     client = config.host(session.client)
-    host, port = asyncio.run(endpoint(session.connect, config, client.address))
+    host, port, name = asyncio.run(endpoint(session.connect, config, client.address))
     if session.refused:
         return SessionRun(
             session.client, f"{host}:{port}", asyncio.run(expect_refused(host, port, client.address))
@@ -157,6 +158,8 @@ def _smtp_session(config: LabConfig, session: Session, trace: Trace) -> SessionR
             base_dir=trace.base_dir,
             search_dirs=MESSAGE_DIRS,
             timeout=min(trace.timeout, 30.0),
+            tls_context=lab.certificates.client_context(),
+            server_hostname=name,
         )
     )
     return SessionRun(session.client, f"{host}:{port}", outcome)
@@ -217,9 +220,10 @@ async def expect_refused(host: str, port: int, source: str) -> SessionResult:
     )
 
 
-async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[str, int]:
-    """Where a session connects. `mx:` resolves like a sending MTA does (IN-1): MX by preference, then
-    the exchanger's A record, asked of the lab's DNS from the client's own address."""
+async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[str, int, str | None]:
+    """Where a session connects (address, port, and the name a TLS certificate must carry). `mx:`
+    resolves like a sending MTA does (IN-1): MX by preference, then the exchanger's A record, asked of
+    the lab's DNS from the client's own address."""
     port = config.port(25)
     if connect.server:
         server = config.organization.server(connect.server)
@@ -229,9 +233,10 @@ async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[st
             if not matches:
                 raise LabError(f"server {server.name} has no virtual server {connect.virtual_server!r}")
             vs = matches[0]
-        return vs.address, vs.port
+        return vs.address, vs.port, server.fqdn
     if connect.host:
-        return config.host(connect.host).address, port
+        host = config.host(connect.host)
+        return host.address, port, host.fqdn
     assert connect.mx is not None
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [config.dns_address]
@@ -243,7 +248,7 @@ async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[st
         for record in exchanges:
             addresses = await resolver.resolve(record.exchange, "A", source=source)
             for address in addresses:
-                return address.to_text(), port
+                return address.to_text(), port, record.exchange.to_text(omit_final_dot=True)
     except (
         dns.resolver.NXDOMAIN,
         dns.resolver.NoAnswer,

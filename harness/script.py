@@ -67,6 +67,11 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class StartTls:
+    """STARTTLS (RFC 3207): the server must answer 220, then the session continues encrypted."""
+
+
+@dataclass(frozen=True)
 class Expect:
     """Read one reply and match it."""
 
@@ -88,9 +93,20 @@ class Close:
     """The client closes the connection (without QUIT)."""
 
 
-Step: TypeAlias = Send | SendRaw | Pipeline | Data | Auth | Expect | Wait | ExpectClose | Close
+Step: TypeAlias = Send | SendRaw | Pipeline | Data | Auth | StartTls | Expect | Wait | ExpectClose | Close
 
-STEP_KEYS = ("send", "send_raw", "pipeline", "data", "auth", "expect", "wait", "expect_close", "close")
+STEP_KEYS = (
+    "send",
+    "send_raw",
+    "pipeline",
+    "data",
+    "auth",
+    "starttls",
+    "expect",
+    "wait",
+    "expect_close",
+    "close",
+)
 AUTH_MECHANISMS = ("LOGIN", "PLAIN")
 
 
@@ -146,9 +162,11 @@ def _parse_value(key: str, value: object) -> Step:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"must be a number of seconds >= 0, not {value!r}")
         return Wait(float(value))
-    if key in ("expect_close", "close"):
+    if key in ("expect_close", "close", "starttls"):
         if value is not True:
             raise ValueError(f"must be true, not {value!r}")
+        if key == "starttls":
+            return StartTls()
         return ExpectClose() if key == "expect_close" else Close()
     raise ValueError(f"unknown step; expected one of {', '.join(STEP_KEYS)}")
 
