@@ -186,6 +186,18 @@ class RoutingEngine:
                     spec="OUT-9b",
                     detail=f"connector {connector.name}: smart host",
                 )
+            vs = self.server.default_virtual_server
+            if vs.smart_host:
+                # "Use DNS" on the connector still goes through the bridgehead virtual server, whose own
+                # smart host (its route action for remote domains) then applies.
+                return Hop(
+                    queue=connector.name,
+                    kind="smart_host",
+                    targets=_split_hosts(vs.smart_host),
+                    connector=connector.name,
+                    spec="OUT-8",
+                    detail=f"connector {connector.name}: DNS, overridden by the virtual server smart host",
+                )
             return Hop(
                 queue=connector.name,
                 kind="dns",
