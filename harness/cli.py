@@ -385,6 +385,22 @@ def lab_connector(lab_dir: Path, name: str, state: str) -> None:
     console.print(f"link state {result['version']}: {name} is {result['connectors'].get(name, state)}")
 
 
+@lab.command("freeze")
+@LAB_DIR
+@click.option("--server", required=True)
+@click.argument("queue")
+@click.option("--undo", is_flag=True, help="unfreeze")
+def lab_freeze(lab_dir: Path, server: str, queue: str, undo: bool) -> None:
+    """Freeze a link queue (it keeps and takes messages, sends none), or unfreeze it with --undo."""
+    rows = _control(lab_dir, {"op": "unfreeze" if undo else "freeze", "server": server, "queue": queue})
+    states = [
+        r["state"]
+        for r in rows
+        if r["server"].lower() == server.lower() and r["queue"].lower() == queue.lower()
+    ]
+    console.print(f"{queue} on {server}: {states[0] if states else ('Ready' if undo else 'Frozen')}")
+
+
 @lab.command("server")
 @LAB_DIR
 @click.argument("name")

@@ -192,6 +192,14 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
         return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
     assert item.target is not None
+    if item.action in ("freeze", "unfreeze") and item.rule is not None:
+        queue = str(item.rule["queue"])
+
+        async def change() -> None:
+            lab.freeze(item.target or "", queue, item.action == "freeze")
+
+        lab.run(change())
+        return SessionRun("lab", "queues", _single(f"{title}: {queue}", None, f"-- {title}: {queue}"))
     if item.rule is not None:
         lab.sinks[lab.config.host(item.target).name].add_rule(sink_rule(item.rule))
         return SessionRun("lab", "sink", _single(title, None, f"-- {title}: {item.rule}"))

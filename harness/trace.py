@@ -65,7 +65,8 @@ class LabAction:
     """What an administrator does to the running organization between sessions, or `settle`: wait
     until the lab has nothing left to do before going on."""
 
-    action: str  # connector_down | connector_up | server_down | server_up | settle | sink_rule
+    # connector_down | connector_up | server_down | server_up | settle | sink_rule | freeze | unfreeze
+    action: str
     target: str | None
     line: int
     rule: dict[str, Any] | None = None
@@ -189,8 +190,8 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
     if "lab" in raw:
         ((action, value),) = raw["lab"].items()
         line = _line(document, ("sessions", number))
-        if action == "sink_rule":
-            return LabAction(action, value["host"], line, dict(value))
+        if action in ("sink_rule", "freeze", "unfreeze"):
+            return LabAction(action, value.get("host") or value.get("server"), line, dict(value))
         return LabAction(action, None if action == "settle" else str(value), line)
     submit = raw["submit"]
     try:
@@ -299,6 +300,8 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
                 names.require((*at, "lab", action), value, "server", names.servers)
             elif action == "sink_rule":
                 names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
+            elif action in ("freeze", "unfreeze"):
+                names.require((*at, "lab", action, "server"), value["server"], "server", names.servers)
             continue
         names.require((*at, "client"), session["client"], "lab host", names.hosts)
         connect = session["connect"]

@@ -54,7 +54,7 @@ SYSTEM_QUEUES = (
     RETRY,
 )
 # Queue states as Queue Viewer shows them (KB 264054).
-READY, ACTIVE, RETRYING = "Ready", "Active", "Retry"
+READY, ACTIVE, RETRYING, FROZEN = "Ready", "Active", "Retry", "Frozen"
 
 
 @dataclass(frozen=True)
@@ -205,6 +205,7 @@ class AdvancedQueuingEngine:
         self._busy = 0
         self._runner: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
+        self.frozen: set[str] = set()  # link queues an administrator froze (lower-case names)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -232,12 +233,25 @@ class AdvancedQueuingEngine:
         if self._busy or not self._work.empty():
             return False
         for entry in self.entries.values():
+            if entry.state == FROZEN:
+                continue  # waits for an administrator, not for time
             if entry.state != RETRYING:
                 return False
             # Unreachable destinations wait for link state, not for a retry worth waiting for.
             if horizon is not None and entry.queue != UNREACHABLE and entry.next_retry <= horizon:
                 return False
         return True
+
+    def freeze(self, queue: str) -> None:
+        """Queue Viewer's Freeze: the link queue keeps its messages and takes new ones, sends none."""
+        self.frozen.add(queue.lower())
+
+    def unfreeze(self, queue: str) -> None:
+        self.frozen.discard(queue.lower())
+        for entry in self.entries.values():
+            if entry.state == FROZEN and entry.queue.lower() == queue.lower():
+                entry.state = READY
+                self._work.put_nowait(entry.msg.id)
 
     def reroute_unreachable(self) -> None:
         """Link state changed: what waits for an unreachable destination is routed again now."""
@@ -416,6 +430,10 @@ class AdvancedQueuingEngine:
 
     async def _deliver_remote(self, entry: Entry) -> None:
         assert self.components is not None and entry.hop is not None
+        if entry.hop.queue.lower() in self.frozen:
+            # A frozen link queue still takes new messages; nothing leaves it until it is unfrozen.
+            entry.state = FROZEN
+            return
         lock = self._links.setdefault(entry.hop.queue, asyncio.Lock())
         async with lock:  # one session at a time per link keeps the queue's order
             entry.state = ACTIVE

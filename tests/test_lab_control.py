@@ -116,3 +116,20 @@ def test_no_lab_running_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["queues", "--lab-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert f"no running lab at {tmp_path}" in result.output
+
+
+def test_freeze_and_unfreeze_a_link_queue_from_the_command_line(lab: Lab) -> None:
+    workdir = str(lab.workdir)
+    assert "Frozen" in cli(
+        "lab", "freeze", "--lab-dir", workdir, "--server", "EX1", "Internet Mail SMTP Connector"
+    )
+    lab.submit("EX1", "alice@contoso.com", ["ann@fabrikam.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert lab.settle()
+    (row,) = json.loads(cli("queues", "--lab-dir", workdir, "--json"))
+    assert (row["queue"], row["state"], row["count"]) == ("Internet Mail SMTP Connector", "Frozen", 1)
+    assert Evidence.collect(lab).deliveries == []
+    cli("lab", "freeze", "--lab-dir", workdir, "--server", "EX1", "--undo", "Internet Mail SMTP Connector")
+    assert lab.settle()
+    assert [d.describe() for d in Evidence.collect(lab).deliveries] == [
+        "sink fabrikam-mx from EX1: alice@contoso.com → ann@fabrikam.com"
+    ]

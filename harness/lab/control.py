@@ -8,6 +8,7 @@ A Unix socket in the lab's folder carries one JSON object per line each way. Req
   {"op": "connector", "name": N, "up": bool}        → mark a connector up or down
   {"op": "server", "name": N, "up": bool}           → take a server down or bring it back
   {"op": "submit", "server": S, "mailbox": M, "to": [...], "content": base64}  → store submission
+  {"op": "freeze" | "unfreeze", "server": S, "queue": Q} → Queue Viewer's Freeze / Unfreeze
 Replies are {"ok": true, "result": ...} or {"ok": false, "error": "..."}. The socket file is created
 with the folder's permissions; nothing listens on the network.
 """
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reference_mta.queuing import ACTIVE, READY, RETRYING
+from reference_mta.queuing import ACTIVE, FROZEN, READY, RETRYING
 
 if TYPE_CHECKING:
     from harness.lab.runtime import Lab
@@ -69,7 +70,7 @@ class ControlServer:
     async def handle(self, request: dict[str, Any]) -> Any:
         op = request.get("op")
         if op == "queues":
-            return queue_table(self.lab.queue_snapshot())
+            return queue_table(self.lab.queue_snapshot(), self.lab.frozen_queues())
         if op == "link_state":
             return self.lab.link_state.snapshot()
         if op == "connector":
@@ -82,17 +83,31 @@ class ControlServer:
             content = base64.b64decode(request["content"])
             server = self.lab.servers[self.lab.config.organization.server(str(request["server"])).name]
             return await server.submit_from_store(str(request["mailbox"]), list(request["to"]), content)
+        if op in ("freeze", "unfreeze"):
+            self.lab.freeze(str(request["server"]), str(request["queue"]), op == "freeze")
+            return queue_table(self.lab.queue_snapshot(), self.lab.frozen_queues())
         raise ValueError(f"unknown operation {op!r}")
 
 
-def queue_table(snapshot: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+def queue_table(
+    snapshot: dict[str, dict[str, list[dict[str, Any]]]], frozen: dict[str, set[str]] | None = None
+) -> list[dict[str, Any]]:
     """One row per queue of every server, as Queue Viewer lists them: name, state, count, next retry."""
+    frozen = frozen or {}
     rows = []
     now = time.time()
     for server, queues in snapshot.items():
         for name, items in queues.items():
             states = {item["state"] for item in items}
-            state = ACTIVE if ACTIVE in states else RETRYING if states == {RETRYING} else READY
+            state = (
+                FROZEN
+                if name.lower() in frozen.get(server, set())
+                else ACTIVE
+                if ACTIVE in states
+                else RETRYING
+                if states == {RETRYING}
+                else READY
+            )
             retries = [item["next_retry"] for item in items if item.get("next_retry")]
             rows.append(
                 {

@@ -208,6 +208,14 @@ class Lab:
         exchange = self.servers[self.config.organization.server(server).name]
         return self.run(exchange.submit_from_store(mailbox, recipients, content))
 
+    def freeze(self, server: str, queue: str, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) a link queue of a server: call on the lab's loop."""
+        aq = self.servers[self.config.organization.server(server).name].aq
+        (aq.freeze if frozen else aq.unfreeze)(queue)
+
+    def frozen_queues(self) -> dict[str, set[str]]:
+        return {name: set(server.aq.frozen) for name, server in self.servers.items()}
+
     def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         async def snapshot() -> dict[str, dict[str, list[dict[str, Any]]]]:
             return self.queue_snapshot()
