@@ -18,6 +18,7 @@ from harness.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, SinkRule
 from harness.lab.runtime import Lab
+from reference_mta.queuing import RetryPolicy
 from reference_mta.tracking import read_events
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
@@ -230,3 +231,20 @@ def test_a_down_connector_keeps_the_message_queued_instead_of_failing_it() -> No
         assert len(waiting) == 1
         events = [e["event-id"] for e in read_events(lab.tracking_dir, "EX1")]
         assert 1035 in events and 1030 not in events
+
+
+def test_a_message_that_cannot_be_delivered_before_expiry_is_returned_with_4_4_7() -> None:
+    config = lab_config.load(LAB, base=BASE, port_offset=26000)
+    timers = RetryPolicy(intervals=(0.2,), expiration=0.6, delay_notification=100.0)
+    with Lab(config, retry=timers) as lab:
+        lab.sinks["nomx-host"].add_rule(
+            SinkRule(
+                command="DATA", match=None, reply="451 4.3.0 Busy", action="reply", delay=0.0, times=None
+            )
+        )
+        send(config, "relay-host", "EX1", "alice@contoso.com", ["ops@nomx.net"], b"Subject: e\r\n\r\ne\r\n")
+        assert lab.settle(timeout=10)
+        assert deliveries(lab) == ["mailbox alice@contoso.com on EX1 (from <>)"]
+        (recipient,) = dsn_fields(only_ndr(lab))[1:]
+        assert (recipient["status"], recipient["action"]) == ("4.4.7", "failed")
+        assert "expired" in recipient["diagnostic-code"]
