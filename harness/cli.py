@@ -398,7 +398,8 @@ def lab_freeze(lab_dir: Path, server: str, queue: str, undo: bool) -> None:
         for r in rows
         if r["server"].lower() == server.lower() and r["queue"].lower() == queue.lower()
     ]
-    console.print(f"{queue} on {server}: {states[0] if states else ('Ready' if undo else 'Frozen')}")
+    state = states[0] if states else f"{'unfrozen' if undo else 'frozen'} (no message in it yet)"
+    console.print(f"{queue} on {server}: {state}")
 
 
 @lab.command("server")

@@ -194,11 +194,7 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     assert item.target is not None
     if item.action in ("freeze", "unfreeze") and item.rule is not None:
         queue = str(item.rule["queue"])
-
-        async def change() -> None:
-            lab.freeze(item.target or "", queue, item.action == "freeze")
-
-        lab.run(change())
+        lab.freeze(item.target or "", queue, item.action == "freeze")
         return SessionRun("lab", "queues", _single(f"{title}: {queue}", None, f"-- {title}: {queue}"))
     if item.rule is not None:
         lab.sinks[lab.config.host(item.target).name].add_rule(sink_rule(item.rule))

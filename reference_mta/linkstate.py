@@ -12,7 +12,6 @@ version numbers count state changes, major ones topology changes, as in Exchange
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from reference_mta.topology import Connector, Organization
@@ -23,9 +22,9 @@ class LinkState:
         self.organization = organization
         self._connectors_down = {c.name.lower() for c in organization.connectors if not c.up}
         self._servers_down: set[str] = set()
+        # Major counts topology changes (the configuration is fixed while a lab runs), minor state changes.
         self.major = 1
         self.minor = 0
-        self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
 
     def connector_up(self, connector: Connector) -> bool:
@@ -46,16 +45,18 @@ class LinkState:
     def set_connector(self, name: str, up: bool) -> None:
         if not any(c.name.lower() == name.lower() for c in self.organization.connectors):
             raise KeyError(f"no connector named {name!r}")
-        with self._lock:
-            (self._connectors_down.discard if up else self._connectors_down.add)(name.lower())
-            self.minor += 1
+        if (name.lower() not in self._connectors_down) == up:
+            return  # no change: nothing to propagate
+        (self._connectors_down.discard if up else self._connectors_down.add)(name.lower())
+        self.minor += 1
         self._changed()
 
     def set_server(self, name: str, up: bool) -> None:
         self.organization.server(name)  # KeyError for an unknown server
-        with self._lock:
-            (self._servers_down.discard if up else self._servers_down.add)(name.lower())
-            self.minor += 1
+        if (name.lower() not in self._servers_down) == up:
+            return
+        (self._servers_down.discard if up else self._servers_down.add)(name.lower())
+        self.minor += 1
         self._changed()
 
     def on_change(self, listener: Callable[[], None]) -> None:

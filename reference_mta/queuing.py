@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ class Entry:
     next_retry: float = 0.0
     state: str = READY  # Retry: waiting for its next attempt (or for link state, when unreachable)
     resume: str = TO_BE_ROUTED  # where the next attempt starts
+    reroute: bool = False  # link state changed since it was routed: route it again before sending
 
 
 class QueueDirectory:
@@ -204,8 +205,10 @@ class AdvancedQueuingEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy = 0
         self._runner: asyncio.Task[None] | None = None
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self.frozen: set[str] = set()  # link queues an administrator froze (lower-case names)
+        self._link_changes = 0
+        self._delay_notified: set[str] = set()  # content ids: one delay notice per message, not per part
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class AdvancedQueuingEngine:
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        for timer in self._timers:
+        for timer in self._timers.values():
             timer.cancel()
         tasks = [t for t in (self._runner, *self._tasks) if t is not None]
         for task in tasks:
@@ -250,15 +253,19 @@ class AdvancedQueuingEngine:
         self.frozen.discard(queue.lower())
         for entry in self.entries.values():
             if entry.state == FROZEN and entry.queue.lower() == queue.lower():
-                entry.state = READY
+                entry.state = READY  # and routed again first if link state changed meanwhile
                 self._work.put_nowait(entry.msg.id)
 
-    def reroute_unreachable(self) -> None:
-        """Link state changed: what waits for an unreachable destination is routed again now."""
+    def link_state_changed(self) -> None:
+        """Link state changed: what waits for an unreachable destination is routed again now, and what
+        waits in a link queue (or a frozen one) is routed again before it is sent."""
+        self._link_changes += 1
         for entry in self.entries.values():
             if entry.queue == UNREACHABLE and entry.state == RETRYING:
                 entry.queue, entry.state = entry.resume, READY
                 self._work.put_nowait(entry.msg.id)
+            elif entry.hop is not None and entry.state in (READY, FROZEN):
+                entry.reroute = True
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         queues: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEM_QUEUES}
@@ -325,8 +332,9 @@ class AdvancedQueuingEngine:
                     queue=RETRY,
                     detail=f"{exc.__class__.__name__}: {exc}",
                 )
-                resume = TO_BE_ROUTED if entry.hop is not None else entry.queue
-                await self._park(entry, entry.msg.recipients, RETRY, resume=resume, error=str(exc))
+                if self.entries.get(entry.msg.id) is entry:  # not if it was finished before the failure
+                    resume = TO_BE_ROUTED if entry.hop is not None else entry.queue
+                    await self._park(entry, entry.msg.recipients, RETRY, resume=resume, error=str(exc))
             finally:
                 self._busy -= 1
 
@@ -375,22 +383,35 @@ class AdvancedQueuingEngine:
 
     async def _route(self, entry: Entry) -> None:
         assert self.components is not None
-        # Every decision first, then the moves: a routing failure leaves the envelope whole.
+        changes = self._link_changes
+        # Every decision first, then every part written; only then is the original given up, so a
+        # failure anywhere before leaves exactly the original envelope (never a part and the whole).
         by_hop: dict[Hop, list[Recipient]] = defaultdict(list)
         for recipient in entry.msg.recipients:
             by_hop[self.components.route(entry.msg, recipient)].append(recipient)
-        for hop, recipients in by_hop.items():
-            for recipient in recipients:
-                recipient.next_hop = hop.queue
-            if hop.kind == "no_route":
+        parts: list[tuple[Hop, Entry]] = []
+        try:
+            for hop, recipients in by_hop.items():
                 for recipient in recipients:
+                    recipient.next_hop = hop.queue
+                waits = hop.kind in ("no_route", "unreachable")
+                part = await self._bifurcate(
+                    entry, recipients, UNREACHABLE if waits else hop.queue, None if waits else hop
+                )
+                parts.append((hop, part))
+        except BaseException:
+            for _, part in parts:
+                await self._finish(part)
+            raise
+        await self._finish(entry)
+        for hop, part in parts:
+            if hop.kind == "no_route":
+                for recipient in part.msg.recipients:
                     recipient.fail(f"550 5.0.0 No route for the address space ({hop.detail})", "5.0.0", 0)
-                part = await self._bifurcate(entry, recipients, UNREACHABLE, hop)
-                await self._fail(part, recipients)
+                await self._fail(part, part.msg.recipients)
                 await self._finish(part)
             elif hop.kind == "unreachable":
                 # A connector or path that is down: wait for link state to change, as Exchange does.
-                part = await self._bifurcate(entry, recipients, TO_BE_ROUTED)
                 self.tracking.log(
                     tracking.ROUTING_RETRY, part.msg, None, "C-RE", queue=UNREACHABLE, detail=hop.detail
                 )
@@ -403,11 +424,11 @@ class AdvancedQueuingEngine:
                     code="5.4.0",
                 )
             else:
-                part = await self._bifurcate(entry, recipients, hop.queue, hop)
                 event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
                 self.tracking.log(event, part.msg, None, hop.spec, queue=hop.queue, detail=hop.detail)
                 self._work.put_nowait(part.msg.id)
-        await self._finish(entry)
+        if self._link_changes != changes:
+            self.link_state_changed()  # it changed while we were deciding: decide again
 
     async def _deliver_local(self, entry: Entry) -> None:
         assert self.components is not None
@@ -430,12 +451,19 @@ class AdvancedQueuingEngine:
 
     async def _deliver_remote(self, entry: Entry) -> None:
         assert self.components is not None and entry.hop is not None
-        if entry.hop.queue.lower() in self.frozen:
-            # A frozen link queue still takes new messages; nothing leaves it until it is unfrozen.
-            entry.state = FROZEN
-            return
         lock = self._links.setdefault(entry.hop.queue, asyncio.Lock())
         async with lock:  # one session at a time per link keeps the queue's order
+            # Both checked once the link is ours: the queue may have been frozen, or link state may have
+            # changed, while this message waited for the session before it.
+            if entry.hop.queue.lower() in self.frozen:
+                # A frozen link queue still takes new messages; nothing leaves it until it is unfrozen.
+                entry.state = FROZEN
+                return
+            if entry.reroute:
+                entry.reroute, entry.queue, entry.hop = False, TO_BE_ROUTED, None
+                await asyncio.to_thread(self.directory.save, entry)
+                self._work.put_nowait(entry.msg.id)
+                return
             entry.state = ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
             if entry.hop.kind == "gateway":
@@ -488,24 +516,35 @@ class AdvancedQueuingEngine:
             await self._fail(entry, waiting)
             await self._finish(entry)
             return
-        if time.time() - arrival > self.retry.delay_notification and not entry.msg.properties.get(
-            "DELAY_NOTIFIED"
+        if (
+            time.time() - arrival > self.retry.delay_notification
+            and self._content_id(entry.msg) not in self._delay_notified
         ):
             await self._notify_delay(entry, waiting)
         entry.next_retry = time.time() + self.retry.delay(entry.attempts)
-        entry.queue, entry.state, entry.resume = queue, RETRYING, resume
+        entry.queue, entry.resume = queue, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
-        await asyncio.to_thread(self.directory.save, entry)
+        changes = self._link_changes
+        # Saved as Retry, but marked Retry in memory only once on disk: a wake-up cannot overtake the
+        # write and have a finished message's envelope written again afterwards.
+        await asyncio.to_thread(self.directory.save, replace(entry, state=RETRYING))
+        entry.state = RETRYING
+        if queue == UNREACHABLE and self._link_changes != changes:
+            self.link_state_changed()
         self._wake_later(entry)
 
     def _wake_later(self, entry: Entry) -> None:
         def wake() -> None:
+            self._timers.pop(entry.msg.id, None)
             if self.entries.get(entry.msg.id) is entry and entry.state == RETRYING:
                 entry.queue, entry.state = entry.resume, READY
                 self._work.put_nowait(entry.msg.id)
 
         delay = max(0.0, entry.next_retry - time.time())
-        self._timers.add(asyncio.get_running_loop().call_later(delay, wake))
+        previous = self._timers.pop(entry.msg.id, None)
+        if previous is not None:
+            previous.cancel()
+        self._timers[entry.msg.id] = asyncio.get_running_loop().call_later(delay, wake)
 
     async def _fail(self, entry: Entry, failed: list[Recipient]) -> None:
         """Failed recipients: log the NDR event and queue the DSN for submission."""
@@ -532,7 +571,7 @@ class AdvancedQueuingEngine:
 
     async def _notify_delay(self, entry: Entry, waiting: list[Recipient]) -> None:
         """Once per message, past the delay notification time: tell the sender it is still trying."""
-        entry.msg.properties["DELAY_NOTIFIED"] = True
+        self._delay_notified.add(self._content_id(entry.msg))
         if self.components is None or self.components.make_delay_notice is None or not entry.msg.sender:
             return
         content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))

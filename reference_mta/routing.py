@@ -240,9 +240,13 @@ class RoutingEngine:
                 spec=spec,
                 detail=f"{reason}; via local bridgehead {bridgehead.name}; path {route} cost {path.cost}",
             )
-        remotes = [
-            self.organization.server(n).fqdn for n in self.link_state.up_bridgeheads(first.remote_bridgeheads)
-        ]
+        # "Any server" on the far side (no remote bridgeheads listed): every server of that group that is up.
+        candidates = first.remote_bridgeheads or tuple(
+            s.name
+            for s in self.organization.servers
+            if s.routing_group.lower() == (first.connects_to or "").lower()
+        )
+        remotes = [self.organization.server(n).fqdn for n in self.link_state.up_bridgeheads(candidates)]
         return Hop(
             queue=first.name,
             kind="connector",

@@ -94,15 +94,22 @@ class ExchangeServer:
             )
         )
         # A change of link state is a chance for what waits on an unreachable destination.
-        self.link_state.on_change(self.aq.reroute_unreachable)
+        self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
 
     async def listen(self) -> None:
         """Open the virtual servers' listeners (at start, and when a stopped server comes back)."""
+        if self._listeners:
+            return  # already up
         loop = asyncio.get_running_loop()
         self._handlers.clear()
         for vs in self.config.virtual_servers:
-            tls = self.environment.tls_context(self.config.fqdn) if self.environment.tls_context else None
+            # A certificate only where one is bound.
+            tls = (
+                self.environment.tls_context(self.config.fqdn)
+                if vs.tls and self.environment.tls_context
+                else None
+            )
             handler = VirtualServerHandler(
                 self.organization, self.config, vs, self.aq, self.environment.authenticate, tls
             )

@@ -252,7 +252,8 @@ def build(
         )
     _unique([s.name for s in servers], (*root, "servers"), "server")
     _unique([s.fqdn for s in servers], (*root, "servers"), "server FQDN")
-    server_names = {s.name.lower() for s in servers}
+    # Lab files may spell a server in any case; the organization keeps the server's own spelling.
+    server_names = {s.name.lower(): s.name for s in servers}
     for index, group in enumerate(groups):
         if group.master and group.master.lower() not in server_names:
             raise TopologyError(
@@ -328,6 +329,11 @@ def _virtual_server(
         all_except=networks("all_except") if "all_except" in relay_raw else None,
         allow_authenticated=relay_raw.get("allow_authenticated", True),
     )
+    if raw.get("auth_requires_tls") and not raw.get("tls"):
+        raise TopologyError(
+            (*where, "auth_requires_tls"),
+            "Basic authentication can only require TLS on a virtual server with tls: true",
+        )
     smart_host = raw.get("smart_host")
     if smart_host:
         smart_host = _smart_host(smart_host, (*where, "smart_host"), host_address)
@@ -367,7 +373,7 @@ def _connector(
     raw: Mapping[str, Any],
     where: Location,
     groups: set[str],
-    servers: set[str],
+    servers: dict[str, str],
     host_address: Callable[[str], str],
 ) -> list[Connector]:
     def check_group(key: str) -> str:
@@ -381,7 +387,7 @@ def _connector(
         for number, name in enumerate(names):
             if name.lower() not in servers:
                 raise TopologyError((*where, key, number), f"no server named {name!r}")
-        return tuple(names)
+        return tuple(servers[name.lower()] for name in names)
 
     group = check_group("routing_group")
     up = raw.get("state", "up") == "up"
@@ -448,6 +454,7 @@ def _connector(
     server = raw["server"]
     if server.lower() not in servers:
         raise TopologyError((*where, "server"), f"no server named {server!r}")
+    server = servers[server.lower()]
     return [
         Connector(
             kind="gateway",

@@ -671,3 +671,14 @@ def test_starting_a_lab_on_ports_already_taken_fails_cleanly(lab_file: Path) -> 
         # ... and the running one is untouched.
         assert banner(ex1.address, ex1.port).startswith(b"220 ex1.contoso.com ")
         assert resolve(config, "ex1.contoso.com") == {"127.93.0.11"}
+
+
+def test_auth_requiring_tls_without_a_certificate_is_refused(tmp_path: Path) -> None:
+    text = mutate(
+        contoso_text(),
+        "          tls: true\n          auth_requires_tls: true\n",
+        "          auth_requires_tls: true\n",
+    )
+    error = load_error(tmp_path, text)
+    assert error.field == "organization.servers[1].virtual_servers[0].auth_requires_tls"
+    assert "only require TLS on a virtual server with tls: true" in error.message

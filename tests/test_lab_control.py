@@ -120,9 +120,8 @@ def test_no_lab_running_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_freeze_and_unfreeze_a_link_queue_from_the_command_line(lab: Lab) -> None:
     workdir = str(lab.workdir)
-    assert "Frozen" in cli(
-        "lab", "freeze", "--lab-dir", workdir, "--server", "EX1", "Internet Mail SMTP Connector"
-    )
+    output = cli("lab", "freeze", "--lab-dir", workdir, "--server", "EX1", "Internet Mail SMTP Connector")
+    assert "frozen (no message in it yet)" in output
     lab.submit("EX1", "alice@contoso.com", ["ann@fabrikam.com"], b"Subject: x\r\n\r\nx\r\n")
     assert lab.settle()
     (row,) = json.loads(cli("queues", "--lab-dir", workdir, "--json"))
@@ -133,3 +132,29 @@ def test_freeze_and_unfreeze_a_link_queue_from_the_command_line(lab: Lab) -> Non
     assert [d.describe() for d in Evidence.collect(lab).deliveries] == [
         "sink fabrikam-mx from EX1: alice@contoso.com → ann@fabrikam.com"
     ]
+
+
+def test_link_state_changes_reroute_messages_already_waiting_in_a_frozen_queue(lab: Lab) -> None:
+    # Frozen while the Internet connector was up; the connector goes down; on unfreeze the message must
+    # not leave through the connector that is now down: it is routed again and waits.
+    lab.freeze("EX1", "Internet Mail SMTP Connector")
+    lab.submit("EX1", "alice@contoso.com", ["ann@fabrikam.com"], b"Subject: x\r\n\r\nx\r\n")
+    assert lab.settle()
+    lab.set_connector("Internet Mail SMTP Connector", False)
+    lab.freeze("EX1", "Internet Mail SMTP Connector", False)
+    assert lab.settle()
+    assert Evidence.collect(lab).deliveries == []
+    waiting = [
+        (server, name) for server, queues in lab.queues().items() for name, items in queues.items() if items
+    ]
+    assert waiting == [("EX1", "Final destination currently unreachable")]
+    lab.set_connector("Internet Mail SMTP Connector", True)
+    assert lab.settle()
+    assert [d.describe() for d in Evidence.collect(lab).deliveries] == [
+        "sink fabrikam-mx from EX1: alice@contoso.com → ann@fabrikam.com"
+    ]
+
+
+def test_bringing_up_a_server_that_is_up_is_harmless(lab: Lab) -> None:
+    request(lab.workdir, {"op": "server", "name": "EX2", "up": True})
+    assert lab.link_state.minor == 0  # nothing changed, nothing propagated

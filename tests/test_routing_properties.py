@@ -4,6 +4,8 @@ state, scope, restrictions and ties."""
 from __future__ import annotations
 
 import itertools
+import tempfile
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -221,3 +223,28 @@ def test_a_connector_in_another_group_is_reached_through_its_bridgehead() -> Non
     assert (hop.kind, hop.queue, hop.targets) == ("connector", "A-B#0", ("sb.example.org",))
     hop = RoutingEngine(org, org.server("SB")).route(msg, msg.recipients[0])
     assert (hop.kind, hop.targets) == ("smart_host", ("relay.test",))
+
+
+def test_bridgeheads_are_matched_whatever_their_case_and_any_remote_server_will_do() -> None:
+    from harness.lab import config as lab_config
+
+    text = (Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml").read_text()
+    text = text.replace(
+        "      local_bridgeheads: [EX2]\n      remote_bridgeheads: [EX4]\n",
+        "      local_bridgeheads: [ex2]\n",
+    )  # Seattle-Tokyo: lower case, any remote server
+    ldif = Path(__file__).resolve().parents[1] / "fixtures" / "directory" / "contoso.ldif"
+    text = text.replace("../directory/contoso.ldif", str(ldif))
+    path = Path(tempfile.mkdtemp()) / "contoso.yaml"
+    path.write_text(text)
+    org = lab_config.load(path).organization
+    seattle_tokyo = next(c for c in org.connectors if c.name == "Seattle-Tokyo RGC")
+    assert seattle_tokyo.local_bridgeheads == ("EX2",)
+    from_ex2 = RoutingEngine(org, org.server("EX2")).route_to_server("ex4.contoso.com")
+    assert (from_ex2.kind, from_ex2.targets) == ("connector", ("ex4.contoso.com",))
+    back = RoutingEngine(org, org.server("EX4")).route_to_server("ex2.contoso.com")
+    assert (back.kind, back.queue, back.targets) == (
+        "connector",
+        "Seattle-Tokyo RGC (reciprocal)",
+        ("ex2.contoso.com",),
+    )

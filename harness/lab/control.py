@@ -60,7 +60,7 @@ class ControlServer:
             while line := await reader.readline():
                 try:
                     reply = {"ok": True, "result": await self.handle(json.loads(line))}
-                except (KeyError, ValueError, TypeError) as exc:
+                except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
                     reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
@@ -84,7 +84,7 @@ class ControlServer:
             server = self.lab.servers[self.lab.config.organization.server(str(request["server"])).name]
             return await server.submit_from_store(str(request["mailbox"]), list(request["to"]), content)
         if op in ("freeze", "unfreeze"):
-            self.lab.freeze(str(request["server"]), str(request["queue"]), op == "freeze")
+            self.lab.change_freeze(str(request["server"]), str(request["queue"]), op == "freeze")
             return queue_table(self.lab.queue_snapshot(), self.lab.frozen_queues())
         raise ValueError(f"unknown operation {op!r}")
 

@@ -209,7 +209,15 @@ class Lab:
         return self.run(exchange.submit_from_store(mailbox, recipients, content))
 
     def freeze(self, server: str, queue: str, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) a link queue of a server: call on the lab's loop."""
+        """Freeze (or unfreeze) a link queue of a server, as Queue Viewer does."""
+
+        async def change() -> None:
+            self.change_freeze(server, queue, frozen)
+
+        self.run(change())
+
+    def change_freeze(self, server: str, queue: str, frozen: bool) -> None:
+        """The same, on the lab's loop."""
         aq = self.servers[self.config.organization.server(server).name].aq
         (aq.freeze if frozen else aq.unfreeze)(queue)
 
