@@ -336,7 +336,12 @@ def _virtual_server(
         )
     smart_host = raw.get("smart_host")
     if smart_host:
-        smart_host = _smart_host(smart_host, (*where, "smart_host"), host_address)
+        # Several smart hosts are separated by ";" (Exchange's syntax); each may name a lab host.
+        smart_host = ";".join(
+            _smart_host(part.strip(), (*where, "smart_host"), host_address)
+            for part in smart_host.replace(",", ";").split(";")
+            if part.strip()
+        )
     return VirtualServer(
         name=raw["name"],
         server=server,

@@ -682,3 +682,14 @@ def test_auth_requiring_tls_without_a_certificate_is_refused(tmp_path: Path) -> 
     error = load_error(tmp_path, text)
     assert error.field == "organization.servers[1].virtual_servers[0].auth_requires_tls"
     assert "only require TLS on a virtual server with tls: true" in error.message
+
+
+def test_several_virtual_server_smart_hosts_are_each_resolved(tmp_path: Path) -> None:
+    text = mutate(
+        contoso_text(), 'smart_host: "[isp-smarthost]"', 'smart_host: "relay.isp.example; [isp-smarthost]"'
+    )
+    config = lab_config.load(write_lab(tmp_path, text), base="127.88.0.0")
+    assert (
+        config.organization.server("EX3").default_virtual_server.smart_host
+        == "relay.isp.example;[127.88.0.102]"
+    )
