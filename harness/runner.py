@@ -191,6 +191,9 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
         settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
         return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
+    if item.action.startswith("global_catalog_"):
+        lab.set_global_catalog(item.action.endswith("_up"))
+        return SessionRun("lab", "global catalog", _single(title, None, f"-- {title}"))
     assert item.target is not None
     if item.action in ("freeze", "unfreeze") and item.rule is not None:
         queue = str(item.rule["queue"])

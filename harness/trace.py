@@ -192,7 +192,11 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
         line = _line(document, ("sessions", number))
         if action in ("sink_rule", "freeze", "unfreeze"):
             return LabAction(action, value.get("host") or value.get("server"), line, dict(value))
-        return LabAction(action, None if action == "settle" else str(value), line)
+        return LabAction(
+            action,
+            None if action in ("settle", "global_catalog_down", "global_catalog_up") else str(value),
+            line,
+        )
     submit = raw["submit"]
     try:
         data = parse_step({"data": submit["data"]})

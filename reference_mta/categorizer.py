@@ -25,6 +25,7 @@ from reference_mta.mailmsg import (
     Recipient,
     decapsulate,
 )
+from reference_mta.queuing import ComponentUnavailable
 from reference_mta.topology import Organization, Server
 
 RECIPIENT_ATTRIBUTES = (
@@ -64,8 +65,13 @@ class DirectoryEntry:
         return {c.lower() for c in self.all("objectClass")}
 
 
+class DirectoryUnavailable(ComponentUnavailable):
+    """The global catalog did not answer (a Directory raises this from search)."""
+
+
 class Directory(Protocol):
-    """What the categorizer needs of a global catalog connection."""
+    """What the categorizer needs of a global catalog connection; search raises DirectoryUnavailable
+    when the global catalog cannot be reached."""
 
     def search(
         self, base: str, ldap_filter: str, attributes: Sequence[str], *, scope: str = "SUBTREE"

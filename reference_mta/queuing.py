@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -53,6 +54,8 @@ SYSTEM_QUEUES = (
     DSN_PENDING,
     RETRY,
 )
+# Messages parked here wait for something to change (link state, the directory), not for time.
+WAITS_FOR_AN_EVENT = frozenset({UNREACHABLE, DIRECTORY_LOOKUP})
 # Queue states as Queue Viewer shows them (KB 264054).
 READY, ACTIVE, RETRYING, FROZEN = "Ready", "Active", "Retry", "Frozen"
 
@@ -69,6 +72,11 @@ class Hop:
     connector: str | None = None
     spec: str = "C-RE"
     detail: str = ""
+
+
+class ComponentUnavailable(Exception):
+    """A component cannot do its job right now (its directory or store is not answering): AQ keeps the
+    message where it is and tries again, instead of failing it."""
 
 
 @dataclass(frozen=True)
@@ -240,10 +248,18 @@ class AdvancedQueuingEngine:
                 continue  # waits for an administrator, not for time
             if entry.state != RETRYING:
                 return False
-            # Unreachable destinations wait for link state, not for a retry worth waiting for.
-            if horizon is not None and entry.queue != UNREACHABLE and entry.next_retry <= horizon:
+            # Unreachable destinations wait for link state and directory look-ups for the directory, not
+            # for a retry worth waiting for.
+            if horizon is not None and entry.queue not in WAITS_FOR_AN_EVENT and entry.next_retry <= horizon:
                 return False
         return True
+
+    def retry_now(self, queue: str) -> None:
+        """What waits in `queue` (e.g. for the directory to come back) is tried again at once."""
+        for entry in self.entries.values():
+            if entry.queue == queue and entry.state == RETRYING:
+                entry.queue, entry.state = entry.resume, READY
+                self._work.put_nowait(entry.msg.id)
 
     def freeze(self, queue: str) -> None:
         """Queue Viewer's Freeze: the link queue keeps its messages and takes new ones, sends none."""
@@ -362,7 +378,23 @@ class AdvancedQueuingEngine:
     async def _categorize(self, entry: Entry) -> None:
         assert self.components is not None
         msg = entry.msg
-        await self.components.categorize(msg)
+        before = copy.deepcopy(msg.recipients), dict(msg.properties)
+        try:
+            await self.components.categorize(msg)
+        except ComponentUnavailable as exc:
+            # The global catalog did not answer: the message waits in "Messages awaiting directory
+            # lookup" as it was, and is never returned for that reason.
+            msg.recipients, msg.properties = before[0], before[1]
+            self.tracking.log(tracking.CAT_RETRY, msg, None, "C-CAT", queue=DIRECTORY_LOOKUP, detail=str(exc))
+            await self._park(
+                entry,
+                msg.recipients,
+                DIRECTORY_LOOKUP,
+                resume=DIRECTORY_LOOKUP,
+                error=str(exc),
+                expires=False,
+            )
+            return
         failed = msg.pending("failed")
         local = msg.pending("local")
         onward = msg.pending("remote") + msg.pending("gateway")
@@ -504,13 +536,14 @@ class AdvancedQueuingEngine:
         resume: str,
         error: str = "",
         code: str = "4.4.7",
+        expires: bool = True,
     ) -> None:
         """Park `waiting` recipients in `queue` until their next attempt, which starts in `resume`;
         past the expiration time they fail instead (4.4.7, or `code` for unreachable destinations)."""
         entry.msg.recipients = waiting
         entry.attempts += 1
         arrival = float(entry.msg.properties.get("ARRIVAL_TIME", time.time()))
-        if time.time() - arrival > self.retry.expiration:
+        if expires and time.time() - arrival > self.retry.expiration:
             for recipient in waiting:
                 recipient.fail(f"550 {code} Message expired in queue {queue}: {error}", code, 0)
             await self._fail(entry, waiting)

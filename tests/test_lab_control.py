@@ -158,3 +158,21 @@ def test_link_state_changes_reroute_messages_already_waiting_in_a_frozen_queue(l
 def test_bringing_up_a_server_that_is_up_is_harmless(lab: Lab) -> None:
     request(lab.workdir, {"op": "server", "name": "EX2", "up": True})
     assert lab.link_state.minor == 0  # nothing changed, nothing propagated
+
+
+def test_the_global_catalog_stopped_and_started_over_the_control_channel(lab: Lab) -> None:
+    assert request(lab.workdir, {"op": "global_catalog", "up": False}) == {"available": False}
+    # The store looks the mailbox up in the directory too: a submission is refused while it is down.
+    with pytest.raises(ControlError, match=r"DirectoryUnavailable: global catalog gc\.contoso\.com is not answering"):
+        request(
+            lab.workdir,
+            {
+                "op": "submit",
+                "server": "EX1",
+                "mailbox": "alice@contoso.com",
+                "to": ["bob@contoso.com"],
+                "content": "U3ViamVjdDogeA0KDQp4DQo=",
+            },
+        )
+    assert request(lab.workdir, {"op": "global_catalog", "up": True}) == {"available": True}
+    assert [q for q in lab.gc.queries if q.results == -1]  # the failed look-up is in the log

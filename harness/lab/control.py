@@ -9,6 +9,7 @@ A Unix socket in the lab's folder carries one JSON object per line each way. Req
   {"op": "server", "name": N, "up": bool}           → take a server down or bring it back
   {"op": "submit", "server": S, "mailbox": M, "to": [...], "content": base64}  → store submission
   {"op": "freeze" | "unfreeze", "server": S, "queue": Q} → Queue Viewer's Freeze / Unfreeze
+  {"op": "global_catalog", "up": bool}              → stop the global catalog, or bring it back
 Replies are {"ok": true, "result": ...} or {"ok": false, "error": "..."}. The socket file is created
 with the folder's permissions; nothing listens on the network.
 """
@@ -60,7 +61,7 @@ class ControlServer:
             while line := await reader.readline():
                 try:
                     reply = {"ok": True, "result": await self.handle(json.loads(line))}
-                except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
+                except Exception as exc:  # any refusal goes back to the client; the lab keeps running
                     reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
@@ -83,6 +84,9 @@ class ControlServer:
             content = base64.b64decode(request["content"])
             server = self.lab.servers[self.lab.config.organization.server(str(request["server"])).name]
             return await server.submit_from_store(str(request["mailbox"]), list(request["to"]), content)
+        if op == "global_catalog":
+            self.lab.change_global_catalog(bool(request["up"]))
+            return {"available": self.lab.gc.available}
         if op in ("freeze", "unfreeze"):
             self.lab.change_freeze(str(request["server"]), str(request["queue"]), op == "freeze")
             return queue_table(self.lab.queue_snapshot(), self.lab.frozen_queues())

@@ -29,7 +29,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import safe_dn
 
 from harness.lab.config import GlobalCatalogConfig
-from reference_mta.categorizer import DirectoryEntry
+from reference_mta.categorizer import DirectoryEntry, DirectoryUnavailable
 
 __all__ = ["AUTH_CLIENT", "GcConnection", "GlobalCatalogError", "LdapQuery", "MockGlobalCatalog"]
 
@@ -85,6 +85,11 @@ class GcConnection:
         scope_name = scope.upper()
         if scope_name not in _SCOPES:
             raise ValueError(f"unknown search scope {scope!r} (BASE, LEVEL or SUBTREE)")
+        if not self._catalog.available:
+            self._catalog._record(
+                LdapQuery(time.time(), self.client, base, ldap_filter, scope_name, tuple(attributes), -1, ())
+            )
+            raise DirectoryUnavailable(f"global catalog {self._catalog.config.fqdn} is not answering")
         requested = tuple(attributes)
         asked = time.time()
         entries: list[DirectoryEntry] = []
@@ -141,6 +146,8 @@ class MockGlobalCatalog:
         self._log: list[LdapQuery] = []
         self._log_lock = threading.Lock()
         self._auth_connection: GcConnection | None = None
+        # False while the lab has "stopped" the global catalog: every search fails as unreachable.
+        self.available = True
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -214,7 +221,10 @@ class MockGlobalCatalog:
             self._auth_connection = self.connect(AUTH_CLIENT)
         name = escape_filter_chars(user)
         lookup = f"(&(objectClass=user)(|(sAMAccountName={name})(mail={name})(proxyAddresses=smtp:{name})))"
-        found = self._auth_connection.search(self.config.base_dn, lookup, ())
+        try:
+            found = self._auth_connection.search(self.config.base_dn, lookup, ())
+        except DirectoryUnavailable:
+            return None  # no directory, no authentication
         if len(found) != 1:
             return None
         connection = self._bind(found[0].dn, password)

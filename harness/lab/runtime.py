@@ -24,7 +24,7 @@ from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.sinks import SinkHost
 from reference_mta.linkstate import LinkState
-from reference_mta.queuing import RetryPolicy
+from reference_mta.queuing import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
 
 T = TypeVar("T")
@@ -207,6 +207,21 @@ class Lab:
         there); returns the message's Message-ID."""
         exchange = self.servers[self.config.organization.server(server).name]
         return self.run(exchange.submit_from_store(mailbox, recipients, content))
+
+    def set_global_catalog(self, up: bool) -> None:
+        """Stop the global catalog (every look-up fails as unreachable) or bring it back; when it is
+        back, what waits in "Messages awaiting directory lookup" is categorized at once."""
+
+        async def change() -> None:
+            self.change_global_catalog(up)
+
+        self.run(change())
+
+    def change_global_catalog(self, up: bool) -> None:
+        self.gc.available = up
+        if up:
+            for server in self.servers.values():
+                server.aq.retry_now(DIRECTORY_LOOKUP)
 
     def freeze(self, server: str, queue: str, frozen: bool = True) -> None:
         """Freeze (or unfreeze) a link queue of a server, as Queue Viewer does."""
