@@ -43,6 +43,11 @@ RECIPIENT_ATTRIBUTES = (
     "unauthOrig",
     "msExchRequireAuthToSendTo",
     "delivContLength",
+    "altRecipient",
+    "deliverAndRedirect",
+    "msExchExpansionServerName",
+    "dLMemSubmitPerms",
+    "dLMemRejectPerms",
 )
 
 Attributes = dict[str, list[str]]
@@ -215,7 +220,30 @@ class Categorizer:
         recipient.home_server = fqdn
         recipient.address = entry.first("mail") or recipient.address
         recipient.status = "local" if fqdn == self.server.fqdn else "remote"
-        return []
+        return self._redirect(msg, recipient, entry)
+
+    def _redirect(self, msg: MailMsg, recipient: Recipient, entry: DirectoryEntry) -> list[Recipient]:
+        """Forwarding (altRecipient): the alternate recipient gets the message too, or instead when
+        deliverAndRedirect is not set. A chain that comes back to an earlier mailbox is a loop: 5.4.6."""
+        alternate_dn = entry.first("altRecipient")
+        if not alternate_dn:
+            return []
+        chain: list[str] = msg.properties.setdefault("REDIRECT_CHAIN", [])
+        if alternate_dn.lower() in chain or alternate_dn.lower() == entry.dn.lower():
+            recipient.fail(f"554 5.4.6 Forwarding loop at {recipient.address}", "5.4.6", RP_ERROR_CONTEXT_CAT)
+            return []
+        chain.append(entry.dn.lower())
+        found = self.directory.search(alternate_dn, "(objectClass=*)", RECIPIENT_ATTRIBUTES, scope="BASE")
+        address = (found[0].first("mail") or _primary_smtp(found[0])) if found else None
+        if address is None:
+            return []  # a forwarding address that no longer exists: deliver as if there were none
+        msg.properties.setdefault("REDIRECTIONS", []).append([recipient.address, address])
+        if (entry.first("deliverAndRedirect") or "").upper() != "TRUE":
+            recipient.status = "redirected"
+            recipient.flags |= RP_HANDLED
+        alternate = Recipient(address=address, original=recipient.original)
+        msg.recipients.append(alternate)
+        return [alternate]
 
     def _permitted(
         self, msg: MailMsg, recipient: Recipient, entry: DirectoryEntry, sender: DirectoryEntry | None
@@ -243,24 +271,53 @@ class Categorizer:
             )
             return False
         sender_dn = sender.dn.lower() if sender else None
-        allowed = [dn.lower() for dn in entry.all("authOrig")]
-        if allowed and sender_dn not in allowed:
+        # "Accept messages from": listed senders, and members of listed groups (authOrig may name a
+        # group; dLMemSubmitPerms names groups only).
+        allowed = [dn.lower() for dn in entry.all("authOrig") + entry.all("dLMemSubmitPerms")]
+        if allowed and not (sender_dn and self._sender_among(sender_dn, allowed)):
             recipient.fail(
                 f"550 5.7.1 Sender is not allowed to send to {recipient.address}",
                 "5.7.1",
                 RP_ERROR_CONTEXT_CAT,
             )
             return False
-        if sender_dn and sender_dn in [dn.lower() for dn in entry.all("unauthOrig")]:
+        rejected = [dn.lower() for dn in entry.all("unauthOrig") + entry.all("dLMemRejectPerms")]
+        if sender_dn and rejected and self._sender_among(sender_dn, rejected):
             recipient.fail(
                 f"550 5.7.1 Sender is rejected by {recipient.address}", "5.7.1", RP_ERROR_CONTEXT_CAT
             )
             return False
         return True
 
+    def _sender_among(self, sender_dn: str, listed: list[str], depth: int = 0) -> bool:
+        """Is the sender one of `listed`, or a member (through nested groups) of a listed group?"""
+        if sender_dn in listed:
+            return True
+        if depth > 8:
+            return False  # deeper nesting than any real directory; also stops a membership loop
+        for dn in listed:
+            found = self.directory.search(dn, "(objectClass=group)", ("member",), scope="BASE")
+            members = [m.lower() for m in found[0].all("member")] if found else []
+            if members and self._sender_among(sender_dn, members, depth + 1):
+                return True
+        return False
+
     def _expand(
         self, msg: MailMsg, recipient: Recipient, group: DirectoryEntry, seen: set[str]
     ) -> list[Recipient]:
+        expansion_server = group.first("msExchExpansionServerName")
+        if expansion_server and expansion_server.lower() != self.legacy_dn.lower():
+            # Only the group's expansion server expands it: the message goes there unexpanded.
+            fqdn = self._server_fqdn_by_legacy_dn(expansion_server)
+            if fqdn is None:
+                recipient.fail(
+                    f"550 5.1.0 Expansion server of {recipient.address} not found",
+                    "5.1.0",
+                    RP_ERROR_CONTEXT_CAT,
+                )
+            else:
+                recipient.home_server, recipient.status = fqdn, "remote"
+            return []
         recipient.status = "expanded"
         recipient.flags |= RP_EXPANDED
         if group.dn.lower() in seen:
@@ -287,6 +344,23 @@ class Categorizer:
         found = self.directory.search(self.base_dn, proxy_filter("smtp", address), ("homeMDB",))
         home_mdb = found[0].first("homeMDB") if len(found) == 1 else None
         return self._home_server_fqdn(home_mdb) if home_mdb else None
+
+    @property
+    def legacy_dn(self) -> str:
+        """This server's legacyExchangeDN, as groups name their expansion server."""
+        org = self.organization
+        return f"/o={org.name}/ou={org.admin_group}/cn=Configuration/cn=Servers/cn={self.server.name}"
+
+    def _server_fqdn_by_legacy_dn(self, legacy_dn: str) -> str | None:
+        found = self.directory.search(
+            self.base_dn,
+            f"(&(objectClass=msExchExchangeServer)(legacyExchangeDN={escape_filter_chars(legacy_dn)}))",
+            ("networkAddress",),
+        )
+        for value in found[0].all("networkAddress") if found else []:
+            if value.lower().startswith("ncacn_ip_tcp:"):
+                return value.split(":", 1)[1].lower()
+        return None
 
     def _home_server_fqdn(self, home_mdb: str) -> str | None:
         """homeMDB → server object (strip store, storage group and InformationStore RDNs) → FQDN from the

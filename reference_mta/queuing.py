@@ -395,6 +395,14 @@ class AdvancedQueuingEngine:
                 expires=False,
             )
             return
+        for original, alternate in msg.properties.pop("REDIRECTIONS", []):
+            self.tracking.log(
+                tracking.REDIRECTED,
+                msg,
+                [r for r in msg.recipients if r.address == original],
+                "C-CAT",
+                detail=f"forwarded to {alternate}",
+            )
         failed = msg.pending("failed")
         local = msg.pending("local")
         onward = msg.pending("remote") + msg.pending("gateway")

@@ -39,6 +39,7 @@ ROUTING_RETRY = 1035
 QUEUED_LOCAL = 1036
 LOCAL_RETRY = 1037
 ROUTED_GATEWAY = 1038
+REDIRECTED = 1042
 # Not in KB 821905: Exchange logs no event of its own when it sends a delay DSN. The reference MTA logs
 # the delay notice under this ID so that traces can see it (docs/decisions.md).
 DELAY_NOTICE = 1045
@@ -64,6 +65,7 @@ DESCRIPTIONS = {
     LOCAL_RETRY: "SMTP: Message Scheduled to Retry Local Delivery",
     ROUTED_GATEWAY: "SMTP: Message Routed and Queued for Gateway Delivery",
     DELAY_NOTICE: "mailflow: Delay Delivery Status Notification Sent",
+    REDIRECTED: "SMTP: Message Redirected to Alternate Recipient",
 }
 
 
