@@ -22,6 +22,7 @@ from reference_mta.delivery import SmtpDelivery, make_resolver
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queuing import (
+    ComponentUnavailable,
     AdvancedQueuingEngine,
     Components,
     DeliveryResult,
@@ -135,7 +136,10 @@ class ExchangeServer:
         """The MAPI/OWA path (OUT-2a): a mailbox on this server submits a message through the store;
         the store driver hands it to AQ (tracking 1027 first). Returns its Message-ID."""
         assert self.categorizer is not None
-        home = self.categorizer.home_server_of(mailbox)
+        try:
+            home = self.categorizer.home_server_of(mailbox)
+        except ComponentUnavailable as exc:
+            raise ValueError(f"the store cannot look {mailbox} up: {exc}") from exc
         if home is None:
             raise ValueError(f"{mailbox} is not a mailbox in the directory")
         if home != self.config.fqdn:
