@@ -22,9 +22,9 @@ from reference_mta.delivery import SmtpDelivery, make_resolver
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queuing import (
-    ComponentUnavailable,
     AdvancedQueuingEngine,
     Components,
+    ComponentUnavailable,
     DeliveryResult,
     Hop,
     QueueDirectory,
