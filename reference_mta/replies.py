@@ -72,6 +72,7 @@ AUTH_OK = "235 2.7.0 Authentication successful."
 READY_FOR_TLS = "220 2.0.0 SMTP server ready"
 TLS_REQUIRED_FOR_AUTH = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_FAILED = "535 5.7.3 Authentication unsuccessful."
+AUTH_TEMPORARY_FAILURE = "454 4.7.0 Temporary authentication failure"
 
 # aiosmtpd's built-in texts → Exchange's. Matched on the start of the line.
 _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (

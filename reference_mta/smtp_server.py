@@ -32,7 +32,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from reference_mta import replies
 from reference_mta.mailmsg import MailMsg
-from reference_mta.queuing import AdvancedQueuingEngine
+from reference_mta.queuing import AdvancedQueuingEngine, ComponentUnavailable
 from reference_mta.topology import Organization, Server, VirtualServer
 
 Authenticator = Callable[[str, str], str | None]
@@ -247,7 +247,11 @@ class VirtualServerHandler:
         if not isinstance(auth_data, LoginPassword) or self.authenticate is None:
             return AuthResult(success=False, handled=False)
         user = auth_data.login.decode("utf-8", "replace")
-        dn = self.authenticate(user, auth_data.password.decode("utf-8", "replace"))
+        try:
+            dn = self.authenticate(user, auth_data.password.decode("utf-8", "replace"))
+        except ComponentUnavailable:
+            # The directory could not be asked: a temporary failure, the client may try again.
+            return AuthResult(success=False, handled=False, message=replies.AUTH_TEMPORARY_FAILURE)
         if dn is None:
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, handled=False, auth_data=user)

@@ -221,10 +221,8 @@ class MockGlobalCatalog:
             self._auth_connection = self.connect(AUTH_CLIENT)
         name = escape_filter_chars(user)
         lookup = f"(&(objectClass=user)(|(sAMAccountName={name})(mail={name})(proxyAddresses=smtp:{name})))"
-        try:
-            found = self._auth_connection.search(self.config.base_dn, lookup, ())
-        except DirectoryUnavailable:
-            return None  # no directory, no authentication
+        # DirectoryUnavailable goes up: the virtual server answers 454, a temporary failure.
+        found = self._auth_connection.search(self.config.base_dn, lookup, ())
         if len(found) != 1:
             return None
         connection = self._bind(found[0].dn, password)
