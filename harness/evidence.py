@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reference_mta import store, tracking
+from reference_mta import gateway, store, tracking
 
 if TYPE_CHECKING:
     from harness.lab.runtime import Lab
@@ -36,6 +36,8 @@ class Delivery:
             return f"mailbox {self.where} on {self.server} (from {sender})"
         if self.kind == "sink":
             return f"sink {self.where} from {self.server}: {sender} → {rcpt}"
+        if self.kind == "foreign":
+            return f"foreign mailbox {self.where} in {self.server} (from {sender})"
         return f"gateway {self.where} on {self.server}: {sender} → {rcpt}"
 
 
@@ -103,6 +105,17 @@ class Evidence:
                     str(transfer["sender"]),
                     tuple(str(r) for r in recipients) if isinstance(recipients, list) else (),
                     Path(str(transfer["path"])).read_bytes(),
+                )
+            )
+        for memo in gateway.read_foreign_deliveries(lab.workdir):
+            deliveries.append(
+                Delivery(
+                    "foreign",
+                    str(memo["mailbox"]),
+                    str(memo["system"]),
+                    str(memo["sender"]),
+                    (str(memo["mailbox"]),),
+                    Path(str(memo["path"])).read_bytes(),
                 )
             )
         events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}

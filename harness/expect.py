@@ -144,6 +144,9 @@ def _delivery_matches(spec: dict[str, Any], delivery: Delivery, *, any_rcpt: boo
             return ["other destination"]
         if "peer" in spec and delivery.server.lower() != spec["peer"].lower():
             problems.append(f"handed over by {delivery.server}, expected {spec['peer']}")
+    elif "foreign" in spec:
+        if delivery.kind != "foreign" or delivery.where.lower() != spec["foreign"].lower():
+            return ["other destination"]
     elif "gateway" in spec:
         if delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower():
             return ["other destination"]

@@ -21,7 +21,7 @@ from harness.lab.config import LabConfig, sink_rule
 from harness.lab.runtime import Lab, LabError
 from harness.replay import Exchange, SessionResult, message_bytes, run_session
 from harness.targets import Target
-from harness.trace import MESSAGE_DIRS, Connect, LabAction, Session, Submission, Trace
+from harness.trace import MESSAGE_DIRS, Connect, ForeignMemo, LabAction, Session, Submission, Trace
 
 
 @dataclass
@@ -109,6 +109,8 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
         for item in trace.sessions:
             if isinstance(item, Submission):
                 run = _submit(lab, item, trace)
+            elif isinstance(item, ForeignMemo):
+                run = _foreign(lab, item, trace)
             elif isinstance(item, LabAction):
                 run = _act(lab, item, trace)
             else:
@@ -183,6 +185,20 @@ def _submit(lab: Lab, item: Submission, trace: Trace) -> SessionRun:
         return SessionRun("store", item.server, _single(title, failure, f"-- {title}: refused: {exc}"))
     failure = "expected the store to refuse the submission" if item.refused else None
     return SessionRun("store", item.server, _single(title, failure, f"-- {title}: submitted as <{msgid}>"))
+
+
+def _foreign(lab: Lab, item: ForeignMemo, trace: Trace) -> SessionRun:
+    memo = message_bytes(item.data, trace.base_dir, MESSAGE_DIRS)
+    title = f"foreign system hands a memo to {item.gateway}"
+    try:
+        handle = lab.foreign_send(item.gateway, memo)
+    except ValueError as exc:
+        failure = None if item.refused else str(exc)
+        return SessionRun("foreign", item.gateway, _single(title, failure, f"-- {title}: refused: {exc}"))
+    failure = "expected the gateway to refuse the memo" if item.refused else None
+    return SessionRun(
+        "foreign", item.gateway, _single(title, failure, f"-- {title}: queued in IN as {handle}")
+    )
 
 
 def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:

@@ -72,7 +72,17 @@ class LabAction:
     rule: dict[str, Any] | None = None
 
 
-Item = Session | Submission | LabAction
+@dataclass(frozen=True)
+class ForeignMemo:
+    """The foreign system hands a memo to a gateway connector's IN folder (GW-1)."""
+
+    gateway: str
+    data: Data
+    line: int
+    refused: bool = False
+
+
+Item = Session | Submission | LabAction | ForeignMemo
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ def load(path: Path) -> Trace:
     _check_regexes(document, data.get("outcome") or {})
     sessions: list[Item] = []
     for number, raw in enumerate(data["sessions"]):
-        if "submit" in raw or "lab" in raw:
+        if "submit" in raw or "lab" in raw or "foreign" in raw:
             sessions.append(_other_item(document, number, raw, path))
             continue
         try:
@@ -197,17 +207,14 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
             None if action in ("settle", "global_catalog_down", "global_catalog_up") else str(value),
             line,
         )
-    submit = raw["submit"]
-    try:
-        data = parse_step({"data": submit["data"]})
-    except ScriptError as exc:
-        raise document.error(("sessions", number, "submit", "data"), exc.message) from None
-    assert isinstance(data, Data)
-    if data.source is not None and resolve_message_path(data.source, path.parent, MESSAGE_DIRS) is None:
-        raise document.error(
-            ("sessions", number, "submit", "data"),
-            f"message file {data.source!r} not found next to the trace or in fixtures/messages",
+    if "foreign" in raw:
+        foreign = raw["foreign"]
+        memo = _data_item(document, ("sessions", number, "foreign", "data"), foreign["data"], path)
+        return ForeignMemo(
+            foreign["gateway"], memo, _line(document, ("sessions", number)), foreign.get("refused", False)
         )
+    submit = raw["submit"]
+    data = _data_item(document, ("sessions", number, "submit", "data"), submit["data"], path)
     to = submit["to"]
     return Submission(
         submit["server"],
@@ -217,6 +224,22 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
         _line(document, ("sessions", number)),
         submit.get("refused", False),
     )
+
+
+def _data_item(
+    document: yamlsource.Document, location: tuple[str | int, ...], raw: object, path: Path
+) -> Data:
+    """A message named by a submission or a foreign memo: a file next to the trace, or inline."""
+    try:
+        data = parse_step({"data": raw})
+    except ScriptError as exc:
+        raise document.error(location, exc.message) from None
+    assert isinstance(data, Data)
+    if data.source is not None and resolve_message_path(data.source, path.parent, MESSAGE_DIRS) is None:
+        raise document.error(
+            location, f"message file {data.source!r} not found next to the trace or in fixtures/messages"
+        )
+    return data
 
 
 def _line(document: yamlsource.Document, location: Sequence[str | int]) -> int:
@@ -293,6 +316,12 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
     connectors = [c.name for c in config.organization.connectors if not c.name.endswith(" (reciprocal)")]
     for number, session in enumerate(data["sessions"]):
         at: tuple[str | int, ...] = ("sessions", number)
+        if "foreign" in session:
+            gateways = [c.name for c in config.organization.connectors if c.kind == "gateway"]
+            names.require(
+                (*at, "foreign", "gateway"), session["foreign"]["gateway"], "gateway connector", gateways
+            )
+            continue
         if "submit" in session:
             names.require((*at, "submit", "server"), session["submit"]["server"], "server", names.servers)
             continue

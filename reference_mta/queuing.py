@@ -310,10 +310,11 @@ class AdvancedQueuingEngine:
         await asyncio.to_thread(self._persist_new, entry, content)
         self._content_refs[content_id] += 1
         self.entries[msg.id] = entry
-        first = tracking.SUBMITTED_FROM_STORE if source == "store" else tracking.SUBMIT_TO_AQ
-        spec = {"store": "OUT-2a", "dsn": "C-AQ"}.get(source, "IN-4")
+        through_store = source in ("store", "gateway")  # the store driver submits both
+        first = tracking.SUBMITTED_FROM_STORE if through_store else tracking.SUBMIT_TO_AQ
+        spec = {"store": "OUT-2a", "gateway": "GW-5", "dsn": "C-AQ"}.get(source, "IN-4")
         self.tracking.log(first, msg, None, spec, queue=PENDING_SUBMISSION)
-        if source == "store":
+        if through_store:
             self.tracking.log(tracking.SUBMIT_TO_AQ, msg, None, "C-AQ", queue=PENDING_SUBMISSION)
         self.tracking.log(tracking.BEGIN_SUBMIT, msg, None, "C-AQ", queue=PENDING_SUBMISSION)
         self._work.put_nowait(msg.id)

@@ -19,6 +19,7 @@ from pathlib import Path
 from reference_mta import dsn, store
 from reference_mta.categorizer import Categorizer, Directory
 from reference_mta.delivery import SmtpDelivery, make_resolver
+from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queuing import (
@@ -76,6 +77,7 @@ class ExchangeServer:
         )
         self._listeners: list[asyncio.Server] = []
         self._handlers: list[VirtualServerHandler] = []
+        self.gateways: dict[str, NotesGateway] = {}
 
     async def start(self) -> None:
         self.categorizer = Categorizer(
@@ -94,6 +96,19 @@ class ExchangeServer:
                 make_delay_notice=self._make_delay_notice,
             )
         )
+        directory = self.environment.directory(self.config.name)
+        for connector in self.organization.connectors:
+            if connector.kind == "gateway" and self.config.name in connector.local_bridgeheads:
+                self.gateways[connector.name.lower()] = NotesGateway(
+                    self.organization,
+                    self.config.name,
+                    connector,
+                    self.environment.root,
+                    directory,
+                    self.environment.base_dn,
+                    self.tracking,
+                    lambda msg, content: self.aq.submit(msg, content, source="gateway"),
+                )
         # A change of link state is a chance for what waits on an unreachable destination.
         self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
@@ -174,9 +189,13 @@ class ExchangeServer:
 
     async def _deliver_remote(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
         if hop.kind == "gateway":
-            return await asyncio.to_thread(
+            result = await asyncio.to_thread(
                 store.transfer_to_mta, self.environment.root, self.config.name, hop.queue, msg, content
             )
+            gateway = self.gateways.get(hop.queue.lower())
+            if gateway is not None:
+                await gateway.deliver_out(msg, content)
+            return result
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(

@@ -102,6 +102,7 @@ def test_proxy_addresses_match_case_insensitively(conn: GcConnection) -> None:
     alice = found[0]
     assert alice.all("proxyAddresses") == [
         "SMTP:alice@contoso.com",
+        "NOTES:Alice Smith/Contoso",
         "smtp:alice.smith@contoso.com",
         "X500:/o=Contoso/ou=Old Site/cn=Recipients/cn=asmith",
     ]

@@ -200,7 +200,7 @@ def test_mail_for_a_gateway_contact_travels_to_the_gateway_server_encapsulated(l
         b"Subject: n\r\n\r\nn\r\n",
     )
     assert lab.settle()
-    assert deliveries(lab) == ["gateway Notes Connector on EX4: ann@fabrikam.com → Nora Lee/Contoso"]
+    assert deliveries(lab) == ["foreign mailbox Nora Lee/Contoso in Lotus Notes (from ann@fabrikam.com)"]
     wire = [e["recipient-address"] for e in read_events(lab.tracking_dir, "EX4") if e["event-id"] == 1019]
     assert wire == ["IMCEANOTES-Nora+20Lee+2FContoso@contoso.com"]
 

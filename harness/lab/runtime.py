@@ -208,6 +208,14 @@ class Lab:
         exchange = self.servers[self.config.organization.server(server).name]
         return self.run(exchange.submit_from_store(mailbox, recipients, content))
 
+    def foreign_send(self, gateway: str, memo: bytes) -> str:
+        """The foreign system hands `memo` to the gateway connector `gateway` (ValueError if the
+        gateway cannot read it); returns the item's name in the gateway's IN folder."""
+        for server in self.servers.values():
+            if gateway.lower() in server.gateways:
+                return self.run(server.gateways[gateway.lower()].receive(memo))
+        raise ValueError(f"no gateway connector named {gateway!r} runs in this lab")
+
     def set_global_catalog(self, up: bool) -> None:
         """Stop the global catalog (every look-up fails as unreachable) or bring it back; when it is
         back, what waits in "Messages awaiting directory lookup" is categorized at once."""

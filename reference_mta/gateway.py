@@ -1,0 +1,295 @@
+"""Gateway to a foreign mail system (Lotus Notes style), and the MTA hand-off behind it.
+
+Inbound, as the Exchange SDK's "Inbound Message Transfer Process" describes it:
+  GW-1  the foreign system drops a memo into the gateway's IN folder (a durable queue);
+  GW-2  the gateway translates it to MIME and maps the foreign addresses to Exchange ones through the
+        directory (NOTES proxy addresses), then puts it in its MTS-IN folder on the mailbox store;
+  GW-3  the store driver moves it to the MTA, which queues it;
+  GW-4  the store driver takes it from the MTA queue into the SMTP service's MTS-OUT queue (an X.400
+        queue in Queue Viewer);
+  GW-5  the store driver gives it to AQ (pre-categorization), and the transport takes it from there.
+A recipient with no NOTES proxy in the directory cannot be mapped: the gateway sends a non-delivery
+memo back to the foreign sender. Outbound (IN-7c), what the MTA put in the gateway's MTS-OUT folder is
+translated back into a memo and delivered to the foreign system.
+
+The memo format is the foreign system's own, not MIME: `Key: value` header lines (From, SendTo,
+CopyTo, Subject, PostedDate), then a line `Body:`, then the text. Each folder holds one file per item,
+written durably, so a crash at any step loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import email.utils
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from reference_mta import tracking
+from reference_mta.categorizer import Directory, proxy_filter
+from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
+from reference_mta.topology import Connector, Organization
+
+GATEWAY_TRANSFER_IN = 1004
+GATEWAY_TRANSFER_OUT = 1003
+GATEWAY_REPORT = 1007
+MTA_TRANSFER_IN = 0
+MTA_TRANSFER_OUT = 7
+# Not in KB 821905: the translation step has no event of its own in Exchange (docs/decisions.md).
+GATEWAY_TRANSLATED = 1046
+
+
+class MemoError(ValueError):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+@dataclass
+class Memo:
+    sender: str
+    send_to: list[str]
+    subject: str = ""
+    body: str = ""
+    copy_to: list[str] = field(default_factory=list)
+    posted: str = ""
+
+
+def parse_memo(data: bytes) -> Memo:
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    fields: dict[str, str] = {}
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if line.strip() == "Body:":
+            body = "\n".join(lines[number:])
+            break
+        if not line.strip():
+            continue
+        key, colon, value = line.partition(":")
+        if not colon:
+            raise MemoError(number, f"expected 'Field: value' or 'Body:', found {line!r}")
+        fields[key.strip().lower()] = value.strip()
+    else:
+        raise MemoError(len(lines), "no 'Body:' line")
+    if not fields.get("from"):
+        raise MemoError(1, "the memo has no From")
+    names = _names(fields.get("sendto", ""))
+    if not names:
+        raise MemoError(1, "the memo has no SendTo")
+    return Memo(
+        fields["from"],
+        names,
+        fields.get("subject", ""),
+        body,
+        _names(fields.get("copyto", "")),
+        fields.get("posteddate", ""),
+    )
+
+
+def render_memo(memo: Memo) -> bytes:
+    lines = [f"From: {memo.sender}", f"SendTo: {', '.join(memo.send_to)}"]
+    if memo.copy_to:
+        lines.append(f"CopyTo: {', '.join(memo.copy_to)}")
+    lines += [
+        f"Subject: {memo.subject}",
+        f"PostedDate: {memo.posted or email.utils.formatdate()}",
+        "Body:",
+        memo.body,
+    ]
+    return "\n".join(lines).encode()
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.replace(";", ",").split(",") if name.strip()]
+
+
+Submit = Callable[[MailMsg, bytes], Awaitable[None]]
+
+
+class NotesGateway:
+    def __init__(
+        self,
+        organization: Organization,
+        server: str,
+        connector: Connector,
+        root: Path,
+        directory: Directory,
+        base_dn: str,
+        log: tracking.TrackingLog,
+        submit: Submit,
+    ) -> None:
+        self.organization = organization
+        self.connector = connector
+        self.directory = directory
+        self.base_dn = base_dn
+        self.tracking = log
+        self.submit = submit
+        self.address_type = connector.address_spaces[0].type if connector.address_spaces else "NOTES"
+        base = root / server / "gateways" / connector.name
+        self.in_folder, self.mts_in, self.mts_out = base / "IN", base / "MTS-IN", base / "MTS-OUT"
+        self.mta_queue = root / server / "MTA" / "queue"
+        self.smtp_mts_out = root / server / "Mailroot" / "vsi 1" / "MTS-OUT"
+        self.foreign = root / "foreign" / (connector.foreign_system or connector.name)
+        for folder in (self.in_folder, self.mts_in, self.mta_queue, self.smtp_mts_out, self.foreign):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # --- inbound ---------------------------------------------------------------------------------
+
+    async def receive(self, data: bytes) -> str:
+        """GW-1: the foreign system hands over a memo; it is durable in the IN folder on return."""
+        memo = parse_memo(data)  # a memo the gateway cannot read is refused at the door
+        item = uuid.uuid4().hex
+        await asyncio.to_thread(_write, self.in_folder / f"{item}.memo", data)
+        self._log(GATEWAY_TRANSFER_IN, memo.sender, memo.send_to, "GW-1", "IN", item)
+        await self._transfer(item, memo)
+        return item
+
+    async def _transfer(self, item: str, memo: Memo) -> None:
+        sender = self._smtp_of(memo.sender) or encapsulate(
+            self.address_type, memo.sender, self.organization.primary_domain
+        )
+        mapped: list[str] = []
+        unmapped: list[str] = []
+        for name in memo.send_to + memo.copy_to:
+            address = self._smtp_of(name)
+            (mapped if address else unmapped).append(address or name)
+        if unmapped:
+            await self._report(memo, unmapped)
+        if not mapped:
+            await asyncio.to_thread((self.in_folder / f"{item}.memo").unlink)
+            return
+        message_id = f"{item}@{self.connector.name.replace(' ', '-').lower()}.gateway"
+        content = _mime(memo, sender, mapped, message_id)
+        # GW-2: translated and mapped, into MTS-IN; then GW-3 and GW-4 move the same bytes on.
+        steps = (
+            (self.mts_in, GATEWAY_TRANSLATED, "GW-2", "MTS-IN"),
+            (self.mta_queue, MTA_TRANSFER_IN, "GW-3", "MTA"),
+            (self.smtp_mts_out, MTA_TRANSFER_OUT, "GW-4", "MTS-OUT"),
+        )
+        previous = self.in_folder / f"{item}.memo"
+        for folder, event, spec, queue in steps:
+            target = folder / f"{item}.eml"
+            await asyncio.to_thread(_write, target, content)
+            await asyncio.to_thread(previous.unlink)
+            previous = target
+            self._log(event, sender, mapped, spec, queue, message_id)
+        msg = MailMsg.new(
+            sender,
+            mapped,
+            RFC822_MSG_ID=message_id,
+            RFC822_MSG_SUBJECT=memo.subject,
+            MSG_SIZE_HINT=len(content),
+            ORG_INTERNAL=True,
+            HELO_DOMAIN="MTA",
+            SOURCE_ADDRESS_TYPE=self.address_type,
+            FOREIGN_SENDER=memo.sender,
+        )
+        await self.submit(msg, content)  # GW-5: AQ makes it durable before this returns
+        await asyncio.to_thread(previous.unlink)
+
+    def _smtp_of(self, foreign: str) -> str | None:
+        found = self.directory.search(
+            self.base_dn, proxy_filter(self.address_type, foreign), ("mail", "proxyAddresses")
+        )
+        if len(found) != 1:
+            return None
+        entry = found[0]
+        if entry.first("mail"):
+            return entry.first("mail")
+        return next((p[5:] for p in entry.all("proxyAddresses") if p.startswith("SMTP:")), None)
+
+    async def _report(self, memo: Memo, unmapped: list[str]) -> None:
+        """A non-delivery memo back to the foreign sender for names the directory does not know."""
+        report = Memo(
+            sender=f"Mail Router/{self.organization.name}",
+            send_to=[memo.sender],
+            subject=f"DELIVERY FAILURE: {memo.subject}",
+            body="Your message could not be delivered to:\n"
+            + "\n".join(f"  {name}: no such recipient" for name in unmapped)
+            + "\n",
+        )
+        await asyncio.to_thread(self._deliver_foreign, report)
+        self._log(GATEWAY_REPORT, memo.sender, unmapped, "GW-2", "IN", "")
+
+    # --- outbound --------------------------------------------------------------------------------
+
+    async def deliver_out(self, msg: MailMsg, content: bytes) -> None:
+        """What the MTA put in the gateway's MTS-OUT folder goes to the foreign system as a memo."""
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        body = parsed.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
+        sender = msg.sender
+        memo = Memo(
+            sender=sender,
+            send_to=[r.address for r in msg.recipients],
+            subject=str(parsed.get("Subject", "")),
+            body=str(text),
+        )
+        await asyncio.to_thread(self._deliver_foreign, memo)
+        self.tracking.log(
+            GATEWAY_TRANSFER_OUT, msg, None, "IN-7c", partner=self.address_type, queue=self.connector.name
+        )
+        # Collected from MTS-OUT: the foreign system has it now.
+        for suffix in (".eml", ".json"):
+            await asyncio.to_thread((self.mts_out / f"{msg.id}{suffix}").unlink, missing_ok=True)
+
+    def _deliver_foreign(self, memo: Memo) -> None:
+        for name in memo.send_to:
+            folder = self.foreign / _folder_name(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            _write(folder / f"{uuid.uuid4().hex}.memo", render_memo(memo))
+
+    def _log(self, event: int, sender: str, recipients: list[str], spec: str, queue: str, msgid: str) -> None:
+        msg = MailMsg(
+            sender=sender,
+            recipients=[Recipient(address=r, original=r) for r in recipients],
+            properties={"RFC822_MSG_ID": msgid},
+        )
+        self.tracking.log(event, msg, None, spec, partner=self.address_type, queue=queue)
+
+
+def read_foreign_deliveries(root: Path) -> list[dict[str, object]]:
+    """Every memo a foreign system of the lab received: system, mailbox name, memo fields."""
+    found: list[dict[str, object]] = []
+    for path in sorted((root / "foreign").glob("*/*/*.memo"), key=lambda p: p.stat().st_mtime):
+        memo = parse_memo(path.read_bytes())
+        found.append(
+            {
+                "system": path.parents[1].name,
+                "mailbox": unquote(path.parent.name),
+                "sender": memo.sender,
+                "recipients": memo.send_to,
+                "path": str(path),
+            }
+        )
+    return found
+
+
+def _folder_name(name: str) -> str:
+    return quote(name, safe=" ")
+
+
+def _mime(memo: Memo, sender: str, recipients: list[str], message_id: str) -> bytes:
+    message = EmailMessage(policy=SMTP)
+    message["From"] = f"{memo.sender} <{sender}>"
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = memo.subject
+    message["Date"] = email.utils.formatdate()
+    message["Message-ID"] = f"<{message_id}>"
+    message["X-Foreign-Sender"] = memo.sender
+    message.set_content(memo.body)
+    return message.as_bytes()
+
+
+def _write(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
