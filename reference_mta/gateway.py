@@ -225,7 +225,12 @@ class NotesGateway:
         parsed = email.message_from_bytes(content, policy=email.policy.default)
         body = parsed.get_body(preferencelist=("plain",))
         text = body.get_content() if body is not None else ""
-        sender = msg.sender
+        # A report (null sender) is from the organization's postmaster, as its From header says.
+        sender = (
+            msg.sender
+            or email.utils.parseaddr(str(parsed.get("From", "")))[1]
+            or f"postmaster@{self.organization.primary_domain}"
+        )
         memo = Memo(
             sender=sender,
             send_to=[r.address for r in msg.recipients],
