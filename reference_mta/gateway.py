@@ -218,6 +218,32 @@ class NotesGateway:
         await asyncio.to_thread(self._deliver_foreign, report)
         self._log(GATEWAY_REPORT, memo.sender, unmapped, "GW-2", "IN", "")
 
+    def folders(self) -> dict[str, list[dict[str, object]]]:
+        """The gateway's folders and the X.400 queues behind it, as Queue Viewer lists X.400 queues."""
+        named = {
+            f"{self.connector.name} IN": self.in_folder,
+            f"{self.connector.name} MTS-IN": self.mts_in,
+            "X.400: MTA queue": self.mta_queue,
+            "X.400: MTS-OUT": self.smtp_mts_out,
+            f"{self.connector.name} MTS-OUT": self.mts_out,
+        }
+        return {
+            name: [
+                {
+                    "id": path.stem,
+                    "msgid": "",
+                    "sender": "",
+                    "recipients": [],
+                    "attempts": 0,
+                    "state": "Ready",
+                    "next_retry": None,
+                }
+                for path in sorted(folder.glob("*.*"))
+                if path.suffix in (".memo", ".eml")
+            ]
+            for name, folder in named.items()
+        }
+
     # --- outbound --------------------------------------------------------------------------------
 
     async def deliver_out(self, msg: MailMsg, content: bytes) -> None:

@@ -178,3 +178,15 @@ def test_the_global_catalog_stopped_and_started_over_the_control_channel(lab: La
         )
     assert request(lab.workdir, {"op": "global_catalog", "up": True}) == {"available": True}
     assert [q for q in lab.gc.queries if q.results == -1]  # the failed look-up is in the log
+
+
+def test_the_gateway_server_lists_its_x400_queues(lab: Lab) -> None:
+    rows = json.loads(cli("queues", "--lab-dir", str(lab.workdir), "--server", "EX4", "--all", "--json"))
+    names = {row["queue"] for row in rows}
+    assert {"X.400: MTA queue", "X.400: MTS-OUT", "Notes Connector IN", "Notes Connector MTS-IN"} <= names
+    assert "X.400: MTS-OUT" not in {
+        row["queue"]
+        for row in json.loads(
+            cli("queues", "--lab-dir", str(lab.workdir), "--server", "EX1", "--all", "--json")
+        )
+    }

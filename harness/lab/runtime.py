@@ -255,7 +255,13 @@ class Lab:
 
     def queue_snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Every server's queues (call on the lab's loop)."""
-        return {name: server.aq.snapshot() for name, server in self.servers.items()}
+        snapshot = {}
+        for name, server in self.servers.items():
+            queues = server.aq.snapshot()
+            for gateway in server.gateways.values():
+                queues.update(gateway.folders())
+            snapshot[name] = queues
+        return snapshot
 
     @property
     def tracking_dir(self) -> Path:
