@@ -1,0 +1,135 @@
+"""Fuzzing the SMTP virtual server over a real socket: random command sequences, random bytes and random
+line endings. Invariants: every reply is well formed, the server never hangs past the time-out nor
+dies, and nothing is delivered unless a transaction completed (a 250 2.6.0 was given).
+
+The example count is small so CI stays fast; for a longer run:
+    MAILFLOW_FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/test_fuzz_virtual_server.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.evidence import Evidence
+from harness.lab import config as lab_config
+from harness.lab.runtime import Lab
+
+LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+BASE = f"127.{200 + WORKER % 40}.0.0"
+EXAMPLES = int(os.environ.get("MAILFLOW_FUZZ_EXAMPLES", "25"))
+REPLY = re.compile(rb"^[2-5][0-9][0-9]([ -][^\r\n]*)?$")
+
+ADDRESSES = st.sampled_from(
+    [
+        "<alice@contoso.com>",
+        "<nobody@contoso.com>",
+        "<x@northwind.example>",
+        "<>",
+        "<@a,@b:c@d>",
+        "<a@b@c>",
+        '<"quoted@x"@contoso.com>',
+        "<st*r@contoso.com>",
+        "<a%b@contoso.com>",
+        "<a!b@contoso.com>",
+        "alice@contoso.com",
+    ]
+)
+COMMANDS = st.one_of(
+    st.sampled_from(
+        [
+            "EHLO fuzz.example",
+            "HELO fuzz.example",
+            "RSET",
+            "NOOP",
+            "QUIT",
+            "DATA",
+            "VRFY alice",
+            "EXPN sales",
+            "STARTTLS",
+            "AUTH LOGIN",
+            "AUTH PLAIN AGFsaWNlAHg=",
+            "HELP",
+            "BDAT 5 LAST",
+            "TURN",
+            ".",
+            "",
+        ]
+    ),
+    ADDRESSES.map(lambda a: f"MAIL FROM:{a}"),
+    ADDRESSES.map(lambda a: f"RCPT TO:{a}"),
+    st.text(alphabet=st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=40),
+)
+ENDINGS = st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\n\r\n"])
+LINE = st.one_of(
+    st.tuples(COMMANDS, ENDINGS).map(lambda t: t[0].encode() + t[1]),
+    st.binary(max_size=64),
+    st.just(b"DATA\r\nSubject: x\r\n\r\nbody\n.\nMAIL FROM:<x@evil.example>\r\n.\r\n"),
+    st.just(b"x" * 600 + b"\r\n"),
+)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    config = lab_config.load(LAB, base=BASE, port_offset=28000)
+    with Lab(config) as running:
+        yield running
+
+
+def session(address: str, port: int, source: str, chunks: list[bytes]) -> list[bytes]:
+    """Send the chunks, collecting every line the server sends until it closes or goes quiet."""
+    lines: list[bytes] = []
+    with socket.create_connection((address, port), timeout=3, source_address=(source, 0)) as connection:
+        buffer = b""
+        final = len(chunks) + 1
+        for number, chunk in enumerate([b"", *chunks, b"QUIT\r\n"]):
+            # Loopback replies come in milliseconds; only the end waits for the server to close.
+            connection.settimeout(2.0 if number == final else 0.02)
+            if chunk:
+                try:
+                    connection.sendall(chunk)
+                except OSError:
+                    break  # the server closed: allowed, as long as it keeps serving others
+            try:
+                while True:
+                    data = connection.recv(65536)
+                    if not data:
+                        return [*lines, buffer] if buffer else lines
+                    buffer += data
+                    *complete, buffer = buffer.split(b"\r\n")
+                    lines.extend(complete)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    return lines
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(LINE, min_size=1, max_size=12))
+def test_random_sessions_keep_every_invariant(lab: Lab, chunks: list[bytes]) -> None:
+    vs = lab.config.organization.server("EX1").default_virtual_server
+    client = lab.config.host("attacker").address
+    before = len(Evidence.collect(lab).deliveries)
+    lines = session(vs.address, vs.port, client, chunks)
+    assert lines and lines[0].startswith(b"220 ex1.contoso.com"), lines[:1]
+    for line in lines:
+        assert REPLY.match(line), f"malformed reply line {line!r}"
+    accepted = sum(1 for line in lines if line.startswith(b"250 2.6.0"))
+    assert lab.settle(timeout=10)
+    after = Evidence.collect(lab).deliveries[before:]
+    # Each accepted message may fan out (an NDR, a copy per mailbox); nothing may arrive without one.
+    if not accepted:
+        assert after == [], [d.describe() for d in after]
+    # The server is still there for the next client.
+    with socket.create_connection((vs.address, vs.port), timeout=3, source_address=(client, 0)) as probe:
+        probe.settimeout(3)
+        assert probe.recv(100).startswith(b"220 ")
