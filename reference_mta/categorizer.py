@@ -102,6 +102,7 @@ class Categorizer:
         self._server_fqdn_cache: dict[str, str | None] = {}
 
     async def categorize(self, msg: MailMsg) -> None:
+        self._chains: dict[int, list[str]] = {}
         hops, limit = int(msg.properties.get("HOP_COUNT", 0)), int(msg.properties.get("MAX_HOP_COUNT", 15))
         if hops > limit:
             for recipient in msg.pending():
@@ -228,11 +229,11 @@ class Categorizer:
         alternate_dn = entry.first("altRecipient")
         if not alternate_dn:
             return []
-        chain: list[str] = msg.properties.setdefault("REDIRECT_CHAIN", [])
-        if alternate_dn.lower() in chain or alternate_dn.lower() == entry.dn.lower():
+        # The chain of mailboxes that forwarded to this recipient: each forwarding path has its own.
+        chain = [*self._chains.get(id(recipient), []), entry.dn.lower()]
+        if alternate_dn.lower() in chain:
             recipient.fail(f"554 5.4.6 Forwarding loop at {recipient.address}", "5.4.6", RP_ERROR_CONTEXT_CAT)
             return []
-        chain.append(entry.dn.lower())
         found = self.directory.search(alternate_dn, "(objectClass=*)", RECIPIENT_ATTRIBUTES, scope="BASE")
         address = (found[0].first("mail") or _primary_smtp(found[0])) if found else None
         if address is None:
@@ -242,6 +243,7 @@ class Categorizer:
             recipient.status = "redirected"
             recipient.flags |= RP_HANDLED
         alternate = Recipient(address=address, original=recipient.original)
+        self._chains[id(alternate)] = chain
         msg.recipients.append(alternate)
         return [alternate]
 
@@ -289,26 +291,29 @@ class Categorizer:
             return False
         return True
 
-    def _sender_among(self, sender_dn: str, listed: list[str], depth: int = 0) -> bool:
-        """Is the sender one of `listed`, or a member (through nested groups) of a listed group?"""
-        if sender_dn in listed:
-            return True
-        if depth > 8:
-            return False  # deeper nesting than any real directory; also stops a membership loop
-        for dn in listed:
-            found = self.directory.search(dn, "(objectClass=group)", ("member",), scope="BASE")
-            members = [m.lower() for m in found[0].all("member")] if found else []
-            if members and self._sender_among(sender_dn, members, depth + 1):
+    def _sender_among(self, sender_dn: str, listed: list[str]) -> bool:
+        """Is the sender one of `listed`, or a member (through nested groups) of a listed group?
+        Each group is opened once, so shared and looping memberships cost one look-up each."""
+        pending, visited = list(listed), set()
+        while pending:
+            dn = pending.pop()
+            if dn == sender_dn:
                 return True
+            if dn in visited:
+                continue
+            visited.add(dn)
+            found = self.directory.search(dn, "(objectClass=group)", ("member",), scope="BASE")
+            if found:
+                pending.extend(m.lower() for m in found[0].all("member"))
         return False
 
     def _expand(
         self, msg: MailMsg, recipient: Recipient, group: DirectoryEntry, seen: set[str]
     ) -> list[Recipient]:
         expansion_server = group.first("msExchExpansionServerName")
-        if expansion_server and expansion_server.lower() != self.legacy_dn.lower():
+        fqdn = self._server_fqdn_by_legacy_dn(expansion_server) if expansion_server else None
+        if expansion_server and fqdn != self.server.fqdn:
             # Only the group's expansion server expands it: the message goes there unexpanded.
-            fqdn = self._server_fqdn_by_legacy_dn(expansion_server)
             if fqdn is None:
                 recipient.fail(
                     f"550 5.1.0 Expansion server of {recipient.address} not found",
@@ -344,12 +349,6 @@ class Categorizer:
         found = self.directory.search(self.base_dn, proxy_filter("smtp", address), ("homeMDB",))
         home_mdb = found[0].first("homeMDB") if len(found) == 1 else None
         return self._home_server_fqdn(home_mdb) if home_mdb else None
-
-    @property
-    def legacy_dn(self) -> str:
-        """This server's legacyExchangeDN, as groups name their expansion server."""
-        org = self.organization
-        return f"/o={org.name}/ou={org.admin_group}/cn=Configuration/cn=Servers/cn={self.server.name}"
 
     def _server_fqdn_by_legacy_dn(self, legacy_dn: str) -> str | None:
         found = self.directory.search(

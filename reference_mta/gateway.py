@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote
 from reference_mta import tracking
 from reference_mta.categorizer import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
+from reference_mta.queuing import ComponentUnavailable
 from reference_mta.topology import Connector, Organization
 
 GATEWAY_TRANSFER_IN = 1004
@@ -44,6 +45,10 @@ MTA_TRANSFER_IN = 0
 MTA_TRANSFER_OUT = 7
 # Not in KB 821905: the translation step has no event of its own in Exchange (docs/decisions.md).
 GATEWAY_TRANSLATED = 1046
+
+
+class GatewayBusy(ValueError):
+    """A temporary refusal: the foreign system should hand the memo over again later."""
 
 
 class MemoError(ValueError):
@@ -145,6 +150,12 @@ class NotesGateway:
     async def receive(self, data: bytes) -> str:
         """GW-1: the foreign system hands over a memo; it is durable in the IN folder on return."""
         memo = parse_memo(data)  # a memo the gateway cannot read is refused at the door
+        try:
+            await asyncio.to_thread(self._smtp_of, memo.sender)
+        except ComponentUnavailable as exc:
+            # Without the directory nothing can be mapped: the foreign system keeps the memo and tries
+            # again later, rather than the gateway holding one it cannot move (docs/decisions.md).
+            raise GatewayBusy(f"the gateway cannot map addresses now: {exc}") from exc
         item = uuid.uuid4().hex
         await asyncio.to_thread(_write, self.in_folder / f"{item}.memo", data)
         self._log(GATEWAY_TRANSFER_IN, memo.sender, memo.send_to, "GW-1", "IN", item)
@@ -310,7 +321,9 @@ def _folder_name(name: str) -> str:
 def _mime(memo: Memo, sender: str, recipients: list[str], message_id: str) -> bytes:
     message = EmailMessage(policy=SMTP)
     message["From"] = f"{memo.sender} <{sender}>"
-    message["To"] = ", ".join(recipients)
+    message["To"] = ", ".join(recipients[: len(memo.send_to)]) or ", ".join(recipients)
+    if recipients[len(memo.send_to) :]:
+        message["Cc"] = ", ".join(recipients[len(memo.send_to) :])
     message["Subject"] = memo.subject
     message["Date"] = email.utils.formatdate()
     message["Message-ID"] = f"<{message_id}>"

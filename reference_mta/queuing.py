@@ -216,6 +216,7 @@ class AdvancedQueuingEngine:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.frozen: set[str] = set()  # link queues an administrator froze (lower-case names)
         self._link_changes = 0
+        self._nudges: dict[str, int] = {}  # retry_now calls per queue, to catch one during a park
         self._delay_notified: set[str] = set()  # content ids: one delay notice per message, not per part
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -256,6 +257,7 @@ class AdvancedQueuingEngine:
 
     def retry_now(self, queue: str) -> None:
         """What waits in `queue` (e.g. for the directory to come back) is tried again at once."""
+        self._nudges[queue] = self._nudges.get(queue, 0) + 1
         for entry in self.entries.values():
             if entry.queue == queue and entry.state == RETRYING:
                 entry.queue, entry.state = entry.resume, READY
@@ -566,13 +568,15 @@ class AdvancedQueuingEngine:
         entry.next_retry = time.time() + self.retry.delay(entry.attempts)
         entry.queue, entry.resume = queue, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
-        changes = self._link_changes
+        changes, nudges = self._link_changes, self._nudges.get(queue, 0)
         # Saved as Retry, but marked Retry in memory only once on disk: a wake-up cannot overtake the
         # write and have a finished message's envelope written again afterwards.
         await asyncio.to_thread(self.directory.save, replace(entry, state=RETRYING))
         entry.state = RETRYING
         if queue == UNREACHABLE and self._link_changes != changes:
             self.link_state_changed()
+        elif self._nudges.get(queue, 0) != nudges:
+            self.retry_now(queue)  # what it waited for happened while it was being written
         self._wake_later(entry)
 
     def _wake_later(self, entry: Entry) -> None:

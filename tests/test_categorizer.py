@@ -193,3 +193,14 @@ def test_unknown_in_an_authoritative_domain_fails_but_not_in_a_shared_one(tmp_pa
     categorizer = Directory().categorizer(tmp_path)
     msg = categorize(categorizer, "x@fabrikam.com", "nobody@contoso.com", "nobody@shared.contoso.com")
     assert outcome(msg) == {"nobody@contoso.com": "failed 5.1.1", "nobody@shared.contoso.com": "remote"}
+
+
+def test_forwarding_paths_are_judged_separately_for_loops(tmp_path: Path) -> None:
+    directory = Directory()
+    bob = directory.user("bob", "EX2")
+    ann = directory.user("ann", altRecipient=bob)
+    directory.user("xena", altRecipient=ann)  # xena → ann → bob is a chain, not a loop
+    msg = categorize(directory.categorizer(tmp_path), "x@fabrikam.com", "ann@contoso.com", "xena@contoso.com")
+    assert "failed 5.4.6" not in outcome(msg).values()
+    # Bob is reached through both paths and gets one copy.
+    assert [r.status for r in msg.recipients if r.address == "bob@contoso.com"] == ["remote", "duplicate"]

@@ -84,13 +84,15 @@ def lab() -> Iterator[Lab]:
         yield running
 
 
-def session(address: str, port: int, source: str, chunks: list[bytes]) -> list[bytes]:
-    """Send the chunks, collecting every line the server sends until it closes or goes quiet."""
+def session(address: str, port: int, source: str, chunks: list[bytes]) -> tuple[list[bytes], bool, bytes]:
+    """Send the chunks then QUIT, collecting every line the server sends; returns the lines, whether the
+    server closed the connection, and any unterminated bytes it left."""
     lines: list[bytes] = []
     with socket.create_connection((address, port), timeout=3, source_address=(source, 0)) as connection:
         buffer = b""
         final = len(chunks) + 1
-        for number, chunk in enumerate([b"", *chunks, b"QUIT\r\n"]):
+        # The end closes any DATA the random input left open, then quits.
+        for number, chunk in enumerate([b"", *chunks, b"\r\n.\r\nQUIT\r\n"]):
             # Loopback replies come in milliseconds; only the end waits for the server to close.
             connection.settimeout(2.0 if number == final else 0.02)
             if chunk:
@@ -102,15 +104,15 @@ def session(address: str, port: int, source: str, chunks: list[bytes]) -> list[b
                 while True:
                     data = connection.recv(65536)
                     if not data:
-                        return [*lines, buffer] if buffer else lines
+                        return lines, True, buffer
                     buffer += data
                     *complete, buffer = buffer.split(b"\r\n")
                     lines.extend(complete)
             except TimeoutError:
                 continue
             except OSError:
-                break
-    return lines
+                return lines, True, buffer  # reset by the server: it closed
+    return lines, False, buffer
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -119,7 +121,9 @@ def test_random_sessions_keep_every_invariant(lab: Lab, chunks: list[bytes]) -> 
     vs = lab.config.organization.server("EX1").default_virtual_server
     client = lab.config.host("attacker").address
     before = len(Evidence.collect(lab).deliveries)
-    lines = session(vs.address, vs.port, client, chunks)
+    lines, closed, left = session(vs.address, vs.port, client, chunks)
+    assert closed, "the server neither answered QUIT by closing nor closed within the time-out"
+    assert left == b"", f"unterminated reply bytes {left!r}"
     assert lines and lines[0].startswith(b"220 ex1.contoso.com"), lines[:1]
     for line in lines:
         assert REPLY.match(line), f"malformed reply line {line!r}"

@@ -18,6 +18,7 @@ from harness.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, SinkRule
 from harness.lab.runtime import Lab
+from reference_mta.gateway import GatewayBusy
 from reference_mta.queuing import RetryPolicy
 from reference_mta.tracking import read_events
 
@@ -248,3 +249,17 @@ def test_a_message_that_cannot_be_delivered_before_expiry_is_returned_with_4_4_7
         (recipient,) = dsn_fields(only_ndr(lab))[1:]
         assert (recipient["status"], recipient["action"]) == ("4.4.7", "failed")
         assert "expired" in recipient["diagnostic-code"]
+
+
+def test_the_gateway_refuses_memos_while_the_directory_is_down_and_keeps_nothing(lab: Lab) -> None:
+    lab.set_global_catalog(False)
+    memo = b"From: Ann Lee/Sales/Fabrikam\nSendTo: Dave Ito/Contoso\nSubject: x\nBody:\nx\n"
+    with pytest.raises(GatewayBusy, match="cannot map addresses now"):
+        lab.foreign_send("Notes Connector", memo)
+    assert not list((lab.workdir / "EX4" / "gateways" / "Notes Connector" / "IN").iterdir())
+    lab.set_global_catalog(True)
+    lab.foreign_send("Notes Connector", memo)
+    assert lab.settle()
+    assert deliveries(lab) == [
+        "mailbox dave@contoso.com on EX4 (from IMCEANOTES-Ann+20Lee+2FSales+2FFabrikam@contoso.com)"
+    ]
