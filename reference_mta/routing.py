@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from functools import cached_property
 
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
@@ -104,7 +105,7 @@ class RoutingEngine:
     def candidates(self, msg: MailMsg, address_type: str, address: str) -> list[tuple[int, int, Connector]]:
         """(specificity, address-space cost, connector) for every connector whose address space matches
         and that this server and this message may use — up or down."""
-        paths = self.paths_including_down()
+        paths = self.paths_including_down
         found: list[tuple[int, int, Connector]] = []
         for connector in self.organization.connectors:
             if connector.kind == "routing_group" or connector.routing_group.lower() not in paths:
@@ -125,8 +126,10 @@ class RoutingEngine:
                     found.append((score, space.cost, connector))
         return found
 
+    @cached_property
     def paths_including_down(self) -> dict[str, Path]:
-        """Path costs ignoring link state: which connectors could ever carry a message from here."""
+        """Path costs ignoring link state: which connectors could ever carry a message from here. The
+        configured topology does not change while the server runs, so this is worked out once."""
         return RoutingEngine(self.organization, self.server, _AllUp(self.organization)).paths()
 
     def route_to_address_space(self, msg: MailMsg, address_type: str, address: str) -> Hop:
