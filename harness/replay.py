@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from harness.reply import (
 )
 from harness.script import (
     Auth,
+    Bdat,
     Close,
     Data,
     Expect,
@@ -41,7 +41,9 @@ from harness.script import (
     SendRaw,
     StartTls,
     Step,
+    TlsHandshake,
     Wait,
+    crlf_line_ends,
     dot_stuff,
 )
 
@@ -93,7 +95,8 @@ class SessionResult:
 
 @dataclass(frozen=True)
 class _Message:
-    """A data step's message, loaded before connecting so a missing file cannot cut a session short."""
+    """A data step's message or a bdat step's chunk, loaded before connecting so a missing file cannot
+    cut a session short. `payload` is what goes on the wire after the command."""
 
     label: str
     payload: bytes
@@ -114,10 +117,18 @@ def step_title(step: Step, message: _Message | None = None) -> str:
             label = step.source if step.source is not None else "inline"
             return f"C: DATA ({label}{', raw' if step.raw else ''})"
         return f"C: DATA ({message.label}{', raw' if step.raw else ''}, {message.size} bytes)"
+    if isinstance(step, Bdat):
+        label = (step.source if step.source is not None else "inline") + (", raw" if step.raw else "")
+        if message is None:
+            size = "" if step.size is None else f" {step.size}"
+            return f"C: BDAT{size}{' LAST' if step.last else ''} ({label})"
+        return f"C: {bdat_command(step, message.payload)} ({label}, {message.size} bytes)"
     if isinstance(step, Auth):
         return f"C: AUTH {step.mechanism} as {step.user}"
     if isinstance(step, StartTls):
         return "C: STARTTLS"
+    if isinstance(step, TlsHandshake):
+        return "C: TLS handshake (no STARTTLS sent)"
     if isinstance(step, Expect):
         return f"S: expect {step.matcher.describe()}"
     if isinstance(step, Wait):
@@ -144,10 +155,16 @@ def resolve_message_path(source: str, base_dir: Path, search_dirs: Sequence[Path
 def message_bytes(step: Data, base_dir: Path, search_dirs: Sequence[Path]) -> bytes:
     """The message a data step names, as stored in a mailbox: CRLF line ends, no dot-stuffing."""
     body = _load_message(0, step, base_dir, search_dirs).body
-    return body if step.raw else re.sub(rb"\r\n|\r|\n", b"\r\n", body)
+    return body if step.raw else crlf_line_ends(body)
 
 
-def _load_message(index: int, step: Data, base_dir: Path, search_dirs: Sequence[Path]) -> _Message:
+def bdat_command(step: Bdat, chunk: bytes) -> str:
+    """The BDAT command line, without CRLF: the chunk's real size unless the step announces another."""
+    size = len(chunk) if step.size is None else step.size
+    return f"BDAT {size}{' LAST' if step.last else ''}"
+
+
+def _load_message(index: int, step: Data | Bdat, base_dir: Path, search_dirs: Sequence[Path]) -> _Message:
     if step.source is None:
         body = (step.inline or "").encode("utf-8")
         label = "inline"
@@ -155,9 +172,15 @@ def _load_message(index: int, step: Data, base_dir: Path, search_dirs: Sequence[
         path = resolve_message_path(step.source, base_dir, search_dirs)
         if path is None:
             looked = ", ".join(str(d) for d in (base_dir, *search_dirs))
-            raise ScriptError(index, f"message file {step.source!r} not found (looked in {looked})", "data")
+            key = "data" if isinstance(step, Data) else "bdat"
+            raise ScriptError(index, f"message file {step.source!r} not found (looked in {looked})", key)
         body = path.read_bytes()
         label = step.source
+    if isinstance(step, Bdat):
+        # A chunk has no terminator and may end in the middle of a line, so it only gets DATA's
+        # line-end rule: no dot-stuffing, no CRLF added at the end.
+        chunk = body if step.raw else crlf_line_ends(body)
+        return _Message(label=label, payload=chunk, size=len(chunk), body=body)
     return _Message(label=label, payload=body if step.raw else dot_stuff(body), size=len(body), body=body)
 
 
@@ -310,10 +333,18 @@ class _Session:
             if not exchange.failures:
                 exchange.sent += message.payload
                 await self.send(message.payload)
+        elif isinstance(step, Bdat):
+            assert message is not None
+            # Command and chunk in one write, as a client that pipelines BDAT sends them; the reply is
+            # left to the next expect so that several chunks can go out before any reply is read.
+            exchange.sent = bdat_command(step, message.payload).encode("ascii") + CRLF + message.payload
+            await self.send(exchange.sent)
         elif isinstance(step, Auth):
             await self._auth(step, exchange)
         elif isinstance(step, StartTls):
             await self._starttls(exchange)
+        elif isinstance(step, TlsHandshake):
+            await self._tls_handshake(exchange)
         elif isinstance(step, Expect):
             exchange.reply = await self.read()
             exchange.failures.extend(step.matcher.check(exchange.reply))
@@ -336,6 +367,21 @@ class _Session:
         exchange.failures.extend(_EXPECT_220.check(exchange.reply))
         if exchange.failures:
             return
+        await self._tls_handshake(exchange)
+
+    async def _tls_handshake(self, exchange: Exchange) -> None:
+        """The client side of the TLS handshake, on the open connection: after starttls's 220, or at a
+        tls_handshake step."""
+        unread = await self._unread()
+        if unread:
+            # The reader would hand these plaintext bytes out after the handshake as if they had come
+            # over TLS: a reply injected before the handshake would pass for the server's answer.
+            self.transcript.wire("S", unread)
+            exchange.failures.append(
+                f"the server sent {quote_bytes(unread)} in plaintext that no step has read, "
+                "before the TLS handshake"
+            )
+            return
         context = self.tls_context or ssl.create_default_context()
         try:
             async with asyncio.timeout(self.timeout):
@@ -348,6 +394,16 @@ class _Session:
         self.transcript.note(
             f"TLS established ({version}, server {self.server_hostname or 'unverified name'})"
         )
+
+    async def _unread(self) -> bytes:
+        """Bytes already received that no step has read, without waiting for more."""
+        try:
+            # A read returns at once when the reader holds bytes (or has seen EOF); a zero timeout
+            # cancels it only if it would have to wait for the network.
+            async with asyncio.timeout(0):
+                return await self.reader.read(65536)
+        except TimeoutError:
+            return b""
 
     async def _auth(self, step: Auth, exchange: Exchange) -> None:
         def b64(text: str) -> bytes:
@@ -409,7 +465,7 @@ async def run_session(
     messages = {
         index: _load_message(index, step, base_dir, search_dirs)
         for index, step in enumerate(steps)
-        if isinstance(step, Data)
+        if isinstance(step, Data | Bdat)
     }
     # Relay-by-IP decisions on the server depend on the client address, so it is bound explicitly.
     local_addr = (source_address, 0) if source_address else None

@@ -57,6 +57,22 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Bdat:
+    """``BDAT <size> [LAST]`` and the chunk in one write (RFC 3030); replies are read by later expects.
+
+    The chunk is a file (`source`) or text from the trace (`inline`) with CRLF line ends unless `raw`,
+    never dot-stuffed. `size` is the size announced instead of the chunk's real one, for traces that
+    lie about it.
+    """
+
+    source: str | None
+    inline: str | None
+    raw: bool = False
+    last: bool = False
+    size: int | None = None
+
+
+@dataclass(frozen=True)
 class Auth:
     """SMTP AUTH (RFC 4954): LOGIN answers the server's 334 challenges, PLAIN sends an initial
     response; the final reply is read by the next expect."""
@@ -69,6 +85,12 @@ class Auth:
 @dataclass(frozen=True)
 class StartTls:
     """STARTTLS (RFC 3207): the server must answer 220, then the session continues encrypted."""
+
+
+@dataclass(frozen=True)
+class TlsHandshake:
+    """The client's TLS handshake without sending STARTTLS: the trace has sent STARTTLS itself (with
+    whatever it injects after it) and read the 220, so the upgrade happens exactly where it says."""
 
 
 @dataclass(frozen=True)
@@ -93,15 +115,30 @@ class Close:
     """The client closes the connection (without QUIT)."""
 
 
-Step: TypeAlias = Send | SendRaw | Pipeline | Data | Auth | StartTls | Expect | Wait | ExpectClose | Close
+Step: TypeAlias = (
+    Send
+    | SendRaw
+    | Pipeline
+    | Data
+    | Bdat
+    | Auth
+    | StartTls
+    | TlsHandshake
+    | Expect
+    | Wait
+    | ExpectClose
+    | Close
+)
 
 STEP_KEYS = (
     "send",
     "send_raw",
     "pipeline",
     "data",
+    "bdat",
     "auth",
     "starttls",
+    "tls_handshake",
     "expect",
     "wait",
     "expect_close",
@@ -154,6 +191,8 @@ def _parse_value(key: str, value: object) -> Step:
         return Pipeline(tuple(_command_line(item) for item in value))
     if key == "data":
         return _parse_data(value)
+    if key == "bdat":
+        return _parse_bdat(value)
     if key == "expect":
         return Expect(ReplyMatcher.parse(value))
     if key == "auth":
@@ -162,11 +201,13 @@ def _parse_value(key: str, value: object) -> Step:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"must be a number of seconds >= 0, not {value!r}")
         return Wait(float(value))
-    if key in ("expect_close", "close", "starttls"):
+    if key in ("expect_close", "close", "starttls", "tls_handshake"):
         if value is not True:
             raise ValueError(f"must be true, not {value!r}")
         if key == "starttls":
             return StartTls()
+        if key == "tls_handshake":
+            return TlsHandshake()
         return ExpectClose() if key == "expect_close" else Close()
     raise ValueError(f"unknown step; expected one of {', '.join(STEP_KEYS)}")
 
@@ -202,9 +243,30 @@ def _parse_data(value: object) -> Data:
         return Data(source=value, inline=None, raw=False)
     if not isinstance(value, Mapping):
         raise ValueError(f"must be a message path or a mapping with file or inline, not {value!r}")
-    unknown = sorted(str(key) for key in value if key not in ("file", "inline", "raw"))
+    source, inline, raw = _message_fields(value, ("file", "inline", "raw"))
+    return Data(source=source, inline=inline, raw=raw)
+
+
+def _parse_bdat(value: object) -> Bdat:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping with file or inline (and last, size, raw), not {value!r}")
+    source, inline, raw = _message_fields(value, ("file", "inline", "raw", "last", "size"))
+    last = value.get("last", False)
+    if not isinstance(last, bool):
+        raise ValueError(f"last must be true or false, not {last!r}")
+    size = value.get("size")
+    if "size" in value and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(f"size must be an integer >= 0, not {size!r}")
+    return Bdat(source=source, inline=inline, raw=raw, last=last, size=size)
+
+
+def _message_fields(
+    value: Mapping[str, object], allowed: Sequence[str]
+) -> tuple[str | None, str | None, bool]:
+    """`file` or `inline`, and `raw`, of a step that sends a message (data) or part of one (bdat)."""
+    unknown = sorted(str(key) for key in value if key not in allowed)
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: file, inline, raw")
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     if ("file" in value) == ("inline" in value):
         raise ValueError("needs exactly one of file or inline")
     raw = value.get("raw", False)
@@ -214,11 +276,11 @@ def _parse_data(value: object) -> Data:
         source = value["file"]
         if not isinstance(source, str) or not source:
             raise ValueError(f"file must be a non-empty path, not {source!r}")
-        return Data(source=source, inline=None, raw=raw)
+        return source, None, raw
     inline = value["inline"]
     if not isinstance(inline, str):
         raise ValueError(f"inline must be a string, not {inline!r}")
-    return Data(source=None, inline=inline, raw=raw)
+    return None, inline, raw
 
 
 _SIMPLE_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\", "0": b"\0"}
@@ -261,13 +323,17 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
+def crlf_line_ends(message: bytes) -> bytes:
+    """Every line end (CRLF, bare LF or bare CR) as CRLF: how a message that is not `raw` goes on the wire."""
+    return _LINE_END.sub(b"\r\n", message)
+
+
 def dot_stuff(message: bytes) -> bytes:
     """Message bytes as the DATA payload: CRLF line endings, leading dots doubled, ``.`` terminator.
 
     An empty message becomes just the terminator rather than an empty line plus terminator.
     """
-    normalised = _LINE_END.sub(b"\r\n", message)
-    stuffed = _LEADING_DOT.sub(b"..", normalised)
+    stuffed = _LEADING_DOT.sub(b"..", crlf_line_ends(message))
     if stuffed and not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
     return stuffed + b".\r\n"

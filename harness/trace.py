@@ -24,7 +24,7 @@ from harness.lab import config as lab_config
 from harness.lab.config import FIXTURES, LabConfig, lab_path
 from harness.lab.gc import AUTH_CLIENT
 from harness.replay import resolve_message_path
-from harness.script import Data, ScriptError, Step, parse_script, parse_step
+from harness.script import Bdat, Data, ScriptError, Step, parse_script, parse_step
 from harness.yamlsource import SourceError
 
 MESSAGE_DIRS = (FIXTURES / "messages",)
@@ -164,12 +164,12 @@ def load(path: Path) -> Trace:
             raise document.error((*location, exc.key) if exc.key else location, exc.message) from exc
         for index, step in enumerate(steps):
             if (
-                isinstance(step, Data)
+                isinstance(step, Data | Bdat)
                 and step.source is not None
                 and (resolve_message_path(step.source, path.parent, MESSAGE_DIRS) is None)
             ):
                 raise document.error(
-                    ("sessions", number, "script", index, "data"),
+                    ("sessions", number, "script", index, "data" if isinstance(step, Data) else "bdat"),
                     f"message file {step.source!r} not found next to the trace or in fixtures/messages",
                 )
         connect = raw["connect"]

@@ -235,7 +235,7 @@ class Categorizer:
             recipient.fail(f"554 5.4.6 Forwarding loop at {recipient.address}", "5.4.6", RP_ERROR_CONTEXT_CAT)
             return []
         found = self.directory.search(alternate_dn, "(objectClass=*)", RECIPIENT_ATTRIBUTES, scope="BASE")
-        address = (found[0].first("mail") or _primary_smtp(found[0])) if found else None
+        address = (found[0].first("mail") or primary_smtp(found[0])) if found else None
         if address is None:
             return []  # a forwarding address that no longer exists: deliver as if there were none
         msg.properties.setdefault("REDIRECTIONS", []).append([recipient.address, address])
@@ -335,7 +335,7 @@ class Categorizer:
             if not found:
                 continue  # members from other domains can be invisible in the GC: no NDR (KB)
             member = found[0]
-            address = member.first("mail") or _primary_smtp(member)
+            address = member.first("mail") or primary_smtp(member)
             if address is None or address.lower() in known:
                 continue
             known.add(address.lower())
@@ -379,7 +379,7 @@ class Categorizer:
         return fqdn
 
 
-def _primary_smtp(entry: DirectoryEntry) -> str | None:
+def primary_smtp(entry: DirectoryEntry) -> str | None:
     for value in entry.all("proxyAddresses"):
         if value.startswith("SMTP:"):
             return value[5:]

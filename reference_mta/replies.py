@@ -18,11 +18,27 @@ def banner(fqdn: str) -> str:
     return f"Microsoft ESMTP MAIL Service, Version: {SERVICE_VERSION} ready at  {email.utils.formatdate()}"
 
 
-def ehlo_lines(fqdn: str, client_ip: str, size_limit: int, auth: bool, starttls: bool = False) -> list[str]:
-    """The EHLO keywords we advertise: Exchange's list, less what the reference MTA does not implement
-    yet (TURN, ATRN, ETRN, BINARYMIME, CHUNKING, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md)."""
-    keywords = [f"{fqdn} Hello [{client_ip}]", "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime", "VRFY"]
-    keywords.insert(1, f"SIZE {size_limit}" if size_limit else "SIZE")
+def ehlo_lines(
+    fqdn: str,
+    client_ip: str,
+    size_limit: int,
+    auth: bool,
+    starttls: bool = False,
+    chunking: bool = True,
+    vrfy: bool = True,
+    smtputf8: bool = False,
+) -> list[str]:
+    """The EHLO keywords, in Exchange's order, less what the reference MTA does not implement (TURN,
+    ATRN, ETRN, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md) and what the virtual server's
+    settings turn off."""
+    keywords = [f"{fqdn} Hello [{client_ip}]", f"SIZE {size_limit}" if size_limit else "SIZE"]
+    keywords += ["PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime"]
+    if chunking:
+        keywords += ["BINARYMIME", "CHUNKING"]
+    if vrfy:
+        keywords.append("VRFY")
+    if smtputf8:
+        keywords.append("SMTPUTF8")
     if starttls:
         keywords.append("STARTTLS")
     if auth:
@@ -73,6 +89,45 @@ READY_FOR_TLS = "220 2.0.0 SMTP server ready"
 TLS_REQUIRED_FOR_AUTH = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_FAILED = "535 5.7.3 Authentication unsuccessful."
 AUTH_TEMPORARY_FAILURE = "454 4.7.0 Temporary authentication failure"
+SEND_HELLO_FIRST = "503 5.5.2 Send hello first"
+BAD_SEQUENCE = "503 5.5.1 Bad sequence of commands"
+DATA_AFTER_BDAT = "503 5.5.1 DATA cannot be mixed with BDAT in one transaction"
+BINARYMIME_NEEDS_BDAT = "503 5.5.1 BODY=BINARYMIME requires BDAT"
+STARTTLS_IN_TRANSACTION = "503 5.5.1 STARTTLS not permitted during a mail transaction"
+AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"
+ALREADY_AUTHENTICATED = "503 5.5.1 Already authenticated"
+BDAT_SYNTAX = "501 5.5.4 Syntax: BDAT <chunk-size> [LAST]"
+BDAT_AFTER_FAILURE = "503 5.5.1 Earlier BDAT failed; send RSET"
+SYNC_ERROR = "554 5.5.0 SMTP synchronization error: command sent before the previous reply"
+CONNECTION_REFUSED = "554 5.7.1 Access denied: this computer may not connect"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors on this connection, closing transmission channel"
+TOO_MANY_MESSAGES = "421 4.7.0 Too many messages on this connection, closing transmission channel"
+LINE_TOO_LONG = "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6); message discarded"
+COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
+ADDRESS_TOO_LONG = "501 5.1.3 Address too long (RFC 5321 4.5.3.1: local part 64, domain 255 octets)"
+NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII addresses require SMTPUTF8"
+NON_ASCII_COMMAND = "500 5.5.2 Non-ASCII characters in a command; SMTPUTF8 is not offered"
+PARAMETER_NOT_RECOGNIZED = "555 5.5.4 Parameter not recognized or not implemented"
+EXPN_DISABLED = "502 5.3.3 Command not implemented"
+VRFY_DISABLED = "502 5.3.3 Command not implemented"
+VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
+EXPN_SYNTAX = "501 5.5.4 Syntax: EXPN <list>"
+NOT_A_GROUP = "550 5.1.1 Not a distribution list"
+USER_UNKNOWN = "550 5.1.1 User unknown"
+DIRECTORY_UNAVAILABLE = "451 4.4.3 Directory unavailable, try again later"
+
+
+def cannot_verify(address: str) -> str:
+    return f"252 2.1.5 Cannot VRFY user, but will take message for <{address}>"
+
+
+def chunk_received(size: int) -> str:
+    return f"250 2.0.0 {size} octets received"
+
+
+def timed_out(fqdn: str) -> str:
+    return f"421 4.4.2 {fqdn} Connection timed out, closing transmission channel"
+
 
 # aiosmtpd's built-in texts → Exchange's. Matched on the start of the line.
 _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -89,6 +144,13 @@ _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^220 Ready to start TLS"), READY_FOR_TLS),
     (re.compile(r"^535 5\.7\.8 Authentication credentials invalid"), AUTH_FAILED),
     (re.compile(r"^530 5\.7\.0 Authentication required"), NOT_AUTHENTICATED),
+    (re.compile(r"^503 Error: send HELO first"), SEND_HELLO_FIRST),
+    (re.compile(r"^503 Error: send EHLO first"), SEND_HELLO_FIRST),
+    (re.compile(r"^503 Already authenticated"), ALREADY_AUTHENTICATED),
+    (re.compile(r"^500 Line too long"), LINE_TOO_LONG),
+    (re.compile(r"^500 Command line too long"), COMMAND_TOO_LONG),
+    (re.compile(r"^500 Error: strict ASCII mode"), NON_ASCII_COMMAND),
+    (re.compile(r"^555 .*parameters not recognized"), PARAMETER_NOT_RECOGNIZED),
 )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reference_mta import dsn, store
+from reference_mta.address_book import AddressBook
 from reference_mta.categorizer import Categorizer, Directory
 from reference_mta.delivery import SmtpDelivery, make_resolver
 from reference_mta.gateway import NotesGateway
@@ -127,7 +128,13 @@ class ExchangeServer:
                 else None
             )
             handler = VirtualServerHandler(
-                self.organization, self.config, vs, self.aq, self.environment.authenticate, tls
+                self.organization,
+                self.config,
+                vs,
+                self.aq,
+                self.environment.authenticate,
+                tls,
+                AddressBook(self.environment.directory(self.config.name), self.environment.base_dn),
             )
             self._handlers.append(handler)
             listener = await loop.create_server(handler.protocol, vs.address, vs.port)

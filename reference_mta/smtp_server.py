@@ -1,18 +1,17 @@
 """SMTP virtual server: the IIS 6 SMTP service front end of an Exchange server, on aiosmtpd.
 
-Policy enters through aiosmtpd's handler hooks: the relay decision at RCPT (the model of KB 260973
-below), size and recipient limits, and at end of data the MAILMSG built from the session and handed
-to AQ. The 250 reply is sent only after AQ has the message on disk. Reply texts come from `replies`.
-
-Relay decision for a recipient, first match wins:
-  1. the virtual server is open to relay;
-  2. the session authenticated and authenticated clients may relay;
-  3. the client is another Exchange server of the organization (Exchange servers authenticate to each
-     other with X-EXPS GSSAPI; we model that by their address, see docs/decisions.md);
-  4. the client address passes the relay list (only-the-list / all-except-the-list);
-  5. the domain is an inbound domain: in a recipient policy, authoritative or not;
-  6. an SMTP connector with "allow messages to be relayed to these domains" matches the domain;
-  otherwise 550 5.7.1 Unable to relay.
+aiosmtpd runs the protocol; this module adds what an Exchange virtual server decides on top of it:
+- the session rules (`session_rules`): every command passes the state table, the sync-point check and
+  the anonymous-access check before aiosmtpd sees it;
+- access (`access_policy`): connection control at the greeting, the relay decision and recipient
+  filtering at RCPT;
+- what aiosmtpd lacks: CHUNKING and BINARYMIME (BDAT, RFC 3030), the DSN parameters (RFC 3461), VRFY and
+  EXPN against the directory, RFC 5321's address-length limits, SMTPUTF8 as configured;
+- bounds per session: message size, recipients, messages per connection, error replies, idle time, and
+  how often each command may be repeated;
+- at end of data, the MAILMSG built from the session and handed to AQ; the 250 reply is sent only after
+  AQ has the message on disk.
+Reply texts come from `replies`.
 """
 
 from __future__ import annotations
@@ -24,48 +23,252 @@ import ssl
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from reference_mta import replies
+from reference_mta.access_policy import Client, filtering_applies, may_connect, relay_grant
+from reference_mta.address_book import AddressBook
 from reference_mta.mailmsg import MailMsg
 from reference_mta.queuing import AdvancedQueuingEngine, ComponentUnavailable
+from reference_mta.session_rules import CALL_LIMITS, RULES, Rule, State, is_sync_point, state_of
 from reference_mta.topology import Organization, Server, VirtualServer
 
 Authenticator = Callable[[str, str], str | None]
 
+_BDAT_ARGUMENT = re.compile(r"(\d{1,18})(?: +(LAST))?", re.IGNORECASE)
+_CHUNK_PIECE = 64 * 1024
+
+
+class ExchangeEnvelope(Envelope):
+    """aiosmtpd's envelope plus this transaction's BDAT chunks, BODY=BINARYMIME and DSN arguments; it is
+    made afresh at RSET, HELO/EHLO and after each message, so none of these outlive their transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: bytearray | None = None  # not None once a BDAT transfer has begun
+        self.binarymime = False
+        self.dsn_mail: dict[str, str] = {}
+        self.dsn_rcpt: dict[str, dict[str, str]] = {}
+
+
+@dataclass
+class _MailParameters:
+    """What smtp_MAIL took off the MAIL command before aiosmtpd parses it; handle_MAIL keeps it."""
+
+    dsn: dict[str, str] = field(default_factory=dict)
+    binarymime: bool = False
+
 
 class ExchangeSMTP(SMTP):
-    """aiosmtpd's protocol engine with Exchange's wording and the DSN extension's parameters."""
+    """aiosmtpd's protocol engine with the virtual server's rules in front of every command."""
+
+    # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF (aiosmtpd allows one more).
+    line_length_limit = 1000
 
     def __init__(self, handler: VirtualServerHandler, **kwargs: Any) -> None:
-        fqdn = handler.server.fqdn
-        super().__init__(handler, hostname=fqdn, ident=replies.banner(fqdn), **kwargs)
+        self.vs = handler.vs
+        self.fqdn = handler.fqdn
+        super().__init__(handler, hostname=handler.fqdn, ident=replies.banner(handler.fqdn), **kwargs)
+        self.errors = 0
+        self.messages = 0
+        self.greeted_client = False
+        self.mail_parameters = _MailParameters()
+        self.rcpt_dsn: dict[str, str] = {}
+        # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
+        # rules in front of each command without copying aiosmtpd's command loop.
+        self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
+
+    def _create_envelope(self) -> ExchangeEnvelope:
+        return ExchangeEnvelope()
+
+    # Methods, not properties: aiosmtpd inspects every attribute of the protocol object at construction,
+    # before there is an envelope.
+    def exchange_envelope(self) -> ExchangeEnvelope:
+        assert isinstance(self.envelope, ExchangeEnvelope)
+        return self.envelope
+
+    def state(self) -> State:
+        envelope = self.exchange_envelope()
+        return state_of(
+            greeted=self.session is not None and self.session.host_name is not None,
+            has_sender=bool(envelope.mail_from),
+            recipients=len(envelope.rcpt_tos),
+            chunking=envelope.chunks is not None,
+        )
+
+    def refusal(self, rule: Rule) -> str | None:
+        refusal = rule.refusal(self.state())
+        anonymous = self.session is None or not self.session.authenticated
+        if refusal is None and rule.needs_authentication and not self.vs.anonymous and anonymous:
+            return replies.NOT_AUTHENTICATED
+        return refusal
+
+    def _ruled(self, command: str, method: Callable[[str | None], Awaitable[None]]) -> Callable[..., Any]:
+        async def ruled(arg: str | None) -> None:
+            if self._sync_violated(command):
+                await self.push(replies.SYNC_ERROR)
+                self.close()
+                return
+            rule = RULES.get(command)
+            # BDAT reads its chunk before it may refuse: the chunk's bytes must not be taken for commands.
+            refusal = self.refusal(rule) if rule is not None and command != "BDAT" else None
+            if refusal is not None:
+                await self.push(refusal)
+                return
+            await method(arg)
+
+        return ruled
+
+    def _sync_violated(self, command: str) -> bool:
+        if self.vs.pipelining_sync != "enforce" or self.session is None:
+            return False
+        if not is_sync_point(command, pipelining=bool(self.session.extended_smtp)):
+            return False
+        # Input beyond the current line waits in the StreamReader's buffer; asyncio offers no public way
+        # to ask whether any is there.
+        return bool(self._reader._buffer)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str):
-            await super().push(replies.translate(status))
-        else:
-            await super().push(status)
+        text = replies.translate(status) if isinstance(status, str) else status.decode("utf-8", "replace")
+        if not self.greeted_client:
+            self.greeted_client = True
+            if not may_connect(self.vs, _client_ip(self.session)):
+                # Connection control: the client hears why (RFC 5321 3.1 allows 554 instead of the greeting).
+                await super().push(replies.CONNECTION_REFUSED)
+                self.close()
+                return
+        await super().push(text)
+        if text[:1] in ("4", "5") and text[3:4] == " " and not text.startswith("421"):
+            self.errors += 1
+            if self.errors >= self.vs.max_errors:
+                await super().push(replies.TOO_MANY_ERRORS)
+                self.close()
 
-    # aiosmtpd answers 555 to parameters it does not know; the DSN extension's are ours (RFC 3461).
-    dsn_mail: dict[str, str]
-    dsn_rcpt: dict[str, str]
-    # This transaction's DSN arguments: RET/ENVID, and NOTIFY/ORCPT per accepted recipient.
-    dsn_transaction: dict[str, dict[str, Any]]
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle session silently; say why first (RFC 5321 4.5.3.2: 421).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{replies.timed_out(self.fqdn)}\r\n".encode())  # type: ignore[attr-defined]
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    # --- commands aiosmtpd lacks or that take more than aiosmtpd knows --------------------------
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        arg, self.dsn_mail = self._take_dsn(arg, ("RET", "ENVID"))
+        limit = self.vs.max_messages_per_connection
+        if limit is not None and self.messages >= limit:
+            await self.push(replies.TOO_MANY_MESSAGES)
+            self.close()
+            return
+        arg, taken = self._take_parameters(arg, ("RET", "ENVID", "BODY"))
+        body = taken.pop("BODY", None)
+        binarymime = body is not None and body.upper() == "BINARYMIME" and self.vs.chunking
+        if body is not None and not binarymime and arg is not None:
+            arg = f"{arg} BODY={body}"  # 7BIT and 8BITMIME are aiosmtpd's to check
+        if not self.vs.smtputf8 and arg is not None and "SMTPUTF8" in arg.upper().split(" ")[1:]:
+            # An extension the virtual server does not offer is an unknown parameter (RFC 5321 4.1.1.11).
+            await self.push(replies.PARAMETER_NOT_RECOGNIZED)
+            return
+        self.mail_parameters = _MailParameters(taken, binarymime)
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        arg, self.dsn_rcpt = self._take_dsn(arg, ("NOTIFY", "ORCPT"))
+        arg, self.rcpt_dsn = self._take_parameters(arg, ("NOTIFY", "ORCPT"))
         await super().smtp_RCPT(arg)
 
-    def _take_dsn(self, arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if self.exchange_envelope().binarymime:
+            await self.push(replies.BINARYMIME_NEEDS_BDAT)
+            return
+        await super().smtp_DATA(arg)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        if not self.vs.chunking:
+            # Without CHUNKING the command is unknown; what follows is read as commands, as by a server
+            # that never heard of BDAT.
+            await self.push(replies.UNRECOGNIZED)
+            return
+        match = _BDAT_ARGUMENT.fullmatch(arg or "")
+        if match is None:
+            await self.push(replies.BDAT_SYNTAX)
+            return
+        size, last = int(match[1]), match[2] is not None
+        refusal = self.refusal(RULES["BDAT"])
+        envelope = self.exchange_envelope()
+        limit = self.data_size_limit
+        received = len(envelope.chunks or b"") + size
+        keep = refusal is None and not (limit and received > limit)
+        chunk = await self._read_chunk(size, keep)
+        if chunk is None:
+            return  # the client went away mid-chunk
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        if not keep:
+            # RFC 3030 3: a failed BDAT ends the transaction; the client must start again with MAIL.
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(replies.TOO_BIG)
+            return
+        if envelope.chunks is None:
+            envelope.chunks = bytearray()
+        envelope.chunks += chunk
+        if not last:
+            await self.push(replies.chunk_received(size))
+            return
+        envelope.content = envelope.original_content = bytes(envelope.chunks)
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
+        """Read a BDAT chunk in pieces, keeping it only if asked; None if the connection ended."""
+        kept = bytearray()
+        remaining = size
+        try:
+            while remaining:
+                piece = await self._reader.readexactly(min(remaining, _CHUNK_PIECE))
+                remaining -= len(piece)
+                if keep:
+                    kept += piece
+                self._reset_timeout()  # a long chunk is not an idle session
+        except asyncio.IncompleteReadError:
+            self.close()
+            return None
+        return bytes(kept)
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, VirtualServerHandler)
+        if self.vs.vrfy == "disabled":
+            await self.push(replies.VRFY_DISABLED)
+            return
+        if not arg:
+            await self.push(replies.VRFY_SYNTAX)
+            return
+        await self.push(await handler.verify(arg.strip().strip("<>")))
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, VirtualServerHandler)
+        if self.vs.expn == "disabled":
+            await self.push(replies.EXPN_DISABLED)
+            return
+        if not arg:
+            await self.push(replies.EXPN_SYNTAX)
+            return
+        for line in await handler.expand(arg.strip().strip("<>")):
+            await self.push(line)
+
+    def _take_parameters(self, arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
+        """Take ESMTP parameters aiosmtpd would refuse (it answers 555 to any it does not know) off a
+        MAIL or RCPT argument; xtext-decoded (RFC 3461 4)."""
         if arg is None or self.session is None or not self.session.extended_smtp:
             return arg, {}
         kept: list[str] = []
@@ -93,12 +296,15 @@ class VirtualServerHandler:
         aq: AdvancedQueuingEngine,
         authenticate: Authenticator | None = None,
         tls_context: ssl.SSLContext | None = None,
+        address_book: AddressBook | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
         self.vs = vs
+        self.fqdn = vs.fqdn or server.fqdn
         self.aq = aq
-        self.authenticate = authenticate
+        self.authenticate = authenticate if vs.basic_auth else None
+        self.address_book = address_book
         self.sessions: weakref.WeakSet[ExchangeSMTP] = weakref.WeakSet()
         self.tls_context = tls_context if vs.tls else None
 
@@ -107,10 +313,16 @@ class VirtualServerHandler:
             self,
             decode_data=False,
             data_size_limit=self.vs.max_message_kb * 1024 or None,
-            enable_SMTPUTF8=False,
+            # Arguments are decoded as UTF-8 so that a non-ASCII address gets RFC 6531's 553 5.6.7 from
+            # handle_MAIL/handle_RCPT rather than aiosmtpd's blanket 500; whether SMTPUTF8 is offered is
+            # the virtual server's setting, applied in ExchangeSMTP.smtp_MAIL and the EHLO keywords.
+            enable_SMTPUTF8=True,
             authenticator=self._authenticator if self.authenticate else None,
             auth_require_tls=self.vs.auth_requires_tls and self.tls_context is not None,
+            auth_exclude_mechanism=() if self.vs.basic_auth else ("LOGIN", "PLAIN"),
             tls_context=self.tls_context,
+            timeout=self.vs.connection_timeout,
+            command_call_limit=dict(CALL_LIMITS),
         )
         self.sessions.add(smtp)
         return smtp
@@ -136,18 +348,21 @@ class VirtualServerHandler:
         # With "requires TLS", AUTH is offered only once the session is encrypted.
         auth_offered = self.authenticate is not None and (encrypted or not server._auth_require_tls)
         return replies.ehlo_lines(
-            self.server.fqdn,
+            self.fqdn,
             _client_ip(session),
             self.vs.max_message_kb * 1024,
             auth=auth_offered,
             starttls=self.tls_context is not None and not encrypted,
+            chunking=self.vs.chunking,
+            vrfy=self.vs.vrfy != "disabled",
+            smtputf8=self.vs.smtputf8,
         )
 
     async def handle_HELO(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str
     ) -> str:
         session.host_name = hostname
-        return replies.helo(self.server.fqdn, _client_ip(session))
+        return replies.helo(self.fqdn, _client_ip(session))
 
     async def handle_MAIL(
         self,
@@ -157,10 +372,15 @@ class VirtualServerHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        refusal = _address_refusal(address.strip("<>"), envelope.smtp_utf8)
+        if refusal is not None:
+            return refusal
         # aiosmtpd hands the null reverse-path over as "<>" and needs mail_from to be non-empty.
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        server.dsn_transaction = {"mail": dict(getattr(server, "dsn_mail", {})), "rcpt": {}}
+        assert isinstance(envelope, ExchangeEnvelope)
+        envelope.dsn_mail = server.mail_parameters.dsn
+        envelope.binarymime = server.mail_parameters.binarymime
         return replies.sender_ok(f"<{address.strip('<>')}>")
 
     async def handle_RCPT(
@@ -175,16 +395,24 @@ class VirtualServerHandler:
             return replies.TOO_MANY_RECIPIENTS
         if "@" not in address:
             return replies.INVALID_ADDRESS
-        if not self.may_relay_to(session, address):
+        refusal = _address_refusal(address, envelope.smtp_utf8)
+        if refusal is not None:
+            return refusal
+        client = Client(_client_ip(session), bool(session.authenticated))
+        if relay_grant(self.organization, self.vs, client, address) is None:
             return replies.unable_to_relay(address)
+        if filtering_applies(self.organization, self.vs, client, address) and self._filtered(address):
+            return replies.MAILBOX_NOT_AVAILABLE
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        server.dsn_transaction["rcpt"][address] = dict(getattr(server, "dsn_rcpt", {}))
+        assert isinstance(envelope, ExchangeEnvelope)
+        envelope.dsn_rcpt[address] = server.rcpt_dsn
         return replies.recipient_ok(address)
 
     async def handle_DATA(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
         if not envelope.rcpt_tos:
             return replies.NEED_RCPT
+        assert isinstance(envelope, ExchangeEnvelope)
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
@@ -196,7 +424,7 @@ class VirtualServerHandler:
             CONNECTION_IP_ADDRESS=client_ip,
             HELO_DOMAIN=session.host_name or "",
             AUTHENTICATED_USER_NAME=session.auth_data if isinstance(session.auth_data, str) else None,
-            SERVER_NAME=self.server.fqdn,
+            SERVER_NAME=self.fqdn,
             SERVER_VERSION=replies.SERVICE_VERSION,
             VIRTUAL_SERVER=self.vs.name,
             RFC822_MSG_ID=message_id,
@@ -207,39 +435,70 @@ class VirtualServerHandler:
             HOP_COUNT=_hop_count(content),
             MAX_HOP_COUNT=self.vs.max_hop_count,
             EIGHTBIT_MIME_OPTION=any(o.upper() == "BODY=8BITMIME" for o in envelope.mail_options),
+            BINARYMIME_OPTION=envelope.binarymime,
+            SMTP_UTF8=bool(envelope.smtp_utf8),
         )
-        dsn = server.dsn_transaction
-        msg.properties.update(DSN_RET_VALUE=dsn["mail"].get("RET"), DSN_ENVID_VALUE=dsn["mail"].get("ENVID"))
+        msg.properties.update(
+            DSN_RET_VALUE=envelope.dsn_mail.get("RET"), DSN_ENVID_VALUE=envelope.dsn_mail.get("ENVID")
+        )
         for recipient in msg.recipients:
-            arguments = dsn["rcpt"].get(recipient.address, {})
+            arguments = envelope.dsn_rcpt.get(recipient.address, {})
             recipient.notify = arguments.get("NOTIFY")
             recipient.orcpt = arguments.get("ORCPT")
         try:
             await self.aq.submit(msg, content, source="smtp")
         except OSError:
             return replies.QUEUE_FAILURE
-        return replies.queued(f"{queue_id}@{self.server.fqdn}")
+        server.messages += 1
+        return replies.queued(f"{queue_id}@{self.fqdn}")
 
     async def handle_QUIT(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
-        return replies.closing(self.server.fqdn)
+        return replies.closing(self.fqdn)
 
     # --- policy ----------------------------------------------------------------------------------
 
-    def may_relay_to(self, session: Session, address: str) -> bool:
-        relay = self.vs.relay
-        client_ip = _client_ip(session)
-        domain = address.rpartition("@")[2].lower().rstrip(".")
-        if relay.open:
+    def _filtered(self, address: str) -> bool:
+        """Recipient filtering: on the explicit list, or (if asked) not in the directory. A directory
+        that does not answer filters nothing: the categorizer waits for it (docs/decisions.md)."""
+        filtering = self.vs.recipient_filtering
+        assert filtering is not None
+        if filtering.listed(address):
             return True
-        if session.authenticated and relay.allow_authenticated:
-            return True
-        if self.organization.server_by_address(client_ip) is not None:
-            return True
-        if relay.permits_address(client_ip):
-            return True
-        if self.organization.policy_domain(domain) is not None:
-            return True
-        return self.organization.relay_connector(domain) is not None
+        if not filtering.directory or self.address_book is None:
+            return False
+        try:
+            return self.address_book.find(address) is None
+        except ComponentUnavailable:
+            return False
+
+    async def verify(self, address: str) -> str:
+        if self.vs.vrfy == "cannot_verify" or self.address_book is None:
+            return replies.cannot_verify(address)
+        try:
+            entry = self.address_book.find(address)
+        except ComponentUnavailable:
+            return replies.DIRECTORY_UNAVAILABLE
+        if entry is None:
+            return replies.USER_UNKNOWN
+        return f"250 2.1.5 {self.address_book.listing(entry, address)}"
+
+    async def expand(self, address: str) -> list[str]:
+        if self.address_book is None:
+            return [replies.EXPN_DISABLED]
+        try:
+            entry = self.address_book.find(address)
+            if entry is None:
+                return [replies.USER_UNKNOWN]
+            if "group" not in entry.classes:
+                return [replies.NOT_A_GROUP]
+            members = self.address_book.members(entry)
+        except ComponentUnavailable:
+            return [replies.DIRECTORY_UNAVAILABLE]
+        if not members:
+            return [f"250 2.1.5 {self.address_book.listing(entry, address)} has no members"]
+        lines = [f"250-2.1.5 {member}" for member in members]
+        lines[-1] = "250 " + lines[-1][4:]
+        return lines
 
     def _authenticator(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
@@ -264,20 +523,33 @@ class VirtualServerHandler:
         queue_id = f"{self.server.name.upper()}{uuid.uuid4().hex[:16].upper()}"
         received = (
             f"Received: from {session.host_name or 'unknown'} ([{_client_ip(session)}]) "
-            f"by {self.server.fqdn} with Microsoft SMTPSVC({replies.SERVICE_VERSION});\r\n"
+            f"by {self.fqdn} with Microsoft SMTPSVC({replies.SERVICE_VERSION});\r\n"
             f"\t {email.utils.formatdate(time.time())}\r\n"
         ).encode()
         extra = b""
         if not message_id:
-            message_id = f"{queue_id}@{self.server.fqdn}"
+            message_id = f"{queue_id}@{self.fqdn}"
             extra = f"Message-ID: <{message_id}>\r\n".encode()
         return received + extra + raw, message_id, subject, queue_id
 
 
-def _client_ip(session: Session) -> str:
+def _client_ip(session: Session | None) -> str:
     # aiosmtpd types peer loosely; for TCP it is the (host, port) tuple of the client.
+    assert session is not None
     peer: tuple[str, int] = session.peer  # type: ignore[assignment]
     return peer[0]
+
+
+def _address_refusal(address: str, smtputf8: bool) -> str | None:
+    """RFC 5321 4.5.3.1 and RFC 6531 3.3: what refuses an envelope address before any policy."""
+    if not address:
+        return None  # the null reverse-path
+    if not smtputf8 and not address.isascii():
+        return replies.NON_ASCII_ADDRESS
+    local, _, domain = address.rpartition("@")
+    if len(local.encode()) > 64 or len(domain.encode()) > 255:
+        return replies.ADDRESS_TOO_LONG
+    return None
 
 
 def _hop_count(content: bytes) -> int:

@@ -9,6 +9,7 @@ can point at the line.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,37 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class ClientList:
+    """Access → Connection control: "only the list below" or "all except the list below". The default,
+    all except an empty list, lets every client connect."""
+
+    only_list: tuple[ipaddress.IPv4Network, ...] | None = None
+    all_except: tuple[ipaddress.IPv4Network, ...] = ()
+
+    def permits(self, client_ip: str) -> bool:
+        address = ipaddress.IPv4Address(client_ip)
+        if self.only_list is not None:
+            return any(address in network for network in self.only_list)
+        return not any(address in network for network in self.all_except)
+
+
+@dataclass(frozen=True)
+class RecipientFiltering:
+    """Recipient filtering as enabled on a virtual server: an explicit list (``*`` is a wildcard) and
+    "filter recipients who are not in the directory"."""
+
+    directory: bool = False
+    addresses: tuple[str, ...] = ()
+
+    def listed(self, address: str) -> bool:
+        return any(fnmatch.fnmatchcase(address.lower(), pattern.lower()) for pattern in self.addresses)
+
+
+VrfyMode = Literal["cannot_verify", "directory", "disabled"]
+ExpnMode = Literal["disabled", "directory"]
+
+
+@dataclass(frozen=True)
 class VirtualServer:
     name: str
     server: str
@@ -70,6 +102,19 @@ class VirtualServer:
     max_hop_count: int = 15
     tls: bool = False  # a certificate is bound: STARTTLS is offered
     auth_requires_tls: bool = False  # Basic authentication "Requires TLS encryption"
+    fqdn: str | None = None  # Delivery → Advanced → FQDN; the server's when None
+    connection: ClientList = ClientList()
+    anonymous: bool = True
+    basic_auth: bool = True
+    recipient_filtering: RecipientFiltering | None = None
+    max_messages_per_connection: int | None = None
+    max_errors: int = 20
+    connection_timeout: float = 600.0
+    chunking: bool = True
+    smtputf8: bool = False
+    vrfy: VrfyMode = "cannot_verify"
+    expn: ExpnMode = "disabled"
+    pipelining_sync: Literal["enforce", "lenient"] = "enforce"
 
 
 @dataclass(frozen=True)
@@ -169,6 +214,10 @@ class Organization:
             if address == server.address or any(vs.address == address for vs in server.virtual_servers):
                 return server
         return None
+
+    def is_own_address(self, address: str) -> bool:
+        """Whether `address` is one of the organization's servers or virtual servers."""
+        return self.server_by_address(address) is not None
 
     def policy_domain(self, domain: str) -> PolicyDomain | None:
         """The recipient-policy SMTP address space that covers `domain` (an inbound domain), if any."""
@@ -308,32 +357,53 @@ def _virtual_server(
     port_offset: int,
 ) -> VirtualServer:
     relay_raw = raw.get("relay") or {}
+    connection_raw = raw.get("connection") or {}
 
-    def networks(key: str) -> tuple[ipaddress.IPv4Network, ...]:
+    def networks(section: str, settings: Mapping[str, Any], key: str) -> tuple[ipaddress.IPv4Network, ...]:
         result = []
-        for number, item in enumerate(relay_raw.get(key) or []):
+        for number, item in enumerate(settings.get(key) or []):
             try:
                 try:
                     result.append(ipaddress.IPv4Network(item, strict=False))
                 except ValueError:
-                    result.append(ipaddress.IPv4Network(host_address(item)))
+                    # A lab host, or "host/prefix" for the subnet around it: lab addresses move with
+                    # the lab's base, so a literal subnet would not follow them.
+                    host, slash, prefix = item.partition("/")
+                    result.append(ipaddress.IPv4Network(f"{host_address(host)}{slash}{prefix}", strict=False))
             except (KeyError, ValueError) as exc:
                 raise TopologyError(
-                    (*where, "relay", key, number), f"{item!r} is neither a lab host nor an IPv4 network"
+                    (*where, section, key, number),
+                    f"{item!r} is neither a lab host (optionally host/prefix) nor an IPv4 network",
                 ) from exc
         return tuple(result)
 
     relay = RelaySettings(
         open=relay_raw.get("open", False),
-        only_list=networks("only_list"),
-        all_except=networks("all_except") if "all_except" in relay_raw else None,
+        only_list=networks("relay", relay_raw, "only_list"),
+        all_except=networks("relay", relay_raw, "all_except") if "all_except" in relay_raw else None,
         allow_authenticated=relay_raw.get("allow_authenticated", True),
     )
+    only = networks("connection", connection_raw, "only_list") if "only_list" in connection_raw else None
+    connection = ClientList(only_list=only, all_except=networks("connection", connection_raw, "all_except"))
     if raw.get("auth_requires_tls") and not raw.get("tls"):
         raise TopologyError(
             (*where, "auth_requires_tls"),
             "Basic authentication can only require TLS on a virtual server with tls: true",
         )
+    if raw.get("anonymous") is False and raw.get("basic_auth") is False:
+        raise TopologyError(
+            (*where, "anonymous"),
+            "a virtual server that allows neither anonymous access nor Basic authentication accepts no mail",
+        )
+    filtering_raw = raw.get("recipient_filtering")
+    filtering = (
+        RecipientFiltering(
+            directory=filtering_raw.get("directory", False),
+            addresses=tuple(filtering_raw.get("addresses") or ()),
+        )
+        if filtering_raw is not None
+        else None
+    )
     smart_host = raw.get("smart_host")
     if smart_host:
         # Several smart hosts are separated by ";" (Exchange's syntax); each may name a lab host.
@@ -355,6 +425,19 @@ def _virtual_server(
         max_hop_count=raw.get("max_hop_count", 15),
         tls=raw.get("tls", False),
         auth_requires_tls=raw.get("auth_requires_tls", False),
+        fqdn=raw.get("fqdn"),
+        connection=connection,
+        anonymous=raw.get("anonymous", True),
+        basic_auth=raw.get("basic_auth", True),
+        recipient_filtering=filtering,
+        max_messages_per_connection=raw.get("max_messages_per_connection"),
+        max_errors=raw.get("max_errors", 20),
+        connection_timeout=float(raw.get("connection_timeout", 600)),
+        chunking=raw.get("chunking", True),
+        smtputf8=raw.get("smtputf8", False),
+        vrfy=raw.get("vrfy", "cannot_verify"),
+        expn=raw.get("expn", "disabled"),
+        pipelining_sync=raw.get("pipelining_sync", "enforce"),
     )
 
 

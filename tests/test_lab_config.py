@@ -393,9 +393,9 @@ def test_relay_list_entry_neither_host_nor_network(tmp_path: Path, entry: str) -
     error = load_error(tmp_path, text)
     assert_error(
         error,
-        line_with(text, "only_list:"),
+        line_with(text, f"only_list: [{entry}]"),
         "organization.servers[0].virtual_servers[0].relay.only_list[0]",
-        f"{entry!r} is neither a lab host nor an IPv4 network",
+        f"{entry!r} is neither a lab host (optionally host/prefix) nor an IPv4 network",
     )
 
 
@@ -430,7 +430,7 @@ def test_unknown_field_in_a_virtual_server(tmp_path: Path) -> None:
         error,
         line_with(text, "max_msgs: 5"),
         "organization.servers[0].virtual_servers[1].max_msgs",
-        "unknown field 'max_msgs' (expected one of: addr, auth_requires_tls, max_hop_count,",
+        "unknown field 'max_msgs' (expected one of: addr, anonymous, auth_requires_tls, basic_auth,",
     )
 
 
@@ -443,7 +443,7 @@ def test_missing_ldif(tmp_path: Path) -> None:
     error = load_error(tmp_path, text)
     assert_error(
         error,
-        line_with(text, "directory:"),
+        line_with(text, "contoso.ldif"),
         "global_catalog.directory",
         f"directory fixture {missing} does not exist",
     )
@@ -456,7 +456,7 @@ def test_relative_ldif_is_resolved_next_to_the_lab_file(tmp_path: Path) -> None:
     expected = (tmp_path / "directory" / "contoso.ldif").resolve()
     assert_error(
         error,
-        line_with(text, "directory:"),
+        line_with(text, "contoso.ldif"),
         "global_catalog.directory",
         f"directory fixture {expected} does not exist",
     )
@@ -507,7 +507,13 @@ def test_relocation_moves_virtual_servers(relocated: LabConfig) -> None:
     assert endpoints == {
         ("EX1", "Default SMTP Virtual Server"): ("127.88.0.11", 23025),
         ("EX1", "Open Relay SMTP Virtual Server"): ("127.88.0.12", 23025),
+        ("EX1", "Filtered SMTP Virtual Server"): ("127.88.0.13", 23025),
+        ("EX1", "Restricted SMTP Virtual Server"): ("127.88.0.14", 23025),
+        ("EX1", "Strict SMTP Virtual Server"): ("127.88.0.15", 23025),
+        ("EX1", "Directory SMTP Virtual Server"): ("127.88.0.16", 23025),
+        ("EX1", "Members Only SMTP Virtual Server"): ("127.88.0.17", 23025),
         ("EX2", "Default SMTP Virtual Server"): ("127.88.0.21", 23025),
+        ("EX2", "Internal SMTP Virtual Server"): ("127.88.0.22", 23025),
         ("EX3", "Default SMTP Virtual Server"): ("127.88.0.31", 23025),
         ("EX4", "Default SMTP Virtual Server"): ("127.88.0.41", 23025),
     }
@@ -649,7 +655,7 @@ def test_two_relocated_labs_run_side_by_side(lab_file: Path) -> None:
         for lab in (a, b):
             for vs in lab.config.organization.server("EX1").virtual_servers:
                 assert vs.port == 25 + OFFSET
-                assert banner(vs.address, vs.port).startswith(b"220 ex1.contoso.com "), vs
+                assert banner(vs.address, vs.port).startswith(f"220 {vs.fqdn or 'ex1.contoso.com'} ".encode()), vs
         assert resolve(first, "mail.contoso.com") == {"127.91.0.11"}
         assert resolve(second, "mail.contoso.com") == {"127.92.0.11"}
 

@@ -29,6 +29,7 @@ from harness.reply import (
     show_bytes,
 )
 from harness.script import (
+    Bdat,
     Close,
     Data,
     Expect,
@@ -37,7 +38,9 @@ from harness.script import (
     ScriptError,
     Send,
     SendRaw,
+    TlsHandshake,
     Wait,
+    crlf_line_ends,
     dot_stuff,
     parse_script,
     parse_step,
@@ -758,6 +761,9 @@ def test_parse_script_all_step_kinds() -> None:
             {"data": "messages/plain.eml"},
             {"data": {"file": "m.eml", "raw": True}},
             {"data": {"inline": "Subject: hi\n\nbody\n"}},
+            {"bdat": {"inline": "Subject: hi\n\n", "size": 0}},
+            {"bdat": {"file": "m.eml", "last": True, "raw": True}},
+            {"tls_handshake": True},
             {"expect": {"code": 250, "enhanced": "2.1.0"}},
             {"wait": 1},
             {"expect_close": True},
@@ -770,6 +776,9 @@ def test_parse_script_all_step_kinds() -> None:
         Data("messages/plain.eml", None, False),
         Data("m.eml", None, True),
         Data(None, "Subject: hi\n\nbody\n", False),
+        Bdat(None, "Subject: hi\n\n", raw=False, last=False, size=0),
+        Bdat("m.eml", None, raw=True, last=True, size=None),
+        TlsHandshake(),
         Expect(ReplyMatcher(code=250, enhanced="2.1.0")),
         Wait(1.0),
         ExpectClose(),
@@ -794,6 +803,19 @@ def test_parse_script_all_step_kinds() -> None:
         ([{"expect": 250}, {"expect": {"code": 999}}], 1, "expect: reply code must be"),
         ([{"wait": -1}], 0, "seconds >= 0"),
         ([{"close": False}], 0, "must be true"),
+        ([{"bdat": {"inline": "x", "size": -1}}], 0, "bdat: size must be an integer >= 0, not -1"),
+        ([{"bdat": {"inline": "x", "size": True}}], 0, "size must be an integer >= 0, not True"),
+        ([{"bdat": {"inline": "x", "size": 1.5}}], 0, "size must be an integer >= 0, not 1.5"),
+        ([{"bdat": {"inline": "x", "size": None}}], 0, "size must be an integer >= 0, not None"),
+        ([{"bdat": {"inline": "x", "file": "m.eml"}}], 0, "bdat: needs exactly one of file or inline"),
+        ([{"bdat": {"last": True}}], 0, "bdat: needs exactly one of file or inline"),
+        ([{"bdat": {"inline": "x", "last": "yes"}}], 0, "last must be true or false, not 'yes'"),
+        ([{"bdat": {"inline": "x", "raw": 1}}], 0, "raw must be true or false"),
+        ([{"bdat": {"file": ""}}], 0, "file must be a non-empty path"),
+        ([{"bdat": {"inline": "x", "lats": True}}], 0, "unknown key(s) lats; allowed: file, inline, raw"),
+        ([{"bdat": "m.eml"}], 0, "bdat: must be a mapping with file or inline"),
+        ([{"tls_handshake": False}], 0, "tls_handshake: must be true, not False"),
+        ([{"tls_handshake": "yes"}], 0, "tls_handshake: must be true, not 'yes'"),
         ([{"expect_close": True}, {"expect": 250}], 1, "no step can follow"),
         (["send"], 0, "must be a mapping"),
     ],
@@ -803,6 +825,8 @@ def test_parse_script_errors(script: list[Any], index: int, message: str) -> Non
         parse_script(script)
     assert info.value.index == index
     assert str(info.value).startswith(f"step {index}: ")
+    if info.value.key is not None:
+        assert info.value.key == next(iter(script[index]))
 
 
 @pytest.mark.parametrize(
@@ -841,3 +865,17 @@ def test_unescape_rejects(text: str) -> None:
 )
 def test_dot_stuff(message: bytes, wire: bytes) -> None:
     assert dot_stuff(message) == wire
+
+
+@pytest.mark.parametrize(
+    ("message", "wire"),
+    [
+        (b"a\nb\rc\r\nd", b"a\r\nb\r\nc\r\nd"),
+        (b".x\n", b".x\r\n"),
+        (b"\r\r\n\n", b"\r\n\r\n\r\n"),
+        (b"no end", b"no end"),
+        (b"", b""),
+    ],
+)
+def test_crlf_line_ends_neither_stuffs_nor_terminates(message: bytes, wire: bytes) -> None:
+    assert crlf_line_ends(message) == wire

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from harness import cli, trace
-from harness.script import Data
+from harness.script import Bdat, Data, Step, TlsHandshake
 from harness.yamlsource import SourceError
 from tests.sourcetext import line_with, replace_once, write
 
@@ -79,6 +79,25 @@ def test_template_is_valid(tmp_path: Path) -> None:
     ],
 )
 def test_data_steps_load(tmp_path: Path, step: str, expected: Data) -> None:
+    loaded = trace.load(write_trace(tmp_path, mutate("- send: QUIT", f"- {step}")))
+    assert loaded.sessions[0].steps[3] == expected
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (
+            'bdat: {inline: "Subject: hi\\n\\nhello\\n", last: true}',
+            Bdat(None, "Subject: hi\n\nhello\n", last=True),
+        ),
+        ("bdat: {file: plain.eml}", Bdat("plain.eml", None)),
+        ('bdat: {inline: "a\\rb", raw: true, size: 10}', Bdat(None, "a\rb", raw=True, size=10)),
+        ("bdat: {inline: '', size: 0, last: true}", Bdat(None, "", last=True, size=0)),
+        ("tls_handshake: true", TlsHandshake()),
+    ],
+    ids=["inline-last", "file", "raw-size", "empty-size-0", "tls_handshake"],
+)
+def test_bdat_and_tls_handshake_steps_load(tmp_path: Path, step: str, expected: Step) -> None:
     loaded = trace.load(write_trace(tmp_path, mutate("- send: QUIT", f"- {step}")))
     assert loaded.sessions[0].steps[3] == expected
 
@@ -305,6 +324,45 @@ def test_pipeline_line_with_a_line_break(tmp_path: Path) -> None:
     assert_error(error, line_with(text, "pipeline"), "sessions[0].script[3].pipeline", "contains CR or LF")
 
 
+@pytest.mark.parametrize(
+    ("step", "field", "message"),
+    [
+        ("bdat: {inline: x, size: -1}", "bdat.size", "-1 is less than the minimum of 0"),
+        ('bdat: {inline: x, size: "10"}', "bdat.size", "'10' is not of type 'integer'"),
+        ("bdat: {inline: x, size: 1.5}", "bdat.size", "1.5 is not of type 'integer'"),
+        ("bdat: {inline: x, size: true}", "bdat.size", "True is not of type 'integer'"),
+        ("bdat: {inline: x, file: m.eml}", "bdat", "give exactly one of file, inline (found file, inline)"),
+        ("bdat: {last: true}", "bdat", "give exactly one of file, inline (found none)"),
+        ('bdat: {inline: x, last: "yes"}', "bdat.last", "'yes' is not of type 'boolean'"),
+        (
+            "bdat: {inline: x, lats: true}",
+            "bdat.lats",
+            "unknown field 'lats' (expected one of: file, inline,",
+        ),
+        ("bdat: plain.eml", "bdat", "bdat: must be a mapping with file or inline (and last, size, raw)"),
+        ("tls_handshake: false", "tls_handshake", "True was expected"),
+        ('tls_handshake: "true"', "tls_handshake", "True was expected"),
+    ],
+    ids=[
+        "size-negative",
+        "size-string",
+        "size-float",
+        "size-bool",
+        "file-and-inline",
+        "neither",
+        "last-not-bool",
+        "unknown-key",
+        "not-a-mapping",
+        "tls-false",
+        "tls-string",
+    ],
+)
+def test_bad_bdat_or_tls_handshake_step(tmp_path: Path, step: str, field: str, message: str) -> None:
+    text = mutate("- send: QUIT", f"- {step}")
+    error = load_error(tmp_path, text)
+    assert_error(error, line_with(text, f"- {step}"), f"sessions[0].script[3].{field}", message)
+
+
 def test_step_after_close(tmp_path: Path) -> None:
     text = mutate("- send: QUIT", "- close: true")
     error = load_error(tmp_path, text)
@@ -495,7 +553,7 @@ def test_virtual_server_that_the_server_does_not_have(tmp_path: Path) -> None:
         line_with(text, "Open Relay"),
         "sessions[0].connect.virtual_server",
         "no virtual server on EX2 named 'Open Relay SMTP Virtual Server' "
-        "(lab contoso has: Default SMTP Virtual Server)",
+        "(lab contoso has: Default SMTP Virtual Server, Internal SMTP Virtual Server)",
     )
 
 
@@ -660,7 +718,8 @@ def test_an_edited_lab_is_loaded_again(tmp_path: Path) -> None:
     lab.write_text(lab_text, encoding="utf-8")
     path = write_trace(tmp_path, mutate("lab: contoso", "lab: ../labs/mine.yaml"))
     trace.load(path)
-    lab.write_text(mutate("- {name: internet, fqdn:", "- {name: outside, fqdn:", lab_text), encoding="utf-8")
+    renamed = mutate("- {name: internet, fqdn:", "- {name: outside, fqdn:", lab_text)
+    lab.write_text(mutate("[attacker, internet]", "[attacker, outside]", renamed), encoding="utf-8")
     error = load_error(tmp_path, path.read_text(encoding="utf-8"))
     assert error.message.startswith("no lab host named 'internet' (lab contoso has: ")
 
