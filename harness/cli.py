@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness import targets
-from harness.catalogue import catalogue
+from harness.catalogue import catalogue, markdown
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.trace import is_trace_file, load
@@ -225,6 +225,18 @@ def coverage(paths: tuple[str, ...], results: Path) -> None:
     console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
     for problem in broken:
         console.print(f"[red]broken trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+
+
+@main.command(name="catalogue")
+@click.option(
+    "--write", "destination", type=click.Path(path_type=Path), default=None, help="write to this file"
+)
+def catalogue_command(destination: Path | None) -> None:
+    """The conformance catalogue as Markdown (docs/catalogue.md)."""
+    if destination is None:
+        click.echo(markdown(), nl=False)
+    else:
+        destination.write_text(markdown(), encoding="utf-8")
 
 
 @main.command()

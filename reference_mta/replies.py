@@ -85,6 +85,7 @@ INVALID_ADDRESS = "501 5.5.4 Invalid Address"
 UNRECOGNIZED = "500 5.3.3 Unrecognized command"
 QUEUE_FAILURE = "451 4.3.0 Error queueing message, please retry"
 AUTH_OK = "235 2.7.0 Authentication successful."
+RESETTING = "250 2.0.0 Resetting"
 READY_FOR_TLS = "220 2.0.0 SMTP server ready"
 TLS_REQUIRED_FOR_AUTH = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_FAILED = "535 5.7.3 Authentication unsuccessful."
@@ -108,6 +109,7 @@ ADDRESS_TOO_LONG = "501 5.1.3 Address too long (RFC 5321 4.5.3.1: local part 64,
 NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII addresses require SMTPUTF8"
 NON_ASCII_COMMAND = "500 5.5.2 Non-ASCII characters in a command; SMTPUTF8 is not offered"
 PARAMETER_NOT_RECOGNIZED = "555 5.5.4 Parameter not recognized or not implemented"
+BODY_UNKNOWN = "501 5.5.4 BODY must be 7BIT, 8BITMIME or BINARYMIME"
 EXPN_DISABLED = "502 5.3.3 Command not implemented"
 VRFY_DISABLED = "502 5.3.3 Command not implemented"
 VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
@@ -129,7 +131,8 @@ def timed_out(fqdn: str) -> str:
     return f"421 4.4.2 {fqdn} Connection timed out, closing transmission channel"
 
 
-# aiosmtpd's built-in texts → Exchange's. Matched on the start of the line.
+# aiosmtpd's built-in texts → Exchange's. Matched on the start of the line; the reply becomes the
+# replacement, expanded with the pattern's groups.
 _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^354 "), START_MAIL_INPUT),
     (re.compile(r"^503 Error: need MAIL command"), NEED_MAIL),
@@ -150,12 +153,22 @@ _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^500 Line too long"), LINE_TOO_LONG),
     (re.compile(r"^500 Command line too long"), COMMAND_TOO_LONG),
     (re.compile(r"^500 Error: strict ASCII mode"), NON_ASCII_COMMAND),
-    (re.compile(r"^555 .*parameters not recognized"), PARAMETER_NOT_RECOGNIZED),
+    (re.compile(r"^555 .*parameters not recognized.*"), PARAMETER_NOT_RECOGNIZED),
+    # aiosmtpd's replies without an enhanced status code, although ENHANCEDSTATUSCODES is advertised
+    # (RFC 2034: then every reply carries one).
+    (re.compile(r"^501 Syntax: (.*)"), r"501 5.5.4 Syntax: \1"),
+    (re.compile(r"^501 Error: BODY can only be one of 7BIT, 8BITMIME.*"), BODY_UNKNOWN),
+    (re.compile(r"^501 Error: SMTPUTF8 takes no arguments.*"), "501 5.5.4 SMTPUTF8 takes no arguments"),
+    (re.compile(r"^501 Not enough value.*"), "501 5.5.4 Not enough values"),
+    (re.compile(r"^501 Too many values.*"), "501 5.5.4 Too many values"),
+    (re.compile(r"^454 TLS not available.*"), "454 4.7.0 TLS not available"),
+    (re.compile(r"^250 OK$"), "250 2.0.0 OK"),
 )
 
 
 def translate(status: str) -> str:
     for pattern, replacement in _TRANSLATIONS:
-        if pattern.match(status):
-            return replacement
+        match = pattern.match(status)
+        if match is not None:
+            return match.expand(replacement)
     return status

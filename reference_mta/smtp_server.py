@@ -266,6 +266,22 @@ class ExchangeSMTP(SMTP):
         for line in await handler.expand(arg.strip().strip("<>")):
             await self.push(line)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser is the e-mail header parser: it decodes RFC 2047 encoded words
+        (`=?utf-8?q?alice?=@contoso.com` becomes alice@contoso.com) and drops comments, so the envelope
+        would name a different mailbox than the client wrote. Only a source route (RFC 5321 4.1.1.3:
+        accepted, ignored) and quoting may differ; anything else is an invalid address."""
+        address, rest = super()._getaddr(arg)
+        if not address or address == "<>":
+            return address, rest
+        written = arg.strip()
+        written = written[1 : written.find(">")] if written.startswith("<") else written.split(" ")[0]
+        if written.startswith("@") and ":" in written:
+            written = written.partition(":")[2]
+        if written.replace('"', "") != address.replace('"', ""):
+            return None, None
+        return address, rest
+
     def _take_parameters(self, arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
         """Take ESMTP parameters aiosmtpd would refuse (it answers 555 to any it does not know) off a
         MAIL or RCPT argument; xtext-decoded (RFC 3461 4)."""
@@ -393,6 +409,9 @@ class VirtualServerHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.vs.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        if address.lower() == "postmaster":
+            # RFC 5321 4.1.1.3: <Postmaster> without a domain must be accepted; it is the primary domain's.
+            address = f"postmaster@{self.organization.primary_domain}"
         if "@" not in address:
             return replies.INVALID_ADDRESS
         refusal = _address_refusal(address, envelope.smtp_utf8)
@@ -451,6 +470,9 @@ class VirtualServerHandler:
             return replies.QUEUE_FAILURE
         server.messages += 1
         return replies.queued(f"{queue_id}@{self.fqdn}")
+
+    async def handle_RSET(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
+        return replies.RESETTING
 
     async def handle_QUIT(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
         return replies.closing(self.fqdn)

@@ -655,7 +655,9 @@ def test_two_relocated_labs_run_side_by_side(lab_file: Path) -> None:
         for lab in (a, b):
             for vs in lab.config.organization.server("EX1").virtual_servers:
                 assert vs.port == 25 + OFFSET
-                assert banner(vs.address, vs.port).startswith(f"220 {vs.fqdn or 'ex1.contoso.com'} ".encode()), vs
+                assert banner(vs.address, vs.port).startswith(
+                    f"220 {vs.fqdn or 'ex1.contoso.com'} ".encode()
+                ), vs
         assert resolve(first, "mail.contoso.com") == {"127.91.0.11"}
         assert resolve(second, "mail.contoso.com") == {"127.92.0.11"}
 

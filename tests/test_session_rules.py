@@ -1,0 +1,179 @@
+"""The SMTP session rules table and the access policy, checked as tables: every cell, not samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.lab import config as lab_config
+from reference_mta import replies
+from reference_mta.access_policy import RELAY_RULES, Client, filtering_applies, may_connect, relay_grant
+from reference_mta.session_rules import ANY, CALL_LIMITS, RULES, State, is_sync_point, state_of
+from reference_mta.topology import Organization, VirtualServer
+
+LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
+
+
+@pytest.fixture(scope="module")
+def organization() -> Organization:
+    return lab_config.load(LAB, base="127.77.0.0", port_offset=0).organization
+
+
+def vs(organization: Organization, server: str, name: str) -> VirtualServer:
+    (found,) = (v for v in organization.server(server).virtual_servers if v.name == name)
+    return found
+
+
+CLIENTS = {
+    "internet": "127.77.0.200",
+    "lan": "127.77.0.201",
+    "relay-host": "127.77.0.202",
+    "attacker": "127.77.0.203",
+}
+
+
+def address(organization: Organization, host: str) -> str:
+    return CLIENTS[host]
+
+
+# --- states ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("greeted", "sender", "recipients", "chunking", "state"),
+    [
+        (False, False, 0, False, State.CONNECTED),
+        (True, False, 0, False, State.GREETED),
+        (True, True, 0, False, State.MAIL),
+        (True, True, 2, False, State.RCPT),
+        (True, True, 2, True, State.CHUNKING),
+    ],
+)
+def test_state_follows_the_session(
+    greeted: bool, sender: bool, recipients: int, chunking: bool, state: State
+) -> None:
+    assert state_of(greeted, sender, recipients, chunking) is state
+
+
+def test_every_refusal_is_a_well_formed_4xx_or_5xx_reply() -> None:
+    for command, rule in RULES.items():
+        for state in State:
+            refusal = rule.refusal(state)
+            if state in rule.accepted:
+                assert refusal is None, (command, state)
+            else:
+                assert refusal is not None and refusal[:1] in "45" and refusal[3] == " ", (command, state)
+
+
+@pytest.mark.parametrize(
+    ("command", "state", "reply"),
+    [
+        ("MAIL", State.CONNECTED, replies.SEND_HELLO_FIRST),
+        ("MAIL", State.RCPT, replies.NESTED_MAIL),
+        ("RCPT", State.GREETED, replies.NEED_MAIL),
+        ("DATA", State.MAIL, replies.NEED_RCPT),
+        ("DATA", State.CHUNKING, replies.DATA_AFTER_BDAT),
+        ("BDAT", State.MAIL, replies.NEED_RCPT),
+        ("AUTH", State.MAIL, replies.AUTH_IN_TRANSACTION),
+        ("STARTTLS", State.RCPT, replies.STARTTLS_IN_TRANSACTION),
+    ],
+)
+def test_bad_sequences_get_their_own_reply(command: str, state: State, reply: str) -> None:
+    assert RULES[command].refusal(state) == reply
+
+
+def test_commands_that_reset_or_inform_are_accepted_everywhere() -> None:
+    for command in ("HELO", "EHLO", "RSET", "NOOP", "QUIT", "HELP", "VRFY", "EXPN"):
+        assert RULES[command].accepted == ANY
+
+
+def test_sync_points_are_rfc_2920s_list_plus_starttls_and_auth() -> None:
+    with_pipelining = {command for command in RULES if is_sync_point(command, pipelining=True)}
+    assert with_pipelining == {"HELO", "EHLO", "DATA", "VRFY", "EXPN", "NOOP", "STARTTLS", "AUTH"}
+
+
+def test_without_pipelining_every_command_but_quit_and_bdat_is_a_sync_point() -> None:
+    assert {command for command in RULES if not is_sync_point(command, pipelining=False)} == {"QUIT", "BDAT"}
+
+
+def test_call_limits_leave_transactions_alone() -> None:
+    assert CALL_LIMITS["*"] >= 64_000  # a message may have Exchange's maximum of recipients
+    assert all(CALL_LIMITS[command] <= 100 for command in ("NOOP", "RSET", "AUTH", "HELO", "EHLO"))
+
+
+# --- access ----------------------------------------------------------------------------------------
+
+
+def test_relay_rules_are_in_the_documented_order() -> None:
+    assert [name for name, _ in RELAY_RULES] == [
+        "open relay",
+        "authenticated",
+        "organization server",
+        "relay list",
+        "inbound domain",
+        "relay connector",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("virtual_server", "client", "authenticated", "recipient", "grant"),
+    [
+        ("Default SMTP Virtual Server", "attacker", False, "x@evil.example", None),
+        ("Default SMTP Virtual Server", "attacker", False, "alice@contoso.com", "inbound domain"),
+        ("Default SMTP Virtual Server", "attacker", False, "x@partner.example", "relay connector"),
+        ("Default SMTP Virtual Server", "attacker", True, "x@evil.example", "authenticated"),
+        ("Default SMTP Virtual Server", "relay-host", False, "x@evil.example", "relay list"),
+        ("Open Relay SMTP Virtual Server", "attacker", False, "x@evil.example", "open relay"),
+        ("Restricted SMTP Virtual Server", "lan", False, "x@evil.example", "relay list"),
+        ("Restricted SMTP Virtual Server", "internet", False, "x@evil.example", None),
+        ("Directory SMTP Virtual Server", "internet", False, "x@evil.example", "relay list"),
+        ("Directory SMTP Virtual Server", "relay-host", True, "x@evil.example", None),
+    ],
+)
+def test_relay_grant(
+    organization: Organization,
+    virtual_server: str,
+    client: str,
+    authenticated: bool,
+    recipient: str,
+    grant: str | None,
+) -> None:
+    server = vs(organization, "EX1", virtual_server)
+    who = Client(address(organization, client), authenticated)
+    assert relay_grant(organization, server, who, recipient) == grant
+
+
+def test_organization_servers_relay_through_any_virtual_server(organization: Organization) -> None:
+    server = vs(organization, "EX1", "Default SMTP Virtual Server")
+    ex3 = organization.server("EX3").address
+    assert relay_grant(organization, server, Client(ex3, False), "x@evil.example") == "organization server"
+
+
+def test_connection_control(organization: Organization) -> None:
+    restricted = vs(organization, "EX1", "Restricted SMTP Virtual Server")
+    internal = vs(organization, "EX2", "Internal SMTP Virtual Server")
+    assert may_connect(restricted, address(organization, "internet"))
+    assert not may_connect(restricted, address(organization, "attacker"))
+    assert may_connect(internal, address(organization, "lan"))
+    assert not may_connect(internal, address(organization, "internet"))
+    assert may_connect(vs(organization, "EX1", "Default SMTP Virtual Server"), "127.0.0.1")
+
+
+def test_recipient_filtering_applies_to_anonymous_sessions_in_authoritative_domains(
+    organization: Organization,
+) -> None:
+    filtered = vs(organization, "EX1", "Filtered SMTP Virtual Server")
+    anonymous = Client(address(organization, "internet"), False)
+    assert filtering_applies(organization, filtered, anonymous, "nobody@contoso.com")
+    assert not filtering_applies(organization, filtered, anonymous, "nobody@shared.contoso.com")
+    assert not filtering_applies(
+        organization, filtered, Client(anonymous.address, True), "nobody@contoso.com"
+    )
+    ex2 = Client(organization.server("EX2").address, False)
+    assert not filtering_applies(organization, filtered, ex2, "nobody@contoso.com")
+    default = vs(organization, "EX1", "Default SMTP Virtual Server")
+    assert not filtering_applies(organization, default, anonymous, "nobody@contoso.com")
+    assert filtered.recipient_filtering is not None
+    assert filtered.recipient_filtering.listed("Bulk-News@Contoso.com")
+    assert not filtered.recipient_filtering.listed("alice@contoso.com")
