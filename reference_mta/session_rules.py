@@ -99,7 +99,7 @@ RULES: Mapping[str, Rule] = {
     ),
     "BDAT": Rule(
         frozenset({State.RCPT, State.CHUNKING}),
-        {State.CONNECTED: replies.NEED_MAIL, State.GREETED: replies.NEED_MAIL, State.MAIL: replies.NEED_RCPT},
+        {**_BEFORE_HELLO, State.GREETED: replies.NEED_MAIL, State.MAIL: replies.NEED_RCPT},
         needs_authentication=True,
     ),
     "RSET": Rule(ANY),

@@ -161,6 +161,20 @@ class ExchangeSMTP(SMTP):
 
     # --- commands aiosmtpd lacks or that take more than aiosmtpd knows --------------------------
 
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self._tls_protocol is not None:
+            # RFC 3207 4.2: no TLS inside TLS; the encrypted session goes on.
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        # SASL mechanism names are case-insensitive in SMTP (RFC 4954 4); aiosmtpd matches them exactly.
+        if arg:
+            mechanism, space, rest = arg.partition(" ")
+            arg = f"{mechanism.upper()}{space}{rest}"
+        await super().smtp_AUTH(arg)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         limit = self.vs.max_messages_per_connection
         if limit is not None and self.messages >= limit:
@@ -168,6 +182,9 @@ class ExchangeSMTP(SMTP):
             self.close()
             return
         arg, taken = self._take_parameters(arg, ("RET", "ENVID", "BODY"))
+        if not _valid_dsn_parameters(taken):
+            await self.push(replies.DSN_PARAMETER_INVALID)
+            return
         body = taken.pop("BODY", None)
         binarymime = body is not None and body.upper() == "BINARYMIME" and self.vs.chunking
         if body is not None and not binarymime and arg is not None:
@@ -181,6 +198,9 @@ class ExchangeSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         arg, self.rcpt_dsn = self._take_parameters(arg, ("NOTIFY", "ORCPT"))
+        if not _valid_dsn_parameters(self.rcpt_dsn):
+            await self.push(replies.DSN_PARAMETER_INVALID)
+            return
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -200,9 +220,17 @@ class ExchangeSMTP(SMTP):
             await self.push(replies.BDAT_SYNTAX)
             return
         size, last = int(match[1]), match[2] is not None
-        refusal = self.refusal(RULES["BDAT"])
-        envelope = self.exchange_envelope()
         limit = self.data_size_limit
+        if limit and size > limit:
+            # Reading (to discard) a chunk larger than any message could be would let one command hold
+            # the session for gigabytes; no transaction can succeed, so the session ends here.
+            await self.push(replies.CHUNK_TOO_BIG)
+            self.close()
+            return
+        refusal = self.refusal(RULES["BDAT"])
+        if refusal is None and self.session is not None and not self.session.extended_smtp:
+            refusal = replies.BDAT_NEEDS_EHLO  # CHUNKING is only offered in EHLO's reply
+        envelope = self.exchange_envelope()
         received = len(envelope.chunks or b"") + size
         keep = refusal is None and not (limit and received > limit)
         chunk = await self._read_chunk(size, keep)
@@ -296,6 +324,25 @@ class ExchangeSMTP(SMTP):
             else:
                 kept.append(word)
         return " ".join(kept), taken
+
+
+_NOTIFY_EVENTS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+def _valid_dsn_parameters(taken: dict[str, str]) -> bool:
+    """RFC 3461 4.1-4.4: NOTIFY is NEVER or a list of SUCCESS/FAILURE/DELAY, RET is FULL or HDRS, ORCPT
+    is addr-type;address, ENVID at most 100 characters."""
+    notify = taken.get("NOTIFY")
+    if notify is not None:
+        events = notify.upper().split(",")
+        if events != ["NEVER"] and not (events and set(events) <= _NOTIFY_EVENTS):
+            return False
+    if "RET" in taken and taken["RET"].upper() not in ("FULL", "HDRS"):
+        return False
+    orcpt = taken.get("ORCPT")
+    if orcpt is not None and (";" not in orcpt or not orcpt.partition(";")[2]):
+        return False
+    return len(taken.get("ENVID", "")) <= 100
 
 
 def xtext_decode(value: str) -> str:
