@@ -179,17 +179,28 @@ def _delivery_matches(spec: dict[str, Any], delivery: Delivery, *, any_rcpt: boo
     return problems
 
 
+def _status_blocks(text: str) -> list[email.message.Message]:
+    text = text.replace("\r\n", "\n")
+    return [email.message_from_string(b) for b in text.split("\n\n") if b.strip()]
+
+
 def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[str]:
     if message.get_content_type() != "multipart/report":
         return [f"not a DSN (Content-Type {message.get_content_type()})"]
     fields: list[dict[str, str]] = []
     for part in message.walk():
-        if part.get_content_type() == "message/delivery-status":
+        if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
             payload = part.get_payload()
             blocks = payload if isinstance(payload, list) else []
-            if isinstance(payload, str):
-                text = payload.replace("\r\n", "\n")
-                blocks = [email.message_from_string(b) for b in text.split("\n\n") if b.strip()]
+            if part.get_content_type() == "message/global-delivery-status" and len(blocks) == 1:
+                # The parser knows RFC 6533's type only as a message/* holding one message: the first
+                # block as its headers, the rest as its body.
+                first = blocks[0]
+                rest = first.get_payload(decode=True) if isinstance(first, email.message.Message) else b""
+                text = rest.decode("utf-8", "replace") if isinstance(rest, bytes) else ""
+                blocks = [first, *_status_blocks(text)]
+            elif isinstance(payload, str):
+                blocks = _status_blocks(payload)
             for block in blocks[1:]:
                 if isinstance(block, email.message.Message):
                     fields.append({k.lower(): str(v) for k, v in block.items()})

@@ -91,13 +91,26 @@ class SmtpDelivery:
         try:
             await client.connect()
             await client.ehlo()
-            await client.mail(msg.sender)
+            utf8 = _needs_smtputf8(msg, recipients)
+            if utf8 and not client.supports_extension("smtputf8"):
+                # RFC 6531 3.4: non-ASCII envelope addresses cannot be downgraded; the message is returned.
+                for recipient in recipients:
+                    recipient.fail(
+                        f"550 5.6.7 {address} does not offer SMTPUTF8; non-ASCII addresses cannot go there",
+                        "5.6.7",
+                        RP_ERROR_CONTEXT_MTA,
+                    )
+                with contextlib.suppress(aiosmtplib.SMTPException):
+                    await client.quit()
+                return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
+            encoding = "utf-8" if utf8 else "ascii"
+            await client.mail(msg.sender, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
             accepted: list[Recipient] = []
             failed: list[Recipient] = []
             deferred: list[Recipient] = []
             for recipient in recipients:
                 try:
-                    await client.rcpt(self._smtp_address(recipient))
+                    await client.rcpt(self._smtp_address(recipient), encoding=encoding)
                     accepted.append(recipient)
                 except aiosmtplib.SMTPRecipientRefused as exc:
                     text = f"{exc.code} {exc.message}"
@@ -180,6 +193,10 @@ class SmtpDelivery:
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
             raise ResolverTrouble(f"{name}: DNS lookup failed ({exc.__class__.__name__})") from exc
         return [r.to_text() for r in answer]
+
+
+def _needs_smtputf8(msg: MailMsg, recipients: list[Recipient]) -> bool:
+    return not msg.sender.isascii() or any(not recipient.address.isascii() for recipient in recipients)
 
 
 def _enhanced(text: str, default: str) -> str:

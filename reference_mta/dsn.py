@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email.utils
 from email.message import EmailMessage, Message
-from email.policy import SMTP, default
+from email.policy import SMTP, SMTPUTF8, default
 
 from reference_mta.mailmsg import MSGCLASS_NDR, MailMsg, Recipient
 
@@ -85,7 +85,9 @@ def make_dsn(
 
     # message/delivery-status is a list of header blocks: the per-message one, then one per recipient.
     status = EmailMessage()
-    status.set_type("message/delivery-status")
+    # RFC 6533: a report about non-ASCII addresses is a global delivery status, with utf-8 address types.
+    international = not all(r.address.isascii() and r.original.isascii() for r in failed)
+    status.set_type("message/global-delivery-status" if international else "message/delivery-status")
     envid = original.properties.get("DSN_ENVID_VALUE")
     blocks: list[Message | str] = [
         _fields(
@@ -100,15 +102,25 @@ def make_dsn(
         blocks.append(
             _fields(
                 [
-                    ("Original-Recipient", recipient.orcpt or f"rfc822;{recipient.original}"),
-                    ("Final-Recipient", f"rfc822;{recipient.address}"),
+                    ("Original-Recipient", recipient.orcpt or _typed(recipient.original)),
+                    ("Final-Recipient", _typed(recipient.address)),
                     ("Action", action),
                     ("Status", _status(recipient, delayed)),
                     ("Diagnostic-Code", f"smtp;{recipient.status_text}" if recipient.status_text else None),
                 ]
             )
         )
-    status.set_payload(blocks)
+    if international:
+        # The generator treats an unknown message/* type as holding one message; the global type's body is
+        # the field blocks as UTF-8 text, so it is written out here.
+        # The email package knows RFC 6533's type only as a message/* holding one message; written so,
+        # the per-message block is that message's header and the recipient blocks its (UTF-8) body.
+        head, *rest = [block for block in blocks if isinstance(block, Message)]
+        text = "".join(block.as_string(policy=SMTPUTF8) for block in rest)
+        head.set_payload(text.encode("utf-8").decode("ascii", "surrogateescape"))
+        status.set_payload([head])
+    else:
+        status.set_payload(blocks)
     report.attach(status)
 
     # RET=HDRS and RET=FULL both get the headers: Exchange returns headers unless asked for more, and
@@ -119,7 +131,7 @@ def make_dsn(
     )
     report.attach(original_headers)
 
-    data = report.as_bytes(policy=SMTP)
+    data = report.as_bytes(policy=SMTPUTF8 if international else SMTP)
     ndr = MailMsg.new(
         "",
         [original.sender],
@@ -143,8 +155,12 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def _typed(address: str) -> str:
+    return f"rfc822;{address}" if address.isascii() else f"utf-8;{address}"
+
+
 def _fields(pairs: list[tuple[str, str | None]]) -> Message:
-    block = Message()
+    block = Message(policy=SMTPUTF8)
     for name, value in pairs:
         if value is not None:
             block[name] = value

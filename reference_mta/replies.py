@@ -86,6 +86,7 @@ UNRECOGNIZED = "500 5.3.3 Unrecognized command"
 QUEUE_FAILURE = "451 4.3.0 Error queueing message, please retry"
 AUTH_OK = "235 2.7.0 Authentication successful."
 RESETTING = "250 2.0.0 Resetting"
+NOOP_OK = "250 2.0.0 OK"
 READY_FOR_TLS = "220 2.0.0 SMTP server ready"
 TLS_REQUIRED_FOR_AUTH = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_FAILED = "535 5.7.3 Authentication unsuccessful."
@@ -165,7 +166,6 @@ _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^501 Not enough value.*"), "501 5.5.4 Not enough values"),
     (re.compile(r"^501 Too many values.*"), "501 5.5.4 Too many values"),
     (re.compile(r"^454 TLS not available.*"), "454 4.7.0 TLS not available"),
-    (re.compile(r"^250 OK$"), "250 2.0.0 OK"),
 )
 
 

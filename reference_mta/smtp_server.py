@@ -17,6 +17,7 @@ Reply texts come from `replies`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import re
 import ssl
@@ -74,6 +75,10 @@ class ExchangeSMTP(SMTP):
         self.vs = handler.vs
         self.fqdn = handler.fqdn
         super().__init__(handler, hostname=handler.fqdn, ident=replies.banner(handler.fqdn), **kwargs)
+        # RFC 5321 4.5.3.1.4: 512 octets with the CRLF; aiosmtpd counts without it, and keeps its limits
+        # in a class-level dict that every session shares (EHLO raises them), so each session gets its own.
+        self.command_size_limit = 510
+        self.command_size_limits = collections.defaultdict(lambda: 510)
         self.errors = 0
         self.messages = 0
         self.greeted_client = False
@@ -147,11 +152,19 @@ class ExchangeSMTP(SMTP):
                 self.close()
                 return
         await super().push(text)
-        if text[:1] in ("4", "5") and text[3:4] == " " and not text.startswith("421"):
+        # 421 and aiosmtpd's 502 for too many unknown commands close the session themselves.
+        closing = text.startswith(("421", "502 5.5.1 Too many"))
+        if text[:1] in ("4", "5") and text[3:4] == " " and not closing:
             self.errors += 1
             if self.errors >= self.vs.max_errors:
                 await super().push(replies.TOO_MANY_ERRORS)
                 self.close()
+
+    def data_received(self, data: bytes) -> None:
+        # The connection time-out is an inactivity time-out: any bytes count, also inside DATA, where
+        # aiosmtpd would otherwise let the timer run from the DATA command on.
+        super().data_received(data)
+        self._reset_timeout()
 
     def _timeout_cb(self) -> None:
         # aiosmtpd closes an idle session silently; say why first (RFC 5321 4.5.3.2: 421).
@@ -407,6 +420,12 @@ class VirtualServerHandler:
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        # What the extensions offered below add to a command line (set, not added: EHLO may come again):
+        # SIZE 26 (RFC 1870), DSN 113 on MAIL and 500 on RCPT (RFC 3461 5), SMTPUTF8 10 (RFC 6531).
+        limits = server.command_size_limits
+        limits.clear()
+        limits["MAIL"] = server.command_size_limit + 26 + 113 + (10 if self.vs.smtputf8 else 0)
+        limits["RCPT"] = server.command_size_limit + 500
         encrypted = session.ssl is not None
         # With "requires TLS", AUTH is offered only once the session is encrypted.
         auth_offered = self.authenticate is not None and (encrypted or not server._auth_require_tls)
@@ -521,6 +540,9 @@ class VirtualServerHandler:
     async def handle_RSET(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
         return replies.RESETTING
 
+    async def handle_NOOP(self, server: ExchangeSMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        return replies.NOOP_OK
+
     async def handle_QUIT(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
         return replies.closing(self.fqdn)
 
@@ -588,7 +610,10 @@ class VirtualServerHandler:
         """Prepend our Received header; add a Message-ID when the client sent none (as IIS does)."""
         headers = BytesHeaderParser().parsebytes(raw)
         message_id = (headers.get("Message-ID") or "").strip().strip("<>")
-        subject = str(headers.get("Subject") or "")
+        # Raw UTF-8 in a header (RFC 6532) comes out of the parser as surrogates; show it as text.
+        subject = (
+            str(headers.get("Subject") or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )
         queue_id = f"{self.server.name.upper()}{uuid.uuid4().hex[:16].upper()}"
         received = (
             f"Received: from {session.host_name or 'unknown'} ([{_client_ip(session)}]) "

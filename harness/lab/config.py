@@ -44,6 +44,7 @@ class Host:
     address: str
     kind: str  # "server", "virtual_server", "internet", "client", "dns", "gc"
     rules: tuple[SinkRule, ...] = ()
+    smtputf8: bool = False  # an Internet host that offers SMTPUTF8 (RFC 6531)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,10 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         for index, raw in enumerate(data.get(section) or []):
             rules = tuple(sink_rule(r) for r in raw.get("rules") or [])
             kind = "internet" if section == "internet" else "client"
-            add(Host(raw["name"], raw.get("fqdn"), address_of(raw["addr"]), kind, rules), (section, index))
+            host = Host(
+                raw["name"], raw.get("fqdn"), address_of(raw["addr"]), kind, rules, raw.get("smtputf8", False)
+            )
+            add(host, (section, index))
     fqdns: dict[str, str] = {}
     for host in hosts.values():
         if host.fqdn and fqdns.setdefault(host.fqdn.lower(), host.name) != host.name:

@@ -242,7 +242,14 @@ class _SinkSMTP(SMTP):
     """aiosmtpd's SMTP with a transcript, replaceable greeting, hang-ups and DSN parameters."""
 
     def __init__(self, sink: SinkHost, handler: _SinkHandler, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(handler, hostname=sink.fqdn, ident=_IDENT, decode_data=False, loop=loop)
+        super().__init__(
+            handler,
+            hostname=sink.fqdn,
+            ident=_IDENT,
+            decode_data=False,
+            enable_SMTPUTF8=sink.host.smtputf8,
+            loop=loop,
+        )
         self.sink = sink
         self.log = SessionLog(peer="", started=time.time())
         self.greeted = False
