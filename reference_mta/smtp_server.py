@@ -287,24 +287,27 @@ class ExchangeSMTP(SMTP):
     async def smtp_VRFY(self, arg: str | None) -> None:
         handler = self.event_handler
         assert isinstance(handler, VirtualServerHandler)
-        if self.vs.vrfy == "disabled":
-            await self.push(replies.VRFY_DISABLED)
-            return
-        if not arg:
-            await self.push(replies.VRFY_SYNTAX)
-            return
-        await self.push(await handler.verify(arg.strip().strip("<>")))
+        disabled = replies.NOT_IMPLEMENTED if self.vs.vrfy == "disabled" else None
+        await self._ask_directory(arg, disabled, replies.VRFY_SYNTAX, handler.verify)
 
     async def smtp_EXPN(self, arg: str | None) -> None:
         handler = self.event_handler
         assert isinstance(handler, VirtualServerHandler)
-        if self.vs.expn == "disabled":
-            await self.push(replies.EXPN_DISABLED)
+        disabled = replies.NOT_IMPLEMENTED if self.vs.expn == "disabled" else None
+        await self._ask_directory(arg, disabled, replies.EXPN_SYNTAX, handler.expand)
+
+    async def _ask_directory(
+        self,
+        arg: str | None,
+        disabled: str | None,
+        syntax: str,
+        answer: Callable[[str], Awaitable[list[str]]],
+    ) -> None:
+        """VRFY and EXPN: refused when turned off, 501 without an argument, else the handler's lines."""
+        if disabled is not None or not arg:
+            await self.push(disabled or syntax)
             return
-        if not arg:
-            await self.push(replies.EXPN_SYNTAX)
-            return
-        for line in await handler.expand(arg.strip().strip("<>")):
+        for line in await answer(arg.strip().strip("<>")):
             await self.push(line)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -562,20 +565,20 @@ class VirtualServerHandler:
         except ComponentUnavailable:
             return False
 
-    async def verify(self, address: str) -> str:
+    async def verify(self, address: str) -> list[str]:
         if self.vs.vrfy == "cannot_verify" or self.address_book is None:
-            return replies.cannot_verify(address)
+            return [replies.cannot_verify(address)]
         try:
             entry = self.address_book.find(address)
         except ComponentUnavailable:
-            return replies.DIRECTORY_UNAVAILABLE
+            return [replies.DIRECTORY_UNAVAILABLE]
         if entry is None:
-            return replies.USER_UNKNOWN
-        return f"250 2.1.5 {self.address_book.listing(entry, address)}"
+            return [replies.USER_UNKNOWN]
+        return [f"250 2.1.5 {self.address_book.listing(entry, address)}"]
 
     async def expand(self, address: str) -> list[str]:
         if self.address_book is None:
-            return [replies.EXPN_DISABLED]
+            return [replies.NOT_IMPLEMENTED]
         try:
             entry = self.address_book.find(address)
             if entry is None:
