@@ -48,7 +48,7 @@ RELAY_RULES: tuple[tuple[str, RelayRule], ...] = (
 
 def relay_grant(organization: Organization, vs: VirtualServer, client: Client, address: str) -> str | None:
     """The name of the rule that lets this session send to `address`, or None: unable to relay."""
-    domain = address.rpartition("@")[2].lower().rstrip(".")
+    domain = _domain(address)
     for name, rule in RELAY_RULES:
         if rule(organization, vs, client, domain):
             return name
@@ -65,5 +65,9 @@ def filtering_applies(organization: Organization, vs: VirtualServer, client: Cli
         return False
     if organization.is_own_address(client.address):
         return False
-    policy = organization.policy_domain(address.rpartition("@")[2].lower().rstrip("."))
+    policy = organization.policy_domain(_domain(address))
     return policy is not None and policy.authoritative
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")

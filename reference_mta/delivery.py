@@ -91,7 +91,9 @@ class SmtpDelivery:
         try:
             await client.connect()
             await client.ehlo()
-            utf8 = _needs_smtputf8(msg, recipients)
+            utf8 = bool(msg.properties.get("SMTP_UTF8")) or not all(
+                text.isascii() for text in (msg.sender, *(self._smtp_address(r) for r in recipients))
+            )
             if utf8 and not client.supports_extension("smtputf8"):
                 # RFC 6531 3.4: non-ASCII envelope addresses cannot be downgraded; the message is returned.
                 for recipient in recipients:
@@ -193,10 +195,6 @@ class SmtpDelivery:
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
             raise ResolverTrouble(f"{name}: DNS lookup failed ({exc.__class__.__name__})") from exc
         return [r.to_text() for r in answer]
-
-
-def _needs_smtputf8(msg: MailMsg, recipients: list[Recipient]) -> bool:
-    return not msg.sender.isascii() or any(not recipient.address.isascii() for recipient in recipients)
 
 
 def _enhanced(text: str, default: str) -> str:

@@ -51,7 +51,15 @@ def make_dsn(
     header_block = content.split(b"\r\n\r\n", 1)[0]
     headers = email.message_from_bytes(header_block + b"\r\n\r\n", policy=default)
     message_id = email.utils.make_msgid(domain=reporting_fqdn).strip("<>")
-    report = EmailMessage(policy=SMTP)
+    # RFC 6533: a report about or to non-ASCII addresses, or returning UTF-8 headers, is international:
+    # UTF-8 headers as they are, a global delivery status with utf-8 address types, global headers.
+    international = (
+        bool(original.properties.get("SMTP_UTF8"))
+        or not original.sender.isascii()
+        or not header_block.isascii()
+        or not all(r.address.isascii() and r.original.isascii() for r in failed)
+    )
+    report = EmailMessage(policy=SMTPUTF8 if international else SMTP)
     report["From"] = f"System Administrator <{postmaster}>"
     report["To"] = original.sender
     report["Date"] = email.utils.formatdate()
@@ -85,8 +93,6 @@ def make_dsn(
 
     # message/delivery-status is a list of header blocks: the per-message one, then one per recipient.
     status = EmailMessage()
-    # RFC 6533: a report about non-ASCII addresses is a global delivery status, with utf-8 address types.
-    international = not all(r.address.isascii() and r.original.isascii() for r in failed)
     status.set_type("message/global-delivery-status" if international else "message/delivery-status")
     envid = original.properties.get("DSN_ENVID_VALUE")
     blocks: list[Message | str] = [
@@ -111,8 +117,6 @@ def make_dsn(
             )
         )
     if international:
-        # The generator treats an unknown message/* type as holding one message; the global type's body is
-        # the field blocks as UTF-8 text, so it is written out here.
         # The email package knows RFC 6533's type only as a message/* holding one message; written so,
         # the per-message block is that message's header and the recipient blocks its (UTF-8) body.
         head, *rest = [block for block in blocks if isinstance(block, Message)]
@@ -126,9 +130,14 @@ def make_dsn(
     # RET=HDRS and RET=FULL both get the headers: Exchange returns headers unless asked for more, and
     # the original body may be large.
     original_headers = EmailMessage(policy=SMTP)
-    original_headers.set_content(
-        header_block + b"\r\n", maintype="text", subtype="rfc822-headers", cte="8bit"
-    )
+    if international:
+        # message/global-headers holds the header block as a message of its own, written as it came.
+        original_headers.set_type("message/global-headers")
+        original_headers.set_payload([email.message_from_bytes(header_block + b"\r\n\r\n", policy=SMTPUTF8)])
+    else:
+        original_headers.set_content(
+            header_block + b"\r\n", maintype="text", subtype="rfc822-headers", cte="8bit"
+        )
     report.attach(original_headers)
 
     data = report.as_bytes(policy=SMTPUTF8 if international else SMTP)
@@ -163,7 +172,8 @@ def _fields(pairs: list[tuple[str, str | None]]) -> Message:
     block = Message(policy=SMTPUTF8)
     for name, value in pairs:
         if value is not None:
-            block[name] = value
+            # Values come from the client (ENVID, ORCPT) and the next hop (diagnostics): one line each.
+            block[name] = " ".join(value.split())
     return block
 
 

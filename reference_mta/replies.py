@@ -82,6 +82,8 @@ NEED_MAIL = "503 5.5.2 Need mail command"
 NEED_RCPT = "503 5.5.2 Need Rcpt command."
 NESTED_MAIL = "503 5.5.2 Sender already specified"
 INVALID_ADDRESS = "501 5.5.4 Invalid Address"
+INVALID_DOMAIN = "501 5.5.4 Invalid domain name"
+PROCESSING_ERROR = "451 4.3.0 Error processing the command; try again later"
 UNRECOGNIZED = "500 5.3.3 Unrecognized command"
 QUEUE_FAILURE = "451 4.3.0 Error queueing message, please retry"
 AUTH_OK = "235 2.7.0 Authentication successful."
@@ -104,6 +106,7 @@ BDAT_SYNTAX = "501 5.5.4 Syntax: BDAT <chunk-size> [LAST]"
 BDAT_NEEDS_EHLO = "503 5.5.1 BDAT requires an EHLO session"
 CHUNK_TOO_BIG = "552 5.3.4 Chunk larger than the maximum message size; closing transmission channel"
 SYNC_ERROR = "554 5.5.0 SMTP synchronization error: command sent before the previous reply"
+REFUSED_SESSION = "503 5.5.1 Access denied: only QUIT is served"
 CONNECTION_REFUSED = "554 5.7.1 Access denied: this computer may not connect"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors on this connection, closing transmission channel"
 TOO_MANY_MESSAGES = "421 4.7.0 Too many messages on this connection, closing transmission channel"
@@ -111,7 +114,6 @@ LINE_TOO_LONG = "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6); message discarded
 COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
 ADDRESS_TOO_LONG = "501 5.1.3 Address too long (RFC 5321 4.5.3.1: local part 64, domain 255 octets)"
 NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII addresses require SMTPUTF8"
-NON_ASCII_COMMAND = "500 5.5.2 Non-ASCII characters in a command; SMTPUTF8 is not offered"
 PARAMETER_NOT_RECOGNIZED = "555 5.5.4 Parameter not recognized or not implemented"
 BODY_UNKNOWN = "501 5.5.4 Unknown BODY type"
 NOT_IMPLEMENTED = "502 5.3.3 Command not implemented"
@@ -155,7 +157,6 @@ _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^503 Already authenticated"), ALREADY_AUTHENTICATED),
     (re.compile(r"^500 Line too long"), LINE_TOO_LONG),
     (re.compile(r"^500 Command line too long"), COMMAND_TOO_LONG),
-    (re.compile(r"^500 Error: strict ASCII mode"), NON_ASCII_COMMAND),
     (re.compile(r"^555 .*parameters not recognized.*"), PARAMETER_NOT_RECOGNIZED),
     # aiosmtpd's replies without an enhanced status code, although ENHANCEDSTATUSCODES is advertised
     # (RFC 2034: then every reply carries one).

@@ -19,7 +19,8 @@ the obvious way (HELO/EHLO/RSET and a completed message back to GREETED, MAIL to
 RCPT, BDAT to CHUNKING); the protocol engine does that as it fills or clears the envelope.
 
 Pipelining (RFC 2920 3.1): EHLO, DATA, VRFY, EXPN, NOOP and QUIT, and STARTTLS (RFC 3207) and AUTH
-(RFC 4954), may only be the last command of a group: a client must wait for their reply. In a session
+(RFC 4954; not AUTH PLAIN with its initial response, which completes at once), may only be the last
+command of a group: a client must wait for their reply. In a session
 that did not start with EHLO, PIPELINING was never offered, so every command is such a sync point. Input
 that is already waiting when a sync point is read was sent without waiting: a synchronization error
 (the session is refused and closed when the virtual server enforces sync points). QUIT is exempt: the
@@ -55,10 +56,12 @@ class Rule:
     refusals: Mapping[State, str] = field(default_factory=dict)
     sync_point: bool = False
     needs_authentication: bool = False  # on a virtual server without anonymous access
+    ehlo_only: str | None = None  # the refusal in a session greeted with HELO: an ESMTP extension's command
+    reads_payload: bool = False  # its data follows the command line and is read even when it is refused
 
-    def refusal(self, state: State) -> str | None:
+    def refusal(self, state: State, extended: bool = True) -> str | None:
         if state in self.accepted:
-            return None
+            return self.ehlo_only if self.ehlo_only is not None and not extended else None
         return self.refusals.get(state, replies.BAD_SEQUENCE)
 
 
@@ -101,6 +104,8 @@ RULES: Mapping[str, Rule] = {
         frozenset({State.RCPT, State.CHUNKING}),
         {**_BEFORE_HELLO, State.GREETED: replies.NEED_MAIL, State.MAIL: replies.NEED_RCPT},
         needs_authentication=True,
+        ehlo_only=replies.BDAT_NEEDS_EHLO,
+        reads_payload=True,
     ),
     "RSET": Rule(ANY),
     "NOOP": Rule(ANY, sync_point=True),
@@ -148,10 +153,20 @@ def state_of(greeted: bool, has_sender: bool, recipients: int, chunking: bool) -
     return State.GREETED if greeted else State.CONNECTED
 
 
-def is_sync_point(command: str, pipelining: bool) -> bool:
+# RFC 4954 4: AUTH with an initial response for a mechanism that completes in one exchange may be
+# followed by pipelined commands; every other AUTH is a conversation and must end its group.
+ONE_STEP_MECHANISMS = frozenset({"PLAIN", "EXTERNAL"})
+
+
+def is_sync_point(command: str, arg: str | None, pipelining: bool) -> bool:
     """Whether input may not follow `command` before its reply: without PIPELINING every command is
     a sync point, except QUIT (the session is over) and BDAT (its chunk follows by definition)."""
     if command in ("QUIT", "BDAT"):
         return False
+    if not pipelining:
+        return True
+    if command == "AUTH":
+        words = (arg or "").split()
+        return not (len(words) == 2 and words[0].upper() in ONE_STEP_MECHANISMS)
     rule = RULES.get(command)
-    return not pipelining or (rule is not None and rule.sync_point)
+    return rule is not None and rule.sync_point

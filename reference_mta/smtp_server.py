@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import functools
+import logging
 import re
 import ssl
 import time
@@ -41,8 +43,14 @@ from reference_mta.topology import Organization, Server, VirtualServer
 
 Authenticator = Callable[[str, str], str | None]
 
-_BDAT_ARGUMENT = re.compile(r"(\d{1,18})(?: +(LAST))?", re.IGNORECASE)
+_log = logging.getLogger(__name__)
+
+_BDAT_ARGUMENT = re.compile(r"(\d+)(?: +(LAST))?", re.IGNORECASE)
 _CHUNK_PIECE = 64 * 1024
+_READER_LIMIT = 2048
+# A virtual server with no size limit (max_message_kb: 0) still holds a message in memory while it
+# arrives; beyond this, a message is refused as too big.
+UNLIMITED_MESSAGE_CEILING = 256 * 1024 * 1024
 
 
 class ExchangeEnvelope(Envelope):
@@ -68,13 +76,16 @@ class _MailParameters:
 class ExchangeSMTP(SMTP):
     """aiosmtpd's protocol engine with the virtual server's rules in front of every command."""
 
-    # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF (aiosmtpd allows one more).
-    line_length_limit = 1000
-
     def __init__(self, handler: VirtualServerHandler, **kwargs: Any) -> None:
         self.vs = handler.vs
         self.fqdn = handler.fqdn
+        # aiosmtpd sizes its line reader from line_length_limit, which also bounds DATA text lines. The
+        # reader must take the longest command line (RCPT with DSN parameters: 1010 octets); a text line
+        # may have 1000 octets with its CRLF plus a transparency dot (RFC 5321 4.5.3.1.6), which aiosmtpd
+        # counts before it removes the dot: 1001.
+        self.line_length_limit = _READER_LIMIT
         super().__init__(handler, hostname=handler.fqdn, ident=replies.banner(handler.fqdn), **kwargs)
+        self.line_length_limit = 1001
         # RFC 5321 4.5.3.1.4: 512 octets with the CRLF; aiosmtpd counts without it, and keeps its limits
         # in a class-level dict that every session shares (EHLO raises them), so each session gets its own.
         self.command_size_limit = 510
@@ -82,11 +93,16 @@ class ExchangeSMTP(SMTP):
         self.errors = 0
         self.messages = 0
         self.greeted_client = False
+        self.refused = False  # connection control said no: only QUIT is served (RFC 5321 3.1)
+        self.in_data = False
         self.mail_parameters = _MailParameters()
         self.rcpt_dsn: dict[str, str] = {}
         # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
         # rules in front of each command without copying aiosmtpd's command loop.
-        self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
+        self._smtp_methods = {
+            name: functools.update_wrapper(self._ruled(name, method), method)  # keeps HELP's syntax texts
+            for name, method in self._smtp_methods.items()
+        }
 
     def _create_envelope(self) -> ExchangeEnvelope:
         return ExchangeEnvelope()
@@ -107,7 +123,8 @@ class ExchangeSMTP(SMTP):
         )
 
     def refusal(self, rule: Rule) -> str | None:
-        refusal = rule.refusal(self.state())
+        extended = self.session is not None and bool(self.session.extended_smtp)
+        refusal = rule.refusal(self.state(), extended)
         anonymous = self.session is None or not self.session.authenticated
         if refusal is None and rule.needs_authentication and not self.vs.anonymous and anonymous:
             return replies.NOT_AUTHENTICATED
@@ -115,13 +132,20 @@ class ExchangeSMTP(SMTP):
 
     def _ruled(self, command: str, method: Callable[[str | None], Awaitable[None]]) -> Callable[..., Any]:
         async def ruled(arg: str | None) -> None:
-            if self._sync_violated(command):
+            if self.transport is None or self.transport.is_closing():
+                return  # lines the client had sent before the session was closed on it
+            if self.refused:
+                await self.push(replies.closing(self.fqdn) if command == "QUIT" else replies.REFUSED_SESSION)
+                if command == "QUIT":
+                    self.close()
+                return
+            if self._sync_violated(command, arg):
                 await self.push(replies.SYNC_ERROR)
                 self.close()
                 return
             rule = RULES.get(command)
             # BDAT reads its chunk before it may refuse: the chunk's bytes must not be taken for commands.
-            refusal = self.refusal(rule) if rule is not None and command != "BDAT" else None
+            refusal = self.refusal(rule) if rule is not None and not rule.reads_payload else None
             if refusal is not None:
                 await self.push(refusal)
                 return
@@ -129,10 +153,10 @@ class ExchangeSMTP(SMTP):
 
         return ruled
 
-    def _sync_violated(self, command: str) -> bool:
+    def _sync_violated(self, command: str, arg: str | None) -> bool:
         if self.vs.pipelining_sync != "enforce" or self.session is None:
             return False
-        if not is_sync_point(command, pipelining=bool(self.session.extended_smtp)):
+        if not is_sync_point(command, arg, pipelining=bool(self.session.extended_smtp)):
             return False
         # Input beyond the current line waits in the StreamReader's buffer; asyncio offers no public way
         # to ask whether any is there.
@@ -147,26 +171,34 @@ class ExchangeSMTP(SMTP):
         if not self.greeted_client:
             self.greeted_client = True
             if not may_connect(self.vs, _client_ip(self.session)):
-                # Connection control: the client hears why (RFC 5321 3.1 allows 554 instead of the greeting).
-                await super().push(replies.CONNECTION_REFUSED)
-                self.close()
-                return
+                # Connection control: 554 instead of the greeting; RFC 5321 3.1 then wants the server to
+                # wait for QUIT, answering 503 to anything else.
+                self.refused = True
+                text = replies.CONNECTION_REFUSED
         await super().push(text)
-        # 421 and aiosmtpd's 502 for too many unknown commands close the session themselves.
-        closing = text.startswith(("421", "502 5.5.1 Too many"))
-        if text[:1] in ("4", "5") and text[3:4] == " " and not closing:
+        # Only the client's mistakes count (5xx); 4xx replies are the server's state or a limit the
+        # client is told about (452 too many recipients), and aiosmtpd's 502 for unknown commands closes.
+        if text[:1] == "5" and text[3:4] == " " and not text.startswith("502 5.5.1 Too many"):
             self.errors += 1
             if self.errors >= self.vs.max_errors:
                 await super().push(replies.TOO_MANY_ERRORS)
                 self.close()
 
     def data_received(self, data: bytes) -> None:
-        # The connection time-out is an inactivity time-out: any bytes count, also inside DATA, where
-        # aiosmtpd would otherwise let the timer run from the DATA command on.
         super().data_received(data)
-        self._reset_timeout()
+        # aiosmtpd restarts the idle timer at each command only: a message still arriving is not idle.
+        if self.in_data:
+            self._reset_timeout()
 
     def _timeout_cb(self) -> None:
+        if self._tls_protocol is not None and self.session is not None and self.session.ssl is None:
+            # Idle during the TLS handshake: closing the TLS transport would complete the handshake's
+            # future as if it had succeeded and leave the session waiting forever; end it outright.
+            if self._original_transport is not None:
+                self._original_transport.abort()  # type: ignore[attr-defined]
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
+            return
         # aiosmtpd closes an idle session silently; say why first (RFC 5321 4.5.3.2: 421).
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(f"{replies.timed_out(self.fqdn)}\r\n".encode())  # type: ignore[attr-defined]
@@ -220,7 +252,11 @@ class ExchangeSMTP(SMTP):
         if self.exchange_envelope().binarymime:
             await self.push(replies.BINARYMIME_NEEDS_BDAT)
             return
-        await super().smtp_DATA(arg)
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
 
     async def smtp_BDAT(self, arg: str | None) -> None:
         if not self.vs.chunking:
@@ -241,8 +277,6 @@ class ExchangeSMTP(SMTP):
             self.close()
             return
         refusal = self.refusal(RULES["BDAT"])
-        if refusal is None and self.session is not None and not self.session.extended_smtp:
-            refusal = replies.BDAT_NEEDS_EHLO  # CHUNKING is only offered in EHLO's reply
         envelope = self.exchange_envelope()
         received = len(envelope.chunks or b"") + size
         keep = refusal is None and not (limit and received > limit)
@@ -264,8 +298,10 @@ class ExchangeSMTP(SMTP):
             await self.push(replies.chunk_received(size))
             return
         envelope.content = envelope.original_content = bytes(envelope.chunks)
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
     async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
@@ -347,7 +383,9 @@ _NOTIFY_EVENTS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 def _valid_dsn_parameters(taken: dict[str, str]) -> bool:
     """RFC 3461 4.1-4.4: NOTIFY is NEVER or a list of SUCCESS/FAILURE/DELAY, RET is FULL or HDRS, ORCPT
-    is addr-type;address, ENVID at most 100 characters."""
+    is addr-type;address, ENVID at most 100 characters; decoded values are printable US-ASCII."""
+    if not all(value.isascii() and value.isprintable() for value in taken.values()):
+        return False
     notify = taken.get("NOTIFY")
     if notify is not None:
         events = notify.upper().split(",")
@@ -391,7 +429,7 @@ class VirtualServerHandler:
         smtp = ExchangeSMTP(
             self,
             decode_data=False,
-            data_size_limit=self.vs.max_message_kb * 1024 or None,
+            data_size_limit=self.vs.max_message_kb * 1024 or UNLIMITED_MESSAGE_CEILING,
             # Arguments are decoded as UTF-8 so that a non-ASCII address gets RFC 6531's 553 5.6.7 from
             # handle_MAIL/handle_RCPT rather than aiosmtpd's blanket 500; whether SMTPUTF8 is offered is
             # the virtual server's setting, applied in ExchangeSMTP.smtp_MAIL and the EHLO keywords.
@@ -412,8 +450,10 @@ class VirtualServerHandler:
         for smtp in list(self.sessions):
             if smtp.transport is not None:
                 smtp.transport.close()
-            # aiosmtpd keeps the session's task in _handler_coroutine; closing the transport cancels it.
+            # aiosmtpd keeps the session's task in _handler_coroutine. Closing the transport normally ends
+            # it, but not while a TLS handshake is pending, so it is cancelled as well.
             if smtp._handler_coroutine is not None:
+                smtp._handler_coroutine.cancel()
                 handlers.append(smtp._handler_coroutine)
         await asyncio.gather(*handlers, return_exceptions=True)
 
@@ -422,6 +462,10 @@ class VirtualServerHandler:
     async def handle_EHLO(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
+        if not _valid_domain_text(hostname):
+            session.host_name = None
+            session.extended_smtp = False
+            return [replies.INVALID_DOMAIN]
         session.host_name = hostname
         # What the extensions offered below add to a command line (set, not added: EHLO may come again):
         # SIZE 26 (RFC 1870), DSN 113 on MAIL and 500 on RCPT (RFC 3461 5), SMTPUTF8 10 (RFC 6531).
@@ -446,6 +490,9 @@ class VirtualServerHandler:
     async def handle_HELO(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str
     ) -> str:
+        if not _valid_domain_text(hostname):
+            session.host_name = None
+            return replies.INVALID_DOMAIN
         session.host_name = hostname
         return replies.helo(self.fqdn, _client_ip(session))
 
@@ -519,7 +566,7 @@ class VirtualServerHandler:
             RFC822_MSG_SUBJECT=subject,
             MSG_SIZE_HINT=len(content),
             QUEUE_ID=queue_id,
-            ORG_INTERNAL=self.organization.server_by_address(client_ip) is not None,
+            ORG_INTERNAL=self.organization.is_own_address(client_ip),
             HOP_COUNT=_hop_count(content),
             MAX_HOP_COUNT=self.vs.max_hop_count,
             EIGHTBIT_MIME_OPTION=any(o.upper() == "BODY=8BITMIME" for o in envelope.mail_options),
@@ -534,7 +581,9 @@ class VirtualServerHandler:
             recipient.notify = arguments.get("NOTIFY")
             recipient.orcpt = arguments.get("ORCPT")
         try:
-            await self.aq.submit(msg, content, source="smtp")
+            # Shielded: a client that goes away now must not cancel a submission already writing to
+            # disk; the message then enters AQ (a duplicate is better than a loss, RFC 5321 6.1).
+            await asyncio.shield(self.aq.submit(msg, content, source="smtp"))
         except OSError:
             return replies.QUEUE_FAILURE
         server.messages += 1
@@ -545,6 +594,11 @@ class VirtualServerHandler:
 
     async def handle_NOOP(self, server: ExchangeSMTP, session: Session, envelope: Envelope, arg: str) -> str:
         return replies.NOOP_OK
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd would put the exception's text on the wire; the client gets a temporary failure.
+        _log.exception("%s: error in an SMTP session on %s", self.server.name, self.vs.name, exc_info=error)
+        return replies.PROCESSING_ERROR
 
     async def handle_QUIT(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
         return replies.closing(self.fqdn)
@@ -637,11 +691,17 @@ def _client_ip(session: Session | None) -> str:
     return peer[0]
 
 
+def _valid_domain_text(name: str) -> bool:
+    """HELO/EHLO names are ASCII (RFC 5321 4.1.1.1; RFC 6531 keeps EHLO ASCII or A-labels)."""
+    return name.isascii() and name.isprintable()
+
+
 def _address_refusal(address: str, smtputf8: bool) -> str | None:
     """RFC 5321 4.5.3.1 and RFC 6531 3.3: what refuses an envelope address before any policy."""
     if not address:
         return None  # the null reverse-path
-    if not smtputf8 and not address.isascii():
+    # Bytes that are not UTF-8 arrive surrogate-escaped; they are no address in any form.
+    if (not smtputf8 and not address.isascii()) or not address.isprintable():
         return replies.NON_ASCII_ADDRESS
     local, _, domain = address.rpartition("@")
     if len(local.encode()) > 64 or len(domain.encode()) > 255:

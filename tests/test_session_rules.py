@@ -89,12 +89,27 @@ def test_commands_that_reset_or_inform_are_accepted_everywhere() -> None:
 
 
 def test_sync_points_are_rfc_2920s_list_plus_starttls_and_auth() -> None:
-    with_pipelining = {command for command in RULES if is_sync_point(command, pipelining=True)}
+    with_pipelining = {command for command in RULES if is_sync_point(command, None, pipelining=True)}
     assert with_pipelining == {"HELO", "EHLO", "DATA", "VRFY", "EXPN", "NOOP", "STARTTLS", "AUTH"}
 
 
+@pytest.mark.parametrize(
+    ("arg", "sync_point"),
+    [("PLAIN AGFsaWNlAHg=", False), ("plain AGFsaWNlAHg=", False), ("PLAIN", True), ("LOGIN YWxpY2U=", True)],
+)
+def test_auth_with_a_one_step_initial_response_may_be_pipelined(arg: str, sync_point: bool) -> None:
+    # RFC 4954 4: AUTH PLAIN with its initial response completes at once; LOGIN always asks again.
+    assert is_sync_point("AUTH", arg, pipelining=True) is sync_point
+
+
 def test_without_pipelining_every_command_but_quit_and_bdat_is_a_sync_point() -> None:
-    assert {command for command in RULES if not is_sync_point(command, pipelining=False)} == {"QUIT", "BDAT"}
+    unsynced = {command for command in RULES if not is_sync_point(command, "PLAIN x", pipelining=False)}
+    assert unsynced == {"QUIT", "BDAT"}
+
+
+def test_bdat_is_refused_in_a_helo_session_even_in_a_transaction() -> None:
+    assert RULES["BDAT"].refusal(State.RCPT, extended=False) == replies.BDAT_NEEDS_EHLO
+    assert RULES["BDAT"].refusal(State.RCPT, extended=True) is None
 
 
 def test_call_limits_leave_transactions_alone() -> None:

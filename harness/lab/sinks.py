@@ -10,6 +10,8 @@ exercise an MTA's retry and NDR paths. aiosmtpd does the SMTP; this module decid
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -251,6 +253,8 @@ class _SinkSMTP(SMTP):
             loop=loop,
         )
         self.sink = sink
+        # aiosmtpd keeps its command size limits in a class-level dict that EHLO raises: one per session.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         self.log = SessionLog(peer="", started=time.time())
         self.greeted = False
         self.refused = False
@@ -259,7 +263,10 @@ class _SinkSMTP(SMTP):
         self.parameters: tuple[str, ...] = ()
         # aiosmtpd dispatches commands through this table and offers no hook that sees every command;
         # wrapping its entries gives the transcript and the refused-greeting state.
-        self._smtp_methods = {name: self._traced(name, method) for name, method in self._smtp_methods.items()}
+        self._smtp_methods = {
+            name: functools.update_wrapper(self._traced(name, method), method)
+            for name, method in self._smtp_methods.items()
+        }
 
     def _traced(
         self, command: str, method: Callable[[str | None], Awaitable[None]]
