@@ -140,7 +140,9 @@ def make_dsn(
         )
     report.attach(original_headers)
 
-    data = report.as_bytes(policy=SMTPUTF8 if international else SMTP)
+    # Unfolded: a delivery-status field without spaces (a long address) would otherwise be folded into an
+    # RFC 2047 encoded word, which RFC 3464's fields do not allow.
+    data = report.as_bytes(policy=(SMTPUTF8 if international else SMTP).clone(max_line_length=None))
     ndr = MailMsg.new(
         "",
         [original.sender],

@@ -58,6 +58,7 @@ class Rule:
     needs_authentication: bool = False  # on a virtual server without anonymous access
     ehlo_only: str | None = None  # the refusal in a session greeted with HELO: an ESMTP extension's command
     reads_payload: bool = False  # its data follows the command line and is read even when it is refused
+    syntax: str = ""  # what HELP <command> shows
 
     def refusal(self, state: State, extended: bool = True) -> str | None:
         if state in self.accepted:
@@ -68,8 +69,8 @@ class Rule:
 _BEFORE_HELLO = {State.CONNECTED: replies.SEND_HELLO_FIRST}
 
 RULES: Mapping[str, Rule] = {
-    "HELO": Rule(ANY, sync_point=True),
-    "EHLO": Rule(ANY, sync_point=True),
+    "HELO": Rule(ANY, sync_point=True, syntax="HELO <domain>"),
+    "EHLO": Rule(ANY, sync_point=True, syntax="EHLO <domain>"),
     "MAIL": Rule(
         frozenset({State.GREETED}),
         {
@@ -79,6 +80,8 @@ RULES: Mapping[str, Rule] = {
             State.CHUNKING: replies.NESTED_MAIL,
         },
         needs_authentication=True,
+        syntax="MAIL FROM:<reverse-path> [SIZE=<n>] [BODY=7BIT|8BITMIME|BINARYMIME] "
+        "[RET=FULL|HDRS] [ENVID=<id>]",
     ),
     "RCPT": Rule(
         frozenset({State.MAIL, State.RCPT}),
@@ -88,6 +91,7 @@ RULES: Mapping[str, Rule] = {
             State.CHUNKING: replies.BAD_SEQUENCE,
         },
         needs_authentication=True,
+        syntax="RCPT TO:<forward-path> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=<type>;<address>]",
     ),
     "DATA": Rule(
         frozenset({State.RCPT}),
@@ -99,6 +103,7 @@ RULES: Mapping[str, Rule] = {
         },
         sync_point=True,
         needs_authentication=True,
+        syntax="DATA",
     ),
     "BDAT": Rule(
         frozenset({State.RCPT, State.CHUNKING}),
@@ -106,22 +111,25 @@ RULES: Mapping[str, Rule] = {
         needs_authentication=True,
         ehlo_only=replies.BDAT_NEEDS_EHLO,
         reads_payload=True,
+        syntax="BDAT <chunk-size> [LAST]",
     ),
-    "RSET": Rule(ANY),
-    "NOOP": Rule(ANY, sync_point=True),
-    "QUIT": Rule(ANY),
-    "HELP": Rule(ANY),
-    "VRFY": Rule(ANY, sync_point=True, needs_authentication=True),
-    "EXPN": Rule(ANY, sync_point=True, needs_authentication=True),
+    "RSET": Rule(ANY, syntax="RSET"),
+    "NOOP": Rule(ANY, sync_point=True, syntax="NOOP [<string>]"),
+    "QUIT": Rule(ANY, syntax="QUIT"),
+    "HELP": Rule(ANY, syntax="HELP [<command>]"),
+    "VRFY": Rule(ANY, sync_point=True, needs_authentication=True, syntax="VRFY <address>"),
+    "EXPN": Rule(ANY, sync_point=True, needs_authentication=True, syntax="EXPN <list>"),
     "STARTTLS": Rule(
         frozenset({State.CONNECTED, State.GREETED}),
         {state: replies.STARTTLS_IN_TRANSACTION for state in TRANSACTION},
         sync_point=True,
+        syntax="STARTTLS",
     ),
     "AUTH": Rule(
         frozenset({State.GREETED}),
         {**_BEFORE_HELLO, **{state: replies.AUTH_IN_TRANSACTION for state in TRANSACTION}},
         sync_point=True,
+        syntax="AUTH <mechanism> [<initial-response>]",
     ),
 }
 

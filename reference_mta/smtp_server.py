@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
-import functools
 import logging
 import re
 import ssl
@@ -99,10 +98,7 @@ class ExchangeSMTP(SMTP):
         self.rcpt_dsn: dict[str, str] = {}
         # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
         # rules in front of each command without copying aiosmtpd's command loop.
-        self._smtp_methods = {
-            name: functools.update_wrapper(self._ruled(name, method), method)  # keeps HELP's syntax texts
-            for name, method in self._smtp_methods.items()
-        }
+        self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
 
     def _create_envelope(self) -> ExchangeEnvelope:
         return ExchangeEnvelope()
@@ -205,6 +201,42 @@ class ExchangeSMTP(SMTP):
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # --- commands aiosmtpd lacks or that take more than aiosmtpd knows --------------------------
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        # Checked before aiosmtpd resets the session: a refused EHLO leaves the state as it was (RFC 5321
+        # 4.1.4), transaction and all.
+        if hostname and not _valid_domain_text(hostname):
+            await self.push(replies.INVALID_DOMAIN)
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if hostname and not _valid_domain_text(hostname):
+            await self.push(replies.INVALID_DOMAIN)
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        """RFC 5321 4.1.1.8: the commands this virtual server offers, or one command's syntax (214)."""
+        offered = [command for command in RULES if self._offers(command)]
+        if not arg:
+            await self.push("214-2.0.0 This server supports the following commands:")
+            await self.push(f"214 2.0.0 {' '.join(offered)}")
+        elif arg.upper() in offered:
+            await self.push(f"214 2.0.0 Syntax: {RULES[arg.upper()].syntax}")
+        else:
+            await self.push(replies.HELP_TOPIC_UNKNOWN)
+
+    def _offers(self, command: str) -> bool:
+        handler = self.event_handler
+        assert isinstance(handler, VirtualServerHandler)
+        return {
+            "BDAT": self.vs.chunking,
+            "VRFY": self.vs.vrfy != "disabled",
+            "EXPN": self.vs.expn != "disabled",
+            "STARTTLS": handler.tls_context is not None,
+            "AUTH": handler.authenticate is not None,
+        }.get(command, True)
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         if self._tls_protocol is not None:
@@ -462,10 +494,6 @@ class VirtualServerHandler:
     async def handle_EHLO(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        if not _valid_domain_text(hostname):
-            session.host_name = None
-            session.extended_smtp = False
-            return [replies.INVALID_DOMAIN]
         session.host_name = hostname
         # What the extensions offered below add to a command line (set, not added: EHLO may come again):
         # SIZE 26 (RFC 1870), DSN 113 on MAIL and 500 on RCPT (RFC 3461 5), SMTPUTF8 10 (RFC 6531).
@@ -490,9 +518,6 @@ class VirtualServerHandler:
     async def handle_HELO(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, hostname: str
     ) -> str:
-        if not _valid_domain_text(hostname):
-            session.host_name = None
-            return replies.INVALID_DOMAIN
         session.host_name = hostname
         return replies.helo(self.fqdn, _client_ip(session))
 
