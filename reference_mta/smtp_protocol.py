@@ -1,0 +1,441 @@
+"""The SMTP protocol engine of a virtual server: aiosmtpd's, with the session rules in front of every
+command and the parts of the protocol aiosmtpd lacks.
+
+- Every command passes the session rules (`session_rules`): the state table, the pipelining sync-point
+  check and the anonymous-access check, before aiosmtpd sees it; once a reply has closed the session,
+  nothing the client had already sent runs.
+- Connection control answers the greeting (`access_policy`).
+- CHUNKING and BINARYMIME (BDAT, RFC 3030), the DSN parameters (RFC 3461), HELP from the session rules,
+  VRFY and EXPN (answered by the policy), STARTTLS inside TLS refused, SMTPUTF8 as configured.
+- Bounds per session: command and text line lengths, error replies, idle time.
+What the virtual server decides about a sender, a recipient or a message is the policy's
+(`smtp_server.VirtualServerHandler`, through aiosmtpd's handler hooks). Reply texts come from `replies`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from reference_mta import replies
+from reference_mta.access_policy import may_connect
+from reference_mta.session_rules import RULES, Rule, State, is_sync_point, state_of
+from reference_mta.topology import VirtualServer
+
+_BDAT_ARGUMENT = re.compile(r"(\d+)(?: +(LAST))?", re.IGNORECASE)
+_CHUNK_PIECE = 64 * 1024
+_READER_LIMIT = 2048
+
+
+class SessionPolicy(Protocol):
+    """What the protocol engine asks of the virtual server's policy (besides aiosmtpd's hooks)."""
+
+    vs: VirtualServer
+    fqdn: str
+    tls_context: ssl.SSLContext | None
+    authenticate: Callable[[str, str], str | None] | None
+
+    async def verify(self, address: str) -> list[str]: ...
+
+    async def expand(self, address: str) -> list[str]: ...
+
+
+class ExchangeEnvelope(Envelope):
+    """aiosmtpd's envelope plus this transaction's BDAT chunks, BODY=BINARYMIME and DSN arguments; it is
+    made afresh at RSET, HELO/EHLO and after each message, so none of these outlive their transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: bytearray | None = None  # not None once a BDAT transfer has begun
+        self.binarymime = False
+        self.dsn_mail: dict[str, str] = {}
+        self.dsn_rcpt: dict[str, dict[str, str]] = {}
+
+
+@dataclass
+class _MailParameters:
+    """What smtp_MAIL took off the MAIL command before aiosmtpd parses it; handle_MAIL keeps it."""
+
+    dsn: dict[str, str] = field(default_factory=dict)
+    binarymime: bool = False
+
+
+class ExchangeSMTP(SMTP):
+    """aiosmtpd's protocol engine with the virtual server's rules in front of every command."""
+
+    def __init__(self, handler: SessionPolicy, **kwargs: Any) -> None:
+        self.policy = handler
+        self.vs = handler.vs
+        self.fqdn = handler.fqdn
+        # aiosmtpd sizes its line reader from line_length_limit, which also bounds DATA text lines. The
+        # reader must take the longest command line (RCPT with DSN parameters: 1010 octets); a text line
+        # may have 1000 octets with its CRLF plus a transparency dot (RFC 5321 4.5.3.1.6), which aiosmtpd
+        # counts before it removes the dot: 1001.
+        self.line_length_limit = _READER_LIMIT
+        super().__init__(handler, hostname=handler.fqdn, ident=replies.banner(handler.fqdn), **kwargs)
+        self.line_length_limit = 1001
+        # RFC 5321 4.5.3.1.4: 512 octets with the CRLF; aiosmtpd counts without it, and keeps its limits
+        # in a class-level dict that every session shares (EHLO raises them), so each session gets its own.
+        self.command_size_limit = 510
+        self.command_size_limits = collections.defaultdict(lambda: 510)
+        self.errors = 0
+        self.messages = 0
+        self.greeted_client = False
+        self.refused = False  # connection control said no: only QUIT is served (RFC 5321 3.1)
+        self.in_data = False
+        self.mail_parameters = _MailParameters()
+        self.rcpt_dsn: dict[str, str] = {}
+        # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
+        # rules in front of each command without copying aiosmtpd's command loop.
+        self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
+
+    def _create_envelope(self) -> ExchangeEnvelope:
+        return ExchangeEnvelope()
+
+    # Methods, not properties: aiosmtpd inspects every attribute of the protocol object at construction,
+    # before there is an envelope.
+    def exchange_envelope(self) -> ExchangeEnvelope:
+        assert isinstance(self.envelope, ExchangeEnvelope)
+        return self.envelope
+
+    def state(self) -> State:
+        envelope = self.exchange_envelope()
+        return state_of(
+            greeted=self.session is not None and self.session.host_name is not None,
+            has_sender=bool(envelope.mail_from),
+            recipients=len(envelope.rcpt_tos),
+            chunking=envelope.chunks is not None,
+        )
+
+    def refusal(self, rule: Rule) -> str | None:
+        extended = self.session is not None and bool(self.session.extended_smtp)
+        refusal = rule.refusal(self.state(), extended)
+        anonymous = self.session is None or not self.session.authenticated
+        if refusal is None and rule.needs_authentication and not self.vs.anonymous and anonymous:
+            return replies.NOT_AUTHENTICATED
+        return refusal
+
+    def _ruled(self, command: str, method: Callable[[str | None], Awaitable[None]]) -> Callable[..., Any]:
+        async def ruled(arg: str | None) -> None:
+            if self.transport is None or self.transport.is_closing():
+                return  # lines the client had sent before the session was closed on it
+            if self.refused:
+                await self.push(replies.closing(self.fqdn) if command == "QUIT" else replies.REFUSED_SESSION)
+                if command == "QUIT":
+                    self.close()
+                return
+            if self._sync_violated(command, arg):
+                await self.push(replies.SYNC_ERROR)
+                self.close()
+                return
+            rule = RULES.get(command)
+            # BDAT reads its chunk before it may refuse: the chunk's bytes must not be taken for commands.
+            refusal = self.refusal(rule) if rule is not None and not rule.reads_payload else None
+            if refusal is not None:
+                await self.push(refusal)
+                return
+            await method(arg)
+
+        return ruled
+
+    def _sync_violated(self, command: str, arg: str | None) -> bool:
+        if self.vs.pipelining_sync != "enforce" or self.session is None:
+            return False
+        if not is_sync_point(command, arg, pipelining=bool(self.session.extended_smtp)):
+            return False
+        # Input beyond the current line waits in the StreamReader's buffer; asyncio offers no public way
+        # to ask whether any is there.
+        return bool(self._reader._buffer)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def push(self, status: str | bytes) -> None:
+        text = replies.translate(status) if isinstance(status, str) else status.decode("utf-8", "replace")
+        if not self.greeted_client:
+            self.greeted_client = True
+            if not may_connect(self.vs, client_ip(self.session)):
+                # Connection control: 554 instead of the greeting; RFC 5321 3.1 then wants the server to
+                # wait for QUIT, answering 503 to anything else.
+                self.refused = True
+                text = replies.CONNECTION_REFUSED
+        await super().push(text)
+        # Only the client's mistakes count (5xx); 4xx replies are the server's state or a limit the
+        # client is told about (452 too many recipients), and aiosmtpd's 502 for unknown commands closes.
+        if text[:1] == "5" and text[3:4] == " " and not text.startswith("502 5.5.1 Too many"):
+            self.errors += 1
+            if self.errors >= self.vs.max_errors:
+                await super().push(replies.TOO_MANY_ERRORS)
+                self.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # aiosmtpd restarts the idle timer at each command only: a message still arriving is not idle.
+        if self.in_data:
+            self._reset_timeout()
+
+    def _timeout_cb(self) -> None:
+        if self._tls_protocol is not None and self.session is not None and self.session.ssl is None:
+            # Idle during the TLS handshake: closing the TLS transport would complete the handshake's
+            # future as if it had succeeded and leave the session waiting forever; end it outright.
+            if self._original_transport is not None:
+                self._original_transport.abort()  # type: ignore[attr-defined]
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
+            return
+        # aiosmtpd closes an idle session silently; say why first (RFC 5321 4.5.3.2: 421).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{replies.timed_out(self.fqdn)}\r\n".encode())  # type: ignore[attr-defined]
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    # --- commands aiosmtpd lacks or that take more than aiosmtpd knows --------------------------
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        # Checked before aiosmtpd resets the session: a refused EHLO leaves the state as it was (RFC 5321
+        # 4.1.4), transaction and all.
+        if hostname and not valid_domain_text(hostname):
+            await self.push(replies.INVALID_DOMAIN)
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if hostname and not valid_domain_text(hostname):
+            await self.push(replies.INVALID_DOMAIN)
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        """RFC 5321 4.1.1.8: the commands this virtual server offers, or one command's syntax (214)."""
+        offered = [command for command in RULES if self._offers(command)]
+        if not arg:
+            await self.push("214-2.0.0 This server supports the following commands:")
+            await self.push(f"214 2.0.0 {' '.join(offered)}")
+        elif arg.upper() in offered:
+            await self.push(f"214 2.0.0 Syntax: {RULES[arg.upper()].syntax}")
+        else:
+            await self.push(replies.HELP_TOPIC_UNKNOWN)
+
+    def _offers(self, command: str) -> bool:
+        handler = self.policy
+        return {
+            "BDAT": self.vs.chunking,
+            "VRFY": self.vs.vrfy != "disabled",
+            "EXPN": self.vs.expn != "disabled",
+            "STARTTLS": handler.tls_context is not None,
+            "AUTH": handler.authenticate is not None,
+        }.get(command, True)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self._tls_protocol is not None:
+            # RFC 3207 4.2: no TLS inside TLS; the encrypted session goes on.
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        # SASL mechanism names are case-insensitive in SMTP (RFC 4954 4); aiosmtpd matches them exactly.
+        if arg:
+            mechanism, space, rest = arg.partition(" ")
+            arg = f"{mechanism.upper()}{space}{rest}"
+        await super().smtp_AUTH(arg)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        limit = self.vs.max_messages_per_connection
+        if limit is not None and self.messages >= limit:
+            await self.push(replies.TOO_MANY_MESSAGES)
+            self.close()
+            return
+        arg, taken = self._take_parameters(arg, ("RET", "ENVID", "BODY"))
+        if not _valid_dsn_parameters(taken):
+            await self.push(replies.DSN_PARAMETER_INVALID)
+            return
+        body = taken.pop("BODY", None)
+        binarymime = body is not None and body.upper() == "BINARYMIME" and self.vs.chunking
+        if body is not None and not binarymime and arg is not None:
+            arg = f"{arg} BODY={body}"  # 7BIT and 8BITMIME are aiosmtpd's to check
+        if not self.vs.smtputf8 and arg is not None and "SMTPUTF8" in arg.upper().split(" ")[1:]:
+            # An extension the virtual server does not offer is an unknown parameter (RFC 5321 4.1.1.11).
+            await self.push(replies.PARAMETER_NOT_RECOGNIZED)
+            return
+        self.mail_parameters = _MailParameters(taken, binarymime)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        arg, self.rcpt_dsn = self._take_parameters(arg, ("NOTIFY", "ORCPT"))
+        if not _valid_dsn_parameters(self.rcpt_dsn):
+            await self.push(replies.DSN_PARAMETER_INVALID)
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if self.exchange_envelope().binarymime:
+            await self.push(replies.BINARYMIME_NEEDS_BDAT)
+            return
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        if not self.vs.chunking:
+            # Without CHUNKING the command is unknown; what follows is read as commands, as by a server
+            # that never heard of BDAT.
+            await self.push(replies.UNRECOGNIZED)
+            return
+        match = _BDAT_ARGUMENT.fullmatch(arg or "")
+        if match is None:
+            await self.push(replies.BDAT_SYNTAX)
+            return
+        size, last = int(match[1]), match[2] is not None
+        limit = self.data_size_limit
+        if limit and size > limit:
+            # Reading (to discard) a chunk larger than any message could be would let one command hold
+            # the session for gigabytes; no transaction can succeed, so the session ends here.
+            await self.push(replies.CHUNK_TOO_BIG)
+            self.close()
+            return
+        refusal = self.refusal(RULES["BDAT"])
+        envelope = self.exchange_envelope()
+        received = len(envelope.chunks or b"") + size
+        keep = refusal is None and not (limit and received > limit)
+        chunk = await self._read_chunk(size, keep)
+        if chunk is None:
+            return  # the client went away mid-chunk
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        if not keep:
+            # RFC 3030 3: a failed BDAT ends the transaction; the client must start again with MAIL.
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(replies.TOO_BIG)
+            return
+        if envelope.chunks is None:
+            envelope.chunks = bytearray()
+        envelope.chunks += chunk
+        if not last:
+            await self.push(replies.chunk_received(size))
+            return
+        envelope.content = envelope.original_content = bytes(envelope.chunks)
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
+        """Read a BDAT chunk in pieces, keeping it only if asked; None if the connection ended."""
+        kept = bytearray()
+        remaining = size
+        try:
+            while remaining:
+                piece = await self._reader.readexactly(min(remaining, _CHUNK_PIECE))
+                remaining -= len(piece)
+                if keep:
+                    kept += piece
+                self._reset_timeout()  # a long chunk is not an idle session
+        except asyncio.IncompleteReadError:
+            self.close()
+            return None
+        return bytes(kept)
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        handler = self.policy
+        disabled = replies.NOT_IMPLEMENTED if self.vs.vrfy == "disabled" else None
+        await self._ask_directory(arg, disabled, replies.VRFY_SYNTAX, handler.verify)
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        handler = self.policy
+        disabled = replies.NOT_IMPLEMENTED if self.vs.expn == "disabled" else None
+        await self._ask_directory(arg, disabled, replies.EXPN_SYNTAX, handler.expand)
+
+    async def _ask_directory(
+        self,
+        arg: str | None,
+        disabled: str | None,
+        syntax: str,
+        answer: Callable[[str], Awaitable[list[str]]],
+    ) -> None:
+        """VRFY and EXPN: refused when turned off, 501 without an argument, else the handler's lines."""
+        if disabled is not None or not arg:
+            await self.push(disabled or syntax)
+            return
+        for line in await answer(arg.strip().strip("<>")):
+            await self.push(line)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser is the e-mail header parser: it decodes RFC 2047 encoded words
+        (`=?utf-8?q?alice?=@contoso.com` becomes alice@contoso.com) and drops comments, so the envelope
+        would name a different mailbox than the client wrote. Only a source route (RFC 5321 4.1.1.3:
+        accepted, ignored) and quoting may differ; anything else is an invalid address."""
+        address, rest = super()._getaddr(arg)
+        if not address or address == "<>":
+            return address, rest
+        written = arg.strip()
+        written = written[1 : written.find(">")] if written.startswith("<") else written.split(" ")[0]
+        if written.startswith("@") and ":" in written:
+            written = written.partition(":")[2]
+        if written.replace('"', "") != address.replace('"', ""):
+            return None, None
+        return address, rest
+
+    def _take_parameters(self, arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
+        """Take ESMTP parameters aiosmtpd would refuse (it answers 555 to any it does not know) off a
+        MAIL or RCPT argument; xtext-decoded (RFC 3461 4)."""
+        if arg is None or self.session is None or not self.session.extended_smtp:
+            return arg, {}
+        kept: list[str] = []
+        taken: dict[str, str] = {}
+        for word in arg.split(" "):
+            name, equals, value = word.partition("=")
+            if equals and name.upper() in names:
+                taken[name.upper()] = xtext_decode(value)
+            else:
+                kept.append(word)
+        return " ".join(kept), taken
+
+
+_NOTIFY_EVENTS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+def _valid_dsn_parameters(taken: dict[str, str]) -> bool:
+    """RFC 3461 4.1-4.4: NOTIFY is NEVER or a list of SUCCESS/FAILURE/DELAY, RET is FULL or HDRS, ORCPT
+    is addr-type;address, ENVID at most 100 characters; decoded values are printable US-ASCII."""
+    if not all(value.isascii() and value.isprintable() for value in taken.values()):
+        return False
+    notify = taken.get("NOTIFY")
+    if notify is not None:
+        events = notify.upper().split(",")
+        if events != ["NEVER"] and not (events and set(events) <= _NOTIFY_EVENTS):
+            return False
+    if "RET" in taken and taken["RET"].upper() not in ("FULL", "HDRS"):
+        return False
+    orcpt = taken.get("ORCPT")
+    if orcpt is not None and (";" not in orcpt or not orcpt.partition(";")[2]):
+        return False
+    return len(taken.get("ENVID", "")) <= 100
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 xtext: "+XX" is the byte with hex value XX."""
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m[1], 16)), value)
+
+
+def client_ip(session: Session | None) -> str:
+    # aiosmtpd types peer loosely; for TCP it is the (host, port) tuple of the client.
+    assert session is not None
+    peer: tuple[str, int] = session.peer  # type: ignore[assignment]
+    return peer[0]
+
+
+def valid_domain_text(name: str) -> bool:
+    """HELO/EHLO names are ASCII (RFC 5321 4.1.1.1; RFC 6531 keeps EHLO ASCII or A-labels)."""
+    return name.isascii() and name.isprintable()
