@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPORTS ?= reports
 WORKERS ?= auto
 
-.PHONY: conformance test lint typecheck unit report clean
+.PHONY: conformance test lint typecheck unit report clean mtas
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) mtas
 	$(BIN)/pytest -n $(WORKERS) tests traces
+
+## The real MTAs a lab server can be stood in for (Debian packages; needs root, else their tests skip).
+mtas:
+	scripts/install_mtas.sh
 
 report:
 	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report

@@ -82,6 +82,18 @@ class Evidence:
                     Path(str(record["path"])).read_bytes(),
                 )
             )
+        for stand_in in lab.stand_ins.values():
+            for delivered in stand_in.deliveries():
+                deliveries.append(
+                    Delivery(
+                        "mailbox",
+                        delivered.mailbox,
+                        delivered.server,
+                        delivered.sender,
+                        (delivered.mailbox,),
+                        delivered.data,
+                    )
+                )
         for sink in lab.sinks.values():
             for capture in sink.captures:
                 deliveries.append(

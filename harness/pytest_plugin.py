@@ -88,6 +88,9 @@ class TraceItem(pytest.Item):
         missing = target.missing(self.trace.requires)
         if missing:
             pytest.skip(f"target {target.name} lacks {', '.join(missing)}")
+        unavailable = target.unavailable()
+        if unavailable:
+            pytest.skip(f"target {target.name} cannot run here: {unavailable}")
         result = run_trace(self.trace, target)
         report.publish(result)
         if not result.passed:

@@ -67,15 +67,20 @@ class TraceResult:
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 
-def relocation() -> tuple[str | None, int | None]:
+def relocation(netns: bool = False) -> tuple[str | None, int | None]:
     """The address base and port offset for this process's labs (None: the lab file's own).
 
     Each pytest-xdist worker gets its own address block so labs run side by side: worker gwN uses
     127.(101 + N).0.0, or, when MAILFLOW_LAB_BASE is set, that base with its second octet moved up by N
-    (otherwise every worker would get the same base and their labs would clash).
+    (otherwise every worker would get the same base and their labs would clash). A lab with servers in
+    network namespaces lives on 198.18.(10 + N).0/24 with standard ports (a real MTA looks up MX records
+    on port 53 and delivers to port 25).
     """
-    base = os.environ.get("MAILFLOW_LAB_BASE") or None
     match = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if netns:
+        worker = int(match[1]) if match else 0
+        return f"198.18.{10 + worker % 200}.0", 0
+    base = os.environ.get("MAILFLOW_LAB_BASE") or None
     if match is not None:
         worker = int(match[1])
         base = f"127.{101 + worker % 150}.0.0" if base is None else _shifted(base, worker)
@@ -101,7 +106,7 @@ def _shifted(base: str, worker: int) -> str:
 
 def run_trace(trace: Trace, target: Target) -> TraceResult:
     began = time.perf_counter()
-    base, offset = relocation()
+    base, offset = relocation(netns=target.needs_netns)
     config = lab_config.load(trace.lab, base=base, port_offset=offset)
     result = TraceResult(trace=trace, target=target.name)
     with target.lab(config) as lab:

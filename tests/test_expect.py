@@ -204,6 +204,7 @@ def test_evidence_reads_gateway_transfers_through_the_store(tmp_path: Path) -> N
         dns=SimpleNamespace(queries=[]),
         gc=SimpleNamespace(queries=[]),
         sinks={},
+        stand_ins={},
         servers={},
         workdir=tmp_path,
         tracking_dir=tmp_path / "tracking",

@@ -19,7 +19,7 @@ import dns.exception
 import dns.name
 
 from harness import yamlsource
-from harness.lab.addresses import is_lab_address
+from harness.lab.addresses import LOOPBACK, is_lab_address
 from harness.lab.dns import Fault, Record, check_record, ptr_name
 from reference_mta import topology
 from reference_mta.queuing import RetryPolicy
@@ -111,7 +111,8 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         base_address = ipaddress.IPv4Address(base_text)
     except ValueError as exc:
         raise document.error(("network", "base"), f"{base_text!r} is not an IPv4 address") from exc
-    if not is_lab_address(base_address, loopback_only=True):
+    # A base in 198.18.0.0/15 is for labs whose hosts sit on the lab's own network (netns backend).
+    if not is_lab_address(base_address, loopback_only=base is None):
         where = "network.base" if base is None else "the base given on the command line"
         raise document.error(
             ("network", "base"),
@@ -219,15 +220,18 @@ def _check_addresses(
     *,
     relocated: bool,
 ) -> None:
-    """Every host number must land inside 127.0.0.0/8 and name one host only; every port must fit."""
+    """Every host number must land inside the lab's range and name one host only; every port must fit.
+    The range is 127.0.0.0/8, or, for a lab on its own network (a base in 198.18.0.0/15), the base's /24,
+    which is what the lab's bridge carries."""
     owners: dict[int, str] = {}
     moved = " (after relocation)" if relocated else ""
+    in_range = LOOPBACK if base in LOOPBACK else ipaddress.IPv4Network(f"{base}/24", strict=False)
     for location, name, raw in _addressed(data):
         address = base + raw["addr"] if int(base) + raw["addr"] <= 0xFFFFFFFF else None
-        if address is None or not is_lab_address(address, loopback_only=True):
+        if address is None or address not in in_range:
             raise document.error(
                 (*location, "addr"),
-                f"base {base} + {raw['addr']} = {address or 'overflow'}{moved} is outside 127.0.0.0/8",
+                f"base {base} + {raw['addr']} = {address or 'overflow'}{moved} is outside {in_range}",
             )
         if raw["addr"] in owners:
             raise document.error(
@@ -268,11 +272,7 @@ def _host_location(data: Mapping[str, Any], name: str) -> tuple[str | int, ...]:
 def _check_literal(
     document: yamlsource.Document, smart_host: str | None, location: tuple[str | int, ...]
 ) -> None:
-    if (
-        smart_host
-        and smart_host.startswith("[")
-        and not is_lab_address(smart_host.strip("[]"), loopback_only=True)
-    ):
+    if smart_host and smart_host.startswith("[") and not is_lab_address(smart_host.strip("[]")):
         raise document.error(
             location, f"smart host {smart_host} is not a lab address: name a lab host instead"
         )
@@ -328,7 +328,7 @@ def _records(
                 raise document.error(
                     ("dns", "records", index, "value"), f"{value!r} is not an IPv4 address"
                 ) from None
-            if not is_lab_address(address, loopback_only=True):
+            if not is_lab_address(address):
                 raise document.error(
                     ("dns", "records", index, "value"),
                     f"{address} is not a lab address: DNS may only point inside the lab",

@@ -116,9 +116,11 @@ class LabNetwork:
         self._check(address)
         _ip("addr", "add", f"{address}/32", "dev", self.state.bridge)
 
-    def add_namespace(self, host: str, address: str, dns: str) -> Namespace:
-        """A namespace for `host` at `address`, joined to the bridge, resolving through `dns`."""
-        self._check(address)
+    def add_namespace(self, host: str, address: str, dns: str, extra: Sequence[str] = ()) -> Namespace:
+        """A namespace for `host` at `address` (and `extra` addresses, its virtual servers), joined to
+        the bridge, resolving through `dns`."""
+        for each in (address, *extra):
+            self._check(each)
         number = len(self.state.namespaces)
         name = f"{PREFIX}{self.lab_id}-{host.lower()}"[:40]
         outer, inner = f"mf{self.lab_id}h{number}", f"mf{self.lab_id}n{number}"
@@ -138,6 +140,8 @@ class LabNetwork:
         _ip("-n", name, "link", "set", "lo", "up")
         _ip("-n", name, "link", "set", inner, "name", "eth0")
         _ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
+        for each in extra:
+            _ip("-n", name, "addr", "add", f"{each}/32", "dev", "eth0")
         _ip("-n", name, "link", "set", "eth0", "up")
         return Namespace(name, address)
 

@@ -9,20 +9,24 @@ over real sockets on the lab's loopback addresses, as a remote client would.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.lab.addresses import is_lab_address
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.control import SOCKET_NAME, ControlServer
 from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
+from harness.lab.netns import LabNetwork, Namespace
 from harness.lab.sinks import SinkHost
+from harness.lab.standin import StandIn, StandInFactory
 from reference_mta.linkstate import LinkState
 from reference_mta.queuing import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
@@ -43,8 +47,13 @@ class Lab:
         reference_servers: bool = True,
         retry: RetryPolicy | None = None,
         control: bool = False,
+        stand_ins: Mapping[str, StandInFactory] | None = None,
     ) -> None:
         self.config = config
+        # Servers a program of its own stands in for (a real MTA), each in its own network namespace.
+        self._stand_in_factories = dict(stand_ins or {})
+        self.stand_ins: dict[str, StandIn] = {}
+        self.network: LabNetwork | None = None
         self.reference_servers = reference_servers
         self.retry = retry or config.timers
         self.dns = FakeDNS(
@@ -85,7 +94,13 @@ class Lab:
         ready.wait()
         try:
             self.gc.load()
+            namespaces = self._make_network() if self._stand_in_factories else {}
             self.run(self._start())
+            for server, factory in self._stand_in_factories.items():
+                stand_in = factory(self)
+                self.stand_ins[server] = stand_in
+                stand_in.start(namespaces[server])
+            self.gc.clear_log()  # the stand-ins' own configuration look-ups are not the trace's
         except BaseException:
             self.stop()
             raise
@@ -113,6 +128,8 @@ class Lab:
             tls_context=self.certificates.server_context,
         )
         for server in self.config.organization.servers:
+            if server.name in self._stand_in_factories:
+                continue
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
             await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
@@ -121,6 +138,9 @@ class Lab:
             await self.control.start()
 
     def stop(self) -> None:
+        for stand_in in self.stand_ins.values():
+            stand_in.stop()
+        self.stand_ins.clear()
         loop = self._loop
         if loop is None:
             return
@@ -133,8 +153,40 @@ class Lab:
                 self._thread.join(timeout=10)
             loop.close()
             self._loop = None
+            if self.network is not None:
+                self.network.destroy()
+                self.network = None
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _make_network(self) -> dict[str, Namespace]:
+        """The netns backend: the lab's hosts on a bridge, each stand-in server in its namespace."""
+        config = self.config
+        if config.port_offset != 0 or not is_lab_address(config.base) or config.base.is_loopback:
+            raise LabError(
+                f"servers stood in for by real MTAs need the lab on 198.18.0.0/15 with standard ports "
+                f"(base {config.base}, port offset {config.port_offset})"
+            )
+        network = LabNetwork(ipaddress.IPv4Network(f"{config.base}/24", strict=False), config.name)
+        self.network = network.create()
+        outside = {
+            address
+            for name in self._stand_in_factories
+            for address in (config.organization.server(name).address, *self._vs_addresses(name))
+        }
+        for address in sorted({host.address for host in config.hosts.values()} - outside):
+            network.add_local(address)
+        namespaces: dict[str, Namespace] = {}
+        for name in self._stand_in_factories:
+            server = config.organization.server(name)
+            namespaces[name] = network.add_namespace(
+                name, server.address, config.dns_address, extra=self._vs_addresses(name)
+            )
+        return namespaces
+
+    def _vs_addresses(self, server: str) -> list[str]:
+        me = self.config.organization.server(server)
+        return sorted({vs.address for vs in me.virtual_servers} - {me.address})
 
     async def _stop(self) -> None:
         if self.control is not None:
@@ -169,7 +221,9 @@ class Lab:
             horizon = time.time() + timeout if wait_for_retries else None
             quiet_since: float | None = None
             while time.monotonic() < deadline:
-                if all(server.idle(horizon) for server in self.servers.values()):
+                if all(server.idle(horizon) for server in self.servers.values()) and all(
+                    stand_in.idle() for stand_in in self.stand_ins.values()
+                ):
                     quiet_since = quiet_since or time.monotonic()
                     if time.monotonic() - quiet_since >= quiet:
                         return True

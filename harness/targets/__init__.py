@@ -1,0 +1,86 @@
+"""Targets: what stands in for the server under test. Each declares its capabilities, and a trace that
+requires one a target lacks is skipped with the reason.
+
+`reference` runs every Exchange server of the lab as the reference MTA, so everything is visible
+(white box: tracking logs, LDAP log, queues, mailbox stores). `postfix` runs Postfix from its Debian
+package in place of one server (EX1 unless named: `postfix:EX2`), in that server's network namespace;
+the rest of the lab stays as it is. What it shows is black box: replies, DNS queries, what reaches its
+mailboxes and the other hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.lab import netns
+from harness.lab.config import LabConfig
+from harness.lab.runtime import Lab
+from harness.lab.standin import StandIn
+from harness.targets import postfix
+from harness.targets.recipients import RecipientTable
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    capabilities: frozenset[str]
+    description: str
+    stands_in_for: str | None = None  # the lab server a real MTA replaces; None: the reference MTA
+
+    @property
+    def needs_netns(self) -> bool:
+        return self.stands_in_for is not None
+
+    def missing(self, requires: frozenset[str]) -> list[str]:
+        return sorted(requires - self.capabilities)
+
+    def unavailable(self) -> str | None:
+        """None if this target can run here, else why not (a reason to skip, not a failure)."""
+        if self.stands_in_for is None:
+            return None
+        return netns.available() or postfix.installed()
+
+    def lab(self, config: LabConfig, workdir: Path | None = None) -> Lab:
+        if self.stands_in_for is None:
+            return Lab(config, workdir, reference_servers=True)
+        server = self.stands_in_for
+
+        def postfix_for(lab: Lab) -> StandIn:
+            directory = lab.gc.connect(f"{self.name} configuration")
+            table = RecipientTable.from_directory(directory, lab.config.global_catalog.base_dn)
+            return postfix.PostfixStandIn(lab.config, server, table, lab.workdir / f"{server}-postfix")
+
+        return Lab(config, workdir, reference_servers=True, stand_ins={server: postfix_for})
+
+
+REFERENCE = Target(
+    name="reference",
+    capabilities=frozenset({"tracking", "ldap_log", "mailbox", "queues", "reference"}),
+    description="the reference MTA (Exchange 2003 model) runs every server of the lab",
+)
+
+# Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.
+POSTFIX = Target(
+    name="postfix",
+    capabilities=frozenset({"mailbox"}),
+    description="Postfix (Debian package) stands in for one lab server, in its own network namespace",
+    stands_in_for="EX1",
+)
+
+TARGETS = {REFERENCE.name: REFERENCE, POSTFIX.name: POSTFIX}
+
+
+def get(name: str) -> Target:
+    """A target by name; `postfix:EX2` stands Postfix in for EX2 instead of EX1."""
+    base, _, server = name.partition(":")
+    try:
+        target = TARGETS[base]
+    except KeyError:
+        raise ValueError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}") from None
+    if server:
+        if target.stands_in_for is None:
+            raise ValueError(f"target {base!r} runs every lab server; it cannot stand in for {server!r}")
+        target = dataclasses.replace(target, name=name, stands_in_for=server)
+    return target

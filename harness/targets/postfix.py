@@ -1,0 +1,308 @@
+"""Postfix standing in for one Exchange server of the lab, in that server's network namespace.
+
+The lab file is rendered into Postfix's own configuration, the way a mail administrator would translate
+the Exchange settings:
+
+    recipient policies, authoritative      virtual_mailbox_domains (unknown users refused at RCPT)
+    recipient policies, shared namespace   relay_domains (unknown users go on by MX)
+    mailboxes on this server               virtual_mailbox_maps → a Maildir the harness reads
+    mailboxes on other servers             transport_maps → smtp:[that server]
+    secondary addresses, groups, contacts  virtual_alias_maps
+    relay restrictions                     smtpd_relay_restrictions with a cidr client table
+    "allow relaying" connector domains     relay_domains
+    connectors with smart hosts            transport_maps → smtp:[smart host]
+    size / recipient limits, FQDN, VRFY    message_size_limit, smtpd_recipient_limit, myhostname, ...
+
+Postfix runs from its Debian package with a configuration directory of its own in the lab's folder
+(`postfix -c`), every daemon unchrooted, logging to a file the report attaches. Not modelled: Basic
+authentication (Postfix needs a SASL server), recipient filtering lists, connection control.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from harness.lab.config import LabConfig
+from harness.lab.netns import Namespace
+from harness.lab.standin import MailboxDelivery
+from harness.targets.recipients import RecipientTable
+from reference_mta.topology import Connector, Organization, Server
+
+SPOOL_QUEUES = ("maildrop", "incoming", "active")
+# Every Postfix service a lab server needs, none chrooted (a chroot would need copies of the lab's
+# resolv.conf and of the Maildir base inside the spool).
+_SERVICES = """\
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 1 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+proxywrite unix - - n - 1 proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+virtual unix - n n - - virtual
+lmtp unix - - n - - lmtp
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"""
+TABLES = ("virtual_mailbox", "virtual_alias", "transport")
+
+
+class PostfixError(RuntimeError):
+    """Postfix could not be configured or started; the message quotes Postfix's own words."""
+
+
+def render(config: LabConfig, server: str, table: RecipientTable, root: Path) -> dict[str, str]:
+    """The files of Postfix's configuration directory for `server`, keyed by file name."""
+    organization = config.organization
+    me = organization.server(server)
+    vs = me.default_virtual_server
+    authoritative = [d.domain for p in organization.policies for d in p.domains if d.authoritative]
+    shared = [d.domain for p in organization.policies for d in p.domains if not d.authoritative]
+    relay_domains = sorted({*shared, *_relay_connector_domains(organization)})
+    owner = pwd.getpwnam("postfix")
+    main = {
+        "compatibility_level": "3.6",
+        "queue_directory": str(root / "spool"),
+        "data_directory": str(root / "data"),
+        "mail_owner": "postfix",
+        "setgid_group": "postdrop",
+        "maillog_file": str(root / "postfix.log"),
+        "maillog_file_prefixes": str(root),
+        "myhostname": vs.fqdn or me.fqdn,
+        "mydomain": organization.primary_domain,
+        "myorigin": "$mydomain",
+        "inet_interfaces": ", ".join(v.address for v in me.virtual_servers),
+        "inet_protocols": "ipv4",
+        "smtp_bind_address": me.address,
+        "mydestination": "",
+        "local_recipient_maps": "",
+        "mynetworks": "",
+        "smtpd_banner": "$myhostname ESMTP",
+        "virtual_mailbox_domains": ", ".join(authoritative),
+        "virtual_mailbox_maps": f"hash:{root / 'etc' / 'virtual_mailbox'}",
+        "virtual_alias_maps": f"hash:{root / 'etc' / 'virtual_alias'}",
+        "transport_maps": f"hash:{root / 'etc' / 'transport'}",
+        "virtual_mailbox_base": str(root / "mail"),
+        "virtual_uid_maps": f"static:{owner.pw_uid}",
+        "virtual_gid_maps": f"static:{owner.pw_gid}",
+        "relay_domains": ", ".join(relay_domains),
+        "smtpd_relay_restrictions": _relay_restrictions(me, organization, root),
+        # Exchange's codes where Postfix lets them be chosen: a refused relay is 550 5.7.1.
+        "relay_domains_reject_code": "550",
+        "message_size_limit": str(vs.max_message_kb * 1024),
+        "smtpd_recipient_limit": str(vs.max_recipients),
+        "disable_vrfy_command": "yes" if vs.vrfy == "disabled" else "no",
+        "smtputf8_enable": "yes" if vs.smtputf8 else "no",
+        "smtpd_forbid_unauth_pipelining": "yes" if vs.pipelining_sync == "enforce" else "no",
+        # The lab's timers: retries within seconds, expiry as the lab file says.
+        "queue_run_delay": _seconds(config.timers.intervals[0]),
+        "minimal_backoff_time": _seconds(config.timers.intervals[0]),
+        "maximal_backoff_time": _seconds(config.timers.intervals[-1]),
+        "maximal_queue_lifetime": _seconds(config.timers.expiration),
+        "bounce_queue_lifetime": _seconds(config.timers.expiration),
+        "delay_warning_time": "0",
+        "smtp_connect_timeout": "5s",
+    }
+    files = {
+        "main.cf": "".join(f"{key} = {value}\n" for key, value in main.items()),
+        "master.cf": "".join(f"{v.address}:{v.port} inet n - n - - smtpd\n" for v in me.virtual_servers)
+        + _SERVICES,
+        "relay_clients": _relay_clients(me),
+    }
+    mailboxes, aliases, transports = [], [], []
+    for mailbox in table.mailboxes:
+        local = mailbox.server.lower() == server.lower()
+        mailboxes.append(f"{mailbox.primary} {mailbox.primary}/\n")
+        aliases += [f"{address} {mailbox.primary}\n" for address in mailbox.addresses[1:]]
+        if not local:
+            home = organization.server(mailbox.server)
+            transports.append(f"{mailbox.primary} smtp:[{home.address}]:{home.default_virtual_server.port}\n")
+    for group in table.groups:
+        aliases += [
+            f"{address} {', '.join(group.members) or 'devnull@invalid'}\n" for address in group.addresses
+        ]
+    for contact in table.contacts:
+        aliases += [f"{address} {contact.target}\n" for address in contact.addresses]
+    transports += _connector_transports(organization, me)
+    files["virtual_mailbox"] = "".join(mailboxes)
+    files["virtual_alias"] = "".join(aliases)
+    files["transport"] = "".join(transports)
+    return files
+
+
+def _seconds(value: float) -> str:
+    return f"{max(1, round(value))}s"  # Postfix takes whole seconds
+
+
+def _relay_connector_domains(organization: Organization) -> list[str]:
+    return [
+        space.pattern.replace("*.", ".")
+        for connector in organization.connectors
+        if connector.allow_relay
+        for space in connector.address_spaces
+        if space.type == "SMTP" and space.pattern != "*"
+    ]
+
+
+def _relay_restrictions(me: Server, organization: Organization, root: Path) -> str:
+    vs = me.default_virtual_server
+    if vs.relay.open:
+        return "permit"
+    return f"check_client_access cidr:{root / 'etc' / 'relay_clients'}, reject_unauth_destination"
+
+
+def _relay_clients(me: Server) -> str:
+    """The relay list as a cidr table: the organization's servers and the listed clients get OK."""
+    relay = me.default_virtual_server.relay
+    lines: list[str] = []
+    if relay.all_except is not None:
+        lines += [f"{network} DUNNO\n" for network in relay.all_except]
+        lines.append("0.0.0.0/0 OK\n")
+    else:
+        lines += [f"{network} OK\n" for network in relay.only_list]
+    return "".join(lines)
+
+
+def _connector_transports(organization: Organization, me: Server) -> list[str]:
+    """SMTP connectors: a smart host where the connector names one; another server where the
+    connector's bridgehead is elsewhere; nothing (MX look-up) for a DNS connector on this server."""
+    lines: list[str] = []
+    for connector in organization.connectors:
+        if connector.kind != "smtp":
+            continue
+        target = _connector_next_hop(organization, me, connector)
+        if target is None:
+            continue
+        for space in connector.address_spaces:
+            if space.type == "SMTP" and space.pattern != "*":
+                lines.append(f"{space.pattern.replace('*.', '.')} {target}\n")
+    return lines
+
+
+def _connector_next_hop(organization: Organization, me: Server, connector: Connector) -> str | None:
+    if me.name not in connector.local_bridgeheads:
+        bridgehead = organization.server(connector.local_bridgeheads[0])
+        return f"smtp:[{bridgehead.address}]:{bridgehead.default_virtual_server.port}"
+    if connector.smart_hosts:
+        host = connector.smart_hosts[0]
+        return f"smtp:{host}" if host.startswith("[") else f"smtp:[{host}]"
+    return None
+
+
+class PostfixStandIn:
+    """A running Postfix for one lab server: configured, started in its namespace, read, stopped."""
+
+    def __init__(self, config: LabConfig, server: str, table: RecipientTable, root: Path) -> None:
+        self.config = config
+        self.server = server
+        self.table = table
+        self.root = root
+        self.namespace: Namespace | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "postfix.log"
+
+    def start(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+        etc = self.root / "etc"
+        for folder in ("etc", "spool", "data", "mail"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        owner = pwd.getpwnam("postfix")
+        for folder in ("data", "mail"):
+            os.chown(self.root / folder, owner.pw_uid, owner.pw_gid)
+        # Postfix's daemons run as the postfix user and must be able to reach their folders.
+        for directory in (self.root, *self.root.parents):
+            if directory == Path("/") or directory.stat().st_uid != os.getuid():
+                break
+            directory.chmod(directory.stat().st_mode | 0o111)
+        for name, text in render(self.config, self.server, self.table, self.root).items():
+            (etc / name).write_text(text, encoding="utf-8")
+        for name in TABLES:
+            self._postfix("postmap", "-c", str(etc), str(etc / name))
+        self._postfix("postfix", "-c", str(etc), "start")
+        self._wait_until_listening()
+
+    def stop(self) -> None:
+        if self.namespace is None:
+            return
+        # abort, not stop: nothing in the queue matters once the trace is over, and stop waits.
+        subprocess.run(
+            self.namespace.command(["postfix", "-c", str(self.root / "etc"), "abort"]),
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        self.namespace = None
+
+    def idle(self) -> bool:
+        spool = self.root / "spool"
+        return not any(path.is_file() for queue in SPOOL_QUEUES for path in (spool / queue).rglob("*"))
+
+    def deliveries(self) -> list[MailboxDelivery]:
+        found: list[MailboxDelivery] = []
+        base = self.root / "mail"
+        for path in sorted(base.glob("*/new/*")) + sorted(base.glob("*/cur/*")):
+            data = path.read_bytes()
+            headers = email.message_from_bytes(data.split(b"\r\n\r\n", 1)[0], policy=email.policy.compat32)
+            sender = str(headers.get("Return-Path", "")).strip().strip("<>")
+            mailbox = str(headers.get("Delivered-To", path.parent.parent.name)).strip().lower()
+            found.append(MailboxDelivery(mailbox, self.server, sender or "<>", data))
+        return found
+
+    def _postfix(self, *argv: str) -> None:
+        assert self.namespace is not None
+        result = subprocess.run(
+            self.namespace.command(argv), capture_output=True, text=True, check=False, timeout=60
+        )
+        if result.returncode != 0:
+            log = (
+                self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+            )
+            raise PostfixError(
+                f"{' '.join(argv[:2])} for {self.server} failed (exit {result.returncode}): "
+                f"{(result.stderr.strip() or log.strip()[-2000:]) or 'no output'}"
+            )
+
+    def _wait_until_listening(self, timeout: float = 20.0) -> None:
+        vs = self.config.organization.server(self.server).default_virtual_server
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((vs.address, vs.port), timeout=1) as probe:
+                    if probe.recv(4).startswith(b"220"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise PostfixError(f"Postfix for {self.server} does not answer on {vs.address}:{vs.port}")
+
+
+def installed() -> str | None:
+    """None if Postfix can run here, else why not."""
+    if shutil.which("postfix") is None or shutil.which("postmap") is None:
+        return "Postfix is not installed (Debian package postfix; `make postfix` installs it)"
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return "the postfix user does not exist (install the Debian package postfix)"
+    return None

@@ -1,0 +1,74 @@
+"""The directory as a real MTA's lookup tables need it: which addresses exist, which mailbox each one
+reaches and on which server it lives, what groups and contacts expand to. Read once from the lab's
+global catalog when a stand-in is configured; every adapter renders its own tables from this.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from reference_mta.categorizer import Directory
+
+_SERVER_IN_DN = re.compile(r"CN=([^,]+),CN=Servers,", re.IGNORECASE)
+_ATTRIBUTES = ("mail", "proxyAddresses", "homeMDB", "objectClass", "member", "targetAddress")
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    primary: str  # the mailbox's own (primary SMTP) address; also its folder name
+    addresses: tuple[str, ...]  # every SMTP address that reaches it, primary first
+    server: str  # the lab server holding it
+
+
+@dataclass(frozen=True)
+class Group:
+    addresses: tuple[str, ...]
+    members: tuple[str, ...]  # members' primary addresses
+
+
+@dataclass(frozen=True)
+class Contact:
+    addresses: tuple[str, ...]
+    target: str  # where mail for it goes (targetAddress)
+
+
+@dataclass
+class RecipientTable:
+    mailboxes: list[Mailbox] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    contacts: list[Contact] = field(default_factory=list)
+
+    @classmethod
+    def from_directory(cls, directory: Directory, base_dn: str) -> RecipientTable:
+        entries = directory.search(base_dn, "(proxyAddresses=*)", _ATTRIBUTES)
+        primary_of = {entry.dn.lower(): _smtp_addresses(entry.all("proxyAddresses"))[:1] for entry in entries}
+        table = cls()
+        for entry in entries:
+            addresses = tuple(_smtp_addresses(entry.all("proxyAddresses")))
+            if not addresses:
+                continue
+            classes = entry.classes
+            home = entry.first("homeMDB")
+            target = entry.first("targetAddress")
+            if "group" in classes:
+                members = tuple(
+                    address for dn in entry.all("member") for address in primary_of.get(dn.lower(), [])
+                )
+                table.groups.append(Group(addresses, members))
+            elif home and (match := _SERVER_IN_DN.search(home)):
+                table.mailboxes.append(Mailbox(addresses[0], addresses, match[1]))
+            elif target:
+                table.contacts.append(Contact(addresses, target.partition(":")[2] or target))
+        return table
+
+    def mailboxes_on(self, server: str) -> list[Mailbox]:
+        return [m for m in self.mailboxes if m.server.lower() == server.lower()]
+
+
+def _smtp_addresses(proxies: Iterable[str]) -> list[str]:
+    """SMTP proxy addresses, the primary (upper-case SMTP:) first."""
+    primary = [p[5:] for p in proxies if p.startswith("SMTP:")]
+    secondary = [p[5:] for p in proxies if p.startswith("smtp:")]
+    return [a.lower() for a in primary + secondary]

@@ -1,0 +1,149 @@
+"""Postfix standing in for EX1: the configuration rendered from the lab file, and a real Postfix (the
+Debian package) started in EX1's network namespace, answering real SMTP sessions from the lab's clients.
+
+The rendering tests run everywhere; the live ones need root and Postfix and are skipped otherwise, with
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import targets
+from harness.evidence import Evidence
+from harness.lab import config as lab_config
+from harness.lab.config import LabConfig
+from harness.lab.runtime import Lab
+from harness.runner import relocation
+from harness.targets import postfix
+from harness.targets.recipients import Contact, Group, Mailbox, RecipientTable
+
+LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+BASE = f"198.18.{120 + WORKER % 40}.0"
+UNAVAILABLE = targets.POSTFIX.unavailable()
+live = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
+
+
+def netns_config() -> LabConfig:
+    return lab_config.load(LAB, base=BASE, port_offset=0)
+
+
+TABLE = RecipientTable(
+    mailboxes=[
+        Mailbox("alice@contoso.com", ("alice@contoso.com", "alice.smith@contoso.com"), "EX1"),
+        Mailbox("bob@contoso.com", ("bob@contoso.com",), "EX2"),
+    ],
+    groups=[Group(("sales@contoso.com",), ("alice@contoso.com", "bob@contoso.com"))],
+    contacts=[Contact(("pat@contoso.com",), "pat@partner.example")],
+)
+
+
+def lines(text: str) -> set[str]:
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+@pytest.mark.skipif(postfix.installed() is not None, reason=postfix.installed() or "")
+def test_the_lab_file_becomes_postfix_tables(tmp_path: Path) -> None:
+    files = postfix.render(netns_config(), "EX1", TABLE, tmp_path)
+    main = lines(files["main.cf"])
+    assert "myhostname = ex1.contoso.com" in main
+    assert "virtual_mailbox_domains = contoso.com, litware.com" in main
+    # The shared namespace and the connectors that allow relaying are relay domains.
+    assert "relay_domains = adatum.com, partner.example, shared.contoso.com" in main
+    assert "relay_domains_reject_code = 550" in main
+    assert "message_size_limit = 4194304" in main
+    assert f"inet_interfaces = {BASE[:-1]}11" in next(
+        line for line in main if line.startswith("inet_interfaces")
+    )
+    # Mailboxes: every one is known (so RCPT can be checked); those on other servers go there by SMTP.
+    assert lines(files["virtual_mailbox"]) == {
+        "alice@contoso.com alice@contoso.com/",
+        "bob@contoso.com bob@contoso.com/",
+    }
+    assert f"bob@contoso.com smtp:[{BASE[:-1]}21]:25" in lines(files["transport"])
+    aliases = lines(files["virtual_alias"])
+    assert "alice.smith@contoso.com alice@contoso.com" in aliases
+    assert "sales@contoso.com alice@contoso.com, bob@contoso.com" in aliases
+    assert "pat@contoso.com pat@partner.example" in aliases
+    # The relay list: app01 (relay-host) may relay; nobody else is listed.
+    assert lines(files["relay_clients"]) == {f"{BASE[:-1]}202/32 OK"}
+    # London's *.example connector has a smart host but its bridgehead is EX3: EX1 sends such mail there.
+    assert f".example smtp:[{BASE[:-1]}31]:25" in lines(files["transport"])
+
+
+def test_a_target_can_stand_in_for_another_server() -> None:
+    assert targets.get("postfix").stands_in_for == "EX1"
+    assert targets.get("postfix:EX2").stands_in_for == "EX2"
+    with pytest.raises(ValueError, match="runs every lab server"):
+        targets.get("reference:EX2")
+    with pytest.raises(ValueError, match="unknown target"):
+        targets.get("sendmail")
+
+
+def test_a_lab_with_namespaces_uses_the_benchmarking_range_and_standard_ports() -> None:
+    base, offset = relocation(netns=True)
+    assert base is not None and base.startswith("198.18.") and offset == 0
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with targets.POSTFIX.lab(netns_config()) as running:
+        yield running
+
+
+def send(
+    lab: Lab, client: str, sender: str, recipients: list[str], subject: str
+) -> dict[str, tuple[int, bytes]]:
+    ex1 = lab.config.organization.server("EX1").default_virtual_server
+    with smtplib.SMTP(ex1.address, ex1.port, source_address=(lab.config.host(client).address, 0)) as smtp:
+        smtp.ehlo("client.example")
+        refused: dict[str, tuple[int, bytes]] = {}
+        try:
+            refused = smtp.sendmail(sender, recipients, f"Subject: {subject}\r\n\r\nhello\r\n")
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients
+        return refused
+
+
+@live
+def test_postfix_answers_for_ex1_and_stores_local_mail(lab: Lab) -> None:
+    assert "EX1" not in lab.servers and "EX1" in lab.stand_ins
+    assert send(lab, "internet", "ann@fabrikam.com", ["alice.smith@contoso.com"], "to alice") == {}
+    assert lab.settle(timeout=20)
+    found = [d for d in Evidence.collect(lab).deliveries if b"Subject: to alice" in d.data]
+    assert [(d.kind, d.where, d.server, d.sender) for d in found] == [
+        ("mailbox", "alice@contoso.com", "EX1", "ann@fabrikam.com")
+    ]
+
+
+@live
+def test_postfix_refuses_to_relay_for_a_stranger_and_relays_for_the_relay_list(lab: Lab) -> None:
+    refused = send(lab, "attacker", "x@tailspin.example", ["nancy@northwind.example"], "relay probe")
+    assert refused["nancy@northwind.example"][0] == 550
+    assert send(lab, "relay-host", "monitor@contoso.com", ["ops@nomx.net"], "from the relay list") == {}
+    assert lab.settle(timeout=20)
+    sinks = [d for d in Evidence.collect(lab).deliveries if d.kind == "sink"]
+    assert [(d.where, d.rcpt) for d in sinks if b"from the relay list" in d.data] == [
+        ("nomx-host", ("ops@nomx.net",))
+    ]
+    assert not [d for d in sinks if b"relay probe" in d.data]
+
+
+@live
+def test_mail_for_a_mailbox_on_ex2_goes_on_to_the_reference_server(lab: Lab) -> None:
+    assert send(lab, "internet", "ann@fabrikam.com", ["bob@contoso.com"], "to bob") == {}
+    assert lab.settle(timeout=20)
+    found = [d for d in Evidence.collect(lab).deliveries if b"Subject: to bob" in d.data]
+    assert [(d.kind, d.where, d.server) for d in found] == [("mailbox", "bob@contoso.com", "EX2")]
+
+
+@live
+def test_postfix_logs_to_the_lab_folder(lab: Lab) -> None:
+    log = lab.stand_ins["EX1"].log_path.read_text(encoding="utf-8", errors="replace")
+    assert "postfix/smtpd" in log and "status=sent" in log
