@@ -28,13 +28,34 @@ class Check:
     failures: list[str] = field(default_factory=list)
     expected: str = ""
     actual: str = ""
+    observed: bool = True  # False: the target cannot show this (a black box has no tracking log)
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
 
-def check_outcome(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
+# What each white-box expectation needs the target to show; the rest is seen from outside.
+NEEDS = {"ldap": "ldap_log", "tracking": "tracking", "events": "tracking", "hops": "tracking",
+         "queues": "queues", "queues_empty": "queues"}  # fmt: skip
+
+
+def check_outcome(
+    outcome: dict[str, Any], evidence: Evidence, observable: frozenset[str] | None = None
+) -> list[Check]:
+    """The trace's expected outcome against the evidence. With `observable` (a target's capabilities),
+    expectations the target cannot show are reported as not observed instead of being checked."""
+    if observable is not None:
+        hidden = {key for key, needed in NEEDS.items() if key in outcome and needed not in observable}
+        if hidden:
+            visible = {key: value for key, value in outcome.items() if key not in hidden}
+            unobserved = [
+                Check(
+                    key, [], str(outcome[key]), f"not observable on this target (needs {NEEDS[key]})", False
+                )
+                for key in sorted(hidden)
+            ]
+            return check_outcome(visible, evidence) + unobserved
     checks: list[Check] = []
     for spec in outcome.get("dns") or []:
         checks.append(_check_dns(spec, evidence))

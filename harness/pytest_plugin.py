@@ -85,7 +85,7 @@ class TraceItem(pytest.Item):
         target = targets.get(self.config.getoption("mailflow_target"))
         self.user_properties.append(("mailflow_target", target.name))
         report.label(self.trace, target.name)
-        missing = target.missing(self.trace.requires)
+        missing = target.missing(self.trace)
         if missing:
             pytest.skip(f"target {target.name} lacks {', '.join(missing)}")
         unavailable = target.unavailable()

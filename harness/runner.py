@@ -125,7 +125,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
                 break
         settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         result.evidence = Evidence.collect(lab)
-        result.checks = check_outcome(trace.outcome, result.evidence)
+        result.checks = check_outcome(trace.outcome, result.evidence, target.capabilities)
         if not settled:
             # Messages still being retried when the trace's time is up: the target's behaviour, so a
             # failed check (with the queues as evidence) rather than a broken run.

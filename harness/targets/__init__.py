@@ -18,8 +18,10 @@ from harness.lab import netns
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
+from harness.script import Auth, StartTls, TlsHandshake
 from harness.targets import postfix
 from harness.targets.recipients import RecipientTable
+from harness.trace import ForeignMemo, LabAction, Session, Submission, Trace
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class Target:
     def needs_netns(self) -> bool:
         return self.stands_in_for is not None
 
-    def missing(self, requires: frozenset[str]) -> list[str]:
-        return sorted(requires - self.capabilities)
+    def missing(self, trace: Trace) -> list[str]:
+        """What the trace needs that this target does not have (then it is skipped, with these)."""
+        return sorted(needs(trace, self.stands_in_for) - self.capabilities)
 
     def unavailable(self) -> str | None:
         """None if this target can run here, else why not (a reason to skip, not a failure)."""
@@ -55,9 +58,39 @@ class Target:
         return Lab(config, workdir, reference_servers=True, stand_ins={server: postfix_for})
 
 
+# Capabilities that only decide which checks can be made: a trace that declares them still runs on a
+# target without them, and those checks are reported as not observable (harness/expect.py).
+OBSERVATIONAL = frozenset({"tracking", "ldap_log", "queues"})
+
+
+def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
+    """What running `trace` takes: its declared `requires:` less what only decides checks, plus what its
+    items imply. Store submissions, foreign memos and lab actions drive reference servers; AUTH and
+    STARTTLS need those configured; a virtual server other than the default one of the stood-in server
+    needs its own settings rendered."""
+    needed = set(trace.requires - OBSERVATIONAL)
+    for item in trace.sessions:
+        if isinstance(item, Submission | ForeignMemo | LabAction) and not (
+            isinstance(item, LabAction) and item.action in ("settle", "sink_rule")
+        ):
+            needed.add("reference")
+        if not isinstance(item, Session):
+            continue
+        if any(isinstance(step, Auth) for step in item.steps):
+            needed.add("auth")
+        if any(isinstance(step, StartTls | TlsHandshake) for step in item.steps):
+            needed.add("starttls")
+        connect = item.connect
+        if stand_in and connect.virtual_server and (connect.server or "").lower() == stand_in.lower():
+            needed.add("virtual_servers")
+    return frozenset(needed)
+
+
 REFERENCE = Target(
     name="reference",
-    capabilities=frozenset({"tracking", "ldap_log", "mailbox", "queues", "reference"}),
+    capabilities=frozenset(
+        {"tracking", "ldap_log", "mailbox", "queues", "reference", "auth", "starttls", "virtual_servers"}
+    ),
     description="the reference MTA (Exchange 2003 model) runs every server of the lab",
 )
 
