@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import targets
+from harness import matrix, targets
 from harness.catalogue import catalogue, markdown
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
@@ -94,7 +94,25 @@ def run(
     if not files:
         console.print("[red]no trace files found[/red]")
         sys.exit(5)
-    results_file = reports_dir / "last-run.json"
+    code, outcomes = _replay(files, target, reports_dir, workers, keyword, reports_dir / "last-run.json")
+    print_summary(outcomes)
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        console.print("[red]no trace was run[/red]")
+    sys.exit(int(code))
+
+
+def _replay(
+    files: list[Path],
+    target: targets.Target,
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
+    results_file: Path,
+    clean: bool = True,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run the traces on one target through pytest (the plugin does the work); its exit code and the
+    outcome of every trace."""
+    results_file.parent.mkdir(parents=True, exist_ok=True)
     # A pytest that stops before its session finishes writes no summary: show none, not the last run's.
     results_file.unlink(missing_ok=True)
     args = [str(p) for p in files] + [
@@ -104,7 +122,7 @@ def run(
         str(results_file),
         "--alluredir",
         str(reports_dir / "allure-results"),
-        "--clean-alluredir",
+        *(["--clean-alluredir"] if clean else []),
         "-p",
         "no:cacheprovider",
         "-q",
@@ -136,11 +154,62 @@ def run(
                 code = pytest.main(args, plugins=[plugin])
             finally:
                 sys.stdout = saved
-    outcomes = json.loads(results_file.read_text()) if results_file.exists() else []
-    print_summary(outcomes)
-    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
-        console.print("[red]no trace was run[/red]")
-    sys.exit(int(code))
+    outcomes: list[dict[str, Any]] = json.loads(results_file.read_text()) if results_file.exists() else []
+    return int(code), outcomes
+
+
+@main.command(name="matrix")
+@click.argument("paths", nargs=-1)
+@click.option("--target", "target_names", multiple=True, required=True, help="a target; give several")
+@click.option(
+    "--reports", "reports_dir", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True
+)
+@click.option(
+    "-n", "--workers", default="0", show_default=True, help="parallel workers (pytest-xdist), or auto"
+)
+@click.option("-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression")
+def matrix_command(
+    paths: tuple[str, ...],
+    target_names: tuple[str, ...],
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
+) -> None:
+    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML)."""
+    try:
+        chosen = [targets.get(name) for name in target_names]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from exc
+    files = trace_files(paths)
+    if not files:
+        console.print("[red]no trace files found[/red]")
+        sys.exit(5)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for number, target in enumerate(chosen):
+        results = reports_dir / "matrix" / f"{target.name.replace(':', '-')}.json"
+        # One Allure result folder for all targets: the report tells them apart by the target label.
+        _, runs[target.name] = _replay(
+            files, target, reports_dir, workers, keyword, results, clean=number == 0
+        )
+    table = matrix.build(runs)
+    names = [t.name for t in chosen]
+    (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names), encoding="utf-8")
+    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names), encoding="utf-8")
+    shown = Table(title="conformance matrix")
+    shown.add_column("ID")
+    for name in names:
+        shown.add_column(name)
+    colours = {
+        "pass": "green",
+        "fail": "red",
+        "deviation": "yellow",
+        "skipped": "bright_black",
+        "none": "white",
+    }
+    for spec_id, row in table.items():
+        shown.add_row(spec_id, *(f"[{colours[row[n].status]}]{row[n].text()}[/]" for n in names))
+    console.print(shown)
+    console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
 
 
 def print_summary(outcomes: list[dict[str, Any]]) -> None:

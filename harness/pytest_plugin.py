@@ -92,6 +92,7 @@ class TraceItem(pytest.Item):
         if unavailable:
             pytest.skip(f"target {target.name} cannot run here: {unavailable}")
         result = run_trace(self.trace, target)
+        self.user_properties.append(("mailflow_deviations", result.deviations))
         report.publish(result)
         if not result.passed:
             raise TraceFailed("\n".join(result.failures()))
@@ -120,9 +121,24 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             "target": properties.get("mailflow_target", "reference"),
             "outcome": outcome,
             "duration": report.duration,
-            "message": report.longreprtext[:4000] if report.failed else "",
+            "message": _message(report),
+            "deviations": properties.get("mailflow_deviations", []),
         }
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # One process may run several sessions (`mailflow matrix`, one per target): each starts afresh.
+    _outcomes.clear()
+
+
+def _message(report: pytest.TestReport) -> str:
+    """The failures of a failed trace, or why a trace was skipped."""
+    if report.failed:
+        return report.longreprtext[:4000]
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return ""
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

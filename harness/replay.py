@@ -12,7 +12,7 @@ import asyncio
 import base64
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
@@ -65,6 +65,10 @@ class ConnectError(Exception):
         self.reason = reason
 
 
+# A target's known deviations: the reason a reply mismatch is tolerated, or None if it is a failure.
+Tolerate = Callable[[str], str | None]
+
+
 @dataclass
 class Exchange:
     """One step's outcome, for the report (each becomes an Allure step)."""
@@ -77,6 +81,8 @@ class Exchange:
     """Empty when the step passed; a transport error is repeated here so that this alone decides."""
     error: str | None
     """Transport problem (timeout, connection closed, malformed reply), if that is why the step failed."""
+    deviations: list[str] = field(default_factory=list)
+    """Mismatches the target is known to have, with their reasons: not failures, the session goes on."""
 
     @property
     def passed(self) -> bool:
@@ -228,7 +234,9 @@ class _Session:
         timeout: float,
         tls_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        tolerate: Tolerate | None = None,
     ) -> None:
+        self.tolerate = tolerate
         self.reader = reader
         self.writer = writer
         self.transcript = transcript
@@ -347,7 +355,13 @@ class _Session:
             await self._tls_handshake(exchange)
         elif isinstance(step, Expect):
             exchange.reply = await self.read()
-            exchange.failures.extend(step.matcher.check(exchange.reply))
+            for failure in step.matcher.check(exchange.reply):
+                reason = self.tolerate(failure) if self.tolerate else None
+                if reason is None:
+                    exchange.failures.append(failure)
+                else:
+                    exchange.deviations.append(f"{failure} (known deviation: {reason})")
+                    self.transcript.note(f"known deviation: {reason}")
         elif isinstance(step, Wait):
             self.transcript.note(f"wait {step.seconds:g} s")
             await asyncio.sleep(step.seconds)
@@ -457,6 +471,7 @@ async def run_session(
     connect_timeout: float = 5.0,
     tls_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    tolerate: Tolerate | None = None,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
 
@@ -481,7 +496,7 @@ async def run_session(
     sockname = writer.get_extra_info("sockname")
     local_address = (str(sockname[0]), int(sockname[1]))
     transcript.note(f"connected from {local_address[0]}:{local_address[1]} to {host}:{port}")
-    session = _Session(reader, writer, transcript, timeout, tls_context, server_hostname)
+    session = _Session(reader, writer, transcript, timeout, tls_context, server_hostname, tolerate)
     exchanges: list[Exchange] = []
     try:
         for index, step in enumerate(steps):

@@ -19,7 +19,7 @@ from harness.expect import Check, check_outcome
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, sink_rule
 from harness.lab.runtime import Lab, LabError
-from harness.replay import Exchange, SessionResult, message_bytes, run_session
+from harness.replay import Exchange, SessionResult, Tolerate, message_bytes, run_session
 from harness.targets import Target
 from harness.trace import MESSAGE_DIRS, Connect, ForeignMemo, LabAction, Session, Submission, Trace
 
@@ -44,6 +44,11 @@ class TraceResult:
     @property
     def passed(self) -> bool:
         return all(s.result.passed for s in self.sessions) and all(c.passed for c in self.checks)
+
+    @property
+    def deviations(self) -> list[str]:
+        """The target's known deviations met on the way (tolerated: the trace can still pass)."""
+        return [d for s in self.sessions for e in s.result.exchanges for d in e.deviations]
 
     def failures(self) -> list[str]:
         """One line per failure; sessions and steps count from 1, as a reader of the trace counts, and
@@ -119,7 +124,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             elif isinstance(item, LabAction):
                 run = _act(lab, item, trace)
             else:
-                run = _smtp_session(lab, item, trace)
+                run = _smtp_session(lab, item, trace, target.tolerate(trace.id))
             result.sessions.append(run)
             if not run.result.passed:
                 break
@@ -148,7 +153,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
     return result
 
 
-def _smtp_session(lab: Lab, session: Session, trace: Trace) -> SessionRun:
+def _smtp_session(lab: Lab, session: Session, trace: Trace, tolerate: Tolerate | None) -> SessionRun:
     config = lab.config
     client = config.host(session.client)
     host, port, name = asyncio.run(endpoint(session.connect, config, client.address))
@@ -167,6 +172,7 @@ def _smtp_session(lab: Lab, session: Session, trace: Trace) -> SessionRun:
             timeout=min(trace.timeout, 30.0),
             tls_context=lab.certificates.client_context(),
             server_hostname=name,
+            tolerate=tolerate,
         )
     )
     return SessionRun(session.client, f"{host}:{port}", outcome)

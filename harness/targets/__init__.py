@@ -18,8 +18,10 @@ from harness.lab import netns
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
+from harness.replay import Tolerate
 from harness.script import Auth, StartTls, TlsHandshake
 from harness.targets import postfix
+from harness.targets.known_deviations import deviations
 from harness.targets.recipients import RecipientTable
 from harness.trace import ForeignMemo, LabAction, Session, Submission, Trace
 
@@ -38,6 +40,19 @@ class Target:
     def missing(self, trace: Trace) -> list[str]:
         """What the trace needs that this target does not have (then it is skipped, with these)."""
         return sorted(needs(trace, self.stands_in_for) - self.capabilities)
+
+    def tolerate(self, trace: str) -> Tolerate | None:
+        """This target's known deviations for `trace`, as the replay asks about a reply mismatch."""
+        known = [
+            d for d in deviations(self.name) if not d.traces or any(trace.startswith(t) for t in d.traces)
+        ]
+        if not known:
+            return None
+
+        def reason(failure: str) -> str | None:
+            return next((d.reason for d in known if d.failure.search(failure)), None)
+
+        return reason
 
     def unavailable(self) -> str | None:
         """None if this target can run here, else why not (a reason to skip, not a failure)."""
