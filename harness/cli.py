@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import matrix, targets
+from harness import differential, matrix, targets
 from harness.catalogue import catalogue, markdown
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
@@ -210,6 +210,54 @@ def matrix_command(
         shown.add_row(spec_id, *(f"[{colours[row[n].status]}]{row[n].text()}[/]" for n in names))
     console.print(shown)
     console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
+
+
+@main.command(name="diff")
+@click.argument("paths", nargs=-1)
+@click.option("--target", "target_names", multiple=True, required=True, help="give exactly two targets")
+def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
+    """Replay the same traces on two targets; show where transcripts and outcomes differ, side by side.
+    Exit 1 if anything differs."""
+    if len(target_names) != 2:
+        raise click.BadParameter("give exactly two targets", param_hint="--target")
+    try:
+        first, second = (targets.get(name) for name in target_names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from exc
+    files = trace_files(paths)
+    if not files:
+        console.print("[red]no trace files found[/red]")
+        sys.exit(5)
+    differing = 0
+    for path in files:
+        try:
+            trace = load(path.resolve())
+        except SourceError as exc:
+            console.print(f"[red]broken trace:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            differing += 1
+            continue
+        for target in (first, second):
+            unavailable = target.unavailable()
+            missing = target.missing(trace) + ([unavailable] if unavailable else [])
+            if missing:
+                lacks = ", ".join(missing)
+                console.print(f"[yellow]{trace.id}: skipped: {target.name} lacks {lacks}[/yellow]")
+                break
+        else:
+            result = differential.compare(trace, first, second)
+            if not result.differs:
+                console.print(f"[green]{trace.id}: same[/green]")
+                continue
+            differing += 1
+            table = Table(title=f"{trace.id}", show_lines=True)
+            table.add_column("where")
+            table.add_column(first.name)
+            table.add_column(second.name)
+            for where, left, right in result.hunks():
+                table.add_row(where, escape("\n".join(left)), escape("\n".join(right)))
+            console.print(table)
+    console.print(f"{len(files)} trace(s), {differing} differ")
+    sys.exit(1 if differing else 0)
 
 
 def print_summary(outcomes: list[dict[str, Any]]) -> None:
