@@ -49,7 +49,12 @@ def verdict(outcome: Mapping[str, Any], known: Sequence[Deviation]) -> Verdict:
         return Verdict(trace, "deviation", tolerated) if tolerated else Verdict(trace, "pass")
     if outcome["outcome"] == "skipped":
         return Verdict(trace, "skipped", (str(outcome.get("message") or ""),))
-    failures = [line for line in str(outcome.get("message") or "").splitlines() if line.strip()]
+    # pytest-xdist puts a "[gw0] linux -- Python ..." line before a worker's failure text.
+    failures = [
+        line
+        for line in str(outcome.get("message") or "").splitlines()
+        if line.strip() and not re.match(r"\[gw\d+\] ", line)
+    ]
     reasons: list[str] = []
     for line in failures:
         match = next(

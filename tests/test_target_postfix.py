@@ -73,8 +73,13 @@ def test_the_lab_file_becomes_postfix_tables(tmp_path: Path) -> None:
     assert "pat@contoso.com pat@partner.example" in aliases
     # The relay list: app01 (relay-host) may relay; nobody else is listed.
     assert lines(files["relay_clients"]) == {f"{BASE[:-1]}202/32 OK"}
-    # London's *.example connector has a smart host but its bridgehead is EX3: EX1 sends such mail there.
-    assert f".example smtp:[{BASE[:-1]}31]:25" in lines(files["transport"])
+    # Routing decides as the reference MTA does: London's *.example connector is cheapest through Tokyo,
+    # so EX1 hands such mail to EX2, the Seattle-Tokyo bridgehead; the partner connector's bridgehead is
+    # EX2; northwind.example has a DNS connector on EX1 itself, so Postfix looks up its MX.
+    transport = lines(files["transport"])
+    assert f".example smtp:[{BASE[:-1]}21]:25" in transport
+    assert f"partner.example smtp:[{BASE[:-1]}21]:25" in transport
+    assert not [line for line in transport if line.startswith("northwind.example")]
 
 
 def test_a_target_can_stand_in_for_another_server() -> None:

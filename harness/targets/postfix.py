@@ -34,7 +34,11 @@ from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
 from harness.targets.recipients import RecipientTable
-from reference_mta.topology import Connector, Organization, Server
+from reference_mta.linkstate import LinkState
+from reference_mta.mailmsg import MailMsg
+from reference_mta.queuing import Hop
+from reference_mta.routing import RoutingEngine
+from reference_mta.topology import Organization, Server
 
 SPOOL_QUEUES = ("maildrop", "incoming", "active")
 # Every Postfix service a lab server needs, none chrooted (a chroot would need copies of the lab's
@@ -106,6 +110,10 @@ def render(config: LabConfig, server: str, table: RecipientTable, root: Path) ->
         "virtual_uid_maps": f"static:{owner.pw_uid}",
         "virtual_gid_maps": f"static:{owner.pw_gid}",
         "relay_domains": ", ".join(relay_domains),
+        # Exchange's domains cover only themselves (docs/decisions.md): no parent-domain matching for
+        # relay_domains (".example" entries, from "*.example" address spaces, still cover subdomains).
+        "parent_domain_matches_subdomains": "debug_peer_list, fast_flush_domains, mynetworks, "
+        "permit_mx_backup_networks, qmqpd_authorized_clients, smtpd_access_maps",
         "smtpd_relay_restrictions": _relay_restrictions(me, organization, root),
         # Exchange's codes where Postfix lets them be chosen: a refused relay is 550 5.7.1.
         "relay_domains_reject_code": "550",
@@ -129,21 +137,26 @@ def render(config: LabConfig, server: str, table: RecipientTable, root: Path) ->
         + _SERVICES,
         "relay_clients": _relay_clients(me),
     }
+    engine = RoutingEngine(organization, me, LinkState(organization))
     mailboxes, aliases, transports = [], [], []
     for mailbox in table.mailboxes:
         local = mailbox.server.lower() == server.lower()
         mailboxes.append(f"{mailbox.primary} {mailbox.primary}/\n")
         aliases += [f"{address} {mailbox.primary}\n" for address in mailbox.addresses[1:]]
         if not local:
+            # Toward the home server as routing does it: directly in this routing group, else through
+            # the routing group connectors' bridgeheads.
             home = organization.server(mailbox.server)
-            transports.append(f"{mailbox.primary} smtp:[{home.address}]:{home.default_virtual_server.port}\n")
+            target = _next_hop(organization, engine.route_to_server(home.fqdn))
+            if target is not None:
+                transports.append(f"{mailbox.primary} {target}\n")
     for group in table.groups:
         aliases += [
             f"{address} {', '.join(group.members) or 'devnull@invalid'}\n" for address in group.addresses
         ]
     for contact in table.contacts:
         aliases += [f"{address} {contact.target}\n" for address in contact.addresses]
-    transports += _connector_transports(organization, me)
+    transports += _connector_transports(organization, me, engine)
     files["virtual_mailbox"] = "".join(mailboxes)
     files["virtual_alias"] = "".join(aliases)
     files["transport"] = "".join(transports)
@@ -183,30 +196,40 @@ def _relay_clients(me: Server) -> str:
     return "".join(lines)
 
 
-def _connector_transports(organization: Organization, me: Server) -> list[str]:
-    """SMTP connectors: a smart host where the connector names one; another server where the
-    connector's bridgehead is elsewhere; nothing (MX look-up) for a DNS connector on this server."""
+def _connector_transports(organization: Organization, me: Server, engine: RoutingEngine) -> list[str]:
+    """Where mail for each SMTP address space goes from this server, as the reference MTA's routing
+    engine decides it (least cost, local connector on ties, smart hosts): one place for the rule. A
+    destination reached by DNS needs no entry; the catch-all `*` becomes the default next hop."""
+    probe = MailMsg.new("", ["postmaster@mailflow-probe.invalid"])
+    patterns = sorted(
+        {
+            space.pattern
+            for connector in organization.connectors
+            if connector.kind == "smtp"
+            for space in connector.address_spaces
+            if space.type == "SMTP"
+        }
+    )
     lines: list[str] = []
-    for connector in organization.connectors:
-        if connector.kind != "smtp":
-            continue
-        target = _connector_next_hop(organization, me, connector)
+    for pattern in patterns:
+        domain = pattern.replace("*", "mailflow-probe") if pattern != "*" else "mailflow-probe.invalid"
+        target = _next_hop(organization, engine.route_to_address_space(probe, "SMTP", domain))
         if target is None:
             continue
-        for space in connector.address_spaces:
-            if space.type == "SMTP" and space.pattern != "*":
-                lines.append(f"{space.pattern.replace('*.', '.')} {target}\n")
+        key = "*" if pattern == "*" else pattern.replace("*.", ".")
+        lines.append(f"{key} {target}\n")
     return lines
 
 
-def _connector_next_hop(organization: Organization, me: Server, connector: Connector) -> str | None:
-    if me.name not in connector.local_bridgeheads:
-        bridgehead = organization.server(connector.local_bridgeheads[0])
-        return f"smtp:[{bridgehead.address}]:{bridgehead.default_virtual_server.port}"
-    if connector.smart_hosts:
-        host = connector.smart_hosts[0]
+def _next_hop(organization: Organization, hop: Hop) -> str | None:
+    if hop.kind == "smart_host" and hop.targets:
+        host = hop.targets[0]
         return f"smtp:{host}" if host.startswith("[") else f"smtp:[{host}]"
-    return None
+    if hop.kind == "server" and hop.targets:
+        server = organization.server_by_fqdn(hop.targets[0])
+        if server is not None:
+            return f"smtp:[{server.address}]:{server.default_virtual_server.port}"
+    return None  # DNS (Postfix's own MX look-up), or nothing Postfix could do better
 
 
 class PostfixStandIn:
@@ -267,7 +290,7 @@ class PostfixStandIn:
             headers = email.message_from_bytes(data.split(b"\r\n\r\n", 1)[0], policy=email.policy.compat32)
             sender = str(headers.get("Return-Path", "")).strip().strip("<>")
             mailbox = str(headers.get("Delivered-To", path.parent.parent.name)).strip().lower()
-            found.append(MailboxDelivery(mailbox, self.server, sender or "<>", data))
+            found.append(MailboxDelivery(mailbox, self.server, sender, data))  # "" is the null sender
         return found
 
     def _postfix(self, *argv: str) -> None:
