@@ -79,7 +79,7 @@ def test_the_lab_file_becomes_postfix_tables(tmp_path: Path) -> None:
     transport = lines(files["transport"])
     assert f".example smtp:[{BASE[:-1]}21]:25" in transport
     assert f"partner.example smtp:[{BASE[:-1]}21]:25" in transport
-    assert not [line for line in transport if line.startswith("northwind.example")]
+    assert "northwind.example :" in transport
 
 
 def test_a_target_can_stand_in_for_another_server() -> None:

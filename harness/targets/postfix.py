@@ -199,7 +199,8 @@ def _relay_clients(me: Server) -> str:
 def _connector_transports(organization: Organization, me: Server, engine: RoutingEngine) -> list[str]:
     """Where mail for each SMTP address space goes from this server, as the reference MTA's routing
     engine decides it (least cost, local connector on ties, smart hosts): one place for the rule. A
-    destination reached by DNS needs no entry; the catch-all `*` becomes the default next hop."""
+    destination reached by DNS gets Postfix's default (an MX look-up); the catch-all `*` becomes the
+    default next hop when it is not DNS."""
     probe = MailMsg.new("", ["postmaster@mailflow-probe.invalid"])
     patterns = sorted(
         {
@@ -214,10 +215,13 @@ def _connector_transports(organization: Organization, me: Server, engine: Routin
     for pattern in patterns:
         domain = pattern.replace("*", "mailflow-probe") if pattern != "*" else "mailflow-probe.invalid"
         target = _next_hop(organization, engine.route_to_address_space(probe, "SMTP", domain))
-        if target is None:
+        if pattern == "*":
+            if target is not None:
+                lines.append(f"* {target}\n")
             continue
-        key = "*" if pattern == "*" else pattern.replace("*.", ".")
-        lines.append(f"{key} {target}\n")
+        # ":" is Postfix's "default transport, MX look-up": written out so that a wider entry (".example")
+        # does not catch a domain this server delivers itself (northwind.example).
+        lines.append(f"{pattern.replace('*.', '.')} {target or ':'}\n")
     return lines
 
 
