@@ -152,3 +152,20 @@ def test_mail_for_a_mailbox_on_ex2_goes_on_to_the_reference_server(lab: Lab) -> 
 def test_postfix_logs_to_the_lab_folder(lab: Lab) -> None:
     log = lab.stand_ins["EX1"].log_path.read_text(encoding="utf-8", errors="replace")
     assert "postfix/smtpd" in log and "status=sent" in log
+
+
+@live
+def test_postfix_offers_starttls_with_the_lab_certificate(lab: Lab) -> None:
+    ex1 = lab.config.organization.server("EX1").default_virtual_server
+    source = (lab.config.host("internet").address, 0)
+    with smtplib.SMTP(ex1.address, ex1.port, source_address=source) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.has_extn("starttls")
+        context = lab.certificates.client_context()
+        # smtplib names the server by the address it connected to; the chain is still checked.
+        context.check_hostname = False
+        code, _ = smtp.starttls(context=context)
+        assert code == 220
+        smtp.ehlo("client.example")
+        assert not smtp.has_extn("starttls")  # RFC 3207: not offered again inside TLS
+        assert smtp.sock is not None and smtp.sock.version() is not None

@@ -37,6 +37,12 @@ class LabCertificates:
             self._contexts[fqdn] = context
         return self._contexts[fqdn]
 
+    def write_chain(self, fqdn: str, path: Path) -> Path:
+        """A key and certificate chain for `fqdn` in one PEM file, for a real MTA's TLS settings."""
+        self.ca.issue_cert(fqdn).private_key_and_cert_chain_pem.write_to_path(str(path))
+        path.chmod(0o600)
+        return path
+
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts the lab's CA, and only it."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)

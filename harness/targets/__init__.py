@@ -68,7 +68,8 @@ class Target:
         def postfix_for(lab: Lab) -> StandIn:
             directory = lab.gc.connect(f"{self.name} configuration")
             table = RecipientTable.from_directory(directory, lab.config.global_catalog.base_dn)
-            return postfix.PostfixStandIn(lab.config, server, table, lab.workdir / f"{server}-postfix")
+            root = lab.workdir / f"{server}-postfix"
+            return postfix.PostfixStandIn(lab.config, server, table, root, lab.certificates)
 
         return Lab(config, workdir, reference_servers=True, stand_ins={server: postfix_for})
 
@@ -112,7 +113,7 @@ REFERENCE = Target(
 # Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.
 POSTFIX = Target(
     name="postfix",
-    capabilities=frozenset({"mailbox"}),
+    capabilities=frozenset({"mailbox", "starttls"}),
     description="Postfix (Debian package) stands in for one lab server, in its own network namespace",
     stands_in_for="EX1",
 )

@@ -30,6 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
@@ -67,6 +68,7 @@ lmtp unix - - n - - lmtp
 anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
+tlsmgr unix - - n 1000? 1 tlsmgr
 """
 TABLES = ("virtual_mailbox", "virtual_alias", "transport")
 
@@ -75,8 +77,11 @@ class PostfixError(RuntimeError):
     """Postfix could not be configured or started; the message quotes Postfix's own words."""
 
 
-def render(config: LabConfig, server: str, table: RecipientTable, root: Path) -> dict[str, str]:
-    """The files of Postfix's configuration directory for `server`, keyed by file name."""
+def render(
+    config: LabConfig, server: str, table: RecipientTable, root: Path, tls_chain: Path | None = None
+) -> dict[str, str]:
+    """The files of Postfix's configuration directory for `server`, keyed by file name; `tls_chain` is
+    the server's key and certificate when its virtual server has a certificate bound."""
     organization = config.organization
     me = organization.server(server)
     vs = me.default_virtual_server
@@ -102,6 +107,8 @@ def render(config: LabConfig, server: str, table: RecipientTable, root: Path) ->
         "local_recipient_maps": "",
         "mynetworks": "",
         "smtpd_banner": "$myhostname ESMTP",
+        # Exchange wants HELO or EHLO before MAIL (and again after STARTTLS).
+        "smtpd_helo_required": "yes",
         "virtual_mailbox_domains": ", ".join(authoritative),
         "virtual_mailbox_maps": f"hash:{root / 'etc' / 'virtual_mailbox'}",
         "virtual_alias_maps": f"hash:{root / 'etc' / 'virtual_alias'}",
@@ -131,6 +138,12 @@ def render(config: LabConfig, server: str, table: RecipientTable, root: Path) ->
         "delay_warning_time": "0",
         "smtp_connect_timeout": "5s",
     }
+    if vs.tls and tls_chain is not None:
+        main.update(
+            smtpd_tls_security_level="may",
+            smtpd_tls_chain_files=str(tls_chain),
+            smtpd_tls_auth_only="yes" if vs.auth_requires_tls else "no",
+        )
     files = {
         "main.cf": "".join(f"{key} = {value}\n" for key, value in main.items()),
         "master.cf": "".join(f"{v.address}:{v.port} inet n - n - - smtpd\n" for v in me.virtual_servers)
@@ -239,7 +252,15 @@ def _next_hop(organization: Organization, hop: Hop) -> str | None:
 class PostfixStandIn:
     """A running Postfix for one lab server: configured, started in its namespace, read, stopped."""
 
-    def __init__(self, config: LabConfig, server: str, table: RecipientTable, root: Path) -> None:
+    def __init__(
+        self,
+        config: LabConfig,
+        server: str,
+        table: RecipientTable,
+        root: Path,
+        certificates: LabCertificates | None = None,
+    ) -> None:
+        self.certificates = certificates
         self.config = config
         self.server = server
         self.table = table
@@ -263,7 +284,11 @@ class PostfixStandIn:
             if directory == Path("/") or directory.stat().st_uid != os.getuid():
                 break
             directory.chmod(directory.stat().st_mode | 0o111)
-        for name, text in render(self.config, self.server, self.table, self.root).items():
+        chain = None
+        if self.certificates is not None:
+            fqdn = self.config.organization.server(self.server).fqdn
+            chain = self.certificates.write_chain(fqdn, etc / "tls-chain.pem")
+        for name, text in render(self.config, self.server, self.table, self.root, chain).items():
             (etc / name).write_text(text, encoding="utf-8")
         for name in TABLES:
             self._postfix("postmap", "-c", str(etc), str(etc / name))
