@@ -4,7 +4,7 @@
 # network namespaces. Needs root and apt; elsewhere it says why and the real-MTA tests are skipped.
 set -uo pipefail
 
-packages=(postfix)
+packages=(postfix dovecot-core)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -169,3 +169,21 @@ def test_postfix_offers_starttls_with_the_lab_certificate(lab: Lab) -> None:
         smtp.ehlo("client.example")
         assert not smtp.has_extn("starttls")  # RFC 3207: not offered again inside TLS
         assert smtp.sock is not None and smtp.sock.version() is not None
+
+
+@live
+def test_an_account_of_the_directory_authenticates_and_may_relay(lab: Lab) -> None:
+    ex1 = lab.config.organization.server("EX1").default_virtual_server
+    source = (lab.config.host("lan").address, 0)
+    with smtplib.SMTP(ex1.address, ex1.port, source_address=source) as smtp:
+        smtp.ehlo("wks01.contoso.com")
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            smtp.login("alice", "not-her-password")
+        smtp.login("alice@contoso.com", "Alice-P@ss1")  # Dovecot checks it against the directory's accounts
+        refused = smtp.sendmail(
+            "alice@contoso.com", ["chris@fabrikam.com"], "Subject: authenticated relay\r\n\r\nx\r\n"
+        )
+    assert refused == {}
+    assert lab.settle(timeout=20)
+    sinks = [d for d in Evidence.collect(lab).deliveries if b"authenticated relay" in d.data]
+    assert [(d.kind, d.where, d.rcpt) for d in sinks] == [("sink", "fabrikam-mx", ("chris@fabrikam.com",))]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import grp
 import os
 import pwd
 import shutil
@@ -34,7 +35,7 @@ from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
-from harness.targets.recipients import RecipientTable
+from harness.targets.recipients import Login, RecipientTable
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg
 from reference_mta.queuing import Hop
@@ -138,6 +139,14 @@ def render(
         "delay_warning_time": "0",
         "smtp_connect_timeout": "5s",
     }
+    if vs.basic_auth and table.logins:
+        # Basic authentication through Dovecot's SASL server (DovecotAuth), over a socket in the spool.
+        main.update(
+            smtpd_sasl_auth_enable="yes",
+            smtpd_sasl_type="dovecot",
+            smtpd_sasl_path="private/auth",
+            broken_sasl_auth_clients="yes",  # AUTH=LOGIN as well, as Exchange advertises it
+        )
     if vs.tls and tls_chain is not None:
         main.update(
             smtpd_tls_security_level="may",
@@ -194,7 +203,10 @@ def _relay_restrictions(me: Server, organization: Organization, root: Path) -> s
     vs = me.default_virtual_server
     if vs.relay.open:
         return "permit"
-    return f"check_client_access cidr:{root / 'etc' / 'relay_clients'}, reject_unauth_destination"
+    authenticated = "permit_sasl_authenticated, " if vs.relay.allow_authenticated and vs.basic_auth else ""
+    return (
+        f"{authenticated}check_client_access cidr:{root / 'etc' / 'relay_clients'}, reject_unauth_destination"
+    )
 
 
 def _relay_clients(me: Server) -> str:
@@ -261,6 +273,7 @@ class PostfixStandIn:
         certificates: LabCertificates | None = None,
     ) -> None:
         self.certificates = certificates
+        self.sasl: DovecotAuth | None = None
         self.config = config
         self.server = server
         self.table = table
@@ -292,12 +305,23 @@ class PostfixStandIn:
             (etc / name).write_text(text, encoding="utf-8")
         for name in TABLES:
             self._postfix("postmap", "-c", str(etc), str(etc / name))
+        vs = self.config.organization.server(self.server).default_virtual_server
+        if vs.basic_auth and self.table.logins:
+            # Made before Postfix makes it, as Postfix would: the postfix user's, private to it.
+            private = self.root / "spool" / "private"
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chown(private, owner.pw_uid, 0)
+            self.sasl = DovecotAuth(self.root, self.table.logins)
+            self.sasl.start(namespace, self.root / "spool")
         self._postfix("postfix", "-c", str(etc), "start")
         self._wait_until_listening()
 
     def stop(self) -> None:
         if self.namespace is None:
             return
+        if self.sasl is not None:
+            self.sasl.stop(self.namespace)
+            self.sasl = None
         # abort, not stop: nothing in the queue matters once the trace is over, and stop waits.
         subprocess.run(
             self.namespace.command(["postfix", "-c", str(self.root / "etc"), "abort"]),
@@ -347,6 +371,75 @@ class PostfixStandIn:
             except OSError:
                 time.sleep(0.1)
         raise PostfixError(f"Postfix for {self.server} does not answer on {vs.address}:{vs.port}")
+
+
+class DovecotAuth:
+    """Dovecot, as nothing but the SASL server Postfix asks about AUTH (PLAIN and LOGIN), with the
+    directory's accounts in a passwd-file: the way a Postfix site without Exchange's directory would
+    check Basic authentication. Runs in the same namespace, from the lab folder."""
+
+    def __init__(self, root: Path, logins: list[Login]) -> None:
+        self.root = root / "dovecot"
+        self.logins = logins
+
+    def start(self, namespace: Namespace, spool: Path) -> None:
+        for folder in ("run", "state"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        users = self.root / "users"
+        users.write_text(
+            "".join(f"{name}:{{PLAIN}}{login.password}\n" for login in self.logins for name in login.names),
+            encoding="utf-8",
+        )
+        users.chmod(0o640)
+        os.chown(users, 0, grp.getgrnam("dovecot").gr_gid)
+        (self.root / "dovecot.conf").write_text(
+            f"""base_dir = {self.root / "run"}
+state_dir = {self.root / "state"}
+log_path = {self.root / "dovecot.log"}
+protocols =
+ssl = no
+auth_mechanisms = login plain
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%Lu {users}
+}}
+userdb {{
+  driver = static
+  args = uid=postfix gid=postfix home=/nonexistent
+}}
+service auth {{
+  unix_listener {spool / "private" / "auth"} {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
+}}
+""",
+            encoding="utf-8",
+        )
+        # The daemon keeps whatever it inherits open: its output goes to a file, not to a pipe we wait on.
+        errors = self.root / "startup.log"
+        with errors.open("w") as sink:
+            result = subprocess.run(
+                namespace.command(["dovecot", "-c", str(self.root / "dovecot.conf")]),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                check=False,
+                timeout=30,
+            )
+        if result.returncode != 0:
+            raise PostfixError(f"dovecot (SASL for Postfix) failed: {errors.read_text().strip()}")
+
+    def stop(self, namespace: Namespace) -> None:
+        subprocess.run(
+            namespace.command(["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"]),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=30,
+        )
 
 
 def installed() -> str | None:

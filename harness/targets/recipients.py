@@ -34,11 +34,20 @@ class Contact:
     target: str  # where mail for it goes (targetAddress)
 
 
+@dataclass(frozen=True)
+class Login:
+    """A directory account for SMTP AUTH: every name it may log in with, and its password."""
+
+    names: tuple[str, ...]  # sAMAccountName, mail and SMTP proxy addresses, as the lab's GC accepts
+    password: str
+
+
 @dataclass
 class RecipientTable:
     mailboxes: list[Mailbox] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     contacts: list[Contact] = field(default_factory=list)
+    logins: list[Login] = field(default_factory=list)
 
     @classmethod
     def from_directory(cls, directory: Directory, base_dn: str) -> RecipientTable:
@@ -61,6 +70,15 @@ class RecipientTable:
                 table.mailboxes.append(Mailbox(addresses[0], addresses, match[1]))
             elif target:
                 table.contacts.append(Contact(addresses, target.partition(":")[2] or target))
+        accounts = directory.search(
+            base_dn, "(userPassword=*)", ("sAMAccountName", "mail", "proxyAddresses", "userPassword")
+        )
+        for account in accounts:
+            names = [n for n in (account.first("sAMAccountName"), account.first("mail")) if n]
+            names += _smtp_addresses(account.all("proxyAddresses"))
+            password = account.first("userPassword")
+            if password:
+                table.logins.append(Login(tuple(dict.fromkeys(n.lower() for n in names)), password))
         return table
 
     def mailboxes_on(self, server: str) -> list[Mailbox]:
