@@ -157,7 +157,7 @@ def render(
         "main.cf": "".join(f"{key} = {value}\n" for key, value in main.items()),
         "master.cf": "".join(f"{v.address}:{v.port} inet n - n - - smtpd\n" for v in me.virtual_servers)
         + _SERVICES,
-        "relay_clients": _relay_clients(me),
+        "relay_clients": _relay_clients(me, organization),
     }
     engine = RoutingEngine(organization, me, LinkState(organization))
     mailboxes, aliases, transports = [], [], []
@@ -209,10 +209,19 @@ def _relay_restrictions(me: Server, organization: Organization, root: Path) -> s
     )
 
 
-def _relay_clients(me: Server) -> str:
-    """The relay list as a cidr table: the organization's servers and the listed clients get OK."""
+def _relay_clients(me: Server, organization: Organization) -> str:
+    """The relay list as a cidr table: the organization's servers (which Exchange trusts, see
+    access_policy's "organization server" rule) and the listed clients get OK."""
     relay = me.default_virtual_server.relay
-    lines: list[str] = []
+    servers = sorted(
+        {
+            a
+            for s in organization.servers
+            if s.name != me.name
+            for a in (s.address, *(v.address for v in s.virtual_servers))
+        }
+    )
+    lines: list[str] = [f"{address}/32 OK\n" for address in servers]
     if relay.all_except is not None:
         lines += [f"{network} DUNNO\n" for network in relay.all_except]
         lines.append("0.0.0.0/0 OK\n")
