@@ -75,6 +75,15 @@ def test_the_lab_file_becomes_postfix_tables(tmp_path: Path) -> None:
     clients = lines(files["relay_clients"])
     assert {f"{BASE[:-1]}202/32 OK", f"{BASE[:-1]}21/32 OK", f"{BASE[:-1]}31/32 OK"} <= clients
     assert not [line for line in clients if line.startswith((f"{BASE[:-1]}11/", f"{BASE[:-1]}203/"))]
+    # Every other virtual server of EX1 is a listener of its own with what differs from the default one.
+    master = files["master.cf"].splitlines()
+    assert master[0] == f"{BASE[:-1]}11:25 inet n - n - - smtpd"
+    open_relay = next(line for line in master if line.startswith(f"{BASE[:-1]}12:25 "))
+    assert "relay_clients_1" in open_relay and lines(files["relay_clients_1"]) == {"0.0.0.0/0 OK"}
+    strict = next(line for line in master if line.startswith(f"{BASE[:-1]}15:25 "))
+    assert "-o { myhostname = smtp.contoso.com }" in strict and "-o { message_size_limit = 65536 }" in strict
+    members = next(line for line in master if line.startswith(f"{BASE[:-1]}17:25 "))
+    assert "-o { smtpd_sender_restrictions = permit_sasl_authenticated, reject }" in members
     # Routing decides as the reference MTA does: London's *.example connector is cheapest through Tokyo,
     # so EX1 hands such mail to EX2, the Seattle-Tokyo bridgehead; the partner connector's bridgehead is
     # EX2; northwind.example has a DNS connector on EX1 itself, so Postfix looks up its MX.

@@ -113,7 +113,7 @@ REFERENCE = Target(
 # Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.
 POSTFIX = Target(
     name="postfix",
-    capabilities=frozenset({"mailbox", "starttls", "auth"}),
+    capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers"}),
     description="Postfix (Debian package) stands in for one lab server, in its own network namespace",
     stands_in_for="EX1",
 )

@@ -40,7 +40,7 @@ from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg
 from reference_mta.queuing import Hop
 from reference_mta.routing import RoutingEngine
-from reference_mta.topology import Organization, Server
+from reference_mta.topology import Organization, Server, VirtualServer
 
 SPOOL_QUEUES = ("maildrop", "incoming", "active")
 # Every Postfix service a lab server needs, none chrooted (a chroot would need copies of the lab's
@@ -98,7 +98,6 @@ def render(
         "setgid_group": "postdrop",
         "maillog_file": str(root / "postfix.log"),
         "maillog_file_prefixes": str(root),
-        "myhostname": vs.fqdn or me.fqdn,
         "mydomain": organization.primary_domain,
         "myorigin": "$mydomain",
         "inet_interfaces": ", ".join(v.address for v in me.virtual_servers),
@@ -122,14 +121,8 @@ def render(
         # relay_domains (".example" entries, from "*.example" address spaces, still cover subdomains).
         "parent_domain_matches_subdomains": "debug_peer_list, fast_flush_domains, mynetworks, "
         "permit_mx_backup_networks, qmqpd_authorized_clients, smtpd_access_maps",
-        "smtpd_relay_restrictions": _relay_restrictions(me, organization, root),
         # Exchange's codes where Postfix lets them be chosen: a refused relay is 550 5.7.1.
         "relay_domains_reject_code": "550",
-        "message_size_limit": str(vs.max_message_kb * 1024),
-        "smtpd_recipient_limit": str(vs.max_recipients),
-        "disable_vrfy_command": "yes" if vs.vrfy == "disabled" else "no",
-        "smtputf8_enable": "yes" if vs.smtputf8 else "no",
-        "smtpd_forbid_unauth_pipelining": "yes" if vs.pipelining_sync == "enforce" else "no",
         # The lab's timers: retries within seconds, expiry as the lab file says.
         "queue_run_delay": _seconds(config.timers.intervals[0]),
         "minimal_backoff_time": _seconds(config.timers.intervals[0]),
@@ -139,26 +132,25 @@ def render(
         "delay_warning_time": "0",
         "smtp_connect_timeout": "5s",
     }
-    if vs.basic_auth and table.logins:
-        # Basic authentication through Dovecot's SASL server (DovecotAuth), over a socket in the spool.
-        main.update(
-            smtpd_sasl_auth_enable="yes",
-            smtpd_sasl_type="dovecot",
-            smtpd_sasl_path="private/auth",
-            broken_sasl_auth_clients="yes",  # AUTH=LOGIN as well, as Exchange advertises it
-        )
-    if vs.tls and tls_chain is not None:
-        main.update(
-            smtpd_tls_security_level="may",
-            smtpd_tls_chain_files=str(tls_chain),
-            smtpd_tls_auth_only="yes" if vs.auth_requires_tls else "no",
-        )
-    files = {
-        "main.cf": "".join(f"{key} = {value}\n" for key, value in main.items()),
-        "master.cf": "".join(f"{v.address}:{v.port} inet n - n - - smtpd\n" for v in me.virtual_servers)
-        + _SERVICES,
-        "relay_clients": _relay_clients(me, organization),
-    }
+    main.update(
+        smtpd_sasl_type="dovecot",  # Dovecot's SASL server (DovecotAuth), a socket in the spool
+        smtpd_sasl_path="private/auth",
+        broken_sasl_auth_clients="yes",  # AUTH=LOGIN as well, as Exchange advertises it
+    )
+    if tls_chain is not None:
+        main["smtpd_tls_chain_files"] = str(tls_chain)
+    # The default virtual server's settings are main.cf's; every other one is an smtpd listener of its
+    # own that overrides what differs (master.cf -o), with its own relay table.
+    default = _smtpd_settings(me, vs, 0, organization, root, table, tls_chain)
+    main.update(default)
+    files = {"main.cf": "".join(f"{key} = {value}\n" for key, value in main.items())}
+    listeners: list[str] = []
+    for number, each in enumerate(me.virtual_servers):
+        settings = _smtpd_settings(me, each, number, organization, root, table, tls_chain)
+        overrides = "".join(f" -o {{ {k} = {v} }}" for k, v in settings.items() if default.get(k) != v)
+        listeners.append(f"{each.address}:{each.port} inet n - n - - smtpd{overrides}\n")
+        files[_relay_table(number)] = _relay_clients(me, each, organization)
+    files["master.cf"] = "".join(listeners) + _SERVICES
     engine = RoutingEngine(organization, me, LinkState(organization))
     mailboxes, aliases, transports = [], [], []
     for mailbox in table.mailboxes:
@@ -199,26 +191,57 @@ def _relay_connector_domains(organization: Organization) -> list[str]:
     ]
 
 
-def _relay_restrictions(me: Server, organization: Organization, root: Path) -> str:
-    vs = me.default_virtual_server
-    if vs.relay.open:
-        return "permit"
-    authenticated = "permit_sasl_authenticated, " if vs.relay.allow_authenticated and vs.basic_auth else ""
-    return (
-        f"{authenticated}check_client_access cidr:{root / 'etc' / 'relay_clients'}, reject_unauth_destination"
-    )
+def _smtpd_settings(
+    me: Server,
+    vs: VirtualServer,
+    number: int,
+    organization: Organization,
+    root: Path,
+    table: RecipientTable,
+    tls_chain: Path | None,
+) -> dict[str, str]:
+    """What one virtual server's property pages become for Postfix's SMTP server."""
+    authenticated = vs.basic_auth and bool(table.logins)
+    relay_clients = f"check_client_access cidr:{root / 'etc' / _relay_table(number)}"
+    # Postfix refuses a bare "permit" here; an open relay is a relay table that lets everyone through.
+    relay = f"{relay_clients}, reject_unauth_destination"
+    if authenticated and vs.relay.allow_authenticated and not vs.relay.open:
+        relay = f"permit_sasl_authenticated, {relay}"
+    tls = vs.tls and tls_chain is not None
+    return {
+        "myhostname": vs.fqdn or me.fqdn,
+        "smtpd_relay_restrictions": relay,
+        # Anonymous access off: nothing but an authenticated client may send, refused at MAIL as
+        # Exchange does (530 there; Postfix's reject is 554).
+        "smtpd_sender_restrictions": "" if vs.anonymous else "permit_sasl_authenticated, reject",
+        "smtpd_delay_reject": "yes" if vs.anonymous else "no",
+        "message_size_limit": str(vs.max_message_kb * 1024),
+        "smtpd_recipient_limit": str(vs.max_recipients),
+        "disable_vrfy_command": "yes" if vs.vrfy == "disabled" else "no",
+        "smtputf8_enable": "yes" if vs.smtputf8 else "no",
+        "smtpd_forbid_unauth_pipelining": "yes" if vs.pipelining_sync == "enforce" else "no",
+        "smtpd_sasl_auth_enable": "yes" if authenticated else "no",
+        "smtpd_tls_security_level": "may" if tls else "none",
+        "smtpd_tls_auth_only": "yes" if tls and vs.auth_requires_tls else "no",
+    }
 
 
-def _relay_clients(me: Server, organization: Organization) -> str:
-    """The relay list as a cidr table: the organization's servers (which Exchange trusts, see
-    access_policy's "organization server" rule) and the listed clients get OK."""
-    relay = me.default_virtual_server.relay
+def _relay_table(number: int) -> str:
+    return "relay_clients" if number == 0 else f"relay_clients_{number}"
+
+
+def _relay_clients(me: Server, vs: VirtualServer, organization: Organization) -> str:
+    """A virtual server's relay list as a cidr table: the organization's servers (which Exchange
+    trusts, see access_policy's "organization server" rule) and the listed clients get OK."""
+    relay = vs.relay
+    if relay.open:
+        return "0.0.0.0/0 OK\n"
     servers = sorted(
         {
-            a
-            for s in organization.servers
-            if s.name != me.name
-            for a in (s.address, *(v.address for v in s.virtual_servers))
+            address
+            for server in organization.servers
+            if server.name != me.name
+            for address in (server.address, *(v.address for v in server.virtual_servers))
         }
     )
     lines: list[str] = [f"{address}/32 OK\n" for address in servers]
@@ -314,8 +337,8 @@ class PostfixStandIn:
             (etc / name).write_text(text, encoding="utf-8")
         for name in TABLES:
             self._postfix("postmap", "-c", str(etc), str(etc / name))
-        vs = self.config.organization.server(self.server).default_virtual_server
-        if vs.basic_auth and self.table.logins:
+        virtual_servers = self.config.organization.server(self.server).virtual_servers
+        if self.table.logins and any(vs.basic_auth for vs in virtual_servers):
             # Made before Postfix makes it, as Postfix would: the postfix user's, private to it.
             private = self.root / "spool" / "private"
             private.mkdir(mode=0o700, parents=True, exist_ok=True)
