@@ -82,7 +82,11 @@ def test_the_lab_file_becomes_postfix_tables(tmp_path: Path) -> None:
     assert "relay_clients_1" in open_relay and lines(files["relay_clients_1"]) == {"0.0.0.0/0 OK"}
     strict = next(line for line in master if line.startswith(f"{BASE[:-1]}15:25 "))
     assert "-o { myhostname = smtp.contoso.com }" in strict and "-o { message_size_limit = 65536 }" in strict
+    # Connection control: the Restricted virtual server refuses the attacker when it connects.
+    assert lines(files["connection_clients_3"]) == {f"{BASE[:-1]}203/32 REJECT"}
+    assert lines(files["connection_clients"]) == set()
     members = next(line for line in master if line.startswith(f"{BASE[:-1]}17:25 "))
+
     assert "-o { smtpd_sender_restrictions = permit_sasl_authenticated, reject }" in members
     # Routing decides as the reference MTA does: London's *.example connector is cheapest through Tokyo,
     # so EX1 hands such mail to EX2, the Seattle-Tokyo bridgehead; the partner connector's bridgehead is

@@ -22,6 +22,7 @@ GATE = [
     "relay/default-virtual-server-is-not-open",  # RELAY-1, RELAY-2 boundary
     "relay/access-internal-vs-serves-lan-and-relay-host",  # RELAY-1, RELAY-5, RELAY-6
     "relay/access-internal-vs-refuses-outsiders",  # RELAY-6
+    "relay/access-restricted-vs-refuses-attacker",  # RELAY-6 on Postfix itself (554 at connect, then QUIT)
     "relay/auth-after-starttls-on-ex2",  # RELAY-3 (STARTTLS, then AUTH against the directory)
     "relay/auth-login-relays-to-internet",  # RELAY-3 on Postfix itself, through Dovecot
     "relay/adatum-relay-domain-other-senders",  # RELAY-4

@@ -150,6 +150,7 @@ def render(
         overrides = "".join(f" -o {{ {k} = {v} }}" for k, v in settings.items() if default.get(k) != v)
         listeners.append(f"{each.address}:{each.port} inet n - n - - smtpd{overrides}\n")
         files[_relay_table(number)] = _relay_clients(me, each, organization)
+        files[_connection_table(number)] = _connection_clients(each)
     files["master.cf"] = "".join(listeners) + _SERVICES
     engine = RoutingEngine(organization, me, LinkState(organization))
     mailboxes, aliases, transports = [], [], []
@@ -214,7 +215,10 @@ def _smtpd_settings(
         # Anonymous access off: nothing but an authenticated client may send, refused at MAIL as
         # Exchange does (530 there; Postfix's reject is 554).
         "smtpd_sender_restrictions": "" if vs.anonymous else "permit_sasl_authenticated, reject",
-        "smtpd_delay_reject": "yes" if vs.anonymous else "no",
+        # Connection control: clients outside the list are refused when they connect (554, then only
+        # QUIT, as Exchange and RFC 5321 3.1 have it), which needs the restrictions judged at once.
+        "smtpd_client_restrictions": f"check_client_access cidr:{root / 'etc' / _connection_table(number)}",
+        "smtpd_delay_reject": "yes" if vs.anonymous and _connection_open(vs) else "no",
         "message_size_limit": str(vs.max_message_kb * 1024),
         "smtpd_recipient_limit": str(vs.max_recipients),
         "disable_vrfy_command": "yes" if vs.vrfy == "disabled" else "no",
@@ -224,6 +228,22 @@ def _smtpd_settings(
         "smtpd_tls_security_level": "may" if tls else "none",
         "smtpd_tls_auth_only": "yes" if tls and vs.auth_requires_tls else "no",
     }
+
+
+def _connection_table(number: int) -> str:
+    return "connection_clients" if number == 0 else f"connection_clients_{number}"
+
+
+def _connection_open(vs: VirtualServer) -> bool:
+    return vs.connection.only_list is None and not vs.connection.all_except
+
+
+def _connection_clients(vs: VirtualServer) -> str:
+    """Connection control as a cidr table: REJECT outside the list."""
+    control = vs.connection
+    if control.only_list is not None:
+        return "".join(f"{network} DUNNO\n" for network in control.only_list) + "0.0.0.0/0 REJECT\n"
+    return "".join(f"{network} REJECT\n" for network in control.all_except)
 
 
 def _relay_table(number: int) -> str:
