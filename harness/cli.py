@@ -66,6 +66,48 @@ class ProgressPlugin:
             )
 
 
+def replay_options(command: Any) -> Any:
+    """The options every command that replays traces takes: where reports go, workers, a -k filter."""
+    for option in reversed(
+        (
+            click.option(
+                "--reports",
+                "reports_dir",
+                type=click.Path(path_type=Path),
+                default=DEFAULT_REPORTS,
+                show_default=True,
+            ),
+            click.option(
+                "-n",
+                "--workers",
+                default="0",
+                show_default=True,
+                help="parallel workers (pytest-xdist), or auto",
+            ),
+            click.option(
+                "-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression"
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
+    files = trace_files(paths)
+    if not files:
+        console.print("[red]no trace files found[/red]")
+        sys.exit(5)  # pytest's "no tests collected": a run of nothing is not a pass
+    return files
+
+
+def _targets(names: tuple[str, ...]) -> list[targets.Target]:
+    try:
+        return [targets.get(name) for name in names]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from exc
+
+
 @click.group()
 def main() -> None:
     """mailflow: trace-replay and conformance test harness for mail transfer agents."""
@@ -74,25 +116,13 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--target", "target_name", default="reference", show_default=True, help="server under test")
-@click.option(
-    "--reports", "reports_dir", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True
-)
-@click.option(
-    "-n", "--workers", default="0", show_default=True, help="parallel workers (pytest-xdist), or auto"
-)
-@click.option("-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression")
+@replay_options
 def run(
     paths: tuple[str, ...], target_name: str, reports_dir: Path, workers: str, keyword: str | None
 ) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, print a summary."""
-    try:
-        target = targets.get(target_name)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--target") from exc
-    files = trace_files(paths)
-    if not files:
-        console.print("[red]no trace files found[/red]")
-        sys.exit(5)
+    (target,) = _targets((target_name,))
+    files = _trace_files_or_exit(paths)
     code, outcomes = _replay(files, target, reports_dir, workers, keyword, reports_dir / "last-run.json")
     print_summary(outcomes)
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
@@ -160,13 +190,7 @@ def _replay(
 @main.command(name="matrix")
 @click.argument("paths", nargs=-1)
 @click.option("--target", "target_names", multiple=True, required=True, help="a target; give several")
-@click.option(
-    "--reports", "reports_dir", type=click.Path(path_type=Path), default=DEFAULT_REPORTS, show_default=True
-)
-@click.option(
-    "-n", "--workers", default="0", show_default=True, help="parallel workers (pytest-xdist), or auto"
-)
-@click.option("-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression")
+@replay_options
 def matrix_command(
     paths: tuple[str, ...],
     target_names: tuple[str, ...],
@@ -175,14 +199,8 @@ def matrix_command(
     keyword: str | None,
 ) -> None:
     """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML)."""
-    try:
-        chosen = [targets.get(name) for name in target_names]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--target") from exc
-    files = trace_files(paths)
-    if not files:
-        console.print("[red]no trace files found[/red]")
-        sys.exit(5)
+    chosen = _targets(target_names)
+    files = _trace_files_or_exit(paths)
     runs: dict[str, list[dict[str, Any]]] = {}
     for number, target in enumerate(chosen):
         results = reports_dir / "matrix" / f"{target.name.replace(':', '-')}.json"
@@ -219,14 +237,8 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
     Exit 1 if anything differs."""
     if len(target_names) != 2:
         raise click.BadParameter("give exactly two targets", param_hint="--target")
-    try:
-        first, second = (targets.get(name) for name in target_names)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--target") from exc
-    files = trace_files(paths)
-    if not files:
-        console.print("[red]no trace files found[/red]")
-        sys.exit(5)
+    first, second = _targets(target_names)
+    files = _trace_files_or_exit(paths)
     differing = 0
     for path in files:
         try:
