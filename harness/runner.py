@@ -79,18 +79,28 @@ def relocation(netns: bool = False) -> tuple[str | None, int | None]:
     127.(101 + N).0.0, or, when MAILFLOW_LAB_BASE is set, that base with its second octet moved up by N
     (otherwise every worker would get the same base and their labs would clash). A lab with servers in
     network namespaces lives on 198.18.(10 + N).0/24 with standard ports (a real MTA looks up MX records
-    on port 53 and delivers to port 25).
+    on port 53 and delivers to port 25), or on 198.18.(MAILFLOW_NETNS_SUBNET + N).0/24.
     """
     match = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
     if netns:
         worker = int(match[1]) if match else 0
-        return f"198.18.{10 + worker % 200}.0", 0
+        first = netns_first_octet()
+        return f"198.18.{first + worker % (256 - first)}.0", 0
     base = os.environ.get("MAILFLOW_LAB_BASE") or None
     if match is not None:
         worker = int(match[1])
         base = f"127.{101 + worker % 150}.0.0" if base is None else _shifted(base, worker)
     offset = os.environ.get("MAILFLOW_PORT_OFFSET")
     return base, int(offset) if offset else None
+
+
+def netns_first_octet() -> int:
+    """MAILFLOW_NETNS_SUBNET moves namespace labs to 198.18.N.0/24 and up, so that two runs on one
+    machine (each numbering its workers from 0) do not put the same /24 on two bridges."""
+    value = os.environ.get("MAILFLOW_NETNS_SUBNET", "10")
+    if not value.isdigit() or not 1 <= int(value) <= 250:
+        raise ValueError(f"MAILFLOW_NETNS_SUBNET={value!r} is not a number from 1 to 250 (198.18.N.0/24)")
+    return int(value)
 
 
 def _shifted(base: str, worker: int) -> str:

@@ -2,14 +2,25 @@
 # Installs the real MTAs the harness can stand in for a lab server (Debian packages), without letting
 # their packages start a system-wide instance: the harness runs each one itself, inside the lab's
 # network namespaces. Needs root and apt; elsewhere it says why and the real-MTA tests are skipped.
+#
+# Postfix is installed as a package. Exim 4 and OpenSMTPD cannot be: Debian's MTAs conflict with one
+# another (one mail-transport-agent per system), so their packages are unpacked into tools/mtas/root
+# instead, and the harness runs their binaries from there in a private mount namespace that puts their
+# configuration, spool and helper programs where the binaries expect them. Only what their maintainer
+# scripts would make on the system is made here: their users, and the libraries they link against.
 set -uo pipefail
 
-packages=(postfix dovecot-core)
+here="$(cd "$(dirname "$0")/.." && pwd)"
+mtas="$here/tools/mtas"
+unpacked=(exim4-base exim4-daemon-light opensmtpd)
+packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+unpack_done() { [ -x "$mtas/root/usr/sbin/exim4" ] && [ -x "$mtas/root/usr/sbin/smtpd" ]; }
+users_done() { getent passwd Debian-exim opensmtpd opensmtpq >/dev/null; }
+[ ${#missing[@]} -eq 0 ] && unpack_done && users_done && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "install_mtas: not root or no apt-get: ${missing[*]} not installed; the real-MTA tests will be skipped" >&2
@@ -30,7 +41,26 @@ status=0
 if ! apt-cache policy "${missing[@]}" | grep -q "Candidate: [0-9]"; then
   apt-get update -qq || status=$?
 fi
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+fi
+if [ $status -eq 0 ] && ! unpack_done; then
+  rm -rf "$mtas" && mkdir -p "$mtas/debs" "$mtas/root"
+  if ! apt-cache policy "${unpacked[@]}" | grep -q "Candidate: [0-9]"; then apt-get update -qq || status=$?; fi
+  # apt's sandbox user cannot write into the checkout; the download is of public Debian packages.
+  (cd "$mtas/debs" && apt-get download -qq -o APT::Sandbox::User=root "${unpacked[@]}" >/dev/null) || status=$?
+  for deb in "$mtas"/debs/*.deb; do dpkg-deb -x "$deb" "$mtas/root" || status=$?; done
+fi
+if [ $status -eq 0 ] && ! users_done; then
+  # As the packages' postinst scripts make them.
+  getent passwd Debian-exim >/dev/null || adduser --system --group --quiet --home /var/spool/exim4 \
+    --no-create-home --disabled-login --force-badname Debian-exim || status=$?
+  for name in opensmtpd opensmtpq; do
+    getent group "$name" >/dev/null || addgroup --system --quiet "$name" || status=$?
+    getent passwd "$name" >/dev/null || adduser --system --quiet --home /var/lib/opensmtpd/empty \
+      --no-create-home --disabled-password --ingroup "$name" "$name" || status=$?
+  done
+fi
 
 [ $had_policy -eq 0 ] && rm -f "$policy"
 if [ $status -ne 0 ]; then

@@ -19,13 +19,13 @@ from harness.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
-from harness.runner import relocation
+from harness.runner import netns_first_octet, relocation
 from harness.targets import postfix
 from harness.targets.recipients import Contact, Group, Mailbox, RecipientTable
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-BASE = f"198.18.{120 + WORKER % 40}.0"
+BASE = f"198.18.{netns_first_octet() + 110 + WORKER % 10}.0"
 UNAVAILABLE = targets.POSTFIX.unavailable()
 live = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 
@@ -165,6 +165,8 @@ def test_mail_for_a_mailbox_on_ex2_goes_on_to_the_reference_server(lab: Lab) -> 
 
 @live
 def test_postfix_logs_to_the_lab_folder(lab: Lab) -> None:
+    assert send(lab, "internet", "ann@fabrikam.com", ["alice@contoso.com"], "logged") == {}
+    assert lab.settle(timeout=20)
     log = lab.stand_ins["EX1"].log_path.read_text(encoding="utf-8", errors="replace")
     assert "postfix/smtpd" in log and "status=sent" in log
 

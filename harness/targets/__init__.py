@@ -11,16 +11,18 @@ mailboxes and the other hosts.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.lab import netns
+from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
 from harness.replay import Tolerate
 from harness.script import Auth, StartTls, TlsHandshake
-from harness.targets import postfix
+from harness.targets import exim, postfix
 from harness.targets.known_deviations import deviations
 from harness.targets.recipients import RecipientTable
 from harness.trace import ForeignMemo, LabAction, Session, Submission, Trace
@@ -32,6 +34,7 @@ class Target:
     capabilities: frozenset[str]
     description: str
     stands_in_for: str | None = None  # the lab server a real MTA replaces; None: the reference MTA
+    adapter: Adapter | None = None  # how that MTA is configured and run
 
     @property
     def needs_netns(self) -> bool:
@@ -56,22 +59,31 @@ class Target:
 
     def unavailable(self) -> str | None:
         """None if this target can run here, else why not (a reason to skip, not a failure)."""
-        if self.stands_in_for is None:
+        if self.adapter is None:
             return None
-        return netns.available() or postfix.installed()
+        return netns.available() or self.adapter.installed()
 
     def lab(self, config: LabConfig, workdir: Path | None = None) -> Lab:
-        if self.stands_in_for is None:
+        if self.stands_in_for is None or self.adapter is None:
             return Lab(config, workdir, reference_servers=True)
-        server = self.stands_in_for
+        server, adapter = self.stands_in_for, self.adapter
 
-        def postfix_for(lab: Lab) -> StandIn:
+        def stand_in(lab: Lab) -> StandIn:
             directory = lab.gc.connect(f"{self.name} configuration")
             table = RecipientTable.from_directory(directory, lab.config.global_catalog.base_dn)
-            root = lab.workdir / f"{server}-postfix"
-            return postfix.PostfixStandIn(lab.config, server, table, root, lab.certificates)
+            root = lab.workdir / f"{server}-{adapter.name}"
+            return adapter.make(lab.config, server, table, root, lab.certificates)
 
-        return Lab(config, workdir, reference_servers=True, stand_ins={server: postfix_for})
+        return Lab(config, workdir, reference_servers=True, stand_ins={server: stand_in})
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A real MTA: whether it is installed here (None, or why not), and how to make it stand in."""
+
+    name: str
+    installed: Callable[[], str | None]
+    make: Callable[[LabConfig, str, RecipientTable, Path, LabCertificates | None], StandIn]
 
 
 # Capabilities that only decide which checks can be made: a trace that declares them still runs on a
@@ -116,9 +128,18 @@ POSTFIX = Target(
     capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers"}),
     description="Postfix (Debian package) stands in for one lab server, in its own network namespace",
     stands_in_for="EX1",
+    adapter=Adapter("postfix", postfix.installed, postfix.PostfixStandIn),
 )
 
-TARGETS = {REFERENCE.name: REFERENCE, POSTFIX.name: POSTFIX}
+EXIM = Target(
+    name="exim",
+    capabilities=frozenset({"mailbox", "starttls", "virtual_servers"}),
+    description="Exim 4 (Debian package, unpacked) stands in for one lab server, in its network namespace",
+    stands_in_for="EX1",
+    adapter=Adapter("exim", exim.installed, exim.EximStandIn),
+)
+
+TARGETS = {target.name: target for target in (REFERENCE, POSTFIX, EXIM)}
 
 
 def get(name: str) -> Target:

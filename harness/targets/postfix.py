@@ -20,27 +20,21 @@ authentication (Postfix needs a SASL server), recipient filtering lists, connect
 
 from __future__ import annotations
 
-import email
-import email.policy
 import grp
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
+from harness.targets.daemon import StandInError, maildir_deliveries, open_to_daemons, wait_until_listening
+from harness.targets.plan import Listener, NextHop, plan
 from harness.targets.recipients import Login, RecipientTable
-from reference_mta.linkstate import LinkState
-from reference_mta.mailmsg import MailMsg
-from reference_mta.queuing import Hop
-from reference_mta.routing import RoutingEngine
-from reference_mta.topology import Organization, Server, VirtualServer
+from reference_mta.topology import Server
 
 SPOOL_QUEUES = ("maildrop", "incoming", "active")
 # Every Postfix service a lab server needs, none chrooted (a chroot would need copies of the lab's
@@ -74,7 +68,7 @@ tlsmgr unix - - n 1000? 1 tlsmgr
 TABLES = ("virtual_mailbox", "virtual_alias", "transport")
 
 
-class PostfixError(RuntimeError):
+class PostfixError(StandInError):
     """Postfix could not be configured or started; the message quotes Postfix's own words."""
 
 
@@ -84,11 +78,8 @@ def render(
     """The files of Postfix's configuration directory for `server`, keyed by file name; `tls_chain` is
     the server's key and certificate when its virtual server has a certificate bound."""
     organization = config.organization
-    me = organization.server(server)
-    vs = me.default_virtual_server
-    authoritative = [d.domain for p in organization.policies for d in p.domains if d.authoritative]
-    shared = [d.domain for p in organization.policies for d in p.domains if not d.authoritative]
-    relay_domains = sorted({*shared, *_relay_connector_domains(organization)})
+    the_plan = plan(config, server, table)
+    me = the_plan.server
     owner = pwd.getpwnam("postfix")
     main = {
         "compatibility_level": "3.6",
@@ -109,14 +100,14 @@ def render(
         "smtpd_banner": "$myhostname ESMTP",
         # Exchange wants HELO or EHLO before MAIL (and again after STARTTLS).
         "smtpd_helo_required": "yes",
-        "virtual_mailbox_domains": ", ".join(authoritative),
+        "virtual_mailbox_domains": ", ".join(the_plan.authoritative),
         "virtual_mailbox_maps": f"hash:{root / 'etc' / 'virtual_mailbox'}",
         "virtual_alias_maps": f"hash:{root / 'etc' / 'virtual_alias'}",
         "transport_maps": f"hash:{root / 'etc' / 'transport'}",
         "virtual_mailbox_base": str(root / "mail"),
         "virtual_uid_maps": f"static:{owner.pw_uid}",
         "virtual_gid_maps": f"static:{owner.pw_gid}",
-        "relay_domains": ", ".join(relay_domains),
+        "relay_domains": ", ".join(the_plan.relay_domains),
         # Exchange's domains cover only themselves (docs/decisions.md): no parent-domain matching for
         # relay_domains (".example" entries, from "*.example" address spaces, still cover subdomains).
         "parent_domain_matches_subdomains": "debug_peer_list, fast_flush_domains, mynetworks, "
@@ -141,67 +132,53 @@ def render(
         main["smtpd_tls_chain_files"] = str(tls_chain)
     # The default virtual server's settings are main.cf's; every other one is an smtpd listener of its
     # own that overrides what differs (master.cf -o), with its own relay table.
-    default = _smtpd_settings(me, vs, 0, organization, root, table, tls_chain)
+    default = _smtpd_settings(me, the_plan.listeners[0], 0, root, table, tls_chain)
     main.update(default)
     files = {"main.cf": "".join(f"{key} = {value}\n" for key, value in main.items())}
     listeners: list[str] = []
-    for number, each in enumerate(me.virtual_servers):
-        settings = _smtpd_settings(me, each, number, organization, root, table, tls_chain)
+    for number, listener in enumerate(the_plan.listeners):
+        settings = _smtpd_settings(me, listener, number, root, table, tls_chain)
         overrides = "".join(f" -o {{ {k} = {v} }}" for k, v in settings.items() if default.get(k) != v)
-        listeners.append(f"{each.address}:{each.port} inet n - n - - smtpd{overrides}\n")
-        files[_relay_table(number)] = _relay_clients(me, each, organization)
-        files[_connection_table(number)] = _connection_clients(each)
+        vs = listener.vs
+        listeners.append(f"{vs.address}:{vs.port} inet n - n - - smtpd{overrides}\n")
+        files[_relay_table(number)] = "".join(
+            f"{rule.network} {'OK' if rule.allow else 'DUNNO'}\n" for rule in listener.relay_clients
+        )
+        files[_connection_table(number)] = "".join(
+            f"{rule.network} {'DUNNO' if rule.allow else 'REJECT'}\n" for rule in listener.connection_clients
+        )
     files["master.cf"] = "".join(listeners) + _SERVICES
-    engine = RoutingEngine(organization, me, LinkState(organization))
-    mailboxes, aliases, transports = [], [], []
-    for mailbox in table.mailboxes:
-        local = mailbox.server.lower() == server.lower()
-        mailboxes.append(f"{mailbox.primary} {mailbox.primary}/\n")
-        aliases += [f"{address} {mailbox.primary}\n" for address in mailbox.addresses[1:]]
-        if not local:
-            # Toward the home server as routing does it: directly in this routing group, else through
-            # the routing group connectors' bridgeheads.
-            home = organization.server(mailbox.server)
-            target = _next_hop(organization, engine.route_to_server(home.fqdn))
-            if target is not None:
-                transports.append(f"{mailbox.primary} {target}\n")
-    for group in table.groups:
-        aliases += [
-            f"{address} {', '.join(group.members) or 'devnull@invalid'}\n" for address in group.addresses
-        ]
-    for contact in table.contacts:
-        aliases += [f"{address} {contact.target}\n" for address in contact.addresses]
-    transports += _connector_transports(organization, me, engine)
-    files["virtual_mailbox"] = "".join(mailboxes)
-    files["virtual_alias"] = "".join(aliases)
+    files["virtual_mailbox"] = "".join(f"{m.primary} {m.primary}/\n" for m in the_plan.all_mailboxes)
+    files["virtual_alias"] = "".join(
+        f"{address} {', '.join(targets) or 'devnull@invalid'}\n"
+        for address, targets in the_plan.aliases.items()
+    )
+    transports = [f"{address} {_transport(hop)}\n" for address, hop in the_plan.mailbox_routes.items()]
+    # ":" is Postfix's "default transport, MX look-up": written out so that a wider entry (".example")
+    # does not catch a domain this server delivers itself (northwind.example).
+    transports += [f"{route.domain} {_transport(route.hop)}\n" for route in the_plan.routes]
     files["transport"] = "".join(transports)
     return files
+
+
+def _transport(hop: NextHop | None) -> str:
+    return ":" if hop is None else f"smtp:[{hop.host}]:{hop.port}"
 
 
 def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"  # Postfix takes whole seconds
 
 
-def _relay_connector_domains(organization: Organization) -> list[str]:
-    return [
-        space.pattern.replace("*.", ".")
-        for connector in organization.connectors
-        if connector.allow_relay
-        for space in connector.address_spaces
-        if space.type == "SMTP" and space.pattern != "*"
-    ]
-
-
 def _smtpd_settings(
     me: Server,
-    vs: VirtualServer,
+    listener: Listener,
     number: int,
-    organization: Organization,
     root: Path,
     table: RecipientTable,
     tls_chain: Path | None,
 ) -> dict[str, str]:
     """What one virtual server's property pages become for Postfix's SMTP server."""
+    vs = listener.vs
     authenticated = vs.basic_auth and bool(table.logins)
     relay_clients = f"check_client_access cidr:{root / 'etc' / _relay_table(number)}"
     # Postfix refuses a bare "permit" here; an open relay is a relay table that lets everyone through.
@@ -218,7 +195,7 @@ def _smtpd_settings(
         # Connection control: clients outside the list are refused when they connect (554, then only
         # QUIT, as Exchange and RFC 5321 3.1 have it), which needs the restrictions judged at once.
         "smtpd_client_restrictions": f"check_client_access cidr:{root / 'etc' / _connection_table(number)}",
-        "smtpd_delay_reject": "yes" if vs.anonymous and _connection_open(vs) else "no",
+        "smtpd_delay_reject": "yes" if vs.anonymous and listener.connection_open else "no",
         "message_size_limit": str(vs.max_message_kb * 1024),
         "smtpd_recipient_limit": str(vs.max_recipients),
         "disable_vrfy_command": "yes" if vs.vrfy == "disabled" else "no",
@@ -234,83 +211,8 @@ def _connection_table(number: int) -> str:
     return "connection_clients" if number == 0 else f"connection_clients_{number}"
 
 
-def _connection_open(vs: VirtualServer) -> bool:
-    return vs.connection.only_list is None and not vs.connection.all_except
-
-
-def _connection_clients(vs: VirtualServer) -> str:
-    """Connection control as a cidr table: REJECT outside the list."""
-    control = vs.connection
-    if control.only_list is not None:
-        return "".join(f"{network} DUNNO\n" for network in control.only_list) + "0.0.0.0/0 REJECT\n"
-    return "".join(f"{network} REJECT\n" for network in control.all_except)
-
-
 def _relay_table(number: int) -> str:
     return "relay_clients" if number == 0 else f"relay_clients_{number}"
-
-
-def _relay_clients(me: Server, vs: VirtualServer, organization: Organization) -> str:
-    """A virtual server's relay list as a cidr table: the organization's servers (which Exchange
-    trusts, see access_policy's "organization server" rule) and the listed clients get OK."""
-    relay = vs.relay
-    if relay.open:
-        return "0.0.0.0/0 OK\n"
-    servers = sorted(
-        {
-            address
-            for server in organization.servers
-            if server.name != me.name
-            for address in (server.address, *(v.address for v in server.virtual_servers))
-        }
-    )
-    lines: list[str] = [f"{address}/32 OK\n" for address in servers]
-    if relay.all_except is not None:
-        lines += [f"{network} DUNNO\n" for network in relay.all_except]
-        lines.append("0.0.0.0/0 OK\n")
-    else:
-        lines += [f"{network} OK\n" for network in relay.only_list]
-    return "".join(lines)
-
-
-def _connector_transports(organization: Organization, me: Server, engine: RoutingEngine) -> list[str]:
-    """Where mail for each SMTP address space goes from this server, as the reference MTA's routing
-    engine decides it (least cost, local connector on ties, smart hosts): one place for the rule. A
-    destination reached by DNS gets Postfix's default (an MX look-up); the catch-all `*` becomes the
-    default next hop when it is not DNS."""
-    probe = MailMsg.new("", ["postmaster@mailflow-probe.invalid"])
-    patterns = sorted(
-        {
-            space.pattern
-            for connector in organization.connectors
-            if connector.kind == "smtp"
-            for space in connector.address_spaces
-            if space.type == "SMTP"
-        }
-    )
-    lines: list[str] = []
-    for pattern in patterns:
-        domain = pattern.replace("*", "mailflow-probe") if pattern != "*" else "mailflow-probe.invalid"
-        target = _next_hop(organization, engine.route_to_address_space(probe, "SMTP", domain))
-        if pattern == "*":
-            if target is not None:
-                lines.append(f"* {target}\n")
-            continue
-        # ":" is Postfix's "default transport, MX look-up": written out so that a wider entry (".example")
-        # does not catch a domain this server delivers itself (northwind.example).
-        lines.append(f"{pattern.replace('*.', '.')} {target or ':'}\n")
-    return lines
-
-
-def _next_hop(organization: Organization, hop: Hop) -> str | None:
-    if hop.kind == "smart_host" and hop.targets:
-        host = hop.targets[0]
-        return f"smtp:{host}" if host.startswith("[") else f"smtp:[{host}]"
-    if hop.kind == "server" and hop.targets:
-        server = organization.server_by_fqdn(hop.targets[0])
-        if server is not None:
-            return f"smtp:[{server.address}]:{server.default_virtual_server.port}"
-    return None  # DNS (Postfix's own MX look-up), or nothing Postfix could do better
 
 
 class PostfixStandIn:
@@ -344,11 +246,7 @@ class PostfixStandIn:
         owner = pwd.getpwnam("postfix")
         for folder in ("data", "mail"):
             os.chown(self.root / folder, owner.pw_uid, owner.pw_gid)
-        # Postfix's daemons run as the postfix user and must be able to reach their folders.
-        for directory in (self.root, *self.root.parents):
-            if directory == Path("/") or directory.stat().st_uid != os.getuid():
-                break
-            directory.chmod(directory.stat().st_mode | 0o111)
+        open_to_daemons(self.root)  # they run as the postfix user
         chain = None
         if self.certificates is not None:
             fqdn = self.config.organization.server(self.server).fqdn
@@ -388,15 +286,7 @@ class PostfixStandIn:
         return not any(path.is_file() for queue in SPOOL_QUEUES for path in (spool / queue).rglob("*"))
 
     def deliveries(self) -> list[MailboxDelivery]:
-        found: list[MailboxDelivery] = []
-        base = self.root / "mail"
-        for path in sorted(base.glob("*/new/*")) + sorted(base.glob("*/cur/*")):
-            data = path.read_bytes()
-            headers = email.message_from_bytes(data.split(b"\r\n\r\n", 1)[0], policy=email.policy.compat32)
-            sender = str(headers.get("Return-Path", "")).strip().strip("<>")
-            mailbox = str(headers.get("Delivered-To", path.parent.parent.name)).strip().lower()
-            found.append(MailboxDelivery(mailbox, self.server, sender, data))  # "" is the null sender
-        return found
+        return maildir_deliveries(self.root / "mail", self.server)
 
     def _postfix(self, *argv: str) -> None:
         assert self.namespace is not None
@@ -412,17 +302,9 @@ class PostfixStandIn:
                 f"{(result.stderr.strip() or log.strip()[-2000:]) or 'no output'}"
             )
 
-    def _wait_until_listening(self, timeout: float = 20.0) -> None:
+    def _wait_until_listening(self) -> None:
         vs = self.config.organization.server(self.server).default_virtual_server
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((vs.address, vs.port), timeout=1) as probe:
-                    if probe.recv(4).startswith(b"220"):
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise PostfixError(f"Postfix for {self.server} does not answer on {vs.address}:{vs.port}")
+        wait_until_listening(vs.address, vs.port, f"Postfix for {self.server}")
 
 
 class DovecotAuth:

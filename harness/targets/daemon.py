@@ -1,0 +1,129 @@
+"""What every real MTA standing in for a lab server needs around it, whichever MTA it is: running its
+commands inside the server's namespace, a private mount namespace for an MTA unpacked outside the
+system's package manager, waiting until it answers, and reading the Maildirs it delivered into."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.lab.netns import Namespace
+from harness.lab.standin import MailboxDelivery
+
+# Where `make mtas` unpacks the MTAs whose Debian packages conflict with the installed one.
+UNPACKED = Path(__file__).resolve().parents[2] / "tools" / "mtas" / "root"
+
+
+class StandInError(RuntimeError):
+    """A real MTA could not be configured or started; the message quotes the MTA's own words."""
+
+
+def open_to_daemons(root: Path) -> None:
+    """Let an MTA's unprivileged daemons reach their folders under `root` (search permission on the
+    folders above it that this process owns, such as a pytest tmp_path)."""
+    for directory in (root, *root.parents):
+        if directory == Path("/") or directory.stat().st_uid != os.getuid():
+            break
+        directory.chmod(directory.stat().st_mode | 0o111)
+
+
+def in_private_mounts(binds: Sequence[tuple[Path, str]], argv: Sequence[str]) -> list[str]:
+    """`argv` in a mount namespace of its own where each (source, target) is bind-mounted: how a binary
+    unpacked from a package finds its configuration, spool and helpers at the paths compiled into it
+    without anything changing on the system."""
+    mounts = " && ".join(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for src, dst in binds)
+    script = f'{mounts} && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+def run(namespace: Namespace, argv: Sequence[str], what: str, log: Path | None = None) -> str:
+    """Run a command of the MTA in the namespace; a failure raises with its output (or its log's tail)."""
+    result = subprocess.run(
+        namespace.command(argv),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        tail = ""
+        if log is not None and log.exists():
+            tail = log.read_text(encoding="utf-8", errors="replace").strip()[-2000:]
+        raise StandInError(
+            f"{what} failed (exit {result.returncode}): "
+            f"{(result.stderr.strip() or result.stdout.strip() or tail) or 'no output'}"
+        )
+    return result.stdout
+
+
+class Foreground:
+    """An MTA daemon kept in the foreground as our child, its output in `log`: stopping it is a signal,
+    and a crash at start shows as an exit with its words in the log."""
+
+    def __init__(self, namespace: Namespace, argv: Sequence[str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                namespace.command(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def failed(self) -> str | None:
+        if self.process.poll() is None:
+            return None
+        text = self.log.read_text(encoding="utf-8", errors="replace").strip()
+        return f"exited with {self.process.returncode}: {text[-2000:] or 'no output'}"
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        # The whole session: the daemon's own children (delivery processes) go with it.
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def wait_until_listening(
+    address: str, port: int, what: str, daemon: Foreground | None = None, timeout: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon is not None and (failure := daemon.failed()):
+            raise StandInError(f"{what} {failure}")
+        try:
+            with socket.create_connection((address, port), timeout=1) as probe:
+                if probe.recv(4).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise StandInError(f"{what} does not answer on {address}:{port}")
+
+
+def maildir_deliveries(base: Path, server: str) -> list[MailboxDelivery]:
+    """What an MTA delivered into `base/<primary address>/` Maildirs. The sender is the Return-Path the
+    delivery agent added ("" for the null sender); the mailbox is the folder's name unless the agent
+    recorded Delivered-To."""
+    found: list[MailboxDelivery] = []
+    for path in sorted(base.glob("*/new/*")) + sorted(base.glob("*/cur/*")):
+        data = path.read_bytes()
+        head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+        headers = email.message_from_bytes(head, policy=email.policy.compat32)
+        sender = str(headers.get("Return-Path", "")).strip().strip("<>")
+        mailbox = str(headers.get("Delivered-To", path.parent.parent.name)).strip().lower()
+        found.append(MailboxDelivery(mailbox, server, sender, data))
+    return found

@@ -1,0 +1,444 @@
+"""Exim 4 standing in for one Exchange server of the lab, in that server's network namespace.
+
+The server's plan (harness/targets/plan.py) is written as one Exim configuration, the way a mail
+administrator would translate the Exchange settings:
+
+    authoritative domains                  domainlist local_domains; unknown users bounce after
+                                           acceptance, as Exchange does, unless directory filtering
+    shared namespaces, "allow relaying"    domainlist relay_to_domains
+    mailboxes on this server               accept router → a Maildir per mailbox the harness reads
+    mailboxes on other servers             manualroute to that server (lsearch table)
+    secondary addresses, groups, contacts  redirect router (lsearch table)
+    connectors and smart hosts             a manualroute or dnslookup router per address space
+    each virtual server                    an interface in local_interfaces; its settings chosen by
+                                           $received_ip_address in the ACLs and expanded options
+    relay restrictions, connection control host lists in the RCPT and connect ACLs
+    recipient filtering                    the RCPT ACL, with a wildlsearch table of the list
+    Basic authentication                   plaintext PLAIN and LOGIN against the directory's accounts
+
+The replies Exim's ACLs give are Exchange's own texts (reference_mta/replies.py): an ACL needs a message
+in any case, and an administrator emulating Exchange would write those.
+
+Exim's Debian package conflicts with Postfix's, so it is unpacked into tools/mtas/root (`make mtas`) and
+run from there, in a private mount namespace where /etc/exim4 is the lab folder's configuration (the path
+compiled into Debian's binary; the folder must exist, `make mtas` makes it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from harness.lab.certificates import LabCertificates
+from harness.lab.config import LabConfig
+from harness.lab.netns import Namespace
+from harness.lab.standin import MailboxDelivery
+from harness.targets.daemon import (
+    UNPACKED,
+    Foreground,
+    StandInError,
+    in_private_mounts,
+    maildir_deliveries,
+    open_to_daemons,
+    wait_until_listening,
+)
+from harness.targets.plan import ClientRule, NextHop, ServerPlan, plan
+from harness.targets.recipients import RecipientTable
+from reference_mta import replies
+
+EXIM = UNPACKED / "usr" / "sbin" / "exim4"
+CONFIG_DIR = "/etc/exim4"  # compiled into Debian's binary, with exim4.conf in it
+USER = "Debian-exim"
+
+
+def render(
+    config: LabConfig, server: str, table: RecipientTable, root: Path, tls_chain: Path | None
+) -> dict[str, str]:
+    """The files of the configuration folder: exim4.conf and the lookup tables it names."""
+    the_plan = plan(config, server, table)
+    etc = root / "etc"
+    files = {
+        "mailboxes": _table((address, m.primary) for m in the_plan.mailboxes for address in m.addresses),
+        "mailbox_routes": _table((a, _host(hop)) for a, hop in the_plan.mailbox_routes.items()),
+        "aliases": _table((a, ", ".join(t) if t else ":blackhole:") for a, t in the_plan.aliases.items()),
+        "passwords": _table((name, login.password) for login in table.logins for name in login.names),
+    }
+    for number, listener in enumerate(the_plan.listeners):
+        filtering = listener.vs.recipient_filtering
+        if filtering is not None and filtering.addresses:
+            files[f"filter_{number}"] = "".join(f"{_pattern(p)}: yes\n" for p in filtering.addresses)
+    files["exim4.conf"] = _configuration(config, the_plan, table, root, etc, tls_chain)
+    return files
+
+
+def _configuration(
+    config: LabConfig,
+    the_plan: ServerPlan,
+    table: RecipientTable,
+    root: Path,
+    etc: Path,
+    tls_chain: Path | None,
+) -> str:
+    me = the_plan.server
+    organization = config.organization
+    listeners = the_plan.listeners
+
+    def by_listener(values: Mapping[str, str], default: str) -> str:
+        text = default
+        for address, value in values.items():
+            text = f"${{if eq{{$received_ip_address}}{{{address}}}{{{value}}}{{{text}}}}}"
+        return text
+
+    def where(predicate: Iterable[bool]) -> str:
+        """A host list matching every client on the listeners for which `predicate` holds."""
+        addresses = [each.vs.address for each, yes in zip(listeners, predicate, strict=True) if yes]
+        if not addresses:
+            return ""
+        return "${if match_ip{$received_ip_address}{<; " + " ; ".join(addresses) + "}{*}{}}"
+
+    authenticated = bool(table.logins)
+    tls = tls_chain is not None
+    hostnames = {each.vs.address: each.vs.fqdn for each in listeners if each.vs.fqdn}
+    auth_anywhere = [each.vs.address for each in listeners if authenticated and each.vs.basic_auth]
+    auth_after_tls = [each.vs.address for each in listeners if each.vs.auth_requires_tls and each.vs.tls]
+    # "Requires TLS encryption": AUTH is offered on such a virtual server only inside TLS.
+    auth_offered = (
+        "${if or{{match_ip{$received_ip_address}{<; "
+        + " ; ".join(a for a in auth_anywhere if a not in auth_after_tls or not tls)
+        + "}}{and{{def:tls_in_cipher}{match_ip{$received_ip_address}{<; "
+        + " ; ".join(a for a in auth_anywhere if a in auth_after_tls and tls)
+        + "}}}}}{*}{}}"
+    )
+    mailbox = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{etc / 'mailboxes'}}}}}"
+    lines = [
+        "# Rendered by mailflow from the lab file; see harness/targets/exim.py.",
+        f"exim_path = {EXIM}",
+        f"spool_directory = {root / 'spool'}",
+        f"log_file_path = {root / 'log' / '%slog'}",
+        "log_selector = +smtp_protocol_error +smtp_syntax_error +received_recipients +incoming_interface",
+        f"exim_user = {USER}",
+        f"exim_group = {USER}",
+        "keep_environment =",
+        f"primary_hostname = {me.fqdn}",
+        f"qualify_domain = {organization.primary_domain}",
+        "local_interfaces = <; " + " ; ".join(f"[{each.vs.address}]:{each.vs.port}" for each in listeners),
+        f"smtp_active_hostname = {by_listener(hostnames, me.fqdn)}",
+        "smtp_banner = $smtp_active_hostname ESMTP",
+        "domainlist local_domains = " + (" : ".join(the_plan.authoritative) or "!*"),
+        "domainlist relay_to_domains = "
+        + (" : ".join(_domain_pattern(d) for d in the_plan.relay_domains) or "!*"),
+        "hostlist organization_servers = <; "
+        + " ; ".join(
+            sorted({s.address for s in organization.servers if s.name != me.name})
+            or ["198.18.255.255"]  # an empty list would match nothing anyway
+        ),
+        "message_size_limit = "
+        + by_listener({each.vs.address: f"{each.vs.max_message_kb}K" for each in listeners}, "50M"),
+        "smtputf8_advertise_hosts = " + where(each.vs.smtputf8 for each in listeners),
+        "chunking_advertise_hosts = " + where(each.vs.chunking for each in listeners),
+        f"auth_advertise_hosts = {auth_offered}",
+        "tls_advertise_hosts = " + where(tls and each.vs.tls for each in listeners),
+        "acl_smtp_connect = acl_connect",
+        "acl_smtp_helo = acl_helo",
+        "acl_smtp_mail = acl_mail",
+        "acl_smtp_rcpt = acl_rcpt",
+        "acl_smtp_vrfy = acl_vrfy",
+        "acl_smtp_data = acl_data",
+        "smtp_accept_max = 100",
+        # The lab's timers: retries within seconds, expiry as the lab file says, no delay warnings.
+        "delay_warning = 0s",
+        "ignore_bounce_errors_after = 0s",
+        f"timeout_frozen_after = {_seconds(config.timers.expiration)}",
+        "rfc1413_hosts =",
+        "host_lookup =",
+        "never_users = root",
+    ]
+    if tls_chain is not None:
+        lines += [f"tls_certificate = {tls_chain}", f"tls_privatekey = {tls_chain}"]
+    lines += ["", "begin acl", ""]
+    lines += _acls(the_plan, etc, authenticated)
+    lines += ["", "begin routers", ""]
+    lines += _routers(the_plan, etc)
+    lines += [
+        "",
+        "begin transports",
+        "",
+        "maildir:",
+        "  driver = appendfile",
+        f"  directory = {root / 'mail'}/{mailbox}",
+        "  maildir_format",
+        f"  user = {USER}",
+        f"  group = {USER}",
+        "  mode = 0640",
+        "  envelope_to_add",
+        "  return_path_add",
+        "  delivery_date_add",
+        "",
+        "remote_smtp:",
+        "  driver = smtp",
+        f"  interface = {me.address}",
+        "  connect_timeout = 5s",
+        "",
+        "begin retry",
+        "",
+        f"* * F,{_seconds(config.timers.expiration)},{_seconds(config.timers.intervals[0])}",
+        "",
+        "begin rewrite",
+        "",
+        "begin authenticators",
+        "",
+    ]
+    if authenticated:
+        check = f"lsearch{{{etc / 'passwords'}}}"
+        lines += [
+            "plain:",
+            "  driver = plaintext",
+            "  public_name = PLAIN",
+            "  server_prompts = :",
+            f"  server_condition = ${{if eq{{$auth3}}{{${{lookup{{${{lc:$auth2}}}}{check}}}}}}}",
+            "  server_set_id = $auth2",
+            "",
+            "login:",
+            "  driver = plaintext",
+            "  public_name = LOGIN",
+            '  server_prompts = "Username:: : Password::"',
+            f"  server_condition = ${{if eq{{$auth2}}{{${{lookup{{${{lc:$auth1}}}}{check}}}}}}}",
+            "  server_set_id = $auth1",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
+    connect, rcpt, mail, vrfy = ["acl_connect:"], ["acl_rcpt:"], ["acl_mail:"], ["acl_vrfy:"]
+    for number, listener in enumerate(the_plan.listeners):
+        vs = listener.vs
+        on = f"  condition = ${{if eq{{$received_ip_address}}{{{vs.address}}}}}"
+        if listener.connection_clients:
+            connect += [
+                "  drop",
+                on,
+                f"    hosts = <; {_refused(listener.connection_clients)}",
+                f"    message = {_text(replies.CONNECTION_REFUSED)}",
+            ]
+        mail += ["  deny", on, "    condition = ${if !def:sender_helo_name}"]
+        mail.append(f"    message = {_text(replies.SEND_HELLO_FIRST)}")
+        if not vs.anonymous:
+            mail += [
+                "  deny",
+                on,
+                "    !authenticated = *",
+                f"    message = {_text(replies.NOT_AUTHENTICATED)}",
+            ]
+        if vs.vrfy == "disabled":
+            vrfy += ["  deny", on, f"    message = {_text(replies.NOT_IMPLEMENTED)}"]
+        rcpt += [
+            "  defer",
+            on,
+            f"    condition = ${{if >={{$recipients_count}}{{{vs.max_recipients}}}}}",
+            f"    message = {_text(replies.TOO_MANY_RECIPIENTS)}",
+        ]
+        filtering = vs.recipient_filtering
+        if filtering is not None:
+            # Only for anonymous clients outside the organization, at authoritative domains
+            # (reference_mta/access_policy.py: filtering_applies).
+            judged = [
+                on,
+                "    !authenticated = *",
+                "    !hosts = +organization_servers",
+                "    domains = +local_domains",
+            ]
+            if filtering.addresses:
+                rcpt += ["  deny", *judged, f"    recipients = nwildlsearch;{etc / f'filter_{number}'}"]
+                rcpt.append(f"    message = {_text(replies.MAILBOX_NOT_AVAILABLE)}")
+            if filtering.directory:
+                rcpt += ["  deny", *judged, "    !verify = recipient/no_details"]
+                rcpt.append(f"    message = {_text(replies.MAILBOX_NOT_AVAILABLE)}")
+        relay_hosts = _allowed(listener.relay_clients)
+        rcpt += ["  accept", on, "    domains = +local_domains : +relay_to_domains"]
+        if relay_hosts:
+            rcpt += ["  accept", on, f"    hosts = <; {relay_hosts}"]
+        if authenticated and vs.relay.allow_authenticated and vs.basic_auth:
+            rcpt += ["  accept", on, "    authenticated = *"]
+    connect.append("  accept")
+    mail += ["  accept"]
+    vrfy += ["  accept"]
+    rcpt += ["  deny", "    message = 550 5.7.1 Unable to relay for $local_part@$domain"]
+    helo = ["acl_helo:", "  accept"]
+    data = ["acl_data:", "  accept"]
+    return [*connect, "", *helo, "", *mail, "", *rcpt, "", *vrfy, "", *data]
+
+
+def _routers(the_plan: ServerPlan, etc: Path) -> list[str]:
+    key = "${lc:$local_part@$domain}"
+    routers = [
+        "aliases:",
+        "  driver = redirect",
+        f"  data = ${{lookup{{{key}}}lsearch{{{etc / 'aliases'}}}}}",
+        "  allow_defer",
+        "",
+        "other_servers:",
+        "  driver = manualroute",
+        f"  route_data = ${{lookup{{{key}}}lsearch{{{etc / 'mailbox_routes'}}}}}",
+        "  transport = remote_smtp",
+        "  self = send",
+        "",
+        "mailboxes:",
+        "  driver = accept",
+        f"  condition = ${{lookup{{{key}}}lsearch{{{etc / 'mailboxes'}}}{{yes}}{{no}}}}",
+        "  transport = maildir",
+        "",
+        # An authoritative domain holds every address it has: anything else bounces as unknown.
+        "unknown:",
+        "  driver = redirect",
+        "  domains = +local_domains",
+        "  allow_fail",
+        f"  data = :fail: {_text(replies.USER_UNKNOWN)[4:]}",
+        "",
+    ]
+    for number, route in enumerate(the_plan.routes):
+        routers.append(f"route_{number}:")
+        if route.domain != "*":
+            routers.append(f"  domains = {_domain_pattern(route.domain)}")
+        if route.hop is None:
+            routers += ["  driver = dnslookup", "  transport = remote_smtp", "  no_more", ""]
+        else:
+            routers += [
+                "  driver = manualroute",
+                f"  route_list = * {_host(route.hop)}",
+                "  transport = remote_smtp",
+                "  self = send",
+                "",
+            ]
+    routers += ["dns:", "  driver = dnslookup", "  transport = remote_smtp", "  no_more", ""]
+    return routers
+
+
+def _host(hop: NextHop) -> str:
+    return f"{hop.host}::{hop.port}" if hop.port != 25 else hop.host
+
+
+def _domain_pattern(domain: str) -> str:
+    return f"*{domain}" if domain.startswith(".") else domain
+
+
+def _allowed(rules: Iterable[ClientRule]) -> str:
+    """First-match-wins rules as an Exim host list that matches the clients allowed."""
+    return " ; ".join(str(rule.network) if rule.allow else f"!{rule.network}" for rule in rules)
+
+
+def _refused(rules: Iterable[ClientRule]) -> str:
+    return " ; ".join(f"!{rule.network}" if rule.allow else str(rule.network) for rule in rules)
+
+
+def _pattern(pattern: str) -> str:
+    """An Exchange filter entry (`*` the only wildcard) as a wildlsearch key: a case-blind regex."""
+    return "^(?i)" + ".*".join(re.escape(part) for part in pattern.lower().split("*")) + "$"
+
+
+def _table(pairs: Iterable[tuple[str, str]]) -> str:
+    return "".join(f'"{key}": {value}\n' for key, value in pairs)
+
+
+def _text(reply: str) -> str:
+    """A reply as an ACL message: Exim takes the code and enhanced code from its start; `$` and `\\`
+    would be expanded."""
+    return reply.replace("\\", "\\\\").replace("$", "\\$")
+
+
+def _seconds(value: float) -> str:
+    return f"{max(1, round(value))}s"
+
+
+class EximStandIn:
+    """A running Exim for one lab server: configured, started in its namespace, read, stopped."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        server: str,
+        table: RecipientTable,
+        root: Path,
+        certificates: LabCertificates | None = None,
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.table = table
+        self.root = root
+        self.certificates = certificates
+        self.daemon: Foreground | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log" / "mainlog"
+
+    def start(self, namespace: Namespace) -> None:
+        owner = pwd.getpwnam(USER)
+        etc = self.root / "etc"
+        for folder in ("etc", "spool", "mail", "log"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        open_to_daemons(self.root)
+        for folder in ("spool", "mail", "log"):
+            os.chown(self.root / folder, owner.pw_uid, owner.pw_gid)
+        chain = None
+        if self.certificates is not None:
+            fqdn = self.config.organization.server(self.server).fqdn
+            chain = self.certificates.write_chain(fqdn, etc / "tls-chain.pem")
+            os.chown(chain, owner.pw_uid, owner.pw_gid)
+        for name, text in render(self.config, self.server, self.table, self.root, chain).items():
+            (etc / name).write_text(text, encoding="utf-8")
+        argv = in_private_mounts(
+            [(etc, CONFIG_DIR)], [str(EXIM), "-bdf", f"-q{_seconds(self.config.timers.intervals[0])}"]
+        )
+        self.daemon = Foreground(namespace, argv, self.root / "exim.out")
+        vs = self.config.organization.server(self.server).default_virtual_server
+        try:
+            wait_until_listening(vs.address, vs.port, f"Exim for {self.server}", self.daemon)
+        except StandInError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.daemon = None
+
+    def idle(self) -> bool:
+        """No message is being received or delivered: every spooled message's data file can be locked
+        (Exim holds that lock while it works on one). Messages waiting for a retry count as idle, as
+        Postfix's deferred queue does."""
+        for data in (self.root / "spool" / "input").glob("*-D"):
+            try:
+                with data.open("rb+") as handle:
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, 0)
+                    fcntl.lockf(handle, fcntl.LOCK_UN)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return True
+
+    def deliveries(self) -> list[MailboxDelivery]:
+        return maildir_deliveries(self.root / "mail", self.server)
+
+
+def installed() -> str | None:
+    """None if Exim can run here, else why not."""
+    if not EXIM.is_file():
+        return f"Exim is not unpacked ({EXIM} missing; `make mtas` unpacks the Debian package)"
+    if not Path(CONFIG_DIR).is_dir():
+        return (
+            f"{CONFIG_DIR} is missing (`make mtas` makes it; the unpacked Exim reads its configuration there)"
+        )
+    if shutil.which("unshare") is None:
+        return "util-linux's unshare is missing (Debian package util-linux)"
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        return f"the {USER} user does not exist (`make mtas` adds it)"
+    return None

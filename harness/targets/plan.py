@@ -1,0 +1,200 @@
+"""The server under test, translated once from the lab file and the directory into what every real MTA's
+configuration needs: which domains it accepts, which mailboxes it holds, where the rest goes, which
+clients may relay or connect. Each adapter (postfix, exim, opensmtpd) only writes this plan in its own
+syntax, so a rule such as "the organization's servers may relay" or "next hops come from the reference
+routing engine" lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from harness.lab.config import LabConfig
+from harness.targets.recipients import Mailbox, RecipientTable
+from reference_mta.linkstate import LinkState
+from reference_mta.mailmsg import MailMsg
+from reference_mta.queuing import Hop
+from reference_mta.routing import RoutingEngine
+from reference_mta.topology import Organization, Server, VirtualServer
+
+EVERYONE = ipaddress.IPv4Network("0.0.0.0/0")
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """A host mail is handed to without an MX look-up (Postfix's `[host]:port`)."""
+
+    host: str
+    port: int = 25
+
+
+@dataclass(frozen=True)
+class Route:
+    """Mail for `domain` goes to `hop`, or by DNS (MX) when `hop` is None. `domain` is a domain, a
+    domain with a leading dot for its subdomains (from a `*.example` address space), or `*`."""
+
+    domain: str
+    hop: NextHop | None
+
+    @property
+    def subdomains(self) -> bool:
+        return self.domain.startswith(".")
+
+
+@dataclass(frozen=True)
+class ClientRule:
+    network: ipaddress.IPv4Network
+    allow: bool
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One virtual server. Both client lists are judged first match wins: relaying is refused when no
+    rule allows it, a connection is accepted when no rule refuses it."""
+
+    vs: VirtualServer
+    relay_clients: tuple[ClientRule, ...]
+    connection_clients: tuple[ClientRule, ...]
+
+    @property
+    def connection_open(self) -> bool:
+        return not self.connection_clients
+
+
+@dataclass
+class ServerPlan:
+    server: Server
+    authoritative: list[str]  # domains whose unknown recipients are refused at RCPT
+    relay_domains: list[str]  # shared namespaces and "allow relaying" connector domains (".x": subdomains)
+    mailboxes: list[Mailbox]  # held on this server
+    mailbox_routes: dict[str, NextHop]  # primary address of a mailbox on another server → its way there
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # secondary addresses, groups, contacts
+    routes: list[Route] = field(default_factory=list)  # SMTP address spaces, most specific first
+    listeners: list[Listener] = field(default_factory=list)
+    all_mailboxes: list[Mailbox] = field(default_factory=list)  # of every server
+
+    @property
+    def default_route(self) -> Route | None:
+        return next((route for route in self.routes if route.domain == "*"), None)
+
+    def accepts(self, address: str) -> bool:
+        """Whether `address` exists here: a mailbox (of any server) or an alias."""
+        address = address.lower()
+        return address in self.aliases or any(address in m.addresses for m in self.all_mailboxes)
+
+
+def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
+    organization = config.organization
+    me = organization.server(server)
+    engine = RoutingEngine(organization, me, LinkState(organization))
+    authoritative = [d.domain for p in organization.policies for d in p.domains if d.authoritative]
+    shared = [d.domain for p in organization.policies for d in p.domains if not d.authoritative]
+    result = ServerPlan(
+        server=me,
+        authoritative=authoritative,
+        relay_domains=sorted({*shared, *_relay_connector_domains(organization)}),
+        mailboxes=table.mailboxes_on(server),
+        mailbox_routes={},
+        all_mailboxes=list(table.mailboxes),
+    )
+    for mailbox in table.mailboxes:
+        for address in mailbox.addresses[1:]:
+            result.aliases[address] = [mailbox.primary]
+        if mailbox.server.lower() == server.lower():
+            continue
+        # Toward the home server as routing does it: directly in this routing group, else through the
+        # routing group connectors' bridgeheads.
+        home = organization.server(mailbox.server)
+        hop = _next_hop(organization, engine.route_to_server(home.fqdn))
+        if hop is not None:
+            result.mailbox_routes[mailbox.primary] = hop
+    for group in table.groups:
+        for address in group.addresses:
+            result.aliases[address] = list(group.members)
+    for contact in table.contacts:
+        for address in contact.addresses:
+            result.aliases[address] = [contact.target]
+    result.routes = _connector_routes(organization, engine)
+    result.listeners = [
+        Listener(vs, _relay_clients(me, vs, organization), _connection_clients(vs))
+        for vs in me.virtual_servers
+    ]
+    return result
+
+
+def _relay_connector_domains(organization: Organization) -> list[str]:
+    return [
+        space.pattern.replace("*.", ".")
+        for connector in organization.connectors
+        if connector.allow_relay
+        for space in connector.address_spaces
+        if space.type == "SMTP" and space.pattern != "*"
+    ]
+
+
+def _relay_clients(me: Server, vs: VirtualServer, organization: Organization) -> tuple[ClientRule, ...]:
+    """A virtual server's relay list; the organization's servers come first, as Exchange trusts them
+    (access_policy's "organization server" rule)."""
+    relay = vs.relay
+    if relay.open:
+        return (ClientRule(EVERYONE, True),)
+    servers = sorted(
+        {
+            address
+            for server in organization.servers
+            if server.name != me.name
+            for address in (server.address, *(v.address for v in server.virtual_servers))
+        }
+    )
+    rules = [ClientRule(ipaddress.IPv4Network(f"{address}/32"), True) for address in servers]
+    if relay.all_except is not None:
+        rules += [ClientRule(network, False) for network in relay.all_except]
+        rules.append(ClientRule(EVERYONE, True))
+    else:
+        rules += [ClientRule(network, True) for network in relay.only_list]
+    return tuple(rules)
+
+
+def _connection_clients(vs: VirtualServer) -> tuple[ClientRule, ...]:
+    control = vs.connection
+    if control.only_list is not None:
+        return (*(ClientRule(network, True) for network in control.only_list), ClientRule(EVERYONE, False))
+    return tuple(ClientRule(network, False) for network in control.all_except)
+
+
+def _connector_routes(organization: Organization, engine: RoutingEngine) -> list[Route]:
+    """Where mail for each SMTP address space goes from this server, as the reference MTA's routing
+    engine decides it (least cost, local connector on ties, smart hosts). A domain this server
+    reaches by DNS is written out too (hop None), so that a wider entry does not catch it; `*` comes
+    last, and only when it is not DNS."""
+    probe = MailMsg.new("", ["postmaster@mailflow-probe.invalid"])
+    patterns = sorted(
+        {
+            space.pattern
+            for connector in organization.connectors
+            if connector.kind == "smtp"
+            for space in connector.address_spaces
+            if space.type == "SMTP"
+        },
+        key=lambda p: (p == "*", -len(p), p),
+    )
+    routes: list[Route] = []
+    for pattern in patterns:
+        domain = pattern.replace("*", "mailflow-probe") if pattern != "*" else "mailflow-probe.invalid"
+        hop = _next_hop(organization, engine.route_to_address_space(probe, "SMTP", domain))
+        if pattern == "*" and hop is None:
+            continue
+        routes.append(Route(pattern.replace("*.", ".") if pattern != "*" else "*", hop))
+    return routes
+
+
+def _next_hop(organization: Organization, hop: Hop) -> NextHop | None:
+    if hop.kind == "smart_host" and hop.targets:
+        host, _, port = hop.targets[0].strip("[]").partition("]:")
+        return NextHop(host, int(port) if port else 25)
+    if hop.kind == "server" and hop.targets:
+        server = organization.server_by_fqdn(hop.targets[0])
+        if server is not None:
+            return NextHop(server.address, server.default_virtual_server.port)
+    return None  # DNS (the MTA's own MX look-up), or nothing it could do better
