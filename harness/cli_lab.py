@@ -27,7 +27,11 @@ def lab() -> None:
 
 @lab.command("up")
 @click.argument("name", default="contoso")
-@click.option("--base", default=None, help="relocate: address base (inside 127.0.0.0/8)")
+@click.option(
+    "--base",
+    default=None,
+    help="relocate: address base (in 127.0.0.0/8; in 198.18.0.0/15 for a real-MTA target)",
+)
 @click.option("--port-offset", type=int, default=None, help="relocate: port offset")
 @click.option(
     "--workdir",
@@ -35,17 +39,36 @@ def lab() -> None:
     default=None,
     help="keep queues, mailboxes and tracking logs here (default: a temporary folder)",
 )
-def lab_up(name: str, base: str | None, port_offset: int | None, workdir: Path | None) -> None:
+@click.option(
+    "--target",
+    "target_name",
+    default="reference",
+    show_default=True,
+    help="what stands in for the server under test, e.g. postfix or exim:EX2 (a real MTA puts the lab "
+    "on 198.18.0.0/15, in network namespaces; needs root)",
+)
+def lab_up(
+    name: str, base: str | None, port_offset: int | None, workdir: Path | None, target_name: str
+) -> None:
     """Start lab NAME (or a lab file) in the foreground until Ctrl-C."""
-    from harness.lab.runtime import Lab
+    from harness import targets
+    from harness.runner import relocation
 
+    try:
+        target = targets.get(target_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from None
+    if (unavailable := target.unavailable()) is not None:
+        raise click.ClickException(f"target {target.name} cannot run here: {unavailable}")
+    if target.needs_netns and base is None:
+        base, port_offset = relocation(netns=True)
     try:
         config = lab_config.load(lab_config.lab_path(name), base=base, port_offset=port_offset)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from exc
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    with Lab(config, workdir, control=True) as running:
+    with target.lab(config, workdir, control=True) as running:
         table = Table(title=f"lab {config.name} (started in {running.started_in * 1000:.0f} ms)")
         for column in ("host", "kind", "name", "address", "service"):
             table.add_column(column)
@@ -58,8 +81,13 @@ def lab_up(name: str, base: str | None, port_offset: int | None, workdir: Path |
             "client": "-",
         }
         for host in config.hosts.values():
-            table.add_row(host.name, host.kind, host.fqdn or "-", host.address, services.get(host.kind, "-"))
+            service = services.get(host.kind, "-")
+            if host.name in running.stand_ins:
+                service = f"{target.name}: {service}"
+            table.add_row(host.name, host.kind, host.fqdn or "-", host.address, service)
         console.print(table)
+        for server, stand_in in running.stand_ins.items():
+            console.print(f"{server}: {target.name} in its network namespace, logging to {stand_in.log_path}")
         console.print(f"queues, mailboxes and tracking logs: {running.workdir}")
         console.print(
             f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, "

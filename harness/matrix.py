@@ -27,6 +27,8 @@ class Verdict:
     trace: str
     status: str
     reasons: tuple[str, ...] = ()
+    # For a deviation: each failure line with the reason that explains it.
+    explained: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -56,19 +58,93 @@ def verdict(outcome: Mapping[str, Any], known: Sequence[Deviation]) -> Verdict:
         if line.strip() and not re.match(r"\[gw\d+\] ", line)
     ]
     reasons: list[str] = []
+    lines: list[tuple[str, str]] = []
+    groups = _grouped(failures)
+    # A delivery that stands in for a missing one, differing by known deviations only, is not also an
+    # unexpected one.
+    standing_in: dict[str, list[str]] = {}
+    for _head, near in groups:
+        if near and (found := _explain_nearest(near, trace, known)) is not None:
+            standing_in[found[0]] = found[1]
+    for head, near in groups:
+        unexpected = head.removeprefix("unexpected delivery: ")
+        substitute = next((r for line, r in standing_in.items() if line.startswith(f"{unexpected}: ")), None)
+        if near:
+            explained = next((r for line, r in standing_in.items() if line in near), None)
+        elif head != unexpected and substitute is not None:
+            explained = substitute
+        else:
+            explained = _explain(head, trace, known)
+        if explained is None:
+            return Verdict(trace, "fail", (head,))
+        reasons += explained
+        lines.append((head, "; ".join(dict.fromkeys(explained))))
+    return Verdict(trace, "deviation" if failures else "fail", tuple(dict.fromkeys(reasons)), tuple(lines))
+
+
+# The lines under "no delivery matches ..." describe the deliveries that came nearest, each as
+# "<delivery>: <difference>; <difference>" (harness/expect.py).
+_NEAR = re.compile(r"^(mailbox|sink|foreign mailbox) ")
+
+
+def _grouped(failures: Sequence[str]) -> list[tuple[str, list[str]]]:
+    groups: list[tuple[str, list[str]]] = []
     for line in failures:
-        match = next(
-            (
-                d
-                for d in known
-                if d.failure.search(line) and (not d.traces or any(trace.startswith(t) for t in d.traces))
-            ),
-            None,
-        )
-        if match is None:
-            return Verdict(trace, "fail", (line,))
-        reasons.append(match.reason)
-    return Verdict(trace, "deviation" if failures else "fail", tuple(dict.fromkeys(reasons)))
+        if groups and groups[-1][0].startswith("no delivery matches") and _NEAR.match(line):
+            groups[-1][1].append(line)
+        else:
+            groups.append((line, []))
+    return groups
+
+
+def _explain(line: str, trace: str, known: Sequence[Deviation]) -> list[str] | None:
+    match = next(
+        (
+            d
+            for d in known
+            if d.failure.search(line) and (not d.traces or any(trace.startswith(t) for t in d.traces))
+        ),
+        None,
+    )
+    return None if match is None else [match.reason]
+
+
+def _explain_nearest(
+    near: Sequence[str], trace: str, known: Sequence[Deviation]
+) -> tuple[str, list[str]] | None:
+    """A missing delivery is a deviation only when one delivery that did happen differs from it by
+    nothing but known deviations, every difference of it: one known difference must not hide another.
+    Returns that delivery's line and the reasons."""
+    for line in near:
+        reasons: list[str] = []
+        for part in _differences(line):
+            explained = _explain(part, trace, known)
+            if explained is None:
+                break
+            reasons += explained
+        else:
+            return line, reasons
+    return None
+
+
+def _differences(line: str) -> list[str]:
+    """A near-delivery line split into its differences, at the "; " that separate them (not those
+    inside the parentheses or quotes of one difference); the delivery's description stays on the first."""
+    parts, depth, quote, start = [], 0, "", 0
+    for index, char in enumerate(line):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif char == ";" and depth == 0 and line[index + 1 : index + 2] == " ":
+            parts.append(line[start:index])
+            start = index + 2
+    parts.append(line[start:])
+    return parts
 
 
 def build(runs: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, dict[str, Cell]]:

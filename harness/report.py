@@ -27,6 +27,7 @@ def label(trace: Trace, target: str) -> None:
     for spec_id in trace.spec:
         allure.dynamic.story(spec_id)
     allure.dynamic.parameter("target", target)
+    allure.dynamic.label("target", target)  # the matrix's column: reports filter and group by it
     allure.dynamic.label("trace", trace.id)
     for spec_id in sorted(trace.boundary):
         allure.dynamic.tag(f"boundary {spec_id}")
@@ -53,6 +54,15 @@ def _step(title: str, failures: list[str]) -> Iterator[None]:
 
 def _text(body: str, name: str) -> None:
     allure.attach(body, name=name, attachment_type=allure.attachment_type.TEXT)
+
+
+def deviated(failures: list[str], reasons: tuple[str, ...]) -> None:
+    """The trace differs from Exchange only by the target's known deviations: shown, with their
+    reasons, on a test that passes."""
+    allure.dynamic.tag("known deviation")
+    with allure.step(f"Known deviations of the target: {len(reasons)}"):
+        _text("\n".join(reasons), "reasons")
+        _text("\n".join(failures), "differences from Exchange")
 
 
 def publish(result: TraceResult) -> None:

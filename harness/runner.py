@@ -50,6 +50,15 @@ class TraceResult:
         """The target's known deviations met on the way (tolerated: the trace can still pass)."""
         return [d for s in self.sessions for e in s.result.exchanges for d in e.deviations]
 
+    def as_outcome(self) -> dict[str, object]:
+        """The run as the conformance matrix judges it (harness/matrix.py: verdict)."""
+        return {
+            "trace": self.trace.id,
+            "outcome": "passed" if self.passed else "failed",
+            "message": "\n".join(self.failures()),
+            "deviations": self.deviations,
+        }
+
     def failures(self) -> list[str]:
         """One line per failure; sessions and steps count from 1, as a reader of the trace counts, and
         the step's line in the trace file says where to look."""

@@ -19,7 +19,7 @@ for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 unpack_done() { [ -x "$mtas/root/usr/sbin/exim4" ] && [ -x "$mtas/root/usr/sbin/smtpd" ]; }
-users_done() { getent passwd Debian-exim opensmtpd opensmtpq >/dev/null; }
+users_done() { getent passwd Debian-exim opensmtpd opensmtpq >/dev/null && [ -d /etc/exim4 ]; }
 [ ${#missing[@]} -eq 0 ] && unpack_done && users_done && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
@@ -55,6 +55,8 @@ if [ $status -eq 0 ] && ! users_done; then
   # As the packages' postinst scripts make them.
   getent passwd Debian-exim >/dev/null || adduser --system --group --quiet --home /var/spool/exim4 \
     --no-create-home --disabled-login --force-badname Debian-exim || status=$?
+  # The folder the unpacked Exim's configuration is mounted on (the path compiled into its binary).
+  mkdir -p /etc/exim4 || status=$?
   for name in opensmtpd opensmtpq; do
     getent group "$name" >/dev/null || addgroup --system --quiet "$name" || status=$?
     getent passwd "$name" >/dev/null || adduser --system --quiet --home /var/lib/opensmtpd/empty \

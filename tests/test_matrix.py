@@ -39,6 +39,37 @@ def test_a_failure_that_is_only_known_deviations_is_a_deviation() -> None:
     assert matrix.verdict(mixed, [WORDING]).status == "fail"
 
 
+NDR_STATUS = Deviation(re.compile(r"no DSN recipient block matches .*failed 5\.0\.0"), "NDRs say 5.0.0")
+MISSING_NDR = (
+    'no delivery matches sink=fabrikam-mx, sender=<>, dsn={"status": "5.1.1"}\n'
+    "sink fabrikam-mx from EX1: <> → ann@fabrikam.com: {differences}"
+)
+
+
+def test_a_missing_delivery_is_a_deviation_only_if_a_near_one_differs_by_known_deviations_alone() -> None:
+    known = [NDR_STATUS, WORDING]
+    only_status = MISSING_NDR.replace(
+        "{differences}",
+        "no DSN recipient block matches {'status': '5.1.1'} (have: rfc822;a@b failed 5.0.0; x)",
+    )
+    assert matrix.verdict(outcome("t", "failed", ["IN-3"], only_status), known).status == "deviation"
+    # ... and then it is not an unexpected delivery either, where the trace wants nothing else.
+    unexpected = f"{only_status}\nunexpected delivery: sink fabrikam-mx from EX1: <> → ann@fabrikam.com"
+    assert matrix.verdict(outcome("t", "failed", ["IN-3"], unexpected), known).status == "deviation"
+    stranger = f"{only_status}\nunexpected delivery: sink northwind-mx from EX1: <> → ann@fabrikam.com"
+    assert matrix.verdict(outcome("t", "failed", ["IN-3"], stranger), known).status == "fail"
+    # A known difference does not cover an unknown one on the same delivery.
+    also_subject = MISSING_NDR.replace(
+        "{differences}",
+        "header Subject: 'x' does not match /y/; "
+        "no DSN recipient block matches {'status': '5.1.1'} (have: rfc822;a@b failed 5.0.0)",
+    )
+    assert matrix.verdict(outcome("t", "failed", ["IN-3"], also_subject), known).status == "fail"
+    # Nothing near it: the delivery did not happen, whatever the deviations say about differences.
+    nothing = 'no delivery matches sink=fabrikam-mx, sender=<>, dsn={"status": "5.1.1"}'
+    assert matrix.verdict(outcome("t", "failed", ["IN-3"], nothing), known).status == "fail"
+
+
 def test_a_pass_that_tolerated_deviations_shows_them() -> None:
     passed = outcome("t", "passed", ["IN-3"], tolerated=["expected x, got y (known deviation: wording only)"])
     assert matrix.verdict(passed, []) == matrix.Verdict("t", "deviation", ("wording only",))

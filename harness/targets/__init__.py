@@ -21,8 +21,8 @@ from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
 from harness.replay import Tolerate
-from harness.script import Auth, StartTls, TlsHandshake
-from harness.targets import exim, postfix
+from harness.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
+from harness.targets import exim, opensmtpd, postfix
 from harness.targets.known_deviations import deviations
 from harness.targets.recipients import RecipientTable
 from harness.trace import ForeignMemo, LabAction, Session, Submission, Trace
@@ -63,9 +63,9 @@ class Target:
             return None
         return netns.available() or self.adapter.installed()
 
-    def lab(self, config: LabConfig, workdir: Path | None = None) -> Lab:
+    def lab(self, config: LabConfig, workdir: Path | None = None, control: bool = False) -> Lab:
         if self.stands_in_for is None or self.adapter is None:
-            return Lab(config, workdir, reference_servers=True)
+            return Lab(config, workdir, reference_servers=True, control=control)
         server, adapter = self.stands_in_for, self.adapter
 
         def stand_in(lab: Lab) -> StandIn:
@@ -74,7 +74,7 @@ class Target:
             root = lab.workdir / f"{server}-{adapter.name}"
             return adapter.make(lab.config, server, table, root, lab.certificates)
 
-        return Lab(config, workdir, reference_servers=True, stand_ins={server: stand_in})
+        return Lab(config, workdir, reference_servers=True, control=control, stand_ins={server: stand_in})
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,10 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
     STARTTLS need those configured; a virtual server other than the default one of the stood-in server
     needs its own settings rendered."""
     needed = set(trace.requires - OBSERVATIONAL)
+    if any("foreign" in spec for spec in trace.outcome.get("delivered") or []):
+        # A foreign system's mailbox is reached through Exchange's gateway path (a foreign address
+        # space, IMCEA encapsulation): nothing a real MTA standing in for a server can take part in.
+        needed.add("gateway")
     for item in trace.sessions:
         if isinstance(item, Submission | ForeignMemo | LabAction) and not (
             isinstance(item, LabAction) and item.action in ("settle", "sink_rule")
@@ -108,6 +112,12 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
             needed.add("auth")
         if any(isinstance(step, StartTls | TlsHandshake) for step in item.steps):
             needed.add("starttls")
+        # Commands sent without waiting for replies are for a server that offers PIPELINING (RFC 2920),
+        # BDAT for one that offers CHUNKING (RFC 3030): elsewhere the trace is not a fair test.
+        if any(isinstance(step, Pipeline) for step in item.steps):
+            needed.add("pipelining")
+        if any(isinstance(step, Bdat) for step in item.steps):
+            needed.add("chunking")
         connect = item.connect
         if stand_in and connect.virtual_server and (connect.server or "").lower() == stand_in.lower():
             needed.add("virtual_servers")
@@ -117,7 +127,19 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
 REFERENCE = Target(
     name="reference",
     capabilities=frozenset(
-        {"tracking", "ldap_log", "mailbox", "queues", "reference", "auth", "starttls", "virtual_servers"}
+        {
+            "tracking",
+            "ldap_log",
+            "mailbox",
+            "queues",
+            "reference",
+            "gateway",
+            "auth",
+            "starttls",
+            "virtual_servers",
+            "pipelining",
+            "chunking",
+        }
     ),
     description="the reference MTA (Exchange 2003 model) runs every server of the lab",
 )
@@ -125,7 +147,7 @@ REFERENCE = Target(
 # Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.
 POSTFIX = Target(
     name="postfix",
-    capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers"}),
+    capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers", "pipelining", "chunking"}),
     description="Postfix (Debian package) stands in for one lab server, in its own network namespace",
     stands_in_for="EX1",
     adapter=Adapter("postfix", postfix.installed, postfix.PostfixStandIn),
@@ -133,13 +155,22 @@ POSTFIX = Target(
 
 EXIM = Target(
     name="exim",
-    capabilities=frozenset({"mailbox", "starttls", "virtual_servers"}),
+    capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers", "pipelining", "chunking"}),
     description="Exim 4 (Debian package, unpacked) stands in for one lab server, in its network namespace",
     stands_in_for="EX1",
     adapter=Adapter("exim", exim.installed, exim.EximStandIn),
 )
 
-TARGETS = {target.name: target for target in (REFERENCE, POSTFIX, EXIM)}
+OPENSMTPD = Target(
+    name="opensmtpd",
+    # No "starttls": the package's server-side TLS fails against OpenSSL 3 (see opensmtpd.py).
+    capabilities=frozenset({"mailbox", "virtual_servers"}),
+    description="OpenSMTPD (Debian package, unpacked) stands in for one lab server, in its network namespace",
+    stands_in_for="EX1",
+    adapter=Adapter("opensmtpd", opensmtpd.installed, opensmtpd.OpenSmtpdStandIn),
+)
+
+TARGETS = {target.name: target for target in (REFERENCE, POSTFIX, EXIM, OPENSMTPD)}
 
 
 def get(name: str) -> Target:

@@ -15,8 +15,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.lab.certificates import LabCertificates
+from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
+from harness.targets.recipients import RecipientTable
+from reference_mta.topology import VirtualServer
 
 # Where `make mtas` unpacks the MTAs whose Debian packages conflict with the installed one.
 UNPACKED = Path(__file__).resolve().parents[2] / "tools" / "mtas" / "root"
@@ -24,6 +28,29 @@ UNPACKED = Path(__file__).resolve().parents[2] / "tools" / "mtas" / "root"
 
 class StandInError(RuntimeError):
     """A real MTA could not be configured or started; the message quotes the MTA's own words."""
+
+
+class StandInBase:
+    """What every real MTA standing in for a server is made from: the lab's configuration, the server's
+    name, the directory's recipients, its own folder in the lab's, and the lab's CA (for a certificate)."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        server: str,
+        table: RecipientTable,
+        root: Path,
+        certificates: LabCertificates | None = None,
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.table = table
+        self.root = root
+        self.certificates = certificates
+
+    @property
+    def default_virtual_server(self) -> VirtualServer:
+        return self.config.organization.server(self.server).default_virtual_server
 
 
 def open_to_daemons(root: Path) -> None:
@@ -114,16 +141,17 @@ def wait_until_listening(
     raise StandInError(f"{what} does not answer on {address}:{port}")
 
 
-def maildir_deliveries(base: Path, server: str) -> list[MailboxDelivery]:
+def maildir_deliveries(base: Path, server: str, by_folder: bool = False) -> list[MailboxDelivery]:
     """What an MTA delivered into `base/<primary address>/` Maildirs. The sender is the Return-Path the
     delivery agent added ("" for the null sender); the mailbox is the folder's name unless the agent
-    recorded Delivered-To."""
+    recorded the mailbox in Delivered-To (`by_folder`: it records another address there)."""
     found: list[MailboxDelivery] = []
     for path in sorted(base.glob("*/new/*")) + sorted(base.glob("*/cur/*")):
         data = path.read_bytes()
         head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
         headers = email.message_from_bytes(head, policy=email.policy.compat32)
         sender = str(headers.get("Return-Path", "")).strip().strip("<>")
-        mailbox = str(headers.get("Delivered-To", path.parent.parent.name)).strip().lower()
+        folder = path.parent.parent.name
+        mailbox = folder if by_folder else str(headers.get("Delivered-To", folder)).strip().lower()
         found.append(MailboxDelivery(mailbox, server, sender, data))
     return found

@@ -34,13 +34,13 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
 from harness.targets.daemon import (
     UNPACKED,
     Foreground,
+    StandInBase,
     StandInError,
     in_private_mounts,
     maildir_deliveries,
@@ -143,6 +143,9 @@ def _configuration(
         "chunking_advertise_hosts = " + where(each.vs.chunking for each in listeners),
         f"auth_advertise_hosts = {auth_offered}",
         "tls_advertise_hosts = " + where(tls and each.vs.tls for each in listeners),
+        "dsn_advertise_hosts = *",
+        # Exchange takes domain literals and judges them as any other domain (relay refused, 550).
+        "allow_domain_literals = true",  # Exchange offers DSN (RFC 3461) to every client
         "acl_smtp_connect = acl_connect",
         "acl_smtp_helo = acl_helo",
         "acl_smtp_mail = acl_mail",
@@ -196,47 +199,47 @@ def _configuration(
     if authenticated:
         check = f"lsearch{{{etc / 'passwords'}}}"
         lines += [
-            "plain:",
-            "  driver = plaintext",
-            "  public_name = PLAIN",
-            "  server_prompts = :",
-            f"  server_condition = ${{if eq{{$auth3}}{{${{lookup{{${{lc:$auth2}}}}{check}}}}}}}",
-            "  server_set_id = $auth2",
-            "",
             "login:",
             "  driver = plaintext",
             "  public_name = LOGIN",
             '  server_prompts = "Username:: : Password::"',
-            f"  server_condition = ${{if eq{{$auth2}}{{${{lookup{{${{lc:$auth1}}}}{check}}}}}}}",
+            f"  server_condition = {_password_matches('$auth1', '$auth2', check)}",
             "  server_set_id = $auth1",
+            "",
+            "plain:",
+            "  driver = plaintext",
+            "  public_name = PLAIN",
+            "  server_prompts = :",
+            f"  server_condition = {_password_matches('$auth2', '$auth3', check)}",
+            "  server_set_id = $auth2",
             "",
         ]
     return "\n".join(lines) + "\n"
 
 
 def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
-    connect, rcpt, mail, vrfy = ["acl_connect:"], ["acl_rcpt:"], ["acl_mail:"], ["acl_vrfy:"]
+    connect, rcpt, vrfy = ["acl_connect:"], ["acl_rcpt:"], ["acl_vrfy:"]
+    mail = ["acl_mail:", "  deny", "    condition = ${if !def:sender_helo_name}"]
+    mail.append(f"    message = {_text(replies.SEND_HELLO_FIRST)}")
     for number, listener in enumerate(the_plan.listeners):
         vs = listener.vs
         on = f"  condition = ${{if eq{{$received_ip_address}}{{{vs.address}}}}}"
         if listener.connection_clients:
             connect += [
-                "  drop",
+                "  deny",
                 on,
                 f"    hosts = <; {_refused(listener.connection_clients)}",
                 f"    message = {_text(replies.CONNECTION_REFUSED)}",
             ]
-        mail += ["  deny", on, "    condition = ${if !def:sender_helo_name}"]
-        mail.append(f"    message = {_text(replies.SEND_HELLO_FIRST)}")
         if not vs.anonymous:
-            mail += [
-                "  deny",
-                on,
-                "    !authenticated = *",
-                f"    message = {_text(replies.NOT_AUTHENTICATED)}",
-            ]
+            for acl in (mail, vrfy):
+                acl += ["  deny", on, "    !authenticated = *"]
+                acl.append(f"    message = {_text(replies.NOT_AUTHENTICATED)}")
         if vs.vrfy == "disabled":
             vrfy += ["  deny", on, f"    message = {_text(replies.NOT_IMPLEMENTED)}"]
+        elif vs.vrfy == "cannot_verify":
+            cannot = _text(replies.cannot_verify("ADDRESS")).replace("ADDRESS", "$local_part@$domain")
+            vrfy += ["  deny", on, f"    message = {cannot}"]
         rcpt += [
             "  defer",
             on,
@@ -301,10 +304,17 @@ def _routers(the_plan: ServerPlan, etc: Path) -> list[str]:
         f"  data = :fail: {_text(replies.USER_UNKNOWN)[4:]}",
         "",
     ]
-    for number, route in enumerate(the_plan.routes):
-        routers.append(f"route_{number}:")
+    # Connector delivery restrictions: the senders they concern are routed first.
+    restricted = [
+        (f"sender_route_{n}", route, senders) for n, (route, senders) in enumerate(the_plan.sender_routes)
+    ]
+    general = [(f"route_{n}", route, ()) for n, route in enumerate(the_plan.routes)]
+    for name, route, senders in [*restricted, *general]:
+        routers.append(f"{name}:")
         if route.domain != "*":
             routers.append(f"  domains = {_domain_pattern(route.domain)}")
+        if senders:
+            routers.append(f"  senders = <; {' ; '.join(senders)}")
         if route.hop is None:
             routers += ["  driver = dnslookup", "  transport = remote_smtp", "  no_more", ""]
         else:
@@ -317,6 +327,13 @@ def _routers(the_plan: ServerPlan, etc: Path) -> list[str]:
             ]
     routers += ["dns:", "  driver = dnslookup", "  transport = remote_smtp", "  no_more", ""]
     return routers
+
+
+def _password_matches(name: str, password: str, lookup: str) -> str:
+    """An Exim condition: the directory has `name` with this `password`. A failed lookup yields "", so
+    an empty password is refused outright (otherwise an unknown name with no password would pass)."""
+    stored = f"${{lookup{{${{lc:{name}}}}}{lookup}}}"
+    return f"${{if and{{{{!eq{{{password}}}{{}}}}{{eq{{{password}}}{{{stored}}}}}}}}}"
 
 
 def _host(hop: NextHop) -> str:
@@ -355,23 +372,10 @@ def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"
 
 
-class EximStandIn:
+class EximStandIn(StandInBase):
     """A running Exim for one lab server: configured, started in its namespace, read, stopped."""
 
-    def __init__(
-        self,
-        config: LabConfig,
-        server: str,
-        table: RecipientTable,
-        root: Path,
-        certificates: LabCertificates | None = None,
-    ) -> None:
-        self.config = config
-        self.server = server
-        self.table = table
-        self.root = root
-        self.certificates = certificates
-        self.daemon: Foreground | None = None
+    daemon: Foreground | None = None
 
     @property
     def log_path(self) -> Path:
@@ -396,7 +400,7 @@ class EximStandIn:
             [(etc, CONFIG_DIR)], [str(EXIM), "-bdf", f"-q{_seconds(self.config.timers.intervals[0])}"]
         )
         self.daemon = Foreground(namespace, argv, self.root / "exim.out")
-        vs = self.config.organization.server(self.server).default_virtual_server
+        vs = self.default_virtual_server
         try:
             wait_until_listening(vs.address, vs.port, f"Exim for {self.server}", self.daemon)
         except StandInError:

@@ -49,6 +49,19 @@ class ClientRule:
 
 
 @dataclass(frozen=True)
+class RecipientFilter:
+    """A virtual server's recipient filtering as a real MTA checks it at RCPT (access_policy's
+    `filtering_applies`): only for anonymous clients that are not the organization's servers, and only
+    for recipients of the authoritative `domains`. There a recipient is refused when it matches one of
+    `patterns` (the explicit list, `*` and `?` wildcards, case-insensitive), or, when `known` is not
+    None ("filter recipients not in the directory"), when it is not one of `known`."""
+
+    domains: tuple[str, ...]
+    patterns: tuple[str, ...]
+    known: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Listener:
     """One virtual server. Both client lists are judged first match wins: relaying is refused when no
     rule allows it, a connection is accepted when no rule refuses it."""
@@ -56,6 +69,7 @@ class Listener:
     vs: VirtualServer
     relay_clients: tuple[ClientRule, ...]
     connection_clients: tuple[ClientRule, ...]
+    recipient_filter: RecipientFilter | None = None
 
     @property
     def connection_open(self) -> bool:
@@ -71,8 +85,12 @@ class ServerPlan:
     mailbox_routes: dict[str, NextHop]  # primary address of a mailbox on another server → its way there
     aliases: dict[str, list[str]] = field(default_factory=dict)  # secondary addresses, groups, contacts
     routes: list[Route] = field(default_factory=list)  # SMTP address spaces, most specific first
+    # Where a connector's delivery restrictions send some senders' mail another way than routes say:
+    # each with the senders it is for, to be tried before the general route for the same domain.
+    sender_routes: list[tuple[Route, tuple[str, ...]]] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     all_mailboxes: list[Mailbox] = field(default_factory=list)  # of every server
+    organization_servers: tuple[ipaddress.IPv4Network, ...] = ()  # the other servers' addresses (/32)
 
     @property
     def default_route(self) -> Route | None:
@@ -101,6 +119,11 @@ def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
     for mailbox in table.mailboxes:
         for address in mailbox.addresses[1:]:
             result.aliases[address] = [mailbox.primary]
+        if mailbox.forward_to:
+            # Forwarding (altRecipient) as the categorizer does it: instead of the mailbox, or to both.
+            kept = [mailbox.primary] if mailbox.keep_copy else []
+            for address in mailbox.addresses:
+                result.aliases[address] = [*kept, *mailbox.forward_to]
         if mailbox.server.lower() == server.lower():
             continue
         # Toward the home server as routing does it: directly in this routing group, else through the
@@ -116,11 +139,42 @@ def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
         for address in contact.addresses:
             result.aliases[address] = [contact.target]
     result.routes = _connector_routes(organization, engine)
+    result.sender_routes = _sender_routes(organization, engine, result.routes)
+    result.organization_servers = tuple(
+        ipaddress.IPv4Network(f"{address}/32") for address in _organization_addresses(me, organization)
+    )
     result.listeners = [
-        Listener(vs, _relay_clients(me, vs, organization), _connection_clients(vs))
+        Listener(
+            vs, _relay_clients(me, vs, organization), _connection_clients(vs), _recipient_filter(vs, result)
+        )
         for vs in me.virtual_servers
     ]
     return result
+
+
+def _organization_addresses(me: Server, organization: Organization) -> list[str]:
+    """The addresses of the organization's other servers and of their virtual servers."""
+    return sorted(
+        {
+            address
+            for server in organization.servers
+            if server.name != me.name
+            for address in (server.address, *(v.address for v in server.virtual_servers))
+        }
+    )
+
+
+def _recipient_filter(vs: VirtualServer, result: ServerPlan) -> RecipientFilter | None:
+    filtering = vs.recipient_filtering
+    if filtering is None:
+        return None
+    domains = tuple(result.authoritative)
+    known: tuple[str, ...] | None = None
+    if filtering.directory:
+        # What the directory knows at those domains: every mailbox's addresses, groups and contacts.
+        everything = {a for m in result.all_mailboxes for a in m.addresses} | set(result.aliases)
+        known = tuple(sorted(a for a in everything if a.rpartition("@")[2] in domains))
+    return RecipientFilter(domains, tuple(p.lower() for p in filtering.addresses), known)
 
 
 def _relay_connector_domains(organization: Organization) -> list[str]:
@@ -139,14 +193,7 @@ def _relay_clients(me: Server, vs: VirtualServer, organization: Organization) ->
     relay = vs.relay
     if relay.open:
         return (ClientRule(EVERYONE, True),)
-    servers = sorted(
-        {
-            address
-            for server in organization.servers
-            if server.name != me.name
-            for address in (server.address, *(v.address for v in server.virtual_servers))
-        }
-    )
+    servers = _organization_addresses(me, organization)
     rules = [ClientRule(ipaddress.IPv4Network(f"{address}/32"), True) for address in servers]
     if relay.all_except is not None:
         rules += [ClientRule(network, False) for network in relay.all_except]
@@ -169,24 +216,59 @@ def _connector_routes(organization: Organization, engine: RoutingEngine) -> list
     reaches by DNS is written out too (hop None), so that a wider entry does not catch it; `*` comes
     last, and only when it is not DNS."""
     probe = MailMsg.new("", ["postmaster@mailflow-probe.invalid"])
-    patterns = sorted(
-        {
-            space.pattern
-            for connector in organization.connectors
-            if connector.kind == "smtp"
-            for space in connector.address_spaces
-            if space.type == "SMTP"
-        },
-        key=lambda p: (p == "*", -len(p), p),
-    )
+    patterns = _smtp_patterns(organization)
     routes: list[Route] = []
     for pattern in patterns:
-        domain = pattern.replace("*", "mailflow-probe") if pattern != "*" else "mailflow-probe.invalid"
-        hop = _next_hop(organization, engine.route_to_address_space(probe, "SMTP", domain))
+        hop = _next_hop(organization, engine.route_to_address_space(probe, "SMTP", _probe_domain(pattern)))
         if pattern == "*" and hop is None:
             continue
         routes.append(Route(pattern.replace("*.", ".") if pattern != "*" else "*", hop))
     return routes
+
+
+def _sender_routes(
+    organization: Organization, engine: RoutingEngine, routes: list[Route]
+) -> list[tuple[Route, tuple[str, ...]]]:
+    """The routes that differ for the senders named in connectors' delivery restrictions (accept only
+    from, reject from), as the routing engine decides them for each such sender."""
+    senders = sorted(
+        {
+            address.lower()
+            for connector in organization.connectors
+            for address in (*connector.restrictions.accept_from, *connector.restrictions.reject_from)
+        }
+    )
+    general = {route.domain: route.hop for route in routes}
+    patterns = _smtp_patterns(organization)
+    found: list[tuple[Route, tuple[str, ...]]] = []
+    for pattern in patterns:
+        domain = pattern.replace("*.", ".") if pattern != "*" else "*"
+        by_hop: dict[NextHop | None, list[str]] = {}
+        for sender in senders:
+            probe = MailMsg.new(sender, ["postmaster@mailflow-probe.invalid"])
+            route = engine.route_to_address_space(probe, "SMTP", _probe_domain(pattern))
+            hop = _next_hop(organization, route)
+            if hop != general.get(domain):
+                by_hop.setdefault(hop, []).append(sender)
+        found += [(Route(domain, hop), tuple(names)) for hop, names in by_hop.items()]
+    return found
+
+
+def _smtp_patterns(organization: Organization) -> list[str]:
+    """The SMTP address spaces of the organization's connectors, most specific first, `*` last."""
+    patterns = {
+        space.pattern
+        for connector in organization.connectors
+        if connector.kind == "smtp"
+        for space in connector.address_spaces
+        if space.type == "SMTP"
+    }
+    return sorted(patterns, key=lambda p: (p == "*", -len(p), p))
+
+
+def _probe_domain(pattern: str) -> str:
+    """A domain the address space covers, to ask the routing engine about."""
+    return pattern.replace("*", "mailflow-probe") if pattern != "*" else "mailflow-probe.invalid"
 
 
 def _next_hop(organization: Organization, hop: Hop) -> NextHop | None:

@@ -11,11 +11,14 @@ the Exchange settings:
     relay restrictions                     smtpd_relay_restrictions with a cidr client table
     "allow relaying" connector domains     relay_domains
     connectors with smart hosts            transport_maps → smtp:[smart host]
+    connector delivery restrictions        sender_dependent_relayhost_maps for the senders they name
+    recipient filtering                    smtpd_recipient_restrictions with a regexp recipient table
+    anonymous access off                   530 for MAIL and VRFY until permit_sasl_authenticated
     size / recipient limits, FQDN, VRFY    message_size_limit, smtpd_recipient_limit, myhostname, ...
 
 Postfix runs from its Debian package with a configuration directory of its own in the lab's folder
 (`postfix -c`), every daemon unchrooted, logging to a file the report attaches. Not modelled: Basic
-authentication (Postfix needs a SASL server), recipient filtering lists, connection control.
+authentication is checked by Dovecot's SASL server against the directory's accounts.
 """
 
 from __future__ import annotations
@@ -27,12 +30,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.standin import MailboxDelivery
-from harness.targets.daemon import StandInError, maildir_deliveries, open_to_daemons, wait_until_listening
-from harness.targets.plan import Listener, NextHop, plan
+from harness.targets.daemon import (
+    StandInBase,
+    StandInError,
+    maildir_deliveries,
+    open_to_daemons,
+    wait_until_listening,
+)
+from harness.targets.plan import Listener, NextHop, RecipientFilter, ServerPlan, plan
 from harness.targets.recipients import Login, RecipientTable
 from reference_mta.topology import Server
 
@@ -65,7 +73,36 @@ scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 tlsmgr unix - - n 1000? 1 tlsmgr
 """
-TABLES = ("virtual_mailbox", "virtual_alias", "transport")
+TABLES = ("virtual_mailbox", "virtual_alias", "transport", "sender_relay")
+# Non-delivery and delay reports under Exchange's subjects (reference_mta/dsn.py); the rest is Postfix's.
+_BOUNCE_TEMPLATES = """\
+failure_template = <<EOF
+Charset: us-ascii
+From: MAILER-DAEMON (Mail Delivery System)
+Subject: Delivery Status Notification (Failure)
+Postmaster-Subject: Postmaster Copy: Undelivered Mail
+
+This is the mail system at host $myhostname.
+
+Your message could not be delivered to one or more recipients.
+The problem report and the returned message are attached.
+EOF
+
+delay_template = <<EOF
+Charset: us-ascii
+From: MAILER-DAEMON (Mail Delivery System)
+Subject: Delivery Status Notification (Delay)
+Postmaster-Subject: Postmaster Warning: Delayed Mail
+
+This is the mail system at host $myhostname.
+
+Your message has not been delivered yet to one or more recipients.
+Delivery will be tried again; you need not send it again.
+EOF
+"""
+# Exchange's replies where an access table can give them word for word.
+NOT_AUTHENTICATED = "530 5.7.3 Client was not authenticated"
+MAILBOX_NOT_AVAILABLE = "550 5.7.1 Requested action not taken: mailbox not available"
 
 
 class PostfixError(StandInError):
@@ -114,6 +151,13 @@ def render(
         "permit_mx_backup_networks, qmqpd_authorized_clients, smtpd_access_maps",
         # Exchange's codes where Postfix lets them be chosen: a refused relay is 550 5.7.1.
         "relay_domains_reject_code": "550",
+        # Exchange accepts any recipient of an authoritative domain and the categorizer NDRs the unknown
+        # ones (5.1.1), unless recipient filtering applies (smtpd_recipient_restrictions of the
+        # listener): Postfix's virtual delivery agent bounces them the same way.
+        "smtpd_reject_unlisted_recipient": "no",
+        # Exchange's relay decision looks at the domain only (KB 260973): a % or ! in the local part of
+        # a shared-namespace or relay-connector address does not stop the relay to that domain.
+        "allow_untrusted_routing": "yes",
         # The lab's timers: retries within seconds, expiry as the lab file says.
         "queue_run_delay": _seconds(config.timers.intervals[0]),
         "minimal_backoff_time": _seconds(config.timers.intervals[0]),
@@ -130,6 +174,9 @@ def render(
     )
     if tls_chain is not None:
         main["smtpd_tls_chain_files"] = str(tls_chain)
+    main["bounce_template_file"] = str(root / "etc" / "bounce.cf")
+    sender_hops, kept = _sender_relayhosts(the_plan)
+    main["sender_dependent_relayhost_maps"] = f"hash:{root / 'etc' / 'sender_relay'}"
     # The default virtual server's settings are main.cf's; every other one is an smtpd listener of its
     # own that overrides what differs (master.cf -o), with its own relay table.
     default = _smtpd_settings(me, the_plan.listeners[0], 0, root, table, tls_chain)
@@ -147,22 +194,72 @@ def render(
         files[_connection_table(number)] = "".join(
             f"{rule.network} {'DUNNO' if rule.allow else 'REJECT'}\n" for rule in listener.connection_clients
         )
+        if listener.recipient_filter is not None:
+            files[_filter_table(number)] = _recipient_filter_table(listener.recipient_filter)
+    files["bounce.cf"] = _BOUNCE_TEMPLATES
+    files["organization"] = "".join(f"{network} OK\n" for network in the_plan.organization_servers)
+    files["not_authenticated"] = f"0.0.0.0/0 {NOT_AUTHENTICATED}\n"
     files["master.cf"] = "".join(listeners) + _SERVICES
     files["virtual_mailbox"] = "".join(f"{m.primary} {m.primary}/\n" for m in the_plan.all_mailboxes)
     files["virtual_alias"] = "".join(
         f"{address} {', '.join(targets) or 'devnull@invalid'}\n"
         for address, targets in the_plan.aliases.items()
     )
-    transports = [f"{address} {_transport(hop)}\n" for address, hop in the_plan.mailbox_routes.items()]
-    # ":" is Postfix's "default transport, MX look-up": written out so that a wider entry (".example")
-    # does not catch a domain this server delivers itself (northwind.example).
-    transports += [f"{route.domain} {_transport(route.hop)}\n" for route in the_plan.routes]
-    files["transport"] = "".join(transports)
+    files["transport"] = _transport_table(the_plan, kept if sender_hops else None)
+    files["sender_relay"] = "".join(f"{sender} {_relayhost(hop)}\n" for sender, hop in sender_hops.items())
     return files
+
+
+def _transport_table(the_plan: ServerPlan, sender_dependent: set[str] | None) -> str:
+    """Mailboxes on other servers, then the connectors' address spaces. `sender_dependent`: the
+    domains where a sender-dependent relay host may apply, None when there is none."""
+    entries = [f"{address} {_transport(hop)}" for address, hop in the_plan.mailbox_routes.items()]
+    if sender_dependent is None:
+        # ":" is Postfix's "default transport, MX look-up": written out so that a wider entry
+        # (".example") does not catch a domain this server delivers itself (northwind.example).
+        entries += [f"{route.domain} {_transport(route.hop)}" for route in the_plan.routes]
+        return "".join(f"{entry}\n" for entry in entries)
+    # A sender-dependent relay host applies wherever the transport table keeps the next hop (":"), so
+    # only the restricted connectors' domains keep it; every other domain is pinned to itself
+    # ("smtp:", an MX look-up), and the authoritative domains stay with the virtual delivery agent.
+    for route in the_plan.routes:
+        dns = ":" if route.domain in sender_dependent else "smtp:"
+        entries.append(f"{route.domain} {_transport(route.hop) if route.hop else dns}")
+    entries += [f"{domain} :" for domain in the_plan.authoritative]
+    if the_plan.default_route is None:
+        entries.append("* smtp:")
+    return "".join(f"{entry}\n" for entry in entries)
 
 
 def _transport(hop: NextHop | None) -> str:
     return ":" if hop is None else f"smtp:[{hop.host}]:{hop.port}"
+
+
+def _relayhost(hop: NextHop) -> str:
+    return f"[{hop.host}]:{hop.port}"
+
+
+def _sender_relayhosts(the_plan: ServerPlan) -> tuple[dict[str, NextHop], set[str]]:
+    """The senders whose mail for some domains takes another connector (delivery restrictions), as
+    Postfix can say it: one relay host per sender, for domains that everyone else reaches by DNS. A
+    sender routed two ways, or to DNS where others go to a hop, is left out (docs/decisions.md)."""
+    general = {route.domain: route.hop for route in the_plan.routes}
+    hops: dict[str, set[NextHop | None]] = {}
+    domains: dict[str, set[str]] = {}
+    for route, senders in the_plan.sender_routes:
+        for sender in senders:
+            hops.setdefault(sender, set()).add(route.hop)
+            domains.setdefault(sender, set()).add(route.domain)
+    chosen: dict[str, NextHop] = {}
+    kept: set[str] = set()
+    for sender, found in hops.items():
+        hop = next(iter(found))
+        by_dns = all(d in general and general[d] is None for d in domains[sender])
+        if len(found) != 1 or hop is None or not by_dns:
+            continue
+        chosen[sender] = hop
+        kept |= domains[sender]
+    return chosen, kept
 
 
 def _seconds(value: float) -> str:
@@ -183,15 +280,34 @@ def _smtpd_settings(
     relay_clients = f"check_client_access cidr:{root / 'etc' / _relay_table(number)}"
     # Postfix refuses a bare "permit" here; an open relay is a relay table that lets everyone through.
     relay = f"{relay_clients}, reject_unauth_destination"
-    if authenticated and vs.relay.allow_authenticated and not vs.relay.open:
+    relays_authenticated = authenticated and vs.relay.allow_authenticated and not vs.relay.open
+    if relays_authenticated:
         relay = f"permit_sasl_authenticated, {relay}"
+    etc = root / "etc"
+    # Anonymous access off: nothing but an authenticated client may send, refused at MAIL with
+    # Exchange's 530 5.7.3; VRFY too, whatever its address, so the refusal comes before the relay
+    # decision when an authenticated client would relay anyway (else before the recipient checks).
+    anonymous_refused = f"permit_sasl_authenticated, check_client_access cidr:{etc / 'not_authenticated'}"
+    recipient: list[str] = []
+    if not vs.anonymous:
+        if relays_authenticated or vs.relay.open:
+            relay = f"{anonymous_refused}, {relay}"
+        else:
+            recipient.append(anonymous_refused)
+    if listener.recipient_filter is not None:
+        # Recipient filtering judges only anonymous clients outside the organization, after the relay
+        # decision (access_policy.filtering_applies).
+        recipient += [
+            "permit_sasl_authenticated",
+            f"check_client_access cidr:{etc / 'organization'}",
+            f"check_recipient_access regexp:{etc / _filter_table(number)}",
+        ]
     tls = vs.tls and tls_chain is not None
     return {
         "myhostname": vs.fqdn or me.fqdn,
         "smtpd_relay_restrictions": relay,
-        # Anonymous access off: nothing but an authenticated client may send, refused at MAIL as
-        # Exchange does (530 there; Postfix's reject is 554).
-        "smtpd_sender_restrictions": "" if vs.anonymous else "permit_sasl_authenticated, reject",
+        "smtpd_sender_restrictions": "" if vs.anonymous else anonymous_refused,
+        "smtpd_recipient_restrictions": ", ".join(recipient),
         # Connection control: clients outside the list are refused when they connect (554, then only
         # QUIT, as Exchange and RFC 5321 3.1 have it), which needs the restrictions judged at once.
         "smtpd_client_restrictions": f"check_client_access cidr:{root / 'etc' / _connection_table(number)}",
@@ -207,6 +323,41 @@ def _smtpd_settings(
     }
 
 
+def _recipient_filter_table(rules: RecipientFilter) -> str:
+    """Recipient filtering as a regexp table, first match wins, for the authoritative domains only:
+    the explicit list refuses, then (when the directory is asked) what it knows passes and the rest of
+    those domains is refused. Postfix looks the address up after its own parsing (lower case, no
+    trailing dot, no source route)."""
+    domains = "|".join(_regexp(domain) for domain in rules.domains)
+    lines = [f"if /@({domains})$/"]
+    lines += [f"/^{_regexp(pattern, wildcards=True)}$/ {MAILBOX_NOT_AVAILABLE}" for pattern in rules.patterns]
+    if rules.known is not None:
+        lines += [f"/^{_regexp(address)}$/ DUNNO" for address in rules.known]
+        lines.append(f"/./ {MAILBOX_NOT_AVAILABLE}")
+    lines.append("endif")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _regexp(text: str, wildcards: bool = False) -> str:
+    """`text` as a POSIX extended regular expression in a Postfix regexp table (delimited by "/"); with
+    `wildcards`, `*` and `?` keep their meaning in recipient filtering's list."""
+    out = []
+    for char in text:
+        if wildcards and char in "*?":
+            out.append(".*" if char == "*" else ".")
+        elif char in "\\^/":
+            out.append(f"\\{char}")
+        elif char in ".[]$()*+?{}|":
+            out.append("[[]" if char == "[" else f"[{char}]")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _filter_table(number: int) -> str:
+    return f"recipient_filter_{number}"
+
+
 def _connection_table(number: int) -> str:
     return "connection_clients" if number == 0 else f"connection_clients_{number}"
 
@@ -215,24 +366,11 @@ def _relay_table(number: int) -> str:
     return "relay_clients" if number == 0 else f"relay_clients_{number}"
 
 
-class PostfixStandIn:
+class PostfixStandIn(StandInBase):
     """A running Postfix for one lab server: configured, started in its namespace, read, stopped."""
 
-    def __init__(
-        self,
-        config: LabConfig,
-        server: str,
-        table: RecipientTable,
-        root: Path,
-        certificates: LabCertificates | None = None,
-    ) -> None:
-        self.certificates = certificates
-        self.sasl: DovecotAuth | None = None
-        self.config = config
-        self.server = server
-        self.table = table
-        self.root = root
-        self.namespace: Namespace | None = None
+    sasl: DovecotAuth | None = None
+    namespace: Namespace | None = None
 
     @property
     def log_path(self) -> Path:
@@ -303,7 +441,7 @@ class PostfixStandIn:
             )
 
     def _wait_until_listening(self) -> None:
-        vs = self.config.organization.server(self.server).default_virtual_server
+        vs = self.default_virtual_server
         wait_until_listening(vs.address, vs.port, f"Postfix for {self.server}")
 
 
@@ -333,6 +471,14 @@ log_path = {self.root / "dovecot.log"}
 protocols =
 ssl = no
 auth_mechanisms = login plain
+# Exchange answers a wrong password at once: no failure delay, and no growing penalty per client
+# address (the anvil listener that keeps it is turned off), which would outlast Postfix's wait.
+auth_failure_delay = 0
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {users}

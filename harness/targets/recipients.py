@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from reference_mta.categorizer import Directory
 
 _SERVER_IN_DN = re.compile(r"CN=([^,]+),CN=Servers,", re.IGNORECASE)
-_ATTRIBUTES = ("mail", "proxyAddresses", "homeMDB", "objectClass", "member", "targetAddress")
+_ATTRIBUTES = (
+    "mail",
+    "proxyAddresses",
+    "homeMDB",
+    "objectClass",
+    "member",
+    "targetAddress",
+    "altRecipient",
+    "deliverAndRedirect",
+)
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,8 @@ class Mailbox:
     primary: str  # the mailbox's own (primary SMTP) address; also its folder name
     addresses: tuple[str, ...]  # every SMTP address that reaches it, primary first
     server: str  # the lab server holding it
+    forward_to: tuple[str, ...] = ()  # altRecipient's primary address: delivery goes there instead
+    keep_copy: bool = False  # deliverAndRedirect: to the mailbox as well as to forward_to
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,12 @@ class RecipientTable:
                 )
                 table.groups.append(Group(addresses, members))
             elif home and (match := _SERVER_IN_DN.search(home)):
-                table.mailboxes.append(Mailbox(addresses[0], addresses, match[1]))
+                alternate = entry.first("altRecipient")
+                forward = tuple(primary_of.get(alternate.lower(), [])) if alternate else ()
+                keep = (entry.first("deliverAndRedirect") or "").upper() == "TRUE"
+                table.mailboxes.append(
+                    Mailbox(addresses[0], addresses, match[1], forward, keep and bool(forward))
+                )
             elif target:
                 table.contacts.append(Contact(addresses, target.partition(":")[2] or target))
         accounts = directory.search(
