@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPORTS ?= reports
 WORKERS ?= auto
 
-.PHONY: conformance test lint typecheck unit report clean mtas
+.PHONY: conformance test lint typecheck unit report clean mtas matrix
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ unit: $(STAMP) mtas
 ## The real MTAs a lab server can be stood in for (Debian packages; needs root, else their tests skip).
 mtas:
 	scripts/install_mtas.sh
+
+## The conformance matrix: the corpus on the reference MTA and on each real MTA standing in for EX1
+## (reports/matrix.md and .html), and one Allure report of every run, the target as a label.
+matrix: $(STAMP) mtas
+	@status=0; $(BIN)/mailflow matrix --target reference --target postfix --target exim --target opensmtpd \
+		-n $(WORKERS) --reports $(REPORTS) traces/ || status=$$?; \
+	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report || status=$${status:-1}; \
+	exit $$status
 
 report:
 	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report

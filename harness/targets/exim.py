@@ -133,19 +133,16 @@ def _configuration(
         "domainlist relay_to_domains = "
         + (" : ".join(_domain_pattern(d) for d in the_plan.relay_domains) or "!*"),
         "hostlist organization_servers = <; "
-        + " ; ".join(
-            sorted({s.address for s in organization.servers if s.name != me.name})
-            or ["198.18.255.255"]  # an empty list would match nothing anyway
-        ),
+        + " ; ".join(str(network) for network in the_plan.organization_servers),
         "message_size_limit = "
         + by_listener({each.vs.address: f"{each.vs.max_message_kb}K" for each in listeners}, "50M"),
         "smtputf8_advertise_hosts = " + where(each.vs.smtputf8 for each in listeners),
         "chunking_advertise_hosts = " + where(each.vs.chunking for each in listeners),
         f"auth_advertise_hosts = {auth_offered}",
         "tls_advertise_hosts = " + where(tls and each.vs.tls for each in listeners),
-        "dsn_advertise_hosts = *",
+        "dsn_advertise_hosts = *",  # Exchange offers DSN (RFC 3461) to every client
         # Exchange takes domain literals and judges them as any other domain (relay refused, 550).
-        "allow_domain_literals = true",  # Exchange offers DSN (RFC 3461) to every client
+        "allow_domain_literals = true",
         "acl_smtp_connect = acl_connect",
         "acl_smtp_helo = acl_helo",
         "acl_smtp_mail = acl_mail",
@@ -153,8 +150,9 @@ def _configuration(
         "acl_smtp_vrfy = acl_vrfy",
         "acl_smtp_data = acl_data",
         "smtp_accept_max = 100",
-        # The lab's timers: retries within seconds, expiry as the lab file says, no delay warnings.
-        "delay_warning = 0s",
+        # The lab's timers: retries within seconds, expiry as the lab file says, and one delay notice
+        # (DSN-2) once a message has waited as long as Exchange waits (the last time repeats; never).
+        f"delay_warning = {_seconds(config.timers.delay_notification)}:3650d",
         "ignore_bounce_errors_after = 0s",
         f"timeout_frozen_after = {_seconds(config.timers.expiration)}",
         "rfc1413_hosts =",

@@ -27,6 +27,7 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -164,7 +165,8 @@ def render(
         "maximal_backoff_time": _seconds(config.timers.intervals[-1]),
         "maximal_queue_lifetime": _seconds(config.timers.expiration),
         "bounce_queue_lifetime": _seconds(config.timers.expiration),
-        "delay_warning_time": "0",
+        # One delay notice (DSN-2) once a message has waited as long as Exchange waits.
+        "delay_warning_time": _seconds(config.timers.delay_notification),
         "smtp_connect_timeout": "5s",
     }
     main.update(
@@ -512,14 +514,20 @@ service auth {{
             raise PostfixError(f"dovecot (SASL for Postfix) failed: {errors.read_text().strip()}")
 
     def stop(self, namespace: Namespace) -> None:
-        subprocess.run(
-            namespace.command(["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"]),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-            timeout=30,
-        )
+        # Killed outright, its whole process group (the master daemonizes with its children): nothing it
+        # holds outlives the trace, and `doveadm stop` would wait seconds for a graceful shutdown.
+        try:
+            master = int((self.root / "run" / "master.pid").read_text().strip())
+            os.killpg(os.getpgid(master), signal.SIGKILL)
+        except (OSError, ValueError):
+            subprocess.run(
+                namespace.command(["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"]),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+                timeout=30,
+            )
 
 
 def installed() -> str | None:
