@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import cli_lab, differential, matrix, targets
+from harness import cli_lab, cli_record, differential, matrix, targets
 from harness.catalogue import catalogue, markdown
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
@@ -401,6 +401,7 @@ def check(paths: tuple[str, ...]) -> None:
 main.add_command(cli_lab.lab)
 main.add_command(cli_lab.queues)
 main.add_command(cli_lab.submit)
+main.add_command(cli_record.record_command)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,18 @@
 dates, ports, lab addresses (which move with the lab's base), queue ids and generated message ids.
 The same value becomes the same placeholder within one text, so a transcript that names one queue id
 twice still says so after masking.
+
+`Masker` masks a transcript for `mailflow diff`; `Normalizer` masks the replies of a recorded trace,
+once when it is recorded and again, with a fresh one, each time it is replayed: the Nth distinct value
+of a kind is `<kind-N>` both times, so a recorded reply matches another run's or another server's as
+long as the same values recur in the same places.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 _ELAPSED = re.compile(r"^\+\d+\.\d{3} ", re.MULTILINE)
 _DATE = re.compile(
@@ -51,3 +57,70 @@ class Masker:
 
 def mask(text: str, names: Mapping[str, str]) -> str:
     return Masker(names).text(text)
+
+
+# What a server names itself by, in its greeting and EHLO reply: a dotted name right after the code.
+_OWN_NAME = re.compile(r"^(?:220|250)[ -]([A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)\b")
+_IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
+# Queue ids in the reply to DATA, as Exchange, Postfix, Exim and OpenSMTPD write them.
+_QUEUE_IDS = (
+    re.compile(r"(?<=<)[^<>@\s]+(?=@[^<>\s]+> Queued mail for delivery)"),
+    re.compile(r"(?<=queued as )[0-9A-Za-z]{6,}\b"),
+    re.compile(r"(?<=\bid=)[0-9A-Za-z-]{6,}\b"),
+    re.compile(r"(?<=^250 2\.0\.0 )[0-9a-f]{8}(?= Message accepted for delivery)", re.MULTILINE),
+)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A trace's own volatile value (`masks:`): what `pattern` matches becomes `<name-N>`."""
+
+    name: str
+    pattern: re.Pattern[str]
+
+
+class Normalizer:
+    """Masks the replies of one trace, in the order they come, with numbered placeholders: the trace's
+    own masks, dates, queue ids, the server's own names, IPv4 addresses, and a greeting's free text."""
+
+    def __init__(self, masks: Sequence[Mask] = ()) -> None:
+        self.masks = tuple(masks)
+        self._seen: dict[tuple[str, str], str] = {}
+        self._names: list[str] = []
+
+    def placeholder(self, kind: str, value: str) -> str:
+        key = (kind, value)
+        if key not in self._seen:
+            count = sum(1 for seen_kind, _ in self._seen if seen_kind == kind) + 1
+            self._seen[key] = f"<{kind}-{count}>"
+        return self._seen[key]
+
+    def _replacer(self, kind: str) -> Callable[[re.Match[str]], str]:
+        return lambda match: self.placeholder(kind, match[0])
+
+    def reply(self, lines: Sequence[str], greeting: bool = False) -> str:
+        """One reply's lines, masked and joined with newlines. The greeting's text after the server's
+        name is the product's banner, which differs from one server to the next: it is masked whole."""
+        text = "\n".join(lines)
+        for mask in self.masks:
+            text = mask.pattern.sub(self._replacer(mask.name), text)
+        text = _DATE.sub(lambda m: self.placeholder("date", m[0]), text)
+        for pattern in _QUEUE_IDS:
+            text = pattern.sub(lambda m: self.placeholder("queue-id", m[0]), text)
+        if (own := _OWN_NAME.match(text)) and own[1].lower() not in self._names:
+            self._names.append(own[1].lower())
+        for name in self._names:
+            text = re.sub(
+                rf"(?:(?<=^\d{{3}}-)|(?<![\w.-])){re.escape(name)}(?![\w-])",
+                lambda m: self.placeholder("host", m[0].lower()),
+                text,
+                flags=re.IGNORECASE | re.MULTILINE,
+            )
+        text = _IPV4.sub(lambda m: self.placeholder("address", m[0]), text)
+        if greeting:
+            first, newline, rest = text.partition("\n")
+            parts = re.match(r"^(\d{3}[ -])(<host-\d+>)? ?(.*)$", first)
+            if parts and parts[3]:
+                first = parts[1] + (f"{parts[2]} " if parts[2] else "") + "<banner>"
+            text = first + newline + rest
+        return text

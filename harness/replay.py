@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
 
+from harness.normalize import Normalizer
 from harness.reply import (
     ConnectionClosed,
     MalformedReply,
@@ -83,6 +86,8 @@ class Exchange:
     """Transport problem (timeout, connection closed, malformed reply), if that is why the step failed."""
     deviations: list[str] = field(default_factory=list)
     """Mismatches the target is known to have, with their reasons: not failures, the session goes on."""
+    masked: str | None = None
+    """For an expect step, the reply as the trace's normalizer masks it (what `--update` writes)."""
 
     @property
     def passed(self) -> bool:
@@ -144,6 +149,20 @@ def step_title(step: Step, message: _Message | None = None) -> str:
     if isinstance(step, Close):
         return "C: close"
     assert_never(step)
+
+
+_ENVIRONMENT_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)\}$")
+
+
+def from_environment(value: str) -> str:
+    """`${NAME}` is the environment variable NAME (a recorded trace's AUTH credentials, which are never
+    written to it); anything else is itself."""
+    match = _ENVIRONMENT_REFERENCE.match(value)
+    if match is None:
+        return value
+    if match[1] not in os.environ:
+        raise ScriptError(0, f"{value} is not set: export {match[1]} to replay this trace's AUTH", "auth")
+    return os.environ[match[1]]
 
 
 def resolve_message_path(source: str, base_dir: Path, search_dirs: Sequence[Path]) -> Path | None:
@@ -235,8 +254,11 @@ class _Session:
         tls_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         tolerate: Tolerate | None = None,
+        normalizer: Normalizer | None = None,
     ) -> None:
         self.tolerate = tolerate
+        self.normalizer = normalizer
+        self.sent_anything = False  # until then, a reply is the greeting
         self.reader = reader
         self.writer = writer
         self.transcript = transcript
@@ -248,8 +270,9 @@ class _Session:
         # challenge): the next expect checks it.
         self.pending: Reply | None = None
 
-    async def send(self, data: bytes) -> None:
-        self.transcript.wire("C", data)
+    async def send(self, data: bytes, shown: bytes | None = None) -> None:
+        self.sent_anything = True
+        self.transcript.wire("C", data if shown is None else shown)
         self.writer.write(data)
         # A server that stops reading would otherwise block us forever on a large message.
         async with asyncio.timeout(self.timeout):
@@ -355,7 +378,10 @@ class _Session:
             await self._tls_handshake(exchange)
         elif isinstance(step, Expect):
             exchange.reply = await self.read()
-            for failure in step.matcher.check(exchange.reply):
+            if self.normalizer is not None:
+                greeting = not self.sent_anything
+                exchange.masked = self.normalizer.reply(exchange.reply.lines, greeting)
+            for failure in step.matcher.check(exchange.reply, exchange.masked):
                 reason = self.tolerate(failure) if self.tolerate else None
                 if reason is None:
                     exchange.failures.append(failure)
@@ -423,19 +449,25 @@ class _Session:
         def b64(text: str) -> bytes:
             return base64.b64encode(text.encode("utf-8"))
 
+        user, password = from_environment(step.user), from_environment(step.password)
+        # Credentials a recorded trace takes from the environment stay out of transcripts and reports.
+        secret = (user, password) != (step.user, step.password)
+        hidden = b"<credentials from the environment>"
         if step.mechanism == "PLAIN":
-            exchange.sent = b"AUTH PLAIN " + b64(f"\0{step.user}\0{step.password}") + CRLF
-            await self.send(exchange.sent)
+            line = b"AUTH PLAIN " + b64(f"\0{user}\0{password}") + CRLF
+            exchange.sent = b"AUTH PLAIN " + hidden + CRLF if secret else line
+            await self.send(line, shown=exchange.sent)
             return
         exchange.sent = b"AUTH LOGIN" + CRLF
         await self.send(exchange.sent)
-        for answer in (b64(step.user), b64(step.password)):
+        for answer in (b64(user), b64(password)):
             exchange.reply = await self.read()
             if _EXPECT_334.check(exchange.reply):
                 self.pending = exchange.reply
                 return
-            exchange.sent += answer + CRLF
-            await self.send(answer + CRLF)
+            shown = hidden + CRLF if secret else answer + CRLF
+            exchange.sent += shown
+            await self.send(answer + CRLF, shown=shown)
 
     async def _expect_close(self, exchange: Exchange) -> None:
         try:
@@ -472,6 +504,7 @@ async def run_session(
     tls_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     tolerate: Tolerate | None = None,
+    normalizer: Normalizer | None = None,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
 
@@ -496,7 +529,9 @@ async def run_session(
     sockname = writer.get_extra_info("sockname")
     local_address = (str(sockname[0]), int(sockname[1]))
     transcript.note(f"connected from {local_address[0]}:{local_address[1]} to {host}:{port}")
-    session = _Session(reader, writer, transcript, timeout, tls_context, server_hostname, tolerate)
+    session = _Session(
+        reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer
+    )
     exchanges: list[Exchange] = []
     try:
         for index, step in enumerate(steps):

@@ -183,8 +183,11 @@ class ReplyMatcher:
     regex: re.Pattern[str] | None = None
     contains: str | None = None
     lines: int | None = None
+    masked: str | None = None
+    """The whole reply (lines joined with newlines) with its volatile values as placeholders
+    (harness/normalize.py): what a recorded trace expects."""
 
-    _KEYS = frozenset({"code", "class", "enhanced", "text", "prefix", "regex", "contains", "lines"})
+    _KEYS = frozenset({"code", "class", "enhanced", "text", "prefix", "regex", "contains", "lines", "masked"})
 
     @classmethod
     def parse(cls, spec: object) -> ReplyMatcher:
@@ -252,11 +255,17 @@ class ReplyMatcher:
             regex=regex,
             contains=_string(spec, "contains") if "contains" in spec else None,
             lines=lines,
+            masked=_string(spec, "masked") if "masked" in spec else None,
         )
 
-    def check(self, reply: Reply) -> list[str]:
-        """Human-readable mismatches between this expectation and `reply`; empty when it matches."""
+    def check(self, reply: Reply, masked: str | None = None) -> list[str]:
+        """Human-readable mismatches between this expectation and `reply`; empty when it matches.
+        `masked` is the reply as the trace's normalizer masks it (for a `masked` expectation)."""
         problems: list[str] = []
+        if self.masked is not None:
+            actual = masked if masked is not None else reply.raw_text
+            if actual != self.masked:
+                problems.append(f"expected (masked) {self.masked!r}, got {actual!r}")
         if self.code is not None and reply.code != self.code:
             problems.append(f"expected code {self.code}, got {reply.code}")
         if self.reply_class is not None and reply.code // 100 != self.reply_class:
@@ -294,6 +303,8 @@ class ReplyMatcher:
             parts.append(f"contains {self.contains!r}")
         if self.lines is not None:
             parts.append(_plural(self.lines, "line"))
+        if self.masked is not None:
+            parts.append(f"masked {self.masked!r}")
         return " ".join(parts)
 
 

@@ -19,6 +19,7 @@ from harness.expect import Check, check_outcome
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, sink_rule
 from harness.lab.runtime import Lab, LabError
+from harness.normalize import Normalizer
 from harness.replay import Exchange, SessionResult, Tolerate, message_bytes, run_session
 from harness.targets import Target
 from harness.trace import MESSAGE_DIRS, Connect, ForeignMemo, LabAction, Session, Submission, Trace
@@ -133,6 +134,8 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
     base, offset = relocation(netns=target.needs_netns)
     config = lab_config.load(trace.lab, base=base, port_offset=offset)
     result = TraceResult(trace=trace, target=target.name)
+    # One for the whole trace: a value that recurs across its sessions keeps its placeholder.
+    normalizer = Normalizer(trace.masks)
     with target.lab(config) as lab:
         result.lab_started_in = lab.started_in
         for item in trace.sessions:
@@ -143,7 +146,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             elif isinstance(item, LabAction):
                 run = _act(lab, item, trace)
             else:
-                run = _smtp_session(lab, item, trace, target.tolerate(trace.id))
+                run = _smtp_session(lab, item, trace, target.tolerate(trace.id), normalizer)
             result.sessions.append(run)
             if not run.result.passed:
                 break
@@ -172,7 +175,9 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
     return result
 
 
-def _smtp_session(lab: Lab, session: Session, trace: Trace, tolerate: Tolerate | None) -> SessionRun:
+def _smtp_session(
+    lab: Lab, session: Session, trace: Trace, tolerate: Tolerate | None, normalizer: Normalizer
+) -> SessionRun:
     config = lab.config
     client = config.host(session.client)
     host, port, name = asyncio.run(endpoint(session.connect, config, client.address))
@@ -192,6 +197,7 @@ def _smtp_session(lab: Lab, session: Session, trace: Trace, tolerate: Tolerate |
             tls_context=lab.certificates.client_context(),
             server_hostname=name,
             tolerate=tolerate,
+            normalizer=normalizer,
         )
     )
     return SessionRun(session.client, f"{host}:{port}", outcome)

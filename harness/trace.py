@@ -23,6 +23,7 @@ from harness.catalogue import catalogue
 from harness.lab import config as lab_config
 from harness.lab.config import FIXTURES, LabConfig, lab_path
 from harness.lab.gc import AUTH_CLIENT
+from harness.normalize import Mask
 from harness.replay import resolve_message_path
 from harness.script import Bdat, Data, ScriptError, Step, parse_script, parse_step
 from harness.yamlsource import SourceError
@@ -99,6 +100,7 @@ class Trace:
     description: str = ""
     timeout: float = 30.0
     wait_for_retries: bool = True
+    masks: tuple[Mask, ...] = ()
 
     @property
     def base_dir(self) -> Path:
@@ -193,7 +195,23 @@ def load(path: Path) -> Trace:
         description=data.get("description", ""),
         timeout=float(data.get("timeout", 30.0)),
         wait_for_retries=data.get("wait_for_retries", True),
+        masks=_masks(document, data.get("masks") or []),
     )
+
+
+def _masks(document: yamlsource.Document, raw: list[dict[str, str]]) -> tuple[Mask, ...]:
+    masks = []
+    for number, item in enumerate(raw):
+        try:
+            masks.append(Mask(item["name"], re.compile(item["regex"], re.MULTILINE)))
+        except re.error as exc:
+            raise SourceError(
+                document.path,
+                _line(document, ("masks", number, "regex")),
+                f"masks[{number}].regex",
+                f"does not compile: {exc}",
+            ) from None
+    return tuple(masks)
 
 
 def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any], path: Path) -> Item:

@@ -1,0 +1,216 @@
+"""The recording proxy: `mailflow record --listen ADDR:PORT --upstream HOST:PORT -o FILE` relays live SMTP
+sessions transparently and keeps each one as a `RecordedSession` (harness/recorded.py), written as a
+trace when the session ends.
+
+Bytes are passed on as they arrive, a command or reply at a time, and parsed on the way: client lines
+(DATA bodies up to the final dot, BDAT chunks by their size) and server replies (multi-line ones whole),
+paired in order, so pipelined commands get their own replies. STARTTLS is terminated on both sides: once
+the server has said 220, the proxy does the TLS handshake with the server as a client and with the
+client as a server (a certificate from the lab's CA for the server's name), and records the dialogue
+inside. AUTH secrets never reach the recording: AUTH's initial response and the lines that answer its
+334 challenges are replaced before anything is kept.
+
+asyncio streams are used directly: no proxy library relays SMTP with STARTTLS in the middle and parses
+what passes (mitmproxy cannot upgrade a raw TCP stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.recorded import RecordedSession
+
+SCRUBBED = "<scrubbed>"
+_BDAT = re.compile(rb"^BDAT\s+(\d+)(\s+LAST)?\s*$", re.IGNORECASE)
+_AUTH = re.compile(r"^AUTH\s+(\S+)", re.IGNORECASE)
+MAX_LINE = 1 << 20  # a hostile client's line is passed on, but not held in memory without bound
+
+
+@dataclass
+class _Pending:
+    """A client command waiting for its reply."""
+
+    sent: str | None
+    message: bytes | None = None
+    auth: str | None = None
+    tls: bool = False
+    data: bool = False
+
+
+@dataclass
+class _Dialogue:
+    session: RecordedSession
+    pending: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    in_auth: str | None = None  # the mechanism while the server's 334 challenges are being answered
+    # Set by the server pump when it has the reply to STARTTLS (did TLS start?) or DATA (354?): the
+    # client pump waits for it, since what the client sends next depends on that reply.
+    decided: asyncio.Future[bool] | None = None
+
+
+class RecordingProxy:
+    """Relays every connection to `upstream` and hands each finished session to `on_session`."""
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        on_session: Callable[[RecordedSession], None],
+        server_tls: ssl.SSLContext | None = None,
+        client_tls: ssl.SSLContext | None = None,
+        upstream_name: str | None = None,
+        source_address: str | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.on_session = on_session
+        self.server_tls = server_tls  # towards the client: the proxy presents the lab's certificate
+        self.client_tls = client_tls  # towards the upstream server
+        self.upstream_name = upstream_name
+        self.source_address = source_address
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
+        address = self._server.sockets[0].getsockname()
+        return str(address[0]), int(address[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        peer = client_writer.get_extra_info("peername")
+        session = RecordedSession(client=str(peer[0]), server=self.upstream[0], server_port=self.upstream[1])
+        session.started = time.time()
+        try:
+            local = (self.source_address, 0) if self.source_address else None
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                *self.upstream, local_addr=local, limit=MAX_LINE
+            )
+        except OSError as exc:
+            session.notes.append(f"the upstream server {self.upstream[0]}:{self.upstream[1]} refused: {exc}")
+            client_writer.close()
+            self.on_session(session)
+            return
+        dialogue = _Dialogue(session)
+        await dialogue.pending.put(_Pending(None))  # the greeting answers the connection
+        pumps = [
+            asyncio.create_task(self._from_client(dialogue, client_reader, upstream_writer)),
+            asyncio.create_task(self._from_server(dialogue, upstream_reader, client_writer, upstream_writer)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            for writer in (client_writer, upstream_writer):
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            self.on_session(session)
+
+    async def _from_client(
+        self, dialogue: _Dialogue, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter
+    ) -> None:
+        # Each command is noted as waiting for its reply before it goes on: the reply cannot overtake it.
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            verb = text.split(" ", 1)[0].upper()
+            decide = verb in ("DATA", "STARTTLS") and dialogue.in_auth is None
+            if decide:
+                dialogue.decided = asyncio.get_running_loop().create_future()
+            if dialogue.in_auth is not None:
+                # An answer to a 334 challenge: a secret, whatever it looks like.
+                dialogue.pending.put_nowait(_Pending(SCRUBBED, auth=dialogue.in_auth))
+            elif bdat := _BDAT.match(line.rstrip(b"\r\n")):
+                chunk = await reader.readexactly(int(bdat[1]))
+                dialogue.pending.put_nowait(_Pending(text, message=chunk))
+                line += chunk
+            elif auth := _AUTH.match(text):
+                dialogue.in_auth = auth[1].upper()
+                dialogue.pending.put_nowait(_Pending(f"AUTH {dialogue.in_auth}", auth=dialogue.in_auth))
+            else:
+                dialogue.pending.put_nowait(_Pending(text, data=verb == "DATA", tls=verb == "STARTTLS"))
+            upstream.write(line)
+            await upstream.drain()
+            if decide and dialogue.decided is not None and await dialogue.decided and verb == "DATA":
+                await self._data(dialogue, reader, upstream)
+
+    async def _data(
+        self, dialogue: _Dialogue, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter
+    ) -> None:
+        """The message after a 354, up to the line with the final dot; kept with the final reply."""
+        body = bytearray()
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if line in (b".\r\n", b".\n"):
+                dialogue.pending.put_nowait(_Pending(None, message=bytes(body)))
+            else:
+                body += line
+            upstream.write(line)
+            await upstream.drain()
+            if line in (b".\r\n", b".\n"):
+                return
+
+    async def _from_server(
+        self,
+        dialogue: _Dialogue,
+        reader: asyncio.StreamReader,
+        client: asyncio.StreamWriter,
+        upstream: asyncio.StreamWriter,
+    ) -> None:
+        while True:
+            raw = bytearray()
+            lines: list[str] = []
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                raw += line
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                lines.append(text)
+                if len(text) < 4 or text[3] != "-":
+                    break
+            # A reply nobody asked for (a 421 before closing) answers no command.
+            pending = dialogue.pending.get_nowait() if not dialogue.pending.empty() else _Pending("")
+            exchange = dialogue.session.add(pending.sent, lines, message=pending.message, auth=pending.auth)
+            code = lines[-1][:3]
+            if pending.auth is not None and code != "334":
+                dialogue.in_auth = None
+            if pending.tls and code == "220":
+                # The client starts its handshake as soon as it has the 220: from now on its bytes must
+                # reach the TLS layer, not the plain stream.
+                transport = client.transport
+                if isinstance(transport, asyncio.Transport):
+                    transport.pause_reading()
+            client.write(bytes(raw))
+            await client.drain()
+            if pending.tls:
+                exchange.tls = code == "220"
+                await self._upgrade(dialogue, code == "220", client, upstream)
+            elif pending.data and dialogue.decided is not None:
+                dialogue.decided.set_result(code == "354")
+
+    async def _upgrade(
+        self, dialogue: _Dialogue, agreed: bool, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter
+    ) -> None:
+        assert dialogue.decided is not None
+        if agreed and (self.server_tls is None or self.client_tls is None):
+            dialogue.session.notes.append("STARTTLS: the proxy has no certificate; the rest is not recorded")
+            agreed = False
+            client.close()
+        if agreed:
+            assert self.client_tls is not None and self.server_tls is not None
+            await upstream.start_tls(self.client_tls, server_hostname=self.upstream_name)
+            await client.start_tls(self.server_tls)
+        dialogue.decided.set_result(agreed)

@@ -1,0 +1,154 @@
+"""The recording proxy between a real SMTP client and a lab server: it passes the session on unchanged,
+records it, keeps AUTH secrets out of what it writes, terminates STARTTLS on both sides, and the trace it
+writes replays green against the reference MTA in a fresh lab."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import smtplib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import targets, tracefile
+from harness.lab import config as lab_config
+from harness.lab.runtime import Lab
+from harness.normalize import Normalizer
+from harness.record import RecordingProxy
+from harness.recorded import RecordedSession, to_document
+from harness.runner import run_trace
+
+LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+BASE = f"127.{190 + WORKER % 10}.0.0"
+PROXY_PORT = 26000 + WORKER
+
+
+class Recording:
+    """A proxy in front of EX1 on its own thread's event loop, from the Internet host's address."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.sessions: list[RecordedSession] = []
+        self.finished = threading.Event()
+        ex1 = lab.config.organization.server("EX1")
+        self.address = lab.config.host("internet").address
+        server_tls = lab.certificates.server_context(ex1.fqdn)
+        client_tls = lab.certificates.client_context()
+        client_tls.check_hostname = False
+        vs = ex1.default_virtual_server
+        self.proxy = RecordingProxy(
+            (vs.address, vs.port), self._keep, server_tls, client_tls, ex1.fqdn, self.address
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def _keep(self, session: RecordedSession) -> None:
+        self.sessions.append(session)
+        self.finished.set()
+
+    def __enter__(self) -> Recording:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(self.address, PROXY_PORT), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def client(self) -> smtplib.SMTP:
+        return smtplib.SMTP(self.address, PROXY_PORT, source_address=(self.address, 0), timeout=10)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(lab_config.load(LAB, base=BASE, port_offset=28000), tmp_path) as running:
+        yield running
+
+
+def test_a_recorded_session_replays_green_in_a_fresh_lab(lab: Lab, tmp_path: Path) -> None:
+    with Recording(lab) as recording, recording.client() as smtp:
+        smtp.ehlo("mail-out.fabrikam.com")
+        assert (
+            smtp.sendmail("ann@fabrikam.com", ["alice@contoso.com"], "Subject: recorded\r\n\r\n.dot\r\n")
+            == {}
+        )
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp.sendmail("ann@fabrikam.com", ["nancy@northwind.example"], "Subject: relay\r\n\r\nx\r\n")
+        smtp.quit()
+        assert recording.finished.wait(10)
+    (session,) = recording.sessions
+    sent = [(e.sent or "").upper().split(" SIZE=")[0] for e in session.exchanges]
+    assert sent[:4] == [
+        "",
+        "EHLO MAIL-OUT.FABRIKAM.COM",
+        "MAIL FROM:<ANN@FABRIKAM.COM>",
+        "RCPT TO:<ALICE@CONTOSO.COM>",
+    ]
+    assert session.exchanges[5].message == b"Subject: recorded\r\n\r\n..dot\r\n"  # as on the wire
+    document = to_document(
+        session,
+        trace_id="recorded/example",
+        title="t",
+        lab=str(LAB),
+        client="internet",
+        connect={"server": "EX1"},
+    )
+    trace = tracefile.write(document, tmp_path / "example.yaml")
+    text = (tmp_path / "example.yaml").read_text()
+    assert "expect: {code: 220, masked: 220 <host-1> <banner>}" in text and "<queue-id-1>" in text
+    result = run_trace(trace, targets.REFERENCE)
+    assert result.passed, "\n".join(result.failures())
+
+
+def test_starttls_is_terminated_and_auth_secrets_are_never_written(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "Alice-P@ss1"
+    with Recording(lab) as recording, recording.client() as smtp:
+        smtp.ehlo("wks01.contoso.com")
+        context = lab.certificates.client_context()
+        context.check_hostname = False
+        assert smtp.starttls(context=context)[0] == 220
+        smtp.ehlo("wks01.contoso.com")
+        smtp.login("alice", secret)
+        assert (
+            smtp.sendmail("alice@contoso.com", ["bob@contoso.com"], "Subject: inside TLS\r\n\r\nx\r\n") == {}
+        )
+        smtp.quit()
+        assert recording.finished.wait(10)
+    (session,) = recording.sessions
+    assert [e.tls for e in session.exchanges].count(True) == 1
+    document = to_document(
+        session,
+        trace_id="recorded/tls",
+        title="t",
+        lab=str(LAB),
+        client="internet",
+        connect={"server": "EX1"},
+    )
+    path = tmp_path / "tls.yaml"
+    trace = tracefile.write(document, path)
+    written = path.read_text()
+    for leak in (secret, base64.b64encode(f"\0alice\0{secret}".encode()).decode(), "alice\0"):
+        assert leak not in written and leak not in repr(session)
+    assert "starttls: true" in written and "${MAILFLOW_AUTH_PASSWORD}" in written
+    monkeypatch.setenv("MAILFLOW_AUTH_USER", "alice")
+    monkeypatch.setenv("MAILFLOW_AUTH_PASSWORD", secret)
+    result = run_trace(trace, targets.REFERENCE)
+    assert result.passed, "\n".join(result.failures())
+    transcripts = "\n".join(run.result.transcript for run in result.sessions)
+    assert secret not in transcripts and "<credentials from the environment>" in transcripts
+
+
+def test_masks_keep_identity_across_a_trace() -> None:
+    normalizer = Normalizer()
+    first = normalizer.reply(["250 2.6.0 <EX1F64ED19C956C4D21@ex1.contoso.com> Queued mail for delivery"])
+    again = normalizer.reply(["250 2.6.0 <EX1F64ED19C956C4D21@ex1.contoso.com> Queued mail for delivery"])
+    other = normalizer.reply(["250 2.6.0 <EX10000000000000001@ex1.contoso.com> Queued mail for delivery"])
+    assert first == again != other
+    assert "<queue-id-1>" in first and "<queue-id-2>" in other
