@@ -116,15 +116,30 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--target", "target_name", default="reference", show_default=True, help="server under test")
+@click.option(
+    "--update",
+    is_flag=True,
+    help="rewrite failing expect steps to what the server said (code, masked text), showing the diff",
+)
 @replay_options
 def run(
-    paths: tuple[str, ...], target_name: str, reports_dir: Path, workers: str, keyword: str | None
+    paths: tuple[str, ...],
+    target_name: str,
+    update: bool,
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
 ) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, print a summary."""
     (target,) = _targets((target_name,))
     files = _trace_files_or_exit(paths)
-    code, outcomes = _replay(files, target, reports_dir, workers, keyword, reports_dir / "last-run.json")
+    code, outcomes = _replay(
+        files, target, reports_dir, workers, keyword, reports_dir / "last-run.json", update=update
+    )
     print_summary(outcomes)
+    for outcome in outcomes:
+        if outcome.get("update"):
+            console.print(outcome["update"], markup=False, highlight=False, soft_wrap=True)
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
         console.print("[red]no trace was run[/red]")
     sys.exit(int(code))
@@ -138,6 +153,7 @@ def _replay(
     keyword: str | None,
     results_file: Path,
     clean: bool = True,
+    update: bool = False,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Run the traces on one target through pytest (the plugin does the work); its exit code and the
     outcome of every trace."""
@@ -161,6 +177,8 @@ def _replay(
         "-o",
         "console_output_style=classic",
     ]
+    if update:
+        args.append("--mailflow-update")
     if workers != "0":
         args += ["-n", workers]
     if keyword:

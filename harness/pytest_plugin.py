@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
-from harness import matrix, report, targets
-from harness.runner import run_trace
+from harness import matrix, report, targets, update
+from harness.runner import TraceResult, run_trace
 from harness.targets.known_deviations import deviations
 from harness.trace import Trace, is_trace_file, load
 from harness.yamlsource import SourceError
+
+MAX_UPDATE_ROUNDS = 50  # a trace with more mismatches than this is better recorded again
 
 
 class TraceFailed(AssertionError):
@@ -32,6 +34,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mailflow-target", default="reference", help="target standing in for the server under test"
     )
     group.addoption("--mailflow-results", default=None, help="write per-trace outcomes as JSON to this file")
+    group.addoption(
+        "--mailflow-update",
+        action="store_true",
+        help="rewrite failing expect steps to the replies received (mailflow run --update)",
+    )
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -93,6 +100,8 @@ class TraceItem(pytest.Item):
         if unavailable:
             pytest.skip(f"target {target.name} cannot run here: {unavailable}")
         result = run_trace(self.trace, target)
+        if not result.passed and self.config.getoption("mailflow_update"):
+            result = self._update(target, result)
         report.publish(result)
         tolerated = list(result.deviations)
         if not result.passed:
@@ -105,6 +114,23 @@ class TraceItem(pytest.Item):
             report.deviated(result.failures(), found.reasons)
             tolerated += [f"{line} (known deviation: {reason})" for line, reason in found.explained]
         self.user_properties.append(("mailflow_deviations", tolerated))
+
+    def _update(self, target: targets.Target, result: TraceResult) -> TraceResult:
+        """Rewrite the failing expectations and replay, until the trace passes or nothing more can be
+        rewritten (a replay stops at its first mismatch, so each round may find the next one)."""
+        assert self.trace is not None
+        diffs: list[str] = []
+        for _ in range(MAX_UPDATE_ROUNDS):
+            change = update.rewrite(self.trace, result)
+            diffs += [change.diff, *(f"{change.path}: {problem}\n" for problem in change.problems)]
+            if not change.diff:
+                break
+            self.trace = load(self.trace.path)
+            result = run_trace(self.trace, target)
+            if result.passed:
+                break
+        self.user_properties.append(("mailflow_update", "".join(diffs)))
+        return result
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, TraceFailed | SourceError):
@@ -132,6 +158,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             "duration": report.duration,
             "message": _message(report),
             "deviations": properties.get("mailflow_deviations", []),
+            "update": properties.get("mailflow_update", ""),
         }
     )
 

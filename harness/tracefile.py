@@ -8,6 +8,7 @@ line) is ours, since no emitter setting gives "block sequence of one-key mapping
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,18 +33,18 @@ def dump(document: Mapping[str, Any]) -> str:
             lines.append("description: >")
             lines += [f"  {line}" if line else "" for line in value.strip().splitlines()]
         else:
-            lines.append(f"{key}: {_flow(value)}")
+            lines.append(f"{key}: {flow(value)}")
     lines.append("sessions:")
     for session in document.get("sessions", []):
         lines += _session(session)
     if "outcome" in document:
         lines.append("outcome:" if document["outcome"] else "outcome: {}")
         for key, value in document["outcome"].items():
-            if isinstance(value, list):
+            if isinstance(value, list) and value:
                 lines.append(f"  {key}:")
-                lines += [f"    - {_flow(item)}" for item in value]
+                lines += [f"    - {flow(item)}" for item in value]
             else:
-                lines.append(f"  {key}: {_flow(value)}")
+                lines.append(f"  {key}: {flow(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -72,7 +73,7 @@ def _session(session: Mapping[str, Any]) -> list[str]:
     for key, value in session.items():
         if key == "script":
             continue
-        lines.append(f"  {'- ' if first else '  '}{key}: {_flow(value)}")
+        lines.append(f"  {'- ' if first else '  '}{key}: {flow(value)}")
         first = False
     if "script" in session:
         lines.append("    script:")
@@ -82,12 +83,26 @@ def _session(session: Mapping[str, Any]) -> list[str]:
 
 def _step(step: Mapping[str, Any] | str) -> str:
     if isinstance(step, str):
-        return _flow(step)
+        return flow(step)
     ((key, value),) = step.items()
-    return f"{key}: {_flow(value)}"
+    return f"{key}: {flow(value)}"
 
 
-def _flow(value: Any) -> str:
-    """One value on one line: scalars quoted only where YAML needs it, collections in flow style."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, allow_unicode=True, sort_keys=False)
-    return text.removesuffix("\n...\n").rstrip("\n")
+def flow(value: Any, inside: bool = False) -> str:
+    """One value on one line: scalars quoted only where YAML needs it (stricter inside a flow
+    collection), collections in flow style, and a text with line breaks as a double-quoted scalar with
+    escapes (JSON's are YAML's)."""
+    if isinstance(value, Mapping):
+        items = (f"{flow(key, True)}: {flow(item, True)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(flow(item, True) for item in value) + "]"
+    if isinstance(value, str) and ("\n" in value or "\r" in value):
+        # Characters YAML will not read raw (controls, DEL) are escaped; readable text stays as it is.
+        return json.dumps(value, ensure_ascii=not all(c.isprintable() or c in "\r\n\t" for c in value))
+    # A scalar dumped inside a one-item flow sequence gets the quoting a flow context needs.
+    text = yaml.safe_dump(
+        [value] if inside else value, default_flow_style=True, width=1 << 20, allow_unicode=True
+    )
+    text = text.removesuffix("\n...\n").rstrip("\n")
+    return text[1:-1] if inside else text

@@ -1,0 +1,137 @@
+"""Records the traces in traces/recorded/: real SMTP sessions (Python's smtplib as the client) through the
+recording proxy to EX1 of a running contoso lab, each written as a trace with its replies masked. The
+delivered mail is added to each trace's outcome from what the lab shows, so the trace checks where the
+message went as well as what the server said.
+
+    .venv/bin/python scripts/record_traces.py      # rewrites traces/recorded/*.yaml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness import tracefile  # noqa: E402
+from harness.evidence import Evidence  # noqa: E402
+from harness.lab import config as lab_config  # noqa: E402
+from harness.lab.runtime import Lab  # noqa: E402
+from harness.record import RecordingProxy  # noqa: E402
+from harness.recorded import RecordedSession, to_document  # noqa: E402
+
+OUT = ROOT / "traces" / "recorded"
+PROXY_PORT = 2525
+
+
+def local_delivery(smtp: smtplib.SMTP) -> None:
+    smtp.ehlo("mail-out.fabrikam.com")
+    smtp.sendmail("ann@fabrikam.com", ["alice@contoso.com"], "Subject: recorded\r\n\r\nHello Alice.\r\n")
+    smtp.quit()
+
+
+def relay_refused(smtp: smtplib.SMTP) -> None:
+    smtp.ehlo("unknown.tailspin.example")
+    try:
+        smtp.sendmail("spam@tailspin.example", ["nancy@northwind.example"], "Subject: relay\r\n\r\nx\r\n")
+    except smtplib.SMTPRecipientsRefused:
+        pass
+    smtp.quit()
+
+
+def starttls_delivery(smtp: smtplib.SMTP, context_for: Callable[[], object]) -> None:
+    smtp.ehlo("mail-out.fabrikam.com")
+    smtp.starttls(context=context_for())  # type: ignore[arg-type]
+    smtp.ehlo("mail-out.fabrikam.com")
+    smtp.sendmail("ann@fabrikam.com", ["bob@contoso.com"], "Subject: over TLS\r\n\r\n.A dot line.\r\n")
+    smtp.quit()
+
+
+SESSIONS = {
+    "local-delivery": ("Recorded: mail from the Internet to a mailbox on EX1", ["IN-3", "IN-6a"]),
+    "relay-refused": ("Recorded: a stranger's relay attempt is refused", ["RELAY-1"]),
+    "starttls-to-ex2-mailbox": ("Recorded: STARTTLS, then mail for a mailbox on EX2", ["PROTO-7", "IN-6b"]),
+}
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        config = lab_config.load(lab_config.lab_path("contoso"), base="127.230.0.0", port_offset=29000)
+        with Lab(config, Path(folder)) as lab:
+            ex1 = config.organization.server("EX1")
+            internet = config.host("internet").address
+            sessions: list[RecordedSession] = []
+            finished = threading.Event()
+
+            def keep(session: RecordedSession) -> None:
+                sessions.append(session)
+                finished.set()
+
+            client_tls = lab.certificates.client_context()
+            client_tls.check_hostname = False
+            proxy = RecordingProxy(
+                (ex1.default_virtual_server.address, ex1.default_virtual_server.port),
+                keep,
+                lab.certificates.server_context(ex1.fqdn),
+                client_tls,
+                ex1.fqdn,
+                internet,
+            )
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True).start()
+            asyncio.run_coroutine_threadsafe(proxy.start(internet, PROXY_PORT), loop).result(10)
+
+            def context() -> object:
+                tls = lab.certificates.client_context()
+                tls.check_hostname = False
+                return tls
+
+            drivers: dict[str, Callable[[smtplib.SMTP], None]] = {
+                "local-delivery": local_delivery,
+                "relay-refused": relay_refused,
+                "starttls-to-ex2-mailbox": lambda smtp: starttls_delivery(smtp, context),
+            }
+            for name, drive in drivers.items():
+                finished.clear()
+                seen = len(Evidence.collect(lab).deliveries)
+                with smtplib.SMTP(internet, PROXY_PORT, source_address=(internet, 0), timeout=10) as smtp:
+                    drive(smtp)
+                finished.wait(10)
+                lab.settle(timeout=10)
+                delivered = Evidence.collect(lab).deliveries[seen:]
+                title, spec = SESSIONS[name]
+                document = to_document(
+                    sessions[-1],
+                    trace_id=f"recorded/{name}",
+                    title=title,
+                    lab="contoso",
+                    client="internet",
+                    connect={"server": "EX1"},
+                    spec=spec,
+                    description="Recorded through `mailflow record` by scripts/record_traces.py.",
+                )
+                mailboxes = [
+                    {"mailbox": d.where, "server": d.server, "sender": d.sender or "<>"}
+                    for d in delivered
+                    if d.kind == "mailbox"
+                ]
+                document["outcome"] = (
+                    {"delivered": mailboxes, "nothing_else_delivered": True}
+                    if delivered
+                    else {"nothing_delivered": True}
+                )
+                tracefile.write(document, OUT / f"{name}.yaml")
+                print(f"{OUT / name}.yaml")
+            asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+
+
+if __name__ == "__main__":
+    main()
