@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import cli_lab, cli_record, differential, matrix, targets
+from harness import cli_generate, cli_import, cli_lab, cli_record, differential, matrix, targets
 from harness.catalogue import catalogue, markdown
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
@@ -420,6 +420,8 @@ main.add_command(cli_lab.lab)
 main.add_command(cli_lab.queues)
 main.add_command(cli_lab.submit)
 main.add_command(cli_record.record_command)
+main.add_command(cli_import.import_group)
+main.add_command(cli_generate.generate)
 
 
 if __name__ == "__main__":

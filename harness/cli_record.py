@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from harness import tracefile
+from harness.importers.to_trace import to_trace
 from harness.lab import config as lab_config
 from harness.lab.certificates import LabCertificates
 from harness.record import RecordingProxy
-from harness.recorded import RecordedSession, to_document
+from harness.recorded import RecordedSession
 from harness.yamlsource import SourceError
 
 console = Console()
@@ -62,17 +62,20 @@ def record_command(
 
     def keep(session: RecordedSession) -> None:
         path = output if not written else output.with_name(f"{output.stem}-{len(written) + 1}{output.suffix}")
-        document = to_document(
-            session,
+        converted = to_trace(
+            [session],
             trace_id=f"recorded/{path.stem}",
             title=f"Recorded session from {session.client} to {session.server}:{session.server_port}",
+            source="the recording proxy",
             lab=lab_name,
+            config=config,
+            server=server,
             client=client,
-            connect={"server": server},
             spec=spec_ids,
+            file_stem=path.stem,
         )
         try:
-            tracefile.write(document, path)
+            converted.write(path)
         except SourceError as exc:
             console.print(f"[red]session from {session.client} not written:[/red] {exc}", highlight=False)
             return

@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from reference_mta import replies
 from reference_mta.access_policy import may_connect
+from reference_mta.protocol_log import ProtocolLog, SessionLog
 from reference_mta.session_rules import RULES, Rule, State, is_sync_point, state_of
 from reference_mta.topology import VirtualServer
 
@@ -41,6 +42,7 @@ class SessionPolicy(Protocol):
     fqdn: str
     tls_context: ssl.SSLContext | None
     authenticate: Callable[[str, str], str | None] | None
+    protocol_log: ProtocolLog | None
 
     async def verify(self, address: str) -> list[str]: ...
 
@@ -92,6 +94,7 @@ class ExchangeSMTP(SMTP):
         self.in_data = False
         self.mail_parameters = _MailParameters()
         self.rcpt_dsn: dict[str, str] = {}
+        self.session_log: SessionLog | None = None  # the protocol log's lines for this session
         # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
         # rules in front of each command without copying aiosmtpd's command loop.
         self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
@@ -126,6 +129,8 @@ class ExchangeSMTP(SMTP):
         async def ruled(arg: str | None) -> None:
             if self.transport is None or self.transport.is_closing():
                 return  # lines the client had sent before the session was closed on it
+            if self.session_log is not None:
+                self.session_log.command(command, arg, len(command) + len(arg or "") + 3)
             if self.refused:
                 await self.push(replies.closing(self.fqdn) if command == "QUIT" else replies.REFUSED_SESSION)
                 if command == "QUIT":
@@ -167,6 +172,10 @@ class ExchangeSMTP(SMTP):
                 # wait for QUIT, answering 503 to anything else.
                 self.refused = True
                 text = replies.CONNECTION_REFUSED
+            if self.policy.protocol_log is not None:
+                self.session_log = SessionLog(self.policy.protocol_log, client_ip(self.session))
+        if self.session_log is not None:
+            self.session_log.reply(text, self.session.host_name if self.session is not None else None)
         await super().push(text)
         # Only the client's mistakes count (5xx); 4xx replies are the server's state or a limit the
         # client is told about (452 too many recipients), and aiosmtpd's 502 for unknown commands closes.

@@ -28,6 +28,7 @@ from reference_mta import replies
 from reference_mta.access_policy import Client, filtering_applies, relay_grant
 from reference_mta.address_book import AddressBook
 from reference_mta.mailmsg import MailMsg
+from reference_mta.protocol_log import ProtocolLog
 from reference_mta.queuing import AdvancedQueuingEngine, ComponentUnavailable
 from reference_mta.session_rules import CALL_LIMITS
 from reference_mta.smtp_protocol import ExchangeEnvelope, ExchangeSMTP, client_ip
@@ -62,6 +63,12 @@ class VirtualServerHandler:
         self.address_book = address_book
         self.sessions: weakref.WeakSet[ExchangeSMTP] = weakref.WeakSet()
         self.tls_context = tls_context if vs.tls else None
+        # The server's folder is the one that holds its Mailroot (Mailroot/vsi 1/Queue), as on an IIS host.
+        self.protocol_log = (
+            ProtocolLog(aq.directory.path.parents[2], vs.instance, server.name, vs.address)
+            if vs.logging == "w3c"
+            else None
+        )
 
     def protocol(self) -> ExchangeSMTP:
         smtp = ExchangeSMTP(
@@ -183,6 +190,8 @@ class VirtualServerHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         content, message_id, subject, queue_id = self._stamp(raw, session)
+        if server.session_log is not None:
+            server.session_log.query = f"<{message_id}>"  # what IIS logs for DATA
         peer = client_ip(session)
         msg = MailMsg.new(
             (envelope.mail_from or "").strip("<>"),

@@ -115,6 +115,7 @@ class VirtualServer:
     vrfy: VrfyMode = "cannot_verify"
     expn: ExpnMode = "disabled"
     pipelining_sync: Literal["enforce", "lenient"] = "enforce"
+    logging: Literal["none", "w3c"] = "none"  # General → Enable logging, W3C Extended Log File Format
 
 
 @dataclass(frozen=True)
@@ -438,6 +439,7 @@ def _virtual_server(
         vrfy=raw.get("vrfy", "cannot_verify"),
         expn=raw.get("expn", "disabled"),
         pipelining_sync=raw.get("pipelining_sync", "enforce"),
+        logging=raw.get("logging", "none"),
     )
 
 

@@ -13,7 +13,7 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 mtas="$here/tools/mtas"
 unpacked=(exim4-base exim4-daemon-light opensmtpd)
-packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3)
+packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3 tcpdump swaks)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

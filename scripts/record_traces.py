@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import tracefile  # noqa: E402
 from harness.evidence import Evidence  # noqa: E402
+from harness.importers.to_trace import to_trace  # noqa: E402
 from harness.lab import config as lab_config  # noqa: E402
 from harness.lab.runtime import Lab  # noqa: E402
 from harness.record import RecordingProxy  # noqa: E402
-from harness.recorded import RecordedSession, to_document  # noqa: E402
+from harness.recorded import RecordedSession  # noqa: E402
 
 OUT = ROOT / "traces" / "recorded"
 PROXY_PORT = 2525
@@ -107,16 +107,18 @@ def main() -> None:
                 lab.settle(timeout=10)
                 delivered = Evidence.collect(lab).deliveries[seen:]
                 title, spec = SESSIONS[name]
-                document = to_document(
-                    sessions[-1],
+                converted = to_trace(
+                    [sessions[-1]],
                     trace_id=f"recorded/{name}",
                     title=title,
+                    source="`mailflow record` (scripts/record_traces.py)",
                     lab="contoso",
-                    client="internet",
-                    connect={"server": "EX1"},
+                    config=config,
+                    server="EX1",
                     spec=spec,
-                    description="Recorded through `mailflow record` by scripts/record_traces.py.",
+                    file_stem=name,
                 )
+                document = converted.document
                 mailboxes = [
                     {"mailbox": d.where, "server": d.server, "sender": d.sender or "<>"}
                     for d in delivered
@@ -127,7 +129,7 @@ def main() -> None:
                     if delivered
                     else {"nothing_delivered": True}
                 )
-                tracefile.write(document, OUT / f"{name}.yaml")
+                converted.write(OUT / f"{name}.yaml")
                 print(f"{OUT / name}.yaml")
             asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)

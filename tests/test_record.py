@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import targets, tracefile
+from harness import targets
+from harness.importers.to_trace import Converted, to_trace
 from harness.lab import config as lab_config
 from harness.lab.runtime import Lab
 from harness.normalize import Normalizer
 from harness.record import RecordingProxy
-from harness.recorded import RecordedSession, to_document
+from harness.recorded import RecordedSession
 from harness.runner import run_trace
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
@@ -64,6 +65,13 @@ class Recording:
         return smtplib.SMTP(self.address, PROXY_PORT, source_address=(self.address, 0), timeout=10)
 
 
+def converted(session: RecordedSession, trace_id: str) -> Converted:
+    config = lab_config.load(LAB)
+    return to_trace(
+        [session], trace_id=trace_id, title="t", source="the test", lab=str(LAB), config=config, server="EX1"
+    )
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     with Lab(lab_config.load(LAB, base=BASE, port_offset=28000), tmp_path) as running:
@@ -90,15 +98,7 @@ def test_a_recorded_session_replays_green_in_a_fresh_lab(lab: Lab, tmp_path: Pat
         "RCPT TO:<ALICE@CONTOSO.COM>",
     ]
     assert session.exchanges[5].message == b"Subject: recorded\r\n\r\n..dot\r\n"  # as on the wire
-    document = to_document(
-        session,
-        trace_id="recorded/example",
-        title="t",
-        lab=str(LAB),
-        client="internet",
-        connect={"server": "EX1"},
-    )
-    trace = tracefile.write(document, tmp_path / "example.yaml")
+    trace = converted(session, "recorded/example").write(tmp_path / "example.yaml")
     text = (tmp_path / "example.yaml").read_text()
     assert "expect: {code: 220, masked: 220 <host-1> <banner>}" in text and "<queue-id-1>" in text
     result = run_trace(trace, targets.REFERENCE)
@@ -123,16 +123,8 @@ def test_starttls_is_terminated_and_auth_secrets_are_never_written(
         assert recording.finished.wait(10)
     (session,) = recording.sessions
     assert [e.tls for e in session.exchanges].count(True) == 1
-    document = to_document(
-        session,
-        trace_id="recorded/tls",
-        title="t",
-        lab=str(LAB),
-        client="internet",
-        connect={"server": "EX1"},
-    )
     path = tmp_path / "tls.yaml"
-    trace = tracefile.write(document, path)
+    trace = converted(session, "recorded/tls").write(path)
     written = path.read_text()
     for leak in (secret, base64.b64encode(f"\0alice\0{secret}".encode()).decode(), "alice\0"):
         assert leak not in written and leak not in repr(session)

@@ -1,0 +1,21 @@
+"""Importers: captured SMTP sessions (a pcap or pcapng capture, an Exchange/IIS W3C protocol log, a swaks
+transcript) turned into `harness.recorded.RecordedSession`s, and those into trace documents
+(`harness.importers.to_trace`).
+
+Every importer raises `BadInput` for input it cannot read, naming the file and the packet or line, so the
+command line can refuse it before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BadInput(ValueError):
+    """Input an importer cannot read: `where` is "packet 12" or "line 7" (empty for the whole file)."""
+
+    def __init__(self, path: Path | str, where: str, message: str) -> None:
+        self.path = Path(path)
+        self.where = where
+        self.message = message
+        super().__init__(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")

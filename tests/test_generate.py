@@ -1,0 +1,160 @@
+"""The generator and the oracle without a lab: determinism, what the traces say, and the rules the
+oracle must get right on hand-picked scenarios (each checked by a hand-written trace of the corpus)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli_generate import generate as generate_command
+from harness.generate import generate, slug
+from harness.oracle import Scenario, Unpredictable, load, predict
+from harness.trace import load as load_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = ROOT / "fixtures" / "labs" / "contoso.yaml"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.yaml"))}
+
+
+def test_same_seed_same_files_byte_for_byte(tmp_path: Path) -> None:
+    generate(LAB, 7, 30, tmp_path / "a")
+    generate(LAB, 7, 30, tmp_path / "b")
+    first = _files(tmp_path / "a")
+    assert len(first) == 30
+    assert first == _files(tmp_path / "b")
+    assert first != _files(generate(LAB, 8, 30, tmp_path / "c")[0].parent)
+
+
+def test_traces_load_and_name_their_scenario(tmp_path: Path) -> None:
+    for path in generate(LAB, 3, 20, tmp_path):
+        trace = load_trace(path)
+        assert trace.id == f"generated/{path.stem}"
+        assert trace.outcome["nothing_else_delivered"] is True
+        assert trace.spec
+
+
+def test_a_new_run_replaces_only_generated_traces(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.yaml"
+    mine.write_text("id: inbound/hand-written\n", encoding="utf-8")
+    generate(LAB, 1, 5, tmp_path)
+    generate(LAB, 2, 5, tmp_path)
+    assert mine.exists()
+    assert len(list(tmp_path.glob("*.yaml"))) == 6
+
+
+def test_cli(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        generate_command, ["--lab", "contoso", "--seed", "5", "--count", "4", "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 traces written" in result.output
+    assert len(list(tmp_path.glob("*.yaml"))) == 4
+
+
+def test_the_oracle_shares_no_code_with_the_reference_mta() -> None:
+    code = (
+        "import sys, harness.oracle; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('reference_mta', 'harness.lab'))); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _predict(scenario: Scenario) -> tuple[list[tuple[int, str]], list[tuple[str, str, str]]]:
+    prediction = predict(load(LAB), scenario)
+    replies = [(r.code, r.text) for r in prediction.replies]
+    deliveries = [(d.kind, d.where, d.server) for d in prediction.deliveries]
+    deliveries += [("ndr " + n.status, n.delivery.where, n.delivery.server) for n in prediction.ndrs]
+    return replies, deliveries
+
+
+@pytest.mark.parametrize(
+    ("scenario", "replies", "deliveries"),
+    [
+        # relay/relay-denied-by-default
+        (
+            Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("nancy@northwind.example",)),
+            [(550, "5.7.1 Unable to relay for nancy@northwind.example")],
+            [],
+        ),
+        # inbound/unknown-recipient-ndr
+        (
+            Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("nobody@contoso.com",)),
+            [(250, "2.1.5 nobody@contoso.com")],
+            [("ndr 5.1.1", "fabrikam-mx", "EX1")],
+        ),
+        # inbound/shared-namespace
+        (
+            Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("legacy-user@shared.contoso.com",)),
+            [(250, "2.1.5 legacy-user@shared.contoso.com")],
+            [("sink", "legacy-mx", "EX1")],
+        ),
+        # relay/adatum-relay-domain-authenticated-alice and ...-other-senders
+        (
+            Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("orders@adatum.com",)),
+            [(250, "2.1.5 orders@adatum.com")],
+            [("sink", "isp-smarthost", "EX4")],
+        ),
+        (
+            Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("orders@adatum.com",)),
+            [(250, "2.1.5 orders@adatum.com")],
+            [("sink", "adatum-mx", "EX1")],
+        ),
+        # outbound/connector-down-equal-address-space
+        (
+            Scenario(
+                "relay-host", "EX1", None, None, "ann@fabrikam.com", ("ops@tailspin.example",),
+                ("Example TLD SMTP Connector",),
+            ),
+            [(250, "2.1.5 ops@tailspin.example")],
+            [("sink", "tailspin-mx", "EX1")],
+        ),
+        # inbound/expansion-server
+        (
+            Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("executives@contoso.com",)),
+            [(250, "2.1.5 executives@contoso.com")],
+            [("mailbox", "alice@contoso.com", "EX1"), ("mailbox", "dave@contoso.com", "EX4")],
+        ),
+    ],
+)  # fmt: skip
+def test_oracle_agrees_with_the_hand_written_corpus(
+    scenario: Scenario, replies: list[tuple[int, str]], deliveries: list[tuple[str, str, str]]
+) -> None:
+    assert _predict(scenario) == (replies, deliveries)
+
+
+def test_least_cost_path_and_its_fallback() -> None:
+    world = load(LAB)
+    to_carol = Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("carol@contoso.com",))
+    assert predict(world, to_carol).deliveries[0].hops == ("EX1", "EX2", "EX4", "EX3")
+    rerouted = replace(to_carol, down=("Seattle-Tokyo RGC",))
+    assert predict(world, rerouted).deliveries[0].hops == ("EX1", "EX3")
+    cut_off = replace(to_carol, down=("Seattle-Tokyo RGC", "Seattle-London RGC"))
+    assert predict(world, cut_off).waiting == [("EX1", "carol@contoso.com")]
+
+
+def test_what_the_documents_do_not_decide_is_left_out() -> None:
+    several_failures = Scenario(
+        "internet", "EX1", None, None, "ann@fabrikam.com", ("nobody@contoso.com", "ghost@litware.com")
+    )
+    with pytest.raises(Unpredictable):
+        predict(load(LAB), several_failures)
+
+
+def test_slug_names_the_scenario() -> None:
+    scenario = Scenario(
+        "lan", "EX1", None, "alice", "alice@contoso.com", ("x@adatum.com",), ("Partner SMTP Connector",)
+    )
+    assert (
+        slug(scenario)
+        == "lan-ex1-default-auth-alice-from-alice-at-contoso-com-to-x-at-adatum-com-down-partner"
+    )
