@@ -62,6 +62,8 @@ def mask(text: str, names: Mapping[str, str]) -> str:
 # What a server names itself by, in its greeting and EHLO reply: a dotted name right after the code.
 _OWN_NAME = re.compile(r"^(?:220|250)[ -]([A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)\b")
 _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
+# The port after an address ("[192.0.2.1]:41234", "192.0.2.1:41234"): a client's changes every time.
+_IPV4_PORT = re.compile(r"(\b\d{1,3}(?:\.\d{1,3}){3}\]?:)(\d{1,5})\b")
 # Queue ids in the reply to DATA, as Exchange, Postfix, Exim and OpenSMTPD write them.
 _QUEUE_IDS = (
     re.compile(r"(?<=<)[^<>@\s]+(?=@[^<>\s]+> Queued mail for delivery)"),
@@ -116,6 +118,7 @@ class Normalizer:
                 text,
                 flags=re.IGNORECASE | re.MULTILINE,
             )
+        text = _IPV4_PORT.sub(lambda m: m[1] + self.placeholder("port", m[2]), text)
         text = _IPV4.sub(lambda m: self.placeholder("address", m[0]), text)
         if greeting:
             first, newline, rest = text.partition("\n")

@@ -41,6 +41,7 @@ class _Pending:
     auth: str | None = None
     tls: bool = False
     data: bool = False
+    pause: float = 0.0
 
 
 @dataclass
@@ -48,6 +49,7 @@ class _Dialogue:
     session: RecordedSession
     pending: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     in_auth: str | None = None  # the mechanism while the server's 334 challenges are being answered
+    answered: float = field(default_factory=time.monotonic)  # when the last reply went to the client
     # Set by the server pump when it has the reply to STARTTLS (did TLS start?) or DATA (354?): the
     # client pump waits for it, since what the client sends next depends on that reply.
     decided: asyncio.Future[bool] | None = None
@@ -122,6 +124,8 @@ class RecordingProxy:
             line = await reader.readline()
             if not line:
                 return
+            # How long the client took after the last reply: a trace replays a slow client as slow.
+            pause = max(0.0, time.monotonic() - dialogue.answered)
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             verb = text.split(" ", 1)[0].upper()
             decide = verb in ("DATA", "STARTTLS") and dialogue.in_auth is None
@@ -138,7 +142,9 @@ class RecordingProxy:
                 dialogue.in_auth = auth[1].upper()
                 dialogue.pending.put_nowait(_Pending(f"AUTH {dialogue.in_auth}", auth=dialogue.in_auth))
             else:
-                dialogue.pending.put_nowait(_Pending(text, data=verb == "DATA", tls=verb == "STARTTLS"))
+                dialogue.pending.put_nowait(
+                    _Pending(text, data=verb == "DATA", tls=verb == "STARTTLS", pause=pause)
+                )
             upstream.write(line)
             await upstream.drain()
             if decide and dialogue.decided is not None and await dialogue.decided and verb == "DATA":
@@ -183,7 +189,9 @@ class RecordingProxy:
                     break
             # A reply nobody asked for (a 421 before closing) answers no command.
             pending = dialogue.pending.get_nowait() if not dialogue.pending.empty() else _Pending("")
-            exchange = dialogue.session.add(pending.sent, lines, message=pending.message, auth=pending.auth)
+            exchange = dialogue.session.add(
+                pending.sent, lines, message=pending.message, auth=pending.auth, pause=pending.pause
+            )
             code = lines[-1][:3]
             if pending.auth is not None and code != "334":
                 dialogue.in_auth = None
@@ -195,6 +203,7 @@ class RecordingProxy:
                     transport.pause_reading()
             client.write(bytes(raw))
             await client.drain()
+            dialogue.answered = time.monotonic()
             if pending.tls:
                 exchange.tls = code == "220"
                 await self._upgrade(dialogue, code == "220", client, upstream)

@@ -23,6 +23,7 @@ class Exchange:
     tls: bool = False
     auth: str | None = None  # the AUTH mechanism, when `sent` is an AUTH command (its secrets scrubbed)
     pipelined: bool = False  # sent before the reply to the exchange before it had arrived (RFC 2920)
+    pause: float = 0.0  # seconds the client waited after the previous reply before sending this
 
 
 @dataclass

@@ -9,6 +9,7 @@ import base64
 import os
 import smtplib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +145,21 @@ def test_masks_keep_identity_across_a_trace() -> None:
     other = normalizer.reply(["250 2.6.0 <EX10000000000000001@ex1.contoso.com> Queued mail for delivery"])
     assert first == again != other
     assert "<queue-id-1>" in first and "<queue-id-2>" in other
+
+
+def test_ports_after_addresses_are_placeholders_too() -> None:
+    masked = Normalizer().reply(["250-ex1.contoso.com Hello [198.18.10.200]:41234", "250 at 12:30"])
+    assert masked == "250-<host-1> Hello [<address-1>]:<port-1>\n250 at 12:30"
+
+
+def test_a_client_that_paused_is_replayed_with_its_pause(lab: Lab, tmp_path: Path) -> None:
+    with Recording(lab) as recording, recording.client() as smtp:
+        smtp.ehlo("mail-out.fabrikam.com")
+        time.sleep(1.3)
+        smtp.noop()
+        smtp.quit()
+        assert recording.finished.wait(10)
+    (session,) = recording.sessions
+    script = converted(session, "recorded/slow").document["sessions"][0]["script"]
+    (where,) = [number for number, step in enumerate(script) if "wait" in step]
+    assert 1.3 <= script[where]["wait"] < 3 and script[where + 1] == {"send": "noop"}

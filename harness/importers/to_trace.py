@@ -165,6 +165,7 @@ def _script(
         ):
             group.append(exchanges[index + len(group)])
         if len(group) > 1:
+            steps += _pause(group[0])
             lines: list[str] = []
             for member in group:
                 if member.message is not None and member.sent is not None:
@@ -183,6 +184,8 @@ def _script(
             continue
         index += 1
         sent = exchange.sent
+        if sent is not None:
+            steps += _pause(exchange)
         if sent is None:
             expect(exchange)
         elif exchange.auth is not None:
@@ -222,6 +225,18 @@ def _script(
             steps.append({"send": sent})
             expect(exchange)
     return steps
+
+
+# A client that paused this long before a command is replayed with the pause (idle time-outs and slow
+# clients are what such traces are about); shorter gaps are the network's, not the client's.
+SLOW_CLIENT = 1.0
+MAX_WAIT = 120.0  # the longest `wait` a trace may hold
+
+
+def _pause(exchange: Exchange) -> list[dict[str, Any]]:
+    if exchange.pause < SLOW_CLIENT:
+        return []
+    return [{"wait": round(min(exchange.pause, MAX_WAIT), 1)}]
 
 
 def _pipelinable(exchange: Exchange) -> bool:
