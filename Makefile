@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 ## Replay the whole traces/ corpus against the embedded lab, write the Allure results and HTML report.
 conformance: $(STAMP)
-	@status=0; $(BIN)/mailflow run traces/ --reports $(REPORTS) || status=$$?; \
+	@status=0; $(BIN)/mailflow run traces/ -n $(WORKERS) --reports $(REPORTS) || status=$$?; \
 	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report || status=$${status:-1}; \
 	exit $$status
 
