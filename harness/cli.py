@@ -132,6 +132,11 @@ def run(
 ) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, print a summary."""
     (target,) = _targets((target_name,))
+    if update and target.name != "reference":
+        # A real MTA's replies are what the corpus compares against Exchange, not what it expects.
+        raise click.BadParameter(
+            "--update rewrites traces to the reference MTA's replies only", param_hint="--update"
+        )
     files = _trace_files_or_exit(paths)
     code, outcomes = _replay(
         files, target, reports_dir, workers, keyword, reports_dir / "last-run.json", update=update

@@ -25,11 +25,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.recorded import RecordedSession
+from harness.replay import unread
 
 SCRUBBED = "<scrubbed>"
 _BDAT = re.compile(rb"^BDAT\s+(\d+)(\s+LAST)?\s*$", re.IGNORECASE)
-_AUTH = re.compile(r"^AUTH\s+(\S+)", re.IGNORECASE)
-MAX_LINE = 1 << 20  # a hostile client's line is passed on, but not held in memory without bound
+_AUTH = re.compile(r"^AUTH\s+([A-Z0-9_-]{1,20})(?:\s|$)", re.IGNORECASE)
+MAX_LINE = 1 << 20  # longer lines end the session, said in the trace: no server takes them either
+DRAIN_TIMEOUT = 10.0  # how long the server may take to answer what a client sent before it closed
+
+
+async def _line(reader: asyncio.StreamReader, dialogue: _Dialogue, side: str) -> bytes:
+    """One line from `side`, or b"" when it has closed; a line longer than MAX_LINE ends the session
+    with a note, instead of an exception in the middle of the relay."""
+    try:
+        return await reader.readline()
+    except ValueError:
+        dialogue.session.notes.append(f"the {side} sent a line longer than {MAX_LINE} bytes")
+        return b""
+    except ConnectionError as exc:
+        dialogue.session.notes.append(f"the {side} connection broke: {exc}")
+        return b""
 
 
 @dataclass
@@ -42,6 +57,7 @@ class _Pending:
     tls: bool = False
     data: bool = False
     pause: float = 0.0
+    pipelined: bool = False
 
 
 @dataclass
@@ -50,6 +66,8 @@ class _Dialogue:
     pending: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     in_auth: str | None = None  # the mechanism while the server's 334 challenges are being answered
     answered: float = field(default_factory=time.monotonic)  # when the last reply went to the client
+    last_code: str = ""  # of the last reply the server sent
+    client_reader: asyncio.StreamReader | None = None
     # Set by the server pump when it has the reply to STARTTLS (did TLS start?) or DATA (354?): the
     # client pump waits for it, since what the client sends next depends on that reply.
     decided: asyncio.Future[bool] | None = None
@@ -99,14 +117,23 @@ class RecordingProxy:
             client_writer.close()
             self.on_session(session)
             return
-        dialogue = _Dialogue(session)
+        dialogue = _Dialogue(session, client_reader=client_reader)
         await dialogue.pending.put(_Pending(None))  # the greeting answers the connection
         pumps = [
             asyncio.create_task(self._from_client(dialogue, client_reader, upstream_writer)),
             asyncio.create_task(self._from_server(dialogue, upstream_reader, client_writer, upstream_writer)),
         ]
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            if pumps[0] in done and not pumps[1].done():
+                # The client has finished sending (or half-closed): the server still owes replies to
+                # what it got, which are relayed and recorded until none is owed, or it goes quiet.
+                deadline = time.monotonic() + DRAIN_TIMEOUT
+                while not dialogue.pending.empty() and not pumps[1].done() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            for pump in done:
+                if not pump.cancelled() and (error := pump.exception()) is not None:
+                    session.notes.append(f"the session ended on an error: {error}")
         finally:
             for pump in pumps:
                 pump.cancel()
@@ -121,29 +148,37 @@ class RecordingProxy:
     ) -> None:
         # Each command is noted as waiting for its reply before it goes on: the reply cannot overtake it.
         while True:
-            line = await reader.readline()
+            line = await _line(reader, dialogue, "client")
             if not line:
                 return
             # How long the client took after the last reply: a trace replays a slow client as slow.
             pause = max(0.0, time.monotonic() - dialogue.answered)
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             verb = text.split(" ", 1)[0].upper()
-            decide = verb in ("DATA", "STARTTLS") and dialogue.in_auth is None
+            challenged = dialogue.in_auth is not None and dialogue.last_code == "334"
+            decide = verb in ("DATA", "STARTTLS") and not challenged
             if decide:
                 dialogue.decided = asyncio.get_running_loop().create_future()
-            if dialogue.in_auth is not None:
-                # An answer to a 334 challenge: a secret, whatever it looks like.
+            # A command sent while earlier replies are still owed was pipelined (RFC 2920).
+            pipelined = not dialogue.pending.empty()
+            if challenged:
+                # An answer to the server's 334 challenge: a secret, whatever it looks like.
                 dialogue.pending.put_nowait(_Pending(SCRUBBED, auth=dialogue.in_auth))
             elif bdat := _BDAT.match(line.rstrip(b"\r\n")):
                 chunk = await reader.readexactly(int(bdat[1]))
                 dialogue.pending.put_nowait(_Pending(text, message=chunk))
                 line += chunk
-            elif auth := _AUTH.match(text):
-                dialogue.in_auth = auth[1].upper()
+            elif verb == "AUTH":
+                # Only a mechanism's name is kept: anything else on the line (an initial response, or a
+                # secret where the name should be) is never recorded.
+                auth = _AUTH.match(text)
+                dialogue.in_auth = auth[1].upper() if auth else "UNKNOWN"
                 dialogue.pending.put_nowait(_Pending(f"AUTH {dialogue.in_auth}", auth=dialogue.in_auth))
             else:
                 dialogue.pending.put_nowait(
-                    _Pending(text, data=verb == "DATA", tls=verb == "STARTTLS", pause=pause)
+                    _Pending(
+                        text, data=verb == "DATA", tls=verb == "STARTTLS", pause=pause, pipelined=pipelined
+                    )
                 )
             upstream.write(line)
             await upstream.drain()
@@ -156,16 +191,20 @@ class RecordingProxy:
         """The message after a 354, up to the line with the final dot; kept with the final reply."""
         body = bytearray()
         while True:
-            line = await reader.readline()
+            line = await _line(reader, dialogue, "client")
             if not line:
                 return
-            if line in (b".\r\n", b".\n"):
+            # Only <CRLF>.<CRLF> ends the message (RFC 5321 4.1.1.4): a bare LF around the dot is
+            # message content to a strict server, and recording it otherwise would misplace every
+            # reply after it (SMTP smuggling).
+            end = line == b".\r\n" and (not body or body.endswith(b"\r\n"))
+            if end:
                 dialogue.pending.put_nowait(_Pending(None, message=bytes(body)))
             else:
                 body += line
             upstream.write(line)
             await upstream.drain()
-            if line in (b".\r\n", b".\n"):
+            if end:
                 return
 
     async def _from_server(
@@ -179,8 +218,11 @@ class RecordingProxy:
             raw = bytearray()
             lines: list[str] = []
             while True:
-                line = await reader.readline()
+                line = await _line(reader, dialogue, "server")
                 if not line:
+                    if raw:
+                        client.write(bytes(raw))  # a reply cut off when the server closed: passed on
+                        dialogue.session.notes.append(f"the server closed inside a reply: {raw[:80]!r}")
                     return
                 raw += line
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
@@ -190,8 +232,14 @@ class RecordingProxy:
             # A reply nobody asked for (a 421 before closing) answers no command.
             pending = dialogue.pending.get_nowait() if not dialogue.pending.empty() else _Pending("")
             exchange = dialogue.session.add(
-                pending.sent, lines, message=pending.message, auth=pending.auth, pause=pending.pause
+                pending.sent,
+                lines,
+                message=pending.message,
+                auth=pending.auth,
+                pause=pending.pause,
+                pipelined=pending.pipelined,
             )
+            dialogue.last_code = lines[-1][:3]
             code = lines[-1][:3]
             if pending.auth is not None and code != "334":
                 dialogue.in_auth = None
@@ -218,6 +266,16 @@ class RecordingProxy:
             dialogue.session.notes.append("STARTTLS: the proxy has no certificate; the rest is not recorded")
             agreed = False
             client.close()
+        if (
+            agreed
+            and dialogue.client_reader is not None
+            and (leftover := await unread(dialogue.client_reader))
+        ):
+            # Sent in clear after STARTTLS, before the handshake: never to be relayed inside TLS
+            # (CVE-2011-0411). Dropped, and said in the trace.
+            dialogue.session.notes.append(
+                f"{len(leftover)} bytes the client sent after STARTTLS were dropped"
+            )
         if agreed:
             assert self.client_tls is not None and self.server_tls is not None
             await upstream.start_tls(self.client_tls, server_hostname=self.upstream_name)

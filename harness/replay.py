@@ -151,6 +151,17 @@ def step_title(step: Step, message: _Message | None = None) -> str:
     assert_never(step)
 
 
+async def unread(reader: asyncio.StreamReader) -> bytes:
+    """Bytes already received that nobody has read, without waiting for more."""
+    try:
+        # A read returns at once when the reader holds bytes (or has seen EOF); a zero timeout
+        # cancels it only if it would have to wait for the network.
+        async with asyncio.timeout(0):
+            return await reader.read(65536)
+    except TimeoutError:
+        return b""
+
+
 _ENVIRONMENT_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)\}$")
 
 
@@ -436,14 +447,7 @@ class _Session:
         )
 
     async def _unread(self) -> bytes:
-        """Bytes already received that no step has read, without waiting for more."""
-        try:
-            # A read returns at once when the reader holds bytes (or has seen EOF); a zero timeout
-            # cancels it only if it would have to wait for the network.
-            async with asyncio.timeout(0):
-                return await self.reader.read(65536)
-        except TimeoutError:
-            return b""
+        return await unread(self.reader)
 
     async def _auth(self, step: Auth, exchange: Exchange) -> None:
         def b64(text: str) -> bytes:

@@ -8,8 +8,8 @@ line) is ours, since no emitter setting gives "block sequence of one-key mapping
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,18 +53,16 @@ def write(document: Mapping[str, Any], path: Path) -> Trace:
     error names what is wrong with it."""
     text = dump(document)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".yaml", dir=path.parent, delete=False, encoding="utf-8"
-    ) as f:
-        f.write(text)
-        draft = Path(f.name)
+    # A hidden name that is not a trace file's, so that a run collecting the folder meanwhile skips it.
+    draft = path.with_name(f".{path.name}.draft")
+    draft.write_text(text, encoding="utf-8")
     try:
         trace = load(draft.resolve())
     except BaseException:
         draft.unlink(missing_ok=True)
         raise
     draft.replace(path)
-    return trace
+    return dataclasses.replace(trace, path=path.resolve())
 
 
 def _session(session: Mapping[str, Any]) -> list[str]:

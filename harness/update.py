@@ -17,10 +17,14 @@ from pathlib import Path
 from harness.recorded import expectation
 from harness.runner import TraceResult
 from harness.script import Expect
-from harness.trace import Session, Trace
+from harness.trace import Session, Trace, load
 from harness.tracefile import flow
+from harness.yamlsource import SourceError
 
-_ONE_LINE_EXPECT = re.compile(r"^(?P<head>\s*-\s*expect:\s*)(?P<value>.*?)(?P<end>\r?\n)?$")
+# An expect step written on one line: its value on the same line as the key.
+_ONE_LINE_EXPECT = re.compile(
+    r"^(?P<head>[ \t]*-[ \t]*expect:[ \t]*)(?P<value>[^ \t\r\n#][^\r\n]*)(?P<end>\r?\n)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,15 @@ def rewrite(trace: Trace, result: TraceResult) -> Update:
             lines[where - 1] = f"{match['head']}{written}{match['end'] or ''}"
     after = "".join(lines)
     if after != before:
-        trace.path.write_text(after, encoding="utf-8")
+        # Checked as a trace before it replaces the file: a rewrite that would not load is refused.
+        draft = trace.path.with_name(f".{trace.path.name}.update")
+        draft.write_text(after, encoding="utf-8")
+        try:
+            load(draft.resolve())
+        except SourceError as exc:
+            draft.unlink()
+            return Update(trace.path, "", (*problems, f"not rewritten: the result would not load: {exc}"))
+        draft.replace(trace.path)
     diff = "".join(
         difflib.unified_diff(
             before.splitlines(keepends=True), lines, fromfile=str(trace.path), tofile=str(trace.path)

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import os
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -163,3 +164,57 @@ def test_a_client_that_paused_is_replayed_with_its_pause(lab: Lab, tmp_path: Pat
     script = converted(session, "recorded/slow").document["sessions"][0]["script"]
     (where,) = [number for number, step in enumerate(script) if "wait" in step]
     assert 1.3 <= script[where]["wait"] < 3 and script[where + 1] == {"send": "noop"}
+
+
+def raw_session(recording: Recording, data: bytes) -> bytes:
+    """What the server says to a client that says EHLO, then writes `data` at once and half-closes
+    (EHLO ends a pipelined group, RFC 2920: the rest may go together)."""
+    with socket.create_connection((recording.address, PROXY_PORT), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        stream.readline()  # the greeting
+        sock.sendall(b"EHLO a.example\r\n")
+        while stream.readline()[3:4] != b" ":
+            pass
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return stream.read()
+
+
+def test_a_client_that_pipelines_and_half_closes_gets_and_leaves_every_reply(lab: Lab) -> None:
+    with Recording(lab) as recording:
+        replies = raw_session(recording, b"MAIL FROM:<ann@fabrikam.com>\r\nQUIT\r\n")
+        assert recording.finished.wait(10)
+    assert replies.startswith(b"250 ") and b"\r\n221 " in replies
+    (session,) = recording.sessions
+    assert [e.sent for e in session.exchanges] == [
+        None,
+        "EHLO a.example",
+        "MAIL FROM:<ann@fabrikam.com>",
+        "QUIT",
+    ]
+    assert [e.pipelined for e in session.exchanges] == [False, False, False, True]
+
+
+def test_bytes_sent_in_clear_after_starttls_are_dropped_not_relayed_inside_tls(lab: Lab) -> None:
+    with Recording(lab) as recording:
+        raw_session(recording, b"STARTTLS\r\nRSET injected\r\n")
+        assert recording.finished.wait(10)
+    (session,) = recording.sessions
+    assert not [e for e in session.exchanges if (e.sent or "").startswith("RSET")]
+    assert any("after STARTTLS were dropped" in note for note in session.notes)
+
+
+def test_only_crlf_dot_crlf_ends_a_recorded_message(lab: Lab) -> None:
+    smuggled = b"Subject: s\r\n\r\nhello\n.\nRSET\r\n.\r\n"
+    with Recording(lab) as recording:
+        raw_session(
+            recording,
+            b"MAIL FROM:<ann@fabrikam.com>\r\nRCPT TO:<alice@contoso.com>\r\nDATA\r\n"
+            + smuggled
+            + b"QUIT\r\n",
+        )
+        assert recording.finished.wait(10)
+    (session,) = recording.sessions
+    body = next(e for e in session.exchanges if e.message is not None)
+    assert body.message == smuggled.removesuffix(b".\r\n") and body.reply[0].startswith("250")
+    assert session.exchanges[-1].sent == "QUIT" and session.exchanges[-1].reply[0].startswith("221")

@@ -40,3 +40,23 @@ def test_update_rewrites_failing_expectations_and_keeps_the_rest(tmp_path: Path)
     assert f"-{WAS_REFUSED}" in result.output and f"+{NOW_REFUSED.rstrip()}" in result.output
     again = CliRunner().invoke(main, ["run", "--reports", str(tmp_path / "r"), str(trace)])
     assert again.exit_code == 0, again.output
+
+
+def test_an_expect_written_over_several_lines_is_reported_not_rewritten(tmp_path: Path) -> None:
+    source = (ROOT / "traces" / "relay" / "default-virtual-server-is-not-open.yaml").read_text()
+    stale = source.replace(REFUSED, "      - expect:\n          code: 250")
+    trace = tmp_path / "traces" / "stale.yaml"
+    trace.parent.mkdir()
+    trace.write_text(stale, encoding="utf-8")
+
+    result = CliRunner().invoke(main, ["run", "--update", "--reports", str(tmp_path / "r"), str(trace)])
+
+    assert result.exit_code == 1
+    assert trace.read_text(encoding="utf-8") == stale
+    assert "an expect written over several lines is left to be edited" in result.output
+
+
+def test_update_is_for_the_reference_mta_only(tmp_path: Path) -> None:
+    trace = ROOT / "traces" / "relay" / "default-virtual-server-is-not-open.yaml"
+    result = CliRunner().invoke(main, ["run", "--update", "--target", "postfix", str(trace)])
+    assert result.exit_code == 2 and "reference MTA's replies only" in result.output

@@ -59,7 +59,9 @@ def read(path: Path) -> list[RecordedSession]:
         values = line.split()
         if len(values) != len(fields):
             raise BadInput(
-                path, f"line {number}", f"{len(values)} fields where #Fields names {len(fields)}: {line!r}"
+                path,
+                f"line {number}",
+                f"{len(values)} fields where #Fields names {len(fields)}: {line[:80]!r}",
             )
         row = dict(zip(fields, values, strict=True))
         username = _value(row.get("cs-username", "-"))
@@ -81,6 +83,9 @@ def read(path: Path) -> list[RecordedSession]:
         verb = row["cs-method"].upper()
         # QUIT's query is the client's HELO name, not an argument it sent.
         arguments = "" if verb == "QUIT" else _arguments(row.get("cs-uri-query", "-"))
+        if (bdat := _BDAT.fullmatch(f"{verb} {arguments}")) is not None and int(bdat[1]) > MAX_CHUNK:
+            # The stand-in chunk is made up to the logged size: a hostile size must not exhaust memory.
+            raise BadInput(path, f"line {number}", f"a BDAT chunk of {bdat[1]} bytes (at most {MAX_CHUNK})")
         _add(current.session, verb, arguments, int(status))
         if verb == "QUIT":
             del open_[client]
@@ -140,6 +145,9 @@ def _stand_in(message_id: str) -> bytes:
         f"Message-ID: {message_id}\r\nSubject: stand-in for a message from a protocol log\r\n\r\n"
         "The protocol log holds no message content.\r\n"
     ).encode()
+
+
+MAX_CHUNK = 64 << 20  # a larger logged BDAT chunk is refused, not made up
 
 
 def _filler(size: int) -> bytes:
