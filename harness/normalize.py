@@ -21,9 +21,6 @@ _DATE = re.compile(
     r"\d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}"
 )
 _ADDRESS_PORT = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?\b")
-# Exchange: <EX1F64ED19C956C4D21@ex1.contoso.com>; Postfix: "queued as 25E982168B1".
-_EXCHANGE_QUEUE_ID = re.compile(r"\b[A-Z][A-Z0-9]{1,14}[0-9A-F]{16}(?=@)")
-_POSTFIX_QUEUE_ID = re.compile(r"(?<=queued as )[0-9A-F]{6,}\b")
 
 
 class Masker:
@@ -43,8 +40,8 @@ class Masker:
     def text(self, text: str) -> str:
         text = _ELAPSED.sub("", text)
         text = _DATE.sub("<date>", text)
-        text = _EXCHANGE_QUEUE_ID.sub(lambda m: self.placeholder("queue-id", m[0]), text)
-        text = _POSTFIX_QUEUE_ID.sub(lambda m: self.placeholder("queue-id", m[0]), text)
+        for pattern in _QUEUE_IDS:
+            text = pattern.sub(lambda m: self.placeholder("queue-id", m[0]), text)
         return _ADDRESS_PORT.sub(self._address, text)
 
     def _address(self, match: re.Match[str]) -> str:

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness import smtp_syntax
 from harness.recorded import RecordedSession
 from harness.replay import unread
 
 SCRUBBED = "<scrubbed>"
-_BDAT = re.compile(rb"^BDAT\s+(\d+)(\s+LAST)?\s*$", re.IGNORECASE)
-_AUTH = re.compile(r"^AUTH\s+([A-Z0-9_-]{1,20})(?:\s|$)", re.IGNORECASE)
 MAX_LINE = 1 << 20  # longer lines end the session, said in the trace: no server takes them either
 DRAIN_TIMEOUT = 10.0  # how long the server may take to answer what a client sent before it closed
 
@@ -164,15 +162,14 @@ class RecordingProxy:
             if challenged:
                 # An answer to the server's 334 challenge: a secret, whatever it looks like.
                 dialogue.pending.put_nowait(_Pending(SCRUBBED, auth=dialogue.in_auth))
-            elif bdat := _BDAT.match(line.rstrip(b"\r\n")):
-                chunk = await reader.readexactly(int(bdat[1]))
+            elif chunk_size := smtp_syntax.bdat(text):
+                chunk = await reader.readexactly(chunk_size[0])
                 dialogue.pending.put_nowait(_Pending(text, message=chunk))
                 line += chunk
             elif verb == "AUTH":
                 # Only a mechanism's name is kept: anything else on the line (an initial response, or a
                 # secret where the name should be) is never recorded.
-                auth = _AUTH.match(text)
-                dialogue.in_auth = auth[1].upper() if auth else "UNKNOWN"
+                dialogue.in_auth = smtp_syntax.auth_mechanism(text)
                 dialogue.pending.put_nowait(_Pending(f"AUTH {dialogue.in_auth}", auth=dialogue.in_auth))
             else:
                 dialogue.pending.put_nowait(

@@ -18,11 +18,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import smtp_syntax
 from harness.importers import BadInput
 from harness.recorded import RecordedSession
 
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -]|$)")
-_BDAT = re.compile(r"BDAT +(\d+)( +LAST)?", re.IGNORECASE)
 
 
 @dataclass
@@ -154,13 +154,13 @@ def pair(
         if verb == "AUTH":
             # SASL answers are secrets (LOGIN's user name and password, PLAIN's initial response):
             # only the mechanism is kept, and every line the client sends while the server says 334.
-            mechanism = text.split(" ")[1].upper() if len(text.split(" ")) > 1 else ""
+            mechanism = smtp_syntax.auth_mechanism(text)
             reply = replies.next()
             while reply is not None and reply.code == 334 and commands.line() is not None:
                 reply = replies.next()
             exchange = session.add(f"AUTH {mechanism}".rstrip(), _lines(reply), auth=mechanism or None)
-        elif (bdat := _BDAT.fullmatch(text)) is not None:
-            chunk = commands.take(int(bdat[1]))
+        elif (bdat := smtp_syntax.bdat(text)) is not None:
+            chunk = commands.take(bdat[0])
             if chunk is None:
                 session.notes.append(f"the capture ends inside the chunk of {text!r}")
                 break

@@ -20,13 +20,12 @@ The outcome is left empty: a recorded session shows what was said, not where the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import tracefile
+from harness import smtp_syntax, tracefile
 from harness.lab.config import LabConfig
 from harness.normalize import Mask, Normalizer
 from harness.recorded import AUTH_FROM_ENVIRONMENT, Exchange, RecordedSession, expectation
@@ -35,8 +34,6 @@ from harness.trace import Trace
 
 DEFAULT_SPEC = ("IN-2",)
 SENDING = ("send", "pipeline", "data", "bdat", "auth", "starttls", "send_raw")
-
-_BDAT = re.compile(r"BDAT +\d+( +LAST)?", re.IGNORECASE)
 
 
 @dataclass
@@ -218,7 +215,7 @@ def _script(
             assert message is not None
             steps.append({"data": _data(message, attach)})
             expect(body)
-        elif exchange.message is not None and _BDAT.fullmatch(sent):
+        elif exchange.message is not None and smtp_syntax.bdat(sent) is not None:
             steps.append(_bdat(exchange, attach))
             expect(exchange)
         else:
@@ -244,7 +241,7 @@ def _pipelinable(exchange: Exchange) -> bool:
     if exchange.sent is None or exchange.auth is not None or exchange.tls:
         return False
     return exchange.sent.upper() != "DATA" and (
-        exchange.message is None or bool(_BDAT.fullmatch(exchange.sent))
+        exchange.message is None or smtp_syntax.bdat(exchange.sent) is not None
     )
 
 
@@ -254,7 +251,8 @@ def _send(lines: list[str]) -> dict[str, Any]:
 
 def _bdat(exchange: Exchange, attach: Any) -> dict[str, Any]:
     assert exchange.sent is not None and exchange.message is not None
-    last = exchange.sent.upper().split()[-1] == "LAST"
+    command = smtp_syntax.bdat(exchange.sent)
+    last = command is not None and command[1]
     chunk = exchange.message
     text = _text(chunk)
     payload: dict[str, Any] = {"inline": text} if text is not None else {"file": attach(chunk)}

@@ -21,13 +21,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import smtp_syntax
 from harness.importers import BadInput
 from harness.recorded import RecordedSession
 
 _REQUIRED = ("c-ip", "cs-method", "sc-status")
 _OUTBOUND = ("OutboundConnectionCommand", "OutboundConnectionResponse")
 _QUIT_STATUS = 240
-_BDAT = re.compile(r"BDAT (\d+)( LAST)?", re.IGNORECASE)
 
 
 @dataclass
@@ -83,9 +83,9 @@ def read(path: Path) -> list[RecordedSession]:
         verb = row["cs-method"].upper()
         # QUIT's query is the client's HELO name, not an argument it sent.
         arguments = "" if verb == "QUIT" else _arguments(row.get("cs-uri-query", "-"))
-        if (bdat := _BDAT.fullmatch(f"{verb} {arguments}")) is not None and int(bdat[1]) > MAX_CHUNK:
+        if (bdat := smtp_syntax.bdat(f"{verb} {arguments}")) is not None and bdat[0] > MAX_CHUNK:
             # The stand-in chunk is made up to the logged size: a hostile size must not exhaust memory.
-            raise BadInput(path, f"line {number}", f"a BDAT chunk of {bdat[1]} bytes (at most {MAX_CHUNK})")
+            raise BadInput(path, f"line {number}", f"a BDAT chunk of {bdat[0]} bytes (at most {MAX_CHUNK})")
         _add(current.session, verb, arguments, int(status))
         if verb == "QUIT":
             del open_[client]
@@ -123,10 +123,10 @@ def _add(session: RecordedSession, verb: str, arguments: str, code: int) -> None
         session.add(None, [str(code)], message=_stand_in(arguments))
         session.notes.append(f"the message {arguments} is not in the log: a stand-in is sent")
     elif verb == "AUTH":
-        mechanism = arguments.split(" ")[0].upper()
-        session.add(f"AUTH {mechanism}".rstrip(), [str(code)], auth=mechanism or None)
-    elif (bdat := _BDAT.fullmatch(command)) is not None:
-        session.add(command, [str(code)], message=_filler(int(bdat[1])))
+        mechanism = smtp_syntax.auth_mechanism(command)
+        session.add(f"AUTH {mechanism}", [str(code)], auth=mechanism)
+    elif (bdat := smtp_syntax.bdat(command)) is not None:
+        session.add(command, [str(code)], message=_filler(bdat[0]))
     else:
         exchange = session.add(command, [str(code)])
         exchange.tls = verb == "STARTTLS" and code == 220
