@@ -299,7 +299,13 @@ def print_summary(outcomes: list[dict[str, Any]]) -> None:
     table.add_column("trace", no_wrap=True)
     for column in ("catalogue IDs", "target", "result", "time"):
         table.add_column(column)
-    colours = {"passed": "green", "failed": "red", "skipped": "bright_black", "deviation": "yellow"}
+    colours = {
+        "passed": "green",
+        "failed": "red",
+        "broken": "magenta",
+        "skipped": "bright_black",
+        "deviation": "yellow",
+    }
     counts: dict[str, int] = defaultdict(int)
     for outcome in sorted(outcomes, key=lambda o: str(o["trace"])):
         counts[outcome["outcome"]] += 1
@@ -327,6 +333,7 @@ def print_summary(outcomes: list[dict[str, Any]]) -> None:
         f"{sum(counts.values())} traces: {counts['passed']} passed"
         + (f" ({deviated} with known deviations)" if deviated else "")
         + f", {counts['failed']} failed, {counts['skipped']} skipped"
+        + (f", {counts['broken']} broken (the lab or the harness failed)" if counts["broken"] else "")
     )
 
 
