@@ -12,7 +12,18 @@ from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.runner import netns_first_octet
+from harness.targets.recipients import Contact, Group, Mailbox, RecipientTable
 
+# A small directory for rendering tests: a mailbox here with a secondary address, one on EX2, a group
+# of both, a contact.
+TABLE = RecipientTable(
+    mailboxes=[
+        Mailbox("alice@contoso.com", ("alice@contoso.com", "alice.smith@contoso.com"), "EX1"),
+        Mailbox("bob@contoso.com", ("bob@contoso.com",), "EX2"),
+    ],
+    groups=[Group(("sales@contoso.com",), ("alice@contoso.com", "bob@contoso.com"))],
+    contacts=[Contact(("pat@contoso.com",), "pat@partner.example")],
+)
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 

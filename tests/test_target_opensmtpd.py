@@ -21,7 +21,6 @@ from harness.evidence import Evidence
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.targets import opensmtpd
-from harness.targets.recipients import Contact, Group, Mailbox, RecipientTable
 
 BAND = 150
 NET = base(BAND)[:-1]
@@ -33,14 +32,7 @@ def netns_config() -> LabConfig:
     return standin.netns_config(BAND)
 
 
-TABLE = RecipientTable(
-    mailboxes=[
-        Mailbox("alice@contoso.com", ("alice@contoso.com", "alice.smith@contoso.com"), "EX1"),
-        Mailbox("bob@contoso.com", ("bob@contoso.com",), "EX2"),
-    ],
-    groups=[Group(("sales@contoso.com",), ("alice@contoso.com", "bob@contoso.com"))],
-    contacts=[Contact(("pat@contoso.com",), "pat@partner.example")],
-)
+TABLE = standin.TABLE
 
 
 def rendered(tmp_path: Path, chain: Path | None = None) -> dict[str, str]:

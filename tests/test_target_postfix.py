@@ -21,7 +21,7 @@ from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.runner import relocation
 from harness.targets import postfix
-from harness.targets.recipients import Contact, Group, Login, Mailbox, RecipientTable
+from harness.targets.recipients import Login, RecipientTable
 
 BAND = 110
 BASE = base(BAND)
@@ -33,14 +33,7 @@ def netns_config() -> LabConfig:
     return standin.netns_config(BAND)
 
 
-TABLE = RecipientTable(
-    mailboxes=[
-        Mailbox("alice@contoso.com", ("alice@contoso.com", "alice.smith@contoso.com"), "EX1"),
-        Mailbox("bob@contoso.com", ("bob@contoso.com",), "EX2"),
-    ],
-    groups=[Group(("sales@contoso.com",), ("alice@contoso.com", "bob@contoso.com"))],
-    contacts=[Contact(("pat@contoso.com",), "pat@partner.example")],
-)
+TABLE = standin.TABLE
 
 
 def lines(text: str) -> set[str]:
