@@ -317,12 +317,16 @@ def generate(lab_file: Path, seed: int, count: int, out: Path) -> list[Path]:
     those: a hand-written trace in the same folder stays)."""
     world = load_world(lab_file.resolve())
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.yaml"):
-        if old.read_text(encoding="utf-8").startswith("id: generated/"):
-            old.unlink()
+    stale = [
+        old for old in out.glob("*.yaml") if old.read_text(encoding="utf-8").startswith("id: generated/")
+    ]
     written: list[Path] = []
+    # The new traces are all written (each checked as it is) before the old ones go: a run that fails
+    # half-way leaves the previous corpus whole, beside what it managed.
     for scenario, prediction in scenarios(world, seed, count):
         path = out / f"{slug(scenario)}.yaml"
         tracefile.write(document(world, scenario, prediction), path)
         written.append(path)
+    for old in set(stale) - set(written):
+        old.unlink()
     return written
