@@ -142,19 +142,6 @@ def test_an_account_of_the_directory_authenticates_and_may_relay(lab: Lab) -> No
 
 
 @live
-def test_exim_offers_starttls_with_the_lab_certificate(lab: Lab) -> None:
-    ex1 = lab.config.organization.server("EX1").default_virtual_server
-    with smtplib.SMTP(ex1.address, ex1.port, source_address=(lab.config.host("internet").address, 0)) as smtp:
-        smtp.ehlo("client.example")
-        assert smtp.has_extn("starttls")
-        context = lab.certificates.client_context()
-        context.check_hostname = False  # smtplib names the server by its address; the chain is checked
-        assert smtp.starttls(context=context)[0] == 220
-        smtp.ehlo("client.example")
-        assert not smtp.has_extn("starttls")
-
-
-@live
 def test_lab_up_with_a_real_mta_serves_until_interrupted_and_leaves_nothing_behind(tmp_path: Path) -> None:
     lab_base = base(190)
     command = [sys.executable, "-m", "harness.cli", "lab", "up", "--target", "exim", "--base", lab_base]

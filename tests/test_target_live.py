@@ -5,6 +5,7 @@ test what only that MTA's configuration has."""
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Iterator
 
 import pytest
@@ -68,3 +69,21 @@ def test_the_mta_refuses_to_relay_for_a_stranger_and_relays_for_the_relay_list(l
 def test_mail_for_a_mailbox_on_ex2_goes_on_to_the_reference_server(lab: Lab) -> None:
     assert send(lab, "internet", "ann@fabrikam.com", ["bob@contoso.com"], "to bob") == {}
     assert delivered(lab, "to bob") == [("mailbox", "bob@contoso.com", "EX2")]
+
+
+def test_the_mta_offers_starttls_with_the_lab_certificate_if_it_can(target: Target, lab: Lab) -> None:
+    if "starttls" not in target.capabilities:
+        pytest.skip(f"target {target.name} offers no STARTTLS here")
+    ex1 = lab.config.organization.server("EX1").default_virtual_server
+    source = (lab.config.host("internet").address, 0)
+    with smtplib.SMTP(ex1.address, ex1.port, source_address=source) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.has_extn("starttls")
+        context = lab.certificates.client_context()
+        # smtplib names the server by the address it connected to; the chain is still checked.
+        context.check_hostname = False
+        code, _ = smtp.starttls(context=context)
+        assert code == 220
+        smtp.ehlo("client.example")
+        assert not smtp.has_extn("starttls")  # RFC 3207: not offered again inside TLS
+        assert smtp.sock is not None and smtp.sock.version() is not None

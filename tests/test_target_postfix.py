@@ -175,23 +175,6 @@ def lab() -> Iterator[Lab]:
 
 
 @live
-def test_postfix_offers_starttls_with_the_lab_certificate(lab: Lab) -> None:
-    ex1 = lab.config.organization.server("EX1").default_virtual_server
-    source = (lab.config.host("internet").address, 0)
-    with smtplib.SMTP(ex1.address, ex1.port, source_address=source) as smtp:
-        smtp.ehlo("client.example")
-        assert smtp.has_extn("starttls")
-        context = lab.certificates.client_context()
-        # smtplib names the server by the address it connected to; the chain is still checked.
-        context.check_hostname = False
-        code, _ = smtp.starttls(context=context)
-        assert code == 220
-        smtp.ehlo("client.example")
-        assert not smtp.has_extn("starttls")  # RFC 3207: not offered again inside TLS
-        assert smtp.sock is not None and smtp.sock.version() is not None
-
-
-@live
 def test_an_account_of_the_directory_authenticates_and_may_relay(lab: Lab) -> None:
     ex1 = lab.config.organization.server("EX1").default_virtual_server
     source = (lab.config.host("lan").address, 0)
