@@ -1,0 +1,38 @@
+"""The exit codes of every `mailflow` command, in one place, so that a CI job can tell a failed trace from
+a mistake in its own set-up and from a broken lab.
+
+| code | meaning |
+|---|---|
+| 0 | every trace passed (or the command did what it was asked) |
+| 1 | a trace failed, or two targets differ |
+| 2 | usage or invalid input: a wrong option or name, a malformed trace or lab file, no trace found |
+| 3 | the lab or the harness broke: an address in use, a daemon that did not start, an internal error |
+
+Commands raise `InputError` or `BrokenError` (click prints the message as `Error: ...` on stderr and exits
+with the code); click's own usage errors already exit 2.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import click
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    INPUT = 2
+    BROKEN = 3
+
+
+class InputError(click.ClickException):
+    """The user's input is wrong: the message names the file and line, or the valid choices."""
+
+    exit_code = ExitCode.INPUT
+
+
+class BrokenError(click.ClickException):
+    """The lab or the harness could not do its work; the message says what, in the user's terms."""
+
+    exit_code = ExitCode.BROKEN
