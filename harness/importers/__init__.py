@@ -8,7 +8,10 @@ command line can refuse it before anything is written.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.recorded import RecordedSession
 
 
 class BadInput(ValueError):
@@ -19,3 +22,13 @@ class BadInput(ValueError):
         self.where = where
         self.message = message
         super().__init__(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
+
+
+@dataclass
+class Imported:
+    """What an input gave: the sessions to replay, the server's own sessions to its next hops (which
+    show where a message went), and what the user must be told (what was left out, and why)."""
+
+    sessions: list[RecordedSession]
+    onward: list[RecordedSession] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
