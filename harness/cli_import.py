@@ -22,6 +22,7 @@ import click
 from harness import tracefile
 from harness.exit_codes import InputError
 from harness.importers import BadInput, Imported
+from harness.importers.replace import Replacement
 from harness.importers.to_trace import DEFAULT_SPEC, Converted, to_trace
 from harness.lab import config as lab_config
 from harness.yamlsource import SourceError
@@ -110,9 +111,12 @@ def import_pcap(ports: tuple[int, ...], server_addr: str | None, **options: Any)
 
     def read(path: Path) -> Imported:
         capture = pcap.read(path, ports or pcap.SMTP_PORTS)
-        if not capture.sessions:
+        if not capture.sessions and capture.cut is not None:
             raise BadInput(
-                path, "", "no complete SMTP session found" if capture.cut else "no SMTP session found"
+                path,
+                "",
+                f"no complete SMTP session found: the file ends inside {capture.cut}, and every session "
+                "was still open there",
             )
         chosen = by_server.select(capture.sessions, server_addr, path)
         said = [f"{path}: {line}" for line in chosen.left_out()]
@@ -244,37 +248,23 @@ def _write_all(folder: Path, names: list[str], converted: list[Converted]) -> li
     replaced is put back: nothing is lost."""
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    created: list[Path] = []
-    saved: list[tuple[Path, Path]] = []  # (the file as it was, moved aside; where it belongs)
-
-    def place(path: Path) -> Path:
-        if path.exists():
-            aside = path.with_name(f".{path.name}.before-import")
-            path.replace(aside)
-            saved.append((aside, path))
-        created.append(path)
-        return path
-
+    replacement = Replacement()
     try:
         for name, result in zip(names, converted, strict=True):
             for file_name, data in result.files.items():
-                place(folder / file_name).write_bytes(data)
+                replacement.place(folder / file_name).write_bytes(data)
             try:
-                tracefile.write(result.document, place(folder / name))
+                tracefile.write(result.document, replacement.place(folder / name))
             except SourceError as exc:
                 raise InputError(f"the imported trace {name} does not load: {exc}") from exc
     except BaseException:
-        for path in created:
-            path.unlink(missing_ok=True)
-        for aside, path in saved:
-            aside.replace(path)
+        replacement.undo()
         if made:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    for aside, _ in saved:
-        aside.unlink()
-    return [path for path in created if path.suffix == ".yaml"]
+    replacement.done()
+    return [path for path in replacement.created if path.suffix == ".yaml"]
 
 
 def _check_names(config: lab_config.LabConfig, server: str, client: str, virtual_server: str | None) -> None:

@@ -49,6 +49,8 @@ def normalized(address: str) -> str:
 def select(sessions: list[RecordedSession], server_address: str | None, source: Path) -> Selection:
     """The sessions to `server_address` and the rest, sorted out; `BadInput` when the choice cannot be
     made from the capture (no session to that address, or several servers and no address given)."""
+    if not sessions:
+        return Selection()
     servers = Counter(normalized(s.server) for s in sessions)
     if server_address is None:
         if len(servers) > 1:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import smtp_syntax, tracefile
+from harness.importers.replace import Replacement
 from harness.lab.config import LabConfig
 from harness.normalize import Mask, Normalizer
 from harness.recorded import AUTH_FROM_ENVIRONMENT, Exchange, RecordedSession, expectation
@@ -44,17 +45,19 @@ class Converted:
     files: dict[str, bytes] = field(default_factory=dict)  # file name (next to the trace) → bytes
 
     def write(self, path: Path) -> Trace:
-        """The trace at `path` and its message files beside it; nothing is left if it does not load."""
+        """The trace at `path` and its message files beside it; if it does not load, nothing it wrote is
+        left and the files it would have replaced are put back."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = [path.parent / name for name in self.files]
+        replacement = Replacement()
         try:
             for name, data in self.files.items():
-                (path.parent / name).write_bytes(data)
-            return tracefile.write(self.document, path)
+                replacement.place(path.parent / name).write_bytes(data)
+            trace = tracefile.write(self.document, replacement.place(path))
         except BaseException:
-            for file in written:
-                file.unlink(missing_ok=True)
+            replacement.undo()
             raise
+        replacement.done()
+        return trace
 
 
 def reply_expectation(
