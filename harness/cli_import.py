@@ -120,7 +120,7 @@ def import_pcap(ports: tuple[int, ...], server_addr: str | None, **options: Any)
             )
         chosen = by_server.select(capture.sessions, server_addr, path)
         said = [f"{path}: {line}" for line in chosen.left_out()]
-        return Imported(chosen.sessions, chosen.onward, [*capture.warnings, *said])
+        return Imported(chosen.sessions, chosen.onward, capture.warnings, said)
 
     _import(read, **options)
 
@@ -176,6 +176,8 @@ def _import(
         raise InputError(f"{source}: {exc.strerror or exc}") from exc
     for warning in imported.warnings:
         click.echo(f"warning: {warning}", err=True)
+    for note in imported.notes:
+        click.echo(note, err=True)
     sessions = imported.sessions
     if not sessions:
         raise InputError(f"{source}: no SMTP session found")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,25 @@ def test_without_codes_only_the_replay_fails_at_the_ehlo_wording(
     assert not result.passed
     first = result.failures()[0]
     assert "step 3" in first and "250-<host-1> Hello" in first, result.failures()
+
+
+def test_run_update_turns_the_postfix_session_into_a_regression_trace(
+    postfix_transcript: Path, tmp_path: Path
+) -> None:
+    """The README's walk-through: the trace fails on the reference MTA at the wording, `mailflow run
+    --update` rewrites the expectations to what it says, and the trace passes from then on."""
+    _import(postfix_transcript, tmp_path / "traces" / "bug.yaml")
+    mailflow = str(Path(sys.executable).with_name("mailflow"))
+
+    def run(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [mailflow, "run", "--reports", str(tmp_path / "reports"), *options, "traces/bug.yaml"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    assert run().returncode == 1
+    updated = run("--update")
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert "Hello [<address-1>]" in (tmp_path / "traces" / "bug.yaml").read_text()
+    again = run()
+    assert again.returncode == 0, again.stdout + again.stderr

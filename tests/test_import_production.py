@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,26 @@ def test_a_capture_of_another_mta_replays_codes_only_with_the_delivery_checked(t
     }
     ran = run_trace(trace, targets.REFERENCE)
     assert ran.passed, "\n".join(ran.failures())
+
+
+def _mailflow(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The real `mailflow` command, as a user runs it, in `cwd`."""
+    command = Path(sys.executable).with_name("mailflow")
+    return subprocess.run(
+        [str(command), *arguments], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_the_walk_through_with_the_mailflow_command(tmp_path: Path, config: LabConfig, relayed: Path) -> None:
+    """Capture, import with --server-addr and --outcome, run: what the README shows."""
+    ex1 = config.organization.server("EX1").default_virtual_server
+    imported = _mailflow(
+        tmp_path, "import", "pcap", str(relayed), "--port", str(ex1.port), "-o", "traces/bug.yaml",
+        "--server", "EX1", "--client", "relay-host", "--server-addr", ex1.address, "--outcome",
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert "wrote traces/bug.yaml" in imported.stdout
+    assert "left out 1 session the server opened itself" in imported.stderr
+    ran = _mailflow(tmp_path, "run", "--reports", str(tmp_path / "reports"), "traces/bug.yaml")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "1 passed" in ran.stdout

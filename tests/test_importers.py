@@ -507,9 +507,15 @@ def test_the_protocol_log_the_reference_mta_writes_replays_green(
     assert lines[3].startswith("#Fields: date time c-ip cs-username s-sitename")
     assert " RCPT - +TO:<nobody@fabrikam.com> 550 " in log.read_text()
     assert " QUIT - mail-out.fabrikam.com 240 " in log.read_text()
-    _import("w3c", log, tmp_path / "traces" / "logged.yaml")
+    _import("w3c", log, tmp_path / "traces" / "logged.yaml", "--outcome")
     trace = load(tmp_path / "traces" / "logged.yaml")
     assert len(trace.sessions) == 2
+    # The log shows one message accepted (the refused session never reached DATA): it is expected where
+    # the lab delivers it, and nothing else.
+    assert trace.outcome == {
+        "delivered": [{"mailbox": "alice@contoso.com", "server": "EX1", "sender": "ann@fabrikam.com"}],
+        "nothing_else_delivered": True,
+    }
     _replay(tmp_path / "traces" / "logged.yaml")
 
 

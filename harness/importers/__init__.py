@@ -27,8 +27,10 @@ class BadInput(ValueError):
 @dataclass
 class Imported:
     """What an input gave: the sessions to replay, the server's own sessions to its next hops (which
-    show where a message went), and what the user must be told (what was left out, and why)."""
+    show where a message went), and what the user must be told: `warnings` (the input is damaged, and
+    what of it was lost) and `notes` (what was left out by choice)."""
 
     sessions: list[RecordedSession]
     onward: list[RecordedSession] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
