@@ -198,6 +198,7 @@ def _import(
                 group,
                 imported.onward,
                 lab_file=lab_config.lab_path(lab),
+                config=config,
                 server=server_name,
                 client=client,
                 virtual_server=virtual_server,

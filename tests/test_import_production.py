@@ -9,16 +9,15 @@ cut at a chosen byte, segments in a chosen order).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dpkt
 import pytest
+from capturing import Tcpdump
 from click.testing import CliRunner, Result
 
 from harness import targets
@@ -220,52 +219,16 @@ def config() -> LabConfig:
     return lab_config.load(lab_config.lab_path("contoso"), base=base, port_offset=offset)
 
 
-class _Tcpdump:
-    """tcpdump on lo, writing every SMTP segment of the lab's block until stopped."""
-
-    def __init__(self, path: Path, config: LabConfig) -> None:
-        if shutil.which("tcpdump") is None or shutil.which("swaks") is None:
-            pytest.skip("tcpdump and swaks are not installed (scripts/install_mtas.sh installs them)")
-        if os.geteuid() != 0:
-            pytest.skip("capturing on lo with tcpdump needs root")
-        self.path = path
-        port = config.organization.server("EX1").default_virtual_server.port
-        network = config.host("internet").address.rsplit(".", 2)[0] + ".0.0/16"
-        self.process = subprocess.Popen(
-            ["tcpdump", "-i", "lo", "--immediate-mode", "-B", "16384", "-U", "-Z", "root", "-w", str(path),
-             f"tcp port {port} and net {network}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            if b"listening on" in line:
-                break
-        else:
-            pytest.fail(f"tcpdump did not start (exit {self.process.wait()})")
-
-    def stop_when(self, closed: int) -> None:
-        """Stop once the file shows `closed` connections ended (their FIN captured), within a deadline."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                capture = pcap.read(self.path, [25, 10025])
-            except Exception:  # a record being written: read again
-                capture = None
-            if capture is not None and capture.cut is None and len(capture.sessions) >= closed:
-                break
-            time.sleep(0.05)  # polling the file; the deadline above bounds it
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def relayed(tmp_path: Path, config: LabConfig) -> Iterator[Path]:
     """A capture of relay-host handing EX1 a message for nomx.net, and EX1 delivering it to nomx.net."""
     capture = tmp_path / "relay.pcap"
     vs = config.organization.server("EX1").default_virtual_server
     with Lab(config) as lab:
-        tcpdump = _Tcpdump(capture, config)
+        if shutil.which("swaks") is None:
+            pytest.skip("swaks is not installed (scripts/install_mtas.sh installs it)")
+        network = config.host("internet").address.rsplit(".", 2)[0] + ".0.0/16"
+        tcpdump = Tcpdump(capture, f"tcp port {vs.port} and net {network}")
         try:
             subprocess.run(
                 ["swaks", "--server", f"{vs.address}:{vs.port}", "--local-interface",
@@ -275,7 +238,7 @@ def relayed(tmp_path: Path, config: LabConfig) -> Iterator[Path]:
             )  # fmt: skip
             assert lab.settle(timeout=20)
         finally:
-            tcpdump.stop_when(closed=2)
+            tcpdump.stop_when(closed=2, ports=[vs.port])
     yield capture
 
 

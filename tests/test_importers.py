@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dpkt
 import pytest
+from capturing import Tcpdump
 from click.testing import CliRunner
 
 from harness import targets
@@ -385,36 +384,6 @@ def _swaks(config: LabConfig, *arguments: str, server: str = "EX1", check: bool 
     return result.stdout
 
 
-class _Tcpdump:
-    """tcpdump on lo, writing what goes to or from one address and port, until stopped."""
-
-    def __init__(self, path: Path, address: str, port: int) -> None:
-        if shutil.which("tcpdump") is None:
-            pytest.skip("tcpdump is not installed (scripts/install_mtas.sh installs it)")
-        if os.geteuid() != 0:
-            pytest.skip("capturing on lo with tcpdump needs root")
-        # --immediate-mode: packets reach the file as they come, not when a kernel buffer block fills;
-        # -Z root: pytest's folders are not writable by the tcpdump user it would switch to.
-        # -B: a larger capture buffer (KiB), so a burst of small segments is less likely to be lost.
-        options = ["-i", "lo", "--immediate-mode", "-B", "16384", "-U", "-Z", "root", "-w", str(path)]
-        self.process = subprocess.Popen(
-            ["tcpdump", *options, f"tcp port {port} and host {address}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            if b"listening on" in line:
-                break
-        else:
-            pytest.fail(f"tcpdump did not start (exit {self.process.wait()})")
-
-    def stop(self) -> None:
-        time.sleep(0.2)  # the last FIN and ACK
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 def _replay(trace_path: Path) -> None:
     result = run_trace(load(trace_path), targets.REFERENCE)
     assert result.passed, "\n".join(result.failures())
@@ -437,14 +406,14 @@ def test_a_captured_session_replays_green(
     # is taken again: a lossy capture says nothing about the importer.
     for _ in range(4):
         with Lab(lab_config_here):
-            tcpdump = _Tcpdump(capture, vs.address, vs.port)
+            tcpdump = Tcpdump(capture, f"tcp port {vs.port} and host {vs.address}")
             try:
                 # Pipelined, with AUTH LOGIN in clear; then a second connection that starts TLS.
                 _swaks(lab_config_here, "--pipeline", "--auth", "LOGIN", "--auth-user", RELAY_USER,
                        "--auth-password", RELAY_PASSWORD)  # fmt: skip
                 _swaks(lab_config_here, "--tls")
             finally:
-                tcpdump.stop()
+                tcpdump.stop_when(closed=2, ports=[vs.port])
         holes = [n for s in pcap.read(capture, [vs.port]).sessions for n in s.notes if "capture misses" in n]
         if not holes:
             break

@@ -26,6 +26,8 @@ from typing import Any
 
 from harness import oracle
 from harness.generate import _delivered as delivered_entries
+from harness.importers.to_trace import virtual_server_at
+from harness.lab.config import LabConfig
 from harness.recorded import RecordedSession
 
 _MAIL = re.compile(r"MAIL FROM:\s*<([^>]*)>", re.IGNORECASE)
@@ -86,6 +88,7 @@ def outcome(
     onward: list[RecordedSession],
     *,
     lab_file: Path,
+    config: LabConfig,
     server: str,
     client: str,
     virtual_server: str | None,
@@ -102,7 +105,8 @@ def outcome(
         scenario = oracle.Scenario(
             client=client,
             server=server,
-            virtual_server=virtual_server,
+            # The one the trace connects to (`to_trace`): named, or the one at the recorded address.
+            virtual_server=virtual_server or virtual_server_at(config, server, sessions[message.session - 1]),
             auth="imported" if message.authenticated else None,
             sender=message.sender,
             recipients=message.recipients,

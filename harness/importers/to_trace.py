@@ -116,7 +116,7 @@ def to_trace(
     trace_sessions = []
     for number, session in enumerate(sessions, 1):
         connect = {"server": server}
-        chosen = virtual_server or _virtual_server_at(config, server, session)
+        chosen = virtual_server or virtual_server_at(config, server, session)
         if chosen is not None:
             connect["virtual_server"] = chosen
         script = _script(session, converted, f"{file_stem}-{number}", normalizer, codes_only)
@@ -144,7 +144,8 @@ def to_trace(
     return converted
 
 
-def _virtual_server_at(config: LabConfig, server: str, session: RecordedSession) -> str | None:
+def virtual_server_at(config: LabConfig, server: str, session: RecordedSession) -> str | None:
+    """The virtual server of `server` at the session's recorded address, if it is not the default one."""
     me = config.organization.server(server)
     for vs in me.virtual_servers:
         if vs.address == session.server and vs is not me.default_virtual_server:
