@@ -19,6 +19,8 @@ import dpkt
 import pytest
 from capturing import Tcpdump
 from click.testing import CliRunner, Result
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import targets
 from harness.cli_import import import_group
@@ -110,6 +112,25 @@ def test_a_capture_begun_mid_connection_counts_from_the_lowest_sequence_number()
     client, _ = tcp.connections[0].streams()
     assert bytes(client.data) == b"NOOP\r\nQUIT\r\n"
     assert "starts mid-way" in client.notes[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.binary(min_size=1, max_size=12)), max_size=12))
+def test_the_stream_is_the_first_captured_byte_at_each_place_up_to_the_first_hole(
+    segments: list[tuple[int, bytes]],
+) -> None:
+    tcp = Reassembler(frozenset({25}))
+    tcp.segment(CLIENT, SERVER, 1000, "S", b"", 0.0, "packet 1")
+    first: dict[int, int] = {}  # offset → the byte captured there first
+    for number, (offset, payload) in enumerate(segments, 2):
+        tcp.segment(CLIENT, SERVER, 1001 + offset, "A", payload, float(number), f"packet {number}")
+        for index, byte in enumerate(payload):
+            first.setdefault(offset + index, byte)
+    expected = bytearray()
+    while len(expected) in first:
+        expected.append(first[len(expected)])
+    client, _ = tcp.connections[0].streams()
+    assert bytes(client.data) == bytes(expected)
 
 
 # --- a capture cut off while tcpdump was writing -------------------------------------------------
