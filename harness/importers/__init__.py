@@ -8,7 +8,10 @@ command line can refuse it before anything is written.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.recorded import RecordedSession
 
 
 class BadInput(ValueError):
@@ -19,3 +22,15 @@ class BadInput(ValueError):
         self.where = where
         self.message = message
         super().__init__(f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}")
+
+
+@dataclass
+class Imported:
+    """What an input gave: the sessions to replay, the server's own sessions to its next hops (which
+    show where a message went), and what the user must be told: `warnings` (the input is damaged, and
+    what of it was lost) and `notes` (what was left out by choice)."""
+
+    sessions: list[RecordedSession]
+    onward: list[RecordedSession] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)

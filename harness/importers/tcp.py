@@ -14,6 +14,7 @@ capture makes a second session rather than a mix of two.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from harness.importers.dialogue import Stream
@@ -41,30 +42,66 @@ class Direction:
         if not self.segments:
             return stream
         if self.isn is None:
-            # The capture began inside the connection: count from the first segment captured.
-            base = self.segments[0][0]
+            # The capture began inside the connection: count from the lowest sequence number captured
+            # (the first segment captured may be a later one, or a retransmission of an earlier one).
+            reference = self.segments[0][0]
+            base = min(((seq - reference) % _SEQ for seq, *_ in self.segments), key=_signed)
+            base = (reference + _signed(base)) % _SEQ
             stream.notes.append(f"the capture began inside the connection: the {name} stream starts mid-way")
         else:
             base = (self.isn + 1) % _SEQ
-        placed = []
-        for order, (seq, payload, time, where) in enumerate(self.segments):
+        pieces = _Pieces()
+        for seq, payload, time, where in self.segments:  # in capture order: the first one captured wins
             offset = (seq - base) % _SEQ
             if offset < _SEQ // 2:  # else it lies before the first byte: a retransmission of older data
-                placed.append((offset, order, payload, time, where))
+                pieces.add(offset, payload, time, where)
         cursor = 0
-        for offset, _, payload, time, where in sorted(placed, key=lambda s: (s[0], s[1])):
-            end = offset + len(payload)
-            if end <= cursor:
-                continue  # a duplicate of bytes already taken
+        for offset, payload, time, where in pieces.items:
             if offset > cursor:
                 stream.notes.append(
                     f"the capture misses {offset - cursor} bytes of the {name} stream after byte {cursor} "
                     f"(before {where}): the session is imported up to there"
                 )
                 break
-            stream.add(payload[cursor - offset :], time, where)
-            cursor = end
+            stream.add(payload, time, where)
+            cursor = offset + len(payload)
         return stream
+
+
+def _signed(offset: int) -> int:
+    """A sequence-number difference as a signed one (RFC 1982 serial number arithmetic)."""
+    return offset - _SEQ if offset >= _SEQ // 2 else offset
+
+
+class _Pieces:
+    """Non-overlapping pieces of a byte stream, sorted by offset. A segment adds only the bytes no piece
+    holds yet, so where two segments disagree about the same bytes the one added first wins."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.items: list[tuple[int, bytes, float, str]] = []  # offset, bytes, time, where
+
+    def add(self, offset: int, payload: bytes, time: float, where: str) -> None:
+        end = offset + len(payload)
+        position = offset
+        index = bisect.bisect_right(self.starts, position) - 1
+        if index >= 0:
+            start, held = self.starts[index], self.items[index][1]
+            position = max(position, start + len(held))
+        index += 1
+        while position < end:
+            following = self.starts[index] if index < len(self.starts) else end
+            gap_end = min(end, following)
+            if gap_end > position:
+                self.starts.insert(index, position)
+                self.items.insert(
+                    index, (position, payload[position - offset : gap_end - offset], time, where)
+                )
+                index += 1
+            if index >= len(self.starts):
+                break
+            position = max(gap_end, self.starts[index] + len(self.items[index][1]))
+            index += 1
 
 
 @dataclass
@@ -75,6 +112,7 @@ class Connection:
     to_server: Direction = field(default_factory=Direction)
     to_client: Direction = field(default_factory=Direction)
     closed: bool = False  # FIN or RST seen: a new SYN on this 4-tuple is a new connection
+    first: str = ""  # where the capture shows it first ("packet 12")
 
     def streams(self) -> tuple[Stream, Stream]:
         return self.to_server.stream("client"), self.to_client.stream("server")
@@ -115,11 +153,11 @@ class Reassembler:
         if syn and not ack:
             known = connection.to_server.isn if connection is not None else None
             if connection is None or connection.closed or (known is not None and known != seq):
-                connection = Connection(client, server, time)
+                connection = Connection(client, server, time, first=where)
                 self._open[key] = connection
                 self.connections.append(connection)
         if connection is None:
-            connection = Connection(client, server, time)
+            connection = Connection(client, server, time, first=where)
             self._open[key] = connection
             self.connections.append(connection)
         direction = connection.to_server if source == client else connection.to_client

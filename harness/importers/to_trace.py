@@ -15,7 +15,8 @@ How each kind of exchange becomes steps:
 Messages and chunks that are not UTF-8 cannot be inline YAML text: they become files next to the trace
 (`files` of the result), which the caller writes with it.
 
-The outcome is left empty: a recorded session shows what was said, not where the message went.
+The outcome is what the caller found (`harness.importers.outcome`), or none: a recorded session shows
+what was said, not where the message went in the lab.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import smtp_syntax, tracefile
+from harness.importers.replace import Replacement
 from harness.lab.config import LabConfig
 from harness.normalize import Mask, Normalizer
 from harness.recorded import AUTH_FROM_ENVIRONMENT, Exchange, RecordedSession, expectation
+from harness.reply import Reply
 from harness.script import AUTH_MECHANISMS, dot_stuff
 from harness.trace import Trace
 
@@ -42,17 +45,19 @@ class Converted:
     files: dict[str, bytes] = field(default_factory=dict)  # file name (next to the trace) → bytes
 
     def write(self, path: Path) -> Trace:
-        """The trace at `path` and its message files beside it; nothing is left if it does not load."""
+        """The trace at `path` and its message files beside it; if it does not load, nothing it wrote is
+        left and the files it would have replaced are put back."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = [path.parent / name for name in self.files]
+        replacement = Replacement()
         try:
             for name, data in self.files.items():
-                (path.parent / name).write_bytes(data)
-            return tracefile.write(self.document, path)
+                replacement.place(path.parent / name).write_bytes(data)
+            trace = tracefile.write(self.document, replacement.place(path))
         except BaseException:
-            for file in written:
-                file.unlink(missing_ok=True)
+            replacement.undo()
             raise
+        replacement.done()
+        return trace
 
 
 def reply_expectation(
@@ -64,6 +69,18 @@ def reply_expectation(
     if not texts:
         return int(lines[-1][:3])
     return expectation(lines, normalizer.reply(lines, greeting))
+
+
+def codes_expectation(lines: Sequence[str]) -> int | dict[str, Any]:
+    """A reply's code and its RFC 3463 enhanced status code, without the text: what any MTA must say
+    alike, so that a session captured on one replays against another. An enhanced code X.0.0 ("other or
+    undefined status") is left out: it says nothing another server must repeat (Postfix acknowledges a
+    message with 2.0.0, Exchange with the more precise 2.6.0)."""
+    reply = Reply(int(lines[-1][:3]), tuple(lines))
+    enhanced = reply.enhanced
+    if enhanced is None or enhanced.endswith(".0.0"):
+        return reply.code
+    return {"code": reply.code, "enhanced": enhanced}
 
 
 def to_trace(
@@ -80,12 +97,18 @@ def to_trace(
     spec: Sequence[str] = DEFAULT_SPEC,
     file_stem: str = "message",
     masks: Sequence[Mask] = (),
+    codes_only: bool = False,
+    outcome: dict[str, Any] | None = None,
+    outcome_notes: Sequence[str] = (),
 ) -> Converted:
     """The trace of `sessions` (in order) against `server` of lab `config` (named `lab` in the trace).
 
     `virtual_server` names the one every session connects to; without it, a session whose recorded
     server address is one of the server's virtual servers in `config` connects to that one, any other
-    to the server's default virtual server. `source` (the imported file) goes in the description."""
+    to the server's default virtual server. `source` (the imported file) goes in the description.
+    `codes_only` expects the reply codes and enhanced status codes alone (`codes_expectation`);
+    `outcome` is the trace's outcome, if one is known (`harness.importers.outcome`), and
+    `outcome_notes` how it was found."""
     converted = Converted({})
     # One for the whole trace, as the replay has: a value recurring across sessions keeps its placeholder.
     normalizer = Normalizer(masks)
@@ -93,10 +116,10 @@ def to_trace(
     trace_sessions = []
     for number, session in enumerate(sessions, 1):
         connect = {"server": server}
-        chosen = virtual_server or _virtual_server_at(config, server, session)
+        chosen = virtual_server or virtual_server_at(config, server, session)
         if chosen is not None:
             connect["virtual_server"] = chosen
-        script = _script(session, converted, f"{file_stem}-{number}", normalizer)
+        script = _script(session, converted, f"{file_stem}-{number}", normalizer, codes_only)
         if not script:
             notes.append(f"session {number} ({session.client}): nothing to replay")
             continue
@@ -104,22 +127,25 @@ def to_trace(
         prefix = f"session {number} ({session.client} to {session.server}:{session.server_port})"
         notes += [f"{prefix}: {note}" for note in session.notes]
     where = f"Imported from {source}: {len(trace_sessions)} session(s)."
-    description = "\n".join([where, *notes])
+    description = "\n".join([where, *notes, *outcome_notes])
     converted.document = {
         "id": trace_id,
         "title": title,
         "description": description,
         "spec": list(spec),
         "lab": lab,
-        # The schema has no empty outcome: without the key, nothing is checked after the sessions.
         "sessions": trace_sessions,
     }
+    # The schema has no empty outcome: without the key, nothing is checked after the sessions.
+    if outcome:
+        converted.document["outcome"] = outcome
     if masks:
         converted.document["masks"] = [{"name": m.name, "regex": m.pattern.pattern} for m in masks]
     return converted
 
 
-def _virtual_server_at(config: LabConfig, server: str, session: RecordedSession) -> str | None:
+def virtual_server_at(config: LabConfig, server: str, session: RecordedSession) -> str | None:
+    """The virtual server of `server` at the session's recorded address, if it is not the default one."""
     me = config.organization.server(server)
     for vs in me.virtual_servers:
         if vs.address == session.server and vs is not me.default_virtual_server:
@@ -128,7 +154,7 @@ def _virtual_server_at(config: LabConfig, server: str, session: RecordedSession)
 
 
 def _script(
-    session: RecordedSession, converted: Converted, stem: str, normalizer: Normalizer
+    session: RecordedSession, converted: Converted, stem: str, normalizer: Normalizer, codes_only: bool
 ) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     exchanges = session.exchanges
@@ -146,6 +172,9 @@ def _script(
         if exchange.reply:
             # A reply read before the client has sent anything is the greeting (so the replay sees it).
             greeting = not any(key in step for step in steps for key in SENDING)
+            if codes_only:
+                steps.append({"expect": codes_expectation(exchange.reply)})
+                return
             steps.append(
                 {"expect": reply_expectation(exchange.reply, session.reply_texts, normalizer, greeting)}
             )
