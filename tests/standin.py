@@ -30,8 +30,10 @@ WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 
 def base(band: int) -> str:
     """This worker's /24 in a test module's own band of 198.18.0.0/15, apart from the matrix's labs
-    (MAILFLOW_NETNS_SUBNET and up) and from the other modules' bands."""
-    return f"198.18.{netns_first_octet() + band + WORKER % 10}.0"
+    (MAILFLOW_NETNS_SUBNET and up) and from the other modules' bands. A high MAILFLOW_NETNS_SUBNET
+    carries the bands over into 198.19.0.0/16 (the /15's other half) rather than past 255."""
+    index = (netns_first_octet() + band + WORKER % 10) % 512
+    return f"198.{18 + index // 256}.{index % 256}.0"
 
 
 def netns_config(band: int) -> LabConfig:
