@@ -431,6 +431,7 @@ def check(paths: tuple[str, ...]) -> None:
 main.add_command(cli_lab.lab)
 main.add_command(cli_lab.queues)
 main.add_command(cli_lab.submit)
+main.add_command(cli_lab.sinks)
 main.add_command(cli_record.record_command)
 main.add_command(cli_import.import_group)
 main.add_command(cli_generate.generate)

@@ -1,10 +1,13 @@
-"""`mailflow lab ...`, `mailflow queues` and `mailflow submit`: a lab started by hand, and what an
-administrator does to it while it runs (through the lab's control socket)."""
+"""`mailflow lab ...`, `mailflow queues`, `mailflow submit` and `mailflow sinks`: a lab started by hand,
+what an administrator does to it while it runs (through the lab's control socket), and what its
+Internet hosts received (from the lab's folder)."""
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.exit_codes import BrokenError, InputError
+from harness.lab import captures
 from harness.lab import config as lab_config
+from harness.lab.addresses import LOOPBACK
 from harness.yamlsource import SourceError
 
 console = Console(stderr=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # Read in wide windows and logs: don't fold the host and message tables into 80 columns.
+    console = Console(stderr=False, width=150)
 
 
 @click.group()
@@ -52,23 +61,28 @@ def lab_up(
 ) -> None:
     """Start lab NAME (or a lab file) in the foreground until Ctrl-C."""
     from harness import targets
-    from harness.runner import relocation
 
     try:
         target = targets.get(target_name)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--target") from None
     if (unavailable := target.unavailable()) is not None:
-        raise click.ClickException(f"target {target.name} cannot run here: {unavailable}")
-    if target.needs_netns and base is None:
-        base, port_offset = relocation(netns=True)
-    try:
-        config = lab_config.load(lab_config.lab_path(name), base=base, port_offset=port_offset)
-    except SourceError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise BrokenError(f"target {target.name} cannot run here: {unavailable}")
+    base, port_offset = _placement(base, port_offset, netns=target.needs_netns)
+    config = _lab_config(name, base, port_offset)
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-    with target.lab(config, workdir, control=True) as running:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--workdir {workdir}: {exc.strerror or exc}") from None
+    running = target.lab(config, workdir, control=True)
+    try:
+        running.start()
+    except RuntimeError as exc:  # the lab's, a stand-in's or the lab network's own errors say what
+        raise BrokenError(str(exc)) from None
+    except OSError as exc:
+        raise BrokenError(f"lab {config.name} could not start: {exc}") from None
+    try:
         table = Table(title=f"lab {config.name} (started in {running.started_in * 1000:.0f} ms)")
         for column in ("host", "kind", "name", "address", "service"):
             table.add_column(column)
@@ -88,10 +102,13 @@ def lab_up(
         console.print(table)
         for server, stand_in in running.stand_ins.items():
             console.print(f"{server}: {target.name} in its network namespace, logging to {stand_in.log_path}")
-        console.print(f"queues, mailboxes and tracking logs: {running.workdir}")
+        kept = "" if workdir is not None else " (a temporary folder, removed when the lab stops)"
         console.print(
-            f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, "
-            "mailflow lab connector|server NAME up|down)"
+            f"queues, mailboxes, tracking logs and what the Internet hosts received: {running.workdir}{kept}"
+        )
+        console.print(
+            f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, mailflow sinks, "
+            "mailflow lab connector|server|freeze)"
         )
         console.print("Ctrl-C stops the lab.")
         try:
@@ -99,6 +116,48 @@ def lab_up(
                 time.sleep(3600)
         except KeyboardInterrupt:
             console.print("stopping")
+    finally:
+        running.stop()
+
+
+def _placement(base: str | None, port_offset: int | None, *, netns: bool) -> tuple[str | None, int | None]:
+    """Where the lab goes: --base and --port-offset, else MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET (or,
+    for a real-MTA target, MAILFLOW_NETNS_SUBNET), as for every other lab the harness starts."""
+    from harness.runner import relocation
+
+    offset_text = os.environ.get("MAILFLOW_PORT_OFFSET", "")
+    if offset_text and not offset_text.isdigit():
+        raise InputError(f"MAILFLOW_PORT_OFFSET={offset_text!r} is not a number (a port offset, e.g. 10000)")
+    try:
+        env_base, env_offset = relocation(netns=netns)
+        if env_base is not None and not netns:
+            _check_loopback(env_base)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if base is not None:
+        # A real MTA's lab keeps the standard ports (its DNS and SMTP clients use them).
+        return base, port_offset if port_offset is not None or netns else env_offset
+    return env_base, port_offset if port_offset is not None else env_offset
+
+
+def _check_loopback(base: str) -> None:
+    try:
+        address = ipaddress.IPv4Address(base)
+    except ValueError:
+        raise ValueError(f"MAILFLOW_LAB_BASE={base!r} is not an IPv4 address") from None
+    if address not in LOOPBACK:
+        raise ValueError(f"MAILFLOW_LAB_BASE={base} is outside 127.0.0.0/8: a lab only binds on loopback")
+
+
+def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_config.LabConfig:
+    path = lab_config.lab_path(name)
+    if not path.exists():
+        labs = sorted(p.stem for p in (lab_config.FIXTURES / "labs").glob("*.yaml"))
+        raise InputError(f"no lab named {name!r}; labs: {', '.join(labs)} (or the path of a lab file)")
+    try:
+        return lab_config.load(path, base=base, port_offset=port_offset)
+    except SourceError as exc:
+        raise InputError(str(exc)) from None
 
 
 LAB_DIR = click.option(
@@ -110,12 +169,13 @@ LAB_DIR = click.option(
 
 
 def _control(lab_dir: Path, payload: dict[str, Any]) -> Any:
+    """One request to the running lab: a wrong name or no lab there exits 2, a lab that broke 3."""
     from harness.lab.control import ControlError, request
 
     try:
         return request(lab_dir, payload)
     except ControlError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise (InputError if exc.kind == "input" else BrokenError)(str(exc)) from None
 
 
 @click.command()
@@ -125,11 +185,8 @@ def _control(lab_dir: Path, payload: dict[str, Any]) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON, for scripts")
 def queues(lab_dir: Path, server: str | None, show_all: bool, as_json: bool) -> None:
     """Queue Viewer: every queue of a running lab's servers, with state, count and next retry."""
-    rows = [
-        row
-        for row in _control(lab_dir, {"op": "queues"})
-        if (not server or row["server"].lower() == server.lower()) and (show_all or row["count"])
-    ]
+    request: dict[str, Any] = {"op": "queues"} | ({"server": server} if server else {})
+    rows = [row for row in _control(lab_dir, request) if show_all or row["count"]]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -180,6 +237,7 @@ def submit(lab_dir: Path, server: str, mailbox: str, recipients: tuple[str, ...]
 def lab_connector(lab_dir: Path, name: str, state: str) -> None:
     """Mark connector NAME up or down in the lab's link state."""
     result = _control(lab_dir, {"op": "connector", "name": name, "up": state == "up"})
+    name = result["name"]
     console.print(f"link state {result['version']}: {name} is {result['connectors'].get(name, state)}")
 
 
@@ -189,15 +247,16 @@ def lab_connector(lab_dir: Path, name: str, state: str) -> None:
 @click.argument("queue")
 @click.option("--undo", is_flag=True, help="unfreeze")
 def lab_freeze(lab_dir: Path, server: str, queue: str, undo: bool) -> None:
-    """Freeze a link queue (it keeps and takes messages, sends none), or unfreeze it with --undo."""
-    rows = _control(lab_dir, {"op": "unfreeze" if undo else "freeze", "server": server, "queue": queue})
-    states = [
-        r["state"]
-        for r in rows
-        if r["server"].lower() == server.lower() and r["queue"].lower() == queue.lower()
-    ]
-    state = states[0] if states else f"{'unfrozen' if undo else 'frozen'} (no message in it yet)"
-    console.print(f"{queue} on {server}: {state}")
+    """Freeze a link queue (it keeps and takes messages, sends none), or unfreeze it with --undo. On a
+    real MTA standing in for the server: hold or release its messages (a queue of its own, or a
+    message's id), as far as it can."""
+    result = _control(lab_dir, {"op": "unfreeze" if undo else "freeze", "server": server, "queue": queue})
+    if result["stand_in"]:
+        console.print(f"{result['server']}: {escape(result['note'])}")
+        for row in result["rows"]:
+            console.print(f"  {row['queue']}: {row['count']} ({row['state']})")
+        return
+    console.print(f"{result['queue']} on {result['server']}: {result['state'] or result['note']}")
 
 
 @lab.command("server")
@@ -210,3 +269,45 @@ def lab_server(lab_dir: Path, name: str, state: str) -> None:
     console.print(
         f"link state {result['version']}: servers down: {', '.join(result['servers_down']) or 'none'}"
     )
+
+
+@click.command()
+@LAB_DIR
+@click.option("--host", default=None, help="only what this Internet host received")
+@click.option("--json", "as_json", is_flag=True, help="print the envelopes as JSON, for scripts")
+def sinks(lab_dir: Path, host: str | None, as_json: bool) -> None:
+    """What the lab's Internet hosts received, from the lab's folder (while it runs or after): one line
+    per message with its envelope; the message itself is the .eml file named."""
+    known = captures.hosts(lab_dir)
+    if not known:
+        raise InputError(
+            f"no lab has run in {lab_dir}: it has no {captures.SINKS_FOLDER} folder "
+            "(start one with `mailflow lab up --workdir DIR`)"
+        )
+    if host is not None:
+        chosen = next((name for name in known if name.lower() == host.lower()), None)
+        if chosen is None:
+            raise InputError(f"no Internet host {host!r} in the lab at {lab_dir}; hosts: {', '.join(known)}")
+        host = chosen
+    try:
+        found = captures.stored(lab_dir, host)
+    except captures.CaptureFileError as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([{**c.envelope, "message": str(c.message)} for c in found], indent=1))
+        return
+    table = Table(title=f"received by {host or 'the Internet hosts'} ({len(found)})")
+    for column in ("host", "received", "from peer", "mail from", "rcpt to", "subject", "file"):
+        table.add_column(column, no_wrap=column in ("host", "received", "file"))
+    for capture in found:
+        envelope = capture.envelope
+        table.add_row(
+            envelope["host"],
+            str(envelope["received"]).replace("+00:00", "Z"),
+            envelope["peer"],
+            escape(envelope["mail_from"] or "<>"),
+            escape(", ".join(envelope["rcpt_to"])),
+            escape(capture.subject),
+            str(capture.message.relative_to(lab_dir)),
+        )
+    console.print(table)

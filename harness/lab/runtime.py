@@ -9,6 +9,7 @@ over real sockets on the lab's loopback addresses, as a remote client would.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import shutil
 import tempfile
@@ -24,8 +25,9 @@ from harness.lab.config import LabConfig
 from harness.lab.control import SOCKET_NAME, ControlServer
 from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
+from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
-from harness.lab.sinks import SinkHost
+from harness.lab.sinks import SINKS_FOLDER, SinkHost
 from harness.lab.standin import StandIn, StandInFactory
 from reference_mta.linkstate import LinkState
 from reference_mta.queuing import DIRECTORY_LOOKUP, RetryPolicy
@@ -71,6 +73,10 @@ class Lab:
         # Made last: a lab whose hosts cannot be built leaves no folder behind.
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
+        self.lock = LabLock(self.workdir)
+        for sink in self.sinks.values():
+            # What the Internet hosts receive is kept in the lab's folder as well as in memory.
+            sink.keep_in(self.workdir / SINKS_FOLDER / sink.name)
         self.certificates = LabCertificates(self.workdir, config.name)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -93,6 +99,8 @@ class Lab:
         self._thread.start()
         ready.wait()
         try:
+            # First of all: a second lab on this folder must not touch the running one's files.
+            self.lock.acquire(self.config.name)
             self.gc.load()
             namespaces = self._make_network() if self._stand_in_factories else {}
             self.run(self._start())
@@ -135,7 +143,17 @@ class Lab:
             await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
         if self._with_control:
             self.control = ControlServer(self, self.workdir / SOCKET_NAME)
-            await self.control.start()
+            try:
+                await self.control.start()
+            except OSError as exc:
+                raise LabError(
+                    f"the control socket {self.control.path} cannot be made: {exc.strerror or exc}"
+                    + (
+                        " (a Unix socket's path is limited to 107 bytes: choose a shorter --workdir)"
+                        if len(str(self.control.path)) > 107
+                        else ""
+                    )
+                ) from exc
 
     def stop(self) -> None:
         for stand_in in self.stand_ins.values():
@@ -156,6 +174,7 @@ class Lab:
             if self.network is not None:
                 self.network.destroy()
                 self.network = None
+            self.lock.release()
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -326,8 +345,11 @@ async def _listening(starting: Coroutine[Any, Any, None], what: str, address: st
     try:
         await starting
     except OSError as exc:
-        # Usually another lab (or a left-over process) on the same base and port offset.
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            # Usually another lab (or a left-over process) on the same base and port offset.
+            reason = "the address is in use by another lab or program"
         raise LabError(
-            f"{what} cannot listen on {address}:{port}: {exc.strerror or exc}; "
-            "relocate the lab (MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET)"
+            f"{what} cannot listen on {address}:{port}: {reason}; stop it, or relocate this lab "
+            "(--base / --port-offset, or MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET)"
         ) from exc

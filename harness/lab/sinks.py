@@ -2,7 +2,8 @@
 
 Each sink listens on its own loopback address, speaks ordinary ESMTP (SIZE, 8BITMIME, and DSN so that
 an MTA relays its DSN parameters rather than dropping them), and records every accepted message with
-its envelope and exact bytes, plus a short transcript of every session. Rules from the lab file (or
+its envelope and exact bytes, plus a short transcript of every session; given a folder, it also
+writes each message and its envelope there (harness/lab/captures.py). Rules from the lab file (or
 added at run time) make it reject, stall or hang up at a chosen point of the dialogue, so traces can
 exercise an MTA's retry and NDR paths. aiosmtpd does the SMTP; this module decides what to answer.
 """
@@ -16,14 +17,16 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from harness.lab.addresses import check_endpoint
+from harness.lab.captures import SINKS_FOLDER, CaptureFolder
 from harness.lab.config import Host, SinkRule
 
-__all__ = ["ACTIONS", "COMMANDS", "Capture", "SessionLog", "SinkHost"]
+__all__ = ["ACTIONS", "COMMANDS", "SINKS_FOLDER", "Capture", "SessionLog", "SinkHost"]
 
 COMMANDS = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "DOT", "QUIT", "RSET")
 ACTIONS = ("reply", "disconnect", "delay")
@@ -127,6 +130,11 @@ class SinkHost:
         self._sessions: list[SessionLog] = []
         self._server: asyncio.Server | None = None
         self._connections: set[_SinkSMTP] = set()
+        self._folder: CaptureFolder | None = None
+
+    def keep_in(self, folder: Path) -> None:
+        """Also write every accepted message, with its envelope, under `folder` (made at start)."""
+        self._folder = CaptureFolder(folder)
 
     @property
     def name(self) -> str:
@@ -206,6 +214,8 @@ class SinkHost:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError(f"sink {self.name} already started")
+        if self._folder is not None:
+            self._folder.prepare()
         loop = asyncio.get_running_loop()
         handler = _SinkHandler(self)
         self._server = await loop.create_server(
@@ -238,6 +248,8 @@ class SinkHost:
 
     def _capture(self, capture: Capture) -> None:
         self._captures.append(capture)
+        if self._folder is not None:
+            self._folder.store(capture)
 
 
 class _SinkSMTP(SMTP):

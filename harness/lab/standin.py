@@ -1,6 +1,7 @@
 """A program of its own standing in for one server of the lab (a real MTA), in that server's network
 namespace. The lab starts it once its own hosts are up, asks it whether its queue is idle when the
-harness waits for the lab to settle, reads what it delivered into its mailboxes, and stops it."""
+harness waits for the lab to settle, reads what it delivered into its mailboxes, lists and freezes its
+own queues for `mailflow queues` and `mailflow lab freeze`, and stops it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,23 @@ if TYPE_CHECKING:
     from harness.lab.runtime import Lab
 
 
+class NotPossible(ValueError):
+    """What was asked of a stand-in names a queue it does not have, or something it cannot do; the
+    message says which queues it has, or why not."""
+
+
+@dataclass(frozen=True)
+class MtaQueue:
+    """One of a real MTA's own queues, as Queue Viewer would list it: state is one of Queue Viewer's
+    (Ready, Active, Retry, Frozen); next_retry is a time.time() value, None if nothing waits for one."""
+
+    name: str
+    state: str
+    count: int
+    recipients: tuple[str, ...] = ()
+    next_retry: float | None = None
+
+
 @dataclass(frozen=True)
 class MailboxDelivery:
     mailbox: str
@@ -25,6 +43,7 @@ class MailboxDelivery:
 
 class StandIn(Protocol):
     server: str
+    mta: str  # the MTA's name, as its users know it: "Postfix"
 
     @property
     def log_path(self) -> Path: ...
@@ -36,6 +55,15 @@ class StandIn(Protocol):
     def idle(self) -> bool: ...
 
     def deliveries(self) -> list[MailboxDelivery]: ...
+
+    def queues(self) -> list[MtaQueue]:
+        """The MTA's own queues, every one of them, empty or not."""
+        ...
+
+    def freeze(self, queue: str, frozen: bool) -> str:
+        """Hold (or release) what waits in `queue` as the MTA can; says what was done. NotPossible for
+        a queue it does not have, or if it cannot."""
+        ...
 
 
 # Made when the lab's own hosts are running (the directory is loaded, its DNS answers).

@@ -32,11 +32,12 @@ import pwd
 import re
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
-from harness.lab.standin import MailboxDelivery
+from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     UNPACKED,
     Foreground,
@@ -45,6 +46,7 @@ from harness.targets.daemon import (
     in_private_mounts,
     maildir_deliveries,
     open_to_daemons,
+    run,
     wait_until_listening,
 )
 from harness.targets.plan import ClientRule, NextHop, ServerPlan, plan
@@ -54,6 +56,12 @@ from reference_mta import replies
 EXIM = UNPACKED / "usr" / "sbin" / "exim4"
 CONFIG_DIR = "/etc/exim4"  # compiled into Debian's binary, with exim4.conf in it
 USER = "Debian-exim"
+# Exim has one queue; `mailflow queues` shows its frozen messages apart, as Queue Viewer would.
+QUEUE, FROZEN_QUEUE = "queue", "frozen"
+# The first line of a message in `exim -bp`: time queued, size, id, <sender>, and a frozen mark.
+_LISTED = re.compile(
+    r"\s*\S+\s+\S+\s+(?P<id>[\w]+-[\w]+-[\w]+) <(?P<sender>[^>]*)>(?P<frozen> \*\*\* frozen \*\*\*)?"
+)
 
 
 def render(
@@ -370,16 +378,37 @@ def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"
 
 
+@dataclass
+class _Queued:
+    id: str
+    frozen: bool
+    recipients: list[str] = field(default_factory=list)  # not yet delivered
+
+
+def listed(output: str) -> list[_Queued]:
+    """The messages of `exim -bp` output: recipients indented under each, "D " before delivered ones."""
+    messages: list[_Queued] = []
+    for line in output.splitlines():
+        if match := _LISTED.match(line):
+            messages.append(_Queued(match["id"], bool(match["frozen"])))
+        elif messages and line.strip() and not line.lstrip().startswith("D "):
+            messages[-1].recipients.append(line.strip())
+    return messages
+
+
 class EximStandIn(StandInBase):
     """A running Exim for one lab server: configured, started in its namespace, read, stopped."""
 
+    mta = "Exim"
     daemon: Foreground | None = None
+    namespace: Namespace | None = None
 
     @property
     def log_path(self) -> Path:
         return self.root / "log" / "mainlog"
 
     def start(self, namespace: Namespace) -> None:
+        self.namespace = namespace
         owner = pwd.getpwnam(USER)
         etc = self.root / "etc"
         for folder in ("etc", "spool", "mail", "log"):
@@ -427,6 +456,47 @@ class EximStandIn(StandInBase):
 
     def deliveries(self) -> list[MailboxDelivery]:
         return maildir_deliveries(self.root / "mail", self.server)
+
+    def queues(self) -> list[MtaQueue]:
+        """Exim's queue from `exim -bp`: the messages waiting (Active while Exim works on one: it did
+        not deliver them when they came, so they wait for a retry) and the frozen ones apart."""
+        messages = listed(self._exim("-bp", what="exim -bp (list the queue)"))
+        waiting = [m for m in messages if not m.frozen]
+        frozen = [m for m in messages if m.frozen]
+        state = "Active" if not self.idle() else "Retry" if waiting else "Ready"
+        return [
+            MtaQueue(QUEUE, state, len(waiting), tuple(r for m in waiting for r in m.recipients)),
+            MtaQueue(FROZEN_QUEUE, "Frozen", len(frozen), tuple(r for m in frozen for r in m.recipients)),
+        ]
+
+    def freeze(self, queue: str, frozen: bool) -> str:
+        """Exim freezes messages (`exim -Mf`) and thaws them (`exim -Mt`): every message in its queue,
+        or one by its id. Messages that arrive later are not frozen."""
+        messages = listed(self._exim("-bp", what="exim -bp (list the queue)"))
+        names = (QUEUE,) if frozen else (QUEUE, FROZEN_QUEUE)
+        ids = [m.id for m in messages if m.frozen != frozen]
+        if queue.lower() in names:
+            chosen = ids
+        elif any(m.id == queue for m in messages):
+            chosen = [queue]
+        else:
+            raise NotPossible(
+                f"Exim on {self.server} has no queue {queue!r}: it freezes messages, not destinations; "
+                f"name its queue ({', '.join(names)}) or a message id "
+                f"({', '.join(m.id for m in messages) or 'none queued'})"
+            )
+        if not chosen:
+            return f"nothing to {'freeze' if frozen else 'thaw'}"
+        flag = "-Mf" if frozen else "-Mt"
+        self._exim(flag, *chosen, what=f"exim {flag}")
+        done = f"exim {flag} {' '.join(chosen)}"
+        return done + (" (Exim froze the messages queued now; later ones are not frozen)" if frozen else "")
+
+    def _exim(self, *arguments: str, what: str) -> str:
+        if self.namespace is None:
+            raise StandInError(f"Exim for {self.server} is not running")
+        argv = in_private_mounts([(self.root / "etc", CONFIG_DIR)], [str(EXIM), *arguments])
+        return run(self.namespace, argv, f"{what} for {self.server}")
 
 
 def installed() -> str | None:

@@ -46,12 +46,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
-from harness.lab.standin import MailboxDelivery
+from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     UNPACKED,
     Foreground,
@@ -72,6 +73,8 @@ LIBEXEC = UNPACKED / "usr" / "libexec"
 USER = "opensmtpd"  # the unprivileged daemons' user; it also owns the Maildirs (one delivery user)
 QUEUE_GROUP = "opensmtpq"  # smtpctl talks to the daemon only with this effective group
 DNS = "dns"  # the action delivering by MX look-up
+# OpenSMTPD has one queue; `mailflow queues` shows its suspended (paused) envelopes apart, as frozen.
+QUEUE, SUSPENDED = "queue", "suspended"
 
 
 def render(
@@ -356,8 +359,37 @@ def _seconds(value: float) -> str:
     return f"{max(1, round(value))}s"
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """One line of `smtpctl show queue`: id|family|type|flags|sender|dest|rcpt|creation|expiry|last
+    try|retries|run state|seconds to the next try|last error."""
+
+    id: str
+    recipient: str
+    suspended: bool
+    state: str
+    tried: bool
+    next_try_in: float
+
+    @classmethod
+    def parse(cls, line: str) -> Envelope | None:
+        fields = line.split("|")
+        if len(fields) < 13 or not fields[12].lstrip("-").isdigit():
+            return None
+        return cls(
+            id=fields[0],
+            recipient=fields[6],
+            suspended="suspend" in fields[3],
+            state=fields[11],
+            tried=fields[10] not in ("", "0"),
+            next_try_in=float(fields[12]),
+        )
+
+
 class OpenSmtpdStandIn(StandInBase):
     """A running OpenSMTPD for one lab server: configured, started in its namespace, read, stopped."""
+
+    mta = "OpenSMTPD"
 
     def __init__(
         self,
@@ -433,6 +465,54 @@ class OpenSmtpdStandIn(StandInBase):
         if self.retries.busy or any((self.spool / "incoming").glob("*")):
             return False
         return not any(_never_tried(path) for path in (self.spool / "queue").glob("*/*/*"))
+
+    def queues(self) -> list[MtaQueue]:
+        """OpenSMTPD's queue from `smtpctl show queue`: the envelopes it schedules (Active while one is
+        in flight, Retry once they were tried) and the suspended ones apart, as frozen."""
+        envelopes = self._envelopes()
+        waiting = [e for e in envelopes if not e.suspended]
+        suspended = [e for e in envelopes if e.suspended]
+        state = (
+            "Active"
+            if any(e.state == "inflight" for e in waiting)
+            else "Retry"
+            if any(e.tried for e in waiting)
+            else "Ready"
+        )
+        retries = [time.time() + e.next_try_in for e in waiting if e.tried and e.next_try_in > 0]
+        return [
+            MtaQueue(
+                QUEUE, state, len(waiting), tuple(e.recipient for e in waiting), min(retries, default=None)
+            ),
+            MtaQueue(SUSPENDED, "Frozen", len(suspended), tuple(e.recipient for e in suspended)),
+        ]
+
+    def freeze(self, queue: str, frozen: bool) -> str:
+        """`smtpctl pause envelope` suspends envelopes (every one, or one envelope or message by id) and
+        `resume envelope` schedules them again. Envelopes that arrive later are not suspended."""
+        envelopes = self._envelopes()
+        names = (QUEUE,) if frozen else (QUEUE, SUSPENDED)
+        ids = {e.id for e in envelopes} | {e.id[:8] for e in envelopes}  # a message id: its first 8
+        if queue.lower() in names:
+            chosen = "all"
+        elif queue.lower() in ids:
+            chosen = queue.lower()
+        else:
+            raise NotPossible(
+                f"OpenSMTPD on {self.server} has no queue {queue!r}: it suspends envelopes, not "
+                f"destinations; name its queue ({', '.join(names)}) or an envelope or message id "
+                f"({', '.join(sorted(e.id for e in envelopes)) or 'none queued'})"
+            )
+        verb = "pause" if frozen else "resume"
+        output = self.retries.smtpctl(verb, "envelope", chosen).strip()
+        done = f"smtpctl {verb} envelope {chosen}: {output or 'no answer'}"
+        return done + (" (later envelopes are not suspended)" if frozen else "")
+
+    def _envelopes(self) -> list[Envelope]:
+        if self.daemon is None:
+            raise StandInError(f"OpenSMTPD for {self.server} is not running")
+        lines = self.retries.smtpctl("show", "queue").splitlines()
+        return [e for line in lines if (e := Envelope.parse(line)) is not None]
 
     def deliveries(self) -> list[MailboxDelivery]:
         # smtpd's Delivered-To names the address the client gave (a group, a secondary address), not the

@@ -24,16 +24,18 @@ authentication is checked by Dovecot's SASL server against the directory's accou
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
-from harness.lab.standin import MailboxDelivery
+from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     StandInBase,
     StandInError,
@@ -46,6 +48,16 @@ from harness.targets.recipients import Login, RecipientTable
 from reference_mta.topology import Server
 
 SPOOL_QUEUES = ("maildrop", "incoming", "active")
+# Postfix's queues as `postqueue -j` names them, with the Queue Viewer state each one means.
+QUEUE_STATES = {
+    "maildrop": "Ready",
+    "incoming": "Ready",
+    "active": "Active",
+    "deferred": "Retry",
+    "hold": "Frozen",
+}
+# What `postsuper -h` can put on hold (and `-H` releases from "hold").
+HOLDABLE = ("incoming", "active", "deferred")
 # Every Postfix service a lab server needs, none chrooted (a chroot would need copies of the lab's
 # resolv.conf and of the Maildir base inside the spool).
 _SERVICES = """\
@@ -371,6 +383,8 @@ def _relay_table(number: int) -> str:
 class PostfixStandIn(StandInBase):
     """A running Postfix for one lab server: configured, started in its namespace, read, stopped."""
 
+    mta = "Postfix"
+
     sasl: DovecotAuth | None = None
     namespace: Namespace | None = None
 
@@ -427,6 +441,68 @@ class PostfixStandIn(StandInBase):
 
     def deliveries(self) -> list[MailboxDelivery]:
         return maildir_deliveries(self.root / "mail", self.server)
+
+    def queues(self) -> list[MtaQueue]:
+        """Postfix's own queues from `postqueue -j`; a deferred message's next attempt is its queue
+        file's modification time, which the queue manager sets to it."""
+        messages = self._messages()
+        found = []
+        for name, state in QUEUE_STATES.items():
+            here = [m for m in messages if m["queue_name"] == name]
+            retries = [t for m in here if name == "deferred" and (t := self._next_attempt(m["queue_id"]))]
+            recipients = {r["address"] for m in here for r in m.get("recipients", [])}
+            found.append(MtaQueue(name, state, len(here), tuple(recipients), min(retries, default=None)))
+        return found
+
+    def freeze(self, queue: str, frozen: bool) -> str:
+        """Postfix freezes messages, not destinations: `postsuper -h` puts what is in a queue (or one
+        message, by queue id) on hold, `postsuper -H` releases it to the deferred queue. Messages that
+        arrive later are not held."""
+        etc = str(self.root / "etc")
+        ids = {m["queue_id"]: m["queue_name"] for m in self._messages()}
+        names = (*HOLDABLE, "hold") if not frozen else HOLDABLE
+        chosen = next((n for n in (*names, *ids) if n.lower() == queue.lower()), None)
+        if chosen is None:
+            raise NotPossible(
+                f"Postfix on {self.server} has no queue {queue!r} to {'freeze' if frozen else 'release'}: "
+                f"it holds messages (postsuper), not destinations; name one of its queues "
+                f"({', '.join(names)}) or a message's queue id ({', '.join(sorted(ids)) or 'none queued'})"
+            )
+        if frozen:
+            argv = ["postsuper", "-c", etc, "-h", *(["ALL", chosen] if chosen in HOLDABLE else [chosen])]
+        else:
+            argv = ["postsuper", "-c", etc, "-H", "ALL" if chosen in (*HOLDABLE, "hold") else chosen]
+        report = self._postfix_output(*argv).strip()
+        return f"{' '.join(argv[:1] + argv[3:])}: {report or 'nothing to do'}" + (
+            " (Postfix holds the messages queued now; later ones are not held)" if frozen else ""
+        )
+
+    def _messages(self) -> list[dict[str, Any]]:
+        output = self._postfix_output("postqueue", "-c", str(self.root / "etc"), "-j")
+        # One JSON object per line; a warning Postfix writes to stderr is not one.
+        return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+    def _next_attempt(self, queue_id: str) -> float | None:
+        for path in (self.root / "spool" / "deferred").rglob(queue_id):
+            try:
+                return path.stat().st_mtime
+            except FileNotFoundError:  # delivered meanwhile
+                return None
+        return None
+
+    def _postfix_output(self, *argv: str) -> str:
+        """A Postfix command's output (postsuper reports on stderr); a failure raises with its words."""
+        if self.namespace is None:
+            raise PostfixError(f"Postfix for {self.server} is not running")
+        result = subprocess.run(
+            self.namespace.command(argv), capture_output=True, text=True, check=False, timeout=60
+        )
+        if result.returncode != 0:
+            raise PostfixError(
+                f"{argv[0]} for {self.server} failed (exit {result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip() or 'no output'}"
+            )
+        return result.stdout + result.stderr
 
     def _postfix(self, *argv: str) -> None:
         assert self.namespace is not None
