@@ -111,11 +111,10 @@ def lab_up(
             "mailflow lab connector|server|freeze)"
         )
         console.print("Ctrl-C stops the lab.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            console.print("stopping")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # also while the table is printed: the lab answers before that
+        console.print("stopping")
     finally:
         running.stop()
 

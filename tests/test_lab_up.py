@@ -1,0 +1,144 @@
+"""`mailflow lab up` as a user runs it, in a process of its own: where it puts the lab (the relocation
+variables, --base), one lab per folder (a second one refused with the first one's pid, a killed one's
+folder taken over), and an address in use said in the user's terms."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from labprocess import MAILFLOW, LabProcess, environment, lab_processes, queues, start
+
+from harness.cli import main
+from harness.exit_codes import ExitCode
+from harness.lab.lock import LOCK_NAME
+
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+# This module's own address blocks and ports, apart from the other modules' labs.
+BASE = f"127.{60 + WORKER % 10}.8.0"
+OTHER_BASE = f"127.{60 + WORKER % 10}.9.0"
+OFFSET = 28000 + 100 * (WORKER % 10)
+
+
+@pytest.fixture
+def started() -> Iterator[list[LabProcess]]:
+    with lab_processes() as labs:
+        yield labs
+
+
+def greeting(address: str, port: int) -> str:
+    with smtplib.SMTP(timeout=10) as smtp:
+        code, banner = smtp.connect(address, port)
+        assert code == 220
+        return banner.decode()
+
+
+def address(base: str, host: int) -> str:
+    return base.rsplit(".", 1)[0] + f".{host}"
+
+
+def test_lab_up_honours_the_relocation_variables(tmp_path: Path, started: list[LabProcess]) -> None:
+    env = environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET))
+    start(started, tmp_path / "lab", env)
+    ex1 = address(BASE, 11)  # EX1 is addr 11 of the contoso lab
+    assert greeting(ex1, 25 + OFFSET).startswith("ex1.contoso.com")
+    code, out = started[0].stop()
+    assert code == 0, out
+    assert ex1 in out and f"SMTP :{25 + OFFSET}" in out
+
+
+def test_base_and_port_offset_options_win_over_the_variables(
+    tmp_path: Path, started: list[LabProcess]
+) -> None:
+    env = environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET))
+    start(started, tmp_path / "lab", env, "--base", OTHER_BASE, "--port-offset", str(OFFSET + 1))
+    ex1 = address(OTHER_BASE, 11)
+    assert greeting(ex1, 26 + OFFSET).startswith("ex1.contoso.com")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address(BASE, 11), 25 + OFFSET), timeout=2)
+
+
+def test_a_second_lab_on_a_running_labs_folder_is_refused_with_its_pid(
+    tmp_path: Path, started: list[LabProcess]
+) -> None:
+    workdir = tmp_path / "lab"
+    first = start(started, workdir, environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET)))
+    # Elsewhere on the network, so that only the folder is shared.
+    second = subprocess.run(
+        [MAILFLOW, "lab", "up", "--workdir", str(workdir)],
+        env=environment(MAILFLOW_LAB_BASE=OTHER_BASE, MAILFLOW_PORT_OFFSET=str(OFFSET)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == ExitCode.BROKEN
+    assert f"lab contoso (pid {first.process.pid}) is already running in {workdir}" in second.stderr
+    assert "Traceback" not in second.stderr
+    # The first lab still owns its control socket and answers on it.
+    assert queues(workdir).exit_code == 0
+    assert (workdir / LOCK_NAME).read_text().split()[0] == str(first.process.pid)
+
+
+def test_the_folder_of_a_killed_lab_is_taken_over(tmp_path: Path, started: list[LabProcess]) -> None:
+    workdir = tmp_path / "lab"
+    env = environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET))
+    killed = start(started, workdir, env)
+    killed.process.kill()
+    killed.process.communicate(timeout=30)
+    assert (workdir / "control.sock").exists()  # left behind, with the lock file
+    after = start(started, workdir, env)
+    assert (workdir / LOCK_NAME).read_text().split()[0] == str(after.process.pid)
+    result = queues(workdir)
+    assert result.exit_code == 0, result.output
+
+
+def test_an_address_in_use_says_which_and_exits_3(tmp_path: Path) -> None:
+    ex1 = address(BASE, 11)
+    with socket.create_server((ex1, 25 + OFFSET)):
+        result = subprocess.run(
+            [MAILFLOW, "lab", "up", "--workdir", str(tmp_path / "lab")],
+            env=environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == ExitCode.BROKEN
+    assert (
+        f"server EX1 cannot listen on {ex1}:{25 + OFFSET}: the address is in use by another lab or program"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"MAILFLOW_LAB_BASE": "10.1.0.0"}, "MAILFLOW_LAB_BASE=10.1.0.0 is outside 127.0.0.0/8"),
+        ({"MAILFLOW_LAB_BASE": "127.1"}, "MAILFLOW_LAB_BASE='127.1' is not an IPv4 address"),
+        ({"MAILFLOW_PORT_OFFSET": "lots"}, "MAILFLOW_PORT_OFFSET='lots' is not a number"),
+    ],
+)
+def test_wrong_relocation_variables_are_named(
+    tmp_path: Path, variables: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [MAILFLOW, "lab", "up", "--workdir", str(tmp_path)],
+        env=environment(**variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == ExitCode.INPUT
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unknown_lab_lists_the_labs(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["lab", "up", "fabrikam", "--workdir", str(tmp_path)])
+    assert result.exit_code == ExitCode.INPUT
+    assert "no lab named 'fabrikam'; labs: contoso" in result.output
