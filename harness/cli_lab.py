@@ -295,18 +295,13 @@ def sinks(lab_dir: Path, host: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{**c.envelope, "message": str(c.message)} for c in found], indent=1))
         return
-    table = Table(title=f"received by {host or 'the Internet hosts'} ({len(found)})")
-    for column in ("host", "received", "from peer", "mail from", "rcpt to", "subject", "file"):
-        table.add_column(column, no_wrap=column in ("host", "received", "file"))
+    # One line per message rather than a table: it reads (and greps) the same in any width.
     for capture in found:
         envelope = capture.envelope
-        table.add_row(
-            envelope["host"],
-            str(envelope["received"]).replace("+00:00", "Z"),
-            envelope["peer"],
-            escape(envelope["mail_from"] or "<>"),
-            escape(", ".join(envelope["rcpt_to"])),
-            escape(capture.subject),
-            str(capture.message.relative_to(lab_dir)),
+        received = str(envelope["received"]).replace("+00:00", "Z")
+        click.echo(
+            f"{envelope['host']}  {received}  from {envelope['peer']}  <{envelope['mail_from']}> → "
+            f"{', '.join(envelope['rcpt_to'])}  {capture.subject!r}  {capture.message.relative_to(lab_dir)}"
         )
-    console.print(table)
+    if not found:
+        click.echo(f"nothing received{f' by {host}' if host else ''}")

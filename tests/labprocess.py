@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,36 +27,53 @@ def environment(**variables: str) -> dict[str, str]:
 
 
 class LabProcess:
-    """`mailflow lab up` running in the background until stopped."""
+    """`mailflow lab up` running in the background until stopped; what it prints is collected as it
+    comes (a thread reads the pipe, so the lab never blocks on a full one)."""
+
+    READY = "Ctrl-C stops the lab."
 
     def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
         self.workdir = workdir
+        self.lines: list[str] = []
         self.process = subprocess.Popen(
             [MAILFLOW, "lab", "up", "--workdir", str(workdir), *args],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             # Ctrl-C is how a user stops it, even when the tests run where SIGINT is ignored.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_until_running(self, timeout: float = 30.0) -> None:
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_until_running(self, timeout: float = 60.0) -> None:
+        """Until it has printed its hosts and its control socket answers."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                out, err = self.process.communicate()
-                pytest.fail(f"lab up exited with {self.process.returncode}: {err}{out}")
-            if queues(self.workdir).exit_code == 0:
+                self._reader.join(timeout=10)
+                pytest.fail(f"lab up exited with {self.process.returncode}: {self.output}")
+            if self.READY in self.output and queues(self.workdir).exit_code == 0:
                 return
             time.sleep(0.05)
-        pytest.fail("lab up did not answer on its control socket")
+        pytest.fail(f"lab up did not start: {self.output}")
 
     def stop(self) -> tuple[int, str]:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=30)
-        return self.process.returncode, out
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=10)
+        return self.process.returncode, self.output
 
 
 @contextlib.contextmanager

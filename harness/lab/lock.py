@@ -40,6 +40,7 @@ class LabLock:
         self._file: IO[str] | None = None
 
     def acquire(self, lab_name: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

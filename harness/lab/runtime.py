@@ -108,6 +108,9 @@ class Lab:
                 stand_in = factory(self)
                 self.stand_ins[server] = stand_in
                 stand_in.start(namespaces[server])
+            if self._with_control:
+                # Last: once the control socket answers, the whole lab does (a stand-in included).
+                self.run(self._start_control())
             self.gc.clear_log()  # the stand-ins' own configuration look-ups are not the trace's
         except BaseException:
             self.stop()
@@ -141,19 +144,20 @@ class Lab:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
             await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
-        if self._with_control:
-            self.control = ControlServer(self, self.workdir / SOCKET_NAME)
-            try:
-                await self.control.start()
-            except OSError as exc:
-                raise LabError(
-                    f"the control socket {self.control.path} cannot be made: {exc.strerror or exc}"
-                    + (
-                        " (a Unix socket's path is limited to 107 bytes: choose a shorter --workdir)"
-                        if len(str(self.control.path)) > 107
-                        else ""
-                    )
-                ) from exc
+
+    async def _start_control(self) -> None:
+        self.control = ControlServer(self, self.workdir / SOCKET_NAME)
+        try:
+            await self.control.start()
+        except OSError as exc:
+            raise LabError(
+                f"the control socket {self.control.path} cannot be made: {exc.strerror or exc}"
+                + (
+                    " (a Unix socket's path is limited to 107 bytes: choose a shorter --workdir)"
+                    if len(str(self.control.path)) > 107
+                    else ""
+                )
+            ) from exc
 
     def stop(self) -> None:
         for stand_in in self.stand_ins.values():

@@ -466,7 +466,12 @@ class EximStandIn(StandInBase):
         state = "Active" if not self.idle() else "Retry" if waiting else "Ready"
         return [
             MtaQueue(QUEUE, state, len(waiting), tuple(r for m in waiting for r in m.recipients)),
-            MtaQueue(FROZEN_QUEUE, "Frozen", len(frozen), tuple(r for m in frozen for r in m.recipients)),
+            MtaQueue(
+                FROZEN_QUEUE,
+                "Frozen" if frozen else "Ready",
+                len(frozen),
+                tuple(r for m in frozen for r in m.recipients),
+            ),
         ]
 
     def freeze(self, queue: str, frozen: bool) -> str:

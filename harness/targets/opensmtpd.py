@@ -369,7 +369,6 @@ class Envelope:
     suspended: bool
     state: str
     tried: bool
-    next_try_in: float
 
     @classmethod
     def parse(cls, line: str) -> Envelope | None:
@@ -382,7 +381,6 @@ class Envelope:
             suspended="suspend" in fields[3],
             state=fields[11],
             tried=fields[10] not in ("", "0"),
-            next_try_in=float(fields[12]),
         )
 
 
@@ -479,12 +477,15 @@ class OpenSmtpdStandIn(StandInBase):
             if any(e.tried for e in waiting)
             else "Ready"
         )
-        retries = [time.time() + e.next_try_in for e in waiting if e.tried and e.next_try_in > 0]
+        # No next retry: smtpd's own schedule (hours) is not when the lab retries (Retries, every second).
         return [
+            MtaQueue(QUEUE, state, len(waiting), tuple(e.recipient for e in waiting)),
             MtaQueue(
-                QUEUE, state, len(waiting), tuple(e.recipient for e in waiting), min(retries, default=None)
+                SUSPENDED,
+                "Frozen" if suspended else "Ready",
+                len(suspended),
+                tuple(e.recipient for e in suspended),
             ),
-            MtaQueue(SUSPENDED, "Frozen", len(suspended), tuple(e.recipient for e in suspended)),
         ]
 
     def freeze(self, queue: str, frozen: bool) -> str:

@@ -451,6 +451,7 @@ class PostfixStandIn(StandInBase):
             here = [m for m in messages if m["queue_name"] == name]
             retries = [t for m in here if name == "deferred" and (t := self._next_attempt(m["queue_id"]))]
             recipients = {r["address"] for m in here for r in m.get("recipients", [])}
+            state = state if here else "Ready"
             found.append(MtaQueue(name, state, len(here), tuple(recipients), min(retries, default=None)))
         return found
 
