@@ -208,7 +208,9 @@ class ControlServer:
         valid += [s.fqdn for s in organization.servers if s.name != server]
         valid += [q for q in present if q not in SYSTEM_QUEUES]
         if not frozen:
-            valid += self.lab.frozen_queues().get(server, set())
+            # Kept in lower case by the queuing engine: only those not already spelled out above.
+            known = {name.lower() for name in valid}
+            valid += [name for name in self.lab.frozen_queues().get(server, set()) if name not in known]
         return choose("link queue", queue, valid, server)
 
 
@@ -269,7 +271,7 @@ def request(lab_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> An
     """Send one request to the lab whose folder is `lab_dir` and return its result."""
     path = lab_dir / SOCKET_NAME
     if not lab_dir.is_dir():
-        raise ControlError(f"no lab at {lab_dir}: there is no such folder", "input")
+        raise ControlError(f"no lab at {lab_dir}: it is not a folder", "input")
     data = b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
