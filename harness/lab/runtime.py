@@ -349,11 +349,15 @@ async def _listening(starting: Coroutine[Any, Any, None], what: str, address: st
     try:
         await starting
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        relocate = "relocate this lab (--base / --port-offset, or MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET)"
         if exc.errno == errno.EADDRINUSE:
             # Usually another lab (or a left-over process) on the same base and port offset.
-            reason = "the address is in use by another lab or program"
-        raise LabError(
-            f"{what} cannot listen on {address}:{port}: {reason}; stop it, or relocate this lab "
-            "(--base / --port-offset, or MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET)"
-        ) from exc
+            reason = f"the address is in use by another lab or program; stop it, or {relocate}"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = (
+                "no interface has this address (198.18.0.0/15 is for labs with a real MTA, which make "
+                f"their own network); {relocate} into 127.0.0.0/8"
+            )
+        else:
+            reason = f"{exc.strerror or exc}; {relocate}"
+        raise LabError(f"{what} cannot listen on {address}:{port}: {reason}") from exc
