@@ -181,8 +181,9 @@ def started() -> Iterator[list[LabProcess]]:
 def test_lab_up_with_postfix_lists_its_queues(folder: Path, started: list[LabProcess]) -> None:
     if (why := targets.POSTFIX.unavailable()) is not None:
         pytest.skip(why)
-    # lab up puts a real MTA's lab on 198.18.MAILFLOW_NETNS_SUBNET.0/24: this module's band.
-    subnet = netns_first_octet() + LAB_UP_BAND + WORKER % 10
+    # lab up puts a real MTA's lab on 198.18.MAILFLOW_NETNS_SUBNET.0/24 (1 to 250): this module's band,
+    # wrapped round for a high MAILFLOW_NETNS_SUBNET.
+    subnet = 1 + (netns_first_octet() + LAB_UP_BAND + WORKER % 10 - 1) % 250
     lab = start(
         started, folder / "lab", environment(MAILFLOW_NETNS_SUBNET=str(subnet)), "--target", "postfix"
     )
