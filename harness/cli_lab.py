@@ -10,9 +10,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -21,7 +22,11 @@ from harness.exit_codes import BrokenError, InputError
 from harness.lab import captures
 from harness.lab import config as lab_config
 from harness.lab.addresses import LOOPBACK
+from harness.lab.certificates import CA_FILE
 from harness.yamlsource import SourceError
+
+if TYPE_CHECKING:
+    from harness.lab.runtime import Lab
 
 console = Console(stderr=False)
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -83,32 +88,16 @@ def lab_up(
     except OSError as exc:
         raise BrokenError(f"lab {config.name} could not start: {exc}") from None
     try:
-        table = Table(title=f"lab {config.name} (started in {running.started_in * 1000:.0f} ms)")
-        for column in ("host", "kind", "name", "address", "service"):
-            table.add_column(column)
-        services = {
-            "dns": f"DNS udp+tcp :{config.dns_port}",
-            "gc": "LDAP: in-process only (ldap3 MOCK_SYNC)",
-            "server": f"SMTP :{config.port(25)}",
-            "internet": f"SMTP sink :{config.port(25)}",
-            "virtual_server": f"SMTP :{config.port(25)}",
-            "client": "-",
-        }
-        for host in config.hosts.values():
-            service = services.get(host.kind, "-")
-            if host.name in running.stand_ins:
-                service = f"{target.name}: {service}"
-            table.add_row(host.name, host.kind, host.fqdn or "-", host.address, service)
-        console.print(table)
-        for server, stand_in in running.stand_ins.items():
-            console.print(f"{server}: {target.name} in its network namespace, logging to {stand_in.log_path}")
+        _print_hosts(running, target.name)
         kept = "" if workdir is not None else " (a temporary folder, removed when the lab stops)"
         console.print(
-            f"queues, mailboxes, tracking logs and what the Internet hosts received: {running.workdir}{kept}"
+            f"queues, mailboxes, tracking logs and what the Internet hosts received: {running.workdir}{kept}",
+            soft_wrap=True,
         )
         console.print(
             f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, mailflow sinks, "
-            "mailflow lab connector|server|freeze)"
+            "mailflow lab connector|server|freeze)",
+            soft_wrap=True,
         )
         console.print("Ctrl-C stops the lab.")
         while True:
@@ -117,6 +106,60 @@ def lab_up(
         console.print("stopping")
     finally:
         running.stop()
+
+
+def _print_hosts(running: Lab, target_name: str) -> None:
+    """What a person needs to poke the lab: each host's address and role, and how to log in and verify
+    TLS. One narrow table (readable at 80 columns): every SMTP service listens on the same port."""
+    config = running.config
+    console.print(
+        f"lab {config.name} started in {running.started_in * 1000:.0f} ms: every SMTP service on port "
+        f"{config.port(25)}, DNS on {config.dns_address}:{config.dns_port} (udp+tcp)"
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("host", no_wrap=True)
+    table.add_column("address", no_wrap=True)
+    table.add_column("what", overflow="fold")
+    roles = {
+        "dns": "DNS server",
+        "gc": "global catalog (in-process LDAP)",
+        "server": "server",
+        "internet": "Internet host",
+        "virtual_server": "virtual server",
+        "client": "client",
+    }
+    for host in config.hosts.values():
+        if host.kind == "dns":
+            continue
+        role = roles.get(host.kind, host.kind)
+        if host.name in running.stand_ins:
+            role = f"{target_name} standing in for this server"
+        name = host.name.removesuffix(" SMTP Virtual Server")
+        table.add_row(name, host.address, f"{role}: {host.fqdn}" if host.fqdn else role)
+    console.print(table)
+    console.print("A session from a client binds the client's address (swaks --local-interface).")
+    for server, stand_in in running.stand_ins.items():
+        console.print(f"{server}: {target_name} in its network namespace, logging to {stand_in.log_path}")
+    ca = running.workdir / CA_FILE
+    # Paths are never folded: a person copies them.
+    console.print(f"STARTTLS: verify the server's name (e.g. ex1.contoso.com) against {ca}", soft_wrap=True)
+    logins = _logins(running)
+    if logins:
+        console.print(
+            "AUTH (LOGIN, PLAIN): " + ", ".join(f"{user} / {password}" for user, password in logins)
+        )
+
+
+def _logins(running: Lab) -> list[tuple[str, str]]:
+    """The directory's accounts, by their first name, as SMTP AUTH accepts them."""
+    from harness.targets.recipients import RecipientTable
+
+    if not running.gc.available:
+        return []
+    table = RecipientTable.from_directory(
+        running.gc.connect("mailflow lab up"), running.config.global_catalog.base_dn
+    )
+    return [(login.names[0], login.password) for login in table.logins]
 
 
 def _placement(base: str | None, port_offset: int | None, *, netns: bool) -> tuple[str | None, int | None]:

@@ -4,13 +4,16 @@ folder taken over), and an address in use said in the user's terms."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import smtplib
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 from click.testing import CliRunner
 from labprocess import MAILFLOW, LabProcess, environment, lab_processes, queues, start
@@ -50,7 +53,43 @@ def test_lab_up_honours_the_relocation_variables(tmp_path: Path, started: list[L
     assert greeting(ex1, 25 + OFFSET).startswith("ex1.contoso.com")
     code, out = started[0].stop()
     assert code == 0, out
-    assert ex1 in out and f"SMTP :{25 + OFFSET}" in out
+    assert ex1 in out and f"every SMTP service on port {25 + OFFSET}" in out
+
+
+def test_what_lab_up_prints_is_enough_to_log_in_over_verified_tls(
+    tmp_path: Path, started: list[LabProcess]
+) -> None:
+    """A person pokes the lab with what it prints: a client address, an account and the CA to verify
+    the server's name against."""
+    env = environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET), COLUMNS="80")
+    lab = start(started, tmp_path / "lab", env)
+    out = " ".join(lab.output.split())  # 80 columns fold the long lines
+    accounts = dict(
+        pair.split(" / ")
+        for pair in out.split("AUTH (LOGIN, PLAIN): ", 1)[1].split(" queues,")[0].split(", ")
+    )
+    ca = out.split("against ", 1)[1].split()[0]
+    assert "relay-host" in out and address(BASE, 202) in out
+    asyncio.run(_relay_over_verified_tls(address(BASE, 11), 25 + OFFSET, ca, accounts["relayuser"]))
+
+
+async def _relay_over_verified_tls(host: str, port: int, ca: str, password: str) -> None:
+    smtp = aiosmtplib.SMTP(
+        hostname=host,
+        port=port,
+        source_address=(address(BASE, 200), 0),
+        local_hostname="mail-out.fabrikam.com",
+        start_tls=False,
+        timeout=10,
+    )
+    await smtp.connect()
+    # The certificate is checked against the server's name, as printed, not the address connected to.
+    await smtp.starttls(server_hostname="ex1.contoso.com", tls_context=ssl.create_default_context(cafile=ca))
+    assert (await smtp.login("relayuser", password)).code == 235
+    await smtp.mail("ann@contoso.com")
+    # An account with relay permission relays to the Internet (RELAY-3).
+    assert (await smtp.rcpt("someone@fabrikam.com")).code == 250
+    await smtp.quit()
 
 
 def test_base_and_port_offset_options_win_over_the_variables(
