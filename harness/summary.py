@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from harness.catalogue import flow_of
+from harness.catalogue import catalogue, flow_of
 from harness.outcomes import OUTCOMES, one_line
 from harness.runner import KNOCK_ON
 
@@ -132,7 +132,9 @@ def _by(outcomes: Iterable[Mapping[str, Any]], keys: Any) -> dict[str, Counter[s
     for outcome in outcomes:
         for key in keys(outcome):
             rows[key][str(outcome["outcome"])] += 1
-    return dict(sorted(rows.items()))
+    # Catalogue IDs in the catalogue's order (IN-1 before IN-3, PROTO-5 before PROTO-16), flows by name.
+    order = {spec_id: number for number, spec_id in enumerate(catalogue())}
+    return dict(sorted(rows.items(), key=lambda row: (order.get(row[0], len(order)), row[0])))
 
 
 def _order(outcome: Mapping[str, Any]) -> tuple[int, str]:
