@@ -290,20 +290,22 @@ def matrix_command(
     names = [t.name for t in chosen]
     (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names), encoding="utf-8")
     (reports_dir / "matrix.html").write_text(matrix.to_html(table, names), encoding="utf-8")
-    shown = Table(title="conformance matrix")
-    shown.add_column("ID")
-    for name in names:
-        shown.add_column(name)
-    colours = {
-        "pass": "green",
-        "fail": "red",
-        "deviation": "yellow",
-        "skipped": "bright_black",
-        "none": "white",
+    # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
+    # (matrix.md has the counts by status and the deviations' reasons).
+    cells = {
+        spec_id: [f"{row[n].status} ({sum(row[n].counts.values())})" if row[n].counts else "-" for n in names]
+        for spec_id, row in table.items()
     }
-    for spec_id, row in table.items():
-        shown.add_row(spec_id, *(f"[{colours[row[n].status]}]{row[n].text()}[/]" for n in names))
-    console.print(shown)
+    first = max(len("ID"), *(len(spec_id) for spec_id in cells))
+    widths = [max(len(name), *(len(row[i]) for row in cells.values())) for i, name in enumerate(names)]
+    console.print(
+        f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True)),
+        markup=False,
+        highlight=False,
+    )
+    for spec_id, row in cells.items():
+        text = f"{spec_id:<{first}}" + "".join(f"  {c:<{w}}" for c, w in zip(row, widths, strict=True))
+        console.print(text.rstrip(), markup=False, highlight=False)
     width = summary.terminal_width(console)
     for name, ran in runs.items():
         # The traces to look at on each target, with their reasons (a deviation passed: not listed).
