@@ -123,6 +123,7 @@ def replay_options(command: Any) -> Any:
                 type=click.Path(path_type=Path),
                 default=DEFAULT_REPORTS,
                 show_default=True,
+                help="folder for the Allure results, junit.xml and the run's JSON results",
             ),
             click.option(
                 "-n",
@@ -299,7 +300,7 @@ def matrix_command(
     first = max(len("ID"), *(len(spec_id) for spec_id in cells))
     widths = [max(len(name), *(len(row[i]) for row in cells.values())) for i, name in enumerate(names)]
     console.print(
-        f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True)),
+        (f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True))).rstrip(),
         markup=False,
         highlight=False,
     )
