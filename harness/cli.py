@@ -1,8 +1,9 @@
 """The `mailflow` command.
 
 `mailflow run` is the main job: it replays the trace corpus through pytest (so the same traces run under
-`pytest traces/` with identical results), shows progress while the corpus runs, writes Allure results
-and a JSON summary, prints a summary table, and exits non-zero on any failure — the CI gate.
+`pytest traces/` with identical results), shows progress while the corpus runs, writes Allure results,
+JUnit XML and a JSON summary, prints a summary (harness/summary.py), and exits with one of the codes of
+harness/exit_codes.py — the CI gate.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import cli_generate, cli_import, cli_lab, cli_record, differential, matrix, targets
+from harness import (
+    cli_generate,
+    cli_import,
+    cli_lab,
+    cli_record,
+    differential,
+    matrix,
+    outcomes,
+    summary,
+    targets,
+)
 from harness.catalogue import catalogue, markdown
+from harness.exit_codes import ExitCode, InputError
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.trace import is_trace_file, load
@@ -33,6 +47,16 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
     # CI logs are read in wide windows: don't fold the summary into 80 columns.
     console = Console(stderr=False, width=150)
 DEFAULT_REPORTS = Path("reports")
+
+EXIT_CODES = """Exit codes: 0 every trace passed (or the command did what it was asked);
+1 a trace failed, or two targets differ; 2 usage or invalid input (a wrong option or name, a malformed
+trace or lab file, no trace found, an environment variable a trace needs not set); 3 the lab or the
+harness broke (an address in use, a daemon that did not start). When a run's traces call for several,
+3 wins over 2, and 2 over 1."""
+TARGET_HELP = (
+    f"server under test: one of {', '.join(targets.TARGETS)}; a real MTA stands in for EX1, or for the "
+    "server named after a colon (postfix:EX2)"
+)
 
 
 def trace_files(paths: tuple[str, ...]) -> list[Path]:
@@ -52,18 +76,41 @@ class ProgressPlugin:
     """Feeds pytest's per-trace reports into a rich progress bar (works with xdist: the controller
     receives every worker's reports)."""
 
-    def __init__(self, progress: Progress, task: Any) -> None:
+    def __init__(self, progress: Progress | None, task: Any) -> None:
         self.progress = progress
         self.task = task
-        self.failed = 0
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.progress is None:
+            return
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            if report.failed:
-                self.failed += 1
-            self.progress.update(
-                self.task, advance=1, description=f"{report.nodeid.rsplit('::', 1)[-1]} [{report.outcome}]"
-            )
+            name = report.nodeid.rsplit("::", 1)[-1]
+            self.progress.update(self.task, advance=1, description=f"{name} [{report.outcome}]")
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[ProgressPlugin]:
+    """A progress bar on the terminal, when there is one (piped: none). It writes to its own copy of
+    the terminal's file descriptor: while pytest runs, sys.stdout is /dev/null (pytest's own output
+    would tear the bar) and pytest captures file descriptors 1 and 2 around each trace."""
+    stream = sys.stderr if sys.stderr.isatty() else sys.stdout if sys.stdout.isatty() else None
+    if stream is None:
+        yield ProgressPlugin(None, None)
+        return
+    with (
+        os.fdopen(os.dup(stream.fileno()), "w") as terminal,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=terminal, force_terminal=True),
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as progress,
+    ):
+        yield ProgressPlugin(progress, progress.add_task("starting", total=total))
 
 
 def replay_options(command: Any) -> Any:
@@ -76,6 +123,7 @@ def replay_options(command: Any) -> Any:
                 type=click.Path(path_type=Path),
                 default=DEFAULT_REPORTS,
                 show_default=True,
+                help="folder for the Allure results, junit.xml and the run's JSON results",
             ),
             click.option(
                 "-n",
@@ -96,8 +144,8 @@ def replay_options(command: Any) -> Any:
 def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
     files = trace_files(paths)
     if not files:
-        console.print("[red]no trace files found[/red]")
-        sys.exit(5)  # pytest's "no tests collected": a run of nothing is not a pass
+        # A run of nothing is not a pass.
+        raise InputError(f"no trace files found in {' '.join(paths) or 'traces'}")
     return files
 
 
@@ -105,32 +153,40 @@ def _targets(names: tuple[str, ...]) -> list[targets.Target]:
     try:
         return [targets.get(name) for name in names]
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--target") from exc
+        raise click.BadParameter(
+            f"{exc} (a real MTA may name the server it stands in for: postfix:EX2)", param_hint="--target"
+        ) from exc
 
 
-@click.group()
+@click.group(epilog=EXIT_CODES)
+@click.version_option(package_name="mailflow", prog_name="mailflow")
 def main() -> None:
     """mailflow: trace-replay and conformance test harness for mail transfer agents."""
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1)
-@click.option("--target", "target_name", default="reference", show_default=True, help="server under test")
+@click.option("--target", "target_name", default="reference", show_default=True, help=TARGET_HELP)
 @click.option(
     "--update",
     is_flag=True,
     help="rewrite failing expect steps to what the server said (code, masked text), showing the diff",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="list every trace in the summary, not only the ones to look at"
 )
 @replay_options
 def run(
     paths: tuple[str, ...],
     target_name: str,
     update: bool,
+    verbose: bool,
     reports_dir: Path,
     workers: str,
     keyword: str | None,
 ) -> None:
-    """Replay traces (default: traces/) against a target, write Allure results, print a summary."""
+    """Replay traces (default: traces/) against a target, write Allure results, JUnit XML
+    (REPORTS/junit.xml) and REPORTS/last-run.json, print a summary."""
     (target,) = _targets((target_name,))
     if update and target.name != "reference":
         # A real MTA's replies are what the corpus compares against Exchange, not what it expects.
@@ -138,16 +194,19 @@ def run(
             "--update rewrites traces to the reference MTA's replies only", param_hint="--update"
         )
     files = _trace_files_or_exit(paths)
-    code, outcomes = _replay(
-        files, target, reports_dir, workers, keyword, reports_dir / "last-run.json", update=update
-    )
-    print_summary(outcomes)
-    for outcome in outcomes:
+    results = reports_dir / "last-run.json"
+    junit = reports_dir / "junit.xml"
+    code, ran = _replay(files, target, reports_dir, workers, keyword, results, update=update, junit=junit)
+    summary.print_summary(console, ran, verbose, details=[p for p in (results, junit) if p.exists()])
+    for outcome in ran:
         if outcome.get("update"):
             console.print(outcome["update"], markup=False, highlight=False, soft_wrap=True)
+    status = outcomes.run_exit_code(code, ran)
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
-        console.print("[red]no trace was run[/red]")
-    sys.exit(int(code))
+        console.print("no trace was run (none matched)", style="red", highlight=False)
+    elif code in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+        console.print("the run did not finish: its results are incomplete", style="red", highlight=False)
+    sys.exit(int(status))
 
 
 def _replay(
@@ -159,6 +218,7 @@ def _replay(
     results_file: Path,
     clean: bool = True,
     update: bool = False,
+    junit: Path | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Run the traces on one target through pytest (the plugin does the work); its exit code and the
     outcome of every trace."""
@@ -184,35 +244,28 @@ def _replay(
     ]
     if update:
         args.append("--mailflow-update")
+    if junit is not None:
+        # One testcase per trace, named by its id (the item's name), for CI systems that read JUnit.
+        args += ["--junitxml", str(junit), "-o", "junit_suite_name=mailflow", "-o", "junit_family=xunit2"]
     if workers != "0":
         args += ["-n", workers]
     if keyword:
         args += ["-k", keyword]
     console.print(f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("starting", total=len(files))
-        plugin = ProgressPlugin(progress, task)
-        with open(os.devnull, "w") as quiet:
-            saved = sys.stdout
-            sys.stdout = quiet  # pytest's own terminal output would tear the progress bar
-            try:
-                code = pytest.main(args, plugins=[plugin])
-            finally:
-                sys.stdout = saved
-    outcomes: list[dict[str, Any]] = json.loads(results_file.read_text()) if results_file.exists() else []
-    return int(code), outcomes
+    with _progress(len(files)) as plugin, open(os.devnull, "w") as quiet:
+        saved = sys.stdout
+        sys.stdout = quiet  # pytest's own terminal output would tear the progress bar
+        try:
+            code = pytest.main(args, plugins=[plugin])
+        finally:
+            sys.stdout = saved
+    ran: list[dict[str, Any]] = json.loads(results_file.read_text()) if results_file.exists() else []
+    return int(code), ran
 
 
-@main.command(name="matrix")
+@main.command(name="matrix", epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1)
-@click.option("--target", "target_names", multiple=True, required=True, help="a target; give several")
+@click.option("--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give several")
 @replay_options
 def matrix_command(
     paths: tuple[str, ...],
@@ -221,54 +274,70 @@ def matrix_command(
     workers: str,
     keyword: str | None,
 ) -> None:
-    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML)."""
+    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
+    Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
     chosen = _targets(target_names)
     files = _trace_files_or_exit(paths)
     runs: dict[str, list[dict[str, Any]]] = {}
+    statuses: list[ExitCode] = []
     for number, target in enumerate(chosen):
         results = reports_dir / "matrix" / f"{target.name.replace(':', '-')}.json"
         # One Allure result folder for all targets: the report tells them apart by the target label.
-        _, runs[target.name] = _replay(
+        code, runs[target.name] = _replay(
             files, target, reports_dir, workers, keyword, results, clean=number == 0
         )
+        statuses.append(outcomes.run_exit_code(code, runs[target.name]))
     table = matrix.build(runs)
     names = [t.name for t in chosen]
     (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names), encoding="utf-8")
     (reports_dir / "matrix.html").write_text(matrix.to_html(table, names), encoding="utf-8")
-    shown = Table(title="conformance matrix")
-    shown.add_column("ID")
-    for name in names:
-        shown.add_column(name)
-    colours = {
-        "pass": "green",
-        "fail": "red",
-        "deviation": "yellow",
-        "skipped": "bright_black",
-        "none": "white",
+    # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
+    # (matrix.md has the counts by status and the deviations' reasons).
+    cells = {
+        spec_id: [f"{row[n].status} ({sum(row[n].counts.values())})" if row[n].counts else "-" for n in names]
+        for spec_id, row in table.items()
     }
-    for spec_id, row in table.items():
-        shown.add_row(spec_id, *(f"[{colours[row[n].status]}]{row[n].text()}[/]" for n in names))
-    console.print(shown)
+    first = max(len("ID"), *(len(spec_id) for spec_id in cells))
+    widths = [max(len(name), *(len(row[i]) for row in cells.values())) for i, name in enumerate(names)]
+    console.print(
+        (f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True))).rstrip(),
+        markup=False,
+        highlight=False,
+    )
+    for spec_id, row in cells.items():
+        text = f"{spec_id:<{first}}" + "".join(f"  {c:<{w}}" for c, w in zip(row, widths, strict=True))
+        console.print(text.rstrip(), markup=False, highlight=False)
+    width = summary.terminal_width(console)
+    for name, ran in runs.items():
+        # The traces to look at on each target, with their reasons (a deviation passed: not listed).
+        for outcome in ran:
+            if outcome["outcome"] != "passed":
+                console.print(summary.trace_line(outcome, width), soft_wrap=True, highlight=False)
+        console.print(f"{name}: {summary.totals(ran)}", markup=False, highlight=False)
     console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
+    sys.exit(int(outcomes.worst(statuses)))
 
 
-@main.command(name="diff")
+@main.command(name="diff", epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1)
-@click.option("--target", "target_names", multiple=True, required=True, help="give exactly two targets")
+@click.option(
+    "--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give exactly two"
+)
 def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
     """Replay the same traces on two targets; show where transcripts and outcomes differ, side by side.
-    Exit 1 if anything differs."""
+    Exit 1 if anything differs, 2 if a trace is invalid, 3 if a trace could not be run."""
     if len(target_names) != 2:
         raise click.BadParameter("give exactly two targets", param_hint="--target")
     first, second = _targets(target_names)
     files = _trace_files_or_exit(paths)
     differing = 0
+    seen: list[dict[str, str]] = []  # each trace's outcome, for the exit code
     for path in files:
         try:
             trace = load(path.resolve())
         except SourceError as exc:
-            console.print(f"[red]broken trace:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            differing += 1
+            console.print(f"[red]invalid trace:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            seen.append({"outcome": "invalid"})
             continue
         for target in (first, second):
             unavailable = target.unavailable()
@@ -278,11 +347,20 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
                 console.print(f"[yellow]{trace.id}: skipped: {target.name} lacks {lacks}[/yellow]")
                 break
         else:
-            result = differential.compare(trace, first, second)
+            try:
+                result = differential.compare(trace, first, second)
+            except Exception as exc:
+                verdict, reason = outcomes.problem(exc)
+                console.print(
+                    f"{verdict} {trace.id}: {outcomes.one_line(reason)}", markup=False, highlight=False
+                )
+                seen.append({"outcome": verdict})
+                continue
             if not result.differs:
                 console.print(f"[green]{trace.id}: same[/green]")
                 continue
             differing += 1
+            seen.append({"outcome": "failed"})
             table = Table(title=f"{trace.id}", show_lines=True)
             table.add_column("where")
             table.add_column(first.name)
@@ -291,59 +369,23 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
                 table.add_row(where, escape("\n".join(left)), escape("\n".join(right)))
             console.print(table)
     console.print(f"{len(files)} trace(s), {differing} differ")
-    sys.exit(1 if differing else 0)
-
-
-def print_summary(outcomes: list[dict[str, Any]]) -> None:
-    table = Table(title="mailflow conformance summary", show_lines=False)
-    table.add_column("trace", no_wrap=True)
-    for column in ("catalogue IDs", "target", "result", "time"):
-        table.add_column(column)
-    colours = {
-        "passed": "green",
-        "failed": "red",
-        "broken": "magenta",
-        "skipped": "bright_black",
-        "deviation": "yellow",
-    }
-    counts: dict[str, int] = defaultdict(int)
-    for outcome in sorted(outcomes, key=lambda o: str(o["trace"])):
-        counts[outcome["outcome"]] += 1
-        # A pass that met known deviations of the target is shown as such (it still counts as passed).
-        shown = (
-            "deviation"
-            if outcome["outcome"] == "passed" and outcome.get("deviations")
-            else outcome["outcome"]
-        )
-        colour = colours.get(shown, "magenta")
-        table.add_row(
-            outcome["trace"],
-            " ".join(outcome["spec"]),
-            outcome["target"],
-            f"[{colour}]{shown}[/{colour}]",
-            f"{outcome['duration']:.2f}s",
-        )
-    console.print(table)
-    for outcome in outcomes:
-        if outcome["outcome"] == "failed" and outcome.get("message"):
-            console.print(f"[red]✗ {outcome['trace']}[/red] ({outcome['path']})")
-            console.print(outcome["message"], markup=False, highlight=False, soft_wrap=True)
-    deviated = sum(1 for o in outcomes if o["outcome"] == "passed" and o.get("deviations"))
-    console.print(
-        f"{sum(counts.values())} traces: {counts['passed']} passed"
-        + (f" ({deviated} with known deviations)" if deviated else "")
-        + f", {counts['failed']} failed, {counts['skipped']} skipped"
-        + (f", {counts['broken']} broken (the lab or the harness failed)" if counts["broken"] else "")
-    )
+    sys.exit(int(outcomes.exit_code(seen)))
 
 
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option(
-    "--results", type=click.Path(path_type=Path), default=DEFAULT_REPORTS / "last-run.json", show_default=True
+    "--results",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"a run's JSON results  [default: {DEFAULT_REPORTS / 'last-run.json'}, if there is one]",
 )
-def coverage(paths: tuple[str, ...], results: Path) -> None:
-    """Catalogue IDs by traces (showing, boundary) and last result per target."""
+def coverage(paths: tuple[str, ...], results: Path | None) -> None:
+    """Catalogue IDs by traces (showing, boundary) and last result per target. Exits 2 if a trace is
+    invalid or the results file named does not exist."""
+    if results is not None and not results.is_file():
+        raise InputError(f"--results: {results} does not exist (mailflow run writes it)")
+    results = results or DEFAULT_REPORTS / "last-run.json"
     by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)  # ID → (trace, shows its boundary)
     broken: list[str] = []
     for path in trace_files(paths):
@@ -356,12 +398,11 @@ def coverage(paths: tuple[str, ...], results: Path) -> None:
             by_id[spec_id].append((trace.id, spec_id in trace.boundary))
     last: dict[tuple[str, str], list[str]] = defaultdict(list)
     target_names: list[str] = []
-    if results.exists():
-        for outcome in json.loads(results.read_text()):
-            if outcome["target"] not in target_names:
-                target_names.append(outcome["target"])
-            for spec_id in outcome["spec"]:
-                last[(spec_id, outcome["target"])].append(outcome["outcome"])
+    for outcome in _results(results) if results.exists() else []:
+        if outcome["target"] not in target_names:
+            target_names.append(outcome["target"])
+        for spec_id in outcome["spec"]:
+            last[(spec_id, outcome["target"])].append(outcome["outcome"])
     table = Table(title="conformance coverage")
     for column in ("ID", "flow", "traces", "shows", "boundary", *target_names):
         table.add_column(column)
@@ -390,7 +431,21 @@ def coverage(paths: tuple[str, ...], results: Path) -> None:
     console.print(table)
     console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
     for problem in broken:
-        console.print(f"[red]broken trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]invalid trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    if broken:
+        sys.exit(ExitCode.INPUT)
+
+
+def _results(path: Path) -> list[dict[str, Any]]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a mailflow run's JSON results ({exc})") from exc
+    if not isinstance(loaded, list) or not all(
+        isinstance(o, dict) and {"trace", "target", "spec", "outcome"} <= o.keys() for o in loaded
+    ):
+        raise InputError(f"{path}: not a mailflow run's JSON results (a list of trace outcomes)")
+    return loaded
 
 
 @main.command(name="catalogue")
@@ -401,14 +456,17 @@ def catalogue_command(destination: Path | None) -> None:
     """The conformance catalogue as Markdown (docs/catalogue.md)."""
     if destination is None:
         click.echo(markdown(), nl=False)
-    else:
+        return
+    try:
         destination.write_text(markdown(), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--write: cannot write {destination}: {exc.strerror or exc}") from exc
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 def check(paths: tuple[str, ...]) -> None:
-    """Validate trace and lab files without running anything."""
+    """Validate trace and lab files without running anything. Exits 2 if any is invalid."""
     problems = 0
     for raw in paths:
         for path in [Path(raw)] if not Path(raw).is_dir() else sorted(Path(raw).rglob("*.y*ml")):
@@ -424,7 +482,7 @@ def check(paths: tuple[str, ...]) -> None:
                 problems += 1
                 # soft_wrap keeps "file:line: field: message" on one line for grep and editors.
                 console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    sys.exit(1 if problems else 0)
+    sys.exit(ExitCode.INPUT if problems else ExitCode.OK)
 
 
 # The commands that drive a lab started by hand live in their own module.

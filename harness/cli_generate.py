@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from harness.exit_codes import InputError
 from harness.generate import generate as generate_traces
 from harness.lab import config as lab_config
+from harness.yamlsource import SourceError
 
 # The seed and size of the committed corpus in traces/generated: `mailflow generate` with no options
 # regenerates it byte for byte.
@@ -16,7 +18,7 @@ DEFAULT_SEED = 20240601
 DEFAULT_COUNT = 600
 
 
-@click.command("generate")
+@click.command("generate", epilog="Exit codes: 0 written; 2 a wrong option, or a lab file that is not valid.")
 @click.option("--lab", "lab_name", default="contoso", show_default=True, help="lab name or lab file")
 @click.option(
     "--seed", type=int, default=DEFAULT_SEED, show_default=True, help="the same seed, the same files"
@@ -40,7 +42,12 @@ def generate(lab_name: str, seed: int, count: int, output: Path) -> None:
     try:
         written = generate_traces(lab_file, seed, count, output)
     except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        # The lab has fewer distinct scenarios than --count asks for.
+        raise InputError(f"--count {count}: {exc}") from exc
+    except SourceError as exc:
+        raise InputError(str(exc)) from exc
+    except OSError as exc:
+        raise InputError(f"--output: cannot write {output}: {exc.strerror or exc}") from exc
     click.echo(f"{len(written)} traces written to {output} (lab {lab_file.stem}, seed {seed})")
 
 

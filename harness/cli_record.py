@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from harness.exit_codes import BrokenError, InputError
 from harness.importers.to_trace import to_trace
 from harness.lab import config as lab_config
 from harness.lab.certificates import LabCertificates
@@ -28,7 +29,11 @@ def _endpoint(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@click.command("record")
+@click.command(
+    "record",
+    epilog="Exit codes: 0 the sessions were written; 2 a wrong option or lab; "
+    "3 the proxy could not listen (the address is in use or not this machine's).",
+)
 @click.option("--listen", required=True, help="ADDR:PORT the proxy listens on, e.g. 127.0.0.1:2525")
 @click.option("--upstream", required=True, help="HOST:PORT of the server the sessions go on to")
 @click.option("-o", "output", type=click.Path(path_type=Path), required=True, help="trace file to write")
@@ -56,8 +61,10 @@ def record_command(
     try:
         config = lab_config.load(lab_config.lab_path(lab_name))
         name = upstream_name or config.organization.server(server).fqdn
-    except (SourceError, KeyError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except SourceError as exc:
+        raise InputError(str(exc)) from exc
+    except KeyError as exc:
+        raise InputError(f"--server: {exc.args[0] if exc.args else exc}") from exc
     written: list[Path] = []
 
     def keep(session: RecordedSession) -> None:
@@ -99,7 +106,10 @@ def record_command(
                 client_tls=client_tls,
                 upstream_name=name,
             )
-            host, port = await proxy.start(*listen_at)
+            try:
+                host, port = await proxy.start(*listen_at)
+            except OSError as exc:
+                raise BrokenError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from exc
             console.print(f"recording {host}:{port} → {upstream_at[0]}:{upstream_at[1]}; Ctrl-C stops")
             try:
                 await done.wait()

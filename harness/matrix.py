@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.catalogue import catalogue
+from harness.runner import KNOCK_ON
 from harness.targets.known_deviations import Deviation, deviations
 
 ORDER = ("fail", "deviation", "pass", "skipped")
@@ -51,9 +52,13 @@ def verdict(outcome: Mapping[str, Any], known: Sequence[Deviation]) -> Verdict:
         return Verdict(trace, "deviation", tolerated) if tolerated else Verdict(trace, "pass")
     if outcome["outcome"] == "skipped":
         return Verdict(trace, "skipped", (str(outcome.get("message") or ""),))
-    # pytest-xdist puts a "[gw0] linux -- Python ..." line before a worker's failure text.
+    if outcome["outcome"] in ("broken", "invalid"):
+        # Not a verdict on the target: no known deviation can explain it.
+        return Verdict(trace, "fail", (str(outcome.get("message") or outcome["outcome"]),))
+    # A failure that follows from a failed session is judged as itself; the run's results before
+    # the summary came from pytest and may start with pytest-xdist's "[gw0] linux -- Python ..." line.
     failures = [
-        line
+        line.removeprefix(KNOCK_ON)
         for line in str(outcome.get("message") or "").splitlines()
         if line.strip() and not re.match(r"\[gw\d+\] ", line)
     ]

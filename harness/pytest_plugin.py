@@ -9,13 +9,14 @@ the outcome of every trace is written as JSON for `mailflow coverage` and the CL
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import matrix, report, targets, update
+from harness import matrix, outcomes, report, targets, update
 from harness.runner import TraceResult, run_trace
 from harness.targets.known_deviations import deviations
 from harness.trace import Trace, is_trace_file, load
@@ -78,12 +79,23 @@ class TraceItem(pytest.Item):
             )
 
     def runtest(self) -> None:
+        if self.trace is None:
+            # An invalid trace is counted and named like any other, by its file.
+            self.user_properties.append(
+                ("mailflow", {"trace": self.name, "spec": [], "path": str(self.path), "boundary": []})
+            )
         try:
             self._run()
-        except (TraceFailed, pytest.skip.Exception):
+        except TraceFailed:
             raise
-        except Exception:
-            self.user_properties.append(("mailflow_verdict", "broken"))
+        except pytest.skip.Exception as exc:
+            self.user_properties.append(("mailflow_reason", {"kind": "skipped", "message": str(exc.msg)}))
+            raise
+        except Exception as exc:
+            verdict, reason = outcomes.problem(exc)
+            reason.setdefault("file", str(self.path))
+            self.user_properties.append(("mailflow_verdict", verdict))
+            self.user_properties.append(("mailflow_reason", reason))
             raise
 
     def _run(self) -> None:
@@ -110,6 +122,7 @@ class TraceItem(pytest.Item):
             found = matrix.verdict(result.as_outcome(), deviations(target.name))
             if found.status != "deviation":
                 self.user_properties.append(("mailflow_deviations", tolerated))
+                self.user_properties.append(("mailflow_reason", result.first_failure()))
                 raise TraceFailed("\n".join(result.failures()))
             report.deviated(result.failures(), found.reasons)
             tolerated += [f"{line} (known deviation: {reason})" for line, reason in found.explained]
@@ -135,6 +148,9 @@ class TraceItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, TraceFailed | SourceError):
             return str(excinfo.value)
+        _, reason = outcomes.problem(excinfo.value)
+        if reason["kind"] != "harness":
+            return outcomes.one_line(reason)  # the user's own set-up: no traceback to wade through
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
@@ -156,7 +172,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             "target": properties.get("mailflow_target", "reference"),
             "outcome": outcome,
             "duration": report.duration,
-            "message": _message(report),
+            "message": _message(report, properties),
+            "reason": properties.get("mailflow_reason") or _reason(report),
             "deviations": properties.get("mailflow_deviations", []),
             "update": properties.get("mailflow_update", ""),
         }
@@ -168,13 +185,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _outcomes.clear()
 
 
-def _message(report: pytest.TestReport) -> str:
-    """The failures of a failed trace, or why a trace was skipped."""
-    if report.failed:
-        return report.longreprtext[:4000]
+def _message(report: pytest.TestReport, properties: dict[str, Any]) -> str:
+    """Every failure of a failed trace (one per line, as harness/matrix.py judges them), or the reason
+    a trace was skipped, broken or invalid."""
+    if report.passed:
+        return ""
+    if report.failed and properties.get("mailflow_verdict") is None:
+        return _failure_text(report)
+    reason = properties.get("mailflow_reason") or _reason(report) or {}
+    return str(reason.get("message") or "")
+
+
+def _failure_text(report: pytest.TestReport) -> str:
+    # pytest-xdist puts a "[gw0] linux -- Python ..." line before a worker's failure text: not ours.
+    lines = report.longreprtext.splitlines()
+    return "\n".join(line for line in lines if not re.match(r"\[gw\d+\] ", line))
+
+
+def _reason(report: pytest.TestReport) -> outcomes.Reason | None:
+    """A reason for an outcome the trace item did not explain itself (pytest's own skip or error)."""
     if report.skipped and isinstance(report.longrepr, tuple):
-        return str(report.longrepr[2]).removeprefix("Skipped: ")
-    return ""
+        return {"kind": "skipped", "message": str(report.longrepr[2]).removeprefix("Skipped: ")}
+    if report.failed:
+        text = _failure_text(report)
+        return {"kind": "failure", "message": text.splitlines()[0] if text else "failed", "traceback": text}
+    return None
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -62,21 +62,73 @@ class TraceResult:
 
     def failures(self) -> list[str]:
         """One line per failure; sessions and steps count from 1, as a reader of the trace counts, and
-        the step's line in the trace file says where to look."""
-        problems = []
+        the step's line in the trace file says where to look. A step whose reply differed says what the
+        server replied. Once a session has failed the trace stops there, so the outcome checks that fail
+        afterwards are marked as following from it (KNOCK_ON) rather than read as failures of their own."""
+        problems: list[str] = []
+        stopped = False
         for number, run in enumerate(self.sessions):
-            item = self.trace.sessions[number] if number < len(self.trace.sessions) else None
-            lines = item.step_lines if isinstance(item, Session) else (item.line,) if item is not None else ()
-            for exchange in run.result.exchanges:
-                where = f" (line {lines[exchange.index]})" if exchange.index < len(lines) else ""
-                for failure in exchange.failures:
-                    problems.append(
-                        f"session {number + 1} ({run.client}), step {exchange.index + 1}{where}: "
-                        f"{exchange.title}: {failure}"
-                    )
+            for step, line, exchange, failures in self._failed_steps(number, run):
+                where = f" (line {line})" if line is not None else ""
+                problems.extend(f"{step}{where}: {exchange.title}: {failure}" for failure in failures)
+                stopped = True
         for check in self.checks:
-            problems.extend(check.failures)
+            problems.extend(f"{KNOCK_ON}{failure}" if stopped else failure for failure in check.failures)
         return problems
+
+    def first_failure(self) -> dict[str, object]:
+        """The first difference, as `last-run.json` keeps it (harness/outcomes.py: a reason)."""
+        reason: dict[str, object] = {"kind": "failure", "file": str(self.trace.path)}
+        for number, run in enumerate(self.sessions):
+            for step, line, exchange, failures in self._failed_steps(number, run):
+                reason.update(
+                    message=f"{step}: {exchange.title}: {failures[0]}",
+                    line=line,
+                    step=step,
+                    expected=exchange.title,
+                    received=exchange.reply.raw_text if exchange.reply is not None else exchange.error,
+                )
+                return reason
+        for check in self.checks:
+            if check.failures:
+                reason.update(
+                    message=f"{check.title}: {check.failures[0]}",
+                    step=check.title,
+                    expected=check.expected,
+                    received=check.actual,
+                )
+                return reason
+        reason["message"] = "failed"
+        return reason
+
+    def _lines(self, number: int) -> tuple[int, ...]:
+        item = self.trace.sessions[number] if number < len(self.trace.sessions) else None
+        return item.step_lines if isinstance(item, Session) else (item.line,) if item is not None else ()
+
+    def _failed_steps(
+        self, number: int, run: SessionRun
+    ) -> list[tuple[str, int | None, Exchange, list[str]]]:
+        """Each failed step of a session: which it is, its line in the trace, the exchange, and its
+        failures, the first one carrying the reply received when no failure quotes it already."""
+        lines = self._lines(number)
+        found = []
+        for exchange in run.result.exchanges:
+            if not exchange.failures:
+                continue
+            line = lines[exchange.index] if exchange.index < len(lines) else None
+            step = f"session {number + 1} ({run.client}), step {exchange.index + 1}"
+            failures = list(exchange.failures)
+            reply = exchange.reply
+            if reply is not None and not any(repr(reply.first) in failure for failure in failures):
+                more = f" (+{len(reply.lines) - 1} lines)" if len(reply.lines) > 1 else ""
+                failures[0] += f"; the server replied {reply.first!r}{more}"
+            found.append((step, line, exchange, failures))
+        return found
+
+
+# The prefix of an outcome check's failure that follows from a failed session (the trace stopped there,
+# so what the later steps would have caused is missing). harness/matrix.py reads past it.
+KNOCK_ON = "after the failure above: "
 
 
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")

@@ -368,7 +368,7 @@ def test_mailflow_check_reports_a_bad_dns_value(tmp_path: Path, monkeypatch: pyt
     text = mutate(contoso_text(), 'value: "10 mx.adatum.com."', 'value: "ten mx.adatum.com."')
     path = write_lab(tmp_path, text)
     code, output = check_output(monkeypatch, path)
-    assert code == 1
+    assert code == 2  # invalid input
     assert output.startswith(f"error {path}:{line_with(text, 'ten mx')}: dns.records[10].value: ")
 
 
@@ -378,7 +378,7 @@ def test_mailflow_check_parses_the_directory(tmp_path: Path, monkeypatch: pytest
     broken_line = ldif.read_bytes().count(b"\n")
     path = write_lab(tmp_path, contoso_text().replace(str(LDIF), str(ldif)))
     code, output = check_output(monkeypatch, path)
-    assert code == 1
+    assert code == 2  # invalid input
     assert output.startswith(
         f"error {ldif}:{broken_line}: expected 'attribute: value', found 'no colon here'"
     )

@@ -498,7 +498,7 @@ def test_mailflow_check_prints_file_line_field_and_fails(
     broken = write_trace(tmp_path, text)
     good = CORPUS[0]
     result = CliRunner().invoke(cli.main, ["check", str(good), str(broken)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # invalid input (harness/exit_codes.py)
     assert f"ok {good}" in result.output
     line = line_with(text, "RSET")
     expected = f"error {broken}:{line}: sessions[0].script[3].send: send: command line 'QUIT\\nRSET' contains"
