@@ -155,7 +155,7 @@ def test_an_address_in_use_is_the_users_error_with_the_address(tmp_path: Path) -
     reason = " ".join(unfolded(done.stdout))
     assert f"error    relay/relay-denied-by-default: {GOOD}: the lab could not start:" in reason
     assert f"cannot listen on {server.address}:{server.port}" in reason
-    assert "address already in use" in reason and "relocate the lab" in reason
+    assert "the address is in use by another lab or program" in reason and "relocate this lab" in reason
     assert "Traceback" not in done.stdout and "mailflow failed" not in done.stdout
 
 
