@@ -42,7 +42,14 @@ def trace_files(paths: tuple[str, ...]) -> list[Path]:
     for raw in paths or ("traces",):
         path = Path(raw)
         if path.is_dir():
-            found = [p for p in yaml_files(path) if is_trace_file(p)]
+            found = []
+            for candidate in yaml_files(path):
+                if is_trace_file(candidate):
+                    found.append(candidate)
+                elif sniff(candidate) == "unreadable":
+                    # It may be a trace with a typo: say so rather than leave it out unseen.
+                    note = f"skipped {escape(str(candidate))}: its YAML does not parse (see mailflow check)"
+                    console.print(f"[yellow]{note}[/yellow]", highlight=False, soft_wrap=True)
         elif path.exists():
             found = [path]
         else:

@@ -214,6 +214,9 @@ def test_a_folder_collects_its_traces_and_nothing_else(project: Path) -> None:
     # mailflow run takes the same files.
     ran = mailflow("run", "project", "--reports", "reports", cwd=project.parent)
     assert "mailflow: 3 trace file(s)" in ran.stdout, ran.stdout + ran.stderr
+    # A file that may be a trace with a typo is named; the lab and the other YAML files are not.
+    assert "skipped project/notes/template.yaml: its YAML does not parse" in ran.stdout
+    assert "contoso.yaml" not in ran.stdout and "catalogue.yaml" not in ran.stdout
 
 
 def test_a_broken_trace_in_the_corpus_is_reported_with_file_and_line(project: Path) -> None:
