@@ -39,7 +39,7 @@ from harness.catalogue import catalogue, markdown
 from harness.exit_codes import ExitCode, InputError
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
-from harness.trace import is_trace_file, load
+from harness.trace import is_trace_file, load, sniff, yaml_files
 from harness.yamlsource import SourceError
 
 console = Console(stderr=False)
@@ -60,16 +60,26 @@ TARGET_HELP = (
 
 
 def trace_files(paths: tuple[str, ...]) -> list[Path]:
-    files: list[Path] = []
+    """The trace files the PATHS name (default: traces/), by the rule pytest collects them with: a file
+    named is a trace, and a folder's YAML files are when they are in the corpus or look like traces."""
+    files: dict[Path, Path] = {}  # resolved → as given, so a file named twice runs once
     for raw in paths or ("traces",):
         path = Path(raw)
         if path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*.y*ml")) if is_trace_file(p.resolve()))
+            found = []
+            for candidate in yaml_files(path):
+                if is_trace_file(candidate):
+                    found.append(candidate)
+                elif sniff(candidate) == "unreadable":
+                    # It may be a trace with a typo: say so rather than leave it out unseen.
+                    note = f"skipped {escape(str(candidate))}: its YAML does not parse (see mailflow check)"
+                    console.print(f"[yellow]{note}[/yellow]", highlight=False, soft_wrap=True)
         elif path.exists():
-            files.append(path)
+            found = [path]
         else:
             raise click.BadParameter(f"{raw} does not exist", param_hint="PATHS")
-    return files
+        files.update((p.resolve(), p) for p in found if p.resolve() not in files)
+    return list(files.values())
 
 
 class ProgressPlugin:
@@ -469,9 +479,16 @@ def check(paths: tuple[str, ...]) -> None:
     """Validate trace and lab files without running anything. Exits 2 if any is invalid."""
     problems = 0
     for raw in paths:
-        for path in [Path(raw)] if not Path(raw).is_dir() else sorted(Path(raw).rglob("*.y*ml")):
+        named = not Path(raw).is_dir()
+        for path in [Path(raw)] if named else yaml_files(Path(raw)):
+            # What a file is, is told by its content; a folder's YAML that is neither is not checked.
+            kind = sniff(path)
+            if not named and kind == "other":
+                note = f"skipped {escape(str(path))}: neither a trace nor a lab file"
+                console.print(f"[bright_black]{note}[/]", highlight=False)
+                continue
             try:
-                if "labs" in path.resolve().parts:
+                if kind == "lab":
                     config = lab_config.load(path.resolve())
                     # The directory is only parsed when a lab starts; a broken LDIF must show up here.
                     MockGlobalCatalog(config.global_catalog).load()

@@ -1,5 +1,6 @@
-"""pytest plugin: every trace file under a `traces/` folder is collected as a test, through public
-hooks only (pytest_collect_file, Item.runtest, repr_failure).
+"""pytest plugin: every trace file is collected as a test (which YAML files are traces:
+`harness.trace.is_trace_file`), marked with its flows and catalogue IDs (harness/markers.py), through
+public hooks only (pytest_collect_file, Item.runtest, repr_failure).
 
 A trace that fails its expectations raises AssertionError (Allure "failed"); a trace that cannot be
 loaded or a lab that cannot run raises something else (Allure "broken"). With `--mailflow-results FILE`
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness import matrix, outcomes, report, targets, update
+from harness import markers, matrix, outcomes, report, targets, update
 from harness.runner import TraceResult, run_trace
 from harness.targets.known_deviations import deviations
 from harness.trace import Trace, is_trace_file, load
@@ -42,8 +43,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    markers.register(config)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if is_trace_file(file_path):
+    # A file named on the command line is a trace whatever it holds; one found in a folder only if it is
+    # in the corpus or looks like a trace.
+    named = parent.session.isinitpath(file_path)
+    if is_trace_file(file_path, named=named, root=parent.config.invocation_params.dir):
         collected: TraceFile = TraceFile.from_parent(parent, path=file_path)
         return collected
     return None
@@ -57,7 +65,12 @@ class TraceFile(pytest.File):
         except SourceError as exc:
             trace, error = None, exc
         name = trace.id if trace is not None else self.path.stem
-        yield TraceItem.from_parent(self, name=name, trace=trace, load_error=error)
+        item = TraceItem.from_parent(self, name=name, trace=trace, load_error=error)
+        if trace is not None:
+            for marker in markers.of(trace.spec):
+                item.add_marker(marker)
+            item.extra_keyword_matches.update(trace.spec)
+        yield item
 
 
 class TraceItem(pytest.Item):

@@ -9,14 +9,17 @@ passes because it names a host that does not exist.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dns.rdatatype
+import yaml
 
 from harness import yamlsource
 from harness.catalogue import catalogue
@@ -29,6 +32,8 @@ from harness.script import Bdat, Data, ScriptError, Step, parse_script, parse_st
 from harness.yamlsource import SourceError
 
 MESSAGE_DIRS = (FIXTURES / "messages",)
+# libyaml's parser where it is installed: looking at the top-level keys of a file should cost little.
+_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,80 @@ def _clearer(document: yamlsource.Document, error: SourceError) -> SourceError:
     return error
 
 
-def is_trace_file(path: Path) -> bool:
-    return path.suffix in (".yaml", ".yml") and "traces" in path.parts
+YAML_SUFFIXES = (".yaml", ".yml")
+CORPUS_FOLDER = "traces"
+# Top-level keys that only a trace has, and keys that only a lab file has (harness/schemas): what a YAML
+# file holds is told by its content, wherever it lies.
+_TRACE_KEYS = frozenset({"sessions", "spec", "outcome", "requires", "boundary", "masks"})
+_LAB_KEYS = frozenset({"organization", "network", "dns", "global_catalog", "internet", "clients", "timers"})
+# pytest's default `norecursedirs` (and its virtualenv check below): `mailflow run DIR` lists the files
+# that `pytest DIR` collects, no more.
+_SKIPPED_FOLDERS = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}")
+
+Kind = Literal["trace", "lab", "other", "unreadable"]
+
+
+def is_trace_file(path: Path, *, named: bool = False, root: Path | None = None) -> bool:
+    """The one rule for which YAML files are traces, for `mailflow` and pytest alike:
+
+    - a YAML file named on the command line is a trace, so one that is not valid is reported as an
+      invalid trace (file, line, field) rather than skipped;
+    - a YAML file found in a folder named on the command line is a trace if a folder on its path (below
+      `root`, the current directory, when it lies there) is called `traces`, the corpus, where a broken
+      trace must be reported too; or else if it looks like a trace: a mapping with a trace's own keys
+      (`sessions`, `spec`, `outcome`, ...). Lab files, deviation lists, the catalogue and other YAML
+      files are not collected, nor are hidden files (a trace writer's drafts).
+    """
+    if path.suffix not in YAML_SUFFIXES:
+        return False
+    if named:
+        return True
+    if path.name.startswith("."):
+        return False
+    return in_corpus(path, root) or sniff(path) == "trace"
+
+
+def in_corpus(path: Path, root: Path | None = None) -> bool:
+    """Whether a folder called `traces` holds the file, counting only the folders below `root` (the
+    current directory) when the file lies there: a checkout that itself sits in some `traces` folder
+    does not make its lab files traces."""
+    absolute = path.resolve()
+    base = (root or Path.cwd()).resolve()
+    folders = absolute.relative_to(base).parts[:-1] if absolute.is_relative_to(base) else absolute.parts[:-1]
+    return CORPUS_FOLDER in folders
+
+
+def sniff(path: Path) -> Kind:
+    """What a YAML file holds, by its top-level keys; `unreadable` when it is no YAML that parses (only
+    loading it as a trace or a lab says where it breaks)."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_FastLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "unreadable"
+    if not isinstance(data, dict):
+        return "other"
+    keys = {key for key in data if isinstance(key, str)}
+    if keys & _TRACE_KEYS:
+        return "trace"
+    return "lab" if keys & _LAB_KEYS else "other"
+
+
+def yaml_files(folder: Path) -> list[Path]:
+    """The YAML files under a folder, in order, skipping hidden files and the folders pytest skips."""
+    found: list[Path] = []
+    for current, folders, names in os.walk(folder):
+        folders[:] = sorted(
+            name
+            for name in folders
+            if not any(fnmatch.fnmatch(name, pattern) for pattern in _SKIPPED_FOLDERS)
+            and not (Path(current) / name / "pyvenv.cfg").exists()
+        )
+        found += [
+            Path(current) / name
+            for name in sorted(names)
+            if Path(name).suffix in YAML_SUFFIXES and not name.startswith(".")
+        ]
+    return sorted(found)
 
 
 def load(path: Path) -> Trace:
