@@ -124,7 +124,7 @@ def _progress(total: int) -> Iterator[ProgressPlugin]:
 
 
 def replay_options(command: Any) -> Any:
-    """The options every command that replays traces takes: where reports go, workers, a -k filter."""
+    """The options every command that replays traces takes: where reports go, workers, -k and -m filters."""
     for option in reversed(
         (
             click.option(
@@ -143,7 +143,17 @@ def replay_options(command: Any) -> Any:
                 help="parallel workers (pytest-xdist), or auto",
             ),
             click.option(
-                "-k", "keyword", default=None, help="only traces whose id matches this pytest -k expression"
+                "-k",
+                "keyword",
+                default=None,
+                help="only traces whose id or catalogue IDs match this pytest -k expression (-k RELAY-7)",
+            ),
+            click.option(
+                "-m",
+                "marker",
+                default=None,
+                help="only traces whose flows and catalogue IDs match this pytest -m expression "
+                '(-m "relay and not RELAY_1")',
             ),
         )
     ):
@@ -194,6 +204,7 @@ def run(
     reports_dir: Path,
     workers: str,
     keyword: str | None,
+    marker: str | None,
 ) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, JUnit XML
     (REPORTS/junit.xml) and REPORTS/last-run.json, print a summary."""
@@ -206,7 +217,8 @@ def run(
     files = _trace_files_or_exit(paths)
     results = reports_dir / "last-run.json"
     junit = reports_dir / "junit.xml"
-    code, ran = _replay(files, target, reports_dir, workers, keyword, results, update=update, junit=junit)
+    selection = _selection(keyword, marker)
+    code, ran = _replay(files, target, reports_dir, workers, selection, results, update=update, junit=junit)
     summary.print_summary(console, ran, verbose, details=[p for p in (results, junit) if p.exists()])
     for outcome in ran:
         if outcome.get("update"):
@@ -219,12 +231,17 @@ def run(
     sys.exit(int(status))
 
 
+def _selection(keyword: str | None, marker: str | None) -> list[str]:
+    """pytest's own -k and -m: the plugin gives every trace its IDs as keywords and markers."""
+    return [*(["-k", keyword] if keyword else []), *(["-m", marker] if marker else [])]
+
+
 def _replay(
     files: list[Path],
     target: targets.Target,
     reports_dir: Path,
     workers: str,
-    keyword: str | None,
+    selection: list[str],
     results_file: Path,
     clean: bool = True,
     update: bool = False,
@@ -259,8 +276,7 @@ def _replay(
         args += ["--junitxml", str(junit), "-o", "junit_suite_name=mailflow", "-o", "junit_family=xunit2"]
     if workers != "0":
         args += ["-n", workers]
-    if keyword:
-        args += ["-k", keyword]
+    args += selection
     console.print(f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]")
     with _progress(len(files)) as plugin, open(os.devnull, "w") as quiet:
         saved = sys.stdout
@@ -283,6 +299,7 @@ def matrix_command(
     reports_dir: Path,
     workers: str,
     keyword: str | None,
+    marker: str | None,
 ) -> None:
     """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
     Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
@@ -294,7 +311,7 @@ def matrix_command(
         results = reports_dir / "matrix" / f"{target.name.replace(':', '-')}.json"
         # One Allure result folder for all targets: the report tells them apart by the target label.
         code, runs[target.name] = _replay(
-            files, target, reports_dir, workers, keyword, results, clean=number == 0
+            files, target, reports_dir, workers, _selection(keyword, marker), results, clean=number == 0
         )
         statuses.append(outcomes.run_exit_code(code, runs[target.name]))
     table = matrix.build(runs)

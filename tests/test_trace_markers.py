@@ -5,6 +5,7 @@ read here on their own."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -68,3 +69,26 @@ def test_every_flow_and_id_marker_is_registered() -> None:
     flows = {entry["flow"].lower() for entry in CATALOGUE.values()}
     assert {"inbound", "outbound", "gateway", "relay", "protocol", "core"} <= flows
     assert flows | {spec_id.replace("-", "_") for spec_id in CATALOGUE} <= registered
+
+
+def test_mailflow_run_selects_with_m_and_k_as_pytest_does(tmp_path: Path) -> None:
+    """`mailflow run -m` and `-k` pass the selection to the same collection: the run's last-run.json
+    holds exactly the traces whose spec says so."""
+    reports = tmp_path / "reports"
+    mailflow = str(Path(sys.executable).with_name("mailflow"))
+    selection = ["-m", "RELAY_5", "-k", "not percent"]
+    done = subprocess.run(
+        [mailflow, "run", "traces/relay", *selection, "--reports", str(reports)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = sorted(outcome["trace"] for outcome in json.loads((reports / "last-run.json").read_text()))
+    expected = sorted(
+        yaml.safe_load((ROOT / path).read_text())["id"]
+        for path, spec in SPECS.items()
+        if path.startswith("traces/relay/") and "RELAY-5" in spec and "percent" not in path
+    )
+    assert expected and ran == expected
