@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import cli_generate, cli_import, cli_lab, cli_record, differential, matrix, targets
+from harness import cli_generate, cli_import, cli_lab, cli_record, differential, matrix, signals, targets
 from harness.catalogue import catalogue, markdown
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
@@ -111,6 +111,7 @@ def _targets(names: tuple[str, ...]) -> list[targets.Target]:
 @click.group()
 def main() -> None:
     """mailflow: trace-replay and conformance test harness for mail transfer agents."""
+    signals.command_started()  # SIGTERM and SIGHUP stop a command as Ctrl-C does, lab cleaned up
 
 
 @main.command()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness import matrix, report, targets, update
+from harness import matrix, report, signals, targets, update
 from harness.runner import TraceResult, run_trace
 from harness.targets.known_deviations import deviations
 from harness.trace import Trace, is_trace_file, load
@@ -39,6 +39,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite failing expect steps to the replies received (mailflow run --update)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        # A pytest-xdist worker runs labs of its own: it stops them on SIGTERM and SIGHUP as on Ctrl-C,
+        # and when the process that started it dies.
+        signals.install(worker=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    signals.session_ended(worker=hasattr(config, "workerinput"))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
