@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness import signals
 from harness.lab import config as lab_config
 from harness.yamlsource import SourceError
 
@@ -94,11 +94,8 @@ def lab_up(
             "mailflow lab connector|server NAME up|down)"
         )
         console.print("Ctrl-C stops the lab.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            console.print("stopping")
+        signals.until_stopped()  # also SIGTERM and SIGHUP; the lab is then stopped and removed, exit 0
+        console.print("stopping")
 
 
 LAB_DIR = click.option(

@@ -15,7 +15,9 @@ unwinds the same way for each of them. Besides:
   so an orphaned worker does not keep its lab running;
 - when the command (or a worker's pytest session) ends after a signal, whatever lab the process still
   owns (a clean-up the signal cut short) is swept, and so is every lab whose owner died (a worker that
-  was killed); the command exits with 128 + the signal's number (harness/exit_codes.py).
+  was killed); a command the signal interrupted exits with 128 + the signal's number
+  (harness/exit_codes.py), while one whose normal end is a signal (`lab up`, through `until_stopped`)
+  exits 0.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Stopped(KeyboardInterrupt):
 _received: int | None = None
 _holding = False  # from now on a signal is noted, never raised: the clean-up is under way
 _talk = False  # say so on stderr when a signal comes again (the command's own process only)
+_expected = False  # the signal was the command's normal end (`until_stopped`)
 
 
 def received() -> int | None:
@@ -75,6 +78,17 @@ def command_started() -> None:
     click.get_current_context().call_on_close(_command_ended)
 
 
+def until_stopped() -> None:
+    """Wait for Ctrl-C, SIGTERM or SIGHUP, then return: for a command that runs until it is stopped
+    (`lab up`), so that it cleans up as usual and exits 0."""
+    global _expected
+    try:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:  # Stopped, or Python's own for Ctrl-C where no handler was installed
+        _expected = True
+
+
 def session_ended(worker: bool) -> None:
     """Call when a pytest session ends (last): after a signal, sweep what this process left; the
     controller then stops right here, so that no other session starts (`mailflow matrix` would go on to
@@ -92,7 +106,7 @@ def _command_ended() -> None:
     global _holding
     _holding = True
     _sweep(own=_received is not None)
-    if _received is not None:
+    if _received is not None and not _expected:
         name = signal.Signals(_received).name
         print(f"mailflow: stopped by {name}; the lab was stopped and removed", file=sys.stderr)
         raise SystemExit(stopped_by(_received))
