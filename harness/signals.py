@@ -22,12 +22,15 @@ unwinds the same way for each of them. Besides:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -50,6 +53,8 @@ _received: int | None = None
 _holding = False  # from now on a signal is noted, never raised: the clean-up is under way
 _talk = False  # say so on stderr when a signal comes again (the command's own process only)
 _expected = False  # the signal was the command's normal end (`until_stopped`)
+_in_command = False  # a mailflow command runs in this process (not a bare pytest)
+_previous: dict[int, Callable[[int, FrameType | None], Any] | int] = {}  # the handlers before ours
 
 
 def received() -> int | None:
@@ -64,6 +69,9 @@ def install(*, worker: bool = False) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for number in STOPPING:
+        before = signal.getsignal(number)
+        if before is not _handle:
+            _previous[number] = before if before is not None else signal.SIG_DFL
         signal.signal(number, _handle)
     if worker:
         _stop_with_parent()
@@ -74,7 +82,9 @@ def install(*, worker: bool = False) -> None:
 def command_started() -> None:
     """Call from the CLI's group callback: signals are handled for the command, and when it ends the
     labs it left are swept and a stopped command exits 128 + N."""
+    global _in_command
     install()
+    _in_command = True
     click.get_current_context().call_on_close(_command_ended)
 
 
@@ -98,17 +108,27 @@ def session_ended(worker: bool) -> None:
         return
     _holding = True
     _sweep(own=True)
-    if not worker:
+    if _in_command and not worker:
         raise Stopped(_received)
 
 
 def _command_ended() -> None:
-    global _holding
+    global _holding, _in_command
     _holding = True
+    _in_command = False
     _sweep(own=_received is not None)
-    if _received is not None and not _expected:
+    if _received is None:
+        # The process goes on (a command run in-process, as tests do): as it was before the command.
+        _holding = False
+        if threading.current_thread() is threading.main_thread():
+            for number, before in _previous.items():
+                signal.signal(number, before)
+            _previous.clear()
+        return
+    if not _expected:
         name = signal.Signals(_received).name
-        print(f"mailflow: stopped by {name}; the lab was stopped and removed", file=sys.stderr)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"mailflow: stopped by {name}; the lab was stopped and removed", file=sys.stderr)
         raise SystemExit(stopped_by(_received))
 
 
@@ -116,11 +136,12 @@ def _handle(number: int, frame: FrameType | None) -> None:
     global _received
     if _received is not None:
         if _talk:
-            os.write(
-                2,
-                f"mailflow: {signal.Signals(number).name} again: still stopping the lab "
-                "(SIGKILL would leave it to the next sweep)\n".encode(),
-            )
+            with contextlib.suppress(OSError):
+                os.write(
+                    2,
+                    f"mailflow: {signal.Signals(number).name} again: still stopping the lab "
+                    "(SIGKILL would leave it to the next sweep)\n".encode(),
+                )
         return
     _received = number
     for child in processes.children_in_group(os.getpid(), os.getpgrp()):

@@ -202,3 +202,33 @@ def wait_until_gone(seen: Seen, timeout: float = 30) -> list[str]:
     while (left := left_behind(seen)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+# A trace that keeps its lab up for a minute: the client waits after the greeting.
+HOLD = """\
+id: hold/{name}
+title: A client waits a minute after the greeting
+spec: [PROTO-15]
+lab: contoso
+sessions:
+  - client: internet
+    connect: {{server: EX1}}
+    script:
+      - expect: 220
+      - wait: 60
+      - send: QUIT
+      - expect: 221
+outcome:
+  nothing_delivered: true
+"""
+
+
+def hold_traces(tmp_path: Path, count: int = 1) -> list[str]:
+    folder = tmp_path / "traces"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for number in range(count):
+        path = folder / f"hold-{number}.yaml"
+        path.write_text(HOLD.format(name=f"n{number}"), encoding="utf-8")
+        paths.append(str(path))
+    return paths

@@ -20,6 +20,7 @@ import pytest
 from leftovers import (
     MAILFLOW,
     Seen,
+    hold_traces,
     left_behind,
     short_folder,
     subnet,
@@ -33,34 +34,6 @@ from harness import targets
 UNAVAILABLE = targets.POSTFIX.unavailable()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or "")
 BAND = 130
-# A trace that keeps its lab up for a minute: the client waits after the greeting.
-HOLD = """\
-id: hold/{name}
-title: A client waits a minute after the greeting
-spec: [PROTO-15]
-lab: contoso
-sessions:
-  - client: internet
-    connect: {{server: EX1}}
-    script:
-      - expect: 220
-      - wait: 60
-      - send: QUIT
-      - expect: 221
-outcome:
-  nothing_delivered: true
-"""
-
-
-def hold_traces(tmp_path: Path, count: int = 1) -> list[str]:
-    folder = tmp_path / "traces"
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for number in range(count):
-        path = folder / f"hold-{number}.yaml"
-        path.write_text(HOLD.format(name=f"n{number}"), encoding="utf-8")
-        paths.append(str(path))
-    return paths
 
 
 def start(tmp_path: Path, *arguments: str) -> tuple[subprocess.Popen[bytes], Path]:

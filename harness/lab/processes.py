@@ -10,6 +10,7 @@ psutil knows nothing of network namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -39,18 +40,18 @@ class _Stat:
 def _stat(pid: int) -> _Stat | None:
     try:
         text = (PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        # The command name (field 2) may hold spaces and parentheses: the fields after it start after
+        # the last ")". Field 3 is the state, 4 the parent, 5 the process group, 22 the start time in
+        # clock ticks after boot.
+        fields = text[text.rindex(")") + 2 :].split()
+        return _Stat(
+            Process(pid, int(fields[19])),
+            parent=int(fields[1]),
+            group=int(fields[2]),
+            zombie=fields[0] in ("Z", "X"),
+        )
+    except (OSError, ValueError, IndexError):  # gone, or gone while being read
         return None
-    # The command name (field 2) may hold spaces and parentheses: the fields after it start after the
-    # last ")". Field 3 is the state, 4 the parent, 5 the process group, 22 the start time in clock
-    # ticks after boot.
-    fields = text[text.rindex(")") + 2 :].split()
-    return _Stat(
-        Process(pid, int(fields[19])),
-        parent=int(fields[1]),
-        group=int(fields[2]),
-        zombie=fields[0] in ("Z", "X"),
-    )
 
 
 def identify(pid: int) -> Process | None:
@@ -121,6 +122,13 @@ def send(process: Process, number: int) -> bool:
     try:
         handle = os.pidfd_open(process.pid)
     except ProcessLookupError:
+        return False
+    except OSError:  # no pidfds here (a kernel before 5.3, a sandbox): check, then signal by pid
+        if not running(process):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, number)
+            return True
         return False
     try:
         if not running(process):
