@@ -54,7 +54,8 @@ _holding = False  # from now on a signal is noted, never raised: the clean-up is
 _talk = False  # say so on stderr when a signal comes again (the command's own process only)
 _expected = False  # the signal was the command's normal end (`until_stopped`)
 _in_command = False  # a mailflow command runs in this process (not a bare pytest)
-_previous: dict[int, Callable[[int, FrameType | None], Any] | int] = {}  # the handlers before ours
+# The handlers the command found, put back when it ends without a signal.
+_before_command: dict[int, Callable[[int, FrameType | None], Any] | int] = {}
 
 
 def received() -> int | None:
@@ -69,9 +70,6 @@ def install(*, worker: bool = False) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for number in STOPPING:
-        before = signal.getsignal(number)
-        if before is not _handle:
-            _previous[number] = before if before is not None else signal.SIG_DFL
         signal.signal(number, _handle)
     if worker:
         _stop_with_parent()
@@ -83,6 +81,10 @@ def command_started() -> None:
     """Call from the CLI's group callback: signals are handled for the command, and when it ends the
     labs it left are swept and a stopped command exits 128 + N."""
     global _in_command
+    if threading.current_thread() is threading.main_thread():
+        for number in STOPPING:
+            before = signal.getsignal(number)
+            _before_command[number] = before if before is not None else signal.SIG_DFL
     install()
     _in_command = True
     click.get_current_context().call_on_close(_command_ended)
@@ -121,9 +123,9 @@ def _command_ended() -> None:
         # The process goes on (a command run in-process, as tests do): as it was before the command.
         _holding = False
         if threading.current_thread() is threading.main_thread():
-            for number, before in _previous.items():
+            for number, before in _before_command.items():
                 signal.signal(number, before)
-            _previous.clear()
+            _before_command.clear()
         return
     if not _expected:
         name = signal.Signals(_received).name

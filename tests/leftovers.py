@@ -29,6 +29,13 @@ MAILFLOW = str(Path(sys.executable).with_name("mailflow"))
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 
 
+def child_env(**settings: str) -> dict[str, str]:
+    """The environment for a mailflow started by a test: this one, less what marks it as a pytest-xdist
+    worker (a mailflow that inherited PYTEST_XDIST_WORKER would move its labs as that worker's)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+    return {**env, **settings}
+
+
 def subnet(band: int) -> str:
     """MAILFLOW_NETNS_SUBNET for a mailflow started by a test: this worker's two /24s (a `run -n 2` uses
     both) in the test module's band, apart from the other modules' labs."""

@@ -6,7 +6,6 @@ process's signal handlers as they were.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
-from leftovers import HOLD, MAILFLOW, WORKER
+from leftovers import HOLD, MAILFLOW, WORKER, child_env
 
 from harness.cli import main
 from harness.lab import config as lab_config
@@ -44,7 +43,7 @@ def test_run_on_the_embedded_lab_stopped_by_sigterm_exits_143_with_the_lab_gone(
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
-            env={**os.environ, "MAILFLOW_LAB_BASE": BASE},
+            env=child_env(MAILFLOW_LAB_BASE=BASE),
         )
     try:
         deadline = time.monotonic() + 120

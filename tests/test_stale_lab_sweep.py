@@ -21,6 +21,7 @@ import pytest
 from leftovers import (
     MAILFLOW,
     STATE_DIR,
+    child_env,
     left_behind,
     proc,
     short_folder,
@@ -47,7 +48,7 @@ def workdir() -> Iterator[Path]:
 
 def start_lab(tmp_path: Path, workdir: Path, target: str, name: str) -> tuple[subprocess.Popen[bytes], Path]:
     output = tmp_path / f"{name}.out"
-    env = {**os.environ, "MAILFLOW_NETNS_SUBNET": subnet(BAND)}
+    env = child_env(MAILFLOW_NETNS_SUBNET=subnet(BAND))
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [MAILFLOW, "lab", "up", "--target", target, "--workdir", str(workdir / name)],

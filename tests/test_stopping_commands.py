@@ -10,7 +10,6 @@ These need root and Postfix (scripts/install_mtas.sh); without them they are ski
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -20,6 +19,7 @@ import pytest
 from leftovers import (
     MAILFLOW,
     Seen,
+    child_env,
     hold_traces,
     left_behind,
     short_folder,
@@ -38,7 +38,7 @@ BAND = 130
 
 def start(tmp_path: Path, *arguments: str) -> tuple[subprocess.Popen[bytes], Path]:
     output = tmp_path / "mailflow.out"
-    env = {**os.environ, "MAILFLOW_NETNS_SUBNET": subnet(BAND)}
+    env = child_env(MAILFLOW_NETNS_SUBNET=subnet(BAND))
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [MAILFLOW, *arguments],

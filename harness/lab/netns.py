@@ -233,7 +233,10 @@ class LabNetwork:
 
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        self._state_file.write_text(json.dumps(asdict(self.state)), encoding="utf-8")
+        # Replaced whole: a sweep in another process never reads half a file (and drops it as unreadable).
+        draft = self._state_file.with_name(f"{self._state_file.name}.tmp")
+        draft.write_text(json.dumps(asdict(self.state)), encoding="utf-8")
+        draft.replace(self._state_file)
 
 
 def sweep_stale(own: bool = False) -> list[str]:
