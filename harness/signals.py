@@ -13,11 +13,10 @@ unwinds the same way for each of them. Besides:
   it leaves);
 - a pytest-xdist worker also stops when the process that started it dies: the kernel sends it SIGTERM,
   so an orphaned worker does not keep its lab running;
-- when the command (or a worker's pytest session) ends after a signal, whatever lab the process still
-  owns (a clean-up the signal cut short) is swept, and so is every lab whose owner died (a worker that
-  was killed); a command the signal interrupted exits with 128 + the signal's number
-  (harness/exit_codes.py), while one whose normal end is a signal (`lab up`, through `until_stopped`)
-  exits 0.
+- when a command ends, every lab whose owner died is swept (a worker killed during the run); after a
+  signal, so is whatever lab the process itself still owns (a clean-up the signal cut short), in a
+  worker too. A command the signal interrupted exits with 128 + the signal's number
+  (harness/exit_codes.py); one whose normal end is a signal (`lab up`, through `until_stopped`) exits 0.
 """
 
 from __future__ import annotations
@@ -56,11 +55,6 @@ _expected = False  # the signal was the command's normal end (`until_stopped`)
 _in_command = False  # a mailflow command runs in this process (not a bare pytest)
 # The handlers the command found, put back when it ends without a signal.
 _before_command: dict[int, Callable[[int, FrameType | None], Any] | int] = {}
-
-
-def received() -> int | None:
-    """The first stopping signal this process received, if any."""
-    return _received
 
 
 def install(*, worker: bool = False) -> None:
