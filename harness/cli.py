@@ -32,6 +32,7 @@ from harness import (
     differential,
     matrix,
     outcomes,
+    signals,
     summary,
     targets,
 )
@@ -182,6 +183,7 @@ def _targets(names: tuple[str, ...]) -> list[targets.Target]:
 @click.version_option(package_name="mailflow", prog_name="mailflow")
 def main() -> None:
     """mailflow: trace-replay and conformance test harness for mail transfer agents."""
+    signals.command_started()  # SIGTERM and SIGHUP stop a command as Ctrl-C does, lab cleaned up
 
 
 @main.command(epilog=EXIT_CODES)

@@ -8,7 +8,6 @@ import base64
 import ipaddress
 import json
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness import signals
 from harness.exit_codes import BrokenError, InputError
 from harness.lab import captures
 from harness.lab import config as lab_config
@@ -64,7 +64,7 @@ def lab() -> None:
 def lab_up(
     name: str, base: str | None, port_offset: int | None, workdir: Path | None, target_name: str
 ) -> None:
-    """Start lab NAME (or a lab file) in the foreground until Ctrl-C."""
+    """Start lab NAME (or a lab file) in the foreground until Ctrl-C, SIGTERM or SIGHUP."""
     from harness import targets
 
     try:
@@ -100,8 +100,8 @@ def lab_up(
             soft_wrap=True,
         )
         console.print("Ctrl-C stops the lab.")
-        while True:
-            time.sleep(3600)
+        signals.until_stopped()  # also SIGTERM and SIGHUP; the lab is then stopped and removed, exit 0
+        console.print("stopping")
     except KeyboardInterrupt:  # also while the table is printed: the lab answers before that
         console.print("stopping")
     finally:

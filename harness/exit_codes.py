@@ -7,6 +7,9 @@ a mistake in its own set-up and from a broken lab.
 | 1 | a trace failed, or two targets differ |
 | 2 | usage or invalid input: a wrong option or name, a malformed trace or lab file, no trace found |
 | 3 | the lab or the harness broke: an address in use, a daemon that did not start, an internal error |
+| 128 + N | stopped by signal N before it finished, lab cleaned up: 130 Ctrl-C, 129 SIGHUP, 143 SIGTERM |
+
+`lab up` runs until it is stopped: Ctrl-C, SIGTERM or SIGHUP is its normal end (lab cleaned up, exit 0).
 
 Commands raise `InputError` or `BrokenError` (click prints the message as `Error: ...` on stderr and exits
 with the code); click's own usage errors already exit 2.
@@ -24,6 +27,12 @@ class ExitCode(IntEnum):
     FAILED = 1
     INPUT = 2
     BROKEN = 3
+
+
+def stopped_by(signal_number: int) -> int:
+    """The exit code of a command stopped by a signal: 128 + its number, as a shell reports a process the
+    signal ended, and apart from 0-3 so that a stopped run is never read as a verdict on the traces."""
+    return 128 + signal_number
 
 
 class InputError(click.ClickException):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness import markers, matrix, outcomes, report, targets, update
+from harness import markers, matrix, outcomes, report, signals, targets, update
 from harness.runner import TraceResult, run_trace
 from harness.targets.known_deviations import deviations
 from harness.trace import Trace, is_trace_file, load
@@ -45,6 +45,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     markers.register(config)
+    if hasattr(config, "workerinput"):
+        # A pytest-xdist worker runs labs of its own: it stops them on SIGTERM and SIGHUP as on Ctrl-C,
+        # and when the process that started it dies.
+        signals.install(worker=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    signals.session_ended(worker=hasattr(config, "workerinput"))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

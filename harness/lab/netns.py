@@ -14,8 +14,11 @@ can reach the lab's /24 and nothing more. `/etc/netns/<namespace>/resolv.conf` p
 DNS, so the program resolves through the lab and its queries show in the query log.
 
 Everything created is recorded in a state file under /run/mailflow before it is made, so a lab that died
-(kill -9, a crashed run) is swept away by the next one (`sweep_stale`). Needs root (CAP_NET_ADMIN); a
-clear NetnsError says so otherwise.
+(kill -9, a crashed run) is swept away by the next one (`sweep_stale`). That includes the daemons a lab
+starts in its namespaces (a real MTA, its SASL server): each is noted before it starts, with its pid and
+start tick once it has them, and a sweep stops them (TERM, then KILL after a deadline) before it removes
+the namespaces: a namespace outlives its `ip netns del` for as long as a process runs in it, and so would
+the daemon. Needs root (CAP_NET_ADMIN); a clear NetnsError says so otherwise.
 
 iproute2's `ip` is driven as a subprocess: the kernel's netlink interface has no well-kept Python binding
 in the project's dependencies, and `ip` is what an administrator would type to inspect the same state.
@@ -34,11 +37,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.lab import processes
 from harness.lab.addresses import NETNS
+from harness.lab.processes import Process
 
 STATE_DIR = Path("/run/mailflow")
 NETNS_ETC = Path("/etc/netns")
+NETNS_RUN = Path("/run/netns")  # where `ip netns add` bind-mounts each namespace
 PREFIX = "mf-"
+# How long a lab's daemons get to end on TERM before they are killed.
+STOP_GRACE = 5.0
 
 
 class NetnsError(RuntimeError):
@@ -46,24 +54,78 @@ class NetnsError(RuntimeError):
 
 
 @dataclass
+class Daemon:
+    """A long-running program a lab starts in one of its namespaces: its name and namespace are noted
+    before it starts, its pid and start tick (clock ticks after boot) as soon as it has a pid. A sweep
+    stops it, and its process group, only while that pid is still the process that started at that tick:
+    a recycled pid is never signalled."""
+
+    name: str
+    namespace: str
+    pid: int | None = None
+    started: int | None = None
+
+
+@dataclass
 class NetworkState:
-    """What a lab network owns; written before each thing is made, so a sweep can undo it all."""
+    """What a lab network owns; written before each thing is made, so a sweep can undo it all. `pid` and
+    `started` name the owning process (a pid alone could be another process's by the time of a sweep)."""
 
     lab_id: str
     pid: int
     bridge: str
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    daemons: list[Daemon] = field(default_factory=list)
+    started: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> NetworkState:
+        data = json.loads(text)
+        data["daemons"] = [Daemon(**each) for each in data.get("daemons", [])]
+        return cls(**data)
+
+    def owner_gone(self) -> bool:
+        if self.started is None:  # written before owners were recorded with their start tick
+            return not _alive(self.pid)
+        return not processes.running(Process(self.pid, self.started))
+
+
+class RecordedDaemon:
+    """A daemon noted in its lab's state file; `started` adds its pid once it has one."""
+
+    def __init__(self, network: LabNetwork | None, daemon: Daemon) -> None:
+        self._network = network
+        self.daemon = daemon
+
+    def started(self, pid: int) -> None:
+        process = processes.identify(pid)
+        if process is None:
+            return  # already ended: nothing left to stop
+        self.daemon.pid, self.daemon.started = process.pid, process.started
+        if self._network is not None:
+            self._network.save()
 
 
 @dataclass(frozen=True)
 class Namespace:
     name: str
     address: str
+    # The lab network the namespace belongs to, whose state file notes the daemons started in it.
+    network: LabNetwork | None = field(default=None, compare=False, repr=False)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """`argv` run inside this namespace (with its /etc/netns files bind-mounted by `ip netns exec`)."""
         return ["ip", "netns", "exec", self.name, *argv]
+
+    def daemon(self, name: str) -> RecordedDaemon:
+        """Note in the lab's state file that daemon `name` is about to start in this namespace (call
+        before starting it); tell the record its pid once it has one."""
+        daemon = Daemon(name, self.name)
+        if self.network is not None:
+            self.network.state.daemons.append(daemon)
+            self.network.save()
+        return RecordedDaemon(self.network, daemon)
 
 
 def available() -> str | None:
@@ -87,7 +149,13 @@ class LabNetwork:
         self.subnet = subnet
         # Interface names have at most 15 characters: a short id, unique per process and label.
         self.lab_id = hashlib.sha1(f"{os.getpid()}-{label}-{subnet}".encode()).hexdigest()[:4]
-        self.state = NetworkState(self.lab_id, os.getpid(), bridge=f"mf{self.lab_id}br")
+        owner = processes.identify(os.getpid())
+        self.state = NetworkState(
+            self.lab_id,
+            os.getpid(),
+            bridge=f"mf{self.lab_id}br",
+            started=owner.started if owner is not None else None,
+        )
         self._state_file = STATE_DIR / f"{self.lab_id}.json"
         self._up = False
 
@@ -99,7 +167,7 @@ class LabNetwork:
 
     def create(self) -> LabNetwork:
         sweep_stale()
-        self._save()
+        self.save()
         try:
             bridge = self.state.bridge
             _ip("link", "add", bridge, "type", "bridge")
@@ -126,7 +194,7 @@ class LabNetwork:
         outer, inner = f"mf{self.lab_id}h{number}", f"mf{self.lab_id}n{number}"
         self.state.namespaces.append(name)
         self.state.links.append(outer)
-        self._save()
+        self.save()
         etc = NETNS_ETC / name
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(
@@ -143,7 +211,7 @@ class LabNetwork:
         for each in extra:
             _ip("-n", name, "addr", "add", f"{each}/32", "dev", "eth0")
         _ip("-n", name, "link", "set", "eth0", "up")
-        return Namespace(name, address)
+        return Namespace(name, address, network=self)
 
     def destroy(self) -> None:
         _undo(self.state)
@@ -163,23 +231,28 @@ class LabNetwork:
         if ipaddress.IPv4Address(address) not in self.subnet:
             raise NetnsError(f"{address} is not in the lab network {self.subnet}")
 
-    def _save(self) -> None:
+    def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        self._state_file.write_text(json.dumps(asdict(self.state)), encoding="utf-8")
+        # Replaced whole: a sweep in another process never reads half a file (and drops it as unreadable).
+        draft = self._state_file.with_name(f"{self._state_file.name}.tmp")
+        draft.write_text(json.dumps(asdict(self.state)), encoding="utf-8")
+        draft.replace(self._state_file)
 
 
-def sweep_stale() -> list[str]:
-    """Undo every lab network whose owning process is gone; returns their ids."""
+def sweep_stale(own: bool = False) -> list[str]:
+    """Undo every lab network whose owning process is gone, daemons first; returns their ids. With
+    `own`, also those of this process: it is about to exit after a signal, and what it still owns was
+    left by a clean-up the signal cut short."""
     swept: list[str] = []
     if not STATE_DIR.is_dir():
         return swept
     for path in sorted(STATE_DIR.glob("*.json")):
         try:
-            state = NetworkState(**json.loads(path.read_text(encoding="utf-8")))
+            state = NetworkState.parse(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, TypeError):
             path.unlink(missing_ok=True)  # unreadable: nothing to undo by it
             continue
-        if _alive(state.pid):
+        if not state.owner_gone() and not (own and state.pid == os.getpid()):
             continue
         _undo(state)
         path.unlink(missing_ok=True)
@@ -188,6 +261,7 @@ def sweep_stale() -> list[str]:
 
 
 def _undo(state: NetworkState) -> None:
+    _stop_daemons(state)
     # Deleting a namespace removes the veth end inside it, and with it the peer; the explicit deletes
     # cover a namespace that was never made.
     for name in state.namespaces:
@@ -195,6 +269,21 @@ def _undo(state: NetworkState) -> None:
         shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
     for link in [*state.links, state.bridge]:
         subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+
+
+def _stop_daemons(state: NetworkState) -> None:
+    """Stop the daemons the lab recorded, their process groups, and whatever else still runs in its
+    namespaces (a daemon started after the owner died before noting its pid, a shell someone opened
+    there): nothing but the lab's own programs can be in them."""
+    recorded = [
+        Process(daemon.pid, daemon.started)
+        for daemon in state.daemons
+        if daemon.pid is not None and daemon.started is not None
+    ]
+    found = processes.with_groups(recorded) | processes.in_namespaces(
+        NETNS_RUN / name for name in state.namespaces
+    )
+    processes.stop(found, STOP_GRACE)
 
 
 def _alive(pid: int) -> bool:

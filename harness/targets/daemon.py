@@ -1,6 +1,7 @@
 """What every real MTA standing in for a lab server needs around it, whichever MTA it is: running its
 commands inside the server's namespace, a private mount namespace for an MTA unpacked outside the
-system's package manager, waiting until it answers, and reading the Maildirs it delivered into."""
+system's package manager, noting its daemons in the lab's state file (so that a sweep stops them if the
+lab dies), waiting until it answers, and reading the Maildirs it delivered into."""
 
 from __future__ import annotations
 
@@ -94,10 +95,12 @@ def run(namespace: Namespace, argv: Sequence[str], what: str, log: Path | None =
 
 class Foreground:
     """An MTA daemon kept in the foreground as our child, its output in `log`: stopping it is a signal,
-    and a crash at start shows as an exit with its words in the log."""
+    and a crash at start shows as an exit with its words in the log. It leads a process group of its
+    own (its children are in it), noted in the lab's state file as `name`."""
 
-    def __init__(self, namespace: Namespace, argv: Sequence[str], log: Path) -> None:
+    def __init__(self, namespace: Namespace, argv: Sequence[str], log: Path, name: str) -> None:
         self.log = log
+        record = namespace.daemon(name)
         with log.open("ab") as sink:
             self.process = subprocess.Popen(
                 namespace.command(argv),
@@ -106,6 +109,8 @@ class Foreground:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # `ip netns exec`, `unshare` and `sh` each exec the next: this pid becomes the daemon's.
+        record.started(self.process.pid)
 
     def failed(self) -> str | None:
         if self.process.poll() is None:
@@ -123,6 +128,19 @@ class Foreground:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+def pid_file(path: Path, timeout: float = 5.0) -> int | None:
+    """The pid a daemon wrote to `path`; None if it wrote none within `timeout` seconds. A daemon that
+    forks may write it only after the command that started it has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(path.read_text(encoding="ascii").strip())
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
 
 def wait_until_listening(

@@ -426,7 +426,7 @@ class EximStandIn(StandInBase):
         argv = in_private_mounts(
             [(etc, CONFIG_DIR)], [str(EXIM), "-bdf", f"-q{_seconds(self.config.timers.intervals[0])}"]
         )
-        self.daemon = Foreground(namespace, argv, self.root / "exim.out")
+        self.daemon = Foreground(namespace, argv, self.root / "exim.out", "exim")
         vs = self.default_virtual_server
         try:
             wait_until_listening(vs.address, vs.port, f"Exim for {self.server}", self.daemon)

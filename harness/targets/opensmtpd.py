@@ -421,7 +421,7 @@ class OpenSmtpdStandIn(StandInBase):
         smtpd = in_private_mounts(self._binds(), [str(SMTPD), "-d", "-f", str(etc / "smtpd.conf")])
         # Its own UTS namespace: smtpd names itself (bounces, Message-IDs) by the host name.
         argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', fqdn, *smtpd]
-        self.daemon = Foreground(namespace, argv, self.log_path)
+        self.daemon = Foreground(namespace, argv, self.log_path, "smtpd")
         vs = self.default_virtual_server
         try:
             wait_until_listening(vs.address, vs.port, f"OpenSMTPD for {self.server}", self.daemon)

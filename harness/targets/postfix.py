@@ -41,6 +41,7 @@ from harness.targets.daemon import (
     StandInError,
     maildir_deliveries,
     open_to_daemons,
+    pid_file,
     wait_until_listening,
 )
 from harness.targets.plan import Listener, NextHop, RecipientFilter, ServerPlan, plan
@@ -417,7 +418,11 @@ class PostfixStandIn(StandInBase):
             os.chown(private, owner.pw_uid, 0)
             self.sasl = DovecotAuth(self.root, self.table.logins)
             self.sasl.start(namespace, self.root / "spool")
+        master = namespace.daemon("postfix master")
         self._postfix("postfix", "-c", str(etc), "start")
+        # The master runs apart from us (it leads a session of its own, its services in its group).
+        if (pid := pid_file(self.root / "spool" / "pid" / "master.pid")) is not None:
+            master.started(pid)
         self._wait_until_listening()
 
     def stop(self) -> None:
@@ -578,6 +583,7 @@ service auth {{
         )
         # The daemon keeps whatever it inherits open: its output goes to a file, not to a pipe we wait on.
         errors = self.root / "startup.log"
+        master = namespace.daemon("dovecot")
         with errors.open("w") as sink:
             result = subprocess.run(
                 namespace.command(["dovecot", "-c", str(self.root / "dovecot.conf")]),
@@ -589,6 +595,8 @@ service auth {{
             )
         if result.returncode != 0:
             raise PostfixError(f"dovecot (SASL for Postfix) failed: {errors.read_text().strip()}")
+        if (pid := pid_file(self.root / "run" / "master.pid")) is not None:
+            master.started(pid)
 
     def stop(self, namespace: Namespace) -> None:
         # Killed outright, its whole process group (the master daemonizes with its children): nothing it
