@@ -39,7 +39,9 @@ def child_env(**settings: str) -> dict[str, str]:
 def subnet(band: int) -> str:
     """MAILFLOW_NETNS_SUBNET for a mailflow started by a test: this worker's two /24s (a `run -n 2` uses
     both) in the test module's band, apart from the other modules' labs."""
-    return str(netns_first_octet() + band + 2 * (WORKER % 5))
+    # Wrapped into 1..249 (the variable's range, less the second /24 of `run -n 2`), whatever
+    # MAILFLOW_NETNS_SUBNET this run has.
+    return str(1 + (netns_first_octet() + band + 2 * (WORKER % 5)) % 248)
 
 
 @contextmanager
