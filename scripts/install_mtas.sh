@@ -13,7 +13,11 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 mtas="$here/tools/mtas"
 unpacked=(exim4-base exim4-daemon-light opensmtpd)
-packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3 tcpdump swaks)
+# Installed without recommends, so what the harness and the tests use is named here: swaks's TLS
+# (libnet-ssleay-perl, libio-socket-ssl-perl: `swaks --tls` exits 10 without them), iproute2 for the
+# lab's network namespaces and adduser for the MTAs' users, neither of which a minimal Debian has.
+packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3 tcpdump
+  swaks libnet-ssleay-perl libio-socket-ssl-perl iproute2 adduser)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
