@@ -50,6 +50,7 @@ tmp=$(mktemp -d /tmp/mailflow-fresh-check.XXXXXX)
 container=
 dockerd_pid=
 child=
+# shellcheck disable=SC2329 # run by the EXIT trap
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -103,15 +104,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! docker info >/dev/null 2>&1; then
-    log=/var/log/mailflow-fresh-check-dockerd.log
-    say "no Docker engine answers: starting dockerd --iptables=false (log: $log)"
+    dockerd_log=/var/log/mailflow-fresh-check-dockerd.log
+    say "no Docker engine answers: starting dockerd --iptables=false (log: $dockerd_log)"
     # Its own session keeps Ctrl-C on the terminal from reaching it before the clean-up has used it.
-    setsid dockerd --iptables=false </dev/null >>"$log" 2>&1 &
+    setsid dockerd --iptables=false </dev/null >>"$dockerd_log" 2>&1 &
     dockerd_pid=$!
     deadline=$((SECONDS + 60))
     until docker info >/dev/null 2>&1; do
-        kill -0 "$dockerd_pid" 2>/dev/null || { dockerd_pid=; broken "dockerd exited; see $log"; }
-        [ $SECONDS -lt $deadline ] || broken "dockerd did not answer within 60 s; see $log"
+        kill -0 "$dockerd_pid" 2>/dev/null || { dockerd_pid=; broken "dockerd exited; see $dockerd_log"; }
+        [ $SECONDS -lt $deadline ] || broken "dockerd did not answer within 60 s; see $dockerd_log"
         sleep 0.5
     done
 fi
@@ -126,6 +127,7 @@ done
 # The Debian archives the host's apt uses (origin Debian: the main archive, updates and security),
 # read from its configuration at run time.
 debian_sources() {
+    # shellcheck disable=SC2016 # apt-get's own $(FIELD) format, not the shell's
     apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Origin: Debian' 'Identifier: Packages' 2>/dev/null |
         awk -v suite="$suite" '$2 ~ "^" suite "(-|$)" { comps[$1 " " $2] = comps[$1 " " $2] " " $3 }
             END { for (k in comps) print "deb " k comps[k] }' | sort
@@ -152,7 +154,8 @@ mount_ro() {
 # its parent: a PEP 503 index links to its files with relative URLs such as ../../files/x.whl).
 mount_named_paths() {
     local value path
-    for value in $(grep -ohE '(/|file://)[^[:space:]"]+' "$@" 2>/dev/null | sort -u); do
+    grep -ohE '(/|file://)[^[:space:]"]+' "$@" 2>/dev/null | sort -u >"$tmp/paths" || true
+    while IFS= read -r value; do
         path=${value#file://}
         [ -e "$path" ] || continue
         case $value in file://*) path=$(dirname "$path") ;; esac
@@ -162,7 +165,7 @@ mount_named_paths() {
                 /proc* | /sys* | /dev* | /run* | /tmp) continue ;; esac
         fi
         mount_ro "$path"
-    done
+    done <"$tmp/paths"
 }
 envs=()
 : >"$tmp/settings"
@@ -195,8 +198,11 @@ else
     began=$SECONDS
     aptopts=()
     while IFS= read -r line; do aptopts+=(--aptopt="$line"); done <"$tmp/apt.conf"
+    mapfile -t mirrors <"$tmp/sources.list"
+    # Lines (not a file) as mirrors: mmdebstrap writes them to /etc/apt/sources.list, which each run
+    # then replaces with the host's current ones.
     run_child mmdebstrap --quiet --variant="$variant" --include="$(IFS=,; echo "${FRESH_PACKAGES[*]}")" \
-        "${aptopts[@]}" "$suite" "$tmp/base.tar" "$tmp/sources.list" >"$tmp/mmdebstrap.log" 2>&1 ||
+        "${aptopts[@]}" "$suite" "$tmp/base.tar" "${mirrors[@]}" >"$tmp/mmdebstrap.log" 2>&1 ||
         { cat "$tmp/mmdebstrap.log" >&2; broken "mmdebstrap failed"; }
     run_child docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'CMD ["bash"]' "$tmp/base.tar" "$image" >/dev/null || broken "docker import failed"
@@ -217,6 +223,7 @@ git -C "$tmp/mailflow" checkout --quiet --detach "$head"
 # some (a sandbox without CAP_SYS_RESOURCE, say), runc cannot grant them and the container does not
 # start. There the container gets what --privileged gives less those capabilities.
 privileges() {
+    # Capability names by number, as in linux/capability.h (capsh, which knows them, is not on every host).
     local names=(chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap linux_immutable
         net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner sys_module sys_rawio sys_chroot
         sys_ptrace sys_pacct sys_admin sys_boot sys_nice sys_resource sys_time sys_tty_config mknod lease
@@ -259,17 +266,35 @@ say "HEAD ${head:0:12} in container $container; full output: $log"
 
 results=()
 failed=0
+# Before the README's commands install python3-venv: a user without root is told what to install.
+docker exec "$container" sh -c "mkdir /tmp/user && cp Makefile pyproject.toml /tmp/user && chmod -R a+rwX /tmp/user"
+status=0
+docker exec --user nobody -w /tmp/user "$container" make conformance >"$tmp/user.out" 2>&1 || status=$?
+{
+    echo "#### fresh-check: make, as a user without root, before python3-venv is installed"
+    cat "$tmp/user.out"
+    echo "#### fresh-check: exit $status"
+} >>"$log"
+if [ "$status" -eq 2 ] && grep -q 'apt-get install python3-venv' "$tmp/user.out"; then
+    say "make without root and without python3-venv: exit 2, says to install python3-venv"
+else
+    say "make without root and without python3-venv: exit $status, expected 2 and a word on python3-venv:"
+    sed 's/^/    | /' "$tmp/user.out"
+    failed=1
+fi
+results+=("make without root: exit $status")
+
 for command in "make conformance" "make test"; do
     say "running: $command"
-    printf '\n===== %s (%s) =====\n' "$command" "$(date -u +%H:%M:%SZ)" >>"$log"
+    printf '\n#### fresh-check: %s (%s)\n' "$command" "$(date -u +%H:%M:%SZ)" >>"$log"
     began=$SECONDS
     status=0
     # shellcheck disable=SC2086 # the command's words
     run_child docker exec "$container" $command >>"$log" 2>&1 || status=$?
     took=$((SECONDS - began))
-    printf '===== %s: exit %d in %s =====\n' "$command" "$status" "$(elapsed $took)" >>"$log"
-    # The last lines before the make recipe's own exit line: pytest's summary, the report's path.
-    sed -n '/^===== '"$command"' (/,$p' "$log" | grep -v '^=====' | tail -n 8 | sed 's/^/    | /'
+    printf '#### fresh-check: %s: exit %d in %s\n' "$command" "$status" "$(elapsed $took)" >>"$log"
+    # The command's last lines: the run's or pytest's summary, the report's path.
+    sed -n '/^#### fresh-check: '"$command"' (/,$p' "$log" | grep -v '^#### fresh-check' | tail -n 4 | sed 's/^/    | /'
     say "$command: exit $status in $(elapsed $took)"
     results+=("$command: exit $status in $(elapsed $took)")
     [ "$status" -eq 0 ] || failed=1
@@ -288,5 +313,6 @@ say "the commands installed $(comm -13 "$tmp/packages-before" "$tmp/packages-aft
 [ $bootstrap_took -eq 0 ] || results=("bootstrap: $(elapsed $bootstrap_took)" "${results[@]}")
 if [ $failed -eq 0 ]; then verdict=PASS; else verdict=FAIL; fi
 printf '%s\n' "" "${results[@]}" "fresh-check: $verdict" >>"$log"
-say "$verdict: $(IFS=';'; echo "${results[*]}" | sed 's/;/; /g') (log: $log)"
+summary=$(printf '%s; ' "${results[@]}")
+say "$verdict: ${summary%; } (log: $log)"
 exit $failed
