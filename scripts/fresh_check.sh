@@ -4,12 +4,12 @@
 #
 # usage: scripts/fresh_check.sh        (or `make fresh-check`; needs root)
 #
-# - Installs Debian's docker.io and mmdebstrap when missing and starts `dockerd --iptables=false`
-#   when no Docker engine answers (stopped again at the end). Nothing is ever pulled from a registry.
+# - Installs Debian's docker.io and mmdebstrap when missing and starts `dockerd --iptables=false
+#   --bridge=none` when no Docker engine answers (stopped again at the end). Nothing is ever pulled from a registry.
 # - The fresh machine is built with mmdebstrap: Debian's minimal base system plus FRESH_PACKAGES
 #   below, from the Debian mirror the host's apt uses, imported as the image mailflow-fresh:<key>,
 #   where <key> is a hash of the suite, the variant and the package list. A second run reuses it;
-#   changing the list builds a new one.
+#   changing the list builds a new one (and removes the old).
 # - The container shares the host's network (`--network host`, so it reaches the package registries
 #   as the host does) and is privileged (the real-MTA tests make network namespaces). The host's pip
 #   and npm configuration (their files and PIP_* / npm_config_* variables) and the local files it
@@ -37,9 +37,12 @@ netns_subnet=${FRESH_CHECK_NETNS_SUBNET:-200}
 label=org.mailflow.fresh-check.pid
 workdir=/root/mailflow
 
-say() { printf 'fresh-check: %s\n' "$*"; }
+# The terminal's streams, kept: a trap runs with the redirections of the command it interrupts, and
+# its words must not end up in the container's log.
+exec 3>&1 4>&2
+say() { printf 'fresh-check: %s\n' "$*" >&3; }
 broken() {
-    printf 'fresh-check: %s\n' "$*" >&2
+    printf 'fresh-check: %s\n' "$*" >&4
     exit 3
 }
 
@@ -105,9 +108,11 @@ fi
 
 if ! docker info >/dev/null 2>&1; then
     dockerd_log=/var/log/mailflow-fresh-check-dockerd.log
-    say "no Docker engine answers: starting dockerd --iptables=false (log: $dockerd_log)"
+    say "no Docker engine answers: starting dockerd --iptables=false --bridge=none (log: $dockerd_log)"
     # Its own session keeps Ctrl-C on the terminal from reaching it before the clean-up has used it.
-    setsid dockerd --iptables=false </dev/null >>"$dockerd_log" 2>&1 &
+    # No bridge: the container uses the host's network, and docker0 would put an address outside the
+    # lab's ranges on the host.
+    setsid dockerd --iptables=false --bridge=none </dev/null >>"$dockerd_log" 2>&1 &
     dockerd_pid=$!
     deadline=$((SECONDS + 60))
     until docker info >/dev/null 2>&1; do
@@ -188,7 +193,9 @@ done
 mount_named_paths "$tmp/settings" "${config_files[@]}"
 
 # --- the fresh machine -------------------------------------------------------------------------
-key=$(printf '%s\n' "$suite" "$variant" "${FRESH_PACKAGES[@]}" | sha256sum | cut -c1-12)
+# Raised when the way the image is built changes, so that a cached one is built again.
+recipe=2
+key=$(printf '%s\n' "$recipe" "$suite" "$variant" "${FRESH_PACKAGES[@]}" | sha256sum | cut -c1-12)
 image=mailflow-fresh:$key
 bootstrap_took=0
 if docker image inspect "$image" >/dev/null 2>&1; then
@@ -207,6 +214,9 @@ else
     run_child docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'CMD ["bash"]' "$tmp/base.tar" "$image" >/dev/null || broken "docker import failed"
     rm -f "$tmp/base.tar"
+    for old in $(docker images --format '{{.Repository}}:{{.Tag}}' mailflow-fresh); do
+        [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
     bootstrap_took=$((SECONDS - began))
     say "base image built in $(elapsed $bootstrap_took)"
 fi
