@@ -16,7 +16,7 @@
 #   names (certificate bundles, wheel folders, file:// indexes) are carried in, read-only, as are
 #   the host's apt proxy and validity settings.
 # - Sharing the host's loopback, the container's labs are moved to MAILFLOW_LAB_BASE=127.200.0.0 and
-#   MAILFLOW_NETNS_SUBNET=200 (change with FRESH_CHECK_LAB_BASE / FRESH_CHECK_NETNS_SUBNET), clear of
+#   MAILFLOW_NETNS_SUBNET=40 (change with FRESH_CHECK_LAB_BASE / FRESH_CHECK_NETNS_SUBNET), clear of
 #   a run on the host with the defaults. Do not run two fresh checks at once.
 # - Prints each command's exit code and duration and a verdict; exits 1 if either command failed,
 #   3 if the check itself could not run. The container's full output is kept in
@@ -32,8 +32,12 @@ variant=minbase
 # (Python >= 3.11; bookworm's python3 is 3.11), git (the user cloned the repository), make (the
 # README's commands are make targets) and the CA certificates every Debian install has.
 FRESH_PACKAGES=(python3 git make ca-certificates)
+# The container shares the host's loopback and network namespace. Its loopback labs move to 127.200
+# and up (one second octet per worker); its namespace labs to 198.18.40 and up: the real-MTA test
+# modules add their bands (110, 150, 170, plus the worker) to it, so it must stay below 76, and 40
+# keeps every band clear of a host run with the default 10 and of tests/test_lab_netns.py's 200.
 lab_base=${FRESH_CHECK_LAB_BASE:-127.200.0.0}
-netns_subnet=${FRESH_CHECK_NETNS_SUBNET:-200}
+netns_subnet=${FRESH_CHECK_NETNS_SUBNET:-40}
 label=org.mailflow.fresh-check.pid
 workdir=/root/mailflow
 
