@@ -91,6 +91,6 @@ fi
 
 [ $had_policy -eq 0 ] && rm -f "$policy"
 if [ $status -ne 0 ]; then
-  echo "install_mtas: apt-get failed (exit $status): the real-MTA tests will be skipped" >&2
+  echo "install_mtas: a step failed (exit $status): the real-MTA tests will be skipped" >&2
 fi
 exit 0
