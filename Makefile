@@ -7,9 +7,24 @@ STAMP := $(VENV)/.installed
 REPORTS ?= reports
 WORKERS ?= auto
 
-.PHONY: conformance test lint typecheck unit report clean mtas matrix
+.PHONY: conformance test lint typecheck unit report clean mtas matrix fresh-check
 
+# Debian ships venv's pip bootstrap (ensurepip) apart, in python3-venv, which a stock install lacks:
+# as root it is installed here, otherwise make stops and says what to install.
 $(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python >= 3.11" >&2; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "make: mailflow needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) -V 2>&1)" >&2; exit 2; }
+	@if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: $(PYTHON) -m venv needs ensurepip: installing python3-venv"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				python3-venv >/dev/null || exit 2; \
+		else \
+			echo "make: $(PYTHON) -m venv cannot work: ensurepip is missing. Install it (on Debian and Ubuntu: sudo apt-get install python3-venv) and run make again." >&2; \
+			exit 2; \
+		fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -48,6 +63,11 @@ matrix: $(STAMP) mtas
 
 report:
 	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report
+
+## The README's two commands on a fresh Debian bookworm, in a container, from the committed HEAD
+## (needs root; installs Docker and mmdebstrap if missing; the log goes to reports/fresh-check/).
+fresh-check:
+	scripts/fresh_check.sh
 
 clean:
 	rm -rf $(VENV) $(REPORTS)/allure-results $(REPORTS)/allure-report $(REPORTS)/last-run.json

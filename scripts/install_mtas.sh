@@ -13,14 +13,25 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 mtas="$here/tools/mtas"
 unpacked=(exim4-base exim4-daemon-light opensmtpd)
-packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3 tcpdump swaks)
+# Installed without recommends, so what the harness and the tests use is named here: swaks's TLS
+# (libnet-ssleay-perl, libio-socket-ssl-perl: `swaks --tls` exits 10 without them), iproute2 for the
+# lab's network namespaces, adduser for the MTAs' users and acl (below), none of which a minimal
+# Debian has.
+packages=(postfix dovecot-core libidn12 libevent-2.1-7 libdb5.3 libgnutls-dane0 libpcre2-8-0 libnsl2 libssl3 tcpdump
+  swaks libnet-ssleay-perl libio-socket-ssl-perl iproute2 adduser acl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 unpack_done() { [ -x "$mtas/root/usr/sbin/exim4" ] && [ -x "$mtas/root/usr/sbin/smtpd" ]; }
 users_done() { getent passwd Debian-exim opensmtpd opensmtpq >/dev/null && [ -d /etc/exim4 ]; }
-[ ${#missing[@]} -eq 0 ] && unpack_done && users_done && exit 0
+# Exim runs as Debian-exim and re-executes its binary from tools/mtas/root, so that user must be able
+# to reach it; a checkout in a home folder of mode 0700 (/root, or any home made by Debian 12's
+# adduser) stops it, and Exim then accepts mail but never delivers it.
+exim="$mtas/root/usr/sbin/exim4"
+as_exim() { setpriv --reuid Debian-exim --regid Debian-exim --clear-groups "$@" 2>/dev/null; }
+reach_done() { as_exim test -x "$exim"; }
+[ ${#missing[@]} -eq 0 ] && unpack_done && users_done && reach_done && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "install_mtas: not root or no apt-get: ${missing[*]} not installed; the real-MTA tests will be skipped" >&2
@@ -64,8 +75,22 @@ if [ $status -eq 0 ] && ! users_done; then
   done
 fi
 
+if [ $status -eq 0 ] && ! reach_done; then
+  # Search permission for that user alone (an ACL entry), on each folder above the binary that
+  # refuses it; nothing else about the folders changes.
+  path=/
+  while IFS= read -r part; do
+    [ -n "$part" ] || continue
+    path="${path%/}/$part"
+    if ! as_exim test -x "$path"; then
+      setfacl -m u:Debian-exim:x "$path" || status=$?
+      echo "install_mtas: gave Debian-exim search permission on $path (an ACL entry) so that Exim can run from $mtas" >&2
+    fi
+  done < <(dirname "$exim" | tr / '\n')
+fi
+
 [ $had_policy -eq 0 ] && rm -f "$policy"
 if [ $status -ne 0 ]; then
-  echo "install_mtas: apt-get failed (exit $status): the real-MTA tests will be skipped" >&2
+  echo "install_mtas: a step failed (exit $status): the real-MTA tests will be skipped" >&2
 fi
 exit 0
