@@ -40,6 +40,7 @@ from harness.catalogue import catalogue, markdown
 from harness.exit_codes import ExitCode, InputError
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
+from harness.runner import relocation
 from harness.trace import is_trace_file, load, sniff, yaml_files
 from harness.yamlsource import SourceError
 
@@ -172,11 +173,19 @@ def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
 
 def _targets(names: tuple[str, ...]) -> list[targets.Target]:
     try:
-        return [targets.get(name) for name in names]
+        chosen = [targets.get(name) for name in names]
     except ValueError as exc:
         raise click.BadParameter(
             f"{exc} (a real MTA may name the server it stands in for: postfix:EX2)", param_hint="--target"
         ) from exc
+    for target in chosen:
+        try:
+            # Where each target's labs will go, checked before any starts: a mistake in
+            # MAILFLOW_LAB_BASE, MAILFLOW_PORT_OFFSET or MAILFLOW_NETNS_SUBNET is the user's, said once.
+            relocation(netns=target.needs_netns)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    return chosen
 
 
 @click.group(epilog=EXIT_CODES)
