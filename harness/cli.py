@@ -273,6 +273,9 @@ def _replay(
         *(["--clean-alluredir"] if clean else []),
         "-p",
         "no:cacheprovider",
+        # Traces use no Hypothesis; its plugin (a dev extra) costs every worker seconds at its exit.
+        "-p",
+        "no:hypothesispytest",
         "-q",
         "--no-header",
         "-rN",
