@@ -92,6 +92,17 @@ class ProgressPlugin:
         self.progress = progress
         self.task = task
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # -k and -m deselect traces: the bar counts those that run. Under xdist the controller collects
+        # nothing itself; its workers' collections say it (below).
+        if self.progress is not None and session.items:
+            self.progress.update(self.task, total=len(session.items))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, total=len(ids))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.progress is None:
             return
