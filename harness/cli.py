@@ -40,6 +40,7 @@ from harness.catalogue import catalogue, markdown
 from harness.exit_codes import ExitCode, InputError
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
+from harness.runner import relocation
 from harness.trace import is_trace_file, load, sniff, yaml_files
 from harness.yamlsource import SourceError
 
@@ -90,6 +91,17 @@ class ProgressPlugin:
     def __init__(self, progress: Progress | None, task: Any) -> None:
         self.progress = progress
         self.task = task
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # -k and -m deselect traces: the bar counts those that run. Under xdist the controller collects
+        # nothing itself; its workers' collections say it (below).
+        if self.progress is not None and session.items:
+            self.progress.update(self.task, total=len(session.items))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, total=len(ids))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.progress is None:
@@ -172,11 +184,19 @@ def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
 
 def _targets(names: tuple[str, ...]) -> list[targets.Target]:
     try:
-        return [targets.get(name) for name in names]
+        chosen = [targets.get(name) for name in names]
     except ValueError as exc:
         raise click.BadParameter(
             f"{exc} (a real MTA may name the server it stands in for: postfix:EX2)", param_hint="--target"
         ) from exc
+    for target in chosen:
+        try:
+            # Where each target's labs will go, checked before any starts: a mistake in
+            # MAILFLOW_LAB_BASE, MAILFLOW_PORT_OFFSET or MAILFLOW_NETNS_SUBNET is the user's, said once.
+            relocation(netns=target.needs_netns)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    return chosen
 
 
 @click.group(epilog=EXIT_CODES)
@@ -264,6 +284,9 @@ def _replay(
         *(["--clean-alluredir"] if clean else []),
         "-p",
         "no:cacheprovider",
+        # Traces use no Hypothesis; its plugin (a dev extra) costs every worker seconds at its exit.
+        "-p",
+        "no:hypothesispytest",
         "-q",
         "--no-header",
         "-rN",

@@ -5,7 +5,6 @@ Internet hosts received (from the lab's folder)."""
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
 from pathlib import Path
@@ -21,7 +20,6 @@ from harness import signals
 from harness.exit_codes import BrokenError, InputError
 from harness.lab import captures
 from harness.lab import config as lab_config
-from harness.lab.addresses import LOOPBACK
 from harness.lab.certificates import CA_FILE
 from harness.yamlsource import SourceError
 
@@ -167,28 +165,14 @@ def _placement(base: str | None, port_offset: int | None, *, netns: bool) -> tup
     for a real-MTA target, MAILFLOW_NETNS_SUBNET), as for every other lab the harness starts."""
     from harness.runner import relocation
 
-    offset_text = os.environ.get("MAILFLOW_PORT_OFFSET", "")
-    if offset_text and not offset_text.isdigit():
-        raise InputError(f"MAILFLOW_PORT_OFFSET={offset_text!r} is not a number (a port offset, e.g. 10000)")
     try:
         env_base, env_offset = relocation(netns=netns)
-        if env_base is not None and not netns:
-            _check_loopback(env_base)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if base is not None:
         # A real MTA's lab keeps the standard ports (its DNS and SMTP clients use them).
         return base, port_offset if port_offset is not None or netns else env_offset
     return env_base, port_offset if port_offset is not None else env_offset
-
-
-def _check_loopback(base: str) -> None:
-    try:
-        address = ipaddress.IPv4Address(base)
-    except ValueError:
-        raise ValueError(f"MAILFLOW_LAB_BASE={base!r} is not an IPv4 address") from None
-    if address not in LOOPBACK:
-        raise ValueError(f"MAILFLOW_LAB_BASE={base} is outside 127.0.0.0/8: a lab only binds on loopback")
 
 
 def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_config.LabConfig:

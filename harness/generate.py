@@ -200,7 +200,7 @@ def _sender(address: str) -> str:
     return address or "<>"
 
 
-def _delivered(prediction: Prediction) -> list[dict[str, Any]]:
+def delivered_entries(prediction: Prediction) -> list[dict[str, Any]]:
     """The oracle's deliveries as a trace's `delivered` entries; one SMTP delivery per next hop
     carries every recipient of the message copy that goes there."""
     grouped: dict[tuple[str, str, str, str, str], list[str]] = {}
@@ -280,7 +280,7 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     sessions: list[dict[str, Any]] = [{"lab": {"connector_down": c}} for c in scenario.down]
     sessions.append({"client": scenario.client, "connect": connect, "script": script})
     outcome: dict[str, Any] = {}
-    delivered = _delivered(prediction)
+    delivered = delivered_entries(prediction)
     if delivered:
         outcome["delivered"] = delivered
     hops = _hops(scenario, prediction)

@@ -149,11 +149,21 @@ def relocation(netns: bool = False) -> tuple[str | None, int | None]:
         first = netns_first_octet()
         return f"198.18.{first + worker % (256 - first)}.0", 0
     base = os.environ.get("MAILFLOW_LAB_BASE") or None
+    if base is not None:
+        _loopback_base(base)
     if match is not None:
         worker = int(match[1])
         base = f"127.{101 + worker % 150}.0.0" if base is None else _shifted(base, worker)
-    offset = os.environ.get("MAILFLOW_PORT_OFFSET")
-    return base, int(offset) if offset else None
+    return base, _port_offset()
+
+
+def _port_offset() -> int | None:
+    value = os.environ.get("MAILFLOW_PORT_OFFSET", "")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) > 65000:
+        raise ValueError(f"MAILFLOW_PORT_OFFSET={value!r} is not a port offset (a number, e.g. 10000)")
+    return int(value)
 
 
 def netns_first_octet() -> int:
@@ -165,13 +175,18 @@ def netns_first_octet() -> int:
     return int(value)
 
 
-def _shifted(base: str, worker: int) -> str:
+def _loopback_base(base: str) -> ipaddress.IPv4Address:
     try:
         address = ipaddress.IPv4Address(base)
     except ValueError:
         raise ValueError(f"MAILFLOW_LAB_BASE={base!r} is not an IPv4 address") from None
     if address not in _LOOPBACK:
         raise ValueError(f"MAILFLOW_LAB_BASE={base} is outside 127.0.0.0/8: a lab only binds on loopback")
+    return address
+
+
+def _shifted(base: str, worker: int) -> str:
+    address = _loopback_base(base)
     moved = int(address) + (worker << 16)
     if moved > int(_LOOPBACK.broadcast_address):
         raise ValueError(

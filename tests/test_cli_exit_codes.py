@@ -124,3 +124,17 @@ def test_diff_of_an_invalid_trace_is_an_input_error(tmp_path: Path) -> None:
     done = mailflow("diff", "--target", "reference", "--target", "reference", str(path), cwd=tmp_path)
     assert done.returncode == ExitCode.INPUT, done.stdout + done.stderr
     assert f"invalid trace: {path}:{line}:" in " ".join(done.stdout.split())
+
+
+def test_wrong_placement_variables_are_input_errors_before_any_lab_starts(tmp_path: Path) -> None:
+    for variable, value, said in (
+        ("MAILFLOW_PORT_OFFSET", "ten", "MAILFLOW_PORT_OFFSET='ten' is not a port offset"),
+        ("MAILFLOW_LAB_BASE", "10.1.0.0", "MAILFLOW_LAB_BASE=10.1.0.0 is outside 127.0.0.0/8"),
+        ("MAILFLOW_LAB_BASE", "localhost", "MAILFLOW_LAB_BASE='localhost' is not an IPv4 address"),
+    ):
+        for command in (("run",), ("matrix", "--target", "reference"), ("diff", "--target", "reference")):
+            extra = ("--target", "reference") if command[0] == "diff" else ()
+            done = mailflow(*command, *extra, str(GOOD), cwd=tmp_path, env={variable: value})
+            assert done.returncode == ExitCode.INPUT, (command, done.stdout, done.stderr)
+            assert said in " ".join(done.stderr.split()), (command, done.stderr)
+            assert "Traceback" not in done.stderr and not (tmp_path / "reports" / "last-run.json").exists()

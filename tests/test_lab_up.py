@@ -160,7 +160,7 @@ def test_an_address_in_use_says_which_and_exits_3(tmp_path: Path) -> None:
     [
         ({"MAILFLOW_LAB_BASE": "10.1.0.0"}, "MAILFLOW_LAB_BASE=10.1.0.0 is outside 127.0.0.0/8"),
         ({"MAILFLOW_LAB_BASE": "127.1"}, "MAILFLOW_LAB_BASE='127.1' is not an IPv4 address"),
-        ({"MAILFLOW_PORT_OFFSET": "lots"}, "MAILFLOW_PORT_OFFSET='lots' is not a number"),
+        ({"MAILFLOW_PORT_OFFSET": "lots"}, "MAILFLOW_PORT_OFFSET='lots' is not a port offset"),
     ],
 )
 def test_wrong_relocation_variables_are_named(

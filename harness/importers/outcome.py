@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import oracle
-from harness.generate import _delivered as delivered_entries
+from harness.generate import delivered_entries
 from harness.importers.to_trace import virtual_server_at
 from harness.lab.config import LabConfig
 from harness.recorded import RecordedSession
