@@ -64,7 +64,10 @@ def install(*, worker: bool = False) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for number in STOPPING:
-        signal.signal(number, _handle)
+        # A signal the process was started with ignored stays ignored (`nohup`, a background job of a
+        # non-interactive shell): Python leaves an ignored SIGINT alone for the same reason.
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, _handle)
     if worker:
         _stop_with_parent()
     else:
@@ -82,6 +85,13 @@ def command_started() -> None:
     install()
     _in_command = True
     click.get_current_context().call_on_close(_command_ended)
+
+
+def expect_stop() -> None:
+    """From now on a stopping signal is the command's normal end (`lab up` once its lab is up): it
+    exits 0 after the clean-up, even when the signal comes before `until_stopped` waits for it."""
+    global _expected
+    _expected = True
 
 
 def until_stopped() -> None:
@@ -123,8 +133,9 @@ def _command_ended() -> None:
         return
     if not _expected:
         name = signal.Signals(_received).name
+        said = f"mailflow: stopped by {name}; the labs it started are stopped and removed"
         with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-            print(f"mailflow: stopped by {name}; the lab was stopped and removed", file=sys.stderr)
+            print(said, file=sys.stderr)
         raise SystemExit(stopped_by(_received))
 
 

@@ -169,6 +169,7 @@ class Lab:
         try:
             if loop.is_running():
                 self.run(self._stop(), timeout=10)
+                self.run(_cancel_the_rest(), timeout=10)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
@@ -233,7 +234,13 @@ class Lab:
             coroutine.close()
             raise LabError("the lab is not running")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            # Interrupted (a signal, a time-out): the coroutine must not go on in the lab's thread,
+            # starting what the clean-up has already stopped.
+            future.cancel()
+            raise
 
     def settle(self, timeout: float = 15.0, quiet: float = 0.05, *, wait_for_retries: bool = True) -> bool:
         """Wait until every server's queues are idle (parked retries excepted) for `quiet` seconds."""
@@ -361,3 +368,12 @@ async def _listening(starting: Coroutine[Any, Any, None], what: str, address: st
         else:
             reason = f"{exc.strerror or exc}; {relocate}"
         raise LabError(f"{what} cannot listen on {address}:{port}: {reason}") from exc
+
+
+async def _cancel_the_rest() -> None:
+    """Whatever still runs on the lab's loop once it is stopped (a start a signal cut short, a server's
+    own tasks): cancelled and waited for, so that closing the loop destroys no pending task."""
+    rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
