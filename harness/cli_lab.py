@@ -78,13 +78,17 @@ def lab_up(
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"--workdir {workdir}: {exc.strerror or exc}") from None
-    running = target.lab(config, workdir, control=True)
+    try:
+        running = target.lab(config, workdir, control=True)
+    except targets.NoSuchServer as exc:
+        raise InputError(str(exc)) from None
     try:
         running.start()
     except RuntimeError as exc:  # the lab's, a stand-in's or the lab network's own errors say what
         raise BrokenError(str(exc)) from None
     except OSError as exc:
         raise BrokenError(f"lab {config.name} could not start: {exc}") from None
+    signals.expect_stop()  # the lab is up: from here a signal is how it ends
     try:
         _print_hosts(running, target.name)
         kept = "" if workdir is not None else " (a temporary folder, removed when the lab stops)"
@@ -177,9 +181,8 @@ def _placement(base: str | None, port_offset: int | None, *, netns: bool) -> tup
 
 def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_config.LabConfig:
     path = lab_config.lab_path(name)
-    if not path.exists():
-        labs = sorted(p.stem for p in (lab_config.FIXTURES / "labs").glob("*.yaml"))
-        raise InputError(f"no lab named {name!r}; labs: {', '.join(labs)} (or the path of a lab file)")
+    if not path.is_file():
+        raise InputError(lab_config.missing_lab(name, path))
     try:
         return lab_config.load(path, base=base, port_offset=port_offset)
     except SourceError as exc:

@@ -29,6 +29,7 @@ from harness.lab.netns import NetnsError
 from harness.lab.runtime import LabError
 from harness.replay import ConnectError
 from harness.script import ScriptError
+from harness.targets import NoSuchServer
 from harness.targets.daemon import StandInError
 from harness.yamlsource import SourceError
 
@@ -98,6 +99,8 @@ def problem(exc: BaseException) -> tuple[str, Reason]:
     if isinstance(exc, ValueError) and str(exc).startswith("MAILFLOW_"):
         # harness/runner.py: relocation() refuses a MAILFLOW_* variable it cannot use.
         return "error", {"kind": "environment", "message": str(exc)}
+    if isinstance(exc, NoSuchServer):
+        return "error", {"kind": "input", "message": str(exc)}
     if isinstance(exc, StandInError):
         return "broken", {"kind": "target", "message": f"the target could not run: {exc}"}
     if isinstance(exc, ConnectError):

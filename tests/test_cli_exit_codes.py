@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from harness import targets
 from harness.exit_codes import ExitCode
 from tests.mailflow_cli import GOOD, failing_trace, invalid_trace, mailflow, unfolded
@@ -138,3 +140,20 @@ def test_wrong_placement_variables_are_input_errors_before_any_lab_starts(tmp_pa
             assert done.returncode == ExitCode.INPUT, (command, done.stdout, done.stderr)
             assert said in " ".join(done.stderr.split()), (command, done.stderr)
             assert "Traceback" not in done.stderr and not (tmp_path / "reports" / "last-run.json").exists()
+
+
+def test_a_named_file_that_is_no_yaml_is_refused_as_such(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a trace\n")
+    done = mailflow("run", str(notes), cwd=tmp_path, columns=200)
+    assert done.returncode == ExitCode.INPUT
+    assert f"{notes} is not a trace: a trace is a .yaml or .yml file" in done.stderr
+
+
+def test_a_real_mta_for_a_server_the_lab_lacks_is_the_users_error(tmp_path: Path) -> None:
+    if (unavailable := targets.POSTFIX.unavailable()) is not None:
+        pytest.skip(unavailable)
+    done = mailflow("run", "--target", "postfix:EX9", str(GOOD), cwd=tmp_path, columns=300)
+    assert done.returncode == ExitCode.INPUT, done.stdout + done.stderr
+    assert "target postfix:EX9: lab contoso has no server 'EX9'; servers: EX1, EX2, EX3, EX4" in done.stdout
+    assert "mailflow failed" not in done.stdout

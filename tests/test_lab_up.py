@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import smtplib
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from labprocess import MAILFLOW, LabProcess, environment, lab_processes, queues, start
 
+from harness import targets
 from harness.cli import main
 from harness.exit_codes import ExitCode
 from harness.lab.lock import LOCK_NAME
@@ -180,4 +183,69 @@ def test_wrong_relocation_variables_are_named(
 def test_an_unknown_lab_lists_the_labs(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["lab", "up", "fabrikam", "--workdir", str(tmp_path)])
     assert result.exit_code == ExitCode.INPUT
-    assert "no lab named 'fabrikam'; labs: contoso" in result.output
+    assert "no lab 'fabrikam' (" in result.output and "does not exist); labs: contoso" in result.output
+
+
+def test_a_lab_stopped_as_soon_as_it_answers_exits_0_without_a_traceback(
+    tmp_path: Path, started: list[LabProcess]
+) -> None:
+    """Once its control socket answers the lab is up, and a signal is how it ends, even while it still
+    prints its hosts."""
+    workdir = tmp_path / "lab"
+    lab = LabProcess(workdir, environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET)))
+    started.append(lab)
+    deadline = time.monotonic() + 60
+    while queues(workdir).exit_code != 0:
+        assert lab.process.poll() is None and time.monotonic() < deadline, lab.output
+        time.sleep(0.02)
+    lab.process.send_signal(signal.SIGTERM)
+    code, out = lab.stop()
+    assert code == 0, out
+    assert "Traceback" not in out and not (workdir / "control.sock").exists()
+
+
+def test_a_lab_started_with_sighup_ignored_outlives_the_hangup(tmp_path: Path) -> None:
+    """`nohup mailflow lab up`: a closed terminal does not stop the lab."""
+    workdir = tmp_path / "lab"
+
+    def ignore_hangup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    with (tmp_path / "out").open("wb") as sink:
+        process = subprocess.Popen(
+            [MAILFLOW, "lab", "up", "--workdir", str(workdir)],
+            env=environment(MAILFLOW_LAB_BASE=BASE, MAILFLOW_PORT_OFFSET=str(OFFSET)),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            preexec_fn=ignore_hangup,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while LabProcess.READY not in (tmp_path / "out").read_text() or queues(workdir).exit_code != 0:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "out").read_text()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGHUP)
+        # The lab goes on answering: a request after the hang-up reaches it.
+        assert queues(workdir).exit_code == 0
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, (tmp_path / "out").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.skipif(targets.POSTFIX.unavailable() is not None, reason=targets.POSTFIX.unavailable() or "")
+def test_a_real_mta_for_a_server_the_lab_lacks_lists_the_servers(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [MAILFLOW, "lab", "up", "--target", "postfix:EX9", "--workdir", str(tmp_path / "lab")],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == ExitCode.INPUT, result.stderr
+    assert "lab contoso has no server 'EX9'; servers: EX1, EX2, EX3, EX4" in result.stderr
+    assert "Traceback" not in result.stderr

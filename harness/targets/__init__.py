@@ -28,6 +28,10 @@ from harness.targets.recipients import RecipientTable
 from harness.trace import ForeignMemo, LabAction, Session, Submission, Trace
 
 
+class NoSuchServer(ValueError):
+    """A real MTA is to stand in for a server the lab does not have: the user's input is wrong."""
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -66,7 +70,14 @@ class Target:
     def lab(self, config: LabConfig, workdir: Path | None = None, control: bool = False) -> Lab:
         if self.stands_in_for is None or self.adapter is None:
             return Lab(config, workdir, reference_servers=True, control=control)
-        server, adapter = self.stands_in_for, self.adapter
+        servers = [s.name for s in config.organization.servers]
+        server = next((name for name in servers if name.lower() == self.stands_in_for.lower()), None)
+        if server is None:
+            raise NoSuchServer(
+                f"target {self.name}: lab {config.name} has no server {self.stands_in_for!r}; "
+                f"servers: {', '.join(servers)}"
+            )
+        adapter = self.adapter
 
         def stand_in(lab: Lab) -> StandIn:
             directory = lab.gc.connect(f"{self.name} configuration")
