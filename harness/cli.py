@@ -41,7 +41,7 @@ from harness.exit_codes import ExitCode, InputError
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.runner import relocation
-from harness.trace import is_trace_file, load, sniff, yaml_files
+from harness.trace import in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.yamlsource import SourceError
 
 console = Console(stderr=False)
@@ -77,6 +77,10 @@ def trace_files(paths: tuple[str, ...]) -> list[Path]:
                     note = f"skipped {escape(str(candidate))}: its YAML does not parse (see mailflow check)"
                     console.print(f"[yellow]{note}[/yellow]", highlight=False, soft_wrap=True)
         elif path.exists():
+            if not is_trace_file(path, named=True):
+                raise click.BadParameter(
+                    f"{raw} is not a trace: a trace is a .yaml or .yml file", param_hint="PATHS"
+                )
             found = [path]
         else:
             raise click.BadParameter(f"{raw} does not exist", param_hint="PATHS")
@@ -525,7 +529,7 @@ def check(paths: tuple[str, ...]) -> None:
         for path in [Path(raw)] if named else yaml_files(Path(raw)):
             # What a file is, is told by its content; a folder's YAML that is neither is not checked.
             kind = sniff(path)
-            if not named and kind == "other":
+            if not named and kind == "other" and not in_corpus(path):
                 note = f"skipped {escape(str(path))}: neither a trace nor a lab file"
                 console.print(f"[bright_black]{note}[/]", highlight=False)
                 continue

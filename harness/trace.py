@@ -24,7 +24,7 @@ import yaml
 from harness import yamlsource
 from harness.catalogue import catalogue
 from harness.lab import config as lab_config
-from harness.lab.config import FIXTURES, LabConfig, lab_path
+from harness.lab.config import FIXTURES, LabConfig, lab_path, missing_lab
 from harness.lab.gc import AUTH_CLIENT
 from harness.normalize import Mask
 from harness.replay import resolve_message_path
@@ -133,9 +133,10 @@ def _clearer(document: yamlsource.Document, error: SourceError) -> SourceError:
 
 YAML_SUFFIXES = (".yaml", ".yml")
 CORPUS_FOLDER = "traces"
-# Top-level keys that only a trace has, and keys that only a lab file has (harness/schemas): what a YAML
-# file holds is told by its content, wherever it lies.
-_TRACE_KEYS = frozenset({"sessions", "spec", "outcome", "requires", "boundary", "masks"})
+# What a YAML file holds is told by its content, wherever it lies (harness/schemas): a trace has
+# `sessions` and one more of its own keys (other YAML has `spec:` too, every Kubernetes manifest for one,
+# so no single key but `sessions`, which every trace needs, will do); a lab file has a lab's keys.
+_TRACE_KEYS = frozenset({"id", "title", "spec", "outcome", "requires", "boundary", "masks", "lab"})
 _LAB_KEYS = frozenset({"organization", "network", "dns", "global_catalog", "internet", "clients", "timers"})
 # pytest's default `norecursedirs` (and its virtualenv check below): `mailflow run DIR` lists the files
 # that `pytest DIR` collects, no more.
@@ -151,9 +152,9 @@ def is_trace_file(path: Path, *, named: bool = False, root: Path | None = None) 
       invalid trace (file, line, field) rather than skipped;
     - a YAML file found in a folder named on the command line is a trace if a folder on its path (below
       `root`, the current directory, when it lies there) is called `traces`, the corpus, where a broken
-      trace must be reported too; or else if it looks like a trace: a mapping with a trace's own keys
-      (`sessions`, `spec`, `outcome`, ...). Lab files, deviation lists, the catalogue and other YAML
-      files are not collected, nor are hidden files (a trace writer's drafts).
+      trace must be reported too; or else if it looks like a trace: a mapping with `sessions` and
+      another of a trace's own keys (`id`, `spec`, `outcome`, ...). Lab files, deviation lists, the
+      catalogue and other YAML files are not collected, nor are hidden files (a trace writer's drafts).
     """
     if path.suffix not in YAML_SUFFIXES:
         return False
@@ -184,7 +185,7 @@ def sniff(path: Path) -> Kind:
     if not isinstance(data, dict):
         return "other"
     keys = {key for key in data if isinstance(key, str)}
-    if keys & _TRACE_KEYS:
+    if "sessions" in keys and keys & _TRACE_KEYS:
         return "trace"
     return "lab" if keys & _LAB_KEYS else "other"
 
@@ -227,7 +228,7 @@ def load(path: Path) -> Trace:
             raise document.error(("boundary", index), f"{spec_id!r} is not one of this trace's spec IDs")
     lab = lab_path(data.get("lab", "contoso"), path.parent)
     if not lab.is_file():
-        raise document.error(("lab",), f"no lab {data.get('lab')!r}: {lab} does not exist")
+        raise document.error(("lab",), missing_lab(data.get("lab", "contoso"), lab))
     # A broken lab file raises its own SourceError (its file, its line): that is what needs fixing.
     _check_lab_names(document, data, _load_lab(lab))
     _check_regexes(document, data.get("outcome") or {})

@@ -195,6 +195,11 @@ def project(tmp_path: Path) -> Path:
     for deviations in (ROOT / "harness" / "targets" / "deviations").glob("*.yaml"):
         write(root / "harness" / "targets" / "deviations" / deviations.name, deviations.read_text())
     write(root / "notes" / "template.yaml", "key: {{ not yaml\n")
+    # Other projects' YAML with keys a trace has too: a Kubernetes manifest's `spec:`.
+    write(
+        root / "deploy" / "web.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 1}\n",
+    )
     write(root / ".hidden" / "t.yaml", GOOD.read_text())
     write(root / "traces" / ".t.yaml.draft", GOOD.read_text())
     return root
@@ -217,6 +222,7 @@ def test_a_folder_collects_its_traces_and_nothing_else(project: Path) -> None:
     # A file that may be a trace with a typo is named; the lab and the other YAML files are not.
     assert "skipped project/notes/template.yaml: its YAML does not parse" in ran.stdout
     assert "contoso.yaml" not in ran.stdout and "catalogue.yaml" not in ran.stdout
+    assert "web.yaml" not in ran.stdout
 
 
 def test_a_broken_trace_in_the_corpus_is_reported_with_file_and_line(project: Path) -> None:
