@@ -38,7 +38,7 @@ def generate(lab_name: str, seed: int, count: int, output: Path) -> None:
         raise click.BadParameter("must be at least 1", param_hint="--count")
     lab_file = lab_config.lab_path(lab_name)
     if not lab_file.is_file():
-        raise click.BadParameter(f"no lab {lab_name!r} ({lab_file} does not exist)", param_hint="--lab")
+        raise click.BadParameter(lab_config.missing_lab(lab_name, lab_file), param_hint="--lab")
     try:
         written = generate_traces(lab_file, seed, count, output)
     except RuntimeError as exc:

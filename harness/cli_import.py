@@ -163,6 +163,8 @@ def _import(
 
     single = _output_kind(output)
     base, offset = relocation()
+    if not lab_config.lab_path(lab).is_file():
+        raise InputError(lab_config.missing_lab(lab, lab_config.lab_path(lab)))
     try:
         config = lab_config.load(lab_config.lab_path(lab), base=base, port_offset=offset)
     except (SourceError, OSError) as exc:

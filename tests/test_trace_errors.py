@@ -450,7 +450,8 @@ def test_unknown_lab(tmp_path: Path) -> None:
     text = mutate("lab: contoso", "lab: nosuchlab")
     error = load_error(tmp_path, text)
     missing = ROOT / "fixtures" / "labs" / "nosuchlab.yaml"
-    assert_error(error, line_with(text, "lab:"), "lab", f"no lab 'nosuchlab': {missing} does not exist")
+    said = f"no lab 'nosuchlab' ({missing} does not exist); labs: contoso"
+    assert_error(error, line_with(text, "lab:"), "lab", said)
 
 
 def test_wrong_type_in_outcome(tmp_path: Path) -> None:

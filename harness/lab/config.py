@@ -100,6 +100,12 @@ def lab_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     return FIXTURES / "labs" / f"{name_or_path}.yaml"
 
 
+def missing_lab(name_or_path: str | Path, path: Path) -> str:
+    """What to tell a user whose lab does not exist: the labs there are, by name."""
+    labs = ", ".join(sorted(p.stem for p in (FIXTURES / "labs").glob("*.yaml")))
+    return f"no lab {str(name_or_path)!r} ({path} does not exist); labs: {labs}, or the path of a lab file"
+
+
 def load(path: Path, *, base: str | None = None, port_offset: int | None = None) -> LabConfig:
     """Load and check a lab file; `base`/`port_offset` relocate it."""
     document = yamlsource.load(path)
