@@ -239,4 +239,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if destination and not hasattr(session.config, "workerinput"):
         path = Path(destination)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_outcomes, indent=1), encoding="utf-8")
+        # Written beside and renamed into place: a signal during the write leaves the previous file or
+        # the new one, never half of one.
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(_outcomes, indent=1), encoding="utf-8")
+        partial.replace(path)
