@@ -30,6 +30,7 @@ from harness import (
     cli_lab,
     cli_record,
     differential,
+    exit_codes,
     matrix,
     outcomes,
     signals,
@@ -50,11 +51,7 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
     console = Console(stderr=False, width=150)
 DEFAULT_REPORTS = Path("reports")
 
-EXIT_CODES = """Exit codes: 0 every trace passed (or the command did what it was asked);
-1 a trace failed, or two targets differ; 2 usage or invalid input (a wrong option or name, a malformed
-trace or lab file, no trace found, an environment variable a trace needs not set); 3 the lab or the
-harness broke (an address in use, a daemon that did not start). When a run's traces call for several,
-3 wins over 2, and 2 over 1."""
+EXIT_CODES = exit_codes.help_text()
 TARGET_HELP = (
     f"server under test: one of {', '.join(targets.TARGETS)}; a real MTA stands in for EX1, or for the "
     "server named after a colon (postfix:EX2)"

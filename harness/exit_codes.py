@@ -1,13 +1,8 @@
 """The exit codes of every `mailflow` command, in one place, so that a CI job can tell a failed trace from
 a mistake in its own set-up and from a broken lab.
 
-| code | meaning |
-|---|---|
-| 0 | every trace passed (or the command did what it was asked) |
-| 1 | a trace failed, or two targets differ |
-| 2 | usage or invalid input: a wrong option or name, a malformed trace or lab file, no trace found |
-| 3 | the lab or the harness broke: an address in use, a daemon that did not start, an internal error |
-| 128 + N | stopped by signal N before it finished, lab cleaned up: 130 Ctrl-C, 129 SIGHUP, 143 SIGTERM |
+The codes and what each means are `MEANINGS` below (`--help` shows them; docs/exit-codes.md says
+the same at length, with examples).
 
 `lab up` runs until it is stopped: Ctrl-C, SIGTERM or SIGHUP is its normal end (lab cleaned up, exit 0).
 
@@ -27,6 +22,27 @@ class ExitCode(IntEnum):
     FAILED = 1
     INPUT = 2
     BROKEN = 3
+
+
+# What each code means, for `--help` (docs/exit-codes.md says the same at length; a test keeps the two
+# in step).
+MEANINGS: tuple[tuple[str, str], ...] = (
+    ("0", "every trace passed (or the command did what it was asked)"),
+    ("1", "a trace failed, or two targets differ"),
+    (
+        "2",
+        "usage or invalid input (a wrong option or name, a malformed trace or lab file, no trace found, "
+        "an environment variable a trace needs not set)",
+    ),
+    ("3", "the lab or the harness broke (an address in use, a daemon that did not start)"),
+    ("128 + N", "stopped by signal N, its lab cleaned up (130 Ctrl-C, 143 SIGTERM)"),
+)
+
+
+def help_text() -> str:
+    """The exit codes as a command's `--help` ends with them."""
+    codes = "; ".join(f"{code} {meaning}" for code, meaning in MEANINGS)
+    return f"Exit codes: {codes}. When a run's traces call for several of 1-3, 3 wins over 2, and 2 over 1."
 
 
 def stopped_by(signal_number: int) -> int:

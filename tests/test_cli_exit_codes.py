@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import targets
+from harness import exit_codes, targets
 from harness.exit_codes import ExitCode
-from tests.mailflow_cli import GOOD, failing_trace, invalid_trace, mailflow, unfolded
+from tests.mailflow_cli import GOOD, ROOT, failing_trace, invalid_trace, mailflow, unfolded
 
 
 def test_version(tmp_path: Path) -> None:
@@ -157,3 +157,12 @@ def test_a_real_mta_for_a_server_the_lab_lacks_is_the_users_error(tmp_path: Path
     assert done.returncode == ExitCode.INPUT, done.stdout + done.stderr
     assert "target postfix:EX9: lab contoso has no server 'EX9'; servers: EX1, EX2, EX3, EX4" in done.stdout
     assert "mailflow failed" not in done.stdout
+
+
+def test_the_exit_code_document_has_a_row_for_every_code_help_gives() -> None:
+    rows = {
+        line.split("|")[1].strip()
+        for line in (ROOT / "docs" / "exit-codes.md").read_text().splitlines()
+        if line.startswith("| ") and not line.startswith("| code")
+    }
+    assert {code for code, _ in exit_codes.MEANINGS} <= rows
