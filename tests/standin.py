@@ -28,6 +28,13 @@ LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 
 
+# The bands the test modules' namespace labs use, each its own, so that labs of modules running on
+# different pytest-xdist workers never share a /24 (a band spans ten: one /24 a worker, two for the
+# stopping and sweep tests' `run -n 2`): import_codes_only 3, lab_standin_queues 60 and 70, target_postfix
+# 110 (and target_live's Postfix), stopping_commands 130, stale_lab_sweep 140, target_opensmtpd 150,
+# target_exim 170 and 190; the runner's own labs are at MAILFLOW_NETNS_SUBNET + worker.
+
+
 def base(band: int) -> str:
     """This worker's /24 in a test module's own band of 198.18.0.0/15, apart from the matrix's labs
     (MAILFLOW_NETNS_SUBNET and up) and from the other modules' bands. A high MAILFLOW_NETNS_SUBNET

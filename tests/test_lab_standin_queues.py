@@ -27,8 +27,9 @@ from harness.lab.runtime import Lab
 from harness.runner import netns_first_octet
 from harness.targets import Target
 
-# This module's bands of the namespace network (tests/standin.py): labs made here, and lab up's.
-BAND, LAB_UP_BAND = 130, 140
+# This module's bands of the namespace network (tests/standin.py): labs made here, and lab up's. Each
+# module's band is its own (see tests/standin.py): 130 and 140 are the stopping and sweep tests'.
+BAND, LAB_UP_BAND = 60, 70
 RECIPIENT = "ann@fabrikam.com"
 
 
