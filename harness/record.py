@@ -90,6 +90,10 @@ class RecordingProxy:
         self.upstream_name = upstream_name
         self.source_address = source_address
         self._server: asyncio.Server | None = None
+        # asyncio's stream server drops its reference to a session's task when the client's connection
+        # is lost, and a task that only its awaited future refers to may be garbage-collected while it
+        # still closes the upstream connection: the sessions in progress are held here.
+        self._sessions: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
@@ -102,6 +106,10 @@ class RecordingProxy:
             await self._server.wait_closed()
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        this = asyncio.current_task()
+        if this is not None:
+            self._sessions.add(this)
+            this.add_done_callback(self._sessions.discard)
         peer = client_writer.get_extra_info("peername")
         session = RecordedSession(client=str(peer[0]), server=self.upstream[0], server_port=self.upstream[1])
         session.started = time.time()
