@@ -69,6 +69,9 @@ def test_both_keep_the_reports_whatever_the_result() -> None:
     assert artifacts["reports"]["junit"] == "reports/junit.xml"
 
 
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+
+
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     """A checkout as the CI jobs see it: traces/, the scripts, and mailflow installed in .venv/."""
@@ -87,7 +90,14 @@ def _fail(checkout: Path) -> None:
 
 def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # As both CI systems run a job's commands: bash, stopping at the first command that fails.
-    env = {**os.environ, "PATH": f"{cwd / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+    # The job's `mailflow run -n auto` starts workers of its own, which would take this run's worker
+    # blocks (127.101 and up): they get a block of this test's, one pair of /16s per worker here.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MAILFLOW_"))}
+    env |= {
+        "PATH": f"{cwd / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "COLUMNS": "200",
+        "MAILFLOW_LAB_BASE": f"127.{90 + 2 * (WORKER % 5)}.0.0",
+    }
     return subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
         cwd=cwd,
