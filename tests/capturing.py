@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import dpkt
 import pytest
 
 from harness.importers import BadInput, pcap
@@ -51,3 +52,15 @@ class Tcpdump:
             time.sleep(0.05)  # the interval of a poll bounded by the deadline, not a synchronisation
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+def frame(source: tuple[str, int], destination: tuple[str, int], seq: int, flags: int, data: bytes) -> bytes:
+    """One TCP segment in an Ethernet frame, as a capture file holds it."""
+    segment = dpkt.tcp.TCP(sport=source[1], dport=destination[1], seq=seq, flags=flags, data=data)
+    packet = dpkt.ip.IP(
+        src=bytes(map(int, source[0].split("."))),
+        dst=bytes(map(int, destination[0].split("."))),
+        p=dpkt.ip.IP_PROTO_TCP,
+        data=segment,
+    )
+    return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=packet))

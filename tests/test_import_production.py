@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from capturing import Tcpdump
+from capturing import Tcpdump, frame
 from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,28 +38,17 @@ HOP = ("192.0.2.25", 25)  # the server's next hop: the server is the client ther
 SYN, ACK, FIN = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN
 
 
-def _frame(source: tuple[str, int], destination: tuple[str, int], seq: int, flags: int, data: bytes) -> bytes:
-    segment = dpkt.tcp.TCP(sport=source[1], dport=destination[1], seq=seq, flags=flags, data=data)
-    packet = dpkt.ip.IP(
-        src=bytes(map(int, source[0].split("."))),
-        dst=bytes(map(int, destination[0].split("."))),
-        p=dpkt.ip.IP_PROTO_TCP,
-        data=segment,
-    )
-    return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=packet))
-
-
 def _session(
     client: tuple[str, int], server: tuple[str, int], dialogue: list[tuple[str, bytes]]
 ) -> list[bytes]:
     """The frames of one connection: handshake, the dialogue (C or S, bytes) in order, the client's FIN."""
     seq = {"C": 1001, "S": 5001}
-    frames = [_frame(client, server, 1000, SYN, b""), _frame(server, client, 5000, SYN | ACK, b"")]
+    frames = [frame(client, server, 1000, SYN, b""), frame(server, client, 5000, SYN | ACK, b"")]
     for side, data in dialogue:
         source, destination = (client, server) if side == "C" else (server, client)
-        frames.append(_frame(source, destination, seq[side], ACK, data))
+        frames.append(frame(source, destination, seq[side], ACK, data))
         seq[side] += len(data)
-    frames.append(_frame(client, server, seq["C"], FIN | ACK, b""))
+    frames.append(frame(client, server, seq["C"], FIN | ACK, b""))
     return frames
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from capturing import Tcpdump
+from capturing import Tcpdump, frame
 from click.testing import CliRunner
 
 from harness import targets
@@ -191,27 +191,16 @@ def test_a_malformed_reply_names_the_packet(tmp_path: Path) -> None:
 # --- pcap files ----------------------------------------------------------------------------------
 
 
-def _frame(source: tuple[str, int], destination: tuple[str, int], seq: int, flags: int, data: bytes) -> bytes:
-    segment = dpkt.tcp.TCP(sport=source[1], dport=destination[1], seq=seq, flags=flags, data=data)
-    packet = dpkt.ip.IP(
-        src=bytes(map(int, source[0].split("."))),
-        dst=bytes(map(int, destination[0].split("."))),
-        p=dpkt.ip.IP_PROTO_TCP,
-        data=segment,
-    )
-    return bytes(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=packet))
-
-
 SYN, ACK, FIN = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN
 CRAFTED = [  # a session whose client segments come out of order, one twice
-    _frame(CLIENT, SERVER, 100, SYN, b""),
-    _frame(SERVER, CLIENT, 900, SYN | ACK, b""),
-    _frame(SERVER, CLIENT, 901, ACK, b"220 mx ready\r\n"),
-    _frame(CLIENT, SERVER, 108, ACK, b"QUIT\r\n"),
-    _frame(CLIENT, SERVER, 101, ACK, b"NOOP\r\n\r\n"[:7]),
-    _frame(CLIENT, SERVER, 101, ACK, b"NOOP\r\n\r\n"[:7]),
-    _frame(SERVER, CLIENT, 915, ACK, b"250 OK\r\n221 bye\r\n"),
-    _frame(CLIENT, SERVER, 114, FIN | ACK, b""),
+    frame(CLIENT, SERVER, 100, SYN, b""),
+    frame(SERVER, CLIENT, 900, SYN | ACK, b""),
+    frame(SERVER, CLIENT, 901, ACK, b"220 mx ready\r\n"),
+    frame(CLIENT, SERVER, 108, ACK, b"QUIT\r\n"),
+    frame(CLIENT, SERVER, 101, ACK, b"NOOP\r\n\r\n"[:7]),
+    frame(CLIENT, SERVER, 101, ACK, b"NOOP\r\n\r\n"[:7]),
+    frame(SERVER, CLIENT, 915, ACK, b"250 OK\r\n221 bye\r\n"),
+    frame(CLIENT, SERVER, 114, FIN | ACK, b""),
 ]
 
 

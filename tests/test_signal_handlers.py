@@ -29,33 +29,43 @@ def listening(address: str, port: int) -> bool:
         return False
 
 
-def test_run_on_the_embedded_lab_stopped_by_sigterm_exits_143_with_the_lab_gone(tmp_path: Path) -> None:
-    trace = tmp_path / "traces" / "hold.yaml"
-    trace.parent.mkdir()
-    trace.write_text(HOLD.format(name="embedded"), encoding="utf-8")
-    config = lab_config.load(lab_config.lab_path("contoso"), base=BASE)
+def run_stopped_once_ex1_answers(trace: Path, base: str, output: Path, poll: float) -> int:
+    """`mailflow run TRACE` on a lab at `base`, sent SIGTERM as soon as EX1 answers; its exit code."""
+    config = lab_config.load(lab_config.lab_path("contoso"), base=base)
     ex1 = config.organization.server("EX1").default_virtual_server
-    output = tmp_path / "mailflow.out"
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [MAILFLOW, "run", str(trace)],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=child_env(MAILFLOW_LAB_BASE=BASE),
+            cwd=trace.parent.parent,
+            env=child_env(MAILFLOW_LAB_BASE=base),
         )
     try:
         deadline = time.monotonic() + 120
         while not listening(ex1.address, ex1.port):
-            assert process.poll() is None, output.read_text()
-            assert time.monotonic() < deadline, output.read_text()
-            time.sleep(0.1)
+            assert process.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(poll)
         process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
+        return process.wait(timeout=60)
     finally:
-        process.kill()
-        process.wait()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def hold_trace(tmp_path: Path, name: str) -> Path:
+    trace = tmp_path / "traces" / "hold.yaml"
+    trace.parent.mkdir()
+    trace.write_text(HOLD.format(name=name), encoding="utf-8")
+    return trace
+
+
+def test_run_on_the_embedded_lab_stopped_by_sigterm_exits_143_with_the_lab_gone(tmp_path: Path) -> None:
+    output = tmp_path / "mailflow.out"
+    # The trace holds its session open on EX1: the signal comes while the lab is in use.
+    code = run_stopped_once_ex1_answers(hold_trace(tmp_path, "embedded"), BASE, output, poll=0.1)
     assert code == 143, output.read_text()
     assert "stopped by SIGTERM" in output.read_text()
 
@@ -70,33 +80,10 @@ def test_a_command_run_in_process_leaves_the_signal_handlers_as_they_were() -> N
 def test_sigterm_while_the_lab_starts_stops_it_without_noise(tmp_path: Path) -> None:
     """A signal as soon as EX1 answers (the lab still starting its other hosts) cuts the start short:
     nothing of it goes on in the lab's thread, and no pending task is destroyed with the loop."""
-    trace = tmp_path / "traces" / "hold.yaml"
-    trace.parent.mkdir()
-    trace.write_text(HOLD.format(name="starting"), encoding="utf-8")
+    trace = hold_trace(tmp_path, "starting")
     base = f"127.{230 + WORKER % 10}.0.0"
-    config = lab_config.load(lab_config.lab_path("contoso"), base=base)
-    ex1 = config.organization.server("EX1").default_virtual_server
     for attempt in range(3):
         output = tmp_path / f"mailflow-{attempt}.out"
-        with output.open("wb") as sink:
-            process = subprocess.Popen(
-                [MAILFLOW, "run", str(trace)],
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-                env=child_env(MAILFLOW_LAB_BASE=base),
-            )
-        try:
-            deadline = time.monotonic() + 120
-            while not listening(ex1.address, ex1.port):
-                assert process.poll() is None and time.monotonic() < deadline, output.read_text()
-                time.sleep(0.005)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 143, output.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        assert run_stopped_once_ex1_answers(trace, base, output, poll=0.005) == 143, output.read_text()
         said = output.read_text()
         assert "Task was destroyed" not in said and "Traceback" not in said, said
