@@ -14,7 +14,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, SinkRule
 from harness.lab.runtime import Lab

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     UNPACKED,
@@ -50,7 +51,6 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import ClientRule, NextHop, ServerPlan, plan
-from harness.targets.recipients import RecipientTable
 from reference_mta import replies
 
 EXIM = UNPACKED / "usr" / "sbin" / "exim4"

@@ -52,6 +52,7 @@ from pathlib import Path
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     UNPACKED,
@@ -64,7 +65,6 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import EVERYONE, ClientRule, Listener, NextHop, Route, ServerPlan, plan
-from harness.targets.recipients import RecipientTable
 from reference_mta import replies
 
 SMTPD = UNPACKED / "usr" / "sbin" / "smtpd"

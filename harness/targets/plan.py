@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from harness.lab.config import LabConfig
-from harness.targets.recipients import Mailbox, RecipientTable
+from harness.lab.recipients import Mailbox, RecipientTable
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg
 from reference_mta.queuing import Hop

@@ -35,6 +35,7 @@ from typing import Any
 
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import Login, RecipientTable
 from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     StandInBase,
@@ -45,7 +46,6 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import Listener, NextHop, RecipientFilter, ServerPlan, plan
-from harness.targets.recipients import Login, RecipientTable
 from reference_mta.topology import Server
 
 SPOOL_QUEUES = ("maildrop", "incoming", "active")
