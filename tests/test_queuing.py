@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 
 from reference_mta.mailmsg import MailMsg
-from reference_mta.queuing import (
+from reference_mta.queue_contract import (
     DIRECTORY_LOOKUP,
     PENDING_SUBMISSION,
     RETRY,
-    AdvancedQueuingEngine,
     Components,
     DeliveryResult,
     Hop,
-    QueueDirectory,
+    HopKind,
     RetryPolicy,
 )
+from reference_mta.queue_store import QueueDirectory
+from reference_mta.queuing import AdvancedQueuingEngine
 from reference_mta.tracking import TrackingLog, read_events
 
 
@@ -50,7 +51,7 @@ def _components(delivered: list[str], *, fail_local: bool = False) -> Components
 
     return Components(
         categorize=categorize,
-        route=lambda msg, r: Hop("x", "dns"),
+        route=lambda msg, r: Hop("x", HopKind.DNS),
         deliver_local=deliver_local,
         deliver_remote=deliver_remote,
         make_ndr=lambda msg, failed, content: None,

@@ -22,7 +22,7 @@ from harness import yamlsource
 from harness.lab.addresses import LOOPBACK, is_lab_address
 from harness.lab.dns import Fault, Record, check_record, ptr_name
 from reference_mta import topology
-from reference_mta.queuing import RetryPolicy
+from reference_mta.queue_contract import RetryPolicy
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
