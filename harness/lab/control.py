@@ -34,7 +34,7 @@ from harness.lab.admin import LabAdmin
 from harness.lab.lock import holder
 from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MtaQueue, NotPossible
-from reference_mta.queuing import ACTIVE, FROZEN, READY, RETRYING, SYSTEM_QUEUES
+from reference_mta.queue_contract import SYSTEM_QUEUES, QueueState
 
 SOCKET_NAME = "control.sock"
 
@@ -242,13 +242,13 @@ def queue_table(
         for name, items in queues.items():
             states = {item["state"] for item in items}
             state = (
-                FROZEN
+                QueueState.FROZEN
                 if name.lower() in frozen.get(server, set())
-                else ACTIVE
-                if ACTIVE in states
-                else RETRYING
-                if states == {RETRYING}
-                else READY
+                else QueueState.ACTIVE
+                if QueueState.ACTIVE in states
+                else QueueState.RETRY
+                if states == {QueueState.RETRY}
+                else QueueState.READY
             )
             retries = [item["next_retry"] for item in items if item.get("next_retry")]
             rows.append(

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from reference_mta.categorizer import Directory
+from reference_mta.directory import Directory
 
 _SERVER_IN_DN = re.compile(r"CN=([^,]+),CN=Servers,", re.IGNORECASE)
 _ATTRIBUTES = (

@@ -31,7 +31,7 @@ from harness.lab.netns import LabNetwork, Namespace
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
 from harness.lab.standin import StandIn
 from reference_mta.linkstate import LinkState
-from reference_mta.queuing import DIRECTORY_LOOKUP, RetryPolicy
+from reference_mta.queue_contract import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
 
 T = TypeVar("T")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from harness.lab.netns import Namespace
+from reference_mta.queue_contract import QueueState
 
 
 class NotPossible(ValueError):
@@ -23,7 +24,7 @@ class MtaQueue:
     (Ready, Active, Retry, Frozen); next_retry is a time.time() value, None if nothing waits for one."""
 
     name: str
-    state: str
+    state: QueueState
     count: int
     recipients: tuple[str, ...] = ()
     next_retry: float | None = None
