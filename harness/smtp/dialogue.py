@@ -205,6 +205,10 @@ class Dialogue:
         encrypted rest of a session)."""
         return len(self._client.data), len(self._server.data)
 
+    def server_partial(self) -> bytes:
+        """What the server has sent of a reply not yet complete (or not SMTP)."""
+        return bytes(self._replies.received) + bytes(self._server.data)
+
     def inside_tls(self) -> bytes:
         """Go on with the dialogue inside TLS, which the caller now feeds decrypted. What the client
         sent in clear after STARTTLS is never part of it (CVE-2011-0411): it is dropped and returned."""
