@@ -4,11 +4,11 @@ trace when the session ends.
 
 Bytes are passed on as they arrive, a command or reply at a time, split on the way by
 `harness.smtp.dialogue` (client lines, DATA messages up to the final dot, BDAT chunks by their size,
-server replies whole, each paired with what it answers, so pipelined commands get their own replies). STARTTLS is terminated on both sides: once
-the server has said 220, the proxy does the TLS handshake with the server as a client and with the
-client as a server (a certificate from the lab's CA for the server's name), and records the dialogue
-inside. AUTH secrets never reach the recording: AUTH's initial response and the lines that answer its
-334 challenges are replaced before anything is kept.
+server replies whole, each paired with what it answers, so pipelined commands get their own replies).
+STARTTLS is terminated on both sides: once the server has said 220, the proxy does the TLS handshake
+with the server as a client and with the client as a server (a certificate from the lab's CA for the
+server's name), and records the dialogue inside. AUTH secrets never reach the recording: AUTH's initial
+response and the lines that answer its 334 challenges are replaced before anything is kept.
 
 asyncio streams are used directly: no proxy library relays SMTP with STARTTLS in the middle and parses
 what passes (mitmproxy cannot upgrade a raw TCP stream).

@@ -34,7 +34,7 @@ from harness.corpus.trace import Trace
 from harness.lab.config import LabConfig
 from harness.smtp import syntax
 from harness.smtp.masking import Mask, Normalizer
-from harness.smtp.reply import Reply
+from harness.smtp.reply import Reply, reply_code
 
 DEFAULT_SPEC = ("IN-2",)
 SENDING = ("send", "pipeline", "data", "bdat", "auth", "starttls", "send_raw")
@@ -68,7 +68,7 @@ def reply_expectation(
     text masked by the trace's normalizer (harness/capture/recorded.py `expectation`; the replay masks what it
     reads with a normalizer of its own, in the same order)."""
     if not texts:
-        return int(lines[-1][:3])
+        return reply_code(lines[-1])
     return expectation(lines, normalizer.reply(lines, greeting))
 
 
@@ -77,7 +77,7 @@ def codes_expectation(lines: Sequence[str]) -> int | dict[str, Any]:
     alike, so that a session captured on one replays against another. An enhanced code X.0.0 ("other or
     undefined status") is left out: it says nothing another server must repeat (Postfix acknowledges a
     message with 2.0.0, Exchange with the more precise 2.6.0)."""
-    reply = Reply(int(lines[-1][:3]), tuple(lines))
+    reply = Reply.of(lines)
     enhanced = reply.enhanced
     if enhanced is None or enhanced.endswith(".0.0"):
         return reply.code
@@ -222,7 +222,7 @@ def _script(
                     f"AUTH {exchange.auth} is replayed as AUTH LOGIN (the only kinds a trace has)"
                 )
             # The recorder keeps each challenge as an exchange of its own; the auth step answers them.
-            while exchange.reply[-1:] and exchange.reply[-1][:3] == "334" and index < len(exchanges):
+            while exchange.code == 334 and index < len(exchanges):
                 if exchanges[index].auth is None:
                     break
                 exchange = exchanges[index]
@@ -233,8 +233,7 @@ def _script(
             steps.append({"starttls": True})
         elif (
             sent.upper() == "DATA"
-            and exchange.reply[-1:]
-            and exchange.reply[-1][:3] == "354"
+            and exchange.code == 354
             and index < len(exchanges)
             and exchanges[index].sent is None
             and exchanges[index].message is not None
