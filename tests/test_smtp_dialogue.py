@@ -241,3 +241,22 @@ def test_a_line_longer_than_the_bound_is_refused() -> None:
     dialogue.receive_client(b"x" * 101)
     with pytest.raises(DialogueError, match="the client sent a line longer than 100 bytes"):
         dialogue.next_client_event()
+
+
+@pytest.mark.parametrize(
+    "smuggled", [b"a\n.\r\nMAIL FROM:<x@y>\r\n", b"a\r\n.\nRSET\r\n", b"a\r.\r\nRSET\r\n", b"\n.\r\n"]
+)
+def test_a_dot_line_without_crlf_on_both_sides_is_message_content(smuggled: bytes) -> None:
+    dialogue = greeted()
+    dialogue.receive_client(b"DATA\r\n")
+    client_events(dialogue)
+    dialogue.receive_server(b"354 go\r\n")
+    answer(dialogue)
+    # Fed a byte at a time, so that every boundary falls inside the would-be terminator once.
+    events: list[ClientEvent | Wait] = []
+    for byte in smuggled + b"end\r\n.\r\n":
+        dialogue.receive_client(bytes([byte]))
+        events += [e for e in client_events(dialogue) if not isinstance(e, Wait)]
+    *pieces, end = events
+    assert all(isinstance(piece, MessageData) for piece in pieces)
+    assert isinstance(end, EndOfMessage) and end.message == smuggled + b"end\r\n"

@@ -147,22 +147,55 @@ class _Client(enum.Enum):
     AUTH_ANSWER = enum.auto()
 
 
-@dataclass
 class _Buffer:
-    """Bytes of one side not yet split; `offset` is where they start in that side's stream."""
+    """Bytes of one side not yet split. What was split is let go of in large steps only, so that a
+    whole capture fed at once is split in linear time."""
 
-    data: bytearray = field(default_factory=bytearray)
-    offset: int = 0
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._pos = 0  # where the bytes not yet split start in _data
+        self._base = 0  # where _data starts in the side's stream
+
+    def __len__(self) -> int:
+        return len(self._data) - self._pos
+
+    @property
+    def offset(self) -> int:
+        """Where the bytes not yet split start in the side's stream."""
+        return self._base + self._pos
+
+    def add(self, data: bytes) -> None:
+        if self._pos > 65536 and self._pos * 2 > len(self._data):
+            del self._data[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+        self._data += data
+
+    def find(self, needle: bytes) -> int:
+        """Where `needle` is, counted from the first byte not yet split; -1 when it is not there."""
+        found = self._data.find(needle, self._pos)
+        return found - self._pos if found >= 0 else -1
+
+    def rfind(self, needle: bytes) -> int:
+        found = self._data.rfind(needle, self._pos)
+        return found - self._pos if found >= 0 else -1
+
+    def startswith(self, prefix: bytes) -> bool:
+        return self._data.startswith(prefix, self._pos)
 
     def line(self) -> tuple[bytes, int] | None:
         """The next line with its terminator (a bare LF ends a line too) and where it starts."""
-        end = self.data.find(b"\n")
+        end = self.find(b"\n")
         return None if end < 0 else self.take(end + 1)
 
+    def peek(self) -> bytes:
+        return bytes(self._data[self._pos :])
+
     def take(self, size: int) -> tuple[bytes, int]:
-        taken, start = bytes(self.data[:size]), self.offset
-        del self.data[:size]
-        self.offset += size
+        """The next `size` bytes, and where they start in the stream."""
+        start = self.offset
+        taken = bytes(self._data[self._pos : self._pos + size])
+        self._pos += len(taken)
         return taken, start
 
 
@@ -189,10 +222,10 @@ class Dialogue:
     # --- input -----------------------------------------------------------------------------------
 
     def receive_client(self, data: bytes) -> None:
-        self._client.data += data
+        self._client.add(data)
 
     def receive_server(self, data: bytes) -> None:
-        self._server.data += data
+        self._server.add(data)
 
     @property
     def waiting(self) -> tuple[Asked, ...]:
@@ -203,18 +236,17 @@ class Dialogue:
     def unread(self) -> tuple[int, int]:
         """How many bytes of the client and of the server have not been split (yet, or ever: the
         encrypted rest of a session)."""
-        return len(self._client.data), len(self._server.data)
+        return len(self._client), len(self._server)
 
     def server_partial(self) -> bytes:
         """What the server has sent of a reply not yet complete (or not SMTP)."""
-        return bytes(self._replies.received) + bytes(self._server.data)
+        return bytes(self._replies.received) + self._server.peek()
 
     def inside_tls(self) -> bytes:
         """Go on with the dialogue inside TLS, which the caller now feeds decrypted. What the client
         sent in clear after STARTTLS is never part of it (CVE-2011-0411): it is dropped and returned."""
-        dropped = bytes(self._client.data)
-        self._client.take(len(dropped))
-        self._server.take(len(self._server.data))
+        dropped, _ = self._client.take(len(self._client))
+        self._server.take(len(self._server))
         self.encrypted = False
         return dropped
 
@@ -258,7 +290,7 @@ class Dialogue:
 
     def _chunk_event(self) -> Chunk | Wait:
         assert self._chunk is not None
-        if len(self._client.data) < self._chunk_size:
+        if len(self._client) < self._chunk_size:
             return NEED_DATA
         data, start = self._client.take(self._chunk_size)
         bdat = syntax.bdat(self._chunk.text)
@@ -271,17 +303,16 @@ class Dialogue:
         # Only <CRLF>.<CRLF> ends the message (RFC 5321 4.1.1.4): a bare LF around the dot is message
         # content to a strict server, and taking it otherwise would misplace every reply after it
         # (SMTP smuggling).
-        data = self._client.data
+        buffer = self._client
         at_line_start = not self._message or self._message.endswith(b"\r\n")
-        position = 0
-        while (end := data.find(b"\n", position)) >= 0:
-            if data[position : end + 1] == b".\r\n" and at_line_start:
-                break
-            at_line_start = data[position : end + 1].endswith(b"\r\n")
-            position = end + 1
+        if at_line_start and buffer.startswith(b".\r\n"):
+            position = 0
+        elif (found := buffer.find(b"\r\n.\r\n")) >= 0:
+            position = found + 2  # the lines before the dot line
         else:
+            position = buffer.rfind(b"\n") + 1  # every complete line, passed on as it comes
             if position == 0:
-                self._check_length(self._client, "client")
+                self._check_length(buffer, "client")
                 return NEED_DATA
         if position > 0:
             piece, start = self._client.take(position)
@@ -328,7 +359,7 @@ class Dialogue:
         return Answer(reply, asked, start, self._server.offset, tls)
 
     def _check_length(self, buffer: _Buffer, side: str) -> None:
-        if self.max_line is not None and len(buffer.data) > self.max_line:
+        if self.max_line is not None and len(buffer) > self.max_line:
             raise DialogueError(
                 side, buffer.offset, f"the {side} sent a line longer than {self.max_line} bytes"
             )
