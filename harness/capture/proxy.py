@@ -54,6 +54,14 @@ async def _read(reader: asyncio.StreamReader, dialogue: _Dialogue, side: str) ->
         return b""
 
 
+async def _copy(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dialogue: _Dialogue, side: str
+) -> None:
+    while data := await _read(reader, dialogue, side):
+        writer.write(data)
+        await writer.drain()
+
+
 @dataclass
 class _Dialogue:
     session: RecordedSession
@@ -61,7 +69,12 @@ class _Dialogue:
     answered: float = field(default_factory=time.monotonic)  # when the last reply went to the client
     pauses: dict[Command, float] = field(default_factory=dict)  # how long the client took to send each
     replied: asyncio.Event = field(default_factory=asyncio.Event)  # set each time a reply is relayed
+    blind: bool = False  # the server broke the reply grammar: the rest is relayed as it comes, unrecorded
     client_reader: asyncio.StreamReader | None = None
+
+    def owed(self) -> bool:
+        """Whether the server still owes replies (unknown, so no, once it broke the reply grammar)."""
+        return not self.blind and bool(self.split.waiting)
 
     def record(self, answer: Answer) -> None:
         """The exchange a relayed reply closes: what it answers, as a trace replays it. AUTH's answers
@@ -148,7 +161,7 @@ class RecordingProxy:
                 # The client has finished sending (or half-closed): the server still owes replies to
                 # what it got, which are relayed and recorded until none is owed, or it goes quiet.
                 deadline = time.monotonic() + DRAIN_TIMEOUT
-                while dialogue.split.waiting and not pumps[1].done() and time.monotonic() < deadline:
+                while dialogue.owed() and not pumps[1].done() and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
             for pump in done:
                 if not pump.cancelled() and (error := pump.exception()) is not None:
@@ -167,7 +180,7 @@ class RecordingProxy:
     ) -> None:
         """Split what the client sends and pass it on a piece at a time. Each command is noted as
         waiting for its reply before it goes on: the reply cannot overtake it."""
-        while True:
+        while not dialogue.blind:
             try:
                 event = dialogue.split.next_client_event()
             except DialogueError as exc:
@@ -188,6 +201,8 @@ class RecordingProxy:
                     dialogue.pauses[event] = max(0.0, time.monotonic() - dialogue.answered)
                 upstream.write(event.raw)
                 await upstream.drain()
+        upstream.write(dialogue.split.client_partial())
+        await _copy(reader, upstream, dialogue, "client")
 
     async def _from_server(
         self,
@@ -200,9 +215,12 @@ class RecordingProxy:
             try:
                 answer = dialogue.split.next_server_event()
             except DialogueError as exc:
-                # Not SMTP: passed on as it came, and the recording ends there.
-                dialogue.session.notes.append(f"{exc}: the rest of the session is not recorded")
+                # Not SMTP: the proxy stays transparent, and the recording ends there.
+                dialogue.session.notes.append(f"{exc}: the rest of the session was relayed, not recorded")
+                dialogue.blind = True
+                dialogue.replied.set()
                 client.write(dialogue.split.server_partial())
+                await _copy(reader, client, dialogue, "server")
                 return
             if isinstance(answer, Wait):
                 data = await _read(reader, dialogue, "server")

@@ -242,6 +242,10 @@ class Dialogue:
         """What the server has sent of a reply not yet complete (or not SMTP)."""
         return bytes(self._replies.received) + self._server.peek()
 
+    def client_partial(self) -> bytes:
+        """What the client has sent that no event has handed out yet."""
+        return self._client.peek()
+
     def inside_tls(self) -> bytes:
         """Go on with the dialogue inside TLS, which the caller now feeds decrypted. What the client
         sent in clear after STARTTLS is never part of it (CVE-2011-0411): it is dropped and returned."""
