@@ -38,14 +38,16 @@ class Stream:
     data: bytearray = field(default_factory=bytearray)
     marks: list[tuple[int, float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _starts: list[int] = field(default_factory=list, repr=False)  # the marks' offsets, to search
 
     def add(self, data: bytes, time: float, where: str) -> None:
         if data:
             self.marks.append((len(self.data), time, where))
+            self._starts.append(len(self.data))
             self.data += data
 
     def _mark(self, offset: int) -> tuple[int, float, str]:
-        index = bisect.bisect_right([m[0] for m in self.marks], offset) - 1
+        index = bisect.bisect_right(self._starts, offset) - 1
         return self.marks[max(index, 0)]
 
     def time_at(self, offset: int) -> float:
