@@ -55,9 +55,10 @@ class Connected:
 @dataclass(frozen=True)
 class Command:
     """One command line. `raw` is the line as sent, `start` and `end` its place in the client's stream;
-    `pipelined`: replies to earlier commands were still owed when it was read (RFC 2920)."""
+    `pipelined`: replies to earlier commands were still owed when it was read (RFC 2920). Its repr
+    leaves the line out: an AUTH command may carry a secret."""
 
-    raw: bytes
+    raw: bytes = field(repr=False)
     start: int
     end: int
     pipelined: bool
