@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.smtp.reply import reply_code
+
 
 @dataclass
 class Exchange:
@@ -24,6 +26,11 @@ class Exchange:
     auth: str | None = None  # the AUTH mechanism, when `sent` is an AUTH command (its secrets scrubbed)
     pipelined: bool = False  # sent before the reply to the exchange before it had arrived (RFC 2920)
     pause: float = 0.0  # seconds the client waited after the previous reply before sending this
+
+    @property
+    def code(self) -> int | None:
+        """The reply's code, read by the reply grammar; None when no reply came."""
+        return reply_code(self.reply[-1]) if self.reply else None
 
 
 @dataclass
@@ -52,4 +59,4 @@ AUTH_FROM_ENVIRONMENT = {"user": "${MAILFLOW_AUTH_USER}", "password": "${MAILFLO
 def expectation(reply: Sequence[str], masked: str) -> dict[str, Any]:
     """What a recorded trace expects of one reply: its code, and its text with volatile values masked.
     The one place a recorded reply becomes an expectation, for the recorder and every importer."""
-    return {"code": int(reply[-1][:3]), "masked": masked}
+    return {"code": reply_code(reply[-1]), "masked": masked}

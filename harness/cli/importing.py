@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import click
 from harness.capture.importers import BadInput, Imported
 from harness.capture.importers.replace import Replacement
 from harness.capture.importers.to_trace import DEFAULT_SPEC, Converted, to_trace
+from harness.capture.recorded import RecordedSession
 from harness.corpus import writer
 from harness.exit_codes import InputError
 from harness.lab import config as lab_config
@@ -158,18 +160,52 @@ def _import(
     codes_only: bool,
     with_outcome: bool,
 ) -> None:
-    from harness.capture.importers.outcome import outcome
+    single = _output_kind(output)
+    config = _load_lab(lab)
+    _check_names(config, server, client, virtual_server)
+    imported = _read(read, source)
+    folder = output.parent if single else output
+    stem = output.stem if single else _slug(source.stem)
+    groups = [imported.sessions] if single else [[s] for s in imported.sessions]
+    names = [f"{stem}.yaml"] if len(groups) == 1 else [f"{stem}-{n}.yaml" for n in range(1, len(groups) + 1)]
+    conversion = _Conversion(
+        source=source,
+        folder=folder,
+        lab=lab,
+        config=config,
+        server=config.organization.server(server).name,
+        client=client,
+        virtual_server=virtual_server,
+        spec=list(spec) or list(DEFAULT_SPEC),
+        title=title or f"Imported from {source.name}",
+        codes_only=codes_only,
+        with_outcome=with_outcome,
+        onward=imported.onward,
+    )
+    converted = []
+    for number, (name, group) in enumerate(zip(names, groups, strict=True), 1):
+        document_id = trace_id or f"imported/{_slug(Path(name).stem)}"
+        if trace_id and len(groups) > 1:
+            document_id = f"{trace_id}-{number}"
+        converted.append(conversion.convert(name, group, document_id))
+    for path in _write_all(folder, names, converted):
+        click.echo(f"wrote {path}")
+
+
+def _load_lab(lab: str) -> lab_config.LabConfig:
     from harness.lab.placement import relocation
 
-    single = _output_kind(output)
     base, offset = relocation()
     if not lab_config.lab_path(lab).is_file():
         raise InputError(lab_config.missing_lab(lab, lab_config.lab_path(lab)))
     try:
-        config = lab_config.load(lab_config.lab_path(lab), base=base, port_offset=offset)
+        return lab_config.load(lab_config.lab_path(lab), base=base, port_offset=offset)
     except (SourceError, OSError) as exc:
         raise InputError(f"lab {lab}: {exc}") from exc
-    _check_names(config, server, client, virtual_server)
+
+
+def _read(read: Callable[[Path], Imported], source: Path) -> Imported:
+    """What the input holds, its warnings and notes said; bad input, or no session, is refused."""
     try:
         imported = read(source)
     except BadInput as exc:
@@ -180,55 +216,65 @@ def _import(
         click.echo(f"warning: {warning}", err=True)
     for note in imported.notes:
         click.echo(note, err=True)
-    sessions = imported.sessions
-    if not sessions:
+    if not imported.sessions:
         raise InputError(f"{source}: no SMTP session found")
-    folder = output.parent if single else output
-    stem = output.stem if single else _slug(source.stem)
-    groups = [sessions] if single else [[s] for s in sessions]
-    names = [f"{stem}.yaml"] if len(groups) == 1 else [f"{stem}-{n}.yaml" for n in range(1, len(groups) + 1)]
-    trace_lab = lab if lab_config.lab_path(lab) == lab_config.FIXTURES / "labs" / f"{lab}.yaml" else None
-    server_name = config.organization.server(server).name
-    converted = []
-    for name, group in zip(names, groups, strict=True):
-        document_id = trace_id or f"imported/{_slug(Path(name).stem)}"
-        if trace_id and len(groups) > 1:
-            document_id = f"{trace_id}-{names.index(name) + 1}"
-        expected, outcome_notes = None, []
-        if with_outcome:
-            found = outcome(
-                group,
-                imported.onward,
-                lab_file=lab_config.lab_path(lab),
-                config=config,
-                server=server_name,
-                client=client,
-                virtual_server=virtual_server,
-            )
-            for note in found.notes:
-                click.echo(f"{name}: {note}", err=True)
-            expected, outcome_notes = found.outcome, found.notes
-        converted.append(
-            to_trace(
-                group,
-                trace_id=document_id,
-                title=title or f"Imported from {source.name}",
-                source=source.name,
-                lab=trace_lab or os.path.relpath(lab_config.lab_path(lab), folder.resolve()),
-                config=config,
-                server=server_name,
-                client=client,
-                virtual_server=virtual_server,
-                spec=list(spec) or list(DEFAULT_SPEC),
-                file_stem=Path(name).stem,
-                codes_only=codes_only,
-                outcome=expected,
-                outcome_notes=outcome_notes,
-            )
+    return imported
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """What every trace of one import is made with."""
+
+    source: Path
+    folder: Path
+    lab: str
+    config: lab_config.LabConfig
+    server: str
+    client: str
+    virtual_server: str | None
+    spec: list[str]
+    title: str
+    codes_only: bool
+    with_outcome: bool
+    onward: list[RecordedSession]
+
+    def convert(self, name: str, group: list[RecordedSession], document_id: str) -> Converted:
+        expected, outcome_notes = self._outcome(name, group) if self.with_outcome else (None, [])
+        lab_file = lab_config.lab_path(self.lab)
+        # A lab of the fixtures is named; any other by its path from where the trace is written.
+        named = lab_file == lab_config.FIXTURES / "labs" / f"{self.lab}.yaml"
+        return to_trace(
+            group,
+            trace_id=document_id,
+            title=self.title,
+            source=self.source.name,
+            lab=self.lab if named else os.path.relpath(lab_file, self.folder.resolve()),
+            config=self.config,
+            server=self.server,
+            client=self.client,
+            virtual_server=self.virtual_server,
+            spec=self.spec,
+            file_stem=Path(name).stem,
+            codes_only=self.codes_only,
+            outcome=expected,
+            outcome_notes=outcome_notes,
         )
-    written = _write_all(folder, names, converted)
-    for path in written:
-        click.echo(f"wrote {path}")
+
+    def _outcome(self, name: str, group: list[RecordedSession]) -> tuple[dict[str, Any] | None, list[str]]:
+        from harness.capture.importers.outcome import outcome
+
+        found = outcome(
+            group,
+            self.onward,
+            lab_file=lab_config.lab_path(self.lab),
+            config=self.config,
+            server=self.server,
+            client=self.client,
+            virtual_server=self.virtual_server,
+        )
+        for note in found.notes:
+            click.echo(f"{name}: {note}", err=True)
+        return found.outcome, found.notes
 
 
 def _output_kind(output: Path) -> bool:

@@ -65,20 +65,52 @@ def record_command(
         raise InputError(str(exc)) from exc
     except KeyError as exc:
         raise InputError(f"--server: {exc.args[0] if exc.args else exc}") from exc
-    written: list[Path] = []
+    recorder = _Recorder(output, lab_name, config, server, client, spec_ids, count)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(recorder.serve((listen, listen_at), upstream_at, name))
+    console.print(f"{len(recorder.written)} session(s) written")
 
-    def keep(session: RecordedSession) -> None:
-        path = output if not written else output.with_name(f"{output.stem}-{len(written) + 1}{output.suffix}")
+
+class _Recorder:
+    """Writes each session the proxy hands over as a trace, until `count` are written (0: never)."""
+
+    def __init__(
+        self,
+        output: Path,
+        lab_name: str,
+        config: lab_config.LabConfig,
+        server: str,
+        client: str,
+        spec_ids: tuple[str, ...],
+        count: int,
+    ) -> None:
+        self.output = output
+        self.lab_name = lab_name
+        self.config = config
+        self.server = server
+        self.client = client
+        self.spec_ids = spec_ids
+        self.count = count
+        self.written: list[Path] = []
+        self.done = asyncio.Event()
+
+    def keep(self, session: RecordedSession) -> None:
+        output = self.output
+        path = (
+            output
+            if not self.written
+            else output.with_name(f"{output.stem}-{len(self.written) + 1}{output.suffix}")
+        )
         converted = to_trace(
             [session],
             trace_id=f"recorded/{path.stem}",
             title=f"Recorded session from {session.client} to {session.server}:{session.server_port}",
             source="the recording proxy",
-            lab=lab_name,
-            config=config,
-            server=server,
-            client=client,
-            spec=spec_ids,
+            lab=self.lab_name,
+            config=self.config,
+            server=self.server,
+            client=self.client,
+            spec=self.spec_ids,
             file_stem=path.stem,
         )
         try:
@@ -86,14 +118,17 @@ def record_command(
         except SourceError as exc:
             console.print(f"[red]session from {session.client} not written:[/red] {exc}", highlight=False)
             return
-        written.append(path)
+        self.written.append(path)
         console.print(f"{path}: {len(session.exchanges)} replies recorded", highlight=False)
-        if count and len(written) >= count:
-            done.set()
+        if self.count and len(self.written) >= self.count:
+            self.done.set()
 
-    async def serve() -> None:
+    async def serve(
+        self, listen: tuple[str, tuple[str, int]], upstream_at: tuple[str, int], name: str
+    ) -> None:
+        """Relay until `count` sessions are written, or Ctrl-C; `listen`: the address as given and read."""
         with tempfile.TemporaryDirectory(prefix="mailflow-record-") as folder:
-            certificates = LabCertificates(Path(folder), config.name)
+            certificates = LabCertificates(Path(folder), self.config.name)
             # Towards the upstream nothing is checked: the proxy sits in the middle on purpose, and the
             # upstream's certificate comes from another CA (its own lab's, or a real one).
             client_tls = ssl.create_default_context()
@@ -101,22 +136,17 @@ def record_command(
             client_tls.verify_mode = ssl.CERT_NONE
             proxy = RecordingProxy(
                 upstream_at,
-                keep,
+                self.keep,
                 server_tls=certificates.server_context(name),
                 client_tls=client_tls,
                 upstream_name=name,
             )
             try:
-                host, port = await proxy.start(*listen_at)
+                host, port = await proxy.start(*listen[1])
             except OSError as exc:
-                raise BrokenError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from exc
+                raise BrokenError(f"--listen {listen[0]}: cannot listen: {exc.strerror or exc}") from exc
             console.print(f"recording {host}:{port} → {upstream_at[0]}:{upstream_at[1]}; Ctrl-C stops")
             try:
-                await done.wait()
+                await self.done.wait()
             finally:
                 await proxy.stop()
-
-    done = asyncio.Event()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    console.print(f"{len(written)} session(s) written")

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,13 +66,62 @@ class Submission:
     refused: bool = False
 
 
+class LabVerb(StrEnum):
+    """The one vocabulary of a trace's `lab:` items (the trace schema's `lab_action` lists the same
+    names, which tests/test_lab_actions.py holds it to)."""
+
+    CONNECTOR_DOWN = "connector_down"
+    CONNECTOR_UP = "connector_up"
+    SERVER_DOWN = "server_down"
+    SERVER_UP = "server_up"
+    GLOBAL_CATALOG_DOWN = "global_catalog_down"
+    GLOBAL_CATALOG_UP = "global_catalog_up"
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+    SINK_RULE = "sink_rule"
+    SETTLE = "settle"
+
+    @property
+    def subject(self) -> str:
+        """What it acts on: connector, server, global catalog, queue, sink, or the lab (settle)."""
+        return _SUBJECTS[self]
+
+    @property
+    def up(self) -> bool:
+        """It brings its subject up (a connector, a server, the global catalog)."""
+        return self in (LabVerb.CONNECTOR_UP, LabVerb.SERVER_UP, LabVerb.GLOBAL_CATALOG_UP)
+
+    @property
+    def takes_rule(self) -> bool:
+        """Its value is a mapping (a sink's reply rule, a queue), not a name."""
+        return self in (LabVerb.SINK_RULE, LabVerb.FREEZE, LabVerb.UNFREEZE)
+
+    @property
+    def takes_name(self) -> bool:
+        """Its value names what it acts on (a connector, a server)."""
+        return self.subject in ("connector", "server")
+
+
+_SUBJECTS = {
+    LabVerb.CONNECTOR_DOWN: "connector",
+    LabVerb.CONNECTOR_UP: "connector",
+    LabVerb.SERVER_DOWN: "server",
+    LabVerb.SERVER_UP: "server",
+    LabVerb.GLOBAL_CATALOG_DOWN: "global catalog",
+    LabVerb.GLOBAL_CATALOG_UP: "global catalog",
+    LabVerb.FREEZE: "queue",
+    LabVerb.UNFREEZE: "queue",
+    LabVerb.SINK_RULE: "sink",
+    LabVerb.SETTLE: "lab",
+}
+
+
 @dataclass(frozen=True)
 class LabAction:
     """What an administrator does to the running organization between sessions, or `settle`: wait
     until the lab has nothing left to do before going on."""
 
-    # connector_down | connector_up | server_down | server_up | settle | sink_rule | freeze | unfreeze
-    action: str
+    action: LabVerb
     target: str | None
     line: int
     rule: dict[str, Any] | None = None
@@ -293,15 +343,20 @@ def _masks(document: yamlsource.Document, raw: list[dict[str, str]]) -> tuple[Ma
 
 def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any], path: Path) -> Item:
     if "lab" in raw:
-        ((action, value),) = raw["lab"].items()
+        ((name, value),) = raw["lab"].items()
         line = _line(document, ("sessions", number))
-        if action in ("sink_rule", "freeze", "unfreeze"):
+        try:
+            action = LabVerb(name)
+        except ValueError:  # the schema lists the same names; this is its second line of defence
+            raise SourceError(
+                path,
+                line,
+                f"sessions[{number}].lab",
+                f"no lab action {name!r} (expected one of: {', '.join(LabVerb)})",
+            ) from None
+        if action.takes_rule:
             return LabAction(action, value.get("host") or value.get("server"), line, dict(value))
-        return LabAction(
-            action,
-            None if action in ("settle", "global_catalog_down", "global_catalog_up") else str(value),
-            line,
-        )
+        return LabAction(action, str(value) if action.takes_name else None, line)
     if "foreign" in raw:
         foreign = raw["foreign"]
         memo = _data_item(document, ("sessions", number, "foreign", "data"), foreign["data"], path)

@@ -12,7 +12,7 @@ import dns.exception
 import dns.resolver
 
 from harness.corpus.messages import MESSAGE_DIRS, message_bytes
-from harness.corpus.trace import Connect, ForeignMemo, LabAction, Session, Submission, Trace
+from harness.corpus.trace import Connect, ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 from harness.judge.deviations import Tolerate
 from harness.judge.evidence import Evidence
 from harness.judge.expectations import Check, check_outcome
@@ -241,27 +241,26 @@ def _foreign(lab: Lab, item: ForeignMemo, trace: Trace) -> SessionRun:
 
 def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     title = f"lab: {item.action.replace('_', ' ')}" + (f" {item.target}" if item.target else "")
-    if item.action == "settle":
+    if item.action is LabVerb.SETTLE:
         settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
         return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
-    if item.action.startswith("global_catalog_"):
-        lab.set_global_catalog(item.action.endswith("_up"))
+    if item.action in (LabVerb.GLOBAL_CATALOG_DOWN, LabVerb.GLOBAL_CATALOG_UP):
+        lab.set_global_catalog(item.action.up)
         return SessionRun("lab", "global catalog", _single(title, None, f"-- {title}"))
     assert item.target is not None
-    if item.action in ("freeze", "unfreeze") and item.rule is not None:
+    if item.action in (LabVerb.FREEZE, LabVerb.UNFREEZE) and item.rule is not None:
         queue = str(item.rule["queue"])
-        lab.freeze(item.target or "", queue, item.action == "freeze")
+        lab.freeze(item.target or "", queue, item.action is LabVerb.FREEZE)
         return SessionRun("lab", "queues", _single(f"{title}: {queue}", None, f"-- {title}: {queue}"))
     if item.rule is not None:
         lab.sinks[lab.config.host(item.target).name].add_rule(sink_rule(item.rule))
         return SessionRun("lab", "sink", _single(title, None, f"-- {title}: {item.rule}"))
-    kind, _, state = item.action.partition("_")
-    if kind == "connector":
-        lab.set_connector(item.target, state == "up")
+    if item.action in (LabVerb.CONNECTOR_DOWN, LabVerb.CONNECTOR_UP):
+        lab.set_connector(item.target, item.action.up)
     else:
-        lab.set_server(item.target, state == "up")
-    return SessionRun("lab", kind, _single(title, None, f"-- {title}"))
+        lab.set_server(item.target, item.action.up)
+    return SessionRun("lab", item.action.subject, _single(title, None, f"-- {title}"))
 
 
 async def expect_refused(host: str, port: int, source: str) -> SessionResult:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 MAX_LINE = 4096
 """Longest reply line we accept, terminator excluded. RFC 5321 allows 512; we are more lenient so that a
@@ -31,6 +32,11 @@ class Reply:
     """Raw lines without their line terminators, e.g. ``("250-mx.example", "250 SIZE 1000")``."""
     raw: bytes = field(default=b"", compare=False, repr=False)
     """The exact bytes the reply was read from, terminators included (empty when built by hand)."""
+
+    @classmethod
+    def of(cls, lines: Sequence[str]) -> Reply:
+        """A reply from lines recorded or logged earlier, its code read off its last line."""
+        return cls(reply_code(lines[-1]), tuple(lines))
 
     @property
     def first(self) -> str:
@@ -70,7 +76,12 @@ class ConnectionClosed(ReplyError):
 
 
 class MalformedReply(ReplyError):
-    """A reply line that does not follow the RFC 5321 reply grammar."""
+    """A reply line that does not follow the RFC 5321 reply grammar; `reason` says how, without quoting
+    the line (for a caller that names the line its own way)."""
+
+    def __init__(self, message: str, received: bytes, reason: str = "") -> None:
+        super().__init__(message, received)
+        self.reason = reason or message
 
 
 def show_bytes(data: bytes) -> str:
@@ -97,12 +108,105 @@ def quote_bytes(data: bytes) -> str:
     return f"'{show_bytes(data)}'"
 
 
-def _strip_terminator(line: bytes) -> bytes:
+def strip_terminator(line: bytes) -> bytes:
+    """A line without its CRLF, or its bare LF (which the transcript shows, and is taken as one)."""
     if line.endswith(b"\r\n"):
         return line[:-2]
     if line.endswith(b"\n"):
         return line[:-1]
     return line
+
+
+def reply_line(line: str) -> tuple[int, bool] | None:
+    """The reply code of one reply line (terminator stripped) and whether it is the reply's last line,
+    by RFC 5321's reply grammar; None when the line is no reply line. The one place a code is read off a
+    line: a bare ``NNN`` is a last line, as the grammar allows."""
+    if not _LINE_RE.match(line):
+        return None
+    return int(line[:3]), line[3:4] != "-"
+
+
+def reply_code(line: str) -> int:
+    """The code of a reply line; ValueError when it is none (a recorded reply is always one)."""
+    parsed = reply_line(line)
+    if parsed is None:
+        raise ValueError(f"no SMTP reply line: {line[:80]!r}")
+    return parsed[0]
+
+
+class ReplyLines:
+    """Reply lines in, complete replies out: the reply grammar with no I/O, for `read_reply` and for
+    `harness.smtp.dialogue`, which reads replies off bytes that have already arrived."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        """Every byte added since the last complete reply."""
+        self._lines: list[str] = []
+        self._code: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether lines of a reply not yet complete have been added."""
+        return bool(self._lines)
+
+    def add(self, raw_line: bytes) -> Reply | None:
+        """Add one line (terminator included); the reply when this line completes one."""
+        self.received += raw_line
+        content = strip_terminator(raw_line)
+        if len(content) > MAX_LINE:
+            self._malformed(
+                f"reply line longer than {MAX_LINE} bytes: {show_bytes(content[:80])}...",
+                f"a reply line longer than {MAX_LINE} bytes",
+            )
+        text = content.decode("utf-8", errors="backslashreplace")
+        parsed = reply_line(text)
+        if parsed is None:
+            self._malformed(f"malformed reply line: {quote_bytes(content)}", "which is no SMTP reply line")
+        code, last = parsed
+        if self._code is not None and code != self._code:
+            self._malformed(
+                f"reply code changed from {self._code} to {code} within one reply: {quote_bytes(content)}",
+                f"where the reply code changes from {self._code} within one reply",
+            )
+        self._code = code
+        self._lines.append(text)
+        if not last:
+            return None
+        reply = Reply(code, tuple(self._lines), bytes(self.received))
+        self.received.clear()
+        self._lines.clear()
+        self._code = None
+        return reply
+
+    def _malformed(self, message: str, reason: str) -> NoReturn:
+        raise MalformedReply(message, bytes(self.received), reason)
+
+
+class _ByteLines:
+    """Lines off a stream a byte at a time, so that nothing beyond one reply is consumed (a pipelined
+    next reply must stay in the reader) and so that on a timeout the partial line is known.
+    StreamReader.read does not suspend while its buffer has data, so this is cheap."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.received = bytearray()
+
+    async def line(self) -> bytes:
+        line = bytearray()
+        while True:
+            byte = await self.reader.read(1)
+            if not byte:
+                what = "in the middle of a reply" if self.received else "before a reply"
+                raise ConnectionClosed(f"connection closed by the server {what}", bytes(self.received))
+            self.received += byte
+            line += byte
+            if byte == b"\n":
+                return bytes(line)
+            if len(line) > MAX_LINE + 1:  # one byte of slack for the CR of a CRLF
+                raise MalformedReply(
+                    f"reply line longer than {MAX_LINE} bytes: {show_bytes(bytes(line[:80]))}...",
+                    bytes(self.received),
+                )
 
 
 async def read_reply(
@@ -118,56 +222,22 @@ async def read_reply(
     A bare LF is accepted as a line terminator (the transcript shows it); a bare ``NNN`` final line
     without text is accepted because RFC 5321's grammar allows it.
     """
-    received = bytearray()
-    line = bytearray()
-    lines: list[str] = []
-    code: int | None = None
+    lines = _ByteLines(reader)
+    replies = ReplyLines()
     try:
         async with asyncio.timeout(timeout):
             while True:
-                # Byte at a time so that nothing beyond this reply is consumed (a pipelined next
-                # reply must stay in the reader) and so that on timeout we know the partial line.
-                # StreamReader.read does not suspend while its buffer has data, so this is cheap.
-                byte = await reader.read(1)
-                if not byte:
-                    what = "in the middle of a reply" if received else "before a reply"
-                    raise ConnectionClosed(f"connection closed by the server {what}", bytes(received))
-                received += byte
-                line += byte
-                if byte != b"\n":
-                    if len(line) > MAX_LINE + 1:  # one byte of slack for the CR of a CRLF
-                        raise MalformedReply(
-                            f"reply line longer than {MAX_LINE} bytes: {show_bytes(bytes(line[:80]))}...",
-                            bytes(received),
-                        )
-                    continue
-                raw_line = bytes(line)
-                line.clear()
-                content = _strip_terminator(raw_line)
-                if len(content) > MAX_LINE:
-                    raise MalformedReply(
-                        f"reply line longer than {MAX_LINE} bytes: {show_bytes(content[:80])}...",
-                        bytes(received),
-                    )
+                raw_line = await lines.line()
                 if on_line is not None:
                     on_line(raw_line)
-                text = content.decode("utf-8", errors="backslashreplace")
-                if not _LINE_RE.match(text):
-                    raise MalformedReply(f"malformed reply line: {quote_bytes(content)}", bytes(received))
-                line_code = int(text[:3])
-                if code is None:
-                    code = line_code
-                elif line_code != code:
-                    raise MalformedReply(
-                        f"reply code changed from {code} to {line_code} within one reply: "
-                        f"{quote_bytes(content)}",
-                        bytes(received),
-                    )
-                lines.append(text)
-                if text[3:4] != "-":
-                    return Reply(code, tuple(lines), bytes(received))
+                try:
+                    reply = replies.add(raw_line)
+                except MalformedReply as exc:
+                    raise MalformedReply(str(exc), bytes(lines.received), exc.reason) from None
+                if reply is not None:
+                    return reply
     except TimeoutError:
-        raise ReplyTimeout(f"no complete reply within {timeout:g} s", bytes(received)) from None
+        raise ReplyTimeout(f"no complete reply within {timeout:g} s", bytes(lines.received)) from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
-from harness.corpus.trace import ForeignMemo, LabAction, Session, Submission, Trace
+from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 from harness.judge.deviations import Tolerate, deviations
 from harness.lab import netns
 from harness.lab.admin import LabAdmin
@@ -114,7 +114,7 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
         needed.add("gateway")
     for item in trace.sessions:
         if isinstance(item, Submission | ForeignMemo | LabAction) and not (
-            isinstance(item, LabAction) and item.action in ("settle", "sink_rule")
+            isinstance(item, LabAction) and item.action in (LabVerb.SETTLE, LabVerb.SINK_RULE)
         ):
             needed.add("reference")
         if not isinstance(item, Session):

@@ -1,28 +1,33 @@
-"""An SMTP dialogue from the two byte streams of one connection: the client's split into commands (CRLF
-lines, DATA bodies up to ``<CRLF>.<CRLF>``, BDAT chunks by their announced size, AUTH answers), the
-server's into replies (``250-`` continuation lines up to the ``250 `` final one), paired in order.
+"""An SMTP dialogue from the two byte streams of one connection, as a file shows them: split by
+`harness.smtp.dialogue` (commands, DATA messages, BDAT chunks, AUTH answers, replies paired with what
+they answer) into the exchanges of a recorded session.
 
-The client's stream cannot be split on its own: whether the bytes after DATA are a message depends on
-the server's 354, and the lines after AUTH are SASL answers only while the server says 334. So commands
-are read one at a time and each takes the replies it gets, as a server reads them.
-
-Both the capture importer and the swaks importer build these streams (swaks's lines joined with CRLF);
-every piece of a stream remembers where it came from ("packet 12", "line 7") and when, so that an error
-names its place in the input and pipelining (a command sent before the previous reply arrived) shows.
+The capture importer, the swaks importer and the protocol-log importer build these streams (swaks's
+lines joined with CRLF, a log's commands and codes written out as they went on the wire); every piece
+of a stream remembers where it came from ("packet 12", "line 7") and when, so that an error names its
+place in the input and pipelining (a command sent before the previous reply arrived) shows.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.capture.importers import BadInput
 from harness.capture.recorded import RecordedSession
 from harness.smtp import syntax
-
-_REPLY_LINE = re.compile(rb"^(\d{3})([ -]|$)")
+from harness.smtp.dialogue import (
+    Answer,
+    AuthAnswer,
+    Chunk,
+    ClientEvent,
+    Command,
+    Dialogue,
+    DialogueError,
+    EndOfMessage,
+    Wait,
+)
 
 
 @dataclass
@@ -33,14 +38,16 @@ class Stream:
     data: bytearray = field(default_factory=bytearray)
     marks: list[tuple[int, float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _starts: list[int] = field(default_factory=list, repr=False)  # the marks' offsets, to search
 
     def add(self, data: bytes, time: float, where: str) -> None:
         if data:
             self.marks.append((len(self.data), time, where))
+            self._starts.append(len(self.data))
             self.data += data
 
     def _mark(self, offset: int) -> tuple[int, float, str]:
-        index = bisect.bisect_right([m[0] for m in self.marks], offset) - 1
+        index = bisect.bisect_right(self._starts, offset) - 1
         return self.marks[max(index, 0)]
 
     def time_at(self, offset: int) -> float:
@@ -48,80 +55,6 @@ class Stream:
 
     def where(self, offset: int) -> str:
         return self._mark(offset)[2] if self.marks else ""
-
-
-@dataclass
-class _Reply:
-    lines: list[str]
-    code: int
-    time: float
-
-
-class _Cursor:
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-        self.pos = 0
-
-    @property
-    def left(self) -> int:
-        return len(self.stream.data) - self.pos
-
-    def line(self) -> tuple[bytes, float, int] | None:
-        """The next line without its CRLF (a bare LF ends a line too), the time its end arrived and
-        where it started; None if no complete line is left."""
-        end = self.stream.data.find(b"\n", self.pos)
-        if end < 0:
-            return None
-        start, self.pos = self.pos, end + 1
-        return bytes(self.stream.data[start:end]).removesuffix(b"\r"), self.stream.time_at(end), start
-
-    def body(self) -> bytes | None:
-        """A DATA body as sent (dot-stuffed, with the CRLF of its last line), up to the ``.`` line."""
-        data = self.stream.data
-        if data[self.pos : self.pos + 3] == b".\r\n":
-            self.pos += 3
-            return b""
-        end = data.find(b"\r\n.\r\n", self.pos)
-        if end < 0:
-            return None
-        body = bytes(data[self.pos : end + 2])
-        self.pos = end + 5
-        return body
-
-    def take(self, size: int) -> bytes | None:
-        if self.left < size:
-            return None
-        chunk = bytes(self.stream.data[self.pos : self.pos + size])
-        self.pos += size
-        return chunk
-
-
-class _Replies:
-    def __init__(self, stream: Stream, source: Path) -> None:
-        self.cursor = _Cursor(stream)
-        self.source = source
-
-    def next(self) -> _Reply | None:
-        """The next complete reply, or None at the end of what the server sent."""
-        lines: list[str] = []
-        code = 0
-        while (got := self.cursor.line()) is not None:
-            raw, time, start = got
-            match = _REPLY_LINE.match(raw)
-            where = self.cursor.stream.where(start)
-            if match is None:
-                raise BadInput(
-                    self.source, where, f"the server sent {raw[:80]!r}, which is no SMTP reply line"
-                )
-            if lines and int(match[1]) != code:
-                raise BadInput(
-                    self.source, where, f"reply code changes from {code} within one reply: {raw!r}"
-                )
-            code = int(match[1])
-            lines.append(raw.decode("utf-8", "replace"))
-            if match[2] != b"-":
-                return _Reply(lines, code, time)
-        return None
 
 
 def pair(
@@ -135,74 +68,134 @@ def pair(
     """Add the dialogue of `client` and `server` to `session`. With `tls_visible` (a transcript that
     shows what went inside TLS) the session goes on after STARTTLS; otherwise it ends at the 220."""
     session.notes.extend(client.notes + server.notes)
-    replies = _Replies(server, source)
-    commands = _Cursor(client)
-    greeting = replies.next()
-    if greeting is None:
-        session.notes.append("the server sent no greeting")
-        return
-    session.add(None, greeting.lines)
-    answered = greeting.time  # when the reply to the previous command (or the greeting) arrived
-    while (got := commands.line()) is not None:
-        raw, sent_at, _ = got
-        text = raw.decode("utf-8", "replace")
-        if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
-            session.notes.append(f"the command {text!r} was not UTF-8; it is replayed with U+FFFD")
-        # Sent before the previous reply had arrived: the client pipelined it (RFC 2920).
-        pipelined = sent_at < answered
-        verb = text.split(" ", 1)[0].upper()
-        if verb == "AUTH":
-            # SASL answers are secrets (LOGIN's user name and password, PLAIN's initial response):
-            # only the mechanism is kept, and every line the client sends while the server says 334.
-            mechanism = syntax.auth_mechanism(text)
-            reply = replies.next()
-            while reply is not None and reply.code == 334 and commands.line() is not None:
-                reply = replies.next()
-            exchange = session.add(f"AUTH {mechanism}".rstrip(), _lines(reply), auth=mechanism or None)
-        elif (bdat := syntax.bdat(text)) is not None:
-            chunk = commands.take(bdat[0])
-            if chunk is None:
-                session.notes.append(f"the capture ends inside the chunk of {text!r}")
+    try:
+        _Pairing(session, client, server, tls_visible).run()
+    except DialogueError as exc:
+        stream = server if exc.side == "server" else client
+        raise BadInput(source, stream.where(exc.offset), str(exc)) from None
+
+
+@dataclass
+class _Auth:
+    """An AUTH command whose challenges are being answered: one exchange once the last reply is in."""
+
+    command: Command
+    pipelined: bool
+    lines: list[str]
+
+
+class _Pairing:
+    """The split dialogue made exchanges, each added when its reply is read, as the recorder adds them.
+    Commands are split before the reply to them is read, as a server reads them: which client bytes
+    are a message or an AUTH answer depends on those replies."""
+
+    def __init__(self, session: RecordedSession, client: Stream, server: Stream, tls_visible: bool) -> None:
+        self.session = session
+        self.client = client
+        self.server = server
+        self.dialogue = Dialogue(tls_visible=tls_visible)
+        self.dialogue.receive_client(bytes(client.data))
+        self.dialogue.receive_server(bytes(server.data))
+        self.answered = 0.0  # when the reply before the one being paired arrived
+        self.auth: _Auth | None = None
+        self.cut: str | None = None  # what the client stream ends inside of
+
+    def run(self) -> None:
+        greeting = self.dialogue.next_server_event()
+        if isinstance(greeting, Wait):
+            self.session.notes.append("the server sent no greeting")
+            return
+        self.session.add(None, list(greeting.reply.lines))
+        self.answered = self.server.time_at(greeting.end - 1)
+        while True:
+            while not isinstance(event := self.dialogue.next_client_event(), Wait):
+                self._sent(event)
+            answer = self.dialogue.next_server_event()
+            if isinstance(answer, Wait):
                 break
-            reply = replies.next()
-            exchange = session.add(text, _lines(reply), message=chunk)
-        elif verb == "DATA" and text.upper() == "DATA":
-            reply = replies.next()
-            exchange = session.add(text, _lines(reply), pipelined=pipelined)
-            if reply is not None and reply.code == 354:
-                # The message is an exchange of its own, as the recorder has it: no command, the
-                # message as sent, and the reply to its end.
-                body = commands.body()
-                if body is None:
-                    session.notes.append("the capture ends inside a DATA message")
-                    break
-                reply = replies.next()
-                exchange = session.add(None, _lines(reply), message=body)
-                pipelined = False
-        elif verb == "STARTTLS":
-            reply = replies.next()
-            exchange = session.add(text, _lines(reply))
-            if reply is not None and reply.code == 220:
-                exchange.tls = True
-                exchange.pipelined = pipelined
-                if not tls_visible:
-                    session.notes.append(
-                        "the session is encrypted after STARTTLS: "
-                        f"{commands.left} bytes from the client and {replies.cursor.left} from the server "
-                        "were not imported"
-                    )
-                    return
+            self._answer(answer)
+            if self.dialogue.encrypted:
+                unread_client, unread_server = self.dialogue.unread
+                self.session.notes.append(
+                    "the session is encrypted after STARTTLS: "
+                    f"{unread_client} bytes from the client and {unread_server} from the server "
+                    "were not imported"
+                )
+                return
+        self._finish()
+
+    def _sent(self, event: ClientEvent) -> None:
+        if isinstance(event, Command):
+            text = event.text
+            if "\ufffd" in text and b"\xef\xbf\xbd" not in event.line:
+                self.session.notes.append(f"the command {text!r} was not UTF-8; it is replayed with U+FFFD")
+            if syntax.bdat(text) is not None:
+                self.cut = f"the capture ends inside the chunk of {text!r}"
+        elif isinstance(event, Chunk | EndOfMessage):
+            self.cut = None
+
+    def _answer(self, answer: Answer) -> None:
+        asked, lines = answer.answers, list(answer.reply.lines)
+        # Sent before the previous reply had arrived: the client pipelined it (RFC 2920).
+        pipelined = isinstance(asked, Command | Chunk) and self._sent_at(asked) < self.answered
+        self.answered = self.server.time_at(answer.end - 1)
+        if isinstance(asked, Command) and asked.auth is not None:
+            # SASL answers are secrets (LOGIN's user name and password, PLAIN's initial response):
+            # only the mechanism is kept, and the reply that ends the challenges.
+            self.auth = _Auth(asked, pipelined, lines)
+        elif isinstance(asked, AuthAnswer) and self.auth is not None:
+            self.auth.lines = lines
+        elif isinstance(asked, Chunk):
+            self.session.add(asked.command.text, lines, message=asked.raw, pipelined=pipelined)
+        elif isinstance(asked, EndOfMessage):
+            # The message is an exchange of its own, as the recorder has it: no command, the message
+            # as sent, and the reply to its end.
+            self.session.add(None, lines, message=asked.message)
+        elif isinstance(asked, Command):
+            self.session.add(asked.text, lines, pipelined=pipelined, tls=answer.tls)
+            if asked.verb == "DATA" and answer.reply.code == 354:
+                self.cut = "the capture ends inside a DATA message"
+        else:  # the greeting, or what the server said unasked (a 421 before closing, say)
+            self.session.add(None, lines)
+        if self.auth is not None and answer.reply.code != 334:
+            self._auth_done()
+
+    def _auth_done(self) -> None:
+        assert self.auth is not None
+        mechanism = self.auth.command.auth or ""
+        self.session.add(
+            f"AUTH {mechanism}".rstrip(),
+            self.auth.lines,
+            auth=mechanism or None,
+            pipelined=self.auth.pipelined,
+        )
+        self.auth = None
+
+    def _finish(self) -> None:
+        """The end of the server's stream: what was cut off is said, and the first thing that got no
+        reply is an exchange without one."""
+        if self.cut is not None:
+            self.session.notes.append(self.cut)
+        unanswered = self.dialogue.waiting[:1]
+        if self.auth is not None:
+            if unanswered and isinstance(unanswered[0], AuthAnswer):
+                self.auth.lines = []
+            self._auth_done()
+        elif unanswered and isinstance(first := unanswered[0], Command | Chunk | EndOfMessage):
+            self._answer_nothing(first)
+
+    def _answer_nothing(self, asked: Command | Chunk | EndOfMessage) -> None:
+        if isinstance(asked, EndOfMessage):
+            self.session.add(None, [], message=asked.message)
+            return
+        pipelined = self._sent_at(asked) < self.answered
+        if isinstance(asked, Chunk):
+            self.session.add(asked.command.text, [], message=asked.raw, pipelined=pipelined)
+        elif asked.auth is not None:
+            self.session.add(f"AUTH {asked.auth}", [], auth=asked.auth, pipelined=pipelined)
         else:
-            reply = replies.next()
-            exchange = session.add(text, _lines(reply))
-        exchange.pipelined = pipelined
-        if reply is None:
-            break
-        answered = reply.time
-    # What the server said unasked (a 421 before closing, say) is expected all the same.
-    while (extra := replies.next()) is not None:
-        session.add(None, extra.lines)
+            self.session.add(asked.text, [], pipelined=pipelined)
 
-
-def _lines(reply: _Reply | None) -> list[str]:
-    return reply.lines if reply is not None else []
+    def _sent_at(self, asked: Command | Chunk) -> float:
+        command = asked.command if isinstance(asked, Chunk) else asked
+        return self.client.time_at(command.end - 1)

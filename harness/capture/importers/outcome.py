@@ -29,6 +29,7 @@ from harness.capture.recorded import RecordedSession
 from harness.generation import oracle
 from harness.generation.generator import delivered_entries
 from harness.lab.config import LabConfig
+from harness.smtp.reply import reply_code
 
 _MAIL = re.compile(r"MAIL FROM:\s*<([^>]*)>", re.IGNORECASE)
 _RCPT = re.compile(r"RCPT TO:\s*<([^>]*)>", re.IGNORECASE)
@@ -59,11 +60,11 @@ def accepted(sessions: list[RecordedSession]) -> list[Accepted]:
         recipients: list[str] = []
         authenticated = False
         for exchange in session.exchanges:
-            code = exchange.reply[-1][:3] if exchange.reply else ""
-            ok = code.startswith("2")
+            code = exchange.code
+            ok = code is not None and code // 100 == 2
             sent = exchange.sent or ""
             verb = sent.split(" ", 1)[0].upper()
-            if exchange.auth is not None and code == "235":
+            if exchange.auth is not None and code == 235:
                 authenticated = True
             elif verb in _RESET:
                 sender, recipients = None, []
@@ -171,7 +172,7 @@ def _rcpts(item: dict[str, Any]) -> list[str]:
 def _host_name(session: RecordedSession) -> str | None:
     """The name the next hop gave itself: the first word of its greeting, or of its EHLO reply."""
     for exchange in session.exchanges[:2]:
-        if exchange.reply and exchange.reply[0][:3] in ("220", "250"):
+        if exchange.reply and reply_code(exchange.reply[0]) in (220, 250):
             words = exchange.reply[0][4:].split()
             if words and "." in words[0]:
                 return words[0]

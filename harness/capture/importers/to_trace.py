@@ -34,7 +34,7 @@ from harness.corpus.trace import Trace
 from harness.lab.config import LabConfig
 from harness.smtp import syntax
 from harness.smtp.masking import Mask, Normalizer
-from harness.smtp.reply import Reply
+from harness.smtp.reply import Reply, reply_code
 
 DEFAULT_SPEC = ("IN-2",)
 SENDING = ("send", "pipeline", "data", "bdat", "auth", "starttls", "send_raw")
@@ -68,7 +68,7 @@ def reply_expectation(
     text masked by the trace's normalizer (harness/capture/recorded.py `expectation`; the replay masks what it
     reads with a normalizer of its own, in the same order)."""
     if not texts:
-        return int(lines[-1][:3])
+        return reply_code(lines[-1])
     return expectation(lines, normalizer.reply(lines, greeting))
 
 
@@ -77,7 +77,7 @@ def codes_expectation(lines: Sequence[str]) -> int | dict[str, Any]:
     alike, so that a session captured on one replays against another. An enhanced code X.0.0 ("other or
     undefined status") is left out: it says nothing another server must repeat (Postfix acknowledges a
     message with 2.0.0, Exchange with the more precise 2.6.0)."""
-    reply = Reply(int(lines[-1][:3]), tuple(lines))
+    reply = Reply.of(lines)
     enhanced = reply.enhanced
     if enhanced is None or enhanced.endswith(".0.0"):
         return reply.code
@@ -120,7 +120,7 @@ def to_trace(
         chosen = virtual_server or virtual_server_at(config, server, session)
         if chosen is not None:
             connect["virtual_server"] = chosen
-        script = _script(session, converted, f"{file_stem}-{number}", normalizer, codes_only)
+        script = _Script(session, converted, f"{file_stem}-{number}", normalizer, codes_only).build()
         if not script:
             notes.append(f"session {number} ({session.client}): nothing to replay")
             continue
@@ -154,104 +154,133 @@ def virtual_server_at(config: LabConfig, server: str, session: RecordedSession) 
     return None
 
 
-def _script(
-    session: RecordedSession, converted: Converted, stem: str, normalizer: Normalizer, codes_only: bool
-) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = []
-    exchanges = session.exchanges
-    index = 0
-    files = 0
+class _Script:
+    """One recorded session's exchanges as a trace's script steps."""
 
-    def attach(data: bytes) -> str:
-        nonlocal files
-        files += 1
-        name = f"{stem}-{files}.eml"
-        converted.files[name] = data
+    def __init__(
+        self,
+        session: RecordedSession,
+        converted: Converted,
+        stem: str,
+        normalizer: Normalizer,
+        codes_only: bool,
+    ) -> None:
+        self.session = session
+        self.converted = converted
+        self.stem = stem
+        self.normalizer = normalizer
+        self.codes_only = codes_only
+        self.steps: list[dict[str, Any]] = []
+        self.exchanges = session.exchanges
+        self.index = 0  # of the next exchange to write
+        self.files = 0
+
+    def build(self) -> list[dict[str, Any]]:
+        while self.index < len(self.exchanges):
+            group = self._group()
+            if len(group) > 1:
+                self._pipeline(group)
+            else:
+                self.index += 1
+                self._single(group[0])
+        return self.steps
+
+    def attach(self, data: bytes) -> str:
+        self.files += 1
+        name = f"{self.stem}-{self.files}.eml"
+        self.converted.files[name] = data
         return name
 
-    def expect(exchange: Exchange) -> None:
-        if exchange.reply:
-            # A reply read before the client has sent anything is the greeting (so the replay sees it).
-            greeting = not any(key in step for step in steps for key in SENDING)
-            if codes_only:
-                steps.append({"expect": codes_expectation(exchange.reply)})
-                return
-            steps.append(
-                {"expect": reply_expectation(exchange.reply, session.reply_texts, normalizer, greeting)}
-            )
+    def expect(self, exchange: Exchange) -> None:
+        if not exchange.reply:
+            return
+        if self.codes_only:
+            self.steps.append({"expect": codes_expectation(exchange.reply)})
+            return
+        # A reply read before the client has sent anything is the greeting (so the replay sees it).
+        greeting = not any(key in step for step in self.steps for key in SENDING)
+        expected = reply_expectation(exchange.reply, self.session.reply_texts, self.normalizer, greeting)
+        self.steps.append({"expect": expected})
 
-    while index < len(exchanges):
-        exchange = exchanges[index]
-        # A group: this exchange and the ones pipelined after it, their sends before their replies.
-        group = [exchange]
+    def _group(self) -> list[Exchange]:
+        """The next exchange and the ones pipelined after it, whose sends go before their replies."""
+        first = self.exchanges[self.index]
+        group = [first]
         while (
-            index + len(group) < len(exchanges)
-            and exchanges[index + len(group)].pipelined
-            and _pipelinable(exchanges[index + len(group)])
-            and (_pipelinable(exchange) or exchange.sent is None)
+            self.index + len(group) < len(self.exchanges)
+            and (following := self.exchanges[self.index + len(group)]).pipelined
+            and _pipelinable(following)
+            and (_pipelinable(first) or first.sent is None)
         ):
-            group.append(exchanges[index + len(group)])
-        if len(group) > 1:
-            steps += _pause(group[0])
-            lines: list[str] = []
-            for member in group:
-                if member.message is not None and member.sent is not None:
-                    if lines:
-                        steps.append(_send(lines))
-                        lines = []
-                    steps.append(_bdat(member, attach))
-                elif member.sent is not None:
-                    lines.append(member.sent)
-            if lines:
-                steps.append(_send(lines))
-            # A group may start with the greeting: a client that talked before it was read.
-            for member in group:
-                expect(member)
-            index += len(group)
-            continue
-        index += 1
+            group.append(following)
+        return group
+
+    def _pipeline(self, group: list[Exchange]) -> None:
+        self.steps += _pause(group[0])
+        lines: list[str] = []
+        for member in group:
+            if member.message is not None and member.sent is not None:
+                if lines:
+                    self.steps.append(_send(lines))
+                    lines = []
+                self.steps.append(_bdat(member, self.attach))
+            elif member.sent is not None:
+                lines.append(member.sent)
+        if lines:
+            self.steps.append(_send(lines))
+        # A group may start with the greeting: a client that talked before it was read.
+        for member in group:
+            self.expect(member)
+        self.index += len(group)
+
+    def _single(self, exchange: Exchange) -> None:
         sent = exchange.sent
-        if sent is not None:
-            steps += _pause(exchange)
         if sent is None:
-            expect(exchange)
-        elif exchange.auth is not None:
-            mechanism = exchange.auth if exchange.auth in AUTH_MECHANISMS else "LOGIN"
-            if mechanism != exchange.auth:
-                session.notes.append(
-                    f"AUTH {exchange.auth} is replayed as AUTH LOGIN (the only kinds a trace has)"
-                )
-            # The recorder keeps each challenge as an exchange of its own; the auth step answers them.
-            while exchange.reply[-1:] and exchange.reply[-1][:3] == "334" and index < len(exchanges):
-                if exchanges[index].auth is None:
-                    break
-                exchange = exchanges[index]
-                index += 1
-            steps.append({"auth": {"mechanism": mechanism, **AUTH_FROM_ENVIRONMENT}})
-            expect(exchange)
+            self.expect(exchange)
+            return
+        self.steps += _pause(exchange)
+        if exchange.auth is not None:
+            self._auth(exchange)
         elif exchange.tls:
-            steps.append({"starttls": True})
-        elif (
-            sent.upper() == "DATA"
-            and exchange.reply[-1:]
-            and exchange.reply[-1][:3] == "354"
-            and index < len(exchanges)
-            and exchanges[index].sent is None
-            and exchanges[index].message is not None
-        ):
-            body = exchanges[index]
-            index += 1
-            message = body.message
-            assert message is not None
-            steps.append({"data": _data(message, attach)})
-            expect(body)
+            self.steps.append({"starttls": True})
+        elif (body := self._message_after(exchange)) is not None:
+            assert body.message is not None
+            self.index += 1
+            self.steps.append({"data": _data(body.message, self.attach)})
+            self.expect(body)
         elif exchange.message is not None and syntax.bdat(sent) is not None:
-            steps.append(_bdat(exchange, attach))
-            expect(exchange)
+            self.steps.append(_bdat(exchange, self.attach))
+            self.expect(exchange)
         else:
-            steps.append({"send": sent})
-            expect(exchange)
-    return steps
+            self.steps.append({"send": sent})
+            self.expect(exchange)
+
+    def _auth(self, exchange: Exchange) -> None:
+        assert exchange.auth is not None
+        mechanism = exchange.auth if exchange.auth in AUTH_MECHANISMS else "LOGIN"
+        if mechanism != exchange.auth:
+            self.session.notes.append(
+                f"AUTH {exchange.auth} is replayed as AUTH LOGIN (the only kinds a trace has)"
+            )
+        # The recorder keeps each challenge as an exchange of its own; the auth step answers them.
+        while exchange.code == 334 and self.index < len(self.exchanges):
+            if self.exchanges[self.index].auth is None:
+                break
+            exchange = self.exchanges[self.index]
+            self.index += 1
+        self.steps.append({"auth": {"mechanism": mechanism, **AUTH_FROM_ENVIRONMENT}})
+        self.expect(exchange)
+
+    def _message_after(self, exchange: Exchange) -> Exchange | None:
+        """The message a DATA command's 354 let in: the exchange after it, with no command."""
+        if (
+            (exchange.sent or "").upper() != "DATA"
+            or exchange.code != 354
+            or self.index >= len(self.exchanges)
+        ):
+            return None
+        body = self.exchanges[self.index]
+        return body if body.sent is None and body.message is not None else None
 
 
 # A client that paused this long before a command is replayed with the pause (idle time-outs and slow

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.capture.importers import BadInput
+from harness.capture.importers.dialogue import Stream, pair
 from harness.capture.recorded import RecordedSession
 from harness.smtp import syntax
 
@@ -32,67 +33,100 @@ _QUIT_STATUS = 240
 
 @dataclass
 class _Open:
+    """A session still being read: the dialogue the log's lines stand for, written out as it went on
+    the wire, for `dialogue.pair` to split as it splits a capture's."""
+
     session: RecordedSession
+    client: Stream = field(default_factory=Stream)
+    server: Stream = field(default_factory=Stream)
     helo: str | None = None
 
 
 def read(path: Path) -> list[RecordedSession]:
     """Every inbound session in the log at `path`, in the order they began."""
-    fields: list[str] | None = None
-    sessions: list[RecordedSession] = []
-    open_: dict[str, _Open] = {}
-    outbound = 0
-    raw = path.read_bytes()
-    for number, line_bytes in enumerate(raw.splitlines(), 1):
+    log = _Log(path)
+    for number, line_bytes in enumerate(path.read_bytes().splitlines(), 1):
         line = _decode(line_bytes)
-        if not line.strip():
-            continue
         if line.startswith("#"):
-            if line.startswith("#Fields:"):
-                fields = line.removeprefix("#Fields:").split()
-                missing = [name for name in _REQUIRED if name not in fields]
-                if missing:
-                    raise BadInput(path, f"line {number}", f"#Fields lacks {', '.join(missing)}")
-            continue
-        if fields is None:
-            raise BadInput(path, f"line {number}", "a log line before any #Fields directive")
-        values = line.split()
-        if len(values) != len(fields):
-            raise BadInput(
-                path,
-                f"line {number}",
-                f"{len(values)} fields where #Fields names {len(fields)}: {line[:80]!r}",
-            )
-        row = dict(zip(fields, values, strict=True))
+            log.directive(number, line)
+        elif line.strip():
+            log.command(number, line)
+    return log.sessions()
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        self.opened: list[_Open] = []
+        self.open: dict[str, _Open] = {}  # by client address
+        self.outbound = 0
+
+    def directive(self, number: int, line: str) -> None:
+        if line.startswith("#Fields:"):
+            self.fields = line.removeprefix("#Fields:").split()
+            missing = [name for name in _REQUIRED if name not in self.fields]
+            if missing:
+                raise BadInput(self.path, f"line {number}", f"#Fields lacks {', '.join(missing)}")
+
+    def command(self, number: int, line: str) -> None:
+        row = self._row(number, line)
         username = _value(row.get("cs-username", "-"))
         if username in _OUTBOUND:
-            outbound += 1
-            continue
+            self.outbound += 1
+            return
         status = row["sc-status"]
         if not status.isdigit() or not 100 <= int(status) <= 599:
-            raise BadInput(path, f"line {number}", f"sc-status {status!r} is no SMTP reply code")
-        client = row["c-ip"]
-        current = open_.get(client)
-        if current is not None and current.helo is not None and username is None:
-            current = None  # a new connection from the same address, before its HELO
-        if current is None:
-            current = _Open(_new_session(row))
-            open_[client] = current
-            sessions.append(current.session)
-        current.helo = username or current.helo
+            raise BadInput(self.path, f"line {number}", f"sc-status {status!r} is no SMTP reply code")
+        current = self._session(number, row, username)
         verb = row["cs-method"].upper()
         # QUIT's query is the client's HELO name, not an argument it sent.
         arguments = "" if verb == "QUIT" else _arguments(row.get("cs-uri-query", "-"))
         if (bdat := syntax.bdat(f"{verb} {arguments}")) is not None and bdat[0] > MAX_CHUNK:
             # The stand-in chunk is made up to the logged size: a hostile size must not exhaust memory.
-            raise BadInput(path, f"line {number}", f"a BDAT chunk of {bdat[0]} bytes (at most {MAX_CHUNK})")
-        _add(current.session, verb, arguments, int(status))
+            raise BadInput(
+                self.path, f"line {number}", f"a BDAT chunk of {bdat[0]} bytes (at most {MAX_CHUNK})"
+            )
+        _write(current, number, verb, arguments, int(status))
         if verb == "QUIT":
-            del open_[client]
-    if outbound:
-        for session in sessions:
-            session.notes.append(f"{outbound} line(s) of outbound sessions in the log were left out")
-    return sessions
+            del self.open[row["c-ip"]]
+
+    def _row(self, number: int, line: str) -> dict[str, str]:
+        if self.fields is None:
+            raise BadInput(self.path, f"line {number}", "a log line before any #Fields directive")
+        values = line.split()
+        if len(values) != len(self.fields):
+            raise BadInput(
+                self.path,
+                f"line {number}",
+                f"{len(values)} fields where #Fields names {len(self.fields)}: {line[:80]!r}",
+            )
+        return dict(zip(self.fields, values, strict=True))
+
+    def _session(self, number: int, row: dict[str, str], username: str | None) -> _Open:
+        client = row["c-ip"]
+        current = self.open.get(client)
+        if current is not None and current.helo is not None and username is None:
+            current = None  # a new connection from the same address, before its HELO
+        if current is None:
+            current = _Open(_new_session(row))
+            # The log has no greeting: it was 220, or the client would not have gone on.
+            current.server.add(b"220\r\n", number, f"line {number}")
+            self.open[client] = current
+            self.opened.append(current)
+        current.helo = username or current.helo
+        return current
+
+    def sessions(self) -> list[RecordedSession]:
+        sessions = []
+        for opened in self.opened:
+            pair(opened.session, opened.client, opened.server, self.path, tls_visible=True)
+            if self.outbound:
+                opened.session.notes.append(
+                    f"{self.outbound} line(s) of outbound sessions in the log were left out"
+                )
+            sessions.append(opened.session)
+        return sessions
 
 
 def _new_session(row: dict[str, str]) -> RecordedSession:
@@ -104,32 +138,32 @@ def _new_session(row: dict[str, str]) -> RecordedSession:
         started=_started(row),
         reply_texts=False,
     )
-    session.add(None, ["220"])
     session.notes.append("the protocol log holds reply codes only, and no greeting: 220 is assumed")
     return session
 
 
-def _add(session: RecordedSession, verb: str, arguments: str, code: int) -> None:
+def _write(current: _Open, number: int, verb: str, arguments: str, code: int) -> None:
+    """One logged command as it went on the wire: the command (and what it carried), then its reply.
+    The log says the server went on inside TLS after STARTTLS, so the dialogue does too."""
+    where = f"line {number}"
     command = f"{verb} {arguments}" if arguments else verb
     if verb == "QUIT" and code == _QUIT_STATUS:
         code = 221
     if verb == "XXXX":
-        session.notes.append(
+        current.session.notes.append(
             f"the log writes an unknown command as xxxx: replayed as {command!r}, its verb is lost"
         )
+    sent = f"{command}\r\n".encode()
     if verb == "DATA" and arguments.startswith("<"):
         # A logged Message-ID: the message was taken. The log has no content; a stand-in carries the ID.
-        session.add("DATA", ["354"])
-        session.add(None, [str(code)], message=_stand_in(arguments))
-        session.notes.append(f"the message {arguments} is not in the log: a stand-in is sent")
-    elif verb == "AUTH":
-        mechanism = syntax.auth_mechanism(command)
-        session.add(f"AUTH {mechanism}", [str(code)], auth=mechanism)
+        current.client.add(b"DATA\r\n", number, where)
+        current.server.add(b"354\r\n", number, where)
+        sent = _stand_in(arguments) + b".\r\n"
+        current.session.notes.append(f"the message {arguments} is not in the log: a stand-in is sent")
     elif (bdat := syntax.bdat(command)) is not None:
-        session.add(command, [str(code)], message=_filler(bdat[0]))
-    else:
-        exchange = session.add(command, [str(code)])
-        exchange.tls = verb == "STARTTLS" and code == 220
+        sent += _filler(bdat[0])
+    current.client.add(sent, number, where)
+    current.server.add(f"{code}\r\n".encode(), number, where)
 
 
 def _arguments(query: str) -> str:
