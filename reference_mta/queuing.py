@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reference_mta import tracking
+from reference_mta import replies, tracking
 from reference_mta.mailmsg import MailMsg, Recipient
 
 log = logging.getLogger(__name__)
@@ -450,7 +450,7 @@ class AdvancedQueuingEngine:
         for hop, part in parts:
             if hop.kind == "no_route":
                 for recipient in part.msg.recipients:
-                    recipient.fail(f"550 5.0.0 No route for the address space ({hop.detail})", "5.0.0", 0)
+                    recipient.fail_with(replies.no_route(hop.detail), 0)
                 await self._fail(part, part.msg.recipients)
                 await self._finish(part)
             elif hop.kind == "unreachable":
@@ -556,7 +556,7 @@ class AdvancedQueuingEngine:
         arrival = float(entry.msg.properties.get("ARRIVAL_TIME", time.time()))
         if expires and time.time() - arrival > self.retry.expiration:
             for recipient in waiting:
-                recipient.fail(f"550 {code} Message expired in queue {queue}: {error}", code, 0)
+                recipient.fail_with(replies.expired(code, queue, error), 0)
             await self._fail(entry, waiting)
             await self._finish(entry)
             return

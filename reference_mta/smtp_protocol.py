@@ -225,10 +225,10 @@ class ExchangeSMTP(SMTP):
         """RFC 5321 4.1.1.8: the commands this virtual server offers, or one command's syntax (214)."""
         offered = [command for command in RULES if self._offers(command)]
         if not arg:
-            await self.push("214-2.0.0 This server supports the following commands:")
-            await self.push(f"214 2.0.0 {' '.join(offered)}")
+            for line in replies.help_commands(offered):
+                await self.push(line)
         elif arg.upper() in offered:
-            await self.push(f"214 2.0.0 Syntax: {RULES[arg.upper()].syntax}")
+            await self.push(replies.help_syntax(RULES[arg.upper()].syntax))
         else:
             await self.push(replies.HELP_TOPIC_UNKNOWN)
 

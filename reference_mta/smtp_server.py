@@ -268,7 +268,7 @@ class VirtualServerHandler:
             return [replies.DIRECTORY_UNAVAILABLE]
         if entry is None:
             return [replies.USER_UNKNOWN]
-        return [f"250 2.1.5 {self.address_book.listing(entry, address)}"]
+        return [replies.verified(str(self.address_book.listing(entry, address)))]
 
     async def expand(self, address: str) -> list[str]:
         if self.address_book is None:
@@ -283,10 +283,8 @@ class VirtualServerHandler:
         except ComponentUnavailable:
             return [replies.DIRECTORY_UNAVAILABLE]
         if not members:
-            return [f"250 2.1.5 {self.address_book.listing(entry, address)} has no members"]
-        lines = [f"250-2.1.5 {member}" for member in members]
-        lines[-1] = "250 " + lines[-1][4:]
-        return lines
+            return [replies.group_without_members(str(self.address_book.listing(entry, address)))]
+        return replies.group_members([str(member) for member in members])
 
     def _authenticator(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
