@@ -183,8 +183,7 @@ class VirtualServerHandler:
         return replies.recipient_ok(address)
 
     async def handle_DATA(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
-        if not envelope.rcpt_tos:
-            return replies.NEED_RCPT
+        # The session rules let DATA (and BDAT LAST) through only once a recipient is accepted.
         assert isinstance(envelope, ExchangeEnvelope)
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
