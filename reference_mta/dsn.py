@@ -177,7 +177,7 @@ def _returned_headers(header_block: bytes, international: bool) -> EmailMessage:
 
 
 def _status(recipient: Recipient, delayed: bool) -> str:
-    return recipient.enhanced or (replies.DELAYED if delayed else replies.UNDEFINED_FAILURE)
+    return recipient.enhanced or (replies.DELIVERY_TIME_EXPIRED if delayed else replies.UNDEFINED_FAILURE)
 
 
 def _text(value: object) -> str:

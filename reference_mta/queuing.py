@@ -464,7 +464,7 @@ class AdvancedQueuingEngine:
                     UNREACHABLE,
                     resume=TO_BE_ROUTED,
                     error=hop.detail,
-                    code="5.4.0",
+                    code=replies.ROUTING_FAILURE,
                 )
             else:
                 event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
@@ -546,7 +546,7 @@ class AdvancedQueuingEngine:
         *,
         resume: str,
         error: str = "",
-        code: str = "4.4.7",
+        code: str = replies.DELIVERY_TIME_EXPIRED,
         expires: bool = True,
     ) -> None:
         """Park `waiting` recipients in `queue` until their next attempt, which starts in `resume`;

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 SERVICE_VERSION = "6.0.3790.3959"
 
 
+# Enhanced status codes (RFC 3463) that stand on their own: a recipient that waited too long, a next
+# hop that cannot be found, and the status of a notice about a recipient that carries none of its own.
+DELIVERY_TIME_EXPIRED = "4.4.7"
+ROUTING_FAILURE = "5.4.0"
+UNDEFINED_FAILURE = "5.0.0"
+
+
 @dataclass(frozen=True)
 class Reply:
     """One reply with its enhanced status code (RFC 3463) written once: the same record gives the line
@@ -140,7 +147,7 @@ USER_UNKNOWN = "550 5.1.1 User unknown"
 DIRECTORY_UNAVAILABLE = "451 4.4.3 Directory unavailable, try again later"
 
 
-# Call limits: aiosmtpd's own reply when a command exceeds its budget; it closes the session itself.
+# aiosmtpd's own reply to a client that sent too many unknown commands; it closes the session itself.
 CALL_LIMIT_EXCEEDED_PREFIX = "502 5.5.1 Too many"
 
 
@@ -290,7 +297,7 @@ def store_not_on_this_server(address: str) -> Reply:
 
 
 def unresolvable(detail: str) -> Reply:
-    return Reply(550, "5.4.0", detail)
+    return Reply(550, ROUTING_FAILURE, detail)
 
 
 def looping_condition(targets: str) -> Reply:
@@ -313,11 +320,6 @@ def dns_trouble(detail: str) -> str:
 
 def connection_trouble(detail: str) -> str:
     return f"4.4.1 {detail}"
-
-
-# The enhanced codes of a notice about a recipient that carries none of its own (RFC 3463).
-DELAYED = "4.4.7"
-UNDEFINED_FAILURE = "5.0.0"
 
 
 def enhanced_code_of(text: str, default: str = UNDEFINED_FAILURE) -> str:

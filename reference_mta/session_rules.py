@@ -287,11 +287,15 @@ def judge(command: str, arg: str | None, facts: Facts) -> Verdict | None:
 
 
 def counts_as_error(reply: str) -> bool:
-    """Whether a reply counts against the virtual server's error budget (max_errors; beyond it the
-    session ends with TOO_MANY_ERRORS_VERDICT). Only the client's mistakes count, 5xx: a 4xx is the
-    server's state or a limit the client is told about (452 too many recipients), and aiosmtpd's 502
-    for a command over its call limit closes the session anyway."""
+    """Whether a reply counts against the virtual server's error budget (max_errors). Only the client's
+    mistakes count, 5xx: a 4xx is the server's state or a limit the client is told about (452 too many
+    recipients), and aiosmtpd's 502 for too many unknown commands closes the session anyway."""
     return reply[:1] == "5" and reply[3:4] == " " and not reply.startswith(replies.CALL_LIMIT_EXCEEDED_PREFIX)
 
 
-TOO_MANY_ERRORS_VERDICT = Verdict(replies.TOO_MANY_ERRORS, closes=True)
+ERROR_BUDGET_SPENT = Verdict(replies.TOO_MANY_ERRORS, closes=True)
+
+
+def over_error_budget(errors: int, budget: int) -> Verdict | None:
+    """After the reply that used up the budget, the session ends."""
+    return ERROR_BUDGET_SPENT if errors >= budget else None

@@ -29,12 +29,12 @@ from reference_mta.access_policy import may_connect
 from reference_mta.protocol_log import ProtocolLog, SessionLog
 from reference_mta.session_rules import (
     RULES,
-    TOO_MANY_ERRORS_VERDICT,
     Facts,
     State,
     Verdict,
     counts_as_error,
     judge,
+    over_error_budget,
     state_of,
 )
 from reference_mta.topology import VirtualServer
@@ -187,9 +187,11 @@ class ExchangeSMTP(SMTP):
         await super().push(text)
         if counts_as_error(text):
             self.errors += 1
-            if self.errors >= self.vs.max_errors:
-                await super().push(TOO_MANY_ERRORS_VERDICT.reply)
-                self.close()
+            verdict = over_error_budget(self.errors, self.vs.max_errors)
+            if verdict is not None:
+                await super().push(verdict.reply)
+                if verdict.closes:
+                    self.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
