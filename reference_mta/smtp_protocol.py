@@ -1,12 +1,14 @@
 """The SMTP protocol engine of a virtual server: aiosmtpd's, with the session rules in front of every
 command and the parts of the protocol aiosmtpd lacks.
 
-- Every command passes the session rules (`session_rules`): the state table, the pipelining sync-point
-  check and the anonymous-access check, before aiosmtpd sees it; once a reply has closed the session,
-  nothing the client had already sent runs.
+- Every command passes the session rules (`session_rules.judge`) before aiosmtpd sees it: the state
+  table, the pipelining sync-point check, the anonymous-access check and the rules that look at the
+  session (a refused session, TLS inside TLS, messages per connection, BINARYMIME); the engine gathers
+  the facts and answers the verdict. Once a reply has closed the session, nothing the client had
+  already sent runs.
 - Connection control answers the greeting (`access_policy`).
 - CHUNKING and BINARYMIME (BDAT, RFC 3030), the DSN parameters (RFC 3461), HELP from the session rules,
-  VRFY and EXPN (answered by the policy), STARTTLS inside TLS refused, SMTPUTF8 as configured.
+  VRFY and EXPN (answered by the policy), SMTPUTF8 as configured.
 - Bounds per session: command and text line lengths, error replies, idle time.
 What the virtual server decides about a sender, a recipient or a message is the policy's
 (`smtp_server.VirtualServerHandler`, through aiosmtpd's handler hooks). Reply texts come from `replies`.
