@@ -1,5 +1,6 @@
 """pytest plugin: every trace file is collected as a test (which YAML files are traces:
-`harness.trace.is_trace_file`), marked with its flows and catalogue IDs (harness/markers.py), through
+`harness.corpus.trace.is_trace_file`), marked with its flows and catalogue IDs (`corpus/markers.py`),
+through
 public hooks only (pytest_collect_file, Item.runtest, repr_failure).
 
 A trace that fails its expectations raises AssertionError (Allure "failed"); a trace that cannot be
@@ -17,10 +18,15 @@ from typing import Any
 
 import pytest
 
-from harness import markers, matrix, outcomes, report, signals, targets, update
-from harness.runner import TraceResult, run_trace
-from harness.targets.known_deviations import deviations
-from harness.trace import Trace, is_trace_file, load
+from harness import targets
+from harness.capture import update
+from harness.corpus import markers
+from harness.corpus.trace import Trace, is_trace_file, load
+from harness.judge.deviations import deviations
+from harness.reports import allure as allure_report
+from harness.reports import matrix
+from harness.run import outcomes, signals
+from harness.run.runner import TraceResult, run_trace
 from harness.yamlsource import SourceError
 
 MAX_UPDATE_ROUNDS = 50  # a trace with more mismatches than this is better recorded again
@@ -126,7 +132,7 @@ class TraceItem(pytest.Item):
         assert self.trace is not None
         target = targets.get(self.config.getoption("mailflow_target"))
         self.user_properties.append(("mailflow_target", target.name))
-        report.label(self.trace, target.name)
+        allure_report.label(self.trace, target.name)
         missing = target.missing(self.trace)
         if missing:
             pytest.skip(f"target {target.name} lacks {', '.join(missing)}")
@@ -136,7 +142,7 @@ class TraceItem(pytest.Item):
         result = run_trace(self.trace, target)
         if not result.passed and self.config.getoption("mailflow_update"):
             result = self._update(target, result)
-        report.publish(result)
+        allure_report.publish(result)
         tolerated = list(result.deviations)
         if not result.passed:
             # What differs only by the target's known deviations is a deviation, not a failure: the
@@ -146,7 +152,7 @@ class TraceItem(pytest.Item):
                 self.user_properties.append(("mailflow_deviations", tolerated))
                 self.user_properties.append(("mailflow_reason", result.first_failure()))
                 raise TraceFailed("\n".join(result.failures()))
-            report.deviated(result.failures(), found.reasons)
+            allure_report.deviated(result.failures(), found.reasons)
             tolerated += [f"{line} (known deviation: {reason})" for line, reason in found.explained]
         self.user_properties.append(("mailflow_deviations", tolerated))
 
@@ -208,7 +214,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _message(report: pytest.TestReport, properties: dict[str, Any]) -> str:
-    """Every failure of a failed trace (one per line, as harness/matrix.py judges them), or the reason
+    """Every failure of a failed trace (one per line, as harness/reports/matrix.py judges them), or the reason
     a trace was skipped, broken or invalid."""
     if report.passed:
         return ""

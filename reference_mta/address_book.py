@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reference_mta.categorizer import Directory, DirectoryEntry, primary_smtp, proxy_filter
+from reference_mta.directory import Directory, DirectoryEntry, primary_smtp, proxy_filter
 
 _ATTRIBUTES = ("mail", "displayName", "cn", "objectClass", "member", "proxyAddresses")
 

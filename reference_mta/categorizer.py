@@ -10,13 +10,10 @@ Exchange gives (KB 233363's order).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
 from ldap3.utils.conv import escape_filter_chars
 
 from reference_mta import replies
+from reference_mta.directory import Directory, DirectoryEntry, primary_smtp, proxy_filter
 from reference_mta.mailmsg import (
     RP_ERROR_CONTEXT_CAT,
     RP_EXPANDED,
@@ -26,7 +23,6 @@ from reference_mta.mailmsg import (
     Recipient,
     decapsulate,
 )
-from reference_mta.queuing import ComponentUnavailable
 from reference_mta.topology import Organization, Server
 
 RECIPIENT_ATTRIBUTES = (
@@ -50,42 +46,6 @@ RECIPIENT_ATTRIBUTES = (
     "dLMemSubmitPerms",
     "dLMemRejectPerms",
 )
-
-Attributes = dict[str, list[str]]
-
-
-@dataclass(frozen=True)
-class DirectoryEntry:
-    dn: str
-    attributes: Attributes
-
-    def first(self, name: str) -> str | None:
-        values = self.attributes.get(name) or []
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[str]:
-        return list(self.attributes.get(name) or [])
-
-    @property
-    def classes(self) -> set[str]:
-        return {c.lower() for c in self.all("objectClass")}
-
-
-class DirectoryUnavailable(ComponentUnavailable):
-    """The global catalog did not answer (a Directory raises this from search)."""
-
-
-class Directory(Protocol):
-    """What the categorizer needs of a global catalog connection; search raises DirectoryUnavailable
-    when the global catalog cannot be reached."""
-
-    def search(
-        self, base: str, ldap_filter: str, attributes: Sequence[str], *, scope: str = "SUBTREE"
-    ) -> list[DirectoryEntry]: ...
-
-
-def proxy_filter(address_type: str, address: str) -> str:
-    return f"(proxyAddresses={escape_filter_chars(address_type.lower())}:{escape_filter_chars(address)})"
 
 
 class Categorizer:
@@ -367,13 +327,6 @@ class Categorizer:
                     fqdn = value.split(":", 1)[1].lower()
         self._server_fqdn_cache[home_mdb] = fqdn
         return fqdn
-
-
-def primary_smtp(entry: DirectoryEntry) -> str | None:
-    for value in entry.all("proxyAddresses"):
-        if value.startswith("SMTP:"):
-            return value[5:]
-    return None
 
 
 def _strip_rdns(dn: str, count: int) -> str:

@@ -19,7 +19,7 @@ import dns.resolver
 
 from reference_mta import replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_MTA, MailMsg, Recipient, encapsulate
-from reference_mta.queuing import DeliveryResult, Hop
+from reference_mta.queue_contract import DeliveryResult, Hop, HopKind
 
 
 class Unresolvable(Exception):
@@ -163,7 +163,7 @@ class SmtpDelivery:
         for target in hop.targets:
             if target.startswith("[") and target.endswith("]"):
                 addresses.append(target[1:-1])
-            elif hop.kind == "dns":
+            elif hop.kind == HopKind.DNS:
                 for exchange in await self._mx(target):
                     addresses.extend(await self._a(exchange))
             else:

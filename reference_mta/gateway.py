@@ -33,9 +33,9 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from reference_mta import replies, tracking
-from reference_mta.categorizer import Directory, proxy_filter
+from reference_mta.directory import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
-from reference_mta.queuing import ComponentUnavailable
+from reference_mta.queue_contract import ComponentUnavailable, QueueState
 from reference_mta.topology import Connector, Organization
 
 
@@ -236,7 +236,7 @@ class NotesGateway:
                     "sender": "",
                     "recipients": [],
                     "attempts": 0,
-                    "state": "Ready",
+                    "state": QueueState.READY,
                     "next_retry": None,
                 }
                 for path in sorted(folder.glob("*.*"))

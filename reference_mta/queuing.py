@@ -14,183 +14,45 @@ queue at a time, and each move rewrites its envelope file atomically:
 
 When the categorizer splits recipients between destinations, AQ bifurcates the envelope: each part is a
 new envelope over the same content file. The components themselves are plain callables given to AQ by
-the server that wires them (see `Components`); none of them calls another.
+the server that wires them (`queue_contract.Components`); none of them calls another, and none imports
+this module. The queue folder on disk is `queue_store`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import json
 import logging
-import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from reference_mta import replies, tracking
 from reference_mta.mailmsg import MailMsg, Recipient
+from reference_mta.queue_contract import (
+    BADMAIL,
+    DIRECTORY_LOOKUP,
+    DSN_PENDING,
+    LOCAL_DELIVERY,
+    PENDING_SUBMISSION,
+    RETRY,
+    SYSTEM_QUEUES,
+    TO_BE_ROUTED,
+    UNREACHABLE,
+    WAITS_FOR_AN_EVENT,
+    Components,
+    ComponentUnavailable,
+    Hop,
+    HopKind,
+    QueueState,
+    RetryPolicy,
+    SubmissionSource,
+)
+from reference_mta.queue_store import Entry, QueueDirectory
 
 log = logging.getLogger(__name__)
-
-PENDING_SUBMISSION = "Messages pending submission"
-DIRECTORY_LOOKUP = "Messages awaiting directory lookup"
-TO_BE_ROUTED = "Messages waiting to be routed"
-LOCAL_DELIVERY = "Local delivery"
-UNREACHABLE = "Final destination currently unreachable"
-DSN_PENDING = "DSN messages pending submission"
-RETRY = "Failed message retry queue"
-SYSTEM_QUEUES = (
-    PENDING_SUBMISSION,
-    DIRECTORY_LOOKUP,
-    TO_BE_ROUTED,
-    LOCAL_DELIVERY,
-    UNREACHABLE,
-    DSN_PENDING,
-    RETRY,
-)
-# Messages parked here wait for something to change (link state, the directory), not for time.
-WAITS_FOR_AN_EVENT = frozenset({UNREACHABLE, DIRECTORY_LOOKUP})
-# Queue states as Queue Viewer shows them (KB 264054).
-READY, ACTIVE, RETRYING, FROZEN = "Ready", "Active", "Retry", "Frozen"
-
-
-@dataclass(frozen=True)
-class Hop:
-    """Where routing sends a set of recipients: the link queue's name and how to reach it."""
-
-    queue: str
-    # "server" | "connector" | "dns" | "smart_host" | "gateway"; "unreachable" waits and retries (a
-    # connector or path is down), "no_route" fails at once (nothing could ever carry it)
-    kind: str
-    targets: tuple[str, ...] = ()  # FQDNs or [a.b.c.d] literals, tried in order
-    connector: str | None = None
-    spec: str = "C-RE"
-    detail: str = ""
-
-
-class ComponentUnavailable(Exception):
-    """A component cannot do its job right now (its directory or store is not answering): AQ keeps the
-    message where it is and tries again, instead of failing it."""
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    delivered: list[Recipient]
-    failed: list[Recipient]  # permanent: each carries status_text / enhanced
-    deferred: list[Recipient]  # transient: retried later
-    error: str = ""
-    partner: str = "-"
-
-
-@dataclass
-class Components:
-    """The work AQ dispatches. Each is given one envelope and does one job."""
-
-    categorize: Callable[[MailMsg], Awaitable[None]]
-    route: Callable[[MailMsg, Recipient], Hop]
-    deliver_local: Callable[[MailMsg, bytes], Awaitable[DeliveryResult]]
-    deliver_remote: Callable[[Hop, MailMsg, bytes], Awaitable[DeliveryResult]]
-    make_ndr: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None]
-    make_delay_notice: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None] | None = None
-
-
-@dataclass
-class Entry:
-    msg: MailMsg
-    queue: str
-    hop: Hop | None = None
-    attempts: int = 0
-    next_retry: float = 0.0
-    state: str = READY  # Retry: waiting for its next attempt (or for link state, when unreachable)
-    resume: str = TO_BE_ROUTED  # where the next attempt starts
-    reroute: bool = False  # link state changed since it was routed: route it again before sending
-
-
-class QueueDirectory:
-    """`Mailroot/vsi 1/Queue`: content files and envelope files, written durably."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    def write_content(self, content_id: str, data: bytes) -> None:
-        self._write(self.path / f"{content_id}.eml", data)
-
-    def read_content(self, content_id: str) -> bytes:
-        return (self.path / f"{content_id}.eml").read_bytes()
-
-    def save(self, entry: Entry) -> None:
-        record: dict[str, Any] = {
-            "queue": entry.queue,
-            "attempts": entry.attempts,
-            "next_retry": entry.next_retry,
-            "state": entry.state,
-            "resume": entry.resume,
-            "msg": json.loads(entry.msg.to_json()),
-        }
-        if entry.hop is not None:
-            record["hop"] = entry.hop.__dict__
-        self._write(self.path / f"{entry.msg.id}.json", json.dumps(record, indent=1).encode())
-
-    def remove(self, envelope_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.path / f"{envelope_id}.json").unlink()
-
-    def remove_content(self, content_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.path / f"{content_id}.eml").unlink()
-
-    def load(self) -> list[Entry]:
-        entries = []
-        for path in sorted(self.path.glob("*.json")):
-            record = json.loads(path.read_text())
-            hop = Hop(**record["hop"]) if record.get("hop") else None
-            msg = MailMsg.from_json(json.dumps(record["msg"]))
-            entries.append(
-                Entry(
-                    msg,
-                    record["queue"],
-                    hop,
-                    record.get("attempts", 0),
-                    record.get("next_retry", 0.0),
-                    record.get("state", READY),
-                    record.get("resume", TO_BE_ROUTED),
-                )
-            )
-        return entries
-
-    def _write(self, target: Path, data: bytes) -> None:
-        # Write-then-rename keeps the old version intact until the new one is on disk.
-        temporary = target.with_suffix(target.suffix + ".tmp")
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        directory = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
-@dataclass
-class RetryPolicy:
-    """Delivery timers of a virtual server (Delivery tab): retry intervals, delay notification, and
-    expiration. Exchange 2003's defaults; labs set short ones."""
-
-    intervals: tuple[float, ...] = (600.0, 600.0, 600.0, 900.0)
-    expiration: float = 2 * 24 * 3600.0
-    delay_notification: float = 12 * 3600.0
-
-    def delay(self, attempt: int) -> float:
-        return self.intervals[min(attempt, len(self.intervals)) - 1] if self.intervals else 60.0
 
 
 class AdvancedQueuingEngine:
@@ -245,9 +107,9 @@ class AdvancedQueuingEngine:
         if self._busy or not self._work.empty():
             return False
         for entry in self.entries.values():
-            if entry.state == FROZEN:
+            if entry.state == QueueState.FROZEN:
                 continue  # waits for an administrator, not for time
-            if entry.state != RETRYING:
+            if entry.state != QueueState.RETRY:
                 return False
             # Unreachable destinations wait for link state and directory look-ups for the directory, not
             # for a retry worth waiting for.
@@ -259,8 +121,8 @@ class AdvancedQueuingEngine:
         """What waits in `queue` (e.g. for the directory to come back) is tried again at once."""
         self._nudges[queue] = self._nudges.get(queue, 0) + 1
         for entry in self.entries.values():
-            if entry.queue == queue and entry.state == RETRYING:
-                entry.queue, entry.state = entry.resume, READY
+            if entry.queue == queue and entry.state == QueueState.RETRY:
+                entry.queue, entry.state = entry.resume, QueueState.READY
                 self._work.put_nowait(entry.msg.id)
 
     def freeze(self, queue: str) -> None:
@@ -270,8 +132,8 @@ class AdvancedQueuingEngine:
     def unfreeze(self, queue: str) -> None:
         self.frozen.discard(queue.lower())
         for entry in self.entries.values():
-            if entry.state == FROZEN and entry.queue.lower() == queue.lower():
-                entry.state = READY  # and routed again first if link state changed meanwhile
+            if entry.state == QueueState.FROZEN and entry.queue.lower() == queue.lower():
+                entry.state = QueueState.READY  # and routed again first if link state changed meanwhile
                 self._work.put_nowait(entry.msg.id)
 
     def link_state_changed(self) -> None:
@@ -279,10 +141,10 @@ class AdvancedQueuingEngine:
         waits in a link queue (or a frozen one) is routed again before it is sent."""
         self._link_changes += 1
         for entry in self.entries.values():
-            if entry.queue == UNREACHABLE and entry.state == RETRYING:
-                entry.queue, entry.state = entry.resume, READY
+            if entry.queue == UNREACHABLE and entry.state == QueueState.RETRY:
+                entry.queue, entry.state = entry.resume, QueueState.READY
                 self._work.put_nowait(entry.msg.id)
-            elif entry.hop is not None and entry.state in (READY, FROZEN):
+            elif entry.hop is not None and entry.state in (QueueState.READY, QueueState.FROZEN):
                 entry.reroute = True
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
@@ -296,14 +158,14 @@ class AdvancedQueuingEngine:
                     "recipients": [r.address for r in entry.msg.recipients],
                     "attempts": entry.attempts,
                     "state": entry.state,
-                    "next_retry": entry.next_retry if entry.state == RETRYING else None,
+                    "next_retry": entry.next_retry if entry.state == QueueState.RETRY else None,
                 }
             )
         return queues
 
     # --- submission ------------------------------------------------------------------------------
 
-    async def submit(self, msg: MailMsg, content: bytes, *, source: str = "smtp") -> None:
+    async def submit(self, msg: MailMsg, content: bytes, *, source: SubmissionSource = "smtp") -> None:
         """Make the message durable and queue it. Returns only once it is safe to acknowledge."""
         content_id = uuid.uuid4().hex
         msg.properties["CONTENT_ID"] = content_id
@@ -437,7 +299,7 @@ class AdvancedQueuingEngine:
             for hop, recipients in by_hop.items():
                 for recipient in recipients:
                     recipient.next_hop = hop.queue
-                waits = hop.kind in ("no_route", "unreachable")
+                waits = hop.kind.waits
                 part = await self._bifurcate(
                     entry, recipients, UNREACHABLE if waits else hop.queue, None if waits else hop
                 )
@@ -448,12 +310,12 @@ class AdvancedQueuingEngine:
             raise
         await self._finish(entry)
         for hop, part in parts:
-            if hop.kind == "no_route":
+            if hop.kind == HopKind.NO_ROUTE:
                 for recipient in part.msg.recipients:
                     recipient.fail_with(replies.no_route(hop.detail), 0)
                 await self._fail(part, part.msg.recipients)
                 await self._finish(part)
-            elif hop.kind == "unreachable":
+            elif hop.kind == HopKind.UNREACHABLE:
                 # A connector or path that is down: wait for link state to change, as Exchange does.
                 self.tracking.log(
                     tracking.ROUTING_RETRY, part.msg, None, "C-RE", queue=UNREACHABLE, detail=hop.detail
@@ -467,7 +329,7 @@ class AdvancedQueuingEngine:
                     code=replies.ROUTING_FAILURE,
                 )
             else:
-                event = tracking.ROUTED_GATEWAY if hop.kind == "gateway" else tracking.ROUTED_REMOTE
+                event = tracking.ROUTED_GATEWAY if hop.kind == HopKind.GATEWAY else tracking.ROUTED_REMOTE
                 self.tracking.log(event, part.msg, None, hop.spec, queue=hop.queue, detail=hop.detail)
                 self._work.put_nowait(part.msg.id)
         if self._link_changes != changes:
@@ -500,16 +362,16 @@ class AdvancedQueuingEngine:
             # changed, while this message waited for the session before it.
             if entry.hop.queue.lower() in self.frozen:
                 # A frozen link queue still takes new messages; nothing leaves it until it is unfrozen.
-                entry.state = FROZEN
+                entry.state = QueueState.FROZEN
                 return
             if entry.reroute:
                 entry.reroute, entry.queue, entry.hop = False, TO_BE_ROUTED, None
                 await asyncio.to_thread(self.directory.save, entry)
                 self._work.put_nowait(entry.msg.id)
                 return
-            entry.state = ACTIVE
+            entry.state = QueueState.ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
-            if entry.hop.kind == "gateway":
+            if entry.hop.kind == HopKind.GATEWAY:
                 self.tracking.log(tracking.SD_GATEWAY_DELIVERY, entry.msg, None, "IN-7c", partner="X400")
             else:
                 self.tracking.log(
@@ -521,7 +383,7 @@ class AdvancedQueuingEngine:
                     detail=",".join(entry.hop.targets),
                 )
             result = await self.components.deliver_remote(entry.hop, entry.msg, content)
-        if result.delivered and entry.hop.kind != "gateway":
+        if result.delivered and entry.hop.kind != HopKind.GATEWAY:
             self.tracking.log(
                 tracking.END_OUTBOUND,
                 entry.msg,
@@ -571,8 +433,8 @@ class AdvancedQueuingEngine:
         changes, nudges = self._link_changes, self._nudges.get(queue, 0)
         # Saved as Retry, but marked Retry in memory only once on disk: a wake-up cannot overtake the
         # write and have a finished message's envelope written again afterwards.
-        await asyncio.to_thread(self.directory.save, replace(entry, state=RETRYING))
-        entry.state = RETRYING
+        await asyncio.to_thread(self.directory.save, replace(entry, state=QueueState.RETRY))
+        entry.state = QueueState.RETRY
         if queue == UNREACHABLE and self._link_changes != changes:
             self.link_state_changed()
         elif self._nudges.get(queue, 0) != nudges:
@@ -582,8 +444,8 @@ class AdvancedQueuingEngine:
     def _wake_later(self, entry: Entry) -> None:
         def wake() -> None:
             self._timers.pop(entry.msg.id, None)
-            if self.entries.get(entry.msg.id) is entry and entry.state == RETRYING:
-                entry.queue, entry.state = entry.resume, READY
+            if self.entries.get(entry.msg.id) is entry and entry.state == QueueState.RETRY:
+                entry.queue, entry.state = entry.resume, QueueState.READY
                 self._work.put_nowait(entry.msg.id)
 
         delay = max(0.0, entry.next_retry - time.time())
@@ -605,7 +467,7 @@ class AdvancedQueuingEngine:
             return  # no NDR for an NDR
         if entry.msg.properties.get("DSN_REQUEST"):
             # The DSN itself could not be made: BadMail, never a DSN about a DSN.
-            self.tracking.log(tracking.BAD_MAIL, entry.msg, failed, "DSN-1", queue="BadMail")
+            self.tracking.log(tracking.BAD_MAIL, entry.msg, failed, "DSN-1", queue=BADMAIL)
             return
         dsn = entry.msg.copy_for([Recipient(**r.__dict__) for r in failed])
         dsn.properties["DSN_REQUEST"] = True
@@ -661,7 +523,7 @@ class AdvancedQueuingEngine:
             await asyncio.to_thread(self.directory.remove_content, content_id)
 
     def _schedule(self, entry: Entry) -> None:
-        if entry.state == RETRYING:
+        if entry.state == QueueState.RETRY:
             self._wake_later(entry)
         else:
             self._work.put_nowait(entry.msg.id)

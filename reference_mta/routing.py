@@ -24,7 +24,7 @@ from functools import cached_property
 
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
-from reference_mta.queuing import Hop
+from reference_mta.queue_contract import Hop, HopKind
 from reference_mta.topology import Connector, Organization, Server, domain_match
 
 
@@ -89,13 +89,15 @@ class RoutingEngine:
     def route_to_server(self, fqdn: str) -> Hop:
         target = self.organization.server_by_fqdn(fqdn)
         if target is None:
-            return Hop(queue=fqdn, kind="no_route", detail=f"{fqdn} is not a server of the organization")
+            return Hop(
+                queue=fqdn, kind=HopKind.NO_ROUTE, detail=f"{fqdn} is not a server of the organization"
+            )
         if target.routing_group.lower() == self.group.lower():
             if self.link_state.server_down(target.name):
-                return Hop(queue=target.fqdn, kind="unreachable", detail=f"{target.name} is down")
+                return Hop(queue=target.fqdn, kind=HopKind.UNREACHABLE, detail=f"{target.name} is down")
             return Hop(
                 queue=target.fqdn,
-                kind="server",
+                kind=HopKind.SERVER,
                 targets=(target.fqdn,),
                 spec="IN-7a",
                 detail=f"same routing group {self.group}",
@@ -147,24 +149,28 @@ class RoutingEngine:
                 names = ", ".join(sorted(c.name for _, c in best))
                 return Hop(
                     queue=address,
-                    kind="unreachable",
+                    kind=HopKind.UNREACHABLE,
                     spec="OUT-6",
                     detail=f"every connector for the closest address space is down: {names}",
                 )
             _, connector = min(usable, key=lambda item: (item[0], self._not_here(item[1]), item[1].name))
             return self._via_connector(connector, address)
         if address_type != "SMTP":
-            return Hop(queue=address, kind="no_route", detail=f"no connector for {address_type} addresses")
+            return Hop(
+                queue=address, kind=HopKind.NO_ROUTE, detail=f"no connector for {address_type} addresses"
+            )
         vs = self.server.default_virtual_server
         if vs.smart_host:
             return Hop(
                 queue=address,
-                kind="smart_host",
+                kind=HopKind.SMART_HOST,
                 targets=_split_hosts(vs.smart_host),
                 spec="OUT-9b",
                 detail="no connector: virtual server smart host",
             )
-        return Hop(queue=address, kind="dns", targets=(address,), spec="OUT-9a", detail="no connector: DNS")
+        return Hop(
+            queue=address, kind=HopKind.DNS, targets=(address,), spec="OUT-9a", detail="no connector: DNS"
+        )
 
     def _not_here(self, connector: Connector) -> int:
         return 0 if self.server.name in connector.local_bridgeheads else 1
@@ -174,7 +180,7 @@ class RoutingEngine:
         if connector.kind == "gateway" and local:
             return Hop(
                 queue=connector.name,
-                kind="gateway",
+                kind=HopKind.GATEWAY,
                 connector=connector.name,
                 spec="IN-7c",
                 detail=connector.foreign_system or "",
@@ -183,7 +189,7 @@ class RoutingEngine:
             if connector.smart_hosts:
                 return Hop(
                     queue=connector.name,
-                    kind="smart_host",
+                    kind=HopKind.SMART_HOST,
                     targets=connector.smart_hosts,
                     connector=connector.name,
                     spec="OUT-9b",
@@ -195,7 +201,7 @@ class RoutingEngine:
                 # smart host (its route action for remote domains) then applies.
                 return Hop(
                     queue=connector.name,
-                    kind="smart_host",
+                    kind=HopKind.SMART_HOST,
                     targets=_split_hosts(vs.smart_host),
                     connector=connector.name,
                     spec="OUT-8",
@@ -203,7 +209,7 @@ class RoutingEngine:
                 )
             return Hop(
                 queue=connector.name,
-                kind="dns",
+                kind=HopKind.DNS,
                 targets=(domain,),
                 connector=connector.name,
                 spec="OUT-9a",
@@ -215,7 +221,7 @@ class RoutingEngine:
         if bridgehead.routing_group.lower() == self.group.lower():
             return Hop(
                 queue=bridgehead.fqdn,
-                kind="server",
+                kind=HopKind.SERVER,
                 targets=(bridgehead.fqdn,),
                 connector=connector.name,
                 spec="OUT-7",
@@ -229,7 +235,7 @@ class RoutingEngine:
         path = self.paths().get(group.lower())
         if path is None or not path.connectors:
             return Hop(
-                queue=group, kind="unreachable", spec="C-RE", detail=f"no path to routing group {group}"
+                queue=group, kind=HopKind.UNREACHABLE, spec="C-RE", detail=f"no path to routing group {group}"
             )
         first = path.connectors[0]
         route = " > ".join([self.group, *path.groups])
@@ -237,7 +243,7 @@ class RoutingEngine:
             bridgehead = self.organization.server(self.link_state.up_bridgeheads(first.local_bridgeheads)[0])
             return Hop(
                 queue=bridgehead.fqdn,
-                kind="server",
+                kind=HopKind.SERVER,
                 targets=(bridgehead.fqdn,),
                 connector=first.name,
                 spec=spec,
@@ -252,7 +258,7 @@ class RoutingEngine:
         remotes = [self.organization.server(n).fqdn for n in self.link_state.up_bridgeheads(candidates)]
         return Hop(
             queue=first.name,
-            kind="connector",
+            kind=HopKind.CONNECTOR,
             targets=tuple(remotes),
             connector=first.name,
             spec=spec,

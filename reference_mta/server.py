@@ -18,20 +18,22 @@ from pathlib import Path
 
 from reference_mta import dsn, store
 from reference_mta.address_book import AddressBook
-from reference_mta.categorizer import Categorizer, Directory
+from reference_mta.categorizer import Categorizer
 from reference_mta.delivery import SmtpDelivery, make_resolver
+from reference_mta.directory import Directory
 from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
-from reference_mta.queuing import (
-    AdvancedQueuingEngine,
+from reference_mta.queue_contract import (
     Components,
     ComponentUnavailable,
     DeliveryResult,
     Hop,
-    QueueDirectory,
+    HopKind,
     RetryPolicy,
 )
+from reference_mta.queue_store import QueueDirectory
+from reference_mta.queuing import AdvancedQueuingEngine
 from reference_mta.routing import RoutingEngine
 from reference_mta.smtp_server import Authenticator, VirtualServerHandler
 from reference_mta.topology import Organization
@@ -195,7 +197,7 @@ class ExchangeServer:
         return await asyncio.to_thread(self.store.deliver, msg, content, self.config.stores)
 
     async def _deliver_remote(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
-        if hop.kind == "gateway":
+        if hop.kind == HopKind.GATEWAY:
             result = await asyncio.to_thread(
                 store.transfer_to_mta, self.environment.root, self.config.name, hop.queue, msg, content
             )

@@ -29,7 +29,7 @@ from reference_mta.access_policy import Client, filtering_applies, relay_grant
 from reference_mta.address_book import AddressBook
 from reference_mta.mailmsg import MailMsg
 from reference_mta.protocol_log import ProtocolLog
-from reference_mta.queuing import AdvancedQueuingEngine, ComponentUnavailable
+from reference_mta.queue_contract import ComponentUnavailable, Submission
 from reference_mta.session_rules import CALL_LIMITS
 from reference_mta.smtp_protocol import ExchangeEnvelope, ExchangeSMTP, client_ip
 from reference_mta.topology import Organization, Server, VirtualServer
@@ -49,7 +49,7 @@ class VirtualServerHandler:
         organization: Organization,
         server: Server,
         vs: VirtualServer,
-        aq: AdvancedQueuingEngine,
+        aq: Submission,
         authenticate: Authenticator | None = None,
         tls_context: ssl.SSLContext | None = None,
         address_book: AddressBook | None = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reference_mta import replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_STORE, MailMsg, Recipient
-from reference_mta.queuing import DeliveryResult
+from reference_mta.queue_contract import DeliveryResult
 
 
 def mailbox_name(address: str) -> str:

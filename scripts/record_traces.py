@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.evidence import Evidence  # noqa: E402
-from harness.importers.to_trace import to_trace  # noqa: E402
+from harness.capture.importers.to_trace import to_trace  # noqa: E402
+from harness.capture.proxy import RecordingProxy  # noqa: E402
+from harness.capture.recorded import RecordedSession  # noqa: E402
+from harness.judge.evidence import Evidence  # noqa: E402
 from harness.lab import config as lab_config  # noqa: E402
 from harness.lab.runtime import Lab  # noqa: E402
-from harness.record import RecordingProxy  # noqa: E402
-from harness.recorded import RecordedSession  # noqa: E402
 
 OUT = ROOT / "traces" / "recorded"
 PROXY_PORT = 2525

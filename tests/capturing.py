@@ -11,7 +11,7 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from harness.importers import BadInput, pcap
+from harness.capture.importers import BadInput, pcap
 
 
 class Tcpdump:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from harness.cli import main
+from harness.cli.app import main
 
 MAILFLOW = str(Path(sys.executable).with_name("mailflow"))
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.runner import netns_first_octet
+from harness.lab.placement import netns_first_octet
 
 STATE_DIR = Path("/run/mailflow")
 NETNS_RUN = Path("/run/netns")

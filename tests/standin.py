@@ -7,12 +7,12 @@ import os
 import smtplib
 from pathlib import Path
 
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
+from harness.lab.placement import netns_first_octet
+from harness.lab.recipients import Contact, Group, Mailbox, RecipientTable
 from harness.lab.runtime import Lab
-from harness.runner import netns_first_octet
-from harness.targets.recipients import Contact, Group, Mailbox, RecipientTable
 
 # A small directory for rendering tests: a mailbox here with a secondary address, one on EX2, a group
 # of both, a contact.

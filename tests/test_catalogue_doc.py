@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness.catalogue import catalogue
-from harness.cli import main
+from harness.cli.app import main
+from harness.corpus.catalogue import catalogue
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
 

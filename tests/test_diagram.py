@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ElementTree
 
-from harness.diagram import path_svg
-from harness.evidence import Delivery, Evidence
+from harness.judge.evidence import Delivery, Evidence
+from harness.reports.diagram import path_svg
 
 
 def _event(event_id: int, client_ip: str = "-") -> dict[str, object]:

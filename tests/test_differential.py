@@ -7,9 +7,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness.cli import main
-from harness.differential import Side, TraceDiff
-from harness.normalize import Masker, mask
+from harness.cli.app import main
+from harness.reports.differential import Side, TraceDiff
+from harness.smtp.masking import Masker, mask
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {"127.77.0.200": "internet", "198.18.10.200": "internet", "127.77.0.11": "EX1"}

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from harness.evidence import Delivery, Evidence
-from harness.expect import Check, check_outcome
+from harness.judge.evidence import Delivery, Evidence
+from harness.judge.expectations import Check, check_outcome
 from harness.lab.runtime import Lab
 from reference_mta import store
 from reference_mta.mailmsg import MailMsg

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.runtime import Lab
 

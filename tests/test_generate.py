@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cli_generate import generate as generate_command
-from harness.generate import generate, slug
-from harness.oracle import Scenario, Unpredictable, load, predict
-from harness.trace import load as load_trace
+from harness.cli.generate import generate as generate_command
+from harness.corpus.trace import load as load_trace
+from harness.generation.generator import generate, slug
+from harness.generation.oracle import Scenario, Unpredictable, load, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "fixtures" / "labs" / "contoso.yaml"
@@ -61,7 +61,7 @@ def test_cli(tmp_path: Path) -> None:
 
 def test_the_oracle_shares_no_code_with_the_reference_mta() -> None:
     code = (
-        "import sys, harness.oracle; "
+        "import sys, harness.generation.oracle; "
         "bad = sorted(m for m in sys.modules if m.startswith(('reference_mta', 'harness.lab'))); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

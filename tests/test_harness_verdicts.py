@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from harness import cli, trace
+from harness.cli import app
+from harness.corpus import trace
 from harness.exit_codes import ExitCode
-from harness.replay import Exchange, SessionResult
-from harness.runner import SessionRun, TraceResult
+from harness.run.replay import Exchange, SessionResult
+from harness.run.runner import SessionRun, TraceResult
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ROOT / "traces" / "inbound" / "local-mailbox-on-gateway.yaml"
@@ -167,9 +168,9 @@ def test_mailflow_run_never_shows_the_previous_summary(
         # Stops before pytest_sessionfinish, which is what writes the summary.
         return pytest.ExitCode.INTERRUPTED
 
-    monkeypatch.setattr(cli, "pytest", SimpleNamespace(main=interrupted, ExitCode=pytest.ExitCode))
-    monkeypatch.setattr(cli, "console", Console(width=200))
-    result = CliRunner().invoke(cli.main, ["run", str(GOOD), "--reports", str(reports)])
+    monkeypatch.setattr(app, "pytest", SimpleNamespace(main=interrupted, ExitCode=pytest.ExitCode))
+    monkeypatch.setattr(app, "console", Console(width=200))
+    result = CliRunner().invoke(app.main, ["run", str(GOOD), "--reports", str(reports)])
     # An unfinished run cannot be trusted: the harness's exit code, not pytest's.
     assert result.exit_code == ExitCode.BROKEN
     assert not (reports / "last-run.json").exists()

@@ -17,9 +17,9 @@ import standin
 from click.testing import CliRunner
 
 from harness import targets
-from harness.cli_import import import_group
-from harness.runner import run_trace
-from harness.trace import load
+from harness.cli.importing import import_group
+from harness.corpus.trace import load
+from harness.run.runner import run_trace
 
 BAND = 3  # this module's band of the namespace network (tests/standin.py)
 UNAVAILABLE = targets.POSTFIX.unavailable() or (None if shutil.which("swaks") else "swaks is not installed")

@@ -23,14 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import targets
-from harness.cli_import import import_group
-from harness.importers import pcap
-from harness.importers.tcp import Reassembler
+from harness.capture.importers import pcap
+from harness.capture.importers.tcp import Reassembler
+from harness.cli.importing import import_group
+from harness.corpus.trace import load
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
+from harness.lab.placement import relocation
 from harness.lab.runtime import Lab
-from harness.runner import relocation, run_trace
-from harness.trace import load
+from harness.run.runner import run_trace
 
 CLIENT = ("127.0.0.200", 40000)
 SERVER = ("127.0.0.11", 25)

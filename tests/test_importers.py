@@ -1,4 +1,4 @@
-"""Importers of captured SMTP sessions (harness/importers) and `mailflow import`.
+"""Importers of captured SMTP sessions (harness/capture/importers) and `mailflow import`.
 
 The TCP reassembler and the dialogue splitter get crafted segment orders and byte streams; the three
 importers get inputs produced for real: a session against a running lab captured with tcpdump, a swaks
@@ -21,18 +21,19 @@ from capturing import Tcpdump, frame
 from click.testing import CliRunner
 
 from harness import targets
-from harness.cli_import import import_group
-from harness.importers import BadInput, pcap, swaks, w3c
-from harness.importers.dialogue import Stream, pair
-from harness.importers.tcp import Reassembler
-from harness.importers.to_trace import reply_expectation, to_trace
+from harness.capture.importers import BadInput, pcap, swaks, w3c
+from harness.capture.importers.dialogue import Stream, pair
+from harness.capture.importers.tcp import Reassembler
+from harness.capture.importers.to_trace import reply_expectation, to_trace
+from harness.capture.recorded import RecordedSession
+from harness.cli.importing import import_group
+from harness.corpus.trace import load
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
+from harness.lab.placement import relocation
 from harness.lab.runtime import Lab
-from harness.normalize import Normalizer
-from harness.recorded import RecordedSession
-from harness.runner import relocation, run_trace
-from harness.trace import load
+from harness.run.runner import run_trace
+from harness.smtp.masking import Normalizer
 
 CLIENT = ("127.0.0.200", 40000)
 SERVER = ("127.0.0.11", 25)

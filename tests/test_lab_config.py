@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from harness import cli, runner
+from harness.cli import app
 from harness.lab import config as lab_config
+from harness.lab import placement
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab, LabError
 from harness.yamlsource import SourceError
@@ -355,8 +356,8 @@ def test_unquoted_txt_is_one_literal_string(tmp_path: Path) -> None:
 
 
 def check_output(monkeypatch: pytest.MonkeyPatch, path: Path) -> tuple[int, str]:
-    monkeypatch.setattr(cli, "console", Console(width=10_000))
-    result = CliRunner().invoke(cli.main, ["check", str(path)])
+    monkeypatch.setattr(app, "console", Console(width=10_000))
+    result = CliRunner().invoke(app.main, ["check", str(path)])
     return result.exit_code, result.output
 
 
@@ -562,13 +563,13 @@ def test_relocation_gives_each_xdist_worker_its_own_block(
         environment.setenv("MAILFLOW_LAB_BASE", base)
     if worker is not None:
         environment.setenv("PYTEST_XDIST_WORKER", worker)
-    assert runner.relocation() == (expected, None)
+    assert placement.relocation() == (expected, None)
 
 
 def test_relocation_passes_the_port_offset(environment: pytest.MonkeyPatch) -> None:
     environment.setenv("MAILFLOW_PORT_OFFSET", "23000")
     environment.setenv("PYTEST_XDIST_WORKER", "gw1")
-    assert runner.relocation() == ("127.102.0.0", 23000)
+    assert placement.relocation() == ("127.102.0.0", 23000)
 
 
 @pytest.mark.parametrize(
@@ -586,7 +587,7 @@ def test_relocation_refuses_a_base_it_cannot_move(
     environment.setenv("MAILFLOW_LAB_BASE", base)
     environment.setenv("PYTEST_XDIST_WORKER", "gw6")
     with pytest.raises(ValueError, match=message):
-        runner.relocation()
+        placement.relocation()
 
 
 # --- organization ----------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import main
-from harness.evidence import Evidence
+from harness.cli.app import main
+from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.control import ControlError, request
 from harness.lab.runtime import Lab

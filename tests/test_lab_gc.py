@@ -14,7 +14,8 @@ import pytest
 from harness.lab import config as lab_config
 from harness.lab.config import GlobalCatalogConfig
 from harness.lab.gc import GcConnection, GlobalCatalogError, LdapQuery, MockGlobalCatalog
-from reference_mta.categorizer import RECIPIENT_ATTRIBUTES, Directory, DirectoryEntry, proxy_filter
+from reference_mta.categorizer import RECIPIENT_ATTRIBUTES
+from reference_mta.directory import Directory, DirectoryEntry, proxy_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 LDIF = ROOT / "fixtures" / "directory" / "contoso.ldif"

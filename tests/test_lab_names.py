@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import main
+from harness.cli.app import main
 from harness.exit_codes import ExitCode
 from harness.lab import config as lab_config
 from harness.lab.runtime import Lab

@@ -18,8 +18,9 @@ import aiosmtplib
 import pytest
 
 from harness.lab import config as lab_config
+from harness.lab.captures import Capture
 from harness.lab.config import Host, SinkRule
-from harness.lab.sinks import Capture, SinkHost
+from harness.lab.sinks import SinkHost
 
 ROOT = Path(__file__).resolve().parents[1]
 # Per-process port so parallel runs (xdist workers, other checkouts) do not collide.

@@ -20,11 +20,11 @@ from labprocess import LabProcess, environment, lab_processes, start
 from standin import WORKER, netns_config, send
 
 from harness import targets
-from harness.cli import main
+from harness.cli.app import main
 from harness.exit_codes import ExitCode
 from harness.lab.config import SinkRule
+from harness.lab.placement import netns_first_octet
 from harness.lab.runtime import Lab
-from harness.runner import netns_first_octet
 from harness.targets import Target
 
 # This module's bands of the namespace network (tests/standin.py): labs made here, and lab up's. Each

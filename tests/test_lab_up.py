@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from labprocess import MAILFLOW, LabProcess, environment, lab_processes, queues, start
 
 from harness import targets
-from harness.cli import main
+from harness.cli.app import main
 from harness.exit_codes import ExitCode
 from harness.lab.lock import LOCK_NAME
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness import matrix
-from harness.cli import main
+from harness.cli.app import main
+from harness.judge.deviations import Deviation, deviations
+from harness.reports import matrix
 from harness.targets import get
-from harness.targets.known_deviations import Deviation, deviations
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDING = Deviation(re.compile(r"got '2\.1\.5 Ok'"), "RCPT echoes no address (wording only)")

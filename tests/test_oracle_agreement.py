@@ -1,5 +1,5 @@
-"""The oracle (harness/oracle) against the reference MTA: random scenarios from the generator's decision
-space, each replayed through the real lab, must produce exactly what the oracle predicts — the RCPT
+"""The oracle (harness/generation/oracle) against the reference MTA: random scenarios from the generator's
+decision space, each replayed through the real lab, must produce exactly what the oracle predicts — the RCPT
 replies, every delivery (mailbox and server, Internet host and the server that handed it over, NDRs),
 the hop chain and nothing else. Hypothesis shrinks a disagreement to the smallest scenario it can find
 (fewest recipients, earliest entries of each list), which the failure message shows.
@@ -17,22 +17,23 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from harness import generate, tracefile
-from harness.oracle import Scenario, Unpredictable, load, predict
-from harness.runner import run_trace
+from harness.corpus import writer
+from harness.generation import generator
+from harness.generation.oracle import Scenario, Unpredictable, load, predict
+from harness.run.runner import run_trace
 from harness.targets import REFERENCE
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
 EXAMPLES = int(os.environ.get("MAILFLOW_ORACLE_EXAMPLES", "25"))
-ADDRESSES = sorted({a for kind in generate.RECIPIENTS.values() for a in kind})
+ADDRESSES = sorted({a for kind in generator.RECIPIENTS.values() for a in kind})
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    entry = draw(st.sampled_from(generate.ENTRIES))
-    sender = generate.OWN_ADDRESS[entry.auth] if entry.auth else draw(st.sampled_from(generate.SENDERS))
+    entry = draw(st.sampled_from(generator.ENTRIES))
+    sender = generator.OWN_ADDRESS[entry.auth] if entry.auth else draw(st.sampled_from(generator.SENDERS))
     recipients = draw(st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=3, unique=True))
-    down = draw(st.sampled_from(((), *generate.DOWN)))
+    down = draw(st.sampled_from(((), *generator.DOWN)))
     return Scenario(
         entry.client, entry.server, entry.virtual_server, entry.auth, sender, tuple(recipients), down
     )
@@ -52,10 +53,10 @@ def test_reference_mta_does_what_the_oracle_predicts(scenario: Scenario) -> None
         assume(False)  # the documents do not decide it: nothing to compare
         return
     # Known reference MTA defects are reported (docs/decisions.md), not re-found on every run.
-    assume(generate.known_disagreement(prediction) is None)
+    assume(generator.known_disagreement(prediction) is None)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "traces" / "scenario.yaml"
-        trace = tracefile.write(generate.document(world, scenario, prediction), path)
+        trace = writer.write(generator.document(world, scenario, prediction), path)
         result = run_trace(trace, REFERENCE)
     reasoning = "\n  ".join(prediction.notes)
     failures = "\n  ".join(result.failures())

@@ -6,22 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from reference_mta.mailmsg import MailMsg
-from reference_mta.queuing import (
+from reference_mta.queue_contract import (
     DIRECTORY_LOOKUP,
     PENDING_SUBMISSION,
     RETRY,
-    AdvancedQueuingEngine,
     Components,
     DeliveryResult,
     Hop,
-    QueueDirectory,
+    HopKind,
+    QueueState,
     RetryPolicy,
 )
+from reference_mta.queue_store import QueueDirectory
+from reference_mta.queuing import AdvancedQueuingEngine
 from reference_mta.tracking import TrackingLog, read_events
 
 
@@ -50,7 +53,7 @@ def _components(delivered: list[str], *, fail_local: bool = False) -> Components
 
     return Components(
         categorize=categorize,
-        route=lambda msg, r: Hop("x", "dns"),
+        route=lambda msg, r: Hop("x", HopKind.DNS),
         deliver_local=deliver_local,
         deliver_remote=deliver_remote,
         make_ndr=lambda msg, failed, content: None,
@@ -151,3 +154,50 @@ def test_the_envelope_moves_through_named_queues(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert seen == [DIRECTORY_LOOKUP]
+
+
+def test_a_message_in_a_link_queue_keeps_its_next_hop_across_a_restart(tmp_path: Path) -> None:
+    hop = Hop(
+        "fabrikam.com", HopKind.SMART_HOST, targets=("[198.18.0.9]",), spec="OUT-9b", detail="smart host"
+    )
+    sent: list[Hop] = []
+
+    def components(deliver: Components) -> Components:
+        deliver.categorize = _mark_remote
+        deliver.route = lambda msg, recipient: hop
+        return deliver
+
+    async def stalled(hop_: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
+        await asyncio.Event().wait()  # the remote server never answers: the service stops meanwhile
+        raise AssertionError("unreachable")
+
+    async def delivered(hop_: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
+        sent.append(hop_)
+        return DeliveryResult(delivered=list(msg.recipients), failed=[], deferred=[])
+
+    async def first_run() -> None:
+        engine = _engine(tmp_path)
+        engine.start(components(replace(_components([]), deliver_remote=stalled)))
+        await engine.submit(MailMsg.new("ann@contoso.com", ["bob@fabrikam.com"]), b"z")
+        # Active: the session to the next hop has begun, so routing is over and the envelope it
+        # routed is gone; only the part in the link queue is on disk.
+        await _until(lambda: [e.state for e in engine.entries.values()] == [QueueState.ACTIVE])
+        await engine.stop()
+
+    async def second_run() -> None:
+        engine = _engine(tmp_path)
+        engine.start(components(replace(_components([]), deliver_remote=delivered)))
+        await _until(lambda: bool(sent) and engine.idle())
+        await engine.stop()
+
+    asyncio.run(first_run())
+    (envelope,) = (tmp_path / "Queue").glob("*.json")
+    assert json.loads(envelope.read_text())["hop"]["kind"] == "smart_host"  # the plain word on disk
+    assert [entry.hop for entry in QueueDirectory(tmp_path / "Queue").load()] == [hop]
+    asyncio.run(second_run())
+    assert sent == [hop] and isinstance(sent[0].kind, HopKind)
+
+
+async def _mark_remote(msg: MailMsg) -> None:
+    for recipient in msg.recipients:
+        recipient.status = "remote"

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from harness import targets
-from harness.importers.to_trace import Converted, to_trace
+from harness.capture.importers.to_trace import Converted, to_trace
+from harness.capture.proxy import RecordingProxy
+from harness.capture.recorded import RecordedSession
 from harness.lab import config as lab_config
 from harness.lab.runtime import Lab
-from harness.normalize import Normalizer
-from harness.record import RecordingProxy
-from harness.recorded import RecordedSession
-from harness.runner import run_trace
+from harness.run.runner import run_trace
+from harness.smtp.masking import Normalizer
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)

@@ -14,12 +14,12 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, SinkRule
 from harness.lab.runtime import Lab
 from reference_mta.gateway import GatewayBusy
-from reference_mta.queuing import RetryPolicy
+from reference_mta.queue_contract import RetryPolicy
 from reference_mta.tracking import read_events
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"

@@ -1,4 +1,5 @@
-"""Tests for the replay client (harness.replay) and its building blocks (harness.reply, harness.script).
+"""Tests for the replay client (harness.run.replay) and its building blocks (harness.smtp.reply,
+harness.corpus.script).
 
 Sessions run over real loopback sockets: against aiosmtpd for realistic SMTP behaviour, and against
 tiny hand-written asyncio servers where we need to see the exact bytes or misbehave on purpose.
@@ -18,17 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from harness.replay import ConnectError, SessionResult, run_session
-from harness.reply import (
-    ConnectionClosed,
-    MalformedReply,
-    Reply,
-    ReplyMatcher,
-    ReplyTimeout,
-    read_reply,
-    show_bytes,
-)
-from harness.script import (
+from harness.corpus.script import (
     Bdat,
     Close,
     Data,
@@ -45,6 +36,16 @@ from harness.script import (
     parse_script,
     parse_step,
     unescape,
+)
+from harness.run.replay import ConnectError, SessionResult, run_session
+from harness.smtp.reply import (
+    ConnectionClosed,
+    MalformedReply,
+    Reply,
+    ReplyMatcher,
+    ReplyTimeout,
+    read_reply,
+    show_bytes,
 )
 
 T = TypeVar("T")

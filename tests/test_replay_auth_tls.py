@@ -10,8 +10,8 @@ from typing import Any
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from harness.replay import SessionResult, run_session
-from harness.script import parse_script
+from harness.corpus.script import parse_script
+from harness.run.replay import SessionResult, run_session
 
 
 class Handler:

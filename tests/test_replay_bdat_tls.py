@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import trustme
 
-from harness.replay import SessionResult, run_session
-from harness.reply import ReplyMatcher
-from harness.script import Bdat, Expect, ScriptError, parse_script
+from harness.corpus.script import Bdat, Expect, ScriptError, parse_script
+from harness.run.replay import SessionResult, run_session
+from harness.smtp.reply import ReplyMatcher
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 WAIT = 5.0

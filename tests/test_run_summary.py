@@ -21,7 +21,8 @@ import pytest
 
 from harness.exit_codes import ExitCode
 from harness.lab import config as lab_config
-from harness.runner import KNOCK_ON, relocation
+from harness.lab.placement import relocation
+from harness.run.runner import KNOCK_ON
 from tests.mailflow_cli import (
     AUTH,
     GOOD,

@@ -15,7 +15,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from leftovers import HOLD, MAILFLOW, WORKER, child_env
 
-from harness.cli import main
+from harness.cli.app import main
 from harness.lab import config as lab_config
 
 BASE = f"127.{220 + WORKER % 10}.0.0"

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from labprocess import LabProcess, environment, lab_processes, start
 
-from harness.cli import main
+from harness.cli.app import main
 from harness.exit_codes import ExitCode
 
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)

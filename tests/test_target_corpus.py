@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import matrix, targets
-from harness.runner import run_trace
+from harness import targets
+from harness.corpus.trace import load
+from harness.judge.deviations import deviations
+from harness.reports import matrix
+from harness.run.runner import run_trace
 from harness.targets import Target
-from harness.targets.known_deviations import deviations
-from harness.trace import load
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = sorted(

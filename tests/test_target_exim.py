@@ -25,9 +25,9 @@ from standin import base, delivered, send
 from harness import targets
 from harness.lab import netns
 from harness.lab.config import LabConfig
+from harness.lab.recipients import Contact, Group, Login, Mailbox, RecipientTable
 from harness.lab.runtime import Lab
 from harness.targets import exim
-from harness.targets.recipients import Contact, Group, Login, Mailbox, RecipientTable
 
 BAND = 170
 BASE = base(BAND)

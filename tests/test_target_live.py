@@ -12,7 +12,7 @@ import pytest
 from standin import delivered, netns_config, send
 
 from harness import targets
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab.runtime import Lab
 from harness.targets import Target
 

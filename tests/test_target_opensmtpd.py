@@ -17,7 +17,7 @@ import standin
 from standin import base, send
 
 from harness import targets
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab.config import LabConfig
 from harness.lab.runtime import Lab
 from harness.targets import opensmtpd

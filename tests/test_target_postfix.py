@@ -16,12 +16,12 @@ import standin
 from standin import base
 
 from harness import targets
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab.config import LabConfig
+from harness.lab.placement import relocation
+from harness.lab.recipients import Login, RecipientTable
 from harness.lab.runtime import Lab
-from harness.runner import relocation
 from harness.targets import postfix
-from harness.targets.recipients import Login, RecipientTable
 
 BAND = 110
 BASE = base(BAND)

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from harness import cli, trace
-from harness.script import Bdat, Data, Step, TlsHandshake
+from harness.cli import app
+from harness.corpus import trace
+from harness.corpus.script import Bdat, Data, Step, TlsHandshake
 from harness.yamlsource import SourceError
 from tests.sourcetext import line_with, replace_once, write
 
@@ -179,7 +180,7 @@ def test_unknown_catalogue_id(tmp_path: Path) -> None:
         error,
         line_with(text, "- IN-99"),
         "spec[1]",
-        "unknown catalogue ID 'IN-99' (see harness/catalogue.yaml)",
+        "unknown catalogue ID 'IN-99' (see harness/corpus/catalogue.yaml)",
     )
 
 
@@ -494,11 +495,11 @@ def test_mailflow_check_prints_file_line_field_and_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A wide console: rich would otherwise wrap the long tmp path at 80 columns.
-    monkeypatch.setattr(cli, "console", Console(width=10_000))
+    monkeypatch.setattr(app, "console", Console(width=10_000))
     text = mutate("- send: QUIT", '- send: "QUIT\\nRSET"')
     broken = write_trace(tmp_path, text)
     good = CORPUS[0]
-    result = CliRunner().invoke(cli.main, ["check", str(good), str(broken)])
+    result = CliRunner().invoke(app.main, ["check", str(good), str(broken)])
     assert result.exit_code == 2, result.output  # invalid input (harness/exit_codes.py)
     assert f"ok {good}" in result.output
     line = line_with(text, "RSET")
@@ -507,7 +508,7 @@ def test_mailflow_check_prints_file_line_field_and_fails(
 
 
 def test_mailflow_check_passes_a_good_trace() -> None:
-    result = CliRunner().invoke(cli.main, ["check", str(CORPUS[0])])
+    result = CliRunner().invoke(app.main, ["check", str(CORPUS[0])])
     assert result.exit_code == 0, result.output
 
 
@@ -515,9 +516,9 @@ def test_mailflow_check_passes_a_good_trace() -> None:
 def test_mailflow_check_shows_the_value_verbatim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    monkeypatch.setattr(cli, "console", Console(width=10_000))
+    monkeypatch.setattr(app, "console", Console(width=10_000))
     broken = write_trace(tmp_path, mutate("- expect: 221", f'- expect: {{regex: "{value}"}}'))
-    result = CliRunner().invoke(cli.main, ["check", str(broken)])
+    result = CliRunner().invoke(app.main, ["check", str(broken)])
     assert isinstance(result.exception, SystemExit), result.exception
     assert f"expect: regex '{value}' does not compile" in result.output
 

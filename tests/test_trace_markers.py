@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CATALOGUE: dict[str, dict[str, str]] = yaml.safe_load((ROOT / "harness" / "catalogue.yaml").read_text())[
-    "ids"
-]
+_CATALOGUE_FILE = ROOT / "harness" / "corpus" / "catalogue.yaml"
+CATALOGUE: dict[str, dict[str, str]] = yaml.safe_load(_CATALOGUE_FILE.read_text())["ids"]
 SPECS: dict[str, list[str]] = {
     str(path.relative_to(ROOT)): yaml.safe_load(path.read_text())["spec"]
     for path in sorted((ROOT / "traces").rglob("*.yaml"))

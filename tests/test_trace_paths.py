@@ -23,8 +23,8 @@ import pytest
 
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
+from harness.lab.placement import relocation
 from harness.lab.runtime import Lab
-from harness.runner import relocation
 from tests.sourcetext import write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +191,8 @@ def project(tmp_path: Path) -> Path:
     write(root / "recorded" / "session.yaml", GOOD.read_text().replace("id: inbound/", "id: recorded/"))
     write(root / "fixtures" / "labs" / "contoso.yaml", LAB_TEXT)
     write(root / "lab.yml", LAB_TEXT)
-    write(root / "harness" / "catalogue.yaml", (ROOT / "harness" / "catalogue.yaml").read_text())
+    catalogue = Path("harness", "corpus", "catalogue.yaml")
+    write(root / catalogue, (ROOT / catalogue).read_text())
     for deviations in (ROOT / "harness" / "targets" / "deviations").glob("*.yaml"):
         write(root / "harness" / "targets" / "deviations" / deviations.name, deviations.read_text())
     write(root / "notes" / "template.yaml", "key: {{ not yaml\n")
@@ -234,7 +235,7 @@ def test_a_broken_trace_in_the_corpus_is_reported_with_file_and_line(project: Pa
 
 
 @pytest.mark.parametrize(
-    "name", ["fixtures/labs/contoso.yaml", "harness/catalogue.yaml", "notes/template.yaml"]
+    "name", ["fixtures/labs/contoso.yaml", "harness/corpus/catalogue.yaml", "notes/template.yaml"]
 )
 def test_a_yaml_file_named_on_the_command_line_is_an_invalid_trace(project: Path, name: str) -> None:
     """A file named is run as a trace whatever it holds: one that is none is reported, never dropped."""
@@ -264,7 +265,7 @@ def test_check_tells_a_lab_from_a_trace_by_its_content(project: Path) -> None:
     assert "ok project/lab.yml" in lines
     assert "ok project/fixtures/labs/contoso.yaml" in lines
     assert "ok project/recorded/session.yaml" in lines
-    assert "skipped project/harness/catalogue.yaml: neither a trace nor a lab file" in lines
+    assert "skipped project/harness/corpus/catalogue.yaml: neither a trace nor a lab file" in lines
     assert any(
         re.search(r"broken-lab\.yaml:\d+: organisation: unknown field 'organisation'", line) for line in lines
     ), done.stdout

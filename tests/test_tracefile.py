@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import tracefile
-from harness.trace import load
+from harness.corpus import writer
+from harness.corpus.trace import load
 from harness.yamlsource import SourceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_every_trace_of_the_corpus_written_again_loads_back_the_same(tmp_path: P
     for sibling in source.parent.iterdir():  # message files the trace names beside it
         if sibling.is_file() and sibling.suffix != ".yaml":
             shutil.copy(sibling, target.parent)
-    written = tracefile.write(document, target)
+    written = writer.write(document, target)
     original = load(source)
     assert [without_lines(s) for s in written.sessions] == [without_lines(s) for s in original.sessions]
     assert written.outcome == original.outcome
@@ -68,7 +68,7 @@ def test_steps_are_one_per_line_in_the_house_style() -> None:
         ],
         "outcome": {"nothing_delivered": True},
     }
-    assert tracefile.dump(document).splitlines() == [
+    assert writer.dump(document).splitlines() == [
         "id: recorded/example",
         "title: An example",
         "spec: [IN-3]",
@@ -88,5 +88,5 @@ def test_steps_are_one_per_line_in_the_house_style() -> None:
 def test_a_document_the_loader_refuses_is_not_kept(tmp_path: Path) -> None:
     broken = {"id": "recorded/broken", "title": "x", "spec": ["NO-SUCH-ID"], "lab": "contoso", "sessions": []}
     with pytest.raises(SourceError):
-        tracefile.write(broken, tmp_path / "broken.yaml")
+        writer.write(broken, tmp_path / "broken.yaml")
     assert list(tmp_path.iterdir()) == []

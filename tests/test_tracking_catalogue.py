@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from harness import targets
-from harness.runner import run_trace
-from harness.trace import load
+from harness.corpus.trace import load
+from harness.run.runner import run_trace
 from reference_mta import tracking
 from reference_mta.tracking import CATALOGUE, Source
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harness.cli import main
+from harness.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 REFUSED = "      - expect: {code: 550, enhanced: 5.7.1}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.evidence import Evidence
+from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
 from harness.lab.runtime import Lab
 from reference_mta import replies

@@ -16,13 +16,25 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from harness.lab.sinks import Capture
+from typing import Any
 
 SINKS_FOLDER = "sinks"
 _NUMBERED = re.compile(r"(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One accepted message. `mail_from` is "" for the null reverse-path; options are as sent."""
+
+    time: float
+    host: str
+    peer: str
+    helo: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    mail_options: tuple[str, ...]
+    rcpt_options: tuple[str, ...]
 
 
 class CaptureFileError(ValueError):

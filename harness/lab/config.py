@@ -21,8 +21,8 @@ import dns.name
 from harness import yamlsource
 from harness.lab.addresses import LOOPBACK, is_lab_address
 from harness.lab.dns import Fault, Record, check_record, ptr_name
-from reference_mta import topology
-from reference_mta.queuing import RetryPolicy
+from reference_mta import topology, topology_reader
+from reference_mta.queue_contract import RetryPolicy
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -169,8 +169,8 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         return hosts[name.lower()].address
 
     try:
-        organization = topology.build(data["organization"], address_of, host_address, offset)
-    except topology.TopologyError as exc:
+        organization = topology_reader.build(data["organization"], address_of, host_address, offset)
+    except topology_reader.TopologyError as exc:
         raise document.error(exc.location, exc.message) from exc
     for server in organization.servers:
         for vs in server.virtual_servers:

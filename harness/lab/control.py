@@ -28,14 +28,13 @@ import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from harness.lab.admin import LabAdmin
 from harness.lab.lock import holder
+from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MtaQueue, NotPossible
-from reference_mta.queuing import ACTIVE, FROZEN, READY, RETRYING, SYSTEM_QUEUES
-
-if TYPE_CHECKING:
-    from harness.lab.runtime import Lab
+from reference_mta.queue_contract import SYSTEM_QUEUES, QueueState
 
 SOCKET_NAME = "control.sock"
 
@@ -65,7 +64,7 @@ def choose(what: str, name: str, valid: Iterable[str], where: str) -> str:
 
 
 class ControlServer:
-    def __init__(self, lab: Lab, path: Path) -> None:
+    def __init__(self, lab: LabAdmin, path: Path) -> None:
         self.lab = lab
         self.path = path
         self._server: asyncio.AbstractServer | None = None
@@ -153,8 +152,6 @@ class ControlServer:
         """The store takes a submission only from a mailbox it holds; the directory says which."""
         if not self.lab.gc.available:
             return mailbox  # the store says it cannot look the mailbox up
-        # Imported here: harness.targets imports the lab runtime, which imports this module.
-        from harness.targets.recipients import RecipientTable
 
         table = RecipientTable.from_directory(
             self.lab.gc.connect("mailflow submit"), self.lab.config.global_catalog.base_dn
@@ -245,13 +242,13 @@ def queue_table(
         for name, items in queues.items():
             states = {item["state"] for item in items}
             state = (
-                FROZEN
+                QueueState.FROZEN
                 if name.lower() in frozen.get(server, set())
-                else ACTIVE
-                if ACTIVE in states
-                else RETRYING
-                if states == {RETRYING}
-                else READY
+                else QueueState.ACTIVE
+                if QueueState.ACTIVE in states
+                else QueueState.RETRY
+                if states == {QueueState.RETRY}
+                else QueueState.READY
             )
             retries = [item["next_retry"] for item in items if item.get("next_retry")]
             rows.append(

@@ -29,7 +29,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import safe_dn
 
 from harness.lab.config import GlobalCatalogConfig
-from reference_mta.categorizer import DirectoryEntry, DirectoryUnavailable
+from reference_mta.directory import DirectoryEntry, DirectoryUnavailable
 
 __all__ = ["AUTH_CLIENT", "GcConnection", "GlobalCatalogError", "LdapQuery", "MockGlobalCatalog"]
 
@@ -69,7 +69,7 @@ class LdapQuery:
 
 
 class GcConnection:
-    """One client's connection, bound as the categorizer account; a `reference_mta.categorizer.Directory`."""
+    """One client's connection, bound as the categorizer account; a `reference_mta.directory.Directory`."""
 
     def __init__(self, catalog: MockGlobalCatalog, client: str, connection: ldap3.Connection) -> None:
         self._catalog = catalog

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.lab.addresses import is_lab_address
+from harness.lab.admin import StandInFactory
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.control import SOCKET_NAME, ControlServer
@@ -28,9 +29,9 @@ from harness.lab.gc import MockGlobalCatalog
 from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
-from harness.lab.standin import StandIn, StandInFactory
+from harness.lab.standin import StandIn
 from reference_mta.linkstate import LinkState
-from reference_mta.queuing import DIRECTORY_LOOKUP, RetryPolicy
+from reference_mta.queue_contract import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
 
 T = TypeVar("T")

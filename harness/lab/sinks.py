@@ -23,7 +23,7 @@ from typing import AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from harness.lab.addresses import check_endpoint
-from harness.lab.captures import SINKS_FOLDER, CaptureFolder
+from harness.lab.captures import SINKS_FOLDER, Capture, CaptureFolder
 from harness.lab.config import Host, SinkRule
 
 __all__ = ["ACTIONS", "COMMANDS", "SINKS_FOLDER", "Capture", "SessionLog", "SinkHost"]
@@ -43,21 +43,6 @@ _OK = "250 OK"
 # What _outcome() returns once the connection has been dropped: nothing will be sent.
 _DROPPED = ""
 _STOP_GRACE = 1.0
-
-
-@dataclass(frozen=True)
-class Capture:
-    """One accepted message. `mail_from` is "" for the null reverse-path; options are as sent."""
-
-    time: float
-    host: str
-    peer: str
-    helo: str
-    mail_from: str
-    rcpt_tos: tuple[str, ...]
-    data: bytes
-    mail_options: tuple[str, ...]
-    rcpt_options: tuple[str, ...]
 
 
 @dataclass

@@ -5,15 +5,12 @@ own queues for `mailflow queues` and `mailflow lab freeze`, and stops it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from harness.lab.netns import Namespace
-
-if TYPE_CHECKING:
-    from harness.lab.runtime import Lab
+from reference_mta.queue_contract import QueueState
 
 
 class NotPossible(ValueError):
@@ -27,7 +24,7 @@ class MtaQueue:
     (Ready, Active, Retry, Frozen); next_retry is a time.time() value, None if nothing waits for one."""
 
     name: str
-    state: str
+    state: QueueState
     count: int
     recipients: tuple[str, ...] = ()
     next_retry: float | None = None
@@ -64,7 +61,3 @@ class StandIn(Protocol):
         """Hold (or release) what waits in `queue` as the MTA can; says what was done. NotPossible for
         a queue it does not have, or if it cannot."""
         ...
-
-
-# Made when the lab's own hosts are running (the directory is loaded, its DNS answers).
-StandInFactory = Callable[["Lab"], StandIn]

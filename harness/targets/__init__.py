@@ -15,17 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
+from harness.corpus.trace import ForeignMemo, LabAction, Session, Submission, Trace
+from harness.judge.deviations import Tolerate, deviations
 from harness.lab import netns
+from harness.lab.admin import LabAdmin
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
+from harness.lab.recipients import RecipientTable
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
-from harness.replay import Tolerate
-from harness.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
 from harness.targets import exim, opensmtpd, postfix
-from harness.targets.known_deviations import deviations
-from harness.targets.recipients import RecipientTable
-from harness.trace import ForeignMemo, LabAction, Session, Submission, Trace
 
 
 class NoSuchServer(ValueError):
@@ -79,7 +79,7 @@ class Target:
             )
         adapter = self.adapter
 
-        def stand_in(lab: Lab) -> StandIn:
+        def stand_in(lab: LabAdmin) -> StandIn:
             directory = lab.gc.connect(f"{self.name} configuration")
             table = RecipientTable.from_directory(directory, lab.config.global_catalog.base_dn)
             root = lab.workdir / f"{server}-{adapter.name}"
@@ -98,7 +98,7 @@ class Adapter:
 
 
 # Capabilities that only decide which checks can be made: a trace that declares them still runs on a
-# target without them, and those checks are reported as not observable (harness/expect.py).
+# target without them, and those checks are reported as not observable (harness/judge/expectations.py).
 OBSERVATIONAL = frozenset({"tracking", "ldap_log", "queues"})
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MailboxDelivery
-from harness.targets.recipients import RecipientTable
 from reference_mta.topology import VirtualServer
 
 # Where `make mtas` unpacks the MTAs whose Debian packages conflict with the installed one.

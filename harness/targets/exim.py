@@ -37,6 +37,7 @@ from pathlib import Path
 
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     UNPACKED,
@@ -50,8 +51,8 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import ClientRule, NextHop, ServerPlan, plan
-from harness.targets.recipients import RecipientTable
 from reference_mta import replies
+from reference_mta.queue_contract import QueueState
 
 EXIM = UNPACKED / "usr" / "sbin" / "exim4"
 CONFIG_DIR = "/etc/exim4"  # compiled into Debian's binary, with exim4.conf in it
@@ -463,12 +464,12 @@ class EximStandIn(StandInBase):
         messages = listed(self._exim("-bp", what="exim -bp (list the queue)"))
         waiting = [m for m in messages if not m.frozen]
         frozen = [m for m in messages if m.frozen]
-        state = "Active" if not self.idle() else "Retry" if waiting else "Ready"
+        state = QueueState.ACTIVE if not self.idle() else QueueState.RETRY if waiting else QueueState.READY
         return [
             MtaQueue(QUEUE, state, len(waiting), tuple(r for m in waiting for r in m.recipients)),
             MtaQueue(
                 FROZEN_QUEUE,
-                "Frozen" if frozen else "Ready",
+                QueueState.FROZEN if frozen else QueueState.READY,
                 len(frozen),
                 tuple(r for m in frozen for r in m.recipients),
             ),

@@ -52,6 +52,7 @@ from pathlib import Path
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     UNPACKED,
@@ -64,8 +65,8 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import EVERYONE, ClientRule, Listener, NextHop, Route, ServerPlan, plan
-from harness.targets.recipients import RecipientTable
 from reference_mta import replies
+from reference_mta.queue_contract import QueueState
 
 SMTPD = UNPACKED / "usr" / "sbin" / "smtpd"
 SMTPCTL = UNPACKED / "usr" / "sbin" / "smtpctl"
@@ -471,18 +472,18 @@ class OpenSmtpdStandIn(StandInBase):
         waiting = [e for e in envelopes if not e.suspended]
         suspended = [e for e in envelopes if e.suspended]
         state = (
-            "Active"
+            QueueState.ACTIVE
             if any(e.state == "inflight" for e in waiting)
-            else "Retry"
+            else QueueState.RETRY
             if any(e.tried for e in waiting)
-            else "Ready"
+            else QueueState.READY
         )
         # No next retry: smtpd's own schedule (hours) is not when the lab retries (Retries, every second).
         return [
             MtaQueue(QUEUE, state, len(waiting), tuple(e.recipient for e in waiting)),
             MtaQueue(
                 SUSPENDED,
-                "Frozen" if suspended else "Ready",
+                QueueState.FROZEN if suspended else QueueState.READY,
                 len(suspended),
                 tuple(e.recipient for e in suspended),
             ),

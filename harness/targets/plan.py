@@ -11,10 +11,10 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from harness.lab.config import LabConfig
-from harness.targets.recipients import Mailbox, RecipientTable
+from harness.lab.recipients import Mailbox, RecipientTable
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg
-from reference_mta.queuing import Hop
+from reference_mta.queue_contract import Hop, HopKind
 from reference_mta.routing import RoutingEngine
 from reference_mta.topology import Organization, Server, VirtualServer
 
@@ -272,10 +272,10 @@ def _probe_domain(pattern: str) -> str:
 
 
 def _next_hop(organization: Organization, hop: Hop) -> NextHop | None:
-    if hop.kind == "smart_host" and hop.targets:
+    if hop.kind == HopKind.SMART_HOST and hop.targets:
         host, _, port = hop.targets[0].strip("[]").partition("]:")
         return NextHop(host, int(port) if port else 25)
-    if hop.kind == "server" and hop.targets:
+    if hop.kind == HopKind.SERVER and hop.targets:
         server = organization.server_by_fqdn(hop.targets[0])
         if server is not None:
             return NextHop(server.address, server.default_virtual_server.port)

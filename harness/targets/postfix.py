@@ -35,6 +35,7 @@ from typing import Any
 
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+from harness.lab.recipients import Login, RecipientTable
 from harness.lab.standin import MailboxDelivery, MtaQueue, NotPossible
 from harness.targets.daemon import (
     StandInBase,
@@ -45,17 +46,17 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import Listener, NextHop, RecipientFilter, ServerPlan, plan
-from harness.targets.recipients import Login, RecipientTable
+from reference_mta.queue_contract import QueueState
 from reference_mta.topology import Server
 
 SPOOL_QUEUES = ("maildrop", "incoming", "active")
 # Postfix's queues as `postqueue -j` names them, with the Queue Viewer state each one means.
 QUEUE_STATES = {
-    "maildrop": "Ready",
-    "incoming": "Ready",
-    "active": "Active",
-    "deferred": "Retry",
-    "hold": "Frozen",
+    "maildrop": QueueState.READY,
+    "incoming": QueueState.READY,
+    "active": QueueState.ACTIVE,
+    "deferred": QueueState.RETRY,
+    "hold": QueueState.FROZEN,
 }
 # What `postsuper -h` can put on hold (and `-H` releases from "hold").
 HOLDABLE = ("incoming", "active", "deferred")
@@ -456,7 +457,7 @@ class PostfixStandIn(StandInBase):
             here = [m for m in messages if m["queue_name"] == name]
             retries = [t for m in here if name == "deferred" and (t := self._next_attempt(m["queue_id"]))]
             recipients = {r["address"] for m in here for r in m.get("recipients", [])}
-            state = state if here else "Ready"
+            state = state if here else QueueState.READY
             found.append(MtaQueue(name, state, len(here), tuple(recipients), min(retries, default=None)))
         return found
 

@@ -1,0 +1,1 @@
+"""Captured sessions: the recording proxy, importers of captures, conversion to traces, --update."""

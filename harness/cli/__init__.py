@@ -1,0 +1,1 @@
+"""The `mailflow` command line."""

@@ -1,0 +1,553 @@
+"""The `mailflow` command.
+
+`mailflow run` is the main job: it replays the trace corpus through pytest (so the same traces run under
+`pytest traces/` with identical results), shows progress while the corpus runs, writes Allure results,
+JUnit XML and a JSON summary, prints a summary (`reports/summary.py`), and exits with one of the codes of
+harness/exit_codes.py — the CI gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness import exit_codes, targets
+from harness.cli import generate as cli_generate
+from harness.cli import importing as cli_import
+from harness.cli import lab as cli_lab
+from harness.cli import record as cli_record
+from harness.corpus.catalogue import catalogue, markdown
+from harness.corpus.trace import in_corpus, is_trace_file, load, sniff, yaml_files
+from harness.exit_codes import ExitCode, InputError
+from harness.lab import config as lab_config
+from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
+from harness.lab.placement import relocation
+from harness.reports import differential, matrix, summary
+from harness.run import outcomes, signals
+from harness.yamlsource import SourceError
+
+console = Console(stderr=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # CI logs are read in wide windows: don't fold the summary into 80 columns.
+    console = Console(stderr=False, width=150)
+DEFAULT_REPORTS = Path("reports")
+
+EXIT_CODES = exit_codes.help_text()
+TARGET_HELP = (
+    f"server under test: one of {', '.join(targets.TARGETS)}; a real MTA stands in for EX1, or for the "
+    "server named after a colon (postfix:EX2)"
+)
+
+
+def trace_files(paths: tuple[str, ...]) -> list[Path]:
+    """The trace files the PATHS name (default: traces/), by the rule pytest collects them with: a file
+    named is a trace, and a folder's YAML files are when they are in the corpus or look like traces."""
+    files: dict[Path, Path] = {}  # resolved → as given, so a file named twice runs once
+    for raw in paths or ("traces",):
+        path = Path(raw)
+        if path.is_dir():
+            found = []
+            for candidate in yaml_files(path):
+                if is_trace_file(candidate):
+                    found.append(candidate)
+                elif sniff(candidate) == "unreadable":
+                    # It may be a trace with a typo: say so rather than leave it out unseen.
+                    note = f"skipped {escape(str(candidate))}: its YAML does not parse (see mailflow check)"
+                    console.print(f"[yellow]{note}[/yellow]", highlight=False, soft_wrap=True)
+        elif path.exists():
+            if not is_trace_file(path, named=True):
+                raise click.BadParameter(
+                    f"{raw} is not a trace: a trace is a .yaml or .yml file", param_hint="PATHS"
+                )
+            found = [path]
+        else:
+            raise click.BadParameter(f"{raw} does not exist", param_hint="PATHS")
+        files.update((p.resolve(), p) for p in found if p.resolve() not in files)
+    return list(files.values())
+
+
+class ProgressPlugin:
+    """Feeds pytest's per-trace reports into a rich progress bar (works with xdist: the controller
+    receives every worker's reports)."""
+
+    def __init__(self, progress: Progress | None, task: Any) -> None:
+        self.progress = progress
+        self.task = task
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # -k and -m deselect traces: the bar counts those that run. Under xdist the controller collects
+        # nothing itself; its workers' collections say it (below).
+        if self.progress is not None and session.items:
+            self.progress.update(self.task, total=len(session.items))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, total=len(ids))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.progress is None:
+            return
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            name = report.nodeid.rsplit("::", 1)[-1]
+            self.progress.update(self.task, advance=1, description=f"{name} [{report.outcome}]")
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[ProgressPlugin]:
+    """A progress bar on the terminal, when there is one (piped: none). It writes to its own copy of
+    the terminal's file descriptor: while pytest runs, sys.stdout is /dev/null (pytest's own output
+    would tear the bar) and pytest captures file descriptors 1 and 2 around each trace."""
+    stream = sys.stderr if sys.stderr.isatty() else sys.stdout if sys.stdout.isatty() else None
+    if stream is None:
+        yield ProgressPlugin(None, None)
+        return
+    with (
+        os.fdopen(os.dup(stream.fileno()), "w") as terminal,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=terminal, force_terminal=True),
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        ) as progress,
+    ):
+        yield ProgressPlugin(progress, progress.add_task("starting", total=total))
+
+
+def replay_options(command: Any) -> Any:
+    """The options every command that replays traces takes: where reports go, workers, -k and -m filters."""
+    for option in reversed(
+        (
+            click.option(
+                "--reports",
+                "reports_dir",
+                type=click.Path(path_type=Path),
+                default=DEFAULT_REPORTS,
+                show_default=True,
+                help="folder for the Allure results, junit.xml and the run's JSON results",
+            ),
+            click.option(
+                "-n",
+                "--workers",
+                default="0",
+                show_default=True,
+                help="parallel workers (pytest-xdist), or auto",
+            ),
+            click.option(
+                "-k",
+                "keyword",
+                default=None,
+                help="only traces whose id or catalogue IDs match this pytest -k expression (-k RELAY-7)",
+            ),
+            click.option(
+                "-m",
+                "marker",
+                default=None,
+                help="only traces whose flows and catalogue IDs match this pytest -m expression "
+                '(-m "relay and not RELAY_1")',
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
+    files = trace_files(paths)
+    if not files:
+        # A run of nothing is not a pass.
+        raise InputError(f"no trace files found in {' '.join(paths) or 'traces'}")
+    return files
+
+
+def _targets(names: tuple[str, ...]) -> list[targets.Target]:
+    try:
+        chosen = [targets.get(name) for name in names]
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{exc} (a real MTA may name the server it stands in for: postfix:EX2)", param_hint="--target"
+        ) from exc
+    for target in chosen:
+        try:
+            # Where each target's labs will go, checked before any starts: a mistake in
+            # MAILFLOW_LAB_BASE, MAILFLOW_PORT_OFFSET or MAILFLOW_NETNS_SUBNET is the user's, said once.
+            relocation(netns=target.needs_netns)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    return chosen
+
+
+@click.group(epilog=EXIT_CODES)
+@click.version_option(package_name="mailflow", prog_name="mailflow")
+def main() -> None:
+    """mailflow: trace-replay and conformance test harness for mail transfer agents."""
+    signals.command_started()  # SIGTERM and SIGHUP stop a command as Ctrl-C does, lab cleaned up
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("paths", nargs=-1)
+@click.option("--target", "target_name", default="reference", show_default=True, help=TARGET_HELP)
+@click.option(
+    "--update",
+    is_flag=True,
+    help="rewrite failing expect steps to what the server said (code, masked text), showing the diff",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="list every trace in the summary, not only the ones to look at"
+)
+@replay_options
+def run(
+    paths: tuple[str, ...],
+    target_name: str,
+    update: bool,
+    verbose: bool,
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
+    marker: str | None,
+) -> None:
+    """Replay traces (default: traces/) against a target, write Allure results, JUnit XML
+    (REPORTS/junit.xml) and REPORTS/last-run.json, print a summary."""
+    (target,) = _targets((target_name,))
+    if update and target.name != "reference":
+        # A real MTA's replies are what the corpus compares against Exchange, not what it expects.
+        raise click.BadParameter(
+            "--update rewrites traces to the reference MTA's replies only", param_hint="--update"
+        )
+    files = _trace_files_or_exit(paths)
+    results = reports_dir / "last-run.json"
+    junit = reports_dir / "junit.xml"
+    selection = _selection(keyword, marker)
+    code, ran = _replay(files, target, reports_dir, workers, selection, results, update=update, junit=junit)
+    summary.print_summary(console, ran, verbose, details=[p for p in (results, junit) if p.exists()])
+    for outcome in ran:
+        if outcome.get("update"):
+            console.print(outcome["update"], markup=False, highlight=False, soft_wrap=True)
+    status = outcomes.run_exit_code(code, ran)
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        console.print("no trace was run (none matched)", style="red", highlight=False)
+    elif code in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+        console.print("the run did not finish: its results are incomplete", style="red", highlight=False)
+    sys.exit(int(status))
+
+
+def _selection(keyword: str | None, marker: str | None) -> list[str]:
+    """pytest's own -k and -m: the plugin gives every trace its IDs as keywords and markers."""
+    return [*(["-k", keyword] if keyword else []), *(["-m", marker] if marker else [])]
+
+
+def _replay(
+    files: list[Path],
+    target: targets.Target,
+    reports_dir: Path,
+    workers: str,
+    selection: list[str],
+    results_file: Path,
+    clean: bool = True,
+    update: bool = False,
+    junit: Path | None = None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run the traces on one target through pytest (the plugin does the work); its exit code and the
+    outcome of every trace."""
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    # A pytest that stops before its session finishes writes no summary: show none, not the last run's.
+    results_file.unlink(missing_ok=True)
+    args = [str(p) for p in files] + [
+        "--mailflow-target",
+        target.name,
+        "--mailflow-results",
+        str(results_file),
+        "--alluredir",
+        str(reports_dir / "allure-results"),
+        *(["--clean-alluredir"] if clean else []),
+        "-p",
+        "no:cacheprovider",
+        # Traces use no Hypothesis; its plugin (a dev extra) costs every worker seconds at its exit.
+        "-p",
+        "no:hypothesispytest",
+        "-q",
+        "--no-header",
+        "-rN",
+        "--tb=no",
+        "-o",
+        "console_output_style=classic",
+    ]
+    if update:
+        args.append("--mailflow-update")
+    if junit is not None:
+        # One testcase per trace, named by its id (the item's name), for CI systems that read JUnit.
+        args += ["--junitxml", str(junit), "-o", "junit_suite_name=mailflow", "-o", "junit_family=xunit2"]
+    if workers != "0":
+        args += ["-n", workers]
+    args += selection
+    console.print(f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]")
+    with _progress(len(files)) as plugin, open(os.devnull, "w") as quiet:
+        saved = sys.stdout
+        sys.stdout = quiet  # pytest's own terminal output would tear the progress bar
+        try:
+            code = pytest.main(args, plugins=[plugin])
+        finally:
+            sys.stdout = saved
+    ran: list[dict[str, Any]] = json.loads(results_file.read_text()) if results_file.exists() else []
+    return int(code), ran
+
+
+@main.command(name="matrix", epilog=EXIT_CODES)
+@click.argument("paths", nargs=-1)
+@click.option("--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give several")
+@replay_options
+def matrix_command(
+    paths: tuple[str, ...],
+    target_names: tuple[str, ...],
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
+    marker: str | None,
+) -> None:
+    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
+    Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
+    chosen = _targets(target_names)
+    files = _trace_files_or_exit(paths)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    statuses: list[ExitCode] = []
+    for number, target in enumerate(chosen):
+        results = reports_dir / "matrix" / f"{target.name.replace(':', '-')}.json"
+        # One Allure result folder for all targets: the report tells them apart by the target label.
+        code, runs[target.name] = _replay(
+            files, target, reports_dir, workers, _selection(keyword, marker), results, clean=number == 0
+        )
+        statuses.append(outcomes.run_exit_code(code, runs[target.name]))
+    table = matrix.build(runs)
+    names = [t.name for t in chosen]
+    (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names), encoding="utf-8")
+    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names), encoding="utf-8")
+    # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
+    # (matrix.md has the counts by status and the deviations' reasons).
+    cells = {
+        spec_id: [f"{row[n].status} ({sum(row[n].counts.values())})" if row[n].counts else "-" for n in names]
+        for spec_id, row in table.items()
+    }
+    first = max(len("ID"), *(len(spec_id) for spec_id in cells))
+    widths = [max(len(name), *(len(row[i]) for row in cells.values())) for i, name in enumerate(names)]
+    console.print(
+        (f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True))).rstrip(),
+        markup=False,
+        highlight=False,
+    )
+    for spec_id, row in cells.items():
+        text = f"{spec_id:<{first}}" + "".join(f"  {c:<{w}}" for c, w in zip(row, widths, strict=True))
+        console.print(text.rstrip(), markup=False, highlight=False)
+    width = summary.terminal_width(console)
+    for name, ran in runs.items():
+        # The traces to look at on each target, with their reasons (a deviation passed: not listed).
+        for outcome in ran:
+            if outcome["outcome"] != "passed":
+                console.print(summary.trace_line(outcome, width), soft_wrap=True, highlight=False)
+        console.print(f"{name}: {summary.totals(ran)}", markup=False, highlight=False)
+    console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
+    sys.exit(int(outcomes.worst(statuses)))
+
+
+@main.command(name="diff", epilog=EXIT_CODES)
+@click.argument("paths", nargs=-1)
+@click.option(
+    "--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give exactly two"
+)
+def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
+    """Replay the same traces on two targets; show where transcripts and outcomes differ, side by side.
+    Exit 1 if anything differs, 2 if a trace is invalid, 3 if a trace could not be run."""
+    if len(target_names) != 2:
+        raise click.BadParameter("give exactly two targets", param_hint="--target")
+    first, second = _targets(target_names)
+    files = _trace_files_or_exit(paths)
+    differing = 0
+    seen: list[dict[str, str]] = []  # each trace's outcome, for the exit code
+    for path in files:
+        try:
+            trace = load(path.resolve())
+        except SourceError as exc:
+            console.print(f"[red]invalid trace:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            seen.append({"outcome": "invalid"})
+            continue
+        for target in (first, second):
+            unavailable = target.unavailable()
+            missing = target.missing(trace) + ([unavailable] if unavailable else [])
+            if missing:
+                lacks = ", ".join(missing)
+                console.print(f"[yellow]{trace.id}: skipped: {target.name} lacks {lacks}[/yellow]")
+                break
+        else:
+            try:
+                result = differential.compare(trace, first, second)
+            except Exception as exc:
+                verdict, reason = outcomes.problem(exc)
+                console.print(
+                    f"{verdict} {trace.id}: {outcomes.one_line(reason)}", markup=False, highlight=False
+                )
+                seen.append({"outcome": verdict})
+                continue
+            if not result.differs:
+                console.print(f"[green]{trace.id}: same[/green]")
+                continue
+            differing += 1
+            seen.append({"outcome": "failed"})
+            table = Table(title=f"{trace.id}", show_lines=True)
+            table.add_column("where")
+            table.add_column(first.name)
+            table.add_column(second.name)
+            for where, left, right in result.hunks():
+                table.add_row(where, escape("\n".join(left)), escape("\n".join(right)))
+            console.print(table)
+    console.print(f"{len(files)} trace(s), {differing} differ")
+    sys.exit(int(outcomes.exit_code(seen)))
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option(
+    "--results",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"a run's JSON results  [default: {DEFAULT_REPORTS / 'last-run.json'}, if there is one]",
+)
+def coverage(paths: tuple[str, ...], results: Path | None) -> None:
+    """Catalogue IDs by traces (showing, boundary) and last result per target. Exits 2 if a trace is
+    invalid or the results file named does not exist."""
+    if results is not None and not results.is_file():
+        raise InputError(f"--results: {results} does not exist (mailflow run writes it)")
+    results = results or DEFAULT_REPORTS / "last-run.json"
+    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)  # ID → (trace, shows its boundary)
+    broken: list[str] = []
+    for path in trace_files(paths):
+        try:
+            trace = load(path.resolve())
+        except SourceError as exc:
+            broken.append(str(exc))
+            continue
+        for spec_id in trace.spec:
+            by_id[spec_id].append((trace.id, spec_id in trace.boundary))
+    last: dict[tuple[str, str], list[str]] = defaultdict(list)
+    target_names: list[str] = []
+    for outcome in _results(results) if results.exists() else []:
+        if outcome["target"] not in target_names:
+            target_names.append(outcome["target"])
+        for spec_id in outcome["spec"]:
+            last[(spec_id, outcome["target"])].append(outcome["outcome"])
+    table = Table(title="conformance coverage")
+    for column in ("ID", "flow", "traces", "shows", "boundary", *target_names):
+        table.add_column(column)
+    missing = 0
+    for entry in catalogue().values():
+        traces = by_id.get(entry.id, [])
+        shows = sum(1 for _, boundary in traces if not boundary)
+        bounds = sum(1 for _, boundary in traces if boundary)
+        if not traces:
+            missing += 1
+        cells = []
+        for name in target_names:
+            seen = last.get((entry.id, name), [])
+            cells.append(
+                "—"
+                if not seen
+                else (
+                    "[red]failed[/red]"
+                    if "failed" in seen
+                    else "[green]passed[/green]"
+                    if all(s == "passed" for s in seen)
+                    else "/".join(sorted(set(seen)))
+                )
+            )
+        table.add_row(entry.id, entry.flow, str(len(traces)), str(shows), str(bounds), *cells)
+    console.print(table)
+    console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
+    for problem in broken:
+        console.print(f"[red]invalid trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    if broken:
+        sys.exit(ExitCode.INPUT)
+
+
+def _results(path: Path) -> list[dict[str, Any]]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a mailflow run's JSON results ({exc})") from exc
+    if not isinstance(loaded, list) or not all(
+        isinstance(o, dict) and {"trace", "target", "spec", "outcome"} <= o.keys() for o in loaded
+    ):
+        raise InputError(f"{path}: not a mailflow run's JSON results (a list of trace outcomes)")
+    return loaded
+
+
+@main.command(name="catalogue")
+@click.option(
+    "--write", "destination", type=click.Path(path_type=Path), default=None, help="write to this file"
+)
+def catalogue_command(destination: Path | None) -> None:
+    """The conformance catalogue as Markdown (docs/catalogue.md)."""
+    if destination is None:
+        click.echo(markdown(), nl=False)
+        return
+    try:
+        destination.write_text(markdown(), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--write: cannot write {destination}: {exc.strerror or exc}") from exc
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def check(paths: tuple[str, ...]) -> None:
+    """Validate trace and lab files without running anything. Exits 2 if any is invalid."""
+    problems = 0
+    for raw in paths:
+        named = not Path(raw).is_dir()
+        for path in [Path(raw)] if named else yaml_files(Path(raw)):
+            # What a file is, is told by its content; a folder's YAML that is neither is not checked.
+            kind = sniff(path)
+            if not named and kind == "other" and not in_corpus(path):
+                note = f"skipped {escape(str(path))}: neither a trace nor a lab file"
+                console.print(f"[bright_black]{note}[/]", highlight=False)
+                continue
+            try:
+                if kind == "lab":
+                    config = lab_config.load(path.resolve())
+                    # The directory is only parsed when a lab starts; a broken LDIF must show up here.
+                    MockGlobalCatalog(config.global_catalog).load()
+                else:
+                    load(path.resolve())
+                console.print(f"[green]ok[/green] {path}")
+            except (SourceError, GlobalCatalogError) as exc:
+                problems += 1
+                # soft_wrap keeps "file:line: field: message" on one line for grep and editors.
+                console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    sys.exit(ExitCode.INPUT if problems else ExitCode.OK)
+
+
+# The commands that drive a lab started by hand live in their own module.
+main.add_command(cli_lab.lab)
+main.add_command(cli_lab.queues)
+main.add_command(cli_lab.submit)
+main.add_command(cli_lab.sinks)
+main.add_command(cli_record.record_command)
+main.add_command(cli_import.import_group)
+main.add_command(cli_generate.generate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The corpus: the trace model and its script, the conformance catalogue, the trace writer, message files."""

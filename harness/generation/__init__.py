@@ -1,0 +1,1 @@
+"""Generated traces: the generator and the oracle that predicts their outcomes."""

@@ -1,0 +1,193 @@
+"""Where a message goes once the categorizer knows the recipient: the routing rules of the seeds.
+
+- C-RE / IN-6b: link-state routing finds the least expensive available path between routing groups
+  (routing group connectors that are up, each one way, with its own cost);
+- IN-7a: mail for a mailbox on another server goes to that server, through the bridgeheads of the
+  connectors on the path when the server is in another routing group;
+- OUT-4 / OUT-6: a remote address takes the connector whose address space matches it most closely
+  (exact domain, then the longest `*.suffix`, then `*`); among those, a connector whose delivery
+  restrictions exclude the sender, or whose scope is another routing group, does not exist; then the
+  cheapest (path cost + address space cost), then one on this server, then by name;
+- docs/decisions.md: when every connector of the closest address space is down or out of reach, the
+  message waits; there is no fail-over to a less specific address space;
+- OUT-5 / OUT-8 / OUT-9: the connector's smart host, else its bridgehead virtual server's smart host
+  (route action), else DNS: the preferred MX that answers, or the domain's own A record without MX.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from harness.generation.oracle.relay import address_space_matches
+from harness.generation.oracle.world import Connector, Host, World
+
+
+class Unpredictable(Exception):
+    """The documented rules do not decide this scenario (or the oracle does not model it)."""
+
+
+class NoConnector(Exception):
+    """No connector of the organization could ever carry this address type: returned with 5.0.0."""
+
+
+@dataclass(frozen=True)
+class Path:
+    servers: tuple[str, ...]  # every server the message passes through, the first one included
+    cost: int
+
+
+def links_up(world: World, down: frozenset[str]) -> list[Connector]:
+    return [
+        c for c in world.connectors if c.kind == "routing_group" and not c.down and c.name.lower() not in down
+    ]
+
+
+def group_path(world: World, down: frozenset[str], start: str, goal: str) -> list[Connector] | None:
+    """The least-cost chain of routing group connectors from one routing group to another (Dijkstra);
+    equal costs go to the chain whose connector names sort first."""
+    queue: list[tuple[int, tuple[str, ...], str, tuple[Connector, ...]]] = [(0, (), start, ())]
+    done: set[str] = set()
+    while queue:
+        cost, names, group, chain = heapq.heappop(queue)
+        if group == goal:
+            return list(chain)
+        if group in done:
+            continue
+        done.add(group)
+        for link in links_up(world, down):
+            if link.routing_group == group and link.connects_to not in done:
+                assert link.connects_to is not None
+                heapq.heappush(
+                    queue, (cost + link.cost, (*names, link.name), link.connects_to, (*chain, link))
+                )
+    return None
+
+
+def path_cost(world: World, down: frozenset[str], start: str, goal: str) -> int | None:
+    chain = group_path(world, down, start, goal)
+    return None if chain is None else sum(link.cost for link in chain)
+
+
+def server_path(world: World, down: frozenset[str], origin: str, target: str) -> Path | None:
+    """The servers a message passes from `origin` to `target`: within a routing group it goes straight
+    to the server; across groups it goes to each connector's local bridgehead, then its remote one."""
+    start = world.server(origin)
+    goal = world.server(target)
+    chain = group_path(world, down, start.routing_group, goal.routing_group)
+    if chain is None:
+        return None
+    servers = [start.name]
+    for link in chain:
+        for hop in (link.local_bridgeheads[0], link.remote_bridgeheads[0]):
+            if servers[-1].upper() != hop.upper():
+                servers.append(world.server(hop).name)
+    if servers[-1].upper() != goal.name.upper():
+        servers.append(goal.name)
+    return Path(tuple(servers), sum(link.cost for link in chain))
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    """Exact domains first, then wildcards by the length of what they fix, `*` last."""
+    if pattern == "*":
+        return (0, 0)
+    if pattern.startswith("*"):
+        return (1, len(pattern))
+    return (2, len(pattern))
+
+
+def _exists_for(world: World, connector: Connector, origin: str, sender: str) -> bool:
+    if connector.scope_routing_group and connector.routing_group != world.server(origin).routing_group:
+        return False
+    if connector.accept_from is not None and sender.lower() not in (a.lower() for a in connector.accept_from):
+        return False
+    return sender.lower() not in (a.lower() for a in connector.reject_from)
+
+
+@dataclass(frozen=True)
+class Choice:
+    connector: Connector
+    bridgehead: str
+    path: Path
+
+
+def choose_connector(
+    world: World, down: frozenset[str], origin: str, kind: str, address: str, sender: str
+) -> Choice | None:
+    """The connector a message for `address` (of address type `kind`) takes from server `origin`; None
+    when the closest address space has no connector that is up and in reach (the message waits).
+    Raises NoConnector when no connector matches at all."""
+    domain = address.rpartition("@")[2].lower() if kind == "SMTP" else address
+    candidates: list[tuple[tuple[int, int], int, Connector]] = []
+    for connector in world.connectors:
+        if connector.kind == "routing_group" or not _exists_for(world, connector, origin, sender):
+            continue
+        for space in connector.address_spaces:
+            if space.kind == kind and address_space_matches(space.pattern, domain):
+                candidates.append((_specificity(space.pattern.lower()), space.cost, connector))
+    if not candidates:
+        raise NoConnector(f"no connector has an address space for {kind}:{address}")
+    closest = max(rank for rank, _, _ in candidates)
+    ranked: list[tuple[int, int, str, Choice]] = []
+    for rank, cost, connector in candidates:
+        if rank != closest or connector.down or connector.name.lower() in down:
+            continue
+        bridgehead = world.server(connector.local_bridgeheads[0]).name
+        path = server_path(world, down, origin, bridgehead)
+        if path is None:
+            continue
+        own = 0 if bridgehead.upper() == origin.upper() else 1
+        ranked.append((path.cost + cost, own, connector.name, Choice(connector, bridgehead, path)))
+    return min(ranked, key=lambda r: r[:3])[3] if ranked else None
+
+
+def _named_host(world: World, name: str) -> Host | None:
+    """A smart host: "[lab host]" (an address literal naming a lab host) or an FQDN."""
+    if name.startswith("[") and name.endswith("]"):
+        inner = name[1:-1]
+        return next((h for h in world.internet if h.name.lower() == inner.lower()), None)
+    return world.sink_for(name)
+
+
+def next_hop(world: World, choice: Choice, domain: str) -> tuple[Host, str]:
+    """The Internet host the bridgehead hands the message to, and the catalogue ID of how it chose."""
+    connector = choice.connector
+    if connector.smart_hosts:
+        host, spec = _named_host(world, connector.smart_hosts[0]), "OUT-9b"
+    elif (vs_smart := world.server(choice.bridgehead).default.smart_host) is not None:
+        host, spec = _named_host(world, vs_smart), "OUT-8"
+    elif domain in world.mx:
+        spec = "OUT-9a"
+        # An exchanger without a listening host refuses the connection: the next preference is tried.
+        exchangers = [world.sink_for(name) for _, name in sorted(world.mx[domain])]
+        host = next((h for h in exchangers if h is not None), None)
+    else:
+        host, spec = world.sink_for(domain), "OUT-9a"  # no MX: the domain's own A record
+    if host is None:
+        raise Unpredictable(f"no lab host answers for {domain}")
+    return host, spec
+
+
+@dataclass(frozen=True)
+class Route:
+    choice: Choice  # the connector that finally carries the message, chosen on its bridgehead
+    hops: tuple[str, ...]  # servers the message passes, the origin first and the bridgehead last
+
+
+def route_remote(
+    world: World, down: frozenset[str], origin: str, kind: str, address: str, sender: str
+) -> Route | None:
+    """Routing is hop by hop (IN-6b: the routing engine "determines the next destination, or hop"):
+    every server on the way chooses again, so a server that has a connector of its own as good as the
+    one chosen before it uses its own. None when the message waits for an unreachable destination."""
+    hops = [world.server(origin).name]
+    while True:
+        choice = choose_connector(world, down, hops[-1], kind, address, sender)
+        if choice is None:
+            return None
+        if choice.bridgehead.upper() == hops[-1].upper():
+            return Route(choice, tuple(hops))
+        step = choice.path.servers[1]
+        if step in hops:
+            raise Unpredictable(f"routing for {address} loops between {hops} and {step}")
+        hops.append(step)

@@ -1,0 +1,1 @@
+"""Reports: Allure, the conformance matrix, the path diagram, the differential run, the summary."""

@@ -1,0 +1,101 @@
+"""The message's path through the lab as an SVG picture, for the report.
+
+Nodes are the clients, the servers that acted (with their tracking events) and where the message
+ended (mailbox, Internet host, gateway); edges come from the evidence itself: a server's 1019 event
+names the host that handed the message over, a delivery names the server that made it. The picture is
+written by hand because it is a few boxes and arrows: a graph layout library (graphviz) would be a
+system dependency for no gain.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from html import escape
+from typing import Any
+
+from harness.judge.evidence import Evidence
+from harness.judge.expectations import collapse
+from reference_mta import tracking
+
+BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 190, 78, 70, 30, 20
+
+
+def path_svg(evidence: Evidence) -> str:
+    edges: set[tuple[str, str]] = set()
+    events: dict[str, list[int]] = {}
+    for server, entries in evidence.tracking.items():
+        if not entries:
+            continue
+        events[server] = collapse(int(e["event-id"]) for e in entries)
+        for entry in entries:
+            if entry["event-id"] == tracking.SUBMIT_TO_AQ and entry["client-ip"] not in ("-", ""):
+                source = evidence.hosts.get(str(entry["client-ip"]), str(entry["client-ip"]))
+                if source != server:
+                    edges.add((source, server))
+    for delivery in evidence.deliveries:
+        target = f"{delivery.kind}: {delivery.where}"
+        edges.add((delivery.server, target))
+    if not edges and not events:
+        return _svg(20, 20, [])
+    rank = _ranks({n for edge in edges for n in edge} | set(events), edges)
+    columns: dict[int, list[str]] = defaultdict(list)
+    for node in sorted(rank, key=lambda n: (rank[n], n)):
+        columns[rank[node]].append(node)
+    position = {
+        node: (MARGIN + column * (BOX_W + GAP_X), MARGIN + row * (BOX_H + GAP_Y))
+        for column, nodes in columns.items()
+        for row, node in enumerate(nodes)
+    }
+    parts: list[str] = []
+    for source, target in sorted(edges):
+        (x1, y1), (x2, y2) = position[source], position[target]
+        parts.append(
+            f'<line x1="{x1 + BOX_W}" y1="{y1 + BOX_H / 2}" x2="{x2 - 4}" y2="{y2 + BOX_H / 2}" '
+            'stroke="#555" stroke-width="1.5" marker-end="url(#arrow)"/>'
+        )
+    for node, (x, y) in position.items():
+        fill = "#e8f0fe" if node in events else ("#e6f4ea" if ": " in node else "#f1f3f4")
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" stroke="#888"/>'
+        )
+        parts.append(f'<text x="{x + 8}" y="{y + 22}" font-weight="bold">{escape(_fit(node, 26))}</text>')
+        ids = [str(i) for i in events.get(node, [])]
+        lines = [" ".join(ids[i : i + 6]) for i in range(0, len(ids), 6)]
+        if len(lines) > 3:
+            lines = [*lines[:2], lines[2] + " …"]
+        for number, line in enumerate(lines[:3]):
+            parts.append(f'<text x="{x + 8}" y="{y + 40 + 14 * number}" font-size="11">{escape(line)}</text>')
+    width = MARGIN * 2 + (max(columns) + 1) * (BOX_W + GAP_X) - GAP_X
+    height = MARGIN * 2 + max(len(c) for c in columns.values()) * (BOX_H + GAP_Y) - GAP_Y
+    return _svg(width, height, parts)
+
+
+def _ranks(nodes: set[str], edges: set[tuple[str, str]]) -> dict[str, int]:
+    """Longest distance from a node without predecessors; a cycle (a mail loop) is cut where found."""
+    incoming: dict[str, set[str]] = defaultdict(set)
+    for source, target in edges:
+        incoming[target].add(source)
+    rank: dict[str, int] = {}
+
+    def visit(node: str, trail: frozenset[str]) -> int:
+        if node not in rank:
+            before = [visit(p, trail | {node}) for p in incoming[node] if p not in trail]
+            rank[node] = 1 + max(before) if before else 0
+        return rank[node]
+
+    for node in nodes:
+        visit(node, frozenset())
+    return rank
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _svg(width: int, height: int, parts: list[Any]) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="13">'
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>' + "".join(parts) + "</svg>"
+    )

@@ -1,0 +1,71 @@
+"""Differential replay: the same trace on two targets, the transcripts and outcomes masked
+(`normalize`) and compared, so what differs is what the targets do, not when or where they ran."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from harness.corpus.trace import Trace
+from harness.lab import config as lab_config
+from harness.lab.placement import relocation
+from harness.run.runner import TraceResult, run_trace
+from harness.smtp.masking import Masker
+from harness.targets import Target
+
+
+@dataclass
+class Side:
+    target: str
+    sessions: list[list[str]] = field(default_factory=list)  # masked transcript lines per session
+    outcome: list[str] = field(default_factory=list)  # "passed", or the masked failures
+
+
+@dataclass
+class TraceDiff:
+    trace: str
+    first: Side
+    second: Side
+
+    @property
+    def differs(self) -> bool:
+        return self.first.sessions != self.second.sessions or self.first.outcome != self.second.outcome
+
+    def hunks(self, context: int = 2) -> list[tuple[str, list[str], list[str]]]:
+        """(where, lines of the first, lines of the second) for every differing stretch."""
+        found: list[tuple[str, list[str], list[str]]] = []
+        pairs = list(zip(self.first.sessions, self.second.sessions, strict=False))
+        for number, (left, right) in enumerate(pairs, start=1):
+            matcher = difflib.SequenceMatcher(a=left, b=right, autojunk=False)
+            for group in matcher.get_grouped_opcodes(context):
+                a0, a1, b0, b1 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+                found.append((f"session {number}", left[a0:a1], right[b0:b1]))
+        if len(self.first.sessions) != len(self.second.sessions):
+            found.append(
+                (
+                    "sessions",
+                    [f"{len(self.first.sessions)} session(s) run"],
+                    [f"{len(self.second.sessions)} session(s) run"],
+                )
+            )
+        if self.first.outcome != self.second.outcome:
+            found.append(("outcome", self.first.outcome, self.second.outcome))
+        return found
+
+
+def side(trace: Trace, target: Target, result: TraceResult) -> Side:
+    base, offset = relocation(netns=target.needs_netns)
+    config = lab_config.load(trace.lab, base=base, port_offset=offset)
+    names = {host.address: host.name for host in reversed(list(config.hosts.values()))}
+    masker = Masker(names)
+    sessions = [masker.text(run.result.transcript).splitlines() for run in result.sessions]
+    outcome = ["passed"] if result.passed else [masker.text(f) for f in result.failures()]
+    return Side(target.name, sessions, outcome)
+
+
+def compare(trace: Trace, first: Target, second: Target) -> TraceDiff:
+    return TraceDiff(
+        trace.id,
+        side(trace, first, run_trace(trace, first)),
+        side(trace, second, run_trace(trace, second)),
+    )

@@ -1,0 +1,1 @@
+"""Running traces: the replay client, the runner, outcomes of a run, stopping on signals."""

@@ -1,0 +1,509 @@
+"""The byte-exact replay client: runs one client session's script against a server over a real socket.
+
+SMTP-level outcomes (wrong codes, timeouts, an unexpected close) are results, never exceptions: the
+caller gets a SessionResult saying what passed, what failed and exactly which bytes went each way.
+Only problems outside the conversation raise: the connection cannot be made (ConnectError) or a
+message file named by the script does not exist (ScriptError, raised before connecting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import assert_never
+
+from harness.corpus.messages import Message, load_message
+from harness.corpus.script import (
+    Auth,
+    Bdat,
+    Close,
+    Data,
+    Expect,
+    ExpectClose,
+    Pipeline,
+    ScriptError,
+    Send,
+    SendRaw,
+    StartTls,
+    Step,
+    TlsHandshake,
+    Wait,
+)
+from harness.judge.deviations import Tolerate
+from harness.smtp.masking import Normalizer
+from harness.smtp.reply import (
+    ConnectionClosed,
+    MalformedReply,
+    Reply,
+    ReplyError,
+    ReplyMatcher,
+    ReplyTimeout,
+    quote_bytes,
+    read_reply,
+    show_bytes,
+)
+
+CRLF = b"\r\n"
+_EXPECT_354 = ReplyMatcher(code=354)
+_EXPECT_334 = ReplyMatcher(code=334)
+_EXPECT_220 = ReplyMatcher(code=220)
+
+
+class ConnectError(Exception):
+    """The TCP connection to the server under test could not be made."""
+
+    def __init__(self, host: str, port: int, source_address: str | None, reason: str) -> None:
+        source = source_address or "any local address"
+        super().__init__(f"cannot connect to {host}:{port} from {source}: {reason}")
+        self.host = host
+        self.port = port
+        self.source_address = source_address
+        self.reason = reason
+
+
+@dataclass
+class Exchange:
+    """One step's outcome, for the report (each becomes an Allure step)."""
+
+    index: int
+    title: str
+    sent: bytes
+    reply: Reply | None
+    failures: list[str]
+    """Empty when the step passed; a transport error is repeated here so that this alone decides."""
+    error: str | None
+    """Transport problem (timeout, connection closed, malformed reply), if that is why the step failed."""
+    deviations: list[str] = field(default_factory=list)
+    """Mismatches the target is known to have, with their reasons: not failures, the session goes on."""
+    masked: str | None = None
+    """For an expect step, the reply as the trace's normalizer masks it (what `--update` writes)."""
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and self.error is None
+
+
+@dataclass
+class SessionResult:
+    exchanges: list[Exchange]
+    transcript: str
+    passed: bool
+    closed_by: str
+    """``"client"`` (a close step), ``"server"`` (EOF seen) or ``"none"`` (open when the script ended)."""
+    local_address: tuple[str, int]
+
+
+def step_title(step: Step, message: Message | None = None) -> str:
+    """The one-line title of a step as it appears in reports."""
+    if isinstance(step, Send):
+        return f"C: {step.line}"
+    if isinstance(step, SendRaw):
+        return f"C: [raw] {show_bytes(step.data)}"
+    if isinstance(step, Pipeline):
+        return f"C: [pipeline] {' | '.join(step.lines)}"
+    if isinstance(step, Data):
+        if message is None:
+            label = step.source if step.source is not None else "inline"
+            return f"C: DATA ({label}{', raw' if step.raw else ''})"
+        return f"C: DATA ({message.label}{', raw' if step.raw else ''}, {message.size} bytes)"
+    if isinstance(step, Bdat):
+        label = (step.source if step.source is not None else "inline") + (", raw" if step.raw else "")
+        if message is None:
+            size = "" if step.size is None else f" {step.size}"
+            return f"C: BDAT{size}{' LAST' if step.last else ''} ({label})"
+        return f"C: {bdat_command(step, message.payload)} ({label}, {message.size} bytes)"
+    if isinstance(step, Auth):
+        return f"C: AUTH {step.mechanism} as {step.user}"
+    if isinstance(step, StartTls):
+        return "C: STARTTLS"
+    if isinstance(step, TlsHandshake):
+        return "C: TLS handshake (no STARTTLS sent)"
+    if isinstance(step, Expect):
+        return f"S: expect {step.matcher.describe()}"
+    if isinstance(step, Wait):
+        return f"wait {step.seconds:g} s"
+    if isinstance(step, ExpectClose):
+        return "S: expect close"
+    if isinstance(step, Close):
+        return "C: close"
+    assert_never(step)
+
+
+async def unread(reader: asyncio.StreamReader) -> bytes:
+    """Bytes already received that nobody has read, without waiting for more."""
+    try:
+        # A read returns at once when the reader holds bytes (or has seen EOF); a zero timeout
+        # cancels it only if it would have to wait for the network.
+        async with asyncio.timeout(0):
+            return await reader.read(65536)
+    except TimeoutError:
+        return b""
+
+
+_ENVIRONMENT_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)\}$")
+
+
+def from_environment(value: str) -> str:
+    """`${NAME}` is the environment variable NAME (a recorded trace's AUTH credentials, which are never
+    written to it); anything else is itself."""
+    match = _ENVIRONMENT_REFERENCE.match(value)
+    if match is None:
+        return value
+    if match[1] not in os.environ:
+        raise ScriptError(0, f"{value} is not set: export {match[1]} to replay this trace's AUTH", "auth")
+    return os.environ[match[1]]
+
+
+def bdat_command(step: Bdat, chunk: bytes) -> str:
+    """The BDAT command line, without CRLF: the chunk's real size unless the step announces another."""
+    size = len(chunk) if step.size is None else step.size
+    return f"BDAT {size}{' LAST' if step.last else ''}"
+
+
+@dataclass
+class _Transcript:
+    start: float = field(default_factory=time.monotonic)
+    lines: list[str] = field(default_factory=list)
+
+    def _stamp(self) -> str:
+        return f"+{time.monotonic() - self.start:.3f}"
+
+    def wire(self, who: str, data: bytes) -> None:
+        """One transcript line per wire line; CRLF is implied, any other ending is shown."""
+        stamp = self._stamp()
+        for piece in data.splitlines(keepends=True):
+            # splitlines also splits on bare CR (and, for bytes, nothing else); keep those visible.
+            if piece.endswith(CRLF):
+                self.lines.append(f"{stamp} {who}: {show_bytes(piece[:-2])}")
+            elif piece.endswith((b"\n", b"\r")):
+                self.lines.append(f"{stamp} {who}: {show_bytes(piece)}")
+            else:
+                self.lines.append(f"{stamp} {who}: {show_bytes(piece)} [no line end]")
+
+    def note(self, text: str) -> None:
+        self.lines.append(f"{self._stamp()} -- {text}")
+
+    def failure(self, index: int, problem: str) -> None:
+        self.lines.append(f"{self._stamp()} !! step {index + 1} failed: {problem}")
+
+    def not_run(self, index: int, title: str) -> None:
+        self.lines.append(f"{'-':>6} not run: step {index + 1}: {title}")
+
+    def render(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class _Session:
+    """State of one replay: the streams, the transcript and who closed the connection."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        transcript: _Transcript,
+        timeout: float,
+        tls_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        tolerate: Tolerate | None = None,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        self.tolerate = tolerate
+        self.normalizer = normalizer
+        self.sent_anything = False  # until then, a reply is the greeting
+        self.reader = reader
+        self.writer = writer
+        self.transcript = transcript
+        self.timeout = timeout
+        self.closed_by = "none"
+        self.tls_context = tls_context
+        self.server_hostname = server_hostname
+        # A reply an AUTH step read but that ends the exchange early (a refusal instead of a 334
+        # challenge): the next expect checks it.
+        self.pending: Reply | None = None
+
+    async def send(self, data: bytes, shown: bytes | None = None) -> None:
+        self.sent_anything = True
+        self.transcript.wire("C", data if shown is None else shown)
+        self.writer.write(data)
+        # A server that stops reading would otherwise block us forever on a large message.
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
+
+    async def read(self) -> Reply:
+        """Read one reply, putting every received byte in the transcript, including partial ones."""
+        if self.pending is not None:
+            reply, self.pending = self.pending, None
+            return reply
+        recorded = 0
+
+        def on_line(line: bytes) -> None:
+            nonlocal recorded
+            recorded += len(line)
+            self.transcript.wire("S", line)
+
+        try:
+            return await read_reply(self.reader, self.timeout, on_line=on_line)
+        except ReplyError as exc:
+            if len(exc.received) > recorded:
+                self.transcript.wire("S", exc.received[recorded:])
+            if isinstance(exc, ConnectionClosed):
+                self.closed_by = "server"
+            raise
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.writer.wait_closed()
+        except TimeoutError:
+            # Unsent data to a peer that does not read: give up on a graceful close.
+            self.writer.transport.abort()
+        except OSError:
+            pass
+
+    async def run_step(self, index: int, step: Step, message: Message | None) -> Exchange:
+        exchange = Exchange(index, step_title(step, message), b"", None, [], None)
+        try:
+            await self._run(step, message, exchange)
+        except ReplyTimeout as exc:
+            arrived = f"received {quote_bytes(exc.received)}" if exc.received else "nothing arrived"
+            waiting = self._waiting_for(step)
+            self._fail(exchange, f"timed out after {self.timeout:g} s waiting for {waiting}; {arrived}")
+        except ConnectionClosed as exc:
+            got = f"; received {quote_bytes(exc.received)}" if exc.received else ""
+            self._fail(exchange, f"{exc} (waiting for {self._waiting_for(step)}){got}")
+        except MalformedReply as exc:
+            self._fail(exchange, str(exc))
+        except TimeoutError:
+            self._fail(exchange, f"timed out after {self.timeout:g} s sending (the server is not reading)")
+        except OSError as exc:
+            self.closed_by = "server"
+            self._fail(exchange, f"connection lost: {exc}")
+        return exchange
+
+    @staticmethod
+    def _waiting_for(step: Step) -> str:
+        if isinstance(step, Expect):
+            return f"a reply ({step.matcher.describe()})"
+        if isinstance(step, Data):
+            return "the 354 reply to DATA"
+        return "a reply"
+
+    @staticmethod
+    def _fail(exchange: Exchange, message: str) -> None:
+        exchange.error = message
+        exchange.failures.append(message)
+
+    async def _run(self, step: Step, message: Message | None, exchange: Exchange) -> None:
+        if self.closed_by != "none":
+            exchange.failures.append(f"the connection was already closed by the {self.closed_by}")
+        elif isinstance(step, Send):
+            exchange.sent = step.line.encode("utf-8") + CRLF
+            await self.send(exchange.sent)
+        elif isinstance(step, SendRaw):
+            exchange.sent = step.data
+            await self.send(step.data)
+        elif isinstance(step, Pipeline):
+            exchange.sent = b"".join(line.encode("utf-8") + CRLF for line in step.lines)
+            await self.send(exchange.sent)
+        elif isinstance(step, Data):
+            assert message is not None
+            exchange.sent = b"DATA" + CRLF
+            await self.send(exchange.sent)
+            exchange.reply = await self.read()
+            exchange.failures.extend(_EXPECT_354.check(exchange.reply))
+            if not exchange.failures:
+                exchange.sent += message.payload
+                await self.send(message.payload)
+        elif isinstance(step, Bdat):
+            assert message is not None
+            # Command and chunk in one write, as a client that pipelines BDAT sends them; the reply is
+            # left to the next expect so that several chunks can go out before any reply is read.
+            exchange.sent = bdat_command(step, message.payload).encode("ascii") + CRLF + message.payload
+            await self.send(exchange.sent)
+        elif isinstance(step, Auth):
+            await self._auth(step, exchange)
+        elif isinstance(step, StartTls):
+            await self._starttls(exchange)
+        elif isinstance(step, TlsHandshake):
+            await self._tls_handshake(exchange)
+        elif isinstance(step, Expect):
+            exchange.reply = await self.read()
+            if self.normalizer is not None:
+                greeting = not self.sent_anything
+                exchange.masked = self.normalizer.reply(exchange.reply.lines, greeting)
+            for failure in step.matcher.check(exchange.reply, exchange.masked):
+                reason = self.tolerate(failure) if self.tolerate else None
+                if reason is None:
+                    exchange.failures.append(failure)
+                else:
+                    exchange.deviations.append(f"{failure} (known deviation: {reason})")
+                    self.transcript.note(f"known deviation: {reason}")
+        elif isinstance(step, Wait):
+            self.transcript.note(f"wait {step.seconds:g} s")
+            await asyncio.sleep(step.seconds)
+        elif isinstance(step, ExpectClose):
+            await self._expect_close(exchange)
+        elif isinstance(step, Close):
+            self.transcript.note("client closes the connection")
+            await self.close()
+            self.closed_by = "client"
+        else:
+            assert_never(step)
+
+    async def _starttls(self, exchange: Exchange) -> None:
+        exchange.sent = b"STARTTLS" + CRLF
+        await self.send(exchange.sent)
+        exchange.reply = await self.read()
+        exchange.failures.extend(_EXPECT_220.check(exchange.reply))
+        if exchange.failures:
+            return
+        await self._tls_handshake(exchange)
+
+    async def _tls_handshake(self, exchange: Exchange) -> None:
+        """The client side of the TLS handshake, on the open connection: after starttls's 220, or at a
+        tls_handshake step."""
+        unread = await self._unread()
+        if unread:
+            # The reader would hand these plaintext bytes out after the handshake as if they had come
+            # over TLS: a reply injected before the handshake would pass for the server's answer.
+            self.transcript.wire("S", unread)
+            exchange.failures.append(
+                f"the server sent {quote_bytes(unread)} in plaintext that no step has read, "
+                "before the TLS handshake"
+            )
+            return
+        context = self.tls_context or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.writer.start_tls(context, server_hostname=self.server_hostname)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            exchange.failures.append(f"TLS handshake failed: {exc}")
+            return
+        tls = self.writer.get_extra_info("ssl_object")
+        version = tls.version() if tls is not None else "?"
+        self.transcript.note(
+            f"TLS established ({version}, server {self.server_hostname or 'unverified name'})"
+        )
+
+    async def _unread(self) -> bytes:
+        return await unread(self.reader)
+
+    async def _auth(self, step: Auth, exchange: Exchange) -> None:
+        def b64(text: str) -> bytes:
+            return base64.b64encode(text.encode("utf-8"))
+
+        user, password = from_environment(step.user), from_environment(step.password)
+        # Credentials a recorded trace takes from the environment stay out of transcripts and reports.
+        secret = (user, password) != (step.user, step.password)
+        hidden = b"<credentials from the environment>"
+        if step.mechanism == "PLAIN":
+            line = b"AUTH PLAIN " + b64(f"\0{user}\0{password}") + CRLF
+            exchange.sent = b"AUTH PLAIN " + hidden + CRLF if secret else line
+            await self.send(line, shown=exchange.sent)
+            return
+        exchange.sent = b"AUTH LOGIN" + CRLF
+        await self.send(exchange.sent)
+        for answer in (b64(user), b64(password)):
+            exchange.reply = await self.read()
+            if _EXPECT_334.check(exchange.reply):
+                self.pending = exchange.reply
+                return
+            shown = hidden + CRLF if secret else answer + CRLF
+            exchange.sent += shown
+            await self.send(answer + CRLF, shown=shown)
+
+    async def _expect_close(self, exchange: Exchange) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                data = await self.reader.read(4096)
+        except TimeoutError:
+            exchange.failures.append(
+                f"expected the server to close the connection within {self.timeout:g} s, but it stayed open"
+            )
+            return
+        except ConnectionResetError:
+            # A reset after the server's close is still the server ending the session.
+            data = b""
+        if data:
+            self.transcript.wire("S", data)
+            exchange.failures.append(
+                f"expected the server to close the connection, but it sent {quote_bytes(data)}"
+            )
+            return
+        self.transcript.note("connection closed by the server")
+        self.closed_by = "server"
+
+
+async def run_session(
+    steps: Sequence[Step],
+    *,
+    host: str,
+    port: int,
+    source_address: str | None,
+    base_dir: Path,
+    search_dirs: Sequence[Path] = (),
+    timeout: float = 10.0,
+    connect_timeout: float = 5.0,
+    tls_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    tolerate: Tolerate | None = None,
+    normalizer: Normalizer | None = None,
+) -> SessionResult:
+    """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
+
+    Nothing is read implicitly: a script normally starts with ``expect: 220`` for the banner.
+    """
+    messages = {
+        index: load_message(index, step, base_dir, search_dirs)
+        for index, step in enumerate(steps)
+        if isinstance(step, Data | Bdat)
+    }
+    # Relay-by-IP decisions on the server depend on the client address, so it is bound explicitly.
+    local_addr = (source_address, 0) if source_address else None
+    try:
+        async with asyncio.timeout(connect_timeout):
+            reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
+    except TimeoutError:
+        raise ConnectError(host, port, source_address, f"timed out after {connect_timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectError(host, port, source_address, str(exc)) from exc
+
+    transcript = _Transcript()
+    sockname = writer.get_extra_info("sockname")
+    local_address = (str(sockname[0]), int(sockname[1]))
+    transcript.note(f"connected from {local_address[0]}:{local_address[1]} to {host}:{port}")
+    session = _Session(
+        reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer
+    )
+    exchanges: list[Exchange] = []
+    try:
+        for index, step in enumerate(steps):
+            exchange = await session.run_step(index, step, messages.get(index))
+            exchanges.append(exchange)
+            if not exchange.passed:
+                for problem in exchange.failures:
+                    transcript.failure(index, problem)
+                for later in range(index + 1, len(steps)):
+                    transcript.not_run(later, step_title(steps[later], messages.get(later)))
+                break
+    finally:
+        if session.closed_by != "client":
+            await session.close()
+    transcript.note(
+        "end of session" + ("" if session.closed_by == "none" else f" (closed by the {session.closed_by})")
+    )
+    return SessionResult(
+        exchanges=exchanges,
+        transcript=transcript.render(),
+        passed=len(exchanges) == len(steps) and all(e.passed for e in exchanges),
+        closed_by=session.closed_by,
+        local_address=local_address,
+    )

@@ -1,0 +1,320 @@
+"""Runs one trace against one target: start the lab, replay each session from its client's address,
+let the lab settle, gather the evidence and check the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from harness.corpus.messages import MESSAGE_DIRS, message_bytes
+from harness.corpus.trace import Connect, ForeignMemo, LabAction, Session, Submission, Trace
+from harness.judge.deviations import Tolerate
+from harness.judge.evidence import Evidence
+from harness.judge.expectations import Check, check_outcome
+from harness.lab import config as lab_config
+from harness.lab.config import LabConfig, sink_rule
+from harness.lab.placement import relocation
+from harness.lab.runtime import Lab, LabError
+from harness.run.replay import Exchange, SessionResult, run_session
+from harness.smtp.masking import Normalizer
+from harness.targets import Target
+
+
+@dataclass
+class SessionRun:
+    client: str
+    endpoint: str
+    result: SessionResult
+
+
+@dataclass
+class TraceResult:
+    trace: Trace
+    target: str
+    sessions: list[SessionRun] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    evidence: Evidence | None = None
+    lab_started_in: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(s.result.passed for s in self.sessions) and all(c.passed for c in self.checks)
+
+    @property
+    def deviations(self) -> list[str]:
+        """The target's known deviations met on the way (tolerated: the trace can still pass)."""
+        return [d for s in self.sessions for e in s.result.exchanges for d in e.deviations]
+
+    def as_outcome(self) -> dict[str, object]:
+        """The run as the conformance matrix judges it (harness/reports/matrix.py: verdict)."""
+        return {
+            "trace": self.trace.id,
+            "outcome": "passed" if self.passed else "failed",
+            "message": "\n".join(self.failures()),
+            "deviations": self.deviations,
+        }
+
+    def failures(self) -> list[str]:
+        """One line per failure; sessions and steps count from 1, as a reader of the trace counts, and
+        the step's line in the trace file says where to look. A step whose reply differed says what the
+        server replied. Once a session has failed the trace stops there, so the outcome checks that fail
+        afterwards are marked as following from it (KNOCK_ON) rather than read as failures of their own."""
+        problems: list[str] = []
+        stopped = False
+        for number, run in enumerate(self.sessions):
+            for step, line, exchange, failures in self._failed_steps(number, run):
+                where = f" (line {line})" if line is not None else ""
+                problems.extend(f"{step}{where}: {exchange.title}: {failure}" for failure in failures)
+                stopped = True
+        for check in self.checks:
+            problems.extend(f"{KNOCK_ON}{failure}" if stopped else failure for failure in check.failures)
+        return problems
+
+    def first_failure(self) -> dict[str, object]:
+        """The first difference, as `last-run.json` keeps it (harness/run/outcomes.py: a reason)."""
+        reason: dict[str, object] = {"kind": "failure", "file": str(self.trace.path)}
+        for number, run in enumerate(self.sessions):
+            for step, line, exchange, failures in self._failed_steps(number, run):
+                reason.update(
+                    message=f"{step}: {exchange.title}: {failures[0]}",
+                    line=line,
+                    step=step,
+                    expected=exchange.title,
+                    received=exchange.reply.raw_text if exchange.reply is not None else exchange.error,
+                )
+                return reason
+        for check in self.checks:
+            if check.failures:
+                reason.update(
+                    message=f"{check.title}: {check.failures[0]}",
+                    step=check.title,
+                    expected=check.expected,
+                    received=check.actual,
+                )
+                return reason
+        reason["message"] = "failed"
+        return reason
+
+    def _lines(self, number: int) -> tuple[int, ...]:
+        item = self.trace.sessions[number] if number < len(self.trace.sessions) else None
+        return item.step_lines if isinstance(item, Session) else (item.line,) if item is not None else ()
+
+    def _failed_steps(
+        self, number: int, run: SessionRun
+    ) -> list[tuple[str, int | None, Exchange, list[str]]]:
+        """Each failed step of a session: which it is, its line in the trace, the exchange, and its
+        failures, the first one carrying the reply received when no failure quotes it already."""
+        lines = self._lines(number)
+        found = []
+        for exchange in run.result.exchanges:
+            if not exchange.failures:
+                continue
+            line = lines[exchange.index] if exchange.index < len(lines) else None
+            step = f"session {number + 1} ({run.client}), step {exchange.index + 1}"
+            failures = list(exchange.failures)
+            reply = exchange.reply
+            if reply is not None and not any(repr(reply.first) in failure for failure in failures):
+                more = f" (+{len(reply.lines) - 1} lines)" if len(reply.lines) > 1 else ""
+                failures[0] += f"; the server replied {reply.first!r}{more}"
+            found.append((step, line, exchange, failures))
+        return found
+
+
+# The prefix of an outcome check's failure that follows from a failed session (the trace stopped there,
+# so what the later steps would have caused is missing). harness/reports/matrix.py reads past it.
+KNOCK_ON = "after the failure above: "
+
+
+def run_trace(trace: Trace, target: Target) -> TraceResult:
+    began = time.perf_counter()
+    base, offset = relocation(netns=target.needs_netns)
+    config = lab_config.load(trace.lab, base=base, port_offset=offset)
+    result = TraceResult(trace=trace, target=target.name)
+    # One for the whole trace: a value that recurs across its sessions keeps its placeholder.
+    normalizer = Normalizer(trace.masks)
+    with target.lab(config) as lab:
+        result.lab_started_in = lab.started_in
+        for item in trace.sessions:
+            if isinstance(item, Submission):
+                run = _submit(lab, item, trace)
+            elif isinstance(item, ForeignMemo):
+                run = _foreign(lab, item, trace)
+            elif isinstance(item, LabAction):
+                run = _act(lab, item, trace)
+            else:
+                run = _smtp_session(lab, item, trace, target.tolerate(trace.id), normalizer)
+            result.sessions.append(run)
+            if not run.result.passed:
+                break
+        settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
+        result.evidence = Evidence.collect(lab)
+        result.checks = check_outcome(trace.outcome, result.evidence, target.capabilities)
+        if not settled:
+            # Messages still being retried when the trace's time is up: the target's behaviour, so a
+            # failed check (with the queues as evidence) rather than a broken run.
+            busy = [
+                f"{server}: {queue}: {len(items)} message(s)"
+                for server, queues in result.evidence.queues.items()
+                for queue, items in queues.items()
+                if items
+            ]
+            result.checks.insert(
+                0,
+                Check(
+                    f"the lab settled within {trace.timeout:g} s",
+                    [f"the lab was still working after {trace.timeout:g} s"],
+                    "no message in progress",
+                    "\n".join(busy) or "none",
+                ),
+            )
+    result.duration = time.perf_counter() - began
+    return result
+
+
+def _smtp_session(
+    lab: Lab, session: Session, trace: Trace, tolerate: Tolerate | None, normalizer: Normalizer
+) -> SessionRun:
+    config = lab.config
+    client = config.host(session.client)
+    host, port, name = asyncio.run(endpoint(session.connect, config, client.address))
+    if session.refused:
+        return SessionRun(
+            session.client, f"{host}:{port}", asyncio.run(expect_refused(host, port, client.address))
+        )
+    outcome = asyncio.run(
+        run_session(
+            session.steps,
+            host=host,
+            port=port,
+            source_address=client.address,
+            base_dir=trace.base_dir,
+            search_dirs=MESSAGE_DIRS,
+            timeout=min(trace.timeout, 30.0),
+            tls_context=lab.certificates.client_context(),
+            server_hostname=name,
+            tolerate=tolerate,
+            normalizer=normalizer,
+        )
+    )
+    return SessionRun(session.client, f"{host}:{port}", outcome)
+
+
+def _single(title: str, failure: str | None, note: str) -> SessionResult:
+    """A one-step result for what is not an SMTP session (a store submission, a lab action)."""
+    exchange = Exchange(
+        index=0, title=title, sent=b"", reply=None, failures=[failure] if failure else [], error=failure
+    )
+    return SessionResult([exchange], note, failure is None, "none", ("", 0))
+
+
+def _submit(lab: Lab, item: Submission, trace: Trace) -> SessionRun:
+    content = message_bytes(item.data, trace.base_dir, MESSAGE_DIRS)
+    title = f"submit through the store of {item.server}: {item.mailbox} → {', '.join(item.to)}"
+    try:
+        msgid = lab.submit(item.server, item.mailbox, list(item.to), content)
+    except ValueError as exc:
+        failure = None if item.refused else str(exc)
+        return SessionRun("store", item.server, _single(title, failure, f"-- {title}: refused: {exc}"))
+    failure = "expected the store to refuse the submission" if item.refused else None
+    return SessionRun("store", item.server, _single(title, failure, f"-- {title}: submitted as <{msgid}>"))
+
+
+def _foreign(lab: Lab, item: ForeignMemo, trace: Trace) -> SessionRun:
+    memo = message_bytes(item.data, trace.base_dir, MESSAGE_DIRS)
+    title = f"foreign system hands a memo to {item.gateway}"
+    try:
+        handle = lab.foreign_send(item.gateway, memo)
+    except ValueError as exc:
+        failure = None if item.refused else str(exc)
+        return SessionRun("foreign", item.gateway, _single(title, failure, f"-- {title}: refused: {exc}"))
+    failure = "expected the gateway to refuse the memo" if item.refused else None
+    return SessionRun(
+        "foreign", item.gateway, _single(title, failure, f"-- {title}: queued in IN as {handle}")
+    )
+
+
+def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
+    title = f"lab: {item.action.replace('_', ' ')}" + (f" {item.target}" if item.target else "")
+    if item.action == "settle":
+        settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
+        failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
+        return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
+    if item.action.startswith("global_catalog_"):
+        lab.set_global_catalog(item.action.endswith("_up"))
+        return SessionRun("lab", "global catalog", _single(title, None, f"-- {title}"))
+    assert item.target is not None
+    if item.action in ("freeze", "unfreeze") and item.rule is not None:
+        queue = str(item.rule["queue"])
+        lab.freeze(item.target or "", queue, item.action == "freeze")
+        return SessionRun("lab", "queues", _single(f"{title}: {queue}", None, f"-- {title}: {queue}"))
+    if item.rule is not None:
+        lab.sinks[lab.config.host(item.target).name].add_rule(sink_rule(item.rule))
+        return SessionRun("lab", "sink", _single(title, None, f"-- {title}: {item.rule}"))
+    kind, _, state = item.action.partition("_")
+    if kind == "connector":
+        lab.set_connector(item.target, state == "up")
+    else:
+        lab.set_server(item.target, state == "up")
+    return SessionRun("lab", kind, _single(title, None, f"-- {title}"))
+
+
+async def expect_refused(host: str, port: int, source: str) -> SessionResult:
+    """A session whose connection must be refused: nothing listens there."""
+    exchange = Exchange(
+        index=0, title=f"connect {host}:{port} is refused", sent=b"", reply=None, failures=[], error=None
+    )
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)), 5.0)
+    except (ConnectionRefusedError, TimeoutError) as exc:
+        note = f"-- connect {host}:{port} from {source}: {exc.__class__.__name__} (expected)"
+        return SessionResult([exchange], note, True, "none", (source, 0))
+    writer.close()
+    exchange.failures.append(f"expected the connection to {host}:{port} to be refused, but it was accepted")
+    return SessionResult(
+        [exchange], f"-- connect {host}:{port} from {source}: accepted", False, "client", (source, 0)
+    )
+
+
+async def endpoint(connect: Connect, config: LabConfig, source: str) -> tuple[str, int, str | None]:
+    """Where a session connects (address, port, and the name a TLS certificate must carry). `mx:`
+    resolves like a sending MTA does (IN-1): MX by preference, then the exchanger's A record, asked of
+    the lab's DNS from the client's own address."""
+    port = config.port(25)
+    if connect.server:
+        server = config.organization.server(connect.server)
+        vs = server.default_virtual_server
+        if connect.virtual_server:
+            matches = [v for v in server.virtual_servers if v.name.lower() == connect.virtual_server.lower()]
+            if not matches:
+                raise LabError(f"server {server.name} has no virtual server {connect.virtual_server!r}")
+            vs = matches[0]
+        return vs.address, vs.port, server.fqdn
+    if connect.host:
+        host = config.host(connect.host)
+        return host.address, port, host.fqdn
+    assert connect.mx is not None
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [config.dns_address]
+    resolver.port = config.dns_port
+    resolver.lifetime = 5.0
+    try:
+        answer = await resolver.resolve(connect.mx, "MX", source=source)
+        exchanges = sorted(answer, key=lambda r: r.preference)
+        for record in exchanges:
+            addresses = await resolver.resolve(record.exchange, "A", source=source)
+            for address in addresses:
+                return address.to_text(), port, record.exchange.to_text(omit_final_dot=True)
+    except (
+        dns.resolver.NXDOMAIN,
+        dns.resolver.NoAnswer,
+        dns.resolver.NoNameservers,
+        dns.exception.Timeout,
+    ) as exc:
+        raise LabError(f"cannot resolve the MX of {connect.mx} in the lab: {exc}") from exc
+    raise LabError(f"the MX of {connect.mx} has no address")

@@ -1,0 +1,136 @@
+"""What the advanced queuing engine and the transport components agree on: the names and states of the
+queues, the next hop routing chooses, the result a delivery gives back and the callables AQ is wired
+with. Components import this module, never the engine (`queuing`), so none of them can reach another
+through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final, Literal, Protocol
+
+from reference_mta.mailmsg import MailMsg, Recipient
+
+# The system queues, as Queue Viewer names them. Queue names stay plain strings: a link queue is named
+# at run time after its next hop (a connector, a server's FQDN, a remote domain).
+PENDING_SUBMISSION: Final = "Messages pending submission"
+DIRECTORY_LOOKUP: Final = "Messages awaiting directory lookup"
+TO_BE_ROUTED: Final = "Messages waiting to be routed"
+LOCAL_DELIVERY: Final = "Local delivery"
+UNREACHABLE: Final = "Final destination currently unreachable"
+DSN_PENDING: Final = "DSN messages pending submission"
+RETRY: Final = "Failed message retry queue"
+SYSTEM_QUEUES: Final = (
+    PENDING_SUBMISSION,
+    DIRECTORY_LOOKUP,
+    TO_BE_ROUTED,
+    LOCAL_DELIVERY,
+    UNREACHABLE,
+    DSN_PENDING,
+    RETRY,
+)
+# Messages parked here wait for something to change (link state, the directory), not for time.
+WAITS_FOR_AN_EVENT: Final = frozenset({UNREACHABLE, DIRECTORY_LOOKUP})
+# Where a message that not even an NDR can be made for ends: a folder, not a queue AQ holds; message
+# tracking names it as the queue.
+BADMAIL: Final = "BadMail"
+
+
+class QueueState(StrEnum):
+    """A queue's or an envelope's state as Queue Viewer shows it (KB 264054)."""
+
+    READY = "Ready"
+    ACTIVE = "Active"
+    RETRY = "Retry"  # waiting for its next attempt (or for link state, when unreachable)
+    FROZEN = "Frozen"  # waits for an administrator to unfreeze its link queue
+
+
+class HopKind(StrEnum):
+    """How a next hop is reached. A StrEnum: envelope files on disk keep the plain words."""
+
+    SERVER = "server"  # another server of the organization
+    CONNECTOR = "connector"  # over a routing group connector, to the far side's bridgeheads
+    DNS = "dns"  # the domain's MX records
+    SMART_HOST = "smart_host"
+    GATEWAY = "gateway"  # a foreign system's gateway connector
+    UNREACHABLE = "unreachable"  # a connector or path is down: waits for link state and retries
+    NO_ROUTE = "no_route"  # nothing could ever carry it: fails at once
+
+    @property
+    def waits(self) -> bool:
+        """Routing gave no link queue to send to: the recipients wait or fail, they are not sent."""
+        return self in (HopKind.UNREACHABLE, HopKind.NO_ROUTE)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where routing sends a set of recipients: the link queue's name and how to reach it."""
+
+    queue: str
+    kind: HopKind
+    targets: tuple[str, ...] = ()  # FQDNs or [a.b.c.d] literals, tried in order
+    connector: str | None = None
+    spec: str = "C-RE"
+    detail: str = ""
+
+
+class ComponentUnavailable(Exception):
+    """A component cannot do its job right now (its directory or store is not answering): AQ keeps the
+    message where it is and tries again, instead of failing it."""
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivered: list[Recipient]
+    failed: list[Recipient]  # permanent: each carries status_text / enhanced
+    deferred: list[Recipient]  # transient: retried later
+    error: str = ""
+    partner: str = "-"
+
+
+@dataclass
+class Components:
+    """The work AQ dispatches. Each is given one envelope and does one job."""
+
+    categorize: Callable[[MailMsg], Awaitable[None]]
+    route: Callable[[MailMsg, Recipient], Hop]
+    deliver_local: Callable[[MailMsg, bytes], Awaitable[DeliveryResult]]
+    deliver_remote: Callable[[Hop, MailMsg, bytes], Awaitable[DeliveryResult]]
+    make_ndr: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None]
+    make_delay_notice: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None] | None = None
+
+
+# Who hands a message to AQ: the SMTP virtual server, the store driver (a mailbox's own mail), a gateway
+# connector's inbound memo, or AQ itself for a DSN. Message tracking logs each differently.
+SubmissionSource = Literal["smtp", "store", "gateway", "dsn"]
+
+
+class QueueFolder(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+
+class Submission(Protocol):
+    """What a component that accepts mail needs of AQ: `submit`, which returns only once the message is
+    durable, and the queue folder (inside the Mailroot, next to the server's logs)."""
+
+    @property
+    def directory(self) -> QueueFolder: ...
+
+    async def submit(self, msg: MailMsg, content: bytes, *, source: SubmissionSource = "smtp") -> None: ...
+
+
+@dataclass
+class RetryPolicy:
+    """Delivery timers of a virtual server (Delivery tab): retry intervals, delay notification, and
+    expiration. Exchange 2003's defaults; labs set short ones."""
+
+    intervals: tuple[float, ...] = (600.0, 600.0, 600.0, 900.0)
+    expiration: float = 2 * 24 * 3600.0
+    delay_notification: float = 12 * 3600.0
+
+    def delay(self, attempt: int) -> float:
+        return self.intervals[min(attempt, len(self.intervals)) - 1] if self.intervals else 60.0
