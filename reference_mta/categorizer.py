@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ldap3.utils.conv import escape_filter_chars
 
+from reference_mta import replies
 from reference_mta.directory import Directory, DirectoryEntry, primary_smtp, proxy_filter
 from reference_mta.mailmsg import (
     RP_ERROR_CONTEXT_CAT,
@@ -66,11 +67,7 @@ class Categorizer:
         hops, limit = int(msg.properties.get("HOP_COUNT", 0)), int(msg.properties.get("MAX_HOP_COUNT", 15))
         if hops > limit:
             for recipient in msg.pending():
-                recipient.fail(
-                    f"554 5.4.6 Hop count exceeded ({hops} > {limit}): possible mail loop",
-                    "5.4.6",
-                    RP_ERROR_CONTEXT_CAT,
-                )
+                recipient.fail_with(replies.hop_count_exceeded(hops, limit), RP_ERROR_CONTEXT_CAT)
             return
         sender = self._resolve_sender(msg)
         if sender is not None and not self._sender_within_limits(msg, sender):
@@ -110,48 +107,25 @@ class Categorizer:
         recipient_limit = sender.first("msExchRecipLimit")
         pending = msg.pending()
         if size_limit and msg.size > int(size_limit) * 1024:
-            text = f"552 5.2.3 Message of {msg.size} bytes exceeds the sender's limit of {size_limit} KB"
-            code = "5.2.3"
+            reply = replies.over_sender_size_limit(msg.size, size_limit)
         elif recipient_limit and len(pending) > int(recipient_limit):
-            text = f"550 5.5.3 {len(pending)} recipients exceed the sender's limit of {recipient_limit}"
-            code = "5.5.3"
+            reply = replies.over_sender_recipient_limit(len(pending), recipient_limit)
         else:
             return True
         for recipient in pending:
-            recipient.fail(text, code, RP_ERROR_CONTEXT_CAT)
+            recipient.fail_with(reply, RP_ERROR_CONTEXT_CAT)
         return False
 
     def _categorize_one(
         self, msg: MailMsg, recipient: Recipient, sender: DirectoryEntry | None, expanded_seen: set[str]
     ) -> list[Recipient]:
         """Resolve one recipient; returns new recipients (group members) to categorize too."""
-        if recipient.address_type == "SMTP":
-            encapsulated = decapsulate(recipient.address)
-            if encapsulated is not None:
-                recipient.address_type, recipient.address = encapsulated
-        if recipient.address_type != "SMTP":
+        if self._is_foreign(recipient):
             recipient.status = "gateway"
             return []
-        policy = self.organization.policy_domain(recipient.domain)
-        found = self.directory.search(
-            self.base_dn, proxy_filter("smtp", recipient.address), RECIPIENT_ATTRIBUTES
-        )
-        if not found:
-            if policy is not None and policy.authoritative:
-                recipient.fail(
-                    f"550 5.1.1 User unknown: {recipient.address}",
-                    "5.1.1",
-                    RP_ERROR_CONTEXT_CAT,
-                )
-                recipient.flags |= RP_UNRESOLVED
-            else:
-                # Not ours (or a shared namespace): AQ routes it onwards by address space.
-                recipient.status = "remote"
+        entry = self._entry_of(recipient)
+        if entry is None:
             return []
-        if len(found) > 1:
-            recipient.fail(f"550 5.1.4 Ambiguous address: {recipient.address}", "5.1.4", RP_ERROR_CONTEXT_CAT)
-            return []
-        entry = found[0]
         recipient.user_dn = entry.dn
         recipient.display_name = entry.first("displayName") or entry.first("cn")
         if not self._permitted(msg, recipient, entry, sender):
@@ -160,28 +134,58 @@ class Categorizer:
             return self._expand(msg, recipient, entry, expanded_seen)
         target = entry.first("targetAddress")
         if target and not entry.first("homeMDB"):
-            kind, _, address = target.partition(":")
-            recipient.address = address
-            recipient.address_type = kind.upper()
-            recipient.status = "remote" if kind.upper() == "SMTP" else "gateway"
+            _to_contact_target(recipient, target)
             return []
+        if not self._stamp_home(recipient, entry):
+            return []
+        return self._redirect(msg, recipient, entry)
+
+    @staticmethod
+    def _is_foreign(recipient: Recipient) -> bool:
+        """Whether the recipient is a foreign address (a gateway's); an IMCEA-encapsulated SMTP address
+        becomes the foreign address it carries."""
+        if recipient.address_type == "SMTP":
+            encapsulated = decapsulate(recipient.address)
+            if encapsulated is not None:
+                recipient.address_type, recipient.address = encapsulated
+        return recipient.address_type != "SMTP"
+
+    def _entry_of(self, recipient: Recipient) -> DirectoryEntry | None:
+        """The recipient's one directory entry. None when it has none (failed in an authoritative domain,
+        routed onwards by address space otherwise) or several (failed: ambiguous)."""
+        policy = self.organization.policy_domain(recipient.domain)
+        found = self.directory.search(
+            self.base_dn, proxy_filter("smtp", recipient.address), RECIPIENT_ATTRIBUTES
+        )
+        if not found:
+            if policy is not None and policy.authoritative:
+                recipient.fail_with(replies.user_unknown(recipient.address), RP_ERROR_CONTEXT_CAT)
+                recipient.flags |= RP_UNRESOLVED
+            else:
+                # Not ours (or a shared namespace): AQ routes it onwards by address space.
+                recipient.status = "remote"
+            return None
+        if len(found) > 1:
+            recipient.fail_with(replies.ambiguous_address(recipient.address), RP_ERROR_CONTEXT_CAT)
+            return None
+        return found[0]
+
+    def _stamp_home(self, recipient: Recipient, entry: DirectoryEntry) -> bool:
+        """Stamp the mailbox's store and home server on the recipient (local or remote); False when the
+        mailbox or its server cannot be found (the recipient has failed)."""
         home_mdb = entry.first("homeMDB")
         if not home_mdb:
-            recipient.fail(
-                f"550 5.1.0 Recipient has no mailbox: {recipient.address}", "5.1.0", RP_ERROR_CONTEXT_CAT
-            )
-            return []
+            recipient.fail_with(replies.no_mailbox(recipient.address), RP_ERROR_CONTEXT_CAT)
+            return False
         fqdn = self._home_server_fqdn(home_mdb)
         if fqdn is None:
-            recipient.fail(
-                f"550 5.1.0 Home server of {recipient.address} not found", "5.1.0", RP_ERROR_CONTEXT_CAT
-            )
-            return []
+            recipient.fail_with(replies.home_server_not_found(recipient.address), RP_ERROR_CONTEXT_CAT)
+            return False
         recipient.home_mdb = home_mdb
         recipient.home_server = fqdn
         recipient.address = entry.first("mail") or recipient.address
         recipient.status = "local" if fqdn == self.server.fqdn else "remote"
-        return self._redirect(msg, recipient, entry)
+        return True
 
     def _redirect(self, msg: MailMsg, recipient: Recipient, entry: DirectoryEntry) -> list[Recipient]:
         """Forwarding (altRecipient): the alternate recipient gets the message too, or instead when
@@ -192,7 +196,7 @@ class Categorizer:
         # The chain of mailboxes that forwarded to this recipient: each forwarding path has its own.
         chain = [*self._chains.get(id(recipient), []), entry.dn.lower()]
         if alternate_dn.lower() in chain:
-            recipient.fail(f"554 5.4.6 Forwarding loop at {recipient.address}", "5.4.6", RP_ERROR_CONTEXT_CAT)
+            recipient.fail_with(replies.forwarding_loop(recipient.address), RP_ERROR_CONTEXT_CAT)
             return []
         found = self.directory.search(alternate_dn, "(objectClass=*)", RECIPIENT_ATTRIBUTES, scope="BASE")
         address = (found[0].first("mail") or primary_smtp(found[0])) if found else None
@@ -213,10 +217,8 @@ class Categorizer:
         """Per-recipient restrictions (step 5 of KB 233363)."""
         size_limit = entry.first("delivContLength")
         if size_limit and msg.size > int(size_limit) * 1024:
-            recipient.fail(
-                f"552 5.2.3 Message of {msg.size} bytes exceeds the {size_limit} KB limit "
-                f"of {recipient.address}",
-                "5.2.3",
+            recipient.fail_with(
+                replies.over_recipient_size_limit(msg.size, size_limit, recipient.address),
                 RP_ERROR_CONTEXT_CAT,
             )
             return False
@@ -226,28 +228,18 @@ class Categorizer:
             and not msg.properties.get("AUTHENTICATED_USER_NAME")
             and not msg.properties.get("ORG_INTERNAL")
         ):
-            recipient.fail(
-                f"550 5.7.1 {recipient.address} accepts mail from authenticated users only",
-                "5.7.1",
-                RP_ERROR_CONTEXT_CAT,
-            )
+            recipient.fail_with(replies.authenticated_senders_only(recipient.address), RP_ERROR_CONTEXT_CAT)
             return False
         sender_dn = sender.dn.lower() if sender else None
         # "Accept messages from": listed senders, and members of listed groups (authOrig may name a
         # group; dLMemSubmitPerms names groups only).
         allowed = [dn.lower() for dn in entry.all("authOrig") + entry.all("dLMemSubmitPerms")]
         if allowed and not (sender_dn and self._sender_among(sender_dn, allowed)):
-            recipient.fail(
-                f"550 5.7.1 Sender is not allowed to send to {recipient.address}",
-                "5.7.1",
-                RP_ERROR_CONTEXT_CAT,
-            )
+            recipient.fail_with(replies.sender_not_allowed(recipient.address), RP_ERROR_CONTEXT_CAT)
             return False
         rejected = [dn.lower() for dn in entry.all("unauthOrig") + entry.all("dLMemRejectPerms")]
         if sender_dn and rejected and self._sender_among(sender_dn, rejected):
-            recipient.fail(
-                f"550 5.7.1 Sender is rejected by {recipient.address}", "5.7.1", RP_ERROR_CONTEXT_CAT
-            )
+            recipient.fail_with(replies.sender_rejected(recipient.address), RP_ERROR_CONTEXT_CAT)
             return False
         return True
 
@@ -275,10 +267,8 @@ class Categorizer:
         if expansion_server and fqdn != self.server.fqdn:
             # Only the group's expansion server expands it: the message goes there unexpanded.
             if fqdn is None:
-                recipient.fail(
-                    f"550 5.1.0 Expansion server of {recipient.address} not found",
-                    "5.1.0",
-                    RP_ERROR_CONTEXT_CAT,
+                recipient.fail_with(
+                    replies.expansion_server_not_found(recipient.address), RP_ERROR_CONTEXT_CAT
                 )
             else:
                 recipient.home_server, recipient.status = fqdn, "remote"
@@ -342,3 +332,11 @@ class Categorizer:
 def _strip_rdns(dn: str, count: int) -> str:
     # DN values in the fixtures never contain escaped commas; a full RFC 4514 parser would be overkill.
     return ",".join(dn.split(",")[count:])
+
+
+def _to_contact_target(recipient: Recipient, target: str) -> None:
+    """A contact (targetAddress, no mailbox) is replaced by its target address."""
+    kind, _, address = target.partition(":")
+    recipient.address = address
+    recipient.address_type = kind.upper()
+    recipient.status = "remote" if kind.upper() == "SMTP" else "gateway"

@@ -17,6 +17,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from reference_mta import replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_MTA, MailMsg, Recipient, encapsulate
 from reference_mta.queue_contract import DeliveryResult, Hop, HopKind
 
@@ -54,18 +55,15 @@ class SmtpDelivery:
             addresses = await self._addresses(hop)
         except Unresolvable as exc:
             for recipient in pending:
-                recipient.fail(f"550 5.4.0 {exc}", "5.4.0", RP_ERROR_CONTEXT_MTA)
+                recipient.fail_with(replies.unresolvable(str(exc)), RP_ERROR_CONTEXT_MTA)
             return DeliveryResult(delivered=[], failed=pending, deferred=[], error=str(exc))
         except ResolverTrouble as exc:
-            return DeliveryResult(delivered=[], failed=[], deferred=pending, error=f"4.4.9 {exc}")
+            return DeliveryResult(
+                delivered=[], failed=[], deferred=pending, error=replies.dns_trouble(str(exc))
+            )
         if any(address in self.own_addresses for address in addresses):
-            # A next hop that is this very server: Exchange's "looping condition" NDR (5.4.8).
             for recipient in pending:
-                recipient.fail(
-                    f"554 5.4.8 Looping condition: {', '.join(hop.targets)} is this server",
-                    "5.4.8",
-                    RP_ERROR_CONTEXT_MTA,
-                )
+                recipient.fail_with(replies.looping_condition(", ".join(hop.targets)), RP_ERROR_CONTEXT_MTA)
             return DeliveryResult(delivered=[], failed=pending, deferred=[], error="loop to self")
         errors: list[str] = []
         for address in addresses:
@@ -91,69 +89,68 @@ class SmtpDelivery:
         try:
             await client.connect()
             await client.ehlo()
-            utf8 = bool(msg.properties.get("SMTP_UTF8")) or not all(
-                text.isascii() for text in (msg.sender, *(self._smtp_address(r) for r in recipients))
-            )
-            if utf8 and not client.supports_extension("smtputf8"):
-                # RFC 6531 3.4: non-ASCII envelope addresses cannot be downgraded; the message is returned.
-                for recipient in recipients:
-                    recipient.fail(
-                        f"550 5.6.7 {address} does not offer SMTPUTF8; non-ASCII addresses cannot go there",
-                        "5.6.7",
-                        RP_ERROR_CONTEXT_MTA,
-                    )
-                with contextlib.suppress(aiosmtplib.SMTPException):
-                    await client.quit()
-                return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
-            encoding = "utf-8" if utf8 else "ascii"
-            await client.mail(msg.sender, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
-            accepted: list[Recipient] = []
-            failed: list[Recipient] = []
-            deferred: list[Recipient] = []
-            for recipient in recipients:
-                try:
-                    await client.rcpt(self._smtp_address(recipient), encoding=encoding)
-                    accepted.append(recipient)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    text = f"{exc.code} {exc.message}"
-                    if 400 <= exc.code < 500:
-                        deferred.append(recipient)
-                    else:
-                        recipient.fail(text, _enhanced(exc.message, "5.0.0"), RP_ERROR_CONTEXT_MTA)
-                        failed.append(recipient)
-            if accepted:
-                try:
-                    await client.data(content)
-                except aiosmtplib.SMTPDataError as exc:
-                    if 400 <= exc.code < 500:
-                        deferred.extend(accepted)
-                    else:
-                        for recipient in accepted:
-                            recipient.fail(
-                                f"{exc.code} {exc.message}",
-                                _enhanced(exc.message, "5.0.0"),
-                                RP_ERROR_CONTEXT_MTA,
-                            )
-                        failed.extend(accepted)
-                    accepted = []
-            for recipient in accepted:
-                recipient.status = "relayed"
-                recipient.flags |= RP_DELIVERED
-            with contextlib.suppress(aiosmtplib.SMTPException):
-                await client.quit()
-            return DeliveryResult(delivered=accepted, failed=failed, deferred=deferred, partner=address)
+            return await self._transaction(client, address, msg, content, recipients)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:
-                for recipient in recipients:
-                    recipient.fail(
-                        f"{exc.code} {exc.message}", _enhanced(exc.message, "5.0.0"), RP_ERROR_CONTEXT_MTA
-                    )
+                _fail_as_refused(recipients, exc)
                 return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
             return f"{exc.code} {exc.message}"
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            return f"4.4.1 {exc}"
+            return replies.connection_trouble(str(exc))
         finally:
             client.close()
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient]
+    ) -> DeliveryResult:
+        """MAIL, RCPT for each recipient and DATA on a greeted session; a refusal of the whole session
+        (a reply to MAIL, a dropped connection) raises for `_session` to judge."""
+        utf8 = bool(msg.properties.get("SMTP_UTF8")) or not all(
+            text.isascii() for text in (msg.sender, *(self._smtp_address(r) for r in recipients))
+        )
+        if utf8 and not client.supports_extension("smtputf8"):
+            # RFC 6531 3.4: non-ASCII envelope addresses cannot be downgraded; the message is returned.
+            for recipient in recipients:
+                recipient.fail_with(replies.no_smtputf8(address), RP_ERROR_CONTEXT_MTA)
+            await _quit(client)
+            return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
+        encoding = "utf-8" if utf8 else "ascii"
+        await client.mail(msg.sender, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
+        accepted, failed, deferred = await self._send_recipients(client, recipients, encoding)
+        if accepted:
+            try:
+                await client.data(content)
+            except aiosmtplib.SMTPDataError as exc:
+                if 400 <= exc.code < 500:
+                    deferred.extend(accepted)
+                else:
+                    _fail_as_refused(accepted, exc)
+                    failed.extend(accepted)
+                accepted = []
+        for recipient in accepted:
+            recipient.status = "relayed"
+            recipient.flags |= RP_DELIVERED
+        await _quit(client)
+        return DeliveryResult(delivered=accepted, failed=failed, deferred=deferred, partner=address)
+
+    async def _send_recipients(
+        self, client: aiosmtplib.SMTP, recipients: list[Recipient], encoding: str
+    ) -> tuple[list[Recipient], list[Recipient], list[Recipient]]:
+        """RCPT for each recipient: (accepted, failed for good, refused for now)."""
+        accepted: list[Recipient] = []
+        failed: list[Recipient] = []
+        deferred: list[Recipient] = []
+        for recipient in recipients:
+            try:
+                await client.rcpt(self._smtp_address(recipient), encoding=encoding)
+                accepted.append(recipient)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                if 400 <= exc.code < 500:
+                    deferred.append(recipient)
+                else:
+                    _fail_as_refused([recipient], exc)
+                    failed.append(recipient)
+        return accepted, failed, deferred
 
     def _smtp_address(self, recipient: Recipient) -> str:
         if recipient.address_type == "SMTP":
@@ -197,12 +194,17 @@ class SmtpDelivery:
         return [r.to_text() for r in answer]
 
 
-def _enhanced(text: str, default: str) -> str:
-    first = text.split(" ", 1)[0]
-    parts = first.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts):
-        return first
-    return default
+def _fail_as_refused(recipients: list[Recipient], exc: aiosmtplib.SMTPResponseException) -> None:
+    """The next hop's own refusal, passed on as it said it (it is its text, not ours)."""
+    for recipient in recipients:
+        recipient.fail(
+            f"{exc.code} {exc.message}", replies.enhanced_code_of(exc.message), RP_ERROR_CONTEXT_MTA
+        )
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    with contextlib.suppress(aiosmtplib.SMTPException):
+        await client.quit()
 
 
 def make_resolver(address: str, port: int, timeout: float = 3.0) -> dns.asyncresolver.Resolver:

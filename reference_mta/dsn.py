@@ -12,12 +12,8 @@ import email.utils
 from email.message import EmailMessage, Message
 from email.policy import SMTP, SMTPUTF8, default
 
+from reference_mta import replies
 from reference_mta.mailmsg import MSGCLASS_NDR, MailMsg, Recipient
-
-UNKNOWN_USER_TEXT = (
-    "The e-mail account does not exist at the organization this message was sent to. Check the e-mail "
-    "address, or contact the recipient directly to find out the correct address."
-)
 
 
 def wants_notice(recipient: Recipient, kind: str) -> bool:
@@ -49,86 +45,125 @@ def make_dsn(
     if not original.sender or not failed:
         return None
     header_block = content.split(b"\r\n\r\n", 1)[0]
-    headers = email.message_from_bytes(header_block + b"\r\n\r\n", policy=default)
     message_id = email.utils.make_msgid(domain=reporting_fqdn).strip("<>")
-    # RFC 6533: a report about or to non-ASCII addresses, or returning UTF-8 headers, is international:
-    # UTF-8 headers as they are, a global delivery status with utf-8 address types, global headers.
-    international = (
+    international = _is_international(original, failed, header_block)
+    report = _report(
+        original, failed, header_block, message_id, reporting_fqdn, postmaster, delayed, international
+    )
+    report.attach(_delivery_status(original, failed, reporting_fqdn, action, international))
+    report.attach(_returned_headers(header_block, international))
+    # Unfolded: a delivery-status field without spaces (a long address) would otherwise be folded into an
+    # RFC 2047 encoded word, which RFC 3464's fields do not allow.
+    data = report.as_bytes(policy=(SMTPUTF8 if international else SMTP).clone(max_line_length=None))
+    ndr = MailMsg.new(
+        "",
+        [original.sender],
+        RFC822_MSG_ID=message_id,
+        RFC822_MSG_SUBJECT=replies.dsn_subject(delayed),
+        MSGCLASS=MSGCLASS_NDR,
+        MSG_SIZE_HINT=len(data),
+        LINKED_MSGID=original.message_id,
+    )
+    return ndr, data
+
+
+def _is_international(original: MailMsg, failed: list[Recipient], header_block: bytes) -> bool:
+    """RFC 6533: a report about or to non-ASCII addresses, or returning UTF-8 headers, is international:
+    UTF-8 headers as they are, a global delivery status with utf-8 address types, global headers."""
+    return (
         bool(original.properties.get("SMTP_UTF8"))
         or not original.sender.isascii()
         or not header_block.isascii()
         or not all(r.address.isascii() and r.original.isascii() for r in failed)
     )
+
+
+def _report(
+    original: MailMsg,
+    failed: list[Recipient],
+    header_block: bytes,
+    message_id: str,
+    reporting_fqdn: str,
+    postmaster: str,
+    delayed: bool,
+    international: bool,
+) -> EmailMessage:
+    """The multipart/report with its headers and its human-readable part, ready for the other two."""
+    headers = email.message_from_bytes(header_block + b"\r\n\r\n", policy=default)
     report = EmailMessage(policy=SMTPUTF8 if international else SMTP)
     report["From"] = f"System Administrator <{postmaster}>"
     report["To"] = original.sender
     report["Date"] = email.utils.formatdate()
     report["Message-ID"] = f"<{message_id}>"
-    subject_line = f"Delivery Status Notification ({'Delay' if delayed else 'Failure'})"
-    report["Subject"] = subject_line
+    report["Subject"] = replies.dsn_subject(delayed)
     original_id = _text(headers.get("Message-ID"))
     if original_id:
         report["In-Reply-To"] = original_id
-    lines = [
-        "Delivery to the following recipients has been delayed; the server will keep trying."
-        if delayed
-        else "Your message did not reach some or all of the intended recipients.",
-        "",
-    ]
-    subject = _text(headers.get("Subject"))
-    if subject:
-        lines.insert(1, f"      Subject:  {subject}")
-    if not delayed:
-        lines += ["The following recipient(s) could not be reached:", ""]
-    for recipient in failed:
-        lines.append(f"      {recipient.original} on {email.utils.formatdate()}")
-        if recipient.enhanced == "5.1.1":
-            lines.append(f"            {UNKNOWN_USER_TEXT}")
-        lines.append(f"            <{reporting_fqdn} #{_status(recipient, delayed)}>")
-        lines.append("")
-    report.set_content("\r\n".join(lines))
+    report.set_content(_readable_text(failed, _text(headers.get("Subject")), reporting_fqdn, delayed))
     report.make_mixed()
     report.set_type("multipart/report")
     report.set_param("report-type", "delivery-status")
+    return report
 
-    # message/delivery-status is a list of header blocks: the per-message one, then one per recipient.
+
+def _readable_text(failed: list[Recipient], subject: str, reporting_fqdn: str, delayed: bool) -> str:
+    """The human-readable part, in Exchange's wording: each recipient, why, and its status code."""
+    lines = [replies.DELAY_INTRODUCTION if delayed else replies.NDR_INTRODUCTION, ""]
+    if subject:
+        lines.insert(1, f"      Subject:  {subject}")
+    if not delayed:
+        lines += [replies.NDR_RECIPIENTS_HEADING, ""]
+    for recipient in failed:
+        lines.append(f"      {recipient.original} on {email.utils.formatdate()}")
+        explanation = replies.NDR_EXPLANATIONS.get(recipient.enhanced or "")
+        if explanation:
+            lines.append(f"            {explanation}")
+        lines.append(f"            <{reporting_fqdn} #{_status(recipient, delayed)}>")
+        lines.append("")
+    return "\r\n".join(lines)
+
+
+def _delivery_status(
+    original: MailMsg, failed: list[Recipient], reporting_fqdn: str, action: str, international: bool
+) -> EmailMessage:
+    """message/delivery-status is a list of header blocks: the per-message one, then one per recipient."""
+    delayed = action == "delayed"
     status = EmailMessage()
     status.set_type("message/global-delivery-status" if international else "message/delivery-status")
     envid = original.properties.get("DSN_ENVID_VALUE")
-    blocks: list[Message | str] = [
+    head = _fields(
+        [
+            ("Original-Envelope-Id", envid if isinstance(envid, str) else None),
+            ("Reporting-MTA", f"dns;{reporting_fqdn}"),
+            ("Arrival-Date", _arrival(original)),
+        ]
+    )
+    blocks = [
         _fields(
             [
-                ("Original-Envelope-Id", envid if isinstance(envid, str) else None),
-                ("Reporting-MTA", f"dns;{reporting_fqdn}"),
-                ("Arrival-Date", _arrival(original)),
+                ("Original-Recipient", recipient.orcpt or _typed(recipient.original)),
+                ("Final-Recipient", _typed(recipient.address)),
+                ("Action", action),
+                ("Status", _status(recipient, delayed)),
+                ("Diagnostic-Code", f"smtp;{recipient.status_text}" if recipient.status_text else None),
             ]
         )
+        for recipient in failed
     ]
-    for recipient in failed:
-        blocks.append(
-            _fields(
-                [
-                    ("Original-Recipient", recipient.orcpt or _typed(recipient.original)),
-                    ("Final-Recipient", _typed(recipient.address)),
-                    ("Action", action),
-                    ("Status", _status(recipient, delayed)),
-                    ("Diagnostic-Code", f"smtp;{recipient.status_text}" if recipient.status_text else None),
-                ]
-            )
-        )
     if international:
         # The email package knows RFC 6533's type only as a message/* holding one message; written so,
         # the per-message block is that message's header and the recipient blocks its (UTF-8) body.
-        head, *rest = [block for block in blocks if isinstance(block, Message)]
-        text = "".join(block.as_string(policy=SMTPUTF8) for block in rest)
+        text = "".join(block.as_string(policy=SMTPUTF8) for block in blocks)
         head.set_payload(text.encode("utf-8").decode("ascii", "surrogateescape"))
         status.set_payload([head])
     else:
-        status.set_payload(blocks)
-    report.attach(status)
+        status.set_payload([head, *blocks])
+    return status
 
-    # RET=HDRS and RET=FULL both get the headers: Exchange returns headers unless asked for more, and
-    # the original body may be large.
+
+def _returned_headers(header_block: bytes, international: bool) -> EmailMessage:
+    """RET=HDRS and RET=FULL both get the headers: Exchange returns headers unless asked for more, and
+    the original body may be large."""
     original_headers = EmailMessage(policy=SMTP)
     if international:
         # message/global-headers holds the header block as a message of its own, written as it came.
@@ -138,25 +173,11 @@ def make_dsn(
         original_headers.set_content(
             header_block + b"\r\n", maintype="text", subtype="rfc822-headers", cte="8bit"
         )
-    report.attach(original_headers)
-
-    # Unfolded: a delivery-status field without spaces (a long address) would otherwise be folded into an
-    # RFC 2047 encoded word, which RFC 3464's fields do not allow.
-    data = report.as_bytes(policy=(SMTPUTF8 if international else SMTP).clone(max_line_length=None))
-    ndr = MailMsg.new(
-        "",
-        [original.sender],
-        RFC822_MSG_ID=message_id,
-        RFC822_MSG_SUBJECT=subject_line,
-        MSGCLASS=MSGCLASS_NDR,
-        MSG_SIZE_HINT=len(data),
-        LINKED_MSGID=original.message_id,
-    )
-    return ndr, data
+    return original_headers
 
 
 def _status(recipient: Recipient, delayed: bool) -> str:
-    return recipient.enhanced or ("4.4.7" if delayed else "5.0.0")
+    return recipient.enhanced or (replies.DELIVERY_TIME_EXPIRED if delayed else replies.UNDEFINED_FAILURE)
 
 
 def _text(value: object) -> str:

@@ -32,19 +32,11 @@ from email.policy import SMTP
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from reference_mta import tracking
+from reference_mta import replies, tracking
 from reference_mta.directory import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
 from reference_mta.queue_contract import ComponentUnavailable, QueueState
 from reference_mta.topology import Connector, Organization
-
-GATEWAY_TRANSFER_IN = 1004
-GATEWAY_TRANSFER_OUT = 1003
-GATEWAY_REPORT = 1007
-MTA_TRANSFER_IN = 0
-MTA_TRANSFER_OUT = 7
-# Not in KB 821905: the translation step has no event of its own in Exchange (docs/decisions.md).
-GATEWAY_TRANSLATED = 1046
 
 
 class GatewayBusy(ValueError):
@@ -158,7 +150,7 @@ class NotesGateway:
             raise GatewayBusy(f"the gateway cannot map addresses now: {exc}") from exc
         item = uuid.uuid4().hex
         await asyncio.to_thread(_write, self.in_folder / f"{item}.memo", data)
-        self._log(GATEWAY_TRANSFER_IN, memo.sender, memo.send_to, "GW-1", "IN", item)
+        self._log(tracking.GATEWAY_TRANSFER_IN, memo.sender, memo.send_to, "GW-1", "IN", item)
         await self._transfer(item, memo)
         return item
 
@@ -180,9 +172,9 @@ class NotesGateway:
         content = _mime(memo, sender, mapped, message_id)
         # GW-2: translated and mapped, into MTS-IN; then GW-3 and GW-4 move the same bytes on.
         steps = (
-            (self.mts_in, GATEWAY_TRANSLATED, "GW-2", "MTS-IN"),
-            (self.mta_queue, MTA_TRANSFER_IN, "GW-3", "MTA"),
-            (self.smtp_mts_out, MTA_TRANSFER_OUT, "GW-4", "MTS-OUT"),
+            (self.mts_in, tracking.GATEWAY_TRANSLATED, "GW-2", "MTS-IN"),
+            (self.mta_queue, tracking.MTA_TRANSFER_IN, "GW-3", "MTA"),
+            (self.smtp_mts_out, tracking.MTA_TRANSFER_OUT, "GW-4", "MTS-OUT"),
         )
         previous = self.in_folder / f"{item}.memo"
         for folder, event, spec, queue in steps:
@@ -221,13 +213,11 @@ class NotesGateway:
         report = Memo(
             sender=f"Mail Router/{self.organization.name}",
             send_to=[memo.sender],
-            subject=f"DELIVERY FAILURE: {memo.subject}",
-            body="Your message could not be delivered to:\n"
-            + "\n".join(f"  {name}: no such recipient" for name in unmapped)
-            + "\n",
+            subject=replies.gateway_failure_subject(memo.subject),
+            body=replies.gateway_failure_body(unmapped),
         )
         await asyncio.to_thread(self._deliver_foreign, report)
-        self._log(GATEWAY_REPORT, memo.sender, unmapped, "GW-2", "IN", "")
+        self._log(tracking.GATEWAY_REPORT, memo.sender, unmapped, "GW-2", "IN", "")
 
     def folders(self) -> dict[str, list[dict[str, object]]]:
         """The gateway's folders and the X.400 queues behind it, as Queue Viewer lists X.400 queues."""
@@ -276,7 +266,12 @@ class NotesGateway:
         )
         await asyncio.to_thread(self._deliver_foreign, memo)
         self.tracking.log(
-            GATEWAY_TRANSFER_OUT, msg, None, "IN-7c", partner=self.address_type, queue=self.connector.name
+            tracking.GATEWAY_TRANSFER_OUT,
+            msg,
+            None,
+            "IN-7c",
+            partner=self.address_type,
+            queue=self.connector.name,
         )
         # Collected from MTS-OUT: the foreign system has it now.
         for suffix in (".eml", ".json"):

@@ -13,7 +13,10 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reference_mta.replies import Reply
 
 # IMMPID_RP_* recipient flags (MailMsgProps.h).
 RP_HANDLED = 0x00000010
@@ -64,6 +67,10 @@ class Recipient:
         self.status_text = status_text
         self.enhanced = enhanced
         self.flags |= RP_FAILED | context
+
+    def fail_with(self, reply: Reply, context: int) -> None:
+        """Fail with a reply from the catalogue: the status text and the enhanced code are one record's."""
+        self.fail(str(reply), reply.enhanced, context)
 
 
 @dataclass

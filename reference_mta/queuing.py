@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
-from reference_mta import tracking
+from reference_mta import replies, tracking
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
     BADMAIL,
@@ -312,7 +312,7 @@ class AdvancedQueuingEngine:
         for hop, part in parts:
             if hop.kind == HopKind.NO_ROUTE:
                 for recipient in part.msg.recipients:
-                    recipient.fail(f"550 5.0.0 No route for the address space ({hop.detail})", "5.0.0", 0)
+                    recipient.fail_with(replies.no_route(hop.detail), 0)
                 await self._fail(part, part.msg.recipients)
                 await self._finish(part)
             elif hop.kind == HopKind.UNREACHABLE:
@@ -326,7 +326,7 @@ class AdvancedQueuingEngine:
                     UNREACHABLE,
                     resume=TO_BE_ROUTED,
                     error=hop.detail,
-                    code="5.4.0",
+                    code=replies.ROUTING_FAILURE,
                 )
             else:
                 event = tracking.ROUTED_GATEWAY if hop.kind == HopKind.GATEWAY else tracking.ROUTED_REMOTE
@@ -408,7 +408,7 @@ class AdvancedQueuingEngine:
         *,
         resume: str,
         error: str = "",
-        code: str = "4.4.7",
+        code: str = replies.DELIVERY_TIME_EXPIRED,
         expires: bool = True,
     ) -> None:
         """Park `waiting` recipients in `queue` until their next attempt, which starts in `resume`;
@@ -418,7 +418,7 @@ class AdvancedQueuingEngine:
         arrival = float(entry.msg.properties.get("ARRIVAL_TIME", time.time()))
         if expires and time.time() - arrival > self.retry.expiration:
             for recipient in waiting:
-                recipient.fail(f"550 {code} Message expired in queue {queue}: {error}", code, 0)
+                recipient.fail_with(replies.expired(code, queue, error), 0)
             await self._fail(entry, waiting)
             await self._finish(entry)
             return

@@ -9,8 +9,30 @@ from __future__ import annotations
 
 import email.utils
 import re
+from dataclasses import dataclass
 
 SERVICE_VERSION = "6.0.3790.3959"
+
+
+# Enhanced status codes (RFC 3463) that stand on their own: a recipient that waited too long, a next
+# hop that cannot be found, and the status of a notice about a recipient that carries none of its own.
+DELIVERY_TIME_EXPIRED = "4.4.7"
+ROUTING_FAILURE = "5.4.0"
+UNDEFINED_FAILURE = "5.0.0"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One reply with its enhanced status code (RFC 3463) written once: the same record gives the line
+    on the wire ("550 5.1.1 text"), the recipient's status string an NDR quotes as its Diagnostic-Code,
+    and the Status field of the NDR."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
 
 
 def banner(fqdn: str) -> str:
@@ -125,6 +147,31 @@ USER_UNKNOWN = "550 5.1.1 User unknown"
 DIRECTORY_UNAVAILABLE = "451 4.4.3 Directory unavailable, try again later"
 
 
+# aiosmtpd's own reply to a client that sent too many unknown commands; it closes the session itself.
+CALL_LIMIT_EXCEEDED_PREFIX = "502 5.5.1 Too many"
+
+
+def verified(listing: str) -> str:
+    return f"250 2.1.5 {listing}"
+
+
+def group_without_members(listing: str) -> str:
+    return f"250 2.1.5 {listing} has no members"
+
+
+def group_members(members: list[str]) -> list[str]:
+    """EXPN's answer: one line per member (a multiline 250)."""
+    return [f"250-2.1.5 {member}" for member in members[:-1]] + [f"250 2.1.5 {members[-1]}"]
+
+
+def help_commands(offered: list[str]) -> list[str]:
+    return ["214-2.0.0 This server supports the following commands:", f"214 2.0.0 {' '.join(offered)}"]
+
+
+def help_syntax(syntax: str) -> str:
+    return f"214 2.0.0 Syntax: {syntax}"
+
+
 def cannot_verify(address: str) -> str:
     return f"252 2.1.5 Cannot VRFY user, but will take message for <{address}>"
 
@@ -176,3 +223,140 @@ def translate(status: str) -> str:
         if match is not None:
             return match.expand(replacement)
     return status
+
+
+# --- non-delivery: the status each failed recipient carries into its NDR ---------------------------
+# Categorizer (KB 233363's order of checks).
+
+
+def hop_count_exceeded(hops: int, limit: int) -> Reply:
+    return Reply(554, "5.4.6", f"Hop count exceeded ({hops} > {limit}): possible mail loop")
+
+
+def over_sender_size_limit(size: int, limit_kb: str) -> Reply:
+    return Reply(552, "5.2.3", f"Message of {size} bytes exceeds the sender's limit of {limit_kb} KB")
+
+
+def over_sender_recipient_limit(count: int, limit: str) -> Reply:
+    return Reply(550, "5.5.3", f"{count} recipients exceed the sender's limit of {limit}")
+
+
+def user_unknown(address: str) -> Reply:
+    return Reply(550, "5.1.1", f"User unknown: {address}")
+
+
+def ambiguous_address(address: str) -> Reply:
+    return Reply(550, "5.1.4", f"Ambiguous address: {address}")
+
+
+def no_mailbox(address: str) -> Reply:
+    return Reply(550, "5.1.0", f"Recipient has no mailbox: {address}")
+
+
+def home_server_not_found(address: str) -> Reply:
+    return Reply(550, "5.1.0", f"Home server of {address} not found")
+
+
+def expansion_server_not_found(address: str) -> Reply:
+    return Reply(550, "5.1.0", f"Expansion server of {address} not found")
+
+
+def forwarding_loop(address: str) -> Reply:
+    return Reply(554, "5.4.6", f"Forwarding loop at {address}")
+
+
+def over_recipient_size_limit(size: int, limit_kb: str, address: str) -> Reply:
+    return Reply(552, "5.2.3", f"Message of {size} bytes exceeds the {limit_kb} KB limit of {address}")
+
+
+def authenticated_senders_only(address: str) -> Reply:
+    return Reply(550, "5.7.1", f"{address} accepts mail from authenticated users only")
+
+
+def sender_not_allowed(address: str) -> Reply:
+    return Reply(550, "5.7.1", f"Sender is not allowed to send to {address}")
+
+
+def sender_rejected(address: str) -> Reply:
+    return Reply(550, "5.7.1", f"Sender is rejected by {address}")
+
+
+# Queuing, routing, store and outbound SMTP.
+
+
+def no_route(detail: str) -> Reply:
+    return Reply(550, "5.0.0", f"No route for the address space ({detail})")
+
+
+def expired(enhanced: str, queue: str, error: str) -> Reply:
+    return Reply(550, enhanced, f"Message expired in queue {queue}: {error}")
+
+
+def store_not_on_this_server(address: str) -> Reply:
+    return Reply(550, "5.2.1", f"Mailbox store of {address} is not on this server")
+
+
+def unresolvable(detail: str) -> Reply:
+    return Reply(550, ROUTING_FAILURE, detail)
+
+
+def looping_condition(targets: str) -> Reply:
+    # Exchange's "looping condition" NDR: the next hop is this very server.
+    return Reply(554, "5.4.8", f"Looping condition: {targets} is this server")
+
+
+def no_smtputf8(host: str) -> Reply:
+    # RFC 6531 3.4: non-ASCII envelope addresses cannot be downgraded.
+    return Reply(550, "5.6.7", f"{host} does not offer SMTPUTF8; non-ASCII addresses cannot go there")
+
+
+# Transient delivery errors: why a message waits for its next attempt (queue state, tracking detail,
+# and the text of an expiry NDR); the enhanced code says which kind.
+
+
+def dns_trouble(detail: str) -> str:
+    return f"4.4.9 {detail}"
+
+
+def connection_trouble(detail: str) -> str:
+    return f"4.4.1 {detail}"
+
+
+def enhanced_code_of(text: str, default: str = UNDEFINED_FAILURE) -> str:
+    """The enhanced status code a next hop's reply text starts with, or `default` if it has none."""
+    first = text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return first
+    return default
+
+
+# --- the NDR's human-readable part, in Exchange's wording --------------------------------------------
+
+NDR_INTRODUCTION = "Your message did not reach some or all of the intended recipients."
+DELAY_INTRODUCTION = "Delivery to the following recipients has been delayed; the server will keep trying."
+NDR_RECIPIENTS_HEADING = "The following recipient(s) could not be reached:"
+# What the NDR says under a recipient, by the recipient's enhanced code.
+NDR_EXPLANATIONS = {
+    "5.1.1": "The e-mail account does not exist at the organization this message was sent to. Check the "
+    "e-mail address, or contact the recipient directly to find out the correct address.",
+}
+
+
+def dsn_subject(delayed: bool) -> str:
+    return f"Delivery Status Notification ({'Delay' if delayed else 'Failure'})"
+
+
+# --- the gateway's non-delivery memo to a foreign system (its own format, not an SMTP reply) --------
+
+
+def gateway_failure_subject(subject: str) -> str:
+    return f"DELIVERY FAILURE: {subject}"
+
+
+def gateway_failure_body(unmapped: list[str]) -> str:
+    return (
+        "Your message could not be delivered to:\n"
+        + "\n".join(f"  {name}: no such recipient" for name in unmapped)
+        + "\n"
+    )

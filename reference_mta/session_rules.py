@@ -27,12 +27,20 @@ that is already waiting when a sync point is read was sent without waiting: a sy
 session ends anyway. BDAT may be pipelined (RFC 3030 4.2).
 
 A virtual server without anonymous access refuses transaction commands until the client authenticates.
+
+Beyond the state, some rules look at the session itself (`Facts`): a session that connection control
+refused serves only QUIT (RFC 5321 3.1), and a synchronization error ends the session; these come
+before any command's own rule (`SESSION_GUARDS`). A command's rule may add guards of its own, checked
+once the state allows it: no STARTTLS inside TLS (RFC 3207 4.2), no MAIL beyond the virtual server's
+messages per connection, no DATA for a BODY=BINARYMIME transaction (RFC 3030 3). `judge` applies them
+all, in that order; the protocol engine asks it before every command and answers with its verdict.
+Every 5xx a client earns counts against the virtual server's error budget (`counts_as_error`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from reference_mta import replies
@@ -51,6 +59,45 @@ TRANSACTION = frozenset({State.MAIL, State.RCPT, State.CHUNKING})
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What the rules look at: the state, and what the protocol engine knows of the session."""
+
+    state: State
+    fqdn: str = ""
+    extended: bool = True  # greeted with EHLO
+    authenticated: bool = False
+    anonymous_allowed: bool = True  # the virtual server's anonymous access
+    refused: bool = False  # connection control answered the greeting with 554
+    enforce_sync: bool = False  # the virtual server enforces pipelining sync points
+    input_waiting: bool = False  # the client sent more than the current command line
+    encrypted: bool = False  # STARTTLS has been done
+    messages: int = 0  # messages accepted in this session
+    message_limit: int | None = None  # the virtual server's messages per connection
+    binarymime: bool = False  # this transaction's MAIL said BODY=BINARYMIME
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The reply that refuses a command, and whether the session ends with it."""
+
+    reply: str
+    closes: bool = False
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A refusal that depends on the session rather than on the state alone."""
+
+    name: str
+    applies: Callable[[str, str | None, Facts], bool]  # (command, argument, facts)
+    reply: str | Callable[[Facts], str]
+    closes: bool = False
+
+    def verdict(self, facts: Facts) -> Verdict:
+        return Verdict(self.reply if isinstance(self.reply, str) else self.reply(facts), self.closes)
+
+
+@dataclass(frozen=True)
 class Rule:
     accepted: frozenset[State]
     refusals: Mapping[State, str] = field(default_factory=dict)
@@ -59,14 +106,37 @@ class Rule:
     ehlo_only: str | None = None  # the refusal in a session greeted with HELO: an ESMTP extension's command
     reads_payload: bool = False  # its data follows the command line and is read even when it is refused
     syntax: str = ""  # what HELP <command> shows
+    guards: tuple[Guard, ...] = ()  # checked once the state and authentication allow the command
 
     def refusal(self, state: State, extended: bool = True) -> str | None:
         if state in self.accepted:
             return self.ehlo_only if self.ehlo_only is not None and not extended else None
         return self.refusals.get(state, replies.BAD_SEQUENCE)
 
+    def judge(self, command: str, arg: str | None, facts: Facts) -> Verdict | None:
+        """The state's refusal, then authentication, then this command's guards; None: it runs."""
+        refusal = self.refusal(facts.state, facts.extended)
+        if refusal is not None:
+            return Verdict(refusal)
+        if self.needs_authentication and not facts.anonymous_allowed and not facts.authenticated:
+            return Verdict(replies.NOT_AUTHENTICATED)
+        return next((g.verdict(facts) for g in self.guards if g.applies(command, arg, facts)), None)
+
 
 _BEFORE_HELLO = {State.CONNECTED: replies.SEND_HELLO_FIRST}
+
+TOO_MANY_MESSAGES = Guard(
+    "messages per connection",
+    lambda command, arg, facts: facts.message_limit is not None and facts.messages >= facts.message_limit,
+    replies.TOO_MANY_MESSAGES,
+    closes=True,
+)
+BINARYMIME_NEEDS_BDAT = Guard(
+    "BODY=BINARYMIME needs BDAT", lambda command, arg, facts: facts.binarymime, replies.BINARYMIME_NEEDS_BDAT
+)
+TLS_INSIDE_TLS = Guard(
+    "no TLS inside TLS", lambda command, arg, facts: facts.encrypted, replies.TLS_ALREADY_ACTIVE
+)
 
 RULES: Mapping[str, Rule] = {
     "HELO": Rule(ANY, sync_point=True, syntax="HELO <domain>"),
@@ -82,6 +152,7 @@ RULES: Mapping[str, Rule] = {
         needs_authentication=True,
         syntax="MAIL FROM:<reverse-path> [SIZE=<n>] [BODY=7BIT|8BITMIME|BINARYMIME] "
         "[RET=FULL|HDRS] [ENVID=<id>]",
+        guards=(TOO_MANY_MESSAGES,),
     ),
     "RCPT": Rule(
         frozenset({State.MAIL, State.RCPT}),
@@ -104,6 +175,7 @@ RULES: Mapping[str, Rule] = {
         sync_point=True,
         needs_authentication=True,
         syntax="DATA",
+        guards=(BINARYMIME_NEEDS_BDAT,),
     ),
     "BDAT": Rule(
         frozenset({State.RCPT, State.CHUNKING}),
@@ -124,6 +196,7 @@ RULES: Mapping[str, Rule] = {
         {state: replies.STARTTLS_IN_TRANSACTION for state in TRANSACTION},
         sync_point=True,
         syntax="STARTTLS",
+        guards=(TLS_INSIDE_TLS,),
     ),
     "AUTH": Rule(
         frozenset({State.GREETED}),
@@ -178,3 +251,51 @@ def is_sync_point(command: str, arg: str | None, pipelining: bool) -> bool:
         return not (len(words) == 2 and words[0].upper() in ONE_STEP_MECHANISMS)
     rule = RULES.get(command)
     return rule is not None and rule.sync_point
+
+
+def _sync_violated(command: str, arg: str | None, facts: Facts) -> bool:
+    # Input that is already waiting when a sync point is read was sent without waiting for its reply.
+    return (
+        facts.enforce_sync and facts.input_waiting and is_sync_point(command, arg, pipelining=facts.extended)
+    )
+
+
+# Checked before any command's own rule, in this order.
+SESSION_GUARDS: tuple[Guard, ...] = (
+    # RFC 5321 3.1: after a 554 greeting the server waits for QUIT, answering 503 to anything else.
+    Guard(
+        "refused session: QUIT",
+        lambda command, arg, facts: facts.refused and command == "QUIT",
+        lambda facts: replies.closing(facts.fqdn),
+        closes=True,
+    ),
+    Guard("refused session", lambda command, arg, facts: facts.refused, replies.REFUSED_SESSION),
+    Guard("synchronization error", _sync_violated, replies.SYNC_ERROR, closes=True),
+)
+
+
+def judge(command: str, arg: str | None, facts: Facts) -> Verdict | None:
+    """How the virtual server answers `command` instead of running it, or None: it runs. A command
+    whose payload follows it (BDAT) is judged by its own rule only once the payload is read."""
+    for guard in SESSION_GUARDS:
+        if guard.applies(command, arg, facts):
+            return guard.verdict(facts)
+    rule = RULES.get(command)
+    if rule is None or rule.reads_payload:
+        return None
+    return rule.judge(command, arg, facts)
+
+
+def counts_as_error(reply: str) -> bool:
+    """Whether a reply counts against the virtual server's error budget (max_errors). Only the client's
+    mistakes count, 5xx: a 4xx is the server's state or a limit the client is told about (452 too many
+    recipients), and aiosmtpd's 502 for too many unknown commands closes the session anyway."""
+    return reply[:1] == "5" and reply[3:4] == " " and not reply.startswith(replies.CALL_LIMIT_EXCEEDED_PREFIX)
+
+
+ERROR_BUDGET_SPENT = Verdict(replies.TOO_MANY_ERRORS, closes=True)
+
+
+def over_error_budget(errors: int, budget: int) -> Verdict | None:
+    """After the reply that used up the budget, the session ends."""
+    return ERROR_BUDGET_SPENT if errors >= budget else None

@@ -1,12 +1,14 @@
 """The SMTP protocol engine of a virtual server: aiosmtpd's, with the session rules in front of every
 command and the parts of the protocol aiosmtpd lacks.
 
-- Every command passes the session rules (`session_rules`): the state table, the pipelining sync-point
-  check and the anonymous-access check, before aiosmtpd sees it; once a reply has closed the session,
-  nothing the client had already sent runs.
+- Every command passes the session rules (`session_rules.judge`) before aiosmtpd sees it: the state
+  table, the pipelining sync-point check, the anonymous-access check and the rules that look at the
+  session (a refused session, TLS inside TLS, messages per connection, BINARYMIME); the engine gathers
+  the facts and answers the verdict. Once a reply has closed the session, nothing the client had
+  already sent runs.
 - Connection control answers the greeting (`access_policy`).
 - CHUNKING and BINARYMIME (BDAT, RFC 3030), the DSN parameters (RFC 3461), HELP from the session rules,
-  VRFY and EXPN (answered by the policy), STARTTLS inside TLS refused, SMTPUTF8 as configured.
+  VRFY and EXPN (answered by the policy), SMTPUTF8 as configured.
 - Bounds per session: command and text line lengths, error replies, idle time.
 What the virtual server decides about a sender, a recipient or a message is the policy's
 (`smtp_server.VirtualServerHandler`, through aiosmtpd's handler hooks). Reply texts come from `replies`.
@@ -27,7 +29,16 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from reference_mta import replies
 from reference_mta.access_policy import may_connect
 from reference_mta.protocol_log import ProtocolLog, SessionLog
-from reference_mta.session_rules import RULES, Rule, State, is_sync_point, state_of
+from reference_mta.session_rules import (
+    RULES,
+    Facts,
+    State,
+    Verdict,
+    counts_as_error,
+    judge,
+    over_error_budget,
+    state_of,
+)
 from reference_mta.topology import VirtualServer
 
 _BDAT_ARGUMENT = re.compile(r"(\d+)(?: +(LAST))?", re.IGNORECASE)
@@ -117,13 +128,30 @@ class ExchangeSMTP(SMTP):
             chunking=envelope.chunks is not None,
         )
 
-    def refusal(self, rule: Rule) -> str | None:
-        extended = self.session is not None and bool(self.session.extended_smtp)
-        refusal = rule.refusal(self.state(), extended)
-        anonymous = self.session is None or not self.session.authenticated
-        if refusal is None and rule.needs_authentication and not self.vs.anonymous and anonymous:
-            return replies.NOT_AUTHENTICATED
-        return refusal
+    def facts(self) -> Facts:
+        """What the session rules judge a command by."""
+        session = self.session
+        return Facts(
+            state=self.state(),
+            fqdn=self.fqdn,
+            extended=session is not None and bool(session.extended_smtp),
+            authenticated=session is not None and bool(session.authenticated),
+            anonymous_allowed=self.vs.anonymous,
+            refused=self.refused,
+            enforce_sync=self.vs.pipelining_sync == "enforce" and session is not None,
+            # Input beyond the current line waits in the StreamReader's buffer; asyncio offers no public
+            # way to ask whether any is there.
+            input_waiting=bool(self._reader._buffer),  # type: ignore[attr-defined]
+            encrypted=self._tls_protocol is not None,
+            messages=self.messages,
+            message_limit=self.vs.max_messages_per_connection,
+            binarymime=self.exchange_envelope().binarymime,
+        )
+
+    async def answer(self, verdict: Verdict) -> None:
+        await self.push(verdict.reply)
+        if verdict.closes:
+            self.close()
 
     def _ruled(self, command: str, method: Callable[[str | None], Awaitable[None]]) -> Callable[..., Any]:
         async def ruled(arg: str | None) -> None:
@@ -131,33 +159,15 @@ class ExchangeSMTP(SMTP):
                 return  # lines the client had sent before the session was closed on it
             if self.session_log is not None:
                 self.session_log.command(command, arg, len(command) + len(arg or "") + 3)
-            if self.refused:
-                await self.push(replies.closing(self.fqdn) if command == "QUIT" else replies.REFUSED_SESSION)
-                if command == "QUIT":
-                    self.close()
-                return
-            if self._sync_violated(command, arg):
-                await self.push(replies.SYNC_ERROR)
-                self.close()
-                return
-            rule = RULES.get(command)
-            # BDAT reads its chunk before it may refuse: the chunk's bytes must not be taken for commands.
-            refusal = self.refusal(rule) if rule is not None and not rule.reads_payload else None
-            if refusal is not None:
-                await self.push(refusal)
+            # BDAT reads its chunk before its own rule may refuse it: the chunk's bytes must not be taken
+            # for commands (judge leaves that rule to smtp_BDAT).
+            verdict = judge(command, arg, self.facts())
+            if verdict is not None:
+                await self.answer(verdict)
                 return
             await method(arg)
 
         return ruled
-
-    def _sync_violated(self, command: str, arg: str | None) -> bool:
-        if self.vs.pipelining_sync != "enforce" or self.session is None:
-            return False
-        if not is_sync_point(command, arg, pipelining=bool(self.session.extended_smtp)):
-            return False
-        # Input beyond the current line waits in the StreamReader's buffer; asyncio offers no public way
-        # to ask whether any is there.
-        return bool(self._reader._buffer)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self.transport is not None:
@@ -177,13 +187,13 @@ class ExchangeSMTP(SMTP):
         if self.session_log is not None:
             self.session_log.reply(text, self.session.host_name if self.session is not None else None)
         await super().push(text)
-        # Only the client's mistakes count (5xx); 4xx replies are the server's state or a limit the
-        # client is told about (452 too many recipients), and aiosmtpd's 502 for unknown commands closes.
-        if text[:1] == "5" and text[3:4] == " " and not text.startswith("502 5.5.1 Too many"):
+        if counts_as_error(text):
             self.errors += 1
-            if self.errors >= self.vs.max_errors:
-                await super().push(replies.TOO_MANY_ERRORS)
-                self.close()
+            verdict = over_error_budget(self.errors, self.vs.max_errors)
+            if verdict is not None:
+                await super().push(verdict.reply)
+                if verdict.closes:
+                    self.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -225,10 +235,10 @@ class ExchangeSMTP(SMTP):
         """RFC 5321 4.1.1.8: the commands this virtual server offers, or one command's syntax (214)."""
         offered = [command for command in RULES if self._offers(command)]
         if not arg:
-            await self.push("214-2.0.0 This server supports the following commands:")
-            await self.push(f"214 2.0.0 {' '.join(offered)}")
+            for line in replies.help_commands(offered):
+                await self.push(line)
         elif arg.upper() in offered:
-            await self.push(f"214 2.0.0 Syntax: {RULES[arg.upper()].syntax}")
+            await self.push(replies.help_syntax(RULES[arg.upper()].syntax))
         else:
             await self.push(replies.HELP_TOPIC_UNKNOWN)
 
@@ -242,13 +252,6 @@ class ExchangeSMTP(SMTP):
             "AUTH": handler.authenticate is not None,
         }.get(command, True)
 
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        if self._tls_protocol is not None:
-            # RFC 3207 4.2: no TLS inside TLS; the encrypted session goes on.
-            await self.push(replies.TLS_ALREADY_ACTIVE)
-            return
-        await super().smtp_STARTTLS(arg)
-
     async def smtp_AUTH(self, arg: str | None) -> None:
         # SASL mechanism names are case-insensitive in SMTP (RFC 4954 4); aiosmtpd matches them exactly.
         if arg:
@@ -257,11 +260,6 @@ class ExchangeSMTP(SMTP):
         await super().smtp_AUTH(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        limit = self.vs.max_messages_per_connection
-        if limit is not None and self.messages >= limit:
-            await self.push(replies.TOO_MANY_MESSAGES)
-            self.close()
-            return
         arg, taken = self._take_parameters(arg, ("RET", "ENVID", "BODY"))
         if not _valid_dsn_parameters(taken):
             await self.push(replies.DSN_PARAMETER_INVALID)
@@ -285,9 +283,6 @@ class ExchangeSMTP(SMTP):
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        if self.exchange_envelope().binarymime:
-            await self.push(replies.BINARYMIME_NEEDS_BDAT)
-            return
         self.in_data = True
         try:
             await super().smtp_DATA(arg)
@@ -312,15 +307,15 @@ class ExchangeSMTP(SMTP):
             await self.push(replies.CHUNK_TOO_BIG)
             self.close()
             return
-        refusal = self.refusal(RULES["BDAT"])
+        verdict = RULES["BDAT"].judge("BDAT", arg, self.facts())
         envelope = self.exchange_envelope()
         received = len(envelope.chunks or b"") + size
-        keep = refusal is None and not (limit and received > limit)
+        keep = verdict is None and not (limit and received > limit)
         chunk = await self._read_chunk(size, keep)
         if chunk is None:
             return  # the client went away mid-chunk
-        if refusal is not None:
-            await self.push(refusal)
+        if verdict is not None:
+            await self.answer(verdict)
             return
         if not keep:
             # RFC 3030 3: a failed BDAT ends the transaction; the client must start again with MAIL.

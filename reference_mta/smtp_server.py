@@ -183,8 +183,7 @@ class VirtualServerHandler:
         return replies.recipient_ok(address)
 
     async def handle_DATA(self, server: ExchangeSMTP, session: Session, envelope: Envelope) -> str:
-        if not envelope.rcpt_tos:
-            return replies.NEED_RCPT
+        # The session rules let DATA (and BDAT LAST) through only once a recipient is accepted.
         assert isinstance(envelope, ExchangeEnvelope)
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
@@ -268,7 +267,7 @@ class VirtualServerHandler:
             return [replies.DIRECTORY_UNAVAILABLE]
         if entry is None:
             return [replies.USER_UNKNOWN]
-        return [f"250 2.1.5 {self.address_book.listing(entry, address)}"]
+        return [replies.verified(str(self.address_book.listing(entry, address)))]
 
     async def expand(self, address: str) -> list[str]:
         if self.address_book is None:
@@ -283,10 +282,8 @@ class VirtualServerHandler:
         except ComponentUnavailable:
             return [replies.DIRECTORY_UNAVAILABLE]
         if not members:
-            return [f"250 2.1.5 {self.address_book.listing(entry, address)} has no members"]
-        lines = [f"250-2.1.5 {member}" for member in members]
-        lines[-1] = "250 " + lines[-1][4:]
-        return lines
+            return [replies.group_without_members(str(self.address_book.listing(entry, address)))]
+        return replies.group_members([str(member) for member in members])
 
     def _authenticator(
         self, server: ExchangeSMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any

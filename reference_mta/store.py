@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from reference_mta import replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_STORE, MailMsg, Recipient
 from reference_mta.queue_contract import DeliveryResult
 
@@ -35,10 +36,8 @@ class MailboxStore:
         for recipient in msg.recipients:
             store = _store_of(recipient.home_mdb, store_names)
             if store is None:
-                recipient.fail(
-                    f"550 5.2.1 Mailbox store of {recipient.address} is not on this server",
-                    "5.2.1",
-                    RP_ERROR_CONTEXT_STORE,
+                recipient.fail_with(
+                    replies.store_not_on_this_server(recipient.address), RP_ERROR_CONTEXT_STORE
                 )
                 failed.append(recipient)
                 continue

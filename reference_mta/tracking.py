@@ -8,6 +8,7 @@ sees the event as soon as the step happened.
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
 import time
@@ -19,54 +20,64 @@ from typing import Any
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.replies import SERVICE_VERSION
 
-# Event IDs (KB 821905) the transport emits.
-SUBMIT_TO_AQ = 1019
-BEGIN_OUTBOUND = 1020
-BAD_MAIL = 1021
-AQ_FAILURE = 1022
-LOCAL_DELIVERY = 1023
-SUBMIT_TO_CAT = 1024
-BEGIN_SUBMIT = 1025
-SUBMITTED_FROM_STORE = 1027
-SD_LOCAL_DELIVERY = 1028
-SD_GATEWAY_DELIVERY = 1029
-NDR_ALL = 1030
-END_OUTBOUND = 1031
-CAT_RETRY = 1032
-CATEGORIZED = 1033
-ROUTED_REMOTE = 1034
-ROUTING_RETRY = 1035
-QUEUED_LOCAL = 1036
-LOCAL_RETRY = 1037
-ROUTED_GATEWAY = 1038
-REDIRECTED = 1042
-# Not in KB 821905: Exchange logs no event of its own when it sends a delay DSN. The reference MTA logs
-# the delay notice under this ID so that traces can see it (docs/decisions.md).
-DELAY_NOTICE = 1045
 
-DESCRIPTIONS = {
-    SUBMIT_TO_AQ: "SMTP: Message Submitted to Advanced Queuing",
-    BEGIN_OUTBOUND: "SMTP: Started Outbound Transfer of Message",
-    BAD_MAIL: "SMTP: Message moved to BadMail",
-    AQ_FAILURE: "SMTP: AQ Failure",
-    LOCAL_DELIVERY: "SMTP: Message Delivered Locally",
-    SUBMIT_TO_CAT: "SMTP: Message Submitted to Categorizer",
-    BEGIN_SUBMIT: "SMTP: Started Message Submission to Advanced Queue",
-    SUBMITTED_FROM_STORE: "SMTP Store Driver: Message Submitted From Store",
-    SD_LOCAL_DELIVERY: "SMTP Store Driver: Message Delivered Locally to Store",
-    SD_GATEWAY_DELIVERY: "SMTP Store Driver: Message Transferred to MTA",
-    NDR_ALL: "SMTP: Non-Delivered Report (NDR) Generated",
-    END_OUTBOUND: "Message transferred through SMTP",
-    CAT_RETRY: "SMTP: Message Scheduled to Retry Categorization",
-    CATEGORIZED: "SMTP: Message Categorized and Queued For Routing",
-    ROUTED_REMOTE: "SMTP: Message Routed and Queued For Remote Delivery",
-    ROUTING_RETRY: "SMTP: Message Scheduled to Retry Routing",
-    QUEUED_LOCAL: "SMTP: Message Queued for Local Delivery",
-    LOCAL_RETRY: "SMTP: Message Scheduled to Retry Local Delivery",
-    ROUTED_GATEWAY: "SMTP: Message Routed and Queued for Gateway Delivery",
-    DELAY_NOTICE: "mailflow: Delay Delivery Status Notification Sent",
-    REDIRECTED: "SMTP: Message Redirected to Alternate Recipient",
-}
+class Source(enum.Enum):
+    """Where an event ID comes from."""
+
+    EXCHANGE = "Exchange 2003 documentation (KB 821905)"
+    EXTENSION = "this project's extension"
+
+
+@dataclass(frozen=True)
+class EventKind:
+    event_id: int
+    description: str  # the "event" field of a record, as ESM's Message History shows it
+    source: Source
+
+
+# Every event ID the reference MTA logs, by the name its components use. IDs Exchange documents keep
+# Exchange's meaning; an extension uses an ID outside the documented ranges so that no real Exchange
+# event is misread (docs/decisions.md).
+CATALOGUE: dict[int, EventKind] = {}
+
+
+def _event(event_id: int, description: str, source: Source = Source.EXCHANGE) -> int:
+    assert event_id not in CATALOGUE, event_id
+    CATALOGUE[event_id] = EventKind(event_id, description, source)
+    return event_id
+
+
+# SMTP transport (1019-1042).
+SUBMIT_TO_AQ = _event(1019, "SMTP: Message Submitted to Advanced Queuing")
+BEGIN_OUTBOUND = _event(1020, "SMTP: Started Outbound Transfer of Message")
+BAD_MAIL = _event(1021, "SMTP: Message moved to BadMail")
+AQ_FAILURE = _event(1022, "SMTP: AQ Failure")
+LOCAL_DELIVERY = _event(1023, "SMTP: Message Delivered Locally")
+SUBMIT_TO_CAT = _event(1024, "SMTP: Message Submitted to Categorizer")
+BEGIN_SUBMIT = _event(1025, "SMTP: Started Message Submission to Advanced Queue")
+SUBMITTED_FROM_STORE = _event(1027, "SMTP Store Driver: Message Submitted From Store")
+SD_LOCAL_DELIVERY = _event(1028, "SMTP Store Driver: Message Delivered Locally to Store")
+SD_GATEWAY_DELIVERY = _event(1029, "SMTP Store Driver: Message Transferred to MTA")
+NDR_ALL = _event(1030, "SMTP: Non-Delivered Report (NDR) Generated")
+END_OUTBOUND = _event(1031, "Message transferred through SMTP")
+CAT_RETRY = _event(1032, "SMTP: Message Scheduled to Retry Categorization")
+CATEGORIZED = _event(1033, "SMTP: Message Categorized and Queued For Routing")
+ROUTED_REMOTE = _event(1034, "SMTP: Message Routed and Queued For Remote Delivery")
+ROUTING_RETRY = _event(1035, "SMTP: Message Scheduled to Retry Routing")
+QUEUED_LOCAL = _event(1036, "SMTP: Message Queued for Local Delivery")
+LOCAL_RETRY = _event(1037, "SMTP: Message Scheduled to Retry Local Delivery")
+ROUTED_GATEWAY = _event(1038, "SMTP: Message Routed and Queued for Gateway Delivery")
+REDIRECTED = _event(1042, "SMTP: Message Redirected to Alternate Recipient")
+# MTA (0-52) and gateway (1000-1018): the hand-off between a foreign-system gateway and the transport.
+MTA_TRANSFER_IN = _event(0, "MTA: Message Transfer In")
+MTA_TRANSFER_OUT = _event(7, "MTA: Message Transfer Out")
+GATEWAY_TRANSFER_OUT = _event(1003, "Gateway: Message Transfer Out")
+GATEWAY_TRANSFER_IN = _event(1004, "Gateway: Message Transfer In")
+GATEWAY_REPORT = _event(1007, "Gateway: Non-Delivery Report Generated")
+# Exchange logs no event when it sends a delay DSN, nor for a gateway's translation step; the reference
+# MTA logs both so that traces can see them.
+DELAY_NOTICE = _event(1045, "mailflow: Delay Delivery Status Notification Sent", Source.EXTENSION)
+GATEWAY_TRANSLATED = _event(1046, "mailflow: Message Translated by Gateway", Source.EXTENSION)
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,7 @@ class TrackingEvent:
             "server-ip": self.server_ip,
             "recipient-address": self.recipient,
             "event-id": self.event_id,
-            "event": DESCRIPTIONS.get(self.event_id, ""),
+            "event": CATALOGUE[self.event_id].description,
             "msgid": self.msgid,
             "priority": 0,
             "total-bytes": self.total_bytes,

@@ -9,7 +9,18 @@ import pytest
 from harness.lab import config as lab_config
 from reference_mta import replies
 from reference_mta.access_policy import RELAY_RULES, Client, filtering_applies, may_connect, relay_grant
-from reference_mta.session_rules import ANY, CALL_LIMITS, RULES, State, is_sync_point, state_of
+from reference_mta.session_rules import (
+    ANY,
+    CALL_LIMITS,
+    RULES,
+    Facts,
+    State,
+    Verdict,
+    is_sync_point,
+    judge,
+    over_error_budget,
+    state_of,
+)
 from reference_mta.topology import Organization, VirtualServer
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
@@ -115,6 +126,51 @@ def test_bdat_is_refused_in_a_helo_session_even_in_a_transaction() -> None:
 def test_call_limits_leave_transactions_alone() -> None:
     assert CALL_LIMITS["*"] >= 64_000  # a message may have Exchange's maximum of recipients
     assert all(CALL_LIMITS[command] <= 100 for command in ("NOOP", "RSET", "AUTH", "HELO", "EHLO"))
+
+
+def test_a_refused_session_serves_only_quit_whatever_the_state() -> None:
+    refused = Facts(State.RCPT, fqdn="ex1.contoso.com", refused=True, enforce_sync=True, input_waiting=True)
+    assert judge("DATA", None, refused) == Verdict(replies.REFUSED_SESSION)
+    assert judge("QUIT", None, refused) == Verdict(replies.closing("ex1.contoso.com"), closes=True)
+
+
+def test_a_sync_error_ends_the_session_only_where_sync_points_are_enforced() -> None:
+    early = Facts(State.GREETED, input_waiting=True)
+    assert judge("NOOP", None, early) is None
+    assert judge("NOOP", None, Facts(State.GREETED, input_waiting=True, enforce_sync=True)) == Verdict(
+        replies.SYNC_ERROR, closes=True
+    )
+    assert judge("RSET", None, Facts(State.GREETED, input_waiting=True, enforce_sync=True)) is None
+
+
+def test_a_commands_guards_come_after_its_state() -> None:
+    assert judge("DATA", None, Facts(State.MAIL, binarymime=True)) == Verdict(replies.NEED_RCPT)
+    assert judge("DATA", None, Facts(State.RCPT, binarymime=True)) == Verdict(replies.BINARYMIME_NEEDS_BDAT)
+    assert judge("STARTTLS", None, Facts(State.RCPT, encrypted=True)) == Verdict(
+        replies.STARTTLS_IN_TRANSACTION
+    )
+    assert judge("STARTTLS", None, Facts(State.GREETED, encrypted=True)) == Verdict(
+        replies.TLS_ALREADY_ACTIVE
+    )
+
+
+def test_messages_per_connection_end_the_session_at_the_next_mail() -> None:
+    assert judge("MAIL", None, Facts(State.GREETED, messages=2, message_limit=3)) is None
+    assert judge("MAIL", None, Facts(State.GREETED, messages=3, message_limit=3)) == Verdict(
+        replies.TOO_MANY_MESSAGES, closes=True
+    )
+    assert judge("MAIL", None, Facts(State.GREETED, messages=1000)) is None
+
+
+def test_authentication_comes_after_the_state_and_before_the_guards() -> None:
+    members_only = Facts(State.GREETED, anonymous_allowed=False, messages=5, message_limit=1)
+    assert judge("MAIL", None, members_only) == Verdict(replies.NOT_AUTHENTICATED)
+    assert judge("RCPT", None, members_only) == Verdict(replies.NEED_MAIL)
+
+
+def test_the_error_budget_ends_the_session_when_spent() -> None:
+    assert over_error_budget(4, 5) is None
+    assert over_error_budget(5, 5) == Verdict(replies.TOO_MANY_ERRORS, closes=True)
 
 
 # --- access ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from harness.corpus.trace import Trace
 from harness.judge.expectations import collapse
 from harness.reports.diagram import path_svg
 from harness.run.runner import TraceResult
+from reference_mta import tracking
 
 
 def label(trace: Trace, target: str) -> None:
@@ -136,7 +137,13 @@ def path_diagram(events: dict[str, list[dict[str, object]]]) -> str:
     blocks = []
     for _, server in order:
         ids = collapse(int(str(e["event-id"])) for e in events[server])
-        hops = sorted({str(e["queue"]) for e in events[server] if e["event-id"] in (1034, 1038)})
+        hops = sorted(
+            {
+                str(e["queue"])
+                for e in events[server]
+                if e["event-id"] in (tracking.ROUTED_REMOTE, tracking.ROUTED_GATEWAY)
+            }
+        )
         line = f"[{server}] {' → '.join(str(i) for i in ids)}"
         if hops:
             line += f"  ⇒ {', '.join(hops)}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.judge.evidence import Evidence
 from harness.judge.expectations import collapse
+from reference_mta import tracking
 
 BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 190, 78, 70, 30, 20
 
@@ -27,7 +28,7 @@ def path_svg(evidence: Evidence) -> str:
             continue
         events[server] = collapse(int(e["event-id"]) for e in entries)
         for entry in entries:
-            if entry["event-id"] == 1019 and entry["client-ip"] not in ("-", ""):
+            if entry["event-id"] == tracking.SUBMIT_TO_AQ and entry["client-ip"] not in ("-", ""):
                 source = evidence.hosts.get(str(entry["client-ip"]), str(entry["client-ip"]))
                 if source != server:
                     edges.add((source, server))
