@@ -433,23 +433,8 @@ def coverage(paths: tuple[str, ...], results: Path | None) -> None:
     if results is not None and not results.is_file():
         raise InputError(f"--results: {results} does not exist (mailflow run writes it)")
     results = results or DEFAULT_REPORTS / "last-run.json"
-    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)  # ID → (trace, shows its boundary)
-    broken: list[str] = []
-    for path in trace_files(paths):
-        try:
-            trace = load(path.resolve())
-        except SourceError as exc:
-            broken.append(str(exc))
-            continue
-        for spec_id in trace.spec:
-            by_id[spec_id].append((trace.id, spec_id in trace.boundary))
-    last: dict[tuple[str, str], list[str]] = defaultdict(list)
-    target_names: list[str] = []
-    for outcome in _results(results) if results.exists() else []:
-        if outcome["target"] not in target_names:
-            target_names.append(outcome["target"])
-        for spec_id in outcome["spec"]:
-            last[(spec_id, outcome["target"])].append(outcome["outcome"])
+    by_id, broken = _traces_by_id(paths)
+    last, target_names = _last_outcomes(results)
     table = Table(title="conformance coverage")
     for column in ("ID", "flow", "traces", "shows", "boundary", *target_names):
         table.add_column(column)
@@ -460,20 +445,7 @@ def coverage(paths: tuple[str, ...], results: Path | None) -> None:
         bounds = sum(1 for _, boundary in traces if boundary)
         if not traces:
             missing += 1
-        cells = []
-        for name in target_names:
-            seen = last.get((entry.id, name), [])
-            cells.append(
-                "—"
-                if not seen
-                else (
-                    "[red]failed[/red]"
-                    if "failed" in seen
-                    else "[green]passed[/green]"
-                    if all(s == "passed" for s in seen)
-                    else "/".join(sorted(set(seen)))
-                )
-            )
+        cells = [_coverage_cell(last.get((entry.id, name), [])) for name in target_names]
         table.add_row(entry.id, entry.flow, str(len(traces)), str(shows), str(bounds), *cells)
     console.print(table)
     console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
@@ -481,6 +453,44 @@ def coverage(paths: tuple[str, ...], results: Path | None) -> None:
         console.print(f"[red]invalid trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if broken:
         sys.exit(ExitCode.INPUT)
+
+
+def _traces_by_id(paths: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, bool]]], list[str]]:
+    """Catalogue ID → (trace, shows its boundary) of every trace that loads; the others' errors."""
+    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    broken: list[str] = []
+    for path in trace_files(paths):
+        try:
+            trace = load(path.resolve())
+        except SourceError as exc:
+            broken.append(str(exc))
+            continue
+        for spec_id in trace.spec:
+            by_id[spec_id].append((trace.id, spec_id in trace.boundary))
+    return by_id, broken
+
+
+def _last_outcomes(results: Path) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
+    """(catalogue ID, target) → the outcomes of its traces in a run's results; the targets, in order."""
+    last: dict[tuple[str, str], list[str]] = defaultdict(list)
+    target_names: list[str] = []
+    for outcome in _results(results) if results.exists() else []:
+        if outcome["target"] not in target_names:
+            target_names.append(outcome["target"])
+        for spec_id in outcome["spec"]:
+            last[(spec_id, outcome["target"])].append(outcome["outcome"])
+    return last, target_names
+
+
+def _coverage_cell(seen: list[str]) -> str:
+    """One catalogue ID's result on one target: failed if any trace failed, passed if all passed."""
+    if not seen:
+        return "—"
+    if "failed" in seen:
+        return "[red]failed[/red]"
+    if all(s == "passed" for s in seen):
+        return "[green]passed[/green]"
+    return "/".join(sorted(set(seen)))
 
 
 def _results(path: Path) -> list[dict[str, Any]]:

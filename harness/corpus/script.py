@@ -179,16 +179,9 @@ def _parse_value(key: str, value: object) -> Step:
     if key == "send":
         return Send(_command_line(value))
     if key == "send_raw":
-        # !!binary in YAML yields bytes; those are already exact.
-        if isinstance(value, bytes):
-            return SendRaw(value)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"must be a non-empty string, not {value!r}")
-        return SendRaw(unescape(value))
+        return _parse_send_raw(value)
     if key == "pipeline":
-        if not isinstance(value, list) or not value:
-            raise ValueError(f"must be a non-empty list of command lines, not {value!r}")
-        return Pipeline(tuple(_command_line(item) for item in value))
+        return _parse_pipeline(value)
     if key == "data":
         return _parse_data(value)
     if key == "bdat":
@@ -198,18 +191,42 @@ def _parse_value(key: str, value: object) -> Step:
     if key == "auth":
         return _parse_auth(value)
     if key == "wait":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"must be a number of seconds >= 0, not {value!r}")
-        return Wait(float(value))
+        return _parse_wait(value)
     if key in ("expect_close", "close", "starttls", "tls_handshake"):
-        if value is not True:
-            raise ValueError(f"must be true, not {value!r}")
-        if key == "starttls":
-            return StartTls()
-        if key == "tls_handshake":
-            return TlsHandshake()
-        return ExpectClose() if key == "expect_close" else Close()
+        return _parse_flag(key, value)
     raise ValueError(f"unknown step; expected one of {', '.join(STEP_KEYS)}")
+
+
+def _parse_send_raw(value: object) -> SendRaw:
+    # !!binary in YAML yields bytes; those are already exact.
+    if isinstance(value, bytes):
+        return SendRaw(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, not {value!r}")
+    return SendRaw(unescape(value))
+
+
+def _parse_pipeline(value: object) -> Pipeline:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of command lines, not {value!r}")
+    return Pipeline(tuple(_command_line(item) for item in value))
+
+
+def _parse_wait(value: object) -> Wait:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"must be a number of seconds >= 0, not {value!r}")
+    return Wait(float(value))
+
+
+def _parse_flag(key: str, value: object) -> Step:
+    """A step that takes no argument: its value is `true`."""
+    if value is not True:
+        raise ValueError(f"must be true, not {value!r}")
+    if key == "starttls":
+        return StartTls()
+    if key == "tls_handshake":
+        return TlsHandshake()
+    return ExpectClose() if key == "expect_close" else Close()
 
 
 def _parse_auth(value: object) -> Auth:

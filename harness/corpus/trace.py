@@ -266,15 +266,7 @@ def load(path: Path) -> Trace:
     except SourceError as exc:
         raise _clearer(document, exc) from None
     data: dict[str, Any] = document.data
-    known = catalogue()
-    for index, spec_id in enumerate(data["spec"]):
-        if spec_id not in known:
-            raise document.error(
-                ("spec", index), f"unknown catalogue ID {spec_id!r} (see harness/corpus/catalogue.yaml)"
-            )
-    for index, spec_id in enumerate(data.get("boundary") or []):
-        if spec_id not in data["spec"]:
-            raise document.error(("boundary", index), f"{spec_id!r} is not one of this trace's spec IDs")
+    _check_spec_ids(document, data)
     lab = lab_path(data.get("lab", "contoso"), path.parent)
     if not lab.is_file():
         raise document.error(("lab",), missing_lab(data.get("lab", "contoso"), lab))
@@ -285,30 +277,8 @@ def load(path: Path) -> Trace:
     for number, raw in enumerate(data["sessions"]):
         if "submit" in raw or "lab" in raw or "foreign" in raw:
             sessions.append(_other_item(document, number, raw, path))
-            continue
-        try:
-            steps = parse_script(raw["script"]) if "script" in raw else []
-        except ScriptError as exc:
-            location: tuple[str | int, ...] = ("sessions", number, "script", exc.index)
-            raise document.error((*location, exc.key) if exc.key else location, exc.message) from exc
-        for index, step in enumerate(steps):
-            if (
-                isinstance(step, Data | Bdat)
-                and step.source is not None
-                and (resolve_message_path(step.source, path.parent, MESSAGE_DIRS) is None)
-            ):
-                raise document.error(
-                    ("sessions", number, "script", index, "data" if isinstance(step, Data) else "bdat"),
-                    f"message file {step.source!r} not found next to the trace or in fixtures/messages",
-                )
-        connect = raw["connect"]
-        refused = raw.get("refused", False)
-        lines = (
-            (_line(document, ("sessions", number, "refused")),)
-            if refused
-            else tuple(_line(document, ("sessions", number, "script", i)) for i in range(len(steps)))
-        )
-        sessions.append(Session(raw["client"], Connect(**connect), tuple(steps), refused, lines))
+        else:
+            sessions.append(_session(document, number, raw, path))
     return Trace(
         id=data["id"],
         title=data["title"],
@@ -324,6 +294,53 @@ def load(path: Path) -> Trace:
         wait_for_retries=data.get("wait_for_retries", True),
         masks=_masks(document, data.get("masks") or []),
     )
+
+
+def _check_spec_ids(document: yamlsource.Document, data: dict[str, Any]) -> None:
+    """The spec IDs are the catalogue's; the boundary IDs are among them."""
+    known = catalogue()
+    for index, spec_id in enumerate(data["spec"]):
+        if spec_id not in known:
+            raise document.error(
+                ("spec", index), f"unknown catalogue ID {spec_id!r} (see harness/corpus/catalogue.yaml)"
+            )
+    for index, spec_id in enumerate(data.get("boundary") or []):
+        if spec_id not in data["spec"]:
+            raise document.error(("boundary", index), f"{spec_id!r} is not one of this trace's spec IDs")
+
+
+def _session(document: yamlsource.Document, number: int, raw: dict[str, Any], path: Path) -> Session:
+    """An SMTP session: a client's connection and its script (or its refusal)."""
+    try:
+        steps = parse_script(raw["script"]) if "script" in raw else []
+    except ScriptError as exc:
+        location: tuple[str | int, ...] = ("sessions", number, "script", exc.index)
+        raise document.error((*location, exc.key) if exc.key else location, exc.message) from exc
+    _check_message_files(document, number, steps, path)
+    connect = raw["connect"]
+    refused = raw.get("refused", False)
+    lines = (
+        (_line(document, ("sessions", number, "refused")),)
+        if refused
+        else tuple(_line(document, ("sessions", number, "script", i)) for i in range(len(steps)))
+    )
+    return Session(raw["client"], Connect(**connect), tuple(steps), refused, lines)
+
+
+def _check_message_files(
+    document: yamlsource.Document, number: int, steps: Sequence[Step], path: Path
+) -> None:
+    """Every message file a session's script sends is there."""
+    for index, step in enumerate(steps):
+        if (
+            isinstance(step, Data | Bdat)
+            and step.source is not None
+            and (resolve_message_path(step.source, path.parent, MESSAGE_DIRS) is None)
+        ):
+            raise document.error(
+                ("sessions", number, "script", index, "data" if isinstance(step, Data) else "bdat"),
+                f"message file {step.source!r} not found next to the trace or in fixtures/messages",
+            )
 
 
 def _masks(document: yamlsource.Document, raw: list[dict[str, str]]) -> tuple[Mask, ...]:
@@ -463,50 +480,72 @@ def _check_regexes(document: yamlsource.Document, outcome: dict[str, Any]) -> No
 def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config: LabConfig) -> None:
     """Every host, server, sink and connector a trace names must be in its lab."""
     names = _LabNames(document, config)
-    connectors = [c.name for c in config.organization.connectors if not c.name.endswith(" (reciprocal)")]
     for number, session in enumerate(data["sessions"]):
-        at: tuple[str | int, ...] = ("sessions", number)
-        if "foreign" in session:
-            gateways = [c.name for c in config.organization.connectors if c.kind == "gateway"]
-            names.require(
-                (*at, "foreign", "gateway"), session["foreign"]["gateway"], "gateway connector", gateways
-            )
-            continue
-        if "submit" in session:
-            names.require((*at, "submit", "server"), session["submit"]["server"], "server", names.servers)
-            continue
-        if "lab" in session:
-            ((action, value),) = session["lab"].items()
-            if action.startswith("connector_"):
-                names.require((*at, "lab", action), value, "connector", connectors)
-            elif action.startswith("server_"):
-                names.require((*at, "lab", action), value, "server", names.servers)
-            elif action == "sink_rule":
-                names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
-            elif action in ("freeze", "unfreeze"):
-                names.require((*at, "lab", action, "server"), value["server"], "server", names.servers)
-            continue
-        names.require((*at, "client"), session["client"], "lab host", names.hosts)
-        connect = session["connect"]
-        if "host" in connect:
-            names.require((*at, "connect", "host"), connect["host"], "lab host", names.hosts)
-        if "server" in connect:
-            names.require((*at, "connect", "server"), connect["server"], "server", names.servers)
-        if "virtual_server" in connect:
-            if "server" not in connect:
-                raise document.error(
-                    (*at, "connect", "virtual_server"),
-                    "virtual_server names one of a server's virtual servers: give server too",
-                )
-            server = config.organization.server(connect["server"])
-            virtual = [vs.name for vs in server.virtual_servers]
-            names.require(
-                (*at, "connect", "virtual_server"),
-                connect["virtual_server"],
-                f"virtual server on {server.name}",
-                virtual,
-            )
+        _check_session_names(names, ("sessions", number), session)
     outcome: dict[str, Any] = data.get("outcome") or {}
+    _check_dns_names(names, outcome)
+    for index, spec in enumerate(outcome.get("ldap") or []):
+        if "client" in spec:
+            at = ("outcome", "ldap", index, "client")
+            names.require(at, spec["client"], "directory client", names.directory_clients)
+    for section in ("delivered", "not_delivered"):
+        for index, spec in enumerate(outcome.get(section) or []):
+            _check_delivery_names(names, ("outcome", section, index), spec)
+    _check_server_names(names, outcome)
+
+
+def _check_session_names(names: _LabNames, at: tuple[str | int, ...], session: dict[str, Any]) -> None:
+    if "foreign" in session:
+        names.require(
+            (*at, "foreign", "gateway"), session["foreign"]["gateway"], "gateway connector", names.gateways
+        )
+    elif "submit" in session:
+        names.require((*at, "submit", "server"), session["submit"]["server"], "server", names.servers)
+    elif "lab" in session:
+        _check_lab_action_names(names, at, session["lab"])
+    else:
+        names.require((*at, "client"), session["client"], "lab host", names.hosts)
+        _check_connect_names(names, (*at, "connect"), session["connect"])
+
+
+def _check_lab_action_names(names: _LabNames, at: tuple[str | int, ...], lab: dict[str, Any]) -> None:
+    ((action, value),) = lab.items()
+    if action.startswith("connector_"):
+        connectors = [
+            c.name for c in names.config.organization.connectors if not c.name.endswith(" (reciprocal)")
+        ]
+        names.require((*at, "lab", action), value, "connector", connectors)
+    elif action.startswith("server_"):
+        names.require((*at, "lab", action), value, "server", names.servers)
+    elif action == "sink_rule":
+        names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
+    elif action in ("freeze", "unfreeze"):
+        names.require((*at, "lab", action, "server"), value["server"], "server", names.servers)
+
+
+def _check_connect_names(names: _LabNames, at: tuple[str | int, ...], connect: dict[str, Any]) -> None:
+    if "host" in connect:
+        names.require((*at, "host"), connect["host"], "lab host", names.hosts)
+    if "server" in connect:
+        names.require((*at, "server"), connect["server"], "server", names.servers)
+    if "virtual_server" in connect:
+        if "server" not in connect:
+            raise names.document.error(
+                (*at, "virtual_server"),
+                "virtual_server names one of a server's virtual servers: give server too",
+            )
+        server = names.config.organization.server(connect["server"])
+        virtual = [vs.name for vs in server.virtual_servers]
+        names.require(
+            (*at, "virtual_server"),
+            connect["virtual_server"],
+            f"virtual server on {server.name}",
+            virtual,
+        )
+
+
+def _check_dns_names(names: _LabNames, outcome: dict[str, Any]) -> None:
+    """The DNS queries expected: their clients are lab hosts, their types DNS record types."""
     for index, spec in enumerate(outcome.get("dns") or []):
         at = ("outcome", "dns", index)
         if "client" in spec:
@@ -515,14 +554,13 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
             try:
                 dns.rdatatype.from_text(spec["type"])
             except dns.rdatatype.UnknownRdatatype:
-                raise document.error((*at, "type"), f"unknown DNS record type {spec['type']!r}") from None
-    for index, spec in enumerate(outcome.get("ldap") or []):
-        if "client" in spec:
-            at = ("outcome", "ldap", index, "client")
-            names.require(at, spec["client"], "directory client", names.directory_clients)
-    for section in ("delivered", "not_delivered"):
-        for index, spec in enumerate(outcome.get(section) or []):
-            _check_delivery_names(names, ("outcome", section, index), spec)
+                raise names.document.error(
+                    (*at, "type"), f"unknown DNS record type {spec['type']!r}"
+                ) from None
+
+
+def _check_server_names(names: _LabNames, outcome: dict[str, Any]) -> None:
+    """The servers named by the tracking logs, events, hops and queues expected."""
     for server in outcome.get("tracking") or {}:
         names.require(("outcome", "tracking", server), server, "server", names.servers, key=True)
     for index, spec in enumerate(outcome.get("events") or []):

@@ -111,7 +111,38 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
     document = yamlsource.load(path)
     yamlsource.validate(document, "lab.schema.json")
     data: dict[str, Any] = document.data
-    network = data["network"]
+    base_address, offset = _placement(document, data["network"], base, port_offset)
+
+    def address_of(number: int) -> str:
+        return str(base_address + number)
+
+    _check_addresses(document, data, base_address, offset, relocated=base is not None)
+    hosts = _hosts(document, data, address_of)
+    _check_fqdns(document, data, hosts)
+    organization = _organization(document, data, hosts, address_of, offset)
+    _add_virtual_servers(hosts, organization)
+    _check_smart_hosts(document, data, organization)
+    global_catalog = _global_catalog(document, path, data["global_catalog"], hosts, offset)
+    records = _records(document, data, hosts, base_address)
+    return LabConfig(
+        name=data["name"],
+        path=path,
+        base=base_address,
+        port_offset=offset,
+        dns_address=hosts["dns"].address,
+        dns_port=53 + offset,
+        records=records,
+        global_catalog=global_catalog,
+        organization=organization,
+        hosts=hosts,
+        timers=_timers(data.get("timers") or {}),
+    )
+
+
+def _placement(
+    document: yamlsource.Document, network: Mapping[str, Any], base: str | None, port_offset: int | None
+) -> tuple[ipaddress.IPv4Address, int]:
+    """The lab's base address and port offset: the lab file's, or those given to relocate it."""
     base_text = base if base is not None else network["base"]
     try:
         base_address = ipaddress.IPv4Address(base_text)
@@ -129,11 +160,13 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
         raise document.error(
             ("network", "port_offset"), f"port offset {offset} leaves no room for the lab's ports"
         )
+    return base_address, offset
 
-    def address_of(number: int) -> str:
-        return str(base_address + number)
 
-    _check_addresses(document, data, base_address, offset, relocated=base is not None)
+def _hosts(
+    document: yamlsource.Document, data: Mapping[str, Any], address_of: topology.AddressOf
+) -> dict[str, Host]:
+    """Every named host of the lab file by its lower-case name; a name may be used once."""
     hosts: dict[str, Host] = {}
 
     def add(host: Host, location: tuple[str | int, ...]) -> None:
@@ -157,6 +190,11 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
                 raw["name"], raw.get("fqdn"), address_of(raw["addr"]), kind, rules, raw.get("smtputf8", False)
             )
             add(host, (section, index))
+    return hosts
+
+
+def _check_fqdns(document: yamlsource.Document, data: Mapping[str, Any], hosts: Mapping[str, Host]) -> None:
+    """An FQDN names one host only."""
     fqdns: dict[str, str] = {}
     for host in hosts.values():
         if host.fqdn and fqdns.setdefault(host.fqdn.lower(), host.name) != host.name:
@@ -165,13 +203,25 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
                 f"FQDN {host.fqdn} is already the name of {fqdns[host.fqdn.lower()]!r}",
             )
 
+
+def _organization(
+    document: yamlsource.Document,
+    data: Mapping[str, Any],
+    hosts: Mapping[str, Host],
+    address_of: topology.AddressOf,
+    offset: int,
+) -> topology.Organization:
     def host_address(name: str) -> str:
         return hosts[name.lower()].address
 
     try:
-        organization = topology_reader.build(data["organization"], address_of, host_address, offset)
+        return topology_reader.build(data["organization"], address_of, host_address, offset)
     except topology_reader.TopologyError as exc:
         raise document.error(exc.location, exc.message) from exc
+
+
+def _add_virtual_servers(hosts: dict[str, Host], organization: topology.Organization) -> None:
+    """A virtual server on an address of its own is a host too, named `server/virtual server`."""
     for server in organization.servers:
         for vs in server.virtual_servers:
             if vs.address != server.address:
@@ -180,6 +230,11 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
                     Host(f"{server.name}/{vs.name}", None, vs.address, "virtual_server"),
                 )
 
+
+def _check_smart_hosts(
+    document: yamlsource.Document, data: Mapping[str, Any], organization: topology.Organization
+) -> None:
+    """Smart hosts given as address literals, of virtual servers and connectors, are lab addresses."""
     for index, server in enumerate(organization.servers):
         for number, vs in enumerate(server.virtual_servers):
             location = ("organization", "servers", index, "virtual_servers", number, "smart_host")
@@ -190,31 +245,26 @@ def load(path: Path, *, base: str | None = None, port_offset: int | None = None)
             _check_literal(
                 document, smart_host, ("organization", "connectors", index, "delivery", "smart_hosts", number)
             )
+
+
+def _global_catalog(
+    document: yamlsource.Document,
+    path: Path,
+    gc_raw: Mapping[str, Any],
+    hosts: Mapping[str, Host],
+    offset: int,
+) -> GlobalCatalogConfig:
     directory = (path.parent / gc_raw["directory"]).resolve()
     if not directory.is_file():
         raise document.error(("global_catalog", "directory"), f"directory fixture {directory} does not exist")
-    global_catalog = GlobalCatalogConfig(
-        address=host_address("gc"),
+    return GlobalCatalogConfig(
+        address=hosts["gc"].address,
         port=389 + offset,
         fqdn=gc_raw["fqdn"],
         base_dn=gc_raw["base_dn"],
         directory=directory,
         bind_dn=gc_raw.get("bind_dn", f"CN=Exchange Categorizer,CN=Users,{gc_raw['base_dn']}"),
         bind_password=gc_raw.get("bind_password", "Cat-P@ssw0rd"),
-    )
-    records = _records(document, data, hosts, base_address)
-    return LabConfig(
-        name=data["name"],
-        path=path,
-        base=base_address,
-        port_offset=offset,
-        dns_address=hosts["dns"].address,
-        dns_port=53 + offset,
-        records=records,
-        global_catalog=global_catalog,
-        organization=organization,
-        hosts=hosts,
-        timers=_timers(data.get("timers") or {}),
     )
 
 

@@ -415,39 +415,42 @@ class FakeDNS:
             response.set_rcode(dns.rcode.REFUSED)
             return response
         response.flags |= dns.flags.AA
-        rdtype = question.rdtype
-        name = question.name
-        seen = {name}
-        negative = False
-        for _ in range(_MAX_CNAME_CHAIN):
-            node = self._data.get(name)
-            if node is None:
-                if name not in self._existing:
-                    response.set_rcode(dns.rcode.NXDOMAIN)
-                negative = True
-                break
-            if rdtype == dns.rdatatype.ANY:
-                for rrset in node.values():
-                    response.answer.append(self._owned(name, rrset))
-                break
-            if rdtype in node:
-                response.answer.append(self._owned(name, node[rdtype]))
-                break
-            cname = node.get(dns.rdatatype.CNAME)
-            if cname is None:
-                negative = True
-                break
-            response.answer.append(self._owned(name, cname))
-            name = cname[0].target
-            if name in seen:
-                break
-            seen.add(name)
+        name, negative = self._follow(question.name, question.rdtype, response)
         if negative:
             zone = next((z for z in self._zones if name.is_subdomain(z)), None)
             if zone is not None:
                 response.authority.append(self._data[zone][dns.rdatatype.SOA])
         self._add_glue(response)
         return response
+
+    def _follow(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, response: dns.message.Message
+    ) -> tuple[dns.name.Name, bool]:
+        """Answer `name`, following its CNAMEs (a bounded chain, never around a loop); the name the
+        chain stopped at, and whether that is a negative answer (no such name, or no data of the type)."""
+        seen = {name}
+        for _ in range(_MAX_CNAME_CHAIN):
+            node = self._data.get(name)
+            if node is None:
+                if name not in self._existing:
+                    response.set_rcode(dns.rcode.NXDOMAIN)
+                return name, True
+            if rdtype == dns.rdatatype.ANY:
+                for rrset in node.values():
+                    response.answer.append(self._owned(name, rrset))
+                return name, False
+            if rdtype in node:
+                response.answer.append(self._owned(name, node[rdtype]))
+                return name, False
+            cname = node.get(dns.rdatatype.CNAME)
+            if cname is None:
+                return name, True
+            response.answer.append(self._owned(name, cname))
+            name = cname[0].target
+            if name in seen:
+                return name, False
+            seen.add(name)
+        return name, False
 
     @staticmethod
     def _owned(owner: dns.name.Name, rrset: dns.rrset.RRset) -> dns.rrset.RRset:

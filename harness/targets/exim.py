@@ -93,38 +93,30 @@ def _configuration(
     etc: Path,
     tls_chain: Path | None,
 ) -> str:
-    me = the_plan.server
-    organization = config.organization
-    listeners = the_plan.listeners
-
-    def by_listener(values: Mapping[str, str], default: str) -> str:
-        text = default
-        for address, value in values.items():
-            text = f"${{if eq{{$received_ip_address}}{{{address}}}{{{value}}}{{{text}}}}}"
-        return text
-
-    def where(predicate: Iterable[bool]) -> str:
-        """A host list matching every client on the listeners for which `predicate` holds."""
-        addresses = [each.vs.address for each, yes in zip(listeners, predicate, strict=True) if yes]
-        if not addresses:
-            return ""
-        return "${if match_ip{$received_ip_address}{<; " + " ; ".join(addresses) + "}{*}{}}"
-
     authenticated = bool(table.logins)
-    tls = tls_chain is not None
-    hostnames = {each.vs.address: each.vs.fqdn for each in listeners if each.vs.fqdn}
-    auth_anywhere = [each.vs.address for each in listeners if authenticated and each.vs.basic_auth]
-    auth_after_tls = [each.vs.address for each in listeners if each.vs.auth_requires_tls and each.vs.tls]
-    # "Requires TLS encryption": AUTH is offered on such a virtual server only inside TLS.
-    auth_offered = (
-        "${if or{{match_ip{$received_ip_address}{<; "
-        + " ; ".join(a for a in auth_anywhere if a not in auth_after_tls or not tls)
-        + "}}{and{{def:tls_in_cipher}{match_ip{$received_ip_address}{<; "
-        + " ; ".join(a for a in auth_anywhere if a in auth_after_tls and tls)
-        + "}}}}}{*}{}}"
-    )
-    mailbox = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{etc / 'mailboxes'}}}}}"
     lines = [
+        *_identity_options(config, the_plan, root),
+        *_policy_options(the_plan, authenticated, tls_chain is not None),
+        *_limit_options(config),
+    ]
+    if tls_chain is not None:
+        lines += [f"tls_certificate = {tls_chain}", f"tls_privatekey = {tls_chain}"]
+    lines += ["", "begin acl", ""]
+    lines += _acls(the_plan, etc, authenticated)
+    lines += ["", "begin routers", ""]
+    lines += _routers(the_plan, etc)
+    lines += _transports(config, the_plan, root, etc)
+    if authenticated:
+        lines += _authenticators(etc)
+    return "\n".join(lines) + "\n"
+
+
+def _identity_options(config: LabConfig, the_plan: ServerPlan, root: Path) -> list[str]:
+    """Where Exim's files are, whom it runs as, and the names and addresses it answers on."""
+    me = the_plan.server
+    listeners = the_plan.listeners
+    hostnames = {each.vs.address: each.vs.fqdn for each in listeners if each.vs.fqdn}
+    return [
         "# Rendered by mailflow from the lab file; see harness/targets/exim.py.",
         f"exim_path = {EXIM}",
         f"spool_directory = {root / 'spool'}",
@@ -134,21 +126,28 @@ def _configuration(
         f"exim_group = {USER}",
         "keep_environment =",
         f"primary_hostname = {me.fqdn}",
-        f"qualify_domain = {organization.primary_domain}",
+        f"qualify_domain = {config.organization.primary_domain}",
         "local_interfaces = <; " + " ; ".join(f"[{each.vs.address}]:{each.vs.port}" for each in listeners),
-        f"smtp_active_hostname = {by_listener(hostnames, me.fqdn)}",
+        f"smtp_active_hostname = {_by_listener(hostnames, me.fqdn)}",
         "smtp_banner = $smtp_active_hostname ESMTP",
+    ]
+
+
+def _policy_options(the_plan: ServerPlan, authenticated: bool, tls: bool) -> list[str]:
+    """The domain and host lists, what each virtual server advertises, and the ACLs' names."""
+    listeners = the_plan.listeners
+    return [
         "domainlist local_domains = " + (" : ".join(the_plan.authoritative) or "!*"),
         "domainlist relay_to_domains = "
         + (" : ".join(_domain_pattern(d) for d in the_plan.relay_domains) or "!*"),
         "hostlist organization_servers = <; "
         + " ; ".join(str(network) for network in the_plan.organization_servers),
         "message_size_limit = "
-        + by_listener({each.vs.address: f"{each.vs.max_message_kb}K" for each in listeners}, "50M"),
-        "smtputf8_advertise_hosts = " + where(each.vs.smtputf8 for each in listeners),
-        "chunking_advertise_hosts = " + where(each.vs.chunking for each in listeners),
-        f"auth_advertise_hosts = {auth_offered}",
-        "tls_advertise_hosts = " + where(tls and each.vs.tls for each in listeners),
+        + _by_listener({each.vs.address: f"{each.vs.max_message_kb}K" for each in listeners}, "50M"),
+        "smtputf8_advertise_hosts = " + _where(the_plan, (each.vs.smtputf8 for each in listeners)),
+        "chunking_advertise_hosts = " + _where(the_plan, (each.vs.chunking for each in listeners)),
+        f"auth_advertise_hosts = {_auth_offered(the_plan, authenticated, tls)}",
+        "tls_advertise_hosts = " + _where(the_plan, (tls and each.vs.tls for each in listeners)),
         "dsn_advertise_hosts = *",  # Exchange offers DSN (RFC 3461) to every client
         # Exchange takes domain literals and judges them as any other domain (relay refused, 550).
         "allow_domain_literals = true",
@@ -158,6 +157,12 @@ def _configuration(
         "acl_smtp_rcpt = acl_rcpt",
         "acl_smtp_vrfy = acl_vrfy",
         "acl_smtp_data = acl_data",
+    ]
+
+
+def _limit_options(config: LabConfig) -> list[str]:
+    """Connections, the lab's timers, and the look-ups Exim must not make."""
+    return [
         "smtp_accept_max = 100",
         # The lab's timers: retries within seconds, expiry as the lab file says, and one delay notice
         # (DSN-2) once a message has waited as long as Exchange waits (the last time repeats; never).
@@ -168,13 +173,44 @@ def _configuration(
         "host_lookup =",
         "never_users = root",
     ]
-    if tls_chain is not None:
-        lines += [f"tls_certificate = {tls_chain}", f"tls_privatekey = {tls_chain}"]
-    lines += ["", "begin acl", ""]
-    lines += _acls(the_plan, etc, authenticated)
-    lines += ["", "begin routers", ""]
-    lines += _routers(the_plan, etc)
-    lines += [
+
+
+def _by_listener(values: Mapping[str, str], default: str) -> str:
+    """An expansion giving the value of the listener a message came in on, else `default`."""
+    text = default
+    for address, value in values.items():
+        text = f"${{if eq{{$received_ip_address}}{{{address}}}{{{value}}}{{{text}}}}}"
+    return text
+
+
+def _where(the_plan: ServerPlan, predicate: Iterable[bool]) -> str:
+    """A host list matching every client on the listeners for which `predicate` holds."""
+    addresses = [each.vs.address for each, yes in zip(the_plan.listeners, predicate, strict=True) if yes]
+    if not addresses:
+        return ""
+    return "${if match_ip{$received_ip_address}{<; " + " ; ".join(addresses) + "}{*}{}}"
+
+
+def _auth_offered(the_plan: ServerPlan, authenticated: bool, tls: bool) -> str:
+    """Where AUTH is offered. "Requires TLS encryption": AUTH is offered on such a virtual server only
+    inside TLS."""
+    listeners = the_plan.listeners
+    auth_anywhere = [each.vs.address for each in listeners if authenticated and each.vs.basic_auth]
+    auth_after_tls = [each.vs.address for each in listeners if each.vs.auth_requires_tls and each.vs.tls]
+    return (
+        "${if or{{match_ip{$received_ip_address}{<; "
+        + " ; ".join(a for a in auth_anywhere if a not in auth_after_tls or not tls)
+        + "}}{and{{def:tls_in_cipher}{match_ip{$received_ip_address}{<; "
+        + " ; ".join(a for a in auth_anywhere if a in auth_after_tls and tls)
+        + "}}}}}{*}{}}"
+    )
+
+
+def _transports(config: LabConfig, the_plan: ServerPlan, root: Path, etc: Path) -> list[str]:
+    """The transports (a Maildir per mailbox, SMTP from the server's address), the retry rule, and the
+    heading of the authenticators."""
+    mailbox = f"${{lookup{{${{lc:$local_part@$domain}}}}lsearch{{{etc / 'mailboxes'}}}}}"
+    return [
         "",
         "begin transports",
         "",
@@ -191,7 +227,7 @@ def _configuration(
         "",
         "remote_smtp:",
         "  driver = smtp",
-        f"  interface = {me.address}",
+        f"  interface = {the_plan.server.address}",
         "  connect_timeout = 5s",
         "",
         "begin retry",
@@ -203,25 +239,27 @@ def _configuration(
         "begin authenticators",
         "",
     ]
-    if authenticated:
-        check = f"lsearch{{{etc / 'passwords'}}}"
-        lines += [
-            "login:",
-            "  driver = plaintext",
-            "  public_name = LOGIN",
-            '  server_prompts = "Username:: : Password::"',
-            f"  server_condition = {_password_matches('$auth1', '$auth2', check)}",
-            "  server_set_id = $auth1",
-            "",
-            "plain:",
-            "  driver = plaintext",
-            "  public_name = PLAIN",
-            "  server_prompts = :",
-            f"  server_condition = {_password_matches('$auth2', '$auth3', check)}",
-            "  server_set_id = $auth2",
-            "",
-        ]
-    return "\n".join(lines) + "\n"
+
+
+def _authenticators(etc: Path) -> list[str]:
+    """LOGIN and PLAIN, checked against the directory's accounts."""
+    check = f"lsearch{{{etc / 'passwords'}}}"
+    return [
+        "login:",
+        "  driver = plaintext",
+        "  public_name = LOGIN",
+        '  server_prompts = "Username:: : Password::"',
+        f"  server_condition = {_password_matches('$auth1', '$auth2', check)}",
+        "  server_set_id = $auth1",
+        "",
+        "plain:",
+        "  driver = plaintext",
+        "  public_name = PLAIN",
+        "  server_prompts = :",
+        f"  server_condition = {_password_matches('$auth2', '$auth3', check)}",
+        "  server_set_id = $auth2",
+        "",
+    ]
 
 
 def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:

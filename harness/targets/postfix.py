@@ -129,11 +129,55 @@ def render(
 ) -> dict[str, str]:
     """The files of Postfix's configuration directory for `server`, keyed by file name; `tls_chain` is
     the server's key and certificate when its virtual server has a certificate bound."""
-    organization = config.organization
     the_plan = plan(config, server, table)
     me = the_plan.server
+    main = _main_settings(config, the_plan, root, tls_chain)
+    sender_hops, kept = _sender_relayhosts(the_plan)
+    main["sender_dependent_relayhost_maps"] = f"hash:{root / 'etc' / 'sender_relay'}"
+    # The default virtual server's settings are main.cf's; every other one is an smtpd listener of its
+    # own that overrides what differs (master.cf -o), with its own relay table.
+    default = _smtpd_settings(me, the_plan.listeners[0], 0, root, table, tls_chain)
+    main.update(default)
+    files = {"main.cf": "".join(f"{key} = {value}\n" for key, value in main.items())}
+    listeners, listener_tables = _listeners(the_plan, root, table, tls_chain, default)
+    files.update(listener_tables)
+    files["bounce.cf"] = _BOUNCE_TEMPLATES
+    files["organization"] = "".join(f"{network} OK\n" for network in the_plan.organization_servers)
+    files["not_authenticated"] = f"0.0.0.0/0 {NOT_AUTHENTICATED}\n"
+    files["master.cf"] = "".join(listeners) + _SERVICES
+    files["virtual_mailbox"] = "".join(f"{m.primary} {m.primary}/\n" for m in the_plan.all_mailboxes)
+    files["virtual_alias"] = "".join(
+        f"{address} {', '.join(targets) or 'devnull@invalid'}\n"
+        for address, targets in the_plan.aliases.items()
+    )
+    files["transport"] = _transport_table(the_plan, kept if sender_hops else None)
+    files["sender_relay"] = "".join(f"{sender} {_relayhost(hop)}\n" for sender, hop in sender_hops.items())
+    return files
+
+
+def _main_settings(
+    config: LabConfig, the_plan: ServerPlan, root: Path, tls_chain: Path | None
+) -> dict[str, str]:
+    """main.cf, but for the default virtual server's smtpd settings and the sender-dependent relay
+    hosts."""
+    main = {**_main_places(config, the_plan, root), **_main_routing(config, the_plan)}
+    main.update(
+        smtpd_sasl_type="dovecot",  # Dovecot's SASL server (DovecotAuth), a socket in the spool
+        smtpd_sasl_path="private/auth",
+        broken_sasl_auth_clients="yes",  # AUTH=LOGIN as well, as Exchange advertises it
+    )
+    if tls_chain is not None:
+        main["smtpd_tls_chain_files"] = str(tls_chain)
+    main["bounce_template_file"] = str(root / "etc" / "bounce.cf")
+    return main
+
+
+def _main_places(config: LabConfig, the_plan: ServerPlan, root: Path) -> dict[str, str]:
+    """Where Postfix keeps its files and the mailboxes, whom it runs as, its names and addresses, and
+    the tables of the domains and addresses it holds."""
+    me = the_plan.server
     owner = pwd.getpwnam("postfix")
-    main = {
+    return {
         "compatibility_level": "3.6",
         "queue_directory": str(root / "spool"),
         "data_directory": str(root / "data"),
@@ -141,7 +185,7 @@ def render(
         "setgid_group": "postdrop",
         "maillog_file": str(root / "postfix.log"),
         "maillog_file_prefixes": str(root),
-        "mydomain": organization.primary_domain,
+        "mydomain": config.organization.primary_domain,
         "myorigin": "$mydomain",
         "inet_interfaces": ", ".join(v.address for v in me.virtual_servers),
         "inet_protocols": "ipv4",
@@ -159,6 +203,12 @@ def render(
         "virtual_mailbox_base": str(root / "mail"),
         "virtual_uid_maps": f"static:{owner.pw_uid}",
         "virtual_gid_maps": f"static:{owner.pw_gid}",
+    }
+
+
+def _main_routing(config: LabConfig, the_plan: ServerPlan) -> dict[str, str]:
+    """The relay decision as Exchange makes it, and the lab's timers."""
+    return {
         "relay_domains": ", ".join(the_plan.relay_domains),
         # Exchange's domains cover only themselves (docs/decisions.md): no parent-domain matching for
         # relay_domains (".example" entries, from "*.example" address spaces, still cover subdomains).
@@ -183,22 +233,20 @@ def render(
         "delay_warning_time": _seconds(config.timers.delay_notification),
         "smtp_connect_timeout": "5s",
     }
-    main.update(
-        smtpd_sasl_type="dovecot",  # Dovecot's SASL server (DovecotAuth), a socket in the spool
-        smtpd_sasl_path="private/auth",
-        broken_sasl_auth_clients="yes",  # AUTH=LOGIN as well, as Exchange advertises it
-    )
-    if tls_chain is not None:
-        main["smtpd_tls_chain_files"] = str(tls_chain)
-    main["bounce_template_file"] = str(root / "etc" / "bounce.cf")
-    sender_hops, kept = _sender_relayhosts(the_plan)
-    main["sender_dependent_relayhost_maps"] = f"hash:{root / 'etc' / 'sender_relay'}"
-    # The default virtual server's settings are main.cf's; every other one is an smtpd listener of its
-    # own that overrides what differs (master.cf -o), with its own relay table.
-    default = _smtpd_settings(me, the_plan.listeners[0], 0, root, table, tls_chain)
-    main.update(default)
-    files = {"main.cf": "".join(f"{key} = {value}\n" for key, value in main.items())}
+
+
+def _listeners(
+    the_plan: ServerPlan,
+    root: Path,
+    table: RecipientTable,
+    tls_chain: Path | None,
+    default: dict[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """master.cf's smtpd line of each virtual server, with the settings in which it differs from
+    `default` (main.cf's), and the client and recipient tables of each, by file name."""
+    me = the_plan.server
     listeners: list[str] = []
+    files: dict[str, str] = {}
     for number, listener in enumerate(the_plan.listeners):
         settings = _smtpd_settings(me, listener, number, root, table, tls_chain)
         overrides = "".join(f" -o {{ {k} = {v} }}" for k, v in settings.items() if default.get(k) != v)
@@ -212,18 +260,7 @@ def render(
         )
         if listener.recipient_filter is not None:
             files[_filter_table(number)] = _recipient_filter_table(listener.recipient_filter)
-    files["bounce.cf"] = _BOUNCE_TEMPLATES
-    files["organization"] = "".join(f"{network} OK\n" for network in the_plan.organization_servers)
-    files["not_authenticated"] = f"0.0.0.0/0 {NOT_AUTHENTICATED}\n"
-    files["master.cf"] = "".join(listeners) + _SERVICES
-    files["virtual_mailbox"] = "".join(f"{m.primary} {m.primary}/\n" for m in the_plan.all_mailboxes)
-    files["virtual_alias"] = "".join(
-        f"{address} {', '.join(targets) or 'devnull@invalid'}\n"
-        for address, targets in the_plan.aliases.items()
-    )
-    files["transport"] = _transport_table(the_plan, kept if sender_hops else None)
-    files["sender_relay"] = "".join(f"{sender} {_relayhost(hop)}\n" for sender, hop in sender_hops.items())
-    return files
+    return listeners, files
 
 
 def _transport_table(the_plan: ServerPlan, sender_dependent: set[str] | None) -> str:
