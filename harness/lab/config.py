@@ -164,7 +164,7 @@ def _placement(
 
 
 def _hosts(
-    document: yamlsource.Document, data: Mapping[str, Any], address_of: topology.AddressOf
+    document: yamlsource.Document, data: Mapping[str, Any], address_of: topology_reader.AddressOf
 ) -> dict[str, Host]:
     """Every named host of the lab file by its lower-case name; a name may be used once."""
     hosts: dict[str, Host] = {}
@@ -208,7 +208,7 @@ def _organization(
     document: yamlsource.Document,
     data: Mapping[str, Any],
     hosts: Mapping[str, Host],
-    address_of: topology.AddressOf,
+    address_of: topology_reader.AddressOf,
     offset: int,
 ) -> topology.Organization:
     def host_address(name: str) -> str:
