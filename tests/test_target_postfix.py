@@ -22,6 +22,7 @@ from harness.lab.placement import relocation
 from harness.lab.recipients import Login, RecipientTable
 from harness.lab.runtime import Lab
 from harness.targets import postfix
+from reference_mta import replies
 
 BAND = 110
 BASE = base(BAND)
@@ -118,16 +119,16 @@ def test_recipient_filtering_and_anonymous_access_become_smtpd_restrictions(tmp_
     # shared namespace is not authoritative, so nothing there is filtered.
     assert files["recipient_filter_2"].splitlines() == [
         "if /@(contoso[.]com|litware[.]com)$/",
-        f"/^bulk.*@contoso[.]com$/ {postfix.MAILBOX_NOT_AVAILABLE}",
-        f"/^noreply@litware[.]com$/ {postfix.MAILBOX_NOT_AVAILABLE}",
-        f"/^henry@contoso[.]com$/ {postfix.MAILBOX_NOT_AVAILABLE}",
-        f"/^archive@shared[.]contoso[.]com$/ {postfix.MAILBOX_NOT_AVAILABLE}",
+        f"/^bulk.*@contoso[.]com$/ {replies.MAILBOX_NOT_AVAILABLE}",
+        f"/^noreply@litware[.]com$/ {replies.MAILBOX_NOT_AVAILABLE}",
+        f"/^henry@contoso[.]com$/ {replies.MAILBOX_NOT_AVAILABLE}",
+        f"/^archive@shared[.]contoso[.]com$/ {replies.MAILBOX_NOT_AVAILABLE}",
         "/^alice[.]smith@contoso[.]com$/ DUNNO",
         "/^alice@contoso[.]com$/ DUNNO",
         "/^bob@contoso[.]com$/ DUNNO",
         "/^pat@contoso[.]com$/ DUNNO",
         "/^sales@contoso[.]com$/ DUNNO",
-        f"/./ {postfix.MAILBOX_NOT_AVAILABLE}",
+        f"/./ {replies.MAILBOX_NOT_AVAILABLE}",
         "endif",
     ]
     filters = [name for name in files if name.startswith("recipient_filter_")]
@@ -137,7 +138,7 @@ def test_recipient_filtering_and_anonymous_access_become_smtpd_restrictions(tmp_
     refused = f"permit_sasl_authenticated, check_client_access cidr:{etc / 'not_authenticated'}"
     assert f"-o {{ smtpd_sender_restrictions = {refused} }}" in members
     assert f"-o {{ smtpd_relay_restrictions = {refused}, permit_sasl_authenticated, " in members
-    assert lines(files["not_authenticated"]) == {f"0.0.0.0/0 {postfix.NOT_AUTHENTICATED}"}
+    assert lines(files["not_authenticated"]) == {f"0.0.0.0/0 {replies.NOT_AUTHENTICATED}"}
     # The Adatum connector accepts only Alice's mail: her mail for adatum.com goes toward its bridgehead
     # (EX4, through EX2), everyone else's by DNS; every other domain is pinned to its own route.
     assert lines(files["sender_relay"]) == {f"alice@contoso.com [{BASE[:-1]}21]:25"}

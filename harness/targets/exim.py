@@ -316,7 +316,7 @@ def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
     connect.append("  accept")
     mail += ["  accept"]
     vrfy += ["  accept"]
-    rcpt += ["  deny", "    message = 550 5.7.1 Unable to relay for $local_part@$domain"]
+    rcpt += ["  deny", f"    message = {replies.unable_to_relay('$local_part@$domain')}"]
     helo = ["acl_helo:", "  accept"]
     data = ["acl_data:", "  accept"]
     return [*connect, "", *helo, "", *mail, "", *rcpt, "", *vrfy, "", *data]

@@ -46,6 +46,7 @@ from harness.targets.daemon import (
     wait_until_listening,
 )
 from harness.targets.plan import Listener, NextHop, RecipientFilter, ServerPlan, plan
+from reference_mta import replies
 from reference_mta.queue_contract import QueueState
 from reference_mta.topology import Server
 
@@ -115,9 +116,6 @@ Your message has not been delivered yet to one or more recipients.
 Delivery will be tried again; you need not send it again.
 EOF
 """
-# Exchange's replies where an access table can give them word for word.
-NOT_AUTHENTICATED = "530 5.7.3 Client was not authenticated"
-MAILBOX_NOT_AVAILABLE = "550 5.7.1 Requested action not taken: mailbox not available"
 
 
 class PostfixError(StandInError):
@@ -143,7 +141,7 @@ def render(
     files.update(listener_tables)
     files["bounce.cf"] = _BOUNCE_TEMPLATES
     files["organization"] = "".join(f"{network} OK\n" for network in the_plan.organization_servers)
-    files["not_authenticated"] = f"0.0.0.0/0 {NOT_AUTHENTICATED}\n"
+    files["not_authenticated"] = f"0.0.0.0/0 {replies.NOT_AUTHENTICATED}\n"
     files["master.cf"] = "".join(listeners) + _SERVICES
     files["virtual_mailbox"] = "".join(f"{m.primary} {m.primary}/\n" for m in the_plan.all_mailboxes)
     files["virtual_alias"] = "".join(
@@ -383,10 +381,13 @@ def _recipient_filter_table(rules: RecipientFilter) -> str:
     trailing dot, no source route)."""
     domains = "|".join(_regexp(domain) for domain in rules.domains)
     lines = [f"if /@({domains})$/"]
-    lines += [f"/^{_regexp(pattern, wildcards=True)}$/ {MAILBOX_NOT_AVAILABLE}" for pattern in rules.patterns]
+    lines += [
+        f"/^{_regexp(pattern, wildcards=True)}$/ {replies.MAILBOX_NOT_AVAILABLE}"
+        for pattern in rules.patterns
+    ]
     if rules.known is not None:
         lines += [f"/^{_regexp(address)}$/ DUNNO" for address in rules.known]
-        lines.append(f"/./ {MAILBOX_NOT_AVAILABLE}")
+        lines.append(f"/./ {replies.MAILBOX_NOT_AVAILABLE}")
     lines.append("endif")
     return "".join(f"{line}\n" for line in lines)
 
