@@ -335,9 +335,10 @@ def matrix_command(
         )
         statuses.append(outcomes.run_exit_code(code, runs[target.name]))
     table = matrix.build(runs)
+    unused = matrix.stale(runs)
     names = [t.name for t in chosen]
-    (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names), encoding="utf-8")
-    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names), encoding="utf-8")
+    (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names, unused), encoding="utf-8")
+    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names, unused), encoding="utf-8")
     # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
     # (matrix.md has the counts by status and the deviations' reasons).
     cells = {
@@ -361,6 +362,9 @@ def matrix_command(
             if outcome["outcome"] != "passed":
                 console.print(summary.trace_line(outcome, width), soft_wrap=True, highlight=False)
         console.print(f"{name}: {summary.totals(ran)}", markup=False, highlight=False)
+    for line in matrix.stale_lines(unused):
+        # A warning, not a failure: the entry waives nothing, so it hides nothing either.
+        console.print(f"warning: {line}", markup=False, highlight=False)
     console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
     sys.exit(int(outcomes.worst(statuses)))
 

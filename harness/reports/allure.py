@@ -8,6 +8,7 @@ check raises one inside its step and we catch it just outside: the step shows re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -113,6 +114,12 @@ def publish(result: TraceResult) -> None:
     _text("\n".join(d.describe() for d in evidence.deliveries) or "nothing delivered", "delivered envelopes")
     if not result.passed:
         _text("\n".join(result.failures()), "failures")
+        # The same failures as records (kind, step, command, expected, actual): what verdicts read.
+        allure.attach(
+            json.dumps([f.to_json() for f in result.records()], indent=1),
+            name="failure records",
+            attachment_type=allure.attachment_type.JSON,
+        )
 
 
 def _tracking_excerpt(events: dict[str, list[dict[str, object]]]) -> str:
