@@ -54,7 +54,6 @@ class Deviation:
     actual: Values | None = None
     traces: tuple[str, ...] = ()  # trace ids or prefixes of them
     catalogue: tuple[str, ...] = ()  # catalogue IDs
-    legacy: re.Pattern[str] | None = None  # LEGACY-HARVEST
 
     @property
     def scoped(self) -> bool:
@@ -69,11 +68,6 @@ class Deviation:
 
     def matches(self, failure: Failure) -> bool:
         """Whether the record's fields are the ones this entry waives (its scope checked apart)."""
-        if self.legacy is not None:  # LEGACY-HARVEST
-            from harness.judge.records import lines, sentence
-
-            texts = [sentence(failure), *(lines([failure]) if failure.session else [])]
-            return any(self.legacy.search(t) for t in texts)
         if failure.kind not in self.kinds:
             return False
         if not self.scoped and not failure.same_code:
@@ -105,18 +99,6 @@ def load(path: Path) -> list[Deviation]:
     document = yamlsource.load(path)
     if document.data is None:
         return []
-    if any("failure" in item for item in document.data):  # LEGACY-HARVEST
-        return [
-            Deviation(
-                f"{path.name}:{document.line_of((i,))}",
-                it["reason"],
-                "",
-                frozenset(Kind),
-                traces=tuple(it.get("traces") or ()),
-                legacy=re.compile(it["failure"]),
-            )
-            for i, it in enumerate(document.data)
-        ]
     yamlsource.validate(document, "deviations.schema.json")
     return [_entry(document, index, item) for index, item in enumerate(document.data)]
 

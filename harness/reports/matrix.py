@@ -98,7 +98,9 @@ def _explain_one(
     spec: list[str],
     known: Sequence[Deviation],
 ) -> list[Deviation] | None:
-    if failure.kind == Kind.DELIVERY:
+    if failure.kind == Kind.DELIVERY and failure.near:
+        # Something was delivered near it: only a delivery that differs by known deviations alone stands
+        # in for it; an entry for the missing delivery itself must not hide what came instead.
         return next((standing_in[n.delivery] for n in failure.near if n.delivery in standing_in), None)
     if failure.kind == Kind.UNEXPECTED_DELIVERY and failure.actual in standing_in:
         return standing_in[failure.actual]

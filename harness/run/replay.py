@@ -56,7 +56,11 @@ CRLF = b"\r\n"
 # What a reply answers when it answers no command line (harness/judge/records.py: Failure.verb).
 GREETING = "(greeting)"
 END_OF_DATA = "(end of data)"
-_COMMAND = re.compile(r"^[A-Za-z]{4}\b")
+# The commands whose replies a failure record names (RFC 5321 and its extensions).
+_VERBS = frozenset(
+    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "VRFY", "EXPN", "HELP", "NOOP", "QUIT", "AUTH",
+     "STARTTLS", "ETRN", "TURN", "ATRN", "XEXCH50"}
+)  # fmt: skip
 _EXPECT_354 = ReplyMatcher(code=354)
 _EXPECT_334 = ReplyMatcher(code=334)
 _EXPECT_220 = ReplyMatcher(code=220)
@@ -265,6 +269,7 @@ class _Session:
         self.commands: list[str] = []
         self.last_command = ""
         self.answering = GREETING
+        self.replies_read = 0
 
     async def send(self, data: bytes, shown: bytes | None = None) -> None:
         self.sent_anything = True
@@ -279,7 +284,9 @@ class _Session:
         if self.pending is not None:
             reply, self.pending = self.pending, None
             return reply
-        self.answering = self._answered() if self.sent_anything else GREETING
+        # The first reply of a session is the greeting, even to a client that talked first.
+        self.answering = self._answered() if self.replies_read else GREETING
+        self.replies_read += 1
         recorded = 0
 
         def on_line(line: bytes) -> None:
@@ -351,8 +358,12 @@ class _Session:
         exchange.fail(Kind.TRANSPORT, message, expected, what)
 
     def _command(self, line: str) -> None:
-        """A command sent, whose reply is still to be read (several when pipelined)."""
-        self.commands.append(line)
+        """A line sent: a command whose reply is still to be read (several when pipelined), or the end
+        of a message; the message's own lines get no reply."""
+        if line == ".":
+            self.commands.append(END_OF_DATA)
+        elif line.split(" ", 1)[0].split(":", 1)[0].upper() in _VERBS:
+            self.commands.append(line)
 
     def _answered(self) -> str:
         """The command the reply just read answers: the oldest one unanswered, else the last one."""
@@ -429,9 +440,8 @@ class _Session:
             self._command(step.line)
         elif isinstance(step, SendRaw):
             exchange.sent = step.data
-            first = step.data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
-            if _COMMAND.match(first):
-                self._command(first)
+            for line in step.data.decode("utf-8", "replace").splitlines():
+                self._command(line)
         else:
             exchange.sent = b"".join(line.encode("utf-8") + CRLF for line in step.lines)
             for line in step.lines:
