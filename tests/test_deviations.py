@@ -191,3 +191,19 @@ def test_an_entry_that_waived_nothing_is_reported_stale() -> None:
     waived = [{"failure": REFUSED.to_json(), "reason": scoped.reason, "entry": scoped.entry}]
     runs["postfix"][0]["waived"] = waived
     assert scoped not in matrix.stale(runs).get("postfix", [])
+
+
+def test_a_missing_delivery_with_nothing_near_it_needs_an_entry_for_that_delivery(tmp_path: Path) -> None:
+    known = load(
+        _file(
+            tmp_path,
+            "- kind: delivery\n  expected: 'sink=fabrikam-mx, sender=<>'\n"
+            "  traces: [inbound/unknown-recipient-ndr]\n"
+            "  reason: refused at RCPT, so no NDR\n  reference: RFC 5321 3.3\n",
+        )
+    )
+    missing = Failure(Kind.DELIVERY, "sink=fabrikam-mx, sender=<>", knock_on=True)
+    assert matrix.verdict(_failed("inbound/unknown-recipient-ndr", missing), known).status == "deviation"
+    assert matrix.verdict(_failed("inbound/forwarding", missing), known).status == "fail"
+    other = Failure(Kind.DELIVERY, "sink=fabrikam-mx, sender=<ann@fabrikam.com>")
+    assert matrix.verdict(_failed("inbound/unknown-recipient-ndr", other), known).status == "fail"

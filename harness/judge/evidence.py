@@ -51,11 +51,35 @@ class Delivery:
         return f"gateway {self.where} on {self.server}: {sender} → {rcpt}"
 
 
+@dataclass(frozen=True)
+class DnsQuery:
+    """A query the lab's DNS answered."""
+
+    client: str  # the lab host that asked, or its address if no host has it
+    client_ip: str
+    name: str
+    type: str
+    rcode: str
+    answers: tuple[str, ...]
+    transport: str
+
+
+@dataclass(frozen=True)
+class LdapQuery:
+    """A search the lab's global catalog answered."""
+
+    client: str
+    base: str
+    filter: str
+    scope: str
+    results: int
+
+
 @dataclass
 class Evidence:
     hosts: dict[str, str]  # address → lab host name
-    dns: list[dict[str, Any]]
-    ldap: list[dict[str, Any]]
+    dns: list[DnsQuery]
+    ldap: list[LdapQuery]
     deliveries: list[Delivery]
     tracking: dict[str, list[dict[str, Any]]]
     queues: dict[str, dict[str, list[dict[str, Any]]]]
@@ -65,21 +89,18 @@ class Evidence:
         # Reversed so that, should two hosts share an address, the one declared first names it.
         names = {h.address: h.name for h in reversed(list(lab.config.hosts.values()))}
         dns = [
-            {
-                "client": names.get(q.client, q.client),
-                "client_ip": q.client,
-                "name": q.name,
-                "type": q.rtype,
-                "rcode": q.rcode,
-                "answers": list(q.answers),
-                "transport": q.transport,
-            }
+            DnsQuery(
+                names.get(q.client, q.client),
+                q.client,
+                q.name,
+                q.rtype,
+                q.rcode,
+                tuple(q.answers),
+                q.transport,
+            )
             for q in lab.dns.queries
         ]
-        ldap = [
-            {"client": q.client, "base": q.base, "filter": q.filter, "scope": q.scope, "results": q.results}
-            for q in lab.gc.queries
-        ]
+        ldap = [LdapQuery(q.client, q.base, q.filter, q.scope, q.results) for q in lab.gc.queries]
         deliveries = _mailboxes(lab) + _sinks(lab, names) + _gateways(lab)
         events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
         return cls(

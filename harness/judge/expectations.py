@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.judge.evidence import Delivery, DeliveryKind, Evidence
+from harness.judge.evidence import Delivery, DeliveryKind, Evidence, LdapQuery
 from harness.judge.records import Failure, Kind, Near, near_line, sentence, sentences
 from reference_mta import tracking
 
@@ -120,14 +120,12 @@ def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     found = [
         q
         for q in evidence.dns
-        if q["name"].lower().rstrip(".") == name
-        and (rtype is None or q["type"].upper() == rtype)
-        and (client is None or q["client"].lower() == client.lower())
+        if q.name.lower().rstrip(".") == name
+        and (rtype is None or q.type.upper() == rtype)
+        and (client is None or q.client.lower() == client.lower())
     ]
     seen = (
-        "\n".join(
-            f"{q['client']} asked {q['name']} {q['type']} → {q['rcode']} {q['answers']}" for q in evidence.dns
-        )
+        "\n".join(f"{q.client} asked {q.name} {q.type} → {q.rcode} {list(q.answers)}" for q in evidence.dns)
         or "no queries"
     )
     if spec.get("absent"):
@@ -144,19 +142,17 @@ def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
     described = exact or f"/{spec.get('filter_regex')}/"
     title = f"LDAP filter {described}" + (f" from {client}" if client else "")
 
-    def matches(query: dict[str, Any]) -> bool:
-        if exact is not None and query["filter"].lower() != exact.lower():
+    def matches(query: LdapQuery) -> bool:
+        if exact is not None and query.filter.lower() != exact.lower():
             return False
-        if pattern is not None and not pattern.search(query["filter"]):
+        if pattern is not None and not pattern.search(query.filter):
             return False
-        if client is not None and query["client"].lower() != client.lower():
+        if client is not None and query.client.lower() != client.lower():
             return False
-        return "results" not in spec or query["results"] == spec["results"]
+        return "results" not in spec or query.results == spec["results"]
 
     found = [q for q in evidence.ldap if matches(q)]
-    seen = "\n".join(
-        f"{q['client']}: {q['filter']} (base {q['base']}) → {q['results']}" for q in evidence.ldap
-    )
+    seen = "\n".join(f"{q.client}: {q.filter} (base {q.base}) → {q.results}" for q in evidence.ldap)
     if spec.get("absent"):
         failures = [Failure(Kind.LDAP, "absent", field=title)] if found else []
         return Check(f"no {title}", failures, "no such filter", seen or "none")

@@ -96,8 +96,7 @@ def publish(result: TraceResult) -> None:
         )
     _text(
         "\n".join(
-            f"{q['client']} ({q['client_ip']}) {q['transport']} {q['name']} {q['type']} → {q['rcode']} "
-            f"{' '.join(q['answers'])}"
+            f"{q.client} ({q.client_ip}) {q.transport} {q.name} {q.type} → {q.rcode} {' '.join(q.answers)}"
             for q in evidence.dns
         )
         or "no DNS queries",
@@ -105,8 +104,7 @@ def publish(result: TraceResult) -> None:
     )
     _text(
         "\n".join(
-            f"{q['client']}: {q['filter']}  base={q['base']} scope={q['scope']} → {q['results']}"
-            for q in evidence.ldap
+            f"{q.client}: {q.filter}  base={q.base} scope={q.scope} → {q.results}" for q in evidence.ldap
         )
         or "no LDAP queries",
         "LDAP query log",
