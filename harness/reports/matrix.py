@@ -102,7 +102,7 @@ def _explain_one(
         # Something was delivered near it: only a delivery that differs by known deviations alone stands
         # in for it; an entry for the missing delivery itself must not hide what came instead.
         return next((standing_in[n.delivery] for n in failure.near if n.delivery in standing_in), None)
-    if failure.kind == Kind.UNEXPECTED_DELIVERY and failure.actual in standing_in:
+    if failure.kind in (Kind.UNEXPECTED_DELIVERY, Kind.NOTHING_DELIVERED) and failure.actual in standing_in:
         return standing_in[failure.actual]
     found = explain(failure, trace, spec, known)
     return None if found is None else [found]

@@ -349,13 +349,14 @@ class _Session:
             return "the 354 reply to DATA"
         return "a reply"
 
-    @staticmethod
-    def _fail(exchange: Exchange, message: str, what: str, step: Step | None = None) -> None:
+    def _fail(self, exchange: Exchange, message: str, what: str, step: Step | None = None) -> None:
         """A transport failure: `what` went wrong (timeout, closed, malformed, send, lost) while waiting
-        for what the step expects."""
+        for what the step expects, in reply to the command the session last read a reply for."""
         exchange.error = message
         expected = step.matcher.describe() if isinstance(step, Expect) else ""
         exchange.fail(Kind.TRANSPORT, message, expected, what)
+        if step is not None:
+            exchange.records[-1] = dataclasses.replace(exchange.records[-1], command=self.answering)
 
     def _command(self, line: str) -> None:
         """A line sent: a command whose reply is still to be read (several when pipelined), or the end
@@ -463,7 +464,7 @@ class _Session:
         await self._read_checked(exchange, _EXPECT_354)
         if exchange.passed:
             exchange.sent += message.payload
-            self._command(END_OF_DATA)
+            self.commands.append(END_OF_DATA)
             await self.send(message.payload)
 
     async def _expect(self, step: Expect, exchange: Exchange) -> None:
