@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from harness.cli.app import main
 from harness.judge import records
 from harness.judge.deviations import deviations, load
 from harness.judge.records import Failure, Kind, Near
@@ -207,3 +209,25 @@ def test_a_missing_delivery_with_nothing_near_it_needs_an_entry_for_that_deliver
     assert matrix.verdict(_failed("inbound/forwarding", missing), known).status == "fail"
     other = Failure(Kind.DELIVERY, "sink=fabrikam-mx, sender=<ann@fabrikam.com>")
     assert matrix.verdict(_failed("inbound/unknown-recipient-ndr", other), known).status == "fail"
+
+
+def test_mailflow_matrix_refuses_a_malformed_deviations_file_before_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "deviations"
+    folder.mkdir()
+    (folder / "postfix.yaml").write_text(
+        "- kind: text\n  verb: RCPT\n  reason: r\n  reference: RFC 5321 4.2\n"
+        "- kind: code\n  verb: DATA\n  expected: 354\n  actual: 554\n"
+        "  reason: r\n  reference: RFC 5321 3.3\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("harness.judge.deviations.folder", lambda: folder)
+    trace = Path(__file__).resolve().parents[1] / "traces" / "relay" / "relay-denied-by-default.yaml"
+    result = CliRunner().invoke(
+        main, ["matrix", "--target", "postfix", "--reports", str(tmp_path), str(trace)]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"{folder / 'postfix.yaml'}:5: [1].kind: an entry without traces or catalogue" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "matrix.md").exists()

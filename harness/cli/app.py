@@ -32,6 +32,7 @@ from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
 from harness.corpus.trace import in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
+from harness.judge.deviations import deviations
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.placement import relocation
@@ -324,6 +325,11 @@ def matrix_command(
     """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
     Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
     chosen = _targets(target_names)
+    for target in chosen:
+        try:
+            deviations(target.name)  # a mistake in a deviations file stops the run before it starts
+        except SourceError as exc:
+            raise InputError(str(exc)) from None
     files = _trace_files_or_exit(paths)
     runs: dict[str, list[dict[str, Any]]] = {}
     statuses: list[ExitCode] = []

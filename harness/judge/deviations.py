@@ -23,7 +23,6 @@ from typing import Any
 from harness import yamlsource
 from harness.corpus.catalogue import catalogue
 from harness.judge.records import WORDING_KINDS, Failure, Kind
-from harness.yamlsource import SourceError
 
 # A target's known deviations for one trace: the entry that explains a failure, or None if it is one.
 Tolerate = Callable[[Failure], "Deviation | None"]
@@ -167,6 +166,3 @@ def explain(
 ) -> Deviation | None:
     """The first entry that waives this failure of this trace, if one does."""
     return next((d for d in known if d.applies_to(trace, spec) and d.matches(failure)), None)
-
-
-__all__ = ["Deviation", "SourceError", "Tolerate", "Values", "deviations", "explain", "load"]
