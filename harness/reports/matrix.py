@@ -51,18 +51,20 @@ def verdict(outcome: Mapping[str, Any], known: Sequence[Deviation]) -> Verdict:
     """A trace's result on a target, from its failure records (never from their sentences)."""
     trace = str(outcome["trace"])
     waived = [Waived.from_json(w) for w in outcome.get("waived") or ()]
-    used = frozenset(w.entry for w in waived)
-    if outcome["outcome"] == "passed":
+    failures = [Failure.from_json(f) for f in outcome.get("failures") or ()]
+    if outcome["outcome"] == "passed" and not failures:
         tolerated = tuple(dict.fromkeys(w.reason for w in waived)) or tuple(
             dict.fromkeys(_reason(str(d)) for d in outcome.get("deviations") or ())
         )
+        used = frozenset(w.entry for w in waived)
         return Verdict(trace, "deviation", tolerated, entries=used) if tolerated else Verdict(trace, "pass")
     if outcome["outcome"] == "skipped":
         return Verdict(trace, "skipped", (str(outcome.get("message") or ""),))
-    failures = [Failure.from_json(f) for f in outcome.get("failures") or ()]
-    if outcome["outcome"] != "failed" or not failures:
+    if outcome["outcome"] not in ("failed", "passed") or not failures:
         # Broken or invalid is no verdict on the target: no known deviation can explain it.
         return Verdict(trace, "fail", (str(outcome.get("message") or outcome["outcome"]),))
+    # A failed trace, or one the run passed as a deviation: judged again from its records, which also
+    # says which entries explained it.
     return _judge(trace, list(outcome.get("spec") or ()), failures, known, waived)
 
 
