@@ -144,10 +144,14 @@ class TraceItem(pytest.Item):
             result = self._update(target, result)
         allure_report.publish(result)
         tolerated = list(result.deviations)
+        judged = result.as_outcome()
+        # The records, for `mailflow matrix` and last-run.json to judge without reading sentences.
+        self.user_properties.append(("mailflow_failures", judged["failures"]))
+        self.user_properties.append(("mailflow_waived", judged["waived"]))
         if not result.passed:
             # What differs only by the target's known deviations is a deviation, not a failure: the
             # same judgement as the conformance matrix's, so `mailflow run` agrees with `mailflow matrix`.
-            found = matrix.verdict(result.as_outcome(), deviations(target.name))
+            found = matrix.verdict(judged, deviations(target.name))
             if found.status != "deviation":
                 self.user_properties.append(("mailflow_deviations", tolerated))
                 self.user_properties.append(("mailflow_reason", result.first_failure()))
@@ -203,6 +207,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             "message": _message(report, properties),
             "reason": properties.get("mailflow_reason") or _reason(report),
             "deviations": properties.get("mailflow_deviations", []),
+            "failures": properties.get("mailflow_failures", []),
+            "waived": properties.get("mailflow_waived", []),
             "update": properties.get("mailflow_update", ""),
         }
     )

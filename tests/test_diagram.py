@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ElementTree
 
-from harness.judge.evidence import Delivery, Evidence
+from harness.judge.evidence import Delivery, DeliveryKind, Evidence
 from harness.reports.diagram import path_svg
 
 
@@ -25,7 +25,9 @@ def test_boxes_follow_the_hops_and_end_at_the_destination() -> None:
             "EX3": [],
         },
         deliveries=[
-            Delivery("mailbox", "bob@contoso.com", "EX2", "ann@fabrikam.com", ("bob@contoso.com",), b"")
+            Delivery(
+                DeliveryKind.MAILBOX, "bob@contoso.com", "EX2", "ann@fabrikam.com", ("bob@contoso.com",), b""
+            )
         ],
     )
     svg = path_svg(evidence)

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from harness.judge.evidence import Delivery, Evidence
+from harness.judge.evidence import Delivery, DeliveryKind, DnsQuery, Evidence, LdapQuery
 from harness.judge.expectations import Check, check_outcome
 from harness.lab.runtime import Lab
 from reference_mta import store
@@ -31,7 +31,7 @@ def evidence(**fields: Any) -> Evidence:
 
 
 def sink(where: str, rcpt: tuple[str, ...], peer: str = "EX2", sender: str = "ann@fabrikam.com") -> Delivery:
-    return Delivery("sink", where, peer, sender, rcpt, MESSAGE)
+    return Delivery(DeliveryKind.SINK, where, peer, sender, rcpt, MESSAGE)
 
 
 def only(outcome: dict[str, Any], seen: Evidence) -> Check:
@@ -75,17 +75,7 @@ def test_not_delivered_without_rcpt_matches_any_delivery_there() -> None:
 # --- DNS: type and client ignore case ---------------------------------------------------------------
 
 MX_QUERY = evidence(
-    dns=[
-        {
-            "client": "EX1",
-            "client_ip": "127.77.0.11",
-            "name": "contoso.com",
-            "type": "MX",
-            "rcode": "NOERROR",
-            "answers": ["10 mail.contoso.com."],
-            "transport": "udp",
-        }
-    ]
+    dns=[DnsQuery("EX1", "127.77.0.11", "contoso.com", "MX", "NOERROR", ("10 mail.contoso.com.",), "udp")]
 )
 
 
@@ -130,19 +120,20 @@ EVENT = {
     "timestamp": 1.0,
 }
 EVERYTHING = evidence(
-    ldap=[
-        {
-            "client": "EX1",
-            "base": "DC=contoso,DC=com",
-            "filter": "(proxyAddresses=smtp:alice@contoso.com)",
-            "scope": "SUBTREE",
-            "results": 1,
-        }
-    ],
+    ldap=[LdapQuery("EX1", "DC=contoso,DC=com", "(proxyAddresses=smtp:alice@contoso.com)", "SUBTREE", 1)],
     deliveries=[
-        Delivery("mailbox", "alice@contoso.com", "EX1", "ann@fabrikam.com", ("alice@contoso.com",), MESSAGE),
+        Delivery(
+            DeliveryKind.MAILBOX,
+            "alice@contoso.com",
+            "EX1",
+            "ann@fabrikam.com",
+            ("alice@contoso.com",),
+            MESSAGE,
+        ),
         sink("partner-mx", ("orders@partner.example",)),
-        Delivery("gateway", "Notes Connector", "EX4", "ann@fabrikam.com", ("First Last/Org",), MESSAGE),
+        Delivery(
+            DeliveryKind.GATEWAY, "Notes Connector", "EX4", "ann@fabrikam.com", ("First Last/Org",), MESSAGE
+        ),
     ],
     tracking={"EX1": [EVENT], "EX2": [{**EVENT, "timestamp": 2.0}]},
 )

@@ -17,6 +17,7 @@ from rich.console import Console
 from harness.cli import app
 from harness.corpus import trace
 from harness.exit_codes import ExitCode
+from harness.judge.records import Failure, Kind
 from harness.run.replay import Exchange, SessionResult
 from harness.run.runner import SessionRun, TraceResult
 
@@ -129,7 +130,8 @@ def test_no_trace_files_means_no_tests_not_success(pytester: pytest.Pytester) ->
 
 
 def _failed_run(client: str, index: int, title: str, failure: str) -> SessionRun:
-    exchange = Exchange(index, title, b"", None, [failure], None)
+    exchange = Exchange(index, title, b"", None, [], None)
+    exchange.fail(Kind.STEP, failure)
     return SessionRun(
         client, "127.0.0.1:10025", SessionResult([exchange], "", False, "none", ("127.0.0.1", 0))
     )
@@ -137,7 +139,10 @@ def _failed_run(client: str, index: int, title: str, failure: str) -> SessionRun
 
 def test_failures_count_steps_from_one_and_name_the_trace_line() -> None:
     loaded = trace.load(GOOD)
-    run = _failed_run("internet", 6, "S: expect {code: 250, enhanced: 2.1.5}", "expected code 250, got 550")
+    run = _failed_run("internet", 6, "S: expect {code: 250, enhanced: 2.1.5}", "")
+    run.result.exchanges[0].records[0] = Failure(
+        Kind.CODE, "250", "550", step=7, title=run.result.exchanges[0].title
+    )
     line = GOOD.read_text().splitlines().index("      - expect: {code: 250, enhanced: 2.1.5}") + 1
     assert TraceResult(loaded, "reference", [run]).failures() == [
         f"session 1 (internet), step 7 (line {line}): S: expect {{code: 250, enhanced: 2.1.5}}: "

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from harness.exit_codes import ExitCode
+from harness.judge.records import KNOCK_ON
 from harness.lab import config as lab_config
 from harness.lab.placement import relocation
-from harness.run.runner import KNOCK_ON
 from tests.mailflow_cli import (
     AUTH,
     GOOD,
@@ -124,6 +124,11 @@ def test_last_run_json_keeps_every_trace_with_its_structured_reason(mixed_run: d
     first, *after = failed["message"].splitlines()
     assert first.startswith(f"session 1 (internet), step 7 (line {mixed_run['failing_line']}): ")
     assert after and all(line.startswith(KNOCK_ON) for line in after), after
+    # The same failures as records: the first one where the trace stopped, the others after it.
+    records = failed["failures"]
+    assert records[0]["kind"] == "code" and records[0]["command"] == "RCPT TO:<nancy@northwind.example>"
+    assert (records[0]["expected"], records[0]["actual"], records[0]["step"]) == ("250", "550", 7)
+    assert all(r["knock_on"] for r in records[1:]) and len(records) == len(after) + 1
     invalid = ran["invalid"]
     assert invalid["outcome"] == "invalid"
     assert invalid["reason"]["kind"] == "invalid"

@@ -32,6 +32,7 @@ from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
 from harness.corpus.trace import in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
+from harness.judge.deviations import deviations
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.placement import relocation
@@ -324,6 +325,11 @@ def matrix_command(
     """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
     Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
     chosen = _targets(target_names)
+    for target in chosen:
+        try:
+            deviations(target.name)  # a mistake in a deviations file stops the run before it starts
+        except SourceError as exc:
+            raise InputError(str(exc)) from None
     files = _trace_files_or_exit(paths)
     runs: dict[str, list[dict[str, Any]]] = {}
     statuses: list[ExitCode] = []
@@ -335,9 +341,10 @@ def matrix_command(
         )
         statuses.append(outcomes.run_exit_code(code, runs[target.name]))
     table = matrix.build(runs)
+    unused = matrix.stale(runs)
     names = [t.name for t in chosen]
-    (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names), encoding="utf-8")
-    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names), encoding="utf-8")
+    (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names, unused), encoding="utf-8")
+    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names, unused), encoding="utf-8")
     # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
     # (matrix.md has the counts by status and the deviations' reasons).
     cells = {
@@ -361,6 +368,9 @@ def matrix_command(
             if outcome["outcome"] != "passed":
                 console.print(summary.trace_line(outcome, width), soft_wrap=True, highlight=False)
         console.print(f"{name}: {summary.totals(ran)}", markup=False, highlight=False)
+    for line in matrix.stale_lines(unused):
+        # A warning, not a failure: the entry waives nothing, so it hides nothing either.
+        console.print(f"warning: {line}", markup=False, highlight=False)
     console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
     sys.exit(int(outcomes.worst(statuses)))
 

@@ -9,6 +9,7 @@ It is read once from a running lab (`Evidence.collect`) into plain values, so th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,20 @@ if TYPE_CHECKING:
     from harness.lab.runtime import Lab
 
 
+class DeliveryKind(StrEnum):
+    """Where a message that left the system under test went."""
+
+    MAILBOX = "mailbox"
+    SINK = "sink"  # an Internet host of the lab
+    GATEWAY = "gateway"  # a gateway connector's folder
+    FOREIGN = "foreign"  # a mailbox of the foreign system behind a gateway
+
+
 @dataclass(frozen=True)
 class Delivery:
     """A message that left the system under test: into a mailbox, a sink, or a gateway folder."""
 
-    kind: str  # "mailbox" | "sink" | "gateway"
+    kind: DeliveryKind
     where: str  # mailbox address, sink host name, or gateway connector
     server: str  # server holding the mailbox / gateway; the peer that handed it to a sink
     sender: str
@@ -32,20 +42,44 @@ class Delivery:
     def describe(self) -> str:
         rcpt = ", ".join(self.rcpt)
         sender = self.sender or "<>"
-        if self.kind == "mailbox":
+        if self.kind == DeliveryKind.MAILBOX:
             return f"mailbox {self.where} on {self.server} (from {sender})"
-        if self.kind == "sink":
+        if self.kind == DeliveryKind.SINK:
             return f"sink {self.where} from {self.server}: {sender} → {rcpt}"
-        if self.kind == "foreign":
+        if self.kind == DeliveryKind.FOREIGN:
             return f"foreign mailbox {self.where} in {self.server} (from {sender})"
         return f"gateway {self.where} on {self.server}: {sender} → {rcpt}"
+
+
+@dataclass(frozen=True)
+class DnsQuery:
+    """A query the lab's DNS answered."""
+
+    client: str  # the lab host that asked, or its address if no host has it
+    client_ip: str
+    name: str
+    type: str
+    rcode: str
+    answers: tuple[str, ...]
+    transport: str
+
+
+@dataclass(frozen=True)
+class LdapQuery:
+    """A search the lab's global catalog answered."""
+
+    client: str
+    base: str
+    filter: str
+    scope: str
+    results: int
 
 
 @dataclass
 class Evidence:
     hosts: dict[str, str]  # address → lab host name
-    dns: list[dict[str, Any]]
-    ldap: list[dict[str, Any]]
+    dns: list[DnsQuery]
+    ldap: list[LdapQuery]
     deliveries: list[Delivery]
     tracking: dict[str, list[dict[str, Any]]]
     queues: dict[str, dict[str, list[dict[str, Any]]]]
@@ -55,82 +89,86 @@ class Evidence:
         # Reversed so that, should two hosts share an address, the one declared first names it.
         names = {h.address: h.name for h in reversed(list(lab.config.hosts.values()))}
         dns = [
-            {
-                "client": names.get(q.client, q.client),
-                "client_ip": q.client,
-                "name": q.name,
-                "type": q.rtype,
-                "rcode": q.rcode,
-                "answers": list(q.answers),
-                "transport": q.transport,
-            }
+            DnsQuery(
+                names.get(q.client, q.client),
+                q.client,
+                q.name,
+                q.rtype,
+                q.rcode,
+                tuple(q.answers),
+                q.transport,
+            )
             for q in lab.dns.queries
         ]
-        ldap = [
-            {"client": q.client, "base": q.base, "filter": q.filter, "scope": q.scope, "results": q.results}
-            for q in lab.gc.queries
-        ]
-        deliveries: list[Delivery] = []
-        for record in store.read_deliveries(lab.workdir):
-            deliveries.append(
-                Delivery(
-                    "mailbox",
-                    str(record["recipient"]).lower(),
-                    str(record["server"]),
-                    str(record["sender"]),
-                    (str(record["recipient"]),),
-                    Path(str(record["path"])).read_bytes(),
-                )
-            )
-        for stand_in in lab.stand_ins.values():
-            for delivered in stand_in.deliveries():
-                deliveries.append(
-                    Delivery(
-                        "mailbox",
-                        delivered.mailbox,
-                        delivered.server,
-                        delivered.sender,
-                        (delivered.mailbox,),
-                        delivered.data,
-                    )
-                )
-        for sink in lab.sinks.values():
-            for capture in sink.captures:
-                deliveries.append(
-                    Delivery(
-                        "sink",
-                        sink.host.name,
-                        names.get(capture.peer, capture.peer),
-                        capture.mail_from,
-                        tuple(capture.rcpt_tos),
-                        capture.data,
-                    )
-                )
-        # The store owns the gateway folder layout; we only read what it says it handed over.
-        for transfer in store.read_gateway_transfers(lab.workdir):
-            recipients = transfer["recipients"]
-            deliveries.append(
-                Delivery(
-                    "gateway",
-                    str(transfer["connector"]),
-                    str(transfer["server"]),
-                    str(transfer["sender"]),
-                    tuple(str(r) for r in recipients) if isinstance(recipients, list) else (),
-                    Path(str(transfer["path"])).read_bytes(),
-                )
-            )
-        for memo in gateway.read_foreign_deliveries(lab.workdir):
-            deliveries.append(
-                Delivery(
-                    "foreign",
-                    str(memo["mailbox"]),
-                    str(memo["system"]),
-                    str(memo["sender"]),
-                    (str(memo["mailbox"]),),
-                    Path(str(memo["path"])).read_bytes(),
-                )
-            )
+        ldap = [LdapQuery(q.client, q.base, q.filter, q.scope, q.results) for q in lab.gc.queries]
+        deliveries = _mailboxes(lab) + _sinks(lab, names) + _gateways(lab)
         events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
         return cls(
             hosts=names, dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues()
         )
+
+
+def _mailboxes(lab: Lab) -> list[Delivery]:
+    """What the reference servers' stores and the real MTAs standing in for servers delivered."""
+    found = [
+        Delivery(
+            DeliveryKind.MAILBOX,
+            str(record["recipient"]).lower(),
+            str(record["server"]),
+            str(record["sender"]),
+            (str(record["recipient"]),),
+            Path(str(record["path"])).read_bytes(),
+        )
+        for record in store.read_deliveries(lab.workdir)
+    ]
+    for stand_in in lab.stand_ins.values():
+        found += [
+            Delivery(DeliveryKind.MAILBOX, d.mailbox, d.server, d.sender, (d.mailbox,), d.data)
+            for d in stand_in.deliveries()
+        ]
+    return found
+
+
+def _sinks(lab: Lab, names: dict[str, str]) -> list[Delivery]:
+    return [
+        Delivery(
+            DeliveryKind.SINK,
+            sink.host.name,
+            names.get(capture.peer, capture.peer),
+            capture.mail_from,
+            tuple(capture.rcpt_tos),
+            capture.data,
+        )
+        for sink in lab.sinks.values()
+        for capture in sink.captures
+    ]
+
+
+def _gateways(lab: Lab) -> list[Delivery]:
+    """What went to a gateway's folder, and on through it to the foreign system's mailboxes."""
+    # The store owns the gateway folder layout; we only read what it says it handed over.
+    found = []
+    for transfer in store.read_gateway_transfers(lab.workdir):
+        recipients = transfer["recipients"]
+        found.append(
+            Delivery(
+                DeliveryKind.GATEWAY,
+                str(transfer["connector"]),
+                str(transfer["server"]),
+                str(transfer["sender"]),
+                tuple(str(r) for r in recipients) if isinstance(recipients, list) else (),
+                Path(str(transfer["path"])).read_bytes(),
+            )
+        )
+    found += [
+        Delivery(
+            DeliveryKind.FOREIGN,
+            str(memo["mailbox"]),
+            str(memo["system"]),
+            str(memo["sender"]),
+            (str(memo["mailbox"]),),
+            Path(str(memo["path"])).read_bytes(),
+        )
+        for memo in gateway.read_foreign_deliveries(lab.workdir)
+    ]
+    return found

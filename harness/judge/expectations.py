@@ -18,21 +18,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.judge.evidence import Delivery, Evidence
+from harness.judge.evidence import Delivery, DeliveryKind, Evidence, LdapQuery
+from harness.judge.records import Failure, Kind, Near, near_line, sentence, sentences
 from reference_mta import tracking
 
 
 @dataclass
 class Check:
     title: str
-    failures: list[str] = field(default_factory=list)
+    records: list[Failure] = field(default_factory=list)
     expected: str = ""
     actual: str = ""
     observed: bool = True  # False: the target cannot show this (a black box has no tracking log)
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return not self.records
+
+    @property
+    def failures(self) -> list[str]:
+        """The failures as sentences, a missing delivery followed by the ones that came near it."""
+        return [text for record in self.records for text in sentences(record)]
 
 
 # What each white-box expectation needs the target to show; the rest is seen from outside.
@@ -56,43 +62,54 @@ def check_outcome(
                 for key in sorted(hidden)
             ]
             return check_outcome(visible, evidence) + unobserved
-    checks: list[Check] = []
-    for spec in outcome.get("dns") or []:
-        checks.append(_check_dns(spec, evidence))
-    for spec in outcome.get("ldap") or []:
-        checks.append(_check_ldap(spec, evidence))
+    return _queries(outcome, evidence) + _deliveries(outcome, evidence) + _logs(outcome, evidence)
+
+
+def _queries(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
+    return [_check_dns(spec, evidence) for spec in outcome.get("dns") or []] + [
+        _check_ldap(spec, evidence) for spec in outcome.get("ldap") or []
+    ]
+
+
+def _deliveries(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
     matched: set[int] = set()
-    for spec in outcome.get("delivered") or []:
-        checks.append(_check_delivered(spec, evidence, matched))
-    for spec in outcome.get("not_delivered") or []:
-        checks.append(_check_not_delivered(spec, evidence))
+    checks = [_check_delivered(spec, evidence, matched) for spec in outcome.get("delivered") or []]
+    checks += [_check_not_delivered(spec, evidence) for spec in outcome.get("not_delivered") or []]
     if outcome.get("nothing_else_delivered"):
         extra = [d for i, d in enumerate(evidence.deliveries) if i not in matched]
         checks.append(_unexpected("nothing else delivered", "no other delivery", extra))
     if outcome.get("nothing_delivered"):
         checks.append(_unexpected("nothing delivered", "no delivery", evidence.deliveries))
-    for server, expected in (outcome.get("tracking") or {}).items():
-        checks.append(_check_tracking(server, expected, evidence))
-    for spec in outcome.get("events") or []:
-        checks.append(_check_event(spec, evidence))
+    return checks
+
+
+def _logs(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
+    """Tracking logs, the hop chain and the queues."""
+    checks = [
+        _check_tracking(server, expected, evidence)
+        for server, expected in (outcome.get("tracking") or {}).items()
+    ]
+    checks += [_check_event(spec, evidence) for spec in outcome.get("events") or []]
     if "hops" in outcome:
         checks.append(_check_hops(outcome["hops"], evidence))
-    for spec in outcome.get("queues") or []:
-        checks.append(_check_queue(spec, evidence))
+    checks += [_check_queue(spec, evidence) for spec in outcome.get("queues") or []]
     if outcome.get("queues_empty"):
         busy = [
-            f"{server}: {queue} holds {len(items)}"
+            Failure(Kind.QUEUES_EMPTY, "0", str(len(items)), f"{server}: {queue}")
             for server, queues in evidence.queues.items()
             for queue, items in queues.items()
             if items
         ]
-        checks.append(Check("queues empty", busy, "all queues empty", "\n".join(busy) or "all empty"))
+        shown = "\n".join(sentence(f) for f in busy)
+        checks.append(Check("queues empty", busy, "all queues empty", shown or "all empty"))
     return checks
 
 
 def _unexpected(title: str, expected: str, deliveries: list[Delivery]) -> Check:
+    kind = Kind.NOTHING_DELIVERED if title == "nothing delivered" else Kind.UNEXPECTED_DELIVERY
     found = [d.describe() for d in deliveries]
-    return Check(title, [f"unexpected delivery: {f}" for f in found], expected, "\n".join(found) or "none")
+    records = [Failure(kind, "", f) for f in found]
+    return Check(title, records, expected, "\n".join(found) or "none")
 
 
 def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
@@ -103,19 +120,19 @@ def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     found = [
         q
         for q in evidence.dns
-        if q["name"].lower().rstrip(".") == name
-        and (rtype is None or q["type"].upper() == rtype)
-        and (client is None or q["client"].lower() == client.lower())
+        if q.name.lower().rstrip(".") == name
+        and (rtype is None or q.type.upper() == rtype)
+        and (client is None or q.client.lower() == client.lower())
     ]
     seen = (
-        "\n".join(
-            f"{q['client']} asked {q['name']} {q['type']} → {q['rcode']} {q['answers']}" for q in evidence.dns
-        )
+        "\n".join(f"{q.client} asked {q.name} {q.type} → {q.rcode} {list(q.answers)}" for q in evidence.dns)
         or "no queries"
     )
     if spec.get("absent"):
-        return Check(f"no {title}", [f"{title} was made"] if found else [], "no such query", seen)
-    return Check(title, [] if found else [f"{title} was not made"], title, seen)
+        return Check(
+            f"no {title}", [Failure(Kind.DNS, "absent", field=title)] if found else [], "no such query", seen
+        )
+    return Check(title, [] if found else [Failure(Kind.DNS, "present", field=title)], title, seen)
 
 
 def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
@@ -125,78 +142,95 @@ def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
     described = exact or f"/{spec.get('filter_regex')}/"
     title = f"LDAP filter {described}" + (f" from {client}" if client else "")
 
-    def matches(query: dict[str, Any]) -> bool:
-        if exact is not None and query["filter"].lower() != exact.lower():
+    def matches(query: LdapQuery) -> bool:
+        if exact is not None and query.filter.lower() != exact.lower():
             return False
-        if pattern is not None and not pattern.search(query["filter"]):
+        if pattern is not None and not pattern.search(query.filter):
             return False
-        if client is not None and query["client"].lower() != client.lower():
+        if client is not None and query.client.lower() != client.lower():
             return False
-        return "results" not in spec or query["results"] == spec["results"]
+        return "results" not in spec or query.results == spec["results"]
 
     found = [q for q in evidence.ldap if matches(q)]
-    seen = "\n".join(
-        f"{q['client']}: {q['filter']} (base {q['base']}) → {q['results']}" for q in evidence.ldap
-    )
+    seen = "\n".join(f"{q.client}: {q.filter} (base {q.base}) → {q.results}" for q in evidence.ldap)
     if spec.get("absent"):
-        return Check(f"no {title}", [f"{title} was sent"] if found else [], "no such filter", seen or "none")
-    failures = (
-        []
-        if found
-        else [f"{title} was not sent" + (f" with {spec['results']} results" if "results" in spec else "")]
-    )
+        failures = [Failure(Kind.LDAP, "absent", field=title)] if found else []
+        return Check(f"no {title}", failures, "no such filter", seen or "none")
+    results = f" with {spec['results']} results" if "results" in spec else ""
+    failures = [] if found else [Failure(Kind.LDAP, "present", results, title)]
     return Check(title, failures, described, seen or "no LDAP queries")
 
 
-def _delivery_matches(spec: dict[str, Any], delivery: Delivery, *, any_rcpt: bool = False) -> list[str]:
-    """Differences between a delivery spec and one actual delivery (empty = it matches).
+def _delivery_matches(
+    spec: dict[str, Any], delivery: Delivery, *, any_rcpt: bool = False
+) -> list[Failure] | None:
+    """Differences between a delivery spec and one actual delivery (empty: it matches; None: it went
+    somewhere else altogether).
 
     `rcpt` must equal the delivery's recipient set, unless `any_rcpt`: then one listed recipient among
     them is enough. not_delivered needs that, or a copy for [bob, eve] would not count as one for eve.
     """
-    problems: list[str] = []
-    if "mailbox" in spec:
-        if delivery.kind != "mailbox" or delivery.where.lower() != spec["mailbox"].lower():
-            return ["other destination"]
-        if "server" in spec and delivery.server.lower() != spec["server"].lower():
-            problems.append(f"stored on {delivery.server}, expected {spec['server']}")
-    elif "sink" in spec:
-        if delivery.kind != "sink" or delivery.where.lower() != spec["sink"].lower():
-            return ["other destination"]
-        if "peer" in spec and delivery.server.lower() != spec["peer"].lower():
-            problems.append(f"handed over by {delivery.server}, expected {spec['peer']}")
-    elif "foreign" in spec:
-        if delivery.kind != "foreign" or delivery.where.lower() != spec["foreign"].lower():
-            return ["other destination"]
-    elif "gateway" in spec:
-        if delivery.kind != "gateway" or delivery.where.lower() != spec["gateway"].lower():
-            return ["other destination"]
-        if "server" in spec and delivery.server.lower() != spec["server"].lower():
-            problems.append(f"handed to the gateway on {delivery.server}, expected {spec['server']}")
+    problems = _destination(spec, delivery)
+    if problems is None:
+        return None
+    problems += _envelope(spec, delivery, any_rcpt)
+    if {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
+        problems += _content(spec, delivery)
+    return problems
+
+
+# Where a delivery went, by the spec key that names it: the delivery kind, and the spec key and words of
+# the server that stored or handed it over.
+_DESTINATIONS: dict[str, tuple[DeliveryKind, str, str]] = {
+    "mailbox": (DeliveryKind.MAILBOX, "server", "stored on"),
+    "sink": (DeliveryKind.SINK, "peer", "handed over by"),
+    "foreign": (DeliveryKind.FOREIGN, "", ""),
+    "gateway": (DeliveryKind.GATEWAY, "server", "handed to the gateway on"),
+}
+
+
+def _destination(spec: dict[str, Any], delivery: Delivery) -> list[Failure] | None:
+    key = next((k for k in _DESTINATIONS if k in spec), None)
+    if key is None:
+        return []
+    kind, server_key, words = _DESTINATIONS[key]
+    if delivery.kind != kind or delivery.where.lower() != spec[key].lower():
+        return None
+    if server_key and server_key in spec and delivery.server.lower() != spec[server_key].lower():
+        return [Failure(Kind.SERVER, spec[server_key], delivery.server, words)]
+    return []
+
+
+def _envelope(spec: dict[str, Any], delivery: Delivery, any_rcpt: bool) -> list[Failure]:
+    problems: list[Failure] = []
     if "rcpt" in spec:
         wanted = [spec["rcpt"]] if isinstance(spec["rcpt"], str) else spec["rcpt"]
         have = {r.lower() for r in delivery.rcpt}
-        if any_rcpt:
-            if not any(w.lower() in have for w in wanted):
-                problems.append(f"recipients {sorted(have)}, none of {sorted(w.lower() for w in wanted)}")
-        elif {w.lower() for w in wanted} != have:
-            problems.append(f"recipients {sorted(have)}, expected {sorted(w.lower() for w in wanted)}")
+        lowered = sorted(w.lower() for w in wanted)
+        if any_rcpt and not have & set(lowered):
+            problems.append(Failure(Kind.RECIPIENTS, str(lowered), str(sorted(have)), "any"))
+        elif not any_rcpt and set(lowered) != have:
+            problems.append(Failure(Kind.RECIPIENTS, str(lowered), str(sorted(have))))
     if "sender" in spec:
         expected_sender = spec["sender"].strip("<>")
         if delivery.sender.lower() != expected_sender.lower():
-            problems.append(f"sender <{delivery.sender}>, expected <{expected_sender}>")
-    if {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
-        message = email.message_from_bytes(delivery.data, policy=email.policy.default)
-        for name, pattern in (spec.get("headers") or {}).items():
-            value = str(message.get(name, ""))
-            if not re.search(pattern, value):
-                problems.append(f"header {name}: {value!r} does not match /{pattern}/")
-        if "body_contains" in spec and spec["body_contains"].encode() not in delivery.data:
-            problems.append(f"body does not contain {spec['body_contains']!r}")
-        if "body_lacks" in spec and spec["body_lacks"].encode() in delivery.data:
-            problems.append(f"body contains {spec['body_lacks']!r}")
-        if "dsn" in spec:
-            problems.extend(_dsn_problems(spec["dsn"], message))
+            problems.append(Failure(Kind.SENDER, expected_sender, delivery.sender))
+    return problems
+
+
+def _content(spec: dict[str, Any], delivery: Delivery) -> list[Failure]:
+    message = email.message_from_bytes(delivery.data, policy=email.policy.default)
+    problems: list[Failure] = []
+    for name, pattern in (spec.get("headers") or {}).items():
+        value = str(message.get(name, ""))
+        if not re.search(pattern, value):
+            problems.append(Failure(Kind.HEADER, pattern, value, name))
+    if "body_contains" in spec and spec["body_contains"].encode() not in delivery.data:
+        problems.append(Failure(Kind.BODY, spec["body_contains"], field="contains"))
+    if "body_lacks" in spec and spec["body_lacks"].encode() in delivery.data:
+        problems.append(Failure(Kind.BODY, spec["body_lacks"], field="lacks"))
+    if "dsn" in spec:
+        problems.extend(_dsn_problems(spec["dsn"], message))
     return problems
 
 
@@ -205,40 +239,50 @@ def _status_blocks(text: str) -> list[email.message.Message]:
     return [email.message_from_string(b) for b in text.split("\n\n") if b.strip()]
 
 
-def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[str]:
-    if message.get_content_type() != "multipart/report":
-        return [f"not a DSN (Content-Type {message.get_content_type()})"]
+def _dsn_fields(message: email.message.Message) -> list[dict[str, str]]:
+    """The per-recipient fields of a DSN's delivery-status part(s), names in lower case."""
     fields: list[dict[str, str]] = []
     for part in message.walk():
         if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
-            payload = part.get_payload()
-            blocks = payload if isinstance(payload, list) else []
-            if part.get_content_type() == "message/global-delivery-status" and len(blocks) == 1:
-                # The parser knows RFC 6533's type only as a message/* holding one message: the first
-                # block as its headers, the rest as its body.
-                first = blocks[0]
-                rest = first.get_payload(decode=True) if isinstance(first, email.message.Message) else b""
-                text = rest.decode("utf-8", "replace") if isinstance(rest, bytes) else ""
-                blocks = [first, *_status_blocks(text)]
-            elif isinstance(payload, str):
-                blocks = _status_blocks(payload)
-            for block in blocks[1:]:
+            for block in _status_part_blocks(part)[1:]:
                 if isinstance(block, email.message.Message):
                     fields.append({k.lower(): str(v) for k, v in block.items()})
+    return fields
+
+
+def _status_part_blocks(part: email.message.Message) -> list[Any]:
+    payload = part.get_payload()
+    blocks = payload if isinstance(payload, list) else []
+    if part.get_content_type() == "message/global-delivery-status" and len(blocks) == 1:
+        # The parser knows RFC 6533's type only as a message/* holding one message: the first
+        # block as its headers, the rest as its body.
+        first = blocks[0]
+        rest = first.get_payload(decode=True) if isinstance(first, email.message.Message) else b""
+        text = rest.decode("utf-8", "replace") if isinstance(rest, bytes) else ""
+        return [first, *_status_blocks(text)]
+    if isinstance(payload, str):
+        return _status_blocks(payload)
+    return blocks
+
+
+def _block_matches(spec: dict[str, Any], entry: dict[str, str]) -> bool:
+    if "status" in spec and entry.get("status", "").strip() != spec["status"]:
+        return False
+    if "action" in spec and entry.get("action", "").strip().lower() != spec["action"]:
+        return False
+    return "recipient" not in spec or spec["recipient"].lower() in entry.get("final-recipient", "").lower()
+
+
+def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[Failure]:
+    if message.get_content_type() != "multipart/report":
+        return [Failure(Kind.DSN, "multipart/report", message.get_content_type(), "type")]
+    fields = _dsn_fields(message)
     if not fields:
-        return ["DSN has no per-recipient delivery-status fields"]
-    for entry in fields:
-        ok = True
-        if "status" in spec and entry.get("status", "").strip() != spec["status"]:
-            ok = False
-        if "action" in spec and entry.get("action", "").strip().lower() != spec["action"]:
-            ok = False
-        if "recipient" in spec and spec["recipient"].lower() not in entry.get("final-recipient", "").lower():
-            ok = False
-        if ok:
-            return []
+        return [Failure(Kind.DSN, "per-recipient fields", "", "fields")]
+    if any(_block_matches(spec, entry) for entry in fields):
+        return []
     shown = "; ".join(f"{f.get('final-recipient')} {f.get('action')} {f.get('status')}" for f in fields)
-    return [f"no DSN recipient block matches {spec} (have: {shown})"]
+    return [Failure(Kind.DSN, str(spec), shown, "block")]
 
 
 def _describe_spec(spec: dict[str, Any]) -> str:
@@ -249,26 +293,26 @@ def _describe_spec(spec: dict[str, Any]) -> str:
 
 def _check_delivered(spec: dict[str, Any], evidence: Evidence, matched: set[int]) -> Check:
     title = f"delivered: {_describe_spec(spec)}"
-    near: list[str] = []
+    near: list[Near] = []
     for index, delivery in enumerate(evidence.deliveries):
         if index in matched:
             continue
         problems = _delivery_matches(spec, delivery)
-        if not problems:
+        if problems == []:
             matched.add(index)
             return Check(title, [], _describe_spec(spec), delivery.describe())
-        if problems != ["other destination"]:
-            near.append(f"{delivery.describe()}: {'; '.join(problems)}")
-    actual = "\n".join(near or [d.describe() for d in evidence.deliveries]) or "nothing was delivered"
-    return Check(title, [f"no delivery matches {_describe_spec(spec)}", *near], _describe_spec(spec), actual)
+        if problems is not None:
+            near.append(Near(delivery.describe(), tuple(problems)))
+    actual = "\n".join([near_line(n) for n in near] or [d.describe() for d in evidence.deliveries])
+    missing = Failure(Kind.DELIVERY, _describe_spec(spec), near=tuple(near))
+    return Check(title, [missing], _describe_spec(spec), actual or "nothing was delivered")
 
 
 def _check_not_delivered(spec: dict[str, Any], evidence: Evidence) -> Check:
     title = f"not delivered: {_describe_spec(spec)}"
-    found = [d.describe() for d in evidence.deliveries if not _delivery_matches(spec, d, any_rcpt=True)]
-    return Check(
-        title, [f"delivered anyway: {f}" for f in found], "no such delivery", "\n".join(found) or "none"
-    )
+    found = [d.describe() for d in evidence.deliveries if _delivery_matches(spec, d, any_rcpt=True) == []]
+    records = [Failure(Kind.DELIVERED_ANYWAY, "", f) for f in found]
+    return Check(title, records, "no such delivery", "\n".join(found) or "none")
 
 
 def collapse(ids: Iterable[int]) -> list[int]:
@@ -282,10 +326,11 @@ def collapse(ids: Iterable[int]) -> list[int]:
 def _check_tracking(server: str, expected: list[int] | dict[str, list[int]], evidence: Evidence) -> Check:
     events = next((v for k, v in evidence.tracking.items() if k.lower() == server.lower()), None)
     if events is None:
-        return Check(f"tracking on {server}", [f"no tracking log for server {server!r}"], str(expected), "")
+        missing = [Failure(Kind.TRACKING, str(expected), "", f"no log {server}")]
+        return Check(f"tracking on {server}", missing, str(expected), "")
     if isinstance(expected, list):
         actual = collapse(e["event-id"] for e in events)
-        failures = [] if actual == expected else [f"tracking on {server}: expected {expected}, got {actual}"]
+        failures = [] if actual == expected else [Failure(Kind.TRACKING, str(expected), str(actual), server)]
         return Check(f"tracking on {server}", failures, str(expected), str(actual))
     failures = []
     actual_text = []
@@ -295,7 +340,7 @@ def _check_tracking(server: str, expected: list[int] | dict[str, list[int]], evi
         )
         actual_text.append(f"{recipient}: {actual}")
         if actual != ids:
-            failures.append(f"tracking on {server} for {recipient}: expected {ids}, got {actual}")
+            failures.append(Failure(Kind.TRACKING, str(ids), str(actual), f"{server} for {recipient}"))
     return Check(
         f"tracking on {server} per recipient", failures, json.dumps(expected), "\n".join(actual_text)
     )
@@ -315,7 +360,7 @@ def _check_hops(expected: list[str], evidence: Evidence) -> Check:
     failures = (
         []
         if [a.lower() for a in actual] == [e.lower() for e in expected]
-        else [f"hops: expected {' > '.join(expected)}, got {' > '.join(actual) or 'none'}"]
+        else [Failure(Kind.HOPS, " > ".join(expected), " > ".join(actual) or "none")]
     )
     return Check("hop chain", failures, " > ".join(expected), " > ".join(actual))
 
@@ -362,8 +407,13 @@ def _check_event(spec: dict[str, Any], evidence: Evidence) -> Check:
         or "no events"
     )
     if spec.get("absent"):
-        return Check(f"no {title}", [f"{title} was logged"] if found else [], "no such event", seen)
-    return Check(title, [] if found else [f"{title} was not logged"], title, seen)
+        return Check(
+            f"no {title}",
+            [Failure(Kind.EVENT, "absent", field=title)] if found else [],
+            "no such event",
+            seen,
+        )
+    return Check(title, [] if found else [Failure(Kind.EVENT, "present", field=title)], title, seen)
 
 
 def _check_queue(spec: dict[str, Any], evidence: Evidence) -> Check:
@@ -387,8 +437,13 @@ def _check_queue(spec: dict[str, Any], evidence: Evidence) -> Check:
         ok = len(items) == spec["count"]
         return Check(
             title,
-            [] if ok else [f"{title} holds {len(items)} message(s), expected {spec['count']}"],
+            [] if ok else [Failure(Kind.QUEUE, str(spec["count"]), str(len(items)), title)],
             f"{spec['count']} message(s)",
             seen,
         )
-    return Check(title, [] if items else [f"{title} holds no message"], "at least one message", seen)
+    return Check(
+        title,
+        [] if items else [Failure(Kind.QUEUE, "at least one", "0", title)],
+        "at least one message",
+        seen,
+    )

@@ -8,6 +8,7 @@ check raises one inside its step and we catch it just outside: the step shows re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -96,8 +97,7 @@ def publish(result: TraceResult) -> None:
         )
     _text(
         "\n".join(
-            f"{q['client']} ({q['client_ip']}) {q['transport']} {q['name']} {q['type']} → {q['rcode']} "
-            f"{' '.join(q['answers'])}"
+            f"{q.client} ({q.client_ip}) {q.transport} {q.name} {q.type} → {q.rcode} {' '.join(q.answers)}"
             for q in evidence.dns
         )
         or "no DNS queries",
@@ -105,8 +105,7 @@ def publish(result: TraceResult) -> None:
     )
     _text(
         "\n".join(
-            f"{q['client']}: {q['filter']}  base={q['base']} scope={q['scope']} → {q['results']}"
-            for q in evidence.ldap
+            f"{q.client}: {q.filter}  base={q.base} scope={q.scope} → {q.results}" for q in evidence.ldap
         )
         or "no LDAP queries",
         "LDAP query log",
@@ -114,6 +113,12 @@ def publish(result: TraceResult) -> None:
     _text("\n".join(d.describe() for d in evidence.deliveries) or "nothing delivered", "delivered envelopes")
     if not result.passed:
         _text("\n".join(result.failures()), "failures")
+        # The same failures as records (kind, step, command, expected, actual): what verdicts read.
+        allure.attach(
+            json.dumps([f.to_json() for f in result.records()], indent=1),
+            name="failure records",
+            attachment_type=allure.attachment_type.JSON,
+        )
 
 
 def _tracking_excerpt(events: dict[str, list[dict[str, object]]]) -> str:

@@ -21,20 +21,7 @@ BOX_W, BOX_H, GAP_X, GAP_Y, MARGIN = 190, 78, 70, 30, 20
 
 
 def path_svg(evidence: Evidence) -> str:
-    edges: set[tuple[str, str]] = set()
-    events: dict[str, list[int]] = {}
-    for server, entries in evidence.tracking.items():
-        if not entries:
-            continue
-        events[server] = collapse(int(e["event-id"]) for e in entries)
-        for entry in entries:
-            if entry["event-id"] == tracking.SUBMIT_TO_AQ and entry["client-ip"] not in ("-", ""):
-                source = evidence.hosts.get(str(entry["client-ip"]), str(entry["client-ip"]))
-                if source != server:
-                    edges.add((source, server))
-    for delivery in evidence.deliveries:
-        target = f"{delivery.kind}: {delivery.where}"
-        edges.add((delivery.server, target))
+    edges, events = _graph(evidence)
     if not edges and not events:
         return _svg(20, 20, [])
     rank = _ranks({n for edge in edges for n in edge} | set(events), edges)
@@ -54,20 +41,44 @@ def path_svg(evidence: Evidence) -> str:
             'stroke="#555" stroke-width="1.5" marker-end="url(#arrow)"/>'
         )
     for node, (x, y) in position.items():
-        fill = "#e8f0fe" if node in events else ("#e6f4ea" if ": " in node else "#f1f3f4")
-        parts.append(
-            f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" stroke="#888"/>'
-        )
-        parts.append(f'<text x="{x + 8}" y="{y + 22}" font-weight="bold">{escape(_fit(node, 26))}</text>')
-        ids = [str(i) for i in events.get(node, [])]
-        lines = [" ".join(ids[i : i + 6]) for i in range(0, len(ids), 6)]
-        if len(lines) > 3:
-            lines = [*lines[:2], lines[2] + " …"]
-        for number, line in enumerate(lines[:3]):
-            parts.append(f'<text x="{x + 8}" y="{y + 40 + 14 * number}" font-size="11">{escape(line)}</text>')
+        parts += _box(node, x, y, events.get(node))
     width = MARGIN * 2 + (max(columns) + 1) * (BOX_W + GAP_X) - GAP_X
     height = MARGIN * 2 + max(len(c) for c in columns.values()) * (BOX_H + GAP_Y) - GAP_Y
     return _svg(width, height, parts)
+
+
+def _graph(evidence: Evidence) -> tuple[set[tuple[str, str]], dict[str, list[int]]]:
+    """The edges (who handed the message to whom) and each acting server's tracking events."""
+    edges: set[tuple[str, str]] = set()
+    events: dict[str, list[int]] = {}
+    for server, entries in evidence.tracking.items():
+        if not entries:
+            continue
+        events[server] = collapse(int(e["event-id"]) for e in entries)
+        for entry in entries:
+            if entry["event-id"] == tracking.SUBMIT_TO_AQ and entry["client-ip"] not in ("-", ""):
+                source = evidence.hosts.get(str(entry["client-ip"]), str(entry["client-ip"]))
+                if source != server:
+                    edges.add((source, server))
+    for delivery in evidence.deliveries:
+        edges.add((delivery.server, f"{delivery.kind}: {delivery.where}"))
+    return edges, events
+
+
+def _box(node: str, x: int, y: int, events: list[int] | None) -> list[str]:
+    """One node's box: its name, and a server's tracking events on up to three lines."""
+    fill = "#e8f0fe" if events is not None else ("#e6f4ea" if ": " in node else "#f1f3f4")
+    parts = [
+        f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" stroke="#888"/>',
+        f'<text x="{x + 8}" y="{y + 22}" font-weight="bold">{escape(_fit(node, 26))}</text>',
+    ]
+    ids = [str(i) for i in events or []]
+    lines = [" ".join(ids[i : i + 6]) for i in range(0, len(ids), 6)]
+    if len(lines) > 3:
+        lines = [*lines[:2], lines[2] + " …"]
+    for number, line in enumerate(lines[:3]):
+        parts.append(f'<text x="{x + 8}" y="{y + 40 + 14 * number}" font-size="11">{escape(line)}</text>')
+    return parts
 
 
 def _ranks(nodes: set[str], edges: set[tuple[str, str]]) -> dict[str, int]:

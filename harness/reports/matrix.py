@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.corpus.catalogue import catalogue
-from harness.judge.deviations import Deviation, deviations
-from harness.run.runner import KNOCK_ON
+from harness.judge.deviations import Deviation, deviations, explain
+from harness.judge.records import Failure, Kind, Near, Waived, sentence
 
 ORDER = ("fail", "deviation", "pass", "skipped")
 
@@ -30,6 +30,8 @@ class Verdict:
     reasons: tuple[str, ...] = ()
     # For a deviation: each failure line with the reason that explains it.
     explained: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # The deviation entries (file:line) that explained something, waived in the replay or here.
+    entries: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 @dataclass
@@ -46,110 +48,108 @@ class Cell:
 
 
 def verdict(outcome: Mapping[str, Any], known: Sequence[Deviation]) -> Verdict:
+    """A trace's result on a target, from its failure records (never from their sentences)."""
     trace = str(outcome["trace"])
-    if outcome["outcome"] == "passed":
-        tolerated = tuple(dict.fromkeys(_reason(str(d)) for d in outcome.get("deviations") or ()))
-        return Verdict(trace, "deviation", tolerated) if tolerated else Verdict(trace, "pass")
+    waived = [Waived.from_json(w) for w in outcome.get("waived") or ()]
+    failures = [Failure.from_json(f) for f in outcome.get("failures") or ()]
+    if outcome["outcome"] == "passed" and not failures:
+        tolerated = tuple(dict.fromkeys(w.reason for w in waived)) or tuple(
+            dict.fromkeys(_reason(str(d)) for d in outcome.get("deviations") or ())
+        )
+        used = frozenset(w.entry for w in waived)
+        return Verdict(trace, "deviation", tolerated, entries=used) if tolerated else Verdict(trace, "pass")
     if outcome["outcome"] == "skipped":
         return Verdict(trace, "skipped", (str(outcome.get("message") or ""),))
-    if outcome["outcome"] in ("broken", "invalid"):
-        # Not a verdict on the target: no known deviation can explain it.
+    if outcome["outcome"] not in ("failed", "passed") or not failures:
+        # Broken or invalid is no verdict on the target: no known deviation can explain it.
         return Verdict(trace, "fail", (str(outcome.get("message") or outcome["outcome"]),))
-    # A failure that follows from a failed session is judged as itself; the run's results before
-    # the summary came from pytest and may start with pytest-xdist's "[gw0] linux -- Python ..." line.
-    failures = [
-        line.removeprefix(KNOCK_ON)
-        for line in str(outcome.get("message") or "").splitlines()
-        if line.strip() and not re.match(r"\[gw\d+\] ", line)
-    ]
-    reasons: list[str] = []
-    lines: list[tuple[str, str]] = []
-    groups = _grouped(failures)
+    # A failed trace, or one the run passed as a deviation: judged again from its records, which also
+    # says which entries explained it.
+    return _judge(trace, list(outcome.get("spec") or ()), failures, known, waived)
+
+
+def _judge(
+    trace: str, spec: list[str], failures: list[Failure], known: Sequence[Deviation], waived: list[Waived]
+) -> Verdict:
+    """A failed trace is a deviation when known deviations explain every one of its failures."""
     # A delivery that stands in for a missing one, differing by known deviations only, is not also an
     # unexpected one.
-    standing_in: dict[str, list[str]] = {}
-    for _head, near in groups:
-        if near and (found := _explain_nearest(near, trace, known)) is not None:
-            standing_in[found[0]] = found[1]
-    for head, near in groups:
-        unexpected = head.removeprefix("unexpected delivery: ")
-        substitute = next((r for line, r in standing_in.items() if line.startswith(f"{unexpected}: ")), None)
-        if near:
-            explained = next((r for line, r in standing_in.items() if line in near), None)
-        elif head != unexpected and substitute is not None:
-            explained = substitute
-        else:
-            explained = _explain(head, trace, known)
+    standing_in = {
+        found[0]: found[1]
+        for failure in failures
+        if failure.near and (found := _explain_nearest(failure.near, trace, spec, known)) is not None
+    }
+    reasons = [w.reason for w in waived]
+    entries = {w.entry for w in waived}
+    lines: list[tuple[str, str]] = []
+    for failure in failures:
+        explained = _explain_one(failure, standing_in, trace, spec, known)
+        head = sentence(failure)
         if explained is None:
             return Verdict(trace, "fail", (head,))
-        reasons += explained
-        lines.append((head, "; ".join(dict.fromkeys(explained))))
-    return Verdict(trace, "deviation" if failures else "fail", tuple(dict.fromkeys(reasons)), tuple(lines))
+        reasons += [d.reason for d in explained]
+        entries.update(d.entry for d in explained)
+        lines.append((head, "; ".join(dict.fromkeys(d.reason for d in explained))))
+    return Verdict(trace, "deviation", tuple(dict.fromkeys(reasons)), tuple(lines), frozenset(entries))
 
 
-# The lines under "no delivery matches ..." describe the deliveries that came nearest, each as
-# "<delivery>: <difference>; <difference>" (harness/judge/expectations.py).
-_NEAR = re.compile(r"^(mailbox|sink|foreign mailbox) ")
-
-
-def _grouped(failures: Sequence[str]) -> list[tuple[str, list[str]]]:
-    groups: list[tuple[str, list[str]]] = []
-    for line in failures:
-        if groups and groups[-1][0].startswith("no delivery matches") and _NEAR.match(line):
-            groups[-1][1].append(line)
-        else:
-            groups.append((line, []))
-    return groups
-
-
-def _explain(line: str, trace: str, known: Sequence[Deviation]) -> list[str] | None:
-    match = next(
-        (
-            d
-            for d in known
-            if d.failure.search(line) and (not d.traces or any(trace.startswith(t) for t in d.traces))
-        ),
-        None,
-    )
-    return None if match is None else [match.reason]
+def _explain_one(
+    failure: Failure,
+    standing_in: Mapping[str, list[Deviation]],
+    trace: str,
+    spec: list[str],
+    known: Sequence[Deviation],
+) -> list[Deviation] | None:
+    if failure.kind == Kind.DELIVERY and failure.near:
+        # Something was delivered near it: only a delivery that differs by known deviations alone stands
+        # in for it; an entry for the missing delivery itself must not hide what came instead.
+        return next((standing_in[n.delivery] for n in failure.near if n.delivery in standing_in), None)
+    if failure.kind in (Kind.UNEXPECTED_DELIVERY, Kind.NOTHING_DELIVERED) and failure.actual in standing_in:
+        return standing_in[failure.actual]
+    found = explain(failure, trace, spec, known)
+    return None if found is None else [found]
 
 
 def _explain_nearest(
-    near: Sequence[str], trace: str, known: Sequence[Deviation]
-) -> tuple[str, list[str]] | None:
+    near: Sequence[Near], trace: str, spec: list[str], known: Sequence[Deviation]
+) -> tuple[str, list[Deviation]] | None:
     """A missing delivery is a deviation only when one delivery that did happen differs from it by
     nothing but known deviations, every difference of it: one known difference must not hide another.
-    Returns that delivery's line and the reasons."""
-    for line in near:
-        reasons: list[str] = []
-        for part in _differences(line):
-            explained = _explain(part, trace, known)
-            if explained is None:
-                break
-            reasons += explained
-        else:
-            return line, reasons
+    Returns that delivery and the entries."""
+    for candidate in near:
+        found = [explain(d, trace, spec, known) for d in candidate.differences]
+        if found and all(found):
+            return candidate.delivery, [d for d in found if d is not None]
     return None
 
 
-def _differences(line: str) -> list[str]:
-    """A near-delivery line split into its differences, at the "; " that separate them (not those
-    inside the parentheses or quotes of one difference); the delivery's description stays on the first."""
-    parts, depth, quote, start = [], 0, "", 0
-    for index, char in enumerate(line):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(0, depth - 1)
-        elif char == ";" and depth == 0 and line[index + 1 : index + 2] == " ":
-            parts.append(line[start:index])
-            start = index + 2
-    parts.append(line[start:])
-    return parts
+def stale(runs: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, list[Deviation]]:
+    """Per target, the deviation entries that explained nothing in these runs although a trace in their
+    scope ran (was not skipped): kept only for a difference the target no longer shows."""
+    found: dict[str, list[Deviation]] = {}
+    for target, outcomes in runs.items():
+        known = deviations(target)
+        ran = [o for o in outcomes if o["outcome"] != "skipped"]
+        used: set[str] = set()
+        for outcome in ran:
+            used |= verdict(outcome, known).entries
+        idle = [
+            d
+            for d in known
+            if d.entry not in used and any(d.applies_to(str(o["trace"]), o.get("spec") or ()) for o in ran)
+        ]
+        if idle:
+            found[target] = idle
+    return found
+
+
+def stale_lines(unused: Mapping[str, Sequence[Deviation]]) -> list[str]:
+    """One warning line per stale entry."""
+    return [
+        f"{target}: stale deviation {d.entry} matched nothing in this run: {d.reason}"
+        for target, entries in unused.items()
+        for d in entries
+    ]
 
 
 def build(runs: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, dict[str, Cell]]:
@@ -169,7 +169,11 @@ def build(runs: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, dict[str
     return matrix
 
 
-def to_markdown(matrix: Mapping[str, Mapping[str, Cell]], targets: Sequence[str]) -> str:
+def to_markdown(
+    matrix: Mapping[str, Mapping[str, Cell]],
+    targets: Sequence[str],
+    unused: Mapping[str, Sequence[Deviation]] | None = None,
+) -> str:
     known = catalogue()
     lines = [
         "# Conformance matrix",
@@ -189,6 +193,15 @@ def to_markdown(matrix: Mapping[str, Mapping[str, Cell]], targets: Sequence[str]
     if deviated:
         lines += ["", "## Known deviations", ""]
         lines += sorted({f"- {t}: {r}" for t, _, r in deviated})
+    if unused:
+        lines += [
+            "",
+            "## Stale deviations",
+            "",
+            "Entries that matched no failure of the traces run in their scope:",
+            "",
+        ]
+        lines += [f"- {line}" for line in stale_lines(unused)]
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +215,11 @@ _COLOURS = {
 _STYLE = "table{border-collapse:collapse;font:14px sans-serif}td,th{border:1px solid #999;padding:4px}"
 
 
-def to_html(matrix: Mapping[str, Mapping[str, Cell]], targets: Sequence[str]) -> str:
+def to_html(
+    matrix: Mapping[str, Mapping[str, Cell]],
+    targets: Sequence[str],
+    unused: Mapping[str, Sequence[Deviation]] | None = None,
+) -> str:
     known = catalogue()
     head = "".join(f"<th>{html.escape(t)}</th>" for t in targets)
     rows = []
@@ -217,8 +234,16 @@ def to_html(matrix: Mapping[str, Mapping[str, Cell]], targets: Sequence[str]) ->
     return (
         "<!doctype html><meta charset=utf-8><title>Conformance matrix</title>"
         f"<style>{_STYLE}</style>"
-        f"<h1>Conformance matrix</h1><table><tr><th>ID</th><th>step</th>{head}</tr>{''.join(rows)}</table>\n"
+        f"<h1>Conformance matrix</h1><table><tr><th>ID</th><th>step</th>{head}</tr>{''.join(rows)}</table>"
+        f"{_stale_html(unused or {})}\n"
     )
+
+
+def _stale_html(unused: Mapping[str, Sequence[Deviation]]) -> str:
+    if not unused:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in stale_lines(unused))
+    return f"<h2>Stale deviations</h2><ul>{items}</ul>"
 
 
 def _reasons(cell: Cell) -> str:

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 from harness.corpus.catalogue import catalogue, flow_of
+from harness.judge.records import KNOCK_ON
 from harness.run.outcomes import OUTCOMES, one_line
-from harness.run.runner import KNOCK_ON
 
 STYLES = {
     "passed": "green",
@@ -83,9 +83,16 @@ def reason_line(outcome: Mapping[str, Any]) -> str:
         return f"{len(deviations)} known deviation(s)" if deviations else ""
     text = one_line({**reason, "file": _relative(reason.get("file"))})
     if outcome["outcome"] == "failed":
-        lines = [line for line in str(outcome.get("message") or "").splitlines() if line.strip()]
-        knock_on = sum(1 for line in lines if line.startswith(KNOCK_ON))
-        others = max(0, len(lines) - 1 - knock_on)
+        records = outcome.get("failures")
+        if records is not None:
+            # The failure records say which outcome checks follow from the failed session.
+            knock_on = sum(1 for record in records if record.get("knock_on"))
+            count = len(records)
+        else:
+            lines = [line for line in str(outcome.get("message") or "").splitlines() if line.strip()]
+            knock_on = sum(1 for line in lines if line.startswith(KNOCK_ON))
+            count = len(lines)
+        others = max(0, count - 1 - knock_on)
         if others:
             text += f" (and {others} more difference(s))"
         if knock_on:

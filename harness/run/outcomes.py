@@ -12,7 +12,9 @@ Outcomes:
 
 A reason is a plain mapping (it travels from pytest-xdist workers and is written to `last-run.json`):
 `kind`, `message` (one line), and where known `file`, `line`, `step`, `expected`, `received`,
-`traceback`.
+`traceback`. Beside it, a failed trace's outcome carries `failures`, its failure records
+(harness/judge/records.py: `Failure.to_json`), and `waived`, those its target's known deviations
+explained: what `mailflow matrix` judges, rather than the sentences in `message`.
 """
 
 from __future__ import annotations

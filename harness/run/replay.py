@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import re
 import ssl
@@ -17,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import assert_never
 
 from harness.corpus.messages import Message, load_message
 from harness.corpus.script import (
@@ -37,6 +37,8 @@ from harness.corpus.script import (
     Wait,
 )
 from harness.judge.deviations import Tolerate
+from harness.judge.records import Failure, Kind, Waived, sentence
+from harness.judge.replies import reply_failures
 from harness.smtp.masking import Normalizer
 from harness.smtp.reply import (
     ConnectionClosed,
@@ -51,6 +53,14 @@ from harness.smtp.reply import (
 )
 
 CRLF = b"\r\n"
+# What a reply answers when it answers no command line (harness/judge/records.py: Failure.verb).
+GREETING = "(greeting)"
+END_OF_DATA = "(end of data)"
+# The commands whose replies a failure record names (RFC 5321 and its extensions).
+_VERBS = frozenset(
+    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "VRFY", "EXPN", "HELP", "NOOP", "QUIT", "AUTH",
+     "STARTTLS", "ETRN", "TURN", "ATRN", "XEXCH50"}
+)  # fmt: skip
 _EXPECT_354 = ReplyMatcher(code=354)
 _EXPECT_334 = ReplyMatcher(code=334)
 _EXPECT_220 = ReplyMatcher(code=220)
@@ -76,18 +86,36 @@ class Exchange:
     title: str
     sent: bytes
     reply: Reply | None
-    failures: list[str]
+    records: list[Failure]
     """Empty when the step passed; a transport error is repeated here so that this alone decides."""
     error: str | None
     """Transport problem (timeout, connection closed, malformed reply), if that is why the step failed."""
-    deviations: list[str] = field(default_factory=list)
+    deviations: list[Waived] = field(default_factory=list)
     """Mismatches the target is known to have, with their reasons: not failures, the session goes on."""
     masked: str | None = None
     """For an expect step, the reply as the trace's normalizer masks it (what `--update` writes)."""
 
     @property
     def passed(self) -> bool:
-        return not self.failures and self.error is None
+        return not self.records and self.error is None
+
+    @property
+    def failures(self) -> list[str]:
+        """The step's failures as sentences (harness/judge/records.py renders them)."""
+        return [sentence(r) for r in self.records]
+
+    def fail(self, kind: Kind, detail: str, expected: str = "", field_name: str = "") -> None:
+        """A failure of this step that is no reply check: told in `detail`."""
+        self.records.append(
+            Failure(
+                kind,
+                expected=expected,
+                field=field_name,
+                detail=detail,
+                step=self.index + 1,
+                title=self.title,
+            )
+        )
 
 
 @dataclass
@@ -102,38 +130,47 @@ class SessionResult:
 
 def step_title(step: Step, message: Message | None = None) -> str:
     """The one-line title of a step as it appears in reports."""
+    if isinstance(step, Data | Bdat):
+        return _message_title(step, message)
+    if isinstance(step, Send | SendRaw | Pipeline | Auth):
+        return _command_title(step)
+    if isinstance(step, Expect):
+        return f"S: expect {step.matcher.describe()}"
+    if isinstance(step, Wait):
+        return f"wait {step.seconds:g} s"
+    return _FIXED_TITLES[type(step)]
+
+
+_FIXED_TITLES: dict[type[Step], str] = {
+    StartTls: "C: STARTTLS",
+    TlsHandshake: "C: TLS handshake (no STARTTLS sent)",
+    ExpectClose: "S: expect close",
+    Close: "C: close",
+}
+
+
+def _command_title(step: Send | SendRaw | Pipeline | Auth) -> str:
     if isinstance(step, Send):
         return f"C: {step.line}"
     if isinstance(step, SendRaw):
         return f"C: [raw] {show_bytes(step.data)}"
     if isinstance(step, Pipeline):
         return f"C: [pipeline] {' | '.join(step.lines)}"
+    return f"C: AUTH {step.mechanism} as {step.user}"
+
+
+def _message_title(step: Data | Bdat, message: Message | None) -> str:
+    raw = ", raw" if step.raw else ""
     if isinstance(step, Data):
         if message is None:
             label = step.source if step.source is not None else "inline"
-            return f"C: DATA ({label}{', raw' if step.raw else ''})"
-        return f"C: DATA ({message.label}{', raw' if step.raw else ''}, {message.size} bytes)"
-    if isinstance(step, Bdat):
-        label = (step.source if step.source is not None else "inline") + (", raw" if step.raw else "")
-        if message is None:
-            size = "" if step.size is None else f" {step.size}"
-            return f"C: BDAT{size}{' LAST' if step.last else ''} ({label})"
-        return f"C: {bdat_command(step, message.payload)} ({label}, {message.size} bytes)"
-    if isinstance(step, Auth):
-        return f"C: AUTH {step.mechanism} as {step.user}"
-    if isinstance(step, StartTls):
-        return "C: STARTTLS"
-    if isinstance(step, TlsHandshake):
-        return "C: TLS handshake (no STARTTLS sent)"
-    if isinstance(step, Expect):
-        return f"S: expect {step.matcher.describe()}"
-    if isinstance(step, Wait):
-        return f"wait {step.seconds:g} s"
-    if isinstance(step, ExpectClose):
-        return "S: expect close"
-    if isinstance(step, Close):
-        return "C: close"
-    assert_never(step)
+            return f"C: DATA ({label}{raw})"
+        return f"C: DATA ({message.label}{raw}, {message.size} bytes)"
+    label = (step.source if step.source is not None else "inline") + raw
+    if message is None:
+        size = "" if step.size is None else f" {step.size}"
+        return f"C: BDAT{size}{' LAST' if step.last else ''} ({label})"
+    return f"C: {bdat_command(step, message.payload)} ({label}, {message.size} bytes)"
 
 
 async def unread(reader: asyncio.StreamReader) -> bytes:
@@ -227,6 +264,12 @@ class _Session:
         # A reply an AUTH step read but that ends the exchange early (a refusal instead of a 334
         # challenge): the next expect checks it.
         self.pending: Reply | None = None
+        # The commands sent whose replies are still to come, oldest first, and the one the reply last
+        # read answers: a failure record names it.
+        self.commands: list[str] = []
+        self.last_command = ""
+        self.answering = GREETING
+        self.replies_read = 0
 
     async def send(self, data: bytes, shown: bytes | None = None) -> None:
         self.sent_anything = True
@@ -241,6 +284,9 @@ class _Session:
         if self.pending is not None:
             reply, self.pending = self.pending, None
             return reply
+        # The first reply of a session is the greeting, even to a client that talked first.
+        self.answering = self._answered() if self.replies_read else GREETING
+        self.replies_read += 1
         recorded = 0
 
         def on_line(line: bytes) -> None:
@@ -275,17 +321,24 @@ class _Session:
         except ReplyTimeout as exc:
             arrived = f"received {quote_bytes(exc.received)}" if exc.received else "nothing arrived"
             waiting = self._waiting_for(step)
-            self._fail(exchange, f"timed out after {self.timeout:g} s waiting for {waiting}; {arrived}")
+            self._fail(
+                exchange,
+                f"timed out after {self.timeout:g} s waiting for {waiting}; {arrived}",
+                "timeout",
+                step,
+            )
         except ConnectionClosed as exc:
             got = f"; received {quote_bytes(exc.received)}" if exc.received else ""
-            self._fail(exchange, f"{exc} (waiting for {self._waiting_for(step)}){got}")
+            self._fail(exchange, f"{exc} (waiting for {self._waiting_for(step)}){got}", "closed", step)
         except MalformedReply as exc:
-            self._fail(exchange, str(exc))
+            self._fail(exchange, str(exc), "malformed", step)
         except TimeoutError:
-            self._fail(exchange, f"timed out after {self.timeout:g} s sending (the server is not reading)")
+            self._fail(
+                exchange, f"timed out after {self.timeout:g} s sending (the server is not reading)", "send"
+            )
         except OSError as exc:
             self.closed_by = "server"
-            self._fail(exchange, f"connection lost: {exc}")
+            self._fail(exchange, f"connection lost: {exc}", "lost")
         return exchange
 
     @staticmethod
@@ -296,56 +349,82 @@ class _Session:
             return "the 354 reply to DATA"
         return "a reply"
 
-    @staticmethod
-    def _fail(exchange: Exchange, message: str) -> None:
+    def _fail(self, exchange: Exchange, message: str, what: str, step: Step | None = None) -> None:
+        """A transport failure: `what` went wrong (timeout, closed, malformed, send, lost) while waiting
+        for what the step expects, in reply to the command the session last read a reply for."""
         exchange.error = message
-        exchange.failures.append(message)
+        expected = step.matcher.describe() if isinstance(step, Expect) else ""
+        exchange.fail(Kind.TRANSPORT, message, expected, what)
+        if step is not None:
+            exchange.records[-1] = dataclasses.replace(exchange.records[-1], command=self.answering)
+
+    def _command(self, line: str) -> None:
+        """A line sent: a command whose reply is still to be read (several when pipelined), or the end
+        of a message; the message's own lines get no reply."""
+        if line == ".":
+            self.commands.append(END_OF_DATA)
+        elif line.split(" ", 1)[0].split(":", 1)[0].upper() in _VERBS:
+            self.commands.append(line)
+
+    def _answered(self) -> str:
+        """The command the reply just read answers: the oldest one unanswered, else the last one."""
+        if self.commands:
+            self.last_command = self.commands.pop(0)
+        return self.last_command
+
+    def _check(
+        self,
+        exchange: Exchange,
+        matcher: ReplyMatcher,
+        reply: Reply,
+        masked: str | None = None,
+        *,
+        waive: bool = True,
+    ) -> None:
+        """The reply against what the step expects: each difference a record, waived when the target is
+        known to differ so (the session goes on), else a failure. The replies a step reads itself (354
+        to DATA, 220 to STARTTLS) are never waived: the step cannot go on without them."""
+        for found in reply_failures(matcher, reply, masked):
+            failure = dataclasses.replace(
+                found,
+                step=exchange.index + 1,
+                title=exchange.title,
+                command=self.answering,
+                reply=tuple(reply.lines),
+            )
+            entry = self.tolerate(failure) if self.tolerate and waive else None
+            if entry is None:
+                exchange.records.append(failure)
+            else:
+                exchange.deviations.append(Waived(failure, entry.reason, entry.entry))
+                self.transcript.note(f"known deviation: {entry.reason}")
+
+    async def _read_checked(self, exchange: Exchange, matcher: ReplyMatcher) -> None:
+        exchange.reply = await self.read()
+        self._check(exchange, matcher, exchange.reply, waive=False)
 
     async def _run(self, step: Step, message: Message | None, exchange: Exchange) -> None:
         if self.closed_by != "none":
-            exchange.failures.append(f"the connection was already closed by the {self.closed_by}")
-        elif isinstance(step, Send):
-            exchange.sent = step.line.encode("utf-8") + CRLF
-            await self.send(exchange.sent)
-        elif isinstance(step, SendRaw):
-            exchange.sent = step.data
-            await self.send(step.data)
-        elif isinstance(step, Pipeline):
-            exchange.sent = b"".join(line.encode("utf-8") + CRLF for line in step.lines)
-            await self.send(exchange.sent)
-        elif isinstance(step, Data):
+            exchange.fail(
+                Kind.STEP, f"the connection was already closed by the {self.closed_by}", field_name="closed"
+            )
+        elif isinstance(step, Send | SendRaw | Pipeline):
+            await self._send_step(step, exchange)
+        elif isinstance(step, Data | Bdat):
             assert message is not None
-            exchange.sent = b"DATA" + CRLF
-            await self.send(exchange.sent)
-            exchange.reply = await self.read()
-            exchange.failures.extend(_EXPECT_354.check(exchange.reply))
-            if not exchange.failures:
-                exchange.sent += message.payload
-                await self.send(message.payload)
-        elif isinstance(step, Bdat):
-            assert message is not None
-            # Command and chunk in one write, as a client that pipelines BDAT sends them; the reply is
-            # left to the next expect so that several chunks can go out before any reply is read.
-            exchange.sent = bdat_command(step, message.payload).encode("ascii") + CRLF + message.payload
-            await self.send(exchange.sent)
-        elif isinstance(step, Auth):
+            await self._message_step(step, message, exchange)
+        elif isinstance(step, Expect):
+            await self._expect(step, exchange)
+        else:
+            await self._other_step(step, exchange)
+
+    async def _other_step(self, step: Step, exchange: Exchange) -> None:
+        if isinstance(step, Auth):
             await self._auth(step, exchange)
         elif isinstance(step, StartTls):
             await self._starttls(exchange)
         elif isinstance(step, TlsHandshake):
             await self._tls_handshake(exchange)
-        elif isinstance(step, Expect):
-            exchange.reply = await self.read()
-            if self.normalizer is not None:
-                greeting = not self.sent_anything
-                exchange.masked = self.normalizer.reply(exchange.reply.lines, greeting)
-            for failure in step.matcher.check(exchange.reply, exchange.masked):
-                reason = self.tolerate(failure) if self.tolerate else None
-                if reason is None:
-                    exchange.failures.append(failure)
-                else:
-                    exchange.deviations.append(f"{failure} (known deviation: {reason})")
-                    self.transcript.note(f"known deviation: {reason}")
         elif isinstance(step, Wait):
             self.transcript.note(f"wait {step.seconds:g} s")
             await asyncio.sleep(step.seconds)
@@ -355,15 +434,52 @@ class _Session:
             self.transcript.note("client closes the connection")
             await self.close()
             self.closed_by = "client"
+
+    async def _send_step(self, step: Send | SendRaw | Pipeline, exchange: Exchange) -> None:
+        if isinstance(step, Send):
+            exchange.sent = step.line.encode("utf-8") + CRLF
+            self._command(step.line)
+        elif isinstance(step, SendRaw):
+            exchange.sent = step.data
+            for line in step.data.decode("utf-8", "replace").splitlines():
+                self._command(line)
         else:
-            assert_never(step)
+            exchange.sent = b"".join(line.encode("utf-8") + CRLF for line in step.lines)
+            for line in step.lines:
+                self._command(line)
+        await self.send(exchange.sent)
+
+    async def _message_step(self, step: Data | Bdat, message: Message, exchange: Exchange) -> None:
+        if isinstance(step, Bdat):
+            # Command and chunk in one write, as a client that pipelines BDAT sends them; the reply is
+            # left to the next expect so that several chunks can go out before any reply is read.
+            command = bdat_command(step, message.payload)
+            exchange.sent = command.encode("ascii") + CRLF + message.payload
+            self._command(command)
+            await self.send(exchange.sent)
+            return
+        exchange.sent = b"DATA" + CRLF
+        self._command("DATA")
+        await self.send(exchange.sent)
+        await self._read_checked(exchange, _EXPECT_354)
+        if exchange.passed:
+            exchange.sent += message.payload
+            self.commands.append(END_OF_DATA)
+            await self.send(message.payload)
+
+    async def _expect(self, step: Expect, exchange: Exchange) -> None:
+        exchange.reply = await self.read()
+        if self.normalizer is not None:
+            greeting = not self.sent_anything
+            exchange.masked = self.normalizer.reply(exchange.reply.lines, greeting)
+        self._check(exchange, step.matcher, exchange.reply, exchange.masked)
 
     async def _starttls(self, exchange: Exchange) -> None:
         exchange.sent = b"STARTTLS" + CRLF
+        self._command("STARTTLS")
         await self.send(exchange.sent)
-        exchange.reply = await self.read()
-        exchange.failures.extend(_EXPECT_220.check(exchange.reply))
-        if exchange.failures:
+        await self._read_checked(exchange, _EXPECT_220)
+        if not exchange.passed:
             return
         await self._tls_handshake(exchange)
 
@@ -375,9 +491,11 @@ class _Session:
             # The reader would hand these plaintext bytes out after the handshake as if they had come
             # over TLS: a reply injected before the handshake would pass for the server's answer.
             self.transcript.wire("S", unread)
-            exchange.failures.append(
+            exchange.fail(
+                Kind.STEP,
                 f"the server sent {quote_bytes(unread)} in plaintext that no step has read, "
-                "before the TLS handshake"
+                "before the TLS handshake",
+                field_name="plaintext",
             )
             return
         context = self.tls_context or ssl.create_default_context()
@@ -385,7 +503,7 @@ class _Session:
             async with asyncio.timeout(self.timeout):
                 await self.writer.start_tls(context, server_hostname=self.server_hostname)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
-            exchange.failures.append(f"TLS handshake failed: {exc}")
+            exchange.fail(Kind.STEP, f"TLS handshake failed: {exc}", field_name="tls")
             return
         tls = self.writer.get_extra_info("ssl_object")
         version = tls.version() if tls is not None else "?"
@@ -407,9 +525,11 @@ class _Session:
         if step.mechanism == "PLAIN":
             line = b"AUTH PLAIN " + b64(f"\0{user}\0{password}") + CRLF
             exchange.sent = b"AUTH PLAIN " + hidden + CRLF if secret else line
+            self._command("AUTH PLAIN")
             await self.send(line, shown=exchange.sent)
             return
         exchange.sent = b"AUTH LOGIN" + CRLF
+        self._command("AUTH LOGIN")
         await self.send(exchange.sent)
         for answer in (b64(user), b64(password)):
             exchange.reply = await self.read()
@@ -418,6 +538,7 @@ class _Session:
                 return
             shown = hidden + CRLF if secret else answer + CRLF
             exchange.sent += shown
+            self._command("AUTH LOGIN")
             await self.send(answer + CRLF, shown=shown)
 
     async def _expect_close(self, exchange: Exchange) -> None:
@@ -425,8 +546,10 @@ class _Session:
             async with asyncio.timeout(self.timeout):
                 data = await self.reader.read(4096)
         except TimeoutError:
-            exchange.failures.append(
-                f"expected the server to close the connection within {self.timeout:g} s, but it stayed open"
+            exchange.fail(
+                Kind.STEP,
+                f"expected the server to close the connection within {self.timeout:g} s, but it stayed open",
+                field_name="close",
             )
             return
         except ConnectionResetError:
@@ -434,8 +557,10 @@ class _Session:
             data = b""
         if data:
             self.transcript.wire("S", data)
-            exchange.failures.append(
-                f"expected the server to close the connection, but it sent {quote_bytes(data)}"
+            exchange.fail(
+                Kind.STEP,
+                f"expected the server to close the connection, but it sent {quote_bytes(data)}",
+                field_name="close",
             )
             return
         self.transcript.note("connection closed by the server")
@@ -466,16 +591,7 @@ async def run_session(
         for index, step in enumerate(steps)
         if isinstance(step, Data | Bdat)
     }
-    # Relay-by-IP decisions on the server depend on the client address, so it is bound explicitly.
-    local_addr = (source_address, 0) if source_address else None
-    try:
-        async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
-    except TimeoutError:
-        raise ConnectError(host, port, source_address, f"timed out after {connect_timeout:g} s") from None
-    except OSError as exc:
-        raise ConnectError(host, port, source_address, str(exc)) from exc
-
+    reader, writer = await _connect(host, port, source_address, connect_timeout)
     transcript = _Transcript()
     sockname = writer.get_extra_info("sockname")
     local_address = (str(sockname[0]), int(sockname[1]))
@@ -483,17 +599,8 @@ async def run_session(
     session = _Session(
         reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer
     )
-    exchanges: list[Exchange] = []
     try:
-        for index, step in enumerate(steps):
-            exchange = await session.run_step(index, step, messages.get(index))
-            exchanges.append(exchange)
-            if not exchange.passed:
-                for problem in exchange.failures:
-                    transcript.failure(index, problem)
-                for later in range(index + 1, len(steps)):
-                    transcript.not_run(later, step_title(steps[later], messages.get(later)))
-                break
+        exchanges = await _run_steps(session, steps, messages)
     finally:
         if session.closed_by != "client":
             await session.close()
@@ -507,3 +614,34 @@ async def run_session(
         closed_by=session.closed_by,
         local_address=local_address,
     )
+
+
+async def _connect(
+    host: str, port: int, source_address: str | None, connect_timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    # Relay-by-IP decisions on the server depend on the client address, so it is bound explicitly.
+    local_addr = (source_address, 0) if source_address else None
+    try:
+        async with asyncio.timeout(connect_timeout):
+            return await asyncio.open_connection(host, port, local_addr=local_addr)
+    except TimeoutError:
+        raise ConnectError(host, port, source_address, f"timed out after {connect_timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectError(host, port, source_address, str(exc)) from exc
+
+
+async def _run_steps(
+    session: _Session, steps: Sequence[Step], messages: dict[int, Message]
+) -> list[Exchange]:
+    """The steps in order until one fails; the transcript says why and which steps were not run."""
+    exchanges: list[Exchange] = []
+    for index, step in enumerate(steps):
+        exchange = await session.run_step(index, step, messages.get(index))
+        exchanges.append(exchange)
+        if not exchange.passed:
+            for problem in exchange.failures:
+                session.transcript.failure(index, problem)
+            for later in range(index + 1, len(steps)):
+                session.transcript.not_run(later, step_title(steps[later], messages.get(later)))
+            break
+    return exchanges

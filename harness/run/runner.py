@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -16,6 +18,7 @@ from harness.corpus.trace import Connect, ForeignMemo, LabAction, LabVerb, Sessi
 from harness.judge.deviations import Tolerate
 from harness.judge.evidence import Evidence
 from harness.judge.expectations import Check, check_outcome
+from harness.judge.records import Failure, Kind, Waived, lines, located, step_name
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, sink_rule
 from harness.lab.placement import relocation
@@ -47,50 +50,72 @@ class TraceResult:
         return all(s.result.passed for s in self.sessions) and all(c.passed for c in self.checks)
 
     @property
-    def deviations(self) -> list[str]:
+    def waived(self) -> list[Waived]:
         """The target's known deviations met on the way (tolerated: the trace can still pass)."""
-        return [d for s in self.sessions for e in s.result.exchanges for d in e.deviations]
+        found: list[Waived] = []
+        for number, run in enumerate(self.sessions):
+            where = self._where(number, run)
+            for exchange in run.result.exchanges:
+                step = where(exchange)
+                found += [Waived(replace(w.failure, **step), w.reason, w.entry) for w in exchange.deviations]
+        return found
+
+    @property
+    def deviations(self) -> list[str]:
+        """The known deviations met on the way, as sentences with their reasons."""
+        return [w.text() for w in self.waived]
+
+    def records(self) -> list[Failure]:
+        """Every failure, located: the failed steps (sessions and steps count from 1, as a reader of the
+        trace counts, with the step's line in the trace file), then the outcome checks. Once a session
+        has failed the trace stops there, so the outcome checks that fail afterwards are marked as
+        following from it (knock_on) rather than read as failures of their own."""
+        found: list[Failure] = []
+        for number, run in enumerate(self.sessions):
+            where = self._where(number, run)
+            for exchange in run.result.exchanges:
+                found += located(exchange.records, **where(exchange))
+        stopped = bool(found)
+        for check in self.checks:
+            found += located(check.records, knock_on=stopped)
+        return found
 
     def as_outcome(self) -> dict[str, object]:
         """The run as the conformance matrix judges it (harness/reports/matrix.py: verdict)."""
         return {
             "trace": self.trace.id,
+            "spec": list(self.trace.spec),
             "outcome": "passed" if self.passed else "failed",
             "message": "\n".join(self.failures()),
+            "failures": [f.to_json() for f in self.records()],
             "deviations": self.deviations,
+            "waived": [w.to_json() for w in self.waived],
         }
 
     def failures(self) -> list[str]:
-        """One line per failure; sessions and steps count from 1, as a reader of the trace counts, and
-        the step's line in the trace file says where to look. A step whose reply differed says what the
-        server replied. Once a session has failed the trace stops there, so the outcome checks that fail
-        afterwards are marked as following from it (KNOCK_ON) rather than read as failures of their own."""
-        problems: list[str] = []
-        stopped = False
-        for number, run in enumerate(self.sessions):
-            for step, line, exchange, failures in self._failed_steps(number, run):
-                where = f" (line {line})" if line is not None else ""
-                problems.extend(f"{step}{where}: {exchange.title}: {failure}" for failure in failures)
-                stopped = True
-        for check in self.checks:
-            problems.extend(f"{KNOCK_ON}{failure}" if stopped else failure for failure in check.failures)
-        return problems
+        """One line per failure (harness/judge/records.py: lines)."""
+        return lines(self.records())
 
     def first_failure(self) -> dict[str, object]:
         """The first difference, as `last-run.json` keeps it (harness/run/outcomes.py: a reason)."""
         reason: dict[str, object] = {"kind": "failure", "file": str(self.trace.path)}
         for number, run in enumerate(self.sessions):
-            for step, line, exchange, failures in self._failed_steps(number, run):
+            where = self._where(number, run)
+            for exchange in run.result.exchanges:
+                if not exchange.records:
+                    continue
+                step = where(exchange)
+                unplaced = located(exchange.records, **{**step, "line": None})
                 reason.update(
-                    message=f"{step}: {exchange.title}: {failures[0]}",
-                    line=line,
-                    step=step,
+                    message=lines(unplaced)[0],
+                    line=step["line"],
+                    step=step_name(unplaced[0]),
                     expected=exchange.title,
                     received=exchange.reply.raw_text if exchange.reply is not None else exchange.error,
                 )
                 return reason
         for check in self.checks:
-            if check.failures:
+            if check.records:
                 reason.update(
                     message=f"{check.title}: {check.failures[0]}",
                     step=check.title,
@@ -105,30 +130,15 @@ class TraceResult:
         item = self.trace.sessions[number] if number < len(self.trace.sessions) else None
         return item.step_lines if isinstance(item, Session) else (item.line,) if item is not None else ()
 
-    def _failed_steps(
-        self, number: int, run: SessionRun
-    ) -> list[tuple[str, int | None, Exchange, list[str]]]:
-        """Each failed step of a session: which it is, its line in the trace, the exchange, and its
-        failures, the first one carrying the reply received when no failure quotes it already."""
-        lines = self._lines(number)
-        found = []
-        for exchange in run.result.exchanges:
-            if not exchange.failures:
-                continue
-            line = lines[exchange.index] if exchange.index < len(lines) else None
-            step = f"session {number + 1} ({run.client}), step {exchange.index + 1}"
-            failures = list(exchange.failures)
-            reply = exchange.reply
-            if reply is not None and not any(repr(reply.first) in failure for failure in failures):
-                more = f" (+{len(reply.lines) - 1} lines)" if len(reply.lines) > 1 else ""
-                failures[0] += f"; the server replied {reply.first!r}{more}"
-            found.append((step, line, exchange, failures))
-        return found
+    def _where(self, number: int, run: SessionRun) -> Callable[[Exchange], dict[str, Any]]:
+        """Where a step of session `number` is: the session and client, and the step's line."""
+        step_lines = self._lines(number)
 
+        def where(exchange: Exchange) -> dict[str, Any]:
+            line = step_lines[exchange.index] if exchange.index < len(step_lines) else None
+            return {"session": number + 1, "client": run.client, "line": line}
 
-# The prefix of an outcome check's failure that follows from a failed session (the trace stopped there,
-# so what the later steps would have caused is missing). harness/reports/matrix.py reads past it.
-KNOCK_ON = "after the failure above: "
+        return where
 
 
 def run_trace(trace: Trace, target: Target) -> TraceResult:
@@ -148,7 +158,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             elif isinstance(item, LabAction):
                 run = _act(lab, item, trace)
             else:
-                run = _smtp_session(lab, item, trace, target.tolerate(trace.id), normalizer)
+                run = _smtp_session(lab, item, trace, target.tolerate(trace.id, trace.spec), normalizer)
             result.sessions.append(run)
             if not run.result.passed:
                 break
@@ -168,7 +178,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
                 0,
                 Check(
                     f"the lab settled within {trace.timeout:g} s",
-                    [f"the lab was still working after {trace.timeout:g} s"],
+                    [Failure(Kind.SETTLED, f"{trace.timeout:g}")],
                     "no message in progress",
                     "\n".join(busy) or "none",
                 ),
@@ -207,9 +217,9 @@ def _smtp_session(
 
 def _single(title: str, failure: str | None, note: str) -> SessionResult:
     """A one-step result for what is not an SMTP session (a store submission, a lab action)."""
-    exchange = Exchange(
-        index=0, title=title, sent=b"", reply=None, failures=[failure] if failure else [], error=failure
-    )
+    exchange = Exchange(index=0, title=title, sent=b"", reply=None, records=[], error=failure)
+    if failure:
+        exchange.fail(Kind.STEP, failure)
     return SessionResult([exchange], note, failure is None, "none", ("", 0))
 
 
@@ -266,7 +276,7 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
 async def expect_refused(host: str, port: int, source: str) -> SessionResult:
     """A session whose connection must be refused: nothing listens there."""
     exchange = Exchange(
-        index=0, title=f"connect {host}:{port} is refused", sent=b"", reply=None, failures=[], error=None
+        index=0, title=f"connect {host}:{port} is refused", sent=b"", reply=None, records=[], error=None
     )
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)), 5.0)
@@ -274,7 +284,7 @@ async def expect_refused(host: str, port: int, source: str) -> SessionResult:
         note = f"-- connect {host}:{port} from {source}: {exc.__class__.__name__} (expected)"
         return SessionResult([exchange], note, True, "none", (source, 0))
     writer.close()
-    exchange.failures.append(f"expected the connection to {host}:{port} to be refused, but it was accepted")
+    exchange.fail(Kind.STEP, f"expected the connection to {host}:{port} to be refused, but it was accepted")
     return SessionResult(
         [exchange], f"-- connect {host}:{port} from {source}: accepted", False, "client", (source, 0)
     )

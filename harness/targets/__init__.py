@@ -11,13 +11,14 @@ mailboxes and the other hosts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
 from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
-from harness.judge.deviations import Tolerate, deviations
+from harness.judge.deviations import Deviation, Tolerate, deviations
+from harness.judge.records import Failure
 from harness.lab import netns
 from harness.lab.admin import LabAdmin
 from harness.lab.certificates import LabCertificates
@@ -48,18 +49,16 @@ class Target:
         """What the trace needs that this target does not have (then it is skipped, with these)."""
         return sorted(needs(trace, self.stands_in_for) - self.capabilities)
 
-    def tolerate(self, trace: str) -> Tolerate | None:
+    def tolerate(self, trace: str, spec: Sequence[str] = ()) -> Tolerate | None:
         """This target's known deviations for `trace`, as the replay asks about a reply mismatch."""
-        known = [
-            d for d in deviations(self.name) if not d.traces or any(trace.startswith(t) for t in d.traces)
-        ]
+        known = [d for d in deviations(self.name) if d.applies_to(trace, spec)]
         if not known:
             return None
 
-        def reason(failure: str) -> str | None:
-            return next((d.reason for d in known if d.failure.search(failure)), None)
+        def entry(failure: Failure) -> Deviation | None:
+            return next((d for d in known if d.matches(failure)), None)
 
-        return reason
+        return entry
 
     def unavailable(self) -> str | None:
         """None if this target can run here, else why not (a reason to skip, not a failure)."""
