@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from harness.capture.importers.to_trace import to_trace  # noqa: E402
 from harness.capture.proxy import RecordingProxy  # noqa: E402
 from harness.capture.recorded import RecordedSession  # noqa: E402
-from harness.judge.evidence import Evidence  # noqa: E402
+from harness.judge.evidence import Delivery, DeliveryKind, Evidence  # noqa: E402
 from harness.lab import config as lab_config  # noqa: E402
 from harness.lab.runtime import Lab  # noqa: E402
 
@@ -60,6 +60,57 @@ SESSIONS = {
 }
 
 
+def _write(
+    name: str, session: RecordedSession, config: lab_config.LabConfig, delivered: list[Delivery]
+) -> None:
+    """The recorded session as a trace, its outcome the mailboxes the lab delivered to."""
+    title, spec = SESSIONS[name]
+    converted = to_trace(
+        [session],
+        trace_id=f"recorded/{name}",
+        title=title,
+        source="`mailflow record` (scripts/record_traces.py)",
+        lab="contoso",
+        config=config,
+        server="EX1",
+        spec=spec,
+        file_stem=name,
+    )
+    mailboxes = [
+        {"mailbox": d.where, "server": d.server, "sender": d.sender or "<>"}
+        for d in delivered
+        if d.kind == DeliveryKind.MAILBOX
+    ]
+    converted.document["outcome"] = (
+        {"delivered": mailboxes, "nothing_else_delivered": True} if delivered else {"nothing_delivered": True}
+    )
+    converted.write(OUT / f"{name}.yaml")
+    print(f"{OUT / name}.yaml")
+
+
+def _client_context(lab: Lab) -> ssl.SSLContext:
+    # The lab's certificates name the server's FQDN; the client connects to the proxy's address.
+    tls = lab.certificates.client_context()
+    tls.check_hostname = False
+    return tls
+
+
+def _record(lab: Lab, internet: str, sessions: list[RecordedSession], finished: threading.Event) -> None:
+    drivers: dict[str, Callable[[smtplib.SMTP], None]] = {
+        "local-delivery": local_delivery,
+        "relay-refused": relay_refused,
+        "starttls-to-ex2-mailbox": lambda smtp: starttls_delivery(smtp, lambda: _client_context(lab)),
+    }
+    for name, drive in drivers.items():
+        finished.clear()
+        seen = len(Evidence.collect(lab).deliveries)
+        with smtplib.SMTP(internet, PROXY_PORT, source_address=(internet, 0), timeout=10) as smtp:
+            drive(smtp)
+        finished.wait(10)
+        lab.settle(timeout=10)
+        _write(name, sessions[-1], lab.config, Evidence.collect(lab).deliveries[seen:])
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -74,63 +125,18 @@ def main() -> None:
                 sessions.append(session)
                 finished.set()
 
-            client_tls = lab.certificates.client_context()
-            client_tls.check_hostname = False
             proxy = RecordingProxy(
                 (ex1.default_virtual_server.address, ex1.default_virtual_server.port),
                 keep,
                 lab.certificates.server_context(ex1.fqdn),
-                client_tls,
+                _client_context(lab),
                 ex1.fqdn,
                 internet,
             )
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, daemon=True).start()
             asyncio.run_coroutine_threadsafe(proxy.start(internet, PROXY_PORT), loop).result(10)
-
-            def context() -> ssl.SSLContext:
-                tls = lab.certificates.client_context()
-                tls.check_hostname = False
-                return tls
-
-            drivers: dict[str, Callable[[smtplib.SMTP], None]] = {
-                "local-delivery": local_delivery,
-                "relay-refused": relay_refused,
-                "starttls-to-ex2-mailbox": lambda smtp: starttls_delivery(smtp, context),
-            }
-            for name, drive in drivers.items():
-                finished.clear()
-                seen = len(Evidence.collect(lab).deliveries)
-                with smtplib.SMTP(internet, PROXY_PORT, source_address=(internet, 0), timeout=10) as smtp:
-                    drive(smtp)
-                finished.wait(10)
-                lab.settle(timeout=10)
-                delivered = Evidence.collect(lab).deliveries[seen:]
-                title, spec = SESSIONS[name]
-                converted = to_trace(
-                    [sessions[-1]],
-                    trace_id=f"recorded/{name}",
-                    title=title,
-                    source="`mailflow record` (scripts/record_traces.py)",
-                    lab="contoso",
-                    config=config,
-                    server="EX1",
-                    spec=spec,
-                    file_stem=name,
-                )
-                document = converted.document
-                mailboxes = [
-                    {"mailbox": d.where, "server": d.server, "sender": d.sender or "<>"}
-                    for d in delivered
-                    if d.kind == "mailbox"
-                ]
-                document["outcome"] = (
-                    {"delivered": mailboxes, "nothing_else_delivered": True}
-                    if delivered
-                    else {"nothing_delivered": True}
-                )
-                converted.write(OUT / f"{name}.yaml")
-                print(f"{OUT / name}.yaml")
+            _record(lab, internet, sessions, finished)
             asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
 
