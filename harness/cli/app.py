@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,13 +29,15 @@ from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
-from harness.corpus.trace import in_corpus, is_trace_file, load, sniff, yaml_files
+from harness.corpus.trace import Trace, in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
 from harness.judge.deviations import deviations
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.placement import relocation
 from harness.reports import differential, matrix, summary
+from harness.reports.coverage import IdCoverage, short_of
+from harness.reports.coverage import coverage as coverage_of
 from harness.run import outcomes, signals
 from harness.yamlsource import SourceError
 
@@ -437,70 +438,111 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
     default=None,
     help=f"a run's JSON results  [default: {DEFAULT_REPORTS / 'last-run.json'}, if there is one]",
 )
-def coverage(paths: tuple[str, ...], results: Path | None) -> None:
-    """Catalogue IDs by traces (showing, boundary) and last result per target. Exits 2 if a trace is
-    invalid or the results file named does not exist."""
+@click.option("--json", "as_json", is_flag=True, help="print the coverage as JSON instead of a table")
+@click.option(
+    "--min",
+    "minimum",
+    type=click.IntRange(min=1),
+    default=None,
+    help="exit 1 if an ID is shown by fewer than N traces that passed on the target",
+)
+@click.option(
+    "--target", default=None, help="the target of the results that --min counts (default: the only one)"
+)
+@click.option(
+    "--flow", "flows", multiple=True, help="only the IDs of this flow (Inbound, Relay, ...), for --min"
+)
+def coverage(
+    paths: tuple[str, ...],
+    results: Path | None,
+    as_json: bool,
+    minimum: int | None,
+    target: str | None,
+    flows: tuple[str, ...],
+) -> None:
+    """Catalogue IDs by the traces that claim and show them, show their boundary, and how many of those
+    passed on each target of a run. Exits 2 if a trace is invalid or the results file named does not
+    exist; with --min, 1 if an ID has fewer showing traces that passed."""
     if results is not None and not results.is_file():
         raise InputError(f"--results: {results} does not exist (mailflow run writes it)")
     results = results or DEFAULT_REPORTS / "last-run.json"
-    by_id, broken = _traces_by_id(paths)
-    last, target_names = _last_outcomes(results)
-    table = Table(title="conformance coverage")
-    for column in ("ID", "flow", "traces", "shows", "boundary", *target_names):
-        table.add_column(column)
-    missing = 0
-    for entry in catalogue().values():
-        traces = by_id.get(entry.id, [])
-        shows = sum(1 for _, boundary in traces if not boundary)
-        bounds = sum(1 for _, boundary in traces if boundary)
-        if not traces:
-            missing += 1
-        cells = [_coverage_cell(last.get((entry.id, name), [])) for name in target_names]
-        table.add_row(entry.id, entry.flow, str(len(traces)), str(shows), str(bounds), *cells)
-    console.print(table)
-    console.print(f"{len(catalogue()) - missing} of {len(catalogue())} IDs have at least one trace")
+    traces, broken = _loaded_traces(paths)
+    ids, targets = coverage_of(traces, _results(results) if results.exists() else [])
+    _check_flows(flows)
+    gate_target = _gate_target(target, targets) if minimum is not None or target is not None else None
+    if as_json:
+        click.echo(json.dumps({"targets": targets, "ids": [e.as_json(targets) for e in ids]}, indent=2))
+    else:
+        _coverage_table(ids, targets)
     for problem in broken:
         console.print(f"[red]invalid trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if broken:
         sys.exit(ExitCode.INPUT)
+    if minimum is not None and gate_target is not None:
+        short = short_of(ids, gate_target, minimum, flows)
+        for entry, count in short:
+            click.echo(
+                f"{entry.id}: shown by {count} trace(s) that passed on {gate_target}, fewer than {minimum}",
+                err=True,
+            )
+        if short:
+            sys.exit(ExitCode.FAILED)
 
 
-def _traces_by_id(paths: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, bool]]], list[str]]:
-    """Catalogue ID → (trace, shows its boundary) of every trace that loads; the others' errors."""
-    by_id: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+def _loaded_traces(paths: tuple[str, ...]) -> tuple[list[Trace], list[str]]:
+    """Every trace that loads; the others' errors."""
+    traces: list[Trace] = []
     broken: list[str] = []
     for path in trace_files(paths):
         try:
-            trace = load(path.resolve())
+            traces.append(load(path.resolve()))
         except SourceError as exc:
             broken.append(str(exc))
-            continue
-        for spec_id in trace.spec:
-            by_id[spec_id].append((trace.id, spec_id in trace.boundary))
-    return by_id, broken
+    return traces, broken
 
 
-def _last_outcomes(results: Path) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
-    """(catalogue ID, target) → the outcomes of its traces in a run's results; the targets, in order."""
-    last: dict[tuple[str, str], list[str]] = defaultdict(list)
-    target_names: list[str] = []
-    for outcome in _results(results) if results.exists() else []:
-        if outcome["target"] not in target_names:
-            target_names.append(outcome["target"])
-        for spec_id in outcome["spec"]:
-            last[(spec_id, outcome["target"])].append(outcome["outcome"])
-    return last, target_names
+def _check_flows(flows: tuple[str, ...]) -> None:
+    known = sorted({entry.flow for entry in catalogue().values()})
+    for flow in flows:
+        if flow.lower() not in {k.lower() for k in known}:
+            raise InputError(f"--flow: no flow {flow!r}; flows: {', '.join(known)}")
 
 
-def _coverage_cell(seen: list[str]) -> str:
-    """One catalogue ID's result on one target: failed if any trace failed, passed if all passed."""
+def _gate_target(target: str | None, targets: list[str]) -> str:
+    if target is not None:
+        if target not in targets:
+            ran = ", ".join(targets) or "none (run the traces first: mailflow run --target ...)"
+            raise InputError(f"--target: the results have no run on {target!r}; targets run: {ran}")
+        return target
+    if len(targets) != 1:
+        ran = ", ".join(targets) or "none (run the traces first)"
+        raise InputError(f"--min: say which target's results count with --target; targets run: {ran}")
+    return targets[0]
+
+
+def _coverage_table(ids: list[IdCoverage], targets: list[str]) -> None:
+    table = Table(title="conformance coverage")
+    for column in ("ID", "flow", "claims", "shows", "boundary", *targets):
+        table.add_column(column)
+    for entry in ids:
+        cells = [_coverage_cell(entry, target) for target in targets]
+        shows, bounds = entry.showing(), entry.bounding()
+        table.add_row(entry.id, entry.flow, str(len(entry.claims)), str(len(shows)), str(len(bounds)), *cells)
+    console.print(table)
+    claimed = sum(1 for entry in ids if entry.claims)
+    console.print(f"{claimed} of {len(ids)} IDs have at least one trace")
+
+
+def _coverage_cell(entry: IdCoverage, target: str) -> str:
+    """How many of the ID's showing traces passed on the target, red when any of its traces failed."""
+    seen = entry.outcomes.get(target, {})
     if not seen:
         return "—"
-    if "failed" in seen:
-        return "[red]failed[/red]"
-    if all(s == "passed" for s in seen):
-        return "[green]passed[/green]"
-    return "/".join(sorted(set(seen)))
+    shows = entry.showing()
+    text = f"{entry.passed(target, shows)}/{len(shows)} passed"
+    if "failed" in seen.values():
+        return f"[red]{text}, {sum(1 for o in seen.values() if o == 'failed')} failed[/red]"
+    return f"[green]{text}[/green]" if all(o == "passed" for o in seen.values()) else text
 
 
 def _results(path: Path) -> list[dict[str, Any]]:
