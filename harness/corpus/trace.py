@@ -509,17 +509,19 @@ def _check_session_names(names: _LabNames, at: tuple[str | int, ...], session: d
 
 
 def _check_lab_action_names(names: _LabNames, at: tuple[str | int, ...], lab: dict[str, Any]) -> None:
+    # The schema has checked the verb already: this checks the names its value gives.
     ((action, value),) = lab.items()
-    if action.startswith("connector_"):
+    subject = LabVerb(action).subject
+    if subject == "connector":
         connectors = [
             c.name for c in names.config.organization.connectors if not c.name.endswith(" (reciprocal)")
         ]
         names.require((*at, "lab", action), value, "connector", connectors)
-    elif action.startswith("server_"):
+    elif subject == "server":
         names.require((*at, "lab", action), value, "server", names.servers)
-    elif action == "sink_rule":
+    elif subject == "sink":
         names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
-    elif action in ("freeze", "unfreeze"):
+    elif subject == "queue":
         names.require((*at, "lab", action, "server"), value["server"], "server", names.servers)
 
 
