@@ -1,13 +1,31 @@
 """The conformance catalogue (harness/corpus/catalogue.yaml): the IDs traces, reports and coverage
-speak of."""
+speak of, and for each the trace assertions that show it (`shown_by`, read by harness/corpus/claims.py;
+its vocabulary is harness/schemas/catalogue.schema.json)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
+from typing import Any, TypeAlias
 
-import yaml
+from harness import yamlsource
+
+CATALOGUE = Path(__file__).with_name("catalogue.yaml")
+
+Requirement: TypeAlias = Mapping[str, Any]
+"""One assertion a trace must make, e.g. `{ldap: query}` or `{event: {id: 1027, first: true}}`."""
+Form: TypeAlias = tuple[Requirement, ...]
+"""Requirements that must all hold; empty: none declared."""
+
+
+@dataclass(frozen=True)
+class ShownBy:
+    white_box: Form
+    black_box: Form = ()
+    boundary: Form = ()
+    """What shows that the step does NOT happen (the catalogue's default_boundary unless the ID has its own)."""
 
 
 @dataclass(frozen=True)
@@ -16,13 +34,30 @@ class Entry:
     flow: str
     title: str
     evidence: str
+    shown_by: ShownBy = ShownBy(())
 
 
 @cache
 def catalogue() -> dict[str, Entry]:
-    text = resources.files("harness.corpus").joinpath("catalogue.yaml").read_text(encoding="utf-8")
-    raw = yaml.safe_load(text)["ids"]
-    return {key: Entry(key, value["flow"], value["title"], value["evidence"]) for key, value in raw.items()}
+    return load(CATALOGUE)
+
+
+def load(path: Path) -> dict[str, Entry]:
+    """The catalogue in `path`; a malformed one raises SourceError naming its file, line and field."""
+    document = yamlsource.load(path)
+    yamlsource.validate(document, "catalogue.schema.json")
+    raw: dict[str, Any] = document.data
+    default = tuple(raw.get("default_boundary") or ())
+    entries: dict[str, Entry] = {}
+    for key, value in raw["ids"].items():
+        shown = value["shown_by"]
+        forms = ShownBy(
+            tuple(shown["white_box"]),
+            tuple(shown.get("black_box") or ()),
+            tuple(shown.get("boundary") or default),
+        )
+        entries[key] = Entry(key, value["flow"], value["title"], value["evidence"], forms)
+    return entries
 
 
 def flow_of(ids: list[str]) -> str:
