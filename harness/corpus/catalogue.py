@@ -25,7 +25,7 @@ class ShownBy:
     white_box: Form
     black_box: Form = ()
     boundary: Form = ()
-    """What shows that the step does NOT happen (the catalogue's default_boundary unless the ID has its own)."""
+    """What shows the step does NOT happen (the catalogue's default_boundary unless the ID has its own)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ would show the step.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,33 +109,34 @@ def _holds(requirement: Requirement, facts: _Facts) -> bool:
     ((kind, value),) = requirement.items()
     if kind == "any_of":
         return any(_holds(choice, facts) for choice in value)
-    outcome = facts.outcome
-    if kind == "delivered":
-        return any(_delivery_matches(spec, value, outcome) for spec in outcome.get("delivered") or [])
-    if kind == "undelivered":
-        return bool(outcome.get("not_delivered")) or bool(outcome.get("nothing_delivered"))
-    if kind == "ldap":
-        return any(_ldap_matches(spec, value) for spec in outcome.get("ldap") or [])
-    if kind == "dns":
-        return any(_dns_matches(spec, value) for spec in outcome.get("dns") or [])
-    if kind == "event":
-        return _event_holds(value, outcome)
-    if kind == "hops":
-        return len(outcome.get("hops") or []) >= value
-    if kind == "queues":
-        return bool(outcome.get("queues")) or bool(outcome.get("queues_empty"))
-    if kind == "reply":
-        return any(_reply_matches(reply, value) for reply in facts.replies)
-    if kind == "sent":
-        return bool(facts.sent & set(_listed(value)))
-    if kind == "refused":
-        return facts.refused
-    if kind == "submitted":
-        return facts.submitted
-    raise ValueError(f"unknown evidence requirement {kind!r}")  # the catalogue schema lists them all
+    return _HOLDS[kind](value, facts)  # the catalogue schema admits no other kind
 
 
-def _delivery_matches(spec: Mapping[str, Any], wanted: Any, outcome: Mapping[str, Any]) -> bool:
+def _any(outcome: Mapping[str, Any], key: str, matches: Callable[[Mapping[str, Any]], bool]) -> bool:
+    return any(matches(spec) for spec in outcome.get(key) or [])
+
+
+# How each kind of requirement is met by what a trace asserts (harness/schemas/catalogue.schema.json).
+_HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
+    "delivered": lambda value, facts: _any(
+        facts.outcome, "delivered", lambda spec: _delivery_matches(spec, value)
+    ),
+    "undelivered": lambda _, facts: bool(
+        facts.outcome.get("not_delivered") or facts.outcome.get("nothing_delivered")
+    ),
+    "ldap": lambda value, facts: _any(facts.outcome, "ldap", lambda spec: _ldap_matches(spec, value)),
+    "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value)),
+    "event": lambda value, facts: _event_holds(value, facts.outcome),
+    "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
+    "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
+    "reply": lambda value, facts: any(_reply_matches(reply, value) for reply in facts.replies),
+    "sent": lambda value, facts: bool(facts.sent & set(_listed(value))),
+    "refused": lambda _, facts: facts.refused,
+    "submitted": lambda _, facts: facts.submitted,
+}
+
+
+def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
     options = wanted if isinstance(wanted, dict) else {"to": wanted}
     if options["to"] != "any" and options["to"] not in spec:
         return False
@@ -163,6 +164,7 @@ def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
 
 def _event_holds(wanted: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
     ids = set(_listed(wanted["id"]))
+    absent = bool(wanted.get("absent"))
     servers: set[str] | None = None
     if wanted.get("where") == "mailbox_server":
         servers = {
@@ -170,25 +172,24 @@ def _event_holds(wanted: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
             for spec in outcome.get("delivered") or []
             if "mailbox" in spec and "server" in spec
         }
+
+    def on(server: str) -> bool:
+        return servers is None or server.lower() in servers
+
     for server, events in _tracking_lists(outcome):
-        if servers is not None and server.lower() not in servers:
+        if not on(server):
             continue
-        if wanted.get("absent"):
-            if not ids & set(events):
-                return True
-        elif wanted.get("first"):
+        if wanted.get("first"):
             if events and events[0] in ids:
                 return True
-        elif ids & set(events):
+        elif absent != bool(ids & set(events)):
             return True
     if wanted.get("first"):
         return False  # only a tracking list has an order
-    for spec in outcome.get("events") or []:
-        if servers is not None and str(spec["server"]).lower() not in servers:
-            continue
-        if spec["event"] in ids and bool(spec.get("absent")) == bool(wanted.get("absent")):
-            return True
-    return False
+    return any(
+        on(spec["server"]) and spec["event"] in ids and bool(spec.get("absent")) == absent
+        for spec in outcome.get("events") or []
+    )
 
 
 def _tracking_lists(outcome: Mapping[str, Any]) -> Iterator[tuple[str, list[int]]]:
@@ -220,47 +221,61 @@ def describe(requirement: Requirement) -> str:
     ((kind, value),) = requirement.items()
     if kind == "any_of":
         return "(" + " or ".join(describe(choice) for choice in value) + ")"
-    if kind == "delivered":
-        options = value if isinstance(value, dict) else {"to": value}
-        where = {"any": "a delivery", "mailbox": "a delivery to a mailbox", "sink": "a delivery to a sink",
-                 "gateway": "a delivery to a gateway", "foreign": "a delivery into the foreign system"}  # fmt: skip
-        words = where[options["to"]]
-        if options.get("server"):
-            words += " naming its server"
-        if options.get("dsn"):
-            words += " that is a DSN" + ("" if options["dsn"] == "any" else f" (action {options['dsn']})")
-        if options.get("content"):
-            words += " with its content checked"
-        return f"{words} (outcome.delivered)"
-    if kind == "undelivered":
-        return "a message not delivered (outcome.not_delivered or nothing_delivered)"
-    if kind == "ldap":
-        if value == "absent":
-            return "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)"
-        return "an LDAP query (outcome.ldap)"
-    if kind == "dns":
-        what = f"a DNS {value['type']} query" if "type" in value else "a DNS query"
-        return f"{'no ' + what[2:] if value.get('absent') else what} (outcome.dns{' absent' * bool(value.get('absent'))})"
-    if kind == "event":
-        return _describe_event(value)
-    if kind == "hops":
-        return f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)"
-    if kind == "queues":
-        return "a queue state (outcome.queues or queues_empty)"
-    if kind == "reply":
-        return _describe_reply(value)
-    if kind == "sent":
-        return f"a script that sends {' or '.join(_listed(value))}"
-    if kind == "refused":
-        return "a session or submission expected to be refused (refused: true)"
-    return "a message submitted through a server's store (a submit: session)"
+    return _WORDS[kind](value)
+
+
+_DESTINATION_WORDS = {
+    "any": "a delivery",
+    "mailbox": "a delivery to a mailbox",
+    "sink": "a delivery to a sink",
+    "gateway": "a delivery to a gateway",
+    "foreign": "a delivery into the foreign system",
+}
+
+
+def _describe_delivery(value: Any) -> str:
+    options = value if isinstance(value, dict) else {"to": value}
+    words = _DESTINATION_WORDS[options["to"]]
+    if options.get("server"):
+        words += " naming its server"
+    if options.get("dsn"):
+        words += " that is a DSN" + ("" if options["dsn"] == "any" else f" (action {options['dsn']})")
+    if options.get("content"):
+        words += " with its content checked"
+    return f"{words} (outcome.delivered)"
+
+
+def _describe_dns(value: Mapping[str, Any]) -> str:
+    what = f"DNS {value['type']} query" if "type" in value else "DNS query"
+    return f"no {what} (outcome.dns absent)" if value.get("absent") else f"a {what} (outcome.dns)"
+
+
+_WORDS: dict[str, Callable[[Any], str]] = {
+    "delivered": _describe_delivery,
+    "undelivered": lambda _: "a message not delivered (outcome.not_delivered or nothing_delivered)",
+    "ldap": lambda value: (
+        "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)"
+        if value == "absent"
+        else "an LDAP query (outcome.ldap)"
+    ),
+    "dns": _describe_dns,
+    "event": lambda value: _describe_event(value),
+    "hops": lambda value: f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)",
+    "queues": lambda _: "a queue state (outcome.queues or queues_empty)",
+    "reply": lambda value: _describe_reply(value),
+    "sent": lambda value: f"a script that sends {' or '.join(_listed(value))}",
+    "refused": lambda _: "a session or submission expected to be refused (refused: true)",
+    "submitted": lambda _: "a message submitted through a server's store (a submit: session)",
+}
 
 
 def _describe_event(value: Mapping[str, Any]) -> str:
     ids = " or ".join(str(i) for i in _listed(value["id"]))
     where = " on the server that stores the mailbox" if value.get("where") else ""
     if value.get("absent"):
-        return f"tracking event {ids} asserted absent{where} (outcome.events absent: true, or a tracking list)"
+        return (
+            f"tracking event {ids} asserted absent{where} (outcome.events absent: true, or a tracking list)"
+        )
     if value.get("first"):
         return f"tracking event {ids} first in a server's list{where} (outcome.tracking)"
     return f"tracking event {ids}{where} (outcome.tracking or outcome.events)"
