@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import yamlsource
-from harness.corpus.catalogue import Entry, Form, Requirement, catalogue
+from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
 from harness.corpus.trace import Session, Submission, Trace
 
@@ -130,7 +130,7 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
     "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
     "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
     "reply": lambda value, facts: any(_reply_matches(reply, value) for reply in facts.replies),
-    "sent": lambda value, facts: bool(facts.sent & set(_listed(value))),
+    "sent": lambda value, facts: bool(facts.sent & set(listed(value))),
     "refused": lambda _, facts: facts.refused,
     "submitted": lambda _, facts: facts.submitted,
 }
@@ -163,7 +163,7 @@ def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
 
 
 def _event_holds(wanted: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
-    ids = set(_listed(wanted["id"]))
+    ids = set(listed(wanted["id"]))
     absent = bool(wanted.get("absent"))
     servers: set[str] | None = None
     if wanted.get("where") == "mailbox_server":
@@ -202,97 +202,14 @@ def _tracking_lists(outcome: Mapping[str, Any]) -> Iterator[tuple[str, list[int]
 
 
 def _reply_matches(reply: _Reply, wanted: Mapping[str, Any]) -> bool:
-    if "after" in wanted and reply.after not in _listed(wanted["after"]):
+    if "after" in wanted and reply.after not in listed(wanted["after"]):
         return False
-    if "code" in wanted and reply.code not in _listed(wanted["code"]):
+    if "code" in wanted and reply.code not in listed(wanted["code"]):
         return False
     if "class" in wanted:
         reply_class = reply.reply_class if reply.code is None else reply.code // 100
-        return reply_class in _listed(wanted["class"])
+        return reply_class in listed(wanted["class"])
     return True
-
-
-def _listed(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def describe(requirement: Requirement) -> str:
-    """A requirement in the words of the trace that would meet it."""
-    ((kind, value),) = requirement.items()
-    if kind == "any_of":
-        return "(" + " or ".join(describe(choice) for choice in value) + ")"
-    return _WORDS[kind](value)
-
-
-_DESTINATION_WORDS = {
-    "any": "a delivery",
-    "mailbox": "a delivery to a mailbox",
-    "sink": "a delivery to a sink",
-    "gateway": "a delivery to a gateway",
-    "foreign": "a delivery into the foreign system",
-}
-
-
-def _describe_delivery(value: Any) -> str:
-    options = value if isinstance(value, dict) else {"to": value}
-    words = _DESTINATION_WORDS[options["to"]]
-    if options.get("server"):
-        words += " naming its server"
-    if options.get("dsn"):
-        words += " that is a DSN" + ("" if options["dsn"] == "any" else f" (action {options['dsn']})")
-    if options.get("content"):
-        words += " with its content checked"
-    return f"{words} (outcome.delivered)"
-
-
-def _describe_dns(value: Mapping[str, Any]) -> str:
-    what = f"DNS {value['type']} query" if "type" in value else "DNS query"
-    return f"no {what} (outcome.dns absent)" if value.get("absent") else f"a {what} (outcome.dns)"
-
-
-_WORDS: dict[str, Callable[[Any], str]] = {
-    "delivered": _describe_delivery,
-    "undelivered": lambda _: "a message not delivered (outcome.not_delivered or nothing_delivered)",
-    "ldap": lambda value: (
-        "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)"
-        if value == "absent"
-        else "an LDAP query (outcome.ldap)"
-    ),
-    "dns": _describe_dns,
-    "event": lambda value: _describe_event(value),
-    "hops": lambda value: f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)",
-    "queues": lambda _: "a queue state (outcome.queues or queues_empty)",
-    "reply": lambda value: _describe_reply(value),
-    "sent": lambda value: f"a script that sends {' or '.join(_listed(value))}",
-    "refused": lambda _: "a session or submission expected to be refused (refused: true)",
-    "submitted": lambda _: "a message submitted through a server's store (a submit: session)",
-}
-
-
-def _describe_event(value: Mapping[str, Any]) -> str:
-    ids = " or ".join(str(i) for i in _listed(value["id"]))
-    where = " on the server that stores the mailbox" if value.get("where") else ""
-    if value.get("absent"):
-        return (
-            f"tracking event {ids} asserted absent{where} (outcome.events absent: true, or a tracking list)"
-        )
-    if value.get("first"):
-        return f"tracking event {ids} first in a server's list{where} (outcome.tracking)"
-    return f"tracking event {ids}{where} (outcome.tracking or outcome.events)"
-
-
-def _describe_reply(value: Mapping[str, Any]) -> str:
-    if "code" in value:
-        what = " or ".join(str(c) for c in _listed(value["code"]))
-    elif "class" in value:
-        what = " or ".join(f"{c}xx" for c in _listed(value["class"]))
-    else:
-        what = "a reply"
-    after = ""
-    if "after" in value:
-        commands = _listed(value["after"])
-        after = " to the greeting" if commands == ["CONNECT"] else f" to {' or '.join(commands)}"
-    return f"{what}{after} (a script expect step)"
 
 
 def _asserted(facts: _Facts) -> str:
