@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +15,7 @@ from rich.console import Console
 from harness.cli import app
 from harness.corpus import catalogue, claims, trace
 from harness.yamlsource import SourceError
+from reference_mta import tracking
 from tests.sourcetext import line_with, replace_once, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,3 +194,19 @@ def test_the_report_runs_on_the_corpus_and_counts() -> None:
     flows = re.findall(r"^(?!total)(\w+): (\d+) claims, (\d+) shown, (\d+) unbacked$", output, re.M)
     assert {flow for flow, *_ in flows} >= {"Core", "Inbound", "Outbound", "Relay", "Protocol"}
     assert sum(int(count) for _, count, _, _ in flows) == total
+
+
+def test_every_event_the_catalogue_names_is_one_the_reference_mta_logs() -> None:
+    def events(requirement: Mapping[str, Any]) -> list[int]:
+        ((kind, value),) = requirement.items()
+        if kind == "any_of":
+            return [event for choice in value for event in events(choice)]
+        return [int(event) for event in catalogue.listed(value["id"])] if kind == "event" else []
+
+    for entry in catalogue.catalogue().values():
+        shown = entry.shown_by
+        for requirement in (*shown.white_box, *shown.black_box, *shown.boundary):
+            unknown = set(events(requirement)) - set(tracking.CATALOGUE)
+            assert not unknown, (
+                f"{entry.id}: tracking events {sorted(unknown)} are not in reference_mta/tracking.py"
+            )
