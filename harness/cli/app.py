@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
+from harness.corpus.claims import claims
 from harness.corpus.trace import Trace, in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
 from harness.judge.deviations import deviations
@@ -572,19 +574,30 @@ def catalogue_command(destination: Path | None) -> None:
         raise InputError(f"--write: cannot write {destination}: {exc.strerror or exc}") from exc
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1, required=True)
-def check(paths: tuple[str, ...]) -> None:
-    """Validate trace and lab files without running anything. Exits 2 if any is invalid."""
+@click.option(
+    "--claims",
+    "claims_report",
+    is_flag=True,
+    help="also hold each trace's spec:/boundary: IDs against the evidence the catalogue declares for "
+    "them (harness/corpus/catalogue.yaml, shown_by): list every claim the trace's assertions do not "
+    "show, with file, line and what is missing, and totals per ID and flow; exit 1 if any is unbacked",
+)
+def check(paths: tuple[str, ...], claims_report: bool) -> None:
+    """Validate trace and lab files without running anything. Exits 2 if any is invalid; with --claims,
+    1 if every file is valid but a trace claims a catalogue step its assertions do not show."""
     problems = 0
+    traces: list[Trace] = []
     for raw in paths:
         named = not Path(raw).is_dir()
         for path in [Path(raw)] if named else yaml_files(Path(raw)):
             # What a file is, is told by its content; a folder's YAML that is neither is not checked.
             kind = sniff(path)
             if not named and kind == "other" and not in_corpus(path):
-                note = f"skipped {escape(str(path))}: neither a trace nor a lab file"
-                console.print(f"[bright_black]{note}[/]", highlight=False)
+                if not claims_report:
+                    note = f"skipped {escape(str(path))}: neither a trace nor a lab file"
+                    console.print(f"[bright_black]{note}[/]", highlight=False)
                 continue
             try:
                 if kind == "lab":
@@ -592,13 +605,54 @@ def check(paths: tuple[str, ...]) -> None:
                     # The directory is only parsed when a lab starts; a broken LDIF must show up here.
                     MockGlobalCatalog(config.global_catalog).load()
                 else:
-                    load(path.resolve())
-                console.print(f"[green]ok[/green] {path}")
+                    traces.append(load(path.resolve()))
+                if not claims_report:  # the claims report is long enough without a line per good file
+                    console.print(f"[green]ok[/green] {path}")
             except (SourceError, GlobalCatalogError) as exc:
                 problems += 1
                 # soft_wrap keeps "file:line: field: message" on one line for grep and editors.
                 console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    sys.exit(ExitCode.INPUT if problems else ExitCode.OK)
+    unbacked = _claims_report(traces) if claims_report else 0
+    sys.exit(ExitCode.INPUT if problems else ExitCode.FAILED if unbacked else ExitCode.OK)
+
+
+def _claims_report(traces: list[Trace]) -> int:
+    """Print the unbacked claims and the totals; return how many are unbacked."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # ID → [claims, shown]
+    unbacked = 0
+    for trace in traces:
+        for claim in claims(trace):
+            counts[claim.id][0] += 1
+            counts[claim.id][1] += claim.shown
+            if not claim.shown:
+                unbacked += 1
+                where = f"{_shown_path(trace.path)}:{claim.line}"
+                text = f"[red]unbacked[/red] {escape(where)}: {escape(claim.missing)}"
+                console.print(text, highlight=False, soft_wrap=True)
+    table = Table(title="claims backed by the trace's assertions")
+    for column in ("ID", "flow", "claims", "shown", "unbacked"):
+        table.add_column(column)
+    flows: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for entry in catalogue().values():
+        total, shown = counts.get(entry.id, [0, 0])
+        flows[entry.flow][0] += total
+        flows[entry.flow][1] += shown
+        if total:
+            table.add_row(entry.id, entry.flow, str(total), str(shown), str(total - shown))
+    console.print(table)
+    for flow, (total, shown) in flows.items():
+        console.print(f"{flow}: {total} claims, {shown} shown, {total - shown} unbacked")
+    total = sum(count[0] for count in counts.values())
+    console.print(f"total: {total} claims, {total - unbacked} shown, {unbacked} unbacked")
+    return unbacked
+
+
+def _shown_path(path: Path) -> str:
+    """A trace's path relative to the working directory when it is below it, as the user named it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # The commands that drive a lab started by hand live in their own module.

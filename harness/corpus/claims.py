@@ -1,0 +1,289 @@
+"""The evidence rule: a trace claims only the catalogue steps its assertions show.
+
+A trace's `spec:` IDs say which steps of the transport it checks; its `boundary:` IDs, which steps it
+shows must NOT happen. The catalogue (harness/corpus/catalogue.yaml, `shown_by`) declares for each ID the
+assertions that show it — a white-box form (tracking events, LDAP and DNS logs, queues), a black-box form
+(reply codes, what reached a mailbox or a sink) and a negative form for boundary claims — in a small
+vocabulary its schema (harness/schemas/catalogue.schema.json) defines. `claims` holds a loaded trace
+against it and says, for each claim, whether it is shown and, if not, what is missing.
+
+The rule reads what the trace asserts, not what a run observed: a claim is backed when passing the trace
+would show the step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness import yamlsource
+from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
+from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
+from harness.corpus.trace import Session, Submission, Trace
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One `spec:` or `boundary:` ID of a trace, and whether the trace's assertions show it."""
+
+    id: str
+    boundary: bool
+    line: int
+    """Line of the ID in the trace's `spec:` (or `boundary:`) list."""
+    missing: str = ""
+    """Empty when shown; else what the trace would have to assert, in the trace's own terms."""
+
+    @property
+    def shown(self) -> bool:
+        return not self.missing
+
+
+@dataclass(frozen=True)
+class _Reply:
+    after: str  # the command the reply answers: EHLO, RCPT, ..., CONNECT (greeting), DATA (end of data)
+    code: int | None
+    reply_class: int | None
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What a trace asserts, gathered once."""
+
+    outcome: Mapping[str, Any]
+    replies: tuple[_Reply, ...]
+    sent: frozenset[str]
+    refused: bool
+    submitted: bool
+
+
+def claims(trace: Trace, entries: Mapping[str, Entry] | None = None) -> list[Claim]:
+    """Each of the trace's claims, spec IDs first, in the trace's order."""
+    entries = catalogue() if entries is None else entries
+    facts = _facts(trace)
+    document = yamlsource.load(trace.path)
+    boundary = list(document.data.get("boundary") or []) if isinstance(document.data, dict) else []
+    found: list[Claim] = []
+    for index, spec_id in enumerate(trace.spec):
+        if spec_id in trace.boundary:
+            continue
+        line = document.line_of(("spec", index)) or 0
+        found.append(Claim(spec_id, False, line, _spec_missing(entries[spec_id], facts)))
+    for index, spec_id in enumerate(boundary):
+        line = document.line_of(("boundary", index)) or 0
+        found.append(Claim(spec_id, True, line, _boundary_missing(entries[spec_id], facts)))
+    return found
+
+
+def _spec_missing(entry: Entry, facts: _Facts) -> str:
+    shown_by = entry.shown_by
+    forms = [("white box", shown_by.white_box)]
+    if shown_by.black_box and shown_by.black_box != shown_by.white_box:
+        forms.append(("black box", shown_by.black_box))
+    misses = [(name, _unmet(form, facts)) for name, form in forms]
+    if any(not unmet for _, unmet in misses):
+        return ""
+    if len(misses) == 1:
+        needs = " and ".join(misses[0][1])
+    else:
+        needs = " — or, ".join(f"{name}: {' and '.join(unmet)}" for name, unmet in misses)
+    return f"{entry.id} needs {needs}; this trace asserts {_asserted(facts)}"
+
+
+def _boundary_missing(entry: Entry, facts: _Facts) -> str:
+    form = entry.shown_by.boundary
+    if not form:
+        return f"{entry.id} has no negative evidence declared in the catalogue (shown_by.boundary)"
+    unmet = _unmet(form, facts)
+    if not unmet:
+        return ""
+    return f"boundary {entry.id} needs {' and '.join(unmet)}; this trace asserts {_asserted(facts)}"
+
+
+def _unmet(form: Form, facts: _Facts) -> list[str]:
+    return [describe(requirement) for requirement in form if not _holds(requirement, facts)]
+
+
+def _holds(requirement: Requirement, facts: _Facts) -> bool:
+    ((kind, value),) = requirement.items()
+    if kind == "any_of":
+        return any(_holds(choice, facts) for choice in value)
+    return _HOLDS[kind](value, facts)  # the catalogue schema admits no other kind
+
+
+def _any(outcome: Mapping[str, Any], key: str, matches: Callable[[Mapping[str, Any]], bool]) -> bool:
+    return any(matches(spec) for spec in outcome.get(key) or [])
+
+
+# How each kind of requirement is met by what a trace asserts (harness/schemas/catalogue.schema.json).
+_HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
+    "delivered": lambda value, facts: _any(
+        facts.outcome, "delivered", lambda spec: _delivery_matches(spec, value)
+    ),
+    "undelivered": lambda _, facts: bool(
+        facts.outcome.get("not_delivered") or facts.outcome.get("nothing_delivered")
+    ),
+    "ldap": lambda value, facts: _any(facts.outcome, "ldap", lambda spec: _ldap_matches(spec, value)),
+    "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value)),
+    "event": lambda value, facts: _event_holds(value, facts.outcome),
+    "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
+    "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
+    "reply": lambda value, facts: any(_reply_matches(reply, value) for reply in facts.replies),
+    "sent": lambda value, facts: bool(facts.sent & set(listed(value))),
+    "refused": lambda _, facts: facts.refused,
+    "submitted": lambda _, facts: facts.submitted,
+}
+
+
+def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
+    options = wanted if isinstance(wanted, dict) else {"to": wanted}
+    if options["to"] != "any" and options["to"] not in spec:
+        return False
+    if options.get("server") and "server" not in spec:
+        return False
+    if options.get("content") and not {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
+        return False
+    dsn = options.get("dsn")
+    if dsn is not None:
+        action = (spec.get("dsn") or {}).get("action")
+        return "dsn" in spec and (dsn == "any" or action in (dsn, None))
+    return True
+
+
+def _ldap_matches(spec: Mapping[str, Any], wanted: str) -> bool:
+    empty = bool(spec.get("absent")) or spec.get("results") == 0
+    return empty if wanted == "absent" else not spec.get("absent")
+
+
+def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    if bool(spec.get("absent")) != bool(wanted.get("absent")):
+        return False
+    return "type" not in wanted or str(spec.get("type", "")).upper() == wanted["type"]
+
+
+def _event_holds(wanted: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
+    ids = set(listed(wanted["id"]))
+    absent = bool(wanted.get("absent"))
+    servers: set[str] | None = None
+    if wanted.get("where") == "mailbox_server":
+        servers = {
+            str(spec["server"]).lower()
+            for spec in outcome.get("delivered") or []
+            if "mailbox" in spec and "server" in spec
+        }
+
+    def on(server: str) -> bool:
+        return servers is None or server.lower() in servers
+
+    for server, events in _tracking_lists(outcome):
+        if not on(server):
+            continue
+        if wanted.get("first"):
+            if events and events[0] in ids:
+                return True
+        elif absent != bool(ids & set(events)):
+            return True
+    if wanted.get("first"):
+        return False  # only a tracking list has an order
+    return any(
+        on(spec["server"]) and spec["event"] in ids and bool(spec.get("absent")) == absent
+        for spec in outcome.get("events") or []
+    )
+
+
+def _tracking_lists(outcome: Mapping[str, Any]) -> Iterator[tuple[str, list[int]]]:
+    for server, expected in (outcome.get("tracking") or {}).items():
+        if isinstance(expected, dict):
+            for events in expected.values():
+                yield server, list(events)
+        else:
+            yield server, list(expected)
+
+
+def _reply_matches(reply: _Reply, wanted: Mapping[str, Any]) -> bool:
+    if "after" in wanted and reply.after not in listed(wanted["after"]):
+        return False
+    if "code" in wanted and reply.code not in listed(wanted["code"]):
+        return False
+    if "class" in wanted:
+        reply_class = reply.reply_class if reply.code is None else reply.code // 100
+        return reply_class in listed(wanted["class"])
+    return True
+
+
+def _asserted(facts: _Facts) -> str:
+    """What the trace asserts, in the same words, so the gap is plain."""
+    outcome = facts.outcome
+    parts = [key for key in ("delivered", "not_delivered", "ldap", "dns", "tracking", "events", "hops",
+                             "queues") if outcome.get(key)]  # fmt: skip
+    parts += [key for key in ("nothing_delivered", "queues_empty") if outcome.get(key)]
+    codes = sorted({str(r.code) for r in facts.replies if r.code is not None})
+    shown = ", ".join(f"outcome.{part}" for part in parts)
+    if codes:
+        shown += (", " if shown else "") + f"reply codes {'/'.join(codes)}"
+    return f"only {shown}" if shown else "nothing"
+
+
+_CODE = re.compile(r"^([2-5][0-9][0-9])")
+
+
+def _facts(trace: Trace) -> _Facts:
+    replies: list[_Reply] = []
+    sent: set[str] = set()
+    refused = False
+    submitted = False
+    for item in trace.sessions:
+        if isinstance(item, Submission):
+            submitted = True
+            refused = refused or item.refused
+        elif isinstance(item, Session):
+            refused = refused or item.refused
+            _script(item, replies, sent)
+    return _Facts(trace.outcome, tuple(replies), frozenset(sent), refused, submitted)
+
+
+def _script(session: Session, replies: list[_Reply], sent: set[str]) -> None:
+    """The replies a session's expect steps check, each with the command it answers."""
+    pending: list[str] = ["CONNECT"]  # commands whose replies are still to be read, oldest first
+    for step in session.steps:
+        commands = _commands(step)
+        sent.update(commands)
+        if isinstance(step, StartTls):
+            sent.add("STARTTLS")  # the step reads its 220 itself
+        if commands:
+            pending += commands
+        elif isinstance(step, Expect):
+            after = pending.pop(0) if pending else "OTHER"
+            matcher = step.matcher
+            code = matcher.code
+            if code is None:
+                found = _CODE.match(matcher.masked or matcher.prefix or "")
+                code = int(found.group(1)) if found else None
+            replies.append(_Reply(after, code, matcher.reply_class))
+
+
+_VERBS = frozenset({"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STARTTLS", "VRFY", "EXPN",
+                    "RSET", "NOOP", "QUIT", "HELP"})  # fmt: skip
+
+
+def _verb(line: str) -> str:
+    word = line.split(" ", 1)[0].split(":", 1)[0].upper()
+    return word if word in _VERBS else "OTHER"
+
+
+def _commands(step: object) -> list[str]:
+    if isinstance(step, Send):
+        return [_verb(step.line)]
+    if isinstance(step, Pipeline):
+        return [_verb(line) for line in step.lines]
+    if isinstance(step, Data):
+        return ["DATA"]  # the step reads the 354 itself; the next expect is the end-of-data reply
+    if isinstance(step, Bdat):
+        return ["BDAT"]
+    if isinstance(step, Auth):
+        return ["AUTH"]
+    if isinstance(step, SendRaw):
+        # Only whole lines are commands; bytes smuggled inside a message are not.
+        return [_verb(line) for line in step.data.decode("latin-1").split("\r\n")[:-1] if line]
+    return []
