@@ -1,25 +1,35 @@
 """Conformance coverage: for each catalogue ID, the traces that claim it and show it, those that show
 its boundary, and how many of them passed on each target of a run.
 
-A claim counts as shown only when the trace asserts the step's evidence; the caller says which claims
-are shown, so that this module counts and the corpus's evidence rule decides."""
+A claim counts as shown only when the trace asserts the step's evidence, as the corpus's evidence rule
+(`harness/corpus/claims.py`) decides; this module only counts."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness.corpus.catalogue import catalogue
+from harness.corpus.claims import claims
 from harness.corpus.trace import Trace
 
 # Whether a trace asserts the evidence of one of its claims (spec or boundary).
 Shown = Callable[[Trace, str], bool]
 
 
-def every_claim_shown(trace: Trace, spec_id: str) -> bool:
-    return True
+def by_evidence() -> Shown:
+    """The corpus's evidence rule (`harness/corpus/claims.py`), each trace judged once."""
+    judged: dict[Path, dict[str, bool]] = {}
+
+    def shown(trace: Trace, spec_id: str) -> bool:
+        if trace.path not in judged:
+            judged[trace.path] = {claim.id: claim.shown for claim in claims(trace)}
+        return judged[trace.path].get(spec_id, False)
+
+    return shown
 
 
 @dataclass(frozen=True)
@@ -67,9 +77,11 @@ class IdCoverage:
 
 
 def coverage(
-    traces: Iterable[Trace], results: Sequence[Mapping[str, Any]], shown: Shown = every_claim_shown
+    traces: Iterable[Trace], results: Sequence[Mapping[str, Any]], shown: Shown | None = None
 ) -> tuple[list[IdCoverage], list[str]]:
-    """Every catalogue ID's coverage, in catalogue order, and the targets of the results, in order."""
+    """Every catalogue ID's coverage, in catalogue order, and the targets of the results, in order.
+    A claim counts as shown when `shown` says so: by default, when the trace asserts its evidence."""
+    shown = shown or by_evidence()
     by_id = {entry.id: IdCoverage(entry.id, entry.flow) for entry in catalogue().values()}
     for trace in traces:
         for spec_id in trace.spec:
