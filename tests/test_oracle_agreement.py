@@ -41,7 +41,8 @@ KNOWN_DISAGREEMENTS = [
     Scenario("internet", "EX3", None, None, "ann@fabrikam.com", ("judy@contoso.com",)),
 ]
 
-# Scenarios on labs of their own, for rules the contoso lab has no example of; they must agree.
+# Scenarios on small labs of their own, for decisions the contoso lab has no clean example of (the
+# traces outbound/decision-* show the same); the oracle and the reference MTA must agree on them.
 PINNED = [
     # KB 244986: `abc.*.x.com` is read as `*.x.com` (docs/decisions.md, "Recipient-policy domains match
     # literally"); the oracle once matched it as a literal domain and sent ops@mail.x.com by DNS.
@@ -54,6 +55,35 @@ PINNED = [
         "wildcard",
         Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@x.com",)),
         ("sink", "x-mx", "EX1"),
+    ),
+    # "Equal-cost ties are broken by name": two equal connectors on EX2, the name decides.
+    (
+        "route-choices",
+        Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@tie.example",)),
+        ("sink", "alpha-host", "EX2"),
+    ),
+    # ... but a connector on this server comes first: Local Z on EX1 beats Local A on EX2.
+    (
+        "route-choices",
+        Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@local.example",)),
+        ("sink", "beta-host", "EX1"),
+    ),
+    (
+        "route-choices",
+        Scenario("lan", "EX2", None, "bob", "bob@contoso.com", ("ops@local.example",)),
+        ("sink", "alpha-host", "EX2"),
+    ),
+    # "A DNS connector's bridgehead applies its virtual server smart host (OUT-8)", and a connector's
+    # own smart host wins over it.
+    (
+        "route-choices",
+        Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@own.example",)),
+        ("sink", "connector-smarthost", "EX2"),
+    ),
+    (
+        "route-choices",
+        Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@dns.example",)),
+        ("sink", "vs-smarthost", "EX2"),
     ),
 ]
 
