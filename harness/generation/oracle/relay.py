@@ -87,9 +87,17 @@ def client_may_relay(
     return None
 
 
+def wildcard_form(pattern: str) -> str:
+    """An address space as E2K3 reads it: a wildcard is read only up to the `*` (KB 244986,
+    docs/decisions.md), so `abc.*.x.com` is `*.x.com`. KB 244986 shows one wildcard; with several,
+    the text after the last one is what is left to match."""
+    pattern = pattern.lower()
+    return "*" + pattern.rpartition("*")[2] if "*" in pattern else pattern
+
+
 def address_space_matches(pattern: str, domain: str) -> bool:
     """`*` matches every domain, `*.example` its subdomains, anything else the exact domain."""
-    pattern = pattern.lower()
+    pattern = wildcard_form(pattern)
     if pattern == "*":
         return True
     if pattern.startswith("*"):

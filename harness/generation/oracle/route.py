@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from harness.generation.oracle.relay import address_space_matches
+from harness.generation.oracle.relay import address_space_matches, wildcard_form
 from harness.generation.oracle.world import Connector, Host, World
 
 
@@ -89,6 +89,7 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
 
 def _specificity(pattern: str) -> tuple[int, int]:
     """Exact domains first, then wildcards by the length of what they fix, `*` last."""
+    pattern = wildcard_form(pattern)
     if pattern == "*":
         return (0, 0)
     if pattern.startswith("*"):
