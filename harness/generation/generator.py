@@ -15,6 +15,7 @@ same files byte for byte.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterator
@@ -22,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ldap3.utils.conv import escape_filter_chars
+
 from harness.corpus import writer
 from harness.corpus.catalogue import catalogue
+from harness.corpus.claims import claims
 from harness.generation.oracle import PASSWORDS, Delivery, Prediction, Scenario, Unpredictable, World, predict
 from harness.generation.oracle import load as load_world
 
@@ -157,11 +161,17 @@ def known_disagreement(prediction: Prediction) -> str | None:
 
 def scenarios(world: World, seed: int, count: int) -> Iterator[tuple[Scenario, Prediction]]:
     """`count` distinct scenarios the oracle can decide, in the order the seed draws them."""
+    return itertools.islice(_decidable(world, seed, count), count)
+
+
+def _decidable(world: World, seed: int, count: int) -> Iterator[tuple[Scenario, Prediction]]:
+    """Distinct scenarios the oracle can decide, in the order the seed draws them, until `count` * 50
+    draws have been made."""
     rng = random.Random(seed)
     seen: set[str] = set()
     attempts = 0
     draws = _draws(rng)
-    while len(seen) < count:
+    while True:
         attempts += 1
         if attempts > count * 50:
             raise RuntimeError(f"only {len(seen)} distinct scenarios found in {attempts} draws")
@@ -250,6 +260,37 @@ def _hops(scenario: Scenario, prediction: Prediction) -> list[str]:
     return hops if hops and hops[0].upper() == scenario.server.upper() else []
 
 
+def _ldap(prediction: Prediction) -> list[dict[str, Any]]:
+    """The categorizer's look-up of each accepted recipient by proxy address (IN-5 / C-CAT), on the
+    server that categorizes it, with one entry found or none."""
+    found: dict[tuple[str, str], bool] = {}
+    for server, address, hit in prediction.lookups:
+        found.setdefault((server, address), hit)
+    return [
+        {
+            "filter": f"(proxyAddresses=smtp:{escape_filter_chars(address)})",
+            "client": server,
+            "results": int(hit),
+        }
+        for (server, address), hit in found.items()
+    ]
+
+
+def backed(document: dict[str, Any], path: Path) -> bool:
+    """Write the trace, keeping in its `spec:` only the IDs its own assertions show (the evidence rule,
+    harness/corpus/claims.py): the oracle's reasoning names steps a trace may not be able to show. A
+    trace that shows none of them is not written (False)."""
+    trace = writer.write(document, path)
+    shown = {claim.id for claim in claims(trace) if claim.shown and not claim.boundary}
+    spec = [spec_id for spec_id in document["spec"] if spec_id in shown]
+    if not spec:
+        path.unlink()
+        return False
+    if spec != document["spec"]:
+        writer.write({**document, "spec": spec}, path)
+    return True
+
+
 def _spec(prediction: Prediction) -> list[str]:
     order = list(catalogue())
     return sorted(prediction.spec, key=order.index)
@@ -284,6 +325,15 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     sessions: list[dict[str, Any]] = [{"lab": {"connector_down": c}} for c in scenario.down]
     sessions.append({"client": scenario.client, "connect": connect, "script": script})
     outcome: dict[str, Any] = {}
+    ldap = _ldap(prediction)
+    if ldap:
+        outcome["ldap"] = ldap
+    dns = [
+        {"name": domain, "type": "MX", "client": server}
+        for server, domain in dict.fromkeys(prediction.mx_lookups)
+    ]
+    if dns:
+        outcome["dns"] = dns
     delivered = delivered_entries(prediction)
     if delivered:
         outcome["delivered"] = delivered
@@ -293,7 +343,8 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     waiting = sorted({server for server, _ in prediction.waiting})
     if waiting:
         outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting]
-    outcome["nothing_else_delivered"] = True
+    # With nothing expected anywhere the stronger form says so (it is what shows a refusal held).
+    outcome["nothing_else_delivered" if delivered else "nothing_delivered"] = True
     who = f"{scenario.client} ({'as ' + scenario.auth if scenario.auth else 'anonymous'})"
     title = (
         f"{who} to {scenario.server} {scenario.virtual_server or 'Default SMTP Virtual Server'}: "
@@ -307,8 +358,9 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
         "spec": _spec(prediction),
         "lab": "contoso",
     }
-    if waiting:
-        doc["requires"] = ["queues"]
+    requires = (["queues"] if waiting else []) + (["ldap_log"] if ldap else [])
+    if requires:
+        doc["requires"] = requires
     # Short: every delivery in these scenarios is immediate; nothing waits for a retry.
     doc["timeout"] = 10
     doc["sessions"] = sessions
@@ -327,10 +379,12 @@ def generate(lab_file: Path, seed: int, count: int, out: Path) -> list[Path]:
     written: list[Path] = []
     # The new traces are all written (each checked as it is) before the old ones go: a run that fails
     # half-way leaves the previous corpus whole, beside what it managed.
-    for scenario, prediction in scenarios(world, seed, count):
+    for scenario, prediction in _decidable(world, seed, count):
+        if len(written) == count:
+            break
         path = out / f"{slug(scenario)}.yaml"
-        writer.write(document(world, scenario, prediction), path)
-        written.append(path)
+        if backed(document(world, scenario, prediction), path):
+            written.append(path)
     for old in set(stale) - set(written):
-        old.unlink()
+        old.unlink(missing_ok=True)  # a scenario drawn again that shows nothing is gone already
     return written
