@@ -132,13 +132,29 @@ def sample(rng: random.Random) -> Scenario:
     )
 
 
+# Each of these addresses takes a connector and next hop of its own (OUT-8 only from EX3, for
+# fourthcoffee.com): the grid sends every one from every entry point that may relay, by the rules an
+# administrator sets for it (an anonymous Internet host is refused: the first grid has that already).
+_ROUTED = ("Internet", "relay domain")
+
+
+def _may_relay(entry: Entry) -> bool:
+    vs = entry.virtual_server or ""
+    return bool(entry.auth) or entry.client in ("relay-host", "EX2", "EX4") or vs.startswith("Open Relay")
+
+
 def _draws(rng: random.Random) -> Iterator[Scenario]:
     """First every entry point with every kind of recipient, alone and with every connector up (so the
-    corpus covers the whole grid whatever its size), then random scenarios without end."""
+    corpus covers the whole grid whatever its size), then every entry point that may relay with every
+    Internet and relay-domain address, then random scenarios without end."""
     for entry in ENTRIES:
         for kind in sorted(RECIPIENTS):
             sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
             address = rng.choice(RECIPIENTS[kind])
+            yield Scenario(entry.client, entry.server, entry.virtual_server, entry.auth, sender, (address,))
+    for entry in filter(_may_relay, ENTRIES):
+        for address in (a for kind in _ROUTED for a in RECIPIENTS[kind]):
+            sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
             yield Scenario(entry.client, entry.server, entry.virtual_server, entry.auth, sender, (address,))
     while True:
         yield sample(rng)
