@@ -3,8 +3,8 @@ written as a trace whose expected replies and outcome come from the oracle (`har
 
 The decision space: who connects where (an anonymous Internet host, a host on a relay list, a LAN
 client with or without authentication, another server of the organization; the default, open-relay,
-restricted, filtered and directory virtual servers, the secondary MX and the servers of other routing
-groups), who sends (an Internet sender, an internal one, the null sender), to whom (a mailbox here, on
+restricted, filtered, strict and directory virtual servers, the secondary MX and the servers of other
+routing groups), who sends (an Internet sender, an internal one, the null sender), to whom (a mailbox here, on
 the other server, in another routing group, a forwarding mailbox, groups, contacts, unknown addresses
 in authoritative and shared domains, Internet domains, relay domains), and which connectors an
 administrator has marked down. A scenario the oracle cannot decide from the documents is left out.
@@ -59,6 +59,9 @@ ENTRIES = (
     Entry("relay-host", "EX1", "Directory SMTP Virtual Server"),
     Entry("internet", "EX1", "Filtered SMTP Virtual Server"),
     Entry("lan", "EX1", "Filtered SMTP Virtual Server", auth="alice"),
+    # Its limits (size, recipients, messages per connection) are far above what these sessions send.
+    Entry("internet", "EX1", "Strict SMTP Virtual Server"),
+    Entry("lan", "EX1", "Strict SMTP Virtual Server", auth="alice"),
     Entry("EX2", "EX1"),
     Entry("EX4", "EX1"),
     Entry("internet", "EX2"),
