@@ -3,8 +3,8 @@ written as a trace whose expected replies and outcome come from the oracle (`har
 
 The decision space: who connects where (an anonymous Internet host, a host on a relay list, a LAN
 client with or without authentication, another server of the organization; the default, open-relay,
-restricted, filtered and directory virtual servers, the secondary MX and the servers of other routing
-groups), who sends (an Internet sender, an internal one, the null sender), to whom (a mailbox here, on
+restricted, filtered, strict and directory virtual servers, the secondary MX and the servers of other
+routing groups), who sends (an Internet sender, an internal one, the null sender), to whom (a mailbox here, on
 the other server, in another routing group, a forwarding mailbox, groups, contacts, unknown addresses
 in authoritative and shared domains, Internet domains, relay domains), and which connectors an
 administrator has marked down. A scenario the oracle cannot decide from the documents is left out.
@@ -15,6 +15,7 @@ same files byte for byte.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterator
@@ -22,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ldap3.utils.conv import escape_filter_chars
+
 from harness.corpus import writer
 from harness.corpus.catalogue import catalogue
+from harness.corpus.claims import claims
 from harness.generation.oracle import PASSWORDS, Delivery, Prediction, Scenario, Unpredictable, World, predict
 from harness.generation.oracle import load as load_world
 
@@ -55,6 +59,9 @@ ENTRIES = (
     Entry("relay-host", "EX1", "Directory SMTP Virtual Server"),
     Entry("internet", "EX1", "Filtered SMTP Virtual Server"),
     Entry("lan", "EX1", "Filtered SMTP Virtual Server", auth="alice"),
+    # Its limits (size, recipients, messages per connection) are far above what these sessions send.
+    Entry("internet", "EX1", "Strict SMTP Virtual Server"),
+    Entry("lan", "EX1", "Strict SMTP Virtual Server", auth="alice"),
     Entry("EX2", "EX1"),
     Entry("EX4", "EX1"),
     Entry("internet", "EX2"),
@@ -128,13 +135,29 @@ def sample(rng: random.Random) -> Scenario:
     )
 
 
+# Each of these addresses takes a connector and next hop of its own (OUT-8 only from EX3, for
+# fourthcoffee.com): the grid sends every one from every entry point that may relay, by the rules an
+# administrator sets for it (an anonymous Internet host is refused: the first grid has that already).
+_ROUTED = ("Internet", "relay domain")
+
+
+def _may_relay(entry: Entry) -> bool:
+    vs = entry.virtual_server or ""
+    return bool(entry.auth) or entry.client in ("relay-host", "EX2", "EX4") or vs.startswith("Open Relay")
+
+
 def _draws(rng: random.Random) -> Iterator[Scenario]:
     """First every entry point with every kind of recipient, alone and with every connector up (so the
-    corpus covers the whole grid whatever its size), then random scenarios without end."""
+    corpus covers the whole grid whatever its size), then every entry point that may relay with every
+    Internet and relay-domain address, then random scenarios without end."""
     for entry in ENTRIES:
         for kind in sorted(RECIPIENTS):
             sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
             address = rng.choice(RECIPIENTS[kind])
+            yield Scenario(entry.client, entry.server, entry.virtual_server, entry.auth, sender, (address,))
+    for entry in filter(_may_relay, ENTRIES):
+        for address in (a for kind in _ROUTED for a in RECIPIENTS[kind]):
+            sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
             yield Scenario(entry.client, entry.server, entry.virtual_server, entry.auth, sender, (address,))
     while True:
         yield sample(rng)
@@ -157,11 +180,17 @@ def known_disagreement(prediction: Prediction) -> str | None:
 
 def scenarios(world: World, seed: int, count: int) -> Iterator[tuple[Scenario, Prediction]]:
     """`count` distinct scenarios the oracle can decide, in the order the seed draws them."""
+    return itertools.islice(_decidable(world, seed, count), count)
+
+
+def _decidable(world: World, seed: int, count: int) -> Iterator[tuple[Scenario, Prediction]]:
+    """Distinct scenarios the oracle can decide, in the order the seed draws them, until `count` * 50
+    draws have been made."""
     rng = random.Random(seed)
     seen: set[str] = set()
     attempts = 0
     draws = _draws(rng)
-    while len(seen) < count:
+    while True:
         attempts += 1
         if attempts > count * 50:
             raise RuntimeError(f"only {len(seen)} distinct scenarios found in {attempts} draws")
@@ -250,6 +279,37 @@ def _hops(scenario: Scenario, prediction: Prediction) -> list[str]:
     return hops if hops and hops[0].upper() == scenario.server.upper() else []
 
 
+def _ldap(prediction: Prediction) -> list[dict[str, Any]]:
+    """The categorizer's look-up of each accepted recipient by proxy address (IN-5 / C-CAT), on the
+    server that categorizes it, with one entry found or none."""
+    found: dict[tuple[str, str], bool] = {}
+    for server, address, hit in prediction.lookups:
+        found.setdefault((server, address), hit)
+    return [
+        {
+            "filter": f"(proxyAddresses=smtp:{escape_filter_chars(address)})",
+            "client": server,
+            "results": int(hit),
+        }
+        for (server, address), hit in found.items()
+    ]
+
+
+def backed(document: dict[str, Any], path: Path) -> bool:
+    """Write the trace, keeping in its `spec:` only the IDs its own assertions show (the evidence rule,
+    harness/corpus/claims.py): the oracle's reasoning names steps a trace may not be able to show. A
+    trace that shows none of them is not written (False)."""
+    trace = writer.write(document, path)
+    shown = {claim.id for claim in claims(trace) if claim.shown and not claim.boundary}
+    spec = [spec_id for spec_id in document["spec"] if spec_id in shown]
+    if not spec:
+        path.unlink()
+        return False
+    if spec != document["spec"]:
+        writer.write({**document, "spec": spec}, path)
+    return True
+
+
 def _spec(prediction: Prediction) -> list[str]:
     order = list(catalogue())
     return sorted(prediction.spec, key=order.index)
@@ -284,6 +344,15 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     sessions: list[dict[str, Any]] = [{"lab": {"connector_down": c}} for c in scenario.down]
     sessions.append({"client": scenario.client, "connect": connect, "script": script})
     outcome: dict[str, Any] = {}
+    ldap = _ldap(prediction)
+    if ldap:
+        outcome["ldap"] = ldap
+    dns = [
+        {"name": domain, "type": "MX", "client": server}
+        for server, domain in dict.fromkeys(prediction.mx_lookups)
+    ]
+    if dns:
+        outcome["dns"] = dns
     delivered = delivered_entries(prediction)
     if delivered:
         outcome["delivered"] = delivered
@@ -293,7 +362,8 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     waiting = sorted({server for server, _ in prediction.waiting})
     if waiting:
         outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting]
-    outcome["nothing_else_delivered"] = True
+    # With nothing expected anywhere the stronger form says so (it is what shows a refusal held).
+    outcome["nothing_else_delivered" if delivered else "nothing_delivered"] = True
     who = f"{scenario.client} ({'as ' + scenario.auth if scenario.auth else 'anonymous'})"
     title = (
         f"{who} to {scenario.server} {scenario.virtual_server or 'Default SMTP Virtual Server'}: "
@@ -307,8 +377,9 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
         "spec": _spec(prediction),
         "lab": "contoso",
     }
-    if waiting:
-        doc["requires"] = ["queues"]
+    requires = (["queues"] if waiting else []) + (["ldap_log"] if ldap else [])
+    if requires:
+        doc["requires"] = requires
     # Short: every delivery in these scenarios is immediate; nothing waits for a retry.
     doc["timeout"] = 10
     doc["sessions"] = sessions
@@ -327,10 +398,12 @@ def generate(lab_file: Path, seed: int, count: int, out: Path) -> list[Path]:
     written: list[Path] = []
     # The new traces are all written (each checked as it is) before the old ones go: a run that fails
     # half-way leaves the previous corpus whole, beside what it managed.
-    for scenario, prediction in scenarios(world, seed, count):
+    for scenario, prediction in _decidable(world, seed, count):
+        if len(written) == count:
+            break
         path = out / f"{slug(scenario)}.yaml"
-        writer.write(document(world, scenario, prediction), path)
-        written.append(path)
+        if backed(document(world, scenario, prediction), path):
+            written.append(path)
     for old in set(stale) - set(written):
-        old.unlink()
+        old.unlink(missing_ok=True)  # a scenario drawn again that shows nothing is gone already
     return written

@@ -56,6 +56,8 @@ class Prediction:
     ndrs: list[Ndr] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient) that wait
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)  # see Fate.forwards
+    lookups: list[tuple[str, str, bool]] = field(default_factory=list)  # see Fate.lookups
+    mx_lookups: list[tuple[str, str]] = field(default_factory=list)  # see Fate.mx_lookups
     spec: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
@@ -105,6 +107,8 @@ def predict(world: World, scenario: Scenario) -> Prediction:
     prediction.deliveries = fate.deliveries
     prediction.waiting = list(fate.waiting)
     prediction.forwards = list(fate.forwards)
+    prediction.lookups = list(fate.lookups)
+    prediction.mx_lookups = list(fate.mx_lookups)
     prediction.spec |= fate.spec
     prediction.notes += fate.notes
     for failure in fate.failures:
@@ -126,4 +130,5 @@ def _ndr(world: World, message: Message, failure: Failure, prediction: Predictio
     if fate.failures:
         prediction.notes.append("the NDR itself cannot be delivered: it goes to BadMail")
         return []
+    prediction.mx_lookups += fate.mx_lookups
     return [Ndr(d, failure.status, failure.recipient) for d in fate.deliveries]

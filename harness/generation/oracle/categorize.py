@@ -50,6 +50,10 @@ class Fate:
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient)
     # (categorizing server, mailbox, its home server, a copy kept) for each forwarding applied
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    # (categorizing server, address, found): each proxy-address look-up in the global catalog
+    lookups: list[tuple[str, str, bool]] = field(default_factory=list)
+    # (bridgehead, domain): each MX look-up a bridgehead makes for a domain that has MX records
+    mx_lookups: list[tuple[str, str]] = field(default_factory=list)
     spec: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
@@ -92,6 +96,7 @@ class Categorizer:
         """One envelope recipient, categorized on `server`."""
         entry = self.world.by_proxy("smtp", address)
         domain = address.rpartition("@")[2].lower()
+        self.fate.lookups.append((server, address, entry is not None))
         if entry is not None:
             self.fate.note(f"{address} is {entry.first('cn')} in the directory", "C-CAT", "IN-5")
             self._entry(server, entry, address, set())
@@ -229,6 +234,10 @@ class Categorizer:
             return
         domain = address.rpartition("@")[2].lower()
         host, spec = next_hop(self.world, route.choice, domain)
+        if spec == "OUT-9a" and domain in self.world.mx:
+            # Without MX records the documents do not say which look-ups come first: only this one
+            # is certain.
+            self.fate.mx_lookups.append((route.choice.bridgehead, domain))
         self.fate.note(f"{route.choice.bridgehead} hands it to {host.fqdn}", "OUT-5", spec)
         self._deliver(
             Delivery(
