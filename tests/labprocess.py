@@ -37,7 +37,7 @@ class LabProcess:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             [MAILFLOW, "lab", "up", "--workdir", str(workdir), *args],
-            env=env,
+            env=env | {"PYTHONFAULTHANDLER": "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -71,7 +71,14 @@ class LabProcess:
     def stop(self) -> tuple[int, str]:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # PYTHONFAULTHANDLER is set: SIGABRT prints every thread's stack, which says where it hung.
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(timeout=30)
+            self._reader.join(timeout=10)
+            pytest.fail(f"lab up did not stop within 30 s of the signal:\n{self.output}")
         self._reader.join(timeout=10)
         return self.process.returncode, self.output
 

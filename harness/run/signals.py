@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import sys
 import threading
@@ -98,11 +99,23 @@ def until_stopped() -> None:
     """Wait for Ctrl-C, SIGTERM or SIGHUP, then return: for a command that runs until it is stopped
     (`lab up`), so that it cleans up as usual and exits 0."""
     global _expected
+    # Not signal.pause(): a signal that lands after Python last ran its handlers and before the process
+    # sleeps would be lost, and the lab would run on. The handler's C half writes to the wake-up pipe
+    # whenever the signal comes, so select() returns and the Python handler then runs.
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write)
     try:
-        while True:
-            signal.pause()
+        while _received is None:
+            select.select([read], [], [])
+            os.read(read, 512)
+        _expected = True  # noted without a raise: the handler ran while the command was holding
     except KeyboardInterrupt:  # Stopped, or Python's own for Ctrl-C where no handler was installed
         _expected = True
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
 
 
 def session_ended(worker: bool) -> None:
