@@ -1,5 +1,5 @@
 """The evidence rule: a trace claims only the catalogue steps its assertions show, and
-`mailflow check --claims` lists every claim that is not backed, with file, line and what is missing."""
+`mailflow check` lists every claim that is not backed, with file, line and what is missing."""
 
 from __future__ import annotations
 
@@ -167,11 +167,18 @@ def test_every_catalogue_id_declares_a_white_box_form() -> None:
     assert all(entry.shown_by.white_box and entry.shown_by.boundary for entry in entries.values())
 
 
-def test_plain_check_keeps_its_behaviour(tmp_path: Path) -> None:
+def test_plain_check_refuses_a_trace_that_claims_in5_with_only_a_delivery(tmp_path: Path) -> None:
+    """`mailflow check` holds every trace to the rule: the unbacked claim is named, with its file, line
+    and what is missing, instead of the trace's "ok"; the backed trace beside it is ok."""
     path = write(tmp_path / "t.yaml", IN5_DELIVERY_ONLY)
-    result = CliRunner().invoke(app.main, ["check", str(path)])
-    assert result.exit_code == 0, result.output
-    assert result.output == f"ok {path}\n"
+    backed = write(tmp_path / "backed.yaml", IN5_DELIVERY_ONLY.replace("x/claims", "x/backed") + LDAP)
+    result = CliRunner().invoke(app.main, ["check", str(path), str(backed)])
+    assert result.exit_code == 1, result.output
+    refused, ok = result.output.splitlines()
+    line = line_with(IN5_DELIVERY_ONLY, "spec:")
+    assert refused.startswith(f"unbacked {path}:{line}: IN-5 needs an LDAP query (outcome.ldap)")
+    assert ok == f"ok {backed}"
+    assert "this trace asserts only outcome.delivered" in refused
 
 
 def test_an_invalid_file_wins_over_unbacked_claims(tmp_path: Path) -> None:
