@@ -167,8 +167,7 @@ def markdown() -> str:
         "Traces name these IDs in `spec:` (and `boundary:`), reports group by them, and `mailflow coverage`",
         "counts the traces that show each one.",
         "",
-        "`shown by` is what a trace must assert for its claim to be backed (`mailflow check`): "
-        "every",
+        "`shown by` is what a trace must assert for its claim to be backed (`mailflow check`): every",
         "requirement of the white-box form, or of the black-box form; a `boundary:` claim needs the "
         "negative form,",
         f"by default {_cell(_form_words(default_boundary()))}.",
