@@ -31,6 +31,7 @@ from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
 from harness.corpus.claims import claims
+from harness.corpus.lab_view import lab_view
 from harness.corpus.trace import Trace, in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
 from harness.judge.deviations import deviations
@@ -605,7 +606,10 @@ def check(paths: tuple[str, ...], claims_report: bool) -> None:
                     # The directory is only parsed when a lab starts; a broken LDIF must show up here.
                     MockGlobalCatalog(config.global_catalog).load()
                 else:
-                    traces.append(load(path.resolve()))
+                    trace = load(path.resolve())
+                    if claims_report:
+                        lab_view(trace.lab)  # the evidence rule reads the lab's directory fixture
+                    traces.append(trace)
                 if not claims_report:  # the claims report is long enough without a line per good file
                     console.print(f"[green]ok[/green] {path}")
             except (SourceError, GlobalCatalogError) as exc:

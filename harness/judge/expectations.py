@@ -116,13 +116,23 @@ def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     name = spec["name"].lower().rstrip(".")
     rtype = spec["type"].upper() if spec.get("type") else None
     client = spec.get("client")
+    rcode = spec.get("rcode")
+    answers = spec.get("answers")
     title = f"DNS query {name} {rtype or ''}".rstrip() + (f" from {client}" if client else "")
+    if rcode is not None or answers is not None:
+        title += (
+            " answered"
+            + (f" {rcode}" if rcode else "")
+            + (f" with {answers} records" if answers is not None else "")
+        )
     found = [
         q
         for q in evidence.dns
         if q.name.lower().rstrip(".") == name
         and (rtype is None or q.type.upper() == rtype)
         and (client is None or q.client.lower() == client.lower())
+        and (rcode is None or q.rcode.upper() == rcode)
+        and (answers is None or len(q.answers) == answers)
     ]
     seen = (
         "\n".join(f"{q.client} asked {q.name} {q.type} → {q.rcode} {list(q.answers)}" for q in evidence.dns)
