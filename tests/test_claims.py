@@ -459,3 +459,6 @@ def test_a_broken_directory_behind_a_trace_is_an_input_error(tmp_path: Path) -> 
     code, output = check_claims(path)
     assert code == 2, output
     assert f"{directory}:2" in output and "Traceback" not in output
+    coverage = CliRunner().invoke(app.main, ["coverage", str(path)])
+    assert coverage.exit_code == 2, coverage.output
+    assert f"invalid trace: {directory}:2: expected 'attribute: value'" in coverage.output

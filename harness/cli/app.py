@@ -498,7 +498,9 @@ def _loaded_traces(paths: tuple[str, ...]) -> tuple[list[Trace], list[str]]:
     broken: list[str] = []
     for path in trace_files(paths):
         try:
-            traces.append(load(path.resolve()))
+            trace = load(path.resolve())
+            lab_view(trace.lab)  # coverage judges claims by the evidence rule, which reads the directory
+            traces.append(trace)
         except SourceError as exc:
             broken.append(str(exc))
     return traces, broken

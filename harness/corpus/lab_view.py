@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.lab import config as lab_config
-from harness.lab.gc import MockGlobalCatalog
+from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.recipients import RecipientTable
+from harness.yamlsource import SourceError
 from reference_mta.directory import proxy_filter as _proxy_filter
 
 
@@ -45,8 +46,8 @@ class LabView:
 
 def lab_view(path: Path) -> LabView:
     """The view of the lab file `path`, read once per version of the file and of its directory: the
-    whole corpus names a handful of labs. A broken directory fixture raises GlobalCatalogError naming
-    its file and line."""
+    whole corpus names a handful of labs. A broken directory fixture raises SourceError naming its file
+    and line, as a broken trace or lab file does: it is the user's to fix."""
     stat = path.stat()
     config = _config(path, (stat.st_mtime_ns, stat.st_size))
     directory = config.global_catalog.directory
@@ -66,7 +67,10 @@ def _view(path: Path, version: tuple[int, int], directory: tuple[int, int] | Non
     config = _config(path, version)
     groups = {server.name.lower(): server.routing_group for server in config.organization.servers}
     catalog = MockGlobalCatalog(config.global_catalog)
-    catalog.load()
+    try:
+        catalog.load()
+    except GlobalCatalogError as exc:
+        raise SourceError(exc.path or config.global_catalog.directory, exc.line, "", exc.message) from exc
     table = RecipientTable.from_directory(catalog.connect("evidence rule"), config.global_catalog.base_dn)
     addresses: dict[str, frozenset[str]] = {}
     direct: dict[str, set[str]] = {}
