@@ -8,7 +8,9 @@ vocabulary its schema (harness/schemas/catalogue.schema.json) defines. `claims` 
 against it and says, for each claim, whether it is shown and, if not, what is missing.
 
 The rule reads what the trace asserts, not what a run observed: a claim is backed when passing the trace
-would show the step.
+would show the step. Of the trace's lab it reads only what the trace's words need to mean something
+(harness/corpus/lab_view.py): the routing group of a server the trace names, and which mailbox an
+address it sends to reaches.
 """
 
 from __future__ import annotations
