@@ -271,10 +271,19 @@ def test_nothing_else_delivered_shows_the_unlisted_recipient_undelivered(tmp_pat
     assert not sec1.shown and "SEC-1 needs a message not delivered" in sec1.missing
 
 
-def test_nothing_else_delivered_backs_the_boundary_of_routing_steps() -> None:
+def test_nothing_else_delivered_backs_the_boundary_of_routing_steps(tmp_path: Path) -> None:
     """no-route-ndr: the contact's X.400 copy has no route; only Alice's NDR is listed."""
-    found = judged(corpus("outbound/no-route-ndr.yaml"))
+    path = corpus("outbound/no-route-ndr.yaml")
+    found = judged(path)
     assert found[("OUT-4", True)].shown and found[("C-RE", True)].shown
+    text = path.read_text(encoding="utf-8")
+    text = replace_once(text, "spec: [OUT-4, C-RE, DSN-1]", "spec: [OUT-4, C-RE, IN-7a, DSN-1]")
+    text = replace_once(text, "boundary: [OUT-4, C-RE]", "boundary: [OUT-4, C-RE, IN-7a]")
+    assert judged(write(tmp_path / "in7a.yaml", text))[("IN-7a", True)].shown
+    listed_only = replace_once(text, "  nothing_else_delivered: true\n", "")
+    in7a = judged(write(tmp_path / "listed-only.yaml", listed_only))[("IN-7a", True)]
+    assert not in7a.shown
+    assert "boundary IN-7a needs (a message not delivered (outcome.not_delivered" in in7a.missing
 
 
 def test_nothing_else_delivered_needs_every_copy_to_name_its_recipient(tmp_path: Path) -> None:
