@@ -31,6 +31,7 @@ from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
 from harness.corpus.claims import Claim, claims
+from harness.corpus.lab_view import lab_view
 from harness.corpus.trace import Trace, in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
 from harness.judge.deviations import deviations
@@ -497,7 +498,9 @@ def _loaded_traces(paths: tuple[str, ...]) -> tuple[list[Trace], list[str]]:
     broken: list[str] = []
     for path in trace_files(paths):
         try:
-            traces.append(load(path.resolve()))
+            trace = load(path.resolve())
+            lab_view(trace.lab)  # coverage judges claims by the evidence rule, which reads the directory
+            traces.append(trace)
         except SourceError as exc:
             broken.append(str(exc))
     return traces, broken
@@ -607,6 +610,7 @@ def check(paths: tuple[str, ...], claims_report: bool) -> None:
                     missing = 0
                 else:
                     trace = load(path.resolve())
+                    lab_view(trace.lab)  # the evidence rule reads the lab's directory: a broken one is input
                     found = claims(trace)
                     judged += found
                     missing = _print_unbacked(trace, found)

@@ -87,7 +87,7 @@ def _describe_delivery(value: Any) -> str:
     options = value if isinstance(value, dict) else {"to": value}
     words = _DESTINATION_WORDS[options["to"]]
     if options.get("server"):
-        words += " naming its server"
+        words += " naming its server (server:, or a sink's peer:)"
     if options.get("dsn"):
         words += " that is a DSN" + ("" if options["dsn"] == "any" else f" (action {options['dsn']})")
     if options.get("content"):
@@ -97,20 +97,38 @@ def _describe_delivery(value: Any) -> str:
 
 def _describe_dns(value: Mapping[str, Any]) -> str:
     what = f"DNS {value['type']} query" if "type" in value else "DNS query"
-    return f"no {what} (outcome.dns absent)" if value.get("absent") else f"a {what} (outcome.dns)"
+    if value.get("absent"):
+        return f"no {what} (outcome.dns absent)"
+    if value.get("failed"):
+        return (
+            f"a {what} answered with a failure (outcome.dns rcode: NXDOMAIN/SERVFAIL/REFUSED, or answers: 0)"
+        )
+    return f"a {what} (outcome.dns)"
+
+
+_LDAP_WORDS = {
+    "query": "an LDAP query (outcome.ldap)",
+    "recipient": (
+        "an LDAP query whose filter names a recipient's address or its mailbox's proxy address (outcome.ldap)"
+    ),
+    "absent": "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)",
+}
 
 
 _WORDS: dict[str, Callable[[Any], str]] = {
     "delivered": _describe_delivery,
-    "undelivered": lambda _: "a message not delivered (outcome.not_delivered or nothing_delivered)",
-    "ldap": lambda value: (
-        "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)"
-        if value == "absent"
-        else "an LDAP query (outcome.ldap)"
+    "undelivered": lambda _: (
+        "a message not delivered (outcome.not_delivered, nothing_delivered, or nothing_else_delivered"
+        " with a recipient that no outcome.delivered entry is for)"
     ),
+    "ldap": _LDAP_WORDS.__getitem__,
     "dns": _describe_dns,
     "event": lambda value: _describe_event(value),
     "hops": lambda value: f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)",
+    "routing_groups": lambda value: (
+        f"servers in at least {value} routing groups (the server entered, outcome.hops or tracking,"
+        " a delivery's server: or peer:)"
+    ),
     "queues": lambda _: "a queue state (outcome.queues or queues_empty)",
     "reply": lambda value: _describe_reply(value),
     "sent": lambda value: f"a script that sends {' or '.join(listed(value))}",

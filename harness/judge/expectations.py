@@ -116,23 +116,39 @@ def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     name = spec["name"].lower().rstrip(".")
     rtype = spec["type"].upper() if spec.get("type") else None
     client = spec.get("client")
+    rcode = spec.get("rcode")
+    answers = spec.get("answers")
     title = f"DNS query {name} {rtype or ''}".rstrip() + (f" from {client}" if client else "")
-    found = [
+    if rcode is not None or answers is not None:
+        title += (
+            " answered"
+            + (f" {rcode}" if rcode else "")
+            + (f" with {answers} records" if answers is not None else "")
+        )
+    asked = [
         q
         for q in evidence.dns
         if q.name.lower().rstrip(".") == name
         and (rtype is None or q.type.upper() == rtype)
         and (client is None or q.client.lower() == client.lower())
     ]
+    found = [
+        q
+        for q in asked
+        if (rcode is None or q.rcode.upper() == rcode) and (answers is None or len(q.answers) == answers)
+    ]
     seen = (
         "\n".join(f"{q.client} asked {q.name} {q.type} → {q.rcode} {list(q.answers)}" for q in evidence.dns)
         or "no queries"
     )
+    # Made, but answered otherwise: say how, or "was not made" would mislead.
+    got = "; ".join(f"{q.rcode} with {len(q.answers)} records" for q in asked)
+    answered = f": it was answered {got}" if asked and not found else ""
     if spec.get("absent"):
         return Check(
             f"no {title}", [Failure(Kind.DNS, "absent", field=title)] if found else [], "no such query", seen
         )
-    return Check(title, [] if found else [Failure(Kind.DNS, "present", field=title)], title, seen)
+    return Check(title, [] if found else [Failure(Kind.DNS, "present", answered, title)], title, seen)
 
 
 def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:
