@@ -176,7 +176,9 @@ def test_plain_check_refuses_a_trace_that_claims_in5_with_only_a_delivery(tmp_pa
     assert result.exit_code == 1, result.output
     refused, ok = result.output.splitlines()
     line = line_with(IN5_DELIVERY_ONLY, "spec:")
-    assert refused.startswith(f"unbacked {path}:{line}: IN-5 needs an LDAP query whose filter names a recipient")
+    assert refused.startswith(
+        f"unbacked {path}:{line}: IN-5 needs an LDAP query whose filter names a recipient"
+    )
     assert ok == f"ok {backed}"
     assert "this trace asserts only outcome.delivered" in refused
 
