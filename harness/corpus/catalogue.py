@@ -111,7 +111,11 @@ _WORDS: dict[str, Callable[[Any], str]] = {
     "dns": _describe_dns,
     "event": lambda value: _describe_event(value),
     "hops": lambda value: f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)",
-    "queues": lambda _: "a queue state (outcome.queues or queues_empty)",
+    "queues": lambda value: (
+        "a queue state (outcome.queues or queues_empty)"
+        if value is True
+        else f"a message waiting in {value['queue']} (outcome.queues, or a settle's queues)"
+    ),
     "reply": lambda value: _describe_reply(value),
     "sent": lambda value: f"a script that sends {' or '.join(listed(value))}",
     "refused": lambda _: "a session or submission expected to be refused (refused: true)",

@@ -21,7 +21,7 @@ from typing import Any
 from harness import yamlsource
 from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
-from harness.corpus.trace import Session, Submission, Trace
+from harness.corpus.trace import LabAction, LabVerb, Session, Submission, Trace
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class _Facts:
     sent: frozenset[str]
     refused: bool
     submitted: bool
+    queues: tuple[Mapping[str, Any], ...] = ()
+    """What the trace asserts queues hold: outcome.queues, and a `settle`'s queues between sessions."""
 
 
 def claims(trace: Trace, entries: Mapping[str, Entry] | None = None) -> list[Claim]:
@@ -128,7 +130,7 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
     "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value)),
     "event": lambda value, facts: _event_holds(value, facts.outcome),
     "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
-    "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
+    "queues": lambda value, facts: _queues_hold(value, facts),
     "reply": lambda value, facts: any(_reply_matches(reply, value) for reply in facts.replies),
     "sent": lambda value, facts: bool(facts.sent & set(listed(value))),
     "refused": lambda _, facts: facts.refused,
@@ -149,6 +151,13 @@ def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
         action = (spec.get("dsn") or {}).get("action")
         return "dsn" in spec and (dsn == "any" or action in (dsn, None))
     return True
+
+
+def _queues_hold(wanted: Any, facts: _Facts) -> bool:
+    if wanted is True:
+        return bool(facts.queues or facts.outcome.get("queues_empty"))
+    name = str(wanted["queue"]).lower()
+    return any(spec["queue"].lower() == name and spec.get("count", 1) > 0 for spec in facts.queues)
 
 
 def _ldap_matches(spec: Mapping[str, Any], wanted: str) -> bool:
@@ -233,14 +242,17 @@ def _facts(trace: Trace) -> _Facts:
     sent: set[str] = set()
     refused = False
     submitted = False
+    queues = list(trace.outcome.get("queues") or [])
     for item in trace.sessions:
-        if isinstance(item, Submission):
+        if isinstance(item, LabAction) and item.rule and item.action is LabVerb.SETTLE:
+            queues += item.rule.get("queues") or []
+        elif isinstance(item, Submission):
             submitted = True
             refused = refused or item.refused
         elif isinstance(item, Session):
             refused = refused or item.refused
             _script(item, replies, sent)
-    return _Facts(trace.outcome, tuple(replies), frozenset(sent), refused, submitted)
+    return _Facts(trace.outcome, tuple(replies), frozenset(sent), refused, submitted, tuple(queues))
 
 
 def _script(session: Session, replies: list[_Reply], sent: set[str]) -> None:

@@ -373,6 +373,8 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
             ) from None
         if action.takes_rule:
             return LabAction(action, value.get("host") or value.get("server"), line, dict(value))
+        if action is LabVerb.SETTLE and isinstance(value, dict):
+            return LabAction(action, None, line, dict(value))  # then what the queues must hold
         return LabAction(action, str(value) if action.takes_name else None, line)
     if "foreign" in raw:
         foreign = raw["foreign"]
@@ -523,6 +525,11 @@ def _check_lab_action_names(names: _LabNames, at: tuple[str | int, ...], lab: di
         names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
     elif subject == "queue":
         names.require((*at, "lab", action, "server"), value["server"], "server", names.servers)
+    elif action == LabVerb.SETTLE and isinstance(value, dict):
+        for index, spec in enumerate(value.get("queues") or []):
+            names.require(
+                (*at, "lab", action, "queues", index, "server"), spec["server"], "server", names.servers
+            )
 
 
 def _check_connect_names(names: _LabNames, at: tuple[str | int, ...], connect: dict[str, Any]) -> None:
