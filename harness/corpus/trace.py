@@ -261,6 +261,7 @@ def load(path: Path) -> Trace:
     document = yamlsource.load(path)
     if not isinstance(document.data, dict):
         raise SourceError(path, 1, "", "a trace is a YAML mapping (id, title, spec, sessions, outcome)")
+    _refuse_labels(document)
     try:
         yamlsource.validate(document, "trace.schema.json")
     except SourceError as exc:
@@ -294,6 +295,22 @@ def load(path: Path) -> Trace:
         wait_for_retries=data.get("wait_for_retries", True),
         masks=_masks(document, data.get("masks") or []),
     )
+
+
+def _refuse_labels(document: yamlsource.Document) -> None:
+    """A tracking event's `spec` field is the catalogue ID the reference MTA writes about itself: a
+    trace that asserts it shows only that the MTA says so, not that the step happened. The schema
+    leaves the field out; this says why, before the schema's "additional property" does."""
+    outcome = document.data.get("outcome")
+    events = outcome.get("events") if isinstance(outcome, dict) else None
+    for index, event in enumerate(events if isinstance(events, list) else []):
+        if isinstance(event, dict) and "spec" in event:
+            raise document.error(
+                ("outcome", "events", index, "spec"),
+                "an event's spec field is a label the MTA writes about itself, not evidence: assert what "
+                "shows the step instead (the event ID, its recipient or queue, a queue a frozen message "
+                "waits in), and name the catalogue ID in the trace's spec: list",
+            )
 
 
 def _check_spec_ids(document: yamlsource.Document, data: dict[str, Any]) -> None:
