@@ -14,7 +14,8 @@ translated back into a memo and delivered to the foreign system.
 
 The MTA queue and the SMTP service's MTS-OUT queue are real stages: the message rests in each as a
 file, Queue Viewer lists both (`queue_contract.X400_QUEUES`), and an administrator can freeze either, so
-that the message stays there until the queue is unfrozen.
+that the message stays there until the queue is unfrozen. When the server starts, what the folders
+hold goes on from where it rests (`NotesGateway.recover`).
 
 The memo format is the foreign system's own, not MIME: `Key: value` header lines (From, SendTo,
 CopyTo, Subject, PostedDate), then a line `Body:`, then the text. Each folder holds one file per item,
@@ -29,11 +30,12 @@ import email.policy
 import email.utils
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from reference_mta import replies, tracking
@@ -218,18 +220,7 @@ class NotesGateway:
             return
         message_id = f"{item}@{self.connector.name.replace(' ', '-').lower()}.gateway"
         content = _mime(memo, sender, mapped, message_id)
-        msg = MailMsg.new(
-            sender,
-            mapped,
-            RFC822_MSG_ID=message_id,
-            RFC822_MSG_SUBJECT=memo.subject,
-            MSG_SIZE_HINT=len(content),
-            ORG_INTERNAL=True,
-            HELO_DOMAIN="MTA",
-            SOURCE_ADDRESS_TYPE=self.address_type,
-            FOREIGN_SENDER=memo.sender,
-        )
-        inbound = _Inbound(item, msg, content)
+        inbound = _Inbound(item, self._envelope(sender, mapped, memo, message_id, len(content)), content)
         self._inbound[item] = inbound
         self._moving += 1
         try:
@@ -240,6 +231,74 @@ class NotesGateway:
             await self._advance(inbound)
         finally:
             self._moving -= 1
+
+    def _envelope(self, sender: str, mapped: list[str], memo: Memo, message_id: str, size: int) -> MailMsg:
+        return MailMsg.new(
+            sender,
+            mapped,
+            RFC822_MSG_ID=message_id,
+            RFC822_MSG_SUBJECT=memo.subject,
+            MSG_SIZE_HINT=size,
+            ORG_INTERNAL=True,
+            HELO_DOMAIN="MTA",
+            SOURCE_ADDRESS_TYPE=self.address_type,
+            FOREIGN_SENDER=memo.sender,
+        )
+
+    def recover(self, handed_over: Callable[[str], bool]) -> None:
+        """At start: what a stopped gateway left in its folders goes on from where it rests. A message
+        whose Message-ID AQ already holds (`handed_over`) or logged as submitted was handed over just
+        before the stop and is only removed, so that no one gets it twice."""
+        submitted = {
+            str(event["msgid"])
+            for event in tracking.read_events(self.tracking.directory.parent, self.tracking.server)
+            if event["event-id"] == tracking.SUBMITTED_FROM_STORE
+        }
+        translated = {path.stem for stage in self.stages for path in stage.folder.glob("*.eml")}
+        for index, stage in enumerate(self.stages):
+            for path in sorted(stage.folder.glob("*.eml")):
+                inbound = self._read_inbound(path, index)
+                if inbound.msg.message_id in submitted or handed_over(inbound.msg.message_id):
+                    path.unlink()
+                    continue
+                self._inbound[inbound.item] = inbound
+                self._spawn(self._resume(inbound))
+        for path in sorted(self.in_folder.glob("*.memo")):
+            if path.stem in translated:
+                path.unlink()  # translated before the stop: the memo's work is done
+            else:
+                self._spawn(self._retranslate(path))
+
+    def _read_inbound(self, path: Path, stage: int) -> _Inbound:
+        """The envelope again, from the translated message: its From, To and Cc are the mapped ones."""
+        content = path.read_bytes()
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        sender = email.utils.parseaddr(str(parsed.get("From", "")))[1]
+        addresses = email.utils.getaddresses(
+            [str(v) for v in parsed.get_all("To", []) + parsed.get_all("Cc", [])]
+        )
+        mapped = list(dict.fromkeys(address for _, address in addresses if address))
+        memo = Memo(str(parsed.get("X-Foreign-Sender", "")), [], str(parsed.get("Subject", "")))
+        message_id = str(parsed.get("Message-ID", "")).strip().strip("<>")
+        return _Inbound(
+            path.stem, self._envelope(sender, mapped, memo, message_id, len(content)), content, stage
+        )
+
+    async def _retranslate(self, path: Path) -> None:
+        memo = parse_memo(await asyncio.to_thread(path.read_bytes))
+        await self._transfer(path.stem, memo)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Moves that go on in the background; the gateway is busy (not idle) from now until they end."""
+        self._moving += 1
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            self._moving -= 1
+
+        task.add_done_callback(done)
 
     def _arrived(self, inbound: _Inbound) -> None:
         stage = self.stages[inbound.stage]
@@ -277,16 +336,17 @@ class NotesGateway:
         for item, inbound in list(self._parked.items()):
             if self.stages[inbound.stage].queue == queue:
                 del self._parked[item]
-                self._moving += 1
-                task = asyncio.get_running_loop().create_task(self._resume(inbound))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._resume(inbound))
 
     async def _resume(self, inbound: _Inbound) -> None:
-        try:
-            await self._advance(inbound)
-        finally:
-            self._moving -= 1
+        await self._advance(inbound)
+
+    async def stop(self) -> None:
+        """The moves under way end where they are: each message rests in one folder, for `recover`."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def idle(self) -> bool:
         """Nothing is on its way: a message in a frozen queue waits for an administrator."""

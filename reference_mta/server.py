@@ -115,6 +115,11 @@ class ExchangeServer:
                     lambda msg, content: self.aq.submit(msg, content, source="gateway"),
                     self.frozen_x400,
                 )
+        for gateway in self.gateways.values():
+            # AQ has loaded its own queue folder by now: a message it holds was handed over already.
+            gateway.recover(
+                lambda message_id: any(e.msg.message_id == message_id for e in self.aq.entries.values())
+            )
         # A change of link state is a chance for what waits on an unreachable destination.
         self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
@@ -147,6 +152,8 @@ class ExchangeServer:
 
     async def stop(self) -> None:
         await self.close()
+        for gateway in self.gateways.values():
+            await gateway.stop()
         await self.aq.stop()
 
     async def close(self) -> None:
