@@ -180,7 +180,8 @@ class NotesGateway:
         )
         self._queues = {in_folder: self.in_folder, **{s.queue: s.folder for s in self.stages}}
         self._queues[mts_out] = self.mts_out
-        # The X.400 queues an administrator froze: the server's, shared by its gateways.
+        # The X.400 queues an administrator froze: the server's, shared by its gateways; the server
+        # changes it, and calls `release` on unfreezing one.
         self.frozen = frozen if frozen is not None else set()
         self._inbound: dict[str, _Inbound] = {}  # on its way to AQ, by item name
         self._parked: dict[str, _Inbound] = {}  # resting in a frozen queue
@@ -262,7 +263,7 @@ class NotesGateway:
                     path.unlink()
                     continue
                 self._inbound[inbound.item] = inbound
-                self._spawn(self._resume(inbound))
+                self._spawn(self._advance(inbound))
         for path in sorted(self.in_folder.glob("*.memo")):
             if path.stem in translated:
                 path.unlink()  # translated before the stop: the memo's work is done
@@ -326,20 +327,12 @@ class NotesGateway:
         await asyncio.to_thread(path.unlink)
         del self._inbound[inbound.item]
 
-    def freeze(self, queue: str) -> None:
-        """Queue Viewer's Freeze on an X.400 queue: it takes messages and passes none on."""
-        self.frozen.add(queue)
-
-    def unfreeze(self, queue: str) -> None:
-        """What rests in the queue moves on at once."""
-        self.frozen.discard(queue)
+    def release(self, queue: str) -> None:
+        """An X.400 queue was unfrozen (taken out of `frozen`): what rests in it moves on at once."""
         for item, inbound in list(self._parked.items()):
-            if self.stages[inbound.stage].queue == queue:
+            if self.stages[inbound.stage].queue == queue and queue not in self.frozen:
                 del self._parked[item]
-                self._spawn(self._resume(inbound))
-
-    async def _resume(self, inbound: _Inbound) -> None:
-        await self._advance(inbound)
+                self._spawn(self._advance(inbound))
 
     async def stop(self) -> None:
         """The moves under way end where they are: each message rests in one folder, for `recover`."""

@@ -211,8 +211,10 @@ class ExchangeServer:
             return
         if frozen:
             self.frozen_x400.add(x400)
+            return
+        self.frozen_x400.discard(x400)
         for gateway in self.gateways.values():
-            (gateway.freeze if frozen else gateway.unfreeze)(x400)
+            gateway.release(x400)
 
     @property
     def frozen(self) -> set[str]:
