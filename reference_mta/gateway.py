@@ -12,6 +12,11 @@ A recipient with no NOTES proxy in the directory cannot be mapped: the gateway s
 memo back to the foreign sender. Outbound (IN-7c), what the MTA put in the gateway's MTS-OUT folder is
 translated back into a memo and delivered to the foreign system.
 
+The MTA queue and the SMTP service's MTS-OUT queue are real stages: the message rests in each as a
+file, Queue Viewer lists both (`queue_contract.X400_QUEUES`), and an administrator can freeze either, so
+that the message stays there until the queue is unfrozen. When the server starts, what the folders
+hold goes on from where it rests (`NotesGateway.recover`).
+
 The memo format is the foreign system's own, not MIME: `Key: value` header lines (From, SendTo,
 CopyTo, Subject, PostedDate), then a line `Body:`, then the text. Each folder holds one file per item,
 written durably, so a crash at any step loses nothing.
@@ -25,17 +30,24 @@ import email.policy
 import email.utils
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from reference_mta import replies, tracking
 from reference_mta.directory import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
-from reference_mta.queue_contract import ComponentUnavailable, QueueState
+from reference_mta.queue_contract import (
+    GATEWAY_FOLDERS,
+    X400_MTA,
+    X400_MTS_OUT,
+    ComponentUnavailable,
+    QueueState,
+)
 from reference_mta.topology import Connector, Organization
 
 
@@ -110,6 +122,28 @@ def _names(text: str) -> list[str]:
 Submit = Callable[[MailMsg, bytes], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """A folder an inbound message rests in, the event logged when it gets there and the queue name
+    Queue Viewer shows for it."""
+
+    folder: Path
+    event: int
+    spec: str
+    label: str  # the tracking log's queue field
+    queue: str
+
+
+@dataclass
+class _Inbound:
+    """A translated message on its way from MTS-IN to AQ: the envelope AQ will get, and its content."""
+
+    item: str
+    msg: MailMsg
+    content: bytes
+    stage: int = 0  # index into NotesGateway.stages of the folder it rests in
+
+
 class NotesGateway:
     def __init__(
         self,
@@ -121,6 +155,7 @@ class NotesGateway:
         base_dn: str,
         log: tracking.TrackingLog,
         submit: Submit,
+        frozen: set[str] | None = None,
     ) -> None:
         self.organization = organization
         self.connector = connector
@@ -136,6 +171,22 @@ class NotesGateway:
         self.foreign = root / "foreign" / (connector.foreign_system or connector.name)
         for folder in (self.in_folder, self.mts_in, self.mta_queue, self.smtp_mts_out, self.foreign):
             folder.mkdir(parents=True, exist_ok=True)
+        in_folder, mts_in, mts_out = (f"{connector.name} {folder}" for folder in GATEWAY_FOLDERS)
+        # GW-2, GW-3 and GW-4: the folders a translated message passes through before AQ takes it.
+        self.stages = (
+            _Stage(self.mts_in, tracking.GATEWAY_TRANSLATED, "GW-2", "MTS-IN", mts_in),
+            _Stage(self.mta_queue, tracking.MTA_TRANSFER_IN, "GW-3", "MTA", X400_MTA),
+            _Stage(self.smtp_mts_out, tracking.MTA_TRANSFER_OUT, "GW-4", "MTS-OUT", X400_MTS_OUT),
+        )
+        self._queues = {in_folder: self.in_folder, **{s.queue: s.folder for s in self.stages}}
+        self._queues[mts_out] = self.mts_out
+        # The X.400 queues an administrator froze: the server's, shared by its gateways; the server
+        # changes it, and calls `release` on unfreezing one.
+        self.frozen = frozen if frozen is not None else set()
+        self._inbound: dict[str, _Inbound] = {}  # on its way to AQ, by item name
+        self._parked: dict[str, _Inbound] = {}  # resting in a frozen queue
+        self._moving = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- inbound ---------------------------------------------------------------------------------
 
@@ -170,32 +221,129 @@ class NotesGateway:
             return
         message_id = f"{item}@{self.connector.name.replace(' ', '-').lower()}.gateway"
         content = _mime(memo, sender, mapped, message_id)
-        # GW-2: translated and mapped, into MTS-IN; then GW-3 and GW-4 move the same bytes on.
-        steps = (
-            (self.mts_in, tracking.GATEWAY_TRANSLATED, "GW-2", "MTS-IN"),
-            (self.mta_queue, tracking.MTA_TRANSFER_IN, "GW-3", "MTA"),
-            (self.smtp_mts_out, tracking.MTA_TRANSFER_OUT, "GW-4", "MTS-OUT"),
-        )
-        previous = self.in_folder / f"{item}.memo"
-        for folder, event, spec, queue in steps:
-            target = folder / f"{item}.eml"
-            await asyncio.to_thread(_write, target, content)
-            await asyncio.to_thread(previous.unlink)
-            previous = target
-            self._log(event, sender, mapped, spec, queue, message_id)
-        msg = MailMsg.new(
+        inbound = _Inbound(item, self._envelope(sender, mapped, memo, message_id, len(content)), content)
+        self._inbound[item] = inbound
+        self._moving += 1
+        try:
+            # GW-2: translated and mapped, into MTS-IN (new bytes: written before the memo goes).
+            await asyncio.to_thread(_write, self.mts_in / f"{item}.eml", content)
+            await asyncio.to_thread((self.in_folder / f"{item}.memo").unlink)
+            self._arrived(inbound)
+            await self._advance(inbound)
+        finally:
+            self._moving -= 1
+
+    def _envelope(self, sender: str, mapped: list[str], memo: Memo, message_id: str, size: int) -> MailMsg:
+        return MailMsg.new(
             sender,
             mapped,
             RFC822_MSG_ID=message_id,
             RFC822_MSG_SUBJECT=memo.subject,
-            MSG_SIZE_HINT=len(content),
+            MSG_SIZE_HINT=size,
             ORG_INTERNAL=True,
             HELO_DOMAIN="MTA",
             SOURCE_ADDRESS_TYPE=self.address_type,
             FOREIGN_SENDER=memo.sender,
         )
-        await self.submit(msg, content)  # GW-5: AQ makes it durable before this returns
-        await asyncio.to_thread(previous.unlink)
+
+    def recover(self, handed_over: Callable[[str], bool]) -> None:
+        """At start: what a stopped gateway left in its folders goes on from where it rests. A message
+        whose Message-ID AQ already holds (`handed_over`) or logged as submitted was handed over just
+        before the stop and is only removed, so that no one gets it twice."""
+        submitted = {
+            str(event["msgid"])
+            for event in tracking.read_events(self.tracking.directory.parent, self.tracking.server)
+            if event["event-id"] == tracking.SUBMITTED_FROM_STORE
+        }
+        translated = {path.stem for stage in self.stages for path in stage.folder.glob("*.eml")}
+        for index, stage in enumerate(self.stages):
+            for path in sorted(stage.folder.glob("*.eml")):
+                inbound = self._read_inbound(path, index)
+                if inbound.msg.message_id in submitted or handed_over(inbound.msg.message_id):
+                    path.unlink()
+                    continue
+                self._inbound[inbound.item] = inbound
+                self._spawn(self._advance(inbound))
+        for path in sorted(self.in_folder.glob("*.memo")):
+            if path.stem in translated:
+                path.unlink()  # translated before the stop: the memo's work is done
+            else:
+                self._spawn(self._retranslate(path))
+
+    def _read_inbound(self, path: Path, stage: int) -> _Inbound:
+        """The envelope again, from the translated message: its From, To and Cc are the mapped ones."""
+        content = path.read_bytes()
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        sender = email.utils.parseaddr(str(parsed.get("From", "")))[1]
+        addresses = email.utils.getaddresses(
+            [str(v) for v in parsed.get_all("To", []) + parsed.get_all("Cc", [])]
+        )
+        mapped = list(dict.fromkeys(address for _, address in addresses if address))
+        memo = Memo(str(parsed.get("X-Foreign-Sender", "")), [], str(parsed.get("Subject", "")))
+        message_id = str(parsed.get("Message-ID", "")).strip().strip("<>")
+        return _Inbound(
+            path.stem, self._envelope(sender, mapped, memo, message_id, len(content)), content, stage
+        )
+
+    async def _retranslate(self, path: Path) -> None:
+        memo = parse_memo(await asyncio.to_thread(path.read_bytes))
+        await self._transfer(path.stem, memo)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Moves that go on in the background; the gateway is busy (not idle) from now until they end."""
+        self._moving += 1
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            self._moving -= 1
+
+        task.add_done_callback(done)
+
+    def _arrived(self, inbound: _Inbound) -> None:
+        stage = self.stages[inbound.stage]
+        recipients = [r.address for r in inbound.msg.recipients]
+        self._log(
+            stage.event, inbound.msg.sender, recipients, stage.spec, stage.label, inbound.msg.message_id
+        )
+
+    async def _advance(self, inbound: _Inbound) -> None:
+        """GW-3, GW-4 and GW-5: the store driver moves the message on, one queue at a time, and gives it
+        to AQ; it stops in a frozen queue, where it rests until the queue is unfrozen."""
+        while True:
+            here = self.stages[inbound.stage]
+            if here.queue in self.frozen:
+                self._parked[inbound.item] = inbound
+                return
+            path = here.folder / f"{inbound.item}.eml"
+            if inbound.stage + 1 == len(self.stages):
+                break
+            inbound.stage += 1
+            # The same bytes move on: a rename, so the message is in exactly one queue at any time.
+            await asyncio.to_thread(_move, path, self.stages[inbound.stage].folder / path.name)
+            self._arrived(inbound)
+        await self.submit(inbound.msg, inbound.content)  # GW-5: AQ makes it durable before this returns
+        await asyncio.to_thread(path.unlink)
+        del self._inbound[inbound.item]
+
+    def release(self, queue: str) -> None:
+        """An X.400 queue was unfrozen (taken out of `frozen`): what rests in it moves on at once."""
+        for item, inbound in list(self._parked.items()):
+            if self.stages[inbound.stage].queue == queue and queue not in self.frozen:
+                del self._parked[item]
+                self._spawn(self._advance(inbound))
+
+    async def stop(self) -> None:
+        """The moves under way end where they are: each message rests in one folder, for `recover`."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def idle(self) -> bool:
+        """Nothing is on its way: a message in a frozen queue waits for an administrator."""
+        return not self._moving
 
     def _smtp_of(self, foreign: str) -> str | None:
         found = self.directory.search(
@@ -221,28 +369,26 @@ class NotesGateway:
 
     def folders(self) -> dict[str, list[dict[str, object]]]:
         """The gateway's folders and the X.400 queues behind it, as Queue Viewer lists X.400 queues."""
-        named = {
-            f"{self.connector.name} IN": self.in_folder,
-            f"{self.connector.name} MTS-IN": self.mts_in,
-            "X.400: MTA queue": self.mta_queue,
-            "X.400: MTS-OUT": self.smtp_mts_out,
-            f"{self.connector.name} MTS-OUT": self.mts_out,
-        }
         return {
             name: [
-                {
-                    "id": path.stem,
-                    "msgid": "",
-                    "sender": "",
-                    "recipients": [],
-                    "attempts": 0,
-                    "state": QueueState.READY,
-                    "next_retry": None,
-                }
+                self._row(name, path)
                 for path in sorted(folder.glob("*.*"))
                 if path.suffix in (".memo", ".eml")
             ]
-            for name, folder in named.items()
+            for name, folder in self._queues.items()
+        }
+
+    def _row(self, queue: str, path: Path) -> dict[str, object]:
+        inbound = self._inbound.get(path.stem)
+        msg = inbound.msg if inbound is not None else None
+        return {
+            "id": path.stem,
+            "msgid": msg.message_id if msg else "",
+            "sender": msg.sender if msg else "",
+            "recipients": [r.address for r in msg.recipients] if msg else [],
+            "attempts": 0,
+            "state": QueueState.FROZEN if queue in self.frozen else QueueState.READY,
+            "next_retry": None,
         }
 
     # --- outbound --------------------------------------------------------------------------------
@@ -325,6 +471,16 @@ def _mime(memo: Memo, sender: str, recipients: list[str], message_id: str) -> by
     message["X-Foreign-Sender"] = memo.sender
     message.set_content(memo.body)
     return message.as_bytes()
+
+
+def _move(source: Path, target: Path) -> None:
+    """An atomic rename, made durable: after a crash the file is in one folder or the other."""
+    os.replace(source, target)
+    descriptor = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -32,6 +32,15 @@ SYSTEM_QUEUES: Final = (
     DSN_PENDING,
     RETRY,
 )
+# The X.400 queues a server with a gateway connector shows (Queue Viewer lists them under the server's
+# X.400 node): on the inbound gateway path the store driver moves a message from the gateway's MTS-IN
+# folder into the MTA's queue (GW-3), then from there into the SMTP service's MTS-OUT queue (GW-4), then
+# gives it to AQ. Like link queues, an administrator can freeze them.
+X400_MTA: Final = "X.400: MTA queue"
+X400_MTS_OUT: Final = "X.400: MTS-OUT"
+X400_QUEUES: Final = (X400_MTA, X400_MTS_OUT)
+# A gateway connector's own folders, listed as "<connector> <folder>"; folders, not queues: never frozen.
+GATEWAY_FOLDERS: Final = ("IN", "MTS-IN", "MTS-OUT")
 # Messages parked here wait for something to change (link state, the directory), not for time.
 WAITS_FOR_AN_EVENT: Final = frozenset({UNREACHABLE, DIRECTORY_LOOKUP})
 # Where a message that not even an NDR can be made for ends: a folder, not a queue AQ holds; message

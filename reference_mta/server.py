@@ -25,6 +25,7 @@ from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
+    X400_QUEUES,
     Components,
     ComponentUnavailable,
     DeliveryResult,
@@ -81,6 +82,7 @@ class ExchangeServer:
         self._listeners: list[asyncio.Server] = []
         self._handlers: list[VirtualServerHandler] = []
         self.gateways: dict[str, NotesGateway] = {}
+        self.frozen_x400: set[str] = set()  # X.400 queues an administrator froze, shared by the gateways
 
     async def start(self) -> None:
         self.categorizer = Categorizer(
@@ -111,7 +113,13 @@ class ExchangeServer:
                     self.environment.base_dn,
                     self.tracking,
                     lambda msg, content: self.aq.submit(msg, content, source="gateway"),
+                    self.frozen_x400,
                 )
+        for gateway in self.gateways.values():
+            # AQ has loaded its own queue folder by now: a message it holds was handed over already.
+            gateway.recover(
+                lambda message_id: any(e.msg.message_id == message_id for e in self.aq.entries.values())
+            )
         # A change of link state is a chance for what waits on an unreachable destination.
         self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
@@ -144,6 +152,8 @@ class ExchangeServer:
 
     async def stop(self) -> None:
         await self.close()
+        for gateway in self.gateways.values():
+            await gateway.stop()
         await self.aq.stop()
 
     async def close(self) -> None:
@@ -191,7 +201,25 @@ class ExchangeServer:
         return message_id
 
     def idle(self, horizon: float | None = None) -> bool:
-        return self.aq.idle(horizon)
+        return self.aq.idle(horizon) and all(gateway.idle() for gateway in self.gateways.values())
+
+    def freeze(self, queue: str, frozen: bool = True) -> None:
+        """Queue Viewer's Freeze (or Unfreeze) on a link queue, or on an X.400 queue of the gateway path."""
+        x400 = next((name for name in X400_QUEUES if name.lower() == queue.lower()), None)
+        if x400 is None:
+            (self.aq.freeze if frozen else self.aq.unfreeze)(queue)
+            return
+        if frozen:
+            self.frozen_x400.add(x400)
+            return
+        self.frozen_x400.discard(x400)
+        for gateway in self.gateways.values():
+            gateway.release(x400)
+
+    @property
+    def frozen(self) -> set[str]:
+        """The frozen queues, in lower case as the queuing engine keeps them."""
+        return self.aq.frozen | {name.lower() for name in self.frozen_x400}
 
     async def _deliver_local(self, msg: MailMsg, content: bytes) -> DeliveryResult:
         return await asyncio.to_thread(self.store.deliver, msg, content, self.config.stores)

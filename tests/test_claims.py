@@ -480,3 +480,60 @@ def test_a_broken_directory_behind_a_trace_is_an_input_error(tmp_path: Path) -> 
     coverage = CliRunner().invoke(app.main, ["coverage", str(path)])
     assert coverage.exit_code == 2, coverage.output
     assert f"invalid trace: {directory}:2: expected 'attribute: value'" in coverage.output
+
+
+# The MTA hands the memo on (event 0), and that is all the trace asserts.
+GW3_EVENT_ONLY = """\
+id: x/gw3
+title: A memo passes the MTA
+spec: [GW-3]
+lab: contoso
+sessions:
+  - foreign:
+      gateway: Notes Connector
+      data: {inline: "From: Ann Lee/Sales/Fabrikam\\nSendTo: Dave Ito/Contoso\\nSubject: x\\nBody:\\nx\\n"}
+outcome:
+  events:
+    - {server: EX4, event: 0}
+"""
+
+HELD_IN_MTA = """\
+  - lab: {freeze: {server: EX4, queue: "X.400: MTA queue"}}
+  - foreign:
+"""
+
+
+def test_an_mta_event_alone_does_not_show_gw3(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.yaml", GW3_EVENT_ONLY)
+    (claim,) = claims.claims(trace.load(path))
+    assert "GW-3 needs a message waiting in X.400: MTA queue (outcome.queues, or a settle's queues)" in (
+        claim.missing
+    )
+    code, output = check_claims(path)
+    assert code == 1 and f"unbacked {path}:{line_with(GW3_EVENT_ONLY, 'spec:')}: GW-3 needs" in output
+
+
+def test_the_message_seen_in_the_frozen_mta_queue_shows_gw3(tmp_path: Path) -> None:
+    frozen = replace_once(GW3_EVENT_ONLY, "  - foreign:\n", HELD_IN_MTA)
+    settled = frozen.replace(
+        "outcome:",
+        '  - lab: {settle: {queues: [{server: EX4, queue: "X.400: MTA queue", count: 1, state: Frozen}]}}\n'
+        '  - lab: {unfreeze: {server: EX4, queue: "X.400: MTA queue"}}\noutcome:',
+    )
+    assert [c.shown for c in claims.claims(trace.load(write(tmp_path / "settle.yaml", settled)))] == [True]
+    at_the_end = frozen + '  queues:\n    - {server: EX4, queue: "x.400: mta queue", count: 1}\n'
+    assert [c.shown for c in claims.claims(trace.load(write(tmp_path / "end.yaml", at_the_end)))] == [True]
+    # A queue asserted empty, or another queue, shows nothing of the MTA queue.
+    empty = frozen + '  queues:\n    - {server: EX4, queue: "X.400: MTA queue", count: 0}\n'
+    assert [c.shown for c in claims.claims(trace.load(write(tmp_path / "empty.yaml", empty)))] == [False]
+    other = frozen + '  queues:\n    - {server: EX4, queue: "X.400: MTS-OUT", count: 1}\n'
+    assert [c.shown for c in claims.claims(trace.load(write(tmp_path / "other.yaml", other)))] == [False]
+
+
+def test_gw4_needs_mts_out_held_as_well_as_its_event(tmp_path: Path) -> None:
+    text = GW3_EVENT_ONLY.replace("spec: [GW-3]", "spec: [GW-4]")
+    held = text + '  queues:\n    - {server: EX4, queue: "X.400: MTS-OUT", count: 1}\n'
+    (claim,) = claims.claims(trace.load(write(tmp_path / "no-event.yaml", held)))
+    assert "GW-4 needs tracking event 7" in claim.missing and "X.400: MTS-OUT" not in claim.missing
+    both = held.replace("{server: EX4, event: 0}", "{server: EX4, event: 7}")
+    assert [c.shown for c in claims.claims(trace.load(write(tmp_path / "both.yaml", both)))] == [True]

@@ -190,3 +190,70 @@ def test_the_gateway_server_lists_its_x400_queues(lab: Lab) -> None:
             cli("queues", "--lab-dir", str(lab.workdir), "--server", "EX1", "--all", "--json")
         )
     }
+
+
+DAVE_MEMO = b"From: Ann Lee/Sales/Fabrikam\nSendTo: Dave Ito/Contoso\nSubject: Held\nBody:\nWait for it.\n"
+
+
+def _gateway_items(lab: Lab) -> dict[str, list[str]]:
+    """The files each inbound stage of EX4's gateway path holds on disk."""
+    ex4 = lab.workdir / "EX4"
+    folders = {
+        "IN": ex4 / "gateways" / "Notes Connector" / "IN",
+        "MTS-IN": ex4 / "gateways" / "Notes Connector" / "MTS-IN",
+        "MTA": ex4 / "MTA" / "queue",
+        "MTS-OUT": ex4 / "Mailroot" / "vsi 1" / "MTS-OUT",
+    }
+    return {name: sorted(p.name for p in folder.iterdir()) for name, folder in folders.items()}
+
+
+def _x400_rows(lab: Lab) -> dict[str, tuple[str, int]]:
+    rows = json.loads(cli("queues", "--lab-dir", str(lab.workdir), "--server", "EX4", "--all", "--json"))
+    return {row["queue"]: (row["state"], row["count"]) for row in rows if row["queue"].startswith("X.400")}
+
+
+def test_a_frozen_mta_queue_holds_a_gateway_memo_until_it_is_unfrozen(lab: Lab) -> None:
+    workdir = str(lab.workdir)
+    cli("lab", "freeze", "--lab-dir", workdir, "--server", "EX4", "X.400: MTA queue")
+    item = lab.foreign_send("Notes Connector", DAVE_MEMO)
+    assert lab.settle()
+    assert _x400_rows(lab) == {"X.400: MTA queue": ("Frozen", 1), "X.400: MTS-OUT": ("Ready", 0)}
+    # The message rests in the MTA's folder, and only there: the memo left IN when it was translated.
+    assert _gateway_items(lab) == {"IN": [], "MTS-IN": [], "MTA": [f"{item}.eml"], "MTS-OUT": []}
+    held = lab.queues()["EX4"]["X.400: MTA queue"]
+    assert [(m["id"], m["recipients"], m["state"]) for m in held] == [(item, ["dave@contoso.com"], "Frozen")]
+    assert Evidence.collect(lab).deliveries == []
+    events = [e["event-id"] for e in Evidence.collect(lab).tracking["EX4"]]
+    assert events == [1004, 1046, 0]
+
+    cli("lab", "freeze", "--lab-dir", workdir, "--server", "EX4", "--undo", "x.400: mta QUEUE")
+    assert lab.settle()
+    assert _gateway_items(lab) == {"IN": [], "MTS-IN": [], "MTA": [], "MTS-OUT": []}
+    assert [d.describe() for d in Evidence.collect(lab).deliveries] == [
+        "mailbox dave@contoso.com on EX4 (from IMCEANOTES-Ann+20Lee+2FSales+2FFabrikam@contoso.com)"
+    ]
+
+
+def test_a_frozen_mts_out_queue_keeps_what_the_mta_queue_passes_on(lab: Lab) -> None:
+    lab.freeze("EX4", "X.400: MTS-OUT")
+    first = lab.foreign_send("Notes Connector", DAVE_MEMO)
+    second = lab.foreign_send("Notes Connector", DAVE_MEMO.replace(b"Held", b"Also held"))
+    assert lab.settle()
+    assert _x400_rows(lab) == {"X.400: MTA queue": ("Ready", 0), "X.400: MTS-OUT": ("Frozen", 2)}
+    assert _gateway_items(lab)["MTS-OUT"] == sorted([f"{first}.eml", f"{second}.eml"])
+    assert Evidence.collect(lab).deliveries == []
+    lab.freeze("EX4", "X.400: MTS-OUT", False)
+    assert lab.settle()
+    # Each memo is delivered once: a message is handed to AQ by one mover only.
+    assert len(Evidence.collect(lab).deliveries) == 2
+    assert _x400_rows(lab) == {"X.400: MTA queue": ("Ready", 0), "X.400: MTS-OUT": ("Ready", 0)}
+
+
+def test_a_gateway_folder_is_no_queue_to_freeze(lab: Lab) -> None:
+    result = CliRunner().invoke(
+        main, ["lab", "freeze", "--lab-dir", str(lab.workdir), "--server", "EX4", "Notes Connector IN"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "no link queue 'Notes Connector IN'" in result.output
+    assert "X.400: MTA queue" in result.output and "X.400: MTS-OUT" in result.output
+    assert "Traceback" not in result.output

@@ -507,6 +507,27 @@ def test_mailflow_check_prints_file_line_field_and_fails(
     assert f"{expected} CR or LF; use send_raw for exact bytes\n" in result.output
 
 
+def test_an_event_assertion_may_not_check_the_label_the_mta_writes_about_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "console", Console(width=10_000))
+    text = mutate(
+        "  nothing_delivered: true",
+        "  nothing_delivered: true\n  events:\n    - {server: EX1, event: 1019}\n"
+        "    - {server: EX1, event: 1019, spec: IN-4}",
+    )
+    error = load_error(tmp_path, text)
+    assert_error(error, line_with(text, "spec: IN-4"), "outcome.events[1].spec", "a label the MTA writes")
+    assert "not evidence" in error.message
+    result = CliRunner().invoke(app.main, ["check", str(write_trace(tmp_path, text))])
+    assert result.exit_code == 2, result.output
+    assert (
+        "outcome.events[1].spec: an event's spec field is a label the MTA writes about itself"
+        in result.output
+    )
+    assert "Traceback" not in result.output
+
+
 def test_mailflow_check_passes_a_good_trace() -> None:
     result = CliRunner().invoke(app.main, ["check", str(CORPUS[0])])
     assert result.exit_code == 0, result.output

@@ -276,7 +276,8 @@ def lab_connector(lab_dir: Path, name: str, state: str) -> None:
 @click.argument("queue")
 @click.option("--undo", is_flag=True, help="unfreeze")
 def lab_freeze(lab_dir: Path, server: str, queue: str, undo: bool) -> None:
-    """Freeze a link queue (it keeps and takes messages, sends none), or unfreeze it with --undo. On a
+    """Freeze a link queue (it keeps and takes messages, sends none), or unfreeze it with --undo; on a
+    server with a gateway connector also its X.400 queues ("X.400: MTA queue", "X.400: MTS-OUT"). On a
     real MTA standing in for the server: hold or release its messages (a queue of its own, or a
     message's id), as far as it can."""
     result = _control(lab_dir, {"op": "unfreeze" if undo else "freeze", "server": server, "queue": queue})

@@ -129,7 +129,11 @@ _WORDS: dict[str, Callable[[Any], str]] = {
         f"servers in at least {value} routing groups (the server entered, outcome.hops or tracking,"
         " a delivery's server: or peer:)"
     ),
-    "queues": lambda _: "a queue state (outcome.queues or queues_empty)",
+    "queues": lambda value: (
+        "a queue state (outcome.queues or queues_empty)"
+        if value is True
+        else f"a message waiting in {value['queue']} (outcome.queues, or a settle's queues)"
+    ),
     "reply": lambda value: _describe_reply(value),
     "sent": lambda value: f"a script that sends {' or '.join(listed(value))}",
     "refused": lambda _: "a session or submission expected to be refused (refused: true)",

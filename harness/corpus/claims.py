@@ -24,7 +24,7 @@ from harness import yamlsource
 from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
 from harness.corpus.lab_view import LabView, lab_view, proxy_filter
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
-from harness.corpus.trace import ForeignMemo, Session, Submission, Trace
+from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class _Facts:
     memo: bool
     """A foreign memo is handed to a gateway: its recipients are foreign names, not addresses."""
     lab: LabView
+    queues: tuple[Mapping[str, Any], ...] = ()
+    """What the trace asserts queues hold: outcome.queues, and a `settle`'s queues between sessions."""
 
 
 def claims(trace: Trace, entries: Mapping[str, Entry] | None = None) -> list[Claim]:
@@ -137,7 +139,7 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
     "event": lambda value, facts: _event_holds(value, facts.outcome),
     "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
     "routing_groups": lambda value, facts: len(_routing_groups(facts)) >= value,
-    "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
+    "queues": lambda value, facts: _queues_hold(value, facts),
     "reply": lambda value, facts: any(_reply_matches(reply, value) for reply in facts.replies),
     "sent": lambda value, facts: bool(facts.sent & set(listed(value))),
     "refused": lambda _, facts: facts.refused,
@@ -159,6 +161,13 @@ def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
         action = (spec.get("dsn") or {}).get("action")
         return "dsn" in spec and (dsn == "any" or action in (dsn, None))
     return True
+
+
+def _queues_hold(wanted: Any, facts: _Facts) -> bool:
+    if wanted is True:
+        return bool(facts.queues or facts.outcome.get("queues_empty"))
+    name = str(wanted["queue"]).lower()
+    return any(spec["queue"].lower() == name and spec.get("count", 1) > 0 for spec in facts.queues)
 
 
 def _undelivered(facts: _Facts) -> bool:
@@ -307,8 +316,11 @@ def _facts(trace: Trace) -> _Facts:
     refused = False
     submitted = False
     memo = False
+    queues = list(trace.outcome.get("queues") or [])
     for item in trace.sessions:
-        if isinstance(item, Submission):
+        if isinstance(item, LabAction) and item.rule and item.action is LabVerb.SETTLE:
+            queues += item.rule.get("queues") or []
+        elif isinstance(item, Submission):
             submitted = True
             refused = refused or item.refused
             recipients += [address.lower() for address in item.to]
@@ -330,6 +342,7 @@ def _facts(trace: Trace) -> _Facts:
         frozenset(entered),
         memo,
         lab_view(trace.lab),
+        tuple(queues),
     )
 
 

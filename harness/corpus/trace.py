@@ -261,6 +261,7 @@ def load(path: Path) -> Trace:
     document = yamlsource.load(path)
     if not isinstance(document.data, dict):
         raise SourceError(path, 1, "", "a trace is a YAML mapping (id, title, spec, sessions, outcome)")
+    _refuse_labels(document)
     try:
         yamlsource.validate(document, "trace.schema.json")
     except SourceError as exc:
@@ -294,6 +295,22 @@ def load(path: Path) -> Trace:
         wait_for_retries=data.get("wait_for_retries", True),
         masks=_masks(document, data.get("masks") or []),
     )
+
+
+def _refuse_labels(document: yamlsource.Document) -> None:
+    """A tracking event's `spec` field is the catalogue ID the reference MTA writes about itself: a
+    trace that asserts it shows only that the MTA says so, not that the step happened. The schema
+    leaves the field out; this says why, before the schema's "additional property" does."""
+    outcome = document.data.get("outcome")
+    events = outcome.get("events") if isinstance(outcome, dict) else None
+    for index, event in enumerate(events if isinstance(events, list) else []):
+        if isinstance(event, dict) and "spec" in event:
+            raise document.error(
+                ("outcome", "events", index, "spec"),
+                "an event's spec field is a label the MTA writes about itself, not evidence: assert what "
+                "shows the step instead (the event ID, its recipient or queue, a queue a frozen message "
+                "waits in), and name the catalogue ID in the trace's spec: list",
+            )
 
 
 def _check_spec_ids(document: yamlsource.Document, data: dict[str, Any]) -> None:
@@ -373,6 +390,8 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
             ) from None
         if action.takes_rule:
             return LabAction(action, value.get("host") or value.get("server"), line, dict(value))
+        if action is LabVerb.SETTLE and isinstance(value, dict):
+            return LabAction(action, None, line, dict(value))  # then what the queues must hold
         return LabAction(action, str(value) if action.takes_name else None, line)
     if "foreign" in raw:
         foreign = raw["foreign"]
@@ -523,6 +542,11 @@ def _check_lab_action_names(names: _LabNames, at: tuple[str | int, ...], lab: di
         names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
     elif subject == "queue":
         names.require((*at, "lab", action, "server"), value["server"], "server", names.servers)
+    elif action == LabVerb.SETTLE and isinstance(value, dict):
+        for index, spec in enumerate(value.get("queues") or []):
+            names.require(
+                (*at, "lab", action, "queues", index, "server"), spec["server"], "server", names.servers
+            )
 
 
 def _check_connect_names(names: _LabNames, at: tuple[str | int, ...], connect: dict[str, Any]) -> None:

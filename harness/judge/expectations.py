@@ -92,7 +92,7 @@ def _logs(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
     checks += [_check_event(spec, evidence) for spec in outcome.get("events") or []]
     if "hops" in outcome:
         checks.append(_check_hops(outcome["hops"], evidence))
-    checks += [_check_queue(spec, evidence) for spec in outcome.get("queues") or []]
+    checks += [check_queue(spec, evidence.queues) for spec in outcome.get("queues") or []]
     if outcome.get("queues_empty"):
         busy = [
             Failure(Kind.QUEUES_EMPTY, "0", str(len(items)), f"{server}: {queue}")
@@ -396,7 +396,6 @@ def _check_event(spec: dict[str, Any], evidence: Evidence) -> Check:
             "sender": event["sender-address"].lower(),
             "client": evidence.hosts.get(event["client-ip"], "-"),
             "client_hostname": event["client-hostname"].lower(),
-            "spec": event["spec"],
             "queue": event["queue"],
         }
         for key, value in wanted.items():
@@ -432,9 +431,11 @@ def _check_event(spec: dict[str, Any], evidence: Evidence) -> Check:
     return Check(title, [] if found else [Failure(Kind.EVENT, "present", field=title)], title, seen)
 
 
-def _check_queue(spec: dict[str, Any], evidence: Evidence) -> Check:
-    server = next((k for k in evidence.queues if k.lower() == spec["server"].lower()), spec["server"])
-    queues = evidence.queues.get(server, {})
+def check_queue(spec: dict[str, Any], snapshot: dict[str, dict[str, list[dict[str, Any]]]]) -> Check:
+    """Messages waiting in a server's queue, against a snapshot of every server's queues (taken after
+    the sessions, or by a `settle` between them)."""
+    server = next((k for k in snapshot if k.lower() == spec["server"].lower()), spec["server"])
+    queues = snapshot.get(server, {})
     items = next((v for k, v in queues.items() if k.lower() == spec["queue"].lower()), [])
     if "state" in spec:
         items = [i for i in items if i.get("state") == spec["state"]]

@@ -34,7 +34,7 @@ from harness.lab.admin import LabAdmin
 from harness.lab.lock import holder
 from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MtaQueue, NotPossible
-from reference_mta.queue_contract import SYSTEM_QUEUES, QueueState
+from reference_mta.queue_contract import GATEWAY_FOLDERS, SYSTEM_QUEUES, QueueState
 
 SOCKET_NAME = "control.sock"
 
@@ -196,14 +196,21 @@ class ControlServer:
 
     def _link_queue(self, server: str, queue: str, frozen: bool) -> str:
         """Queue Viewer freezes link queues: one per connector, per server a message is sent to, and per
-        remote domain with messages waiting (those exist only while they do)."""
+        remote domain with messages waiting (those exist only while they do); and the X.400 queues of a
+        server with a gateway connector (its own folders are not queues)."""
         organization = self.lab.config.organization
         if queue.lower() in {q.lower() for q in SYSTEM_QUEUES}:
             raise Refused(f"{queue!r} is a system queue of {server}: only link queues can be frozen")
         present = self.lab.queue_snapshot().get(server, {})
+        folders = {
+            f"{c.name} {folder}"
+            for c in organization.connectors
+            if c.kind == "gateway"
+            for folder in GATEWAY_FOLDERS
+        }
         valid = [c.name for c in organization.connectors]
         valid += [s.fqdn for s in organization.servers if s.name != server]
-        valid += [q for q in present if q not in SYSTEM_QUEUES]
+        valid += [q for q in present if q not in SYSTEM_QUEUES and q not in folders]
         if not frozen:
             # Kept in lower case by the queuing engine: only those not already spelled out above.
             known = {name.lower() for name in valid}

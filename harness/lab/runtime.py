@@ -326,11 +326,10 @@ class Lab:
 
     def change_freeze(self, server: str, queue: str, frozen: bool) -> None:
         """The same, on the lab's loop."""
-        aq = self.servers[self.config.organization.server(server).name].aq
-        (aq.freeze if frozen else aq.unfreeze)(queue)
+        self.servers[self.config.organization.server(server).name].freeze(queue, frozen)
 
     def frozen_queues(self) -> dict[str, set[str]]:
-        return {name: set(server.aq.frozen) for name, server in self.servers.items()}
+        return {name: set(server.frozen) for name, server in self.servers.items()}
 
     def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         async def snapshot() -> dict[str, dict[str, list[dict[str, Any]]]]:

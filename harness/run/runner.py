@@ -17,7 +17,7 @@ from harness.corpus.messages import MESSAGE_DIRS, message_bytes
 from harness.corpus.trace import Connect, ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 from harness.judge.deviations import Tolerate
 from harness.judge.evidence import Evidence
-from harness.judge.expectations import Check, check_outcome
+from harness.judge.expectations import Check, check_outcome, check_queue
 from harness.judge.records import Failure, Kind, Waived, lines, located, step_name
 from harness.lab import config as lab_config
 from harness.lab.config import LabConfig, sink_rule
@@ -254,6 +254,17 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     if item.action is LabVerb.SETTLE:
         settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
+        if failure is None and item.rule:
+            # What the queues hold at this point of the trace (a frozen queue keeping a message).
+            snapshot = lab.queues()
+            checks = [check_queue(spec, snapshot) for spec in item.rule.get("queues") or []]
+            wrong = [
+                f"{c.title}: expected {c.expected}; the queues hold: {c.actual}"
+                for c in checks
+                if not c.passed
+            ]
+            failure = "; ".join(wrong) or None
+            title += f", then check {len(checks)} queue(s)"
         return SessionRun("lab", "settle", _single(title, failure, f"-- {title}"))
     if item.action in (LabVerb.GLOBAL_CATALOG_DOWN, LabVerb.GLOBAL_CATALOG_UP):
         lab.set_global_catalog(item.action.up)
