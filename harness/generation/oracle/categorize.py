@@ -31,6 +31,7 @@ class Delivery:
     rcpt: str = ""  # envelope recipient at a sink
     scope: str = ""  # the categorizer that produced it (one message copy per categorizer)
     hops: tuple[str, ...] = ()  # the servers it passes from that categorizer on
+    connector: str = ""  # the connector that carries it out of the organization (sink, foreign)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,14 @@ class Categorizer:
         if foreign:
             self.fate.note(f"{connector.name} hands it to the foreign system", "IN-7c")
             self._deliver(
-                Delivery("foreign", address, route.choice.bridgehead, self.message.sender, hops=route.hops)
+                Delivery(
+                    "foreign",
+                    address,
+                    route.choice.bridgehead,
+                    self.message.sender,
+                    hops=route.hops,
+                    connector=connector.name,
+                )
             )
             return
         domain = address.rpartition("@")[2].lower()
@@ -241,6 +249,13 @@ class Categorizer:
         self.fate.note(f"{route.choice.bridgehead} hands it to {host.fqdn}", "OUT-5", spec)
         self._deliver(
             Delivery(
-                "sink", host.name, route.choice.bridgehead, self.message.sender, rcpt, server, route.hops
+                "sink",
+                host.name,
+                route.choice.bridgehead,
+                self.message.sender,
+                rcpt,
+                server,
+                route.hops,
+                connector.name,
             )
         )

@@ -10,6 +10,8 @@
   cheapest (path cost + address space cost), then one on this server, then by name;
 - docs/decisions.md: when every connector of the closest address space is down or out of reach, the
   message waits; there is no fail-over to a less specific address space;
+- link state: a server that is down takes nothing (what is for it waits on the server that has it),
+  and a connector whose bridgeheads are all down is down;
 - OUT-5 / OUT-8 / OUT-9: the connector's smart host, else its bridgehead virtual server's smart host
   (route action), else DNS: the preferred MX that answers, or the domain's own A record without MX.
 """
@@ -37,10 +39,19 @@ class Path:
     cost: int
 
 
+def is_up(connector: Connector, down: frozenset[str]) -> bool:
+    """`down` names (lower case) what an administrator marked down, connectors and servers alike. A
+    connector is down when marked so, or when every one of its local bridgeheads is, or (a routing
+    group connector) every one of its remote bridgeheads: the link state rule of the seeds."""
+    if connector.down or connector.name.lower() in down:
+        return False
+    if connector.local_bridgeheads and all(b.lower() in down for b in connector.local_bridgeheads):
+        return False
+    return not (connector.remote_bridgeheads and all(b.lower() in down for b in connector.remote_bridgeheads))
+
+
 def links_up(world: World, down: frozenset[str]) -> list[Connector]:
-    return [
-        c for c in world.connectors if c.kind == "routing_group" and not c.down and c.name.lower() not in down
-    ]
+    return [c for c in world.connectors if c.kind == "routing_group" and is_up(c, down)]
 
 
 def group_path(world: World, down: frozenset[str], start: str, goal: str) -> list[Connector] | None:
@@ -74,6 +85,8 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
     to the server; across groups it goes to each connector's local bridgehead, then its remote one."""
     start = world.server(origin)
     goal = world.server(target)
+    if goal.name.lower() in down:
+        return None  # a server that is down takes nothing: what is for it waits
     chain = group_path(world, down, start.routing_group, goal.routing_group)
     if chain is None:
         return None
@@ -131,9 +144,9 @@ def choose_connector(
     closest = max(rank for rank, _, _ in candidates)
     ranked: list[tuple[int, int, str, Choice]] = []
     for rank, cost, connector in candidates:
-        if rank != closest or connector.down or connector.name.lower() in down:
+        if rank != closest or not is_up(connector, down):
             continue
-        bridgehead = world.server(connector.local_bridgeheads[0]).name
+        bridgehead = world.server(next(b for b in connector.local_bridgeheads if b.lower() not in down)).name
         path = server_path(world, down, origin, bridgehead)
         if path is None:
             continue
