@@ -166,9 +166,10 @@ class Categorizer:
             self._deliver(Delivery("mailbox", mail, home, self.message.sender, scope=server, hops=(home,)))
             return
         path = server_path(self.world, self.message.down, server, home)
-        if path is None:
-            self.fate.note(f"no path from {server} to {home}: {mail} waits", "C-RE")
-            self.fate.waiting.append((server, mail))
+        if path is None or path.blocked:
+            stop = path.servers[-1] if path else server
+            self.fate.note(f"{home} is down or out of reach from {server}: {mail} waits on {stop}", "C-RE")
+            self.fate.waiting.append((stop, mail))
             return
         crossing = {self.world.server(s).routing_group for s in path.servers}
         self.fate.note(f"{mail}'s mailbox is on {home}: {' > '.join(path.servers)}", "IN-6b", "IN-7a")
@@ -192,9 +193,11 @@ class Categorizer:
             here = self.world.server(expansion.rpartition("=")[2]).name
             if here.upper() != server.upper():
                 path = server_path(self.world, self.message.down, server, here)
-                if path is None:
-                    self.fate.waiting.append((server, entry.first("mail") or ""))
-                    self.fate.note(f"{name} is expanded on {here}, out of reach: it waits", "C-RE")
+                if path is None or path.blocked:
+                    stop = path.servers[-1] if path else server
+                    self.fate.waiting.append((stop, entry.first("mail") or ""))
+                    self.fate.note(f"{name} is expanded on {here}, down or out of reach: it waits on {stop}",
+                                   "C-RE")  # fmt: skip
                     return
                 self.fate.note(f"{name} is expanded on its expansion server {here}", "C-CAT", "IN-6b")
                 seen = set()  # another categorizer: copies are counted there

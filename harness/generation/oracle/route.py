@@ -37,6 +37,8 @@ class NoConnector(Exception):
 class Path:
     servers: tuple[str, ...]  # every server the message passes through, the first one included
     cost: int
+    # The target is down: the message goes as far as the last of `servers` and waits there.
+    blocked: bool = False
 
 
 def is_up(connector: Connector, down: frozenset[str]) -> bool:
@@ -82,11 +84,12 @@ def path_cost(world: World, down: frozenset[str], start: str, goal: str) -> int 
 
 def server_path(world: World, down: frozenset[str], origin: str, target: str) -> Path | None:
     """The servers a message passes from `origin` to `target`: within a routing group it goes straight
-    to the server; across groups it goes to each connector's local bridgehead, then its remote one."""
+    to the server; across groups it goes to each connector's local bridgehead, then its remote one.
+    None when no chain of connectors that are up reaches the target's routing group. A target that is
+    down takes nothing, but only its own routing group knows (link state marks connectors down, not
+    servers in other groups): the message travels into that group and waits there (`blocked`)."""
     start = world.server(origin)
     goal = world.server(target)
-    if goal.name.lower() in down:
-        return None  # a server that is down takes nothing: what is for it waits
     chain = group_path(world, down, start.routing_group, goal.routing_group)
     if chain is None:
         return None
@@ -95,9 +98,12 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
         for hop in (link.local_bridgeheads[0], link.remote_bridgeheads[0]):
             if servers[-1].upper() != hop.upper():
                 servers.append(world.server(hop).name)
+    cost = sum(link.cost for link in chain)
+    if goal.name.lower() in down:
+        return Path(tuple(servers), cost, blocked=True)
     if servers[-1].upper() != goal.name.upper():
         servers.append(goal.name)
-    return Path(tuple(servers), sum(link.cost for link in chain))
+    return Path(tuple(servers), cost)
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
@@ -148,7 +154,7 @@ def choose_connector(
             continue
         bridgehead = world.server(next(b for b in connector.local_bridgeheads if b.lower() not in down)).name
         path = server_path(world, down, origin, bridgehead)
-        if path is None:
+        if path is None or path.blocked:
             continue
         own = 0 if bridgehead.upper() == origin.upper() else 1
         ranked.append((path.cost + cost, own, connector.name, Choice(connector, bridgehead, path)))
