@@ -178,7 +178,7 @@ def _memo(world: World, scenario: Scenario) -> Prediction:
     gateway = next((c for c in world.connectors if c.kind == "gateway"), None)
     if gateway is None or gateway.local_bridgeheads[0].upper() != scenario.server.upper():
         raise Unpredictable("no gateway connector on that server")
-    prediction = Prediction([], spec={"GW-1", "GW-2", "GW-4", "GW-5", "C-AQ"})
+    prediction = Prediction([], spec={"GW-1", "GW-2", "GW-4", "GW-5", "GW-6", "C-AQ"})
     mapped: list[str] = []
     for name in scenario.recipients:
         entry = world.by_proxy("notes", name)
