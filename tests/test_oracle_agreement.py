@@ -2,8 +2,9 @@
 decision space (SMTP sessions, with STARTTLS and AUTH where offered, store submissions and Notes memos;
 connectors and servers down), each replayed through the real lab, must produce exactly what the oracle
 predicts — the replies, every delivery (mailbox and server, Internet host and the server that handed
-it over, NDRs), the tracking events it asserts, the hop chain and nothing else. Hypothesis shrinks a disagreement to the smallest scenario it can find
-(fewest recipients, earliest entries of each list), which the failure message shows.
+it over, NDRs), the tracking events it asserts, the hop chain and nothing else. Hypothesis shrinks a
+disagreement to the smallest scenario it can find (fewest recipients, earliest entries of each list),
+which the failure message shows.
 
 Known disagreements (`generator.known_disagreement`, where the reference MTA does not follow the
 documents) are still run: in the property test such a scenario may fail, and only for the reason
