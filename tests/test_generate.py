@@ -15,7 +15,7 @@ from harness.cli.generate import generate as generate_command
 from harness.corpus.claims import claims
 from harness.corpus.trace import load as load_trace
 from harness.generation.generator import document, generate, slug
-from harness.generation.oracle import Scenario, Unpredictable, load, predict
+from harness.generation.oracle import MEMO, STORE, Scenario, Unpredictable, load, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "fixtures" / "labs" / "contoso.yaml"
@@ -157,6 +157,37 @@ def _predict(scenario: Scenario) -> tuple[list[tuple[int, str]], list[tuple[str,
             [(250, "2.1.5 executives@contoso.com")],
             [("mailbox", "alice@contoso.com", "EX1"), ("mailbox", "dave@contoso.com", "EX4")],
         ),
+        # outbound/mapi-submission-to-internet: no RCPT at all, the store takes the recipient
+        (
+            Scenario("store", "EX1", None, None, "alice@contoso.com", ("ann@fabrikam.com",), kind=STORE),
+            [],
+            [("sink", "fabrikam-mx", "EX1")],
+        ),
+        # gateway/memo-to-local-mailbox and gateway/memo-to-another-routing-group
+        (
+            Scenario("notes", "EX4", None, None, "Ann Lee/Sales/Fabrikam", ("Dave Ito/Contoso",), kind=MEMO),
+            [],
+            [("mailbox", "dave@contoso.com", "EX4")],
+        ),
+        (
+            Scenario("notes", "EX4", None, None, "Ann Lee/Sales/Fabrikam", ("Alice Smith/Contoso",),
+                     kind=MEMO),
+            [],
+            [("mailbox", "alice@contoso.com", "EX1")],
+        ),
+        # relay/auth-after-starttls-on-ex2
+        (
+            Scenario("lan", "EX2", None, "alice", "alice@contoso.com", ("sales@tailspin.example",), tls=True),
+            [(250, "2.1.5 sales@tailspin.example")],
+            [("sink", "isp-smarthost", "EX3")],
+        ),
+        # relay/access-members-only-requires-auth: MAIL is refused, so RCPT is out of sequence
+        (
+            Scenario("internet", "EX1", "Members Only SMTP Virtual Server", None, "ann@fabrikam.com",
+                     ("bob@contoso.com",)),
+            [(503, "5.5.2 Need mail command")],
+            [],
+        ),
     ],
 )  # fmt: skip
 def test_oracle_agrees_with_the_hand_written_corpus(
@@ -191,3 +222,73 @@ def test_slug_names_the_scenario() -> None:
         slug(scenario)
         == "lan-ex1-default-auth-alice-from-alice-at-contoso-com-to-x-at-adatum-com-down-partner"
     )
+
+
+def test_members_only_refuses_an_anonymous_sender_at_mail() -> None:
+    world = load(LAB)
+    anonymous = Scenario(
+        "internet", "EX1", "Members Only SMTP Virtual Server", None, "ann@fabrikam.com", ("bob@contoso.com",)
+    )
+    script = document(world, anonymous, predict(world, anonymous))["sessions"][0]["script"]
+    assert {"expect": {"code": 530, "text": "5.7.3 Client was not authenticated"}} in script
+    assert not any("data" in step for step in script)
+
+
+def test_tls_comes_before_authentication_and_only_where_offered() -> None:
+    world = load(LAB)
+    over_tls = Scenario("lan", "EX2", None, "alice", "alice@contoso.com", ("bob@contoso.com",), tls=True)
+    steps = [
+        next(iter(step))
+        for step in document(world, over_tls, predict(world, over_tls))["sessions"][0]["script"]
+    ]
+    assert steps.index("starttls") < steps.index("auth")
+    with pytest.raises(Unpredictable):  # EX2 offers AUTH only after STARTTLS
+        predict(world, replace(over_tls, tls=False))
+    with pytest.raises(Unpredictable):  # EX3 has no certificate
+        predict(world, replace(over_tls, server="EX3", tls=True))
+
+
+def test_tracking_events_follow_the_message() -> None:
+    """1019 from the client on receive, 1030 where the NDR is made, 1034/1031 on the bridgehead that
+    sends the NDR out — and for a store submission the recipient's whole sequence, 1027 first."""
+    world = load(LAB)
+    unknown = Scenario("internet", "EX1", None, None, "ann@fabrikam.com", ("nobody@contoso.com",))
+    outcome = document(world, unknown, predict(world, unknown))["outcome"]
+    assert {"server": "EX1", "event": 1019, "recipient": "nobody@contoso.com", "client": "internet",
+            "sender": "ann@fabrikam.com"} in outcome["events"]  # fmt: skip
+    assert {"server": "EX1", "event": 1030} in outcome["events"]
+    assert {"server": "EX1", "event": 1034, "recipient": "ann@fabrikam.com",
+            "queue": "Internet Mail SMTP Connector"} in outcome["events"]  # fmt: skip
+    submitted = Scenario("store", "EX2", None, None, "bob@contoso.com", ("bob@contoso.com",), kind=STORE)
+    outcome = document(world, submitted, predict(world, submitted))["outcome"]
+    assert outcome["tracking"] == {
+        "EX2": {"bob@contoso.com": [1027, 1019, 1025, 1024, 1033, 1036, 1028, 1023]}
+    }
+
+
+def test_a_server_down_holds_what_is_for_it_and_reroutes_around_it() -> None:
+    world = load(LAB)
+    to_bob = Scenario("relay-host", "EX1", None, None, "ann@fabrikam.com", ("bob@contoso.com",), ("EX2",))
+    assert predict(world, to_bob).waiting == [("EX1", "bob@contoso.com")]
+    assert document(world, to_bob, predict(world, to_bob))["sessions"][0] == {"lab": {"server_down": "EX2"}}
+    # EX4 down takes both Tokyo connectors with it: carol goes the direct, expensive way.
+    to_carol = replace(to_bob, recipients=("carol@contoso.com",), down=("EX4",))
+    assert predict(world, to_carol).deliveries[0].hops == ("EX1", "EX3")
+    with pytest.raises(Unpredictable):  # the session itself would be refused
+        predict(world, replace(to_bob, down=("EX1",)))
+    # Only Seattle knows EX1 is down: a memo for Alice crosses into Seattle and waits on EX2.
+    memo = Scenario(
+        "notes", "EX4", None, None, "Ann Lee/Sales/Fabrikam", ("Alice Smith/Contoso",), ("EX1",), kind=MEMO
+    )
+    assert predict(world, memo).waiting == [("EX2", "alice@contoso.com")]
+
+
+def test_memo_sender_is_encapsulated_and_names_are_looked_up() -> None:
+    world = load(LAB)
+    memo = Scenario("notes", "EX4", None, None, "Ann Lee/Sales/Fabrikam", ("Dave Ito/Contoso",), kind=MEMO)
+    outcome = document(world, memo, predict(world, memo))["outcome"]
+    assert outcome["delivered"][0]["sender"] == "IMCEANOTES-Ann+20Lee+2FSales+2FFabrikam@contoso.com"
+    assert {"filter": "(proxyAddresses=notes:Dave Ito/Contoso)", "client": "EX4", "results": 1} in outcome[
+        "ldap"
+    ]
+    assert slug(memo) == "notes-ex4-from-ann-lee-sales-fabrikam-to-dave-ito-contoso"

@@ -1,8 +1,10 @@
 """The oracle (harness/generation/oracle) against the reference MTA: random scenarios from the generator's
-decision space, each replayed through the real lab, must produce exactly what the oracle predicts — the RCPT
-replies, every delivery (mailbox and server, Internet host and the server that handed it over, NDRs),
-the hop chain and nothing else. Hypothesis shrinks a disagreement to the smallest scenario it can find
-(fewest recipients, earliest entries of each list), which the failure message shows.
+decision space (SMTP sessions, with STARTTLS and AUTH where offered, store submissions and Notes memos;
+connectors and servers down), each replayed through the real lab, must produce exactly what the oracle
+predicts — the replies, every delivery (mailbox and server, Internet host and the server that handed
+it over, NDRs), the tracking events it asserts, the hop chain and nothing else. Hypothesis shrinks a
+disagreement to the smallest scenario it can find (fewest recipients, earliest entries of each list),
+which the failure message shows.
 
 Known disagreements (`generator.known_disagreement`, where the reference MTA does not follow the
 documents) are still run: in the property test such a scenario may fail, and only for the reason
@@ -25,7 +27,7 @@ from hypothesis import strategies as st
 
 from harness.corpus import writer
 from harness.generation import generator
-from harness.generation.oracle import Prediction, Scenario, Unpredictable, load, predict
+from harness.generation.oracle import MEMO, STORE, Prediction, Scenario, Unpredictable, load, predict
 from harness.run.runner import TraceResult, run_trace
 from harness.targets import REFERENCE
 
@@ -90,13 +92,21 @@ PINNED = [
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
+    """Every way in of the generator (SMTP sessions, store submissions, memos), every sender it uses
+    there, up to three recipients (one Notes name for a memo), and what may be down."""
     entry = draw(st.sampled_from(generator.ENTRIES))
-    sender = generator.OWN_ADDRESS[entry.auth] if entry.auth else draw(st.sampled_from(generator.SENDERS))
-    recipients = draw(st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=3, unique=True))
+    if entry.kind == STORE:
+        sender = generator.MAILBOX_OWNER[entry.server]
+    elif entry.kind == MEMO:
+        sender = draw(st.sampled_from(generator.NOTES_SENDERS))
+    else:
+        sender = generator.OWN_ADDRESS[entry.auth] if entry.auth else draw(st.sampled_from(generator.SENDERS))
+    if entry.kind == MEMO:
+        recipients = [draw(st.sampled_from(generator.NOTES_RECIPIENTS))]
+    else:
+        recipients = draw(st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=3, unique=True))
     down = draw(st.sampled_from(((), *generator.DOWN)))
-    return Scenario(
-        entry.client, entry.server, entry.virtual_server, entry.auth, sender, tuple(recipients), down
-    )
+    return generator.scenario_of(entry, sender, tuple(recipients), down)
 
 
 def replay(lab: Path, scenario: Scenario, prediction: Prediction) -> TraceResult:

@@ -15,7 +15,7 @@ from harness.yamlsource import SourceError
 # The seed and size of the committed corpus in traces/generated: `mailflow generate` with no options
 # regenerates it byte for byte.
 DEFAULT_SEED = 20240601
-DEFAULT_COUNT = 600
+DEFAULT_COUNT = 680
 
 
 @click.command("generate", epilog="Exit codes: 0 written; 2 a wrong option, or a lab file that is not valid.")

@@ -4,10 +4,14 @@ written as a trace whose expected replies and outcome come from the oracle (`har
 The decision space: who connects where (an anonymous Internet host, a host on a relay list, a LAN
 client with or without authentication, another server of the organization; the default, open-relay,
 restricted, filtered, strict and directory virtual servers, the secondary MX and the servers of other
-routing groups), who sends (an Internet sender, an internal one, the null sender), to whom (a mailbox here, on
-the other server, in another routing group, a forwarding mailbox, groups, contacts, unknown addresses
-in authoritative and shared domains, Internet domains, relay domains), and which connectors an
-administrator has marked down. A scenario the oracle cannot decide from the documents is left out.
+routing groups; STARTTLS first, where the virtual server has a certificate and where Basic
+authentication requires it; the Members Only virtual server, with and without authentication), or no
+SMTP at all (Outlook submitting through the store of the sender's home server, the Notes system
+handing a memo to its gateway), who sends (an Internet sender, an internal one, the null sender), to
+whom (a mailbox here, on the other server, in another routing group, a forwarding mailbox, groups,
+contacts, unknown addresses in authoritative and shared domains, Internet domains, relay domains), and
+which connectors and servers an administrator has marked down. A scenario the oracle cannot decide
+from the documents is left out.
 
 Everything is drawn from one `random.Random(seed)`, and written in a fixed order, so a seed gives the
 same files byte for byte.
@@ -28,21 +32,36 @@ from ldap3.utils.conv import escape_filter_chars
 from harness.corpus import writer
 from harness.corpus.catalogue import catalogue
 from harness.corpus.claims import claims
-from harness.generation.oracle import PASSWORDS, Delivery, Prediction, Scenario, Unpredictable, World, predict
+from harness.generation.oracle import (
+    MEMO,
+    PASSWORDS,
+    SMTP,
+    STORE,
+    Delivery,
+    Prediction,
+    Scenario,
+    Unpredictable,
+    World,
+    predict,
+)
 from harness.generation.oracle import load as load_world
 
 
 @dataclass(frozen=True)
 class Entry:
-    """Where a session comes from and goes to, and as whom it authenticates."""
+    """Where a message comes from and goes to: an SMTP session (as whom it authenticates, whether it
+    starts TLS), a store submission on a home server, or a memo to the gateway's server."""
 
     client: str
     server: str
     virtual_server: str | None = None
     auth: str | None = None
+    tls: bool = False
+    kind: str = SMTP
 
 
-ENTRIES = (
+# Who connects where over SMTP: the decision space of relaying and routing.
+ROUTING_ENTRIES = (
     Entry("internet", "EX1"),
     Entry("attacker", "EX1"),
     Entry("relay-host", "EX1"),
@@ -72,6 +91,40 @@ ENTRIES = (
     Entry("internet", "EX4"),
     Entry("lan", "EX4", auth="relayuser"),
 )
+# The other ways in: each gets the first grid of kinds of recipient, and random draws.
+WAYS_IN = (
+    # No anonymous access: authenticated sessions relay; an anonymous one is refused at MAIL.
+    Entry("lan", "EX1", "Members Only SMTP Virtual Server", auth="alice"),
+    Entry("internet", "EX1", "Members Only SMTP Virtual Server", auth="relayuser"),
+    Entry("internet", "EX1", "Members Only SMTP Virtual Server"),
+    # STARTTLS first: where the virtual server has a certificate, and on EX2, whose Basic
+    # authentication requires TLS.
+    Entry("internet", "EX1", tls=True),
+    Entry("lan", "EX1", "Lenient TLS SMTP Virtual Server", auth="bob", tls=True),
+    Entry("internet", "EX2", tls=True),
+    Entry("lan", "EX2", auth="alice", tls=True),
+    Entry("lan", "EX2", auth="relayuser", tls=True),
+    # Outlook submits through the store of the sender's home server (the sender is the mailbox's owner).
+    Entry("store", "EX1", kind=STORE),
+    Entry("store", "EX2", kind=STORE),
+    Entry("store", "EX3", kind=STORE),
+    Entry("store", "EX4", kind=STORE),
+    # The Notes system hands a memo to the Notes Connector on EX4.
+    Entry("notes", "EX4", kind=MEMO),
+)
+ENTRIES = ROUTING_ENTRIES + WAYS_IN
+
+# Who submits through the store of each server: a mailbox homed there.
+MAILBOX_OWNER = {
+    "EX1": "alice@contoso.com",
+    "EX2": "bob@contoso.com",
+    "EX3": "carol@contoso.com",
+    "EX4": "dave@contoso.com",
+}
+# Notes users who write memos, and the Notes names of the organization's recipients (each has a
+# NOTES proxy address in the directory).
+NOTES_SENDERS = ("Ann Lee/Sales/Fabrikam", "Ken Sato/Tokyo/Fabrikam")
+NOTES_RECIPIENTS = ("Alice Smith/Contoso", "Dave Ito/Contoso", "Grace Park/Contoso", "Sales/Contoso")
 
 # The address each account sends as once authenticated (it sends as itself: whether Exchange 2003
 # lets an authenticated client send as someone else is not in the documents).
@@ -112,27 +165,64 @@ DOWN = (
     ("Partner SMTP Connector",),
     ("Adatum Relay SMTP Connector",),
     ("Northwind Primary SMTP Connector",),
+    # A server down: its virtual servers stop answering and link state marks its connectors down.
+    ("EX1",),
+    ("EX2",),
+    ("EX3",),
+    ("EX4",),
 )
+# The servers DOWN names: a lab's server_down, the rest connector_down.
+SERVERS = ("EX1", "EX2", "EX3", "EX4")
 
 UNREACHABLE = "Final destination currently unreachable"
 
 _ORACLE_REASONS = "Generated; the oracle (harness/generation/oracle) reasons:"
 
 
+def sender_of(entry: Entry, rng: random.Random) -> str:
+    """Who sends: an authenticated account and a store's mailbox send as themselves (whether Exchange
+    2003 lets them send as someone else is not in the documents)."""
+    if entry.kind == STORE:
+        return MAILBOX_OWNER[entry.server]
+    if entry.kind == MEMO:
+        return rng.choice(NOTES_SENDERS)
+    return OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
+
+
+def recipient_choices(entry: Entry) -> dict[str, tuple[str, ...]]:
+    return {"Notes name": NOTES_RECIPIENTS} if entry.kind == MEMO else RECIPIENTS
+
+
+def scenario_of(
+    entry: Entry, sender: str, recipients: tuple[str, ...], down: tuple[str, ...] = ()
+) -> Scenario:
+    return Scenario(
+        entry.client,
+        entry.server,
+        entry.virtual_server,
+        entry.auth,
+        sender,
+        recipients,
+        down,
+        entry.tls,
+        entry.kind,
+    )
+
+
 def sample(rng: random.Random) -> Scenario:
     entry = rng.choice(ENTRIES)
-    sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
-    count = rng.choices((1, 2, 3), weights=(6, 3, 1))[0]
+    sender = sender_of(entry, rng)
+    # A memo has one recipient here: one Notes name, mapped by the gateway.
+    count = 1 if entry.kind == MEMO else rng.choices((1, 2, 3), weights=(6, 3, 1))[0]
+    choices = recipient_choices(entry)
     recipients: list[str] = []
     for _ in range(count):
-        kind = rng.choice(sorted(RECIPIENTS))
-        address = rng.choice(RECIPIENTS[kind])
+        kind = rng.choice(sorted(choices))
+        address = rng.choice(choices[kind])
         if address not in recipients:
             recipients.append(address)
     down = rng.choice(DOWN) if rng.random() < 0.3 else ()
-    return Scenario(
-        entry.client, entry.server, entry.virtual_server, entry.auth, sender, tuple(recipients), down
-    )
+    return scenario_of(entry, sender, tuple(recipients), down)
 
 
 # Each of these addresses takes a connector and next hop of its own (OUT-8 only from EX3, for
@@ -143,22 +233,41 @@ _ROUTED = ("Internet", "relay domain")
 
 def _may_relay(entry: Entry) -> bool:
     vs = entry.virtual_server or ""
-    return bool(entry.auth) or entry.client in ("relay-host", "EX2", "EX4") or vs.startswith("Open Relay")
+    return (
+        bool(entry.auth)
+        or entry.kind == STORE
+        or entry.client in ("relay-host", "EX2", "EX4")
+        or vs.startswith("Open Relay")
+    )
+
+
+# Where a server down is tried in the grid: a client that may relay anything, and the Notes gateway.
+_OUTAGE_ENTRIES = (Entry("relay-host", "EX1"), Entry("notes", "EX4", kind=MEMO))
+
+
+def _grid(entry: Entry, rng: random.Random, down: tuple[str, ...] = ()) -> Iterator[Scenario]:
+    """One scenario for each kind of recipient (for a memo, each Notes name: there are few)."""
+    choices = recipient_choices(entry)
+    for kind in sorted(choices):
+        sender = sender_of(entry, rng)
+        addresses = choices[kind] if entry.kind == MEMO else (rng.choice(choices[kind]),)
+        for address in addresses:
+            yield scenario_of(entry, sender, (address,), down)
 
 
 def _draws(rng: random.Random) -> Iterator[Scenario]:
     """First every entry point with every kind of recipient, alone and with every connector up (so the
-    corpus covers the whole grid whatever its size), then every entry point that may relay with every
-    Internet and relay-domain address, then random scenarios without end."""
+    corpus covers the whole grid whatever its size), then every SMTP entry point that may relay with
+    every Internet and relay-domain address, then every kind of recipient with each other server
+    down, then random scenarios without end."""
     for entry in ENTRIES:
-        for kind in sorted(RECIPIENTS):
-            sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
-            address = rng.choice(RECIPIENTS[kind])
-            yield Scenario(entry.client, entry.server, entry.virtual_server, entry.auth, sender, (address,))
-    for entry in filter(_may_relay, ENTRIES):
+        yield from _grid(entry, rng)
+    for entry in filter(_may_relay, ROUTING_ENTRIES):
         for address in (a for kind in _ROUTED for a in RECIPIENTS[kind]):
-            sender = OWN_ADDRESS[entry.auth] if entry.auth else rng.choice(SENDERS)
-            yield Scenario(entry.client, entry.server, entry.virtual_server, entry.auth, sender, (address,))
+            yield scenario_of(entry, sender_of(entry, rng), (address,))
+    for entry in _OUTAGE_ENTRIES:
+        for server in (s for s in SERVERS if s != entry.server):
+            yield from _grid(entry, rng, (server,))
     while True:
         yield sample(rng)
 
@@ -214,11 +323,14 @@ def _short(address: str) -> str:
 
 def slug(scenario: Scenario) -> str:
     vs = (scenario.virtual_server or "default").split(" SMTP")[0]
+    if scenario.kind == SMTP:
+        way = [vs, *(["tls"] if scenario.tls else []), f"auth-{scenario.auth}" if scenario.auth else "anon"]
+    else:
+        way = []  # "store-ex1-...", "notes-ex4-...": the client says it
     parts = [
         scenario.client,
         scenario.server,
-        vs,
-        f"auth-{scenario.auth}" if scenario.auth else "anon",
+        *way,
         "from",
         _short(scenario.sender),
         "to",
@@ -281,18 +393,97 @@ def _hops(scenario: Scenario, prediction: Prediction) -> list[str]:
 
 def _ldap(prediction: Prediction) -> list[dict[str, Any]]:
     """The categorizer's look-up of each accepted recipient by proxy address (IN-5 / C-CAT), on the
-    server that categorizes it, with one entry found or none."""
+    server that categorizes it, with one entry found or none; for a memo, the gateway's look-up of each
+    Notes name first (GW-2)."""
     found: dict[tuple[str, str], bool] = {}
     for server, address, hit in prediction.lookups:
         found.setdefault((server, address), hit)
-    return [
-        {
-            "filter": f"(proxyAddresses=smtp:{escape_filter_chars(address)})",
-            "client": server,
-            "results": int(hit),
-        }
-        for (server, address), hit in found.items()
-    ]
+    entries = []
+    for (server, address), hit in found.items():
+        kind, _, value = address.partition(":") if address.startswith("notes:") else ("smtp", "", address)
+        entries.append(
+            {
+                "filter": f"(proxyAddresses={kind}:{escape_filter_chars(value)})",
+                "client": server,
+                "results": int(hit),
+            }
+        )
+    return entries
+
+
+def _event(server: str, event: int, **fields: str) -> dict[str, Any]:
+    return {"server": server, "event": event, **fields}
+
+
+def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
+    """The tracking events the oracle is certain of (reference_mta/tracking.py names them; the
+    Exchange 2003 transport notes say where each is logged), each asserted by the fields it must carry,
+    in no order: where several copies travel at once, the order of their events is a race."""
+    events: list[dict[str, Any]] = []
+    server = scenario.server
+    accepted = prediction.accepted
+    if scenario.kind == SMTP and accepted:
+        # 1019: the virtual server submits the new MAILMSG to AQ, one event per recipient (IN-4).
+        events += [
+            _event(server, 1019, recipient=a, client=scenario.client, sender=_sender(scenario.sender))
+            for a in accepted
+        ]
+    elif scenario.kind == STORE:
+        events.append(_event(server, 1027, sender=scenario.sender))  # the store driver submits (OUT-2a)
+    elif scenario.kind == MEMO:
+        events.append(_event(server, 1004))  # the gateway takes it into its IN folder (GW-1)
+        events += [_event(server, 1046, recipient=a) for a in prediction.mapped]  # translated (GW-2)
+        events.append(_event(server, 1027))  # the store driver gives it to AQ (GW-5)
+    if scenario.kind != SMTP or accepted:
+        events.append(_event(server, 1024))  # AQ hands it to the categorizer (C-AQ)
+    deliveries = list(prediction.deliveries) + [n.delivery for n in prediction.ndrs]
+    for d in deliveries:
+        if d.kind == "mailbox":
+            if d.scope and d.scope.upper() != d.server.upper():
+                # Categorized elsewhere: routed toward its home server there (IN-6b); the queue's name
+                # is the next hop's, which depends on the path.
+                events.append(_event(d.scope, 1034, recipient=d.where))
+            # Queued for local delivery, then the store driver delivers it (IN-6a).
+            events += [_event(d.server, 1036, recipient=d.where), _event(d.server, 1028, recipient=d.where)]
+        elif d.kind == "sink":
+            # Routed to the connector's queue on its bridgehead, then transferred out (OUT-4, OUT-5).
+            events += [
+                _event(d.server, 1034, recipient=d.rcpt, queue=d.connector),
+                _event(d.server, 1031, recipient=d.rcpt),
+            ]
+        else:
+            # Queued for the gateway, then handed to the MTA (IN-7c).
+            events += [_event(d.server, 1038, recipient=d.where), _event(d.server, 1029, recipient=d.where)]
+    events += [_event(n.origin, 1030) for n in prediction.ndrs]  # the NDR is made (DSN-1)
+    unique: list[dict[str, Any]] = []
+    for event in events:
+        if event not in unique:
+            unique.append(event)
+    return unique
+
+
+# The events a recipient gets on the server where a store submission enters, when it goes straight to
+# a mailbox there, or straight out of that server (to another server or a connector's next hop).
+_STORE_LOCAL = [1027, 1019, 1025, 1024, 1033, 1036, 1028, 1023]
+_STORE_ROUTED = [1027, 1019, 1025, 1024, 1033, 1034, 1020, 1031]
+
+
+def _tracking(scenario: Scenario, prediction: Prediction) -> dict[str, dict[str, list[int]]]:
+    """For a store submission to one recipient that is neither expanded, forwarded nor renamed on the
+    way, that recipient's whole sequence on the home server, 1027 first (OUT-2a); anything else may
+    interleave other copies' events, so no sequence is asserted."""
+    if scenario.kind != STORE or len(scenario.recipients) != 1:
+        return {}
+    if prediction.ndrs or prediction.waiting or prediction.forwards or len(prediction.deliveries) != 1:
+        return {}
+    (recipient,) = scenario.recipients
+    d = prediction.deliveries[0]
+    if d.kind == "mailbox" and d.where.lower() == recipient.lower():
+        local = d.server.upper() == scenario.server.upper()
+        return {scenario.server: {recipient: _STORE_LOCAL if local else _STORE_ROUTED}}
+    if d.kind == "sink" and d.rcpt.lower() == recipient.lower():
+        return {scenario.server: {recipient: _STORE_ROUTED}}
+    return {}
 
 
 def backed(document: dict[str, Any], path: Path) -> bool:
@@ -315,34 +506,89 @@ def _spec(prediction: Prediction) -> list[str]:
     return sorted(prediction.spec, key=order.index)
 
 
-def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[str, Any]:
-    """The trace of one scenario: the lab actions, the SMTP session with the oracle's replies, and the
-    oracle's outcome with nothing else delivered."""
+def _script(world: World, scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
     client_fqdn = (
         next((h.fqdn for h in world.clients if h.name == scenario.client), None)
         or world.server(scenario.client).fqdn
     )
-    connect: dict[str, str] = {"server": scenario.server}
-    if scenario.virtual_server:
-        connect["virtual_server"] = scenario.virtual_server
     script: list[dict[str, Any]] = [{"expect": 220}, {"send": f"EHLO {client_fqdn}"}, {"expect": 250}]
+    if scenario.tls:
+        # The handshake verifies the server's certificate against the lab's CA; the session starts over.
+        script += [{"starttls": True}, {"send": f"EHLO {client_fqdn}"}, {"expect": 250}]
     if scenario.auth:
         script += [
             {"auth": {"mechanism": "PLAIN", "user": scenario.auth, "password": PASSWORDS[scenario.auth]}},
             {"expect": {"code": 235, "enhanced": "2.7.0"}},
         ]
-    script += [
-        {"send": f"MAIL FROM:<{scenario.sender}>"},
-        {"expect": {"code": 250, "enhanced": "2.1.0"}},
-    ]
+    script.append({"send": f"MAIL FROM:<{scenario.sender}>"})
+    mail = prediction.mail_reply
+    script.append(
+        {
+            "expect": {"code": 250, "enhanced": "2.1.0"}
+            if mail is None
+            else {"code": mail.code, "text": mail.text}
+        }
+    )
     for address, reply in zip(scenario.recipients, prediction.replies, strict=True):
         script += [{"send": f"RCPT TO:<{address}>"}, {"expect": {"code": reply.code, "text": reply.text}}]
     if prediction.accepted:
         # The content plays no part in these decisions: one small fixture message for all.
         script += [{"data": "plain.eml"}, {"expect": {"code": 250, "enhanced": "2.6.0"}}]
     script += [{"send": "QUIT"}, {"expect": 221}]
-    sessions: list[dict[str, Any]] = [{"lab": {"connector_down": c}} for c in scenario.down]
-    sessions.append({"client": scenario.client, "connect": connect, "script": script})
+    return script
+
+
+_MEMO_SUBJECT = "Generated memo"
+
+
+def _entry_session(world: World, scenario: Scenario, prediction: Prediction) -> dict[str, Any]:
+    if scenario.kind == STORE:
+        data = {"inline": f"From: {scenario.sender}\nSubject: generated submission\n\nplain text\n"}
+        return {
+            "submit": {
+                "server": scenario.server,
+                "mailbox": scenario.sender,
+                "to": list(scenario.recipients),
+                "data": data,
+            }
+        }
+    if scenario.kind == MEMO:
+        gateway = next(c.name for c in world.connectors if c.kind == "gateway")
+        memo = (
+            f"From: {scenario.sender}\nSendTo: {', '.join(scenario.recipients)}\n"
+            f"Subject: {_MEMO_SUBJECT}\nBody:\nplain text\n"
+        )
+        return {"foreign": {"gateway": gateway, "data": {"inline": memo}}}
+    connect: dict[str, str] = {"server": scenario.server}
+    if scenario.virtual_server:
+        connect["virtual_server"] = scenario.virtual_server
+    return {"client": scenario.client, "connect": connect, "script": _script(world, scenario, prediction)}
+
+
+def _title(scenario: Scenario) -> str:
+    if scenario.kind == STORE:
+        who = f"Outlook ({scenario.sender}) through the store of {scenario.server}"
+    elif scenario.kind == MEMO:
+        who = f"Notes memo from {scenario.sender} to the gateway on {scenario.server}"
+    else:
+        how = "as " + scenario.auth if scenario.auth else "anonymous"
+        who = (
+            f"{scenario.client} ({how}{', over TLS' if scenario.tls else ''}) to {scenario.server} "
+            f"{scenario.virtual_server or 'Default SMTP Virtual Server'}: <{scenario.sender}>"
+        )
+    return f"{who} to {', '.join(scenario.recipients)}" + (
+        f", with {', '.join(scenario.down)} down" if scenario.down else ""
+    )
+
+
+def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[str, Any]:
+    """The trace of one scenario: the lab actions, the way the message enters (an SMTP session with
+    the oracle's replies, a store submission, a memo), and the oracle's outcome with nothing else
+    delivered."""
+    sessions: list[dict[str, Any]] = [
+        {"lab": {"server_down" if d in SERVERS else "connector_down": d}} for d in scenario.down
+    ]
+    sessions.append(_entry_session(world, scenario, prediction))
     outcome: dict[str, Any] = {}
     ldap = _ldap(prediction)
     if ldap:
@@ -354,30 +600,42 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     if dns:
         outcome["dns"] = dns
     delivered = delivered_entries(prediction)
+    if scenario.kind == MEMO:
+        # The gateway's translation keeps the subject (GW-2).
+        for item in delivered:
+            item["headers"] = {"Subject": f"^{_MEMO_SUBJECT}$"}
     if delivered:
         outcome["delivered"] = delivered
     hops = _hops(scenario, prediction)
     if hops:
         outcome["hops"] = hops
+    tracking = _tracking(scenario, prediction)
+    if tracking:
+        outcome["tracking"] = tracking
+    events = _events(scenario, prediction)
+    if events:
+        outcome["events"] = events
     waiting = sorted({server for server, _ in prediction.waiting})
     if waiting:
         outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting]
+    elif scenario.kind == MEMO:
+        # The memo went through the gateway's folders and the transport's queues, and all of them
+        # are empty once it is delivered (GW-4).
+        outcome["queues_empty"] = True
     # With nothing expected anywhere the stronger form says so (it is what shows a refusal held).
     outcome["nothing_else_delivered" if delivered else "nothing_delivered"] = True
-    who = f"{scenario.client} ({'as ' + scenario.auth if scenario.auth else 'anonymous'})"
-    title = (
-        f"{who} to {scenario.server} {scenario.virtual_server or 'Default SMTP Virtual Server'}: "
-        f"<{scenario.sender}> to {', '.join(scenario.recipients)}"
-        + (f", with {', '.join(scenario.down)} down" if scenario.down else "")
-    )
     doc: dict[str, Any] = {
         "id": f"generated/{slug(scenario)}",
-        "title": title,
+        "title": _title(scenario),
         "description": "\n".join([_ORACLE_REASONS, *prediction.notes]),
         "spec": _spec(prediction),
         "lab": "contoso",
     }
-    requires = (["queues"] if waiting else []) + (["ldap_log"] if ldap else [])
+    requires = (
+        (["queues"] if "queues" in outcome or "queues_empty" in outcome else [])
+        + (["ldap_log"] if ldap else [])
+        + (["tracking"] if events or tracking else [])
+    )
     if requires:
         doc["requires"] = requires
     # Short: every delivery in these scenarios is immediate; nothing waits for a retry.

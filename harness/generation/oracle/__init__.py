@@ -20,7 +20,19 @@ from harness.generation.oracle.relay import Reply, is_organization_server, may_c
 from harness.generation.oracle.route import Unpredictable
 from harness.generation.oracle.world import World
 
-__all__ = ["Delivery", "Ndr", "Prediction", "Reply", "Scenario", "Unpredictable", "World", "predict"]
+__all__ = [
+    "MEMO",
+    "SMTP",
+    "STORE",
+    "Delivery",
+    "Ndr",
+    "Prediction",
+    "Reply",
+    "Scenario",
+    "Unpredictable",
+    "World",
+    "predict",
+]
 
 # The lab's directory accounts that can authenticate (Basic authentication binds with these).
 PASSWORDS = {
@@ -31,15 +43,25 @@ PASSWORDS = {
 }
 
 
+# How a message enters the organization: an SMTP session, an Outlook (MAPI) submission through the
+# store of the sender's home server, or a memo the foreign (Notes) system hands to its gateway.
+SMTP = "smtp"
+STORE = "store"
+MEMO = "memo"
+
+
 @dataclass(frozen=True)
 class Scenario:
-    client: str  # the lab host the session comes from
-    server: str
+    client: str  # the lab host the session comes from ("store" / "notes" for the other kinds)
+    server: str  # where the message enters: the SMTP server, the home server, the gateway's server
     virtual_server: str | None  # None: the server's default virtual server
     auth: str | None  # the account that authenticates first, or None for an anonymous session
-    sender: str  # "" for the null sender
-    recipients: tuple[str, ...]
-    down: tuple[str, ...] = ()  # connectors an administrator marks down before the session
+    sender: str  # "" for the null sender; a Notes name for a memo
+    recipients: tuple[str, ...]  # SMTP addresses; Notes names for a memo
+    # Connectors and servers an administrator marks down before the session, by name.
+    down: tuple[str, ...] = ()
+    tls: bool = False  # the session starts TLS (STARTTLS) before anything else
+    kind: str = SMTP
 
 
 @dataclass(frozen=True)
@@ -47,11 +69,16 @@ class Ndr:
     delivery: Delivery  # where the NDR lands (sender "")
     status: str
     recipient: str
+    origin: str  # the server that failed the recipient and made the NDR
 
 
 @dataclass
 class Prediction:
     replies: list[Reply]
+    # A refusal before any recipient: 530 at MAIL on a virtual server without anonymous access.
+    mail_reply: Reply | None = None
+    # For a memo: each Notes recipient's SMTP address once the gateway has mapped it.
+    mapped: list[str] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     ndrs: list[Ndr] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient) that wait
@@ -72,15 +99,46 @@ def load(lab_file: Path) -> World:
 
 
 def predict(world: World, scenario: Scenario) -> Prediction:
+    servers_down = {name.upper() for name in scenario.down} & set(world.servers)
+    if scenario.server.upper() in servers_down:
+        raise Unpredictable("the server the message enters by is down")
+    if scenario.kind == STORE:
+        return _store(world, scenario)
+    if scenario.kind == MEMO:
+        return _memo(world, scenario)
+    return _smtp(world, scenario)
+
+
+def _smtp(world: World, scenario: Scenario) -> Prediction:
     server = world.server(scenario.server)
     vs = next((v for v in server.virtual_servers if v.name == scenario.virtual_server), server.default)
-    if not may_connect(world, vs, scenario.client) or not vs.anonymous:
-        raise Unpredictable("a refused connection or an anonymous-less server: not a routing scenario")
-    if scenario.auth is not None and (not vs.basic_auth or vs.auth_requires_tls):
-        raise Unpredictable("authentication without TLS is not offered there")
+    if not may_connect(world, vs, scenario.client):
+        raise Unpredictable("a refused connection: not a routing scenario")
+    if scenario.tls and not vs.tls:
+        raise Unpredictable("STARTTLS where the virtual server has no certificate")
+    if scenario.auth is not None and (not vs.basic_auth or (vs.auth_requires_tls and not scenario.tls)):
+        raise Unpredictable("authentication is not offered there")
     authenticated = scenario.auth is not None
+    if not vs.anonymous and not authenticated:
+        # PROTO-16: every transaction command waits for AUTH; a RCPT after the refused MAIL is out of
+        # sequence (PROTO-2).
+        refused = Reply(530, "5.7.3 Client was not authenticated", "anonymous access is off (PROTO-16)",
+                        "PROTO-16")  # fmt: skip
+        out_of_sequence = [
+            Reply(503, "5.5.2 Need mail command", "no sender was accepted (PROTO-2)", "PROTO-2")
+            for _ in scenario.recipients
+        ]
+        prediction = Prediction(out_of_sequence, mail_reply=refused, spec={"PROTO-16", "PROTO-2"})
+        prediction.notes.append(f"MAIL: 530 — {refused.why}")
+        prediction.notes += [f"RCPT {a}: 503 — no sender was accepted (PROTO-2)" for a in scenario.recipients]
+        return prediction
     replies = [rcpt_reply(world, vs, scenario.client, authenticated, r) for r in scenario.recipients]
     prediction = Prediction(replies)
+    if scenario.tls:
+        prediction.spec.add("PROTO-7")
+        prediction.notes.append("STARTTLS: the session starts over encrypted (PROTO-7)")
+    if authenticated:
+        prediction.spec |= {"PROTO-8", "OUT-2b"}
     for address, reply in zip(scenario.recipients, replies, strict=True):
         prediction.notes.append(f"RCPT {address}: {reply.code} — {reply.why}")
         prediction.spec.add(reply.spec)
@@ -89,31 +147,96 @@ def predict(world: World, scenario: Scenario) -> Prediction:
     accepted = [a for a, r in zip(scenario.recipients, replies, strict=True) if r.accepted]
     if not accepted:
         return prediction
-    prediction.spec.add("IN-4")
+    prediction.spec |= {"IN-4", "C-AQ"}
     message = Message(
         scenario.sender,
         authenticated,
         is_organization_server(world, scenario.client),
         frozenset(d.lower() for d in scenario.down),
     )
+    _categorize(world, server.name, message, accepted, prediction)
+    return prediction
+
+
+def _store(world: World, scenario: Scenario) -> Prediction:
+    """OUT-1 / OUT-2a: Outlook submits through the store of the sender's home server; the store takes
+    every recipient (no relay decision: the user is authenticated), the categorizer judges them."""
+    entry = world.by_proxy("smtp", scenario.sender)
+    if entry is None or not entry.first("homeMDB"):
+        raise Unpredictable(f"{scenario.sender} has no mailbox to submit from")
+    prediction = Prediction([], spec={"OUT-1", "OUT-2a", "C-AQ"})
+    prediction.notes.append(f"{scenario.sender} submits through the store of {scenario.server} (OUT-2a)")
+    message = Message(scenario.sender, True, False, frozenset(d.lower() for d in scenario.down))
+    _categorize(world, world.server(scenario.server).name, message, list(scenario.recipients), prediction)
+    return prediction
+
+
+def _memo(world: World, scenario: Scenario) -> Prediction:
+    """GW-1 .. GW-9: the gateway takes the memo into its IN folder, maps each Notes name to the SMTP
+    address of the object with that NOTES proxy address, and the store driver hands it to AQ on the
+    gateway's server; the memo's sender becomes an IMCEANOTES address in the gateway's SMTP domain."""
+    gateway = next((c for c in world.connectors if c.kind == "gateway"), None)
+    if gateway is None or gateway.local_bridgeheads[0].upper() != scenario.server.upper():
+        raise Unpredictable("no gateway connector on that server")
+    prediction = Prediction([], spec={"GW-1", "GW-2", "GW-4", "GW-5", "GW-6", "C-AQ"})
+    mapped: list[str] = []
+    for name in scenario.recipients:
+        entry = world.by_proxy("notes", name)
+        prediction.lookups.append((scenario.server, f"notes:{name}", entry is not None))
+        if entry is None or not entry.first("mail"):
+            # The gateway returns such a memo itself (a report, not an NDR of the transport): the
+            # documents do not give its form.
+            raise Unpredictable(f"{name} maps to no SMTP address")
+        if entry.is_a("contact"):
+            raise Unpredictable(f"{name} is a contact that points back into the foreign system")
+        mapped.append(entry.first("mail") or "")
+        prediction.notes.append(f"the gateway maps {name} to {mapped[-1]} (GW-2)")
+    prediction.mapped = mapped
+    if gateway.smtp_domain is None:
+        raise Unpredictable(f"{gateway.name} has no SMTP domain for the foreign senders")
+    sender = imcea("NOTES", scenario.sender, gateway.smtp_domain)
+    message = Message(sender, False, False, frozenset(d.lower() for d in scenario.down))
+    _categorize(world, world.server(scenario.server).name, message, mapped, prediction)
+    if prediction.ndrs:
+        # The NDR goes back to an IMCEANOTES address, through the gateway, as a memo: its form is
+        # the gateway's and not in the documents the oracle follows.
+        raise Unpredictable("a recipient of a memo fails")
+    prediction.spec.add("GW-7")
+    if any(d.server.upper() != scenario.server.upper() for d in prediction.deliveries):
+        prediction.spec |= {"GW-8", "GW-9"}  # a link queue, then a connector to another server
+    return prediction
+
+
+# RFC 5321 atext minus "/", which IMCEA encodes (the Exchange convention: "Nora Lee/Contoso" is
+# IMCEANOTES-Nora+20Lee+2FContoso).
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*-=?^_`{|}~.")
+
+
+def imcea(kind: str, address: str, domain: str) -> str:
+    encoded = "".join(c if c in _PLAIN else "".join(f"+{b:02X}" for b in c.encode()) for c in address)
+    return f"IMCEA{kind}-{encoded}@{domain}"
+
+
+def _categorize(
+    world: World, server: str, message: Message, accepted: list[str], prediction: Prediction
+) -> None:
     fate = Fate()
     categorizer = Categorizer(world, message, fate)
     for address in dict.fromkeys(a.lower() for a in accepted):
-        categorizer.recipient(server.name, address)
+        categorizer.recipient(server, address)
     if len(fate.failures) > 1:
         # One NDR for several failures, or one each, depending on where and when they fail: the
         # documents do not say how a server batches them.
         raise Unpredictable("more than one recipient fails")
     prediction.deliveries = fate.deliveries
-    prediction.waiting = list(fate.waiting)
+    prediction.waiting += fate.waiting
     prediction.forwards = list(fate.forwards)
-    prediction.lookups = list(fate.lookups)
+    prediction.lookups += fate.lookups
     prediction.mx_lookups = list(fate.mx_lookups)
     prediction.spec |= fate.spec
     prediction.notes += fate.notes
     for failure in fate.failures:
         prediction.ndrs += _ndr(world, message, failure, prediction)
-    return prediction
 
 
 def _ndr(world: World, message: Message, failure: Failure, prediction: Prediction) -> list[Ndr]:
@@ -131,4 +254,4 @@ def _ndr(world: World, message: Message, failure: Failure, prediction: Predictio
         prediction.notes.append("the NDR itself cannot be delivered: it goes to BadMail")
         return []
     prediction.mx_lookups += fate.mx_lookups
-    return [Ndr(d, failure.status, failure.recipient) for d in fate.deliveries]
+    return [Ndr(d, failure.status, failure.recipient, failure.server) for d in fate.deliveries]

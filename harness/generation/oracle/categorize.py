@@ -31,6 +31,7 @@ class Delivery:
     rcpt: str = ""  # envelope recipient at a sink
     scope: str = ""  # the categorizer that produced it (one message copy per categorizer)
     hops: tuple[str, ...] = ()  # the servers it passes from that categorizer on
+    connector: str = ""  # the connector that carries it out of the organization (sink, foreign)
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,10 @@ class Categorizer:
             self._deliver(Delivery("mailbox", mail, home, self.message.sender, scope=server, hops=(home,)))
             return
         path = server_path(self.world, self.message.down, server, home)
-        if path is None:
-            self.fate.note(f"no path from {server} to {home}: {mail} waits", "C-RE")
-            self.fate.waiting.append((server, mail))
+        if path is None or path.blocked:
+            stop = path.servers[-1] if path else server
+            self.fate.note(f"{home} is down or out of reach from {server}: {mail} waits on {stop}", "C-RE")
+            self.fate.waiting.append((stop, mail))
             return
         crossing = {self.world.server(s).routing_group for s in path.servers}
         self.fate.note(f"{mail}'s mailbox is on {home}: {' > '.join(path.servers)}", "IN-6b", "IN-7a")
@@ -191,9 +193,11 @@ class Categorizer:
             here = self.world.server(expansion.rpartition("=")[2]).name
             if here.upper() != server.upper():
                 path = server_path(self.world, self.message.down, server, here)
-                if path is None:
-                    self.fate.waiting.append((server, entry.first("mail") or ""))
-                    self.fate.note(f"{name} is expanded on {here}, out of reach: it waits", "C-RE")
+                if path is None or path.blocked:
+                    stop = path.servers[-1] if path else server
+                    self.fate.waiting.append((stop, entry.first("mail") or ""))
+                    self.fate.note(f"{name} is expanded on {here}, down or out of reach: it waits on {stop}",
+                                   "C-RE")  # fmt: skip
                     return
                 self.fate.note(f"{name} is expanded on its expansion server {here}", "C-CAT", "IN-6b")
                 seen = set()  # another categorizer: copies are counted there
@@ -229,7 +233,14 @@ class Categorizer:
         if foreign:
             self.fate.note(f"{connector.name} hands it to the foreign system", "IN-7c")
             self._deliver(
-                Delivery("foreign", address, route.choice.bridgehead, self.message.sender, hops=route.hops)
+                Delivery(
+                    "foreign",
+                    address,
+                    route.choice.bridgehead,
+                    self.message.sender,
+                    hops=route.hops,
+                    connector=connector.name,
+                )
             )
             return
         domain = address.rpartition("@")[2].lower()
@@ -241,6 +252,13 @@ class Categorizer:
         self.fate.note(f"{route.choice.bridgehead} hands it to {host.fqdn}", "OUT-5", spec)
         self._deliver(
             Delivery(
-                "sink", host.name, route.choice.bridgehead, self.message.sender, rcpt, server, route.hops
+                "sink",
+                host.name,
+                route.choice.bridgehead,
+                self.message.sender,
+                rcpt,
+                server,
+                route.hops,
+                connector.name,
             )
         )

@@ -10,6 +10,8 @@
   cheapest (path cost + address space cost), then one on this server, then by name;
 - docs/decisions.md: when every connector of the closest address space is down or out of reach, the
   message waits; there is no fail-over to a less specific address space;
+- link state: a server that is down takes nothing (what is for it waits on the server that has it),
+  and a connector whose bridgeheads are all down is down;
 - OUT-5 / OUT-8 / OUT-9: the connector's smart host, else its bridgehead virtual server's smart host
   (route action), else DNS: the preferred MX that answers, or the domain's own A record without MX.
 """
@@ -35,12 +37,23 @@ class NoConnector(Exception):
 class Path:
     servers: tuple[str, ...]  # every server the message passes through, the first one included
     cost: int
+    # The target is down: the message goes as far as the last of `servers` and waits there.
+    blocked: bool = False
+
+
+def is_up(connector: Connector, down: frozenset[str]) -> bool:
+    """`down` names (lower case) what an administrator marked down, connectors and servers alike. A
+    connector is down when marked so, or when every one of its local bridgeheads is, or (a routing
+    group connector) every one of its remote bridgeheads: the link state rule of the seeds."""
+    if connector.down or connector.name.lower() in down:
+        return False
+    if connector.local_bridgeheads and all(b.lower() in down for b in connector.local_bridgeheads):
+        return False
+    return not (connector.remote_bridgeheads and all(b.lower() in down for b in connector.remote_bridgeheads))
 
 
 def links_up(world: World, down: frozenset[str]) -> list[Connector]:
-    return [
-        c for c in world.connectors if c.kind == "routing_group" and not c.down and c.name.lower() not in down
-    ]
+    return [c for c in world.connectors if c.kind == "routing_group" and is_up(c, down)]
 
 
 def group_path(world: World, down: frozenset[str], start: str, goal: str) -> list[Connector] | None:
@@ -71,7 +84,10 @@ def path_cost(world: World, down: frozenset[str], start: str, goal: str) -> int 
 
 def server_path(world: World, down: frozenset[str], origin: str, target: str) -> Path | None:
     """The servers a message passes from `origin` to `target`: within a routing group it goes straight
-    to the server; across groups it goes to each connector's local bridgehead, then its remote one."""
+    to the server; across groups it goes to each connector's local bridgehead, then its remote one.
+    None when no chain of connectors that are up reaches the target's routing group. A target that is
+    down takes nothing, but only its own routing group knows (link state marks connectors down, not
+    servers in other groups): the message travels into that group and waits there (`blocked`)."""
     start = world.server(origin)
     goal = world.server(target)
     chain = group_path(world, down, start.routing_group, goal.routing_group)
@@ -82,9 +98,12 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
         for hop in (link.local_bridgeheads[0], link.remote_bridgeheads[0]):
             if servers[-1].upper() != hop.upper():
                 servers.append(world.server(hop).name)
+    cost = sum(link.cost for link in chain)
+    if goal.name.lower() in down:
+        return Path(tuple(servers), cost, blocked=True)
     if servers[-1].upper() != goal.name.upper():
         servers.append(goal.name)
-    return Path(tuple(servers), sum(link.cost for link in chain))
+    return Path(tuple(servers), cost)
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
@@ -131,11 +150,11 @@ def choose_connector(
     closest = max(rank for rank, _, _ in candidates)
     ranked: list[tuple[int, int, str, Choice]] = []
     for rank, cost, connector in candidates:
-        if rank != closest or connector.down or connector.name.lower() in down:
+        if rank != closest or not is_up(connector, down):
             continue
-        bridgehead = world.server(connector.local_bridgeheads[0]).name
+        bridgehead = world.server(next(b for b in connector.local_bridgeheads if b.lower() not in down)).name
         path = server_path(world, down, origin, bridgehead)
-        if path is None:
+        if path is None or path.blocked:
             continue
         own = 0 if bridgehead.upper() == origin.upper() else 1
         ranked.append((path.cost + cost, own, connector.name, Choice(connector, bridgehead, path)))

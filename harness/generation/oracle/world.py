@@ -33,6 +33,7 @@ class VirtualServer:
     anonymous: bool = True
     basic_auth: bool = True
     auth_requires_tls: bool = False
+    tls: bool = False  # has a certificate: offers STARTTLS
     filter_directory: bool = False
     filter_addresses: tuple[str, ...] = ()
     smart_host: str | None = None
@@ -74,6 +75,7 @@ class Connector:
     reject_from: tuple[str, ...] = ()
     scope_routing_group: bool = False
     down: bool = False
+    smtp_domain: str | None = None  # a gateway's: the domain of the SMTP form of foreign addresses
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def _virtual_server(server: str, addr: int, raw: dict[str, Any]) -> VirtualServe
         anonymous=bool(raw.get("anonymous", True)),
         basic_auth=bool(raw.get("basic_auth", True)),
         auth_requires_tls=bool(raw.get("auth_requires_tls", False)),
+        tls=bool(raw.get("tls", False)),
         filter_directory=bool(filtering.get("directory", False)),
         filter_addresses=_names(filtering.get("addresses")),
         smart_host=raw.get("smart_host"),
@@ -229,6 +232,7 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
         reject_from=_names(restrictions.get("reject_from")),
         scope_routing_group=raw.get("scope") == "routing_group",
         down=raw.get("state") == "down",
+        smtp_domain=raw.get("smtp_domain"),
     )
     if kind != "routing_group" or not raw.get("reciprocal", True):
         return [connector]
