@@ -137,7 +137,21 @@ class ForeignMemo:
     refused: bool = False
 
 
-Item = Session | Submission | LabAction | ForeignMemo
+@dataclass(frozen=True)
+class ViaMta:
+    """A real MTA running as one of the lab's outside hosts is handed a message (as `sendmail` hands it)
+    and sends it as any MTA does: MX, then A, through the lab's DNS, then port 25 of the exchanger
+    (IN-1, IN-2). The item passes once the MTA has handed the message over to the next hop."""
+
+    host: str
+    mta: str
+    sender: str
+    to: tuple[str, ...]
+    data: Data
+    line: int
+
+
+Item = Session | Submission | LabAction | ForeignMemo | ViaMta
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,11 @@ class Trace:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def senders(self) -> tuple[str, ...]:
+        """The outside hosts that send through a real MTA in this trace (its `via:` items), once each."""
+        return tuple(dict.fromkeys(item.host for item in self.sessions if isinstance(item, ViaMta)))
 
 
 def _clearer(document: yamlsource.Document, error: SourceError) -> SourceError:
@@ -275,7 +294,7 @@ def load(path: Path) -> Trace:
     _check_regexes(document, data.get("outcome") or {})
     sessions: list[Item] = []
     for number, raw in enumerate(data["sessions"]):
-        if "submit" in raw or "lab" in raw or "foreign" in raw:
+        if "submit" in raw or "lab" in raw or "foreign" in raw or "via" in raw:
             sessions.append(_other_item(document, number, raw, path))
         else:
             sessions.append(_session(document, number, raw, path))
@@ -374,6 +393,18 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
         if action.takes_rule:
             return LabAction(action, value.get("host") or value.get("server"), line, dict(value))
         return LabAction(action, str(value) if action.takes_name else None, line)
+    if "via" in raw:
+        via = raw["via"]
+        message = _data_item(document, ("sessions", number, "via", "data"), via["data"], path)
+        to = via["to"]
+        return ViaMta(
+            via["host"],
+            via.get("mta", "postfix"),
+            via["from"],
+            tuple([to] if isinstance(to, str) else to),
+            message,
+            _line(document, ("sessions", number)),
+        )
     if "foreign" in raw:
         foreign = raw["foreign"]
         memo = _data_item(document, ("sessions", number, "foreign", "data"), foreign["data"], path)
@@ -435,6 +466,8 @@ class _LabNames:
         self.servers = [s.name for s in config.organization.servers]
         self.sinks = [h.name for h in config.internet_hosts]
         self.gateways = [c.name for c in config.organization.connectors if c.kind == "gateway"]
+        # The hosts outside the organization that can run a real sending MTA.
+        self.senders = [h.name for h in config.hosts.values() if h.kind in ("internet", "client")]
         # The categorizer of each server asks under the server's name; SMTP AUTH look-ups under this one.
         self.directory_clients = [*self.servers, AUTH_CLIENT]
 
@@ -503,6 +536,8 @@ def _check_session_names(names: _LabNames, at: tuple[str | int, ...], session: d
         names.require((*at, "submit", "server"), session["submit"]["server"], "server", names.servers)
     elif "lab" in session:
         _check_lab_action_names(names, at, session["lab"])
+    elif "via" in session:
+        names.require((*at, "via", "host"), session["via"]["host"], "Internet host or client", names.senders)
     else:
         names.require((*at, "client"), session["client"], "lab host", names.hosts)
         _check_connect_names(names, (*at, "connect"), session["connect"])
