@@ -21,7 +21,7 @@ from typing import Any
 from harness import yamlsource
 from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
-from harness.corpus.trace import Session, Submission, Trace
+from harness.corpus.trace import Session, Submission, Trace, ViaMta
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class _Facts:
     sent: frozenset[str]
     refused: bool
     submitted: bool
+    senders: frozenset[str] = frozenset()  # the hosts of the trace's `via:` items, lower case
 
 
 def claims(trace: Trace, entries: Mapping[str, Entry] | None = None) -> list[Claim]:
@@ -125,7 +126,11 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
         facts.outcome.get("not_delivered") or facts.outcome.get("nothing_delivered")
     ),
     "ldap": lambda value, facts: _any(facts.outcome, "ldap", lambda spec: _ldap_matches(spec, value)),
-    "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value)),
+    "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value, facts)),
+    "dns_in_order": lambda _, facts: bool(facts.outcome.get("dns_in_order")),
+    "connection": lambda value, facts: _any(
+        facts.outcome, "connections", lambda spec: _connection_matches(spec, value, facts)
+    ),
     "event": lambda value, facts: _event_holds(value, facts.outcome),
     "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
     "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
@@ -156,10 +161,18 @@ def _ldap_matches(spec: Mapping[str, Any], wanted: str) -> bool:
     return empty if wanted == "absent" else not spec.get("absent")
 
 
-def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any], facts: _Facts) -> bool:
     if bool(spec.get("absent")) != bool(wanted.get("absent")):
         return False
+    if wanted.get("by") == "sender" and str(spec.get("client", "")).lower() not in facts.senders:
+        return False
     return "type" not in wanted or str(spec.get("type", "")).upper() == wanted["type"]
+
+
+def _connection_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any], facts: _Facts) -> bool:
+    if spec.get("absent"):
+        return False
+    return wanted.get("by") != "sender" or str(spec["client"]).lower() in facts.senders
 
 
 def _event_holds(wanted: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
@@ -215,8 +228,8 @@ def _reply_matches(reply: _Reply, wanted: Mapping[str, Any]) -> bool:
 def _asserted(facts: _Facts) -> str:
     """What the trace asserts, in the same words, so the gap is plain."""
     outcome = facts.outcome
-    parts = [key for key in ("delivered", "not_delivered", "ldap", "dns", "tracking", "events", "hops",
-                             "queues") if outcome.get(key)]  # fmt: skip
+    parts = [key for key in ("delivered", "not_delivered", "ldap", "dns", "connections", "tracking", "events",
+                             "hops", "queues") if outcome.get(key)]  # fmt: skip
     parts += [key for key in ("nothing_delivered", "queues_empty") if outcome.get(key)]
     codes = sorted({str(r.code) for r in facts.replies if r.code is not None})
     shown = ", ".join(f"outcome.{part}" for part in parts)
@@ -233,6 +246,7 @@ def _facts(trace: Trace) -> _Facts:
     sent: set[str] = set()
     refused = False
     submitted = False
+    senders = frozenset(item.host.lower() for item in trace.sessions if isinstance(item, ViaMta))
     for item in trace.sessions:
         if isinstance(item, Submission):
             submitted = True
@@ -240,7 +254,7 @@ def _facts(trace: Trace) -> _Facts:
         elif isinstance(item, Session):
             refused = refused or item.refused
             _script(item, replies, sent)
-    return _Facts(trace.outcome, tuple(replies), frozenset(sent), refused, submitted)
+    return _Facts(trace.outcome, tuple(replies), frozenset(sent), refused, submitted, senders)
 
 
 def _script(session: Session, replies: list[_Reply], sent: set[str]) -> None:

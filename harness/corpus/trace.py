@@ -517,6 +517,8 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
         _check_session_names(names, ("sessions", number), session)
     outcome: dict[str, Any] = data.get("outcome") or {}
     _check_dns_names(names, outcome)
+    _check_connection_names(names, outcome)
+    _check_senders_receive_nothing(names, data)
     for index, spec in enumerate(outcome.get("ldap") or []):
         if "client" in spec:
             at = ("outcome", "ldap", index, "client")
@@ -594,6 +596,56 @@ def _check_dns_names(names: _LabNames, outcome: dict[str, Any]) -> None:
                 raise names.document.error(
                     (*at, "type"), f"unknown DNS record type {spec['type']!r}"
                 ) from None
+
+
+def _check_connection_names(names: _LabNames, outcome: dict[str, Any]) -> None:
+    """The sessions expected in the protocol logs: a lab host's, to a virtual server that keeps one."""
+    for index, spec in enumerate(outcome.get("connections") or []):
+        at = ("outcome", "connections", index)
+        names.require((*at, "client"), spec["client"], "lab host", names.hosts)
+        names.require((*at, "server"), spec["server"], "server", names.servers)
+        server = names.config.organization.server(spec["server"])
+        vs = server.default_virtual_server
+        if "virtual_server" in spec:
+            virtual = [v.name for v in server.virtual_servers]
+            names.require(
+                (*at, "virtual_server"), spec["virtual_server"], f"virtual server on {server.name}", virtual
+            )
+            vs = next(v for v in server.virtual_servers if v.name.lower() == spec["virtual_server"].lower())
+        if vs.logging != "w3c":
+            raise names.document.error(
+                (*at, "virtual_server" if "virtual_server" in spec else "server"),
+                f"{server.name}'s {vs.name} keeps no protocol log, so no session to it can be seen: "
+                f"set logging: w3c on it in lab {names.config.name}",
+            )
+
+
+def _check_senders_receive_nothing(names: _LabNames, data: dict[str, Any]) -> None:
+    """A host that sends through a real MTA is that MTA for the whole trace: no sink of the harness
+    answers for it, so nothing can be delivered to it nor a reply rule set on it."""
+    senders = {
+        item["via"]["host"].lower(): number
+        for number, item in enumerate(data["sessions"])
+        if isinstance(item, dict) and "via" in item
+    }
+    if not senders:
+        return
+    named: list[tuple[tuple[str | int, ...], str]] = []
+    for number, item in enumerate(data["sessions"]):
+        rule = (item.get("lab") or {}).get("sink_rule") if isinstance(item, dict) else None
+        if isinstance(rule, dict) and "host" in rule:
+            named.append((("sessions", number, "lab", "sink_rule", "host"), rule["host"]))
+    for section in ("delivered", "not_delivered"):
+        for index, spec in enumerate((data.get("outcome") or {}).get(section) or []):
+            if "sink" in spec:
+                named.append((("outcome", section, index, "sink"), spec["sink"]))
+    for location, host in named:
+        if host.lower() in senders:
+            raise names.document.error(
+                location,
+                f"{host} is a real sending MTA in this trace (sessions[{senders[host.lower()]}].via): it "
+                "receives nothing; name another Internet host",
+            )
 
 
 def _check_server_names(names: _LabNames, outcome: dict[str, Any]) -> None:
