@@ -64,7 +64,7 @@ class Target:
         """None if this target can run here (and `trace`, whose real sending MTA needs the same: a
         network namespace, Postfix), else why not (a reason to skip, not a failure)."""
         if trace is not None and trace.senders and (reason := sender.available()) is not None:
-            return f"{trace.id} sends through a real MTA on {', '.join(trace.senders)}: {reason}"
+            return f"the trace sends through a real MTA on {', '.join(trace.senders)}: {reason}"
         if self.adapter is None:
             return None
         return netns.available() or self.adapter.installed()
