@@ -89,6 +89,21 @@ def test_dns_in_order_fails_when_the_trace_lists_a_before_mx(tmp_path: Path) -> 
 
 
 @live
+def test_a_session_the_protocol_logs_do_not_show_fails_the_trace(tmp_path: Path) -> None:
+    """The real MTA chose EX1: a trace that expects its session on EX2 fails, saying what was logged."""
+    text = PREFERRED.read_text(encoding="utf-8").replace(
+        "{client: fabrikam-mx, server: EX2, absent: true}", "{client: fabrikam-mx, server: EX2}"
+    )
+    path = tmp_path / "ex2.yaml"
+    path.write_text(text.replace("inbound/mx-preference", "try/ex2"), encoding="utf-8")
+    result = _run(path)
+    assert result.failures() == ["SMTP session from fabrikam-mx to EX2 was not logged"]
+    (check,) = [c for c in result.checks if not c.passed]
+    logged = r"fabrikam-mx \(198\.18\.[0-9.]+\) → EX1 Default SMTP Virtual Server \(198\.18\.[0-9.]+\)"
+    assert re.fullmatch(logged, check.actual)
+
+
+@live
 def test_mailflow_run_passes_the_real_mta_traces(tmp_path: Path) -> None:
     done = mailflow("run", str(PREFERRED), str(PREFERRED_DOWN), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
