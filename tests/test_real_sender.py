@@ -163,6 +163,21 @@ def test_a_sending_host_cannot_also_receive_in_the_same_trace(tmp_path: Path) ->
     done = mailflow("check", str(path), cwd=tmp_path)
     assert done.returncode == 2
     assert "outcome.not_delivered[0].sink: fabrikam-mx is a real sending MTA in this trace" in done.stdout
+    assert "nothing else can send from it or reach it; name another lab host" in done.stdout
+
+
+def test_the_harness_cannot_also_send_from_a_sending_host(tmp_path: Path) -> None:
+    text = PREFERRED.read_text(encoding="utf-8").replace(
+        "sessions:\n",
+        "sessions:\n  - client: fabrikam-mx\n    connect: {server: EX1}\n    script:\n      - expect: 220\n",
+    )
+    path = tmp_path / "both.yaml"
+    path.write_text(text, encoding="utf-8")
+    done = mailflow("check", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert (
+        "sessions[0].client: fabrikam-mx is a real sending MTA in this trace (sessions[1].via)" in done.stdout
+    )
 
 
 def test_a_connection_to_a_virtual_server_without_a_protocol_log_is_refused(tmp_path: Path) -> None:

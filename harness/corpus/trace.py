@@ -621,8 +621,9 @@ def _check_connection_names(names: _LabNames, outcome: dict[str, Any]) -> None:
 
 
 def _check_senders_receive_nothing(names: _LabNames, data: dict[str, Any]) -> None:
-    """A host that sends through a real MTA is that MTA for the whole trace: no sink of the harness
-    answers for it, so nothing can be delivered to it nor a reply rule set on it."""
+    """A host that sends through a real MTA is that MTA for the whole trace, in a namespace of its own:
+    no sink of the harness answers for it and no session of the harness binds its address, so nothing
+    can be delivered to it, a reply rule set on it, or a session sent from or to it."""
     senders = {
         item["via"]["host"].lower(): number
         for number, item in enumerate(data["sessions"])
@@ -635,6 +636,11 @@ def _check_senders_receive_nothing(names: _LabNames, data: dict[str, Any]) -> No
         rule = (item.get("lab") or {}).get("sink_rule") if isinstance(item, dict) else None
         if isinstance(rule, dict) and "host" in rule:
             named.append((("sessions", number, "lab", "sink_rule", "host"), rule["host"]))
+        # The harness cannot speak from, nor connect to, an address that lives in the MTA's namespace.
+        if isinstance(item, dict) and "client" in item:
+            named.append((("sessions", number, "client"), item["client"]))
+            if "host" in (item.get("connect") or {}):
+                named.append((("sessions", number, "connect", "host"), item["connect"]["host"]))
     for section in ("delivered", "not_delivered"):
         for index, spec in enumerate((data.get("outcome") or {}).get(section) or []):
             if "sink" in spec:
@@ -643,8 +649,8 @@ def _check_senders_receive_nothing(names: _LabNames, data: dict[str, Any]) -> No
         if host.lower() in senders:
             raise names.document.error(
                 location,
-                f"{host} is a real sending MTA in this trace (sessions[{senders[host.lower()]}].via): it "
-                "receives nothing; name another Internet host",
+                f"{host} is a real sending MTA in this trace (sessions[{senders[host.lower()]}].via): "
+                "nothing else can send from it or reach it; name another lab host",
             )
 
 
