@@ -30,7 +30,8 @@ from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
 from harness.corpus.catalogue import catalogue, markdown
-from harness.corpus.claims import claims
+from harness.corpus.claims import Claim, claims
+from harness.corpus.lab_view import lab_view
 from harness.corpus.trace import Trace, in_corpus, is_trace_file, load, sniff, yaml_files
 from harness.exit_codes import ExitCode, InputError
 from harness.judge.deviations import deviations
@@ -497,7 +498,9 @@ def _loaded_traces(paths: tuple[str, ...]) -> tuple[list[Trace], list[str]]:
     broken: list[str] = []
     for path in trace_files(paths):
         try:
-            traces.append(load(path.resolve()))
+            trace = load(path.resolve())
+            lab_view(trace.lab)  # coverage judges claims by the evidence rule, which reads the directory
+            traces.append(trace)
         except SourceError as exc:
             broken.append(str(exc))
     return traces, broken
@@ -580,15 +583,15 @@ def catalogue_command(destination: Path | None) -> None:
     "--claims",
     "claims_report",
     is_flag=True,
-    help="also hold each trace's spec:/boundary: IDs against the evidence the catalogue declares for "
-    "them (harness/corpus/catalogue.yaml, shown_by): list every claim the trace's assertions do not "
-    "show, with file, line and what is missing, and totals per ID and flow; exit 1 if any is unbacked",
+    help="report the claims instead of each file: only the unbacked ones, then totals per ID and flow",
 )
 def check(paths: tuple[str, ...], claims_report: bool) -> None:
-    """Validate trace and lab files without running anything. Exits 2 if any is invalid; with --claims,
-    1 if every file is valid but a trace claims a catalogue step its assertions do not show."""
+    """Validate trace and lab files without running anything, and hold each trace's spec:/boundary: IDs
+    against the evidence the catalogue declares for them (harness/corpus/catalogue.yaml, shown_by): a
+    claim the trace's assertions do not show is listed with file, line and what is missing. Exits 2 if
+    any file is invalid, 1 if every file is valid but a trace claims a step it does not show."""
     problems = 0
-    traces: list[Trace] = []
+    judged: list[Claim] = []
     for raw in paths:
         named = not Path(raw).is_dir()
         for path in [Path(raw)] if named else yaml_files(Path(raw)):
@@ -604,31 +607,43 @@ def check(paths: tuple[str, ...], claims_report: bool) -> None:
                     config = lab_config.load(path.resolve())
                     # The directory is only parsed when a lab starts; a broken LDIF must show up here.
                     MockGlobalCatalog(config.global_catalog).load()
+                    missing = 0
                 else:
-                    traces.append(load(path.resolve()))
-                if not claims_report:  # the claims report is long enough without a line per good file
+                    trace = load(path.resolve())
+                    lab_view(trace.lab)  # the evidence rule reads the lab's directory: a broken one is input
+                    found = claims(trace)
+                    judged += found
+                    missing = _print_unbacked(trace, found)
+                if not claims_report and not missing:  # the report is long enough without good files
                     console.print(f"[green]ok[/green] {path}")
             except (SourceError, GlobalCatalogError) as exc:
                 problems += 1
                 # soft_wrap keeps "file:line: field: message" on one line for grep and editors.
                 console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    unbacked = _claims_report(traces) if claims_report else 0
+    if claims_report:
+        _claims_totals(judged)
+    unbacked = any(not claim.shown for claim in judged)
     sys.exit(ExitCode.INPUT if problems else ExitCode.FAILED if unbacked else ExitCode.OK)
 
 
-def _claims_report(traces: list[Trace]) -> int:
-    """Print the unbacked claims and the totals; return how many are unbacked."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # ID → [claims, shown]
+def _print_unbacked(trace: Trace, found: list[Claim]) -> int:
+    """Print each claim of the trace that its assertions do not show; return how many there are."""
     unbacked = 0
-    for trace in traces:
-        for claim in claims(trace):
-            counts[claim.id][0] += 1
-            counts[claim.id][1] += claim.shown
-            if not claim.shown:
-                unbacked += 1
-                where = f"{_shown_path(trace.path)}:{claim.line}"
-                text = f"[red]unbacked[/red] {escape(where)}: {escape(claim.missing)}"
-                console.print(text, highlight=False, soft_wrap=True)
+    for claim in found:
+        if not claim.shown:
+            unbacked += 1
+            where = f"{_shown_path(trace.path)}:{claim.line}"
+            text = f"[red]unbacked[/red] {escape(where)}: {escape(claim.missing)}"
+            console.print(text, highlight=False, soft_wrap=True)
+    return unbacked
+
+
+def _claims_totals(judged: list[Claim]) -> None:
+    """The claims per ID and per flow: how many, how many shown."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # ID → [claims, shown]
+    for claim in judged:
+        counts[claim.id][0] += 1
+        counts[claim.id][1] += claim.shown
     table = Table(title="claims backed by the trace's assertions")
     for column in ("ID", "flow", "claims", "shown", "unbacked"):
         table.add_column(column)
@@ -643,8 +658,8 @@ def _claims_report(traces: list[Trace]) -> int:
     for flow, (total, shown) in flows.items():
         console.print(f"{flow}: {total} claims, {shown} shown, {total - shown} unbacked")
     total = sum(count[0] for count in counts.values())
-    console.print(f"total: {total} claims, {total - unbacked} shown, {unbacked} unbacked")
-    return unbacked
+    shown = sum(count[1] for count in counts.values())
+    console.print(f"total: {total} claims, {shown} shown, {total - shown} unbacked")
 
 
 def _shown_path(path: Path) -> str:

@@ -87,7 +87,7 @@ def _describe_delivery(value: Any) -> str:
     options = value if isinstance(value, dict) else {"to": value}
     words = _DESTINATION_WORDS[options["to"]]
     if options.get("server"):
-        words += " naming its server"
+        words += " naming its server (server:, or a sink's peer:)"
     if options.get("dsn"):
         words += " that is a DSN" + ("" if options["dsn"] == "any" else f" (action {options['dsn']})")
     if options.get("content"):
@@ -99,7 +99,22 @@ def _describe_dns(value: Mapping[str, Any]) -> str:
     what = f"DNS {value['type']} query" if "type" in value else "DNS query"
     if value.get("by") == "sender":
         what += " from a real sending MTA (client: the host of a via: item)"
-    return f"no {what} (outcome.dns absent)" if value.get("absent") else f"a {what} (outcome.dns)"
+    if value.get("absent"):
+        return f"no {what} (outcome.dns absent)"
+    if value.get("failed"):
+        return (
+            f"a {what} answered with a failure (outcome.dns rcode: NXDOMAIN/SERVFAIL/REFUSED, or answers: 0)"
+        )
+    return f"a {what} (outcome.dns)"
+
+
+_LDAP_WORDS = {
+    "query": "an LDAP query (outcome.ldap)",
+    "recipient": (
+        "an LDAP query whose filter names a recipient's address or its mailbox's proxy address (outcome.ldap)"
+    ),
+    "absent": "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)",
+}
 
 
 def _describe_connection(value: Mapping[str, Any]) -> str:
@@ -109,17 +124,20 @@ def _describe_connection(value: Mapping[str, Any]) -> str:
 
 _WORDS: dict[str, Callable[[Any], str]] = {
     "delivered": _describe_delivery,
-    "undelivered": lambda _: "a message not delivered (outcome.not_delivered or nothing_delivered)",
-    "ldap": lambda value: (
-        "an LDAP query that is not made or finds nothing (outcome.ldap absent/results: 0)"
-        if value == "absent"
-        else "an LDAP query (outcome.ldap)"
+    "undelivered": lambda _: (
+        "a message not delivered (outcome.not_delivered, nothing_delivered, or nothing_else_delivered"
+        " with a recipient that no outcome.delivered entry is for)"
     ),
+    "ldap": _LDAP_WORDS.__getitem__,
     "dns": _describe_dns,
     "dns_in_order": lambda _: "the DNS queries in the order they are asked (outcome.dns_in_order)",
     "connection": _describe_connection,
     "event": lambda value: _describe_event(value),
     "hops": lambda value: f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)",
+    "routing_groups": lambda value: (
+        f"servers in at least {value} routing groups (the server entered, outcome.hops or tracking,"
+        " a delivery's server: or peer:)"
+    ),
     "queues": lambda _: "a queue state (outcome.queues or queues_empty)",
     "reply": lambda value: _describe_reply(value),
     "sent": lambda value: f"a script that sends {' or '.join(listed(value))}",
@@ -176,8 +194,7 @@ def markdown() -> str:
         "Traces name these IDs in `spec:` (and `boundary:`), reports group by them, and `mailflow coverage`",
         "counts the traces that show each one.",
         "",
-        "`shown by` is what a trace must assert for its claim to be backed (`mailflow check --claims`): "
-        "every",
+        "`shown by` is what a trace must assert for its claim to be backed (`mailflow check`): every",
         "requirement of the white-box form, or of the black-box form; a `boundary:` claim needs the "
         "negative form,",
         f"by default {_cell(_form_words(default_boundary()))}.",

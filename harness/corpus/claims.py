@@ -8,7 +8,9 @@ vocabulary its schema (harness/schemas/catalogue.schema.json) defines. `claims` 
 against it and says, for each claim, whether it is shown and, if not, what is missing.
 
 The rule reads what the trace asserts, not what a run observed: a claim is backed when passing the trace
-would show the step.
+would show the step. Of the trace's lab it reads only what the trace's words need to mean something
+(harness/corpus/lab_view.py): the routing group of a server the trace names, and which mailbox an
+address it sends to reaches.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 from harness import yamlsource
 from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
+from harness.corpus.lab_view import LabView, lab_view, proxy_filter
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
-from harness.corpus.trace import Session, Submission, Trace, ViaMta
+from harness.corpus.trace import ForeignMemo, Session, Submission, Trace, ViaMta
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,14 @@ class _Facts:
     sent: frozenset[str]
     refused: bool
     submitted: bool
+    recipients: tuple[str, ...]
+    """Addresses the trace sends a message to (RCPT TO, a submission's or a via: item's `to`), lower case,
+    in order."""
+    entered: frozenset[str]
+    """Servers a session connects to or a submission enters."""
+    memo: bool
+    """A foreign memo is handed to a gateway: its recipients are foreign names, not addresses."""
+    lab: LabView
     senders: frozenset[str] = frozenset()  # the hosts of the trace's `via:` items, lower case
 
 
@@ -122,10 +133,8 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
     "delivered": lambda value, facts: _any(
         facts.outcome, "delivered", lambda spec: _delivery_matches(spec, value)
     ),
-    "undelivered": lambda _, facts: bool(
-        facts.outcome.get("not_delivered") or facts.outcome.get("nothing_delivered")
-    ),
-    "ldap": lambda value, facts: _any(facts.outcome, "ldap", lambda spec: _ldap_matches(spec, value)),
+    "undelivered": lambda _, facts: _undelivered(facts),
+    "ldap": lambda value, facts: _any(facts.outcome, "ldap", lambda spec: _ldap_matches(spec, value, facts)),
     "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value, facts)),
     "dns_in_order": lambda _, facts: bool(facts.outcome.get("dns_in_order")),
     "connection": lambda value, facts: _any(
@@ -133,6 +142,7 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
     ),
     "event": lambda value, facts: _event_holds(value, facts.outcome),
     "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
+    "routing_groups": lambda value, facts: len(_routing_groups(facts)) >= value,
     "queues": lambda _, facts: bool(facts.outcome.get("queues") or facts.outcome.get("queues_empty")),
     "reply": lambda value, facts: any(_reply_matches(reply, value) for reply in facts.replies),
     "sent": lambda value, facts: bool(facts.sent & set(listed(value))),
@@ -145,7 +155,8 @@ def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
     options = wanted if isinstance(wanted, dict) else {"to": wanted}
     if options["to"] != "any" and options["to"] not in spec:
         return False
-    if options.get("server") and "server" not in spec:
+    # A sink's peer: is the server that handed the copy over, as a mailbox's server: is the one storing it.
+    if options.get("server") and not {"server", "peer"} & spec.keys():
         return False
     if options.get("content") and not {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
         return False
@@ -156,13 +167,63 @@ def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
     return True
 
 
-def _ldap_matches(spec: Mapping[str, Any], wanted: str) -> bool:
+def _undelivered(facts: _Facts) -> bool:
+    outcome = facts.outcome
+    if outcome.get("not_delivered") or outcome.get("nothing_delivered"):
+        return True
+    if not outcome.get("nothing_else_delivered"):
+        return False
+    delivered = list(outcome.get("delivered") or [])
+    if not delivered:
+        return True  # nothing listed and nothing else: nothing delivered at all
+    # With every copy listed and nothing else delivered, a recipient none of the listed copies is for
+    # got no copy anywhere. A copy that does not say whom it is for could be any recipient's.
+    if facts.memo or any("mailbox" not in spec and "rcpt" not in spec for spec in delivered):
+        return False
+    named = {str(spec["mailbox"]).lower() for spec in delivered if "mailbox" in spec}
+    named |= {str(address).lower() for spec in delivered for address in listed(spec.get("rcpt") or [])}
+    return any(not facts.lab.reaches(address) & named for address in facts.recipients)
+
+
+def _ldap_matches(spec: Mapping[str, Any], wanted: str, facts: _Facts) -> bool:
     empty = bool(spec.get("absent")) or spec.get("results") == 0
-    return empty if wanted == "absent" else not spec.get("absent")
+    if wanted == "absent":
+        return empty
+    if spec.get("absent"):
+        return False
+    return wanted == "query" or _names_a_recipient(spec, facts)
+
+
+# An address no lab holds: a filter_regex that matches its filter too matches any filter, not a recipient's.
+_NOBODY = "nobody.at.all@mailflow.invalid"
+
+
+def _names_a_recipient(spec: Mapping[str, Any], facts: _Facts) -> bool:
+    """Whether an LDAP expectation's filter is the look-up of a recipient the trace addresses: by that
+    address or by another proxy address of the same mailbox (the categorizer's homeMDB look-up)."""
+    addresses = {a for recipient in facts.recipients for a in facts.lab.proxies(recipient)}
+    addresses |= {
+        a
+        for item in facts.outcome.get("delivered") or []
+        if "mailbox" in item
+        for a in facts.lab.proxies(str(item["mailbox"]).lower())
+    }
+    if "filter" in spec:
+        text = str(spec["filter"]).lower()
+        return any(proxy_filter(address).lower() in text for address in addresses)
+    try:
+        pattern = re.compile(str(spec.get("filter_regex", "")))
+    except re.error:
+        return False  # loading the trace refuses it already
+    if pattern.search(proxy_filter(_NOBODY)):
+        return False
+    return any(pattern.search(proxy_filter(address)) for address in addresses)
 
 
 def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any], facts: _Facts) -> bool:
     if bool(spec.get("absent")) != bool(wanted.get("absent")):
+        return False
+    if wanted.get("failed") and spec.get("rcode", "NOERROR") == "NOERROR" and spec.get("answers") != 0:
         return False
     if wanted.get("by") == "sender" and str(spec.get("client", "")).lower() not in facts.senders:
         return False
@@ -173,6 +234,17 @@ def _connection_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any], fact
     if spec.get("absent"):
         return False
     return wanted.get("by") != "sender" or str(spec["client"]).lower() in facts.senders
+
+
+def _routing_groups(facts: _Facts) -> set[str]:
+    """The routing groups of the servers the trace shows the message at."""
+    outcome = facts.outcome
+    servers = set(facts.entered) | {str(server) for server in outcome.get("hops") or []}
+    servers |= {str(server) for server, events in (outcome.get("tracking") or {}).items() if events}
+    servers |= {str(spec["server"]) for spec in outcome.get("events") or [] if not spec.get("absent")}
+    for spec in outcome.get("delivered") or []:
+        servers |= {str(spec[key]) for key in ("server", "peer") if key in spec}
+    return {group for server in servers if (group := facts.lab.routing_group(server))}
 
 
 def _event_holds(wanted: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
@@ -244,25 +316,52 @@ _CODE = re.compile(r"^([2-5][0-9][0-9])")
 def _facts(trace: Trace) -> _Facts:
     replies: list[_Reply] = []
     sent: set[str] = set()
+    recipients: list[str] = []
+    entered: set[str] = set()
     refused = False
     submitted = False
+    memo = False
     senders = frozenset(item.host.lower() for item in trace.sessions if isinstance(item, ViaMta))
     for item in trace.sessions:
         if isinstance(item, Submission):
             submitted = True
             refused = refused or item.refused
+            recipients += [address.lower() for address in item.to]
+            entered.add(item.server)
         elif isinstance(item, Session):
             refused = refused or item.refused
-            _script(item, replies, sent)
-    return _Facts(trace.outcome, tuple(replies), frozenset(sent), refused, submitted, senders)
+            _script(item, replies, sent, recipients)
+            if item.connect.server:
+                entered.add(item.connect.server)
+        elif isinstance(item, ForeignMemo):
+            memo = True
+        elif isinstance(item, ViaMta):
+            recipients += [address.lower() for address in item.to]
+    return _Facts(
+        trace.outcome,
+        tuple(replies),
+        frozenset(sent),
+        refused,
+        submitted,
+        tuple(dict.fromkeys(recipients)),
+        frozenset(entered),
+        memo,
+        lab_view(trace.lab),
+        senders,
+    )
 
 
-def _script(session: Session, replies: list[_Reply], sent: set[str]) -> None:
-    """The replies a session's expect steps check, each with the command it answers."""
+_RCPT = re.compile(r"^RCPT\s+TO:\s*<([^>]*)>", re.IGNORECASE)
+
+
+def _script(session: Session, replies: list[_Reply], sent: set[str], recipients: list[str]) -> None:
+    """The replies a session's expect steps check, each with the command it answers, and the addresses
+    its RCPT commands name."""
     pending: list[str] = ["CONNECT"]  # commands whose replies are still to be read, oldest first
     for step in session.steps:
         commands = _commands(step)
         sent.update(commands)
+        recipients += [found[1].lower() for line in _lines(step) if (found := _RCPT.match(line))]
         if isinstance(step, StartTls):
             sent.add("STARTTLS")  # the step reads its 220 itself
         if commands:
@@ -286,18 +385,23 @@ def _verb(line: str) -> str:
     return word if word in _VERBS else "OTHER"
 
 
-def _commands(step: object) -> list[str]:
+def _lines(step: object) -> list[str]:
+    """The command lines a step sends."""
     if isinstance(step, Send):
-        return [_verb(step.line)]
+        return [step.line]
     if isinstance(step, Pipeline):
-        return [_verb(line) for line in step.lines]
+        return list(step.lines)
+    if isinstance(step, SendRaw):
+        # Only whole lines are commands; bytes smuggled inside a message are not.
+        return [line for line in step.data.decode("latin-1").split("\r\n")[:-1] if line]
+    return []
+
+
+def _commands(step: object) -> list[str]:
     if isinstance(step, Data):
         return ["DATA"]  # the step reads the 354 itself; the next expect is the end-of-data reply
     if isinstance(step, Bdat):
         return ["BDAT"]
     if isinstance(step, Auth):
         return ["AUTH"]
-    if isinstance(step, SendRaw):
-        # Only whole lines are commands; bytes smuggled inside a message are not.
-        return [_verb(line) for line in step.data.decode("latin-1").split("\r\n")[:-1] if line]
-    return []
+    return [_verb(line) for line in _lines(step)]

@@ -144,14 +144,30 @@ def _dns_seen(evidence: Evidence) -> str:
 
 
 def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
+    rcode = spec.get("rcode")
+    answers = spec.get("answers")
     title = _dns_title(spec)
-    found = [q for q in evidence.dns if _dns_matches(spec, q)]
+    if rcode is not None or answers is not None:
+        title += (
+            " answered"
+            + (f" {rcode}" if rcode else "")
+            + (f" with {answers} records" if answers is not None else "")
+        )
+    asked = [q for q in evidence.dns if _dns_matches(spec, q)]
+    found = [
+        q
+        for q in asked
+        if (rcode is None or q.rcode.upper() == rcode) and (answers is None or len(q.answers) == answers)
+    ]
     seen = _dns_seen(evidence)
+    # Made, but answered otherwise: say how, or "was not made" would mislead.
+    got = "; ".join(f"{q.rcode} with {len(q.answers)} records" for q in asked)
+    answered = f": it was answered {got}" if asked and not found else ""
     if spec.get("absent"):
         return Check(
             f"no {title}", [Failure(Kind.DNS, "absent", field=title)] if found else [], "no such query", seen
         )
-    return Check(title, [] if found else [Failure(Kind.DNS, "present", field=title)], title, seen)
+    return Check(title, [] if found else [Failure(Kind.DNS, "present", answered, title)], title, seen)
 
 
 def _check_dns_order(specs: list[dict[str, Any]], evidence: Evidence) -> Check:
