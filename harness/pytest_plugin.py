@@ -136,7 +136,7 @@ class TraceItem(pytest.Item):
         missing = target.missing(self.trace)
         if missing:
             pytest.skip(f"target {target.name} lacks {', '.join(missing)}")
-        unavailable = target.unavailable()
+        unavailable = target.unavailable(self.trace)
         if unavailable:
             pytest.skip(f"target {target.name} cannot run here: {unavailable}")
         result = run_trace(self.trace, target)

@@ -98,8 +98,9 @@ class ProtocolLog:
             if path.exists()
             else (f"#Software: {SOFTWARE}\n#Version: 1.0\n#Date: {stamp}\n#Fields: {FIELDS}\n")
         )
-        # IIS writes CRLF line ends; one append per line keeps the file whole if the lab stops.
-        with path.open("a", encoding="utf-8", newline="\r\n") as f:
+        # IIS writes CRLF line ends; one append per line keeps the file whole if the lab stops. A client's
+        # bytes that are not UTF-8 (kept as surrogates when the line was decoded) go out as they came.
+        with path.open("a", encoding="utf-8", errors="surrogateescape", newline="\r\n") as f:
             f.write(header + " ".join(fields) + "\n")
 
 

@@ -157,7 +157,8 @@ def test_a_malformed_evidence_declaration_names_file_line_and_choices(tmp_path: 
 
     unknown = replace_once(text, broken_line, broken_line.replace("{ldap: recipient}", "{tracked: 1019}"))
     path = write(tmp_path / "unknown.yaml", unknown)
-    with pytest.raises(SourceError, match=r"unknown field 'tracked' \(expected one of: any_of, delivered"):
+    expected = r"unknown field 'tracked' \(expected one of: any_of, connection, delivered"
+    with pytest.raises(SourceError, match=expected):
         catalogue.load(path)
 
 

@@ -112,7 +112,7 @@ def test_a_wrong_outcome_expectation_fails_naming_both_sides(pytester: pytest.Py
 
 
 def test_a_malformed_trace_is_broken_with_file_and_line(pytester: pytest.Pytester) -> None:
-    text = GOOD.read_text().replace("spec: [IN-1,", "spec: [IN-99,")
+    text = GOOD.read_text().replace("spec: [IN-3,", "spec: [IN-99,")
     line = text.splitlines().index(next(x for x in text.splitlines() if x.startswith("spec:"))) + 1
     path = _copy_trace(pytester, text)
     alluredir = pytester.path / "allure"

@@ -401,7 +401,7 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
             seen.append({"outcome": "invalid"})
             continue
         for target in (first, second):
-            unavailable = target.unavailable()
+            unavailable = target.unavailable(trace)
             missing = target.missing(trace) + ([unavailable] if unavailable else [])
             if missing:
                 lacks = ", ".join(missing)

@@ -97,6 +97,8 @@ def _describe_delivery(value: Any) -> str:
 
 def _describe_dns(value: Mapping[str, Any]) -> str:
     what = f"DNS {value['type']} query" if "type" in value else "DNS query"
+    if value.get("by") == "sender":
+        what += " from a real sending MTA (client: the host of a via: item)"
     if value.get("absent"):
         return f"no {what} (outcome.dns absent)"
     if value.get("failed"):
@@ -115,6 +117,11 @@ _LDAP_WORDS = {
 }
 
 
+def _describe_connection(value: Mapping[str, Any]) -> str:
+    who = " from a real sending MTA (client: the host of a via: item)" if value.get("by") == "sender" else ""
+    return f"an SMTP session{who} in a virtual server's protocol log (outcome.connections)"
+
+
 _WORDS: dict[str, Callable[[Any], str]] = {
     "delivered": _describe_delivery,
     "undelivered": lambda _: (
@@ -123,6 +130,8 @@ _WORDS: dict[str, Callable[[Any], str]] = {
     ),
     "ldap": _LDAP_WORDS.__getitem__,
     "dns": _describe_dns,
+    "dns_in_order": lambda _: "the DNS queries in the order they are asked (outcome.dns_in_order)",
+    "connection": _describe_connection,
     "event": lambda value: _describe_event(value),
     "hops": lambda value: f"a hop chain of at least {value} server{'s' * (value > 1)} (outcome.hops)",
     "routing_groups": lambda value: (

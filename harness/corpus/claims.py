@@ -24,7 +24,7 @@ from harness import yamlsource
 from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, describe, listed
 from harness.corpus.lab_view import LabView, lab_view, proxy_filter
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
-from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
+from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace, ViaMta
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class _Facts:
     refused: bool
     submitted: bool
     recipients: tuple[str, ...]
-    """Addresses the trace sends a message to (RCPT TO, a submission's `to`), lower case, in order."""
+    """Addresses the trace sends a message to (RCPT TO, a submission's or a via: item's `to`), lower case,
+    in order."""
     entered: frozenset[str]
     """Servers a session connects to or a submission enters."""
     memo: bool
@@ -68,6 +69,7 @@ class _Facts:
     lab: LabView
     queues: tuple[Mapping[str, Any], ...] = ()
     """What the trace asserts queues hold: outcome.queues, and a `settle`'s queues between sessions."""
+    senders: frozenset[str] = frozenset()  # the hosts of the trace's `via:` items, lower case
 
 
 def claims(trace: Trace, entries: Mapping[str, Entry] | None = None) -> list[Claim]:
@@ -135,7 +137,11 @@ _HOLDS: dict[str, Callable[[Any, _Facts], bool]] = {
     ),
     "undelivered": lambda _, facts: _undelivered(facts),
     "ldap": lambda value, facts: _any(facts.outcome, "ldap", lambda spec: _ldap_matches(spec, value, facts)),
-    "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value)),
+    "dns": lambda value, facts: _any(facts.outcome, "dns", lambda spec: _dns_matches(spec, value, facts)),
+    "dns_in_order": lambda _, facts: bool(facts.outcome.get("dns_in_order")),
+    "connection": lambda value, facts: _any(
+        facts.outcome, "connections", lambda spec: _connection_matches(spec, value, facts)
+    ),
     "event": lambda value, facts: _event_holds(value, facts.outcome),
     "hops": lambda value, facts: len(facts.outcome.get("hops") or []) >= value,
     "routing_groups": lambda value, facts: len(_routing_groups(facts)) >= value,
@@ -223,12 +229,20 @@ def _names_a_recipient(spec: Mapping[str, Any], facts: _Facts) -> bool:
     return any(pattern.search(proxy_filter(address)) for address in addresses)
 
 
-def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+def _dns_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any], facts: _Facts) -> bool:
     if bool(spec.get("absent")) != bool(wanted.get("absent")):
         return False
     if wanted.get("failed") and spec.get("rcode", "NOERROR") == "NOERROR" and spec.get("answers") != 0:
         return False
+    if wanted.get("by") == "sender" and str(spec.get("client", "")).lower() not in facts.senders:
+        return False
     return "type" not in wanted or str(spec.get("type", "")).upper() == wanted["type"]
+
+
+def _connection_matches(spec: Mapping[str, Any], wanted: Mapping[str, Any], facts: _Facts) -> bool:
+    if spec.get("absent"):
+        return False
+    return wanted.get("by") != "sender" or str(spec["client"]).lower() in facts.senders
 
 
 def _routing_groups(facts: _Facts) -> set[str]:
@@ -295,8 +309,8 @@ def _reply_matches(reply: _Reply, wanted: Mapping[str, Any]) -> bool:
 def _asserted(facts: _Facts) -> str:
     """What the trace asserts, in the same words, so the gap is plain."""
     outcome = facts.outcome
-    parts = [key for key in ("delivered", "not_delivered", "ldap", "dns", "tracking", "events", "hops",
-                             "queues") if outcome.get(key)]  # fmt: skip
+    parts = [key for key in ("delivered", "not_delivered", "ldap", "dns", "connections", "tracking", "events",
+                             "hops", "queues") if outcome.get(key)]  # fmt: skip
     parts += [key for key in ("nothing_delivered", "queues_empty") if outcome.get(key)]
     codes = sorted({str(r.code) for r in facts.replies if r.code is not None})
     shown = ", ".join(f"outcome.{part}" for part in parts)
@@ -317,6 +331,7 @@ def _facts(trace: Trace) -> _Facts:
     submitted = False
     memo = False
     queues = list(trace.outcome.get("queues") or [])
+    senders = frozenset(item.host.lower() for item in trace.sessions if isinstance(item, ViaMta))
     for item in trace.sessions:
         if isinstance(item, LabAction) and item.rule and item.action is LabVerb.SETTLE:
             queues += item.rule.get("queues") or []
@@ -332,6 +347,8 @@ def _facts(trace: Trace) -> _Facts:
                 entered.add(item.connect.server)
         elif isinstance(item, ForeignMemo):
             memo = True
+        elif isinstance(item, ViaMta):
+            recipients += [address.lower() for address in item.to]
     return _Facts(
         trace.outcome,
         tuple(replies),
@@ -343,6 +360,7 @@ def _facts(trace: Trace) -> _Facts:
         memo,
         lab_view(trace.lab),
         tuple(queues),
+        senders,
     )
 
 

@@ -137,7 +137,21 @@ class ForeignMemo:
     refused: bool = False
 
 
-Item = Session | Submission | LabAction | ForeignMemo
+@dataclass(frozen=True)
+class ViaMta:
+    """A real MTA running as one of the lab's outside hosts is handed a message (as `sendmail` hands it)
+    and sends it as any MTA does: MX, then A, through the lab's DNS, then port 25 of the exchanger
+    (IN-1, IN-2). The item passes once the MTA has handed the message over to the next hop."""
+
+    host: str
+    mta: str
+    sender: str
+    to: tuple[str, ...]
+    data: Data
+    line: int
+
+
+Item = Session | Submission | LabAction | ForeignMemo | ViaMta
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,11 @@ class Trace:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def senders(self) -> tuple[str, ...]:
+        """The outside hosts that send through a real MTA in this trace (its `via:` items), once each."""
+        return tuple(dict.fromkeys(item.host for item in self.sessions if isinstance(item, ViaMta)))
 
 
 def _clearer(document: yamlsource.Document, error: SourceError) -> SourceError:
@@ -276,7 +295,7 @@ def load(path: Path) -> Trace:
     _check_regexes(document, data.get("outcome") or {})
     sessions: list[Item] = []
     for number, raw in enumerate(data["sessions"]):
-        if "submit" in raw or "lab" in raw or "foreign" in raw:
+        if "submit" in raw or "lab" in raw or "foreign" in raw or "via" in raw:
             sessions.append(_other_item(document, number, raw, path))
         else:
             sessions.append(_session(document, number, raw, path))
@@ -393,6 +412,18 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
         if action is LabVerb.SETTLE and isinstance(value, dict):
             return LabAction(action, None, line, dict(value))  # then what the queues must hold
         return LabAction(action, str(value) if action.takes_name else None, line)
+    if "via" in raw:
+        via = raw["via"]
+        message = _data_item(document, ("sessions", number, "via", "data"), via["data"], path)
+        to = via["to"]
+        return ViaMta(
+            via["host"],
+            via.get("mta", "postfix"),
+            via["from"],
+            tuple([to] if isinstance(to, str) else to),
+            message,
+            _line(document, ("sessions", number)),
+        )
     if "foreign" in raw:
         foreign = raw["foreign"]
         memo = _data_item(document, ("sessions", number, "foreign", "data"), foreign["data"], path)
@@ -454,6 +485,8 @@ class _LabNames:
         self.servers = [s.name for s in config.organization.servers]
         self.sinks = [h.name for h in config.internet_hosts]
         self.gateways = [c.name for c in config.organization.connectors if c.kind == "gateway"]
+        # The hosts outside the organization that can run a real sending MTA.
+        self.senders = [h.name for h in config.hosts.values() if h.kind in ("internet", "client")]
         # The categorizer of each server asks under the server's name; SMTP AUTH look-ups under this one.
         self.directory_clients = [*self.servers, AUTH_CLIENT]
 
@@ -503,6 +536,8 @@ def _check_lab_names(document: yamlsource.Document, data: dict[str, Any], config
         _check_session_names(names, ("sessions", number), session)
     outcome: dict[str, Any] = data.get("outcome") or {}
     _check_dns_names(names, outcome)
+    _check_connection_names(names, outcome)
+    _check_senders_receive_nothing(names, data)
     for index, spec in enumerate(outcome.get("ldap") or []):
         if "client" in spec:
             at = ("outcome", "ldap", index, "client")
@@ -522,6 +557,8 @@ def _check_session_names(names: _LabNames, at: tuple[str | int, ...], session: d
         names.require((*at, "submit", "server"), session["submit"]["server"], "server", names.servers)
     elif "lab" in session:
         _check_lab_action_names(names, at, session["lab"])
+    elif "via" in session:
+        names.require((*at, "via", "host"), session["via"]["host"], "Internet host or client", names.senders)
     else:
         names.require((*at, "client"), session["client"], "lab host", names.hosts)
         _check_connect_names(names, (*at, "connect"), session["connect"])
@@ -583,6 +620,62 @@ def _check_dns_names(names: _LabNames, outcome: dict[str, Any]) -> None:
                 raise names.document.error(
                     (*at, "type"), f"unknown DNS record type {spec['type']!r}"
                 ) from None
+
+
+def _check_connection_names(names: _LabNames, outcome: dict[str, Any]) -> None:
+    """The sessions expected in the protocol logs: a lab host's, to a virtual server that keeps one."""
+    for index, spec in enumerate(outcome.get("connections") or []):
+        at = ("outcome", "connections", index)
+        names.require((*at, "client"), spec["client"], "lab host", names.hosts)
+        names.require((*at, "server"), spec["server"], "server", names.servers)
+        server = names.config.organization.server(spec["server"])
+        vs = server.default_virtual_server
+        if "virtual_server" in spec:
+            virtual = [v.name for v in server.virtual_servers]
+            names.require(
+                (*at, "virtual_server"), spec["virtual_server"], f"virtual server on {server.name}", virtual
+            )
+            vs = next(v for v in server.virtual_servers if v.name.lower() == spec["virtual_server"].lower())
+        if vs.logging != "w3c":
+            raise names.document.error(
+                (*at, "virtual_server" if "virtual_server" in spec else "server"),
+                f"{server.name}'s {vs.name} keeps no protocol log, so no session to it can be seen: "
+                f"set logging: w3c on it in lab {names.config.name}",
+            )
+
+
+def _check_senders_receive_nothing(names: _LabNames, data: dict[str, Any]) -> None:
+    """A host that sends through a real MTA is that MTA for the whole trace, in a namespace of its own:
+    no sink of the harness answers for it and no session of the harness binds its address, so nothing
+    can be delivered to it, a reply rule set on it, or a session sent from or to it."""
+    senders = {
+        item["via"]["host"].lower(): number
+        for number, item in enumerate(data["sessions"])
+        if isinstance(item, dict) and "via" in item
+    }
+    if not senders:
+        return
+    named: list[tuple[tuple[str | int, ...], str]] = []
+    for number, item in enumerate(data["sessions"]):
+        rule = (item.get("lab") or {}).get("sink_rule") if isinstance(item, dict) else None
+        if isinstance(rule, dict) and "host" in rule:
+            named.append((("sessions", number, "lab", "sink_rule", "host"), rule["host"]))
+        # The harness cannot speak from, nor connect to, an address that lives in the MTA's namespace.
+        if isinstance(item, dict) and "client" in item:
+            named.append((("sessions", number, "client"), item["client"]))
+            if "host" in (item.get("connect") or {}):
+                named.append((("sessions", number, "connect", "host"), item["connect"]["host"]))
+    for section in ("delivered", "not_delivered"):
+        for index, spec in enumerate((data.get("outcome") or {}).get(section) or []):
+            if "sink" in spec:
+                named.append((("outcome", section, index, "sink"), spec["sink"]))
+    for location, host in named:
+        if host.lower() in senders:
+            raise names.document.error(
+                location,
+                f"{host} is a real sending MTA in this trace (sessions[{senders[host.lower()]}].via): "
+                "nothing else can send from it or reach it; name another lab host",
+            )
 
 
 def _check_server_names(names: _LabNames, outcome: dict[str, Any]) -> None:

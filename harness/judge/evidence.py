@@ -1,6 +1,6 @@
-"""Evidence: what the lab saw after the sessions — the DNS and LDAP queries it answered, every message
-that left the system under test (into a mailbox, an Internet sink or a gateway folder), each server's
-tracking log and queues.
+"""Evidence: what the lab saw after the sessions — the DNS and LDAP queries it answered, the SMTP sessions
+its virtual servers logged, every message that left the system under test (into a mailbox, an Internet
+sink or a gateway folder), each server's tracking log and queues.
 
 It is read once from a running lab (`Evidence.collect`) into plain values, so the checks in
 `harness.judge.expectations` judge it without touching the lab, and unit tests can build it by hand.
@@ -8,7 +8,7 @@ It is read once from a running lab (`Evidence.collect`) into plain values, so th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,17 @@ class DnsQuery:
 
 
 @dataclass(frozen=True)
+class Connection:
+    """An SMTP session a virtual server's protocol log shows: who connected to which virtual server."""
+
+    client: str  # the lab host that connected, or its address if no host has it
+    client_ip: str
+    server: str
+    virtual_server: str
+    address: str  # the virtual server's address (s-ip)
+
+
+@dataclass(frozen=True)
 class LdapQuery:
     """A search the lab's global catalog answered."""
 
@@ -83,6 +94,7 @@ class Evidence:
     deliveries: list[Delivery]
     tracking: dict[str, list[dict[str, Any]]]
     queues: dict[str, dict[str, list[dict[str, Any]]]]
+    connections: list[Connection] = field(default_factory=list)
 
     @classmethod
     def collect(cls, lab: Lab) -> Evidence:
@@ -104,8 +116,50 @@ class Evidence:
         deliveries = _mailboxes(lab) + _sinks(lab, names) + _gateways(lab)
         events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
         return cls(
-            hosts=names, dns=dns, ldap=ldap, deliveries=deliveries, tracking=events, queues=lab.queues()
+            hosts=names,
+            dns=dns,
+            ldap=ldap,
+            deliveries=deliveries,
+            tracking=events,
+            queues=lab.queues(),
+            connections=_connections(lab, names),
         )
+
+
+def _connections(lab: Lab, names: dict[str, str]) -> list[Connection]:
+    """One per client address and virtual server, in order of first appearance, from the W3C protocol
+    logs of the reference servers' virtual servers that keep one (reference_mta/protocol_log.py): the
+    log has a line per command and no session id, so a client's sessions to one virtual server count
+    once."""
+    found: dict[tuple[str, str, str], Connection] = {}
+    for name in lab.servers:
+        server = lab.config.organization.server(name)
+        for vs in server.virtual_servers:
+            if vs.logging != "w3c":
+                continue
+            folder = lab.workdir / server.name / "LogFiles" / f"SMTPSVC{vs.instance}"
+            for path in sorted(folder.glob("ex*.log")):
+                for client_ip, address in _w3c_sessions(path):
+                    key = (server.name, vs.name, client_ip)
+                    found.setdefault(
+                        key,
+                        Connection(names.get(client_ip, client_ip), client_ip, server.name, vs.name, address),
+                    )
+    return list(found.values())
+
+
+def _w3c_sessions(path: Path) -> list[tuple[str, str]]:
+    """(c-ip, s-ip) of each line of a W3C extended log, as its #Fields header places them."""
+    fields: list[str] = []
+    rows: list[tuple[str, str]] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("#Fields:"):
+            fields = line.split(":", 1)[1].split()
+        elif line and not line.startswith("#") and {"c-ip", "s-ip"} <= set(fields):
+            values = line.split(" ")
+            if len(values) == len(fields):
+                rows.append((values[fields.index("c-ip")], values[fields.index("s-ip")]))
+    return rows
 
 
 def _mailboxes(lab: Lab) -> list[Delivery]:

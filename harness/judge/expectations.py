@@ -1,5 +1,6 @@
 """Outcome expectations: a trace's `outcome` checked against the evidence (`harness.judge.evidence`) — DNS and
-LDAP queries, deliveries into mailboxes, sinks and gateways, tracking events per server, queues.
+LDAP queries (the DNS ones in order, with `dns_in_order`), SMTP sessions in the protocol logs, deliveries
+into mailboxes, sinks and gateways, tracking events per server, queues.
 
 Each check returns its own verdict with the expected and actual values in words, so a failing trace
 says what differed without a debugger. Names of lab hosts, servers, sinks and connectors are compared
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.judge.evidence import Delivery, DeliveryKind, Evidence, LdapQuery
+from harness.judge.evidence import Connection, Delivery, DeliveryKind, DnsQuery, Evidence, LdapQuery
 from harness.judge.records import Failure, Kind, Near, near_line, sentence, sentences
 from reference_mta import tracking
 
@@ -43,7 +44,7 @@ class Check:
 
 # What each white-box expectation needs the target to show; the rest is seen from outside.
 NEEDS = {"ldap": "ldap_log", "tracking": "tracking", "events": "tracking", "hops": "tracking",
-         "queues": "queues", "queues_empty": "queues"}  # fmt: skip
+         "queues": "queues", "queues_empty": "queues", "connections": "connection_log"}  # fmt: skip
 
 
 def check_outcome(
@@ -66,9 +67,12 @@ def check_outcome(
 
 
 def _queries(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
-    return [_check_dns(spec, evidence) for spec in outcome.get("dns") or []] + [
-        _check_ldap(spec, evidence) for spec in outcome.get("ldap") or []
-    ]
+    checks = [_check_dns(spec, evidence) for spec in outcome.get("dns") or []]
+    if outcome.get("dns_in_order"):
+        asked = [spec for spec in outcome.get("dns") or [] if not spec.get("absent")]
+        checks.append(_check_dns_order(asked, evidence))
+    checks += [_check_ldap(spec, evidence) for spec in outcome.get("ldap") or []]
+    return checks + [_check_connection(spec, evidence) for spec in outcome.get("connections") or []]
 
 
 def _deliveries(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:
@@ -112,35 +116,50 @@ def _unexpected(title: str, expected: str, deliveries: list[Delivery]) -> Check:
     return Check(title, records, expected, "\n".join(found) or "none")
 
 
-def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
+def _dns_title(spec: dict[str, Any]) -> str:
+    rtype = spec["type"].upper() if spec.get("type") else ""
+    client = spec.get("client")
     name = spec["name"].lower().rstrip(".")
+    return f"DNS query {name} {rtype}".rstrip() + (f" from {client}" if client else "")
+
+
+def _dns_matches(spec: dict[str, Any], query: DnsQuery) -> bool:
     rtype = spec["type"].upper() if spec.get("type") else None
     client = spec.get("client")
+    return (
+        query.name.lower().rstrip(".") == spec["name"].lower().rstrip(".")
+        and (rtype is None or query.type.upper() == rtype)
+        and (client is None or query.client.lower() == client.lower())
+    )
+
+
+def _dns_seen(evidence: Evidence) -> str:
+    return (
+        "\n".join(
+            f"{q.client} ({q.client_ip}) asked {q.name} {q.type} → {q.rcode} {list(q.answers)}"
+            for q in evidence.dns
+        )
+        or "no queries"
+    )
+
+
+def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
     rcode = spec.get("rcode")
     answers = spec.get("answers")
-    title = f"DNS query {name} {rtype or ''}".rstrip() + (f" from {client}" if client else "")
+    title = _dns_title(spec)
     if rcode is not None or answers is not None:
         title += (
             " answered"
             + (f" {rcode}" if rcode else "")
             + (f" with {answers} records" if answers is not None else "")
         )
-    asked = [
-        q
-        for q in evidence.dns
-        if q.name.lower().rstrip(".") == name
-        and (rtype is None or q.type.upper() == rtype)
-        and (client is None or q.client.lower() == client.lower())
-    ]
+    asked = [q for q in evidence.dns if _dns_matches(spec, q)]
     found = [
         q
         for q in asked
         if (rcode is None or q.rcode.upper() == rcode) and (answers is None or len(q.answers) == answers)
     ]
-    seen = (
-        "\n".join(f"{q.client} asked {q.name} {q.type} → {q.rcode} {list(q.answers)}" for q in evidence.dns)
-        or "no queries"
-    )
+    seen = _dns_seen(evidence)
     # Made, but answered otherwise: say how, or "was not made" would mislead.
     got = "; ".join(f"{q.rcode} with {len(q.answers)} records" for q in asked)
     answered = f": it was answered {got}" if asked and not found else ""
@@ -149,6 +168,48 @@ def _check_dns(spec: dict[str, Any], evidence: Evidence) -> Check:
             f"no {title}", [Failure(Kind.DNS, "absent", field=title)] if found else [], "no such query", seen
         )
     return Check(title, [] if found else [Failure(Kind.DNS, "present", answered, title)], title, seen)
+
+
+def _check_dns_order(specs: list[dict[str, Any]], evidence: Evidence) -> Check:
+    """The queries were asked in the order listed: each one's first match in the log (which keeps
+    arrival order) comes after the previous one's. A query never asked fails its own check."""
+    titles = [_dns_title(spec) for spec in specs]
+    title = "DNS queries in order: " + ", then ".join(t.removeprefix("DNS query ") for t in titles)
+    previous: tuple[int, str] | None = None
+    for spec, spec_title in zip(specs, titles, strict=True):
+        position = next((i for i, q in enumerate(evidence.dns) if _dns_matches(spec, q)), None)
+        if position is None:
+            continue
+        if previous is not None and position < previous[0]:
+            failure = Failure(Kind.DNS_ORDER, previous[1], spec_title)
+            return Check(title, [failure], " → ".join(titles), _dns_seen(evidence))
+        previous = (position, spec_title)
+    return Check(title, [], " → ".join(titles), _dns_seen(evidence))
+
+
+def _check_connection(spec: dict[str, Any], evidence: Evidence) -> Check:
+    """An SMTP session from a lab host to a virtual server, as its protocol log shows it."""
+    vs = spec.get("virtual_server")
+    where = f"{spec['server']}" + (f" ({vs})" if vs else "")
+    title = f"SMTP session from {spec['client']} to {where}"
+
+    def matches(connection: Connection) -> bool:
+        return (
+            connection.client.lower() == spec["client"].lower()
+            and connection.server.lower() == spec["server"].lower()
+            and (vs is None or connection.virtual_server.lower() == vs.lower())
+        )
+
+    found = [c for c in evidence.connections if matches(c)]
+    seen = "\n".join(
+        f"{c.client} ({c.client_ip}) → {c.server} {c.virtual_server} ({c.address})"
+        for c in evidence.connections
+    )
+    if spec.get("absent"):
+        failures = [Failure(Kind.CONNECTION, "absent", field=title)] if found else []
+        return Check(f"no {title}", failures, "no such session", seen or "no sessions logged")
+    failures = [] if found else [Failure(Kind.CONNECTION, "present", field=title)]
+    return Check(title, failures, title, seen or "no sessions logged")
 
 
 def _check_ldap(spec: dict[str, Any], evidence: Evidence) -> Check:

@@ -35,6 +35,8 @@ class Kind(StrEnum):
     DELIVERED_ANYWAY = "delivered-anyway"
     NOTHING_DELIVERED = "nothing-delivered"
     DNS = "dns"
+    DNS_ORDER = "dns-order"
+    CONNECTION = "connection"
     LDAP = "ldap"
     TRACKING = "tracking"
     EVENT = "event"
@@ -218,6 +220,8 @@ _SENTENCES: dict[Kind, Callable[[Failure], str]] = {
     Kind.NOTHING_DELIVERED: lambda f: f"unexpected delivery: {f.actual}",
     Kind.DELIVERED_ANYWAY: lambda f: f"delivered anyway: {f.actual}",
     Kind.DNS: _missing("made"),
+    Kind.DNS_ORDER: lambda f: f"{f.actual} was asked before {f.expected}, which the trace lists first",
+    Kind.CONNECTION: _missing("logged"),
     Kind.LDAP: _missing("sent"),
     Kind.EVENT: _missing("logged"),
     Kind.TRACKING: _tracking,

@@ -1,6 +1,7 @@
 """Processes as the kernel shows them in /proc: who a pid is (its start tick, so that a recycled pid is
 never taken for the process it replaced), which processes run in a network namespace or in a process
-group, and stopping a set of them: TERM, then KILL after a deadline.
+group, and stopping a set of them: TERM, then KILL after a deadline; and what a daemon the lab starts
+needs of the file system (the pid it writes, search permission on the folders above its own).
 
 Read from /proc by hand rather than through psutil: psutil's create_time is wall-clock seconds (the boot
 time it adds moves when the clock is stepped), so a start time written by one process and read again by
@@ -163,3 +164,25 @@ def _wait(processes: set[Process], timeout: float) -> set[Process]:
         time.sleep(0.02)
         pending = {process for process in pending if running(process)}
     return pending
+
+
+def pid_file(path: Path, timeout: float = 5.0) -> int | None:
+    """The pid a daemon wrote to `path`; None if it wrote none within `timeout` seconds. A daemon that
+    forks may write it only after the command that started it has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(path.read_text(encoding="ascii").strip())
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+
+def open_to_daemons(root: Path) -> None:
+    """Let an MTA's unprivileged daemons reach their folders under `root` (search permission on the
+    folders above it that this process owns, such as a pytest tmp_path)."""
+    for directory in (root, *root.parents):
+        if directory == Path("/") or directory.stat().st_uid != os.getuid():
+            break
+        directory.chmod(directory.stat().st_mode | 0o111)

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
+from harness.lab.sender import PostfixSender
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
 from harness.lab.standin import StandIn
 from reference_mta.linkstate import LinkState
@@ -51,8 +52,13 @@ class Lab:
         retry: RetryPolicy | None = None,
         control: bool = False,
         stand_ins: Mapping[str, StandInFactory] | None = None,
+        senders: Sequence[str] = (),
     ) -> None:
         self.config = config
+        # Outside hosts that are a real sending MTA (harness/lab/sender.py), each in its own namespace:
+        # they send, so no sink of the harness answers for them.
+        self._sender_hosts = [config.host(name).name for name in senders]
+        self.senders: dict[str, PostfixSender] = {}
         # Servers a program of its own stands in for (a real MTA), each in its own network namespace.
         self._stand_in_factories = dict(stand_ins or {})
         self.stand_ins: dict[str, StandIn] = {}
@@ -66,7 +72,11 @@ class Lab:
             authoritative_zones=config.organization.literal_policy_domains,
         )
         self.gc = MockGlobalCatalog(config.global_catalog)
-        self.sinks = {h.name: SinkHost(h, config.port(25)) for h in config.internet_hosts}
+        self.sinks = {
+            h.name: SinkHost(h, config.port(25))
+            for h in config.internet_hosts
+            if h.name not in self._sender_hosts
+        }
         self.servers: dict[str, ExchangeServer] = {}
         self.control: ControlServer | None = None
         self._with_control = control
@@ -103,12 +113,17 @@ class Lab:
             # First of all: a second lab on this folder must not touch the running one's files.
             self.lock.acquire(self.config.name)
             self.gc.load()
-            namespaces = self._make_network() if self._stand_in_factories else {}
+            outside = self._stand_in_factories or self._sender_hosts
+            namespaces = self._make_network() if outside else {}
             self.run(self._start())
             for server, factory in self._stand_in_factories.items():
                 stand_in = factory(self)
                 self.stand_ins[server] = stand_in
                 stand_in.start(namespaces[server])
+            for name in self._sender_hosts:
+                sender = PostfixSender(self.config, self.config.host(name), self.workdir / f"{name}-postfix")
+                self.senders[name] = sender
+                sender.start(namespaces[name])
             if self._with_control:
                 # Last: once the control socket answers, the whole lab does (a stand-in included).
                 self.run(self._start_control())
@@ -161,6 +176,9 @@ class Lab:
             ) from exc
 
     def stop(self) -> None:
+        for sender in self.senders.values():
+            sender.stop()
+        self.senders.clear()
         for stand_in in self.stand_ins.values():
             stand_in.stop()
         self.stand_ins.clear()
@@ -185,11 +203,13 @@ class Lab:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _make_network(self) -> dict[str, Namespace]:
-        """The netns backend: the lab's hosts on a bridge, each stand-in server in its namespace."""
+        """The netns backend: the lab's hosts on a bridge, each stand-in server and each sending MTA
+        in its namespace."""
         config = self.config
         if config.port_offset != 0 or not is_lab_address(config.base) or config.base.is_loopback:
             raise LabError(
-                f"servers stood in for by real MTAs need the lab on 198.18.0.0/15 with standard ports "
+                "real MTAs (a server stood in for, a sending host) need the lab on 198.18.0.0/15 with "
+                f"standard ports "
                 f"(base {config.base}, port offset {config.port_offset})"
             )
         network = LabNetwork(ipaddress.IPv4Network(f"{config.base}/24", strict=False), config.name)
@@ -199,6 +219,7 @@ class Lab:
             for name in self._stand_in_factories
             for address in (config.organization.server(name).address, *self._vs_addresses(name))
         }
+        outside |= {config.host(name).address for name in self._sender_hosts}
         for address in sorted({host.address for host in config.hosts.values()} - outside):
             network.add_local(address)
         namespaces: dict[str, Namespace] = {}
@@ -207,6 +228,8 @@ class Lab:
             namespaces[name] = network.add_namespace(
                 name, server.address, config.dns_address, extra=self._vs_addresses(name)
             )
+        for name in self._sender_hosts:
+            namespaces[name] = network.add_namespace(name, config.host(name).address, config.dns_address)
         return namespaces
 
     def _vs_addresses(self, server: str) -> list[str]:
@@ -252,8 +275,10 @@ class Lab:
             horizon = time.time() + timeout if wait_for_retries else None
             quiet_since: float | None = None
             while time.monotonic() < deadline:
-                if all(server.idle(horizon) for server in self.servers.values()) and all(
-                    stand_in.idle() for stand_in in self.stand_ins.values()
+                if (
+                    all(server.idle(horizon) for server in self.servers.values())
+                    and all(stand_in.idle() for stand_in in self.stand_ins.values())
+                    and all(sender.idle() for sender in self.senders.values())
                 ):
                     quiet_since = quiet_since or time.monotonic()
                     if time.monotonic() - quiet_since >= quiet:

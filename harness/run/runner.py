@@ -1,5 +1,8 @@
 """Runs one trace against one target: start the lab, replay each session from its client's address,
-let the lab settle, gather the evidence and check the outcome."""
+hand each `via:` message to the real sending MTA on its host, let the lab settle, gather the evidence
+and check the outcome. A trace with a real sending MTA runs its lab in network namespaces (198.18.0.0/15,
+standard ports), whatever the target: the MTA resolves through the lab's DNS on port 53 and delivers to
+port 25."""
 
 from __future__ import annotations
 
@@ -14,7 +17,16 @@ import dns.exception
 import dns.resolver
 
 from harness.corpus.messages import MESSAGE_DIRS, message_bytes
-from harness.corpus.trace import Connect, ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
+from harness.corpus.trace import (
+    Connect,
+    ForeignMemo,
+    LabAction,
+    LabVerb,
+    Session,
+    Submission,
+    Trace,
+    ViaMta,
+)
 from harness.judge.deviations import Tolerate
 from harness.judge.evidence import Evidence
 from harness.judge.expectations import Check, check_outcome, check_queue
@@ -143,12 +155,12 @@ class TraceResult:
 
 def run_trace(trace: Trace, target: Target) -> TraceResult:
     began = time.perf_counter()
-    base, offset = relocation(netns=target.needs_netns)
+    base, offset = relocation(netns=target.needs_netns or bool(trace.senders))
     config = lab_config.load(trace.lab, base=base, port_offset=offset)
     result = TraceResult(trace=trace, target=target.name)
     # One for the whole trace: a value that recurs across its sessions keeps its placeholder.
     normalizer = Normalizer(trace.masks)
-    with target.lab(config) as lab:
+    with target.lab(config, senders=trace.senders) as lab:
         result.lab_started_in = lab.started_in
         for item in trace.sessions:
             if isinstance(item, Submission):
@@ -157,6 +169,8 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
                 run = _foreign(lab, item, trace)
             elif isinstance(item, LabAction):
                 run = _act(lab, item, trace)
+            elif isinstance(item, ViaMta):
+                run = _via(lab, item, trace)
             else:
                 run = _smtp_session(lab, item, trace, target.tolerate(trace.id, trace.spec), normalizer)
             result.sessions.append(run)
@@ -247,6 +261,25 @@ def _foreign(lab: Lab, item: ForeignMemo, trace: Trace) -> SessionRun:
     return SessionRun(
         "foreign", item.gateway, _single(title, failure, f"-- {title}: queued in IN as {handle}")
     )
+
+
+def _via(lab: Lab, item: ViaMta, trace: Trace) -> SessionRun:
+    """Hand the message to the real MTA on the item's host and wait until it has passed it on to the next
+    hop (or given up on it): what it logged of each recipient is the step's transcript."""
+    sender = lab.senders[lab.config.host(item.host).name]
+    content = message_bytes(item.data, trace.base_dir, MESSAGE_DIRS)
+    title = f"{sender.mta} on {item.host} sends {item.sender or '<>'} → {', '.join(item.to)}"
+    since = sender.log_size()
+    sender.send(item.sender, item.to, content)
+    attempts = sender.wait(item.to, since, timeout=trace.timeout)
+    note = "\n".join([f"-- {title}", *(f"   {a.line}" for a in attempts)])
+    undelivered = [a for a in attempts if a.status != "sent"]
+    failure = None
+    if undelivered:
+        failure = f"{sender.mta} on {item.host} did not hand the message over: " + "; ".join(
+            f"{a.recipient}: {a.status or 'nothing logged'} ({a.line})" for a in undelivered
+        )
+    return SessionRun(item.host, f"{sender.mta} (sendmail)", _single(title, failure, note))
 
 
 def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:

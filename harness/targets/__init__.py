@@ -19,7 +19,7 @@ from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
 from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 from harness.judge.deviations import Deviation, Tolerate, deviations
 from harness.judge.records import Failure
-from harness.lab import netns
+from harness.lab import netns, sender
 from harness.lab.admin import LabAdmin
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
@@ -60,15 +60,24 @@ class Target:
 
         return entry
 
-    def unavailable(self) -> str | None:
-        """None if this target can run here, else why not (a reason to skip, not a failure)."""
+    def unavailable(self, trace: Trace | None = None) -> str | None:
+        """None if this target can run here (and `trace`, whose real sending MTA needs the same: a
+        network namespace, Postfix), else why not (a reason to skip, not a failure)."""
+        if trace is not None and trace.senders and (reason := sender.available()) is not None:
+            return f"the trace sends through a real MTA on {', '.join(trace.senders)}: {reason}"
         if self.adapter is None:
             return None
         return netns.available() or self.adapter.installed()
 
-    def lab(self, config: LabConfig, workdir: Path | None = None, control: bool = False) -> Lab:
+    def lab(
+        self,
+        config: LabConfig,
+        workdir: Path | None = None,
+        control: bool = False,
+        senders: Sequence[str] = (),
+    ) -> Lab:
         if self.stands_in_for is None or self.adapter is None:
-            return Lab(config, workdir, reference_servers=True, control=control)
+            return Lab(config, workdir, reference_servers=True, control=control, senders=senders)
         servers = [s.name for s in config.organization.servers]
         server = next((name for name in servers if name.lower() == self.stands_in_for.lower()), None)
         if server is None:
@@ -84,7 +93,14 @@ class Target:
             root = lab.workdir / f"{server}-{adapter.name}"
             return adapter.make(lab.config, server, table, root, lab.certificates)
 
-        return Lab(config, workdir, reference_servers=True, control=control, stand_ins={server: stand_in})
+        return Lab(
+            config,
+            workdir,
+            reference_servers=True,
+            control=control,
+            stand_ins={server: stand_in},
+            senders=senders,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class Adapter:
 
 # Capabilities that only decide which checks can be made: a trace that declares them still runs on a
 # target without them, and those checks are reported as not observable (harness/judge/expectations.py).
-OBSERVATIONAL = frozenset({"tracking", "ldap_log", "queues"})
+OBSERVATIONAL = frozenset({"tracking", "ldap_log", "queues", "connection_log"})
 
 
 def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
@@ -149,6 +165,7 @@ REFERENCE = Target(
             "virtual_servers",
             "pipelining",
             "chunking",
+            "connection_log",
         }
     ),
     description="the reference MTA (Exchange 2003 model) runs every server of the lab",

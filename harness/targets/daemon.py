@@ -19,6 +19,10 @@ from pathlib import Path
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
+
+# Kept in the lab's room, which starts a real sending MTA too; named here for the stand-ins.
+from harness.lab.processes import open_to_daemons as open_to_daemons
+from harness.lab.processes import pid_file as pid_file
 from harness.lab.recipients import RecipientTable
 from harness.lab.standin import MailboxDelivery
 from reference_mta.topology import VirtualServer
@@ -52,15 +56,6 @@ class StandInBase:
     @property
     def default_virtual_server(self) -> VirtualServer:
         return self.config.organization.server(self.server).default_virtual_server
-
-
-def open_to_daemons(root: Path) -> None:
-    """Let an MTA's unprivileged daemons reach their folders under `root` (search permission on the
-    folders above it that this process owns, such as a pytest tmp_path)."""
-    for directory in (root, *root.parents):
-        if directory == Path("/") or directory.stat().st_uid != os.getuid():
-            break
-        directory.chmod(directory.stat().st_mode | 0o111)
 
 
 def in_private_mounts(binds: Sequence[tuple[Path, str]], argv: Sequence[str]) -> list[str]:
@@ -128,19 +123,6 @@ class Foreground:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
-
-
-def pid_file(path: Path, timeout: float = 5.0) -> int | None:
-    """The pid a daemon wrote to `path`; None if it wrote none within `timeout` seconds. A daemon that
-    forks may write it only after the command that started it has returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return int(path.read_text(encoding="ascii").strip())
-        except (FileNotFoundError, ValueError):
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.02)
 
 
 def wait_until_listening(
