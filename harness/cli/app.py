@@ -39,7 +39,7 @@ from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.placement import relocation
 from harness.reports import differential, matrix, summary
-from harness.reports.coverage import IdCoverage, short_of
+from harness.reports.coverage import IdCoverage, black_box, select, short_of
 from harness.reports.coverage import coverage as coverage_of
 from harness.run import outcomes, signals
 from harness.yamlsource import SourceError
@@ -450,46 +450,78 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
     help="exit 1 if an ID is shown by fewer than N traces that passed on the target",
 )
 @click.option(
-    "--target", default=None, help="the target of the results that --min counts (default: the only one)"
+    "--min-boundary",
+    "minimum_boundary",
+    type=click.IntRange(min=1),
+    default=None,
+    help="exit 1 if an ID's boundary is shown by fewer than N traces that passed on the target",
 )
 @click.option(
-    "--flow", "flows", multiple=True, help="only the IDs of this flow (Inbound, Relay, ...), for --min"
+    "--target",
+    default=None,
+    help="the target of the results that --min and --min-boundary count (default: the only one)",
+)
+@click.option("--flow", "flows", multiple=True, help="only the IDs of this flow (Inbound, Relay, ...)")
+@click.option(
+    "--black-box",
+    "observable",
+    is_flag=True,
+    help="only the IDs a black box can show (the catalogue declares a black-box form for them)",
+)
+@click.option(
+    "--seed-ids",
+    "seed",
+    is_flag=True,
+    help="only the IDs of the steps the seed documents describe, not the catalogue's extensions",
 )
 def coverage(
     paths: tuple[str, ...],
     results: Path | None,
     as_json: bool,
     minimum: int | None,
+    minimum_boundary: int | None,
     target: str | None,
     flows: tuple[str, ...],
+    observable: bool,
+    seed: bool,
 ) -> None:
     """Catalogue IDs by the traces that claim and show them, show their boundary, and how many of those
-    passed on each target of a run. Exits 2 if a trace is invalid or the results file named does not
-    exist; with --min, 1 if an ID has fewer showing traces that passed."""
+    passed on each target of a run. On a real MTA (any target but the reference MTA) a claim counts only
+    by its black-box form. Exits 2 if a trace is invalid or the results file named does not exist; with
+    --min or --min-boundary, 1 if an ID has fewer such traces that passed."""
     if results is not None and not results.is_file():
         raise InputError(f"--results: {results} does not exist (mailflow run writes it)")
     results = results or DEFAULT_REPORTS / "last-run.json"
-    traces, broken = _loaded_traces(paths)
-    ids, targets = coverage_of(traces, _results(results) if results.exists() else [])
     _check_flows(flows)
-    gate_target = _gate_target(target, targets) if minimum is not None or target is not None else None
+    traces, broken = _loaded_traces(paths)
+    ids, targets_run = coverage_of(traces, _results(results) if results.exists() else [])
+    ids = select(ids, flows, observable, seed)
+    gates = minimum is not None or minimum_boundary is not None
+    gate_target = _gate_target(target, targets_run) if gates or target is not None else None
     if as_json:
-        click.echo(json.dumps({"targets": targets, "ids": [e.as_json(targets) for e in ids]}, indent=2))
+        click.echo(
+            json.dumps({"targets": targets_run, "ids": [e.as_json(targets_run) for e in ids]}, indent=2)
+        )
     else:
-        _coverage_table(ids, targets)
+        _coverage_table(ids, targets_run)
     for problem in broken:
         console.print(f"[red]invalid trace:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     if broken:
         sys.exit(ExitCode.INPUT)
-    if minimum is not None and gate_target is not None:
-        short = short_of(ids, gate_target, minimum, flows)
-        for entry, count in short:
+    if gate_target is None:
+        return
+    short = False
+    for wanted, boundary, verb in ((minimum, False, "shown"), (minimum_boundary, True, "bounded")):
+        if wanted is None:
+            continue
+        for entry, count in short_of(ids, gate_target, wanted, boundary):
+            short = True
             click.echo(
-                f"{entry.id}: shown by {count} trace(s) that passed on {gate_target}, fewer than {minimum}",
+                f"{entry.id}: {verb} by {count} trace(s) that passed on {gate_target}, fewer than {wanted}",
                 err=True,
             )
-        if short:
-            sys.exit(ExitCode.FAILED)
+    if short:
+        sys.exit(ExitCode.FAILED)
 
 
 def _loaded_traces(paths: tuple[str, ...]) -> tuple[list[Trace], list[str]]:
@@ -521,14 +553,18 @@ def _gate_target(target: str | None, targets: list[str]) -> str:
         return target
     if len(targets) != 1:
         ran = ", ".join(targets) or "none (run the traces first)"
-        raise InputError(f"--min: say which target's results count with --target; targets run: {ran}")
+        raise InputError(
+            f"--min, --min-boundary: say which target's results count with --target; targets run: {ran}"
+        )
     return targets[0]
 
 
 def _coverage_table(ids: list[IdCoverage], targets: list[str]) -> None:
     table = Table(title="conformance coverage")
-    for column in ("ID", "flow", "claims", "shows", "boundary", *targets):
+    for column in ("ID", "flow", "claims", "shows", "boundary"):
         table.add_column(column)
+    for target in targets:
+        table.add_column(f"{target} (black box)" if black_box(target) else target)
     for entry in ids:
         cells = [_coverage_cell(entry, target) for target in targets]
         shows, bounds = entry.showing(), entry.bounding()
@@ -539,12 +575,15 @@ def _coverage_table(ids: list[IdCoverage], targets: list[str]) -> None:
 
 
 def _coverage_cell(entry: IdCoverage, target: str) -> str:
-    """How many of the ID's showing traces passed on the target, red when any of its traces failed."""
+    """How many of the ID's showing (and bounding) traces, as the target is judged, passed on it; red
+    when any of its traces failed."""
     seen = entry.outcomes.get(target, {})
     if not seen:
         return "—"
-    shows = entry.showing()
-    text = f"{entry.passed(target, shows)}/{len(shows)} passed"
+    shows, bounds = entry.showing(black_box(target)), entry.bounding(black_box(target))
+    text = f"{entry.showing_passed(target)}/{len(shows)} passed"
+    if bounds:
+        text += f", {entry.bounding_passed(target)}/{len(bounds)} bounding"
     if "failed" in seen.values():
         return f"[red]{text}, {sum(1 for o in seen.values() if o == 'failed')} failed[/red]"
     return f"[green]{text}[/green]" if all(o == "passed" for o in seen.values()) else text

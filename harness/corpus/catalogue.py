@@ -35,6 +35,8 @@ class Entry:
     title: str
     evidence: str
     shown_by: ShownBy = ShownBy(())
+    seed: bool = True
+    """A step the seed documents describe; False: an ID added beyond them (`source: extension`)."""
 
 
 @cache
@@ -62,7 +64,8 @@ def load(path: Path) -> dict[str, Entry]:
             tuple(shown.get("black_box") or ()),
             tuple(shown.get("boundary") or default),
         )
-        entries[key] = Entry(key, value["flow"], value["title"], value["evidence"], forms)
+        seed = value.get("source", "seed") == "seed"
+        entries[key] = Entry(key, value["flow"], value["title"], value["evidence"], forms, seed)
     return entries
 
 

@@ -42,7 +42,8 @@ class Group:
 @dataclass(frozen=True)
 class Contact:
     addresses: tuple[str, ...]
-    target: str  # where mail for it goes (targetAddress)
+    target: str  # where mail for it goes (targetAddress, without its type)
+    target_type: str = "SMTP"  # the targetAddress's address type: SMTP, or a foreign system's (NOTES)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class RecipientTable:
                     Mailbox(addresses[0], addresses, match[1], forward, keep and bool(forward))
                 )
             elif target:
-                table.contacts.append(Contact(addresses, target.partition(":")[2] or target))
+                kind, _, value = target.partition(":")
+                table.contacts.append(Contact(addresses, value or target, kind.upper() if value else "SMTP"))
         accounts = directory.search(
             base_dn, "(userPassword=*)", ("sAMAccountName", "mail", "proxyAddresses", "userPassword")
         )

@@ -122,11 +122,10 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
     items imply. Store submissions, foreign memos and lab actions drive reference servers; AUTH and
     STARTTLS need those configured; a virtual server other than the default one of the stood-in server
     needs its own settings rendered."""
+    # A foreign system's mailbox is reached through a gateway of a reference server: a real MTA standing
+    # in for another server takes part as Exchange does, handing on the foreign address encapsulated in
+    # an IMCEA address (harness/targets/plan.py).
     needed = set(trace.requires - OBSERVATIONAL)
-    if any("foreign" in spec for spec in trace.outcome.get("delivered") or []):
-        # A foreign system's mailbox is reached through Exchange's gateway path (a foreign address
-        # space, IMCEA encapsulation): nothing a real MTA standing in for a server can take part in.
-        needed.add("gateway")
     for item in trace.sessions:
         if isinstance(item, Submission | ForeignMemo | LabAction) and not (
             isinstance(item, LabAction) and item.action in (LabVerb.SETTLE, LabVerb.SINK_RULE)

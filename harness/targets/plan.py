@@ -11,9 +11,9 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from harness.lab.config import LabConfig
-from harness.lab.recipients import Mailbox, RecipientTable
+from harness.lab.recipients import Contact, Mailbox, RecipientTable
 from reference_mta.linkstate import LinkState
-from reference_mta.mailmsg import MailMsg
+from reference_mta.mailmsg import MailMsg, encapsulate
 from reference_mta.queue_contract import Hop, HopKind
 from reference_mta.routing import RoutingEngine
 from reference_mta.topology import Organization, Server, VirtualServer
@@ -82,7 +82,8 @@ class ServerPlan:
     authoritative: list[str]  # domains whose unknown recipients are refused at RCPT
     relay_domains: list[str]  # shared namespaces and "allow relaying" connector domains (".x": subdomains)
     mailboxes: list[Mailbox]  # held on this server
-    mailbox_routes: dict[str, NextHop]  # primary address of a mailbox on another server → its way there
+    # primary address of a mailbox on another server, or a contact's IMCEA address → its way there
+    mailbox_routes: dict[str, NextHop]
     aliases: dict[str, list[str]] = field(default_factory=dict)  # secondary addresses, groups, contacts
     routes: list[Route] = field(default_factory=list)  # SMTP address spaces, most specific first
     # Where a connector's delivery restrictions send some senders' mail another way than routes say:
@@ -136,8 +137,9 @@ def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
         for address in group.addresses:
             result.aliases[address] = list(group.members)
     for contact in table.contacts:
+        target = _contact_target(organization, engine, contact, result.mailbox_routes)
         for address in contact.addresses:
-            result.aliases[address] = [contact.target]
+            result.aliases[address] = [target]
     result.routes = _connector_routes(organization, engine)
     result.sender_routes = _sender_routes(organization, engine, result.routes)
     result.organization_servers = tuple(
@@ -150,6 +152,24 @@ def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
         for vs in me.virtual_servers
     ]
     return result
+
+
+def _contact_target(
+    organization: Organization, engine: RoutingEngine, contact: Contact, routes: dict[str, NextHop]
+) -> str:
+    """Where mail for a contact goes. A foreign address (a Notes name) travels over SMTP the way
+    Exchange carries it, encapsulated in an IMCEA address of the organization's domain, toward the
+    gateway connector for its address space (added to `routes`); the reference servers past the next
+    hop take it to the gateway. A foreign address no connector serves is left as it is."""
+    if contact.target_type == "SMTP":
+        return contact.target
+    probe = MailMsg.new("", ["postmaster@mailflow-probe.invalid"])
+    hop = _next_hop(organization, engine.route_to_address_space(probe, contact.target_type, contact.target))
+    if hop is None:
+        return contact.target
+    address = encapsulate(contact.target_type, contact.target, organization.primary_domain)
+    routes[address] = hop
+    return address
 
 
 def _organization_addresses(me: Server, organization: Organization) -> list[str]:
