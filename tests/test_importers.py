@@ -26,6 +26,7 @@ from harness.capture.importers.dialogue import Stream, pair
 from harness.capture.importers.tcp import Reassembler
 from harness.capture.importers.to_trace import reply_expectation, to_trace
 from harness.capture.recorded import RecordedSession
+from harness.cli.app import main
 from harness.cli.importing import import_group
 from harness.corpus.claims import claims
 from harness.corpus.trace import load
@@ -504,3 +505,26 @@ def _no_stray_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("MAILFLOW_AUTH_USER", raising=False)
     monkeypatch.delenv("MAILFLOW_AUTH_PASSWORD", raising=False)
     yield
+
+
+def test_an_imported_trace_shows_its_default_claim_and_a_wider_one_is_warned_of(tmp_path: Path) -> None:
+    """The default claim (IN-3: the answer to RCPT) is one a captured session shows, so `mailflow check`
+    passes what the import wrote; a --spec the session cannot show is named at once, and kept."""
+    log = tmp_path / "ex061009.log"
+    log.write_text(W3C_LOG)
+    plain = tmp_path / "plain.yaml"
+    outcome = CliRunner().invoke(import_group, ["w3c", str(log), "-o", str(plain), "--server", "EX1"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "warning" not in outcome.output
+    assert CliRunner().invoke(main, ["check", str(plain)]).exit_code == 0
+    wider = tmp_path / "wider.yaml"
+    outcome = CliRunner().invoke(
+        import_group,
+        ["w3c", str(log), "-o", str(wider), "--server", "EX1", "--spec", "IN-3", "--spec", "IN-5"],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    (warning,) = [line for line in outcome.output.splitlines() if line.startswith("warning: ")]
+    assert warning.startswith(f"warning: {wider}:") and "IN-5 needs an LDAP query" in warning
+    assert warning.endswith("(set --spec to what it shows)") and wider.is_file()
+    checked = CliRunner().invoke(main, ["check", str(wider)])
+    assert checked.exit_code == 1 and "IN-5 needs an LDAP query" in checked.output

@@ -25,6 +25,8 @@ from harness.capture.importers.replace import Replacement
 from harness.capture.importers.to_trace import DEFAULT_SPEC, Converted, to_trace
 from harness.capture.recorded import RecordedSession
 from harness.corpus import writer
+from harness.corpus.claims import claims
+from harness.corpus.trace import load
 from harness.exit_codes import InputError
 from harness.lab import config as lab_config
 from harness.yamlsource import SourceError
@@ -190,6 +192,16 @@ def _import(
         converted.append(conversion.convert(name, group, document_id))
     for path in _write_all(folder, names, converted):
         click.echo(f"wrote {path}")
+        _warn_unbacked(path)
+
+
+def _warn_unbacked(path: Path) -> None:
+    """A claim the written trace does not show is said now, in `mailflow check`'s words, rather than
+    at the next check: the trace is kept (nothing is lost) for its author to add evidence or --spec."""
+    for claim in claims(load(path)):
+        if not claim.shown:
+            said = f"warning: {path}:{claim.line}: {claim.missing} (set --spec to what it shows)"
+            click.echo(said, err=True)
 
 
 def _load_lab(lab: str) -> lab_config.LabConfig:

@@ -36,7 +36,8 @@ from harness.smtp import syntax
 from harness.smtp.masking import Mask, Normalizer
 from harness.smtp.reply import Reply, reply_code
 
-DEFAULT_SPEC = ("IN-2",)
+# As `mailflow record`: a captured inbound session shows at least the server's answer to RCPT.
+DEFAULT_SPEC = ("IN-3",)
 SENDING = ("send", "pipeline", "data", "bdat", "auth", "starttls", "send_raw")
 
 
