@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness import exit_codes, targets
+from harness.cli import baseline as cli_baseline
 from harness.cli import generate as cli_generate
 from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
@@ -217,12 +218,21 @@ def main() -> None:
 @click.option(
     "-v", "--verbose", is_flag=True, help="list every trace in the summary, not only the ones to look at"
 )
+@click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="compare each trace's transcript and outcome with this baseline (mailflow baseline save) "
+    "instead of writing reports; exit 1 on any difference",
+)
 @replay_options
 def run(
     paths: tuple[str, ...],
     target_name: str,
     update: bool,
     verbose: bool,
+    baseline_file: Path | None,
     reports_dir: Path,
     workers: str,
     keyword: str | None,
@@ -237,6 +247,8 @@ def run(
             "--update rewrites traces to the reference MTA's replies only", param_hint="--update"
         )
     files = _trace_files_or_exit(paths)
+    if baseline_file is not None:
+        sys.exit(int(cli_baseline.check(files, target, baseline_file, update, workers, keyword, marker)))
     results = reports_dir / "last-run.json"
     junit = reports_dir / "junit.xml"
     selection = _selection(keyword, marker)
@@ -422,13 +434,7 @@ def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
                 continue
             differing += 1
             seen.append({"outcome": "failed"})
-            table = Table(title=f"{trace.id}", show_lines=True)
-            table.add_column("where")
-            table.add_column(first.name)
-            table.add_column(second.name)
-            for where, left, right in result.hunks():
-                table.add_row(where, escape("\n".join(left)), escape("\n".join(right)))
-            console.print(table)
+            console.print(differential.table(result))
     console.print(f"{len(files)} trace(s), {differing} differ")
     sys.exit(int(outcomes.exit_code(seen)))
 
@@ -717,6 +723,7 @@ main.add_command(cli_lab.sinks)
 main.add_command(cli_record.record_command)
 main.add_command(cli_import.import_group)
 main.add_command(cli_generate.generate)
+cli_baseline.register(main, _trace_files_or_exit, lambda name: _targets((name,))[0], TARGET_HELP, EXIT_CODES)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from rich.markup import escape
+from rich.table import Table
+
 from harness.corpus.trace import Trace
 from harness.lab import config as lab_config
 from harness.lab.placement import relocation
@@ -69,3 +72,15 @@ def compare(trace: Trace, first: Target, second: Target) -> TraceDiff:
         side(trace, first, run_trace(trace, first)),
         side(trace, second, run_trace(trace, second)),
     )
+
+
+def table(diff: TraceDiff) -> Table:
+    """The differences of one trace side by side, as `mailflow diff` and `mailflow run --baseline` show
+    them: where, then the first side's lines and the second's."""
+    shown = Table(title=diff.trace, show_lines=True)
+    shown.add_column("where")
+    shown.add_column(diff.first.target)
+    shown.add_column(diff.second.target)
+    for where, left, right in diff.hunks():
+        shown.add_row(where, escape("\n".join(left)), escape("\n".join(right)))
+    return shown
