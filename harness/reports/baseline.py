@@ -6,9 +6,9 @@ same way (harness/smtp/masking.py), so an unchanged rerun is equal and a differe
 it: each session's transcript, and the outcome — passed, or the failures; every message that left the
 system under test (mailboxes, Internet hosts, gateways), sorted; each NDR's recipient, action and status.
 
-The file is YAML (harness/schemas/baseline.schema.json), traces sorted by id and one transcript line a line, so a
-change of behaviour is a readable `git diff` too. `version` says which form it is; a file of another
-version is refused rather than misread.
+The file is YAML (harness/schemas/baseline.schema.json), traces sorted by id and one transcript line a
+line, so a change of behaviour is a readable `git diff` too. `version` says which form it is; a file of
+another version is refused rather than misread.
 """
 
 from __future__ import annotations
