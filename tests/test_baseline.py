@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from harness import targets
+from harness.lab import sender
 from tests.mailflow_cli import ROOT, mailflow
 
 POSTFIX_UNAVAILABLE = targets.POSTFIX.unavailable()
@@ -150,6 +151,23 @@ def test_an_ndr_is_kept_with_its_recipients_and_status(tmp_path: Path) -> None:
         "dsn: bulk-news@contoso.com failed 5.1.1",
         "dsn: ghost@contoso.com failed 5.1.1",
     ]
+
+
+SENDER_UNAVAILABLE = sender.available()
+
+
+@pytest.mark.skipif(SENDER_UNAVAILABLE is not None, reason=SENDER_UNAVAILABLE or "")
+def test_a_real_sending_mtas_log_reruns_equal(tmp_path: Path) -> None:
+    """A `via:` trace's transcript is Postfix's log: its times, pids, queue ids and delays are masked."""
+    trace = ROOT / "traces" / "inbound" / "mx-preferred-down.yaml"
+    saved = mailflow("baseline", "save", str(trace), "-o", "baseline.yaml", cwd=tmp_path)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    sessions = yaml.safe_load((tmp_path / "baseline.yaml").read_text())["traces"][
+        "inbound/mx-preferred-down"
+    ]["sessions"]
+    assert any("relay=ex2.contoso.com[<EX2>]:25" in line and "status=sent" in line for line in sessions[1])
+    rerun = mailflow("run", "--baseline", "baseline.yaml", str(trace), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
 
 
 BROKEN_BASELINES = {

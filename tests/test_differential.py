@@ -64,3 +64,16 @@ def test_a_target_against_itself_differs_in_nothing() -> None:
 def test_diff_needs_two_targets() -> None:
     result = CliRunner().invoke(main, ["diff", "--target", "reference", "traces/relay"])
     assert result.exit_code == 2 and "exactly two targets" in result.output
+
+
+def test_a_sending_mtas_log_line_is_masked_to_what_it_did() -> None:
+    line = (
+        "   Dec 07 06:21:25 mail postfix/smtp[2460]: E272C2BCE7B: to=<bob@contoso.com>, "
+        "relay=ex2.contoso.com[198.18.10.12]:25, delay=0.04, delays=0.02/0.01/0.01/0, dsn=2.6.0, status=sent "
+        "(250 2.6.0 <EX2F64ED19C956C4D21@ex2.contoso.com> Queued mail for delivery)"
+    )
+    assert mask(line, {"198.18.10.12": "EX2"}) == (
+        "   <time> mail postfix/smtp[<pid>]: <queue-id-2>: to=<bob@contoso.com>, "
+        "relay=ex2.contoso.com[<EX2>]:25, delay=<time>, delays=<time>, dsn=2.6.0, status=sent "
+        "(250 2.6.0 <<queue-id-1>@ex2.contoso.com> Queued mail for delivery)"
+    )

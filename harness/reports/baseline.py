@@ -25,11 +25,8 @@ import yaml
 
 from harness.corpus.trace import Trace
 from harness.judge.evidence import Delivery
-from harness.lab import config as lab_config
-from harness.lab.placement import relocation
-from harness.reports.differential import Side, TraceDiff, side
+from harness.reports.differential import Side, TraceDiff, masker_for, side
 from harness.run.runner import TraceResult
-from harness.smtp.masking import Masker
 from harness.targets import Target
 from harness.yamlsource import SourceError, validate
 from harness.yamlsource import load as load_yaml
@@ -63,7 +60,7 @@ class Baseline:
 def entry(trace: Trace, target: Target, result: TraceResult, baseline_file: Path) -> Entry:
     """What a run of `trace` on `target` leaves in a baseline."""
     ran = side(trace, target, result)
-    masker = _masker(trace, target)
+    masker = masker_for(trace, target)
     left: list[str] = []
     if result.evidence is not None:
         for delivery in sorted(result.evidence.deliveries, key=lambda d: (d.kind, d.where, d.server, d.rcpt)):
@@ -132,12 +129,6 @@ def load(path: Path) -> Baseline:
         for trace_id, value in data["traces"].items()
     }
     return Baseline(str(data["target"]), traces)
-
-
-def _masker(trace: Trace, target: Target) -> Masker:
-    base, offset = relocation(netns=target.needs_netns)
-    config = lab_config.load(trace.lab, base=base, port_offset=offset)
-    return Masker({host.address: host.name for host in reversed(list(config.hosts.values()))})
 
 
 def _ndr_lines(delivery: Delivery) -> list[str]:

@@ -56,11 +56,16 @@ class TraceDiff:
         return found
 
 
-def side(trace: Trace, target: Target, result: TraceResult) -> Side:
-    base, offset = relocation(netns=target.needs_netns)
+def masker_for(trace: Trace, target: Target) -> Masker:
+    """A masker that names the lab's hosts where this trace's lab ran: in network namespaces for a target
+    that needs them and for a trace with a real sending MTA (`via:`), as harness/run/runner.py places it."""
+    base, offset = relocation(netns=target.needs_netns or bool(trace.senders))
     config = lab_config.load(trace.lab, base=base, port_offset=offset)
-    names = {host.address: host.name for host in reversed(list(config.hosts.values()))}
-    masker = Masker(names)
+    return Masker({host.address: host.name for host in reversed(list(config.hosts.values()))})
+
+
+def side(trace: Trace, target: Target, result: TraceResult) -> Side:
+    masker = masker_for(trace, target)
     sessions = [masker.text(run.result.transcript).splitlines() for run in result.sessions]
     outcome = ["passed"] if result.passed else [masker.text(f) for f in result.failures()]
     return Side(target.name, sessions, outcome)

@@ -21,6 +21,12 @@ _DATE = re.compile(
     r"\d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}"
 )
 _ADDRESS_PORT = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?\b")
+# A real sending MTA's log lines, which are its transcript (harness/lab/sender.py): the syslog time, the
+# daemon's pid, the queue id that starts the entry, and how long each stage took.
+_LOG_TIME = re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d{2}:\d{2}:\d{2}\b")
+_LOG_PID = re.compile(r"(?<=\s)([a-z]+/[\w-]+)\[\d+\](?=:)")
+_LOG_QUEUE_ID = re.compile(r"(?<=\]: )[0-9A-F]{6,}(?=: )")
+_LOG_DELAYS = re.compile(r"\b(delays?)=[\d./]+")
 
 
 class Masker:
@@ -40,7 +46,10 @@ class Masker:
     def text(self, text: str) -> str:
         text = _ELAPSED.sub("", text)
         text = _DATE.sub("<date>", text)
-        for pattern in _QUEUE_IDS:
+        text = _LOG_TIME.sub("<time>", text)
+        text = _LOG_PID.sub(r"\1[<pid>]", text)
+        text = _LOG_DELAYS.sub(r"\1=<time>", text)
+        for pattern in (*_QUEUE_IDS, _LOG_QUEUE_ID):
             text = pattern.sub(lambda m: self.placeholder("queue-id", m[0]), text)
         return _ADDRESS_PORT.sub(self._address, text)
 
