@@ -210,6 +210,16 @@ def test_save_writes_nothing_when_a_trace_is_invalid(relay_trace: Path) -> None:
     assert (folder / "baseline.yaml").read_text() == "kept\n"
 
 
+def test_save_to_a_place_it_cannot_write_says_so(relay_trace: Path) -> None:
+    folder = relay_trace.parent
+    (folder / "plain-file").write_text("")
+    result = mailflow("baseline", "save", "relay.yaml", "-o", "plain-file/baseline.yaml", cwd=folder)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot write plain-file/baseline.yaml: plain-file is not a folder" in result.stderr
+    assert "mailflow:" not in result.stdout  # said before any trace ran
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_pytest_only_options_are_refused_with_a_baseline(relay_trace: Path) -> None:
     folder = relay_trace.parent
     result = mailflow("run", "--baseline", "baseline.yaml", "-k", "relay", "relay.yaml", cwd=folder)

@@ -186,6 +186,9 @@ def register(
         outcome to a baseline file. Nothing is written if a trace is invalid or could not run."""
         target = target_of(target_name)
         files = trace_files(paths)
+        if output.parent.exists() and not output.parent.is_dir():
+            # Said before the traces run, not after minutes of running them.
+            raise InputError(f"cannot write {output}: {output.parent} is not a folder")
         console.print(
             f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]", highlight=False
         )
@@ -198,7 +201,10 @@ def register(
         if code != ExitCode.OK:
             console.print(f"{output} not written: fix the traces above, then save again", style="red")
             sys.exit(int(code))
-        baselines.dump(saved, output)
+        try:
+            baselines.dump(saved, output)
+        except OSError as exc:
+            raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
         failing = sum(1 for e in saved.traces.values() if e.outcome[:1] != ["passed"])
         note = f" ({failing} did not pass their own checks; saved as they are)" if failing else ""
         console.print(
