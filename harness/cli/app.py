@@ -248,7 +248,9 @@ def run(
         )
     files = _trace_files_or_exit(paths)
     if baseline_file is not None:
-        sys.exit(int(cli_baseline.check(files, target, baseline_file, update, workers, keyword, marker)))
+        sys.exit(
+            int(cli_baseline.check(console, files, target, baseline_file, update, workers, keyword, marker))
+        )
     results = reports_dir / "last-run.json"
     junit = reports_dir / "junit.xml"
     selection = _selection(keyword, marker)
@@ -723,7 +725,9 @@ main.add_command(cli_lab.sinks)
 main.add_command(cli_record.record_command)
 main.add_command(cli_import.import_group)
 main.add_command(cli_generate.generate)
-cli_baseline.register(main, _trace_files_or_exit, lambda name: _targets((name,))[0], TARGET_HELP, EXIT_CODES)
+cli_baseline.register(
+    main, _trace_files_or_exit, lambda name: _targets((name,))[0], TARGET_HELP, EXIT_CODES, console
+)
 
 
 if __name__ == "__main__":

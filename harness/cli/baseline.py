@@ -25,14 +25,12 @@ from harness.run import outcomes
 from harness.run.runner import run_trace
 from harness.yamlsource import SourceError
 
-console = Console(stderr=False)
-
 # What becomes of one trace: its id and entry, or None when it did not run (invalid, broken, ...).
 Ran = tuple[str, baselines.Entry] | None
 
 
 def replay(
-    files: list[Path], target: targets.Target, baseline_file: Path, seen: list[dict[str, Any]]
+    files: list[Path], target: targets.Target, baseline_file: Path, seen: list[dict[str, Any]], out: Console
 ) -> list[tuple[Path, Ran]]:
     """Run each trace on the target and make its baseline entry. An invalid trace or one that could not
     run is said at once and its outcome put in `seen`, for the exit code."""
@@ -42,13 +40,13 @@ def replay(
         try:
             trace = load(path.resolve())
         except SourceError as exc:
-            console.print(f"[red]invalid trace:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            out.print(f"[red]invalid trace:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             seen.append({"outcome": "invalid"})
             ran.append((path, None))
             continue
         if trace.id in ids:
             # A baseline is keyed by trace id: two files with one id would overwrite each other.
-            console.print(
+            out.print(
                 f"invalid trace: {path}: id {trace.id!r} is also the id of {ids[trace.id]}",
                 markup=False,
                 highlight=False,
@@ -58,11 +56,13 @@ def replay(
             ran.append((path, None))
             continue
         ids[trace.id] = path
-        ran.append((path, _one(trace, target, baseline_file, seen)))
+        ran.append((path, _one(trace, target, baseline_file, seen, out)))
     return ran
 
 
-def _one(trace: Trace, target: targets.Target, baseline_file: Path, seen: list[dict[str, Any]]) -> Ran:
+def _one(
+    trace: Trace, target: targets.Target, baseline_file: Path, seen: list[dict[str, Any]], out: Console
+) -> Ran:
     unavailable = target.unavailable(trace)
     missing = target.missing(trace)
     if missing or unavailable:
@@ -72,13 +72,14 @@ def _one(trace: Trace, target: targets.Target, baseline_file: Path, seen: list[d
         result = run_trace(trace, target)
     except Exception as exc:
         verdict, reason_of = outcomes.problem(exc)
-        console.print(f"{verdict} {trace.id}: {outcomes.one_line(reason_of)}", markup=False, highlight=False)
+        out.print(f"{verdict} {trace.id}: {outcomes.one_line(reason_of)}", markup=False, highlight=False)
         seen.append({"outcome": verdict})
         return None
     return trace.id, baselines.entry(trace, target, result, baseline_file)
 
 
 def check(
+    out: Console,
     files: list[Path],
     target: targets.Target,
     baseline_file: Path,
@@ -100,7 +101,7 @@ def check(
             f"{baseline_file}: saved on target {saved.target}, not {target.name} "
             f"(run with --target {saved.target}, or compare two targets with mailflow diff)"
         )
-    console.print(
+    out.print(
         f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold], "
         f"compared with {escape(str(baseline_file))}",
         highlight=False,
@@ -109,7 +110,7 @@ def check(
     same = differing = 0
     unknown: list[str] = []
     ran_ids: set[str] = set()
-    for path, ran in replay(files, target, baseline_file, seen):
+    for path, ran in replay(files, target, baseline_file, seen, out):
         if ran is None:
             continue
         trace_id, now = ran
@@ -120,25 +121,23 @@ def check(
         diff = baselines.compare(trace_id, saved.traces[trace_id], now, target.name)
         if diff.differs:
             differing += 1
-            console.print(differential.table(diff))
+            out.print(differential.table(diff))
         else:
             same += 1
-            console.print(f"[green]{escape(trace_id)}: same[/green]", highlight=False)
+            out.print(f"[green]{escape(trace_id)}: same[/green]", highlight=False)
     not_run = sorted(set(saved.traces) - ran_ids)
     for line in unknown:
-        console.print(
-            f"not in the baseline: {line}", style="red", markup=False, highlight=False, soft_wrap=True
-        )
+        out.print(f"not in the baseline: {line}", style="red", markup=False, highlight=False, soft_wrap=True)
     for trace_id in not_run:
         file = saved.traces[trace_id].file
-        console.print(
+        out.print(
             f"in the baseline, not run: {trace_id} ({file})",
             style="red",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
-    console.print(
+    out.print(
         f"{same} same, {differing} differ, {len(unknown)} not in the baseline, "
         f"{len(not_run)} in the baseline but not run",
         highlight=False,
@@ -167,9 +166,11 @@ def register(
     target_of: Callable[[str], targets.Target],
     target_help: str,
     epilog: str,
+    out: Console,
 ) -> None:
     """Add `baseline save` to the `mailflow` command. The rule for which files are traces, the target
-    check and the help texts are app.py's, which imports this module (so this one cannot import it)."""
+    check, the help texts and the console are app.py's, which imports this module (so this one cannot
+    import it)."""
 
     @baseline_group.command(name="save", epilog=epilog)
     @click.argument("paths", nargs=-1)
@@ -189,17 +190,17 @@ def register(
         if output.parent.exists() and not output.parent.is_dir():
             # Said before the traces run, not after minutes of running them.
             raise InputError(f"cannot write {output}: {output.parent} is not a folder")
-        console.print(
+        out.print(
             f"mailflow: {len(files)} trace file(s) against target [bold]{target.name}[/bold]", highlight=False
         )
         seen: list[dict[str, Any]] = []
         saved = baselines.Baseline(target.name)
-        for _, ran in replay(files, target, output, seen):
+        for _, ran in replay(files, target, output, seen, out):
             if ran is not None:
                 saved.traces[ran[0]] = ran[1]
         code = outcomes.exit_code(seen)
         if code != ExitCode.OK:
-            console.print(f"{output} not written: fix the traces above, then save again", style="red")
+            out.print(f"{output} not written: fix the traces above, then save again", style="red")
             sys.exit(int(code))
         try:
             baselines.dump(saved, output)
@@ -207,8 +208,6 @@ def register(
             raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
         failing = sum(1 for e in saved.traces.values() if e.outcome[:1] != ["passed"])
         note = f" ({failing} did not pass their own checks; saved as they are)" if failing else ""
-        console.print(
-            f"{output}: {len(saved.traces)} trace(s) saved on target {target.name}{note}", markup=False
-        )
+        out.print(f"{output}: {len(saved.traces)} trace(s) saved on target {target.name}{note}", markup=False)
 
     main.add_command(baseline_group)
