@@ -77,3 +77,18 @@ def test_a_sending_mtas_log_line_is_masked_to_what_it_did() -> None:
         "relay=ex2.contoso.com[<EX2>]:25, delay=<time>, delays=<time>, dsn=2.6.0, status=sent "
         "(250 2.6.0 <<queue-id-1>@ex2.contoso.com> Queued mail for delivery)"
     )
+
+
+def test_ids_quoted_from_a_delivered_messages_headers_are_masked() -> None:
+    text = mask(
+        "header Received: 'from a (a [127.77.0.200])\tby ex1.contoso.com (Postfix) "
+        "with ESMTP id CB87A24D609' "
+        "does not match; header Message-ID: '<EX2A91E2C87A58D4697@ex2.contoso.com>' does not match; "
+        "Exim's id 1tXyZa-000123-AB; the id card",
+        NAMES,
+    )
+    assert text == (
+        "header Received: 'from a (a [<internet>])\tby ex1.contoso.com (Postfix) with ESMTP id <queue-id-1>' "
+        "does not match; header Message-ID: '<message-id-1>' does not match; "
+        "Exim's id <queue-id-2>; the id card"
+    )

@@ -27,6 +27,10 @@ _LOG_TIME = re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [
 _LOG_PID = re.compile(r"(?<=\s)([a-z]+/[\w-]+)\[\d+\](?=:)")
 _LOG_QUEUE_ID = re.compile(r"(?<=\]: )[0-9A-F]{6,}(?=: )")
 _LOG_DELAYS = re.compile(r"\b(delays?)=[\d./]+")
+# Ids a message picks up on its way, quoted in a failed header check: the queue id in a Received header
+# ("with ESMTP id CB87A24D609", Exim's "id 1tXyZa-000123-AB") and a Message-ID the server generated.
+_RECEIVED_ID = re.compile(r"(?<=\bid )(?=[0-9A-Za-z-]*\d)[0-9A-Za-z]{6,}(?:-[0-9A-Za-z]+)*\b")
+_MESSAGE_ID = re.compile(r"(?i)(?<=message-id: ')<[^<>\s]+>")
 
 
 class Masker:
@@ -49,8 +53,9 @@ class Masker:
         text = _LOG_TIME.sub("<time>", text)
         text = _LOG_PID.sub(r"\1[<pid>]", text)
         text = _LOG_DELAYS.sub(r"\1=<time>", text)
-        for pattern in (*_QUEUE_IDS, _LOG_QUEUE_ID):
+        for pattern in (*_QUEUE_IDS, _LOG_QUEUE_ID, _RECEIVED_ID):
             text = pattern.sub(lambda m: self.placeholder("queue-id", m[0]), text)
+        text = _MESSAGE_ID.sub(lambda m: self.placeholder("message-id", m[0]), text)
         return _ADDRESS_PORT.sub(self._address, text)
 
     def _address(self, match: re.Match[str]) -> str:
