@@ -317,17 +317,42 @@ def _replay(
 @main.command(name="matrix", epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1)
 @click.option("--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give several")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print the matrix as JSON (what matrix.json holds) instead of a table",
+)
 @replay_options
 def matrix_command(
     paths: tuple[str, ...],
     target_names: tuple[str, ...],
+    as_json: bool,
     reports_dir: Path,
     workers: str,
     keyword: str | None,
     marker: str | None,
 ) -> None:
-    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
+    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown, HTML and JSON).
     Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
+    # With --json, standard output carries the JSON alone, so it pipes into jq; what a person reads goes
+    # to standard error.
+    saved, console.stderr = console.stderr, as_json
+    try:
+        _matrix(paths, target_names, as_json, reports_dir, workers, keyword, marker)
+    finally:
+        console.stderr = saved
+
+
+def _matrix(
+    paths: tuple[str, ...],
+    target_names: tuple[str, ...],
+    as_json: bool,
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
+    marker: str | None,
+) -> None:
     chosen = _targets(target_names)
     for target in chosen:
         try:
@@ -348,7 +373,13 @@ def matrix_command(
     unused = matrix.stale(runs)
     names = [t.name for t in chosen]
     (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names, unused), encoding="utf-8")
-    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names, unused), encoding="utf-8")
+    rows = matrix.trace_rows(runs, matrix.allure_results(reports_dir / "allure-results"))
+    page = matrix.to_html(table, names, unused, rows, base=reports_dir)
+    (reports_dir / "matrix.html").write_text(page, encoding="utf-8")
+    data = json.dumps(matrix.to_json(table, rows, names, unused), indent=1)
+    (reports_dir / "matrix.json").write_text(data + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(data)
     # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
     # (matrix.md has the counts by status and the deviations' reasons).
     cells = {
@@ -375,7 +406,9 @@ def matrix_command(
     for line in matrix.stale_lines(unused):
         # A warning, not a failure: the entry waives nothing, so it hides nothing either.
         console.print(f"warning: {line}", markup=False, highlight=False)
-    console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
+    console.print(
+        f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}\n{reports_dir / 'matrix.json'}"
+    )
     sys.exit(int(outcomes.worst(statuses)))
 
 
