@@ -38,7 +38,7 @@ from harness.judge.deviations import deviations
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.placement import relocation
-from harness.reports import differential, matrix, summary
+from harness.reports import differential, matrix, matrix_page, summary
 from harness.reports.coverage import IdCoverage, black_box, select, short_of
 from harness.reports.coverage import coverage as coverage_of
 from harness.run import outcomes, signals
@@ -374,7 +374,7 @@ def _matrix(
     names = [t.name for t in chosen]
     (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names, unused), encoding="utf-8")
     rows = matrix.trace_rows(runs, matrix.allure_results(reports_dir / "allure-results"))
-    page = matrix.to_html(table, names, unused, rows, base=reports_dir)
+    page = matrix_page.page(table, names, unused, rows, base=reports_dir)
     (reports_dir / "matrix.html").write_text(page, encoding="utf-8")
     data = json.dumps(matrix.to_json(table, rows, names, unused), indent=1)
     (reports_dir / "matrix.json").write_text(data + "\n", encoding="utf-8")

@@ -352,20 +352,6 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
-def to_html(
-    matrix: Mapping[str, Mapping[str, Cell]],
-    targets: Sequence[str],
-    unused: Mapping[str, Sequence[Deviation]] | None = None,
-    rows: Sequence[TraceRow] = (),
-    base: Path | None = None,
-) -> str:
-    """The HTML page (harness/reports/matrix_page.py)."""
-    # Imported here: the page module builds on this one's cells and rows.
-    from harness.reports import matrix_page
-
-    return matrix_page.page(matrix, targets, unused, rows, base)
-
-
 def _reason(deviation: str) -> str:
     """The reason part of a tolerated mismatch as the replay records it ("... (known deviation: why)")."""
     match = re.search(r"\(known deviation: (.*)\)$", deviation)
