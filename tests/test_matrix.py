@@ -57,6 +57,7 @@ def test_a_cell_is_as_bad_as_its_worst_trace() -> None:
     assert table["OUT-8"]["other"].text() == "—"
     markdown = matrix.to_markdown(table, ["reference", "other"])
     assert "| RELAY-1 | relaying is denied by default | pass (2 pass) | fail (1 fail, 1 pass) |" in markdown
+    assert "| OUT-8 |" not in markdown and "No trace of this run claims C-RE, C-AQ" in markdown
     page = matrix_page.page(table, ["reference", "other"])
     # A row for each ID a trace claimed; the others are folded into one line that says why.
     assert page.count('<tr id="id-') == 3 and "#ffcdd2" in page

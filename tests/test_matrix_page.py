@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -91,6 +92,10 @@ def test_json_round_trip_and_the_page_on_the_reference_mta(tmp_path: Path) -> No
     # Standard output is the JSON alone; the table went to standard error.
     assert data == json.loads((tmp_path / "matrix.json").read_text(encoding="utf-8"))
     assert "matrix.html" in run.stderr
+    # The terminal table has a row for each claimed ID and one line for the rest.
+    rows = [line.split()[0] for line in run.stderr.splitlines() if line.strip()]
+    assert "IN-3" in rows and "OUT-8" not in rows
+    assert re.search(r"^no trace of this run claims .*\bOUT-8\b", run.stderr, re.M)
     traces = {t["trace"]: t for t in data["traces"]}
     assert set(traces) == {PASSING, MULTI_ID}
     multi = traces[MULTI_ID]

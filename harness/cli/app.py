@@ -384,10 +384,10 @@ def _matrix(
     # (matrix.md has the counts by status and the deviations' reasons).
     cells = {
         spec_id: [f"{row[n].status} ({sum(row[n].counts.values())})" if row[n].counts else "-" for n in names]
-        for spec_id, row in table.items()
+        for spec_id, row in matrix.claimed(table).items()
     }
-    first = max(len("ID"), *(len(spec_id) for spec_id in cells))
-    widths = [max(len(name), *(len(row[i]) for row in cells.values())) for i, name in enumerate(names)]
+    first = max([len("ID"), *(len(spec_id) for spec_id in cells)])
+    widths = [max([len(name), *(len(row[i]) for row in cells.values())]) for i, name in enumerate(names)]
     console.print(
         (f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True))).rstrip(),
         markup=False,
@@ -396,6 +396,8 @@ def _matrix(
     for spec_id, row in cells.items():
         text = f"{spec_id:<{first}}" + "".join(f"  {c:<{w}}" for c, w in zip(row, widths, strict=True))
         console.print(text.rstrip(), markup=False, highlight=False)
+    if empty := matrix.unclaimed(table):
+        console.print(f"no trace of this run claims {', '.join(empty)}", markup=False, highlight=False)
     width = summary.terminal_width(console)
     for name, ran in runs.items():
         # The traces to look at on each target, with their reasons (a deviation passed: not listed).

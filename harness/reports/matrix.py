@@ -316,6 +316,16 @@ def to_json(
     }
 
 
+def claimed(matrix: Mapping[str, Mapping[str, Cell]]) -> dict[str, Mapping[str, Cell]]:
+    """The rows with a result on some target: the IDs a trace of the run claims."""
+    return {i: row for i, row in matrix.items() if any(c.status != "none" for c in row.values())}
+
+
+def unclaimed(matrix: Mapping[str, Mapping[str, Cell]]) -> list[str]:
+    """The IDs no trace of the run claims: one line, not a row of dashes each."""
+    return [i for i, row in matrix.items() if all(c.status == "none" for c in row.values())]
+
+
 def to_markdown(
     matrix: Mapping[str, Mapping[str, Cell]],
     targets: Sequence[str],
@@ -330,10 +340,12 @@ def to_markdown(
         "| ID | step | " + " | ".join(targets) + " |",
         "|---|---|" + "---|" * len(targets),
     ]
-    for spec_id, row in matrix.items():
+    for spec_id, row in claimed(matrix).items():
         title = known[spec_id].title if spec_id in known else ""
         cells = [row[t].text() for t in targets]
         lines.append(f"| {spec_id} | {title.replace('|', '/')} | " + " | ".join(cells) + " |")
+    if empty := unclaimed(matrix):
+        lines += ["", f"No trace of this run claims {', '.join(empty)}."]
     deviated = [
         (t, spec_id, r) for spec_id, row in matrix.items() for t in targets for r in sorted(row[t].reasons)
     ]

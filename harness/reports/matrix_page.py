@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from harness.corpus.catalogue import catalogue
 from harness.judge.deviations import Deviation
-from harness.reports.matrix import ORDER, Cell, Result, TraceRow, flow_counts, stale_lines
+from harness.reports.matrix import ORDER, Cell, Result, TraceRow, claimed, flow_counts, stale_lines, unclaimed
 
 COLOURS = {
     "pass": "#c8e6c9",
@@ -54,10 +54,8 @@ def page(
 ) -> str:
     """The page; links to trace files and Allure results are relative to `base`, the page's folder."""
     links = _Links(rows, base)
-    claimed = {
-        spec_id: row for spec_id, row in matrix.items() if any(c.status != "none" for c in row.values())
-    }
-    flows = sorted({row.flow for row in rows} | {_flow(spec_id) for spec_id in claimed} - {""})
+    rows_by_id = claimed(matrix)
+    flows = sorted({row.flow for row in rows} | {_flow(spec_id) for spec_id in rows_by_id} - {""})
     parts = [
         "<!doctype html><html lang=en><meta charset=utf-8><title>Conformance matrix</title>",
         f"<style>{_STYLE}</style><h1>Conformance matrix</h1>",
@@ -65,8 +63,8 @@ def page(
         "difference from Exchange (its reason is shown); it is not a failure.</p>",
         _filters(flows),
         _flows_table(rows, targets),
-        _ids_table(claimed, targets, links),
-        _empty_ids(matrix, claimed),
+        _ids_table(rows_by_id, targets, links),
+        _empty_ids(matrix),
         _traces_table(rows, targets, links),
         _stale(unused or {}),
         f"<script>{_SCRIPT}</script></html>\n",
@@ -190,8 +188,8 @@ def _why(found: Result | None) -> str:
     return '<ul class="why">' + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
 
 
-def _empty_ids(matrix: Mapping[str, Mapping[str, Cell]], claimed: Mapping[str, Mapping[str, Cell]]) -> str:
-    empty = [spec_id for spec_id in matrix if spec_id not in claimed]
+def _empty_ids(matrix: Mapping[str, Mapping[str, Cell]]) -> str:
+    empty = unclaimed(matrix)
     if not empty:
         return ""
     known = catalogue()
