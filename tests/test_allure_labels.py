@@ -1,13 +1,19 @@
 """Allure counts each trace once: a `mailflow run` of traces that claim several catalogue IDs writes one
-result per trace, named by its trace id, in one behaviour and one suite, with the IDs as tags."""
+result per trace, named by its trace id, in one behaviour and one suite, with the IDs as tags; the HTML
+report's tree counts each flow's traces once."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAILFLOW = Path(sys.executable).parent / "mailflow"
@@ -20,19 +26,25 @@ BEHAVIOURS = ("epic", "feature", "story")
 SUITES = ("parentSuite", "suite", "subSuite")
 
 
-def test_a_trace_with_several_ids_is_one_allure_result_named_by_its_id(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("reports")
     files = [str(ROOT / "traces" / f"{trace}.yaml") for trace in TRACES]
     run = subprocess.run(
-        [str(MAILFLOW), "run", "--reports", str(tmp_path), *files],
+        [str(MAILFLOW), "run", "--reports", str(folder), *files],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    return folder
+
+
+def test_a_trace_with_several_ids_is_one_allure_result_named_by_its_id(reports: Path) -> None:
     results = [
         json.loads(path.read_text(encoding="utf-8"))
-        for path in (tmp_path / "allure-results").glob("*-result.json")
+        for path in (reports / "allure-results").glob("*-result.json")
     ]
     assert sorted(r["name"] for r in results) == sorted(TRACES)
     for result in results:
@@ -53,3 +65,31 @@ def test_a_trace_with_several_ids_is_one_allure_result_named_by_its_id(tmp_path:
             if line.startswith("title:")
         )
         assert result["description"].startswith(title)
+
+
+def test_the_html_report_tree_counts_each_trace_once(reports: Path) -> None:
+    report = reports / "allure-report"
+    made = subprocess.run(
+        [str(ROOT / "scripts" / "allure_report.sh"), str(reports / "allure-results"), str(report)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    if "allure HTML report skipped" in made.stdout:
+        pytest.skip(made.stdout.strip())
+    tree = _widget(report / "index.html", "widgets/default/tree.json")
+    groups = tree["groupsById"]
+    # The tree is epic (flow) > feature (folder): no level per catalogue ID, so a flow's count is its
+    # number of traces (here one run, one target), not the sum of their IDs.
+    epics = {groups[g]["name"]: groups[g] for g in tree["root"]["groups"]}
+    assert {name: group["statistic"]["total"] for name, group in epics.items()} == {"Inbound": 1, "Relay": 1}
+    leaves = [leaf for g in groups.values() for leaf in g.get("leaves") or ()]
+    assert len(leaves) == len(set(leaves)) == len(TRACES)
+
+
+def _widget(page: Path, name: str) -> Any:
+    """A data file the single-file Allure 3 report carries inline, base64-encoded."""
+    found = re.search(rf'"{re.escape(name)}","([A-Za-z0-9+/=]+)"', page.read_text(encoding="utf-8"))
+    assert found, f"{name} not found in {page}"
+    return json.loads(base64.b64decode(found[1]))
