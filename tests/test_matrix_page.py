@@ -116,12 +116,30 @@ def test_json_round_trip_and_the_page_on_the_reference_mta(tmp_path: Path) -> No
     assert page.selects["result"] == ["", "fail", "deviation", "pass", "skipped"]
     assert page.scripts == 1 and page.assets == []  # inline, works offline
     assert not any(link.startswith(("http:", "https:", "//")) for link in page.links)
-    # Every link resolves from the page's folder: the trace files and their Allure results.
-    targets = [(tmp_path / unquote(link)).resolve() for link in page.links]
+    # Every link resolves from the page's folder: the trace files, their Allure results and their tests in
+    # the Allure report once it is made.
+    made = subprocess.run(
+        [
+            str(ROOT / "scripts" / "allure_report.sh"),
+            str(tmp_path / "allure-results"),
+            str(tmp_path / "allure-report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    files = [link for link in page.links if "#" not in link]
+    targets = [(tmp_path / unquote(link)).resolve() for link in files]
     assert all(t.exists() for t in targets), [t for t in targets if not t.exists()]
     assert (ROOT / "traces" / f"{MULTI_ID}.yaml").resolve() in targets
     allure = [json.loads(t.read_text(encoding="utf-8")) for t in targets if t.name.endswith("-result.json")]
     assert sorted({a["name"] for a in allure}) == sorted(traces)
+    tests = [link.split("#") for link in page.links if "#" in link]
+    assert tests and {page for page, _ in tests} == {"allure-report/index.html"}
+    if "allure HTML report skipped" not in made.stdout:
+        report = json.loads((tmp_path / "allure-report" / "test-results.json").read_text(encoding="utf-8"))
+        assert {report["byId"][test]["name"] for _, test in tests} == set(traces)
     # The IDs no trace claimed are one folded line that says why, not rows of dashes.
     empty = len([i for i in data["ids"] if i["results"]["reference"]["status"] == "none"])
     assert f"{empty} catalogue ID(s) without a result: no trace of this run claims them" in page.words

@@ -9,6 +9,7 @@ fail if any failed, else deviation if any deviated, else pass if any passed, els
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -182,8 +183,9 @@ class Result:
     deviations: tuple[tuple[str, str], ...] = ()
     skipped: str = ""
     failures: tuple[str, ...] = ()
-    # The trace's Allure result file (`<uuid>-result.json`), when the run wrote one.
+    # The trace's Allure result file, when the run wrote one, and the id of its test in the HTML report.
     allure: str = ""
+    allure_id: str = ""
 
 
 @dataclass
@@ -195,30 +197,36 @@ class TraceRow:
     results: dict[str, Result] = field(default_factory=dict)
 
 
-def result(outcome: Mapping[str, Any], known: Sequence[Deviation], allure: str = "") -> Result:
+def result(
+    outcome: Mapping[str, Any], known: Sequence[Deviation], allure: tuple[str, str] = ("", "")
+) -> Result:
     """A trace's result on a target with everything behind it: the differences and their reasons, the
     skip reason, or every failure."""
     found = verdict(outcome, known)
+    file, test = allure
     if found.status == "skipped":
-        return Result("skipped", skipped=found.reasons[0] if found.reasons else "", allure=allure)
+        return Result(
+            "skipped", skipped=found.reasons[0] if found.reasons else "", allure=file, allure_id=test
+        )
     if found.status == "deviation":
         # What the replay waived as it went (wording), then the failures judged deviations afterwards.
         waived = [(sentence(w.failure), w.reason) for w in map(Waived.from_json, outcome.get("waived") or ())]
         pairs = tuple(dict.fromkeys([*waived, *found.explained]))
         if not pairs:  # an older results file: only the replay's "(known deviation: why)" lines
             pairs = tuple((str(d), _reason(str(d))) for d in outcome.get("deviations") or ())
-        return Result("deviation", deviations=tuple(pairs), allure=allure)
+        return Result("deviation", deviations=tuple(pairs), allure=file, allure_id=test)
     if found.status == "fail":
         records = [sentence(Failure.from_json(f)) for f in outcome.get("failures") or ()]
         failures = tuple(records) or tuple(
             line for line in str(outcome.get("message") or outcome["outcome"]).splitlines() if line.strip()
         )
-        return Result("fail", failures=failures, allure=allure)
-    return Result("pass", allure=allure)
+        return Result("fail", failures=failures, allure=file, allure_id=test)
+    return Result("pass", allure=file, allure_id=test)
 
 
 def trace_rows(
-    runs: Mapping[str, Iterable[Mapping[str, Any]]], allure: Mapping[tuple[str, str], str] | None = None
+    runs: Mapping[str, Iterable[Mapping[str, Any]]],
+    allure: Mapping[tuple[str, str], tuple[str, str]] | None = None,
 ) -> list[TraceRow]:
     """One row per trace, in run order, with its result on each target that ran it."""
     rows: dict[str, TraceRow] = {}
@@ -230,7 +238,7 @@ def trace_rows(
             row = rows.setdefault(
                 trace, TraceRow(trace, str(outcome.get("path") or ""), flow_of(list(spec)), spec)
             )
-            row.results[target] = result(outcome, known, (allure or {}).get((trace, target), ""))
+            row.results[target] = result(outcome, known, (allure or {}).get((trace, target), ("", "")))
     return list(rows.values())
 
 
@@ -244,9 +252,10 @@ def flow_counts(rows: Sequence[TraceRow], targets: Sequence[str]) -> dict[str, d
     return counts
 
 
-def allure_results(folder: Path) -> dict[tuple[str, str], str]:
-    """(trace, target) → the name of its Allure result file, read from the labels we give each test."""
-    found: dict[tuple[str, str], str] = {}
+def allure_results(folder: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(trace, target) → the name of its Allure result file and the id of its test in the HTML report,
+    read from the labels we give each test."""
+    found: dict[tuple[str, str], tuple[str, str]] = {}
     for path in sorted(folder.glob("*-result.json")) if folder.is_dir() else ():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -254,8 +263,15 @@ def allure_results(folder: Path) -> dict[tuple[str, str], str]:
             continue  # not ours, or half written: the matrix links what it can read
         labels = {label.get("name"): label.get("value") for label in data.get("labels") or ()}
         if labels.get("trace") and labels.get("target"):
-            found[(str(labels["trace"]), str(labels["target"]))] = path.name
+            test = allure_report_id(str(data.get("uuid") or ""))
+            found[(str(labels["trace"]), str(labels["target"]))] = (path.name, test)
     return found
+
+
+def allure_report_id(uuid: str) -> str:
+    """The id the Allure 3 report gives the test of a result, and its page's URL fragment: the MD5 of the
+    result's uuid (@allurereport/core, store/convert.js)."""
+    return hashlib.md5(uuid.encode(), usedforsecurity=False).hexdigest()
 
 
 def to_json(
@@ -281,6 +297,9 @@ def to_json(
                         "skip_reason": found.skipped or None,
                         "failures": list(found.failures),
                         "allure": found.allure or None,
+                        "allure_report": f"allure-report/index.html#{found.allure_id}"
+                        if found.allure_id
+                        else None,
                     }
                     for target, found in row.results.items()
                 },

@@ -14,7 +14,16 @@ from urllib.parse import quote
 
 from harness.corpus.catalogue import catalogue
 from harness.judge.deviations import Deviation
-from harness.reports.matrix import ORDER, Cell, Result, TraceRow, claimed, flow_counts, stale_lines, unclaimed
+from harness.reports.matrix import (
+    ORDER,
+    Cell,
+    Result,
+    TraceRow,
+    claimed,
+    flow_counts,
+    stale_lines,
+    unclaimed,
+)
 
 COLOURS = {
     "pass": "#c8e6c9",
@@ -93,16 +102,19 @@ class _Links:
         return row.results.get(target) if row is not None else None
 
     def allure(self, trace: str, target: str) -> str:
+        """Links to the trace's test in the Allure report and to the result it is made from."""
         found = self.result(trace, target)
-        return f"allure-results/{quote(found.allure)}" if found is not None and found.allure else ""
+        if found is None or not found.allure:
+            return ""
+        report = f"allure-report/index.html#{found.allure_id}"
+        return f' (<a href="{report}">Allure</a>, <a href="allure-results/{quote(found.allure)}">result</a>)'
 
     def trace(self, trace: str, target: str) -> str:
-        """The trace's name linked to its file, and a link to its Allure result on the target."""
+        """The trace's name linked to its file, and links to its Allure test on the target."""
         file = self.file(trace)
         name = html.escape(trace)
         text = f'<a href="{file}">{name}</a>' if file else name
-        allure = self.allure(trace, target)
-        return text + (f' (<a href="{allure}">Allure</a>)' if allure else "")
+        return text + self.allure(trace, target)
 
 
 def _flow(spec_id: str) -> str:
@@ -213,8 +225,7 @@ def _traces_table(rows: Sequence[TraceRow], targets: Sequence[str], links: _Link
             if found is None:
                 cells.append("<td>not run</td>")
                 continue
-            allure = links.allure(row.trace, target)
-            link = f' (<a href="{allure}">Allure</a>)' if allure else ""
+            link = links.allure(row.trace, target)
             cells.append(
                 f'<td style="background:{COLOURS[found.status]}">'
                 f"<b>{found.status}</b>{link}{_why(found)}</td>"
