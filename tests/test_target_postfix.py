@@ -7,12 +7,16 @@ the reason.
 
 from __future__ import annotations
 
+import json
+import re
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import standin
+from mailflow_cli import mailflow
 from standin import base
 
 from harness import targets
@@ -218,3 +222,24 @@ def test_a_bare_lf_around_the_dot_does_not_end_the_message(trace_id: str) -> Non
     # One message, for Alice, with the would-be second transaction inside it; nothing for Bob.
     assert [d.where for d in mailboxes] == ["alice@contoso.com"], [d.describe() for d in mailboxes]
     assert b"RCPT TO:<bob@contoso.com>" in mailboxes[0].data
+
+
+def attachments(node: dict[str, Any]) -> list[dict[str, str]]:
+    """Every attachment of an Allure result, its steps' included."""
+    found: list[dict[str, str]] = list(node.get("attachments", []))
+    for step in node.get("steps", []):
+        found += attachments(step)
+    return found
+
+
+@live
+def test_the_report_attaches_postfix_s_log_of_the_trace(tmp_path: Path) -> None:
+    trace = ROOT / "traces" / "inbound" / "case-insensitive-proxy.yaml"
+    run = mailflow("run", "--target", "postfix", "--reports", str(tmp_path), str(trace), cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = tmp_path / "allure-results"
+    (result,) = [json.loads(p.read_text()) for p in results.glob("*-result.json")]
+    (log,) = [a for a in attachments(result) if a["name"] == "Postfix log (EX1)"]
+    text = (results / log["source"]).read_text()
+    # Postfix's own line for the message it stored in Alice's mailbox during this trace.
+    assert re.search(r"postfix/virtual\[\d+\]: [0-9A-F]+: to=<alice@contoso\.com>.* status=sent", text), text
