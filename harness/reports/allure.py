@@ -1,7 +1,7 @@
 """Allure wiring: each trace is one Allure test named by its id — epic = flow, feature = the corpus folder,
 a tag per catalogue ID, parameter = target;
 each SMTP exchange and each outcome check is a step; transcript, tracking excerpt, DNS and LDAP logs,
-delivered envelopes and the message's path are attached.
+delivered envelopes, the message's path and the log of a real MTA standing in for a server are attached.
 
 allure-pytest reports a step as failed only when an AssertionError leaves it, so a failed exchange or
 check raises one inside its step and we catch it just outside: the step shows red, the report goes on.
@@ -116,6 +116,8 @@ def publish(result: TraceResult) -> None:
         "LDAP query log",
     )
     _text("\n".join(d.describe() for d in evidence.deliveries) or "nothing delivered", "delivered envelopes")
+    for log in evidence.mta_logs:
+        _text(log.text or f"{log.mta} wrote nothing to its log", f"{log.mta} log ({log.server})")
     if not result.passed:
         _text("\n".join(result.failures()), "failures")
         # The same failures as records (kind, step, command, expected, actual): what verdicts read.
