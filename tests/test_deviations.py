@@ -13,7 +13,7 @@ from harness.cli.app import main
 from harness.judge import records
 from harness.judge.deviations import deviations, load
 from harness.judge.records import Failure, Kind, Near
-from harness.reports import matrix
+from harness.reports import matrix, matrix_page
 from harness.yamlsource import SourceError
 
 RCPT_OK = Failure(
@@ -188,7 +188,7 @@ def test_an_entry_that_waived_nothing_is_reported_stale() -> None:
     assert warning.startswith(f"postfix: stale deviation {scoped.entry} matched nothing")
     table = matrix.build(runs)
     assert "## Stale deviations" in matrix.to_markdown(table, ["postfix"], unused)
-    assert "Stale deviations" in matrix.to_html(table, ["postfix"], unused)
+    assert "Stale deviations" in matrix_page.page(table, ["postfix"], unused)
     # Once it waives a failure of that trace, it is not stale.
     waived = [{"failure": REFUSED.to_json(), "reason": scoped.reason, "entry": scoped.entry}]
     runs["postfix"][0]["waived"] = waived

@@ -50,7 +50,7 @@ def test_a_correct_trace_passes_and_writes_allure_labels_steps_and_attachments(
     assert report["status"] == "passed"
     labels = {(label["name"], label["value"]) for label in report["labels"]}  # type: ignore[union-attr,index]
     assert ("epic", "Inbound") in labels
-    assert ("story", "IN-6a") in labels and ("story", "C-CAT") in labels
+    assert ("tag", "IN-6a") in labels and ("tag", "C-CAT") in labels
     steps = [step["name"] for step in report["steps"]]  # type: ignore[union-attr,index]
     assert re.fullmatch(r"Session 1: internet → 127\.\d+\.0\.11:\d+", steps[0])
     assert any(s.startswith("Check tracking on EX1") for s in steps)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from harness.cli.app import main
 from harness.judge.deviations import deviations
 from harness.judge.records import Failure, Kind, Waived
-from harness.reports import matrix
+from harness.reports import matrix, matrix_page
 from harness.targets import get
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +57,11 @@ def test_a_cell_is_as_bad_as_its_worst_trace() -> None:
     assert table["OUT-8"]["other"].text() == "—"
     markdown = matrix.to_markdown(table, ["reference", "other"])
     assert "| RELAY-1 | relaying is denied by default | pass (2 pass) | fail (1 fail, 1 pass) |" in markdown
-    page = matrix.to_html(table, ["reference", "other"])
-    assert page.count("<tr>") == len(table) + 1 and "#ffcdd2" in page
+    assert "| OUT-8 |" not in markdown and "No trace of this run claims C-RE, C-AQ" in markdown
+    page = matrix_page.page(table, ["reference", "other"])
+    # A row for each ID a trace claimed; the others are folded into one line that says why.
+    assert page.count('<tr id="id-') == 3 and "#ffcdd2" in page
+    assert f"{len(table) - 3} catalogue ID(s) without a result" in page
 
 
 def test_postfix_deviations_load_and_tolerate_only_wording() -> None:

@@ -23,10 +23,14 @@ import standin
 from standin import base, delivered, send
 
 from harness import targets
+from harness.corpus.trace import load
+from harness.judge.evidence import DeliveryKind
+from harness.judge.records import Kind
 from harness.lab import netns
 from harness.lab.config import LabConfig
 from harness.lab.recipients import Contact, Group, Login, Mailbox, RecipientTable
 from harness.lab.runtime import Lab
+from harness.run.runner import run_trace
 from harness.targets import exim
 
 BAND = 170
@@ -180,3 +184,25 @@ def iter_until(stream: IO[str], last: str) -> Iterator[str]:
         if last in line:
             return
     raise AssertionError(f"the output ended before {last!r}")
+
+
+@live
+@pytest.mark.parametrize(
+    "trace_id",
+    ["protocol/smuggling-bare-lf", "protocol/smuggling-lf-dot-crlf", "protocol/smuggling-crlf-dot-lf"],
+)
+def test_a_bare_lf_around_the_dot_does_not_end_the_message(trace_id: str) -> None:
+    # Debian's Exim 4.96 takes only CRLF.CRLF as the end of data once the message's first line ended in
+    # CRLF (CVE-2023-51766), with no setting for it: one message, the smuggled commands inside it.
+    result = run_trace(
+        load(Path(__file__).resolve().parents[1] / "traces" / f"{trace_id}.yaml"), targets.EXIM
+    )
+    # The one difference: Exim's queued reply carries no enhanced code (exim.yaml, RFC 2034), and the
+    # replay stops at it, before QUIT.
+    assert [(f.kind, f.verb, f.actual) for f in result.records() if not f.knock_on] == [
+        (Kind.ENHANCED, "end-of-data", "")
+    ], "\n".join(result.failures())
+    assert result.evidence is not None
+    mailboxes = [d for d in result.evidence.deliveries if d.kind == DeliveryKind.MAILBOX]
+    assert [d.where for d in mailboxes] == ["alice@contoso.com"], [d.describe() for d in mailboxes]
+    assert b"RCPT TO:<bob@contoso.com>" in mailboxes[0].data

@@ -7,23 +7,30 @@ the reason.
 
 from __future__ import annotations
 
+import json
+import re
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import standin
+from mailflow_cli import mailflow
 from standin import base
 
 from harness import targets
-from harness.judge.evidence import Evidence
+from harness.corpus.trace import load
+from harness.judge.evidence import DeliveryKind, Evidence
 from harness.lab.config import LabConfig
 from harness.lab.placement import relocation
 from harness.lab.recipients import Login, RecipientTable
 from harness.lab.runtime import Lab
+from harness.run.runner import run_trace
 from harness.targets import postfix
 from reference_mta import replies
 
+ROOT = Path(__file__).resolve().parents[1]
 BAND = 110
 BASE = base(BAND)
 UNAVAILABLE = targets.POSTFIX.unavailable()
@@ -51,6 +58,8 @@ def test_the_lab_file_becomes_postfix_tables(tmp_path: Path) -> None:
     assert "relay_domains = adatum.com, partner.example, shared.contoso.com" in main
     assert "relay_domains_reject_code = 550" in main
     assert "message_size_limit = 4194304" in main
+    # Only CRLF.CRLF ends DATA, for every client (SEC-2): Postfix's default lets a bare LF end it.
+    assert {"smtpd_forbid_bare_newline = normalize", "smtpd_forbid_bare_newline_exclusions ="} <= main
     assert f"inet_interfaces = {BASE[:-1]}11" in next(
         line for line in main if line.startswith("inet_interfaces")
     )
@@ -191,3 +200,46 @@ def test_an_account_of_the_directory_authenticates_and_may_relay(lab: Lab) -> No
     assert lab.settle(timeout=20)
     sinks = [d for d in Evidence.collect(lab).deliveries if b"authenticated relay" in d.data]
     assert [(d.kind, d.where, d.rcpt) for d in sinks] == [("sink", "fabrikam-mx", ("chris@fabrikam.com",))]
+
+
+# The corpus's smuggling traces whose first message ends with a bare LF around the dot: Postfix's default
+# (smtpd_forbid_bare_newline = no) ended the message there and ran the smuggled transaction for Bob.
+BARE_LF_SMUGGLING = [
+    "protocol/smuggling-bare-lf",
+    "protocol/smuggling-lf-dot-crlf",
+    "protocol/smuggling-crlf-dot-lf",
+]
+
+
+@live
+@pytest.mark.parametrize("trace_id", BARE_LF_SMUGGLING)
+def test_a_bare_lf_around_the_dot_does_not_end_the_message(trace_id: str) -> None:
+    result = run_trace(load(ROOT / "traces" / f"{trace_id}.yaml"), targets.POSTFIX)
+    # The trace itself expects one 250 after the data and then QUIT's 221, not a second transaction.
+    assert result.passed, "\n".join(result.failures())
+    assert result.evidence is not None
+    mailboxes = [d for d in result.evidence.deliveries if d.kind == DeliveryKind.MAILBOX]
+    # One message, for Alice, with the would-be second transaction inside it; nothing for Bob.
+    assert [d.where for d in mailboxes] == ["alice@contoso.com"], [d.describe() for d in mailboxes]
+    assert b"RCPT TO:<bob@contoso.com>" in mailboxes[0].data
+
+
+def attachments(node: dict[str, Any]) -> list[dict[str, str]]:
+    """Every attachment of an Allure result, its steps' included."""
+    found: list[dict[str, str]] = list(node.get("attachments", []))
+    for step in node.get("steps", []):
+        found += attachments(step)
+    return found
+
+
+@live
+def test_the_report_attaches_postfix_s_log_of_the_trace(tmp_path: Path) -> None:
+    trace = ROOT / "traces" / "inbound" / "case-insensitive-proxy.yaml"
+    run = mailflow("run", "--target", "postfix", "--reports", str(tmp_path), str(trace), cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = tmp_path / "allure-results"
+    (result,) = [json.loads(p.read_text()) for p in results.glob("*-result.json")]
+    (log,) = [a for a in attachments(result) if a["name"] == "Postfix log (EX1)"]
+    text = (results / log["source"]).read_text()
+    # Postfix's own line for the message it stored in Alice's mailbox during this trace.
+    assert re.search(r"postfix/virtual\[\d+\]: [0-9A-F]+: to=<alice@contoso\.com>.* status=sent", text), text

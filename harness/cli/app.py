@@ -39,7 +39,7 @@ from harness.judge.deviations import deviations
 from harness.lab import config as lab_config
 from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
 from harness.lab.placement import relocation
-from harness.reports import differential, matrix, summary
+from harness.reports import differential, matrix, matrix_page, summary
 from harness.reports.coverage import IdCoverage, black_box, select, short_of
 from harness.reports.coverage import coverage as coverage_of
 from harness.run import outcomes, signals
@@ -331,17 +331,42 @@ def _replay(
 @main.command(name="matrix", epilog=EXIT_CODES)
 @click.argument("paths", nargs=-1)
 @click.option("--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give several")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print the matrix as JSON (what matrix.json holds) instead of a table",
+)
 @replay_options
 def matrix_command(
     paths: tuple[str, ...],
     target_names: tuple[str, ...],
+    as_json: bool,
     reports_dir: Path,
     workers: str,
     keyword: str | None,
     marker: str | None,
 ) -> None:
-    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown and HTML).
+    """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown, HTML and JSON).
     Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
+    # With --json, standard output carries the JSON alone, so it pipes into jq; what a person reads goes
+    # to standard error.
+    saved, console.stderr = console.stderr, as_json
+    try:
+        _matrix(paths, target_names, as_json, reports_dir, workers, keyword, marker)
+    finally:
+        console.stderr = saved
+
+
+def _matrix(
+    paths: tuple[str, ...],
+    target_names: tuple[str, ...],
+    as_json: bool,
+    reports_dir: Path,
+    workers: str,
+    keyword: str | None,
+    marker: str | None,
+) -> None:
     chosen = _targets(target_names)
     for target in chosen:
         try:
@@ -362,15 +387,21 @@ def matrix_command(
     unused = matrix.stale(runs)
     names = [t.name for t in chosen]
     (reports_dir / "matrix.md").write_text(matrix.to_markdown(table, names, unused), encoding="utf-8")
-    (reports_dir / "matrix.html").write_text(matrix.to_html(table, names, unused), encoding="utf-8")
+    rows = matrix.trace_rows(runs, matrix.allure_results(reports_dir / "allure-results"))
+    page = matrix_page.page(table, names, unused, rows, base=reports_dir)
+    (reports_dir / "matrix.html").write_text(page, encoding="utf-8")
+    data = json.dumps(matrix.to_json(table, rows, names, unused), indent=1)
+    (reports_dir / "matrix.json").write_text(data + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(data)
     # Plain columns, each cell the status and the number of traces: readable piped and at 80 columns
     # (matrix.md has the counts by status and the deviations' reasons).
     cells = {
         spec_id: [f"{row[n].status} ({sum(row[n].counts.values())})" if row[n].counts else "-" for n in names]
-        for spec_id, row in table.items()
+        for spec_id, row in matrix.claimed(table).items()
     }
-    first = max(len("ID"), *(len(spec_id) for spec_id in cells))
-    widths = [max(len(name), *(len(row[i]) for row in cells.values())) for i, name in enumerate(names)]
+    first = max([len("ID"), *(len(spec_id) for spec_id in cells)])
+    widths = [max([len(name), *(len(row[i]) for row in cells.values())]) for i, name in enumerate(names)]
     console.print(
         (f"{'ID':<{first}}" + "".join(f"  {n:<{w}}" for n, w in zip(names, widths, strict=True))).rstrip(),
         markup=False,
@@ -379,6 +410,8 @@ def matrix_command(
     for spec_id, row in cells.items():
         text = f"{spec_id:<{first}}" + "".join(f"  {c:<{w}}" for c, w in zip(row, widths, strict=True))
         console.print(text.rstrip(), markup=False, highlight=False)
+    if empty := matrix.unclaimed(table):
+        console.print(f"no trace of this run claims {', '.join(empty)}", markup=False, highlight=False)
     width = summary.terminal_width(console)
     for name, ran in runs.items():
         # The traces to look at on each target, with their reasons (a deviation passed: not listed).
@@ -389,7 +422,9 @@ def matrix_command(
     for line in matrix.stale_lines(unused):
         # A warning, not a failure: the entry waives nothing, so it hides nothing either.
         console.print(f"warning: {line}", markup=False, highlight=False)
-    console.print(f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}")
+    console.print(
+        f"{reports_dir / 'matrix.md'}\n{reports_dir / 'matrix.html'}\n{reports_dir / 'matrix.json'}"
+    )
     sys.exit(int(outcomes.worst(statuses)))
 
 

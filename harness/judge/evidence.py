@@ -17,6 +17,7 @@ from reference_mta import gateway, store, tracking
 
 if TYPE_CHECKING:
     from harness.lab.runtime import Lab
+    from harness.lab.standin import StandIn
 
 
 class DeliveryKind(StrEnum):
@@ -86,6 +87,16 @@ class LdapQuery:
     results: int
 
 
+@dataclass(frozen=True)
+class MtaLog:
+    """What a real MTA standing in for a lab server wrote to its log while the trace's lab ran: a black
+    box's own account of the sessions and deliveries, for the reader of the report."""
+
+    server: str
+    mta: str  # as its users know it: "Postfix"
+    text: str
+
+
 @dataclass
 class Evidence:
     hosts: dict[str, str]  # address → lab host name
@@ -95,6 +106,7 @@ class Evidence:
     tracking: dict[str, list[dict[str, Any]]]
     queues: dict[str, dict[str, list[dict[str, Any]]]]
     connections: list[Connection] = field(default_factory=list)
+    mta_logs: list[MtaLog] = field(default_factory=list)
 
     @classmethod
     def collect(cls, lab: Lab) -> Evidence:
@@ -123,7 +135,15 @@ class Evidence:
             tracking=events,
             queues=lab.queues(),
             connections=_connections(lab, names),
+            mta_logs=[_mta_log(server, stand_in) for server, stand_in in lab.stand_ins.items()],
         )
+
+
+def _mta_log(server: str, stand_in: StandIn) -> MtaLog:
+    # Each trace starts a lab of its own in a new folder, so the whole file is this trace's.
+    path = stand_in.log_path
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return MtaLog(server, stand_in.mta, text)
 
 
 def _connections(lab: Lab, names: dict[str, str]) -> list[Connection]:

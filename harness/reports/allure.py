@@ -1,6 +1,7 @@
-"""Allure wiring: each trace is one Allure test — epic = flow, story = catalogue ID, parameter = target;
+"""Allure wiring: each trace is one Allure test named by its id — epic = flow, feature = the corpus folder,
+a tag per catalogue ID, parameter = target;
 each SMTP exchange and each outcome check is a step; transcript, tracking excerpt, DNS and LDAP logs,
-delivered envelopes and the message's path are attached.
+delivered envelopes, the message's path and the log of a real MTA standing in for a server are attached.
 
 allure-pytest reports a step as failed only when an AssertionError leaves it, so a failed exchange or
 check raises one inside its step and we catch it just outside: the step shows red, the report goes on.
@@ -23,18 +24,22 @@ from reference_mta import tracking
 
 
 def label(trace: Trace, target: str) -> None:
-    allure.dynamic.title(trace.title)
+    # The id, unique in the corpus: many traces share a title.
+    allure.dynamic.title(trace.id)
     allure.dynamic.epic(flow_of(list(trace.spec)))
     allure.dynamic.feature(trace.id.split("/", 1)[0])
+    # Behaviors lists a test under each of its stories and counts it once per story, so a trace that
+    # claims five IDs would count five times: the IDs are tags, which group nothing.
     for spec_id in trace.spec:
-        allure.dynamic.story(spec_id)
+        allure.dynamic.tag(spec_id)
     allure.dynamic.parameter("target", target)
     allure.dynamic.label("target", target)  # the matrix's column: reports filter and group by it
     allure.dynamic.label("trace", trace.id)
     for spec_id in sorted(trace.boundary):
         allure.dynamic.tag(f"boundary {spec_id}")
     known = catalogue()
-    lines = [trace.description, "", f"Trace file: {trace.path}", "", "Checks:"]
+    lines = [trace.title, *(["", trace.description] if trace.description else []), ""]
+    lines += [f"Trace file: {trace.path}", "", "Checks:"]
     lines += [
         f"- {i}{' (boundary)' if i in trace.boundary else ''}: {known[i].title}"
         for i in trace.spec
@@ -111,6 +116,8 @@ def publish(result: TraceResult) -> None:
         "LDAP query log",
     )
     _text("\n".join(d.describe() for d in evidence.deliveries) or "nothing delivered", "delivered envelopes")
+    for log in evidence.mta_logs:
+        _text(log.text or f"{log.mta} wrote nothing to its log", f"{log.mta} log ({log.server})")
     if not result.passed:
         _text("\n".join(result.failures()), "failures")
         # The same failures as records (kind, step, command, expected, actual): what verdicts read.

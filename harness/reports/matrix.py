@@ -9,14 +9,16 @@ fail if any failed, else deviation if any deviated, else pass if any passed, els
 
 from __future__ import annotations
 
-import html
+import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from harness.corpus.catalogue import catalogue
+from harness.corpus.catalogue import catalogue, flow_of
 from harness.judge.deviations import Deviation, deviations, explain
 from harness.judge.records import Failure, Kind, Near, Waived, sentence
 
@@ -39,6 +41,8 @@ class Cell:
     status: str = "none"
     counts: Counter[str] = field(default_factory=Counter)
     reasons: set[str] = field(default_factory=set)
+    # Status → the traces with that result, in run order: what the counts link to.
+    traces: dict[str, list[str]] = field(default_factory=dict)
 
     def text(self) -> str:
         if self.status == "none":
@@ -162,11 +166,183 @@ def build(runs: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, dict[str
             for spec_id in outcome.get("spec") or []:
                 cell = matrix.setdefault(spec_id, {t: Cell() for t in runs})[target]
                 cell.counts[found.status] += 1
+                cell.traces.setdefault(found.status, []).append(str(outcome["trace"]))
                 cell.reasons.update(r for r in found.reasons if found.status == "deviation")
     for row in matrix.values():
         for cell in row.values():
             cell.status = next((s for s in ORDER if cell.counts[s]), "none")
     return matrix
+
+
+@dataclass(frozen=True)
+class Result:
+    """One trace on one target, as the matrix shows it."""
+
+    status: str
+    # (difference from Exchange, the known deviation's reason) for a deviation.
+    deviations: tuple[tuple[str, str], ...] = ()
+    skipped: str = ""
+    failures: tuple[str, ...] = ()
+    # The trace's Allure result file, when the run wrote one, and the id of its test in the HTML report.
+    allure: str = ""
+    allure_id: str = ""
+
+
+@dataclass
+class TraceRow:
+    trace: str
+    file: str
+    flow: str
+    spec: tuple[str, ...]
+    results: dict[str, Result] = field(default_factory=dict)
+
+
+def result(
+    outcome: Mapping[str, Any], known: Sequence[Deviation], allure: tuple[str, str] = ("", "")
+) -> Result:
+    """A trace's result on a target with everything behind it: the differences and their reasons, the
+    skip reason, or every failure."""
+    found = verdict(outcome, known)
+    file, test = allure
+    if found.status == "skipped":
+        return Result(
+            "skipped", skipped=found.reasons[0] if found.reasons else "", allure=file, allure_id=test
+        )
+    if found.status == "deviation":
+        # What the replay waived as it went (wording), then the failures judged deviations afterwards.
+        waived = [(sentence(w.failure), w.reason) for w in map(Waived.from_json, outcome.get("waived") or ())]
+        pairs = tuple(dict.fromkeys([*waived, *found.explained]))
+        if not pairs:  # an older results file: only the replay's "(known deviation: why)" lines
+            pairs = tuple((str(d), _reason(str(d))) for d in outcome.get("deviations") or ())
+        return Result("deviation", deviations=tuple(pairs), allure=file, allure_id=test)
+    if found.status == "fail":
+        records = [sentence(Failure.from_json(f)) for f in outcome.get("failures") or ()]
+        failures = tuple(records) or tuple(
+            line for line in str(outcome.get("message") or outcome["outcome"]).splitlines() if line.strip()
+        )
+        return Result("fail", failures=failures, allure=file, allure_id=test)
+    return Result("pass", allure=file, allure_id=test)
+
+
+def trace_rows(
+    runs: Mapping[str, Iterable[Mapping[str, Any]]],
+    allure: Mapping[tuple[str, str], tuple[str, str]] | None = None,
+) -> list[TraceRow]:
+    """One row per trace, in run order, with its result on each target that ran it."""
+    rows: dict[str, TraceRow] = {}
+    for target, outcomes in runs.items():
+        known = deviations(target)
+        for outcome in outcomes:
+            trace = str(outcome["trace"])
+            spec = tuple(str(i) for i in outcome.get("spec") or ())
+            row = rows.setdefault(
+                trace, TraceRow(trace, str(outcome.get("path") or ""), flow_of(list(spec)), spec)
+            )
+            row.results[target] = result(outcome, known, (allure or {}).get((trace, target), ("", "")))
+    return list(rows.values())
+
+
+def flow_counts(rows: Sequence[TraceRow], targets: Sequence[str]) -> dict[str, dict[str, Counter[str]]]:
+    """Flow → target → status → number of traces: each trace once, under its flow."""
+    counts: dict[str, dict[str, Counter[str]]] = {}
+    for row in rows:
+        per_target = counts.setdefault(row.flow, {t: Counter() for t in targets})
+        for target, found in row.results.items():
+            per_target.setdefault(target, Counter())[found.status] += 1
+    return counts
+
+
+def allure_results(folder: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(trace, target) → the name of its Allure result file and the id of its test in the HTML report,
+    read from the labels we give each test."""
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for path in sorted(folder.glob("*-result.json")) if folder.is_dir() else ():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not ours, or half written: the matrix links what it can read
+        labels = {label.get("name"): label.get("value") for label in data.get("labels") or ()}
+        if labels.get("trace") and labels.get("target"):
+            test = allure_report_id(str(data.get("uuid") or ""))
+            found[(str(labels["trace"]), str(labels["target"]))] = (path.name, test)
+    return found
+
+
+def allure_report_id(uuid: str) -> str:
+    """The id the Allure 3 report gives the test of a result, and its page's URL fragment: the MD5 of the
+    result's uuid (@allurereport/core, store/convert.js)."""
+    return hashlib.md5(uuid.encode(), usedforsecurity=False).hexdigest()
+
+
+def to_json(
+    matrix: Mapping[str, Mapping[str, Cell]],
+    rows: Sequence[TraceRow],
+    targets: Sequence[str],
+    unused: Mapping[str, Sequence[Deviation]] | None = None,
+) -> dict[str, Any]:
+    """What the HTML page shows, as data: per trace per target, per ID and per flow."""
+    known = catalogue()
+    return {
+        "targets": list(targets),
+        "traces": [
+            {
+                "trace": row.trace,
+                "file": row.file,
+                "flow": row.flow,
+                "spec": list(row.spec),
+                "results": {
+                    target: {
+                        "outcome": found.status,
+                        "deviations": [{"difference": d, "reason": r} for d, r in found.deviations],
+                        "skip_reason": found.skipped or None,
+                        "failures": list(found.failures),
+                        "allure": found.allure or None,
+                        "allure_report": f"allure-report/index.html#{found.allure_id}"
+                        if found.allure_id
+                        else None,
+                    }
+                    for target, found in row.results.items()
+                },
+            }
+            for row in rows
+        ],
+        "ids": [
+            {
+                "id": spec_id,
+                "title": known[spec_id].title if spec_id in known else "",
+                "flow": known[spec_id].flow if spec_id in known else "",
+                "results": {
+                    target: {
+                        "status": row[target].status,
+                        "counts": {s: row[target].counts[s] for s in ORDER if row[target].counts[s]},
+                        "traces": {s: row[target].traces[s] for s in ORDER if s in row[target].traces},
+                        "deviation_reasons": sorted(row[target].reasons),
+                    }
+                    for target in targets
+                },
+            }
+            for spec_id, row in matrix.items()
+        ],
+        "flows": [
+            {"flow": flow, "counts": {t: {s: c[s] for s in ORDER if c[s]} for t, c in per_target.items()}}
+            for flow, per_target in flow_counts(rows, targets).items()
+        ],
+        "stale": [
+            {"target": target, "entry": d.entry, "reason": d.reason}
+            for target, entries in (unused or {}).items()
+            for d in entries
+        ],
+    }
+
+
+def claimed(matrix: Mapping[str, Mapping[str, Cell]]) -> dict[str, Mapping[str, Cell]]:
+    """The rows with a result on some target: the IDs a trace of the run claims."""
+    return {i: row for i, row in matrix.items() if any(c.status != "none" for c in row.values())}
+
+
+def unclaimed(matrix: Mapping[str, Mapping[str, Cell]]) -> list[str]:
+    """The IDs no trace of the run claims: one line, not a row of dashes each."""
+    return [i for i, row in matrix.items() if all(c.status == "none" for c in row.values())]
 
 
 def to_markdown(
@@ -183,10 +359,12 @@ def to_markdown(
         "| ID | step | " + " | ".join(targets) + " |",
         "|---|---|" + "---|" * len(targets),
     ]
-    for spec_id, row in matrix.items():
+    for spec_id, row in claimed(matrix).items():
         title = known[spec_id].title if spec_id in known else ""
         cells = [row[t].text() for t in targets]
         lines.append(f"| {spec_id} | {title.replace('|', '/')} | " + " | ".join(cells) + " |")
+    if empty := unclaimed(matrix):
+        lines += ["", f"No trace of this run claims {', '.join(empty)}."]
     deviated = [
         (t, spec_id, r) for spec_id, row in matrix.items() for t in targets for r in sorted(row[t].reasons)
     ]
@@ -203,51 +381,6 @@ def to_markdown(
         ]
         lines += [f"- {line}" for line in stale_lines(unused)]
     return "\n".join(lines) + "\n"
-
-
-_COLOURS = {
-    "pass": "#c8e6c9",
-    "fail": "#ffcdd2",
-    "deviation": "#fff3c4",
-    "skipped": "#eeeeee",
-    "none": "#ffffff",
-}
-_STYLE = "table{border-collapse:collapse;font:14px sans-serif}td,th{border:1px solid #999;padding:4px}"
-
-
-def to_html(
-    matrix: Mapping[str, Mapping[str, Cell]],
-    targets: Sequence[str],
-    unused: Mapping[str, Sequence[Deviation]] | None = None,
-) -> str:
-    known = catalogue()
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in targets)
-    rows = []
-    for spec_id, row in matrix.items():
-        title = html.escape(known[spec_id].title if spec_id in known else "")
-        cells = "".join(
-            f'<td style="background:{_COLOURS[row[t].status]}" title="{_reasons(row[t])}">'
-            f"{html.escape(row[t].text())}</td>"
-            for t in targets
-        )
-        rows.append(f"<tr><th>{html.escape(spec_id)}</th><td>{title}</td>{cells}</tr>")
-    return (
-        "<!doctype html><meta charset=utf-8><title>Conformance matrix</title>"
-        f"<style>{_STYLE}</style>"
-        f"<h1>Conformance matrix</h1><table><tr><th>ID</th><th>step</th>{head}</tr>{''.join(rows)}</table>"
-        f"{_stale_html(unused or {})}\n"
-    )
-
-
-def _stale_html(unused: Mapping[str, Sequence[Deviation]]) -> str:
-    if not unused:
-        return ""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in stale_lines(unused))
-    return f"<h2>Stale deviations</h2><ul>{items}</ul>"
-
-
-def _reasons(cell: Cell) -> str:
-    return html.escape("; ".join(sorted(cell.reasons)))
 
 
 def _reason(deviation: str) -> str:

@@ -112,6 +112,16 @@ class Adapter:
     make: Callable[[LabConfig, str, RecipientTable, Path, LabCertificates | None], StandIn]
 
 
+# The capabilities a server shows in its EHLO reply, by the keyword it offers them with (RFC 4954, 3207,
+# 2920, 3030): a target declares them exactly when its MTA, as rendered, offers them
+# (tests/test_mta_capabilities.py).
+EHLO_CAPABILITIES = {
+    "AUTH": "auth",
+    "STARTTLS": "starttls",
+    "PIPELINING": "pipelining",
+    "CHUNKING": "chunking",
+}
+
 # Capabilities that only decide which checks can be made: a trace that declares them still runs on a
 # target without them, and those checks are reported as not observable (harness/judge/expectations.py).
 OBSERVATIONAL = frozenset({"tracking", "ldap_log", "queues", "connection_log"})
@@ -189,7 +199,9 @@ EXIM = Target(
 
 OPENSMTPD = Target(
     name="opensmtpd",
-    # No "starttls": the package's server-side TLS fails against OpenSSL 3 (see opensmtpd.py).
+    # No "starttls": the package's server-side TLS fails against OpenSSL 3 (see opensmtpd.py). No
+    # "pipelining": OpenSMTPD 6.8 does not offer PIPELINING, and answers commands sent after the end of
+    # data in the same write with 500 "Pipelining not supported". No "auth": see opensmtpd.py.
     capabilities=frozenset({"mailbox", "virtual_servers"}),
     description="OpenSMTPD (Debian package, unpacked) stands in for one lab server, in its network namespace",
     stands_in_for="EX1",

@@ -463,7 +463,10 @@ class OpenSmtpdStandIn(StandInBase):
         does."""
         if self.retries.busy or any((self.spool / "incoming").glob("*")):
             return False
-        return not any(_never_tried(path) for path in (self.spool / "queue").glob("*/*/*"))
+        try:
+            return not any(_never_tried(path) for path in (self.spool / "queue").glob("*/*/*"))
+        except FileNotFoundError:  # a message's folder went while it was listed: delivered, ask again
+            return False
 
     def queues(self) -> list[MtaQueue]:
         """OpenSMTPD's queue from `smtpctl show queue`: the envelopes it schedules (Active while one is

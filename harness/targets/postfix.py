@@ -15,6 +15,7 @@ the Exchange settings:
     recipient filtering                    smtpd_recipient_restrictions with a regexp recipient table
     anonymous access off                   530 for MAIL and VRFY until permit_sasl_authenticated
     size / recipient limits, FQDN, VRFY    message_size_limit, smtpd_recipient_limit, myhostname, ...
+    DATA ends only at CRLF.CRLF            smtpd_forbid_bare_newline = normalize, no client excluded
 
 Postfix runs from its Debian package with a configuration directory of its own in the lab's folder
 (`postfix -c`), every daemon unchrooted, logging to a file the report attaches. Not modelled: Basic
@@ -164,6 +165,12 @@ def _main_settings(
         smtpd_sasl_path="private/auth",
         broken_sasl_auth_clients="yes",  # AUTH=LOGIN as well, as Exchange advertises it
     )
+    # A virtual server ends DATA only at CRLF.CRLF; a bare LF, dot, LF is message content, so a
+    # smuggled second transaction stays in the first message's body (SEC-2). "normalize" does
+    # exactly that (Postfix >= 3.7.10); "yes" would refuse and disconnect instead, which Exchange
+    # does not. No client is excluded: the lab's relay lists are not Postfix's mynetworks.
+    main["smtpd_forbid_bare_newline"] = "normalize"
+    main["smtpd_forbid_bare_newline_exclusions"] = ""
     if tls_chain is not None:
         main["smtpd_tls_chain_files"] = str(tls_chain)
     main["bounce_template_file"] = str(root / "etc" / "bounce.cf")
