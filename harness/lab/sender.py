@@ -28,33 +28,11 @@ from pathlib import Path
 from harness.lab import netns
 from harness.lab.config import Host, LabConfig
 from harness.lab.netns import NETNS_ETC, Namespace
+from harness.lab.postfix_services import SERVER_ONLY, services
 from harness.lab.processes import open_to_daemons, pid_file
 
 MTAS = ("postfix",)  # the sending MTAs a trace may name (`via: {mta: ...}`)
 _SPOOL_QUEUES = ("maildrop", "incoming", "active", "deferred")
-# Postfix's services for a sender: no smtpd, nothing chrooted (a chroot would hide the namespace's
-# resolv.conf from the smtp client).
-_SERVICES = """\
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 1 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"""
 # "<queue id>: to=<rcpt>, relay=..., delay=..., dsn=2.0.0, status=sent (250 ...)"
 _STATUS = re.compile(r"\bto=<(?P<rcpt>[^>]*)>,.*\bstatus=(?P<status>\w+)(?: \((?P<why>.*)\))?$")
 _FINAL = ("sent", "bounced", "expired")
@@ -159,7 +137,7 @@ class PostfixSender:
         )
         main = "".join(f"{key} = {value}\n" for key, value in self.main_cf().items())
         (self.etc / "main.cf").write_text(main, encoding="utf-8")
-        (self.etc / "master.cf").write_text(_SERVICES, encoding="utf-8")
+        (self.etc / "master.cf").write_text(services(SERVER_ONLY), encoding="utf-8")
         master = namespace.daemon(f"postfix master ({self.host.name})")
         self._run("postfix", "-c", str(self.etc), "start")
         if (pid := pid_file(self.root / "spool" / "pid" / "master.pid")) is not None:

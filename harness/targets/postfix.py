@@ -34,6 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from harness.lab import postfix_services
 from harness.lab.config import LabConfig
 from harness.lab.netns import Namespace
 from harness.lab.recipients import Login, RecipientTable
@@ -62,34 +63,6 @@ QUEUE_STATES = {
 }
 # What `postsuper -h` can put on hold (and `-H` releases from "hold").
 HOLDABLE = ("incoming", "active", "deferred")
-# Every Postfix service a lab server needs, none chrooted (a chroot would need copies of the lab's
-# resolv.conf and of the Maildir base inside the spool).
-_SERVICES = """\
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 1 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-local unix - n n - - local
-virtual unix - n n - - virtual
-lmtp unix - - n - - lmtp
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-tlsmgr unix - - n 1000? 1 tlsmgr
-"""
 TABLES = ("virtual_mailbox", "virtual_alias", "transport", "sender_relay")
 # Non-delivery and delay reports under Exchange's subjects (reference_mta/dsn.py); the rest is Postfix's.
 _BOUNCE_TEMPLATES = """\
@@ -143,7 +116,7 @@ def render(
     files["bounce.cf"] = _BOUNCE_TEMPLATES
     files["organization"] = "".join(f"{network} OK\n" for network in the_plan.organization_servers)
     files["not_authenticated"] = f"0.0.0.0/0 {replies.NOT_AUTHENTICATED}\n"
-    files["master.cf"] = "".join(listeners) + _SERVICES
+    files["master.cf"] = "".join(listeners) + postfix_services.services()
     files["virtual_mailbox"] = "".join(f"{m.primary} {m.primary}/\n" for m in the_plan.all_mailboxes)
     files["virtual_alias"] = "".join(
         f"{address} {', '.join(targets) or 'devnull@invalid'}\n"
