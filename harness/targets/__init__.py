@@ -40,6 +40,14 @@ class Target:
     description: str
     stands_in_for: str | None = None  # the lab server a real MTA replaces; None: the reference MTA
     adapter: Adapter | None = None  # how that MTA is configured and run
+    profile: str | None = None
+    """`exchange` for a target that answers in Exchange 2003's words: only there is a reply's wording
+    (its text, EHLO keyword order, banner) judged. Every target is judged on behaviour (reply class,
+    code, enhanced status code, keywords offered, and the outcome)."""
+
+    @property
+    def judges_wording(self) -> bool:
+        return self.profile == EXCHANGE_PROFILE
 
     @property
     def needs_netns(self) -> bool:
@@ -159,6 +167,8 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
     return frozenset(needed)
 
 
+EXCHANGE_PROFILE = "exchange"
+
 REFERENCE = Target(
     name="reference",
     capabilities=frozenset(
@@ -178,6 +188,7 @@ REFERENCE = Target(
         }
     ),
     description="the reference MTA (Exchange 2003 model) runs every server of the lab",
+    profile=EXCHANGE_PROFILE,
 )
 
 # Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.
