@@ -148,6 +148,10 @@ class TraceItem(pytest.Item):
         # The records, for `mailflow matrix` and last-run.json to judge without reading sentences.
         self.user_properties.append(("mailflow_failures", judged["failures"]))
         self.user_properties.append(("mailflow_waived", judged["waived"]))
+        # What the target cannot show (a black box's tracking log, an outside MTA's mailboxes): said,
+        # so that a pass is read as a pass of what was checked.
+        unobserved = [c.title for c in result.checks if not c.observed]
+        self.user_properties.append(("mailflow_unobserved", sorted(set(unobserved))))
         if not result.passed:
             # What differs only by the target's known deviations is a deviation, not a failure: the
             # same judgement as the conformance matrix's, so `mailflow run` agrees with `mailflow matrix`.
@@ -209,6 +213,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             "deviations": properties.get("mailflow_deviations", []),
             "failures": properties.get("mailflow_failures", []),
             "waived": properties.get("mailflow_waived", []),
+            "unobserved": properties.get("mailflow_unobserved", []),
             "update": properties.get("mailflow_update", ""),
         }
     )

@@ -30,6 +30,7 @@ from harness.cli import generate as cli_generate
 from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
+from harness.cli import target_option
 from harness.corpus.catalogue import catalogue, markdown
 from harness.corpus.claims import Claim, claims
 from harness.corpus.lab_view import lab_view
@@ -52,10 +53,7 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
 DEFAULT_REPORTS = Path("reports")
 
 EXIT_CODES = exit_codes.help_text()
-TARGET_HELP = (
-    f"server under test: one of {', '.join(targets.TARGETS)}; a real MTA stands in for EX1, or for the "
-    "server named after a colon (postfix:EX2)"
-)
+TARGET_HELP = target_option.HELP
 
 
 def trace_files(paths: tuple[str, ...]) -> list[Path]:
@@ -184,12 +182,7 @@ def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
 
 
 def _targets(names: tuple[str, ...]) -> list[targets.Target]:
-    try:
-        chosen = [targets.get(name) for name in names]
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{exc} (a real MTA may name the server it stands in for: postfix:EX2)", param_hint="--target"
-        ) from exc
+    chosen = [target_option.chosen(name) for name in names]
     for target in chosen:
         try:
             # Where each target's labs will go, checked before any starts: a mistake in

@@ -64,11 +64,9 @@ def lab_up(
 ) -> None:
     """Start lab NAME (or a lab file) in the foreground until Ctrl-C, SIGTERM or SIGHUP."""
     from harness import targets
+    from harness.cli import target_option
 
-    try:
-        target = targets.get(target_name)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--target") from None
+    target = target_option.chosen(target_name)
     if (unavailable := target.unavailable()) is not None:
         raise BrokenError(f"target {target.name} cannot run here: {unavailable}")
     base, port_offset = _placement(base, port_offset, netns=target.needs_netns)

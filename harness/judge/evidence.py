@@ -195,15 +195,25 @@ def _mailboxes(lab: Lab) -> list[Delivery]:
         )
         for record in store.read_deliveries(lab.workdir)
     ]
+    outside = [d for elsewhere in lab.outside.values() for d in elsewhere.deliveries()]
     for stand_in in lab.stand_ins.values():
         found += [
             Delivery(DeliveryKind.MAILBOX, d.mailbox, d.server, d.sender, (d.mailbox,), d.data)
             for d in stand_in.deliveries()
         ]
-    return found
+    return found + [
+        Delivery(DeliveryKind.MAILBOX, d.mailbox, d.server, d.sender, (d.mailbox,), d.data) for d in outside
+    ]
 
 
 def _sinks(lab: Lab, names: dict[str, str]) -> list[Delivery]:
+    # What an MTA outside the lab relayed reached the sink its next hop points at: handed over by the
+    # server it stands in for, to the Internet host the lab's DNS names for the recipient.
+    relayed = [
+        Delivery(DeliveryKind.SINK, host, server, c.mail_from, tuple(c.rcpt_tos), c.data)
+        for server, elsewhere in lab.outside.items()
+        for host, c in elsewhere.relayed()
+    ]
     return [
         Delivery(
             DeliveryKind.SINK,
@@ -215,7 +225,7 @@ def _sinks(lab: Lab, names: dict[str, str]) -> list[Delivery]:
         )
         for sink in lab.sinks.values()
         for capture in sink.captures
-    ]
+    ] + relayed
 
 
 def _gateways(lab: Lab) -> list[Delivery]:

@@ -44,7 +44,12 @@ class Check:
 
 # What each white-box expectation needs the target to show; the rest is seen from outside.
 NEEDS = {"ldap": "ldap_log", "tracking": "tracking", "events": "tracking", "hops": "tracking",
-         "queues": "queues", "queues_empty": "queues", "connections": "connection_log"}  # fmt: skip
+         "queues": "queues", "queues_empty": "queues", "connections": "connection_log",
+         "dns": "dns_log", "dns_in_order": "dns_log"}  # fmt: skip
+# A delivery is seen where it went: the stood-in server's mailboxes ("mailbox"), or the lab's Internet
+# hosts, reached only if the target's next hops lead there ("outbound"). An MTA outside the lab shows
+# either only as its target profile says (harness/targets/outside.py).
+DELIVERY_NEEDS = {"mailbox": "mailbox", "sink": "outbound"}
 
 
 def check_outcome(
@@ -54,16 +59,38 @@ def check_outcome(
     expectations the target cannot show are reported as not observed instead of being checked."""
     if observable is not None:
         hidden = {key for key, needed in NEEDS.items() if key in outcome and needed not in observable}
-        if hidden:
-            visible = {key: value for key, value in outcome.items() if key not in hidden}
-            unobserved = [
-                Check(
-                    key, [], str(outcome[key]), f"not observable on this target (needs {NEEDS[key]})", False
-                )
-                for key in sorted(hidden)
-            ]
+        visible = {key: value for key, value in outcome.items() if key not in hidden}
+        unobserved = [_unobserved(key, outcome[key], NEEDS[key]) for key in sorted(hidden)]
+        unobserved += _unseen_deliveries(visible, observable)
+        if unobserved:
             return check_outcome(visible, evidence) + unobserved
     return _queries(outcome, evidence) + _deliveries(outcome, evidence) + _logs(outcome, evidence)
+
+
+def _unobserved(title: str, expected: object, needed: str) -> Check:
+    return Check(title, [], str(expected), f"not observable on this target (needs {needed})", False)
+
+
+def _unseen_deliveries(outcome: dict[str, Any], observable: frozenset[str]) -> list[Check]:
+    """The delivery expectations the target cannot show, taken out of `outcome` (changed in place)."""
+    unseen: list[Check] = []
+    for key in ("delivered", "not_delivered"):
+        kept = []
+        for spec in outcome.get(key) or []:
+            needed = next((n for k, n in DELIVERY_NEEDS.items() if k in spec), None)
+            if needed is not None and needed not in observable:
+                unseen.append(_unobserved(key, spec, needed))
+            else:
+                kept.append(spec)
+        if key in outcome:
+            outcome[key] = kept
+    lacking = sorted(set(DELIVERY_NEEDS.values()) - observable)
+    for key in ("nothing_else_delivered", "nothing_delivered"):
+        # Every delivery must be visible before "nothing else" can be said.
+        if outcome.get(key) and lacking:
+            del outcome[key]
+            unseen.append(_unobserved(key.replace("_", " "), True, " and ".join(lacking)))
+    return unseen
 
 
 def _queries(outcome: dict[str, Any], evidence: Evidence) -> list[Check]:

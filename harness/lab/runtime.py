@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from harness.lab.addresses import is_lab_address
 from harness.lab.admin import StandInFactory
+from harness.lab.captures import Capture
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.control import SOCKET_NAME, ControlServer
@@ -30,7 +31,7 @@ from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
 from harness.lab.sender import PostfixSender
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
-from harness.lab.standin import StandIn
+from harness.lab.standin import MailboxDelivery, StandIn
 from reference_mta.linkstate import LinkState
 from reference_mta.queue_contract import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
@@ -40,6 +41,30 @@ T = TypeVar("T")
 
 class LabError(RuntimeError):
     """The lab could not do what was asked (a harness problem, not a conformance failure)."""
+
+
+class OutsideServer(Protocol):
+    """A server of the lab that runs outside it: an MTA at a host and port the harness neither starts
+    nor configures (harness/targets/outside.py). The lab starts no server of its own for it; what it
+    delivers is read from where the target profile says."""
+
+    server: str
+
+    def start(self, lab: Lab) -> None:
+        """Once the lab's own hosts answer: note what its mailboxes hold, start what observes it."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def idle(self, since: float) -> bool:
+        """Whether what it delivers has stopped changing since `since` (a time.monotonic() value)."""
+        ...
+
+    def deliveries(self) -> list[MailboxDelivery]: ...
+
+    def relayed(self) -> list[tuple[str, Capture]]:
+        """What it handed to its next hop, each with the name of the lab host it was meant for."""
+        ...
 
 
 class Lab:
@@ -53,8 +78,11 @@ class Lab:
         control: bool = False,
         stand_ins: Mapping[str, StandInFactory] | None = None,
         senders: Sequence[str] = (),
+        outside: Mapping[str, OutsideServer] | None = None,
     ) -> None:
         self.config = config
+        # Servers that run outside the lab, reached at their own address: no server of the lab's.
+        self.outside = dict(outside or {})
         # Outside hosts that are a real sending MTA (harness/lab/sender.py), each in its own namespace:
         # they send, so no sink of the harness answers for them.
         self._sender_hosts = [config.host(name).name for name in senders]
@@ -124,6 +152,8 @@ class Lab:
                 sender = PostfixSender(self.config, self.config.host(name), self.workdir / f"{name}-postfix")
                 self.senders[name] = sender
                 sender.start(namespaces[name])
+            for elsewhere in self.outside.values():
+                elsewhere.start(self)
             if self._with_control:
                 # Last: once the control socket answers, the whole lab does (a stand-in included).
                 self.run(self._start_control())
@@ -155,7 +185,7 @@ class Lab:
             tls_context=self.certificates.server_context,
         )
         for server in self.config.organization.servers:
-            if server.name in self._stand_in_factories:
+            if server.name in self._stand_in_factories or server.name in self.outside:
                 continue
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
@@ -179,6 +209,8 @@ class Lab:
         for sender in self.senders.values():
             sender.stop()
         self.senders.clear()
+        for outside in self.outside.values():
+            outside.stop()
         for stand_in in self.stand_ins.values():
             stand_in.stop()
         self.stand_ins.clear()
@@ -270,7 +302,8 @@ class Lab:
         """Wait until every server's queues are idle (parked retries excepted) for `quiet` seconds."""
 
         async def wait() -> bool:
-            deadline = time.monotonic() + timeout
+            began = time.monotonic()
+            deadline = began + timeout
             # A retry due before the deadline is work still to come: fault traces wait for it.
             horizon = time.time() + timeout if wait_for_retries else None
             quiet_since: float | None = None
@@ -279,6 +312,7 @@ class Lab:
                     all(server.idle(horizon) for server in self.servers.values())
                     and all(stand_in.idle() for stand_in in self.stand_ins.values())
                     and all(sender.idle() for sender in self.senders.values())
+                    and all(outside.idle(began) for outside in self.outside.values())
                 ):
                     quiet_since = quiet_since or time.monotonic()
                     if time.monotonic() - quiet_since >= quiet:

@@ -80,7 +80,10 @@ def reason_line(outcome: Mapping[str, Any]) -> str:
     reason = outcome.get("reason") or {"message": outcome.get("message") or ""}
     if outcome["outcome"] == "passed":
         deviations = outcome.get("deviations") or []
-        return f"{len(deviations)} known deviation(s)" if deviations else ""
+        unobserved = outcome.get("unobserved") or []
+        said = [f"{len(deviations)} known deviation(s)"] if deviations else []
+        said += [f"not observable here: {', '.join(unobserved)}"] if unobserved else []
+        return "; ".join(said)
     text = one_line({**reason, "file": _relative(reason.get("file"))})
     if outcome["outcome"] == "failed":
         records = outcome.get("failures")

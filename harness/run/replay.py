@@ -581,8 +581,11 @@ async def run_session(
     server_hostname: str | None = None,
     tolerate: Tolerate | None = None,
     normalizer: Normalizer | None = None,
+    implicit_tls: bool = False,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
+    With `implicit_tls` (a server on the smtps port, RFC 8314) the connection is TLS from the first byte,
+    with `tls_context`, before the greeting is read.
 
     Nothing is read implicitly: a script normally starts with ``expect: 220`` for the banner.
     """
@@ -591,7 +594,8 @@ async def run_session(
         for index, step in enumerate(steps)
         if isinstance(step, Data | Bdat)
     }
-    reader, writer = await _connect(host, port, source_address, connect_timeout)
+    tls = (tls_context or ssl.create_default_context(), server_hostname) if implicit_tls else None
+    reader, writer = await _connect(host, port, source_address, connect_timeout, tls)
     transcript = _Transcript()
     sockname = writer.get_extra_info("sockname")
     local_address = (str(sockname[0]), int(sockname[1]))
@@ -617,15 +621,26 @@ async def run_session(
 
 
 async def _connect(
-    host: str, port: int, source_address: str | None, connect_timeout: float
+    host: str,
+    port: int,
+    source_address: str | None,
+    connect_timeout: float,
+    tls: tuple[ssl.SSLContext, str | None] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     # Relay-by-IP decisions on the server depend on the client address, so it is bound explicitly.
     local_addr = (source_address, 0) if source_address else None
     try:
         async with asyncio.timeout(connect_timeout):
+            if tls is not None:
+                context, name = tls
+                return await asyncio.open_connection(
+                    host, port, local_addr=local_addr, ssl=context, server_hostname=name
+                )
             return await asyncio.open_connection(host, port, local_addr=local_addr)
     except TimeoutError:
         raise ConnectError(host, port, source_address, f"timed out after {connect_timeout:g} s") from None
+    except ssl.SSLError as exc:
+        raise ConnectError(host, port, source_address, f"TLS handshake failed: {exc.reason or exc}") from exc
     except OSError as exc:
         raise ConnectError(host, port, source_address, str(exc)) from exc
 

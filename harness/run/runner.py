@@ -27,7 +27,6 @@ from harness.corpus.trace import (
     Trace,
     ViaMta,
 )
-from harness.judge.deviations import Tolerate
 from harness.judge.evidence import Evidence
 from harness.judge.expectations import Check, check_outcome, check_queue
 from harness.judge.records import Failure, Kind, Waived, lines, located, step_name
@@ -38,6 +37,7 @@ from harness.lab.runtime import Lab, LabError
 from harness.run.replay import Exchange, SessionResult, run_session
 from harness.smtp.masking import Normalizer
 from harness.targets import Target
+from harness.targets.outside import OutsideMta
 
 
 @dataclass
@@ -172,7 +172,7 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             elif isinstance(item, ViaMta):
                 run = _via(lab, item, trace)
             else:
-                run = _smtp_session(lab, item, trace, target.tolerate(trace.id, trace.spec), normalizer)
+                run = _smtp_session(lab, item, trace, target, normalizer)
             result.sessions.append(run)
             if not run.result.passed:
                 break
@@ -202,31 +202,50 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
 
 
 def _smtp_session(
-    lab: Lab, session: Session, trace: Trace, tolerate: Tolerate | None, normalizer: Normalizer
+    lab: Lab, session: Session, trace: Trace, target: Target, normalizer: Normalizer
 ) -> SessionRun:
     config = lab.config
     client = config.host(session.client)
     host, port, name = asyncio.run(endpoint(session.connect, config, client.address))
+    source: str | None = client.address
+    tls_context = lab.certificates.client_context()
+    outside = elsewhere(target, config, host)
+    if outside is not None:
+        # The server is an MTA outside the lab: its certificate is its own, and off loopback the
+        # lab client's address is not ours to send from.
+        host, port, name = outside.host, outside.port, outside.host
+        source = client.address if outside.on_loopback else None
+        tls_context = outside.tls.context()
     if session.refused:
-        return SessionRun(
-            session.client, f"{host}:{port}", asyncio.run(expect_refused(host, port, client.address))
-        )
+        return SessionRun(session.client, f"{host}:{port}", asyncio.run(expect_refused(host, port, source)))
     outcome = asyncio.run(
         run_session(
             session.steps,
             host=host,
             port=port,
-            source_address=client.address,
+            source_address=source,
             base_dir=trace.base_dir,
             search_dirs=MESSAGE_DIRS,
             timeout=min(trace.timeout, 30.0),
-            tls_context=lab.certificates.client_context(),
+            tls_context=tls_context,
             server_hostname=name,
-            tolerate=tolerate,
+            tolerate=target.tolerate(trace.id, trace.spec),
             normalizer=normalizer,
+            implicit_tls=outside is not None and outside.implicit_tls,
         )
     )
     return SessionRun(session.client, f"{host}:{port}", outcome)
+
+
+def elsewhere(target: Target, config: LabConfig, address: str) -> OutsideMta | None:
+    """The MTA outside the lab a session to `address` goes to instead: any address of the server it
+    stands in for (its default virtual server and the others, which a trace reaches only on a target
+    that has virtual servers), whether the session named the server or found it by MX."""
+    if target.outside is None or target.stands_in_for is None:
+        return None
+    server = config.organization.server(target.stands_in_for)
+    addresses = {server.address, *(vs.address for vs in server.virtual_servers)}
+    return target.outside if address in addresses else None
 
 
 def _single(title: str, failure: str | None, note: str) -> SessionResult:
@@ -317,20 +336,21 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     return SessionRun("lab", item.action.subject, _single(title, None, f"-- {title}"))
 
 
-async def expect_refused(host: str, port: int, source: str) -> SessionResult:
+async def expect_refused(host: str, port: int, source: str | None) -> SessionResult:
     """A session whose connection must be refused: nothing listens there."""
     exchange = Exchange(
         index=0, title=f"connect {host}:{port} is refused", sent=b"", reply=None, records=[], error=None
     )
+    local = (source, 0) if source else None
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)), 5.0)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), 5.0)
     except (ConnectionRefusedError, TimeoutError) as exc:
         note = f"-- connect {host}:{port} from {source}: {exc.__class__.__name__} (expected)"
-        return SessionResult([exchange], note, True, "none", (source, 0))
+        return SessionResult([exchange], note, True, "none", (source or "", 0))
     writer.close()
     exchange.fail(Kind.STEP, f"expected the connection to {host}:{port} to be refused, but it was accepted")
     return SessionResult(
-        [exchange], f"-- connect {host}:{port} from {source}: accepted", False, "client", (source, 0)
+        [exchange], f"-- connect {host}:{port} from {source}: accepted", False, "client", (source or "", 0)
     )
 
 

@@ -6,6 +6,10 @@ requires one a target lacks is skipped with the reason.
 package in place of one server (EX1 unless named: `postfix:EX2`), in that server's network namespace;
 the rest of the lab stays as it is. What it shows is black box: replies, DNS queries, what reaches its
 mailboxes and the other hosts.
+
+An MTA the harness does not start stands in for a server too: `smtp://HOST:PORT`, `submission://...`,
+`smtps://...`, or a target profile file that says more about it (harness/targets/outside.py,
+harness/targets/profile.py). The lab runs without that server; the sessions for it go to HOST:PORT.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
@@ -26,7 +31,8 @@ from harness.lab.config import LabConfig
 from harness.lab.recipients import RecipientTable
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
-from harness.targets import exim, opensmtpd, postfix
+from harness.targets import exim, opensmtpd, postfix, profile
+from harness.targets.outside import Observer, OutsideMta, is_url, parse_url, probe
 
 
 class NoSuchServer(ValueError):
@@ -44,6 +50,9 @@ class Target:
     """`exchange` for a target that answers in Exchange 2003's words: only there is a reply's wording
     (its text, EHLO keyword order, banner) judged. Every target is judged on behaviour (reply class,
     code, enhanced status code, keywords offered, and the outcome)."""
+    outside: OutsideMta | None = None  # an MTA the harness does not start, at a host and port
+    source: str = ""  # where stands_in_for was written (a profile's file:line), for an error about it
+    deviations_of: str | None = None  # whose known deviations apply (an outside MTA's profile says)
 
     @property
     def judges_wording(self) -> bool:
@@ -51,15 +60,19 @@ class Target:
 
     @property
     def needs_netns(self) -> bool:
-        return self.stands_in_for is not None
+        return self.adapter is not None
 
     def missing(self, trace: Trace) -> list[str]:
         """What the trace needs that this target does not have (then it is skipped, with these)."""
-        return sorted(needs(trace, self.stands_in_for) - self.capabilities)
+        lacking = sorted(needs(trace, self.stands_in_for) - self.capabilities)
+        if self.outside is not None and trace.senders:
+            # A via: sender lives in the lab's network namespaces, whose DNS and routes lead only there.
+            lacking.append(f"a route from the real MTA on {', '.join(trace.senders)} to {self.outside.url}")
+        return lacking
 
     def tolerate(self, trace: str, spec: Sequence[str] = ()) -> Tolerate | None:
         """This target's known deviations for `trace`, as the replay asks about a reply mismatch."""
-        known = [d for d in deviations(self.name) if d.applies_to(trace, spec)]
+        known = [d for d in deviations(self.deviations_of or self.name) if d.applies_to(trace, spec)]
         if not known:
             return None
 
@@ -84,16 +97,27 @@ class Target:
         control: bool = False,
         senders: Sequence[str] = (),
     ) -> Lab:
-        if self.stands_in_for is None or self.adapter is None:
+        if self.stands_in_for is None or (self.adapter is None and self.outside is None):
             return Lab(config, workdir, reference_servers=True, control=control, senders=senders)
         servers = [s.name for s in config.organization.servers]
         server = next((name for name in servers if name.lower() == self.stands_in_for.lower()), None)
         if server is None:
+            where = f"{self.source}: stands_in_for: " if self.source else ""
             raise NoSuchServer(
-                f"target {self.name}: lab {config.name} has no server {self.stands_in_for!r}; "
+                f"{where}target {self.name}: lab {config.name} has no server {self.stands_in_for!r}; "
                 f"servers: {', '.join(servers)}"
             )
+        if self.outside is not None:
+            return Lab(
+                config,
+                workdir,
+                reference_servers=True,
+                control=control,
+                senders=senders,
+                outside={server: Observer(self.outside, server)},
+            )
         adapter = self.adapter
+        assert adapter is not None
 
         def stand_in(lab: LabAdmin) -> StandIn:
             directory = lab.gc.connect(f"{self.name} configuration")
@@ -132,7 +156,9 @@ EHLO_CAPABILITIES = {
 
 # Capabilities that only decide which checks can be made: a trace that declares them still runs on a
 # target without them, and those checks are reported as not observable (harness/judge/expectations.py).
-OBSERVATIONAL = frozenset({"tracking", "ldap_log", "queues", "connection_log"})
+OBSERVATIONAL = frozenset(
+    {"tracking", "ldap_log", "queues", "connection_log", "mailbox", "outbound", "dns_log"}
+)
 
 
 def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
@@ -185,6 +211,8 @@ REFERENCE = Target(
             "pipelining",
             "chunking",
             "connection_log",
+            "outbound",
+            "dns_log",
         }
     ),
     description="the reference MTA (Exchange 2003 model) runs every server of the lab",
@@ -194,7 +222,9 @@ REFERENCE = Target(
 # Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.
 POSTFIX = Target(
     name="postfix",
-    capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers", "pipelining", "chunking"}),
+    capabilities=frozenset(
+        {"mailbox", "outbound", "dns_log", "starttls", "auth", "virtual_servers", "pipelining", "chunking"}
+    ),
     description="Postfix (Debian package) stands in for one lab server, in its own network namespace",
     stands_in_for="EX1",
     adapter=Adapter("postfix", postfix.installed, postfix.PostfixStandIn),
@@ -202,7 +232,9 @@ POSTFIX = Target(
 
 EXIM = Target(
     name="exim",
-    capabilities=frozenset({"mailbox", "starttls", "auth", "virtual_servers", "pipelining", "chunking"}),
+    capabilities=frozenset(
+        {"mailbox", "outbound", "dns_log", "starttls", "auth", "virtual_servers", "pipelining", "chunking"}
+    ),
     description="Exim 4 (Debian package, unpacked) stands in for one lab server, in its network namespace",
     stands_in_for="EX1",
     adapter=Adapter("exim", exim.installed, exim.EximStandIn),
@@ -213,7 +245,7 @@ OPENSMTPD = Target(
     # No "starttls": the package's server-side TLS fails against OpenSSL 3 (see opensmtpd.py). No
     # "pipelining": OpenSMTPD 6.8 does not offer PIPELINING, and answers commands sent after the end of
     # data in the same write with 500 "Pipelining not supported". No "auth": see opensmtpd.py.
-    capabilities=frozenset({"mailbox", "virtual_servers"}),
+    capabilities=frozenset({"mailbox", "outbound", "dns_log", "virtual_servers"}),
     description="OpenSMTPD (Debian package, unpacked) stands in for one lab server, in its network namespace",
     stands_in_for="EX1",
     adapter=Adapter("opensmtpd", opensmtpd.installed, opensmtpd.OpenSmtpdStandIn),
@@ -222,15 +254,87 @@ OPENSMTPD = Target(
 TARGETS = {target.name: target for target in (REFERENCE, POSTFIX, EXIM, OPENSMTPD)}
 
 
+TARGET_FORMS = (
+    f"a name ({', '.join(sorted(TARGETS))}; a real MTA may name the server it stands in for: postfix:EX2), "
+    "a URL (smtp://HOST[:PORT], submission://HOST[:PORT], smtps://HOST[:PORT]) or a target profile file "
+    "(.yaml)"
+)
+
+
 def get(name: str) -> Target:
-    """A target by name; `postfix:EX2` stands Postfix in for EX2 instead of EX1."""
+    """The one place a `--target` word becomes a Target: a name (`postfix:EX2` stands Postfix in for EX2
+    instead of EX1), a URL of an MTA the harness does not start, or a target profile file. ValueError
+    for a word that is none of these; SourceError for a profile file with a mistake; Unreachable
+    (harness/targets/outside.py) when nothing answers at the URL."""
+    if is_url(name):
+        return _outside(name)
+    if profile.looks_like_profile(name):
+        return _profiled(name)
     base, _, server = name.partition(":")
     try:
         target = TARGETS[base]
     except KeyError:
-        raise ValueError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}") from None
+        raise ValueError(f"unknown target {name!r}; a target is {TARGET_FORMS}") from None
     if server:
         if target.stands_in_for is None:
             raise ValueError(f"target {base!r} runs every lab server; it cannot stand in for {server!r}")
         target = dataclasses.replace(target, name=name, stands_in_for=server)
     return target
+
+
+def _capabilities(mta: OutsideMta, declared: frozenset[str] | None) -> frozenset[str]:
+    """What the outside MTA can be judged on: the protocol capabilities it offers (declared in its
+    profile, or read from its EHLO reply), and what of its deliveries the harness can see."""
+    # Probed even when declared: an address where nothing answers stops the run before any trace.
+    offered = probe(mta)
+    if declared is None:
+        declared = frozenset(EHLO_CAPABILITIES[k] for k in offered if k in EHLO_CAPABILITIES)
+    seen = {"mailbox"} if mta.deliveries.maildir else set()
+    seen |= {"outbound"} if mta.deliveries.sink else set()
+    return frozenset(declared & set(EHLO_CAPABILITIES.values())) | seen
+
+
+def _outside(url: str) -> Target:
+    scheme, host, port = parse_url(url)
+    mta = OutsideMta(scheme, host, port)
+    return _outside_target(url, mta, None, "EX1", None, "", None)
+
+
+@cache
+def _profiled(spec: str) -> Target:
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"no target profile file {spec!r}; a target is {TARGET_FORMS}")
+    loaded = profile.load(path)
+    line = f":{loaded.server_line}" if loaded.server_line else ""
+    return _outside_target(
+        spec,
+        loaded.mta,
+        loaded.capabilities,
+        loaded.stands_in_for,
+        loaded.profile,
+        f"{path}{line}",
+        loaded.deviations,
+    )
+
+
+def _outside_target(
+    name: str,
+    mta: OutsideMta,
+    declared: frozenset[str] | None,
+    server: str,
+    judged: str | None,
+    source: str,
+    deviations_of: str | None,
+) -> Target:
+    bound = "from the lab client's address" if mta.on_loopback else "from any local address"
+    return Target(
+        name=name,
+        capabilities=_capabilities(mta, declared),
+        description=f"the MTA at {mta.url} stands in for {server} (sessions {bound})",
+        stands_in_for=server,
+        profile=judged,
+        outside=mta,
+        source=source,
+        deviations_of=deviations_of,
+    )
