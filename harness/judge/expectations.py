@@ -89,7 +89,7 @@ def _unseen_deliveries(outcome: dict[str, Any], observable: frozenset[str]) -> l
         # Every delivery must be visible before "nothing else" can be said.
         if outcome.get(key) and lacking:
             del outcome[key]
-            unseen.append(_unobserved(key.replace("_", " "), True, " and ".join(lacking)))
+            unseen.append(_unobserved(key, True, " and ".join(lacking)))
     return unseen
 
 
