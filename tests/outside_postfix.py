@@ -12,11 +12,13 @@ import pwd
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.lab import config as lab_config
+from harness.lab.certificates import CA_FILE, LabCertificates
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.processes import open_to_daemons
 from harness.lab.recipients import RecipientTable
@@ -52,8 +54,29 @@ def _settings(address: str, root: Path, next_hop: tuple[str, int]) -> dict[str, 
     }
 
 
+@dataclass(frozen=True)
+class Tls:
+    """Where the Postfix also listens with TLS: `smtps` from the first byte (RFC 8314), `submission`
+    with STARTTLS. Its certificate names its address, signed by a CA written into `folder`."""
+
+    smtps: int
+    submission: int
+    folder: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / CA_FILE
+
+
 @contextlib.contextmanager
-def running(root: Path, address: str, port: int, lab_base: str, next_hop: tuple[str, int]) -> Iterator[Path]:
+def running(
+    root: Path,
+    address: str,
+    port: int,
+    lab_base: str,
+    next_hop: tuple[str, int],
+    tls: Tls | None = None,
+) -> Iterator[Path]:
     """Postfix at address:port for as long as the block runs; yields its Maildir base (a folder per
     mailbox, named by its address). Its relay lists are the contoso lab's, placed at `lab_base`."""
     config = lab_config.load(lab_config.lab_path("contoso"), base=lab_base)
@@ -67,7 +90,17 @@ def running(root: Path, address: str, port: int, lab_base: str, next_hop: tuple[
     files["main.cf"] = "".join(f"{key} = {value}\n" for key, value in main.items())
     # One smtpd, on the address and port given, with main.cf's (the default virtual server's) rules.
     services = [line for line in files["master.cf"].splitlines(keepends=True) if " inet " not in line]
-    files["master.cf"] = f"{address}:{port} inet n - n - - smtpd\n" + "".join(services)
+    listeners = f"{address}:{port} inet n - n - - smtpd\n"
+    if tls is not None:
+        tls.folder.mkdir(parents=True, exist_ok=True)
+        chain = LabCertificates(tls.folder, "outside").write_chain(address, tls.folder / "chain.pem")
+        with_tls = f"-o smtpd_tls_chain_files={chain}"
+        listeners += (
+            f"{address}:{tls.smtps} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes "
+            f"-o smtpd_tls_security_level=encrypt {with_tls}\n"
+            f"{address}:{tls.submission} inet n - n - - smtpd -o smtpd_tls_security_level=may {with_tls}\n"
+        )
+    files["master.cf"] = listeners + "".join(services)
     etc = root / "etc"
     for folder in ("etc", "spool", "data", "mail"):
         (root / folder).mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ a target profile file that says where its Maildirs are and where its next hop po
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 from labprocess import MAILFLOW, environment
-from outside_postfix import running, skip_unless_possible
+from outside_postfix import Tls, running, skip_unless_possible
 
 from harness.lab.placement import relocation
 
@@ -25,6 +27,7 @@ REFUSED = "traces/relay/relay-denied-by-default.yaml"  # 550 5.7.1 for northwind
 LDAP_AND_TRACKING = "traces/inbound/case-insensitive-proxy.yaml"  # asserts the LDAP and tracking logs
 AUTH = "traces/relay/adatum-relay-domain-authenticated-alice.yaml"  # AUTH: this Postfix offers none
 STORE = "traces/outbound/mapi-submission-to-internet.yaml"  # an Outlook submission through the store
+STARTTLS = "traces/protocol/starttls-restarts-session.yaml"  # STARTTLS, then MAIL before EHLO
 
 
 def _free_port() -> int:
@@ -39,17 +42,25 @@ class Outside:
     mail: Path
     sink: str
     base: str  # the lab's address base for the runs (the Postfix's relay lists are for it)
+    tls: Tls
 
 
 @pytest.fixture(scope="module")
-def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
+def outside() -> Iterator[Outside]:
     skip_unless_possible()
     base, _ = relocation()
     base = base or "127.170.0.0"
     port = _free_port()
     sink = (base.rsplit(".", 2)[0] + ".60.2", _free_port())
-    with running(tmp_path_factory.mktemp("postfix"), "127.0.0.1", port, base, sink) as mail:
-        yield Outside(f"smtp://127.0.0.1:{port}", mail, f"{sink[0]}:{sink[1]}", base)
+    # Not under pytest's own temporary folder: a pytest started meanwhile (by anyone on this machine)
+    # takes its search permission away again, and Postfix's daemons, not root, write the Maildirs.
+    root = Path(tempfile.mkdtemp(prefix="mailflow-outside-postfix-"))
+    tls = Tls(_free_port(), _free_port(), root / "pki")
+    try:
+        with running(root, "127.0.0.1", port, base, sink, tls) as mail:
+            yield Outside(f"smtp://127.0.0.1:{port}", mail, f"{sink[0]}:{sink[1]}", base, tls)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def mailflow_run(outside: Outside, reports: Path, target: str, *traces: str) -> tuple[int, str, list[Any]]:
@@ -93,7 +104,7 @@ def test_profile_run_observes_the_delivery_the_refusal_and_says_what_it_cannot_s
     # What a black box cannot show is said, not passed.
     proxy = outcomes["inbound/case-insensitive-proxy"]
     assert proxy["unobserved"] == ["ldap", "tracking"], proxy
-    assert "not observable here: ldap, tracking" in out
+    assert "not observable here: ldap, tracking" in " ".join(out.split()), out
     # Alice's mailbox got exactly the message of the trace (the delivery check read this Maildir).
     assert len(list((outside.mail / "alice@contoso.com" / "new").iterdir())) >= 2
 
@@ -125,3 +136,38 @@ def test_a_url_alone_probes_the_server_and_skips_what_it_lacks(outside: Outside,
     assert auth["outcome"] == "skipped" and "lacks auth" in auth["message"], auth
     store = outcomes["outbound/mapi-submission-to-internet"]
     assert store["outcome"] == "skipped" and "lacks reference" in store["message"], store
+
+
+def test_smtps_wraps_the_session_in_tls_before_the_greeting(outside: Outside, tmp_path: Path) -> None:
+    no_subdomains = "traces/relay/relay-domain-does-not-cover-subdomains.yaml"
+    url = f"smtps://127.0.0.1:{outside.tls.smtps}"
+    # Its certificate is signed by a CA of its own: checked against that CA's file, or not at all.
+    for name, tls in (("ca", f"{{ca_file: {outside.tls.ca_file}}}"), ("unverified", "{verify: false}")):
+        target = profile(tmp_path / f"{name}.yaml", f"url: {url}\ntls: {tls}\n")
+        code, out, ran = mailflow_run(outside, tmp_path / name, target, no_subdomains, STARTTLS)
+        assert code == 0, out
+        outcomes = by_trace(ran)
+        # The server speaks only TLS there: the trace passes only if the replay spoke it first.
+        assert outcomes["relay/relay-domain-does-not-cover-subdomains"]["outcome"] == "passed", out
+        # Over implicit TLS no STARTTLS is offered: a trace that sends it is skipped.
+        skipped = outcomes["protocol/starttls-restarts-session"]
+        assert skipped["outcome"] == "skipped" and "lacks starttls" in skipped["message"], skipped
+    # Checked against the system's CAs, its certificate is refused before any trace runs.
+    code, out, _ = mailflow_run(outside, tmp_path / "system", url, no_subdomains)
+    assert code == 3, out
+    assert f"{url} answered, but the TLS handshake failed (CERTIFICATE_VERIFY_FAILED)" in " ".join(
+        out.split()
+    )
+
+
+def test_submission_runs_starttls_with_the_profile_ca(outside: Outside, tmp_path: Path) -> None:
+    url = f"submission://127.0.0.1:{outside.tls.submission}"
+    target = profile(tmp_path / "submission.yaml", f"url: {url}\ntls: {{ca_file: {outside.tls.ca_file}}}\n")
+    code, out, ran = mailflow_run(outside, tmp_path / "reports", target, STARTTLS)
+    (outcome,) = ran
+    # The handshake succeeds (certificate verified against the profile's CA); the first difference
+    # is Postfix's answer inside TLS to MAIL before EHLO: 5.5.1 where Exchange says 5.5.2.
+    assert code == 1 and outcome["outcome"] == "failed", out
+    # Step 4 is STARTTLS, step 6 the reply to the MAIL sent over TLS.
+    assert outcome["reason"]["step"] == "session 1 (internet), step 6", outcome["reason"]
+    assert "503 5.5.1" in outcome["reason"]["received"], outcome["reason"]

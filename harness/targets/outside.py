@@ -130,6 +130,8 @@ def probe(mta: OutsideMta, timeout: float = 10.0) -> frozenset[str]:
             )
         else:
             client = smtplib.SMTP(mta.host, mta.port, _PROBE_NAME, timeout=timeout)
+    except ssl.SSLError as exc:
+        raise Unreachable(f"{mta.url} answered, but {_tls_failed(exc)}") from None
     except (OSError, smtplib.SMTPException) as exc:
         raise Unreachable(f"nothing answers at {mta.url}: {_why(exc)}") from None
     try:
@@ -154,6 +156,13 @@ def probe(mta: OutsideMta, timeout: float = 10.0) -> frozenset[str]:
             client.quit()
         except (OSError, smtplib.SMTPException):
             client.close()
+
+
+def _tls_failed(exc: ssl.SSLError) -> str:
+    return (
+        f"the TLS handshake failed ({exc.reason or exc}): a target profile's tls: {{ca_file: FILE}} names "
+        "the CA that signed its certificate, tls: {verify: false} skips the check"
+    )
 
 
 def _why(exc: BaseException) -> str:
