@@ -32,7 +32,8 @@ def test_a_wrong_target_lists_the_valid_ones(tmp_path: Path) -> None:
     done = mailflow("run", "--target", "sendmail", str(GOOD), cwd=tmp_path)
     assert done.returncode == ExitCode.INPUT
     message = " ".join(done.stderr.split())
-    assert "unknown target 'sendmail'; known targets: exim, opensmtpd, postfix, reference" in message
+    assert "unknown target 'sendmail'; a target is a name (exim, opensmtpd, postfix, reference;" in message
+    assert "smtp://HOST[:PORT]" in message and "target profile file" in message
     assert "Traceback" not in done.stderr
 
 

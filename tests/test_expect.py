@@ -196,6 +196,7 @@ def test_evidence_reads_gateway_transfers_through_the_store(tmp_path: Path) -> N
         gc=SimpleNamespace(queries=[]),
         sinks={},
         stand_ins={},
+        outside={},
         servers={},
         workdir=tmp_path,
         tracking_dir=tmp_path / "tracking",
