@@ -134,6 +134,8 @@ def _print_hosts(running: Lab, target_name: str) -> None:
         role = roles.get(host.kind, host.kind)
         if host.name in running.stand_ins:
             role = f"{target_name} standing in for this server"
+        if host.name in running.outside:
+            role = f"not started here: {target_name} answers for this server"
         name = host.name.removesuffix(" SMTP Virtual Server")
         table.add_row(name, host.address, f"{role}: {host.fqdn}" if host.fqdn else role)
     console.print(table)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import targets
+from harness.targets.daemon import StandInError
+from harness.yamlsource import SourceError
 from harness.corpus.catalogue import catalogue
 from harness.corpus.claims import claims
 from harness.corpus.trace import Trace
@@ -30,7 +32,8 @@ def black_box(target: str) -> bool:
     harness does not know is counted the stricter way."""
     try:
         return targets.get(target).stands_in_for is not None
-    except ValueError:
+    except (ValueError, SourceError, StandInError):
+        # An unknown name, a profile file gone or changed, an outside MTA that no longer answers.
         return True
 
 
