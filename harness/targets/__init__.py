@@ -24,6 +24,7 @@ from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
 from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 from harness.judge.deviations import Deviation, Tolerate, deviations
 from harness.judge.records import Failure
+from harness.lab import config as lab_config
 from harness.lab import netns, sender
 from harness.lab.admin import LabAdmin
 from harness.lab.certificates import LabCertificates
@@ -32,7 +33,7 @@ from harness.lab.recipients import RecipientTable
 from harness.lab.runtime import Lab
 from harness.lab.standin import StandIn
 from harness.targets import exim, opensmtpd, postfix, profile
-from harness.targets.outside import Observer, OutsideMta, is_url, parse_url, probe
+from harness.targets.outside import Observer, OutsideMta, is_url, parse_url, probe, singled_out
 
 
 class NoSuchServer(ValueError):
@@ -68,6 +69,13 @@ class Target:
         if self.outside is not None and trace.senders:
             # A via: sender lives in the lab's network namespaces, whose DNS and routes lead only there.
             lacking.append(f"a route from the real MTA on {', '.join(trace.senders)} to {self.outside.url}")
+        if self.outside is not None and not self.outside.on_loopback and self.stands_in_for is not None:
+            config = lab_config.load(trace.lab)
+            for client in singled_out(trace, config, self.stands_in_for):
+                lacking.append(
+                    f"sessions from {client}'s own address, which its rules single out ({self.outside.url} "
+                    "is off loopback: sessions come from this machine's address)"
+                )
         return lacking
 
     def tolerate(self, trace: str, spec: Sequence[str] = ()) -> Tolerate | None:

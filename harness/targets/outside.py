@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from harness.corpus.trace import Session, Trace
 from harness.lab.captures import Capture
 from harness.lab.config import Host, LabConfig
 from harness.lab.recipients import RecipientTable
@@ -244,13 +245,21 @@ class Observer:
 
 
 def _meant_for(config: LabConfig, capture: Capture, fallback: str) -> str:
-    """The lab's Internet host a relayed message was meant for: the exchanger the lab's DNS names for
-    its first recipient's domain (by preference), else the domain's own address, as an MTA resolves it.
-    Read from the lab file's records, so the look-up adds no query to the DNS log the trace checks."""
+    """The lab's Internet host a relayed message was meant for: the exchanger of its first recipient's
+    domain."""
     if not capture.rcpt_tos:
         return fallback
-    domain = capture.rcpt_tos[0].rpartition("@")[2].lower().rstrip(".")
+    address = exchanger(config, capture.rcpt_tos[0].rpartition("@")[2])
     by_address = {host.address: host.name for host in config.hosts.values()}
+    return by_address.get(address or "", fallback)
+
+
+def exchanger(config: LabConfig, domain: str) -> str | None:
+    """The address the lab's DNS gives a sending MTA for `domain`: its most preferred exchanger's, else
+    the domain's own. Read from the lab file's records, so the look-up adds no query to the DNS log the
+    trace checks."""
+    domain = domain.lower().rstrip(".")
+    by_address = {host.address for host in config.hosts.values()}
 
     def addresses(name: str) -> list[str]:
         return [r.value for r in config.records if r.rtype == "A" and r.name.lower().rstrip(".") == name]
@@ -260,8 +269,37 @@ def _meant_for(config: LabConfig, capture: Capture, fallback: str) -> str:
         for r in config.records
         if r.rtype == "MX" and r.name.lower().rstrip(".") == domain and len(r.value.split()) == 2
     )
-    for name in [exchanger for _, exchanger in exchangers] or [domain]:
+    for name in [name for _, name in exchangers] or [domain]:
         for address in addresses(name):
             if address in by_address:
-                return by_address[address]
-    return fallback
+                return address
+    return None
+
+
+# An address no lab lists (TEST-NET-1, RFC 5737): how the server treats a client it knows nothing of.
+_STRANGER = "192.0.2.1"
+
+
+def singled_out(trace: Trace, config: LabConfig, server: str) -> list[str]:
+    """The clients of `trace` whose sessions to `server` its relay or connection rules treat otherwise
+    than a stranger's: the trace shows that policy only from the client's own address."""
+    me = config.organization.server(server)
+    addresses = {vs.address: vs for vs in me.virtual_servers}
+    found: list[str] = []
+    for item in trace.sessions:
+        if not isinstance(item, Session):
+            continue
+        connect = item.connect
+        if connect.server is not None:
+            to = me.default_virtual_server.address if connect.server.lower() == server.lower() else None
+        else:
+            to = exchanger(config, connect.mx) if connect.mx else None
+        vs = addresses.get(to or "")
+        if vs is None:
+            continue
+        client = config.host(item.client).address
+        if vs.relay.permits_address(client) != vs.relay.permits_address(_STRANGER) or (
+            vs.connection.permits(client) != vs.connection.permits(_STRANGER)
+        ):
+            found.append(item.client)
+    return sorted(set(found))
