@@ -155,7 +155,7 @@ class TraceItem(pytest.Item):
         if not result.passed:
             # What differs only by the target's known deviations is a deviation, not a failure: the
             # same judgement as the conformance matrix's, so `mailflow run` agrees with `mailflow matrix`.
-            found = matrix.verdict(judged, deviations(target.name))
+            found = matrix.verdict(judged, deviations(target.deviations_of or target.name))
             if found.status != "deviation":
                 self.user_properties.append(("mailflow_deviations", tolerated))
                 self.user_properties.append(("mailflow_reason", result.first_failure()))

@@ -363,7 +363,8 @@ def _matrix(
     chosen = _targets(target_names)
     for target in chosen:
         try:
-            deviations(target.name)  # a mistake in a deviations file stops the run before it starts
+            # A mistake in a deviations file stops the run before it starts.
+            deviations(target.deviations_of or target.name)
         except SourceError as exc:
             raise InputError(str(exc)) from None
     files = _trace_files_or_exit(paths)
