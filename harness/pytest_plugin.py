@@ -39,7 +39,11 @@ class TraceFailed(AssertionError):
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mailflow")
     group.addoption(
-        "--mailflow-target", default="reference", help="target standing in for the server under test"
+        "--mailflow-target",
+        default="reference",
+        help="target standing in for the server under test: reference, postfix, exim, opensmtpd "
+        "(postfix:EX2), smtp://HOST[:PORT], submission://HOST[:PORT], smtps://HOST[:PORT] or a target "
+        "profile file",
     )
     group.addoption("--mailflow-results", default=None, help="write per-trace outcomes as JSON to this file")
     group.addoption(
