@@ -250,9 +250,15 @@ class _Session:
         server_hostname: str | None = None,
         tolerate: Tolerate | None = None,
         normalizer: Normalizer | None = None,
+        wording: bool = True,
     ) -> None:
         self.tolerate = tolerate
         self.normalizer = normalizer
+        # Whether the replies' wording is judged, or their behaviour only (harness/judge/replies.py).
+        self.wording = wording
+        # Whether the server's last EHLO reply offered ENHANCEDSTATUSCODES: before EHLO, and after
+        # STARTTLS until the next one (RFC 3207 4.2), nothing is offered.
+        self.enhanced_offered = False
         self.sent_anything = False  # until then, a reply is the greeting
         self.reader = reader
         self.writer = writer
@@ -295,13 +301,16 @@ class _Session:
             self.transcript.wire("S", line)
 
         try:
-            return await read_reply(self.reader, self.timeout, on_line=on_line)
+            reply = await read_reply(self.reader, self.timeout, on_line=on_line)
         except ReplyError as exc:
             if len(exc.received) > recorded:
                 self.transcript.wire("S", exc.received[recorded:])
             if isinstance(exc, ConnectionClosed):
                 self.closed_by = "server"
             raise
+        if self.answering.split(" ", 1)[0].upper() == "EHLO":
+            self.enhanced_offered = reply.code == 250 and "ENHANCEDSTATUSCODES" in reply.keywords
+        return reply
 
     async def close(self) -> None:
         self.writer.close()
@@ -384,7 +393,8 @@ class _Session:
         """The reply against what the step expects: each difference a record, waived when the target is
         known to differ so (the session goes on), else a failure. The replies a step reads itself (354
         to DATA, 220 to STARTTLS) are never waived: the step cannot go on without them."""
-        for found in reply_failures(matcher, reply, masked):
+        judging = {"wording": self.wording, "enhanced_offered": self.enhanced_offered}
+        for found in reply_failures(matcher, reply, masked, **judging):
             failure = dataclasses.replace(
                 found,
                 step=exchange.index + 1,
@@ -481,6 +491,7 @@ class _Session:
         await self._read_checked(exchange, _EXPECT_220)
         if not exchange.passed:
             return
+        self.enhanced_offered = False
         await self._tls_handshake(exchange)
 
     async def _tls_handshake(self, exchange: Exchange) -> None:
@@ -581,8 +592,10 @@ async def run_session(
     server_hostname: str | None = None,
     tolerate: Tolerate | None = None,
     normalizer: Normalizer | None = None,
+    wording: bool = True,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
+    `wording` judges the replies' wording as well as their behaviour (harness/judge/replies.py).
 
     Nothing is read implicitly: a script normally starts with ``expect: 220`` for the banner.
     """
@@ -597,7 +610,7 @@ async def run_session(
     local_address = (str(sockname[0]), int(sockname[1]))
     transcript.note(f"connected from {local_address[0]}:{local_address[1]} to {host}:{port}")
     session = _Session(
-        reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer
+        reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer, wording
     )
     try:
         exchanges = await _run_steps(session, steps, messages)

@@ -172,13 +172,16 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
             elif isinstance(item, ViaMta):
                 run = _via(lab, item, trace)
             else:
-                run = _smtp_session(lab, item, trace, target.tolerate(trace.id, trace.spec), normalizer)
+                tolerate = target.tolerate(trace.id, trace.spec)
+                run = _smtp_session(lab, item, trace, tolerate, normalizer, target.judges_wording(trace))
             result.sessions.append(run)
             if not run.result.passed:
                 break
         settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         result.evidence = Evidence.collect(lab)
-        result.checks = check_outcome(trace.outcome, result.evidence, target.capabilities)
+        result.checks = check_outcome(
+            trace.outcome, result.evidence, target.capabilities, wording=target.judges_wording(trace)
+        )
         if not settled:
             # Messages still being retried when the trace's time is up: the target's behaviour, so a
             # failed check (with the queues as evidence) rather than a broken run.
@@ -202,7 +205,12 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
 
 
 def _smtp_session(
-    lab: Lab, session: Session, trace: Trace, tolerate: Tolerate | None, normalizer: Normalizer
+    lab: Lab,
+    session: Session,
+    trace: Trace,
+    tolerate: Tolerate | None,
+    normalizer: Normalizer,
+    wording: bool,
 ) -> SessionRun:
     config = lab.config
     client = config.host(session.client)
@@ -224,6 +232,7 @@ def _smtp_session(
             server_hostname=name,
             tolerate=tolerate,
             normalizer=normalizer,
+            wording=wording,
         )
     )
     return SessionRun(session.client, f"{host}:{port}", outcome)
