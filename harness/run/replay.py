@@ -273,6 +273,9 @@ class _Session:
         # The commands sent whose replies are still to come, oldest first, and the one the reply last
         # read answers: a failure record names it.
         self.commands: list[str] = []
+        # Whether the lines sent now are a message's text (after DATA, up to the lone dot): they get no
+        # reply, whatever they look like (a smuggled "MAIL FROM:" inside the text is text).
+        self.in_data = False
         self.last_command = ""
         self.answering = GREETING
         self.replies_read = 0
@@ -308,8 +311,11 @@ class _Session:
             if isinstance(exc, ConnectionClosed):
                 self.closed_by = "server"
             raise
-        if self.answering.split(" ", 1)[0].upper() == "EHLO":
+        answered = self.answering.split(" ", 1)[0].upper()
+        if answered == "EHLO":
             self.enhanced_offered = reply.code == 250 and "ENHANCEDSTATUSCODES" in reply.keywords
+        elif answered == "DATA" and reply.code != 354:
+            self.in_data = False  # refused: what the client sends next is read as commands
         return reply
 
     async def close(self) -> None:
@@ -370,10 +376,14 @@ class _Session:
     def _command(self, line: str) -> None:
         """A line sent: a command whose reply is still to be read (several when pipelined), or the end
         of a message; the message's own lines get no reply."""
-        if line == ".":
-            self.commands.append(END_OF_DATA)
-        elif line.split(" ", 1)[0].split(":", 1)[0].upper() in _VERBS:
+        verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+        if self.in_data:
+            if line == ".":
+                self.commands.append(END_OF_DATA)
+                self.in_data = False
+        elif verb in _VERBS:
             self.commands.append(line)
+            self.in_data = verb == "DATA"
 
     def _answered(self) -> str:
         """The command the reply just read answers: the oldest one unanswered, else the last one."""
@@ -475,6 +485,7 @@ class _Session:
         if exchange.passed:
             exchange.sent += message.payload
             self.commands.append(END_OF_DATA)
+            self.in_data = False
             await self.send(message.payload)
 
     async def _expect(self, step: Expect, exchange: Exchange) -> None:
