@@ -235,3 +235,15 @@ def test_headers_in_the_trace_s_wording_are_checked_only_where_wording_is_judged
     path.write_text(wrong_status.replace("\nlab: ", "\nwording: captured\nlab: ", 1), encoding="utf-8")
     missing = run_trace(load(path), targets.REFERENCE).records()[0]
     assert [(d.kind, d.field) for d in missing.near[0].differences] == [(Kind.DSN, "block")]
+
+
+def test_a_refusal_where_a_success_is_expected_is_one_difference_its_code_s() -> None:
+    accepted = ReplyMatcher.parse({"code": 250, "text": "2.1.5 ghost@contoso.com"})
+    refused = Reply.of(["550 5.1.1 unknown"])
+    assert [r.kind for r in reply_failures(accepted, refused, wording=False)] == [Kind.CODE]
+    # Under the same class, the enhanced code says which refusal it is.
+    relay = ReplyMatcher.parse({"code": 550, "text": "5.7.1 Unable to relay for x"})
+    assert [r.kind for r in reply_failures(relay, Reply.of(["554 5.1.1 unknown"]), wording=False)] == [
+        Kind.CODE,
+        Kind.ENHANCED,
+    ]

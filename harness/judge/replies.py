@@ -25,14 +25,21 @@ def same_code(matcher: ReplyMatcher, reply: Reply) -> bool:
     return matcher.reply_class is not None and reply.code // 100 == matcher.reply_class
 
 
-def judged(matcher: ReplyMatcher, *, wording: bool, enhanced_offered: bool) -> ReplyMatcher:
-    """What of `matcher` is judged. With `wording`, all of it, as written. Without, its behaviour layer
-    (`ReplyMatcher.behaviour`), and of that the enhanced status code only where the server offered
-    ENHANCEDSTATUSCODES in this session: RFC 2034 section 3 binds only a server that offers it."""
+def judged(
+    matcher: ReplyMatcher, reply: Reply, *, wording: bool, enhanced_offered: bool
+) -> ReplyMatcher:
+    """What of `matcher` is judged for `reply`. With `wording`, all of it, as written. Without, its
+    behaviour layer (`ReplyMatcher.behaviour`), and of that the enhanced status code only where the
+    server offered ENHANCEDSTATUSCODES in this session (RFC 2034 section 3 binds only a server that
+    offers it) and the reply is of the class the step expects: a refusal where a success is expected
+    is one difference, its code's, not two."""
     if wording:
         return matcher
     layer = matcher.behaviour()
-    return layer if enhanced_offered else dataclasses.replace(layer, enhanced=None)
+    wanted = layer.code // 100 if layer.code is not None else layer.reply_class
+    if not enhanced_offered or (wanted is not None and reply.code // 100 != wanted):
+        return dataclasses.replace(layer, enhanced=None)
+    return layer
 
 
 def _enhanced_differs(expected: str, actual: str | None, *, wording: bool) -> bool:
@@ -56,7 +63,7 @@ def reply_failures(
     judged (`judged`). `masked` is the reply as the trace's normalizer masks it (for a `masked`
     expectation)."""
     agree = same_code(matcher, reply)
-    matcher = judged(matcher, wording=wording, enhanced_offered=enhanced_offered)
+    matcher = judged(matcher, reply, wording=wording, enhanced_offered=enhanced_offered)
     found: list[Failure] = []
 
     def differs(kind: Kind, expected: object, actual: object) -> None:
