@@ -1,6 +1,8 @@
-"""`mailflow import --codes-only`: a session captured from real Postfix standing in for EX1 (swaks's
-transcript of it) replays against the reference MTA when only the reply codes and enhanced status codes
-are expected, and fails at the EHLO wording when the texts are.
+"""`mailflow import`: a session captured from real Postfix standing in for EX1 (swaks's transcript of
+it) replays against the reference MTA. `--codes-only` keeps only the behaviour layer (reply codes and
+enhanced status codes); without it the texts are kept as the capture's words (`wording: captured`),
+which the reference MTA, answering in Exchange's words, does not judge. Told they are Exchange's words,
+the replay fails at the EHLO wording.
 
 Needs root and Postfix (scripts/install_mtas.sh); skipped with the reason otherwise.
 """
@@ -67,23 +69,41 @@ def test_codes_only_replays_a_postfix_session_on_the_reference_mta(
     assert result.passed, "\n".join(result.failures())
 
 
-def test_without_codes_only_the_replay_fails_at_the_ehlo_wording(
+def test_the_captured_words_are_kept_and_judged_only_where_they_are_the_target_s(
     postfix_transcript: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "traces" / "texts.yaml"
     _import(postfix_transcript, out)
-    result = run_trace(load(out), targets.REFERENCE)
+    trace = load(out)
+    assert trace.wording == "captured" and "masked:" in out.read_text()
+    result = run_trace(trace, targets.REFERENCE)
+    assert result.passed, "\n".join(result.failures())
+
+    exchange = tmp_path / "traces" / "exchange.yaml"
+    _import(postfix_transcript, exchange, "--wording", "exchange")
+    result = run_trace(load(exchange), targets.REFERENCE)
     assert not result.passed
     first = result.failures()[0]
     assert "step 3" in first and "250-<host-1> Hello" in first, result.failures()
 
 
+def test_a_wording_name_that_is_no_name_is_refused(postfix_transcript: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bad.yaml"
+    result = CliRunner().invoke(
+        import_group,
+        ["swaks", str(postfix_transcript), "-o", str(out), "--server", "EX1", "--wording", "Post Fix"],
+    )
+    assert result.exit_code == 2
+    assert "--wording" in result.output and "lower-case letters" in result.output
+    assert not out.exists()
+
+
 def test_run_update_turns_the_postfix_session_into_a_regression_trace(
     postfix_transcript: Path, tmp_path: Path
 ) -> None:
-    """The README's walk-through: the trace fails on the reference MTA at the wording, `mailflow run
-    --update` rewrites the expectations to what it says, and the trace passes from then on."""
-    _import(postfix_transcript, tmp_path / "traces" / "bug.yaml")
+    """`mailflow run --update` rewrites the expectations that do not hold to what the reference MTA says,
+    and the trace passes from then on: here the Postfix session's texts, taken as Exchange's words."""
+    _import(postfix_transcript, tmp_path / "traces" / "bug.yaml", "--wording", "exchange")
     mailflow = str(Path(sys.executable).with_name("mailflow"))
 
     def run(*options: str) -> subprocess.CompletedProcess[str]:

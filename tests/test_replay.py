@@ -880,3 +880,32 @@ def test_dot_stuff(message: bytes, wire: bytes) -> None:
 )
 def test_crlf_line_ends_neither_stuffs_nor_terminates(message: bytes, wire: bytes) -> None:
     assert crlf_line_ends(message) == wire
+
+
+def test_lines_inside_a_message_are_text_and_the_reply_answers_the_end_of_data(tmp_path: Path) -> None:
+    """Would-be commands smuggled inside a message's text get no reply of their own: the reply after the
+    lone dot answers the end of data, which is what a failure record names."""
+    script: list[dict[str, object]] = [
+        {"expect": 220},
+        {"send": "EHLO client.example"},
+        {"expect": 250},
+        {"send": "MAIL FROM:<a@b.example>"},
+        {"expect": 250},
+        {"send": "RCPT TO:<c@d.example>"},
+        {"expect": 250},
+        {"send": "DATA"},
+        {"expect": 354},
+        {
+            "send_raw": "Subject: x\\r\\n\\r\\nhi\\r\\n. \\r\\nMAIL FROM:<a@b.example>\\r\\nRCPT TO:<e@f.example>\\r\\nDATA\\r\\n.\\r\\n"
+        },
+        {"expect": 451},  # wrong on purpose: the server accepts the message
+        {"send": "QUIT"},
+    ]
+
+    async def main() -> SessionResult:
+        async with smtpd(Recorder()) as port:
+            return await replay(script, port, tmp_path)
+
+    result = run(main())
+    [record] = [r for e in result.exchanges for r in e.records]
+    assert (record.command, record.expected, record.actual) == ("(end of data)", "451", "250")

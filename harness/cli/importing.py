@@ -24,6 +24,7 @@ from harness.capture.importers import BadInput, Imported
 from harness.capture.importers.replace import Replacement
 from harness.capture.importers.to_trace import DEFAULT_SPEC, Converted, to_trace
 from harness.capture.recorded import RecordedSession
+from harness.cli.wording import wording_option
 from harness.corpus import writer
 from harness.corpus.claims import claims
 from harness.corpus.trace import load
@@ -72,6 +73,7 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
                 help="expect reply codes and enhanced status codes only, not the texts (to replay a session "
                 "captured on one MTA against another)",
             ),
+            wording_option,
             click.option(
                 "--outcome",
                 "with_outcome",
@@ -160,6 +162,7 @@ def _import(
     trace_id: str | None,
     title: str | None,
     codes_only: bool,
+    wording: str,
     with_outcome: bool,
 ) -> None:
     single = _output_kind(output)
@@ -181,6 +184,7 @@ def _import(
         spec=list(spec) or list(DEFAULT_SPEC),
         title=title or f"Imported from {source.name}",
         codes_only=codes_only,
+        wording=wording,
         with_outcome=with_outcome,
         onward=imported.onward,
     )
@@ -247,6 +251,7 @@ class _Conversion:
     spec: list[str]
     title: str
     codes_only: bool
+    wording: str
     with_outcome: bool
     onward: list[RecordedSession]
 
@@ -270,6 +275,7 @@ class _Conversion:
             codes_only=self.codes_only,
             outcome=expected,
             outcome_notes=outcome_notes,
+            wording=self.wording,
         )
 
     def _outcome(self, name: str, group: list[RecordedSession]) -> tuple[dict[str, Any] | None, list[str]]:

@@ -14,6 +14,7 @@ from rich.console import Console
 from harness.capture.importers.to_trace import to_trace
 from harness.capture.proxy import RecordingProxy
 from harness.capture.recorded import RecordedSession
+from harness.cli.wording import wording_option
 from harness.exit_codes import BrokenError, InputError
 from harness.lab import config as lab_config
 from harness.lab.certificates import LabCertificates
@@ -43,6 +44,7 @@ def _endpoint(text: str, what: str) -> tuple[str, int]:
 @click.option("--spec", "spec_ids", multiple=True, default=("IN-3",), show_default=True, help="catalogue IDs")
 @click.option("--upstream-name", default=None, help="the upstream server's name, for its TLS certificate")
 @click.option("--sessions", "count", type=int, default=0, help="stop after this many sessions (0: Ctrl-C)")
+@wording_option
 def record_command(
     listen: str,
     upstream: str,
@@ -53,6 +55,7 @@ def record_command(
     spec_ids: tuple[str, ...],
     upstream_name: str | None,
     count: int,
+    wording: str,
 ) -> None:
     """Relay live SMTP sessions to the upstream server and write each one as a trace: the client's
     commands in order, every reply expected by its code and masked text. STARTTLS is terminated on
@@ -65,7 +68,7 @@ def record_command(
         raise InputError(str(exc)) from exc
     except KeyError as exc:
         raise InputError(f"--server: {exc.args[0] if exc.args else exc}") from exc
-    recorder = _Recorder(output, lab_name, config, server, client, spec_ids, count)
+    recorder = _Recorder(output, lab_name, config, server, client, spec_ids, count, wording)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(recorder.serve((listen, listen_at), upstream_at, name))
     console.print(f"{len(recorder.written)} session(s) written")
@@ -83,8 +86,10 @@ class _Recorder:
         client: str,
         spec_ids: tuple[str, ...],
         count: int,
+        wording: str,
     ) -> None:
         self.output = output
+        self.wording = wording
         self.lab_name = lab_name
         self.config = config
         self.server = server
@@ -112,6 +117,7 @@ class _Recorder:
             client=self.client,
             spec=self.spec_ids,
             file_stem=path.stem,
+            wording=self.wording,
         )
         try:
             converted.write(path)

@@ -334,9 +334,6 @@ def _asserted(facts: _Facts) -> str:
     return f"only {shown}" if shown else "nothing"
 
 
-_CODE = re.compile(r"^([2-5][0-9][0-9])")
-
-
 def _facts(trace: Trace) -> _Facts:
     replies: list[_Reply] = []
     sent: set[str] = set()
@@ -396,12 +393,9 @@ def _script(session: Session, replies: list[_Reply], sent: set[str], recipients:
             pending += commands
         elif isinstance(step, Expect):
             after = pending.pop(0) if pending else "OTHER"
-            matcher = step.matcher
-            code = matcher.code
-            if code is None:
-                found = _CODE.match(matcher.masked or matcher.prefix or "")
-                code = int(found.group(1)) if found else None
-            replies.append(_Reply(after, code, matcher.reply_class))
+            # The behaviour layer: what every target is judged on, whatever its wording.
+            matcher = step.matcher.behaviour()
+            replies.append(_Reply(after, matcher.code, matcher.reply_class))
 
 
 _VERBS = frozenset({"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STARTTLS", "VRFY", "EXPN",

@@ -153,6 +153,25 @@ class ViaMta:
 
 Item = Session | Submission | LabAction | ForeignMemo | ViaMta
 
+EXCHANGE_WORDING = "exchange"
+"""Whose words a trace's reply texts are, unless it says: Exchange 2003's. A target judges a trace's
+wording only when its profile is that name (harness/targets: `Target.judges_wording`)."""
+CAPTURED_WORDING = "captured"
+"""The words of a trace recorded or imported from an MTA the harness does not know: judged on a target
+whose profile says it answers in them, and on no other."""
+WORDING_HELP = (
+    "whose words the replies' texts are (lower-case letters, digits, '-'): the trace's wording is judged "
+    "only on a target whose profile has this name (exchange for the reference MTA)"
+)
+_WORDING_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def wording_name(text: str) -> str:
+    """A wording name as a user gave it; ValueError, saying the form, when it is none."""
+    if not _WORDING_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is no wording name: lower-case letters, digits and '-', like exchange")
+    return text
+
 
 @dataclass(frozen=True)
 class Trace:
@@ -169,6 +188,7 @@ class Trace:
     timeout: float = 30.0
     wait_for_retries: bool = True
     masks: tuple[Mask, ...] = ()
+    wording: str = EXCHANGE_WORDING
 
     @property
     def base_dir(self) -> Path:
@@ -313,6 +333,7 @@ def load(path: Path) -> Trace:
         timeout=float(data.get("timeout", 30.0)),
         wait_for_retries=data.get("wait_for_retries", True),
         masks=_masks(document, data.get("masks") or []),
+        wording=data.get("wording", EXCHANGE_WORDING),
     )
 
 
@@ -514,8 +535,9 @@ def _check_regexes(document: yamlsource.Document, outcome: dict[str, Any]) -> No
             found.append((("ldap", index, "filter_regex"), spec["filter_regex"]))
     for section in ("delivered", "not_delivered"):
         for index, spec in enumerate(outcome.get(section) or []):
-            for name, pattern in (spec.get("headers") or {}).items():
-                found.append(((section, index, "headers", name), pattern))
+            for key in ("headers", "wording_headers"):
+                for name, pattern in (spec.get(key) or {}).items():
+                    found.append(((section, index, key, name), pattern))
     for index, spec in enumerate(outcome.get("events") or []):
         for key in ("msgid", "subject"):
             if key in spec:

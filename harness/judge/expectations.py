@@ -55,10 +55,18 @@ DELIVERY_NEEDS = {"mailbox": "mailbox", "sink": "outbound"}
 
 
 def check_outcome(
-    outcome: dict[str, Any], evidence: Evidence, observable: frozenset[str] | None = None
+    outcome: dict[str, Any],
+    evidence: Evidence,
+    observable: frozenset[str] | None = None,
+    *,
+    wording: bool = True,
 ) -> list[Check]:
     """The trace's expected outcome against the evidence. With `observable` (a target's capabilities),
-    expectations the target cannot show are reported as not observed instead of being checked."""
+    expectations the target cannot show are reported as not observed instead of being checked. Without
+    `wording`, the headers a delivery expects in the trace's wording are not checked (the behaviour
+    layer: docs/decisions.md)."""
+    if not wording:
+        outcome = _behaviour(outcome)
     if observable is not None:
         needs = NEEDS | THROUGH_THE_LAB
         hidden = {key for key, needed in needs.items() if key in outcome and needed not in observable}
@@ -68,6 +76,16 @@ def check_outcome(
         if unobserved:
             return check_outcome(visible, evidence) + unobserved
     return _queries(outcome, evidence) + _deliveries(outcome, evidence) + _logs(outcome, evidence)
+
+
+def _behaviour(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The outcome without its wording: each delivery spec without its `wording_headers`."""
+    return {
+        key: [{k: v for k, v in spec.items() if k != "wording_headers"} for spec in value]
+        if key in ("delivered", "not_delivered")
+        else value
+        for key, value in outcome.items()
+    }
 
 
 def _unobserved(title: str, expected: object, needed: str) -> Check:
@@ -281,7 +299,7 @@ def _delivery_matches(
     if problems is None:
         return None
     problems += _envelope(spec, delivery, any_rcpt)
-    if {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
+    if {"headers", "wording_headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
         problems += _content(spec, delivery)
     return problems
 
@@ -328,7 +346,8 @@ def _envelope(spec: dict[str, Any], delivery: Delivery, any_rcpt: bool) -> list[
 def _content(spec: dict[str, Any], delivery: Delivery) -> list[Failure]:
     message = email.message_from_bytes(delivery.data, policy=email.policy.default)
     problems: list[Failure] = []
-    for name, pattern in (spec.get("headers") or {}).items():
+    headers = [*(spec.get("headers") or {}).items(), *(spec.get("wording_headers") or {}).items()]
+    for name, pattern in headers:
         value = str(message.get(name, ""))
         if not re.search(pattern, value):
             problems.append(Failure(Kind.HEADER, pattern, value, name))

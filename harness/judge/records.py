@@ -28,6 +28,8 @@ class Kind(StrEnum):
     CONTAINS = "contains"
     LINES = "lines"
     MASKED = "masked"
+    OFFERS = "offers"  # an EHLO keyword the reply should offer and does not
+    LACKS = "lacks"  # an EHLO keyword the reply should not offer and does
     TRANSPORT = "transport"  # no reply to check: a timeout, a closed connection, a malformed reply
     STEP = "step"  # a step that checks no reply: a close, a TLS handshake, a refused connection, a submission
     DELIVERY = "delivery"  # an expected delivery is missing
@@ -55,11 +57,12 @@ class Kind(StrEnum):
 
 REPLY_KINDS = frozenset(
     {Kind.CODE, Kind.CLASS, Kind.ENHANCED, Kind.TEXT, Kind.PREFIX, Kind.REGEX, Kind.CONTAINS, Kind.LINES,
-     Kind.MASKED}
+     Kind.MASKED, Kind.OFFERS, Kind.LACKS}
 )  # fmt: skip
-# What a reply says to people rather than to the client: the client acts on the three-digit code only
-# (RFC 5321 4.2), so a difference of these kinds under the expected code is wording (docs/decisions.md).
-WORDING_KINDS = frozenset({Kind.ENHANCED, Kind.TEXT, Kind.PREFIX, Kind.REGEX, Kind.CONTAINS})
+# The wording layer: what a reply says to people rather than to the client, which acts on the code, the
+# enhanced status code and the keywords offered (RFC 5321 4.2, RFC 3463). Judged only where a target's
+# profile is the trace's wording (harness/smtp/reply.py `ReplyMatcher.behaviour`, docs/decisions.md).
+WORDING_KINDS = frozenset({Kind.TEXT, Kind.PREFIX, Kind.REGEX, Kind.CONTAINS, Kind.LINES, Kind.MASKED})
 
 # The sentence of an outcome check that fails after a session has failed: the trace stopped there,
 # so what its later steps would have caused is missing.
@@ -213,6 +216,8 @@ _SENTENCES: dict[Kind, Callable[[Failure], str]] = {
     Kind.CONTAINS: lambda f: f"expected reply to contain {f.expected!r}, got {f.actual!r}",
     Kind.LINES: lambda f: f"expected {_plural(f.expected, 'line')}, got {f.actual}",
     Kind.MASKED: lambda f: f"expected (masked) {f.expected!r}, got {f.actual!r}",
+    Kind.OFFERS: lambda f: f"expected EHLO to offer {f.expected}",
+    Kind.LACKS: lambda f: f"expected EHLO not to offer {f.expected}",
     Kind.TRANSPORT: lambda f: f.detail,
     Kind.STEP: lambda f: f.detail,
     Kind.DELIVERY: lambda f: f"no delivery matches {f.expected}",

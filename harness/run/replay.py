@@ -250,9 +250,15 @@ class _Session:
         server_hostname: str | None = None,
         tolerate: Tolerate | None = None,
         normalizer: Normalizer | None = None,
+        wording: bool = True,
     ) -> None:
         self.tolerate = tolerate
         self.normalizer = normalizer
+        # Whether the replies' wording is judged, or their behaviour only (harness/judge/replies.py).
+        self.wording = wording
+        # Whether the server's last EHLO reply offered ENHANCEDSTATUSCODES: before EHLO, and after
+        # STARTTLS until the next one (RFC 3207 4.2), nothing is offered.
+        self.enhanced_offered = False
         self.sent_anything = False  # until then, a reply is the greeting
         self.reader = reader
         self.writer = writer
@@ -267,6 +273,9 @@ class _Session:
         # The commands sent whose replies are still to come, oldest first, and the one the reply last
         # read answers: a failure record names it.
         self.commands: list[str] = []
+        # Whether the lines sent now are a message's text (after DATA, up to the lone dot): they get no
+        # reply, whatever they look like (a smuggled "MAIL FROM:" inside the text is text).
+        self.in_data = False
         self.last_command = ""
         self.answering = GREETING
         self.replies_read = 0
@@ -295,13 +304,19 @@ class _Session:
             self.transcript.wire("S", line)
 
         try:
-            return await read_reply(self.reader, self.timeout, on_line=on_line)
+            reply = await read_reply(self.reader, self.timeout, on_line=on_line)
         except ReplyError as exc:
             if len(exc.received) > recorded:
                 self.transcript.wire("S", exc.received[recorded:])
             if isinstance(exc, ConnectionClosed):
                 self.closed_by = "server"
             raise
+        answered = self.answering.split(" ", 1)[0].upper()
+        if answered == "EHLO":
+            self.enhanced_offered = reply.code == 250 and "ENHANCEDSTATUSCODES" in reply.keywords
+        elif answered == "DATA" and reply.code != 354:
+            self.in_data = False  # refused: what the client sends next is read as commands
+        return reply
 
     async def close(self) -> None:
         self.writer.close()
@@ -361,10 +376,14 @@ class _Session:
     def _command(self, line: str) -> None:
         """A line sent: a command whose reply is still to be read (several when pipelined), or the end
         of a message; the message's own lines get no reply."""
-        if line == ".":
-            self.commands.append(END_OF_DATA)
-        elif line.split(" ", 1)[0].split(":", 1)[0].upper() in _VERBS:
+        verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+        if self.in_data:
+            if line == ".":
+                self.commands.append(END_OF_DATA)
+                self.in_data = False
+        elif verb in _VERBS:
             self.commands.append(line)
+            self.in_data = verb == "DATA"
 
     def _answered(self) -> str:
         """The command the reply just read answers: the oldest one unanswered, else the last one."""
@@ -384,7 +403,8 @@ class _Session:
         """The reply against what the step expects: each difference a record, waived when the target is
         known to differ so (the session goes on), else a failure. The replies a step reads itself (354
         to DATA, 220 to STARTTLS) are never waived: the step cannot go on without them."""
-        for found in reply_failures(matcher, reply, masked):
+        judging = {"wording": self.wording, "enhanced_offered": self.enhanced_offered}
+        for found in reply_failures(matcher, reply, masked, **judging):
             failure = dataclasses.replace(
                 found,
                 step=exchange.index + 1,
@@ -465,6 +485,7 @@ class _Session:
         if exchange.passed:
             exchange.sent += message.payload
             self.commands.append(END_OF_DATA)
+            self.in_data = False
             await self.send(message.payload)
 
     async def _expect(self, step: Expect, exchange: Exchange) -> None:
@@ -481,6 +502,7 @@ class _Session:
         await self._read_checked(exchange, _EXPECT_220)
         if not exchange.passed:
             return
+        self.enhanced_offered = False
         await self._tls_handshake(exchange)
 
     async def _tls_handshake(self, exchange: Exchange) -> None:
@@ -581,10 +603,12 @@ async def run_session(
     server_hostname: str | None = None,
     tolerate: Tolerate | None = None,
     normalizer: Normalizer | None = None,
+    wording: bool = True,
     implicit_tls: bool = False,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
-    With `implicit_tls` (a server on the smtps port, RFC 8314) the connection is TLS from the first byte,
+    `wording` judges the replies' wording as well as their behaviour (harness/judge/replies.py). With
+    `implicit_tls` (a server on the smtps port, RFC 8314) the connection is TLS from the first byte,
     with `tls_context`, before the greeting is read.
 
     Nothing is read implicitly: a script normally starts with ``expect: 220`` for the banner.
@@ -601,7 +625,7 @@ async def run_session(
     local_address = (str(sockname[0]), int(sockname[1]))
     transcript.note(f"connected from {local_address[0]}:{local_address[1]} to {host}:{port}")
     session = _Session(
-        reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer
+        reader, writer, transcript, timeout, tls_context, server_hostname, tolerate, normalizer, wording
     )
     try:
         exchanges = await _run_steps(session, steps, messages)

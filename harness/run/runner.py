@@ -178,7 +178,9 @@ def run_trace(trace: Trace, target: Target) -> TraceResult:
                 break
         settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
         result.evidence = Evidence.collect(lab)
-        result.checks = check_outcome(trace.outcome, result.evidence, target.capabilities)
+        result.checks = check_outcome(
+            trace.outcome, result.evidence, target.capabilities, wording=target.judges_wording(trace)
+        )
         if not settled:
             # Messages still being retried when the trace's time is up: the target's behaviour, so a
             # failed check (with the queues as evidence) rather than a broken run.
@@ -231,6 +233,7 @@ def _smtp_session(
             server_hostname=name,
             tolerate=target.tolerate(trace.id, trace.spec),
             normalizer=normalizer,
+            wording=target.judges_wording(trace),
             implicit_tls=outside is not None and outside.implicit_tls,
         )
     )

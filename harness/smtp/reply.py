@@ -21,6 +21,10 @@ buffer without bound."""
 _LINE_RE = re.compile(r"^\d{3}([ -]|$)")
 _ENHANCED_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\b")
 _CLASS_RE = re.compile(r"^[1-5]xx$", re.IGNORECASE)
+# The code and enhanced status code a wording expectation starts with: `250 2.1.0 ...` written as a
+# prefix or a masked reply, `^550 5\.7\.1 ...` as a regular expression.
+_WRITTEN_CODE = re.compile(r"^(?:\(\?m\))?(?:\\A|\^)?(\d{3})(?:[ -]|\\ |$)")
+_WRITTEN_ENHANCED = re.compile(r"^([245])\\?\.(\d{1,3})\\?\.(\d{1,3})(?=[ \\\n]|$)")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,17 @@ class Reply:
         """The RFC 3463 enhanced status code at the start of the first line's text, if any."""
         match = _ENHANCED_RE.match(self.first[4:])
         return match.group(0) if match else None
+
+    @property
+    def keywords(self) -> dict[str, frozenset[str]]:
+        """The EHLO keywords this reply offers, upper case, each with its parameters (RFC 5321
+        4.1.1.1: every line after the first is a keyword and its parameters)."""
+        offered: dict[str, frozenset[str]] = {}
+        for line in self.lines[1:]:
+            words = line[4:].upper().split()
+            if words:
+                offered[words[0]] = offered.get(words[0], frozenset()) | frozenset(words[1:])
+        return offered
 
     @property
     def raw_text(self) -> str:
@@ -256,8 +271,51 @@ class ReplyMatcher:
     masked: str | None = None
     """The whole reply (lines joined with newlines) with its volatile values as placeholders
     (harness/smtp/masking.py): what a recorded trace expects."""
+    offers: tuple[str, ...] = ()
+    """EHLO keywords the reply must offer, in any order: `AUTH LOGIN PLAIN` needs AUTH with at least
+    those parameters."""
+    lacks: tuple[str, ...] = ()
+    """EHLO keywords the reply must not offer."""
 
-    _KEYS = frozenset({"code", "class", "enhanced", "text", "prefix", "regex", "contains", "lines", "masked"})
+    _KEYS = frozenset(
+        {
+            "code",
+            "class",
+            "enhanced",
+            "text",
+            "prefix",
+            "regex",
+            "contains",
+            "lines",
+            "masked",
+            "offers",
+            "lacks",
+        }
+    )
+
+    def behaviour(self) -> ReplyMatcher:
+        """The behaviour layer of this expectation: the reply class, the code, the enhanced status code
+        and the EHLO keywords offered or not, including the code and enhanced code that its wording
+        starts with (`text: "2.1.5 bob@contoso.com"` expects 2.1.5). What a server says to people, its
+        texts, line layout and keyword order, is the wording layer: left out."""
+        code = self.code
+        enhanced = self.enhanced
+        for written in (self.prefix, self.masked, self.regex.pattern if self.regex is not None else None):
+            found = _WRITTEN_CODE.match(written or "")
+            if found is None or written is None:
+                continue
+            code = code if code is not None else int(found[1])
+            if enhanced is None:
+                enhanced = _written_enhanced(written[found.end() :])
+        if enhanced is None and self.text is not None:
+            enhanced = _written_enhanced(self.text)
+        return ReplyMatcher(
+            code=code,
+            reply_class=self.reply_class,
+            enhanced=enhanced,
+            offers=self.offers,
+            lacks=self.lacks,
+        )
 
     @classmethod
     def parse(cls, spec: object) -> ReplyMatcher:
@@ -310,6 +368,7 @@ class ReplyMatcher:
                 regex = re.compile(pattern, re.MULTILINE)
             except re.error as exc:
                 raise ValueError(f"regex {pattern!r} does not compile: {exc}") from None
+        offers, lacks = _offers_and_lacks(spec)
         lines = None
         if "lines" in spec:
             value = spec["lines"]
@@ -326,6 +385,8 @@ class ReplyMatcher:
             contains=_string(spec, "contains") if "contains" in spec else None,
             lines=lines,
             masked=_string(spec, "masked") if "masked" in spec else None,
+            offers=offers,
+            lacks=lacks,
         )
 
     def check(self, reply: Reply, masked: str | None = None) -> list[str]:
@@ -352,7 +413,24 @@ class ReplyMatcher:
             problems.append(f"expected reply to contain {self.contains!r}, got {reply.raw_text!r}")
         if self.lines is not None and len(reply.lines) != self.lines:
             problems.append(f"expected {_plural(self.lines, 'line')}, got {len(reply.lines)}")
+        problems += [f"expected EHLO to offer {k}" for k in self.missing_keywords(reply)]
+        problems += [f"expected EHLO not to offer {k}" for k in self.unwanted_keywords(reply)]
         return problems
+
+    def missing_keywords(self, reply: Reply) -> list[str]:
+        """The `offers` keywords (with their parameters) the reply does not offer."""
+        offered = reply.keywords
+        missing: list[str] = []
+        for wanted in self.offers:
+            keyword, *params = wanted.upper().split()
+            if keyword not in offered or not set(params) <= offered[keyword]:
+                missing.append(wanted)
+        return missing
+
+    def unwanted_keywords(self, reply: Reply) -> list[str]:
+        """The `lacks` keywords the reply offers all the same."""
+        offered = reply.keywords
+        return [k for k in self.lacks if k.split()[0].upper() in offered]
 
     def describe(self) -> str:
         """Short summary for step titles, e.g. ``250 enhanced 2.1.0``."""
@@ -375,6 +453,10 @@ class ReplyMatcher:
             parts.append(_plural(self.lines, "line"))
         if self.masked is not None:
             parts.append(f"masked {self.masked!r}")
+        if self.offers:
+            parts.append(f"offers {', '.join(self.offers)}")
+        if self.lacks:
+            parts.append(f"lacks {', '.join(self.lacks)}")
         return " ".join(parts)
 
 
@@ -389,6 +471,38 @@ def _string(spec: Mapping[object, object], key: str, *, allow_empty: bool = Fals
     if not isinstance(value, str) or (not value and not allow_empty):
         raise ValueError(f"{key} must be a non-empty string, not {value!r}")
     return value
+
+
+def _written_enhanced(text: str) -> str | None:
+    """The enhanced status code a text (or a pattern, its dots escaped) starts with, if any."""
+    found = _WRITTEN_ENHANCED.match(text)
+    return ".".join(found.groups()) if found else None
+
+
+def _offers_and_lacks(spec: Mapping[object, object]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    offers = _keywords(spec, "offers")
+    lacks = _keywords(spec, "lacks")
+    both = {o.split()[0].upper() for o in offers} & {k.split()[0].upper() for k in lacks}
+    if both:
+        raise ValueError(f"{', '.join(sorted(both))} cannot be both offered and lacking")
+    return offers, lacks
+
+
+def _keywords(spec: Mapping[object, object], key: str) -> tuple[str, ...]:
+    if key not in spec:
+        return ()
+    value = spec[key]
+    if isinstance(value, str):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9=]*( \S+)*", v) for v in value)
+    ):
+        raise ValueError(
+            f"{key} must be an EHLO keyword or a list of them (like PIPELINING or AUTH PLAIN), not {value!r}"
+        )
+    return tuple(value)
 
 
 def _plural(count: int, noun: str) -> str:

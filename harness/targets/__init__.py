@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from harness.corpus.script import Auth, Bdat, Pipeline, StartTls, TlsHandshake
-from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
+from harness.corpus.trace import EXCHANGE_WORDING, ForeignMemo, LabAction, LabVerb, Session, Submission, Trace
 from harness.judge.deviations import Deviation, Tolerate, deviations
 from harness.judge.records import Failure
 from harness.lab import config as lab_config
@@ -48,16 +48,16 @@ class Target:
     stands_in_for: str | None = None  # the lab server a real MTA replaces; None: the reference MTA
     adapter: Adapter | None = None  # how that MTA is configured and run
     profile: str | None = None
-    """`exchange` for a target that answers in Exchange 2003's words: only there is a reply's wording
-    (its text, EHLO keyword order, banner) judged. Every target is judged on behaviour (reply class,
-    code, enhanced status code, keywords offered, and the outcome)."""
+    """Whose words the target answers in: `exchange` for the reference MTA, which models Exchange 2003.
+    Every target is judged on behaviour (reply class, code, enhanced status code, EHLO keywords
+    offered, and the outcome); a trace's wording (its texts, line layout, EHLO keyword order, banner)
+    only where the target's profile is the trace's `wording` (docs/decisions.md)."""
     outside: OutsideMta | None = None  # an MTA the harness does not start, at a host and port
     source: str = ""  # where stands_in_for was written (a profile's file:line), for an error about it
     deviations_of: str | None = None  # whose known deviations apply (an outside MTA's profile says)
 
-    @property
-    def judges_wording(self) -> bool:
-        return self.profile == EXCHANGE_PROFILE
+    def judges_wording(self, trace: Trace) -> bool:
+        return self.profile is not None and self.profile == trace.wording
 
     @property
     def needs_netns(self) -> bool:
@@ -201,8 +201,6 @@ def needs(trace: Trace, stand_in: str | None = None) -> frozenset[str]:
     return frozenset(needed)
 
 
-EXCHANGE_PROFILE = "exchange"
-
 REFERENCE = Target(
     name="reference",
     capabilities=frozenset(
@@ -224,7 +222,7 @@ REFERENCE = Target(
         }
     ),
     description="the reference MTA (Exchange 2003 model) runs every server of the lab",
-    profile=EXCHANGE_PROFILE,
+    profile=EXCHANGE_WORDING,
 )
 
 # Black box: replies, DNS queries (the lab's DNS logs them), mailboxes and the Internet hosts.

@@ -5,7 +5,7 @@ file, the line and the field.
 ```yaml
 url: smtp://127.0.0.1:2525
 stands_in_for: EX1          # the lab server it replaces; default EX1
-profile: behaviour          # or exchange: judge Exchange 2003's wording too
+profile: behaviour          # or exchange: judge the wording of traces in Exchange 2003's words too
 capabilities: [pipelining, starttls, chunking, auth, size]   # omitted: read from its EHLO reply
 tls: {verify: false}        # or {ca_file: staging-ca.pem}; default: the system's CAs
 deliveries:                 # where its deliveries can be observed; omitted: not observable
@@ -27,6 +27,7 @@ from harness.judge.deviations import folder as deviation_files
 from harness.targets.outside import Deliveries, OutsideMta, TlsSettings, parse_url
 
 DEFAULT_SERVER = "EX1"
+BEHAVIOUR = "behaviour"
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def load(path: Path) -> Profile:
     return Profile(
         mta=mta,
         stands_in_for=data.get("stands_in_for", DEFAULT_SERVER),
-        profile=data.get("profile"),
+        # "behaviour" names no wording: only the behaviour layer is judged (harness/targets: Target.profile).
+        profile=None if data.get("profile", BEHAVIOUR) == BEHAVIOUR else data["profile"],
         capabilities=frozenset(capabilities) if capabilities is not None else None,
         source=path,
         server_line=document.line_of(["stands_in_for"]) if "stands_in_for" in data else None,

@@ -30,7 +30,7 @@ from harness.capture.importers.replace import Replacement
 from harness.capture.recorded import AUTH_FROM_ENVIRONMENT, Exchange, RecordedSession, expectation
 from harness.corpus import writer
 from harness.corpus.script import AUTH_MECHANISMS, dot_stuff
-from harness.corpus.trace import Trace
+from harness.corpus.trace import CAPTURED_WORDING, Trace
 from harness.lab.config import LabConfig
 from harness.smtp import syntax
 from harness.smtp.masking import Mask, Normalizer
@@ -102,13 +102,16 @@ def to_trace(
     codes_only: bool = False,
     outcome: dict[str, Any] | None = None,
     outcome_notes: Sequence[str] = (),
+    wording: str = CAPTURED_WORDING,
 ) -> Converted:
     """The trace of `sessions` (in order) against `server` of lab `config` (named `lab` in the trace).
 
     `virtual_server` names the one every session connects to; without it, a session whose recorded
     server address is one of the server's virtual servers in `config` connects to that one, any other
     to the server's default virtual server. `source` (the imported file) goes in the description.
-    `codes_only` expects the reply codes and enhanced status codes alone (`codes_expectation`);
+    `codes_only` expects the reply codes and enhanced status codes alone (`codes_expectation`), the
+    behaviour layer; otherwise the texts are expected too, as the words of `wording` (whose words they
+    are: a target judges them only when its profile has that name);
     `outcome` is the trace's outcome, if one is known (`harness.capture.importers.outcome`), and
     `outcome_notes` how it was found."""
     converted = Converted({})
@@ -136,6 +139,7 @@ def to_trace(
         "description": description,
         "spec": list(spec),
         "lab": lab,
+        **({} if codes_only else {"wording": wording}),
         "sessions": trace_sessions,
     }
     # The schema has no empty outcome: without the key, nothing is checked after the sessions.
