@@ -53,10 +53,12 @@ class MaildirReader:
         self._seen: dict[str, set[str]] = {}
 
     def _keys(self, folder: Path) -> set[str]:
-        # A Maildir not made yet is an empty mailbox: the MTA makes it with the first delivery.
-        if not (folder / "new").is_dir() and not (folder / "cur").is_dir():
+        try:
+            return set(mailbox.Maildir(folder, create=False).keys())
+        except (mailbox.NoSuchMailboxError, FileNotFoundError):
+            # Not made yet, or being made right now (the MTA makes tmp, new and cur one by one with
+            # the first delivery): nothing is in it yet.
             return set()
-        return set(mailbox.Maildir(folder, create=False).keys())
 
     def begin(self) -> None:
         self._seen = {address: self._keys(folder) for address, folder in self._folders.items()}
@@ -72,7 +74,10 @@ class MaildirReader:
                 continue
             box = mailbox.Maildir(folder, create=False)
             for key in keys:
-                message = box.get_message(key)
+                try:
+                    message = box.get_message(key)
+                except KeyError:
+                    continue  # gone since it was listed (a mail client took it): not ours to judge
                 data = message.as_bytes()
                 head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
                 headers = email.message_from_bytes(head, policy=email.policy.compat32)
