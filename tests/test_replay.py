@@ -896,7 +896,8 @@ def test_lines_inside_a_message_are_text_and_the_reply_answers_the_end_of_data(t
         {"send": "DATA"},
         {"expect": 354},
         {
-            "send_raw": "Subject: x\\r\\n\\r\\nhi\\r\\n. \\r\\nMAIL FROM:<a@b.example>\\r\\nRCPT TO:<e@f.example>\\r\\nDATA\\r\\n.\\r\\n"
+            "send_raw": "Subject: x\\r\\n\\r\\nhi\\r\\n. \\r\\n"
+            "MAIL FROM:<a@b.example>\\r\\nRCPT TO:<e@f.example>\\r\\nDATA\\r\\n.\\r\\n"
         },
         {"expect": 451},  # wrong on purpose: the server accepts the message
         {"send": "QUIT"},

@@ -25,9 +25,7 @@ def same_code(matcher: ReplyMatcher, reply: Reply) -> bool:
     return matcher.reply_class is not None and reply.code // 100 == matcher.reply_class
 
 
-def judged(
-    matcher: ReplyMatcher, reply: Reply, *, wording: bool, enhanced_offered: bool
-) -> ReplyMatcher:
+def judged(matcher: ReplyMatcher, reply: Reply, *, wording: bool, enhanced_offered: bool) -> ReplyMatcher:
     """What of `matcher` is judged for `reply`. With `wording`, all of it, as written. Without, its
     behaviour layer (`ReplyMatcher.behaviour`), and of that the enhanced status code only where the
     server offered ENHANCEDSTATUSCODES in this session (RFC 2034 section 3 binds only a server that
