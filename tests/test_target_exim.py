@@ -25,7 +25,6 @@ from standin import base, delivered, send
 from harness import targets
 from harness.corpus.trace import load
 from harness.judge.evidence import DeliveryKind
-from harness.judge.records import Kind
 from harness.lab import netns
 from harness.lab.config import LabConfig
 from harness.lab.recipients import Contact, Group, Login, Mailbox, RecipientTable
@@ -197,11 +196,8 @@ def test_a_bare_lf_around_the_dot_does_not_end_the_message(trace_id: str) -> Non
     result = run_trace(
         load(Path(__file__).resolve().parents[1] / "traces" / f"{trace_id}.yaml"), targets.EXIM
     )
-    # The one difference: Exim's queued reply carries no enhanced code (exim.yaml, RFC 2034), and the
-    # replay stops at it, before QUIT.
-    assert [(f.kind, f.verb, f.actual) for f in result.records() if not f.knock_on] == [
-        (Kind.ENHANCED, "end-of-data", "")
-    ], "\n".join(result.failures())
+    # Exim offers no ENHANCEDSTATUSCODES, so its queued reply is judged on its code alone (RFC 2034).
+    assert result.passed, "\n".join(result.failures())
     assert result.evidence is not None
     mailboxes = [d for d in result.evidence.deliveries if d.kind == DeliveryKind.MAILBOX]
     assert [d.where for d in mailboxes] == ["alice@contoso.com"], [d.describe() for d in mailboxes]

@@ -5,6 +5,9 @@ own queues for `mailflow queues` and `mailflow lab freeze`, and stops it."""
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +39,17 @@ class MailboxDelivery:
     server: str
     sender: str
     data: bytes
+
+
+def from_maildir(data: bytes) -> tuple[bytes, email.message.Message, str]:
+    """A message a delivery agent stored in a Maildir: as it went over the wire, its headers, and the
+    envelope sender from the Return-Path the agent added ("" for the null sender, and where it adds
+    none). A Maildir keeps LF line ends (maildir(5): the agent converts the wire's CRLF), SMTP carries
+    CRLF, so the line ends are made CRLF again: a trace's body_contains, written as on the wire, holds
+    on every MTA."""
+    wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    headers = email.message_from_bytes(wire.split(b"\r\n\r\n", 1)[0], policy=email.policy.compat32)
+    return wire, headers, str(headers.get("Return-Path", "")).strip().strip("<>")
 
 
 class StandIn(Protocol):

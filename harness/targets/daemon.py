@@ -5,8 +5,6 @@ lab dies), waiting until it answers, and reading the Maildirs it delivered into.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import shlex
 import signal
@@ -24,7 +22,7 @@ from harness.lab.netns import Namespace
 from harness.lab.processes import open_to_daemons as open_to_daemons
 from harness.lab.processes import pid_file as pid_file
 from harness.lab.recipients import RecipientTable
-from harness.lab.standin import MailboxDelivery
+from harness.lab.standin import MailboxDelivery, from_maildir
 from reference_mta.topology import VirtualServer
 
 # Where `make mtas` unpacks the MTAs whose Debian packages conflict with the installed one.
@@ -147,10 +145,7 @@ def maildir_deliveries(base: Path, server: str, by_folder: bool = False) -> list
     recorded the mailbox in Delivered-To (`by_folder`: it records another address there)."""
     found: list[MailboxDelivery] = []
     for path in sorted(base.glob("*/new/*")) + sorted(base.glob("*/cur/*")):
-        data = path.read_bytes()
-        head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
-        headers = email.message_from_bytes(head, policy=email.policy.compat32)
-        sender = str(headers.get("Return-Path", "")).strip().strip("<>")
+        data, headers, sender = from_maildir(path.read_bytes())
         folder = path.parent.parent.name
         mailbox = folder if by_folder else str(headers.get("Delivered-To", folder)).strip().lower()
         found.append(MailboxDelivery(mailbox, server, sender, data))

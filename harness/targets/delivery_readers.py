@@ -13,14 +13,12 @@ the UIDs there, and fetch the others in `deliveries`.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import mailbox
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from harness.lab.standin import MailboxDelivery
+from harness.lab.standin import MailboxDelivery, from_maildir
 
 
 class DeliveryReader(Protocol):
@@ -78,11 +76,6 @@ class MaildirReader:
                     message = box.get_message(key)
                 except KeyError:
                     continue  # gone since it was listed (a mail client took it): not ours to judge
-                data = message.as_bytes()
-                head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
-                headers = email.message_from_bytes(head, policy=email.policy.compat32)
-                # The delivery agent's Return-Path is the envelope sender ("" for the null sender; also
-                # when the MTA writes none, as the reference MTA's store does not).
-                sender = str(headers.get("Return-Path", "")).strip().strip("<>")
+                data, _, sender = from_maildir(message.as_bytes())
                 found.append((message.get_date(), MailboxDelivery(address, self.server, sender, data)))
         return [delivery for _, delivery in sorted(found, key=lambda item: item[0])]
