@@ -24,7 +24,7 @@ from harness.targets import Target
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = sorted(
     path.relative_to(ROOT / "traces").with_suffix("").as_posix()
-    for flow in ("relay", "inbound")
+    for flow in ("relay", "inbound", "protocol", "outbound")
     for path in (ROOT / "traces" / flow).glob("*.yaml")
 )
 GATED = [targets.POSTFIX, targets.EXIM, targets.OPENSMTPD]
