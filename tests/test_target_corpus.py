@@ -159,10 +159,7 @@ _OPENSMTPD_PROTOCOL = {
         "says; Exchange accepts it, and the trace's session depends on that"
     ),
     "members-only-internet-sender-never-queues": _OSMTPD_NO_VRFY,
-    "postmaster-without-domain": (
-        "smtpd completes RCPT TO:<POSTMASTER> with its host name and refuses it (550 Invalid recipient); "
-        "RFC 5321 4.1.1.3 and 4.5.1 say a server MUST accept <Postmaster> without a domain"
-    ),
+    "postmaster-without-domain": _ONE_COPY.format(mta="OpenSMTPD"),
     "rcpt-without-address": (
         "smtpd completes a recipient without a domain with its host name and refuses it as '550 Invalid "
         "recipient' with no enhanced status code although it offers ENHANCEDSTATUSCODES (RFC 2034 3)"
