@@ -71,9 +71,9 @@ _OSMTPD_PARAMETER_555 = (
     "server that does not recognize or implement a parameter returns 555"
 )
 _OSMTPD_DATA_END = (
-    "smtpd ends the mail data at a '.' line ended by a bare CR or LF or followed by a NUL (then answers "
-    "the rest 500 'Pipelining not supported' and closes); RFC 5321 2.3.8 and 4.1.1.4 end it only at "
-    "<CRLF>.<CRLF>"
+    "smtpd ends the mail data at a '.' line ended by a bare LF, or at a '.' followed by a NUL, then "
+    "answers the rest 500 'Pipelining not supported' and closes; RFC 5321 2.3.8 and 4.1.1.4 end it only "
+    "at <CRLF>.<CRLF> (nothing is delivered, so nothing is smuggled either)"
 )
 _OSMTPD_NOOP_ARGUMENT = (
     "smtpd refuses NOOP with an argument (500 5.5.4 'command does not accept arguments'); RFC 5321 4.1.1.9 "
@@ -124,8 +124,8 @@ _OPENSMTPD_PROTOCOL = {
         "next retry, so its delivery after the fourth 451 is not seen (Postfix and Exim show the same)"
     ),
     "dsn-invalid-parameter-values": (
-        "smtpd accepts RET=BOGUS and NOTIFY=NEVER,FAILURE; RFC 3461 4.1 and 4.3 define the only values "
-        "(NEVER alone), and RFC 5321 4.2.2 answers a syntax error in parameters with 501"
+        "smtpd accepts MAIL with RET=BOGUS (250); RFC 3461 4.3 allows only FULL and HDRS, and RFC 5321 "
+        "4.2.2 answers a syntax error in parameters with 501"
     ),
     "ehlo-directory-vs-lists-smtputf8": _OSMTPD_NO_SMTPUTF8,
     "ehlo-mid-transaction-resets": _OSMTPD_SECOND_HELLO,
@@ -166,8 +166,8 @@ _OPENSMTPD_PROTOCOL = {
     ),
     "size-declared-too-big": _OSMTPD_GLOBAL_LIMIT.format(what="maximum message size"),
     "size-garbage-value": (
-        "smtpd accepts SIZE=big, SIZE= and SIZE=-1; RFC 1870 6 defines size-value as 1*20DIGIT, and RFC "
-        "5321 4.2.2 answers a syntax error in parameters with 501"
+        "smtpd accepts MAIL with SIZE=big (250); RFC 1870 6 defines size-value as 1*20DIGIT, and RFC 5321 "
+        "4.2.2 answers a syntax error in parameters with 501"
     ),
     "size-limit-boundary": _OSMTPD_GLOBAL_LIMIT.format(what="maximum message size"),
     "size-undeclared-too-big": _OSMTPD_GLOBAL_LIMIT.format(what="maximum message size"),
@@ -192,7 +192,7 @@ _OPENSMTPD_PROTOCOL = {
     "vrfy-directory-ldap-metacharacters": _OSMTPD_NO_VRFY,
     "vrfy-directory-vs-known-and-unknown": _OSMTPD_NO_VRFY,
     "vrfy-mid-transaction-leaves-envelope-alone": _OSMTPD_NO_VRFY,
-    "vrfy-strict-vs-disabled": _OSMTPD_NO_VRFY,
+    "vrfy-strict-vs-disabled": f"{_OSMTPD_NO_PIPELINING}; and {_OSMTPD_NO_VRFY}",
 }
 KNOWN_FAILURES = {
     ("postfix", "inbound/decision-group-restrictions-before-expansion"): _GROUP_RESTRICTIONS.format(
