@@ -24,7 +24,7 @@ from harness.targets import Target
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = sorted(
     path.relative_to(ROOT / "traces").with_suffix("").as_posix()
-    for flow in ("relay", "inbound")
+    for flow in ("relay", "inbound", "protocol", "outbound")
     for path in (ROOT / "traces" / flow).glob("*.yaml")
 )
 GATED = [targets.POSTFIX, targets.EXIM, targets.OPENSMTPD]
@@ -44,6 +44,156 @@ _ONE_COPY = (
     "{mta} delivers a second copy to a mailbox the message reaches both directly and through a group; "
     "Exchange delivers one copy per mailbox"
 )
+# OpenSMTPD 6.8 as the lab file renders it (harness/targets/opensmtpd.py): extensions it does not have,
+# settings it holds for the whole server where Exchange has them per virtual server, and RFC clauses it
+# does not follow.
+_OSMTPD_NO_PIPELINING = (
+    "OpenSMTPD 6.8 does not offer PIPELINING (RFC 2920 is optional) and ends the session with 500 "
+    "'Pipelining not supported' when commands arrive early; the virtual server offers it and no "
+    "smtpd.conf setting does"
+)
+_OSMTPD_NO_CHUNKING = "OpenSMTPD 6.8 has no CHUNKING/BDAT (RFC 3030); the virtual server offers it"
+_OSMTPD_NO_SMTPUTF8 = "OpenSMTPD 6.8 has no SMTPUTF8 (RFC 6531); the Directory virtual server offers it"
+_OSMTPD_NO_TLS = (
+    "no STARTTLS: the Debian build's server-side TLS fails every handshake against OpenSSL 3, so the "
+    "adapter renders no certificate (harness/targets/opensmtpd.py); the virtual server offers STARTTLS"
+)
+_OSMTPD_NO_VRFY = (
+    "smtpd does not implement VRFY and answers it 500 'Command unrecognized'; RFC 5321 4.5.1 lists VRFY "
+    "in the minimum every receiver MUST provide (3.5.3: 252 when it will not verify)"
+)
+_OSMTPD_SECOND_HELLO = (
+    "smtpd answers a second EHLO or HELO with 503 'Already identified'; RFC 5321 4.1.4 lets a client "
+    "send EHLO again (the server resets as for RSET) and allows only 501, 500, 502 or 550 to refuse it"
+)
+_OSMTPD_PARAMETER_555 = (
+    "smtpd refuses a MAIL or RCPT parameter it does not know with 503 5.5.4; RFC 5321 4.1.1.11 says a "
+    "server that does not recognize or implement a parameter returns 555"
+)
+_OSMTPD_DATA_END = (
+    "smtpd ends the mail data at a '.' line ended by a bare LF, or at a '.' followed by a NUL, then "
+    "answers the rest 500 'Pipelining not supported' and closes; RFC 5321 2.3.8 and 4.1.1.4 end it only "
+    "at <CRLF>.<CRLF> (nothing is delivered, so nothing is smuggled either)"
+)
+_OSMTPD_NOOP_ARGUMENT = (
+    "smtpd refuses NOOP with an argument (500 5.5.4 'command does not accept arguments'); RFC 5321 4.1.1.9 "
+    "says a server SHOULD ignore NOOP's parameter string"
+)
+_OSMTPD_GLOBAL_LIMIT = (
+    "smtpd's {what} is one setting for the whole server, rendered from the default virtual server; the "
+    "Strict virtual server's own {what} cannot be given to its listener"
+)
+_OSMTPD_RECEIVED_LAYOUT = (
+    "harness: the trace's Received check in headers: is Exchange's TCP-info layout 'from NAME ([address]) "
+    "by ...'; smtpd writes 'from NAME (NAME [address])', which RFC 5321 4.4 allows too (the layout "
+    "belongs in wording_headers)"
+)
+_OPENSMTPD_PROTOCOL = {
+    "auth-unknown-mechanism": (
+        "smtpd offers AUTH only inside TLS, which this build cannot do (see STARTTLS), so EHLO offers no "
+        "AUTH; the virtual server offers Basic authentication in clear"
+    ),
+    "bdat-size-with-leading-zeros": _OSMTPD_NO_CHUNKING,
+    "bdat-syntax-errors": _OSMTPD_NO_CHUNKING,
+    "bound-10000-octet-lines": (
+        "smtpd closes the connection after '500 5.0.0 Command line too long'; RFC 5321 3.8 lets a server "
+        "close only after QUIT or with a 421 reply"
+    ),
+    "bound-error-limit-closes-session": (
+        "a refused relay is '550 Invalid recipient' with no enhanced status code although smtpd offers "
+        "ENHANCEDSTATUSCODES (RFC 2034 3), and the Strict virtual server's error limit (5) has no smtpd "
+        "setting"
+    ),
+    "bound-idle-timeout": (
+        "the Strict virtual server's 2-second connection time-out has no smtpd.conf setting (smtpd's "
+        "session time-out is fixed at 5 minutes)"
+    ),
+    "bound-messages-per-connection": _OSMTPD_GLOBAL_LIMIT.format(what="limit of messages per connection"),
+    "bound-noop-flood": (
+        "harness: the NOOP budget is the reference MTA's own rule, in no lab setting and no RFC; smtpd "
+        "answers every NOOP 250, as RFC 5321 4.1.1.9 asks"
+    ),
+    "bound-unknown-commands": (
+        "harness: the budget of five unknown commands is the reference MTA's own rule (docs/decisions.md), "
+        "in no lab setting and no RFC; smtpd goes on answering 500"
+    ),
+    "command-line-too-long": _OSMTPD_NOOP_ARGUMENT,
+    "delay-notice-to-relayed-sender": (
+        "smtpd's delay warning is multipart/mixed, not the RFC 3464 multipart/report delivery status "
+        "notification RFC 3461 6 asks for; and the lab settles while the deferred message waits for its "
+        "next retry, so its delivery after the fourth 451 is not seen (Postfix and Exim show the same)"
+    ),
+    "dsn-invalid-parameter-values": (
+        "smtpd accepts MAIL with RET=BOGUS (250); RFC 3461 4.3 allows only FULL and HDRS, and RFC 5321 "
+        "4.2.2 answers a syntax error in parameters with 501"
+    ),
+    "ehlo-directory-vs-lists-smtputf8": _OSMTPD_NO_SMTPUTF8,
+    "ehlo-mid-transaction-resets": _OSMTPD_SECOND_HELLO,
+    "ehlo-refused-keeps-the-transaction": _OSMTPD_SECOND_HELLO,
+    "ehlo-strict-vs-own-fqdn-everywhere": _OSMTPD_RECEIVED_LAYOUT,
+    "expn-directory-vs-group-members": (
+        "smtpd does not implement EXPN (RFC 5321 makes it optional); the Directory virtual server answers "
+        "it from the directory and no smtpd.conf setting does"
+    ),
+    "helo-8bit-name-refused": _OSMTPD_RECEIVED_LAYOUT,
+    "helo-twice": _OSMTPD_SECOND_HELLO,
+    "help-lists-commands": (
+        "smtpd refuses HELP with an argument (500 5.5.4); RFC 5321 4.1.1.8 gives HELP an optional argument"
+    ),
+    "limit-command-line-512-octets": _OSMTPD_NOOP_ARGUMENT,
+    "limit-domain-255-octets": (
+        "smtpd refuses a sender whose domain is exactly 255 octets (553 5.1.0); RFC 5321 4.5.3.1 says every "
+        "implementation MUST receive objects of at least these sizes"
+    ),
+    "limit-local-part-64-octets": (
+        "smtpd accepts a 65-octet local part (RFC 5321 4.5.3.1 lets it), where Exchange refuses it with 501 "
+        "5.1.3; the trace's session then diverges (its later MAIL gets 503), so no deviation can carry it"
+    ),
+    "limit-rcpt-line-with-dsn-parameters": (
+        "smtpd refuses an ORCPT it cannot parse with '553 ORCPT address syntax error', no enhanced status "
+        "code although it offers ENHANCEDSTATUSCODES (RFC 2034 3); the unknown recipient gets 550 at RCPT"
+    ),
+    "lowercase-commands": _OSMTPD_NO_PIPELINING,
+    "mail-from-without-brackets": (
+        "smtpd refuses 'MAIL FROM:address' without angle brackets (553 5.1.0), as RFC 5321 4.1.2's syntax "
+        "says; Exchange accepts it, and the trace's session depends on that"
+    ),
+    "members-only-internet-sender-never-queues": _OSMTPD_NO_VRFY,
+    "postmaster-without-domain": _ONE_COPY.format(mta="OpenSMTPD"),
+    "rcpt-without-address": (
+        "smtpd completes a recipient without a domain with its host name and refuses it as '550 Invalid "
+        "recipient' with no enhanced status code although it offers ENHANCEDSTATUSCODES (RFC 2034 3)"
+    ),
+    "size-declared-too-big": _OSMTPD_GLOBAL_LIMIT.format(what="maximum message size"),
+    "size-garbage-value": (
+        "smtpd accepts MAIL with SIZE=big (250); RFC 1870 6 defines size-value as 1*20DIGIT, and RFC 5321 "
+        "4.2.2 answers a syntax error in parameters with 501"
+    ),
+    "size-limit-boundary": _OSMTPD_GLOBAL_LIMIT.format(what="maximum message size"),
+    "size-undeclared-too-big": _OSMTPD_GLOBAL_LIMIT.format(what="maximum message size"),
+    "smuggling-bare-lf": _OSMTPD_DATA_END,
+    "smuggling-crlf-dot-lf": _OSMTPD_DATA_END,
+    "smuggling-lf-dot-crlf": _OSMTPD_DATA_END,
+    "smuggling-nul-dot": _OSMTPD_DATA_END,
+    "starttls-in-transaction-refused": _OSMTPD_NO_TLS,
+    "starttls-injected-rset-refused": _OSMTPD_NO_TLS,
+    "starttls-with-argument": _OSMTPD_NO_TLS,
+    "sync-lenient-directory-vs-accepts": _OSMTPD_NO_PIPELINING,
+    "sync-pipelined-after-expn": _OSMTPD_NO_PIPELINING,
+    "sync-pipelined-after-noop": _OSMTPD_NO_PIPELINING,
+    "sync-pipelined-after-vrfy": _OSMTPD_NO_VRFY,
+    "unknown-mail-rcpt-parameters": _OSMTPD_PARAMETER_555,
+    "utf8-default-vs-refuses": _OSMTPD_PARAMETER_555,
+    "utf8-directory-vs-utf8-sender-delivered": _OSMTPD_NO_SMTPUTF8,
+    "utf8-relay-to-non-smtputf8-host-ndr": _OSMTPD_NO_SMTPUTF8,
+    "utf8-relay-to-smtputf8-host-delivered": _OSMTPD_NO_SMTPUTF8,
+    "utf8-sender-to-mailbox-on-ex2": _OSMTPD_NO_SMTPUTF8,
+    "vrfy-default-vs-cannot-verify": _OSMTPD_NO_VRFY,
+    "vrfy-directory-ldap-metacharacters": _OSMTPD_NO_VRFY,
+    "vrfy-directory-vs-known-and-unknown": _OSMTPD_NO_VRFY,
+    "vrfy-mid-transaction-leaves-envelope-alone": _OSMTPD_NO_VRFY,
+    "vrfy-strict-vs-disabled": f"{_OSMTPD_NO_PIPELINING}; and {_OSMTPD_NO_VRFY}",
+}
 KNOWN_FAILURES = {
     ("postfix", "inbound/decision-group-restrictions-before-expansion"): _GROUP_RESTRICTIONS.format(
         mta="Postfix"
@@ -65,6 +215,8 @@ KNOWN_FAILURES = {
         "NOTIFY=FAILURE with 553 'NOTIFY option NEVER cannot be combined with other options' (RFC 3461 4.1: "
         "NOTIFY is per recipient)"
     ),
+    # OpenSMTPD: protocol and outbound
+    **{("opensmtpd", f"protocol/{trace}"): reason for trace, reason in _OPENSMTPD_PROTOCOL.items()},
 }
 
 

@@ -10,6 +10,8 @@ beside it, the way a mail administrator would translate the Exchange settings:
     mailboxes on other servers             match rcpt-to <server_N> → relay host that server
     authoritative domains                  match for domain <authoritative> reject: unknown users are
                                            refused at RCPT (Exchange accepts them and returns an NDR)
+    <Postmaster> without a domain          smtpd adds the listener's host name: postmaster at each
+                                           name the server goes by, aliased to the organization's one
     shared namespaces, "allow relaying"    match from any for domain <relay_domains_N> → its route
     connectors and smart hosts             one relay action per route: host smtp://... or DNS (MX)
     each virtual server                    a listen on line: hostname, tag, tls pki, filters
@@ -215,9 +217,22 @@ class _Conf:
             for address in (server.address, *(v.address for v in server.virtual_servers))
         }
 
+    def _postmasters(self) -> dict[str, list[str]]:
+        """smtpd completes RCPT TO:<Postmaster> with the listener's host name, so postmaster at each name
+        the server goes by is an alias of the organization's postmaster (RFC 5321 4.1.1.3): the first
+        authoritative domain's, as Exchange reads <Postmaster> as the primary domain's."""
+        known = next(
+            (f"postmaster@{d}" for d in self.plan.authoritative if self.plan.accepts(f"postmaster@{d}")),
+            None,
+        )
+        if known is None:
+            return {}
+        names = [self.plan.server.fqdn, *(listener.vs.fqdn for listener in self.plan.listeners)]
+        return {f"postmaster@{name.lower()}": [known] for name in dict.fromkeys(n for n in names if n)}
+
     def _actions(self, root: Path) -> list[str]:
         me = self.plan.server
-        aliases = self.plan.aliases
+        aliases = {**self._postmasters(), **self.plan.aliases}
         virtual = self.table(
             "addresses",
             # Secondary addresses are aliases of the primary one, which is the delivery user's. A
@@ -257,7 +272,9 @@ class _Conf:
             rules.append(
                 f'match from any for rcpt-to {self.table(f"mailboxes_{name}", addresses)} action "{name}"'
             )
-        local = dict.fromkeys([*(a for m in the_plan.mailboxes for a in m.addresses), *the_plan.aliases])
+        local = dict.fromkeys(
+            [*(a for m in the_plan.mailboxes for a in m.addresses), *the_plan.aliases, *self._postmasters()]
+        )
         rules.append(f'match from any for rcpt-to {self.table("mailboxes", local)} action "mailbox"')
         authoritative = self.table("authoritative", the_plan.authoritative)
         rules.append(f"match from any for domain {authoritative} reject")
