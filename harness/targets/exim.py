@@ -53,6 +53,8 @@ from harness.targets.daemon import (
 from harness.targets.plan import ClientRule, NextHop, ServerPlan, plan
 from reference_mta import replies
 from reference_mta.queue_contract import QueueState
+from reference_mta.session_rules import CALL_LIMITS
+from reference_mta.topology import VirtualServer
 
 EXIM = UNPACKED / "usr" / "sbin" / "exim4"
 CONFIG_DIR = "/etc/exim4"  # compiled into Debian's binary, with exim4.conf in it
@@ -98,6 +100,7 @@ def _configuration(
         *_identity_options(config, the_plan, root),
         *_policy_options(the_plan, authenticated, tls_chain is not None),
         *_limit_options(config),
+        *_session_limits(the_plan),
     ]
     if tls_chain is not None:
         lines += [f"tls_certificate = {tls_chain}", f"tls_privatekey = {tls_chain}"]
@@ -130,6 +133,13 @@ def _identity_options(config: LabConfig, the_plan: ServerPlan, root: Path) -> li
         "local_interfaces = <; " + " ; ".join(f"[{each.vs.address}]:{each.vs.port}" for each in listeners),
         f"smtp_active_hostname = {_by_listener(hostnames, me.fqdn)}",
         "smtp_banner = $smtp_active_hostname ESMTP",
+        # RFC 5321 4.4's trace line: the client's EHLO name with its address literal, by the name of the
+        # virtual server it reached. Exim's own puts the address first and the EHLO name in a comment,
+        # since it looks up no host names here.
+        "received_header_text = Received: ${if def:sender_host_address"
+        "{from ${if def:sender_helo_name{$sender_helo_name }}([$sender_host_address])\\n\\t}}"
+        "by $smtp_active_hostname with $received_protocol (Exim $version_number)\\n\\t"
+        "id $message_exim_id${if def:received_for{\\n\\tfor $received_for}}; $tod_full",
     ]
 
 
@@ -148,6 +158,11 @@ def _policy_options(the_plan: ServerPlan, authenticated: bool, tls: bool) -> lis
         "chunking_advertise_hosts = " + _where(the_plan, (each.vs.chunking for each in listeners)),
         f"auth_advertise_hosts = {_auth_offered(the_plan, authenticated, tls)}",
         "tls_advertise_hosts = " + _where(the_plan, (tls and each.vs.tls for each in listeners)),
+        # PIPECONNECT (Exim's early pipelining) lets a client write commands behind EHLO before its reply,
+        # which is what a virtual server that enforces sync points refuses (RFC 2920 3.1): offered only
+        # where the virtual server is lenient. Exchange offers no such extension.
+        "pipelining_connect_advertise_hosts = "
+        + _where(the_plan, (each.vs.pipelining_sync == "lenient" for each in listeners)),
         "dsn_advertise_hosts = *",  # Exchange offers DSN (RFC 3461) to every client
         # Exchange takes domain literals and judges them as any other domain (relay refused, 550).
         "allow_domain_literals = true",
@@ -156,6 +171,8 @@ def _policy_options(the_plan: ServerPlan, authenticated: bool, tls: bool) -> lis
         "acl_smtp_mail = acl_mail",
         "acl_smtp_rcpt = acl_rcpt",
         "acl_smtp_vrfy = acl_vrfy",
+        "acl_smtp_expn = acl_expn",
+        "acl_smtp_auth = acl_auth",
         "acl_smtp_data = acl_data",
     ]
 
@@ -172,6 +189,26 @@ def _limit_options(config: LabConfig) -> list[str]:
         "rfc1413_hosts =",
         "host_lookup =",
         "never_users = root",
+    ]
+
+
+def _session_limits(the_plan: ServerPlan) -> list[str]:
+    """Each virtual server's session limits (General → Connection time-out, Messages → Limit number of
+    messages per connection), and Exchange's fixed limit on commands that carry no mail."""
+    listeners = the_plan.listeners
+    per_connection = {
+        each.vs.address: str(each.vs.max_messages_per_connection)
+        for each in listeners
+        if each.vs.max_messages_per_connection is not None
+    }
+    timeouts = {each.vs.address: _seconds(each.vs.connection_timeout) for each in listeners}
+    return [
+        "smtp_accept_max_per_connection = " + _by_listener(per_connection, "0"),
+        "smtp_receive_timeout = " + _by_listener(timeouts, "10m"),
+        # Exchange limits each command a session may send (reference_mta/session_rules.py CALL_LIMITS);
+        # Exim has one limit for all commands that carry no mail, so it gets the largest of Exchange's
+        # (RSET), and never refuses a client Exchange would serve. Exim's default (10) would.
+        f"smtp_accept_max_nonmail = {CALL_LIMITS['RSET']}",
     ]
 
 
@@ -263,7 +300,7 @@ def _authenticators(etc: Path) -> list[str]:
 
 
 def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
-    connect, rcpt, vrfy = ["acl_connect:"], ["acl_rcpt:"], ["acl_vrfy:"]
+    connect, rcpt, vrfy, expn = ["acl_connect:"], ["acl_rcpt:"], ["acl_vrfy:"], ["acl_expn:"]
     mail = ["acl_mail:", "  deny", "    condition = ${if !def:sender_helo_name}"]
     mail.append(f"    message = {_text(replies.SEND_HELLO_FIRST)}")
     for number, listener in enumerate(the_plan.listeners):
@@ -277,14 +314,12 @@ def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
                 f"    message = {_text(replies.CONNECTION_REFUSED)}",
             ]
         if not vs.anonymous:
-            for acl in (mail, vrfy):
+            for acl in (mail, vrfy, expn):
                 acl += ["  deny", on, "    !authenticated = *"]
                 acl.append(f"    message = {_text(replies.NOT_AUTHENTICATED)}")
-        if vs.vrfy == "disabled":
-            vrfy += ["  deny", on, f"    message = {_text(replies.NOT_IMPLEMENTED)}"]
-        elif vs.vrfy == "cannot_verify":
-            cannot = _text(replies.cannot_verify("ADDRESS")).replace("ADDRESS", "$local_part@$domain")
-            vrfy += ["  deny", on, f"    message = {cannot}"]
+        vrfy += _vrfy_refused(vs, on)
+        if vs.expn == "disabled":
+            expn += ["  deny", on, f"    message = {_text(replies.NOT_IMPLEMENTED)}"]
         rcpt += [
             "  defer",
             on,
@@ -316,10 +351,33 @@ def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
     connect.append("  accept")
     mail += ["  accept"]
     vrfy += ["  accept"]
+    expn += ["  accept"]
     rcpt += ["  deny", f"    message = {replies.unable_to_relay('$local_part@$domain')}"]
     helo = ["acl_helo:", "  accept"]
+    # Exchange's limit on AUTH commands a session may send; the one past it is refused unchecked and the
+    # session closed, so a password guesser learns nothing from it (a connection variable counts them).
+    auth = [
+        "acl_auth:",
+        "  warn",
+        # Not "0$acl_c_auth_count": ${eval} reads a leading 0 as octal, and 08 is an error.
+        "    set acl_c_auth_count = ${eval:${if def:acl_c_auth_count{$acl_c_auth_count}{0}}+1}",
+        "  drop",
+        f"    condition = ${{if >{{$acl_c_auth_count}}{{{CALL_LIMITS['AUTH']}}}}}",
+        "    message = 421 4.7.0 AUTH sent too many times",
+        "  accept",
+    ]
     data = ["acl_data:", "  accept"]
-    return [*connect, "", *helo, "", *mail, "", *rcpt, "", *vrfy, "", *data]
+    return [*connect, "", *helo, "", *mail, "", *rcpt, "", *vrfy, "", *expn, "", *auth, "", *data]
+
+
+def _vrfy_refused(vs: VirtualServer, on: str) -> list[str]:
+    """The VRFY ACL's statements for one virtual server: disabled, or "cannot verify" (252)."""
+    if vs.vrfy == "disabled":
+        return ["  deny", on, f"    message = {_text(replies.NOT_IMPLEMENTED)}"]
+    if vs.vrfy == "cannot_verify":
+        cannot = _text(replies.cannot_verify("ADDRESS")).replace("ADDRESS", "$local_part@$domain")
+        return ["  deny", on, f"    message = {cannot}"]
+    return []
 
 
 def _routers(the_plan: ServerPlan, etc: Path) -> list[str]:
