@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -48,8 +49,12 @@ def from_maildir(data: bytes) -> tuple[bytes, email.message.Message, str]:
     CRLF, so the line ends are made CRLF again: a trace's body_contains, written as on the wire, holds
     on every MTA."""
     wire = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    headers = email.message_from_bytes(wire.split(b"\r\n\r\n", 1)[0], policy=email.policy.compat32)
-    return wire, headers, str(headers.get("Return-Path", "")).strip().strip("<>")
+    head = wire.split(b"\r\n\r\n", 1)[0]
+    headers = email.message_from_bytes(head, policy=email.policy.compat32)
+    # Read from the bytes: compat32 turns a UTF-8 sender (RFC 6531) into replacement characters.
+    found = re.search(rb"^Return-Path:[ \t]*([^\r\n]*)", head, re.IGNORECASE | re.MULTILINE)
+    sender = found[1].decode("utf-8", "replace") if found else ""
+    return wire, headers, sender.strip().strip("<>")
 
 
 class StandIn(Protocol):
