@@ -194,6 +194,107 @@ _OPENSMTPD_PROTOCOL = {
     "vrfy-mid-transaction-leaves-envelope-alone": _OSMTPD_NO_VRFY,
     "vrfy-strict-vs-disabled": f"{_OSMTPD_NO_PIPELINING}; and {_OSMTPD_NO_VRFY}",
 }
+_EXIM_NO_BINARYMIME = (
+    "Exim implements CHUNKING but not BINARYMIME (RFC 3030 3, an optional extension), which "
+    "Exchange offers and the trace uses throughout; no Exim setting adds it"
+)
+_EXIM_ORCPT = (
+    "Exim's NDR gives the ORCPT back as it came, still xtext-encoded (j+2Bsmith+3Dsales@...); RFC "
+    "3461 6.3 (a) asks for the original recipient address, decoded"
+)
+_EXIM_PER_COMMAND_LIMIT = (
+    "Exchange limits each command a session may send (50 NOOPs, 100 RSETs) and closes with 421 "
+    "past the limit; Exim has one limit for all commands that carry no mail "
+    "(smtp_accept_max_nonmail, rendered as 100), which lets this flood through, and it would "
+    "close with 554 where RFC 5321 3.8 allows only 421"
+)
+_EXIM_PROTOCOL = {
+    "bdat-binarymime-accepted": _EXIM_NO_BINARYMIME,
+    "bdat-binarymime-size-declared-too-big": _EXIM_NO_BINARYMIME,
+    "bdat-binarymime-then-data-refused": _EXIM_NO_BINARYMIME,
+    "bdat-chunk-larger-than-any-message": (
+        "harness: the trace announces a 5,000,000-octet chunk, sends none of it and waits for the "
+        "refusal; Exim reads the chunk before it replies, as RFC 3030 2 has BDAT answered after "
+        "its data, so the reply never comes"
+    ),
+    "bdat-in-helo-session": (
+        "Exim refuses BDAT after HELO without reading its chunk (CHUNKING was not offered, RFC "
+        "3030 2), so the chunk's lines arrive as commands sent without waiting and Exim ends the "
+        "session with 554 (synchronization error); Exchange reads and discards the chunk, and the "
+        "message sent with DATA is lost"
+    ),
+    "bdat-mail-mid-chunking": (
+        "after MAIL in the middle of a BDAT sequence Exim accepts only RSET and refuses even QUIT "
+        "with 503; RFC 5321 4.1.1.10: the receiver MUST send 221 to QUIT"
+    ),
+    "bdat-syntax-errors": (
+        "Exim reads 'BDAT -1' as a chunk of 4294967295 octets and waits for it instead of "
+        "refusing the syntax; RFC 3030 2: chunk-size is 1*DIGIT"
+    ),
+    "bound-10000-octet-lines": (
+        "Exim echoes a 10,000-octet address in its 501 reply line; RFC 5321 4.5.3.1.5: a reply "
+        "line is at most 512 octets"
+    ),
+    "bound-auth-brute-force": (
+        "Exchange answers the eleventh AUTH of a session with 421 and closes; Exim has no limit "
+        "on AUTH commands, and an ACL can answer 421 (defer) without closing or close only after "
+        "a 5xx (drop), neither of which RFC 5321 3.8 allows"
+    ),
+    "bound-messages-per-connection": (
+        "Exim answers the MAIL past smtp_accept_max_per_connection with 421 but keeps the "
+        "connection open until its time-out; RFC 5321 3.8 and 4.2.2: 421 announces that the "
+        "server closes the channel"
+    ),
+    "bound-noop-flood": _EXIM_PER_COMMAND_LIMIT,
+    "bound-rset-flood-pipelined": _EXIM_PER_COMMAND_LIMIT,
+    "delay-notice-only-for-notify-delay": (
+        "not yet diagnosed: the message deferred four times by nomx-host is neither delivered nor "
+        "announced with a delay DSN (RFC 3464) before the lab settles"
+    ),
+    "delay-notice-to-relayed-sender": (
+        "not yet diagnosed: the message deferred four times by nomx-host is neither delivered nor "
+        "announced with a delay DSN (RFC 3464) before the lab settles"
+    ),
+    "dsn-orcpt-and-envid-echoed": (
+        "Exim keeps a recipient's ORCPT only when NOTIFY is given too, so this NDR has no "
+        "Original-Recipient fields; RFC 3461 6.3 (a): it MUST be given when ORCPT was"
+    ),
+    "dsn-xtext-orcpt-decoded": _EXIM_ORCPT,
+    "ehlo-refused-keeps-the-transaction": (
+        "Exim keeps the transaction after refusing a second EHLO but forgets the first EHLO's "
+        "name (the Received line has none); RFC 5321 4.1.4: after refusing EHLO the server MUST "
+        "stay in the state it was in"
+    ),
+    "limit-rcpt-line-with-dsn-parameters": _EXIM_ORCPT,
+    "starttls-in-transaction-refused": (
+        "Exim accepts STARTTLS in the middle of a transaction (220) and drops the transaction, "
+        "where Exchange refuses it with 503 and the client goes on in clear; RFC 3207 4 does not "
+        "forbid it, but the trace cannot go on once TLS is agreed"
+    ),
+    "sync-pipelined-after-auth": (
+        "Exim does not treat AUTH as a synchronization point (RFC 2920 3.1 does not list it), so "
+        "the commands written behind AUTH are read as its dialogue; Exchange refuses them with "
+        "554 and the session differs from there"
+    ),
+    "sync-pipelined-after-ehlo-over-tls": (
+        "the session breaks at the TLS layer (wrong version number) when EHLO and a transaction "
+        "are written together inside TLS, where Exchange answers 554 (RFC 2920 3.1); not "
+        "diagnosed further"
+    ),
+    "unknown-mail-rcpt-parameters": (
+        "Exim refuses an unknown MAIL parameter with 501; RFC 5321 4.1.1.11: a server that does "
+        "not recognise a MAIL or RCPT parameter returns 555"
+    ),
+    "utf8-default-vs-refuses": (
+        "Exim refuses MAIL ... SMTPUTF8 where SMTPUTF8 is not offered with 501; RFC 5321 "
+        "4.1.1.11: a parameter the server does not implement gets 555"
+    ),
+    "utf8-directory-vs-utf8-sender-delivered": (
+        "Exim takes a non-ASCII sender address in a transaction without SMTPUTF8 (250); RFC 6531 "
+        "3.4 allows such addresses only with the SMTPUTF8 parameter, and Exchange refuses it with "
+        "553 5.6.7"
+    ),
+}
 KNOWN_FAILURES = {
     ("postfix", "inbound/decision-group-restrictions-before-expansion"): _GROUP_RESTRICTIONS.format(
         mta="Postfix"
@@ -217,6 +318,8 @@ KNOWN_FAILURES = {
     ),
     # OpenSMTPD: protocol and outbound
     **{("opensmtpd", f"protocol/{trace}"): reason for trace, reason in _OPENSMTPD_PROTOCOL.items()},
+    # Exim: protocol and outbound
+    **{("exim", f"protocol/{trace}"): reason for trace, reason in _EXIM_PROTOCOL.items()},
 }
 
 

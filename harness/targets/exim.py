@@ -61,6 +61,8 @@ CONFIG_DIR = "/etc/exim4"  # compiled into Debian's binary, with exim4.conf in i
 USER = "Debian-exim"
 # Exim has one queue; `mailflow queues` shows its frozen messages apart, as Queue Viewer would.
 QUEUE, FROZEN_QUEUE = "queue", "frozen"
+# The unknown commands a session may send to Exchange, the last one closing it (aiosmtpd's budget).
+UNKNOWN_COMMANDS = 5
 # The first line of a message in `exim -bp`: time queued, size, id, <sender>, and a frozen mark.
 _LISTED = re.compile(
     r"\s*\S+\s+\S+\s+(?P<id>[\w]+-[\w]+-[\w]+) <(?P<sender>[^>]*)>(?P<frozen> \*\*\* frozen \*\*\*)?"
@@ -137,9 +139,9 @@ def _identity_options(config: LabConfig, the_plan: ServerPlan, root: Path) -> li
         # virtual server it reached. Exim's own puts the address first and the EHLO name in a comment,
         # since it looks up no host names here.
         "received_header_text = Received: ${if def:sender_host_address"
-        "{from ${if def:sender_helo_name{$sender_helo_name }}([$sender_host_address])\\n\\t}}"
-        "by $smtp_active_hostname with $received_protocol (Exim $version_number)\\n\\t"
-        "id $message_exim_id${if def:received_for{\\n\\tfor $received_for}}; $tod_full",
+        "{from ${if def:sender_helo_name{$sender_helo_name }}([$sender_host_address]) }}"
+        "by $smtp_active_hostname with $received_protocol\\n\\t(Exim $version_number) "
+        "id $message_exim_id${if def:received_for{\\n\\tfor $received_for}}",
     ]
 
 
@@ -172,7 +174,6 @@ def _policy_options(the_plan: ServerPlan, authenticated: bool, tls: bool) -> lis
         "acl_smtp_rcpt = acl_rcpt",
         "acl_smtp_vrfy = acl_vrfy",
         "acl_smtp_expn = acl_expn",
-        "acl_smtp_auth = acl_auth",
         "acl_smtp_data = acl_data",
     ]
 
@@ -209,6 +210,13 @@ def _session_limits(the_plan: ServerPlan) -> list[str]:
         # Exim has one limit for all commands that carry no mail, so it gets the largest of Exchange's
         # (RSET), and never refuses a client Exchange would serve. Exim's default (10) would.
         f"smtp_accept_max_nonmail = {CALL_LIMITS['RSET']}",
+        # Exchange answers four unknown commands a session and closes at the fifth (aiosmtpd's budget,
+        # docs/decisions.md); Exim closes when more than this many have come.
+        f"smtp_max_unknown_commands = {UNKNOWN_COMMANDS - 1}",
+        # Exchange counts every error reply towards a virtual server's limit; Exim counts only syntax and
+        # protocol errors, with one limit for all listeners: the largest, so no session Exchange keeps
+        # open is closed.
+        f"smtp_max_synprot_errors = {max(each.vs.max_errors for each in listeners)}",
     ]
 
 
@@ -266,6 +274,9 @@ def _transports(config: LabConfig, the_plan: ServerPlan, root: Path, etc: Path) 
         "  driver = smtp",
         f"  interface = {the_plan.server.address}",
         "  connect_timeout = 5s",
+        # A message with a non-ASCII address is not rewritten for a next hop without SMTPUTF8 (Exim would
+        # turn the local part into punycode, another address): it is returned, as Exchange does.
+        "  utf8_downconvert = 0",
         "",
         "begin retry",
         "",
@@ -354,20 +365,8 @@ def _acls(the_plan: ServerPlan, etc: Path, authenticated: bool) -> list[str]:
     expn += ["  accept"]
     rcpt += ["  deny", f"    message = {replies.unable_to_relay('$local_part@$domain')}"]
     helo = ["acl_helo:", "  accept"]
-    # Exchange's limit on AUTH commands a session may send; the one past it is refused unchecked and the
-    # session closed, so a password guesser learns nothing from it (a connection variable counts them).
-    auth = [
-        "acl_auth:",
-        "  warn",
-        # Not "0$acl_c_auth_count": ${eval} reads a leading 0 as octal, and 08 is an error.
-        "    set acl_c_auth_count = ${eval:${if def:acl_c_auth_count{$acl_c_auth_count}{0}}+1}",
-        "  drop",
-        f"    condition = ${{if >{{$acl_c_auth_count}}{{{CALL_LIMITS['AUTH']}}}}}",
-        "    message = 421 4.7.0 AUTH sent too many times",
-        "  accept",
-    ]
     data = ["acl_data:", "  accept"]
-    return [*connect, "", *helo, "", *mail, "", *rcpt, "", *vrfy, "", *expn, "", *auth, "", *data]
+    return [*connect, "", *helo, "", *mail, "", *rcpt, "", *vrfy, "", *expn, "", *data]
 
 
 def _vrfy_refused(vs: VirtualServer, on: str) -> list[str]:
