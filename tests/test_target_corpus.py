@@ -209,6 +209,19 @@ _EXIM_PER_COMMAND_LIMIT = (
     "close with 554 where RFC 5321 3.8 allows only 421"
 )
 _EXIM_PROTOCOL = {
+    "bdat-chunking-per-virtual-server": (
+        "Exim's smtp_accept_max_per_connection counts MAIL commands, refused ones too, where Exchange counts "
+        "messages, so the third MAIL of this session on the Strict virtual server (limit 2) gets 421, "
+        "and Exim does not close after it (RFC 5321 3.8); no Exim setting counts messages"
+    ),
+    "limit-domain-255-octets": (
+        "Exim refuses a reverse-path with a 255-octet domain (the path is then longer than the 256 octets of "
+        "RFC 5321 4.5.3.1.3), which Exchange accepts; every later step of the transaction follows from it"
+    ),
+    "limit-local-part-64-octets": (
+        "Exim takes local parts longer than 64 octets (RFC 5321 4.5.3.1: servers should impose no "
+        "limits where they can), which Exchange refuses; every later step and the delivery follow from it"
+    ),
     "bdat-binarymime-accepted": _EXIM_NO_BINARYMIME,
     "bdat-binarymime-size-declared-too-big": _EXIM_NO_BINARYMIME,
     "bdat-binarymime-then-data-refused": _EXIM_NO_BINARYMIME,
