@@ -301,6 +301,154 @@ _EXIM_PROTOCOL = {
         "553 5.6.7"
     ),
 }
+# Postfix: what the lab file gives no way to render, what the RFCs do not allow, and where the trace or the
+# harness asks what a Maildir-delivering MTA cannot show ("harness:").
+_POSTFIX_BINARYMIME = (
+    "Postfix does not implement BINARYMIME (RFC 3030 3 makes it optional) and refuses BODY=BINARYMIME with "
+    "555 5.5.4; Exchange offers it wherever it offers CHUNKING, and the lab file has no switch for it"
+)
+_POSTFIX_RECEIVED = (
+    "harness: the outcome's headers: check holds Exchange's Received layout ('from NAME ([address]) by "
+    "HOST'), wording that belongs in wording_headers; Postfix writes 'from NAME (rDNS [address]) by HOST "
+    "(Postfix)' with the same names"
+)
+_POSTFIX_DSN_LAYOUT = (
+    "harness: body_contains asserts Exchange's text of the DSN fields (Original-Recipient before "
+    "Final-Recipient, 'rfc822;' without a space), which RFC 3464 2.3 does not fix (its fields are header "
+    "fields, read in any order); Postfix writes 'Final-Recipient: rfc822; ADDRESS' first"
+)
+_POSTFIX_NO_BOUND = (
+    "Postfix bounds NOOP, RSET and VRFY together (smtpd_junk_command_limit, then the error limit), not by "
+    "Exchange's {count} {verb}s a session, so the next {verb} gets 250, not 421 and the close; the lab file "
+    "has no setting for it"
+)
+_POSTFIX_STARTTLS_INJECTED = (
+    "Postfix answers STARTTLS with 220 and discards what was pipelined behind it (RFC 3207 4.2), where "
+    "Exchange refuses the group with 554 5.5.0; the step reads the 220 itself, so no deviation can carry the "
+    "replay on"
+)
+_POSTFIX_DELAY = (
+    "harness: the lab counts a real MTA settled while a message waits in its deferred queue for a retry due "
+    "within the settle time (StandIn.idle has no retry horizon, unlike the reference servers' idle), so the "
+    "trace ends after Postfix's first 451 and neither the later delivery nor the delay notice is waited for"
+)
+_POSTFIX_VRFY_DIRECTORY = (
+    "Postfix cannot answer VRFY from the directory (vrfy: directory): it answers 252 2.0.0 for any address, "
+    "as RFC 5321 3.5.3 allows, never 250 with the display name or 550 for an unknown one"
+)
+_POSTFIX_PROTOCOL = {
+    "bdat-binarymime-accepted": _POSTFIX_BINARYMIME,
+    "bdat-binarymime-size-declared-too-big": _POSTFIX_BINARYMIME,
+    "bdat-binarymime-then-data-refused": _POSTFIX_BINARYMIME,
+    "bdat-chunking-per-virtual-server": _POSTFIX_BINARYMIME,
+    "bdat-chunk-larger-than-any-message": (
+        "Postfix reads the whole 5,000,000-octet chunk before it answers, as RFC 3030 2 asks of a refused "
+        "chunk; Exchange answers 552 5.3.4 at once and closes (docs/decisions.md), a bound Postfix has no "
+        "setting for"
+    ),
+    "bdat-in-helo-session": (
+        "Postfix takes the chunk sent with BDAT in a HELO session (no PIPELINING offered) for commands sent "
+        "ahead and drops the session with 554 5.5.0 (smtpd_forbid_unauth_pipelining), where Exchange refuses "
+        "BDAT with 503 5.5.1, discards the chunk and serves the session on; RFC 5321 3.8 lets a server close "
+        "only after QUIT or with 421"
+    ),
+    "bdat-smuggling-bare-cr": (
+        "the first message's body as stored differs from the chunk's octets at its bare CRs (Postfix or the "
+        "reading of its Maildir, not analysed further); no second transaction is smuggled (SEC-2 holds)"
+    ),
+    "bdat-smuggling-bare-lf": (
+        "harness: a Maildir keeps every line end as LF (maildir(5)) and the harness makes each one CRLF "
+        "again, so a bare LF the stored message kept cannot be told from a CRLF and body_contains with a "
+        "bare LF cannot hold on an MTA delivering to a Maildir; no second transaction is smuggled (SEC-2 "
+        "holds)"
+    ),
+    "bdat-syntax-errors": (
+        "Postfix answers a BDAT line it cannot parse with 521 5.5.4 and closes the connection, where "
+        "Exchange answers 501 5.5.4 and goes on; RFC 5321 3.8 lets a server close only after QUIT or with "
+        "421, and 521 is the reply of a host that takes no mail (RFC 7504)"
+    ),
+    "bdat-zero-last-empty-message": _POSTFIX_RECEIVED
+    + "; Postfix also adds no Message-ID to mail from a remote client (a known deviation)",
+    "helo-twice": _POSTFIX_RECEIVED,
+    "ehlo-strict-vs-own-fqdn-everywhere": _POSTFIX_RECEIVED,
+    "helo-8bit-name-refused": (
+        "Postfix refuses the EHLO name that is not UTF-8 with 500 5.5.2 and takes the HELO with a UTF-8 "
+        "name, where Exchange refuses both with 501 5.5.4 and the session stays ungreeted (RFC 5321 4.1.1.1 "
+        "and 2.3.5: an ASCII domain); " + _POSTFIX_RECEIVED
+    ),
+    "ehlo-refused-keeps-the-transaction": (
+        "Postfix takes an EHLO name with a non-ASCII UTF-8 character and resets the open transaction, where "
+        "Exchange refuses the name with 501 5.5.4 and keeps the transaction (RFC 5321 4.1.4); RFC 5321 "
+        "4.1.1.1 makes the name an ASCII domain"
+    ),
+    "bound-auth-brute-force": (
+        "Postfix bounds failed AUTH commands only by the session's error limit (smtpd_hard_error_limit, 20), "
+        "not by Exchange's bound of 10 attempts, so the session is not closed after the tenth failure; RFC "
+        "4954 leaves the bound to the server, and the lab file has no setting for it"
+    ),
+    "bound-messages-per-connection": (
+        "Postfix has no limit of messages per connection (smtpd_client_message_rate_limit counts per client "
+        "and time unit across connections), so the Strict virtual server's max_messages_per_connection "
+        "cannot be rendered: the third MAIL gets 250, not 421"
+    ),
+    "bound-noop-flood": _POSTFIX_NO_BOUND.format(count=50, verb="NOOP"),
+    "bound-rset-flood-pipelined": _POSTFIX_NO_BOUND.format(count=100, verb="RSET"),
+    "bound-unknown-commands": (
+        "Postfix has no bound on unknown commands apart from the error limit (20 on this virtual server), so "
+        "the fifth unknown verb gets 500 like the others, not Exchange's 502 and the close; the lab file has "
+        "no setting for it"
+    ),
+    "unknown-verbs-and-empty-line": (
+        "Postfix takes 'MAILFROM:<...>' for a message header sent as a command and answers 221 2.7.0 'I can "
+        "break rules, too' and closes (not configurable), where Exchange answers 500 and serves the session "
+        "on; RFC 5321 3.8 lets a server close only after QUIT or with 421"
+    ),
+    "delay-notice-only-for-notify-delay": _POSTFIX_DELAY,
+    "delay-notice-to-relayed-sender": _POSTFIX_DELAY,
+    "dsn-orcpt-and-envid-echoed": _POSTFIX_DSN_LAYOUT
+    + "; its NDRs also carry no In-Reply-To (a known deviation)",
+    "dsn-xtext-orcpt-decoded": _POSTFIX_DSN_LAYOUT,
+    "ldap-injection-backslash": _POSTFIX_DSN_LAYOUT,
+    "ldap-injection-filter-break": _POSTFIX_DSN_LAYOUT,
+    "limit-rcpt-line-with-dsn-parameters": (
+        "Postfix takes a RCPT line of 1013 octets (line_length_limit 2048; RFC 5321 4.5.3.1 lets a server "
+        "take longer lines), so wraith.long is a recipient and named in the NDR; " + _POSTFIX_DSN_LAYOUT
+    ),
+    "dsn-ret-returns-headers-only": (
+        "Postfix honours RET=FULL and returns the whole message, as RFC 3461 4.3 asks, where Exchange "
+        "returns the headers only (docs/decisions.md, 'RET returns headers'); its NDRs also carry no "
+        "In-Reply-To, which the outcome uses to tell the two NDRs apart"
+    ),
+    "expn-directory-vs-group-members": (
+        "Postfix does not implement EXPN (500 5.5.2), so the Directory virtual server's expn: directory "
+        "cannot be rendered; RFC 5321 3.5.2 makes EXPN optional"
+    ),
+    "sync-pipelined-after-expn": (
+        "Postfix does not implement EXPN, so EXPN is an unknown command (500 5.5.2), not the synchronization "
+        "point after which Exchange refuses the commands sent ahead with 554 5.5.0"
+    ),
+    "sync-pipelined-after-auth": (
+        "Postfix reads the command sent behind AUTH PLAIN's empty initial response as the SASL response "
+        "(535, RFC 4954 4 makes AUTH the last command of a group) and serves the rest of the group with 503, "
+        "where Exchange refuses the group with 554 5.5.0 and closes"
+    ),
+    "limit-local-part-64-octets": (
+        "Postfix takes a local part longer than 64 octets (RFC 5321 4.5.3.1 lets a server take longer "
+        "objects) where Exchange refuses it with 501 5.1.3, so the trace's later replies, which follow from "
+        "the refusal, differ too"
+    ),
+    "postmaster-without-domain": _ONE_COPY.format(mta="Postfix"),
+    "starttls-in-transaction-refused": (
+        "Postfix accepts STARTTLS in an open transaction (220) and resets it, as RFC 3207 4.2 allows, where "
+        "Exchange refuses it with 503; the step reads the 220 itself, so no deviation can carry the replay "
+        "on"
+    ),
+    "starttls-injected-rset-refused": _POSTFIX_STARTTLS_INJECTED,
+    "starttls-injected-transaction-not-delivered": _POSTFIX_STARTTLS_INJECTED,
+    "vrfy-directory-ldap-metacharacters": _POSTFIX_VRFY_DIRECTORY,
+    "vrfy-directory-vs-known-and-unknown": _POSTFIX_VRFY_DIRECTORY,
+    "vrfy-mid-transaction-leaves-envelope-alone": _POSTFIX_VRFY_DIRECTORY,
+}
 KNOWN_FAILURES = {
     ("postfix", "inbound/decision-group-restrictions-before-expansion"): _GROUP_RESTRICTIONS.format(
         mta="Postfix"
@@ -326,6 +474,8 @@ KNOWN_FAILURES = {
     **{("opensmtpd", f"protocol/{trace}"): reason for trace, reason in _OPENSMTPD_PROTOCOL.items()},
     # Exim: protocol and outbound
     **{("exim", f"protocol/{trace}"): reason for trace, reason in _EXIM_PROTOCOL.items()},
+    # Postfix: protocol and outbound
+    **{("postfix", f"protocol/{name}"): reason for name, reason in _POSTFIX_PROTOCOL.items()},
 }
 
 

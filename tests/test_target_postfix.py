@@ -120,9 +120,21 @@ def test_recipient_filtering_and_anonymous_access_become_smtpd_restrictions(tmp_
     filtered = next(line for line in master if line.startswith(f"{BASE[:-1]}13:25 "))
     etc = tmp_path / "etc"
     assert (
-        f"-o {{ smtpd_recipient_restrictions = permit_sasl_authenticated, check_client_access "
-        f"cidr:{etc / 'organization'}, check_recipient_access regexp:{etc / 'recipient_filter_2'} }}"
+        f"-o {{ smtpd_recipient_restrictions = reject_non_fqdn_recipient, permit_sasl_authenticated, "
+        f"check_client_access cidr:{etc / 'organization'}, check_recipient_access "
+        f"regexp:{etc / 'recipient_filter_2'} }}"
     ) in filtered
+    # The Strict virtual server's time-out, error limit and missing CHUNKING; SMTPUTF8 only where offered.
+    strict = next(line for line in master if line.startswith(f"{BASE[:-1]}15:25 "))
+    for setting in (
+        "smtpd_timeout = 2s",
+        "smtpd_hard_error_limit = 5",
+        "smtpd_discard_ehlo_keywords = chunking, smtputf8",
+    ):
+        assert f"-o {{ {setting} }}" in strict
+    directory = next(line for line in master if line.startswith(f"{BASE[:-1]}16:25 "))
+    assert "-o { smtpd_discard_ehlo_keywords =  }" in directory  # offers both
+    assert "smtpd_discard_ehlo_keywords = smtputf8" in main
     assert f"{BASE[:-1]}21/32 OK" in lines(files["organization"])
     # The list first (wildcards), then what the directory knows, then the rest of those domains; the
     # shared namespace is not authoritative, so nothing there is filtered.

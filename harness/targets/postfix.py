@@ -15,6 +15,10 @@ the Exchange settings:
     recipient filtering                    smtpd_recipient_restrictions with a regexp recipient table
     anonymous access off                   530 for MAIL and VRFY until permit_sasl_authenticated
     size / recipient limits, FQDN, VRFY    message_size_limit, smtpd_recipient_limit, myhostname, ...
+    connection time-out, error limit       smtpd_timeout, smtpd_hard_error_limit
+    CHUNKING or SMTPUTF8 off               smtpd_discard_ehlo_keywords (SMTPUTF8 is on for the server)
+    a recipient without a domain refused   reject_non_fqdn_recipient, with 501
+    unknown verbs answered 500             no smtpd_forbidden_commands
     DATA ends only at CRLF.CRLF            smtpd_forbid_bare_newline = normalize, no client excluded
 
 Postfix runs from its Debian package with a configuration directory of its own in the lab's folder
@@ -194,6 +198,17 @@ def _main_routing(config: LabConfig, the_plan: ServerPlan) -> dict[str, str]:
         "permit_mx_backup_networks, qmqpd_authorized_clients, smtpd_access_maps",
         # Exchange's codes where Postfix lets them be chosen: a refused relay is 550 5.7.1.
         "relay_domains_reject_code": "550",
+        "non_fqdn_reject_code": "501",
+        # SMTPUTF8 is on for the whole server, so that a message taken with it keeps it in the queue and
+        # is returned with 5.6.7 rather than sent to a next hop that lacks it (RFC 6531 3.4); the virtual
+        # servers without it do not offer it (smtpd_discard_ehlo_keywords). A non-ASCII address without
+        # the SMTPUTF8 parameter is refused with 553 5.6.7, as Exchange does.
+        "smtputf8_enable": "yes",
+        "strict_smtputf8": "yes",
+        # Exchange answers any verb it does not know with 500 and serves the session on (RFC 5321 3.8: a
+        # server closes only after QUIT or with 421); Postfix would hang up on GET, POST, CONNECT and a
+        # line that does not start with a letter, with 221.
+        "smtpd_forbidden_commands": "",
         # Exchange accepts any recipient of an authoritative domain and the categorizer NDRs the unknown
         # ones (5.1.1), unless recipient filtering applies (smtpd_recipient_restrictions of the
         # listener): Postfix's virtual delivery agent bounces them the same way.
@@ -210,6 +225,9 @@ def _main_routing(config: LabConfig, the_plan: ServerPlan) -> dict[str, str]:
         # One delay notice (DSN-2) once a message has waited as long as Exchange waits.
         "delay_warning_time": _seconds(config.timers.delay_notification),
         "smtp_connect_timeout": "5s",
+        # Exchange sends a message to one next hop in one transaction with all its recipients there;
+        # Postfix's default splits it after 50, though every server must take 100 (RFC 5321 4.5.3.1.8).
+        "smtp_destination_recipient_limit": "1000",
     }
 
 
@@ -319,7 +337,9 @@ def _smtpd_settings(
     # Exchange's 530 5.7.3; VRFY too, whatever its address, so the refusal comes before the relay
     # decision when an authenticated client would relay anyway (else before the recipient checks).
     anonymous_refused = f"permit_sasl_authenticated, check_client_access cidr:{etc / 'not_authenticated'}"
-    recipient: list[str] = []
+    # Exchange refuses a recipient without a domain (RCPT TO:<dave>, 501) where Postfix would add
+    # $myorigin; <Postmaster> is not refused (RFC 5321 4.1.1.3).
+    recipient: list[str] = ["reject_non_fqdn_recipient"]
     if not vs.anonymous:
         if relays_authenticated or vs.relay.open:
             relay = f"{anonymous_refused}, {relay}"
@@ -346,7 +366,17 @@ def _smtpd_settings(
         "message_size_limit": str(vs.max_message_kb * 1024),
         "smtpd_recipient_limit": str(vs.max_recipients),
         "disable_vrfy_command": "yes" if vs.vrfy == "disabled" else "no",
-        "smtputf8_enable": "yes" if vs.smtputf8 else "no",
+        # General → Connection time-out: an idle client gets 421 4.4.2 and the connection closes.
+        "smtpd_timeout": _seconds(vs.connection_timeout),
+        # Exchange's error limit: the error reply that reaches it is followed by 421 and the close.
+        # The soft limit is the same, so no error before it is answered late (smtpd_error_sleep_time).
+        "smtpd_hard_error_limit": str(vs.max_errors),
+        "smtpd_soft_error_limit": str(vs.max_errors),
+        # A virtual server without CHUNKING or SMTPUTF8 neither offers it nor takes BDAT or the
+        # SMTPUTF8 parameter.
+        "smtpd_discard_ehlo_keywords": ", ".join(
+            keyword for keyword, on in (("chunking", vs.chunking), ("smtputf8", vs.smtputf8)) if not on
+        ),
         "smtpd_forbid_unauth_pipelining": "yes" if vs.pipelining_sync == "enforce" else "no",
         "smtpd_sasl_auth_enable": "yes" if authenticated else "no",
         "smtpd_tls_security_level": "may" if tls else "none",
