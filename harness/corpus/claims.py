@@ -26,6 +26,7 @@ from harness.corpus.catalogue import Entry, Form, Requirement, catalogue, descri
 from harness.corpus.lab_view import LabView, lab_view, proxy_filter
 from harness.corpus.script import Auth, Bdat, Data, Expect, Pipeline, Send, SendRaw, StartTls
 from harness.corpus.trace import ForeignMemo, LabAction, LabVerb, Session, Submission, Trace, ViaMta
+from harness.smtp import syntax
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,7 @@ _VERBS = frozenset({"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STA
 
 
 def _verb(line: str) -> str:
-    word = line.split(" ", 1)[0].split(":", 1)[0].upper()
+    word = syntax.verb(line)
     return word if word in _VERBS else "OTHER"
 
 

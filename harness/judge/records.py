@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from harness.smtp import syntax
+
 
 class Kind(StrEnum):
     """What was checked. The first group are the replay's checks of one reply (harness/smtp/reply.py's
@@ -113,7 +115,7 @@ class Failure:
         """The command's verb, upper case ("RCPT"); "greeting" or "end-of-data" for those replies."""
         if self.command.startswith("("):
             return self.command.strip("()").replace(" ", "-")
-        return self.command.split(" ", 1)[0].split(":", 1)[0].upper()
+        return syntax.verb(self.command)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": str(self.kind)}

@@ -39,6 +39,7 @@ from harness.corpus.script import (
 from harness.judge.deviations import Tolerate
 from harness.judge.records import Failure, Kind, Waived, sentence
 from harness.judge.replies import reply_failures
+from harness.smtp import syntax
 from harness.smtp.masking import Normalizer
 from harness.smtp.reply import (
     ConnectionClosed,
@@ -311,7 +312,7 @@ class _Session:
             if isinstance(exc, ConnectionClosed):
                 self.closed_by = "server"
             raise
-        answered = self.answering.split(" ", 1)[0].upper()
+        answered = syntax.verb(self.answering)
         if answered == "EHLO":
             self.enhanced_offered = reply.code == 250 and "ENHANCEDSTATUSCODES" in reply.keywords
         elif answered == "DATA" and reply.code != 354:
@@ -376,7 +377,7 @@ class _Session:
     def _command(self, line: str) -> None:
         """A line sent: a command whose reply is still to be read (several when pipelined), or the end
         of a message; the message's own lines get no reply."""
-        verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+        verb = syntax.verb(line)
         if self.in_data:
             if line == ".":
                 self.commands.append(END_OF_DATA)

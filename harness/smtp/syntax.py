@@ -1,6 +1,6 @@
-"""SMTP command syntax the recorder and the importers all read the same way: where a BDAT chunk's size
-is, and which AUTH mechanism a command names. One place, so that a session reads alike whichever of
-them recorded it."""
+"""SMTP command syntax the harness reads the same way everywhere: a command's verb, where a BDAT chunk's
+size is, and which AUTH mechanism a command names. One place, so that a session reads alike whichever
+part of the harness recorded, replayed or judged it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import re
 _BDAT = re.compile(r"BDAT[ \t]+(\d{1,18})(?:[ \t]+(LAST))?[ \t]*", re.IGNORECASE)
 # RFC 4422 3.1: a mechanism name is 1 to 20 of upper-case letters, digits, hyphen and underscore.
 _AUTH = re.compile(r"AUTH[ \t]+([A-Z0-9_-]{1,20})(?:[ \t].*)?", re.IGNORECASE | re.DOTALL)
+
+
+def verb(command: str) -> str:
+    """The verb of a command line, upper-cased: `MAIL FROM:<a@b>` and `mail:` are MAIL."""
+    return command.split(" ", 1)[0].split(":", 1)[0].upper()
 
 
 def bdat(command: str) -> tuple[int, bool] | None:
