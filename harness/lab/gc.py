@@ -7,9 +7,10 @@ can assert what was asked. ldap3's MOCK_SYNC strategy evaluates the filters; thi
 fixture, binds, and smooths over the places where the mock differs from a directory server (result
 order, LEVEL scope, case-sensitive passwords).
 
-For now the catalog is reached in-process only, through `connect()`. Other processes (an MTA under
-test that is not the reference one) will reach the same content over real LDAP at
-`GlobalCatalogConfig.address:port` later; keep the content here and the transport separate.
+In-process, the catalog is reached through `connect()`. Other processes (servers in containers of
+their own, an MTA under test) reach the same content over real LDAP at `GlobalCatalogConfig.address:
+port` through `harness/lab/ldap_server.py`, which searches and authenticates through this module:
+the content and the query log are here, the transport there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from ldap3.utils.dn import safe_dn
 from harness.lab.config import GlobalCatalogConfig
 from reference_mta.directory import DirectoryEntry, DirectoryUnavailable
 
-__all__ = ["AUTH_CLIENT", "GcConnection", "GlobalCatalogError", "LdapQuery", "MockGlobalCatalog"]
+__all__ = [
+    "AUTH_CLIENT",
+    "GcConnection",
+    "GlobalCatalogError",
+    "LdapQuery",
+    "MockGlobalCatalog",
+    "SearchAnswer",
+]
 
 _SCOPES = {"BASE": ldap3.BASE, "LEVEL": ldap3.LEVEL, "SUBTREE": ldap3.SUBTREE}
 _RESULT_SUCCESS = 0
@@ -68,6 +76,12 @@ class LdapQuery:
     dns: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SearchAnswer:
+    entries: list[DirectoryEntry]
+    base_exists: bool
+
+
 class GcConnection:
     """One client's connection, bound as the categorizer account; a `reference_mta.directory.Directory`."""
 
@@ -82,6 +96,13 @@ class GcConnection:
     def search(
         self, base: str, ldap_filter: str, attributes: Sequence[str], *, scope: str = "SUBTREE"
     ) -> list[DirectoryEntry]:
+        return self.answer(base, ldap_filter, attributes, scope=scope).entries
+
+    def answer(
+        self, base: str, ldap_filter: str, attributes: Sequence[str], *, scope: str = "SUBTREE"
+    ) -> SearchAnswer:
+        """`search`, telling an empty result from a base that does not exist (which a directory server
+        answers with noSuchObject, and `search` returns as no entries)."""
         scope_name = scope.upper()
         if scope_name not in _SCOPES:
             raise ValueError(f"unknown search scope {scope!r} (BASE, LEVEL or SUBTREE)")
@@ -93,6 +114,7 @@ class GcConnection:
         requested = tuple(attributes)
         asked = time.time()
         entries: list[DirectoryEntry] = []
+        base_exists = True
         try:
             with self._lock:
                 self._connection.search(
@@ -106,7 +128,9 @@ class GcConnection:
             code = result.get("result", _RESULT_SUCCESS)
             if code == _RESULT_SUCCESS:
                 entries = self._catalog._entries(response, base, scope_name, requested)
-            elif code != _RESULT_NO_SUCH_OBJECT:
+            elif code == _RESULT_NO_SUCH_OBJECT:
+                base_exists = False
+            else:
                 raise GlobalCatalogError(
                     f"search under {base!r} for {ldap_filter} failed: {result.get('description')} "
                     f"{result.get('message') or ''}".rstrip()
@@ -127,7 +151,7 @@ class GcConnection:
                     dns=tuple(e.dn for e in entries),
                 )
             )
-        return entries
+        return SearchAnswer(entries, base_exists)
 
     def close(self) -> None:
         with self._lock:
@@ -231,6 +255,17 @@ class MockGlobalCatalog:
         connection.unbind()
         return found[0].dn
 
+    def is_account(self, dn: str, password: str) -> bool:
+        """Whether `password` is the categorizer account's own: an LDAP simple bind by DN is accepted
+        for that account only, as the lab's in-process connections bind."""
+        if not _same_dn(dn, self.config.bind_dn):
+            return False
+        connection = self._bind(self.config.bind_dn, password)
+        if connection is None:
+            return False
+        connection.unbind()
+        return True
+
     # --- the query log ---------------------------------------------------------------------------
 
     @property
@@ -300,6 +335,15 @@ class MockGlobalCatalog:
 def _text(value: bytes | str) -> str:
     # Binary attributes (objectGUID and the like) are not read by the categorizer.
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _same_dn(one: str, other: str) -> bool:
+    if one.lower() == other.lower():
+        return True
+    try:
+        return bool(safe_dn(one).lower() == safe_dn(other).lower())
+    except LDAPException:
+        return False
 
 
 def _parent(dn: str) -> str:
