@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 from ldap3.core.exceptions import LDAPException
 from ldap3.operation.bind import bind_response_operation
+from ldap3.protocol import rfc4511
 from ldap3.protocol.rfc4511 import (
     LDAPDN,
     AddResponse,
@@ -68,9 +70,10 @@ from pyasn1.error import PyAsn1Error  # type: ignore[import-untyped]
 from harness.lab.gc import GcConnection, GlobalCatalogError, MockGlobalCatalog
 from reference_mta.directory import DirectoryEntry, DirectoryUnavailable
 
-__all__ = ["LdapServer"]
+__all__ = ["LdapServer", "LdapServerThread"]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUCCESS = 0
 OPERATIONS_ERROR = 1
@@ -91,6 +94,7 @@ _SEQUENCE_TAG = 0x30
 # A directory request is a few hundred bytes; a length beyond this is a hostile or broken client.
 MAX_PDU = 1 << 20
 _READ = 65536
+_REASON = 200  # pyasn1's messages quote whole schemas: the client gets the start of one
 # Requests answered with unwillingToPerform, by the response each one takes.
 _UNWILLING = {
     "modifyRequest": ("modifyResponse", ModifyResponse),
@@ -99,6 +103,24 @@ _UNWILLING = {
     "modDNRequest": ("modDNResponse", ModifyDNResponse),
     "compareRequest": ("compareResponse", CompareResponse),
 }
+
+
+def _mend_filter() -> None:
+    """ldap3 completes `And`, `Or` and `Not` (their members, Not's tag [2]) only after `Filter` has
+    taken an instance of each as its alternatives, so those carry no member type and no tag, and pyasn1
+    cannot decode an AND, OR or NOT filter (ldap3 itself only encodes filters, which reads both from
+    the value). The alternatives are set up again, in place, with complete instances: every `Filter`
+    (inside AND, OR, NOT and the search request) shares them. Encoding is unchanged."""
+    complete = {"and": rfc4511.And, "or": rfc4511.Or, "notFilter": rfc4511.Not}
+    alternatives = rfc4511.Filter.componentType
+    named = [
+        rfc4511.NamedType(item.name, complete[item.name]()) if item.name in complete else item
+        for item in alternatives.namedTypes
+    ]
+    alternatives.__init__(*named)
+
+
+_mend_filter()
 
 
 class _Malformed(Exception):
@@ -169,6 +191,43 @@ class LdapServer:
         if client not in self._connections:
             self._connections[client] = self.catalog.connect(client)
         return self._connections[client]
+
+
+class LdapServerThread:
+    """An `LdapServer` on an event loop of its own thread.
+
+    For a process whose LDAP clients block their own loop: the reference servers search synchronously
+    from the lab's loop, so a server on that loop could never answer them.
+    """
+
+    def __init__(self, server: LdapServer) -> None:
+        self.server = server
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="lab-ldap", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError("the LDAP server's thread is not running")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.stop(), loop).result(10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            loop.close()
 
 
 class _Session:
@@ -309,8 +368,10 @@ def _decode(pdu: bytes) -> tuple[int, str, Any]:
         operation = message["protocolOp"]
         name = operation.getName()
         return int(message["messageID"]), name, operation.getComponent()
-    except (PyAsn1Error, ValueError, TypeError) as exc:
-        raise _Malformed(f"cannot decode: {exc}") from exc
+    except _Malformed:
+        raise
+    except Exception as exc:  # whatever the decoder raises on hostile octets ends only this connection
+        raise _Malformed(f"cannot decode: {exc}"[:_REASON]) from exc
 
 
 def _encode(message_id: int, reply: tuple[str, Any]) -> bytes:

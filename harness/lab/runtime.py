@@ -26,12 +26,14 @@ from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
 from harness.lab.control import SOCKET_NAME, ControlServer
 from harness.lab.dns import FakeDNS
-from harness.lab.gc import MockGlobalCatalog
+from harness.lab.gc import AUTH_CLIENT, MockGlobalCatalog
+from harness.lab.ldap_server import LdapServer, LdapServerThread
 from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
 from harness.lab.sender import PostfixSender
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
 from harness.lab.standin import MailboxDelivery, StandIn
+from reference_mta.ldap_directory import LdapDirectory
 from reference_mta.linkstate import LinkState
 from reference_mta.queue_contract import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
@@ -79,8 +81,14 @@ class Lab:
         stand_ins: Mapping[str, StandInFactory] | None = None,
         senders: Sequence[str] = (),
         outside: Mapping[str, OutsideServer] | None = None,
+        directory_over_ldap: bool = False,
     ) -> None:
         self.config = config
+        # The reference servers reach the global catalog over real LDAP at its address and port, as
+        # when each host runs apart, instead of in-process.
+        self.directory_over_ldap = directory_over_ldap
+        self.ldap: LdapServerThread | None = None
+        self._ldap_clients: list[LdapDirectory] = []
         # Servers that run outside the lab, reached at their own address: no server of the lab's.
         self.outside = dict(outside or {})
         # Outside hosts that are a real sending MTA (harness/lab/sender.py), each in its own namespace:
@@ -141,6 +149,8 @@ class Lab:
             # First of all: a second lab on this folder must not touch the running one's files.
             self.lock.acquire(self.config.name)
             self.gc.load()
+            if self.directory_over_ldap:
+                self._start_ldap()
             outside = self._stand_in_factories or self._sender_hosts
             namespaces = self._make_network() if outside else {}
             self.run(self._start())
@@ -177,9 +187,11 @@ class Lab:
             dns_address=self.config.dns_address,
             dns_port=self.config.dns_port,
             smtp_port=self.config.port(25),
-            directory=self.gc.connect,
+            directory=self._ldap_directory if self.directory_over_ldap else self.gc.connect,
             base_dn=self.config.global_catalog.base_dn,
-            authenticate=self.gc.authenticate,
+            authenticate=self._ldap_directory(AUTH_CLIENT).authenticate
+            if self.directory_over_ldap
+            else self.gc.authenticate,
             retry=self.retry,
             link_state=self.link_state,
             tls_context=self.certificates.server_context,
@@ -190,6 +202,23 @@ class Lab:
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
             await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
+
+    def _start_ldap(self) -> None:
+        gc = self.config.global_catalog
+        names = {h.address: h.name for h in reversed(list(self.config.hosts.values()))}
+        self.ldap = LdapServerThread(LdapServer(self.gc, gc.address, gc.port, names))
+        self.ldap.start()
+        self.ldap.run(_listening(self.ldap.server.start(), "global catalog (LDAP)", gc.address, gc.port))
+
+    def _ldap_directory(self, client: str) -> LdapDirectory:
+        """A connection to the LDAP global catalog from the named server's own address."""
+        gc = self.config.global_catalog
+        servers = {s.name: s.address for s in self.config.organization.servers}
+        directory = LdapDirectory(
+            gc.address, gc.port, gc.bind_dn, gc.bind_password, client, source_address=servers.get(client)
+        )
+        self._ldap_clients.append(directory)
+        return directory
 
     async def _start_control(self) -> None:
         self.control = ControlServer(self, self.workdir / SOCKET_NAME)
@@ -227,6 +256,12 @@ class Lab:
                 self._thread.join(timeout=10)
             loop.close()
             self._loop = None
+            for client in self._ldap_clients:
+                client.close()
+            self._ldap_clients.clear()
+            if self.ldap is not None:
+                self.ldap.stop()
+                self.ldap = None
             if self.network is not None:
                 self.network.destroy()
                 self.network = None
