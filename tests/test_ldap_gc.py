@@ -1,12 +1,12 @@
 """The global catalog over real LDAP: `harness/lab/ldap_server.py` in front of the Contoso catalog and
 `reference_mta/ldap_directory.py` reaching it over loopback TCP give what the in-process catalog gives.
 
-Every search a reference server makes (built from the directory: every proxy address in each of the
-shapes the categorizer, the address book and the gateway ask, every entry read by DN, the servers'
-look-ups, addresses that are not there and hostile ones) returns the same entries and leaves the same
-record in the query log; SMTP AUTH agrees; a stopped catalog, a closed port, a silent one and a
-hostile client are handled; and whole lab runs with the servers on LDAP give the in-process verdict
-and query log.
+Every search a reference server makes (built from the directory and the corpus: every proxy address
+and every envelope address the inbound and relay traces send, in each of the shapes the categorizer,
+the address book and the gateway ask; every entry read by DN; the servers' look-ups; SMTP AUTH's
+look-ups; hostile addresses) returns the same entries and leaves the same record in the query log.
+SMTP AUTH agrees; a stopped catalog, a closed port, a silent one and a hostile client are handled;
+and whole lab runs with the servers on LDAP give the in-process verdict and query log.
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ def test_a_stopped_catalog_is_unavailable_and_logged(pair: Pair) -> None:
 
 def test_nothing_listening_is_unavailable(pair: Pair) -> None:
     gc = pair.config.global_catalog
-    closed = LdapDirectory(pair.address, pair.port + 1, gc.bind_dn, gc.bind_password, "EX1", timeout=2)
+    closed = LdapDirectory(pair.address, pair.port + 9, gc.bind_dn, gc.bind_password, "EX1", timeout=2)
     began = time.monotonic()
     with pytest.raises(DirectoryUnavailable, match="not answering"):
         closed.search(gc.base_dn, "(objectClass=*)", (), scope="BASE")
