@@ -94,6 +94,7 @@ _SEQUENCE_TAG = 0x30
 # A directory request is a few hundred bytes; a length beyond this is a hostile or broken client.
 MAX_PDU = 1 << 20
 _READ = 65536
+_STOP_WAIT = 5.0  # seconds a stopping server gives a session to finish its search
 _REASON = 200  # pyasn1's messages quote whole schemas: the client gets the start of one
 # Requests answered with unwillingToPerform, by the response each one takes.
 _UNWILLING = {
@@ -138,6 +139,7 @@ class LdapServer:
         self.names = dict(names)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         # One catalog connection per client name, as each reference server holds its own.
         self._connections: dict[str, GcConnection] = {}
 
@@ -148,10 +150,15 @@ class LdapServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for task in list(self._sessions):
-            task.cancel()
+        # Closing a client's transport ends its session at the next read; one stuck in a search is
+        # cancelled after a while.
+        for writer in list(self._writers):
+            writer.close()
         if self._sessions:
-            await asyncio.gather(*self._sessions, return_exceptions=True)
+            _, stuck = await asyncio.wait(set(self._sessions), timeout=_STOP_WAIT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
         for connection in self._connections.values():
@@ -164,6 +171,7 @@ class LdapServer:
         task = asyncio.current_task()
         if task is not None:
             self._sessions.add(task)
+        self._writers.add(writer)
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else ""
         session = _Session(self, self.names.get(address, address))
@@ -181,11 +189,14 @@ class LdapServer:
         except Exception:  # one client's failure must not stop the directory for the others
             _log.exception("LDAP client %s: unexpected error", address)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self._writers.discard(writer)
             if task is not None:
                 self._sessions.discard(task)
+            writer.close()
+            # Not even a cancellation leaves here: asyncio (3.11) logs a connection task that ends
+            # cancelled as an error.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
 
     def connection(self, client: str) -> GcConnection:
         if client not in self._connections:

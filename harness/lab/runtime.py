@@ -149,10 +149,10 @@ class Lab:
             # First of all: a second lab on this folder must not touch the running one's files.
             self.lock.acquire(self.config.name)
             self.gc.load()
-            if self.directory_over_ldap:
-                self._start_ldap()
             outside = self._stand_in_factories or self._sender_hosts
             namespaces = self._make_network() if outside else {}
+            if self.directory_over_ldap:
+                self._start_ldap()  # once the lab's addresses exist, which a namespace lab makes
             self.run(self._start())
             for server, factory in self._stand_in_factories.items():
                 stand_in = factory(self)
