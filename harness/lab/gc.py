@@ -78,6 +78,8 @@ class LdapQuery:
 
 @dataclass(frozen=True)
 class SearchAnswer:
+    """A search's entries, and whether its base exists (an LDAP server answers noSuchObject if not)."""
+
     entries: list[DirectoryEntry]
     base_exists: bool
 
