@@ -219,6 +219,8 @@ def write(merged: Merged, output: Path) -> list[Path]:
         suites.extend(merged.junit)
         ElementTree.ElementTree(suites).write(output / JUNIT, encoding="utf-8", xml_declaration=True)
         written.append(output / JUNIT)
+    else:
+        (output / JUNIT).unlink(missing_ok=True)  # an earlier run's: it would pass for this one's
     return written
 
 

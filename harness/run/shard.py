@@ -3,10 +3,11 @@
 Every shard computes the same split on its own, with no coordinator: the traces are ordered by trace id
 (then by their pytest node id, for two files that share an id), never by the order the files were given
 or found, and packed greedily, longest first, each onto the shard with the least work so far (ties to the
-lower shard number). The work of a trace is its duration in an earlier run's `last-run.json`, the median
-of that run's durations when it is not there, or 1 each when no durations are known (a split by count:
-shard sizes differ by at most one). Greedy packing keeps the longest shard within one trace's duration of
-the ideal (total / N): the trace that made it longest was placed on the shard that had the least work.
+shard with fewer traces, then the lower number). The work of a trace is its duration in an earlier run's
+`last-run.json`, the median of that run's durations when it is not there, or 1 each when no durations are
+known (a split by count: shard sizes differ by at most one). Greedy packing keeps the longest shard within
+one trace's duration of the ideal (total / N): the trace that made it longest was placed on the shard
+that had the least work, which was at most the ideal. docs/decisions.md says why.
 
 A shard records what it ran (`Split`, written beside its results as `<results>.shard.json`), so that a
 merge of the shards' results can tell a shard that is missing from one that had nothing to run.
