@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,9 @@ def test_the_merged_reports_hold_every_trace_once(shards: dict[str, Any]) -> Non
         for step in [json.loads(path.read_text()), *json.loads(path.read_text()).get("steps", [])]:
             for attachment in step.get("attachments", []):
                 assert (out / "allure-results" / attachment["source"]).is_file()
-    junit = (out / "junit.xml").read_text()
-    assert sorted(re.findall(r'<testcase [^>]*name="([^"]+)"', junit)) == IDS
+    junit = ElementTree.parse(out / "junit.xml").getroot()
+    assert sorted(case.get("name", "") for case in junit.iter("testcase")) == IDS
+    assert (junit.get("tests"), junit.get("failures"), junit.get("errors")) == ("9", "0", "0")
     assert "9 traces: 9 passed, 0 failed" in merged.stdout
     assert "merged 3 run(s) (shards 1-3 of 3, 9 trace(s) selected)" in merged.stdout
 

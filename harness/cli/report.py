@@ -29,6 +29,7 @@ from harness.run import shard
 RESULTS = "last-run.json"
 ALLURE = "allure-results"
 JUNIT = "junit.xml"
+_COUNTS = ("tests", "failures", "errors", "skipped")
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -215,7 +216,13 @@ def write(merged: Merged, output: Path) -> list[Path]:
         shard.record_path(path).unlink(missing_ok=True)  # the merged run is whole
         written.append(path)
     if merged.junit:
-        suites = ElementTree.Element("testsuites", {"name": "mailflow"})
+        # The totals on the root too: some CI systems read only those.
+        totals = {key: sum(int(s.get(key) or 0) for s in merged.junit) for key in _COUNTS}
+        seconds = sum(float(s.get("time") or 0) for s in merged.junit)
+        suites = ElementTree.Element(
+            "testsuites",
+            {"name": "mailflow", **{k: str(v) for k, v in totals.items()}, "time": f"{seconds:.3f}"},
+        )
         suites.extend(merged.junit)
         ElementTree.ElementTree(suites).write(output / JUNIT, encoding="utf-8", xml_declaration=True)
         written.append(output / JUNIT)
