@@ -6,6 +6,11 @@ public hooks only (pytest_collect_file, Item.runtest, repr_failure).
 A trace that fails its expectations raises AssertionError (Allure "failed"); a trace that cannot be
 loaded or a lab that cannot run raises something else (Allure "broken"). With `--mailflow-results FILE`
 the outcome of every trace is written as JSON for `mailflow coverage` and the CLI summary.
+
+With `--mailflow-shard K/N` only shard K's part of the selected traces runs (`harness/run/shard.py`,
+balanced by the durations in `--mailflow-durations FILE` when given); the other traces are deselected,
+after -k and -m, and the shard's record is written beside the results. A shard that gets nothing because
+there are more shards than traces ends with exit 0, not pytest's 5 (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from harness.corpus.trace import Trace, is_trace_file, load
 from harness.judge.deviations import deviations
 from harness.reports import allure as allure_report
 from harness.reports import matrix
-from harness.run import outcomes, signals
+from harness.run import outcomes, shard, signals
 from harness.run.runner import TraceResult, run_trace
 from harness.yamlsource import SourceError
 
@@ -51,14 +56,76 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite failing expect steps to the replies received (mailflow run --update)",
     )
+    group.addoption(
+        "--mailflow-shard",
+        default=None,
+        metavar="K/N",
+        help="run only shard K of N: the selected traces split in N parts of about equal work",
+    )
+    group.addoption(
+        "--mailflow-durations",
+        default=None,
+        metavar="FILE",
+        help="an earlier run's last-run.json, whose durations balance the shards (default: by count)",
+    )
+
+
+# This run's shard and the durations that balance it; then what the shard ran (set where the traces are
+# collected: here, or on a pytest-xdist worker, which sends it back to the controller).
+_SHARDING = pytest.StashKey[tuple[shard.Shard, dict[str, float] | None]]()
+_SPLIT = pytest.StashKey[shard.Split]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     markers.register(config)
+    _configure_shard(config)
     if hasattr(config, "workerinput"):
         # A pytest-xdist worker runs labs of its own: it stops them on SIGTERM and SIGHUP as on Ctrl-C,
         # and when the process that started it dies.
         signals.install(worker=True)
+
+
+def _configure_shard(config: pytest.Config) -> None:
+    given = config.getoption("mailflow_shard", None)
+    durations_file = config.getoption("mailflow_durations", None)
+    if given is None:
+        if durations_file is not None:
+            raise pytest.UsageError("--mailflow-durations: it balances shards: give --mailflow-shard K/N too")
+        return
+    try:
+        chosen = shard.parse(given)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--mailflow-shard: {exc}") from None
+    try:
+        durations = shard.read_durations(Path(durations_file)) if durations_file else None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--mailflow-durations: {exc}") from None
+    config.stash[_SHARDING] = (chosen, durations)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs: the shards split what is left
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    sharding = config.stash.get(_SHARDING, None)
+    if sharding is None:
+        return
+    chosen, durations = sharding
+    mine, record = shard.split_of({item.nodeid: item.name for item in items}, chosen, durations)
+    kept = set(mine)
+    deselected = [item for item in items if item.nodeid not in kept]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = [item for item in items if item.nodeid in kept]
+    config.stash[_SPLIT] = record
+    if hasattr(config, "workeroutput"):
+        config.workeroutput["mailflow_split"] = record.to_json()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: a worker's record of its shard reaches the controller, which writes the results."""
+    found = getattr(node, "workeroutput", {}).get("mailflow_split")
+    if found is not None:
+        node.config.stash[_SPLIT] = shard.Split.from_json(found)
 
 
 @pytest.hookimpl(trylast=True)
@@ -256,12 +323,28 @@ def _reason(report: pytest.TestReport) -> outcomes.Reason | None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    record = session.config.stash.get(_SPLIT, None)
+    empty = record is not None and record.selected and not record.traces
+    if empty and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        # More shards than traces: this one has nothing to do, which is no failure. A run that selected
+        # nothing at all (a wrong path, -k or -m) keeps pytest's 5.
+        session.exitstatus = pytest.ExitCode.OK
     destination = session.config.getoption("mailflow_results", None)
-    if destination and not hasattr(session.config, "workerinput"):
+    if destination:
         path = Path(destination)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside and renamed into place: a signal during the write leaves the previous file or
-        # the new one, never half of one.
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(_outcomes, indent=1), encoding="utf-8")
-        partial.replace(path)
+        _write(path, _outcomes)
+        if record is not None:
+            _write(shard.record_path(path), record.to_json())
+        else:
+            shard.record_path(path).unlink(missing_ok=True)  # an earlier shard's: this run is whole
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside and renamed into place: a signal during the write leaves the previous file or the new
+    # one, never half of one.
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    partial.replace(path)

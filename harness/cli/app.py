@@ -30,7 +30,8 @@ from harness.cli import generate as cli_generate
 from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
-from harness.cli import target_option
+from harness.cli import report as cli_report
+from harness.cli import shard_option, target_option
 from harness.corpus.catalogue import catalogue, markdown
 from harness.corpus.claims import Claim, claims
 from harness.corpus.lab_view import lab_view
@@ -220,6 +221,7 @@ def main() -> None:
     "instead of writing reports; exit 1 on any difference",
 )
 @replay_options
+@shard_option.options
 def run(
     paths: tuple[str, ...],
     target_name: str,
@@ -230,6 +232,8 @@ def run(
     workers: str,
     keyword: str | None,
     marker: str | None,
+    shard_text: str | None,
+    durations_file: Path | None,
 ) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, JUnit XML
     (REPORTS/junit.xml) and REPORTS/last-run.json, print a summary."""
@@ -241,14 +245,23 @@ def run(
         )
     files = _trace_files_or_exit(paths)
     if baseline_file is not None:
+        if shard_text is not None:
+            raise click.BadParameter(
+                "a baseline is checked whole: run it without --shard", param_hint="--shard"
+            )
         sys.exit(
             int(cli_baseline.check(console, files, target, baseline_file, update, workers, keyword, marker))
         )
     results = reports_dir / "last-run.json"
     junit = reports_dir / "junit.xml"
     selection = _selection(keyword, marker)
-    code, ran = _replay(files, target, reports_dir, workers, selection, results, update=update, junit=junit)
+    sharding = shard_option.chosen(shard_text, durations_file, [results])
+    with shard_option.arguments(sharding) as sharded:
+        code, ran = _replay(
+            files, target, reports_dir, workers, selection + sharded, results, update=update, junit=junit
+        )
     summary.print_summary(console, ran, verbose, details=[p for p in (results, junit) if p.exists()])
+    shard_option.report(console, sharding, results)
     for outcome in ran:
         if outcome.get("update"):
             console.print(outcome["update"], markup=False, highlight=False, soft_wrap=True)
@@ -331,6 +344,7 @@ def _replay(
     help="print the matrix as JSON (what matrix.json holds) instead of a table",
 )
 @replay_options
+@shard_option.options
 def matrix_command(
     paths: tuple[str, ...],
     target_names: tuple[str, ...],
@@ -339,6 +353,8 @@ def matrix_command(
     workers: str,
     keyword: str | None,
     marker: str | None,
+    shard_text: str | None,
+    durations_file: Path | None,
 ) -> None:
     """Run the traces on each target; write the catalogue IDs by targets matrix (Markdown, HTML and JSON).
     Exits 1 when a trace fails on a target (a known deviation is not a failure)."""
@@ -346,7 +362,9 @@ def matrix_command(
     # to standard error.
     saved, console.stderr = console.stderr, as_json
     try:
-        _matrix(paths, target_names, as_json, reports_dir, workers, keyword, marker)
+        _matrix(
+            paths, target_names, as_json, reports_dir, workers, keyword, marker, shard_text, durations_file
+        )
     finally:
         console.stderr = saved
 
@@ -359,6 +377,8 @@ def _matrix(
     workers: str,
     keyword: str | None,
     marker: str | None,
+    shard_text: str | None = None,
+    durations_file: Path | None = None,
 ) -> None:
     chosen = _targets(target_names)
     for target in chosen:
@@ -370,12 +390,22 @@ def _matrix(
     files = _trace_files_or_exit(paths)
     runs: dict[str, list[dict[str, Any]]] = {}
     statuses: list[ExitCode] = []
+    results_of = {t.name: reports_dir / "matrix" / f"{t.name.replace(':', '-')}.json" for t in chosen}
+    # One split for every target, balanced by each trace's time on all of them.
+    sharding = shard_option.chosen(shard_text, durations_file, list(results_of.values()))
     for number, target in enumerate(chosen):
-        results = reports_dir / "matrix" / f"{target.name.replace(':', '-')}.json"
+        results = results_of[target.name]
         # One Allure result folder for all targets: the report tells them apart by the target label.
-        code, runs[target.name] = _replay(
-            files, target, reports_dir, workers, _selection(keyword, marker), results, clean=number == 0
-        )
+        with shard_option.arguments(sharding) as sharded:
+            code, runs[target.name] = _replay(
+                files,
+                target,
+                reports_dir,
+                workers,
+                _selection(keyword, marker) + sharded,
+                results,
+                clean=number == 0,
+            )
         statuses.append(outcomes.run_exit_code(code, runs[target.name]))
     table = matrix.build(runs)
     unused = matrix.stale(runs)
@@ -413,6 +443,7 @@ def _matrix(
             if outcome["outcome"] != "passed":
                 console.print(summary.trace_line(outcome, width), soft_wrap=True, highlight=False)
         console.print(f"{name}: {summary.totals(ran)}", markup=False, highlight=False)
+    shard_option.report(console, sharding, results_of[chosen[0].name])
     for line in matrix.stale_lines(unused):
         # A warning, not a failure: the entry waives nothing, so it hides nothing either.
         console.print(f"warning: {line}", markup=False, highlight=False)
@@ -626,16 +657,7 @@ def _coverage_cell(entry: IdCoverage, target: str) -> str:
     return f"[green]{text}[/green]" if all(o == "passed" for o in seen.values()) else text
 
 
-def _results(path: Path) -> list[dict[str, Any]]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a mailflow run's JSON results ({exc})") from exc
-    if not isinstance(loaded, list) or not all(
-        isinstance(o, dict) and {"trace", "target", "spec", "outcome"} <= o.keys() for o in loaded
-    ):
-        raise InputError(f"{path}: not a mailflow run's JSON results (a list of trace outcomes)")
-    return loaded
+_results = cli_report.read_results
 
 
 @main.command(name="catalogue")
@@ -754,6 +776,7 @@ main.add_command(cli_lab.sinks)
 main.add_command(cli_record.record_command)
 main.add_command(cli_import.import_group)
 main.add_command(cli_generate.generate)
+cli_report.register(main, EXIT_CODES, console)
 cli_baseline.register(
     main, _trace_files_or_exit, lambda name: _targets((name,))[0], TARGET_HELP, EXIT_CODES, console
 )
