@@ -28,6 +28,7 @@ from harness.capture import update
 from harness.corpus import markers
 from harness.corpus.trace import Trace, is_trace_file, load
 from harness.judge.deviations import deviations
+from harness.lab import docker_lab
 from harness.reports import allure as allure_report
 from harness.reports import matrix
 from harness.run import outcomes, shard, signals
@@ -49,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="target standing in for the server under test: reference, postfix, exim, opensmtpd "
         "(postfix:EX2), smtp://HOST[:PORT], submission://HOST[:PORT], smtps://HOST[:PORT] or a target "
         "profile file",
+    )
+    group.addoption(
+        "--mailflow-backend",
+        default="local",
+        choices=targets.BACKENDS,
+        help="where the lab's hosts run: local (this process; a real MTA in a network namespace) or "
+        "docker (each host in a container of its own)",
     )
     group.addoption("--mailflow-results", default=None, help="write per-trace outcomes as JSON to this file")
     group.addoption(
@@ -201,7 +209,9 @@ class TraceItem(pytest.Item):
         if self.load_error is not None:
             raise self.load_error
         assert self.trace is not None
-        target = targets.get(self.config.getoption("mailflow_target"))
+        target = targets.on_backend(
+            targets.get(self.config.getoption("mailflow_target")), self.config.getoption("mailflow_backend")
+        )
         self.user_properties.append(("mailflow_target", target.name))
         allure_report.label(self.trace, target.name)
         missing = target.missing(self.trace)
@@ -323,6 +333,8 @@ def _reason(report: pytest.TestReport) -> outcomes.Reason | None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.getoption("mailflow_backend", "local") == "docker":
+        docker_lab.close_pools()  # this worker's containers, now rather than at its exit
     if hasattr(session.config, "workerinput"):
         return
     record = session.config.stash.get(_SPLIT, None)

@@ -182,13 +182,13 @@ def _trace_files_or_exit(paths: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def _targets(names: tuple[str, ...]) -> list[targets.Target]:
-    chosen = [target_option.chosen(name) for name in names]
+def _targets(names: tuple[str, ...], backend: str = "local") -> list[targets.Target]:
+    chosen = [target_option.on_backend(target_option.chosen(name), backend) for name in names]
     for target in chosen:
         try:
             # Where each target's labs will go, checked before any starts: a mistake in
             # MAILFLOW_LAB_BASE, MAILFLOW_PORT_OFFSET or MAILFLOW_NETNS_SUBNET is the user's, said once.
-            relocation(netns=target.needs_netns)
+            relocation(netns=target.needs_netns, docker=target.in_docker)
         except ValueError as exc:
             raise InputError(str(exc)) from None
     return chosen
@@ -220,11 +220,13 @@ def main() -> None:
     help="compare each trace's transcript and outcome with this baseline (mailflow baseline save) "
     "instead of writing reports; exit 1 on any difference",
 )
+@target_option.backend_option
 @replay_options
 @shard_option.options
 def run(
     paths: tuple[str, ...],
     target_name: str,
+    backend: str,
     update: bool,
     verbose: bool,
     baseline_file: Path | None,
@@ -237,7 +239,7 @@ def run(
 ) -> None:
     """Replay traces (default: traces/) against a target, write Allure results, JUnit XML
     (REPORTS/junit.xml) and REPORTS/last-run.json, print a summary."""
-    (target,) = _targets((target_name,))
+    (target,) = _targets((target_name,), backend)
     if update and target.name != "reference":
         # A real MTA's replies are what the corpus compares against Exchange, not what it expects.
         raise click.BadParameter(
@@ -297,6 +299,8 @@ def _replay(
     args = [str(p) for p in files] + [
         "--mailflow-target",
         target.name,
+        "--mailflow-backend",
+        target.backend,
         "--mailflow-results",
         str(results_file),
         "--alluredir",
@@ -343,12 +347,14 @@ def _replay(
     is_flag=True,
     help="print the matrix as JSON (what matrix.json holds) instead of a table",
 )
+@target_option.backend_option
 @replay_options
 @shard_option.options
 def matrix_command(
     paths: tuple[str, ...],
     target_names: tuple[str, ...],
     as_json: bool,
+    backend: str,
     reports_dir: Path,
     workers: str,
     keyword: str | None,
@@ -363,7 +369,16 @@ def matrix_command(
     saved, console.stderr = console.stderr, as_json
     try:
         _matrix(
-            paths, target_names, as_json, reports_dir, workers, keyword, marker, shard_text, durations_file
+            paths,
+            target_names,
+            as_json,
+            backend,
+            reports_dir,
+            workers,
+            keyword,
+            marker,
+            shard_text,
+            durations_file,
         )
     finally:
         console.stderr = saved
@@ -373,6 +388,7 @@ def _matrix(
     paths: tuple[str, ...],
     target_names: tuple[str, ...],
     as_json: bool,
+    backend: str,
     reports_dir: Path,
     workers: str,
     keyword: str | None,
@@ -380,7 +396,7 @@ def _matrix(
     shard_text: str | None = None,
     durations_file: Path | None = None,
 ) -> None:
-    chosen = _targets(target_names)
+    chosen = _targets(target_names, backend)
     for target in chosen:
         try:
             # A mistake in a deviations file stops the run before it starts.
@@ -458,12 +474,13 @@ def _matrix(
 @click.option(
     "--target", "target_names", multiple=True, required=True, help=f"{TARGET_HELP}; give exactly two"
 )
-def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...]) -> None:
+@target_option.backend_option
+def diff_command(paths: tuple[str, ...], target_names: tuple[str, ...], backend: str) -> None:
     """Replay the same traces on two targets; show where transcripts and outcomes differ, side by side.
     Exit 1 if anything differs, 2 if a trace is invalid, 3 if a trace could not be run."""
     if len(target_names) != 2:
         raise click.BadParameter("give exactly two targets", param_hint="--target")
-    first, second = _targets(target_names)
+    first, second = _targets(target_names, backend)
     files = _trace_files_or_exit(paths)
     differing = 0
     seen: list[dict[str, str]] = []  # each trace's outcome, for the exit code

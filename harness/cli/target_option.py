@@ -8,6 +8,7 @@ import click
 
 from harness import targets
 from harness.exit_codes import BrokenError, InputError
+from harness.lab import containers
 from harness.targets.outside import Unreachable
 from harness.yamlsource import SourceError
 
@@ -16,6 +17,27 @@ HELP = (
     "server named after a colon: postfix:EX2); or an MTA the harness does not start, standing in for EX1: "
     "smtp://HOST[:PORT], submission://HOST[:PORT], smtps://HOST[:PORT], or a target profile file (.yaml)"
 )
+
+
+BACKEND_HELP = (
+    "where the lab's hosts run: local (this process; a real MTA in a network namespace) or docker (each "
+    "host in a container of its own; images are built on first use: mailflow images build)"
+)
+
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(targets.BACKENDS),
+    default="local",
+    show_default=True,
+    help=BACKEND_HELP,
+)
+
+
+def on_backend(target: targets.Target, backend: str) -> targets.Target:
+    """`target` on `backend`; without a Docker engine the Docker backend says how to get one (exit 3)."""
+    if backend == "docker" and (reason := containers.unavailable()) is not None:
+        raise BrokenError(f"--backend docker: {reason}")
+    return targets.on_backend(target, backend)
 
 
 def chosen(name: str) -> targets.Target:

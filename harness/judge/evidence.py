@@ -122,11 +122,11 @@ class Evidence:
                 tuple(q.answers),
                 q.transport,
             )
-            for q in lab.dns.queries
+            for q in lab.dns_queries()
         ]
-        ldap = [LdapQuery(q.client, q.base, q.filter, q.scope, q.results) for q in lab.gc.queries]
+        ldap = [LdapQuery(q.client, q.base, q.filter, q.scope, q.results) for q in lab.ldap_queries()]
         deliveries = _mailboxes(lab) + _sinks(lab, names) + _gateways(lab)
-        events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.servers}
+        events = {name: tracking.read_events(lab.tracking_dir, name) for name in lab.reference_server_names}
         return cls(
             hosts=names,
             dns=dns,
@@ -152,7 +152,7 @@ def _connections(lab: Lab, names: dict[str, str]) -> list[Connection]:
     log has a line per command and no session id, so a client's sessions to one virtual server count
     once."""
     found: dict[tuple[str, str, str], Connection] = {}
-    for name in lab.servers:
+    for name in lab.reference_server_names:
         server = lab.config.organization.server(name)
         for vs in server.virtual_servers:
             if vs.logging != "w3c":
@@ -217,14 +217,13 @@ def _sinks(lab: Lab, names: dict[str, str]) -> list[Delivery]:
     return [
         Delivery(
             DeliveryKind.SINK,
-            sink.host.name,
+            host,
             names.get(capture.peer, capture.peer),
             capture.mail_from,
             tuple(capture.rcpt_tos),
             capture.data,
         )
-        for sink in lab.sinks.values()
-        for capture in sink.captures
+        for host, capture in lab.sink_captures()
     ] + relayed
 
 

@@ -27,10 +27,12 @@ in the project's dependencies, and `ip` is what an administrator would type to i
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import ipaddress
 import json
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -117,6 +119,24 @@ class Namespace:
     def command(self, argv: Sequence[str]) -> list[str]:
         """`argv` run inside this namespace (with its /etc/netns files bind-mounted by `ip netns exec`)."""
         return ["ip", "netns", "exec", self.name, *argv]
+
+    @property
+    def etc(self) -> Path | None:
+        """The files `ip netns exec` puts over /etc for this namespace (None where there are none)."""
+        return NETNS_ETC / self.name
+
+    @property
+    def shares_pids(self) -> bool:
+        """Whether a pid a daemon here writes is one of this machine's (a container's are its own)."""
+        return True
+
+    def user(self, name: str) -> tuple[int, int]:
+        """The uid and gid of user `name` where the MTA runs (KeyError if there is none)."""
+        entry = pwd.getpwnam(name)
+        return entry.pw_uid, entry.pw_gid
+
+    def group(self, name: str) -> int:
+        return grp.getgrnam(name).gr_gid
 
     def daemon(self, name: str) -> RecordedDaemon:
         """Note in the lab's state file that daemon `name` is about to start in this namespace (call

@@ -10,7 +10,7 @@ import re
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 
-def relocation(netns: bool = False) -> tuple[str | None, int | None]:
+def relocation(netns: bool = False, docker: bool = False) -> tuple[str | None, int | None]:
     """The address base and port offset for this process's labs (None: the lab file's own).
 
     Each pytest-xdist worker gets its own address block so labs run side by side: worker gwN uses
@@ -20,6 +20,12 @@ def relocation(netns: bool = False) -> tuple[str | None, int | None]:
     on port 53 and delivers to port 25), or on 198.18.(MAILFLOW_NETNS_SUBNET + N).0/24.
     """
     match = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if docker:
+        # Docker labs take 198.19.0.0/16, the other half of the benchmarking range: never a /24 that
+        # a netns lab's bridge holds at the same time.
+        worker = int(match[1]) if match else 0
+        first = docker_first_octet()
+        return f"198.19.{first + worker % (256 - first)}.0", 0
     if netns:
         worker = int(match[1]) if match else 0
         first = netns_first_octet()
@@ -39,6 +45,14 @@ def _port_offset() -> int | None:
         return None
     if not value.isdigit() or int(value) > 65000:
         raise ValueError(f"MAILFLOW_PORT_OFFSET={value!r} is not a port offset (a number, e.g. 10000)")
+    return int(value)
+
+
+def docker_first_octet() -> int:
+    """MAILFLOW_DOCKER_SUBNET moves Docker labs to 198.19.N.0/24 and up (one /24 per worker)."""
+    value = os.environ.get("MAILFLOW_DOCKER_SUBNET", "10")
+    if not value.isdigit() or not 1 <= int(value) <= 250:
+        raise ValueError(f"MAILFLOW_DOCKER_SUBNET={value!r} is not a number from 1 to 250 (198.19.N.0/24)")
     return int(value)
 
 

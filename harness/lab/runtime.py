@@ -12,6 +12,7 @@ import asyncio
 import errno
 import ipaddress
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -23,10 +24,10 @@ from harness.lab.addresses import is_lab_address
 from harness.lab.admin import StandInFactory
 from harness.lab.captures import Capture
 from harness.lab.certificates import LabCertificates
-from harness.lab.config import LabConfig
+from harness.lab.config import LabConfig, sink_rule
 from harness.lab.control import SOCKET_NAME, ControlServer
-from harness.lab.dns import FakeDNS
-from harness.lab.gc import AUTH_CLIENT, MockGlobalCatalog
+from harness.lab.dns import FakeDNS, Query
+from harness.lab.gc import AUTH_CLIENT, LdapQuery, MockGlobalCatalog
 from harness.lab.ldap_server import LdapServer, LdapServerThread
 from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
@@ -440,6 +441,32 @@ class Lab:
                 queues.update(gateway.folders())
             snapshot[name] = queues
         return snapshot
+
+    def client_socket(self, source: str) -> socket.socket | None:
+        """A socket bound to `source` where the lab holds that address apart from this process's
+        network (a container's); None where a session simply binds it here."""
+        return None
+
+    # --- evidence: what the lab's hosts saw (a backend that runs them elsewhere asks them there) ---
+
+    @property
+    def reference_server_names(self) -> list[str]:
+        """The servers the reference MTA runs (not those a real MTA stands in for)."""
+        return list(self.servers)
+
+    def dns_queries(self) -> list[Query]:
+        return self.dns.queries
+
+    def ldap_queries(self) -> list[LdapQuery]:
+        return self.gc.queries
+
+    def sink_captures(self) -> list[tuple[str, Capture]]:
+        """What each Internet host received, with the host's name."""
+        return [(sink.host.name, capture) for sink in self.sinks.values() for capture in sink.captures]
+
+    def add_sink_rule(self, host: str, rule: Mapping[str, Any]) -> None:
+        """A fault rule for an Internet host (a trace's sink_rule action), as its lab file would give it."""
+        self.sinks[self.config.host(host).name].add_rule(sink_rule(rule))
 
     @property
     def tracking_dir(self) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from harness.lab import netns
 from harness.lab.config import Host, LabConfig
-from harness.lab.netns import NETNS_ETC, Namespace
+from harness.lab.netns import Namespace
 from harness.lab.postfix_services import SERVER_ONLY, services
 from harness.lab.processes import open_to_daemons, pid_file
 
@@ -128,13 +128,12 @@ class PostfixSender:
         self.namespace = namespace
         for folder in ("etc", "spool", "data"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        owner = pwd.getpwnam("postfix")
-        os.chown(self.root / "data", owner.pw_uid, owner.pw_gid)
+        os.chown(self.root / "data", *namespace.user("postfix"))
         open_to_daemons(self.root)  # its daemons run as the postfix user
-        # `ip netns exec` puts this namespace's files over /etc: no name of the lab resolves but by DNS.
-        (NETNS_ETC / namespace.name / "hosts").write_text(
-            "127.0.0.1 localhost\n::1 localhost\n", encoding="utf-8"
-        )
+        if (etc := namespace.etc) is not None:
+            # `ip netns exec` puts this namespace's files over /etc: no name of the lab resolves but by
+            # DNS. (A container's /etc/hosts names only the container itself.)
+            (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n", encoding="utf-8")
         main = "".join(f"{key} = {value}\n" for key, value in self.main_cf().items())
         (self.etc / "main.cf").write_text(main, encoding="utf-8")
         (self.etc / "master.cf").write_text(services(SERVER_ONLY), encoding="utf-8")

@@ -59,7 +59,7 @@ class TraceDiff:
 def masker_for(trace: Trace, target: Target) -> Masker:
     """A masker that names the lab's hosts where this trace's lab ran: in network namespaces for a target
     that needs them and for a trace with a real sending MTA (`via:`), as harness/run/runner.py places it."""
-    base, offset = relocation(netns=target.needs_netns or bool(trace.senders))
+    base, offset = relocation(netns=target.needs_netns or bool(trace.senders), docker=target.in_docker)
     config = lab_config.load(trace.lab, base=base, port_offset=offset)
     return Masker({host.address: host.name for host in reversed(list(config.hosts.values()))})
 

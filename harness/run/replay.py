@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -606,8 +607,11 @@ async def run_session(
     normalizer: Normalizer | None = None,
     wording: bool = True,
     implicit_tls: bool = False,
+    bound: socket.socket | None = None,
 ) -> SessionResult:
     """Connect (from `source_address` when given), run `steps` in order until one fails, then close.
+    `bound` is a socket already bound to the source address where the lab holds it (another network
+    namespace, harness/lab/docker_lab.py): the session connects through it.
     `wording` judges the replies' wording as well as their behaviour (harness/judge/replies.py). With
     `implicit_tls` (a server on the smtps port, RFC 8314) the connection is TLS from the first byte,
     with `tls_context`, before the greeting is read.
@@ -620,7 +624,7 @@ async def run_session(
         if isinstance(step, Data | Bdat)
     }
     tls = (tls_context or ssl.create_default_context(), server_hostname) if implicit_tls else None
-    reader, writer = await _connect(host, port, source_address, connect_timeout, tls)
+    reader, writer = await _connect(host, port, source_address, connect_timeout, tls, bound)
     transcript = _Transcript()
     sockname = writer.get_extra_info("sockname")
     local_address = (str(sockname[0]), int(sockname[1]))
@@ -651,11 +655,17 @@ async def _connect(
     source_address: str | None,
     connect_timeout: float,
     tls: tuple[ssl.SSLContext, str | None] | None = None,
+    bound: socket.socket | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     # Relay-by-IP decisions on the server depend on the client address, so it is bound explicitly.
     local_addr = (source_address, 0) if source_address else None
     try:
         async with asyncio.timeout(connect_timeout):
+            if bound is not None:
+                bound.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(bound, (host, port))
+                context, name = tls if tls is not None else (None, None)
+                return await asyncio.open_connection(sock=bound, ssl=context, server_hostname=name)
             if tls is not None:
                 context, name = tls
                 return await asyncio.open_connection(

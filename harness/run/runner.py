@@ -7,6 +7,7 @@ port 25."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from harness.judge.evidence import Evidence
 from harness.judge.expectations import Check, check_outcome, check_queue
 from harness.judge.records import Failure, Kind, Waived, lines, located, step_name
 from harness.lab import config as lab_config
-from harness.lab.config import LabConfig, sink_rule
+from harness.lab.config import LabConfig
 from harness.lab.placement import relocation
 from harness.lab.runtime import Lab, LabError
 from harness.run.replay import Exchange, SessionResult, run_session
@@ -155,7 +156,7 @@ class TraceResult:
 
 def run_trace(trace: Trace, target: Target) -> TraceResult:
     began = time.perf_counter()
-    base, offset = relocation(netns=target.needs_netns or bool(trace.senders))
+    base, offset = relocation(netns=target.needs_netns or bool(trace.senders), docker=target.in_docker)
     config = lab_config.load(trace.lab, base=base, port_offset=offset)
     result = TraceResult(trace=trace, target=target.name)
     # One for the whole trace: a value that recurs across its sessions keeps its placeholder.
@@ -218,8 +219,11 @@ def _smtp_session(
         host, port, name = outside.host, outside.port, outside.host
         source = client.address if outside.on_loopback else None
         tls_context = outside.tls.context()
+    # Where the client's address is a container's, the session leaves from that container's network.
+    bound = lab.client_socket(source) if source is not None and outside is None else None
     if session.refused:
-        return SessionRun(session.client, f"{host}:{port}", asyncio.run(expect_refused(host, port, source)))
+        refused = expect_refused(host, port, source, bound)
+        return SessionRun(session.client, f"{host}:{port}", asyncio.run(refused))
     outcome = asyncio.run(
         run_session(
             session.steps,
@@ -235,6 +239,7 @@ def _smtp_session(
             normalizer=normalizer,
             wording=target.judges_wording(trace),
             implicit_tls=outside is not None and outside.implicit_tls,
+            bound=bound,
         )
     )
     return SessionRun(session.client, f"{host}:{port}", outcome)
@@ -330,7 +335,7 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
         lab.freeze(item.target or "", queue, item.action is LabVerb.FREEZE)
         return SessionRun("lab", "queues", _single(f"{title}: {queue}", None, f"-- {title}: {queue}"))
     if item.rule is not None:
-        lab.sinks[lab.config.host(item.target).name].add_rule(sink_rule(item.rule))
+        lab.add_sink_rule(item.target, item.rule)
         return SessionRun("lab", "sink", _single(title, None, f"-- {title}: {item.rule}"))
     if item.action in (LabVerb.CONNECTOR_DOWN, LabVerb.CONNECTOR_UP):
         lab.set_connector(item.target, item.action.up)
@@ -339,14 +344,24 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     return SessionRun("lab", item.action.subject, _single(title, None, f"-- {title}"))
 
 
-async def expect_refused(host: str, port: int, source: str | None) -> SessionResult:
+async def expect_refused(
+    host: str, port: int, source: str | None, bound: socket.socket | None = None
+) -> SessionResult:
     """A session whose connection must be refused: nothing listens there."""
     exchange = Exchange(
         index=0, title=f"connect {host}:{port} is refused", sent=b"", reply=None, records=[], error=None
     )
     local = (source, 0) if source else None
+
+    async def connect() -> asyncio.StreamWriter:
+        if bound is not None:
+            bound.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(bound, (host, port))
+            return (await asyncio.open_connection(sock=bound))[1]
+        return (await asyncio.open_connection(host, port, local_addr=local))[1]
+
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), 5.0)
+        writer = await asyncio.wait_for(connect(), 5.0)
     except (ConnectionRefusedError, TimeoutError) as exc:
         note = f"-- connect {host}:{port} from {source}: {exc.__class__.__name__} (expected)"
         return SessionResult([exchange], note, True, "none", (source or "", 0))

@@ -25,12 +25,13 @@ from harness.corpus.trace import EXCHANGE_WORDING, ForeignMemo, LabAction, LabVe
 from harness.judge.deviations import Deviation, Tolerate, deviations
 from harness.judge.records import Failure
 from harness.lab import config as lab_config
-from harness.lab import netns, sender
+from harness.lab import containers, netns, sender
 from harness.lab.admin import LabAdmin
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
+from harness.lab.docker_lab import DockerLab
 from harness.lab.recipients import RecipientTable
-from harness.lab.runtime import Lab
+from harness.lab.runtime import Lab, LabError
 from harness.lab.standin import StandIn
 from harness.targets import exim, opensmtpd, postfix, profile
 from harness.targets.outside import Observer, OutsideMta, is_url, parse_url, probe, singled_out
@@ -55,13 +56,20 @@ class Target:
     outside: OutsideMta | None = None  # an MTA the harness does not start, at a host and port
     source: str = ""  # where stands_in_for was written (a profile's file:line), for an error about it
     deviations_of: str | None = None  # whose known deviations apply (an outside MTA's profile says)
+    backend: str = "local"
+    """Where the lab's hosts run: `local` (in this process, a real MTA in a network namespace) or
+    `docker` (each host in a container of its own: harness/lab/docker_lab.py)."""
 
     def judges_wording(self, trace: Trace) -> bool:
         return self.profile is not None and self.profile == trace.wording
 
     @property
     def needs_netns(self) -> bool:
-        return self.adapter is not None
+        return self.adapter is not None and self.backend == "local"
+
+    @property
+    def in_docker(self) -> bool:
+        return self.backend == "docker"
 
     def missing(self, trace: Trace) -> list[str]:
         """What the trace needs that this target does not have (then it is skipped, with these)."""
@@ -94,6 +102,8 @@ class Target:
         network namespace, Postfix), else why not (a reason to skip, not a failure)."""
         if trace is not None and trace.senders and (reason := sender.available()) is not None:
             return f"the trace sends through a real MTA on {', '.join(trace.senders)}: {reason}"
+        if self.in_docker:
+            return containers.unavailable()
         if self.adapter is None:
             return None
         return netns.available() or self.adapter.installed()
@@ -106,6 +116,8 @@ class Target:
         senders: Sequence[str] = (),
     ) -> Lab:
         if self.stands_in_for is None or (self.adapter is None and self.outside is None):
+            if self.in_docker:
+                return DockerLab(config, workdir, control=control, senders=senders)
             return Lab(config, workdir, reference_servers=True, control=control, senders=senders)
         servers = [s.name for s in config.organization.servers]
         server = next((name for name in servers if name.lower() == self.stands_in_for.lower()), None)
@@ -116,6 +128,8 @@ class Target:
                 f"servers: {', '.join(servers)}"
             )
         if self.outside is not None:
+            if self.in_docker:
+                raise LabError("an MTA outside the lab is a target of the local backend only")
             return Lab(
                 config,
                 workdir,
@@ -133,6 +147,15 @@ class Target:
             root = lab.workdir / f"{server}-{adapter.name}"
             return adapter.make(lab.config, server, table, root, lab.certificates)
 
+        if self.in_docker:
+            return DockerLab(
+                config,
+                workdir,
+                control=control,
+                stand_ins={server: stand_in},
+                mtas={server: adapter.name},
+                senders=senders,
+            )
         return Lab(
             config,
             workdir,
@@ -258,6 +281,15 @@ OPENSMTPD = Target(
 )
 
 TARGETS = {target.name: target for target in (REFERENCE, POSTFIX, EXIM, OPENSMTPD)}
+
+BACKENDS = ("local", "docker")
+
+
+def on_backend(target: Target, backend: str) -> Target:
+    """`target` with its lab on `backend`; ValueError naming the backends for any other word."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    return dataclasses.replace(target, backend=backend)
 
 
 TARGET_FORMS = (

@@ -28,7 +28,6 @@ authentication is checked by Dovecot's SASL server against the directory's accou
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
@@ -101,13 +100,22 @@ class PostfixError(StandInError):
 
 
 def render(
-    config: LabConfig, server: str, table: RecipientTable, root: Path, tls_chain: Path | None = None
+    config: LabConfig,
+    server: str,
+    table: RecipientTable,
+    root: Path,
+    tls_chain: Path | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """The files of Postfix's configuration directory for `server`, keyed by file name; `tls_chain` is
-    the server's key and certificate when its virtual server has a certificate bound."""
+    the server's key and certificate when its virtual server has a certificate bound; `owner` the
+    postfix user's uid and gid where Postfix runs (this machine's when None)."""
     the_plan = plan(config, server, table)
     me = the_plan.server
-    main = _main_settings(config, the_plan, root, tls_chain)
+    if owner is None:
+        entry = pwd.getpwnam("postfix")
+        owner = entry.pw_uid, entry.pw_gid
+    main = _main_settings(config, the_plan, root, tls_chain, owner)
     sender_hops, kept = _sender_relayhosts(the_plan)
     main["sender_dependent_relayhost_maps"] = f"hash:{root / 'etc' / 'sender_relay'}"
     # The default virtual server's settings are main.cf's; every other one is an smtpd listener of its
@@ -132,11 +140,11 @@ def render(
 
 
 def _main_settings(
-    config: LabConfig, the_plan: ServerPlan, root: Path, tls_chain: Path | None
+    config: LabConfig, the_plan: ServerPlan, root: Path, tls_chain: Path | None, owner: tuple[int, int]
 ) -> dict[str, str]:
     """main.cf, but for the default virtual server's smtpd settings and the sender-dependent relay
     hosts."""
-    main = {**_main_places(config, the_plan, root), **_main_routing(config, the_plan)}
+    main = {**_main_places(config, the_plan, root, owner), **_main_routing(config, the_plan)}
     main.update(
         smtpd_sasl_type="dovecot",  # Dovecot's SASL server (DovecotAuth), a socket in the spool
         smtpd_sasl_path="private/auth",
@@ -154,11 +162,12 @@ def _main_settings(
     return main
 
 
-def _main_places(config: LabConfig, the_plan: ServerPlan, root: Path) -> dict[str, str]:
+def _main_places(
+    config: LabConfig, the_plan: ServerPlan, root: Path, owner: tuple[int, int]
+) -> dict[str, str]:
     """Where Postfix keeps its files and the mailboxes, whom it runs as, its names and addresses, and
     the tables of the domains and addresses it holds."""
     me = the_plan.server
-    owner = pwd.getpwnam("postfix")
     return {
         "compatibility_level": "3.6",
         "queue_directory": str(root / "spool"),
@@ -183,8 +192,8 @@ def _main_places(config: LabConfig, the_plan: ServerPlan, root: Path) -> dict[st
         "virtual_alias_maps": f"hash:{root / 'etc' / 'virtual_alias'}",
         "transport_maps": f"hash:{root / 'etc' / 'transport'}",
         "virtual_mailbox_base": str(root / "mail"),
-        "virtual_uid_maps": f"static:{owner.pw_uid}",
-        "virtual_gid_maps": f"static:{owner.pw_gid}",
+        "virtual_uid_maps": f"static:{owner[0]}",
+        "virtual_gid_maps": f"static:{owner[1]}",
     }
 
 
@@ -447,15 +456,15 @@ class PostfixStandIn(StandInBase):
         etc = self.root / "etc"
         for folder in ("etc", "spool", "data", "mail"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-        owner = pwd.getpwnam("postfix")
+        owner = namespace.user("postfix")
         for folder in ("data", "mail"):
-            os.chown(self.root / folder, owner.pw_uid, owner.pw_gid)
+            os.chown(self.root / folder, *owner)
         open_to_daemons(self.root)  # they run as the postfix user
         chain = None
         if self.certificates is not None:
             fqdn = self.config.organization.server(self.server).fqdn
             chain = self.certificates.write_chain(fqdn, etc / "tls-chain.pem")
-        for name, text in render(self.config, self.server, self.table, self.root, chain).items():
+        for name, text in render(self.config, self.server, self.table, self.root, chain, owner).items():
             (etc / name).write_text(text, encoding="utf-8")
         for name in TABLES:
             self._postfix("postmap", "-c", str(etc), str(etc / name))
@@ -464,7 +473,7 @@ class PostfixStandIn(StandInBase):
             # Made before Postfix makes it, as Postfix would: the postfix user's, private to it.
             private = self.root / "spool" / "private"
             private.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chown(private, owner.pw_uid, 0)
+            os.chown(private, owner[0], 0)
             self.sasl = DovecotAuth(self.root, self.table.logins)
             self.sasl.start(namespace, self.root / "spool")
         master = namespace.daemon("postfix master")
@@ -596,7 +605,7 @@ class DovecotAuth:
             encoding="utf-8",
         )
         users.chmod(0o640)
-        os.chown(users, 0, grp.getgrnam("dovecot").gr_gid)
+        os.chown(users, 0, namespace.group("dovecot"))
         (self.root / "dovecot.conf").write_text(
             f"""base_dir = {self.root / "run"}
 state_dir = {self.root / "state"}
@@ -652,8 +661,16 @@ service auth {{
         # holds outlives the trace, and `doveadm stop` would wait seconds for a graceful shutdown.
         try:
             master = int((self.root / "run" / "master.pid").read_text().strip())
-            os.killpg(os.getpgid(master), signal.SIGKILL)
-        except (OSError, ValueError):
+            if namespace.shares_pids:
+                os.killpg(os.getpgid(master), signal.SIGKILL)
+            else:  # a pid of the container's own: killed there
+                subprocess.run(
+                    namespace.command(["sh", "-c", f"kill -KILL -- -$(ps -o pgid= -p {master} | tr -d ' ')"]),
+                    capture_output=True,
+                    check=True,
+                    timeout=30,
+                )
+        except (OSError, ValueError, subprocess.CalledProcessError):
             subprocess.run(
                 namespace.command(["doveadm", "-c", str(self.root / "dovecot.conf"), "stop"]),
                 stdin=subprocess.DEVNULL,

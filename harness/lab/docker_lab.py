@@ -1,0 +1,546 @@
+"""The Docker backend: each host of the lab in a container of its own, on an internal Docker network of
+198.18.0.0/15 with no route out.
+
+- The DNS server, the global catalog (over real LDAP), each reference Exchange server and each Internet
+  host's sink run `harness.lab.host_agent` in the lab image; a real MTA standing in for a server runs
+  in its own image (harness/targets/container_shell.py).
+- The harness replays from this machine: the clients' lab addresses are put on the host's side of the
+  network's bridge, so each session leaves from its client's address, as with the netns backend.
+- Every container shares one folder with the harness, at the same path on both sides: each trace's lab
+  folder is made there, so the mailboxes, tracking logs, queues, gateway folders, protocol logs and an
+  MTA's log are read where they are written. What lives only in a host's memory (the DNS and LDAP query
+  logs, what a sink received) is asked of its agent.
+- Starting containers costs seconds, so a process keeps one set of containers per lab placement and
+  every trace starts the hosts inside them afresh (new objects, a new lab folder, as a new in-process
+  lab would). The containers are removed when the process ends; those of a killed process, at the next
+  start (harness/lab/containers.py `sweep`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import itertools
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.lab import containers
+from harness.lab.captures import Capture
+from harness.lab.config import LabConfig
+from harness.lab.container_shell import ContainerShell
+from harness.lab.dns import Query
+from harness.lab.gc import LdapQuery
+from harness.lab.host_agent import chain_file
+from harness.lab.runtime import Lab, LabError
+from harness.lab.sender import PostfixSender
+
+if TYPE_CHECKING:
+    import docker
+
+    from harness.lab.admin import StandInFactory
+
+AGENT_PYTHON = "/opt/mailflow/bin/python"
+# A developer's settings: run the lab image named here instead of the one built for this checkout, and
+# mount this checkout into it (its code first on the path), so a change is tried without a new image.
+SOURCE_SETTING = "MAILFLOW_DOCKER_SOURCE"
+AGENT_TIMEOUT = 60.0
+
+StandInShell = Callable[[str, str], Any]
+
+
+class AgentFailed(LabError):
+    """A lab host's agent refused a request or could not be reached."""
+
+    def __init__(self, message: str, kind: str = "broken") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def image(kind: str) -> str:
+    """The image of `kind` (lab, postfix, ...): a developer's setting (MAILFLOW_LAB_IMAGE,
+    MAILFLOW_POSTFIX_IMAGE, ...), else the one built for this checkout, built if missing."""
+    if chosen := os.environ.get(f"MAILFLOW_{kind.upper()}_IMAGE"):
+        return chosen
+    from harness.lab import images
+
+    return images.ensure([kind])[kind]
+
+
+class HostPool:
+    """The containers of one lab placement: a network, one container per host, the shared folder."""
+
+    def __init__(self, client: docker.DockerClient, config: LabConfig, mtas: Mapping[str, str]) -> None:
+        self.client = client
+        self.config = config
+        # The hosts a real MTA runs on, each with its MTA's image kind: the servers one stands in for,
+        # and the Internet hosts that send through one.
+        self.mtas = {self._name(name): kind for name, kind in mtas.items()}
+        self.stood_in = {name.lower() for name in self.mtas}
+        self.owner = containers.Owner.me()
+        key = f"{os.getpid()}-{config.path}-{config.base}-{sorted(self.mtas.items())}"
+        self.lab_id = hashlib.sha1(key.encode()).hexdigest()[:10]
+        self.folder = Path(tempfile.mkdtemp(prefix="mailflow-docker-"))
+        self.folder.chmod(0o755)
+        (self.folder / "agents").mkdir()
+        self.network = containers.DockerNetwork(
+            client, ipaddress.IPv4Network(f"{config.base}/24", strict=False), self.lab_id, self.owner
+        )
+        self.hosts = self._agent_hosts()
+        self._numbers = itertools.count(1)
+        self.started = False
+
+    def _name(self, name: str) -> str:
+        servers = {s.name.lower(): s.name for s in self.config.organization.servers}
+        return servers.get(name.lower()) or self.config.host(name).name
+
+    def _agent_hosts(self) -> list[str]:
+        config = self.config
+        names = [
+            h.name
+            for h in config.hosts.values()
+            if h.kind in ("dns", "gc", "internet") and h.name.lower() not in self.stood_in
+        ]
+        names += [s.name for s in config.organization.servers if s.name.lower() not in self.stood_in]
+        return names
+
+    @property
+    def reference_servers(self) -> list[str]:
+        return [s.name for s in self.config.organization.servers if s.name.lower() not in self.stood_in]
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        containers.sweep(self.client)
+        self.network.create()
+        try:
+            lab = image("lab")
+            mta_images = {server: image(kind) for server, kind in self.mtas.items()}
+            resolv = self.folder / "resolv.conf"
+            resolv.write_text(
+                f"nameserver {self.config.dns_address}\noptions timeout:2 attempts:1\n", encoding="utf-8"
+            )
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda host: self._run_agent(lab, host), self.hosts))
+                list(pool.map(lambda server: self._run_mta(mta_images[server], server), self.mtas))
+            self.network.add_local(self._client_addresses())
+            deadline = time.monotonic() + AGENT_TIMEOUT
+            for host in self.hosts:
+                self._wait_for_agent(host, deadline)
+        except BaseException:
+            self.close()
+            raise
+        self.started = True
+
+    def _client_addresses(self) -> list[str]:
+        """Every lab address no container holds: the clients the harness replays from."""
+        held = {self.config.host(h).address for h in self.hosts if h.lower() in self.config.hosts}
+        for server in self.config.organization.servers:
+            held |= {server.address, *(vs.address for vs in server.virtual_servers)}
+        return sorted({h.address for h in self.config.hosts.values()} - held - {self.network.gateway})
+
+    def mounts(self) -> dict[str, Mapping[str, str]]:
+        """What every container of the lab sees at the harness's own paths."""
+        config = self.config
+        binds: dict[str, Mapping[str, str]] = {
+            str(self.folder): {"bind": str(self.folder), "mode": "rw"},
+            str(self.folder / "resolv.conf"): {"bind": "/etc/resolv.conf", "mode": "ro"},
+            str(config.path.parent): {"bind": str(config.path.parent), "mode": "ro"},
+        }
+        directory = config.global_catalog.directory.parent
+        binds.setdefault(str(directory), {"bind": str(directory), "mode": "ro"})
+        if source := os.environ.get(SOURCE_SETTING):
+            binds[source] = {"bind": source, "mode": "ro"}
+        return binds
+
+    def _run_agent(self, image: str, host: str) -> None:
+        environment = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+        if source := os.environ.get(SOURCE_SETTING):
+            environment["PYTHONPATH"] = source
+        command = [AGENT_PYTHON, "-m", "harness.lab.host_agent", "--socket", str(self._socket(host))]
+        # The agents run as the harness's own user: what they write in the shared folder is its to remove.
+        self._run(
+            image, host, [*command, "--host", host], "agent", environment, f"{os.getuid()}:{os.getgid()}"
+        )
+
+    def _run_mta(self, image: str, server: str) -> None:
+        # The MTA's own daemons start by `docker exec` (harness/lab/container_shell.py); until then the
+        # container only holds the server's addresses.
+        self._run(image, server, ["sleep", "infinity"], "mta", {}, "root")
+
+    def _run(
+        self, image: str, host: str, command: list[str], role: str, environment: dict[str, str], user: str
+    ) -> None:
+        api = self.client.api
+        labels = {**self.owner.labels(self.lab_id), containers.ROLE: role, containers.HOST: host}
+        created = api.create_container(
+            image,
+            command=command,
+            name=self.container_name(host),
+            hostname=host.lower()[:63],
+            user=user,
+            environment=environment,
+            labels=labels,
+            host_config=api.create_host_config(binds=self.mounts(), cap_add=["NET_ADMIN"], init=True),
+            # The SDK takes a mapping of network name to endpoint here; its type stubs say otherwise.
+            networking_config=api.create_networking_config(
+                {self.network.name: api.create_endpoint_config(ipv4_address=self._address(host))}  # type: ignore[arg-type]
+            ),
+        )
+        api.start(created["Id"])
+        for extra in self._extra_addresses(host):
+            exit_code, output = self.client.containers.get(created["Id"]).exec_run(
+                ["ip", "addr", "add", f"{extra}/32", "dev", "eth0"], user="root"
+            )
+            if exit_code != 0:
+                said = output.decode().strip() if isinstance(output, bytes) else ""
+                raise LabError(f"{host}'s container cannot take its address {extra}: {said}")
+
+    def _address(self, host: str) -> str:
+        if host.lower() in self.config.hosts and self.config.host(host).kind != "server":
+            return self.config.host(host).address
+        return self.config.organization.server(host).address
+
+    def _extra_addresses(self, host: str) -> list[str]:
+        if any(s.name == host for s in self.config.organization.servers):
+            server = self.config.organization.server(host)
+            return sorted({vs.address for vs in server.virtual_servers} - {server.address})
+        return []
+
+    def _socket(self, host: str) -> Path:
+        return self.folder / "agents" / f"{host.lower()}.sock"
+
+    def _wait_for_agent(self, host: str, deadline: float) -> None:
+        while True:
+            try:
+                self.call(host, {"op": "ping"}, timeout=2)
+                return
+            except AgentFailed as exc:
+                if time.monotonic() > deadline:
+                    raise AgentFailed(
+                        f"{host}'s container did not answer: {exc}; {self._logs(host)}"
+                    ) from None
+                container = self._container(host)
+                if container is not None and container.status in ("exited", "dead"):
+                    raise AgentFailed(f"{host}'s container stopped: {self._logs(host)}") from None
+                time.sleep(0.05)
+
+    def container_name(self, host: str) -> str:
+        return f"mailflow-{self.lab_id}-{host.lower()}"
+
+    def shell(self, server: str) -> ContainerShell:
+        """Where the real MTA standing in for `server` runs its commands."""
+        name = self.container_name(server)
+        return ContainerShell(name, self._address(server), container=name)
+
+    def holder(self, address: str) -> str | None:
+        """The host whose container holds `address`, None if none does (a client's, on the bridge)."""
+        for host in [*self.hosts, *self.mtas]:
+            if address == self._address(host) or address in self._extra_addresses(host):
+                return host
+        return None
+
+    def client_socket(self, source: str) -> socket.socket | None:
+        host = self.holder(source)
+        if host is None:
+            return None
+        container = self._container(host)
+        if container is None:
+            raise AgentFailed(
+                f"the container of {host}, whose address {source} a session leaves from, is gone"
+            )
+        return containers.socket_in(int(container.attrs["State"]["Pid"]), source)
+
+    def _container(self, host: str) -> Any:
+        with contextlib.suppress(Exception):
+            return self.client.containers.get(self.container_name(host))
+        return None
+
+    def _logs(self, host: str) -> str:
+        container = self._container(host)
+        if container is None:
+            return "its container is gone"
+        text = container.logs(tail=20).decode("utf-8", "replace").strip()
+        return f"its output: {text}" if text else "it wrote nothing"
+
+    def new_workdir(self) -> Path:
+        workdir = self.folder / f"lab-{next(self._numbers)}"
+        workdir.mkdir()
+        return workdir
+
+    def close(self) -> None:
+        for container in containers.running(self.client, self.lab_id):
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+        self.network.remove()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.started = False
+
+    # --- the agents ------------------------------------------------------------------------------
+
+    def call(self, host: str, request: Mapping[str, Any], timeout: float = AGENT_TIMEOUT) -> Any:
+        try:
+            with socket.socket(socket.AF_UNIX) as channel:
+                channel.settimeout(timeout)
+                channel.connect(str(self._socket(host)))
+                channel.sendall(json.dumps(request).encode() + b"\n")
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = channel.recv(1 << 20)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError as exc:
+            raise AgentFailed(f"the lab host {host} does not answer ({exc.strerror or exc})") from None
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            raise AgentFailed(f"the lab host {host} gave no answer to {request.get('op')}") from None
+        if not answer.get("ok"):
+            raise AgentFailed(f"{host}: {answer.get('error')}", str(answer.get("kind", "broken")))
+        return answer.get("result")
+
+    def call_all(self, hosts: Sequence[str], request: Mapping[str, Any]) -> list[Any]:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda host: self.call(host, request), hosts))
+
+
+_pools: dict[tuple[str, str, int, tuple[tuple[str, str], ...]], HostPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool_for(config: LabConfig, mtas: Mapping[str, str]) -> HostPool:
+    key = (str(config.path), str(config.base), config.port_offset, tuple(sorted(mtas.items())))
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = HostPool(containers.engine(), config, mtas)
+            _pools[key] = pool
+        if not pool.started:
+            pool.start()
+        return pool
+
+
+def close_pools() -> None:
+    """Remove every container and network this process made (at its end, and at a test session's)."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+
+
+atexit.register(close_pools)
+
+
+class DockerLab(Lab):
+    """A lab whose hosts run in containers; what the harness drives and reads is Lab's."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        workdir: Path | None = None,
+        *,
+        control: bool = False,
+        stand_ins: Mapping[str, StandInFactory] | None = None,
+        mtas: Mapping[str, str] | None = None,
+        senders: Sequence[str] = (),
+    ) -> None:
+        """`stand_ins` and `mtas` name the same servers: how each real MTA is made, and its image."""
+        if control:
+            raise LabError("the lab's control socket is not available with the Docker backend yet")
+        # A real sending MTA is Postfix (harness/lab/sender.py), in a container of the Postfix image.
+        self.pool = pool_for(
+            config, {**(mtas or {}), **{config.host(name).name: "postfix" for name in senders}}
+        )
+        super().__init__(
+            config,
+            workdir or self.pool.new_workdir(),
+            reference_servers=False,
+            stand_ins=stand_ins,
+            senders=senders,
+        )
+        self._own_workdir = workdir is None
+        self._server_names = self.pool.reference_servers
+
+    @property
+    def reference_server_names(self) -> list[str]:
+        return list(self._server_names)
+
+    def client_socket(self, source: str) -> socket.socket | None:
+        return self.pool.client_socket(source)
+
+    def start(self) -> DockerLab:
+        began = time.perf_counter()
+        try:
+            self.lock.acquire(self.config.name)
+            self.gc.load()  # this side's copy of the directory configures a stand-in's recipients
+            for each in self.config.organization.servers:
+                path = chain_file(self.workdir, each.fqdn)
+                path.parent.mkdir(exist_ok=True)
+                self.certificates.write_chain(each.fqdn, path)
+                path.chmod(0o644)  # read by the container's user
+            request = {
+                "op": "start",
+                "lab": str(self.config.path),
+                "base": str(self.config.base),
+                "port_offset": self.config.port_offset,
+                "workdir": str(self.workdir),
+            }
+            self.pool.call_all(self.pool.hosts, request)
+            for server, factory in self._stand_in_factories.items():
+                stand_in = factory(self)
+                self.stand_ins[server] = stand_in
+                stand_in.start(self.pool.shell(server))
+            for name in self._sender_hosts:
+                sender = PostfixSender(self.config, self.config.host(name), self.workdir / f"{name}-postfix")
+                self.senders[name] = sender
+                sender.start(self.pool.shell(name))
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.perf_counter() - began
+        return self
+
+    def stop(self) -> None:
+        for sender in self.senders.values():
+            sender.stop()
+        self.senders.clear()
+        for stand_in in self.stand_ins.values():
+            stand_in.stop()
+        self.stand_ins.clear()
+        with contextlib.suppress(AgentFailed):
+            if self.pool.started:
+                self.pool.call_all(self.pool.hosts, {"op": "stop"})
+        self.lock.release()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- driving ---------------------------------------------------------------------------------
+
+    def settle(self, timeout: float = 15.0, quiet: float = 0.05, *, wait_for_retries: bool = True) -> bool:
+        began = time.monotonic()
+        deadline = began + timeout
+        horizon = time.time() + timeout if wait_for_retries else None
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            idle = all(self.pool.call_all(self._server_names, {"op": "idle", "horizon": horizon}))
+            mtas_idle = all(s.idle() for s in self.stand_ins.values()) and all(
+                s.idle() for s in self.senders.values()
+            )
+            if idle and mtas_idle:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= quiet:
+                    return True
+            else:
+                quiet_since = None
+            time.sleep(0.02)  # polling the agents, as the in-process settle polls the servers
+        return False
+
+    def set_connector(self, name: str, up: bool) -> None:
+        self.link_state.set_connector(name, up)
+        self.pool.call_all(self._server_names, {"op": "link", "connector": name, "up": up})
+
+    def set_server(self, name: str, up: bool) -> None:
+        server = self.config.organization.server(name).name
+        if server not in self._server_names:
+            raise LabError(f"{server} is not a reference server of this lab")
+        self.pool.call(server, {"op": "listen", "up": up})
+        self.link_state.set_server(server, up)
+        self.pool.call_all(self._server_names, {"op": "link", "server": server, "up": up})
+
+    def submit(self, server: str, mailbox: str, recipients: list[str], content: bytes) -> str:
+        name = self.config.organization.server(server).name
+        request = {
+            "op": "submit",
+            "mailbox": mailbox,
+            "to": recipients,
+            "content": base64.b64encode(content).decode("ascii"),
+        }
+        return str(self._input_error_as_value(partial(self.pool.call, name, request)))
+
+    def foreign_send(self, gateway: str, memo: bytes) -> str:
+        request = {"op": "foreign", "gateway": gateway, "memo": base64.b64encode(memo).decode()}
+        for server in self._server_names:
+            if gateway.lower() in self.pool.call(server, {"op": "gateways"}):
+                return str(self._input_error_as_value(partial(self.pool.call, server, request)))
+        raise ValueError(f"no gateway connector named {gateway!r} runs in this lab")
+
+    @staticmethod
+    def _input_error_as_value(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except AgentFailed as exc:
+            if exc.kind == "input":
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+            raise
+
+    def set_global_catalog(self, up: bool) -> None:
+        self.pool.call(self._host_of_kind("gc"), {"op": "global_catalog", "up": up})
+        self.gc.available = up
+        if up:
+            self.pool.call_all(self._server_names, {"op": "retry_directory"})
+
+    def freeze(self, server: str, queue: str, frozen: bool = True) -> None:
+        name = self.config.organization.server(server).name
+        self.pool.call(name, {"op": "freeze", "queue": queue, "frozen": frozen})
+
+    def frozen_queues(self) -> dict[str, set[str]]:
+        return {name: set(self.pool.call(name, {"op": "frozen"})) for name in self._server_names}
+
+    def queues(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return dict(
+            zip(self._server_names, self.pool.call_all(self._server_names, {"op": "queues"}), strict=True)
+        )
+
+    def _host_of_kind(self, kind: str) -> str:
+        return next(h.name for h in self.config.hosts.values() if h.kind == kind)
+
+    # --- evidence --------------------------------------------------------------------------------
+
+    def dns_queries(self) -> list[Query]:
+        host = self._host_of_kind("dns")
+        return [
+            Query(**{**q, "answers": tuple(q["answers"])})
+            for q in self.pool.call(host, {"op": "dns_queries"})
+        ]
+
+    def ldap_queries(self) -> list[LdapQuery]:
+        rows = self.pool.call(self._host_of_kind("gc"), {"op": "ldap_queries"})
+        return [
+            LdapQuery(**{**q, "attributes": tuple(q["attributes"]), "dns": tuple(q["dns"])}) for q in rows
+        ]
+
+    def sink_captures(self) -> list[tuple[str, Capture]]:
+        found: list[tuple[str, Capture]] = []
+        for name in self.sinks:
+            for row in self.pool.call(name, {"op": "captures"}):
+                found.append(
+                    (
+                        name,
+                        Capture(
+                            **{
+                                **row,
+                                "data": base64.b64decode(row["data"]),
+                                "rcpt_tos": tuple(row["rcpt_tos"]),
+                                "mail_options": tuple(row["mail_options"]),
+                                "rcpt_options": tuple(row["rcpt_options"]),
+                            }
+                        ),
+                    )
+                )
+        return found
+
+    def add_sink_rule(self, host: str, rule: Mapping[str, Any]) -> None:
+        self.pool.call(self.config.host(host).name, {"op": "sink_rule", "rule": dict(rule)})
