@@ -80,17 +80,17 @@ def image(kind: str) -> str:
 
 
 class HostPool:
-    """The containers of one lab placement: a network, one container per host, the shared folder."""
+    """The containers of one lab placement: a network, one container per host, the shared folder.
 
-    def __init__(self, client: docker.DockerClient, config: LabConfig, mtas: Mapping[str, str]) -> None:
+    Each host's container is of a role: `lab` (a host agent in the lab image) or a real MTA's image kind
+    (`postfix`, ...), for a server one stands in for or an Internet host that sends through one.
+    `arrange` swaps only the containers whose role a trace changes."""
+
+    def __init__(self, client: docker.DockerClient, config: LabConfig) -> None:
         self.client = client
         self.config = config
-        # The hosts a real MTA runs on, each with its MTA's image kind: the servers one stands in for,
-        # and the Internet hosts that send through one.
-        self.mtas = {self._name(name): kind for name, kind in mtas.items()}
-        self.stood_in = {name.lower() for name in self.mtas}
         self.owner = containers.Owner.me()
-        key = f"{os.getpid()}-{config.path}-{config.base}-{sorted(self.mtas.items())}"
+        key = f"{os.getpid()}-{config.path}-{config.base}"
         self.lab_id = hashlib.sha1(key.encode()).hexdigest()[:10]
         self.folder = Path(tempfile.mkdtemp(prefix="mailflow-docker-"))
         self.folder.chmod(0o755)
@@ -98,7 +98,7 @@ class HostPool:
         self.network = containers.DockerNetwork(
             client, ipaddress.IPv4Network(f"{config.base}/24", strict=False), self.lab_id, self.owner
         )
-        self.hosts = self._agent_hosts()
+        self.roles: dict[str, str] = {}  # host → the role of its running container
         self._numbers = itertools.count(1)
         self.started = False
 
@@ -106,47 +106,80 @@ class HostPool:
         servers = {s.name.lower(): s.name for s in self.config.organization.servers}
         return servers.get(name.lower()) or self.config.host(name).name
 
-    def _agent_hosts(self) -> list[str]:
+    def _all_hosts(self) -> list[str]:
+        """Every host that runs in a container: the DNS server, the global catalog, the Internet
+        hosts and the servers (the clients are the harness's own addresses)."""
         config = self.config
-        names = [
-            h.name
-            for h in config.hosts.values()
-            if h.kind in ("dns", "gc", "internet") and h.name.lower() not in self.stood_in
-        ]
-        names += [s.name for s in config.organization.servers if s.name.lower() not in self.stood_in]
-        return names
+        names = [h.name for h in config.hosts.values() if h.kind in ("dns", "gc", "internet")]
+        return names + [s.name for s in config.organization.servers]
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts whose container is a host agent."""
+        return [host for host, role in self.roles.items() if role == "lab"]
+
+    @property
+    def mtas(self) -> dict[str, str]:
+        return {host: role for host, role in self.roles.items() if role != "lab"}
 
     @property
     def reference_servers(self) -> list[str]:
-        return [s.name for s in self.config.organization.servers if s.name.lower() not in self.stood_in]
+        return [s.name for s in self.config.organization.servers if self.roles.get(s.name) == "lab"]
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        containers.sweep(self.client)
-        self.network.create()
         try:
-            lab = image("lab")
-            mta_images = {server: image(kind) for server, kind in self.mtas.items()}
-            resolv = self.folder / "resolv.conf"
-            resolv.write_text(
+            containers.sweep(self.client)
+            self.network.create()
+            (self.folder / "resolv.conf").write_text(
                 f"nameserver {self.config.dns_address}\noptions timeout:2 attempts:1\n", encoding="utf-8"
             )
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(lambda host: self._run_agent(lab, host), self.hosts))
-                list(pool.map(lambda server: self._run_mta(mta_images[server], server), self.mtas))
             self.network.add_local(self._client_addresses())
-            deadline = time.monotonic() + AGENT_TIMEOUT
-            for host in self.hosts:
-                self._wait_for_agent(host, deadline)
         except BaseException:
             self.close()
             raise
         self.started = True
 
+    def arrange(self, mtas: Mapping[str, str]) -> None:
+        """Give each host the container its role asks for: a real MTA's for the hosts in `mtas` (host
+        or server name → image kind), a host agent for every other one."""
+        wanted = {host: "lab" for host in self._all_hosts()}
+        wanted.update({self._name(name): kind for name, kind in mtas.items()})
+        changing = [host for host, role in wanted.items() if self.roles.get(host) != role]
+        if not changing:
+            return
+        try:
+            images = {role: image(role) for role in {wanted[host] for host in changing}}
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(self._remove_container, [h for h in changing if h in self.roles]))
+                for host in changing:
+                    self.roles.pop(host, None)
+                list(
+                    pool.map(lambda host: self._run_role(images[wanted[host]], host, wanted[host]), changing)
+                )
+            self.roles.update({host: wanted[host] for host in changing})
+            deadline = time.monotonic() + AGENT_TIMEOUT
+            for host in changing:
+                if wanted[host] == "lab":
+                    self._wait_for_agent(host, deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    def _remove_container(self, host: str) -> None:
+        if (container := self._container(host)) is not None:
+            container.remove(force=True)
+
+    def _run_role(self, image_name: str, host: str, role: str) -> None:
+        if role == "lab":
+            self._run_agent(image_name, host)
+        else:
+            self._run_mta(image_name, host)
+
     def _client_addresses(self) -> list[str]:
         """Every lab address no container holds: the clients the harness replays from."""
-        held = {self.config.host(h).address for h in self.hosts if h.lower() in self.config.hosts}
+        held = {self.config.host(h).address for h in self._all_hosts() if h.lower() in self.config.hosts}
         for server in self.config.organization.servers:
             held |= {server.address, *(vs.address for vs in server.virtual_servers)}
         return sorted({h.address for h in self.config.hosts.values()} - held - {self.network.gateway})
@@ -247,7 +280,7 @@ class HostPool:
 
     def holder(self, address: str) -> str | None:
         """The host whose container holds `address`, None if none does (a client's, on the bridge)."""
-        for host in [*self.hosts, *self.mtas]:
+        for host in self.roles:
             if address == self._address(host) or address in self._extra_addresses(host):
                 return host
         return None
@@ -286,6 +319,7 @@ class HostPool:
                 container.remove(force=True)
         self.network.remove()
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.roles.clear()
         self.started = False
 
     # --- the agents ------------------------------------------------------------------------------
@@ -317,19 +351,34 @@ class HostPool:
             return list(pool.map(lambda host: self.call(host, request), hosts))
 
 
-_pools: dict[tuple[str, str, int, tuple[tuple[str, str], ...]], HostPool] = {}
+_pools: dict[str, HostPool] = {}  # by the lab network's subnet
 _pools_lock = threading.Lock()
 
 
 def pool_for(config: LabConfig, mtas: Mapping[str, str]) -> HostPool:
-    key = (str(config.path), str(config.base), config.port_offset, tuple(sorted(mtas.items())))
+    """This process's containers for `config`'s placement, arranged for the real MTAs in `mtas`; a pool
+    of another lab file on the same subnet is removed first."""
+    subnet = str(ipaddress.IPv4Network(f"{config.base}/24", strict=False))
     with _pools_lock:
-        pool = _pools.get(key)
+        pool = _pools.get(subnet)
+        if pool is not None and (pool.config.path, pool.config.port_offset) != (
+            config.path,
+            config.port_offset,
+        ):
+            pool.close()
+            pool = None
         if pool is None:
-            pool = HostPool(containers.engine(), config, mtas)
-            _pools[key] = pool
-        if not pool.started:
-            pool.start()
+            try:
+                pool = HostPool(containers.engine(), config)
+            except containers.DockerUnavailable as exc:
+                raise LabError(str(exc)) from None
+            _pools[subnet] = pool
+        try:
+            if not pool.started:
+                pool.start()
+            pool.arrange(mtas)
+        except containers.LabNetworkError as exc:
+            raise LabError(str(exc)) from None
         return pool
 
 
