@@ -16,10 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.cli import target_option
 from harness.exit_codes import BrokenError, InputError
 from harness.lab import captures
 from harness.lab import config as lab_config
 from harness.lab.certificates import CA_FILE
+from harness.lab.docker_lab import DockerLab
 from harness.run import signals
 from harness.yamlsource import SourceError
 
@@ -59,17 +61,17 @@ def lab() -> None:
     help="what stands in for the server under test, e.g. postfix or exim:EX2 (a real MTA puts the lab "
     "on 198.18.0.0/15, in network namespaces; needs root)",
 )
+@target_option.backend_option
 def lab_up(
-    name: str, base: str | None, port_offset: int | None, workdir: Path | None, target_name: str
+    name: str, base: str | None, port_offset: int | None, workdir: Path | None, target_name: str, backend: str
 ) -> None:
     """Start lab NAME (or a lab file) in the foreground until Ctrl-C, SIGTERM or SIGHUP."""
     from harness import targets
-    from harness.cli import target_option
 
-    target = target_option.chosen(target_name)
+    target = target_option.on_backend(target_option.chosen(target_name), backend)
     if (unavailable := target.unavailable()) is not None:
         raise BrokenError(f"target {target.name} cannot run here: {unavailable}")
-    base, port_offset = _placement(base, port_offset, netns=target.needs_netns)
+    base, port_offset = _placement(base, port_offset, netns=target.needs_netns, docker=target.in_docker)
     config = _lab_config(name, base, port_offset)
     if workdir is not None:
         try:
@@ -112,6 +114,7 @@ def _print_hosts(running: Lab, target_name: str) -> None:
     """What a person needs to poke the lab: each host's address and role, and how to log in and verify
     TLS. One narrow table (readable at 80 columns): every SMTP service listens on the same port."""
     config = running.config
+    in_containers = isinstance(running, DockerLab)
     console.print(
         f"lab {config.name} started in {running.started_in * 1000:.0f} ms: every SMTP service on port "
         f"{config.port(25)}, DNS on {config.dns_address}:{config.dns_port} (udp+tcp)"
@@ -122,7 +125,7 @@ def _print_hosts(running: Lab, target_name: str) -> None:
     table.add_column("what", overflow="fold")
     roles = {
         "dns": "DNS server",
-        "gc": "global catalog (in-process LDAP)",
+        "gc": "global catalog (LDAP)" if in_containers else "global catalog (in-process LDAP)",
         "server": "server",
         "internet": "Internet host",
         "virtual_server": "virtual server",
@@ -141,7 +144,13 @@ def _print_hosts(running: Lab, target_name: str) -> None:
     console.print(table)
     console.print("A session from a client binds the client's address (swaks --local-interface).")
     for server, stand_in in running.stand_ins.items():
-        console.print(f"{server}: {target_name} in its network namespace, logging to {stand_in.log_path}")
+        where = "its container" if in_containers else "its network namespace"
+        console.print(f"{server}: {target_name} in {where}, logging to {stand_in.log_path}")
+    if in_containers:
+        console.print(
+            "Each host runs in a container of its own (docker ps --filter label=org.mailflow.lab); this "
+            "machine reaches them through the lab network's bridge."
+        )
     ca = running.workdir / CA_FILE
     # Paths are never folded: a person copies them.
     console.print(f"STARTTLS: verify the server's name (e.g. ex1.contoso.com) against {ca}", soft_wrap=True)
@@ -164,18 +173,21 @@ def _logins(running: Lab) -> list[tuple[str, str]]:
     return [(login.names[0], login.password) for login in table.logins]
 
 
-def _placement(base: str | None, port_offset: int | None, *, netns: bool) -> tuple[str | None, int | None]:
+def _placement(
+    base: str | None, port_offset: int | None, *, netns: bool, docker: bool = False
+) -> tuple[str | None, int | None]:
     """Where the lab goes: --base and --port-offset, else MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET (or,
     for a real-MTA target, MAILFLOW_NETNS_SUBNET), as for every other lab the harness starts."""
     from harness.lab.placement import relocation
 
     try:
-        env_base, env_offset = relocation(netns=netns)
+        env_base, env_offset = relocation(netns=netns, docker=docker)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if base is not None:
-        # A real MTA's lab keeps the standard ports (its DNS and SMTP clients use them).
-        return base, port_offset if port_offset is not None or netns else env_offset
+        # A real MTA's lab keeps the standard ports (its DNS and SMTP clients use them), as does a lab
+        # of containers, each host with an address of its own.
+        return base, port_offset if port_offset is not None or netns or docker else env_offset
     return env_base, port_offset if port_offset is not None else env_offset
 
 

@@ -15,7 +15,6 @@ from harness.lab.config import LabConfig
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.standin import StandIn
 from reference_mta.linkstate import LinkState
-from reference_mta.server import ExchangeServer
 
 
 class LabAdmin(Protocol):
@@ -35,10 +34,21 @@ class LabAdmin(Protocol):
     def link_state(self) -> LinkState: ...
 
     @property
-    def servers(self) -> Mapping[str, ExchangeServer]: ...
+    def reference_server_names(self) -> list[str]:
+        """The servers the reference MTA runs (not those a real MTA stands in for)."""
+        ...
 
     @property
     def stand_ins(self) -> Mapping[str, StandIn]: ...
+
+    def change_connector(self, name: str, up: bool) -> None:
+        """Mark a connector down or up for every reference server (call on the lab's loop)."""
+
+    async def submit_through_store(
+        self, server: str, mailbox: str, recipients: list[str], content: bytes
+    ) -> str:
+        """A MAPI client's submission through `server`'s store; its Message-ID (ValueError if refused)."""
+        ...
 
     async def change_server(self, name: str, up: bool) -> None:
         """Take a reference server down (its virtual servers stop answering) or bring it back up."""

@@ -113,7 +113,7 @@ class ControlServer:
                 (c.name for c in lab.config.organization.connectors),
                 self._lab,
             )
-            lab.link_state.set_connector(name, bool(request["up"]))
+            lab.change_connector(name, bool(request["up"]))
             return {**lab.link_state.snapshot(), "name": name}
         if op == "server":
             name = self._reference_server(str(request["name"]), "taken down or brought up by the lab")
@@ -123,7 +123,7 @@ class ControlServer:
             name = self._reference_server(str(request["server"]), "submitted to through a store")
             mailbox = self._mailbox(name, str(request["mailbox"]))
             content = base64.b64decode(request["content"])
-            return await lab.servers[name].submit_from_store(mailbox, list(request["to"]), content)
+            return await lab.submit_through_store(name, mailbox, list(request["to"]), content)
         if op == "global_catalog":
             lab.change_global_catalog(bool(request["up"]))
             return {"available": lab.gc.available}
@@ -144,7 +144,7 @@ class ControlServer:
             mta = self.lab.stand_ins[server].mta
             raise NotPossible(
                 f"{server} is {mta} standing in for the lab server: it cannot be {what}; "
-                f"servers that can: {', '.join(sorted(self.lab.servers)) or 'none'}"
+                f"servers that can: {', '.join(sorted(self.lab.reference_server_names)) or 'none'}"
             )
         return server
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import base64
 import contextlib
@@ -37,6 +38,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import docker.errors
+
 from harness.lab import containers
 from harness.lab.captures import Capture
 from harness.lab.config import LabConfig
@@ -48,8 +51,6 @@ from harness.lab.runtime import Lab, LabError
 from harness.lab.sender import PostfixSender
 
 if TYPE_CHECKING:
-    import docker
-
     from harness.lab.admin import StandInFactory
 
 AGENT_PYTHON = "/opt/mailflow/bin/python"
@@ -86,9 +87,11 @@ class HostPool:
     (`postfix`, ...), for a server one stands in for or an Internet host that sends through one.
     `arrange` swaps only the containers whose role a trace changes."""
 
-    def __init__(self, client: docker.DockerClient, config: LabConfig) -> None:
+    def __init__(self, client: docker.DockerClient, config: LabConfig, shared: Path | None = None) -> None:
         self.client = client
         self.config = config
+        # A lab folder the user chose (lab up --workdir), shared with the containers beside the pool's.
+        self.shared = shared
         self.owner = containers.Owner.me()
         key = f"{os.getpid()}-{config.path}-{config.base}"
         self.lab_id = hashlib.sha1(key.encode()).hexdigest()[:10]
@@ -190,10 +193,12 @@ class HostPool:
         binds: dict[str, Mapping[str, str]] = {
             str(self.folder): {"bind": str(self.folder), "mode": "rw"},
             str(self.folder / "resolv.conf"): {"bind": "/etc/resolv.conf", "mode": "ro"},
-            str(config.path.parent): {"bind": str(config.path.parent), "mode": "ro"},
+            str(config.path.resolve().parent): {"bind": str(config.path.resolve().parent), "mode": "ro"},
         }
-        directory = config.global_catalog.directory.parent
+        directory = config.global_catalog.directory.resolve().parent
         binds.setdefault(str(directory), {"bind": str(directory), "mode": "ro"})
+        if self.shared is not None:
+            binds[str(self.shared)] = {"bind": str(self.shared), "mode": "rw"}
         if source := os.environ.get(SOURCE_SETTING):
             binds[source] = {"bind": source, "mode": "ro"}
         return binds
@@ -355,21 +360,19 @@ _pools: dict[str, HostPool] = {}  # by the lab network's subnet
 _pools_lock = threading.Lock()
 
 
-def pool_for(config: LabConfig, mtas: Mapping[str, str]) -> HostPool:
-    """This process's containers for `config`'s placement, arranged for the real MTAs in `mtas`; a pool
-    of another lab file on the same subnet is removed first."""
+def pool_for(config: LabConfig, mtas: Mapping[str, str], shared: Path | None = None) -> HostPool:
+    """This process's containers for `config`'s placement, arranged for the real MTAs in `mtas`, with
+    `shared` mounted too; a pool of another lab file (or folder) on the same subnet is removed first."""
     subnet = str(ipaddress.IPv4Network(f"{config.base}/24", strict=False))
     with _pools_lock:
         pool = _pools.get(subnet)
-        if pool is not None and (pool.config.path, pool.config.port_offset) != (
-            config.path,
-            config.port_offset,
-        ):
+        same = (config.path.resolve(), config.port_offset, shared)
+        if pool is not None and (pool.config.path.resolve(), pool.config.port_offset, pool.shared) != same:
             pool.close()
             pool = None
         if pool is None:
             try:
-                pool = HostPool(containers.engine(), config)
+                pool = HostPool(containers.engine(), config, shared)
             except containers.DockerUnavailable as exc:
                 raise LabError(str(exc)) from None
             _pools[subnet] = pool
@@ -379,6 +382,8 @@ def pool_for(config: LabConfig, mtas: Mapping[str, str]) -> HostPool:
             pool.arrange(mtas)
         except containers.LabNetworkError as exc:
             raise LabError(str(exc)) from None
+        except docker.errors.APIError as exc:
+            raise LabError(f"Docker refused to make the lab's containers: {exc.explanation or exc}") from None
         return pool
 
 
@@ -407,16 +412,15 @@ class DockerLab(Lab):
         senders: Sequence[str] = (),
     ) -> None:
         """`stand_ins` and `mtas` name the same servers: how each real MTA is made, and its image."""
-        if control:
-            raise LabError("the lab's control socket is not available with the Docker backend yet")
         # A real sending MTA is Postfix (harness/lab/sender.py), in a container of the Postfix image.
-        self.pool = pool_for(
-            config, {**(mtas or {}), **{config.host(name).name: "postfix" for name in senders}}
-        )
+        workdir = workdir.resolve() if workdir is not None else None  # the same path in every container
+        wanted = {**(mtas or {}), **{config.host(name).name: "postfix" for name in senders}}
+        self.pool = pool_for(config, wanted, workdir)
         super().__init__(
             config,
             workdir or self.pool.new_workdir(),
             reference_servers=False,
+            control=control,
             stand_ins=stand_ins,
             senders=senders,
         )
@@ -442,7 +446,7 @@ class DockerLab(Lab):
                 path.chmod(0o644)  # read by the container's user
             request = {
                 "op": "start",
-                "lab": str(self.config.path),
+                "lab": str(self.config.path.resolve()),
                 "base": str(self.config.base),
                 "port_offset": self.config.port_offset,
                 "workdir": str(self.workdir),
@@ -456,6 +460,10 @@ class DockerLab(Lab):
                 sender = PostfixSender(self.config, self.config.host(name), self.workdir / f"{name}-postfix")
                 self.senders[name] = sender
                 sender.start(self.pool.shell(name))
+            if self._with_control:
+                # The control socket is served here, in this process, and works through the agents.
+                self._start_loop()
+                self.run(self._start_control())
         except BaseException:
             self.stop()
             raise
@@ -472,6 +480,16 @@ class DockerLab(Lab):
         with contextlib.suppress(AgentFailed):
             if self.pool.started:
                 self.pool.call_all(self.pool.hosts, {"op": "stop"})
+        if (loop := self._loop) is not None:
+            try:
+                if self.control is not None and loop.is_running():
+                    self.run(self.control.stop(), timeout=10)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                if self._thread is not None:
+                    self._thread.join(timeout=10)
+                loop.close()
+                self._loop = None
         self.lock.release()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -498,8 +516,30 @@ class DockerLab(Lab):
         return False
 
     def set_connector(self, name: str, up: bool) -> None:
+        self.change_connector(name, up)
+
+    def change_connector(self, name: str, up: bool) -> None:
         self.link_state.set_connector(name, up)
         self.pool.call_all(self._server_names, {"op": "link", "connector": name, "up": up})
+
+    # What the control socket does (harness/lab/control.py), on its loop: each through the agents.
+
+    async def change_server(self, name: str, up: bool) -> None:
+        await asyncio.to_thread(self.set_server, name, up)
+
+    async def submit_through_store(
+        self, server: str, mailbox: str, recipients: list[str], content: bytes
+    ) -> str:
+        return await asyncio.to_thread(self.submit, server, mailbox, recipients, content)
+
+    def change_global_catalog(self, up: bool) -> None:
+        self.set_global_catalog(up)
+
+    def change_freeze(self, server: str, queue: str, frozen: bool) -> None:
+        self.freeze(server, queue, frozen)
+
+    def queue_snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return self.queues()
 
     def set_server(self, name: str, up: bool) -> None:
         server = self.config.organization.server(name).name

@@ -134,18 +134,7 @@ class Lab:
 
     def start(self) -> Lab:
         began = time.perf_counter()
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name=f"lab-{self.config.name}", daemon=True)
-        self._thread.start()
-        ready.wait()
+        self._start_loop()
         try:
             # First of all: a second lab on this folder must not touch the running one's files.
             self.lock.acquire(self.config.name)
@@ -174,6 +163,21 @@ class Lab:
             raise
         self.started_in = time.perf_counter() - began
         return self
+
+    def _start_loop(self) -> None:
+        """The lab's asyncio loop, in a thread of its own, for what the lab serves in this process."""
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name=f"lab-{self.config.name}", daemon=True)
+        self._thread.start()
+        ready.wait()
 
     async def _start(self) -> None:
         await _listening(self.dns.start(), "fake DNS", self.config.dns_address, self.config.dns_port)
@@ -366,9 +370,18 @@ class Lab:
         """Mark a connector down or up in the link state every server routes by."""
 
         async def change() -> None:
-            self.link_state.set_connector(name, up)
+            self.change_connector(name, up)
 
         self.run(change())
+
+    def change_connector(self, name: str, up: bool) -> None:
+        self.link_state.set_connector(name, up)
+
+    async def submit_through_store(
+        self, server: str, mailbox: str, recipients: list[str], content: bytes
+    ) -> str:
+        exchange = self.servers[self.config.organization.server(server).name]
+        return await exchange.submit_from_store(mailbox, recipients, content)
 
     def set_server(self, name: str, up: bool) -> None:
         """Take a server down (its virtual servers stop answering, link state marks it down) or back up."""
@@ -385,8 +398,7 @@ class Lab:
     def submit(self, server: str, mailbox: str, recipients: list[str], content: bytes) -> str:
         """A MAPI/OWA client submits through the store of `server` (ValueError if the mailbox is not
         there); returns the message's Message-ID."""
-        exchange = self.servers[self.config.organization.server(server).name]
-        return self.run(exchange.submit_from_store(mailbox, recipients, content))
+        return self.run(self.submit_through_store(server, mailbox, recipients, content))
 
     def foreign_send(self, gateway: str, memo: bytes) -> str:
         """The foreign system hands `memo` to the gateway connector `gateway` (ValueError if the
