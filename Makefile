@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REPORTS ?= reports
 WORKERS ?= auto
 
-.PHONY: conformance test lint typecheck unit report clean mtas matrix fresh-check
+.PHONY: conformance test lint typecheck unit report clean mtas matrix fresh-check images docker-gate
 
 # Debian ships venv's pip bootstrap (ensurepip) apart, in python3-venv, which a stock install lacks:
 # as root it is installed here, otherwise make stops and says what to install.
@@ -60,6 +60,16 @@ matrix: $(STAMP) mtas
 		-n $(WORKERS) --reports $(REPORTS) traces/ || status=$$?; \
 	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report || status=$${status:-1}; \
 	exit $$status
+
+## The Docker backend's images, built from Debian packages (docs/docker.md); unchanged ones are kept.
+images: $(STAMP)
+	$(BIN)/mailflow images build
+
+## The Docker backend's gate: the inbound, relay and gateway traces with every lab host in a container,
+## and the relay traces with Postfix standing in for EX1 in a container of its own.
+docker-gate: $(STAMP) images
+	$(BIN)/mailflow run --backend docker -n $(WORKERS) --reports $(REPORTS)/docker traces/inbound traces/relay traces/gateway
+	$(BIN)/mailflow run --backend docker --target postfix -n $(WORKERS) --reports $(REPORTS)/docker-postfix traces/relay
 
 report:
 	scripts/allure_report.sh $(REPORTS)/allure-results $(REPORTS)/allure-report
