@@ -4,11 +4,13 @@ needs them is skipped with the reason where there is no Docker engine, no mmdebs
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +64,15 @@ def built() -> Built:
     assert result.returncode == 0, result.stdout + result.stderr
     current = images.keys(ROOT)
     return Built({kind: images.reference(kind, current[kind]) for kind in images.KINDS}, result.stdout)
+
+
+@pytest.fixture
+def other_keys() -> Iterator[None]:
+    """For a test that makes images of keys not this checkout's, or prunes them: one at a time, so that
+    under pytest-xdist a prune does not remove what another test has just made."""
+    with (Path(tempfile.gettempdir()) / "mailflow-images-tests.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _run(ref: str, *command: str, **options: object) -> str:
@@ -165,7 +176,7 @@ def test_images_list_shows_each_kind_as_current(built: Built) -> None:
         assert kind in row and "yes" in row
 
 
-def test_prune_removes_an_older_key_and_keeps_the_current_ones(built: Built) -> None:
+def test_prune_removes_an_older_key_and_keeps_the_current_ones(built: Built, other_keys: None) -> None:
     engine = images.client()
     stale = "0" * 12
     container = engine.containers.create(built.refs["base"], ["true"])
@@ -223,7 +234,8 @@ def test_pushing_to_a_registry_that_does_not_answer_is_a_broken_set_up(built: Bu
         assert f"pushing {registry}/{built.refs['base']} failed" in result.stderr
         assert "Traceback" not in result.stderr
     finally:
-        images.client().images.remove(f"{registry}/{built.refs['base']}")
+        if images.present(images.client(), f"{registry}/{built.refs['base']}") is not None:
+            images.client().images.remove(f"{registry}/{built.refs['base']}")
 
 
 @pytest.fixture
@@ -245,7 +257,7 @@ def registry(tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(address.split(":"), timeout=1).close()
+                socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1).close()
                 break
             except OSError:
                 assert process.poll() is None, "docker-registry exited"
@@ -258,29 +270,76 @@ def registry(tmp_path: Path) -> Iterator[str]:
 
 
 def test_push_then_ensure_pulls_from_the_registry_instead_of_building(
-    built: Built, registry: str, monkeypatch: pytest.MonkeyPatch
+    built: Built, registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_keys: None
 ) -> None:
     engine = images.client()
-    ref = built.refs["base"]
-    pushed = f"{registry}/{ref}"
+    # What the command pushes: this checkout's base image, as REGISTRY/mailflow-base:KEY.
     result = _mailflow("push", registry, "base")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{pushed}: pushed" in result.stdout
-    image_id = engine.images.get(ref).id
-    # Without its local names (the layers stay: the other images stand on them), ensure pulls it back.
+    assert f"{registry}/{built.refs['base']}: pushed" in result.stdout
+    engine.images.remove(f"{registry}/{built.refs['base']}")
+
+    # Another checkout (one more module under harness/) has another lab key, and no image here: one
+    # pushed for it is pulled, not built. The images of this checkout stay as they are.
+    tree = _another_checkout(tmp_path, "pulled")
+    key = images.keys(tree)["lab"]
+    ref, pushed = f"mailflow-lab:{key}", f"{registry}/mailflow-lab:{key}"
+    assert key != built.refs["lab"].rsplit(":", 1)[1] and images.present(engine, ref) is None
+    engine.images.get(built.refs["lab"]).tag(f"{registry}/mailflow-lab", key)
+    for event in engine.api.push(f"{registry}/mailflow-lab", tag=key, stream=True, decode=True):
+        assert "error" not in event, event
     engine.images.remove(pushed)
-    engine.images.remove(ref)
-    assert images.present(engine, ref) is None
     monkeypatch.setenv(images.REGISTRY_ENV, registry)
     said: list[str] = []
     try:
-        assert images.ensure(["base"], say=said.append) == {"base": ref}
+        assert images.ensure(["lab"], say=said.append, root=tree) == {"lab": ref}
+        assert said == [f"{ref}: pulling {pushed}", f"{ref}: pulled"]
+        assert engine.images.get(ref).id == engine.images.get(built.refs["lab"]).id
     finally:
-        if images.present(engine, ref) is None:  # put it back for the other tests
-            images.ensure(["base"])
-    assert said == [f"{ref}: pulling {pushed}", f"{ref}: pulled"]
-    assert engine.images.get(ref).id == image_id
-    engine.images.remove(pushed)
+        for name in (ref, pushed):
+            if images.present(engine, name) is not None:
+                engine.images.remove(name)
+
+
+def test_an_image_the_registry_lacks_is_built_from_the_checkout(
+    built: Built, registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_keys: None
+) -> None:
+    engine = images.client()
+    tree = _another_checkout(tmp_path, "built")
+    ref = f"mailflow-lab:{images.keys(tree)['lab']}"
+    assert images.image_for("lab", root=tree) is None
+    monkeypatch.setenv(images.REGISTRY_ENV, registry)
+    said: list[str] = []
+    try:
+        assert images.ensure(["lab"], say=said.append, root=tree) == {"lab": ref}
+        assert images.image_for("lab", root=tree) == ref
+        assert said[0] == f"{ref}: pulling {registry}/{ref}"
+        assert said[1].startswith(f"{ref}: not pulled (") and said[1].endswith("); building it")
+        assert said[2:4] == [
+            f"{built.refs['base']}: up to date",
+            f"{ref}: building: {built.refs['base']} + the checkout in a venv at {images.VENV}",
+        ]
+        assert said[4].startswith(f"{ref}: built in ")
+        # The other checkout's module is in its image, and not in this checkout's.
+        assert _run(ref, "python3", "-c", "from harness.changed import WHO; print(WHO)") == "built\n"
+        missing = "import importlib.util; print(importlib.util.find_spec('harness.changed'))"
+        assert _run(built.refs["lab"], "python3", "-c", missing) == "None\n"
+    finally:
+        if images.present(engine, ref) is not None:
+            engine.images.remove(ref)
+
+
+def _another_checkout(folder: Path, who: str) -> Path:
+    """A copy of this checkout's code with one more module under harness/: another lab key."""
+    tree = folder / "checkout"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md", *images.LAB_SOURCES):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, tree / name)
+    (tree / "harness" / "changed.py").write_text(f"WHO = {who!r}\n")
+    return tree
 
 
 # --- without Docker or mmdebstrap ---------------------------------------------------------------------

@@ -52,12 +52,13 @@ def list_command() -> None:
         raise BrokenError(str(exc)) from None
     table = Table(title="mailflow images")
     for column in ("kind", "tag", "size", "created", "current"):
-        table.add_column(column)
+        # A tag folded over two lines could not be copied or searched for.
+        table.add_column(column, no_wrap=column == "tag")
     for item in found:
         current = "?" if item.current is None else "yes" if item.current else "no"
-        tags = ", ".join(item.tags) or f"(untagged, key {item.key})"
+        tag = item.tag or f"(no name) {item.image_id.removeprefix('sha256:')[:12]}"
         table.add_row(
-            item.kind, tags, f"{item.size / 1e6:.0f} MB", item.created[:19].replace("T", " "), current
+            item.kind, tag, f"{item.size / 1e6:.0f} MB", item.created[:19].replace("T", " "), current
         )
     console.print(table)
     if not found:
@@ -71,7 +72,7 @@ def prune() -> None:
         removed = images.prune(images.client(), say=_say)
     except images.ImageError as exc:
         raise BrokenError(str(exc)) from None
-    click.echo(f"{removed} image(s) removed")
+    click.echo(f"{removed} removed")
 
 
 @images_group.command()

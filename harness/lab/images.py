@@ -275,9 +275,10 @@ def present(engine: DockerClient, ref: str) -> Image | None:
         return None
 
 
-def image_for(kind: str) -> str | None:
-    """The reference of the kind's image for this checkout if it is here, else None; builds nothing."""
-    ref = reference(kind, keys(source_root())[kind])
+def image_for(kind: str, root: Path | None = None) -> str | None:
+    """The reference of the kind's image for this checkout (or the one at `root`) if it is here, else
+    None; builds nothing. ImageError if there is no Docker."""
+    ref = reference(kind, keys(root or source_root())[kind])
     return ref if present(client(), ref) is not None else None
 
 
@@ -293,85 +294,85 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure(kinds: Iterable[str], say: Say = _stderr) -> dict[str, str]:
-    """Each kind's image for this checkout (kind → reference), made where it is missing: pulled from
-    MAILFLOW_IMAGE_REGISTRY when that is set and the registry has it, otherwise built. Says a line for
-    each image, and progress while one is built. ImageError if there is no Docker or a build fails;
-    ValueError for an unknown kind or a malformed MAILFLOW_IMAGE_REGISTRY."""
+def ensure(kinds: Iterable[str], say: Say = _stderr, root: Path | None = None) -> dict[str, str]:
+    """Each kind's image for this checkout (or the one at `root`), kind → reference, made where it is
+    missing: pulled from MAILFLOW_IMAGE_REGISTRY when that is set and the registry has it, otherwise
+    built. Says a line for each image, and progress while one is built. ImageError if there is no
+    Docker or a build fails; ValueError for an unknown kind or a malformed MAILFLOW_IMAGE_REGISTRY."""
     wanted = list(dict.fromkeys(kinds))
     for kind in wanted:
         repository(kind)  # a wrong kind is refused (ValueError) before anything is done
     registry = configured_registry()
-    engine = client()
-    current = keys(source_root())
-    made: set[str] = set()
+    maker = _Maker(client(), root or source_root(), registry, say)
     for kind in sorted(wanted, key=KINDS.index):
-        _make(engine, kind, current, registry, say, made)
-    return {kind: reference(kind, current[kind]) for kind in wanted}
+        maker.make(kind)
+    return {kind: reference(kind, maker.current[kind]) for kind in wanted}
 
 
-def _make(
-    engine: DockerClient, kind: str, current: dict[str, str], registry: str, say: Say, made: set[str]
-) -> None:
-    """The kind's image, and the one it stands on only when it must be built."""
-    if kind in made:
-        return
-    made.add(kind)
-    ref = reference(kind, current[kind])
-    if present(engine, ref) is not None:
-        say(f"{ref}: up to date")
-        return
-    if registry and _pull(engine, registry, kind, current, say):
-        return
-    below = parent(kind)
-    if below is not None:
-        _make(engine, below, current, registry, say, made)
-    with _build_lock():
-        if present(engine, ref) is not None:  # built meanwhile by another run
-            say(f"{ref}: up to date")
+class _Maker:
+    """One ensure(): the images it has looked at, and how it makes a missing one."""
+
+    def __init__(self, engine: DockerClient, root: Path, registry: str, say: Say) -> None:
+        self.engine, self.root, self.registry, self.say = engine, root, registry, say
+        self.current = keys(root)
+        self.seen: set[str] = set()
+
+    def ref(self, kind: str) -> str:
+        return reference(kind, self.current[kind])
+
+    def make(self, kind: str) -> None:
+        """The kind's image, and the one it stands on only when it must be built."""
+        if kind in self.seen:
+            return
+        self.seen.add(kind)
+        if present(self.engine, self.ref(kind)) is not None:
+            self.say(f"{self.ref(kind)}: up to date")
+            return
+        if self.registry and self.pull(kind):
+            return
+        below = parent(kind)
+        if below is not None:
+            self.make(below)
+        with _build_lock():
+            if present(self.engine, self.ref(kind)) is not None:  # built meanwhile by another run
+                self.say(f"{self.ref(kind)}: up to date")
+            else:
+                self.build(kind)
+
+    def pull(self, kind: str) -> bool:
+        from docker.errors import DockerException
+
+        source = remote(self.registry, kind, self.current[kind])
+        self.say(f"{self.ref(kind)}: pulling {source}")
+        try:
+            image = self.engine.images.pull(source)
+        except DockerException as exc:
+            self.say(f"{self.ref(kind)}: not pulled ({_one_line(exc)}); building it")
+            return False
+        image.tag(repository(kind), self.current[kind])
+        self.say(f"{self.ref(kind)}: pulled")
+        return True
+
+    def build(self, kind: str) -> None:
+        ref, key, began = self.ref(kind), self.current[kind], time.monotonic()
+        _remove_stale_builds(self.engine)
+        if kind == "base":
+            self.say(f"{ref}: building: Debian {SUITE} {VARIANT} + {' '.join(BASE_PACKAGES)} (mmdebstrap)")
+            with tempfile.TemporaryDirectory(prefix="mailflow-image-") as folder:
+                tar = Path(folder) / "base.tar"
+                bootstrap(tar)
+                self.say(f"{ref}: importing")
+                self.engine.api.import_image_from_file(
+                    str(tar), repository=repository(kind), tag=key, changes=image_changes(kind, key)
+                )
         else:
-            _build(engine, kind, current, say)
-
-
-def _pull(engine: DockerClient, registry: str, kind: str, current: dict[str, str], say: Say) -> bool:
-    from docker.errors import DockerException
-
-    source = remote(registry, kind, current[kind])
-    say(f"{reference(kind, current[kind])}: pulling {source}")
-    try:
-        image = engine.images.pull(source)
-    except DockerException as exc:
-        say(f"{reference(kind, current[kind])}: not pulled ({_one_line(exc)}); building it")
-        return False
-    image.tag(repository(kind), current[kind])
-    say(f"{reference(kind, current[kind])}: pulled")
-    return True
-
-
-def _build(engine: DockerClient, kind: str, current: dict[str, str], say: Say) -> None:
-    ref = reference(kind, current[kind])
-    began = time.monotonic()
-    _remove_stale_builds(engine)
-    if kind == "base":
-        say(f"{ref}: building: Debian {SUITE} {VARIANT} + {' '.join(BASE_PACKAGES)} (mmdebstrap)")
-        with tempfile.TemporaryDirectory(prefix="mailflow-image-") as folder:
-            tar = Path(folder) / "base.tar"
-            bootstrap(tar)
-            say(f"{ref}: importing")
-            engine.api.import_image_from_file(
-                str(tar),
-                repository=repository(kind),
-                tag=current[kind],
-                changes=image_changes(kind, current[kind]),
-            )
-    else:
-        what = "this checkout in a venv at " + VENV if kind == "lab" else " ".join(MTA_PACKAGES[kind])
-        say(f"{ref}: building: {reference('base', current['base'])} + {what}")
-        archive = lab_context(source_root()) if kind == "lab" else None
-        _run_and_commit(engine, kind, current, archive)
-    if present(engine, ref) is None:
-        raise ImageError(f"{ref}: the engine did not keep the image it was given")
-    say(f"{ref}: built in {time.monotonic() - began:.0f} s")
+            what = f"the checkout in a venv at {VENV}" if kind == "lab" else " ".join(MTA_PACKAGES[kind])
+            self.say(f"{ref}: building: {self.ref('base')} + {what}")
+            archive = lab_context(self.root) if kind == "lab" else None
+            _run_and_commit(self.engine, kind, self.ref("base"), key, archive)
+        if present(self.engine, ref) is None:
+            raise ImageError(f"{ref}: the engine did not keep the image it was given")
+        self.say(f"{ref}: built in {time.monotonic() - began:.0f} s")
 
 
 def bootstrap(tar: Path) -> None:
@@ -403,14 +404,14 @@ def bootstrap(tar: Path) -> None:
         )
 
 
-def _run_and_commit(engine: DockerClient, kind: str, current: dict[str, str], archive: bytes | None) -> None:
+def _run_and_commit(engine: DockerClient, kind: str, base: str, key: str, archive: bytes | None) -> None:
     """Runs the kind's build script in a container of the base, on the host's network (apt and pip
     reach their archives as the host does, with its pip settings), and commits it as the kind's image."""
     from docker.types import Mount
 
     pip = host_settings.PipSettings.of_host()
     container = engine.containers.create(
-        reference("base", current["base"]),
+        base,
         # The pip settings are the command's environment, not the container's: a commit keeps the
         # container's, and the image must not carry the host's settings.
         [
@@ -431,10 +432,8 @@ def _run_and_commit(engine: DockerClient, kind: str, current: dict[str, str], ar
         status = container.wait()["StatusCode"]
         if status != 0:
             log = container.logs().decode(errors="replace")
-            raise ImageError(
-                f"building {reference(kind, current[kind])} failed (exit {status}):\n{_tail(log)}"
-            )
-        container.commit(repository(kind), current[kind], changes=image_changes(kind, current[kind]))
+            raise ImageError(f"building {reference(kind, key)} failed (exit {status}):\n{_tail(log)}")
+        container.commit(repository(kind), key, changes=image_changes(kind, key))
     finally:
         container.remove(force=True)
 
@@ -460,60 +459,67 @@ def _one_line(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Listed:
+    """One name of one of our images."""
+
     kind: str
+    tag: str  # mailflow-KIND:KEY, or REGISTRY/mailflow-KIND:KEY; "" for an image without a name
     key: str
-    tags: tuple[str, ...]
+    image_id: str
     size: int
     created: str
     current: bool | None  # None: not known (no checkout to compare with)
 
 
 def listed(engine: DockerClient) -> list[Listed]:
-    """Our images (by their label), each kind's current one first, then newest first."""
+    """Our images (by their label), one entry per name: by kind, the current ones first, then newest
+    first."""
     try:
         current: dict[str, str] | None = keys(source_root())
     except ImageError:
         current = None
     found = []
     for image in engine.images.list(filters={"label": LABEL_KIND}):
-        labels = image.labels
-        kind, key = labels.get(LABEL_KIND, ""), labels.get(LABEL_KEY, "")
+        kind = image.labels.get(LABEL_KIND, "")
         if kind not in KINDS:
             continue
-        found.append(
-            Listed(
-                kind,
-                key,
-                tuple(sorted(image.tags)),
-                int(image.attrs.get("Size", 0)),
-                str(image.attrs.get("Created", "")),
-                None if current is None else current[kind] == key,
+        # By the name, not the label: the same image may carry this checkout's key and another's.
+        names = [t for t in image.tags if t.rsplit("/", 1)[-1].startswith(f"{repository(kind)}:")]
+        for tag, key in [(t, t.rsplit(":", 1)[1]) for t in names] or [("", image.labels.get(LABEL_KEY, ""))]:
+            found.append(
+                Listed(
+                    kind,
+                    tag,
+                    key,
+                    str(image.id),
+                    int(image.attrs.get("Size", 0)),
+                    str(image.attrs.get("Created", "")),
+                    None if current is None else bool(tag) and current[kind] == key,
+                )
             )
-        )
     found.sort(key=lambda i: i.created, reverse=True)
     found.sort(key=lambda i: (KINDS.index(i.kind), not i.current))
     return found
 
 
 def prune(engine: DockerClient, say: Say = _stderr) -> int:
-    """Removes our images of every kind whose key is not this checkout's; returns how many."""
+    """Removes every name of our images whose key is not this checkout's (and our images without a
+    name); returns how many. An image stays while another name or a container uses it."""
     from docker.errors import APIError
 
-    current = keys(source_root())
+    source_root()  # what is current is this checkout's: without one, nothing is old
     removed = 0
     # The base last: the others are built on it.
     for item in sorted(listed(engine), key=lambda i: i.kind == "base"):
         if item.current:
             continue
-        ours = [t for t in item.tags if t.rsplit("/", 1)[-1].startswith(f"{repository(item.kind)}:")]
+        name = item.tag or item.image_id
         try:
-            for tag in ours:
-                engine.images.remove(tag)
+            engine.images.remove(name)
         except APIError as exc:
-            say(f"{reference(item.kind, item.key)}: kept ({_one_line(exc)})")
+            say(f"{name}: kept ({_one_line(exc)})")
             continue
         removed += 1
-        say(f"{reference(item.kind, item.key)}: removed (current: {current[item.kind]})")
+        say(f"{name}: removed")
     return removed
 
 
