@@ -154,7 +154,9 @@ def test_the_lab_image_runs_this_checkout_and_reads_a_lab_file_mounted_at_its_pa
 
 
 @pytest.mark.parametrize("kind", list(images.MTA_PACKAGES))
-def test_each_mta_image_has_its_mta_and_no_other(built: Built, kind: str) -> None:
+def test_each_mta_image_has_its_mta_and_no_other(built: Built, kind: str, other_keys: None) -> None:
+    # other_keys: the rebuild test replaces an MTA image and prunes the old one, which a container
+    # of it here would keep.
     checks = " ; ".join(f"test -x {path} && echo {path}" for path in BINARIES.values())
     output = _run(built.refs[kind], "sh", "-c", f"{checks} ; test -x /usr/sbin/policy-rc.d && echo policy")
     assert output.split() == [BINARIES[kind], "policy"]
@@ -193,6 +195,24 @@ def test_prune_removes_an_older_key_and_keeps_the_current_ones(built: Built, oth
     assert f"mailflow-base:{stale}: removed" in result.stdout
     assert images.present(engine, f"mailflow-base:{stale}") is None
     assert all(images.present(engine, ref) is not None for ref in built.refs.values())
+
+
+def test_rebuild_makes_a_new_image_and_prune_removes_the_old_one(built: Built, other_keys: None) -> None:
+    engine = images.client()
+    ref = built.refs["opensmtpd"]  # the quickest to build
+    old = engine.images.get(ref).id
+    result = _mailflow("build", "--rebuild", "opensmtpd")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [
+        f"{built.refs['base']}: up to date",
+        f"{ref}: building: {built.refs['base']} + opensmtpd",
+    ]
+    assert engine.images.get(ref).id != old
+    listed = _mailflow("list").stdout
+    assert f"(no name) {old.removeprefix('sha256:')[:12]}" in listed
+    result = _mailflow("prune")
+    assert f"{old}: removed" in result.stdout
+    assert images.present(engine, old) is None and images.present(engine, ref) is not None
 
 
 # --- registries -------------------------------------------------------------------------------------
@@ -353,6 +373,20 @@ def test_without_a_docker_engine_each_command_says_how_to_get_one(tmp_path: Path
     assert "apt-get install docker.io mmdebstrap" in result.stderr
     assert "dockerd --iptables=false" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_user_the_engine_refuses_is_told_to_be_root_or_in_the_docker_group() -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the command as another user")
+    if _why_not():
+        pytest.skip(_why_not())
+    as_nobody = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", MAILFLOW]
+    if subprocess.run([*as_nobody, "--version"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("user nobody cannot run this checkout's mailflow (a folder above it is private)")
+    result = subprocess.run([*as_nobody, "images", "list"], capture_output=True, text=True, check=False)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "the Docker engine's socket refuses this user" in result.stderr
+    assert "run as root, or as a member of the docker group" in result.stderr
 
 
 def test_without_mmdebstrap_the_base_image_says_how_to_get_it(

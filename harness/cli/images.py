@@ -32,11 +32,17 @@ def images_group() -> None:
 
 @images_group.command()
 @click.argument("kinds", nargs=-1, type=KIND)
-def build(kinds: tuple[str, ...]) -> None:
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="build the images of KINDS again even where they exist, to take Debian's updates (the old "
+    "ones lose their names: images prune removes them)",
+)
+def build(kinds: tuple[str, ...], rebuild: bool) -> None:
     """Build the images of KINDS (default: all) that this checkout does not have yet; with
     MAILFLOW_IMAGE_REGISTRY set, pull each from that registry first."""
     try:
-        images.ensure(kinds or images.KINDS, say=_say)
+        images.ensure(kinds or images.KINDS, say=_say, rebuild=rebuild)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     except images.ImageError as exc:

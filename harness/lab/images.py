@@ -262,7 +262,12 @@ def client() -> DockerClient:
         engine = docker.from_env()
         engine.ping()
     except docker.errors.DockerException as exc:
-        raise ImageError(f"no Docker engine answers ({exc}). {NO_DOCKER}") from None
+        if "Permission denied" in str(exc) or "PermissionError" in str(exc):
+            raise ImageError(
+                f"the Docker engine's socket refuses this user ({_one_line(exc)}): "
+                "run as root, or as a member of the docker group"
+            ) from None
+        raise ImageError(f"no Docker engine answers ({_one_line(exc)}). {NO_DOCKER}") from None
     return engine
 
 
@@ -294,16 +299,21 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure(kinds: Iterable[str], say: Say = _stderr, root: Path | None = None) -> dict[str, str]:
+def ensure(
+    kinds: Iterable[str], say: Say = _stderr, root: Path | None = None, rebuild: bool = False
+) -> dict[str, str]:
     """Each kind's image for this checkout (or the one at `root`), kind → reference, made where it is
     missing: pulled from MAILFLOW_IMAGE_REGISTRY when that is set and the registry has it, otherwise
-    built. Says a line for each image, and progress while one is built. ImageError if there is no
-    Docker or a build fails; ValueError for an unknown kind or a malformed MAILFLOW_IMAGE_REGISTRY."""
+    built. `rebuild` builds the kinds asked for again even where they are here: the key follows the
+    package lists, not Debian's archive, so this is how an image takes the archive's updates (the old
+    image loses its name, and prune removes it). Says a line for each image, and progress while one is
+    built. ImageError if there is no Docker or a build fails; ValueError for an unknown kind or a
+    malformed MAILFLOW_IMAGE_REGISTRY."""
     wanted = list(dict.fromkeys(kinds))
     for kind in wanted:
         repository(kind)  # a wrong kind is refused (ValueError) before anything is done
     registry = configured_registry()
-    maker = _Maker(client(), root or source_root(), registry, say)
+    maker = _Maker(client(), root or source_root(), registry, say, set(wanted) if rebuild else set())
     for kind in sorted(wanted, key=KINDS.index):
         maker.make(kind)
     return {kind: reference(kind, maker.current[kind]) for kind in wanted}
@@ -312,8 +322,8 @@ def ensure(kinds: Iterable[str], say: Say = _stderr, root: Path | None = None) -
 class _Maker:
     """One ensure(): the images it has looked at, and how it makes a missing one."""
 
-    def __init__(self, engine: DockerClient, root: Path, registry: str, say: Say) -> None:
-        self.engine, self.root, self.registry, self.say = engine, root, registry, say
+    def __init__(self, engine: DockerClient, root: Path, registry: str, say: Say, rebuild: set[str]) -> None:
+        self.engine, self.root, self.registry, self.say, self.rebuild = engine, root, registry, say, rebuild
         self.current = keys(root)
         self.seen: set[str] = set()
 
@@ -325,16 +335,17 @@ class _Maker:
         if kind in self.seen:
             return
         self.seen.add(kind)
-        if present(self.engine, self.ref(kind)) is not None:
+        again = kind in self.rebuild
+        if not again and present(self.engine, self.ref(kind)) is not None:
             self.say(f"{self.ref(kind)}: up to date")
             return
-        if self.registry and self.pull(kind):
+        if not again and self.registry and self.pull(kind):
             return
         below = parent(kind)
         if below is not None:
             self.make(below)
         with _build_lock():
-            if present(self.engine, self.ref(kind)) is not None:  # built meanwhile by another run
+            if not again and present(self.engine, self.ref(kind)) is not None:  # built meanwhile
                 self.say(f"{self.ref(kind)}: up to date")
             else:
                 self.build(kind)
