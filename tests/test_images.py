@@ -455,6 +455,18 @@ def test_the_lab_key_follows_the_code_and_only_the_code(tmp_path: Path) -> None:
         }
 
 
+def test_an_mta_key_follows_its_packages_and_how_they_are_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path)
+    first = images.keys(tmp_path)
+    monkeypatch.setitem(images.MTA_PACKAGES, "exim", ("exim4-daemon-heavy",))
+    second = images.keys(tmp_path)
+    assert second["exim"] != first["exim"]
+    assert "exim4-daemon-heavy" in images.build_script("exim")
+    assert {k: v for k, v in second.items() if k != "exim"} == {k: v for k, v in first.items() if k != "exim"}
+
+
 def test_keys_differ_by_kind_and_are_what_the_images_are_tagged_with() -> None:
     current = images.keys(ROOT)
     assert len(set(current.values())) == len(images.KINDS)

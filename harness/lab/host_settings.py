@@ -34,7 +34,10 @@ def debian_sources(suite: str) -> list[str]:
         return []
     components: dict[tuple[str, str], list[str]] = {}
     for line in listed.splitlines():
-        uri, release, component = line.split()
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        uri, release, component = fields
         if release == suite or release.startswith(f"{suite}-"):
             components.setdefault((uri, release), []).append(component)
     return sorted(f"deb {uri} {release} {' '.join(c)}" for (uri, release), c in components.items())

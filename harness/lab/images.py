@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-# Raised when the way an image is built changes (not what goes into it), so that images built the old
-# way get new keys and are built again.
+# Raised when the way the base is bootstrapped or imported changes (not what goes into it), so that
+# images built the old way get new keys and are built again.
 RECIPE = "2"
 # What every lab host needs besides the minimal system: Python for the harness (its venv module),
 # the CA certificates pip checks the index against, ip and ps for the lab's own set-up and stop, and
@@ -147,18 +147,14 @@ def lab_files(root: Path) -> list[Path]:
 
 
 def keys(root: Path) -> dict[str, str]:
-    """Every kind's content key for this checkout."""
+    """Every kind's content key for this checkout. The images built on the base hold their build
+    script too, so a change to how one is built makes it anew; RECIPE is for the base's bootstrap."""
     base = _digest(["base", RECIPE, SUITE, VARIANT, *BASE_PACKAGES])
     found = {"base": base}
-    found["lab"] = _digest(
-        [
-            "lab",
-            base,
-            *(part for path in lab_files(root) for part in (path.as_posix(), (root / path).read_bytes())),
-        ]
-    )
+    code = (part for path in lab_files(root) for part in (path.as_posix(), (root / path).read_bytes()))
+    found["lab"] = _digest(["lab", base, build_script("lab"), *code])
     for kind, packages in MTA_PACKAGES.items():
-        found[kind] = _digest([kind, base, *packages])
+        found[kind] = _digest([kind, base, build_script(kind), *packages])
     return found
 
 
@@ -213,13 +209,15 @@ def build_script(kind: str) -> str:
             )
         )
     packages = " ".join(MTA_PACKAGES[kind])
+    # Postfix's package would otherwise write a main.cf of its own: the lab renders the whole of it.
+    preseed = "echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections"
     return "\n".join(
         (
             "set -eu",
             # The lab starts the MTA itself, with its own configuration: no package script may start
             # one, now or when a package is added later (as scripts/install_mtas.sh does on a host).
             "printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d",
-            "echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections",
+            *([preseed] if kind == "postfix" else []),
             "apt-get update -qq",
             f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {packages}",
             "apt-get clean",
