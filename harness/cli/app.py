@@ -27,6 +27,7 @@ from rich.table import Table
 from harness import exit_codes, targets
 from harness.cli import baseline as cli_baseline
 from harness.cli import generate as cli_generate
+from harness.cli import images as cli_images
 from harness.cli import importing as cli_import
 from harness.cli import lab as cli_lab
 from harness.cli import record as cli_record
@@ -794,6 +795,7 @@ main.add_command(cli_record.record_command)
 main.add_command(cli_import.import_group)
 main.add_command(cli_generate.generate)
 cli_report.register(main, EXIT_CODES, console)
+main.add_command(cli_images.images_group)
 cli_baseline.register(
     main, _trace_files_or_exit, lambda name: _targets((name,))[0], TARGET_HELP, EXIT_CODES, console
 )
