@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
-from harness.lab import containers
+from harness.lab import containers, images
 from harness.lab.captures import Capture
 from harness.lab.config import LabConfig
 from harness.lab.container_shell import ContainerShell
@@ -53,7 +53,7 @@ from harness.lab.sender import PostfixSender
 if TYPE_CHECKING:
     from harness.lab.admin import StandInFactory
 
-AGENT_PYTHON = "/opt/mailflow/bin/python"
+AGENT_PYTHON = f"{images.VENV}/bin/python"
 # A developer's settings: run the lab image named here instead of the one built for this checkout, and
 # mount this checkout into it (its code first on the path), so a change is tried without a new image.
 SOURCE_SETTING = "MAILFLOW_DOCKER_SOURCE"
@@ -75,9 +75,10 @@ def image(kind: str) -> str:
     MAILFLOW_POSTFIX_IMAGE, ...), else the one built for this checkout, built if missing."""
     if chosen := os.environ.get(f"MAILFLOW_{kind.upper()}_IMAGE"):
         return chosen
-    from harness.lab import images
-
-    return images.ensure([kind])[kind]
+    try:
+        return images.ensure([kind])[kind]
+    except images.ImageError as exc:
+        raise LabError(f"the {kind} image: {exc}") from None
 
 
 class HostPool:
