@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,8 @@ from harness.run import signals
 from harness.yamlsource import SourceError
 
 if TYPE_CHECKING:
+    from harness.lab import compose
+    from harness.lab.recipients import RecipientTable
     from harness.lab.runtime import Lab
 
 console = Console(stderr=False)
@@ -187,6 +192,200 @@ def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_con
         return lab_config.load(path, base=base, port_offset=port_offset)
     except SourceError as exc:
         raise InputError(str(exc)) from None
+
+
+@lab.command("export")
+@click.argument("name", default="contoso")
+@click.option(
+    "--compose",
+    "folder",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="write the lab here as a docker compose project: a new or empty folder",
+)
+@click.option(
+    "--target",
+    "target_name",
+    default="reference",
+    show_default=True,
+    help="reference, or postfix (Postfix stands in for EX1) or postfix:SERVER",
+)
+@click.option(
+    "--subnet",
+    default=None,
+    help="the lab's network, a /24 inside 198.18.0.0/15 [default: 198.19.N.0/24, N from "
+    "MAILFLOW_DOCKER_SUBNET, else 10]",
+)
+@click.option(
+    "--force", is_flag=True, help="write into a folder that is not empty (the export's files are replaced)"
+)
+def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, force: bool) -> None:
+    """Write lab NAME (or a lab file) as a folder that docker compose starts without mailflow: one
+    container per host on an internal network, the configuration, keys and a README.txt."""
+    from harness.lab import compose
+    from harness.lab.placement import docker_first_octet
+
+    try:
+        network = compose.parse_subnet(subnet or f"198.19.{docker_first_octet()}.0/24")
+    except ValueError as exc:  # also MAILFLOW_DOCKER_SUBNET's own mistakes
+        raise InputError(str(exc)) from None
+    config = _lab_config(name, str(network.network_address), 0)
+    try:
+        target = compose.parse_target(target_name, config)
+        compose.check_fits(config, network)
+    except compose.ExportError as exc:
+        raise InputError(str(exc)) from None
+    _check_export_folder(folder, force)
+    table = _recipients(config)
+    stand_in = None
+    if target.server is not None:
+        from harness.targets import postfix_export
+
+        image = _image("postfix")
+        stand_in = postfix_export.service(config, target.server, table, image, _postfix_owner(image))
+    source = os.environ.get("MAILFLOW_DOCKER_SOURCE")
+    export = compose.Export(config, network, config.path.name, _image("lab"), stand_in, bool(source))
+    directory = config.global_catalog.directory
+    try:
+        lab_text = compose.lab_file_text(config.path.read_text(encoding="utf-8"), directory.name)
+    except compose.ExportError as exc:
+        raise InputError(f"{config.path}: {exc}") from None
+    entry = stand_in.server if stand_in is not None else config.organization.servers[0].name
+    files = compose.write_plan(export, lab_text, *_example_addresses(config, table, entry))
+    _write_export(folder, files, export, Path(source) if source else None)
+    hosts = len(compose.container_hosts(export))
+    console.print(f"lab {config.name} exported to {folder}: {hosts} containers on {network}", soft_wrap=True)
+    console.print(
+        f"start it: cd {folder} && docker compose up -d   (see {folder / compose.README_FILE})",
+        soft_wrap=True,
+    )
+
+
+def _check_export_folder(folder: Path, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--compose {folder}: a file is there, not a folder")
+    if folder.is_dir() and not force and (entries := sorted(p.name for p in folder.iterdir())):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise InputError(
+            f"--compose {folder} is not empty ({shown}): choose a new folder, or --force to write the "
+            "export's files into it"
+        )
+
+
+def _image(kind: str) -> str:
+    from harness.lab import docker_lab
+
+    try:
+        return docker_lab.image(kind)
+    except (ImportError, RuntimeError, ValueError) as exc:  # the image could not be had or built
+        variable = f"MAILFLOW_{kind.upper()}_IMAGE"
+        raise BrokenError(
+            f"no {kind} image to export the lab with ({exc}); or name one in {variable}"
+        ) from None
+
+
+def _postfix_owner(image: str) -> tuple[int, int]:
+    """The uid and gid of the postfix user in `image`, which own its Maildirs (read once, at export)."""
+    from harness.lab import containers
+
+    try:
+        client = containers.engine()
+    except containers.DockerUnavailable as exc:
+        raise BrokenError(f"--target postfix reads the postfix user of image {image}: {exc}") from None
+    import docker.errors
+
+    try:
+        output = client.containers.run(
+            image, ["sh", "-c", "id -u postfix; id -g postfix"], remove=True, network_disabled=True
+        )
+    except docker.errors.ImageNotFound:
+        raise BrokenError(f"no image {image} here (build it: mailflow images build)") from None
+    except docker.errors.DockerException as exc:
+        raise BrokenError(f"cannot read the postfix user of image {image}: {exc}") from None
+    finally:
+        client.close()
+    uid, gid = output.decode().split()
+    return int(uid), int(gid)
+
+
+def _recipients(config: lab_config.LabConfig) -> RecipientTable:
+    from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
+    from harness.lab.recipients import RecipientTable
+
+    catalog = MockGlobalCatalog(config.global_catalog)
+    try:
+        catalog.load()
+    except GlobalCatalogError as exc:
+        raise InputError(str(exc)) from None
+    return RecipientTable.from_directory(
+        catalog.connect("mailflow lab export"), config.global_catalog.base_dn
+    )
+
+
+def _example_addresses(config: lab_config.LabConfig, table: RecipientTable, server: str) -> tuple[str, str]:
+    """A mailbox on `server` and an Internet sender, for the README's swaks command."""
+    recipient = next((m.primary for m in table.mailboxes if m.server == server), None)
+    recipient = recipient or f"postmaster@{config.organization.primary_domain}"
+    internet = next((h.fqdn for h in config.internet_hosts if h.fqdn and "." in h.fqdn), "mail.example.net")
+    return recipient, f"someone@{internet.split('.', 1)[1]}"
+
+
+def _write_export(
+    folder: Path, files: Mapping[str, str], export: compose.Export, source: Path | None
+) -> None:
+    """Write the export: into a new folder made beside `folder` and renamed to it at the end, so a
+    failure leaves nothing half-written (into `folder` itself when it is not empty: --force)."""
+    from harness.lab import compose
+    from harness.lab.certificates import LabCertificates
+    from harness.lab.host_agent import chain_file
+
+    in_place = folder.is_dir() and any(folder.iterdir())
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder if in_place else Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as exc:
+        raise InputError(f"--compose {folder}: {exc.strerror or exc}") from None
+    written = False
+    try:
+        staging.chmod(0o755)
+        special = compose.modes(export)
+        for relative, text in files.items():
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Made with its mode, so a secret is never readable by others, even for a moment.
+            with os.fdopen(
+                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, special.get(relative, 0o644)),
+                "w",
+                encoding="utf-8",
+            ) as out:
+                out.write(text)
+            path.chmod(special.get(relative, 0o644))  # the umask may have taken bits off
+        lab = staging / compose.LAB_FOLDER
+        lab.chmod(0o755)  # the MTA's unprivileged daemons go through it
+        shutil.copyfile(
+            export.config.global_catalog.directory, lab / export.config.global_catalog.directory.name
+        )
+        certificates = LabCertificates(lab, export.config.name)
+        for server in export.config.organization.servers:
+            chain = chain_file(lab, server.fqdn)
+            chain.parent.mkdir(exist_ok=True)
+            certificates.write_chain(server.fqdn, chain)
+        if source is not None:
+            for package in ("harness", "reference_mta"):
+                shutil.copytree(
+                    source / package,
+                    staging / compose.SOURCE_FOLDER / package,
+                    ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True,
+                )
+        if not in_place:
+            staging.rename(folder)  # over an empty folder too
+        written = True
+    except OSError as exc:
+        raise BrokenError(f"cannot write the export to {folder}: {exc}") from None
+    finally:
+        if not written and not in_place:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 LAB_DIR = click.option(
