@@ -165,7 +165,13 @@ class HostAgent:
         def tls_context(fqdn: str) -> ssl.SSLContext:
             if fqdn not in contexts:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(str(chain_file(workdir, fqdn)))
+                path = chain_file(workdir, fqdn)
+                if not path.is_file():  # ssl's own error names no file
+                    raise FileNotFoundError(
+                        f"{fqdn}'s key and certificate chain {path} is missing (the harness, or "
+                        "`mailflow lab export`, writes it before the server starts)"
+                    )
+                context.load_cert_chain(str(path))
                 contexts[fqdn] = context
             return contexts[fqdn]
 
