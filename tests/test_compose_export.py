@@ -151,21 +151,9 @@ def wait_for_greeting(address: str, project: Project, timeout: float = 240) -> s
     pytest.fail(f"nothing answers SMTP at {address}:25 ({last}); the lab's logs: {project.logs()}")
 
 
-def swaks(address: str, body: str) -> subprocess.CompletedProcess[str]:
+def swaks(address: str, body: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            "swaks",
-            "--to",
-            "alice@contoso.com",
-            "--server",
-            address,
-            "--from",
-            "x@fabrikam.com",
-            "--header",
-            "Subject: exported lab",
-            "--body",
-            body,
-        ],
+        ["swaks", "--server", address, "--header", "Subject: exported lab", "--body", body, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -174,10 +162,11 @@ def swaks(address: str, body: str) -> subprocess.CompletedProcess[str]:
 
 
 def reply_to_data(transcript: str) -> str:
-    """The server's reply to the end of the message: the last reply before QUIT."""
+    """The server's reply to the end of the message: the last reply before QUIT (swaks marks the lines
+    sent and read inside TLS with ~ instead of -)."""
     lines = transcript.splitlines()
-    quit_at = next(n for n, line in enumerate(lines) if line.startswith(" -> QUIT"))
-    return next(line for line in reversed(lines[:quit_at]) if line.startswith("<-"))[3:].strip()
+    quit_at = next(n for n, line in enumerate(lines) if line.startswith((" -> QUIT", " ~> QUIT")))
+    return next(line for line in reversed(lines[:quit_at]) if line.startswith(("<-", "<~")))[3:].strip()
 
 
 def wait_for_message(
@@ -195,6 +184,16 @@ def wait_for_message(
         str(p.relative_to(maildir.parents[3])) for p in maildir.parents[2].rglob("*") if p.is_file()
     )
     pytest.fail(f"no message with body {body!r} in {maildir}; there: {found[:20]}; logs: {project.logs()}")
+
+
+def wait_for_capture(folder: Path, body: str, project: Project, timeout: float = 60) -> None:
+    """Until an Internet host's sink has kept a message with `body` in `folder`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(body in path.read_text(errors="replace") for path in folder.glob("*.eml")):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{folder} has no message with {body!r}; logs: {project.logs()}")
 
 
 @needs_compose
@@ -225,11 +224,24 @@ def test_an_exported_lab_takes_mail_from_this_machine(
     assert ex1 == subnet.replace("0/24", "11")  # EX1 is addr 11 of the contoso lab
     assert wait_for_greeting(ex1, running).startswith("ex1.contoso.com")
     body = f"sent to an exported lab {uuid.uuid4()}"
-    sent = swaks(ex1, body)
+    sent = swaks(ex1, body, "--to", "alice@contoso.com", "--from", "x@fabrikam.com")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert reply_to_data(sent.stdout).startswith("250 "), sent.stdout
     message = wait_for_message(folder / "lab" / mailbox, body, running)
     assert message["Subject"] == "exported lab"
+    # Relayed after STARTTLS (the certificate verified against the folder's CA) and AUTH as a user
+    # allowed to relay: EX1 finds fabrikam.com's exchanger through the lab's DNS, whose sink keeps it.
+    relayed = f"relayed through an exported lab {uuid.uuid4()}"
+    sent = swaks(
+        ex1,
+        relayed,
+        *("--to", "bob@fabrikam.com", "--from", "alice@contoso.com", "--tls", "--tls-verify"),
+        *("--tls-ca-path", str(folder / "lab" / "lab-ca.pem")),
+        *("--auth", "LOGIN", "--auth-user", "relayuser", "--auth-password", "Relay-P@ss1"),
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "235 " in sent.stdout and reply_to_data(sent.stdout).startswith("250 "), sent.stdout
+    wait_for_capture(folder / "lab" / "sinks" / "fabrikam-mx", relayed, running)
 
 
 def test_compose_yaml_describes_the_lab_with_paths_inside_the_folder(tmp_path: Path) -> None:
