@@ -199,6 +199,7 @@ def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_con
 @click.option(
     "--compose",
     "folder",
+    metavar="DIR",
     type=click.Path(path_type=Path),
     required=True,
     help="write the lab here as a docker compose project: a new or empty folder",
@@ -251,7 +252,7 @@ def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, fo
     except compose.ExportError as exc:
         raise InputError(f"{config.path}: {exc}") from None
     entry = stand_in.server if stand_in is not None else config.organization.servers[0].name
-    files = compose.write_plan(export, lab_text, *_example_addresses(config, table, entry))
+    files = compose.write_plan(export, lab_text, _example(config, table, entry))
     _write_export(folder, files, export, Path(source) if source else None)
     hosts = len(compose.container_hosts(export))
     console.print(f"lab {config.name} exported to {folder}: {hosts} containers on {network}", soft_wrap=True)
@@ -322,12 +323,15 @@ def _recipients(config: lab_config.LabConfig) -> RecipientTable:
     )
 
 
-def _example_addresses(config: lab_config.LabConfig, table: RecipientTable, server: str) -> tuple[str, str]:
-    """A mailbox on `server` and an Internet sender, for the README's swaks command."""
+def _example(config: lab_config.LabConfig, table: RecipientTable, server: str) -> compose.Example:
+    """A mailbox on `server`, an Internet sender and the AUTH accounts, for the README."""
+    from harness.lab import compose
+
     recipient = next((m.primary for m in table.mailboxes if m.server == server), None)
     recipient = recipient or f"postmaster@{config.organization.primary_domain}"
     internet = next((h.fqdn for h in config.internet_hosts if h.fqdn and "." in h.fqdn), "mail.example.net")
-    return recipient, f"someone@{internet.split('.', 1)[1]}"
+    logins = [(login.names[0], login.password) for login in table.logins]
+    return compose.Example(recipient, f"someone@{internet.split('.', 1)[1]}", logins)
 
 
 def _write_export(

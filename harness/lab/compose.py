@@ -105,7 +105,8 @@ class MtaService:
     files to write there (by path inside the folder), and the command its container runs."""
 
     server: str
-    kind: str
+    kind: str  # the image kind, as docker_lab.image names it
+    title: str  # the MTA's name, for people
     image: str
     folder: str
     files: Mapping[str, str]
@@ -191,26 +192,32 @@ def service_name(host: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", host.lower()).strip("-")
 
 
-def agent_hosts(export: Export) -> list[str]:
-    """The hosts run by a host agent: the DNS server, the global catalog, the reference servers and
-    the Internet hosts (the clients are whoever sends from this machine)."""
+def container_hosts(export: Export) -> list[str]:
+    """Every host with a container, in the lab's order: the DNS server and the global catalog, the
+    servers (a real MTA's too), the Internet hosts. The clients are whoever sends from this machine."""
     config = export.config
-    stood_in = export.stand_in.server if export.stand_in is not None else None
     names = [h.name for h in config.hosts.values() if h.kind in ("dns", "gc")]
-    names += [s.name for s in config.organization.servers if s.name != stood_in]
+    names += [s.name for s in config.organization.servers]
     return names + [h.name for h in config.internet_hosts]
 
 
-def container_hosts(export: Export) -> list[str]:
-    """Every host with a container: those of the host agents, then the real MTA's server."""
-    return agent_hosts(export) + ([export.stand_in.server] if export.stand_in is not None else [])
+def agent_hosts(export: Export) -> list[str]:
+    """The hosts a host agent runs: all but the server a real MTA stands in for."""
+    stood_in = export.stand_in.server if export.stand_in is not None else None
+    return [host for host in container_hosts(export) if host != stood_in]
 
 
 def compose_document(export: Export) -> dict[str, Any]:
     config = export.config
     services: dict[str, Any] = {}
     infrastructure = [service_name(h.name) for h in config.hosts.values() if h.kind in ("dns", "gc")]
-    for host in agent_hosts(export):
+    mta = export.stand_in
+    for host in container_hosts(export):
+        if mta is not None and host == mta.server:
+            service = _service(export, mta.server, mta.image, list(mta.command), "mta", _volumes())
+            service["depends_on"] = list(infrastructure)
+            services[service_name(mta.server)] = service
+            continue
         is_server = any(s.name == host for s in config.organization.servers)
         command = [
             AGENT_PYTHON,
@@ -237,10 +244,6 @@ def compose_document(export: Export) -> dict[str, Any]:
         if is_server:
             service["depends_on"] = list(infrastructure)
         services[service_name(host)] = service
-    if (mta := export.stand_in) is not None:
-        service = _service(export, mta.server, mta.image, list(mta.command), "mta", _volumes())
-        service["depends_on"] = list(infrastructure)
-        services[service_name(mta.server)] = service
     labels = {EXPORTED: export.lab_id}
     network = {
         "driver": "bridge",
@@ -295,47 +298,58 @@ def resolv_conf(config: LabConfig) -> str:
 # --- README.txt ----------------------------------------------------------------------------------------
 
 
-def readme(export: Export, recipient: str, sender: str) -> str:
+@dataclass(frozen=True)
+class Example:
+    """What the README shows a person: a mailbox on the server to send to, an Internet sender, and the
+    directory's accounts for AUTH (name, password)."""
+
+    recipient: str
+    sender: str
+    logins: Sequence[tuple[str, str]] = ()
+
+
+def readme(export: Export, example: Example) -> str:
     config = export.config
     mta = export.stand_in
-    entry = config.organization.servers[0]
-    if mta is not None:
-        entry = config.organization.server(mta.server)
+    entry = config.organization.server(mta.server) if mta is not None else config.organization.servers[0]
     ex = entry.name
+    recipient = example.recipient.lower()
     if mta is None:
         store = next(iter(entry.stores), "STORE")
-        mailbox = f"lab/{ex}/mdbdata/{store}/{recipient.lower()}/new/"
-        what = (
-            f"the reference MTA runs every server ({', '.join(s.name for s in config.organization.servers)})"
-        )
-        tracking = (
+        mailbox = f"lab/{ex}/mdbdata/{store}/{recipient}/new/"
+        servers = ", ".join(s.name for s in config.organization.servers)
+        what = f"the reference MTA runs every server ({servers})"
+        logs = (
             "Message tracking logs: lab/tracking/SERVER.log/YYYYMMDD.jsonl (one JSON event a line).\n"
             "Queues: lab/SERVER/Mailroot/vsi 1/Queue/. Protocol logs: lab/SERVER/LogFiles/.\n"
         )
     else:
-        mailbox = f"lab/{mta.folder}/{mta.mailboxes.format(mailbox=recipient.lower())}"
-        what = f"{mta.kind} stands in for {ex}; the reference MTA runs the other servers"
-        tracking = (
-            f"{mta.kind}'s log: lab/{mta.folder}/{mta.kind}.log; its configuration: lab/{mta.folder}/etc/.\n"
+        mailbox = f"lab/{mta.folder}/{mta.mailboxes.format(mailbox=recipient)}"
+        what = f"{mta.title} stands in for {ex}, the reference MTA runs the other servers"
+        logs = (
+            f"{mta.title}'s log: lab/{mta.folder}/{mta.kind}.log; its configuration: lab/{mta.folder}/etc/.\n"
             "The reference servers' tracking logs: lab/tracking/SERVER.log/YYYYMMDD.jsonl.\n"
         )
     hosts = "\n".join(
-        f"  {service_name(host):<18} {_address(config, host):<16} {_role(config, host)}"
+        f"  {service_name(host):<18} {_address(config, host):<15} {_role(export, host)}"
         for host in container_hosts(export)
     )
-    swaks = f"swaks --server {entry.address} --to {recipient} --from {sender} --header 'Subject: hello'"
-    return f"""Lab {config.name}, exported for docker compose: {what}.
+    swaks = f"swaks --server {entry.address} --to {example.recipient} --from {example.sender}"
+    logins = ", ".join(f"{name} / {password}" for name, password in example.logins)
+    auth = f"AUTH (LOGIN, PLAIN) where a virtual server offers it: {logins}.\n" if logins else ""
+    client = _client_example(config)
+    return f"""Lab {config.name}, exported for docker compose:
+{what}.
 
-Start and stop (in this folder; `docker-compose` is compose v1, as Debian packages it):
+Start and stop, in this folder (`docker-compose` is compose v1, as Debian packages it):
 
   docker compose up -d          # or: docker-compose up -d
   docker compose logs -f        # each host says "lab host NAME started" once it listens
-  docker compose down -v        # stops and removes the containers and the network; the mail stays
+  docker compose down -v        # removes the containers and the network; what they wrote stays
 
-The hosts sit on an internal Docker network, {export.subnet} (bridge {export.bridge}), with no route
-out. This machine reaches them from {gateway(export.subnet)}, the bridge's address. Every service
-listens on its standard port: SMTP 25, DNS 53 (udp+tcp) at {config.dns_address}, LDAP 389 at
-{config.global_catalog.address}.
+The hosts sit on an internal Docker network, {export.subnet} (bridge {export.bridge}), with no
+route out. This machine reaches them from {gateway(export.subnet)}, the bridge's address. Every
+service listens on its standard port: SMTP 25, DNS 53 (udp+tcp), LDAP 389.
 
 {hosts}
 
@@ -344,13 +358,17 @@ Send a message to {ex} (swaks is Debian's package swaks):
   {swaks}
 
 It lands in {mailbox}
-(a Maildir; the containers run as root, so read it as root).
-{tracking}What the Internet hosts received: lab/{SINKS_FOLDER}/HOST/NNNN.eml, with the envelope in NNNN.json.
-STARTTLS: verify the server's name (e.g. {entry.fqdn}) against lab/{CA_FILE}.
+(a Maildir; the containers run as root, so their files are root's).
+{logs}What the Internet hosts received: lab/{SINKS_FOLDER}/HOST/NNNN.eml, the envelope in NNNN.json.
+STARTTLS: verify the server's name ({entry.fqdn}, ...) against lab/{CA_FILE}:
+  swaks --server {entry.address} --tls --tls-verify --tls-ca-path lab/{CA_FILE} ...
+{auth}
+A session from this machine comes from {gateway(export.subnet)}, which is no lab host. To send from a
+lab client's address, put it on the bridge first, as root:
+  ip addr add {client}/32 dev {export.bridge}     then: swaks --local-interface {client} ...
 
-To send from a lab client's own address (its relay rules single it out), give the bridge that address
-first, as root: ip addr add {_client_example(config)}/32 dev {export.bridge}, then swaks --local-interface.
-Made by mailflow; `mailflow lab export --compose DIR` writes it again.
+Written by `mailflow lab export --compose`; export again rather than edit: the files agree with each
+other (addresses, keys, the configuration rendered from the lab file).
 """
 
 
@@ -359,16 +377,23 @@ def _client_example(config: LabConfig) -> str:
     return clients[0].address if clients else "ADDRESS"
 
 
-def _role(config: LabConfig, host: str) -> str:
+def _role(export: Export, host: str) -> str:
+    config = export.config
     if any(s.name == host for s in config.organization.servers):
         server = config.organization.server(host)
-        extra = sorted({vs.address for vs in server.virtual_servers} - {server.address})
-        more = f" (virtual servers also on {', '.join(extra)})" if extra else ""
-        return f"server {server.fqdn}{more}"
+        mta = export.stand_in
+        who = f"{mta.title} as {server.name}," if mta is not None and mta.server == host else "server"
+        extra = sorted({vs.address for vs in server.virtual_servers} - {server.address}, key=_number)
+        more = f", virtual servers on .{' .'.join(a.rsplit('.', 1)[1] for a in extra)} too" if extra else ""
+        return f"{who} {server.fqdn}{more}"
     entry = config.host(host)
     roles = {"dns": "DNS server", "gc": f"global catalog (LDAP) {entry.fqdn}", "internet": "Internet host"}
     role = roles.get(entry.kind, entry.kind)
     return f"{role} {entry.fqdn}" if entry.kind == "internet" else role
+
+
+def _number(address: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(address)
 
 
 # --- a real MTA's start script -------------------------------------------------------------------------
@@ -396,13 +421,13 @@ def modes(export: Export) -> dict[str, int]:
     return {f"{LAB_FOLDER}/{mta.folder}/{name}": mode for name, mode in mta.modes.items()}
 
 
-def write_plan(export: Export, lab_text: str, recipient: str, sender: str) -> dict[str, str]:
+def write_plan(export: Export, lab_text: str, example: Example) -> dict[str, str]:
     """Every text file of the export, by its path relative to DIR (certificates, the directory and the
     harness's code are copied by the writer)."""
     files = {
         COMPOSE_FILE: compose_yaml(export),
         RESOLV_FILE: resolv_conf(export.config),
-        README_FILE: readme(export, recipient, sender),
+        README_FILE: readme(export, example),
         f"{LAB_FOLDER}/{export.lab_file}": lab_text,
     }
     if export.stand_in is not None:

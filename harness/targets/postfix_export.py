@@ -40,6 +40,7 @@ def service(
     return MtaService(
         server=server,
         kind="postfix",
+        title="Postfix",
         image=image,
         folder=folder(server),
         files=files,
