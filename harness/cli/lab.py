@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,7 +220,8 @@ def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_con
 def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, force: bool) -> None:
     """Write lab NAME (or a lab file) as a folder that docker compose starts without mailflow: one
     container per host on an internal network, the configuration, keys and a README.txt."""
-    from harness.lab import compose
+    from harness.lab import compose, compose_folder
+    from harness.lab.docker_lab import SOURCE_SETTING
     from harness.lab.placement import docker_first_octet
 
     try:
@@ -234,43 +232,36 @@ def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, fo
     try:
         target = compose.parse_target(target_name, config)
         compose.check_fits(config, network)
-    except compose.ExportError as exc:
+        compose_folder.check(folder, force)
+        lab_text = compose.lab_file_text(
+            config.path.read_text(encoding="utf-8"), config.global_catalog.directory.name
+        )
+    except ValueError as exc:  # ExportError, FolderError
         raise InputError(str(exc)) from None
-    _check_export_folder(folder, force)
     table = _recipients(config)
-    stand_in = None
-    if target.server is not None:
-        from harness.targets import postfix_export
-
-        image = _image("postfix")
-        stand_in = postfix_export.service(config, target.server, table, image, _postfix_owner(image))
-    source = os.environ.get("MAILFLOW_DOCKER_SOURCE")
-    export = compose.Export(config, network, config.path.name, _image("lab"), stand_in, bool(source))
-    directory = config.global_catalog.directory
+    source = os.environ.get(SOURCE_SETTING)
     try:
-        lab_text = compose.lab_file_text(config.path.read_text(encoding="utf-8"), directory.name)
-    except compose.ExportError as exc:
-        raise InputError(f"{config.path}: {exc}") from None
-    entry = stand_in.server if stand_in is not None else config.organization.servers[0].name
-    files = compose.write_plan(export, lab_text, _example(config, table, entry))
-    _write_export(folder, files, export, Path(source) if source else None)
+        stand_in = None
+        if target.server is not None:
+            from harness.targets import postfix_export
+
+            image = _image("postfix")
+            owner = compose_folder.image_user(image, "postfix")
+            stand_in = postfix_export.service(config, target.server, table, image, owner)
+        export = compose.Export(config, network, config.path.name, _image("lab"), stand_in, bool(source))
+        entry = stand_in.server if stand_in is not None else config.organization.servers[0].name
+        files = compose.write_plan(export, lab_text, _example(config, table, entry))
+        compose_folder.write(folder, files, export, Path(source) if source else None)
+    except compose_folder.FolderError as exc:
+        raise InputError(str(exc)) from None
+    except compose_folder.ExportBroken as exc:
+        raise BrokenError(str(exc)) from None
     hosts = len(compose.container_hosts(export))
     console.print(f"lab {config.name} exported to {folder}: {hosts} containers on {network}", soft_wrap=True)
     console.print(
         f"start it: cd {folder} && docker compose up -d   (see {folder / compose.README_FILE})",
         soft_wrap=True,
     )
-
-
-def _check_export_folder(folder: Path, force: bool) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"--compose {folder}: a file is there, not a folder")
-    if folder.is_dir() and not force and (entries := sorted(p.name for p in folder.iterdir())):
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise InputError(
-            f"--compose {folder} is not empty ({shown}): choose a new folder, or --force to write the "
-            "export's files into it"
-        )
 
 
 def _image(kind: str) -> str:
@@ -283,30 +274,6 @@ def _image(kind: str) -> str:
         raise BrokenError(
             f"no {kind} image to export the lab with ({exc}); or name one in {variable}"
         ) from None
-
-
-def _postfix_owner(image: str) -> tuple[int, int]:
-    """The uid and gid of the postfix user in `image`, which own its Maildirs (read once, at export)."""
-    from harness.lab import containers
-
-    try:
-        client = containers.engine()
-    except containers.DockerUnavailable as exc:
-        raise BrokenError(f"--target postfix reads the postfix user of image {image}: {exc}") from None
-    import docker.errors
-
-    try:
-        output = client.containers.run(
-            image, ["sh", "-c", "id -u postfix; id -g postfix"], remove=True, network_disabled=True
-        )
-    except docker.errors.ImageNotFound:
-        raise BrokenError(f"no image {image} here (build it: mailflow images build)") from None
-    except docker.errors.DockerException as exc:
-        raise BrokenError(f"cannot read the postfix user of image {image}: {exc}") from None
-    finally:
-        client.close()
-    uid, gid = output.decode().split()
-    return int(uid), int(gid)
 
 
 def _recipients(config: lab_config.LabConfig) -> RecipientTable:
@@ -332,64 +299,6 @@ def _example(config: lab_config.LabConfig, table: RecipientTable, server: str) -
     internet = next((h.fqdn for h in config.internet_hosts if h.fqdn and "." in h.fqdn), "mail.example.net")
     logins = [(login.names[0], login.password) for login in table.logins]
     return compose.Example(recipient, f"someone@{internet.split('.', 1)[1]}", logins)
-
-
-def _write_export(
-    folder: Path, files: Mapping[str, str], export: compose.Export, source: Path | None
-) -> None:
-    """Write the export: into a new folder made beside `folder` and renamed to it at the end, so a
-    failure leaves nothing half-written (into `folder` itself when it is not empty: --force)."""
-    from harness.lab import compose
-    from harness.lab.certificates import LabCertificates
-    from harness.lab.host_agent import chain_file
-
-    in_place = folder.is_dir() and any(folder.iterdir())
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = folder if in_place else Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    except OSError as exc:
-        raise InputError(f"--compose {folder}: {exc.strerror or exc}") from None
-    written = False
-    try:
-        staging.chmod(0o755)
-        special = compose.modes(export)
-        for relative, text in files.items():
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Made with its mode, so a secret is never readable by others, even for a moment.
-            with os.fdopen(
-                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, special.get(relative, 0o644)),
-                "w",
-                encoding="utf-8",
-            ) as out:
-                out.write(text)
-            path.chmod(special.get(relative, 0o644))  # the umask may have taken bits off
-        lab = staging / compose.LAB_FOLDER
-        lab.chmod(0o755)  # the MTA's unprivileged daemons go through it
-        shutil.copyfile(
-            export.config.global_catalog.directory, lab / export.config.global_catalog.directory.name
-        )
-        certificates = LabCertificates(lab, export.config.name)
-        for server in export.config.organization.servers:
-            chain = chain_file(lab, server.fqdn)
-            chain.parent.mkdir(exist_ok=True)
-            certificates.write_chain(server.fqdn, chain)
-        if source is not None:
-            for package in ("harness", "reference_mta"):
-                shutil.copytree(
-                    source / package,
-                    staging / compose.SOURCE_FOLDER / package,
-                    ignore=shutil.ignore_patterns("__pycache__"),
-                    dirs_exist_ok=True,
-                )
-        if not in_place:
-            staging.rename(folder)  # over an empty folder too
-        written = True
-    except OSError as exc:
-        raise BrokenError(f"cannot write the export to {folder}: {exc}") from None
-    finally:
-        if not written and not in_place:
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 LAB_DIR = click.option(
