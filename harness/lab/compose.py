@@ -14,7 +14,7 @@ starts without the harness, on an internal network of 198.18.0.0/15 with no rout
 
 Each host runs `harness.lab.host_agent --start` in the lab image; a real MTA runs the start script in
 its own folder in its own image. Every path in compose.yaml is relative to DIR, so the folder can be
-moved or copied. This module only renders text; `mailflow lab export` (harness/cli/lab.py) writes it.
+moved or copied. This module only renders text; harness/lab/compose_folder.py writes the folder.
 """
 
 from __future__ import annotations
