@@ -26,6 +26,8 @@ from harness.run import signals
 from harness.yamlsource import SourceError
 
 if TYPE_CHECKING:
+    from harness.lab import compose
+    from harness.lab.recipients import RecipientTable
     from harness.lab.runtime import Lab
 
 console = Console(stderr=False)
@@ -199,6 +201,116 @@ def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_con
         return lab_config.load(path, base=base, port_offset=port_offset)
     except SourceError as exc:
         raise InputError(str(exc)) from None
+
+
+@lab.command("export")
+@click.argument("name", default="contoso")
+@click.option(
+    "--compose",
+    "folder",
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="write the lab here as a docker compose project: a new or empty folder",
+)
+@click.option(
+    "--target",
+    "target_name",
+    default="reference",
+    show_default=True,
+    help="reference, or postfix (Postfix stands in for EX1) or postfix:SERVER",
+)
+@click.option(
+    "--subnet",
+    default=None,
+    help="the lab's network, a /24 inside 198.18.0.0/15 [default: 198.19.N.0/24, N from "
+    "MAILFLOW_DOCKER_SUBNET, else 10]",
+)
+@click.option(
+    "--force", is_flag=True, help="write into a folder that is not empty (the export's files are replaced)"
+)
+def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, force: bool) -> None:
+    """Write lab NAME (or a lab file) as a folder that docker compose starts without mailflow: one
+    container per host on an internal network, the configuration, keys and a README.txt."""
+    from harness.lab import compose, compose_folder
+    from harness.lab.docker_lab import SOURCE_SETTING
+    from harness.lab.placement import docker_first_octet
+
+    try:
+        network = compose.parse_subnet(subnet or f"198.19.{docker_first_octet()}.0/24")
+    except ValueError as exc:  # also MAILFLOW_DOCKER_SUBNET's own mistakes
+        raise InputError(str(exc)) from None
+    config = _lab_config(name, str(network.network_address), 0)
+    try:
+        target = compose.parse_target(target_name, config)
+        compose.check_fits(config, network)
+        compose_folder.check(folder, force)
+        lab_text = compose.lab_file_text(
+            config.path.read_text(encoding="utf-8"), config.global_catalog.directory.name
+        )
+    except ValueError as exc:  # ExportError, FolderError
+        raise InputError(str(exc)) from None
+    table = _recipients(config)
+    source = os.environ.get(SOURCE_SETTING)
+    try:
+        stand_in = None
+        if target.server is not None:
+            from harness.targets import postfix_export
+
+            image = _image("postfix")
+            owner = compose_folder.image_user(image, "postfix")
+            stand_in = postfix_export.service(config, target.server, table, image, owner)
+        export = compose.Export(config, network, config.path.name, _image("lab"), stand_in, bool(source))
+        entry = stand_in.server if stand_in is not None else config.organization.servers[0].name
+        files = compose.write_plan(export, lab_text, _example(config, table, entry))
+        compose_folder.write(folder, files, export, Path(source) if source else None)
+    except compose_folder.FolderError as exc:
+        raise InputError(str(exc)) from None
+    except compose_folder.ExportBroken as exc:
+        raise BrokenError(str(exc)) from None
+    hosts = len(compose.container_hosts(export))
+    console.print(f"lab {config.name} exported to {folder}: {hosts} containers on {network}", soft_wrap=True)
+    console.print(
+        f"start it: cd {folder} && docker compose up -d   (see {folder / compose.README_FILE})",
+        soft_wrap=True,
+    )
+
+
+def _image(kind: str) -> str:
+    from harness.lab import docker_lab
+
+    try:
+        return docker_lab.image(kind)
+    except (ImportError, RuntimeError, ValueError) as exc:  # the image could not be had or built
+        variable = f"MAILFLOW_{kind.upper()}_IMAGE"
+        raise BrokenError(
+            f"no {kind} image to export the lab with ({exc}); or name one in {variable}"
+        ) from None
+
+
+def _recipients(config: lab_config.LabConfig) -> RecipientTable:
+    from harness.lab.gc import GlobalCatalogError, MockGlobalCatalog
+    from harness.lab.recipients import RecipientTable
+
+    catalog = MockGlobalCatalog(config.global_catalog)
+    try:
+        catalog.load()
+    except GlobalCatalogError as exc:
+        raise InputError(str(exc)) from None
+    return RecipientTable.from_directory(
+        catalog.connect("mailflow lab export"), config.global_catalog.base_dn
+    )
+
+
+def _example(config: lab_config.LabConfig, table: RecipientTable, server: str) -> compose.Example:
+    """A mailbox on `server`, an Internet sender and the AUTH accounts, for the README."""
+    from harness.lab import compose
+
+    recipient = next((m.primary for m in table.mailboxes if m.server == server), None)
+    recipient = recipient or f"postmaster@{config.organization.primary_domain}"
+    internet = next((h.fqdn for h in config.internet_hosts if h.fqdn and "." in h.fqdn), "mail.example.net")
+    logins = [(login.names[0], login.password) for login in table.logins]
+    return compose.Example(recipient, f"someone@{internet.split('.', 1)[1]}", logins)
 
 
 LAB_DIR = click.option(

@@ -18,6 +18,14 @@ Replies are {"ok": true, "result": ...} or {"ok": false, "error": "...", "kind":
 on the lab's control socket (harness/lab/control.py). The same classes as the in-process lab do the work
 (FakeDNS, the LDAP server in front of MockGlobalCatalog, SinkHost, ExchangeServer): the backends differ
 only in where each host runs.
+
+`--start LABFILE --workdir DIR [--base B] [--port-offset N]` starts the host at once, as a "start"
+request would, with no harness to ask it (a lab exported for docker compose: harness/lab/compose.py);
+the socket is then optional. SIGTERM or SIGINT stop the host and end the agent.
+
+A server whose virtual servers have addresses of their own needs them on the container's interface
+before it listens: the agent adds those it lacks, which takes root and CAP_NET_ADMIN (compose runs it
+so; the Docker backend adds them itself, so there they are found in place).
 """
 
 from __future__ import annotations
@@ -28,8 +36,12 @@ import base64
 import contextlib
 import dataclasses
 import json
+import signal
+import socket
 import ssl
+import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +51,14 @@ from harness.lab.dns import FakeDNS
 from harness.lab.gc import MockGlobalCatalog
 from harness.lab.ldap_server import LdapServer
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
+from harness.yamlsource import SourceError
 from reference_mta.ldap_directory import LdapDirectory
 from reference_mta.linkstate import LinkState
 from reference_mta.queue_contract import DIRECTORY_LOOKUP
 from reference_mta.server import Environment, ExchangeServer
 
 TLS_FOLDER = "tls"
+INTERFACE = "eth0"  # a container's interface on the lab network
 
 
 def chain_file(workdir: Path, fqdn: str) -> Path:
@@ -54,6 +68,43 @@ def chain_file(workdir: Path, fqdn: str) -> Path:
 
 class AgentError(ValueError):
     """A request the host cannot serve (it is not that kind of host, or not started)."""
+
+
+class AddressError(RuntimeError):
+    """A server's address could not be put on the container's interface."""
+
+
+def claim_addresses(addresses: Iterable[str], interface: str = INTERFACE) -> None:
+    """Put on `interface` each of `addresses` this host does not hold yet (a virtual server's own)."""
+    for address in addresses:
+        if _held(address):
+            continue
+        try:
+            result = subprocess.run(
+                ["ip", "addr", "add", f"{address}/32", "dev", interface],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            said = result.stderr.strip()
+        except FileNotFoundError:
+            said = "the ip command (iproute2) is not installed"
+        if not _held(address):  # another agent's or a racing add is as good as ours
+            raise AddressError(
+                f"cannot put the virtual server address {address} on {interface}: {said}; the host "
+                "agent needs root and CAP_NET_ADMIN for that (compose: cap_add: [NET_ADMIN])"
+            )
+
+
+def _held(address: str) -> bool:
+    """Whether this network namespace holds `address` (only a local address can be bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 class HostAgent:
@@ -114,10 +165,17 @@ class HostAgent:
         def tls_context(fqdn: str) -> ssl.SSLContext:
             if fqdn not in contexts:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(str(chain_file(workdir, fqdn)))
+                path = chain_file(workdir, fqdn)
+                if not path.is_file():  # ssl's own error names no file
+                    raise FileNotFoundError(
+                        f"{fqdn}'s key and certificate chain {path} is missing (the harness, or "
+                        "`mailflow lab export`, writes it before the server starts)"
+                    )
+                context.load_cert_chain(str(path))
                 contexts[fqdn] = context
             return contexts[fqdn]
 
+        claim_addresses(sorted({vs.address for vs in server.virtual_servers} - {server.address}))
         self.link_state = LinkState(config.organization)
         environment = Environment(
             root=workdir,
@@ -266,7 +324,9 @@ def _capture(capture: Any) -> dict[str, Any]:
     return fields
 
 
-async def serve(agent: HostAgent, socket_path: Path) -> None:
+async def listen(agent: HostAgent, socket_path: Path) -> asyncio.Server:
+    """Answer the harness's requests on `socket_path`."""
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await reader.readline()
@@ -286,18 +346,67 @@ async def serve(agent: HostAgent, socket_path: Path) -> None:
         socket_path.unlink()
     server = await asyncio.start_unix_server(answer, path=str(socket_path))
     socket_path.chmod(0o666)  # the harness may run as another user than the container
-    async with server:
-        await server.serve_forever()
+    return server
+
+
+async def run(agent: HostAgent, socket_path: Path | None, boot: dict[str, Any] | None) -> int:
+    """Start the host at once if `boot` (a start request) says so, answer on the socket if there is
+    one, and run until SIGTERM or SIGINT; the exit status (2: a wrong lab file or host name, 3: the
+    host could not start)."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stopped.set)
+    if boot is not None:
+        try:
+            kind = await agent.start(boot)
+        except (SourceError, AgentError, KeyError) as exc:
+            said = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
+            print(f"lab host {agent.host}: {said}", file=sys.stderr, flush=True)
+            return 2
+        except Exception as exc:  # what broke, in its own words, for `docker compose logs`
+            await agent.stop()
+            print(f"lab host {agent.host} could not start: {exc}", file=sys.stderr, flush=True)
+            return 3
+        print(f"lab host {agent.host} started: {kind}", flush=True)
+    server = await listen(agent, socket_path) if socket_path is not None else None
+    try:
+        await stopped.wait()
+    finally:
+        if server is not None:
+            server.close()
+        await agent.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one lab host of mailflow's Docker backend")
-    parser.add_argument("--socket", required=True, type=Path, help="the Unix socket to answer on")
     parser.add_argument("--host", required=True, help="the lab host this container is")
+    parser.add_argument("--socket", type=Path, default=None, help="the Unix socket to answer on")
+    parser.add_argument(
+        "--start",
+        type=Path,
+        default=None,
+        metavar="LABFILE",
+        help="start the host at once from this lab file, without waiting for a start request",
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="with --start: the lab's folder")
+    parser.add_argument("--base", default=None, help="with --start: the lab's address base")
+    parser.add_argument("--port-offset", type=int, default=None, help="with --start: the lab's port offset")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(HostAgent(args.host), args.socket))
-    return 0
+    if args.socket is None and args.start is None:
+        parser.error("give --socket PATH, --start LABFILE, or both")
+    if args.start is not None and args.workdir is None:
+        parser.error("--start needs --workdir DIR")
+    boot = None
+    if args.start is not None:
+        boot = {
+            "lab": str(args.start),
+            "base": args.base,
+            "port_offset": args.port_offset,
+            "workdir": str(args.workdir),
+        }
+    return asyncio.run(run(HostAgent(args.host), args.socket, boot))
 
 
 if __name__ == "__main__":

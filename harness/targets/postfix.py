@@ -596,18 +596,11 @@ class DovecotAuth:
         self.root = root / "dovecot"
         self.logins = logins
 
-    def start(self, namespace: Namespace, spool: Path) -> None:
-        for folder in ("run", "state"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+    def files(self, spool: Path) -> dict[str, str]:
+        """Dovecot's files in its folder, by name: the accounts (`users`, root's and the dovecot group's
+        to read) and its configuration, for a Postfix whose spool is `spool`."""
         users = self.root / "users"
-        users.write_text(
-            "".join(f"{name}:{{PLAIN}}{login.password}\n" for login in self.logins for name in login.names),
-            encoding="utf-8",
-        )
-        users.chmod(0o640)
-        os.chown(users, 0, namespace.group("dovecot"))
-        (self.root / "dovecot.conf").write_text(
-            f"""base_dir = {self.root / "run"}
+        config = f"""base_dir = {self.root / "run"}
 state_dir = {self.root / "state"}
 log_path = {self.root / "dovecot.log"}
 protocols =
@@ -636,9 +629,22 @@ service auth {{
     group = postfix
   }}
 }}
-""",
-            encoding="utf-8",
-        )
+"""
+        return {
+            "users": "".join(
+                f"{name}:{{PLAIN}}{login.password}\n" for login in self.logins for name in login.names
+            ),
+            "dovecot.conf": config,
+        }
+
+    def start(self, namespace: Namespace, spool: Path) -> None:
+        for folder in ("run", "state"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        for name, text in self.files(spool).items():
+            (self.root / name).write_text(text, encoding="utf-8")
+        users = self.root / "users"
+        users.chmod(0o640)
+        os.chown(users, 0, namespace.group("dovecot"))
         # The daemon keeps whatever it inherits open: its output goes to a file, not to a pipe we wait on.
         errors = self.root / "startup.log"
         master = namespace.daemon("dovecot")
