@@ -3,8 +3,9 @@ docker compose, answering SMTP from this machine through the bridge, delivering 
 swaks into the mailbox store in the folder, and leaving nothing behind after `down`; and its bad input
 refused in the user's terms, with nothing written.
 
-The images are a developer's (MAILFLOW_LAB_IMAGE and MAILFLOW_POSTFIX_IMAGE, by default mailflow-dev
-and mailflow-dev-postfix), with this checkout's code copied into the folder (MAILFLOW_DOCKER_SOURCE)."""
+The images are the ones built for this checkout (`mailflow images build`, made on first use), or a
+developer's when MAILFLOW_LAB_IMAGE and MAILFLOW_POSTFIX_IMAGE name them (then with this checkout's code
+copied into the folder, MAILFLOW_DOCKER_SOURCE)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,9 @@ from harness.lab.placement import docker_first_octet
 
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 IMAGES = {
-    "MAILFLOW_LAB_IMAGE": os.environ.get("MAILFLOW_LAB_IMAGE", "mailflow-dev:latest"),
-    "MAILFLOW_POSTFIX_IMAGE": os.environ.get("MAILFLOW_POSTFIX_IMAGE", "mailflow-dev-postfix:latest"),
+    name: os.environ[name] for name in ("MAILFLOW_LAB_IMAGE", "MAILFLOW_POSTFIX_IMAGE") if name in os.environ
 }
-EXPORT_ENV = IMAGES | {"MAILFLOW_DOCKER_SOURCE": str(ROOT)}
+EXPORT_ENV = IMAGES | ({"MAILFLOW_DOCKER_SOURCE": str(ROOT)} if IMAGES else {})
 
 
 def _subnet(number: int) -> str:
