@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import safe_dn
 
 from reference_mta.queue_contract import ComponentUnavailable
 
@@ -47,6 +49,22 @@ class Directory(Protocol):
     def search(
         self, base: str, ldap_filter: str, attributes: Sequence[str], *, scope: str = "SUBTREE"
     ) -> list[DirectoryEntry]: ...
+
+
+def attribute_text(value: bytes | str) -> str:
+    """An attribute value as the transport reads it: text (binary attributes such as objectGUID are not
+    read by the categorizer)."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def same_dn(one: str, other: str) -> bool:
+    """Whether two distinguished names name the same entry (case and spacing aside)."""
+    if one.lower() == other.lower():
+        return True
+    try:
+        return bool(safe_dn(one).lower() == safe_dn(other).lower())
+    except LDAPException:
+        return False
 
 
 def proxy_filter(address_type: str, address: str) -> str:

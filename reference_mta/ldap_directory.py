@@ -23,9 +23,8 @@ from typing import Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
-from ldap3.utils.dn import safe_dn
 
-from reference_mta.directory import DirectoryEntry, DirectoryUnavailable
+from reference_mta.directory import DirectoryEntry, DirectoryUnavailable, attribute_text, same_dn
 
 __all__ = ["LdapDirectory"]
 
@@ -101,7 +100,7 @@ class LdapDirectory:
         if not user or not password:
             # An empty password would be an LDAP unauthenticated bind, which "succeeds" anonymously.
             return None
-        if _same_dn(user, self.bind_dn):
+        if same_dn(user, self.bind_dn):
             # The categorizer's own account binds by DN; an SMTP client never gets in as it.
             return None
         connection = self._open(user, password)
@@ -205,22 +204,8 @@ def _entry(item: dict[str, Any], requested: tuple[str, ...]) -> DirectoryEntry:
         if not values:
             continue
         # Callers index by the spelling they asked for, as they would with AD's own names.
-        attributes[wanted.get(str(name).lower(), str(name))] = [_text(v) for v in values]
+        attributes[wanted.get(str(name).lower(), str(name))] = [attribute_text(v) for v in values]
     return DirectoryEntry(str(item["dn"]), attributes)
-
-
-def _text(value: bytes | str) -> str:
-    # Binary attributes (objectGUID and the like) are not read by the categorizer.
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
-
-
-def _same_dn(one: str, other: str) -> bool:
-    if one.lower() == other.lower():
-        return True
-    try:
-        return bool(safe_dn(one).lower() == safe_dn(other).lower())
-    except LDAPException:
-        return False
 
 
 def _unbind(connection: ldap3.Connection) -> None:

@@ -94,22 +94,8 @@ def test_the_hosts_run_in_containers_on_the_lab_network(engine: docker.DockerCli
     """While a lab of the Docker backend runs, its DNS server, global catalog, servers and sinks are
     containers on an internal network of 198.19.0.0/16, and the harness's process is not listening on
     the lab's SMTP addresses itself."""
-    script = tmp_path / "hold.py"
-    script.write_text(_HOLD)
-    env = {**child_env(), **subnet_env(151)}
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(ROOT / "fixtures" / "labs" / "contoso.yaml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    process, base = hold_a_lab(tmp_path, 151)
     try:
-        assert process.stdout is not None
-        ready = process.stdout.readline()
-        assert ready.startswith("ready"), process.stderr.read() if process.stderr else ready
-        base = ready.split()[1]
         names, networks = owned_by(engine, process.pid)
         hosts = {engine.containers.get(n).labels[containers.HOST] for n in names}
         assert {"dns", "gc", "EX1", "EX2", "EX3", "EX4", "fabrikam-mx"} <= hosts
@@ -127,20 +113,7 @@ def test_the_hosts_run_in_containers_on_the_lab_network(engine: docker.DockerCli
 
 
 def test_a_killed_run_is_swept_at_the_next_start(engine: docker.DockerClient, tmp_path: Path) -> None:
-    script = tmp_path / "hold.py"
-    script.write_text(_HOLD)
-    env = {**child_env(), **subnet_env(152)}
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(ROOT / "fixtures" / "labs" / "contoso.yaml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    ready = process.stdout.readline()
-    assert ready.startswith("ready"), process.stderr.read() if process.stderr else ready
+    process, _ = hold_a_lab(tmp_path, 152)
     process.kill()  # SIGKILL: no clean-up of its own
     process.wait(timeout=30)
     names, networks = owned_by(engine, process.pid)
@@ -181,6 +154,26 @@ def test_an_unknown_backend_names_the_backends(tmp_path: Path) -> None:
     done = mailflow("run", "--backend", "podman", str(INBOUND), "--reports", str(tmp_path), cwd=ROOT)
     assert done.returncode == 2
     assert "'podman' is not one of 'local', 'docker'" in done.stderr
+
+
+def hold_a_lab(folder: Path, band: int) -> tuple[subprocess.Popen[str], str]:
+    """A process holding a started Docker lab of the default lab file, and the lab's base address."""
+    script = folder / "hold.py"
+    script.write_text(_HOLD)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(ROOT / "fixtures" / "labs" / "contoso.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**child_env(), **subnet_env(band)},
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    ready = process.stdout.readline()
+    if not ready.startswith("ready"):
+        process.kill()
+        pytest.fail(f"the lab did not start: {process.stderr.read() if process.stderr else ready}")
+    return process, ready.split()[1]
 
 
 # A process that starts one Docker lab and holds it until it is stopped: what a run does, minus the

@@ -59,8 +59,6 @@ AGENT_PYTHON = f"{images.VENV}/bin/python"
 SOURCE_SETTING = "MAILFLOW_DOCKER_SOURCE"
 AGENT_TIMEOUT = 60.0
 
-StandInShell = Callable[[str, str], Any]
-
 
 class AgentFailed(LabError):
     """A lab host's agent refused a request or could not be reached."""

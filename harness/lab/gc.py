@@ -30,7 +30,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import safe_dn
 
 from harness.lab.config import GlobalCatalogConfig
-from reference_mta.directory import DirectoryEntry, DirectoryUnavailable
+from reference_mta.directory import DirectoryEntry, DirectoryUnavailable, attribute_text, same_dn
 
 __all__ = [
     "AUTH_CLIENT",
@@ -260,7 +260,7 @@ class MockGlobalCatalog:
     def is_account(self, dn: str, password: str) -> bool:
         """Whether `password` is the categorizer account's own: an LDAP simple bind by DN is accepted
         for that account only, as the lab's in-process connections bind."""
-        if not _same_dn(dn, self.config.bind_dn):
+        if not same_dn(dn, self.config.bind_dn):
             return False
         connection = self._bind(self.config.bind_dn, password)
         if connection is None:
@@ -328,24 +328,10 @@ class MockGlobalCatalog:
                 if not values or (name.lower() not in wanted and not everything):
                     continue
                 # Callers index by the spelling they asked for, as they would with AD's own names.
-                attributes[wanted.get(name.lower(), name)] = [_text(v) for v in values]
+                attributes[wanted.get(name.lower(), name)] = [attribute_text(v) for v in values]
             entries.append((self._order.get(key, len(self._order)), DirectoryEntry(dn, attributes)))
         entries.sort(key=lambda pair: pair[0])
         return [entry for _, entry in entries]
-
-
-def _text(value: bytes | str) -> str:
-    # Binary attributes (objectGUID and the like) are not read by the categorizer.
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
-
-
-def _same_dn(one: str, other: str) -> bool:
-    if one.lower() == other.lower():
-        return True
-    try:
-        return bool(safe_dn(one).lower() == safe_dn(other).lower())
-    except LDAPException:
-        return False
 
 
 def _parent(dn: str) -> str:
