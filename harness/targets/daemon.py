@@ -12,9 +12,10 @@ Where an MTA's binaries are depends on where it runs (`packaged`):
   over the paths compiled into the binary; nothing of the machine changes.
 - in a container of its image (the Docker backend), from its package installed there, at /usr/sbin.
   The container's files are the MTA's alone, so the lab folder's files are linked where the package
-  reads them before the daemon starts, as an administrator configures a dedicated mail server. (A
-  mount namespace in the container would need CAP_SYS_ADMIN and an AppArmor profile that allows
-  mount: far more than a mail server is given.)
+  reads them before the daemon starts, as an administrator configures a dedicated mail server. (The
+  same private mounts in the container would need CAP_SYS_ADMIN, which Docker's default seccomp
+  profile asks for before unshare and mount, and, where AppArmor runs, a profile allowing mount:
+  nearly root on this machine, for a mail server.)
 """
 
 from __future__ import annotations
