@@ -4,18 +4,17 @@ system's package manager (or, in a container of its own, links from the paths it
 lab folder), noting its daemons in the lab's state file (so that a sweep stops them if the lab dies),
 waiting until it answers, and reading the Maildirs it delivered into.
 
-Where an MTA's binaries are depends on where it runs (`packaged`):
+Where Exim's and OpenSMTPD's binaries are depends on where they run (`packaged`):
 
-- in a network namespace of this machine (the local backend), from its Debian package unpacked into
-  tools/mtas/root: the packages of Postfix, Exim and OpenSMTPD conflict, so at most one is installed.
-  Each command runs in a private mount namespace where the lab folder's directories are bind-mounted
-  over the paths compiled into the binary; nothing of the machine changes.
-- in a container of its image (the Docker backend), from its package installed there, at /usr/sbin.
-  The container's files are the MTA's alone, so the lab folder's files are linked where the package
-  reads them before the daemon starts, as an administrator configures a dedicated mail server. (The
-  same private mounts in the container would need CAP_SYS_ADMIN, which Docker's default seccomp
-  profile asks for before unshare and mount, and, where AppArmor runs, a profile allowing mount:
-  nearly root on this machine, for a mail server.)
+- in a network namespace of this machine (the local backend), from their Debian packages unpacked into
+  tools/mtas/root: their packages conflict with Postfix's, which is installed. Each command runs in a
+  private mount namespace where the lab folder's directories are bind-mounted over the paths compiled
+  into the binary; nothing of the machine changes.
+- in a container of the MTA's image (the Docker backend), from its package installed there, at
+  /usr/sbin. The container's files are the MTA's alone, so the lab folder's files are linked where the
+  package reads them before the daemon starts, as an administrator configures a dedicated mail server.
+  The same private mounts there would need CAP_SYS_ADMIN for the container, nearly root on this
+  machine (docs/decisions.md).
 """
 
 from __future__ import annotations
