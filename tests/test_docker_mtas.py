@@ -102,8 +102,17 @@ def run(mta: str, backend: str, reports: Path) -> tuple[int, subprocess.Complete
 
 def verdicts(reports: Path) -> dict[str, tuple[str, list[Any]]]:
     """Each trace's outcome and deviation list, from the run's last-run.json."""
-    rows = json.loads((reports / "last-run.json").read_text(encoding="utf-8"))
-    return {row["trace"]: (row["outcome"], row["deviations"]) for row in rows}
+    return {row["trace"]: (row["outcome"], row["deviations"]) for row in _rows(reports)}
+
+
+def reasons(reports: Path) -> str:
+    """Each trace's outcome and why, one line each: what a failed comparison shows."""
+    return "\n".join(f"{row['trace']}: {row['outcome']} {row['message']}" for row in _rows(reports))
+
+
+def _rows(reports: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads((reports / "last-run.json").read_text(encoding="utf-8"))
+    return rows
 
 
 def left_by(client: docker.DockerClient, pid: int) -> tuple[list[str], list[str]]:
@@ -133,7 +142,7 @@ def test_an_mta_in_its_container_gives_the_local_verdicts(
     assert sorted(expected) == sorted(f"relay/{path.stem}" for path in TRACES), local.stdout + local.stderr
     # Every trace ran on both: two labs broken alike would agree on nothing worth comparing.
     ran = {trace: outcome for trace, (outcome, _) in expected.items()}
-    assert set(ran.values()) <= {"passed", "failed"}, local.stdout + local.stderr
-    assert verdicts(tmp_path / "docker") == expected, in_docker.stdout + in_docker.stderr
+    assert set(ran.values()) <= {"passed", "failed"}, reasons(tmp_path / "local")
+    assert verdicts(tmp_path / "docker") == expected, reasons(tmp_path / "docker") + in_docker.stderr
     assert in_docker.returncode == local.returncode
     assert left_by(engine, pid) == ([], []), f"mailflow (pid {pid}) left its lab behind"
