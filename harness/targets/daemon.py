@@ -1,10 +1,25 @@
 """What every real MTA standing in for a lab server needs around it, whichever MTA it is: running its
 commands inside the server's namespace, a private mount namespace for an MTA unpacked outside the
-system's package manager, noting its daemons in the lab's state file (so that a sweep stops them if the
-lab dies), waiting until it answers, and reading the Maildirs it delivered into."""
+system's package manager (or, in a container of its own, links from the paths its package reads to the
+lab folder), noting its daemons in the lab's state file (so that a sweep stops them if the lab dies),
+waiting until it answers, and reading the Maildirs it delivered into.
+
+Where Exim's and OpenSMTPD's binaries are depends on where they run (`packaged`):
+
+- in a network namespace of this machine (the local backend), from their Debian packages unpacked into
+  tools/mtas/root: their packages conflict with Postfix's, which is installed. Each command runs in a
+  private mount namespace where the lab folder's directories are bind-mounted over the paths compiled
+  into the binary; nothing of the machine changes.
+- in a container of the MTA's image (the Docker backend), from its package installed there, at
+  /usr/sbin. The container's files are the MTA's alone, so the lab folder's files are linked where the
+  package reads them before the daemon starts, as an administrator configures a dedicated mail server.
+  The same private mounts there would need CAP_SYS_ADMIN for the container, nearly root on this
+  machine (docs/decisions.md).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -16,6 +31,7 @@ from pathlib import Path
 
 from harness.lab.certificates import LabCertificates
 from harness.lab.config import LabConfig
+from harness.lab.container_shell import ContainerShell
 from harness.lab.netns import Namespace
 
 # Kept in the lab's room, which starts a real sending MTA too; named here for the stand-ins.
@@ -27,6 +43,8 @@ from reference_mta.topology import VirtualServer
 
 # Where `make mtas` unpacks the MTAs whose Debian packages conflict with the installed one.
 UNPACKED = Path(__file__).resolve().parents[2] / "tools" / "mtas" / "root"
+# How long a daemon gets to end on TERM before it is killed.
+STOP_GRACE = 10.0
 
 
 class StandInError(RuntimeError):
@@ -65,6 +83,22 @@ def in_private_mounts(binds: Sequence[tuple[Path, str]], argv: Sequence[str]) ->
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
 
 
+def packaged(namespace: Namespace) -> bool:
+    """Whether the MTA runs from its package installed where it runs (a container of its image), rather
+    than unpacked into tools/mtas/root on this machine."""
+    return isinstance(namespace, ContainerShell)
+
+
+def link_into_place(namespace: Namespace, links: Sequence[tuple[Path, str]], what: str) -> None:
+    """In a container of the MTA's own, each (source, target): `target`, a path the packaged binaries
+    read, becomes a symbolic link to `source` in the lab folder, whatever the package had put there.
+    Each trace links its own lab folder; a container outlives the trace, its links do not matter."""
+    script = " && ".join(
+        f"rm -rf {shlex.quote(dst)} && ln -s {shlex.quote(str(src))} {shlex.quote(dst)}" for src, dst in links
+    )
+    run(namespace, ["sh", "-c", script], what)
+
+
 def run(namespace: Namespace, argv: Sequence[str], what: str, log: Path | None = None) -> str:
     """Run a command of the MTA in the namespace; a failure raises with its output (or its log's tail)."""
     result = subprocess.run(
@@ -89,10 +123,23 @@ def run(namespace: Namespace, argv: Sequence[str], what: str, log: Path | None =
 class Foreground:
     """An MTA daemon kept in the foreground as our child, its output in `log`: stopping it is a signal,
     and a crash at start shows as an exit with its words in the log. It leads a process group of its
-    own (its children are in it), noted in the lab's state file as `name`."""
+    own (its children are in it), noted in the lab's state file as `name`.
+
+    In a container our child is the `docker exec` client, not the daemon, and the daemon's pids are the
+    container's own: there it leads a session started by setsid, writes its pid (its process group's id
+    in the container) to `log` with the suffix .pid, and is signalled by `kill` run in the container.
+    The client ends when the daemon does, with its exit status."""
 
     def __init__(self, namespace: Namespace, argv: Sequence[str], log: Path, name: str) -> None:
         self.log = log
+        self.namespace = namespace
+        self.group_file = None if namespace.shares_pids else log.with_suffix(".pid")
+        if self.group_file is not None:
+            self.group_file.unlink(missing_ok=True)
+            # setsid forks when its caller leads a process group already; --wait keeps the client
+            # attached until the daemon ends.
+            script = 'echo $$ > "$0" && exec "$@"'
+            argv = ["setsid", "--wait", "sh", "-c", script, str(self.group_file), *argv]
         record = namespace.daemon(name)
         with log.open("ab") as sink:
             self.process = subprocess.Popen(
@@ -115,12 +162,38 @@ class Foreground:
         if self.process.poll() is not None:
             return
         # The whole session: the daemon's own children (delivery processes) go with it.
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=STOP_GRACE)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+            self._signal(signal.SIGKILL)
+            self.process.wait(timeout=STOP_GRACE)
+
+    def _signal(self, number: signal.Signals) -> None:
+        if self.group_file is None:
+            os.killpg(self.process.pid, number)
+            return
+        group = self._group()
+        if group is None:  # it never got as far as its shell: the client is all there is
+            self.process.kill()
+            return
+        subprocess.run(
+            self.namespace.command(["kill", f"-{number.name.removeprefix('SIG')}", "--", f"-{group}"]),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+
+    def _group(self) -> int | None:
+        """The daemon's process group in its container, once its shell has written it."""
+        assert self.group_file is not None
+        deadline = time.monotonic() + STOP_GRACE
+        while self.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int(self.group_file.read_text(encoding="utf-8").strip())
+            time.sleep(0.05)
+        return None
 
 
 def wait_until_listening(

@@ -19,9 +19,11 @@ administrator would translate the Exchange settings:
 The replies Exim's ACLs give are Exchange's own texts (reference_mta/replies.py): an ACL needs a message
 in any case, and an administrator emulating Exchange would write those.
 
-Exim's Debian package conflicts with Postfix's, so it is unpacked into tools/mtas/root (`make mtas`) and
-run from there, in a private mount namespace where /etc/exim4 is the lab folder's configuration (the path
-compiled into Debian's binary; the folder must exist, `make mtas` makes it).
+Exim's Debian package conflicts with Postfix's, so on this machine it is unpacked into tools/mtas/root
+(`make mtas`) and run from there, in a private mount namespace where /etc/exim4 is the lab folder's
+configuration (the path compiled into Debian's binary; the folder must exist, `make mtas` makes it). In a
+container of its image (the Docker backend) it runs from its package, /usr/sbin/exim4, and
+/etc/exim4/exim4.conf is a link to the lab folder's (harness/targets/daemon.py says why).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ from harness.targets.daemon import (
     StandInBase,
     StandInError,
     in_private_mounts,
+    link_into_place,
     maildir_deliveries,
     open_to_daemons,
+    packaged,
     run,
     wait_until_listening,
 )
@@ -57,6 +61,7 @@ from reference_mta.session_rules import CALL_LIMITS
 from reference_mta.topology import VirtualServer
 
 EXIM = UNPACKED / "usr" / "sbin" / "exim4"
+PACKAGED_EXIM = "/usr/sbin/exim4"  # in a container of Exim's image
 CONFIG_DIR = "/etc/exim4"  # compiled into Debian's binary, with exim4.conf in it
 USER = "Debian-exim"
 # Exim has one queue; `mailflow queues` shows its frozen messages apart, as Queue Viewer would.
@@ -70,9 +75,15 @@ _LISTED = re.compile(
 
 
 def render(
-    config: LabConfig, server: str, table: RecipientTable, root: Path, tls_chain: Path | None
+    config: LabConfig,
+    server: str,
+    table: RecipientTable,
+    root: Path,
+    tls_chain: Path | None,
+    exim: str = str(EXIM),
 ) -> dict[str, str]:
-    """The files of the configuration folder: exim4.conf and the lookup tables it names."""
+    """The files of the configuration folder: exim4.conf and the lookup tables it names; `exim` is the
+    binary's path where it runs (it runs itself again to deliver)."""
     the_plan = plan(config, server, table)
     etc = root / "etc"
     files = {
@@ -85,7 +96,7 @@ def render(
         filtering = listener.vs.recipient_filtering
         if filtering is not None and filtering.addresses:
             files[f"filter_{number}"] = "".join(f"{_pattern(p)}: yes\n" for p in filtering.addresses)
-    files["exim4.conf"] = _configuration(config, the_plan, table, root, etc, tls_chain)
+    files["exim4.conf"] = _configuration(config, the_plan, table, root, etc, tls_chain, exim)
     return files
 
 
@@ -96,10 +107,11 @@ def _configuration(
     root: Path,
     etc: Path,
     tls_chain: Path | None,
+    exim: str,
 ) -> str:
     authenticated = bool(table.logins)
     lines = [
-        *_identity_options(config, the_plan, root),
+        *_identity_options(config, the_plan, root, exim),
         *_policy_options(the_plan, authenticated, tls_chain is not None),
         *_limit_options(config),
         *_session_limits(the_plan),
@@ -116,14 +128,14 @@ def _configuration(
     return "\n".join(lines) + "\n"
 
 
-def _identity_options(config: LabConfig, the_plan: ServerPlan, root: Path) -> list[str]:
+def _identity_options(config: LabConfig, the_plan: ServerPlan, root: Path, exim: str) -> list[str]:
     """Where Exim's files are, whom it runs as, and the names and addresses it answers on."""
     me = the_plan.server
     listeners = the_plan.listeners
     hostnames = {each.vs.address: each.vs.fqdn for each in listeners if each.vs.fqdn}
     return [
         "# Rendered by mailflow from the lab file; see harness/targets/exim.py.",
-        f"exim_path = {EXIM}",
+        f"exim_path = {exim}",
         f"spool_directory = {root / 'spool'}",
         f"log_file_path = {root / 'log' / '%slog'}",
         "log_selector = +smtp_protocol_error +smtp_syntax_error +received_recipients +incoming_interface",
@@ -505,23 +517,28 @@ class EximStandIn(StandInBase):
 
     def start(self, namespace: Namespace) -> None:
         self.namespace = namespace
-        owner = pwd.getpwnam(USER)
+        owner = namespace.user(USER)
         etc = self.root / "etc"
         for folder in ("etc", "spool", "mail", "log"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         open_to_daemons(self.root)
         for folder in ("spool", "mail", "log"):
-            os.chown(self.root / folder, owner.pw_uid, owner.pw_gid)
+            os.chown(self.root / folder, *owner)
         chain = None
         if self.certificates is not None:
             fqdn = self.config.organization.server(self.server).fqdn
             chain = self.certificates.write_chain(fqdn, etc / "tls-chain.pem")
-            os.chown(chain, owner.pw_uid, owner.pw_gid)
-        for name, text in render(self.config, self.server, self.table, self.root, chain).items():
+            os.chown(chain, *owner)
+        exim = PACKAGED_EXIM if packaged(namespace) else str(EXIM)
+        for name, text in render(self.config, self.server, self.table, self.root, chain, exim).items():
             (etc / name).write_text(text, encoding="utf-8")
-        argv = in_private_mounts(
-            [(etc, CONFIG_DIR)], [str(EXIM), "-bdf", f"-q{_seconds(self.config.timers.intervals[0])}"]
-        )
+        if packaged(namespace):
+            link_into_place(
+                namespace,
+                [(etc / "exim4.conf", f"{CONFIG_DIR}/exim4.conf")],
+                f"Exim's configuration for {self.server}",
+            )
+        argv = self._command("-bdf", f"-q{_seconds(self.config.timers.intervals[0])}")
         self.daemon = Foreground(namespace, argv, self.root / "exim.out", "exim")
         vs = self.default_virtual_server
         try:
@@ -596,8 +613,14 @@ class EximStandIn(StandInBase):
     def _exim(self, *arguments: str, what: str) -> str:
         if self.namespace is None:
             raise StandInError(f"Exim for {self.server} is not running")
-        argv = in_private_mounts([(self.root / "etc", CONFIG_DIR)], [str(EXIM), *arguments])
-        return run(self.namespace, argv, f"{what} for {self.server}")
+        return run(self.namespace, self._command(*arguments), f"{what} for {self.server}")
+
+    def _command(self, *arguments: str) -> list[str]:
+        """Exim with `arguments`, reading the lab folder's configuration where it runs."""
+        assert self.namespace is not None
+        if packaged(self.namespace):
+            return [PACKAGED_EXIM, *arguments]
+        return in_private_mounts([(self.root / "etc", CONFIG_DIR)], [str(EXIM), *arguments])
 
 
 def installed() -> str | None:

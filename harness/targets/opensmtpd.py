@@ -30,10 +30,13 @@ limits, VRFY/EXPN answers, SMTPUTF8, CHUNKING, pipelining enforcement, error and
 the hop count limit. Basic authentication is not offered: OpenSMTPD offers AUTH only inside TLS and
 checks it against crypt(3) hashes or system accounts, so a trace authenticating in clear could not pass.
 
-OpenSMTPD's Debian package conflicts with Postfix's, so it is unpacked into tools/mtas/root (`make mtas`)
-and run from there in a private mount namespace, where the lab folder's own directories stand at the
-paths compiled into the binary (spool, control socket, chroot, helpers) and a UTS namespace gives it the
-server's FQDN as host name (bounces and Message-IDs use it).
+OpenSMTPD's Debian package conflicts with Postfix's, so on this machine it is unpacked into
+tools/mtas/root (`make mtas`) and run from there in a private mount namespace, where the lab folder's own
+directories stand at the paths compiled into the binary (spool, control socket, chroot, helpers) and a UTS
+namespace gives it the server's FQDN as host name (bounces and Message-IDs use it). In a container of its
+image (the Docker backend) it runs from its package, with its own helpers, chroot and control socket;
+/var/spool/smtpd is a link to the lab folder's spool, and /etc/mailname, which smtpd reads before the
+host name, a link to a file naming the server's FQDN (harness/targets/daemon.py says why).
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ from harness.targets.daemon import (
     StandInBase,
     StandInError,
     in_private_mounts,
+    link_into_place,
     maildir_deliveries,
     open_to_daemons,
+    packaged,
     wait_until_listening,
 )
 from harness.targets.plan import EVERYONE, ClientRule, Listener, NextHop, Route, ServerPlan, plan
@@ -73,6 +78,7 @@ from reference_mta.queue_contract import QueueState
 SMTPD = UNPACKED / "usr" / "sbin" / "smtpd"
 SMTPCTL = UNPACKED / "usr" / "sbin" / "smtpctl"
 LIBEXEC = UNPACKED / "usr" / "libexec"
+PACKAGED_SMTPD, PACKAGED_SMTPCTL = "/usr/sbin/smtpd", "/usr/sbin/smtpctl"  # in a container of its image
 USER = "opensmtpd"  # the unprivileged daemons' user; it also owns the Maildirs (one delivery user)
 QUEUE_GROUP = "opensmtpq"  # smtpctl talks to the daemon only with this effective group
 DNS = "dns"  # the action delivering by MX look-up
@@ -417,7 +423,8 @@ class OpenSmtpdStandIn(StandInBase):
     ) -> None:
         super().__init__(config, server, table, root, certificates)
         self.daemon: Foreground | None = None
-        self.retries = Retries(root / "run", config.timers.intervals[0] if config.timers.intervals else 60.0)
+        self.namespace: Namespace | None = None
+        self.retries = Retries(self._smtpctl, config.timers.intervals[0] if config.timers.intervals else 60.0)
 
     @property
     def log_path(self) -> Path:
@@ -428,17 +435,25 @@ class OpenSmtpdStandIn(StandInBase):
         return self.root / "spool" / "smtpd"
 
     def start(self, namespace: Namespace) -> None:
+        self.namespace = namespace
         etc = self.root / "etc"
-        self._make_folders()
+        self._make_folders(namespace)
         fqdn = self.config.organization.server(self.server).fqdn
         # No certificate, so no STARTTLS: Debian bookworm's 6.8.0p2 against OpenSSL 3 fails every
         # server-side handshake ("EVP lib", OpenSMTPD issues #1171, #1239), and offering STARTTLS would
         # only make clients that try it lose their session.
         for name, text in render(self.config, self.server, self.table, self.root, None).items():
             (etc / name).write_text(text, encoding="utf-8")
-        smtpd = in_private_mounts(self._binds(), [str(SMTPD), "-d", "-f", str(etc / "smtpd.conf")])
-        # Its own UTS namespace: smtpd names itself (bounces, Message-IDs) by the host name.
-        argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', fqdn, *smtpd]
+        if packaged(namespace):
+            # smtpd names itself (bounces, Message-IDs) by /etc/mailname, else by the host name.
+            (etc / "mailname").write_text(f"{fqdn}\n", encoding="utf-8")
+            links = [(self.spool, "/var/spool/smtpd"), (etc / "mailname", "/etc/mailname")]
+            link_into_place(namespace, links, f"OpenSMTPD's spool and name for {self.server}")
+            argv = [PACKAGED_SMTPD, "-d", "-f", str(etc / "smtpd.conf")]
+        else:
+            smtpd = in_private_mounts(self._binds(), [str(SMTPD), "-d", "-f", str(etc / "smtpd.conf")])
+            # Its own UTS namespace: smtpd names itself (bounces, Message-IDs) by the host name.
+            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', fqdn, *smtpd]
         self.daemon = Foreground(namespace, argv, self.log_path, "smtpd")
         vs = self.default_virtual_server
         try:
@@ -448,14 +463,13 @@ class OpenSmtpdStandIn(StandInBase):
             raise
         self.retries.start(self.spool)
 
-    def _make_folders(self) -> None:
+    def _make_folders(self, namespace: Namespace) -> None:
         for folder in ("etc", "run", "mail", "spool/smtpd", "lib/opensmtpd/empty"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         open_to_daemons(self.root)
         # smtpd refuses a spool that is not root's with exactly these permissions.
         self.spool.chmod(0o711)
-        owner = pwd.getpwnam(USER)
-        os.chown(self.root / "mail", owner.pw_uid, owner.pw_gid)
+        os.chown(self.root / "mail", *namespace.user(USER))
 
     def _binds(self) -> list[tuple[Path, str]]:
         """The lab folder's directories at the paths compiled into the binary: spool (/var/spool/smtpd),
@@ -472,6 +486,18 @@ class OpenSmtpdStandIn(StandInBase):
         if self.daemon is not None:
             self.daemon.stop()
             self.daemon = None
+
+    def _smtpctl(self, arguments: Sequence[str]) -> list[str]:
+        """smtpctl with `arguments`, with the group it wants and where the daemon's control socket is:
+        this machine's namespace, where /run is bound to the lab folder's, or the daemon's container."""
+        if self.namespace is not None and packaged(self.namespace):
+            return self.namespace.command(
+                ["setpriv", "--regid", QUEUE_GROUP, "--keep-groups", PACKAGED_SMTPCTL, *arguments]
+            )
+        return in_private_mounts(
+            [(self.root / "run", "/run")],
+            ["setpriv", "--regid", QUEUE_GROUP, "--keep-groups", str(SMTPCTL), *arguments],
+        )
 
     def idle(self) -> bool:
         """No message is being received or delivered: none in incoming/ (a transaction is open), no
@@ -576,8 +602,8 @@ class Retries:
     every first retry interval while anything waits in the queue, and the round counts as busy until no
     envelope is in flight or due."""
 
-    def __init__(self, run: Path, interval: float) -> None:
-        self.run = run
+    def __init__(self, smtpctl: Callable[[Sequence[str]], list[str]], interval: float) -> None:
+        self._command = smtpctl  # the command line of smtpctl with the arguments given
         self.interval = max(1.0, interval)
         self.busy = False
         self._stopping = threading.Event()
@@ -619,11 +645,14 @@ class Retries:
         return False
 
     def smtpctl(self, *args: str) -> str:
-        """smtpctl in a mount namespace where the daemon's control socket is, with the group it wants."""
-        argv = in_private_mounts(
-            [(self.run, "/run")], ["setpriv", "--regid", QUEUE_GROUP, "--keep-groups", str(SMTPCTL), *args]
+        result = subprocess.run(
+            self._command(args),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
         )
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
         return result.stdout
 
 
