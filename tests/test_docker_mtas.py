@@ -4,10 +4,10 @@ network namespace of this machine (unpacked from tools/mtas for Exim and OpenSMT
 relay traces, each trace's outcome and its deviation list in REPORTS/last-run.json are the same on both.
 Once the Docker run ends, nothing of its lab is left: no container and no network it made.
 
-Both runs are the real `mailflow` command in a subprocess. The images come from MAILFLOW_LAB_IMAGE and
-MAILFLOW_<MTA>_IMAGE, the developer images (mailflow-dev:latest, mailflow-dev-<mta>:latest, with this
-checkout mounted: MAILFLOW_DOCKER_SOURCE) unless set; a test is skipped, with the reason, when Docker,
-an image or the MTA on this machine is missing.
+Both runs are the real `mailflow` command in a subprocess. The images are the ones built for this
+checkout (`mailflow images build`, made on first use), or a developer's where MAILFLOW_LAB_IMAGE and
+MAILFLOW_<MTA>_IMAGE name them (then with this checkout mounted: MAILFLOW_DOCKER_SOURCE); a test is
+skipped, with the reason, when Docker, a named image or the MTA on this machine is missing.
 """
 
 from __future__ import annotations
@@ -44,12 +44,6 @@ TRACES = [
     RELAY / "filter-unfiltered-vs-accepts-then-ndrs.yaml",
     RELAY / "trick-percent-hack-variants.yaml",
 ]
-DEVELOPER_IMAGES = {
-    "MAILFLOW_LAB_IMAGE": "mailflow-dev:latest",
-    "MAILFLOW_POSTFIX_IMAGE": "mailflow-dev-postfix:latest",
-    "MAILFLOW_EXIM_IMAGE": "mailflow-dev-exim:latest",
-    "MAILFLOW_OPENSMTPD_IMAGE": "mailflow-dev-opensmtpd:latest",
-}
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +58,20 @@ def engine() -> Iterator[docker.DockerClient]:
 
 
 def images(mta: str) -> dict[str, str]:
-    """The image settings for a run of `mta`: this environment's, else the developer images."""
+    """A developer's image settings for a run of `mta`, where this environment has them (none: the
+    images built for this checkout)."""
     names = ("MAILFLOW_LAB_IMAGE", f"MAILFLOW_{mta.upper()}_IMAGE")
-    return {name: os.environ.get(name) or DEVELOPER_IMAGES[name] for name in names}
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
 def run_env(mta: str) -> dict[str, str]:
     settings = {
         **images(mta),
-        "MAILFLOW_DOCKER_SOURCE": os.environ.get("MAILFLOW_DOCKER_SOURCE") or str(ROOT),
+        **(
+            {"MAILFLOW_DOCKER_SOURCE": os.environ.get("MAILFLOW_DOCKER_SOURCE") or str(ROOT)}
+            if images(mta)
+            else {}
+        ),
         "MAILFLOW_NETNS_SUBNET": subnet(BAND),
         # Wrapped into 1..249, whatever MAILFLOW_DOCKER_SUBNET this run has.
         "MAILFLOW_DOCKER_SUBNET": str(1 + (docker_first_octet() + DOCKER_BAND + WORKER) % 249),

@@ -192,12 +192,12 @@ def test_evidence_reads_gateway_transfers_through_the_store(tmp_path: Path) -> N
     # Only what Evidence.collect reads of a lab: no sockets needed to test the reading.
     lab = SimpleNamespace(
         config=SimpleNamespace(hosts={}),
-        dns=SimpleNamespace(queries=[]),
-        gc=SimpleNamespace(queries=[]),
-        sinks={},
+        dns_queries=list,
+        ldap_queries=list,
+        sink_captures=list,
         stand_ins={},
         outside={},
-        servers={},
+        reference_server_names=[],
         workdir=tmp_path,
         tracking_dir=tmp_path / "tracking",
         queues=dict,

@@ -3,7 +3,7 @@
 
 - The DNS server, the global catalog (over real LDAP), each reference Exchange server and each Internet
   host's sink run `harness.lab.host_agent` in the lab image; a real MTA standing in for a server runs
-  in its own image (harness/targets/container_shell.py).
+  in its own image (harness/lab/container_shell.py).
 - The harness replays from this machine: the clients' lab addresses are put on the host's side of the
   network's bridge, so each session leaves from its client's address, as with the netns backend.
 - Every container shares one folder with the harness, at the same path on both sides: each trace's lab
