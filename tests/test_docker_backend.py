@@ -195,3 +195,35 @@ finally:
     lab.stop()
     docker_lab.close_pools()
 """
+
+
+def test_a_store_submission_of_any_size_and_a_refused_one(engine: docker.DockerClient) -> None:
+    """A submission carries its message to the server's container (far past a line of 64 KiB), and the
+    store's refusal comes back as the refusal a trace may expect, not as a broken lab."""
+    from harness.lab import config, docker_lab
+    from harness.lab.runtime import LabError
+
+    octet = 154 + WORKER * 4
+    lab = docker_lab.DockerLab(
+        config.load(ROOT / "fixtures" / "labs" / "contoso.yaml", base=f"198.19.{octet}.0", port_offset=0)
+    )
+    body = b"x" * 76 + b"\r\n"
+    content = b"Subject: large\r\n\r\n" + body * 4000  # about 312 KB
+    try:
+        lab.start()
+        message_id = lab.submit("EX1", "alice@contoso.com", ["bob@contoso.com"], content)
+        assert message_id.endswith("@ex1.contoso.com")
+        assert lab.settle(timeout=30)
+        stored = [
+            path
+            for path in lab.workdir.glob("EX2/mdbdata/*/bob@contoso.com/new/*")
+            if path.read_bytes().endswith(body * 4000)
+        ]
+        assert len(stored) == 1, "the large message did not reach bob's mailbox on EX2"
+        with pytest.raises(ValueError, match="not a mailbox in the directory"):
+            lab.submit("EX1", "nobody@contoso.com", ["bob@contoso.com"], b"Subject: x\r\n\r\nx\r\n")
+        with pytest.raises(LabError):  # a server the lab does not run is the lab's fault, not a refusal
+            lab.pool.call("dns", {"op": "submit", "mailbox": "a@b", "to": [], "content": ""})
+    finally:
+        lab.stop()
+        docker_lab.close_pools()

@@ -84,6 +84,8 @@ def lab_up(
         running = target.lab(config, workdir, control=True)
     except targets.NoSuchServer as exc:
         raise InputError(str(exc)) from None
+    except RuntimeError as exc:  # a Docker lab's containers are made here: its errors say what
+        raise BrokenError(str(exc)) from None
     try:
         running.start()
     except RuntimeError as exc:  # the lab's, a stand-in's or the lab network's own errors say what

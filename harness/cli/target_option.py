@@ -35,9 +35,13 @@ backend_option = click.option(
 
 def on_backend(target: targets.Target, backend: str) -> targets.Target:
     """`target` on `backend`; without a Docker engine the Docker backend says how to get one (exit 3)."""
+    try:
+        placed = targets.on_backend(target, backend)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
     if backend == "docker" and (reason := containers.unavailable()) is not None:
         raise BrokenError(f"--backend docker: {reason}")
-    return targets.on_backend(target, backend)
+    return placed
 
 
 def chosen(name: str) -> targets.Target:

@@ -19,18 +19,22 @@ import subprocess
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
 
 from harness.lab import processes
 from harness.lab.addresses import NETNS
 
 if TYPE_CHECKING:
-    import docker
     import docker.models.containers
 
 LABEL = "org.mailflow.lab"
 OWNER_PID = "org.mailflow.owner-pid"
 OWNER_STARTED = "org.mailflow.owner-started"
+OWNER_WHERE = "org.mailflow.owner-where"
 ROLE = "org.mailflow.role"
 HOST = "org.mailflow.host"
 
@@ -46,13 +50,6 @@ class DockerUnavailable(RuntimeError):
 
 def engine() -> docker.DockerClient:
     """A client of the local Docker engine that answers, or DockerUnavailable."""
-    try:
-        import docker
-        import docker.errors
-    except ImportError:
-        raise DockerUnavailable(
-            "the Docker backend needs the docker Python package (pip install docker)"
-        ) from None
     try:
         client = docker.from_env(timeout=120)
         client.ping()
@@ -74,23 +71,39 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def where_i_run() -> str:
+    """This machine's boot and this process's pid namespace: a pid and a start tick name a process only
+    there. Two runs in two containers that share one Docker engine see each other's pids as gone."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        boot = "unknown-boot"
+    return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+
+
 @dataclass(frozen=True)
 class Owner:
     pid: int
     started: int
+    where: str
 
     @classmethod
     def me(cls) -> Owner:
         found = processes.identify(os.getpid())
-        return cls(os.getpid(), found.started if found is not None else 0)
+        return cls(os.getpid(), found.started if found is not None else 0, where_i_run())
 
     def labels(self, lab_id: str) -> dict[str, str]:
-        return {LABEL: lab_id, OWNER_PID: str(self.pid), OWNER_STARTED: str(self.started)}
+        return {
+            LABEL: lab_id,
+            OWNER_PID: str(self.pid),
+            OWNER_STARTED: str(self.started),
+            OWNER_WHERE: self.where,
+        }
 
     @classmethod
     def of(cls, labels: Mapping[str, str]) -> Owner | None:
         try:
-            return cls(int(labels[OWNER_PID]), int(labels[OWNER_STARTED]))
+            return cls(int(labels[OWNER_PID]), int(labels[OWNER_STARTED]), labels[OWNER_WHERE])
         except (KeyError, ValueError):
             return None
 
@@ -98,14 +111,16 @@ class Owner:
         return processes.running(processes.Process(self.pid, self.started))
 
 
-def sweep(client: docker.DockerClient, *, own: bool = False) -> list[str]:
-    """Remove every lab container and network whose owner process is gone (and, with `own`, this
-    process's too); the names of what was removed."""
-    me = Owner.me()
+def sweep(client: docker.DockerClient) -> list[str]:
+    """Remove every lab container and network whose owner process is gone; the names of what was
+    removed. Only owners this process can judge are swept: those that ran on this boot of this machine,
+    in this pid namespace. What carries no owner, or another's, is left alone (a run in another
+    container of a shared engine, a folder exported for docker compose)."""
+    here = where_i_run()
 
     def stale(labels: Mapping[str, str]) -> bool:
         owner = Owner.of(labels)
-        return owner is None or not owner.alive() or (own and owner == me)
+        return owner is not None and owner.where == here and not owner.alive()
 
     removed: list[str] = []
     for container in client.containers.list(all=True, filters={"label": LABEL}):

@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import itertools
@@ -57,6 +58,8 @@ AGENT_PYTHON = f"{images.VENV}/bin/python"
 # A developer's settings: run the lab image named here instead of the one built for this checkout, and
 # mount this checkout into it (its code first on the path), so a change is tried without a new image.
 SOURCE_SETTING = "MAILFLOW_DOCKER_SOURCE"
+FOLDER_PREFIX = "mailflow-docker-"
+OWNER_FILE = "owner.json"
 AGENT_TIMEOUT = 60.0
 
 
@@ -94,12 +97,14 @@ class HostPool:
         self.owner = containers.Owner.me()
         key = f"{os.getpid()}-{config.path}-{config.base}"
         self.lab_id = hashlib.sha1(key.encode()).hexdigest()[:10]
-        self.folder = Path(tempfile.mkdtemp(prefix="mailflow-docker-"))
-        self.folder.chmod(0o755)
-        (self.folder / "agents").mkdir()
+        # Checked before anything is made: a base outside 198.18.0.0/15 leaves nothing behind.
         self.network = containers.DockerNetwork(
             client, ipaddress.IPv4Network(f"{config.base}/24", strict=False), self.lab_id, self.owner
         )
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+        self.folder.chmod(0o755)  # the MTAs' own users, in their containers, reach the lab folders
+        (self.folder / "agents").mkdir()
+        (self.folder / OWNER_FILE).write_text(json.dumps(dataclasses.asdict(self.owner)), encoding="utf-8")
         self.roles: dict[str, str] = {}  # host → the role of its running container
         self._numbers = itertools.count(1)
         self.started = False
@@ -133,6 +138,7 @@ class HostPool:
     def start(self) -> None:
         try:
             containers.sweep(self.client)
+            sweep_folders()
             self.network.create()
             (self.folder / "resolv.conf").write_text(
                 f"nameserver {self.config.dns_address}\noptions timeout:2 attempts:1\n", encoding="utf-8"
@@ -274,6 +280,16 @@ class HostPool:
                     raise AgentFailed(f"{host}'s container stopped: {self._logs(host)}") from None
                 time.sleep(0.05)
 
+    def clear_processes(self, host: str) -> None:
+        """End every process in an MTA's container but its init and the `sleep` that holds it."""
+        script = (
+            "for p in $(ps -eo pid=,comm= | awk '$1 != 1 && $2 != \"sleep\" {print $1}'); do "
+            '[ "$p" -ne "$$" ] && kill -KILL "$p" 2>/dev/null; done; true'
+        )
+        container = self._container(host)
+        if container is not None:
+            container.exec_run(["sh", "-c", script], user="root")
+
     def container_name(self, host: str) -> str:
         return f"mailflow-{self.lab_id}-{host.lower()}"
 
@@ -298,7 +314,13 @@ class HostPool:
             raise AgentFailed(
                 f"the container of {host}, whose address {source} a session leaves from, is gone"
             )
-        return containers.socket_in(int(container.attrs["State"]["Pid"]), source)
+        state = container.attrs.get("State") or {}
+        if not state.get("Running") or not state.get("Pid"):
+            raise AgentFailed(
+                f"the container of {host}, whose address {source} a session leaves from, is not running "
+                f"({state.get('Status', 'no state')}): {self._logs(host)}"
+            )
+        return containers.socket_in(int(state["Pid"]), source)
 
     def _container(self, host: str) -> Any:
         with contextlib.suppress(Exception):
@@ -372,17 +394,22 @@ def pool_for(config: LabConfig, mtas: Mapping[str, str], shared: Path | None = N
         if pool is None:
             try:
                 pool = HostPool(containers.engine(), config, shared)
-            except containers.DockerUnavailable as exc:
+            except (containers.DockerUnavailable, containers.LabNetworkError) as exc:
                 raise LabError(str(exc)) from None
             _pools[subnet] = pool
         try:
             if not pool.started:
                 pool.start()
             pool.arrange(mtas)
-        except containers.LabNetworkError as exc:
-            raise LabError(str(exc)) from None
-        except docker.errors.APIError as exc:
-            raise LabError(f"Docker refused to make the lab's containers: {exc.explanation or exc}") from None
+        except BaseException as exc:
+            _pools.pop(subnet, None)  # start and arrange have removed what they made
+            if isinstance(exc, containers.LabNetworkError):
+                raise LabError(str(exc)) from None
+            if isinstance(exc, docker.errors.APIError):
+                raise LabError(
+                    f"Docker refused to make the lab's containers: {exc.explanation or exc}"
+                ) from None
+            raise
         return pool
 
 
@@ -390,8 +417,26 @@ def close_pools() -> None:
     """Remove every container and network this process made (at its end, and at a test session's)."""
     with _pools_lock:
         for pool in _pools.values():
-            pool.close()
+            # One pool the engine cannot remove (it went away) must not keep the others.
+            with contextlib.suppress(Exception):
+                pool.close()
+            with contextlib.suppress(Exception):
+                pool.client.close()
         _pools.clear()
+
+
+def sweep_folders() -> list[Path]:
+    """The shared folders of pools whose process is gone (a killed run), removed."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            owner = containers.Owner(**json.loads((folder / OWNER_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            continue  # not one of ours, or being written: left alone
+        if owner.where == containers.where_i_run() and not owner.alive():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 atexit.register(close_pools)
@@ -451,6 +496,9 @@ class DockerLab(Lab):
                 "workdir": str(self.workdir),
             }
             self.pool.call_all(self.pool.hosts, request)
+            for host in self.pool.mtas:
+                # What a previous trace's MTA left running, had its stop failed, is ended first.
+                self.pool.clear_processes(host)
             for server, factory in self._stand_in_factories.items():
                 stand_in = factory(self)
                 self.stand_ins[server] = stand_in
@@ -470,28 +518,43 @@ class DockerLab(Lab):
         return self
 
     def stop(self) -> None:
+        """Every part is stopped even when one fails, and the first failure is raised at the end: an
+        MTA left running in its container would answer the next trace."""
+        failures: list[BaseException] = []
+
+        def attempt(step: Callable[[], object]) -> None:
+            try:
+                step()
+            except Exception as exc:
+                failures.append(exc)
+
         for sender in self.senders.values():
-            sender.stop()
+            attempt(sender.stop)
         self.senders.clear()
         for stand_in in self.stand_ins.values():
-            stand_in.stop()
+            attempt(stand_in.stop)
         self.stand_ins.clear()
-        with contextlib.suppress(AgentFailed):
-            if self.pool.started:
-                self.pool.call_all(self.pool.hosts, {"op": "stop"})
-        if (loop := self._loop) is not None:
-            try:
-                if self.control is not None and loop.is_running():
-                    self.run(self.control.stop(), timeout=10)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                if self._thread is not None:
-                    self._thread.join(timeout=10)
-                loop.close()
-                self._loop = None
+        if self.pool.started:
+            attempt(partial(self.pool.call_all, self.pool.hosts, {"op": "stop"}))
+        attempt(self._stop_control)
         self.lock.release()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if failures:
+            raise failures[0]
+
+    def _stop_control(self) -> None:
+        if (loop := self._loop) is None:
+            return
+        try:
+            if self.control is not None and loop.is_running():
+                self.run(self.control.stop(), timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            loop.close()
+            self._loop = None
 
     # --- driving ---------------------------------------------------------------------------------
 

@@ -58,12 +58,18 @@ from reference_mta.queue_contract import DIRECTORY_LOOKUP
 from reference_mta.server import Environment, ExchangeServer
 
 TLS_FOLDER = "tls"
+REQUEST_LIMIT = 256 * 1024 * 1024
 INTERFACE = "eth0"  # a container's interface on the lab network
 
 
 def chain_file(workdir: Path, fqdn: str) -> Path:
     """Where the harness puts a server's key and certificate chain for its container (one lab CA)."""
     return workdir / TLS_FOLDER / f"{fqdn.lower()}.pem"
+
+
+class Refused(Exception):
+    """The store or a gateway refused what was handed to it, as Exchange would: the request's answer,
+    not a fault of the lab."""
 
 
 class AgentError(ValueError):
@@ -280,13 +286,19 @@ class HostAgent:
 
     async def _submit(self, server: ExchangeServer, request: dict[str, Any]) -> str:
         content = base64.b64decode(request["content"])
-        return await server.submit_from_store(str(request["mailbox"]), list(request["to"]), content)
+        try:
+            return await server.submit_from_store(str(request["mailbox"]), list(request["to"]), content)
+        except ValueError as exc:  # the store refused it: what a trace may expect
+            raise Refused(str(exc)) from None
 
     async def _foreign(self, server: ExchangeServer, request: dict[str, Any]) -> str:
         name = str(request["gateway"]).lower()
         if name not in server.gateways:
             raise AgentError(f"no gateway connector {request['gateway']!r} runs on {self.host}")
-        return await server.gateways[name].receive(base64.b64decode(request["memo"]))
+        try:
+            return await server.gateways[name].receive(base64.b64decode(request["memo"]))
+        except ValueError as exc:  # the gateway could not read the memo
+            raise Refused(str(exc)) from None
 
     async def _gateways(self, server: ExchangeServer, _: dict[str, Any]) -> list[str]:
         return sorted(server.gateways)
@@ -329,11 +341,11 @@ async def listen(agent: HostAgent, socket_path: Path) -> asyncio.Server:
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
             reply: dict[str, Any]
             try:
+                line = await reader.readline()
                 reply = {"ok": True, "result": await agent.handle(json.loads(line))}
-            except (AgentError, ValueError, KeyError) as exc:
+            except Refused as exc:
                 reply = {"ok": False, "error": str(exc), "kind": "input"}
             except Exception as exc:  # the host keeps running; the harness says what broke
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "kind": "broken"}
@@ -344,8 +356,9 @@ async def listen(agent: HostAgent, socket_path: Path) -> asyncio.Server:
 
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
-    server = await asyncio.start_unix_server(answer, path=str(socket_path))
-    socket_path.chmod(0o666)  # the harness may run as another user than the container
+    # A store submission carries its message: far more than asyncio's default line limit of 64 KiB.
+    server = await asyncio.start_unix_server(answer, path=str(socket_path), limit=REQUEST_LIMIT)
+    socket_path.chmod(0o600)  # the harness's own user, whom the agent runs as, and no one else
     return server
 
 

@@ -662,10 +662,7 @@ async def _connect(
     try:
         async with asyncio.timeout(connect_timeout):
             if bound is not None:
-                bound.setblocking(False)
-                await asyncio.get_running_loop().sock_connect(bound, (host, port))
-                context, name = tls if tls is not None else (None, None)
-                return await asyncio.open_connection(sock=bound, ssl=context, server_hostname=name)
+                return await through(bound, host, port, tls)
             if tls is not None:
                 context, name = tls
                 return await asyncio.open_connection(
@@ -678,6 +675,20 @@ async def _connect(
         raise ConnectError(host, port, source_address, f"TLS handshake failed: {exc.reason or exc}") from exc
     except OSError as exc:
         raise ConnectError(host, port, source_address, str(exc)) from exc
+
+
+async def through(
+    bound: socket.socket, host: str, port: int, tls: tuple[ssl.SSLContext, str | None] | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection through a socket bound elsewhere (closed if the connection is not made)."""
+    try:
+        bound.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(bound, (host, port))
+        context, name = tls if tls is not None else (None, None)
+        return await asyncio.open_connection(sock=bound, ssl=context, server_hostname=name)
+    except BaseException:
+        bound.close()
+        raise
 
 
 async def _run_steps(

@@ -35,7 +35,7 @@ from harness.lab import config as lab_config
 from harness.lab.config import LabConfig
 from harness.lab.placement import relocation
 from harness.lab.runtime import Lab, LabError
-from harness.run.replay import Exchange, SessionResult, run_session
+from harness.run.replay import Exchange, SessionResult, run_session, through
 from harness.smtp.masking import Normalizer
 from harness.targets import Target
 from harness.targets.outside import OutsideMta
@@ -355,9 +355,7 @@ async def expect_refused(
 
     async def connect() -> asyncio.StreamWriter:
         if bound is not None:
-            bound.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(bound, (host, port))
-            return (await asyncio.open_connection(sock=bound))[1]
+            return (await through(bound, host, port, None))[1]
         return (await asyncio.open_connection(host, port, local_addr=local))[1]
 
     try:

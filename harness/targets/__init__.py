@@ -100,10 +100,10 @@ class Target:
     def unavailable(self, trace: Trace | None = None) -> str | None:
         """None if this target can run here (and `trace`, whose real sending MTA needs the same: a
         network namespace, Postfix), else why not (a reason to skip, not a failure)."""
+        if self.in_docker:  # every MTA, a sending one too, is in a container of its image
+            return containers.unavailable()
         if trace is not None and trace.senders and (reason := sender.available()) is not None:
             return f"the trace sends through a real MTA on {', '.join(trace.senders)}: {reason}"
-        if self.in_docker:
-            return containers.unavailable()
         if self.adapter is None:
             return None
         return netns.available() or self.adapter.installed()
@@ -289,6 +289,11 @@ def on_backend(target: Target, backend: str) -> Target:
     """`target` with its lab on `backend`; ValueError naming the backends for any other word."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if backend == "docker" and target.outside is not None:
+        raise ValueError(
+            f"target {target.name} is an MTA outside the lab: it runs with --backend local only (the "
+            "Docker lab's network has no route to it)"
+        )
     return dataclasses.replace(target, backend=backend)
 
 
