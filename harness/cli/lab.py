@@ -279,8 +279,14 @@ def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, fo
 
 
 def _image(kind: str) -> str:
-    from harness.lab import docker_lab
+    """The image the exported folder names: built here (or taken from a registry) when a Docker engine
+    answers; else this checkout's content-keyed name, which `mailflow images build` makes on the
+    machine that runs compose (the folder's README says so). Postfix's image is read at export (its
+    user ids), so it needs the engine."""
+    from harness.lab import containers, docker_lab, images
 
+    if kind == "lab" and not os.environ.get("MAILFLOW_LAB_IMAGE") and containers.unavailable() is not None:
+        return images.reference(kind, images.keys(images.source_root())[kind])
     try:
         return docker_lab.image(kind)
     except (ImportError, RuntimeError, ValueError) as exc:  # the image could not be had or built

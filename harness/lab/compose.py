@@ -341,6 +341,9 @@ def readme(export: Export, example: Example) -> str:
     return f"""Lab {config.name}, exported for docker compose:
 {what}.
 
+The containers run the image {export.lab_image}; where `docker images` does not list it, build it with
+`mailflow images build` from the checkout that exported this folder (the tag is a hash of its code).
+
 Start and stop, in this folder (`docker-compose` is compose v1, as Debian packages it):
 
   docker compose up -d          # or: docker-compose up -d
