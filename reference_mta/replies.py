@@ -230,7 +230,8 @@ def translate(status: str) -> str:
 
 
 def hop_count_exceeded(hops: int, limit: int) -> Reply:
-    return Reply(554, "5.4.6", f"Hop count exceeded ({hops} > {limit}): possible mail loop")
+    # Section 8 of the reference: 4.4.6 for the maximum hop count; 5.4.6 is the categorizer's own loop.
+    return Reply(554, "4.4.6", f"Hop count exceeded ({hops} > {limit}): possible mail loop")
 
 
 def over_sender_size_limit(size: int, limit_kb: str) -> Reply:
