@@ -485,7 +485,6 @@ class AdvancedQueuingEngine:
         content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
         made = self.components.make_delay_notice(entry.msg, waiting, content)
         if made is not None:
-            self.tracking.log(tracking.DELAY_NOTICE, entry.msg, waiting, "DSN-2", queue=entry.queue)
             notice, notice_content = made
             await self.submit(notice, notice_content, source="dsn")
 

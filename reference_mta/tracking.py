@@ -74,9 +74,9 @@ MTA_TRANSFER_OUT = _event(7, "MTA: Message Transfer Out")
 GATEWAY_TRANSFER_OUT = _event(1003, "Gateway: Message Transfer Out")
 GATEWAY_TRANSFER_IN = _event(1004, "Gateway: Message Transfer In")
 GATEWAY_REPORT = _event(1007, "Gateway: Non-Delivery Report Generated")
-# Exchange logs no event when it sends a delay DSN, nor for a gateway's translation step; the reference
-# MTA logs both so that traces can see them.
-DELAY_NOTICE = _event(1045, "mailflow: Delay Delivery Status Notification Sent", Source.EXTENSION)
+# Exchange logs no event for a gateway's translation step; the reference MTA logs one so that traces can
+# see it. (A delay DSN has no event of its own either: it is a new message, and its own submission
+# events, sender <>, are what shows it, as in Exchange.)
 GATEWAY_TRANSLATED = _event(1046, "mailflow: Message Translated by Gateway", Source.EXTENSION)
 
 
