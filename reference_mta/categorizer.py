@@ -6,6 +6,10 @@ holds the mailbox store and stamps that server's FQDN on the recipient, expands 
 (nested, each group once), replaces contacts by their targetAddress, and applies per-recipient
 restrictions. It then marks each recipient local, remote or gateway, or failed with the NDR status
 Exchange gives (KB 233363's order).
+
+A recipient that another server of the organization has categorized already (its state came with the
+message in XEXCH50, `mailmsg.read_exch50_blob`) is resolved and routed, but its forwarding and its
+expansion are not applied again.
 """
 
 from __future__ import annotations
@@ -131,13 +135,25 @@ class Categorizer:
         if not self._permitted(msg, recipient, entry, sender):
             return []  # a group's restrictions apply before it is expanded
         if "group" in entry.classes:
+            if recipient.categorized:
+                # Expanded by the categorizer that sent it here: its members travel as recipients of
+                # their own.
+                recipient.status = "expanded"
+                recipient.flags |= RP_EXPANDED
+                return []
             return self._expand(msg, recipient, entry, expanded_seen)
         target = entry.first("targetAddress")
         if target and not entry.first("homeMDB"):
             _to_contact_target(recipient, target)
+            recipient.categorized = True
             return []
         if not self._stamp_home(recipient, entry):
             return []
+        if recipient.categorized:
+            # Its forwarding was applied by the server that sent it here (XEXCH50): applied again, the
+            # alternate recipient would get one more copy on every hop.
+            return []
+        recipient.categorized = True
         return self._redirect(msg, recipient, entry)
 
     @staticmethod

@@ -3,14 +3,17 @@ remote bridgehead, a smart host, or the destination domain's mail exchangers fou
 
 Resolution goes through the lab's DNS with dnspython (MX by preference, then A; a domain without MX is
 its own exchanger). The session binds the server's own address so that the next hop sees who is
-calling. Per-recipient refusals are permanent (5xx → NDR) or transient (4xx → retry); a host that
-cannot be reached or answers 4xx to the transaction makes the next address be tried, then a retry.
+calling. To another server of the organization that offers it, the categorizer's per-recipient state
+goes along in XEXCH50 between the recipients and the content. Per-recipient refusals are permanent
+(5xx → NDR) or transient (4xx → retry); a host that cannot be reached or answers 4xx to the transaction
+makes the next address be tried, then a retry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import Callable
 
 import aiosmtplib
 import dns.asyncresolver
@@ -18,7 +21,15 @@ import dns.exception
 import dns.resolver
 
 from reference_mta import replies
-from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_MTA, MailMsg, Recipient, encapsulate
+from reference_mta.mailmsg import (
+    EXCH50_VERSION,
+    RP_DELIVERED,
+    RP_ERROR_CONTEXT_MTA,
+    MailMsg,
+    Recipient,
+    encapsulate,
+    exch50_blob,
+)
 from reference_mta.queue_contract import DeliveryResult, Hop, HopKind
 
 
@@ -40,7 +51,9 @@ class SmtpDelivery:
         timeout: float = 30.0,
         own_addresses: frozenset[str] = frozenset(),
         encapsulation_domain: str = "",
+        is_organization_server: Callable[[str], bool] = lambda address: False,
     ) -> None:
+        self.is_organization_server = is_organization_server
         self.encapsulation_domain = encapsulation_domain or fqdn
         self.own_addresses = own_addresses | {source_address}
         self.fqdn = fqdn
@@ -117,6 +130,8 @@ class SmtpDelivery:
         encoding = "utf-8" if utf8 else "ascii"
         await client.mail(msg.sender, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
         accepted, failed, deferred = await self._send_recipients(client, recipients, encoding)
+        if accepted and self.is_organization_server(address) and client.supports_extension("xexch50"):
+            await self._send_exch50(client, accepted)
         if accepted:
             try:
                 await client.data(content)
@@ -151,6 +166,19 @@ class SmtpDelivery:
                     _fail_as_refused([recipient], exc)
                     failed.append(recipient)
         return accepted, failed, deferred
+
+    async def _send_exch50(self, client: aiosmtplib.SMTP, recipients: list[Recipient]) -> None:
+        """XEXCH50 to another server of the organization: what the categorizer did to each recipient, so
+        that the next categorizer does not forward or expand it again. A refusal costs nothing but that:
+        the next server then categorizes the message in full."""
+        blob = exch50_blob(recipients, self._smtp_address)
+        reply = await client.execute_command(
+            b"XEXCH50", str(len(blob)).encode(), str(EXCH50_VERSION).encode()
+        )
+        if reply.code != 354 or client.protocol is None:
+            return
+        client.protocol.write(blob)
+        await client.protocol.read_response(timeout=self.timeout)
 
     def _smtp_address(self, recipient: Recipient) -> str:
         if recipient.address_type == "SMTP":

@@ -49,10 +49,11 @@ def ehlo_lines(
     chunking: bool = True,
     vrfy: bool = True,
     smtputf8: bool = False,
+    xexch50: bool = False,
 ) -> list[str]:
     """The EHLO keywords, in Exchange's order, less what the reference MTA does not implement (TURN,
-    ATRN, ETRN, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md) and what the virtual server's
-    settings turn off."""
+    ATRN, ETRN, X-EXPS, X-LINK2STATE; see docs/decisions.md) and what the virtual server's settings turn
+    off. XEXCH50 is offered to the organization's own servers only."""
     keywords = [f"{fqdn} Hello [{client_ip}]", f"SIZE {size_limit}" if size_limit else "SIZE"]
     keywords += ["PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime"]
     if chunking:
@@ -65,6 +66,8 @@ def ehlo_lines(
         keywords.append("STARTTLS")
     if auth:
         keywords += ["AUTH LOGIN PLAIN", "AUTH=LOGIN"]
+    if xexch50:
+        keywords.append("XEXCH50")
     keywords.append("OK")
     return [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
 
@@ -138,6 +141,19 @@ COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
 ADDRESS_TOO_LONG = "501 5.1.3 Address too long (RFC 5321 4.5.3.1: local part 64, domain 255 octets)"
 NON_ASCII_ADDRESS = "553 5.6.7 Non-ASCII addresses require SMTPUTF8"
 PARAMETER_NOT_RECOGNIZED = "555 5.5.4 Parameter not recognized or not implemented"
+# XEXCH50, the categorizer's state from another Exchange server (docs/decisions.md). Exchange's own texts,
+# without enhanced codes, as Exchange 2003 writes them.
+XEXCH50_SEND_DATA = "354 Send binary data"
+XEXCH50_OK = "250 XEXCH50 OK"
+XEXCH50_NOT_AUTHORIZED = "504 Need to authenticate first"
+XEXCH50_SYNTAX = "501 5.5.4 Syntax: XEXCH50 <blob-size> <version>"
+XEXCH50_TOO_BIG = "552 5.3.4 XEXCH50 data too large; closing transmission channel"
+
+
+def xexch50_unreadable(reason: str) -> str:
+    return f"501 5.5.4 XEXCH50 data unreadable: {reason}"
+
+
 BODY_UNKNOWN = "501 5.5.4 Unknown BODY type"
 NOT_IMPLEMENTED = "502 5.3.3 Command not implemented"
 VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
@@ -187,7 +203,7 @@ def timed_out(fqdn: str) -> str:
 # aiosmtpd's built-in texts → Exchange's. Matched on the start of the line; the reply becomes the
 # replacement, expanded with the pattern's groups.
 _TRANSLATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^354 "), START_MAIL_INPUT),
+    (re.compile(r"^354 End data with"), START_MAIL_INPUT),
     (re.compile(r"^503 Error: need MAIL command"), NEED_MAIL),
     (re.compile(r"^503 Error: need RCPT command"), NEED_RCPT),
     (re.compile(r"^503 Error: nested MAIL command"), NESTED_MAIL),

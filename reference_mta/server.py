@@ -78,6 +78,7 @@ class ExchangeServer:
                 {self.config.address, *(vs.address for vs in self.config.virtual_servers)}
             ),
             encapsulation_domain=organization.primary_domain,
+            is_organization_server=organization.is_own_address,
         )
         self._listeners: list[asyncio.Server] = []
         self._handlers: list[VirtualServerHandler] = []

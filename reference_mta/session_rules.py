@@ -32,8 +32,10 @@ Beyond the state, some rules look at the session itself (`Facts`): a session tha
 refused serves only QUIT (RFC 5321 3.1), and a synchronization error ends the session; these come
 before any command's own rule (`SESSION_GUARDS`). A command's rule may add guards of its own, checked
 once the state allows it: no STARTTLS inside TLS (RFC 3207 4.2), no MAIL beyond the virtual server's
-messages per connection, no DATA for a BODY=BINARYMIME transaction (RFC 3030 3). `judge` applies them
-all, in that order; the protocol engine asks it before every command and answers with its verdict.
+messages per connection, no DATA for a BODY=BINARYMIME transaction (RFC 3030 3), no XEXCH50 from a
+client that is not a server of the organization (504, as Exchange answers an unauthenticated one).
+`judge` applies them all, in that order; the protocol engine asks it before every command and answers
+with its verdict.
 Every 5xx a client earns counts against the virtual server's error budget (`counts_as_error`).
 """
 
@@ -74,6 +76,7 @@ class Facts:
     messages: int = 0  # messages accepted in this session
     message_limit: int | None = None  # the virtual server's messages per connection
     binarymime: bool = False  # this transaction's MAIL said BODY=BINARYMIME
+    organization_server: bool = False  # the client's address is a server of the organization
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,12 @@ TLS_INSIDE_TLS = Guard(
     "no TLS inside TLS", lambda command, arg, facts: facts.encrypted, replies.TLS_ALREADY_ACTIVE
 )
 
+XEXCH50_OUTSIDER = Guard(
+    "XEXCH50 from a server of the organization only",
+    lambda command, arg, facts: not facts.organization_server,
+    replies.XEXCH50_NOT_AUTHORIZED,
+)
+
 RULES: Mapping[str, Rule] = {
     "HELO": Rule(ANY, sync_point=True, syntax="HELO <domain>"),
     "EHLO": Rule(ANY, sync_point=True, syntax="EHLO <domain>"),
@@ -197,6 +206,20 @@ RULES: Mapping[str, Rule] = {
         sync_point=True,
         syntax="STARTTLS",
         guards=(TLS_INSIDE_TLS,),
+    ),
+    # The categorizer's state from the server that sent the message (docs/decisions.md): after the
+    # recipients, before the content; its blob follows the 354, so the client waits for that.
+    "XEXCH50": Rule(
+        frozenset({State.RCPT}),
+        {
+            **_BEFORE_HELLO,
+            State.GREETED: replies.NEED_MAIL,
+            State.MAIL: replies.NEED_RCPT,
+            State.CHUNKING: replies.BAD_SEQUENCE,
+        },
+        sync_point=True,
+        syntax="XEXCH50 <blob-size> <version>",
+        guards=(XEXCH50_OUTSIDER,),
     ),
     "AUTH": Rule(
         frozenset({State.GREETED}),

@@ -28,6 +28,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from reference_mta import replies
 from reference_mta.access_policy import may_connect
+from reference_mta.mailmsg import EXCH50_MAX_BYTES, CarriedState, UnreadableBlob, read_exch50_blob
 from reference_mta.protocol_log import ProtocolLog, SessionLog
 from reference_mta.session_rules import (
     RULES,
@@ -59,6 +60,8 @@ class SessionPolicy(Protocol):
 
     async def expand(self, address: str) -> list[str]: ...
 
+    def is_organization_server(self, address: str) -> bool: ...
+
 
 class ExchangeEnvelope(Envelope):
     """aiosmtpd's envelope plus this transaction's BDAT chunks, BODY=BINARYMIME and DSN arguments; it is
@@ -70,6 +73,7 @@ class ExchangeEnvelope(Envelope):
         self.binarymime = False
         self.dsn_mail: dict[str, str] = {}
         self.dsn_rcpt: dict[str, dict[str, str]] = {}
+        self.exch50: dict[str, CarriedState] | None = None  # XEXCH50's recipients, by RCPT address
 
 
 @dataclass
@@ -146,6 +150,8 @@ class ExchangeSMTP(SMTP):
             messages=self.messages,
             message_limit=self.vs.max_messages_per_connection,
             binarymime=self.exchange_envelope().binarymime,
+            organization_server=session is not None
+            and self.policy.is_organization_server(client_ip(session)),
         )
 
     async def answer(self, verdict: Verdict) -> None:
@@ -250,6 +256,7 @@ class ExchangeSMTP(SMTP):
             "EXPN": self.vs.expn != "disabled",
             "STARTTLS": handler.tls_context is not None,
             "AUTH": handler.authenticate is not None,
+            "XEXCH50": False,  # between Exchange servers, never listed (as Exchange's HELP does not)
         }.get(command, True)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -334,6 +341,30 @@ class ExchangeSMTP(SMTP):
         finally:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
+
+    async def smtp_XEXCH50(self, arg: str | None) -> None:
+        """The categorizer's state from another server of the organization (the session rules let only
+        such a server this far): `XEXCH50 <size> <version>`, 354, then exactly <size> octets."""
+        words = (arg or "").split()
+        if len(words) != 2 or not all(word.isdigit() for word in words):
+            await self.push(replies.XEXCH50_SYNTAX)
+            return
+        size = int(words[0])
+        if size > EXCH50_MAX_BYTES:
+            await self.push(replies.XEXCH50_TOO_BIG)
+            self.close()
+            return
+        await self.push(replies.XEXCH50_SEND_DATA)
+        blob = await self._read_chunk(size, keep=True)
+        if blob is None:
+            return  # the client went away mid-blob
+        try:
+            self.exchange_envelope().exch50 = read_exch50_blob(blob)
+        except UnreadableBlob as exc:
+            # The message is then categorized in full, as if it had come from outside.
+            await self.push(replies.xexch50_unreadable(str(exc)))
+            return
+        await self.push(replies.XEXCH50_OK)
 
     async def _read_chunk(self, size: int, keep: bool) -> bytes | None:
         """Read a BDAT chunk in pieces, keeping it only if asked; None if the connection ended."""

@@ -4,6 +4,7 @@ protocol engine (`smtp_protocol`), through aiosmtpd's handler hooks.
 - The relay decision and recipient filtering at RCPT (`access_policy`), RFC 5321's address-length limits
   and SMTPUTF8 for envelope addresses, the recipient limit, Basic authentication against the directory.
 - VRFY and EXPN answered from the directory (`address_book`) as configured.
+- XEXCH50 offered to, and taken from, the organization's own servers only.
 - At end of data, the MAILMSG built from the session and handed to AQ; the 250 reply is sent only after
   AQ has the message on disk.
 Reply texts come from `replies`.
@@ -27,7 +28,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from reference_mta import replies
 from reference_mta.access_policy import Client, filtering_applies, relay_grant
 from reference_mta.address_book import AddressBook
-from reference_mta.mailmsg import MailMsg
+from reference_mta.mailmsg import MailMsg, apply_exch50
 from reference_mta.protocol_log import ProtocolLog
 from reference_mta.queue_contract import ComponentUnavailable, Submission
 from reference_mta.session_rules import CALL_LIMITS
@@ -126,6 +127,7 @@ class VirtualServerHandler:
             chunking=self.vs.chunking,
             vrfy=self.vs.vrfy != "disabled",
             smtputf8=self.vs.smtputf8,
+            xexch50=self.is_organization_server(client_ip(session)),
         )
 
     async def handle_HELO(
@@ -215,6 +217,8 @@ class VirtualServerHandler:
         msg.properties.update(
             DSN_RET_VALUE=envelope.dsn_mail.get("RET"), DSN_ENVID_VALUE=envelope.dsn_mail.get("ENVID")
         )
+        if envelope.exch50 is not None:
+            apply_exch50(msg, envelope.exch50)
         for recipient in msg.recipients:
             arguments = envelope.dsn_rcpt.get(recipient.address, {})
             recipient.notify = arguments.get("NOTIFY")
@@ -243,6 +247,12 @@ class VirtualServerHandler:
         return replies.closing(self.fqdn)
 
     # --- policy ----------------------------------------------------------------------------------
+
+    def is_organization_server(self, address: str) -> bool:
+        """Whether the client is a server of the organization, recognised by its address as for relay
+        (docs/decisions.md, "Exchange servers trust each other by address"): only such a server is
+        offered XEXCH50 and may send the categorizer's state."""
+        return self.organization.is_own_address(address)
 
     def _filtered(self, address: str) -> bool:
         """Recipient filtering: on the explicit list, or (if asked) not in the directory. A directory

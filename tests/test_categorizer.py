@@ -204,3 +204,28 @@ def test_forwarding_paths_are_judged_separately_for_loops(tmp_path: Path) -> Non
     assert "failed 5.4.6" not in outcome(msg).values()
     # Bob is reached through both paths and gets one copy.
     assert [r.status for r in msg.recipients if r.address == "bob@contoso.com"] == ["remote", "duplicate"]
+
+
+def test_a_recipient_categorized_upstream_is_neither_forwarded_nor_expanded_again(tmp_path: Path) -> None:
+    # What XEXCH50 carried from the server that categorized the message first (tests/test_xexch50.py
+    # shows it over SMTP).
+    directory = Directory()
+    bob = directory.user("bob", "EX2")
+    alice = directory.user("alice")
+    directory.user("judy", altRecipient=bob, deliverAndRedirect="TRUE")
+    directory.group("execs", [alice])
+    msg = MailMsg.new("x@fabrikam.com", ["judy@contoso.com", "execs@contoso.com"], MSG_SIZE_HINT=100)
+    for recipient in msg.recipients:
+        recipient.categorized = True
+    asyncio.run(directory.categorizer(tmp_path).categorize(msg))
+    assert outcome(msg) == {"judy@contoso.com": "local", "execs@contoso.com": "expanded"}
+    assert "REDIRECTIONS" not in msg.properties
+
+
+def test_the_categorizer_marks_what_it_has_categorized(tmp_path: Path) -> None:
+    directory = Directory()
+    bob = directory.user("bob", "EX2")
+    directory.user("judy", altRecipient=bob, deliverAndRedirect="TRUE")
+    msg = categorize(directory.categorizer(tmp_path), "x@fabrikam.com", "judy@contoso.com")
+    assert outcome(msg) == {"judy@contoso.com": "local", "bob@contoso.com": "remote"}
+    assert [r.categorized for r in msg.recipients] == [True, True]

@@ -37,10 +37,18 @@ EXAMPLES = int(os.environ.get("MAILFLOW_ORACLE_EXAMPLES", "200"))
 ADDRESSES = sorted({a for kind in generator.RECIPIENTS.values() for a in kind})
 
 # One scenario per reason `known_disagreement` gives, each the smallest that shows it.
-KNOWN_DISAGREEMENTS = [
-    # judy forwards to a contact and keeps a copy (deliverAndRedirect); her home server is EX1, and the
-    # message is categorized first on EX3, in London.
-    Scenario("internet", "EX3", None, None, "ann@fabrikam.com", ("judy@contoso.com",)),
+KNOWN_DISAGREEMENTS: list[Scenario] = []
+
+# Scenarios on the contoso lab that once were known disagreements, kept as agreement cases with the
+# deliveries the oracle predicts.
+AGREEMENTS = [
+    # Judy forwards to Carol (EX3) and keeps a copy (deliverAndRedirect); her home server is EX1, and the
+    # message is categorized first on EX3, in London. EX3 applies the forwarding and sends Judy's copy
+    # home with the categorizer's state in XEXCH50: EX1 does not apply it again, one copy each.
+    (
+        Scenario("internet", "EX3", None, None, "ann@fabrikam.com", ("judy@contoso.com",)),
+        [("mailbox", "carol@contoso.com", "EX3"), ("mailbox", "judy@contoso.com", "EX1")],
+    ),
 ]
 
 # Scenarios on small labs of their own, for decisions the contoso lab has no clean example of (the
@@ -175,6 +183,19 @@ def test_every_known_disagreement_has_one_scenario() -> None:
     reasons = [generator.known_disagreement(predict(load(LAB), s)) for s in KNOWN_DISAGREEMENTS]
     assert None not in reasons
     assert len(set(reasons)) == len(reasons)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "deliveries"), AGREEMENTS, ids=[generator.slug(s) for s, _ in AGREEMENTS]
+)
+def test_reference_mta_and_oracle_agree_on_former_disagreements(
+    scenario: Scenario, deliveries: list[tuple[str, str, str]]
+) -> None:
+    prediction = predict(load(LAB), scenario)
+    assert sorted((d.kind, d.where, d.server) for d in prediction.deliveries) == deliveries
+    assert generator.known_disagreement(prediction) is None
+    result = replay(LAB, scenario, prediction)
+    assert result.passed, disagreement(scenario, prediction, result)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def test_every_refusal_is_a_well_formed_4xx_or_5xx_reply() -> None:
         ("BDAT", State.MAIL, replies.NEED_RCPT),
         ("AUTH", State.MAIL, replies.AUTH_IN_TRANSACTION),
         ("STARTTLS", State.RCPT, replies.STARTTLS_IN_TRANSACTION),
+        ("XEXCH50", State.GREETED, replies.NEED_MAIL),
+        ("XEXCH50", State.MAIL, replies.NEED_RCPT),
     ],
 )
 def test_bad_sequences_get_their_own_reply(command: str, state: State, reply: str) -> None:
@@ -101,7 +104,8 @@ def test_commands_that_reset_or_inform_are_accepted_everywhere() -> None:
 
 def test_sync_points_are_rfc_2920s_list_plus_starttls_and_auth() -> None:
     with_pipelining = {command for command in RULES if is_sync_point(command, None, pipelining=True)}
-    assert with_pipelining == {"HELO", "EHLO", "DATA", "VRFY", "EXPN", "NOOP", "STARTTLS", "AUTH"}
+    # XEXCH50 too: its blob follows the 354, as DATA's content does.
+    assert with_pipelining == {"HELO", "EHLO", "DATA", "VRFY", "EXPN", "NOOP", "STARTTLS", "AUTH", "XEXCH50"}
 
 
 @pytest.mark.parametrize(
@@ -248,3 +252,11 @@ def test_recipient_filtering_applies_to_anonymous_sessions_in_authoritative_doma
     assert filtered.recipient_filtering is not None
     assert filtered.recipient_filtering.listed("Bulk-News@Contoso.com")
     assert not filtered.recipient_filtering.listed("alice@contoso.com")
+
+
+def test_xexch50_is_taken_from_a_server_of_the_organization_only() -> None:
+    facts = Facts(State.RCPT)
+    assert judge("XEXCH50", "10 2", facts) == Verdict(replies.XEXCH50_NOT_AUTHORIZED)
+    assert judge("XEXCH50", "10 2", replace(facts, organization_server=True)) is None
+    # The sequence first, as for every command: before a recipient, 503 whoever asks.
+    assert judge("XEXCH50", "10 2", Facts(State.MAIL)) == Verdict(replies.NEED_RCPT)

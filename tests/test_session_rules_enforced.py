@@ -148,6 +148,13 @@ def _messages_per_connection(session: Session) -> tuple[str, bool]:
     return session.send(MESSAGE[0]), True
 
 
+def _xexch50_from_outside(session: Session) -> tuple[str, bool]:
+    session.send("EHLO client.example")
+    session.send(MESSAGE[0])
+    session.send(MESSAGE[1])
+    return session.send("XEXCH50 10 2"), False
+
+
 # guard name: (virtual server, client host, the session that breaks the rule)
 GUARD_SESSIONS: dict[str, tuple[str, str, Callable[[Session], tuple[str, bool]]]] = {
     "refused session": ("Restricted SMTP Virtual Server", "attacker", _refused_session),
@@ -156,6 +163,11 @@ GUARD_SESSIONS: dict[str, tuple[str, str, Callable[[Session], tuple[str, bool]]]
     "BODY=BINARYMIME needs BDAT": ("Default SMTP Virtual Server", "internet", _binarymime_with_data),
     "no TLS inside TLS": ("Default SMTP Virtual Server", "internet", _tls_inside_tls),
     "messages per connection": ("Strict SMTP Virtual Server", "internet", _messages_per_connection),
+    "XEXCH50 from a server of the organization only": (
+        "Default SMTP Virtual Server",
+        "internet",
+        _xexch50_from_outside,
+    ),
 }
 
 

@@ -276,14 +276,7 @@ def known_disagreement(prediction: Prediction) -> str | None:
     """Why the reference MTA is known to contradict the oracle here (docs/decisions.md, "Generated
     traces"), or None. Such scenarios stay out of the corpus, which must pass, until it is fixed; the
     property test runs them and expects them to fail for this reason (tests/test_oracle_agreement.py,
-    which keeps one scenario per reason as a strict expected failure)."""
-    for server, mailbox, home, keep in prediction.forwards:
-        if keep and server.upper() != home.upper():
-            return (
-                f"{mailbox} forwards and keeps a copy, and is categorized on {server}, not on its home "
-                f"server {home}: the reference MTA applies the forwarding again on every server on the "
-                "way, so the alternate recipient gets one copy per hop instead of one"
-            )
+    which keeps one scenario per reason as a strict expected failure). None are known today."""
     return None
 
 
