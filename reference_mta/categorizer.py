@@ -1,11 +1,11 @@
 """Message categorizer: resolves sender and recipients against the global catalog over LDAP.
 
 For each recipient it looks up proxyAddresses (case-insensitively, the address escaped per RFC 4515 so
-`*`, `(`, `)` and `\\` in a local part can never widen the filter), follows homeMDB to the server that
-holds the mailbox store and stamps that server's FQDN on the recipient, expands mail-enabled groups
-(nested, each group once), replaces contacts by their targetAddress, and applies per-recipient
-restrictions. It then marks each recipient local, remote or gateway, or failed with the NDR status
-Exchange gives (KB 233363's order).
+`*`, `(`, `)` and `\\` in a local part can never widen the filter), stamps the home server's FQDN on the
+recipient (the server msExchHomeServerName names, or the one that holds the homeMDB store) and its
+store, expands mail-enabled groups (nested, each group once), replaces contacts by their
+targetAddress, and applies per-recipient restrictions. It then marks each recipient local, remote or
+gateway, or failed with the NDR status Exchange gives (KB 233363's order).
 
 A recipient that another server of the organization has categorized already (its state came with the
 message in XEXCH50, `mailmsg.read_exch50_blob`) is resolved and routed, but its forwarding and its
@@ -193,7 +193,7 @@ class Categorizer:
         if not home_mdb:
             recipient.fail_with(replies.no_mailbox(recipient.address), RP_ERROR_CONTEXT_CAT)
             return False
-        fqdn = self._home_server_fqdn(home_mdb)
+        fqdn = self._home_server(entry, home_mdb)
         if fqdn is None:
             recipient.fail_with(replies.home_server_not_found(recipient.address), RP_ERROR_CONTEXT_CAT)
             return False
@@ -311,12 +311,31 @@ class Categorizer:
         return members
 
     def home_server_of(self, address: str) -> str | None:
-        """FQDN of the server holding the mailbox with this SMTP address, if it is one."""
-        found = self.directory.search(self.base_dn, proxy_filter("smtp", address), ("homeMDB",))
+        """FQDN of the home server of the mailbox with this SMTP address, if it is one."""
+        found = self.directory.search(
+            self.base_dn, proxy_filter("smtp", address), ("homeMDB", "msExchHomeServerName")
+        )
         home_mdb = found[0].first("homeMDB") if len(found) == 1 else None
-        return self._home_server_fqdn(home_mdb) if home_mdb else None
+        return self._home_server(found[0], home_mdb) if home_mdb else None
+
+    def _home_server(self, entry: DirectoryEntry, home_mdb: str) -> str | None:
+        """The home server routing sends a mailbox's mail to: the one msExchHomeServerName names (the
+        legacyExchangeDN of the server, "where mail is delivered"), else the one holding the homeMDB
+        store. When the two disagree (a move half replicated), routing follows msExchHomeServerName and
+        that server's store driver, which delivers into homeMDB's store only, returns the message with
+        5.2.1 if the store is not its own (docs/decisions.md)."""
+        legacy_dn = entry.first("msExchHomeServerName")
+        if legacy_dn:
+            return self._server_fqdn_by_legacy_dn(legacy_dn)
+        return self._home_server_fqdn(home_mdb)
 
     def _server_fqdn_by_legacy_dn(self, legacy_dn: str) -> str | None:
+        key = f"legacy:{legacy_dn.lower()}"
+        if key not in self._server_fqdn_cache:
+            self._server_fqdn_cache[key] = self._look_up_server_fqdn(legacy_dn)
+        return self._server_fqdn_cache[key]
+
+    def _look_up_server_fqdn(self, legacy_dn: str) -> str | None:
         found = self.directory.search(
             self.base_dn,
             f"(&(objectClass=msExchExchangeServer)(legacyExchangeDN={escape_filter_chars(legacy_dn)}))",

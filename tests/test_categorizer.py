@@ -229,3 +229,29 @@ def test_the_categorizer_marks_what_it_has_categorized(tmp_path: Path) -> None:
     msg = categorize(directory.categorizer(tmp_path), "x@fabrikam.com", "judy@contoso.com")
     assert outcome(msg) == {"judy@contoso.com": "local", "bob@contoso.com": "remote"}
     assert [r.categorized for r in msg.recipients] == [True, True]
+
+
+def test_routing_follows_msexchhomeservername_over_the_homemdb_store(tmp_path: Path) -> None:
+    # A move half replicated: the store is EX2's, msExchHomeServerName still names EX1.
+    directory = Directory()
+    directory.user("moved", "EX2", msExchHomeServerName=legacy("EX1"))
+    directory.user("bob", "EX2", msExchHomeServerName=legacy("EX2"))
+    directory.user("carl", "EX2")  # no msExchHomeServerName: the homeMDB store's server
+    on_ex2 = categorize(
+        directory.categorizer(tmp_path, "EX2"), "x@fabrikam.com", "moved@contoso.com", "bob@contoso.com"
+    )
+    assert outcome(on_ex2) == {"moved@contoso.com": "remote", "bob@contoso.com": "local"}
+    assert on_ex2.recipients[0].home_server == "ex1.contoso.com"
+    on_ex1 = categorize(
+        directory.categorizer(tmp_path, "EX1"), "x@fabrikam.com", "moved@contoso.com", "carl@contoso.com"
+    )
+    assert outcome(on_ex1) == {"moved@contoso.com": "local", "carl@contoso.com": "remote"}
+    assert on_ex1.recipients[0].home_mdb == f"CN=Store,CN=SG,CN=InformationStore,{server_dn('EX2')}"
+    assert on_ex1.recipients[1].home_server == "ex2.contoso.com"
+
+
+def test_a_home_server_name_that_names_no_server_is_returned_with_5_1_0(tmp_path: Path) -> None:
+    directory = Directory()
+    directory.user("lost", msExchHomeServerName=legacy("EX9"))
+    msg = categorize(directory.categorizer(tmp_path), "x@fabrikam.com", "lost@contoso.com")
+    assert outcome(msg) == {"lost@contoso.com": "failed 5.1.0"}

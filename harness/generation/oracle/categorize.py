@@ -1,7 +1,8 @@
 """What becomes of each accepted recipient: the categorizer's rules of the seeds, then routing.
 
 - IN-5 / C-CAT: the categorizer looks the recipient up by proxy address in the global catalog and finds
-  the home server from homeMDB;
+  the home server from msExchHomeServerName (from homeMDB's server when it is absent); a store that is
+  not on that server is returned with 5.2.1 by its store driver (docs/decisions.md);
 - IN-6a: a mailbox on this server is delivered here; IN-6b / IN-7a: one elsewhere is routed there;
 - OUT-3: an address not in the directory, or in a domain no recipient policy lists, is remote; in an
   authoritative domain an unknown address is returned with 5.1.1 (DSN-1), in a shared namespace it goes
@@ -150,7 +151,11 @@ class Categorizer:
     def _mailbox(self, server: str, entry: Entry, seen: set[str]) -> None:
         mail = entry.first("mail") or ""
         alternate = entry.first("altRecipient")
-        home = self.world.server(_server_of(entry.first("homeMDB") or "")).name
+        # The home server is the one msExchHomeServerName names (the server's legacyExchangeDN); homeMDB
+        # names the store, which only that server's store driver can deliver into.
+        store_server = self.world.server(_server_of(entry.first("homeMDB") or "")).name
+        named = entry.first("msExchHomeServerName")
+        home = self.world.server(named.rpartition("=")[2]).name if named else store_server
         if alternate is not None:
             target = self.world.entry(alternate)
             if target is None:
@@ -161,15 +166,19 @@ class Categorizer:
             self._entry(server, target, target.first("mail") or "", seen)
             if not keep:
                 return
-        if home.upper() == server.upper():
-            self.fate.note(f"{mail}'s mailbox is on {home}: local delivery", "IN-6a")
-            self._deliver(Delivery("mailbox", mail, home, self.message.sender, scope=server, hops=(home,)))
-            return
-        path = server_path(self.world, self.message.down, server, home)
-        if path is None or path.blocked:
+        local = home.upper() == server.upper()
+        path = None if local else server_path(self.world, self.message.down, server, home)
+        if not local and (path is None or path.blocked):
             stop = path.servers[-1] if path else server
             self.fate.note(f"{home} is down or out of reach from {server}: {mail} waits on {stop}", "C-RE")
             self.fate.waiting.append((stop, mail))
+            return
+        if store_server.upper() != home.upper():
+            self._fail(home, mail, "5.2.1", f"{mail}'s store is on {store_server}, not on its home {home}")
+            return
+        if path is None:
+            self.fate.note(f"{mail}'s mailbox is on {home}: local delivery", "IN-6a")
+            self._deliver(Delivery("mailbox", mail, home, self.message.sender, scope=server, hops=(home,)))
             return
         crossing = {self.world.server(s).routing_group for s in path.servers}
         self.fate.note(f"{mail}'s mailbox is on {home}: {' > '.join(path.servers)}", "IN-6b", "IN-7a")
