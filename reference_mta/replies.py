@@ -69,6 +69,11 @@ def ehlo_lines(
     return [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
 
 
+def continues(line: str) -> bool:
+    """Whether a reply line is followed by more lines of the same reply (RFC 5321 4.2.1: "250-")."""
+    return len(line) > 3 and line[:3].isdigit() and line[3] == "-"
+
+
 def helo(fqdn: str, client_ip: str) -> str:
     return f"250 {fqdn} Hello [{client_ip}]"
 
@@ -104,6 +109,10 @@ NEED_MAIL = "503 5.5.2 Need mail command"
 NEED_RCPT = "503 5.5.2 Need Rcpt command."
 NESTED_MAIL = "503 5.5.2 Sender already specified"
 INVALID_ADDRESS = "501 5.5.4 Invalid Address"
+# A control character in an address (NUL, TAB, ESC, DEL ...): RFC 3463's codes for a sender's and a
+# recipient's address syntax, as Exchange gives them from 2007 on (2003 says 5.5.4 for any bad argument).
+SENDER_SYNTAX = "501 5.1.7 Invalid address: control character in the sender's address"
+RECIPIENT_SYNTAX = "501 5.1.3 Invalid address: control character in the recipient's address"
 INVALID_DOMAIN = "501 5.5.4 Invalid domain name"
 HELP_TOPIC_UNKNOWN = "504 5.5.1 HELP topic not known"
 PROCESSING_ERROR = "451 4.3.0 Error processing the command; try again later"

@@ -106,6 +106,7 @@ class ExchangeSMTP(SMTP):
         self.mail_parameters = _MailParameters()
         self.rcpt_dsn: dict[str, str] = {}
         self.session_log: SessionLog | None = None  # the protocol log's lines for this session
+        self._reply = bytearray()  # the lines of a multi-line reply until its last line (see push)
         # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
         # rules in front of each command without copying aiosmtpd's command loop.
         self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
@@ -174,6 +175,11 @@ class ExchangeSMTP(SMTP):
             self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
+        """Every reply goes out in one write, a multi-line one too: aiosmtpd writes (and drains) each
+        line on its own, so each line of an EHLO or HELP reply became its own TCP segment, and a client
+        that reads one segment per command (relay scanners do) fell a reply behind. A continuation line
+        ("250-...") waits here for the reply's last line; the 421 that ends a session over its error
+        budget goes out with the reply that spent it."""
         text = replies.translate(status) if isinstance(status, str) else status.decode("utf-8", "replace")
         if not self.greeted_client:
             self.greeted_client = True
@@ -186,14 +192,21 @@ class ExchangeSMTP(SMTP):
                 self.session_log = SessionLog(self.policy.protocol_log, client_ip(self.session))
         if self.session_log is not None:
             self.session_log.reply(text, self.session.host_name if self.session is not None else None)
-        await super().push(text)
+        self._reply += text.encode("utf-8") + b"\r\n"
+        if replies.continues(text):
+            return
+        closes = False
         if counts_as_error(text):
             self.errors += 1
             verdict = over_error_budget(self.errors, self.vs.max_errors)
             if verdict is not None:
-                await super().push(verdict.reply)
-                if verdict.closes:
-                    self.close()
+                self._reply += verdict.reply.encode("utf-8") + b"\r\n"
+                closes = verdict.closes
+        reply, self._reply = bytes(self._reply), bytearray()
+        self._writer.write(reply)
+        await self._writer.drain()
+        if closes:
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -260,6 +273,9 @@ class ExchangeSMTP(SMTP):
         await super().smtp_AUTH(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if has_control_character(arg):
+            await self.push(replies.SENDER_SYNTAX)
+            return
         arg, taken = self._take_parameters(arg, ("RET", "ENVID", "BODY"))
         if not _valid_dsn_parameters(taken):
             await self.push(replies.DSN_PARAMETER_INVALID)
@@ -276,6 +292,9 @@ class ExchangeSMTP(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if has_control_character(arg):
+            await self.push(replies.RECIPIENT_SYNTAX)
+            return
         arg, self.rcpt_dsn = self._take_parameters(arg, ("NOTIFY", "ORCPT"))
         if not _valid_dsn_parameters(self.rcpt_dsn):
             await self.push(replies.DSN_PARAMETER_INVALID)
@@ -438,6 +457,13 @@ def client_ip(session: Session | None) -> str:
     assert session is not None
     peer: tuple[str, int] = session.peer  # type: ignore[assignment]
     return peer[0]
+
+
+def has_control_character(arg: str | None) -> bool:
+    """RFC 5321 4.1.2 allows no control character (NUL to US, DEL) anywhere in a MAIL or RCPT argument,
+    not even quoted (qtextSMTP and quoted-pairSMTP are %d32-126): the command is a syntax error. It is
+    ASCII, so it never reaches the SMTPUTF8 check, which would answer 553 5.6.7."""
+    return arg is not None and any(ord(c) < 32 or ord(c) == 127 for c in arg)
 
 
 def valid_domain_text(name: str) -> bool:
