@@ -33,6 +33,8 @@ from reference_mta import replies, tracking
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
     BADMAIL,
+    DEFERRED_DELIVERY,
+    DEFERRED_DELIVERY_TIME,
     DIRECTORY_LOOKUP,
     DSN_PENDING,
     LOCAL_DELIVERY,
@@ -53,6 +55,8 @@ from reference_mta.queue_contract import (
 from reference_mta.queue_store import Entry, QueueDirectory
 
 log = logging.getLogger(__name__)
+
+_CLOCK_SLACK = 0.05  # seconds
 
 
 class AdvancedQueuingEngine:
@@ -226,6 +230,8 @@ class AdvancedQueuingEngine:
     async def _process(self, entry: Entry) -> None:
         assert self.components is not None
         if entry.queue == PENDING_SUBMISSION:
+            if await self._deferred(entry):
+                return
             await self._move(entry, DIRECTORY_LOOKUP)
             self.tracking.log(tracking.SUBMIT_TO_CAT, entry.msg, None, "C-CAT", queue=DIRECTORY_LOOKUP)
             await self._categorize(entry)
@@ -239,6 +245,22 @@ class AdvancedQueuingEngine:
             await self._submit_dsn(entry)
         elif entry.hop is not None:
             await self._deliver_remote(entry)
+
+    async def _deferred(self, entry: Entry) -> bool:
+        """A message whose client set a deferred delivery time waits in "Messages queued for deferred
+        delivery" until then, before the categorizer sees it (its recipients are resolved as they are at
+        the time it goes, not when it was written). Whether it waited."""
+        due = entry.msg.properties.get(DEFERRED_DELIVERY_TIME)
+        # The timer that wakes it fires at the due time on the loop's clock; a few milliseconds of
+        # difference from the wall clock must not park it again.
+        if due is None or float(due) - time.time() <= _CLOCK_SLACK:
+            return False
+        entry.queue, entry.resume, entry.next_retry = DEFERRED_DELIVERY, PENDING_SUBMISSION, float(due)
+        # Saved as Retry first, as _park does: a wake-up cannot overtake the write.
+        await asyncio.to_thread(self.directory.save, replace(entry, state=QueueState.RETRY))
+        entry.state = QueueState.RETRY
+        self._wake_later(entry)
+        return True
 
     async def _categorize(self, entry: Entry) -> None:
         assert self.components is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
+    DEFERRED_DELIVERY_TIME,
     X400_QUEUES,
     Components,
     ComponentUnavailable,
@@ -166,9 +168,12 @@ class ExchangeServer:
             await listener.wait_closed()
         self._listeners.clear()
 
-    async def submit_from_store(self, mailbox: str, recipients: list[str], content: bytes) -> str:
+    async def submit_from_store(
+        self, mailbox: str, recipients: list[str], content: bytes, *, defer: float = 0.0
+    ) -> str:
         """The MAPI/OWA path (OUT-2a): a mailbox on this server submits a message through the store;
-        the store driver hands it to AQ (tracking 1027 first). Returns its Message-ID."""
+        the store driver hands it to AQ (tracking 1027 first). With `defer`, the client set a deferred
+        delivery time (PR_DEFERRED_DELIVERY_TIME) that many seconds ahead. Returns its Message-ID."""
         assert self.categorizer is not None
         try:
             home = self.categorizer.home_server_of(mailbox)
@@ -197,6 +202,8 @@ class ExchangeServer:
             ORG_INTERNAL=True,
             AUTHENTICATED_USER_NAME=mailbox,
         )
+        if defer > 0:
+            msg.properties[DEFERRED_DELIVERY_TIME] = time.time() + defer
         await self.aq.submit(msg, content, source="store")
         return message_id
 
