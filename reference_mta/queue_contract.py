@@ -60,6 +60,7 @@ class QueueState(StrEnum):
     ACTIVE = "Active"
     RETRY = "Retry"  # waiting for its next attempt (or for link state, when unreachable)
     FROZEN = "Frozen"  # waits for an administrator to unfreeze its link queue
+    REMOTE = "Remote"  # waits for the remote host to ask for it (ETRN; remote triggered delivery)
 
 
 class HopKind(StrEnum):

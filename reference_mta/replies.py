@@ -49,11 +49,14 @@ def ehlo_lines(
     chunking: bool = True,
     vrfy: bool = True,
     smtputf8: bool = False,
+    etrn: bool = False,
 ) -> list[str]:
     """The EHLO keywords, in Exchange's order, less what the reference MTA does not implement (TURN,
-    ATRN, ETRN, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md) and what the virtual server's
-    settings turn off."""
+    ATRN, X-EXPS, X-LINK2STATE, XEXCH50; see docs/decisions.md) and what the virtual server's settings
+    turn off; ETRN only where a link queue waits for it."""
     keywords = [f"{fqdn} Hello [{client_ip}]", f"SIZE {size_limit}" if size_limit else "SIZE"]
+    if etrn:
+        keywords.append("ETRN")
     keywords += ["PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime"]
     if chunking:
         keywords += ["BINARYMIME", "CHUNKING"]
@@ -183,6 +186,27 @@ def help_syntax(syntax: str) -> str:
 
 def cannot_verify(address: str) -> str:
     return f"252 2.1.5 Cannot VRFY user, but will take message for <{address}>"
+
+
+# ETRN (RFC 1985 5): the node's queue started, nothing waiting for it, or not a node kept here.
+ETRN_SYNTAX = "501 5.5.4 Syntax: ETRN <domain>"
+
+
+def etrn_started(domain: str) -> str:
+    return f"250 2.0.0 Queuing for node {domain} started"
+
+
+def etrn_nothing_waiting(domain: str) -> str:
+    return f"251 2.0.0 OK, no messages waiting for node {domain}"
+
+
+def etrn_not_a_queue(node: str) -> str:
+    # "#queue" names a queue rather than a domain (RFC 1985 5.3); only domains are kept for ETRN.
+    return f"458 4.0.0 Unable to queue messages for node {node}"
+
+
+def etrn_not_allowed(domain: str) -> str:
+    return f"459 4.7.1 Node {domain} not allowed: no mail is queued here for remote triggered delivery to it"
 
 
 def chunk_received(size: int) -> str:

@@ -54,6 +54,8 @@ class SessionPolicy(Protocol):
     tls_context: ssl.SSLContext | None
     authenticate: Callable[[str, str], str | None] | None
     protocol_log: ProtocolLog | None
+    # Releases a remote-triggered link queue (ETRN); the number of messages, or None: no such queue.
+    etrn: Callable[[str], int | None] | None
 
     async def verify(self, address: str) -> list[str]: ...
 
@@ -263,6 +265,7 @@ class ExchangeSMTP(SMTP):
             "EXPN": self.vs.expn != "disabled",
             "STARTTLS": handler.tls_context is not None,
             "AUTH": handler.authenticate is not None,
+            "ETRN": handler.etrn is not None,
         }.get(command, True)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -369,6 +372,28 @@ class ExchangeSMTP(SMTP):
             self.close()
             return None
         return bytes(kept)
+
+    async def smtp_ETRN(self, arg: str | None) -> None:
+        """RFC 1985: the remote host asks for the mail queued for its domain. The queue is started and
+        the reply given at once; delivery is a new session from this server to the domain's next hop."""
+        etrn = self.policy.etrn
+        if etrn is None:
+            await self.push(replies.UNRECOGNIZED)  # not offered: unknown, as before ETRN existed
+            return
+        node = (arg or "").strip()
+        if not node or " " in node or not valid_domain_text(node):
+            await self.push(replies.ETRN_SYNTAX)
+            return
+        if node.startswith("#"):
+            await self.push(replies.etrn_not_a_queue(node))
+            return
+        released = etrn(node)
+        if released is None:
+            await self.push(replies.etrn_not_allowed(node))
+        elif released:
+            await self.push(replies.etrn_started(node))
+        else:
+            await self.push(replies.etrn_nothing_waiting(node))
 
     async def smtp_VRFY(self, arg: str | None) -> None:
         handler = self.policy
