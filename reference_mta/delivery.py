@@ -52,7 +52,10 @@ class SmtpDelivery:
         own_addresses: frozenset[str] = frozenset(),
         encapsulation_domain: str = "",
         is_organization_server: Callable[[str], bool] = lambda address: False,
+        helo_links: frozenset[str] = frozenset(),
     ) -> None:
+        # Link queues (lower case) whose connector says "Send HELO instead of EHLO" (route_action).
+        self.helo_links = helo_links
         self.is_organization_server = is_organization_server
         self.encapsulation_domain = encapsulation_domain or fqdn
         self.own_addresses = own_addresses | {source_address}
@@ -79,15 +82,16 @@ class SmtpDelivery:
                 recipient.fail_with(replies.looping_condition(", ".join(hop.targets)), RP_ERROR_CONTEXT_MTA)
             return DeliveryResult(delivered=[], failed=pending, deferred=[], error="loop to self")
         errors: list[str] = []
+        helo = hop.queue.lower() in self.helo_links
         for address in addresses:
-            result = await self._session(address, msg, content, pending)
+            result = await self._session(address, msg, content, pending, helo)
             if isinstance(result, DeliveryResult):
                 return result
             errors.append(f"{address}: {result}")
         return DeliveryResult(delivered=[], failed=[], deferred=pending, error="; ".join(errors))
 
     async def _session(
-        self, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient]
+        self, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient], helo: bool = False
     ) -> DeliveryResult | str:
         """One SMTP transaction; a string (the transient error) means: try the next address."""
         client = aiosmtplib.SMTP(
@@ -101,7 +105,8 @@ class SmtpDelivery:
         )
         try:
             await client.connect()
-            await client.ehlo()
+            # HELO asks the next hop for no extension: the transaction is then plain RFC 821 SMTP.
+            await (client.helo() if helo else client.ehlo())
             return await self._transaction(client, address, msg, content, recipients)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:

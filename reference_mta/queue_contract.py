@@ -23,6 +23,8 @@ LOCAL_DELIVERY: Final = "Local delivery"
 UNREACHABLE: Final = "Final destination currently unreachable"
 DSN_PENDING: Final = "DSN messages pending submission"
 RETRY: Final = "Failed message retry queue"
+# Messages whose client set a deferred delivery time (DEFERRED_DELIVERY_FILETIME) wait here until it.
+DEFERRED_DELIVERY: Final = "Messages queued for deferred delivery"
 SYSTEM_QUEUES: Final = (
     PENDING_SUBMISSION,
     DIRECTORY_LOOKUP,
@@ -31,6 +33,7 @@ SYSTEM_QUEUES: Final = (
     UNREACHABLE,
     DSN_PENDING,
     RETRY,
+    DEFERRED_DELIVERY,
 )
 # The X.400 queues a server with a gateway connector shows (Queue Viewer lists them under the server's
 # X.400 node): on the inbound gateway path the store driver moves a message from the gateway's MTS-IN
@@ -43,6 +46,8 @@ X400_QUEUES: Final = (X400_MTA, X400_MTS_OUT)
 GATEWAY_FOLDERS: Final = ("IN", "MTS-IN", "MTS-OUT")
 # Messages parked here wait for something to change (link state, the directory), not for time.
 WAITS_FOR_AN_EVENT: Final = frozenset({UNREACHABLE, DIRECTORY_LOOKUP})
+# The MAILMSG property that holds a deferred delivery time (a time.time() value; Exchange's is a FILETIME).
+DEFERRED_DELIVERY_TIME: Final = "DEFERRED_DELIVERY_FILETIME"
 # Where a message that not even an NDR can be made for ends: a folder, not a queue AQ holds; message
 # tracking names it as the queue.
 BADMAIL: Final = "BadMail"
@@ -55,6 +60,7 @@ class QueueState(StrEnum):
     ACTIVE = "Active"
     RETRY = "Retry"  # waiting for its next attempt (or for link state, when unreachable)
     FROZEN = "Frozen"  # waits for an administrator to unfreeze its link queue
+    REMOTE = "Remote"  # waits for the remote host to ask for it (ETRN; remote triggered delivery)
 
 
 class HopKind(StrEnum):

@@ -33,6 +33,8 @@ from reference_mta import replies, tracking
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
     BADMAIL,
+    DEFERRED_DELIVERY,
+    DEFERRED_DELIVERY_TIME,
     DIRECTORY_LOOKUP,
     DSN_PENDING,
     LOCAL_DELIVERY,
@@ -54,6 +56,8 @@ from reference_mta.queue_store import Entry, QueueDirectory
 
 log = logging.getLogger(__name__)
 
+_CLOCK_SLACK = 0.05  # seconds
+
 
 class AdvancedQueuingEngine:
     def __init__(
@@ -62,6 +66,7 @@ class AdvancedQueuingEngine:
         directory: QueueDirectory,
         log_: tracking.TrackingLog,
         retry: RetryPolicy | None = None,
+        remote_links: frozenset[str] = frozenset(),
     ) -> None:
         self.server = server
         self.directory = directory
@@ -77,6 +82,10 @@ class AdvancedQueuingEngine:
         self._runner: asyncio.Task[None] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.frozen: set[str] = set()  # link queues an administrator froze (lower-case names)
+        # Link queues (lower case) of connectors set to "Queue mail for remote triggered delivery", and
+        # the envelopes an ETRN has released from them (each goes once; a retry waits for the next ETRN).
+        self.remote_links = remote_links
+        self._triggered: set[str] = set()
         self._link_changes = 0
         self._nudges: dict[str, int] = {}  # retry_now calls per queue, to catch one during a park
         self._delay_notified: set[str] = set()  # content ids: one delay notice per message, not per part
@@ -107,8 +116,8 @@ class AdvancedQueuingEngine:
         if self._busy or not self._work.empty():
             return False
         for entry in self.entries.values():
-            if entry.state == QueueState.FROZEN:
-                continue  # waits for an administrator, not for time
+            if entry.state in (QueueState.FROZEN, QueueState.REMOTE):
+                continue  # waits for an administrator or the remote host, not for time
             if entry.state != QueueState.RETRY:
                 return False
             # Unreachable destinations wait for link state and directory look-ups for the directory, not
@@ -135,6 +144,20 @@ class AdvancedQueuingEngine:
             if entry.state == QueueState.FROZEN and entry.queue.lower() == queue.lower():
                 entry.state = QueueState.READY  # and routed again first if link state changed meanwhile
                 self._work.put_nowait(entry.msg.id)
+
+    def trigger(self, queue: str) -> int:
+        """The remote host asked for its mail (ETRN): what waits in state Remote in the link queue
+        `queue` goes now. The number of messages released."""
+        waiting = [
+            entry
+            for entry in self.entries.values()
+            if entry.state == QueueState.REMOTE and entry.queue.lower() == queue.lower()
+        ]
+        for entry in waiting:
+            self._triggered.add(entry.msg.id)
+            entry.state = QueueState.READY
+            self._work.put_nowait(entry.msg.id)
+        return len(waiting)
 
     def link_state_changed(self) -> None:
         """Link state changed: what waits for an unreachable destination is routed again now, and what
@@ -226,6 +249,8 @@ class AdvancedQueuingEngine:
     async def _process(self, entry: Entry) -> None:
         assert self.components is not None
         if entry.queue == PENDING_SUBMISSION:
+            if await self._deferred(entry):
+                return
             await self._move(entry, DIRECTORY_LOOKUP)
             self.tracking.log(tracking.SUBMIT_TO_CAT, entry.msg, None, "C-CAT", queue=DIRECTORY_LOOKUP)
             await self._categorize(entry)
@@ -239,6 +264,22 @@ class AdvancedQueuingEngine:
             await self._submit_dsn(entry)
         elif entry.hop is not None:
             await self._deliver_remote(entry)
+
+    async def _deferred(self, entry: Entry) -> bool:
+        """A message whose client set a deferred delivery time waits in "Messages queued for deferred
+        delivery" until then, before the categorizer sees it (its recipients are resolved as they are at
+        the time it goes, not when it was written). Whether it waited."""
+        due = entry.msg.properties.get(DEFERRED_DELIVERY_TIME)
+        # The timer that wakes it fires at the due time on the loop's clock; a few milliseconds of
+        # difference from the wall clock must not park it again.
+        if due is None or float(due) - time.time() <= _CLOCK_SLACK:
+            return False
+        entry.queue, entry.resume, entry.next_retry = DEFERRED_DELIVERY, PENDING_SUBMISSION, float(due)
+        # Saved as Retry first, as _park does: a wake-up cannot overtake the write.
+        await asyncio.to_thread(self.directory.save, replace(entry, state=QueueState.RETRY))
+        entry.state = QueueState.RETRY
+        self._wake_later(entry)
+        return True
 
     async def _categorize(self, entry: Entry) -> None:
         assert self.components is not None
@@ -369,6 +410,11 @@ class AdvancedQueuingEngine:
                 await asyncio.to_thread(self.directory.save, entry)
                 self._work.put_nowait(entry.msg.id)
                 return
+            if entry.hop.queue.lower() in self.remote_links and entry.msg.id not in self._triggered:
+                # Remote triggered delivery: no session is opened until the remote host sends ETRN.
+                entry.state = QueueState.REMOTE
+                return
+            self._triggered.discard(entry.msg.id)
             entry.state = QueueState.ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
             if entry.hop.kind == HopKind.GATEWAY:

@@ -50,11 +50,15 @@ def ehlo_lines(
     vrfy: bool = True,
     smtputf8: bool = False,
     xexch50: bool = False,
+    etrn: bool = False,
 ) -> list[str]:
     """The EHLO keywords, in Exchange's order, less what the reference MTA does not implement (TURN,
-    ATRN, ETRN, X-EXPS, X-LINK2STATE; see docs/decisions.md) and what the virtual server's settings turn
-    off. XEXCH50 is offered to the organization's own servers only."""
+    ATRN, X-EXPS, X-LINK2STATE; see docs/decisions.md) and what the virtual server's settings turn
+    off; ETRN only where a link queue waits for it. XEXCH50 is offered to the organization's own
+    servers only."""
     keywords = [f"{fqdn} Hello [{client_ip}]", f"SIZE {size_limit}" if size_limit else "SIZE"]
+    if etrn:
+        keywords.append("ETRN")
     keywords += ["PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8bitmime"]
     if chunking:
         keywords += ["BINARYMIME", "CHUNKING"]
@@ -70,6 +74,11 @@ def ehlo_lines(
         keywords.append("XEXCH50")
     keywords.append("OK")
     return [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
+
+
+def continues(line: str) -> bool:
+    """Whether a reply line is followed by more lines of the same reply (RFC 5321 4.2.1: "250-")."""
+    return len(line) > 3 and line[:3].isdigit() and line[3] == "-"
 
 
 def helo(fqdn: str, client_ip: str) -> str:
@@ -107,6 +116,10 @@ NEED_MAIL = "503 5.5.2 Need mail command"
 NEED_RCPT = "503 5.5.2 Need Rcpt command."
 NESTED_MAIL = "503 5.5.2 Sender already specified"
 INVALID_ADDRESS = "501 5.5.4 Invalid Address"
+# A control character in an address (NUL, TAB, ESC, DEL ...): RFC 3463's codes for a sender's and a
+# recipient's address syntax, as Exchange gives them from 2007 on (2003 says 5.5.4 for any bad argument).
+SENDER_SYNTAX = "501 5.1.7 Invalid address: control character in the sender's address"
+RECIPIENT_SYNTAX = "501 5.1.3 Invalid address: control character in the recipient's address"
 INVALID_DOMAIN = "501 5.5.4 Invalid domain name"
 HELP_TOPIC_UNKNOWN = "504 5.5.1 HELP topic not known"
 PROCESSING_ERROR = "451 4.3.0 Error processing the command; try again later"
@@ -190,6 +203,27 @@ def help_syntax(syntax: str) -> str:
 
 def cannot_verify(address: str) -> str:
     return f"252 2.1.5 Cannot VRFY user, but will take message for <{address}>"
+
+
+# ETRN (RFC 1985 5): the node's queue started, nothing waiting for it, or not a node kept here.
+ETRN_SYNTAX = "501 5.5.4 Syntax: ETRN <domain>"
+
+
+def etrn_started(domain: str) -> str:
+    return f"250 2.0.0 Queuing for node {domain} started"
+
+
+def etrn_nothing_waiting(domain: str) -> str:
+    return f"251 2.0.0 OK, no messages waiting for node {domain}"
+
+
+def etrn_not_a_queue(node: str) -> str:
+    # "#queue" names a queue rather than a domain (RFC 1985 5.3); only domains are kept for ETRN.
+    return f"458 4.0.0 Unable to queue messages for node {node}"
+
+
+def etrn_not_allowed(domain: str) -> str:
+    return f"459 4.7.1 Node {domain} not allowed: no mail is queued here for remote triggered delivery to it"
 
 
 def chunk_received(size: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
+    DEFERRED_DELIVERY_TIME,
     X400_QUEUES,
     Components,
     ComponentUnavailable,
@@ -35,6 +37,7 @@ from reference_mta.queue_contract import (
 )
 from reference_mta.queue_store import QueueDirectory
 from reference_mta.queuing import AdvancedQueuingEngine
+from reference_mta.route_action import RouteActions
 from reference_mta.routing import RoutingEngine
 from reference_mta.smtp_server import Authenticator, VirtualServerHandler
 from reference_mta.topology import Organization
@@ -62,8 +65,13 @@ class ExchangeServer:
         self.environment = environment
         self.tracking = TrackingLog(environment.root / "tracking", self.config.name, self.config.address)
         queue_path = environment.root / self.config.name / "Mailroot" / "vsi 1" / "Queue"
+        self.route_actions = RouteActions.of(organization, self.config)
         self.aq = AdvancedQueuingEngine(
-            self.config.name, QueueDirectory(queue_path), self.tracking, environment.retry
+            self.config.name,
+            QueueDirectory(queue_path),
+            self.tracking,
+            environment.retry,
+            remote_links=self.route_actions.remote_links,
         )
         self.link_state = environment.link_state or LinkState(organization)
         self.routing = RoutingEngine(organization, self.config, self.link_state)
@@ -79,6 +87,9 @@ class ExchangeServer:
             ),
             encapsulation_domain=organization.primary_domain,
             is_organization_server=organization.is_own_address,
+            helo_links=frozenset(
+                name for name, action in self.route_actions.by_link.items() if action.send_helo
+            ),
         )
         self._listeners: list[asyncio.Server] = []
         self._handlers: list[VirtualServerHandler] = []
@@ -146,6 +157,7 @@ class ExchangeServer:
                 self.environment.authenticate,
                 tls,
                 AddressBook(self.environment.directory(self.config.name), self.environment.base_dn),
+                etrn=self._etrn if self.route_actions.offers_etrn else None,
             )
             self._handlers.append(handler)
             listener = await loop.create_server(handler.protocol, vs.address, vs.port)
@@ -167,9 +179,12 @@ class ExchangeServer:
             await listener.wait_closed()
         self._listeners.clear()
 
-    async def submit_from_store(self, mailbox: str, recipients: list[str], content: bytes) -> str:
+    async def submit_from_store(
+        self, mailbox: str, recipients: list[str], content: bytes, *, defer: float = 0.0
+    ) -> str:
         """The MAPI/OWA path (OUT-2a): a mailbox on this server submits a message through the store;
-        the store driver hands it to AQ (tracking 1027 first). Returns its Message-ID."""
+        the store driver hands it to AQ (tracking 1027 first). With `defer`, the client set a deferred
+        delivery time (PR_DEFERRED_DELIVERY_TIME) that many seconds ahead. Returns its Message-ID."""
         assert self.categorizer is not None
         try:
             home = self.categorizer.home_server_of(mailbox)
@@ -198,8 +213,16 @@ class ExchangeServer:
             ORG_INTERNAL=True,
             AUTHENTICATED_USER_NAME=mailbox,
         )
+        if defer > 0:
+            msg.properties[DEFERRED_DELIVERY_TIME] = time.time() + defer
         await self.aq.submit(msg, content, source="store")
         return message_id
+
+    def _etrn(self, domain: str) -> int | None:
+        """ETRN <domain> (RFC 1985): release the link queue of the remote-triggered connector for that
+        domain; the number of messages that now go, or None if no such queue is kept here."""
+        link = self.route_actions.etrn_link(domain)
+        return None if link is None else self.aq.trigger(link)
 
     def idle(self, horizon: float | None = None) -> bool:
         return self.aq.idle(horizon) and all(gateway.idle() for gateway in self.gateways.values())

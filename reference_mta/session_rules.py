@@ -227,6 +227,13 @@ RULES: Mapping[str, Rule] = {
         sync_point=True,
         syntax="AUTH <mechanism> [<initial-response>]",
     ),
+    # RFC 1985: outside a transaction; it starts the queue and returns at once, so it may be pipelined.
+    "ETRN": Rule(
+        frozenset({State.GREETED}),
+        _BEFORE_HELLO,
+        needs_authentication=True,
+        syntax="ETRN <domain>",
+    ),
 }
 
 
@@ -243,6 +250,7 @@ CALL_LIMITS: Mapping[str, int] = {
     "VRFY": 50,
     "EXPN": 50,
     "HELP": 20,
+    "ETRN": 20,
     "*": 1_000_000,
 }
 

@@ -55,6 +55,8 @@ class SessionPolicy(Protocol):
     tls_context: ssl.SSLContext | None
     authenticate: Callable[[str, str], str | None] | None
     protocol_log: ProtocolLog | None
+    # Releases a remote-triggered link queue (ETRN); the number of messages, or None: no such queue.
+    etrn: Callable[[str], int | None] | None
 
     async def verify(self, address: str) -> list[str]: ...
 
@@ -110,6 +112,7 @@ class ExchangeSMTP(SMTP):
         self.mail_parameters = _MailParameters()
         self.rcpt_dsn: dict[str, str] = {}
         self.session_log: SessionLog | None = None  # the protocol log's lines for this session
+        self._reply = bytearray()  # the lines of a multi-line reply until its last line (see push)
         # aiosmtpd dispatches every command through this table; wrapping its entries puts the session
         # rules in front of each command without copying aiosmtpd's command loop.
         self._smtp_methods = {name: self._ruled(name, method) for name, method in self._smtp_methods.items()}
@@ -180,6 +183,11 @@ class ExchangeSMTP(SMTP):
             self.transport.close()
 
     async def push(self, status: str | bytes) -> None:
+        """Every reply goes out in one write, a multi-line one too: aiosmtpd writes (and drains) each
+        line on its own, so each line of an EHLO or HELP reply became its own TCP segment, and a client
+        that reads one segment per command (relay scanners do) fell a reply behind. A continuation line
+        ("250-...") waits here for the reply's last line; the 421 that ends a session over its error
+        budget goes out with the reply that spent it."""
         text = replies.translate(status) if isinstance(status, str) else status.decode("utf-8", "replace")
         if not self.greeted_client:
             self.greeted_client = True
@@ -192,14 +200,21 @@ class ExchangeSMTP(SMTP):
                 self.session_log = SessionLog(self.policy.protocol_log, client_ip(self.session))
         if self.session_log is not None:
             self.session_log.reply(text, self.session.host_name if self.session is not None else None)
-        await super().push(text)
+        self._reply += text.encode("utf-8") + b"\r\n"
+        if replies.continues(text):
+            return
+        closes = False
         if counts_as_error(text):
             self.errors += 1
             verdict = over_error_budget(self.errors, self.vs.max_errors)
             if verdict is not None:
-                await super().push(verdict.reply)
-                if verdict.closes:
-                    self.close()
+                self._reply += verdict.reply.encode("utf-8") + b"\r\n"
+                closes = verdict.closes
+        reply, self._reply = bytes(self._reply), bytearray()
+        self._writer.write(reply)
+        await self._writer.drain()
+        if closes:
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -257,6 +272,7 @@ class ExchangeSMTP(SMTP):
             "STARTTLS": handler.tls_context is not None,
             "AUTH": handler.authenticate is not None,
             "XEXCH50": False,  # between Exchange servers, never listed (as Exchange's HELP does not)
+            "ETRN": handler.etrn is not None,
         }.get(command, True)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -267,6 +283,9 @@ class ExchangeSMTP(SMTP):
         await super().smtp_AUTH(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if has_control_character(arg):
+            await self.push(replies.SENDER_SYNTAX)
+            return
         arg, taken = self._take_parameters(arg, ("RET", "ENVID", "BODY"))
         if not _valid_dsn_parameters(taken):
             await self.push(replies.DSN_PARAMETER_INVALID)
@@ -283,6 +302,9 @@ class ExchangeSMTP(SMTP):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if has_control_character(arg):
+            await self.push(replies.RECIPIENT_SYNTAX)
+            return
         arg, self.rcpt_dsn = self._take_parameters(arg, ("NOTIFY", "ORCPT"))
         if not _valid_dsn_parameters(self.rcpt_dsn):
             await self.push(replies.DSN_PARAMETER_INVALID)
@@ -382,6 +404,28 @@ class ExchangeSMTP(SMTP):
             return None
         return bytes(kept)
 
+    async def smtp_ETRN(self, arg: str | None) -> None:
+        """RFC 1985: the remote host asks for the mail queued for its domain. The queue is started and
+        the reply given at once; delivery is a new session from this server to the domain's next hop."""
+        etrn = self.policy.etrn
+        if etrn is None:
+            await self.push(replies.UNRECOGNIZED)  # not offered: unknown, as before ETRN existed
+            return
+        node = (arg or "").strip()
+        if not node or " " in node or not valid_domain_text(node):
+            await self.push(replies.ETRN_SYNTAX)
+            return
+        if node.startswith("#"):
+            await self.push(replies.etrn_not_a_queue(node))
+            return
+        released = etrn(node)
+        if released is None:
+            await self.push(replies.etrn_not_allowed(node))
+        elif released:
+            await self.push(replies.etrn_started(node))
+        else:
+            await self.push(replies.etrn_nothing_waiting(node))
+
     async def smtp_VRFY(self, arg: str | None) -> None:
         handler = self.policy
         disabled = replies.NOT_IMPLEMENTED if self.vs.vrfy == "disabled" else None
@@ -469,6 +513,13 @@ def client_ip(session: Session | None) -> str:
     assert session is not None
     peer: tuple[str, int] = session.peer  # type: ignore[assignment]
     return peer[0]
+
+
+def has_control_character(arg: str | None) -> bool:
+    """RFC 5321 4.1.2 allows no control character (NUL to US, DEL) anywhere in a MAIL or RCPT argument,
+    not even quoted (qtextSMTP and quoted-pairSMTP are %d32-126): the command is a syntax error. It is
+    ASCII, so it never reaches the SMTPUTF8 check, which would answer 553 5.6.7."""
+    return arg is not None and any(ord(c) < 32 or ord(c) == 127 for c in arg)
 
 
 def valid_domain_text(name: str) -> bool:

@@ -54,6 +54,7 @@ class VirtualServerHandler:
         authenticate: Authenticator | None = None,
         tls_context: ssl.SSLContext | None = None,
         address_book: AddressBook | None = None,
+        etrn: Callable[[str], int | None] | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -62,6 +63,7 @@ class VirtualServerHandler:
         self.aq = aq
         self.authenticate = authenticate if vs.basic_auth else None
         self.address_book = address_book
+        self.etrn = etrn  # the server's remote-triggered link queues (route_action); None: ETRN not offered
         self.sessions: weakref.WeakSet[ExchangeSMTP] = weakref.WeakSet()
         self.tls_context = tls_context if vs.tls else None
         # The server's folder is the one that holds its Mailroot (Mailroot/vsi 1/Queue), as on an IIS host.
@@ -128,6 +130,7 @@ class VirtualServerHandler:
             vrfy=self.vs.vrfy != "disabled",
             smtputf8=self.vs.smtputf8,
             xexch50=self.is_organization_server(client_ip(session)),
+            etrn=self.etrn is not None,
         )
 
     async def handle_HELO(

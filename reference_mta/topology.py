@@ -177,6 +177,8 @@ class Connector:
     smtp_domain: str | None = None
     up: bool = True
     scope: str = "organization"  # or "routing_group": usable only by servers of its own routing group
+    send_helo: bool = False  # Advanced → "Send HELO instead of EHLO" (route_action)
+    remote_triggered: bool = False  # Delivery Options → "Queue mail for remote triggered delivery"
 
 
 @dataclass(frozen=True)

@@ -349,6 +349,8 @@ def _smtp_connector(
         ),
         allow_relay=raw.get("allow_relay", False),
         scope=raw.get("scope", "organization"),
+        send_helo=bool((raw.get("advanced") or {}).get("send_helo", False)),
+        remote_triggered=_remote_triggered(raw, where),
         restrictions=Restrictions(
             max_size_kb=restrictions.get("max_size_kb"),
             accept_from=tuple(restrictions.get("accept_from") or []),
@@ -356,6 +358,20 @@ def _smtp_connector(
         ),
         up=up,
     )
+
+
+def _remote_triggered(raw: Mapping[str, Any], where: Location) -> bool:
+    """ "Queue mail for remote triggered delivery": the remote host asks for its domain with ETRN, so
+    the connector must name that domain (an exact SMTP address space)."""
+    if not raw["delivery"].get("remote_triggered", False):
+        return False
+    if not any(s["type"] == "SMTP" and "*" not in s["pattern"] for s in raw["address_spaces"]):
+        raise TopologyError(
+            (*where, "delivery", "remote_triggered"),
+            "remote triggered delivery needs an SMTP address space that names a domain (no *): "
+            "it is the domain the remote host asks for with ETRN",
+        )
+    return True
 
 
 def _gateway_connector(

@@ -34,7 +34,9 @@ from harness.targets import REFERENCE
 LABS = Path(__file__).resolve().parents[1] / "fixtures" / "labs"
 LAB = LABS / "contoso.yaml"
 EXAMPLES = int(os.environ.get("MAILFLOW_ORACLE_EXAMPLES", "200"))
-ADDRESSES = sorted({a for kind in generator.RECIPIENTS.values() for a in kind})
+ADDRESSES = sorted(
+    {a for kind in generator.RECIPIENTS.values() for a in kind} | set(generator.ROUTE_ACTION_RECIPIENTS)
+)
 
 # One scenario per reason `known_disagreement` gives, each the smallest that shows it.
 KNOWN_DISAGREEMENTS: list[Scenario] = []

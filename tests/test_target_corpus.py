@@ -202,6 +202,11 @@ _EXIM_PER_COMMAND_LIMIT = (
     "close with 554 where RFC 5321 3.8 allows only 421"
 )
 _EXIM_PROTOCOL = {
+    "control-character-in-address": (
+        "Exim takes a TAB inside a quoted local part ('\"bob<TAB>smith\"@contoso.com') as an address and "
+        "accepts the recipient, where RFC 5321 4.1.2 allows no control character even quoted (qtextSMTP "
+        "and quoted-pairSMTP are %d32-126); Exchange refuses it with 501 5.1.3"
+    ),
     "bdat-chunking-per-virtual-server": (
         "Exim's smtp_accept_max_per_connection counts MAIL commands, refused ones too, where Exchange counts "
         "messages, so the third MAIL of this session on the Strict virtual server (limit 2) gets 421, "
@@ -332,6 +337,11 @@ _POSTFIX_VRFY_DIRECTORY = (
     "as RFC 5321 3.5.3 allows, never 250 with the display name or 550 for an unknown one"
 )
 _POSTFIX_PROTOCOL = {
+    "control-character-in-address": (
+        "Postfix refuses a NUL in MAIL FROM but accepts an ESC (250 2.1.0), where RFC 5321 4.1.2 allows no "
+        "control character in a mailbox; strict_rfc821_envelopes would refuse it, but also the address "
+        "without angle brackets that Exchange accepts (protocol/mail-from-without-brackets)"
+    ),
     "bdat-binarymime-accepted": _POSTFIX_BINARYMIME,
     "bdat-binarymime-size-declared-too-big": _POSTFIX_BINARYMIME,
     "bdat-binarymime-then-data-refused": _POSTFIX_BINARYMIME,

@@ -178,6 +178,8 @@ def _delivery_matches(spec: Mapping[str, Any], wanted: Any) -> bool:
         return False
     if options.get("content") and not {"headers", "body_contains", "body_lacks", "dsn"} & spec.keys():
         return False
+    if options.get("greeting") and "greeting" not in spec:
+        return False
     dsn = options.get("dsn")
     if dsn is not None:
         action = (spec.get("dsn") or {}).get("action")
@@ -400,7 +402,7 @@ def _script(session: Session, replies: list[_Reply], sent: set[str], recipients:
 
 
 _VERBS = frozenset({"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STARTTLS", "VRFY", "EXPN",
-                    "RSET", "NOOP", "QUIT", "HELP"})  # fmt: skip
+                    "RSET", "NOOP", "QUIT", "HELP", "ETRN"})  # fmt: skip
 
 
 def _verb(line: str) -> str:

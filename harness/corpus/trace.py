@@ -64,6 +64,7 @@ class Submission:
     data: Data
     line: int
     refused: bool = False
+    defer: float = 0.0  # seconds of deferred delivery (PR_DEFERRED_DELIVERY_TIME); 0: none
 
 
 class LabVerb(StrEnum):
@@ -461,6 +462,7 @@ def _other_item(document: yamlsource.Document, number: int, raw: dict[str, Any],
         data,
         _line(document, ("sessions", number)),
         submit.get("refused", False),
+        float(submit.get("defer", 0.0)),
     )
 
 

@@ -154,6 +154,10 @@ RECIPIENTS = {
     "relay domain": ("orders@partner.example", "orders@adatum.com"),
 }  # fmt: skip
 
+# Domains whose connector's delivery options make the route action (OUT-8a: HELO instead of EHLO;
+# OUT-8b: queued for remote triggered delivery). Not among RECIPIENTS: the random draws stay as they were.
+ROUTE_ACTION_RECIPIENTS = ("hank@woodgrove.net", "orders@proseware.net")
+
 DOWN = (
     ("Seattle-Tokyo RGC",),
     ("Tokyo-London RGC",),
@@ -268,6 +272,11 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     for entry in _OUTAGE_ENTRIES:
         for server in (s for s in SERVERS if s != entry.server):
             yield from _grid(entry, rng, (server,))
+    # The route actions of connectors' delivery options (OUT-8a, OUT-8b), from every store: no draw
+    # from rng, so the random scenarios after them stay the ones they were.
+    for entry in (e for e in ENTRIES if e.kind == STORE):
+        for address in ROUTE_ACTION_RECIPIENTS:
+            yield scenario_of(entry, sender_of(entry, rng), (address,))
     while True:
         yield sample(rng)
 
@@ -366,6 +375,8 @@ def delivered_entries(prediction: Prediction) -> list[dict[str, Any]]:
                 continue
             grouped[key] = [d.rcpt]
             item = {"sink": d.where, "peer": d.server, "sender": _sender(d.sender), "rcpt": grouped[key]}
+            if d.greeting:
+                item["greeting"] = d.greeting
         if index in dsn:
             item["dsn"] = dsn[index]
         items.append(item)
@@ -378,7 +389,13 @@ def delivered_entries(prediction: Prediction) -> list[dict[str, Any]]:
 def _hops(scenario: Scenario, prediction: Prediction) -> list[str]:
     """The servers the message passes, when one copy goes one way: with several destinations the order
     in which servers first see copies is a race, and an NDR's sender is null, which the hop chain skips."""
-    if len(prediction.deliveries) != 1 or prediction.ndrs or prediction.waiting or not scenario.sender:
+    if (
+        len(prediction.deliveries) != 1
+        or prediction.ndrs
+        or prediction.waiting
+        or prediction.held
+        or not scenario.sender
+    ):
         return []
     hops = list(prediction.deliveries[0].hops)
     return hops if hops and hops[0].upper() == scenario.server.upper() else []
@@ -447,6 +464,8 @@ def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
         else:
             # Queued for the gateway, then handed to the MTA (IN-7c).
             events += [_event(d.server, 1038, recipient=d.where), _event(d.server, 1029, recipient=d.where)]
+    # Routed into the remote-triggered connector's link queue, where it waits for ETRN (OUT-8b).
+    events += [_event(server, 1034, recipient=rcpt, queue=queue) for server, queue, rcpt in prediction.held]
     events += [_event(n.origin, 1030) for n in prediction.ndrs]  # the NDR is made (DSN-1)
     unique: list[dict[str, Any]] = []
     for event in events:
@@ -467,7 +486,13 @@ def _tracking(scenario: Scenario, prediction: Prediction) -> dict[str, dict[str,
     interleave other copies' events, so no sequence is asserted."""
     if scenario.kind != STORE or len(scenario.recipients) != 1:
         return {}
-    if prediction.ndrs or prediction.waiting or prediction.forwards or len(prediction.deliveries) != 1:
+    if (
+        prediction.ndrs
+        or prediction.waiting
+        or prediction.held
+        or prediction.forwards
+        or len(prediction.deliveries) != 1
+    ):
         return {}
     (recipient,) = scenario.recipients
     d = prediction.deliveries[0]
@@ -609,8 +634,11 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     if events:
         outcome["events"] = events
     waiting = sorted({server for server, _ in prediction.waiting})
-    if waiting:
-        outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting]
+    held = sorted({(server, queue) for server, queue, _ in prediction.held})
+    if waiting or held:
+        outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting] + [
+            {"server": s, "queue": q, "state": "Remote"} for s, q in held
+        ]
     elif scenario.kind == MEMO:
         # The memo went through the gateway's folders and the transport's queues, and all of them
         # are empty once it is delivered (GW-4).

@@ -39,6 +39,7 @@ class Delivery:
     sender: str
     rcpt: tuple[str, ...]
     data: bytes
+    greeting: str = ""  # a sink's: the command the sender greeted it with, HELO or EHLO
 
     def describe(self) -> str:
         rcpt = ", ".join(self.rcpt)
@@ -222,6 +223,7 @@ def _sinks(lab: Lab, names: dict[str, str]) -> list[Delivery]:
             capture.mail_from,
             tuple(capture.rcpt_tos),
             capture.data,
+            capture.greeting,
         )
         for host, capture in lab.sink_captures()
     ] + relayed

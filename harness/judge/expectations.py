@@ -340,6 +340,8 @@ def _envelope(spec: dict[str, Any], delivery: Delivery, any_rcpt: bool) -> list[
         expected_sender = spec["sender"].strip("<>")
         if delivery.sender.lower() != expected_sender.lower():
             problems.append(Failure(Kind.SENDER, expected_sender, delivery.sender))
+    if "greeting" in spec and delivery.greeting.upper() != spec["greeting"].upper():
+        problems.append(Failure(Kind.GREETING, spec["greeting"].upper(), delivery.greeting))
     return problems
 
 

@@ -52,6 +52,7 @@ class Kind(StrEnum):
     SERVER = "server"
     RECIPIENTS = "recipients"
     SENDER = "sender"
+    GREETING = "greeting"  # HELO or EHLO: how the sender greeted a sink
     HEADER = "header"
     BODY = "body"
     DSN = "dsn"
@@ -239,6 +240,7 @@ _SENTENCES: dict[Kind, Callable[[Failure], str]] = {
     Kind.SERVER: _server,
     Kind.RECIPIENTS: _recipients,
     Kind.SENDER: lambda f: f"sender <{f.actual}>, expected <{f.expected}>",
+    Kind.GREETING: lambda f: f"greeted with {f.actual or 'nothing recorded'}, expected {f.expected}",
     Kind.HEADER: lambda f: f"header {f.field}: {f.actual!r} does not match /{f.expected}/",
     Kind.BODY: _body,
     Kind.DSN: _dsn,

@@ -45,7 +45,7 @@ class LabAdmin(Protocol):
         """Mark a connector down or up for every reference server (call on the lab's loop)."""
 
     async def submit_through_store(
-        self, server: str, mailbox: str, recipients: list[str], content: bytes
+        self, server: str, mailbox: str, recipients: list[str], content: bytes, defer: float = 0.0
     ) -> str:
         """A MAPI client's submission through `server`'s store; its Message-ID (ValueError if refused)."""
         ...

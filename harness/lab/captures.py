@@ -35,6 +35,7 @@ class Capture:
     data: bytes
     mail_options: tuple[str, ...]
     rcpt_options: tuple[str, ...]
+    greeting: str = ""  # HELO or EHLO, as the sender greeted
 
 
 class CaptureFileError(ValueError):
@@ -80,6 +81,7 @@ class CaptureFolder:
             "received": datetime.datetime.fromtimestamp(capture.time, datetime.UTC).isoformat(),
             "peer": capture.peer,
             "helo": capture.helo,
+            "greeting": capture.greeting,
             "mail_from": capture.mail_from,
             "rcpt_to": list(capture.rcpt_tos),
             "mail_options": list(capture.mail_options),

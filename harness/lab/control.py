@@ -255,6 +255,8 @@ def queue_table(
                 if QueueState.ACTIVE in states
                 else QueueState.RETRY
                 if states == {QueueState.RETRY}
+                else QueueState.REMOTE
+                if states == {QueueState.REMOTE}
                 else QueueState.READY
             )
             retries = [item["next_retry"] for item in items if item.get("next_retry")]

@@ -590,9 +590,9 @@ class DockerLab(Lab):
         await asyncio.to_thread(self.set_server, name, up)
 
     async def submit_through_store(
-        self, server: str, mailbox: str, recipients: list[str], content: bytes
+        self, server: str, mailbox: str, recipients: list[str], content: bytes, defer: float = 0.0
     ) -> str:
-        return await asyncio.to_thread(self.submit, server, mailbox, recipients, content)
+        return await asyncio.to_thread(self.submit, server, mailbox, recipients, content, defer)
 
     def change_global_catalog(self, up: bool) -> None:
         self.set_global_catalog(up)
@@ -611,12 +611,15 @@ class DockerLab(Lab):
         self.link_state.set_server(server, up)
         self.pool.call_all(self._server_names, {"op": "link", "server": server, "up": up})
 
-    def submit(self, server: str, mailbox: str, recipients: list[str], content: bytes) -> str:
+    def submit(
+        self, server: str, mailbox: str, recipients: list[str], content: bytes, defer: float = 0.0
+    ) -> str:
         name = self.config.organization.server(server).name
         request = {
             "op": "submit",
             "mailbox": mailbox,
             "to": recipients,
+            "defer": defer,
             "content": base64.b64encode(content).decode("ascii"),
         }
         return str(self._input_error_as_value(partial(self.pool.call, name, request)))

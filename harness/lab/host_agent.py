@@ -287,7 +287,9 @@ class HostAgent:
     async def _submit(self, server: ExchangeServer, request: dict[str, Any]) -> str:
         content = base64.b64decode(request["content"])
         try:
-            return await server.submit_from_store(str(request["mailbox"]), list(request["to"]), content)
+            return await server.submit_from_store(
+                str(request["mailbox"]), list(request["to"]), content, defer=float(request.get("defer", 0.0))
+            )
         except ValueError as exc:  # the store refused it: what a trace may expect
             raise Refused(str(exc)) from None
 

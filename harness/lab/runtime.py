@@ -378,10 +378,10 @@ class Lab:
         self.link_state.set_connector(name, up)
 
     async def submit_through_store(
-        self, server: str, mailbox: str, recipients: list[str], content: bytes
+        self, server: str, mailbox: str, recipients: list[str], content: bytes, defer: float = 0.0
     ) -> str:
         exchange = self.servers[self.config.organization.server(server).name]
-        return await exchange.submit_from_store(mailbox, recipients, content)
+        return await exchange.submit_from_store(mailbox, recipients, content, defer=defer)
 
     def set_server(self, name: str, up: bool) -> None:
         """Take a server down (its virtual servers stop answering, link state marks it down) or back up."""
@@ -395,10 +395,12 @@ class Lab:
             await server.close()
         self.link_state.set_server(name, up)
 
-    def submit(self, server: str, mailbox: str, recipients: list[str], content: bytes) -> str:
+    def submit(
+        self, server: str, mailbox: str, recipients: list[str], content: bytes, defer: float = 0.0
+    ) -> str:
         """A MAPI/OWA client submits through the store of `server` (ValueError if the mailbox is not
-        there); returns the message's Message-ID."""
-        return self.run(self.submit_through_store(server, mailbox, recipients, content))
+        there), deferred by `defer` seconds if asked; returns the message's Message-ID."""
+        return self.run(self.submit_through_store(server, mailbox, recipients, content, defer))
 
     def foreign_send(self, gateway: str, memo: bytes) -> str:
         """The foreign system hands `memo` to the gateway connector `gateway` (ValueError if the

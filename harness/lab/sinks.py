@@ -410,6 +410,7 @@ class _SinkHandler:
                     host=self.sink.name,
                     peer=server.log.peer,
                     helo=session.host_name or "",
+                    greeting="EHLO" if session.extended_smtp else "HELO",
                     mail_from=_reverse_path(envelope.mail_from),
                     rcpt_tos=tuple(envelope.rcpt_tos),
                     data=data,

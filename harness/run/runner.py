@@ -268,7 +268,7 @@ def _submit(lab: Lab, item: Submission, trace: Trace) -> SessionRun:
     content = message_bytes(item.data, trace.base_dir, MESSAGE_DIRS)
     title = f"submit through the store of {item.server}: {item.mailbox} → {', '.join(item.to)}"
     try:
-        msgid = lab.submit(item.server, item.mailbox, list(item.to), content)
+        msgid = lab.submit(item.server, item.mailbox, list(item.to), content, defer=item.defer)
     except ValueError as exc:
         failure = None if item.refused else str(exc)
         return SessionRun("store", item.server, _single(title, failure, f"-- {title}: refused: {exc}"))
@@ -312,7 +312,8 @@ def _via(lab: Lab, item: ViaMta, trace: Trace) -> SessionRun:
 def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     title = f"lab: {item.action.replace('_', ' ')}" + (f" {item.target}" if item.target else "")
     if item.action is LabVerb.SETTLE:
-        settled = lab.settle(timeout=trace.timeout, wait_for_retries=trace.wait_for_retries)
+        retries = trace.wait_for_retries and (item.rule or {}).get("retries", True)
+        settled = lab.settle(timeout=trace.timeout, wait_for_retries=retries)
         failure = None if settled else f"the lab did not settle within {trace.timeout:g} s"
         if failure is None and item.rule:
             # What the queues hold at this point of the trace (a frozen queue keeping a message).

@@ -82,6 +82,7 @@ class Prediction:
     deliveries: list[Delivery] = field(default_factory=list)
     ndrs: list[Ndr] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient) that wait
+    held: list[tuple[str, str, str]] = field(default_factory=list)  # see Fate.held
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)  # see Fate.forwards
     lookups: list[tuple[str, str, bool]] = field(default_factory=list)  # see Fate.lookups
     mx_lookups: list[tuple[str, str]] = field(default_factory=list)  # see Fate.mx_lookups
@@ -230,6 +231,7 @@ def _categorize(
         raise Unpredictable("more than one recipient fails")
     prediction.deliveries = fate.deliveries
     prediction.waiting += fate.waiting
+    prediction.held += fate.held
     prediction.forwards = list(fate.forwards)
     prediction.lookups += fate.lookups
     prediction.mx_lookups = list(fate.mx_lookups)

@@ -33,6 +33,7 @@ class Delivery:
     scope: str = ""  # the categorizer that produced it (one message copy per categorizer)
     hops: tuple[str, ...] = ()  # the servers it passes from that categorizer on
     connector: str = ""  # the connector that carries it out of the organization (sink, foreign)
+    greeting: str = ""  # a sink's: "HELO" when the connector says "Send HELO instead of EHLO"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Fate:
     deliveries: list[Delivery] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient)
+    # (bridgehead, link queue, recipient): held in state Remote until the remote host sends ETRN
+    held: list[tuple[str, str, str]] = field(default_factory=list)
     # (categorizing server, mailbox, its home server, a copy kept) for each forwarding applied
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)
     # (categorizing server, address, found): each proxy-address look-up in the global catalog
@@ -252,6 +255,13 @@ class Categorizer:
                 )
             )
             return
+        if connector.remote_triggered:
+            # OUT-8b: the route action queues it for remote triggered delivery; no session is opened
+            # (no MX look-up either) until the remote host asks with ETRN, which no scenario does.
+            self.fate.note(f"{connector.name} queues mail for remote triggered delivery: it waits on "
+                           f"{route.choice.bridgehead} in state Remote for ETRN", "OUT-8b")  # fmt: skip
+            self.fate.held.append((route.choice.bridgehead, connector.name, rcpt))
+            return
         domain = address.rpartition("@")[2].lower()
         host, spec = next_hop(self.world, route.choice, domain)
         if spec == "OUT-9a" and domain in self.world.mx:
@@ -269,5 +279,9 @@ class Categorizer:
                 server,
                 route.hops,
                 connector.name,
+                "HELO" if connector.send_helo else "",
             )
         )
+        if connector.send_helo:
+            self.fate.note(f"{connector.name} says \"Send HELO instead of EHLO\": "
+                           f"{route.choice.bridgehead} greets {host.fqdn} with HELO", "OUT-8a")  # fmt: skip

@@ -76,6 +76,8 @@ class Connector:
     scope_routing_group: bool = False
     down: bool = False
     smtp_domain: str | None = None  # a gateway's: the domain of the SMTP form of foreign addresses
+    send_helo: bool = False  # Advanced: "Send HELO instead of EHLO"
+    remote_triggered: bool = False  # Delivery Options: "Queue mail for remote triggered delivery"
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,8 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
         scope_routing_group=raw.get("scope") == "routing_group",
         down=raw.get("state") == "down",
         smtp_domain=raw.get("smtp_domain"),
+        send_helo=bool((raw.get("advanced") or {}).get("send_helo", False)),
+        remote_triggered=bool(delivery.get("remote_triggered", False)),
     )
     if kind != "routing_group" or not raw.get("reciprocal", True):
         return [connector]
