@@ -233,6 +233,10 @@ class ExchangeServer:
             if gateway is not None:
                 await gateway.deliver_out(msg, content)
             return result
+        if hop.kind == HopKind.X400:
+            # The MTA's transfer over an X.400 connector is not built yet: the message waits and retries.
+            error = f"{hop.queue}: the X.400 transfer is not available"
+            return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(
