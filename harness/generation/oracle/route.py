@@ -123,13 +123,15 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
-    """Exact domains first, then wildcards by the length of what they fix, `*` last."""
+    """Exact domains first, then `%` patterns (one length of domain only), then `*.suffix` patterns,
+    each by how many characters they fix, `*` last (docs/decisions.md, "`%` in an address space")."""
     pattern = wildcard_form(pattern)
+    fixed = len(pattern.replace("*", "").replace("%", ""))
     if pattern == "*":
         return (0, 0)
     if pattern.startswith("*"):
-        return (1, len(pattern))
-    return (2, len(pattern))
+        return (1, fixed)
+    return (3, fixed) if "%" not in pattern else (2, fixed)
 
 
 def _exists_for(world: World, connector: Connector, origin: str, sender: str) -> bool:
