@@ -61,6 +61,7 @@ class QueueState(StrEnum):
     RETRY = "Retry"  # waiting for its next attempt (or for link state, when unreachable)
     FROZEN = "Frozen"  # waits for an administrator to unfreeze its link queue
     REMOTE = "Remote"  # waits for the remote host to ask for it (ETRN; remote triggered delivery)
+    SCHEDULED = "Scheduled"  # its connector's schedule is closed: waits for it to open, or Force Connection
 
 
 class HopKind(StrEnum):
@@ -71,6 +72,7 @@ class HopKind(StrEnum):
     DNS = "dns"  # the domain's MX records
     SMART_HOST = "smart_host"
     GATEWAY = "gateway"  # a foreign system's gateway connector
+    X400 = "x400"  # over an X.400 connector: the local MTA transfers it to the remote MTA
     UNREACHABLE = "unreachable"  # a connector or path is down: waits for link state and retries
     NO_ROUTE = "no_route"  # nothing could ever carry it: fails at once
 
@@ -116,6 +118,8 @@ class Components:
     deliver_remote: Callable[[Hop, MailMsg, bytes], Awaitable[DeliveryResult]]
     make_ndr: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None]
     make_delay_notice: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None] | None = None
+    # Seconds until a link queue's connector schedule opens: 0 when open, None when it never opens itself.
+    schedule_wait: Callable[[Hop], float | None] | None = None
 
 
 # Who hands a message to AQ: the SMTP virtual server, the store driver (a mailbox's own mail), a gateway

@@ -86,6 +86,7 @@ class AdvancedQueuingEngine:
         # the envelopes an ETRN has released from them (each goes once; a retry waits for the next ETRN).
         self.remote_links = remote_links
         self._triggered: set[str] = set()
+        self._forced: set[str] = set()  # messages Force Connection sends although the schedule is closed
         self._link_changes = 0
         self._nudges: dict[str, int] = {}  # retry_now calls per queue, to catch one during a park
         self._delay_notified: set[str] = set()  # content ids: one delay notice per message, not per part
@@ -116,8 +117,8 @@ class AdvancedQueuingEngine:
         if self._busy or not self._work.empty():
             return False
         for entry in self.entries.values():
-            if entry.state in (QueueState.FROZEN, QueueState.REMOTE):
-                continue  # waits for an administrator or the remote host, not for time
+            if entry.state in (QueueState.FROZEN, QueueState.REMOTE, QueueState.SCHEDULED):
+                continue  # waits for an administrator, the remote host or the connector's schedule
             if entry.state != QueueState.RETRY:
                 return False
             # Unreachable destinations wait for link state and directory look-ups for the directory, not
@@ -159,6 +160,33 @@ class AdvancedQueuingEngine:
             self._work.put_nowait(entry.msg.id)
         return len(waiting)
 
+    def force_connection(self, queue: str) -> int:
+        """Queue Viewer's Force Connection: what waits in link queue `queue` for its schedule or its next
+        retry is sent now (Scheduled or Retry → Active); later messages wait for the schedule again.
+        Returns how many messages it released."""
+        released = 0
+        for entry in self.entries.values():
+            if entry.queue.lower() == queue.lower() and entry.state in (
+                QueueState.SCHEDULED,
+                QueueState.RETRY,
+            ):
+                self._forced.add(entry.msg.id)
+                timer = self._timers.pop(entry.msg.id, None)
+                if timer is not None:
+                    timer.cancel()
+                if entry.state == QueueState.RETRY:
+                    entry.queue = entry.resume
+                entry.state = QueueState.READY
+                self._work.put_nowait(entry.msg.id)
+                released += 1
+        return released
+
+    def _schedule_opens(self, queue: str) -> None:
+        for entry in self.entries.values():
+            if entry.queue.lower() == queue.lower() and entry.state == QueueState.SCHEDULED:
+                entry.state = QueueState.READY
+                self._work.put_nowait(entry.msg.id)
+
     def link_state_changed(self) -> None:
         """Link state changed: what waits for an unreachable destination is routed again now, and what
         waits in a link queue (or a frozen one) is routed again before it is sent."""
@@ -167,7 +195,11 @@ class AdvancedQueuingEngine:
             if entry.queue == UNREACHABLE and entry.state == QueueState.RETRY:
                 entry.queue, entry.state = entry.resume, QueueState.READY
                 self._work.put_nowait(entry.msg.id)
-            elif entry.hop is not None and entry.state in (QueueState.READY, QueueState.FROZEN):
+            elif entry.hop is not None and entry.state in (
+                QueueState.READY,
+                QueueState.FROZEN,
+                QueueState.SCHEDULED,
+            ):
                 entry.reroute = True
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
@@ -395,6 +427,21 @@ class AdvancedQueuingEngine:
             return
         await self._finish(entry)
 
+    def _waits_for_schedule(self, entry: Entry) -> bool:
+        """The connector's schedule is closed and no Force Connection let this message through: it waits
+        in its link queue, Scheduled, until the schedule opens."""
+        assert self.components is not None and entry.hop is not None
+        if entry.msg.id in self._forced:
+            self._forced.discard(entry.msg.id)
+            return False
+        wait = self.components.schedule_wait(entry.hop) if self.components.schedule_wait else 0.0
+        if wait == 0.0:
+            return False
+        entry.state = QueueState.SCHEDULED
+        if wait is not None:
+            asyncio.get_running_loop().call_later(wait, self._schedule_opens, entry.hop.queue)
+        return True
+
     async def _deliver_remote(self, entry: Entry) -> None:
         assert self.components is not None and entry.hop is not None
         lock = self._links.setdefault(entry.hop.queue, asyncio.Lock())
@@ -415,6 +462,8 @@ class AdvancedQueuingEngine:
                 entry.state = QueueState.REMOTE
                 return
             self._triggered.discard(entry.msg.id)
+            if self._waits_for_schedule(entry):
+                return
             entry.state = QueueState.ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
             if entry.hop.kind == HopKind.GATEWAY:

@@ -9,6 +9,7 @@ server runs inside a lab or, with real LDAP and DNS, on its own.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email
 import ssl
 import time
@@ -111,6 +112,7 @@ class ExchangeServer:
                 deliver_remote=self._deliver_remote,
                 make_ndr=self._make_ndr,
                 make_delay_notice=self._make_delay_notice,
+                schedule_wait=self._schedule_wait,
             )
         )
         directory = self.environment.directory(self.config.name)
@@ -240,6 +242,18 @@ class ExchangeServer:
         for gateway in self.gateways.values():
             gateway.release(x400)
 
+    def force_connection(self, queue: str) -> int:
+        """Queue Viewer's Force Connection on a link queue: how many messages it sent on their way."""
+        return self.aq.force_connection(queue)
+
+    def _schedule_wait(self, hop: Hop) -> float | None:
+        # Only a connector's own queue, on its bridgehead, keeps its schedule; a hop toward the
+        # bridgehead is not held by it.
+        if hop.connector is None or hop.queue.lower() != hop.connector.lower():
+            return 0.0
+        connector = next((c for c in self.organization.connectors if c.name == hop.connector), None)
+        return 0.0 if connector is None else connector.schedule.wait(datetime.datetime.now(datetime.UTC))
+
     @property
     def frozen(self) -> set[str]:
         """The frozen queues, in lower case as the queuing engine keeps them."""
@@ -257,6 +271,10 @@ class ExchangeServer:
             if gateway is not None:
                 await gateway.deliver_out(msg, content)
             return result
+        if hop.kind == HopKind.X400:
+            # The MTA's transfer over an X.400 connector is not built yet: the message waits and retries.
+            error = f"{hop.queue}: the X.400 transfer is not available"
+            return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(

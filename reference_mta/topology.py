@@ -6,6 +6,7 @@ builds it from the `organization` section of a lab file.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import ipaddress
 from dataclasses import dataclass, field
@@ -140,16 +141,32 @@ def domain_match(pattern: str, domain: str) -> int | None:
     match, higher is closer. The one place this rule lives.
 
     E2K3 reads an address space only up to the first wildcard (KB 244986), so `abc.*.x.com` behaves
-    as `*.x.com`. An exact match beats any wildcard; among wildcards, the one with more literal
-    characters wins; `*` alone matches everything with the lowest score. A plain domain covers only
-    itself, not its subdomains (docs/decisions.md).
+    as `*.x.com`. `%` stands for exactly one character, where it is. An exact match beats any wildcard;
+    a pattern with `%` but no `*` names domains of one length only, so it beats every `*` pattern;
+    within each kind the one with more literal characters wins; `*` alone matches everything with the
+    lowest score. A plain domain covers only itself, not its subdomains (docs/decisions.md).
     """
     pattern = pattern.lower()
     domain = domain.lower().rstrip(".")
-    if "*" not in pattern and "%" not in pattern:
-        return 10_000 + len(pattern) if domain == pattern else None
+    if "*" not in pattern:
+        if not _same_shape(pattern, domain):
+            return None
+        literals = len(pattern) - pattern.count("%")
+        return 10_000 + len(pattern) if literals == len(pattern) else 5_000 + literals
     suffix = pattern[pattern.rfind("*") + 1 :]
-    return len(suffix) if domain.endswith(suffix) and len(domain) > len(suffix) else None
+    if len(domain) <= len(suffix) or not _same_shape(suffix, domain[len(domain) - len(suffix) :]):
+        return None
+    return len(suffix) - suffix.count("%")
+
+
+def _wild(pattern: str) -> bool:
+    return "*" in pattern or "%" in pattern
+
+
+def _same_shape(pattern: str, text: str) -> bool:
+    """`text` is `pattern` with each `%` standing for one character. Hand-written: fnmatch would also
+    read `[` and `?`, which are literal in an address space."""
+    return len(pattern) == len(text) and all(p in ("%", t) for p, t in zip(pattern, text, strict=True))
 
 
 @dataclass(frozen=True)
@@ -160,8 +177,37 @@ class Restrictions:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A connector's Delivery Options schedule: Always (the default), Never (only Queue Viewer's Force
+    Connection sends), or selected times: daily windows in minutes after midnight UTC, [start, end)."""
+
+    always: bool = True
+    windows: tuple[tuple[int, int], ...] = ()
+
+    def wait(self, now: datetime.datetime) -> float | None:
+        """Seconds until the schedule opens: 0 while it is open, None when it never opens by itself."""
+        if self.always:
+            return 0.0
+        minute = now.hour * 60 + now.minute + now.second / 60 + now.microsecond / 60_000_000
+        waits: list[float] = []
+        for start, end in self.windows:
+            if _inside(minute, start, end):
+                return 0.0
+            waits.append(((start - minute) % 1440) * 60)
+        return min(waits) if waits else None
+
+
+def _inside(minute: float, start: int, end: int) -> bool:
+    # A window whose end is before its start runs over midnight.
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+NEVER = Schedule(always=False)
+
+
+@dataclass(frozen=True)
 class Connector:
-    kind: Literal["routing_group", "smtp", "gateway"]
+    kind: Literal["routing_group", "smtp", "gateway", "x400"]
     name: str
     routing_group: str
     cost: int = 1
@@ -179,6 +225,7 @@ class Connector:
     scope: str = "organization"  # or "routing_group": usable only by servers of its own routing group
     send_helo: bool = False  # Advanced → "Send HELO instead of EHLO" (route_action)
     remote_triggered: bool = False  # Delivery Options → "Queue mail for remote triggered delivery"
+    schedule: Schedule = Schedule()
 
 
 @dataclass(frozen=True)
@@ -225,13 +272,13 @@ class Organization:
         addresses live there."""
         for policy in sorted(self.policies, key=lambda p: p.priority):
             for entry in policy.domains:
-                if entry.authoritative and "*" not in entry.domain:
+                if entry.authoritative and not _wild(entry.domain):
                     return entry.domain
         return self.servers[0].fqdn
 
     @property
     def literal_policy_domains(self) -> list[str]:
-        return sorted({d.domain for p in self.policies for d in p.domains if "*" not in d.domain})
+        return sorted({d.domain for p in self.policies for d in p.domains if not _wild(d.domain)})
 
     def relay_connector(self, domain: str) -> Connector | None:
         """An SMTP connector that allows messages to be relayed to `domain`, if any."""

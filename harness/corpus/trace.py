@@ -79,6 +79,7 @@ class LabVerb(StrEnum):
     GLOBAL_CATALOG_UP = "global_catalog_up"
     FREEZE = "freeze"
     UNFREEZE = "unfreeze"
+    FORCE_CONNECTION = "force_connection"
     SINK_RULE = "sink_rule"
     SETTLE = "settle"
 
@@ -112,6 +113,7 @@ _SUBJECTS = {
     LabVerb.GLOBAL_CATALOG_UP: "global catalog",
     LabVerb.FREEZE: "queue",
     LabVerb.UNFREEZE: "queue",
+    LabVerb.FORCE_CONNECTION: "connector",
     LabVerb.SINK_RULE: "sink",
     LabVerb.SETTLE: "lab",
 }

@@ -169,6 +169,9 @@ DOWN = (
     ("Partner SMTP Connector",),
     ("Adatum Relay SMTP Connector",),
     ("Northwind Primary SMTP Connector",),
+    # Tokyo to London over the SMTP connector between them; with EX2 down as well, Tokyo to Seattle too,
+    # over that SMTP connector and then a routing group connector (a mixed path).
+    ("Tokyo-London RGC", "EX2"),
     # A server down: its virtual servers stop answering and link state marks its connectors down.
     ("EX1",),
     ("EX2",),
@@ -247,6 +250,15 @@ def _may_relay(entry: Entry) -> bool:
 
 # Where a server down is tried in the grid: a client that may relay anything, and the Notes gateway.
 _OUTAGE_ENTRIES = (Entry("relay-host", "EX1"), Entry("notes", "EX4", kind=MEMO))
+# Outages that make Tokyo leave over a connector other than a routing group connector (the SMTP
+# connector to London, alone or followed by a routing group connector), tried from Tokyo.
+_PATH_OUTAGES = (("Tokyo-London RGC",), ("Tokyo-London RGC", "EX2"))
+_TOKYO_ENTRIES = (Entry("store", "EX4", kind=STORE), Entry("notes", "EX4", kind=MEMO))
+# The domain of the connector scheduled Never: mail for it waits, Scheduled, on the connector's bridgehead
+# (EX1), sent there from its own routing group and from another one. Not among RECIPIENTS: a message
+# that never leaves is worth a few scenarios, not a share of every random draw.
+SCHEDULED_RECIPIENT = "ops@proseware.example"
+_SCHEDULED_ENTRIES = (Entry("store", "EX1", kind=STORE), Entry("store", "EX3", kind=STORE))
 
 
 def _grid(entry: Entry, rng: random.Random, down: tuple[str, ...] = ()) -> Iterator[Scenario]:
@@ -263,7 +275,8 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     """First every entry point with every kind of recipient, alone and with every connector up (so the
     corpus covers the whole grid whatever its size), then every SMTP entry point that may relay with
     every Internet and relay-domain address, then every kind of recipient with each other server
-    down, then random scenarios without end."""
+    down, then the Tokyo entry points with the outages that route over an SMTP connector between
+    routing groups, then mail for the connector scheduled Never, then random scenarios without end."""
     for entry in ENTRIES:
         yield from _grid(entry, rng)
     for entry in filter(_may_relay, ROUTING_ENTRIES):
@@ -277,6 +290,11 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     for entry in (e for e in ENTRIES if e.kind == STORE):
         for address in ROUTE_ACTION_RECIPIENTS:
             yield scenario_of(entry, sender_of(entry, rng), (address,))
+    for entry in _TOKYO_ENTRIES:
+        for down in _PATH_OUTAGES:
+            yield from _grid(entry, rng, down)
+    for entry in _SCHEDULED_ENTRIES:
+        yield scenario_of(entry, MAILBOX_OWNER[entry.server], (SCHEDULED_RECIPIENT,))
     while True:
         yield sample(rng)
 
@@ -389,13 +407,8 @@ def delivered_entries(prediction: Prediction) -> list[dict[str, Any]]:
 def _hops(scenario: Scenario, prediction: Prediction) -> list[str]:
     """The servers the message passes, when one copy goes one way: with several destinations the order
     in which servers first see copies is a race, and an NDR's sender is null, which the hop chain skips."""
-    if (
-        len(prediction.deliveries) != 1
-        or prediction.ndrs
-        or prediction.waiting
-        or prediction.held
-        or not scenario.sender
-    ):
+    held = prediction.waiting or prediction.held or prediction.scheduled
+    if len(prediction.deliveries) != 1 or prediction.ndrs or held or not scenario.sender:
         return []
     hops = list(prediction.deliveries[0].hops)
     return hops if hops and hops[0].upper() == scenario.server.upper() else []
@@ -486,13 +499,8 @@ def _tracking(scenario: Scenario, prediction: Prediction) -> dict[str, dict[str,
     interleave other copies' events, so no sequence is asserted."""
     if scenario.kind != STORE or len(scenario.recipients) != 1:
         return {}
-    if (
-        prediction.ndrs
-        or prediction.waiting
-        or prediction.held
-        or prediction.forwards
-        or len(prediction.deliveries) != 1
-    ):
+    held = prediction.waiting or prediction.held or prediction.scheduled
+    if prediction.ndrs or held or prediction.forwards or len(prediction.deliveries) != 1:
         return {}
     (recipient,) = scenario.recipients
     d = prediction.deliveries[0]
@@ -635,10 +643,13 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
         outcome["events"] = events
     waiting = sorted({server for server, _ in prediction.waiting})
     held = sorted({(server, queue) for server, queue, _ in prediction.held})
-    if waiting or held:
-        outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting] + [
-            {"server": s, "queue": q, "state": "Remote"} for s, q in held
-        ]
+    scheduled = sorted({(server, queue) for server, _, queue in prediction.scheduled})
+    if waiting or held or scheduled:
+        outcome["queues"] = (
+            [{"server": s, "queue": UNREACHABLE} for s in waiting]
+            + [{"server": s, "queue": q, "state": "Remote"} for s, q in held]
+            + [{"server": s, "queue": q, "state": "Scheduled"} for s, q in scheduled]
+        )
     elif scenario.kind == MEMO:
         # The memo went through the gateway's folders and the transport's queues, and all of them
         # are empty once it is delivered (GW-4).

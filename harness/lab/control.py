@@ -12,6 +12,8 @@ A Unix socket in the lab's folder carries one JSON object per line each way. Req
   {"op": "freeze" | "unfreeze", "server": S, "queue": Q} → Queue Viewer's Freeze / Unfreeze (a real
                                                       MTA: its own hold, as far as it has one)
   {"op": "global_catalog", "up": bool}              → stop the global catalog, or bring it back
+  {"op": "force", "connector": N}                   → Queue Viewer's Force Connection on the connector's
+                                                      queue (Scheduled or Retry → Active)
 Every name is checked against the lab (case-insensitively; the reply lists the valid ones). Replies are
 {"ok": true, "result": ...} or {"ok": false, "error": "...", "kind": "input" | "broken"}: "input" when
 the request was wrong, "broken" when the lab could not do it. The socket file is created with the
@@ -127,6 +129,14 @@ class ControlServer:
         if op == "global_catalog":
             lab.change_global_catalog(bool(request["up"]))
             return {"available": lab.gc.available}
+        if op == "force":
+            name = choose(
+                "connector",
+                str(request["connector"]),
+                (c.name for c in lab.config.organization.connectors),
+                self._lab,
+            )
+            return {"name": name, "released": lab.change_force(name)}
         if op in ("freeze", "unfreeze"):
             return await self._freeze(str(request["server"]), str(request["queue"]), op == "freeze")
         raise Refused(f"unknown operation {op!r}")
@@ -253,6 +263,8 @@ def queue_table(
                 if name.lower() in frozen.get(server, set())
                 else QueueState.ACTIVE
                 if QueueState.ACTIVE in states
+                else QueueState.SCHEDULED
+                if QueueState.SCHEDULED in states
                 else QueueState.RETRY
                 if states == {QueueState.RETRY}
                 else QueueState.REMOTE

@@ -83,6 +83,7 @@ class Prediction:
     ndrs: list[Ndr] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient) that wait
     held: list[tuple[str, str, str]] = field(default_factory=list)  # see Fate.held
+    scheduled: list[tuple[str, str, str]] = field(default_factory=list)  # see Fate.scheduled
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)  # see Fate.forwards
     lookups: list[tuple[str, str, bool]] = field(default_factory=list)  # see Fate.lookups
     mx_lookups: list[tuple[str, str]] = field(default_factory=list)  # see Fate.mx_lookups
@@ -232,6 +233,7 @@ def _categorize(
     prediction.deliveries = fate.deliveries
     prediction.waiting += fate.waiting
     prediction.held += fate.held
+    prediction.scheduled += fate.scheduled
     prediction.forwards = list(fate.forwards)
     prediction.lookups += fate.lookups
     prediction.mx_lookups = list(fate.mx_lookups)
@@ -251,6 +253,7 @@ def _ndr(world: World, message: Message, failure: Failure, prediction: Predictio
     ndr_message = Message("", False, False, message.down)
     Categorizer(world, ndr_message, fate).recipient(failure.server, message.sender)
     prediction.waiting += fate.waiting
+    prediction.scheduled += fate.scheduled
     prediction.notes += [f"NDR: {n}" for n in fate.notes]
     if fate.failures:
         prediction.notes.append("the NDR itself cannot be delivered: it goes to BadMail")

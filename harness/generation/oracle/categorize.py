@@ -53,6 +53,8 @@ class Fate:
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient)
     # (bridgehead, link queue, recipient): held in state Remote until the remote host sends ETRN
     held: list[tuple[str, str, str]] = field(default_factory=list)
+    # (bridgehead, recipient, connector): held in a connector's queue, Scheduled, until it is forced
+    scheduled: list[tuple[str, str, str]] = field(default_factory=list)
     # (categorizing server, mailbox, its home server, a copy kept) for each forwarding applied
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)
     # (categorizing server, address, found): each proxy-address look-up in the global catalog
@@ -261,6 +263,13 @@ class Categorizer:
             self.fate.note(f"{connector.name} queues mail for remote triggered delivery: it waits on "
                            f"{route.choice.bridgehead} in state Remote for ETRN", "OUT-8b")  # fmt: skip
             self.fate.held.append((route.choice.bridgehead, connector.name, rcpt))
+            return
+        if connector.schedule == "windows":
+            raise Unpredictable(f"{connector.name} sends at selected times: the clock decides")
+        if connector.schedule == "never":
+            # Queue states (reference section 3.3): Scheduled until Force Connection.
+            self.fate.note(f"{connector.name} is scheduled Never: it waits in its queue, Scheduled", "C-AQ")
+            self.fate.scheduled.append((route.choice.bridgehead, rcpt, connector.name))
             return
         domain = address.rpartition("@")[2].lower()
         host, spec = next_hop(self.world, route.choice, domain)

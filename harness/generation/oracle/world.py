@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class AddressSpace:
 
 @dataclass(frozen=True)
 class Connector:
-    kind: str  # routing_group | smtp | gateway
+    kind: str  # routing_group | smtp | x400 | gateway
     name: str
     routing_group: str
     cost: int = 1
@@ -78,6 +78,8 @@ class Connector:
     smtp_domain: str | None = None  # a gateway's: the domain of the SMTP form of foreign addresses
     send_helo: bool = False  # Advanced: "Send HELO instead of EHLO"
     remote_triggered: bool = False  # Delivery Options: "Queue mail for remote triggered delivery"
+    # Delivery Options schedule: "always", "never", or "windows" (selected times: the clock decides).
+    schedule: str = "always"
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,9 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
         smtp_domain=raw.get("smtp_domain"),
         send_helo=bool((raw.get("advanced") or {}).get("send_helo", False)),
         remote_triggered=bool(delivery.get("remote_triggered", False)),
+        schedule=raw.get("schedule", "always")
+        if isinstance(raw.get("schedule", "always"), str)
+        else "windows",
     )
     if kind != "routing_group" or not raw.get("reciprocal", True):
         return [connector]
@@ -251,6 +256,16 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
         down=connector.down,
     )
     return [connector, back]
+
+
+def _far_side(connector: Connector, servers: dict[str, Server]) -> Connector:
+    """An SMTP connector between routing groups that uses DNS hands messages to the servers of the
+    connected group (docs/decisions.md): they stand as its remote bridgeheads, for routing and for
+    link state alike."""
+    if connector.kind != "smtp" or connector.connects_to is None or connector.smart_hosts:
+        return connector
+    group = tuple(s.name for s in servers.values() if s.routing_group == connector.connects_to)
+    return replace(connector, remote_bridgeheads=group)
 
 
 def load(lab_file: Path) -> World:
@@ -286,7 +301,9 @@ def load(lab_file: Path) -> World:
         base=ipaddress.IPv4Address(raw["network"]["base"]),
         policies=policies,
         servers=servers,
-        connectors=[c for raw_c in org.get("connectors") or () for c in _connectors(raw_c)],
+        connectors=[
+            _far_side(c, servers) for raw_c in org.get("connectors") or () for c in _connectors(raw_c)
+        ],
         internet=[Host(h["name"], h["fqdn"], int(h["addr"])) for h in raw.get("internet") or ()],
         clients=[Host(h["name"], h["fqdn"], int(h["addr"])) for h in raw.get("clients") or ()],
         mx=mx,
