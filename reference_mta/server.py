@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from reference_mta import dsn, store
+from reference_mta import dsn
+from reference_mta import store as store_driver
 from reference_mta.address_book import AddressBook
 from reference_mta.categorizer import Categorizer
 from reference_mta.delivery import SmtpDelivery, make_resolver
@@ -24,6 +26,7 @@ from reference_mta.directory import Directory
 from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
+from reference_mta.mta import MessageTransferAgent
 from reference_mta.queue_contract import (
     X400_QUEUES,
     Components,
@@ -67,7 +70,7 @@ class ExchangeServer:
         )
         self.link_state = environment.link_state or LinkState(organization)
         self.routing = RoutingEngine(organization, self.config, self.link_state)
-        self.store = store.MailboxStore(environment.root, self.config.name)
+        self.store = store_driver.MailboxStore(environment.root, self.config.name)
         self.categorizer: Categorizer | None = None
         self.delivery = SmtpDelivery(
             self.config.fqdn,
@@ -83,6 +86,7 @@ class ExchangeServer:
         self._handlers: list[VirtualServerHandler] = []
         self.gateways: dict[str, NotesGateway] = {}
         self.frozen_x400: set[str] = set()  # X.400 queues an administrator froze, shared by the gateways
+        self.mta = MessageTransferAgent(self.config.name, environment.root, self.tracking, self.frozen_x400)
 
     async def start(self) -> None:
         self.categorizer = Categorizer(
@@ -115,6 +119,10 @@ class ExchangeServer:
                     lambda msg, content: self.aq.submit(msg, content, source="gateway"),
                     self.frozen_x400,
                 )
+        for gateway in self.gateways.values():
+            self.mta.connect(gateway.connector.name, gateway.outlet())
+        # The MTA first: it finishes a transfer into MTS-OUT cut short, which the gateway then delivers.
+        self.mta.recover()
         for gateway in self.gateways.values():
             # AQ has loaded its own queue folder by now: a message it holds was handed over already.
             gateway.recover(
@@ -154,6 +162,7 @@ class ExchangeServer:
         await self.close()
         for gateway in self.gateways.values():
             await gateway.stop()
+        await self.mta.stop()
         await self.aq.stop()
 
     async def close(self) -> None:
@@ -201,11 +210,32 @@ class ExchangeServer:
         return message_id
 
     def idle(self, horizon: float | None = None) -> bool:
-        return self.aq.idle(horizon) and all(gateway.idle() for gateway in self.gateways.values())
+        return (
+            self.aq.idle(horizon)
+            and self.mta.idle()
+            and all(gateway.idle() for gateway in self.gateways.values())
+        )
+
+    def queues(self) -> dict[str, list[dict[str, Any]]]:
+        """Every queue Queue Viewer shows for this server: AQ's, the gateways' folders and the X.400 ones."""
+        queues: dict[str, list[dict[str, Any]]] = dict(self.aq.snapshot())
+        for gateway in self.gateways.values():
+            queues.update(gateway.folders())
+        queues.update(self.mta.folders())
+        return queues
+
+    def set_gateway(self, name: str, running: bool) -> None:
+        """Stop or start the gateway service of connector `name` (KeyError if none runs here)."""
+        gateway = self.gateways[name.lower()]
+        if running:
+            gateway.start_service()
+        else:
+            gateway.stop_service()
 
     def freeze(self, queue: str, frozen: bool = True) -> None:
         """Queue Viewer's Freeze (or Unfreeze) on a link queue, or on an X.400 queue of the gateway path."""
-        x400 = next((name for name in X400_QUEUES if name.lower() == queue.lower()), None)
+        names = (*X400_QUEUES, *self.mta.queue_names())
+        x400 = next((name for name in names if name.lower() == queue.lower()), None)
         if x400 is None:
             (self.aq.freeze if frozen else self.aq.unfreeze)(queue)
             return
@@ -215,6 +245,7 @@ class ExchangeServer:
         self.frozen_x400.discard(x400)
         for gateway in self.gateways.values():
             gateway.release(x400)
+        self.mta.release(x400)
 
     @property
     def frozen(self) -> set[str]:
@@ -226,13 +257,8 @@ class ExchangeServer:
 
     async def _deliver_remote(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
         if hop.kind == HopKind.GATEWAY:
-            result = await asyncio.to_thread(
-                store.transfer_to_mta, self.environment.root, self.config.name, hop.queue, msg, content
-            )
-            gateway = self.gateways.get(hop.queue.lower())
-            if gateway is not None:
-                await gateway.deliver_out(msg, content)
-            return result
+            # The store driver hands it to the MTA (1029, logged by AQ), which queues it for the connector.
+            return await self.mta.accept(hop.queue, msg, content)
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(

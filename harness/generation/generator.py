@@ -432,7 +432,8 @@ def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
         events.append(_event(server, 1027, sender=scenario.sender))  # the store driver submits (OUT-2a)
     elif scenario.kind == MEMO:
         events.append(_event(server, 1004))  # the gateway takes it into its IN folder (GW-1)
-        events += [_event(server, 1046, recipient=a) for a in prediction.mapped]  # translated (GW-2)
+        # Translated into MTS-IN (GW-2, no event of its own), then the MTA takes it in (GW-3).
+        events += [_event(server, 0, recipient=a) for a in prediction.mapped]
         events.append(_event(server, 1027))  # the store driver gives it to AQ (GW-5)
     if scenario.kind != SMTP or accepted:
         events.append(_event(server, 1024))  # AQ hands it to the categorizer (C-AQ)
@@ -452,8 +453,11 @@ def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
                 _event(d.server, 1031, recipient=d.rcpt),
             ]
         else:
-            # Queued for the gateway, then handed to the MTA (IN-7c).
-            events += [_event(d.server, 1038, recipient=d.where), _event(d.server, 1029, recipient=d.where)]
+            # Queued for the gateway, handed to the MTA (IN-7c), which queues it for the connector (4)
+            # and puts it in the gateway's MTS-OUT (7); the gateway delivers it as a memo (1003).
+            events += [
+                _event(d.server, event, recipient=d.where) for event in (1038, 1029, 4, 7, 1003)
+            ]
     events += [_event(n.origin, 1030) for n in prediction.ndrs]  # the NDR is made (DSN-1)
     unique: list[dict[str, Any]] = []
     for event in events:

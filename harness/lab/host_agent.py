@@ -266,10 +266,7 @@ class HostAgent:
         return server.idle(float(horizon) if horizon is not None else None)
 
     async def _queues(self, server: ExchangeServer, _: dict[str, Any]) -> dict[str, Any]:
-        queues: dict[str, Any] = server.aq.snapshot()
-        for gateway in server.gateways.values():
-            queues.update(gateway.folders())
-        return queues
+        return server.queues()
 
     async def _link(self, _: ExchangeServer, request: dict[str, Any]) -> None:
         assert self.link_state is not None

@@ -446,13 +446,7 @@ class Lab:
 
     def queue_snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Every server's queues (call on the lab's loop)."""
-        snapshot = {}
-        for name, server in self.servers.items():
-            queues = server.aq.snapshot()
-            for gateway in server.gateways.values():
-                queues.update(gateway.folders())
-            snapshot[name] = queues
-        return snapshot
+        return {name: server.queues() for name, server in self.servers.items()}
 
     def client_socket(self, source: str) -> socket.socket | None:
         """A socket bound to `source` where the lab holds that address apart from this process's
