@@ -455,9 +455,7 @@ def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
         else:
             # Queued for the gateway, handed to the MTA (IN-7c), which queues it for the connector (4)
             # and puts it in the gateway's MTS-OUT (7); the gateway delivers it as a memo (1003).
-            events += [
-                _event(d.server, event, recipient=d.where) for event in (1038, 1029, 4, 7, 1003)
-            ]
+            events += [_event(d.server, event, recipient=d.where) for event in (1038, 1029, 4, 7, 1003)]
     events += [_event(n.origin, 1030) for n in prediction.ndrs]  # the NDR is made (DSN-1)
     unique: list[dict[str, Any]] = []
     for event in events:

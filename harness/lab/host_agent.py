@@ -254,6 +254,7 @@ class HostAgent:
             "submit": self._submit,
             "foreign": self._foreign,
             "gateways": self._gateways,
+            "gateway": self._gateway,
             "freeze": self._freeze,
             "frozen": self._frozen,
         }
@@ -299,6 +300,12 @@ class HostAgent:
 
     async def _gateways(self, server: ExchangeServer, _: dict[str, Any]) -> list[str]:
         return sorted(server.gateways)
+
+    async def _gateway(self, server: ExchangeServer, request: dict[str, Any]) -> None:
+        name = str(request["name"])
+        if name.lower() not in server.gateways:
+            raise AgentError(f"no gateway connector {name!r} runs on {self.host}")
+        server.set_gateway(name, bool(request["running"]))
 
     async def _freeze(self, server: ExchangeServer, request: dict[str, Any]) -> None:
         server.freeze(str(request["queue"]), bool(request["frozen"]))
