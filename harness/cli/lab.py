@@ -102,7 +102,7 @@ def lab_up(
         )
         console.print(
             f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, mailflow sinks, "
-            "mailflow lab connector|server|freeze)",
+            "mailflow lab connector|server|freeze|gateway)",
             soft_wrap=True,
         )
         console.print("Ctrl-C stops the lab.")
