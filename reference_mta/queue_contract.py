@@ -75,6 +75,7 @@ class HopKind(StrEnum):
     DNS = "dns"  # the domain's MX records
     SMART_HOST = "smart_host"
     GATEWAY = "gateway"  # a foreign system's gateway connector
+    X400 = "x400"  # over an X.400 connector: the local MTA transfers it to the remote MTA
     UNREACHABLE = "unreachable"  # a connector or path is down: waits for link state and retries
     NO_ROUTE = "no_route"  # nothing could ever carry it: fails at once
 

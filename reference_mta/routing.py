@@ -62,7 +62,7 @@ class RoutingEngine:
             done.add(group)
             for connector in self.organization.connectors:
                 if (
-                    connector.kind != "routing_group"
+                    not joins_groups(connector)
                     or connector.routing_group.lower() != group
                     or not self.link_state.connector_up(connector)
                 ):
@@ -185,6 +185,8 @@ class RoutingEngine:
                 spec="IN-7c",
                 detail=connector.foreign_system or "",
             )
+        if connector.kind == "x400" and local:
+            return self._x400_hop(connector, spec="OUT-7", reason=f"address space of {connector.name}")
         if connector.kind == "smtp" and local:
             if connector.smart_hosts:
                 return Hop(
@@ -249,6 +251,8 @@ class RoutingEngine:
                 spec=spec,
                 detail=f"{reason}; via local bridgehead {bridgehead.name}; path {route} cost {path.cost}",
             )
+        if first.kind == "x400":
+            return self._x400_hop(first, spec=spec, reason=f"{reason}; path {route} cost {path.cost}")
         # "Any server" on the far side (no remote bridgeheads listed): every server of that group that is up.
         candidates = first.remote_bridgeheads or tuple(
             s.name
@@ -263,6 +267,19 @@ class RoutingEngine:
             connector=first.name,
             spec=spec,
             detail=f"{reason}; path {route} cost {path.cost}",
+        )
+
+    def _x400_hop(self, connector: Connector, *, spec: str, reason: str) -> Hop:
+        """This server's MTA hosts the connector: the message goes to the X.400 connector's queue, for
+        the MTA to transfer to the remote MTA (the up remote bridgeheads, when it joins groups)."""
+        remotes = self.link_state.up_bridgeheads(connector.remote_bridgeheads)
+        return Hop(
+            queue=connector.name,
+            kind=HopKind.X400,
+            targets=tuple(self.organization.server(name).fqdn for name in remotes),
+            connector=connector.name,
+            spec=spec,
+            detail=f"{reason}; X.400 connector {connector.name}",
         )
 
     @staticmethod
@@ -284,6 +301,12 @@ class _AllUp(LinkState):
 
     def server_down(self, name: str) -> bool:
         return False
+
+
+def joins_groups(connector: Connector) -> bool:
+    """An edge of the routing graph: a routing group connector, or an SMTP or X.400 connector that
+    names a connected routing group."""
+    return connector.kind != "gateway" and connector.connects_to is not None
 
 
 def _names(path: Path) -> tuple[str, ...]:

@@ -259,6 +259,10 @@ class ExchangeServer:
         if hop.kind == HopKind.GATEWAY:
             # The store driver hands it to the MTA (1029, logged by AQ), which queues it for the connector.
             return await self.mta.accept(hop.queue, msg, content)
+        if hop.kind == HopKind.X400:
+            # The MTA's transfer over an X.400 connector is not built yet: the message waits and retries.
+            error = f"{hop.queue}: the X.400 transfer is not available"
+            return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(

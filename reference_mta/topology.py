@@ -161,7 +161,7 @@ class Restrictions:
 
 @dataclass(frozen=True)
 class Connector:
-    kind: Literal["routing_group", "smtp", "gateway"]
+    kind: Literal["routing_group", "smtp", "gateway", "x400"]
     name: str
     routing_group: str
     cost: int = 1

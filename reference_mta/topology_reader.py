@@ -59,6 +59,7 @@ class _Names:
 
     groups: set[str]
     servers: dict[str, str]  # lower-case name → the server's own spelling
+    routing_group_of: dict[str, str]  # lower-case server name → its routing group
 
     def group(self, raw: Mapping[str, Any], key: str, where: Location) -> str:
         value: str = raw[key]
@@ -87,7 +88,11 @@ def build(
     group_names = {g.name.lower() for g in groups}
     servers = _servers(config["servers"], group_names, lab)
     # Lab files may spell a server in any case; the organization keeps the server's own spelling.
-    names = _Names(group_names, {s.name.lower(): s.name for s in servers})
+    names = _Names(
+        group_names,
+        {s.name.lower(): s.name for s in servers},
+        {s.name.lower(): s.routing_group for s in servers},
+    )
     for index, group in enumerate(groups):
         if group.master:
             names.server(group.master, (*ROOT, "routing_groups", index, "master"))
@@ -296,6 +301,8 @@ def _connector(
         return _routing_group_connectors(raw, where, names, group, up)
     if raw["type"] == "smtp":
         return [_smtp_connector(raw, where, names, group, up, host_address)]
+    if raw["type"] == "x400":
+        return [_x400_connector(raw, where, names, group, up)]
     return [_gateway_connector(raw, where, names, group, up)]
 
 
@@ -369,6 +376,57 @@ def _gateway_connector(
         address_spaces=_address_spaces(raw),
         foreign_system=raw["foreign_system"],
         smtp_domain=raw.get("smtp_domain"),
+        up=up,
+    )
+
+
+def _x400_connector(
+    raw: Mapping[str, Any], where: Location, names: _Names, group: str, up: bool
+) -> Connector:
+    """An X.400 connector is hosted by one server's MTA. It joins two routing groups (`connects_to`,
+    with the remote MTA's server as remote bridgehead), carries address spaces, or both. ESM creates no
+    reciprocal for it: the other side is configured by hand, as in Exchange."""
+    target = names.group(raw, "connects_to", where) if "connects_to" in raw else None
+    if target is not None and target.lower() == group.lower():
+        raise TopologyError((*where, "connects_to"), "an X.400 connector must join two routing groups")
+    if target is None and not raw.get("address_spaces"):
+        raise TopologyError(
+            where, "an X.400 connector needs connects_to (a routing group), address_spaces, or both"
+        )
+    remote = names.server_list(raw, "remote_bridgeheads", where)
+    if target is not None and not remote:
+        raise TopologyError(
+            (*where, "connects_to"), "an X.400 connector between routing groups needs remote_bridgeheads"
+        )
+    if target is None and remote:
+        raise TopologyError(
+            (*where, "remote_bridgeheads"),
+            "remote_bridgeheads are servers of the organization: name their routing group in connects_to",
+        )
+    if target is not None:
+        for number, name in enumerate(remote):
+            home = names.routing_group_of[name.lower()]
+            if home.lower() != target.lower():
+                raise TopologyError(
+                    (*where, "remote_bridgeheads", number),
+                    f"{name} is in routing group {home!r}, not {target!r} (connects_to)",
+                )
+    local = names.server_list(raw, "local_bridgeheads", where)
+    home = names.routing_group_of[local[0].lower()]
+    if home.lower() != group.lower():
+        raise TopologyError(
+            (*where, "local_bridgeheads", 0), f"{local[0]} is in routing group {home!r}, not {group!r}"
+        )
+    return Connector(
+        kind="x400",
+        name=raw["name"],
+        routing_group=group,
+        connects_to=target,
+        cost=raw.get("cost", 1),
+        local_bridgeheads=local,
+        remote_bridgeheads=remote,
+        address_spaces=_address_spaces(raw),
+        scope=raw.get("scope", "organization"),
         up=up,
     )
 
