@@ -6,7 +6,8 @@ inside a routing group, X-LINK2STATE between them). In a lab all servers share o
 reaches every server at once: the propagation delay is not modelled (docs/decisions.md).
 
 A connector is down when an administrator (or a lab) marks it down, or when every one of its local
-bridgeheads is down; a routing group connector also needs one of its remote bridgeheads up. Minor
+bridgeheads is down; a connector between routing groups also needs one of its remote bridgeheads up
+(for an SMTP connector that uses DNS, one server of the connected group). Minor
 version numbers count state changes, major ones topology changes, as in Exchange's link state data.
 """
 
@@ -32,9 +33,16 @@ class LinkState:
             return False
         if connector.local_bridgeheads and all(self.server_down(b) for b in connector.local_bridgeheads):
             return False
-        return not (
-            connector.remote_bridgeheads and all(self.server_down(b) for b in connector.remote_bridgeheads)
-        )
+        remote = self.far_side(connector)
+        return not (remote and all(self.server_down(b) for b in remote))
+
+    def far_side(self, connector: Connector) -> tuple[str, ...]:
+        """The servers a connector between routing groups hands messages to: its remote bridgeheads, or
+        when it lists none (an SMTP connector that uses DNS), every server of the connected group."""
+        if connector.remote_bridgeheads or connector.connects_to is None or connector.smart_hosts:
+            return connector.remote_bridgeheads
+        group = connector.connects_to.lower()
+        return tuple(s.name for s in self.organization.servers if s.routing_group.lower() == group)
 
     def server_down(self, name: str) -> bool:
         return name.lower() in self._servers_down

@@ -1,7 +1,8 @@
 """Routing engine: the next hop for a recipient, from link state over routing groups and connectors.
 
 Theory of operation. The organization is a graph whose nodes are routing groups and whose edges are
-routing group connectors that are up in the link state table, weighted by cost; Dijkstra gives the
+the connectors that join them (routing group connectors, and SMTP and X.400 connectors that name a
+connected routing group) that are up in the link state table, weighted by cost; Dijkstra gives the
 least expensive path (link-state routing, as the Exchange routing engine does). A recipient whose
 mailbox is on another server is sent to that server when it is in our routing group, and otherwise
 along the first connector of the least-cost path to its routing group.
@@ -9,8 +10,8 @@ along the first connector of the least-cost path to its routing group.
 A recipient outside the organization is matched against connector address spaces (SMTP connectors and
 gateways in scope for this server that the sender may use): the most specific match wins whatever it
 costs; among equally specific ones the lowest total cost (path to the connector's routing group +
-address-space cost) wins, then a connector this server is a bridgehead of, then the connector's name
-(Exchange spreads equal-cost traffic; a conformance tool needs one answer, docs/decisions.md). When
+address-space cost) wins, then a connector this server is a bridgehead of; what is still tied is used
+in turn, one message each, in name order (Exchange spreads equal-cost traffic, docs/decisions.md). When
 every connector with the most specific match is down, the message waits: there is no fail-over to a
 less specific address space. Without any matching connector the virtual server delivers itself, by
 DNS or through its smart host.
@@ -46,6 +47,8 @@ class RoutingEngine:
         self.server = server
         self.group = server.routing_group
         self.link_state = link_state or LinkState(organization)
+        # Per set of tied connectors: the message that took the last turn, and which connector it took.
+        self._turns: dict[tuple[str, ...], tuple[str, int]] = {}
 
     # --- link state ------------------------------------------------------------------------------
 
@@ -153,8 +156,11 @@ class RoutingEngine:
                     spec="OUT-6",
                     detail=f"every connector for the closest address space is down: {names}",
                 )
-            _, connector = min(usable, key=lambda item: (item[0], self._not_here(item[1]), item[1].name))
-            return self._via_connector(connector, address)
+            best_rank = min((cost, self._not_here(c)) for cost, c in usable)
+            tied = sorted(
+                (c for cost, c in usable if (cost, self._not_here(c)) == best_rank), key=lambda c: c.name
+            )
+            return self._via_connector(self._spread(msg, tied), address)
         if address_type != "SMTP":
             return Hop(
                 queue=address, kind=HopKind.NO_ROUTE, detail=f"no connector for {address_type} addresses"
@@ -171,6 +177,20 @@ class RoutingEngine:
         return Hop(
             queue=address, kind=HopKind.DNS, targets=(address,), spec="OUT-9a", detail="no connector: DNS"
         )
+
+    def _spread(self, msg: MailMsg, tied: list[Connector]) -> Connector:
+        """Exchange "distributes load as equally as possible" over equally good connectors: round-robin
+        per message, in name order, counted on this server for each set of tied connectors (every
+        recipient of one message takes the same one). docs/decisions.md, "Equal-cost ties are spread"."""
+        if len(tied) == 1:
+            return tied[0]
+        key = tuple(c.name for c in tied)
+        last = self._turns.get(key)
+        if last is not None and last[0] == msg.id:
+            return tied[last[1]]
+        turn = 0 if last is None else (last[1] + 1) % len(tied)
+        self._turns[key] = (msg.id, turn)
+        return tied[turn]
 
     def _not_here(self, connector: Connector) -> int:
         return 0 if self.server.name in connector.local_bridgeheads else 1
@@ -253,12 +273,20 @@ class RoutingEngine:
             )
         if first.kind == "x400":
             return self._x400_hop(first, spec=spec, reason=f"{reason}; path {route} cost {path.cost}")
-        # "Any server" on the far side (no remote bridgeheads listed): every server of that group that is up.
-        candidates = first.remote_bridgeheads or tuple(
-            s.name
-            for s in self.organization.servers
-            if s.routing_group.lower() == (first.connects_to or "").lower()
-        )
+        if first.kind == "smtp" and first.smart_hosts:
+            # An SMTP connector between routing groups with smart hosts hands everything to them
+            # (docs/decisions.md, "An SMTP connector between routing groups").
+            return Hop(
+                queue=first.name,
+                kind=HopKind.SMART_HOST,
+                targets=first.smart_hosts,
+                connector=first.name,
+                spec=spec,
+                detail=f"{reason}; path {route} cost {path.cost}; smart host",
+            )
+        # "Any server" on the far side (no remote bridgeheads listed, or an SMTP connector that uses DNS):
+        # every server of that group that is up, found by its FQDN's A record.
+        candidates = self.link_state.far_side(first)
         remotes = [self.organization.server(n).fqdn for n in self.link_state.up_bridgeheads(candidates)]
         return Hop(
             queue=first.name,

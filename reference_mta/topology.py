@@ -140,16 +140,32 @@ def domain_match(pattern: str, domain: str) -> int | None:
     match, higher is closer. The one place this rule lives.
 
     E2K3 reads an address space only up to the first wildcard (KB 244986), so `abc.*.x.com` behaves
-    as `*.x.com`. An exact match beats any wildcard; among wildcards, the one with more literal
-    characters wins; `*` alone matches everything with the lowest score. A plain domain covers only
-    itself, not its subdomains (docs/decisions.md).
+    as `*.x.com`. `%` stands for exactly one character, where it is. An exact match beats any wildcard;
+    a pattern with `%` but no `*` names domains of one length only, so it beats every `*` pattern;
+    within each kind the one with more literal characters wins; `*` alone matches everything with the
+    lowest score. A plain domain covers only itself, not its subdomains (docs/decisions.md).
     """
     pattern = pattern.lower()
     domain = domain.lower().rstrip(".")
-    if "*" not in pattern and "%" not in pattern:
-        return 10_000 + len(pattern) if domain == pattern else None
+    if "*" not in pattern:
+        if not _same_shape(pattern, domain):
+            return None
+        literals = len(pattern) - pattern.count("%")
+        return 10_000 + len(pattern) if literals == len(pattern) else 5_000 + literals
     suffix = pattern[pattern.rfind("*") + 1 :]
-    return len(suffix) if domain.endswith(suffix) and len(domain) > len(suffix) else None
+    if len(domain) <= len(suffix) or not _same_shape(suffix, domain[len(domain) - len(suffix) :]):
+        return None
+    return len(suffix) - suffix.count("%")
+
+
+def _wild(pattern: str) -> bool:
+    return "*" in pattern or "%" in pattern
+
+
+def _same_shape(pattern: str, text: str) -> bool:
+    """`text` is `pattern` with each `%` standing for one character. Hand-written: fnmatch would also
+    read `[` and `?`, which are literal in an address space."""
+    return len(pattern) == len(text) and all(p in ("%", t) for p, t in zip(pattern, text, strict=True))
 
 
 @dataclass(frozen=True)
@@ -223,13 +239,13 @@ class Organization:
         addresses live there."""
         for policy in sorted(self.policies, key=lambda p: p.priority):
             for entry in policy.domains:
-                if entry.authoritative and "*" not in entry.domain:
+                if entry.authoritative and not _wild(entry.domain):
                     return entry.domain
         return self.servers[0].fqdn
 
     @property
     def literal_policy_domains(self) -> list[str]:
-        return sorted({d.domain for p in self.policies for d in p.domains if "*" not in d.domain})
+        return sorted({d.domain for p in self.policies for d in p.domains if not _wild(d.domain)})
 
     def relay_connector(self, domain: str) -> Connector | None:
         """An SMTP connector that allows messages to be relayed to `domain`, if any."""

@@ -343,10 +343,25 @@ def _smtp_connector(
 ) -> Connector:
     restrictions = raw.get("restrictions") or {}
     delivery = raw["delivery"]
+    # Address Space tab: address spaces, connected routing groups, or both (Exchange 2003 allows either).
+    target = names.group(raw, "connects_to", where) if "connects_to" in raw else None
+    if target is not None and target.lower() == group.lower():
+        raise TopologyError((*where, "connects_to"), "an SMTP connector must join two routing groups")
+    if target is None and not raw.get("address_spaces"):
+        raise TopologyError(
+            where, "an SMTP connector needs address_spaces, connects_to (a routing group), or both"
+        )
+    if target is None and "cost" in raw:
+        raise TopologyError(
+            (*where, "cost"),
+            "cost is the cost to the connected routing group: set connects_to, or cost per address space",
+        )
     return Connector(
         kind="smtp",
         name=raw["name"],
         routing_group=group,
+        cost=raw.get("cost", 1),
+        connects_to=target,
         local_bridgeheads=names.server_list(raw, "bridgeheads", where),
         address_spaces=_address_spaces(raw),
         uses_dns=bool(delivery.get("dns")),

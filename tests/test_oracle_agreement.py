@@ -87,7 +87,36 @@ PINNED = [
         Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@dns.example",)),
         ("sink", "vs-smarthost", "EX2"),
     ),
-]
+    # "`%` in an address space": one character, and closer than `*.y.com` whatever it costs.
+    (
+        "wildcard",
+        Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@abc.y.com",)),
+        ("sink", "y-smarthost", "EX1"),
+    ),
+    (
+        "wildcard",
+        Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@abcd.y.com",)),
+        ("sink", "x-smarthost", "EX1"),
+    ),
+    # SMTP connectors between routing groups: Tokyo to London over one, and to Seattle over it and then
+    # a routing group connector (EX2 down takes the Seattle-Tokyo connectors with it).
+    (
+        "contoso",
+        Scenario(
+            "notes", "EX4", None, None, "Ann Lee/Sales/Fabrikam", ("Grace Park/Contoso",),
+            ("Tokyo-London RGC",), kind=MEMO,
+        ),
+        ("mailbox", "grace@contoso.com", "EX3"),
+    ),
+    (
+        "contoso",
+        Scenario(
+            "store", "EX4", None, None, "dave@contoso.com", ("alice@contoso.com",),
+            ("Tokyo-London RGC", "EX2"), kind=STORE,
+        ),
+        ("mailbox", "alice@contoso.com", "EX1"),
+    ),
+]  # fmt: skip
 
 
 @st.composite

@@ -96,6 +96,13 @@ def test_catch_all_on_another_server_routes_to_its_bridgehead(organization: Orga
         ("*.contoso.com", "contoso.com", None),
         ("abc.*.contoso.com", "x.contoso.com", 12),
         ("*", "anything.example", 0),
+        # `%` is exactly one character: above every `*` pattern, below an exact domain.
+        ("ab%.com", "abc.com", 5_006),
+        ("ab%.com", "ab.com", None),
+        ("ab%.com", "abcd.com", None),
+        ("*.ab%.com", "x.abz.com", 7),
+        ("*.ab%.com", "abz.com", None),
+        ("[ab]%.com", "ax.com", None),
     ],
 )
 def test_address_space_specificity(pattern: str, domain: str, expected: int | None) -> None:

@@ -150,3 +150,154 @@ def test_x400_connector_errors_name_the_line(
     assert field in error.field, error
     assert message in error.message, error
     assert error.line is not None
+
+
+# --- the default lab: SMTP and X.400 connectors from Tokyo to London ---------------------------------
+
+
+def _contoso() -> Organization:
+    return lab_config.load(CONTOSO).organization
+
+
+def _route(organization: Organization, server: str, *down: str) -> RoutingEngine:
+    link_state = LinkState(organization)
+    for name in down:
+        if any(s.name == name for s in organization.servers):
+            link_state.set_server(name, up=False)
+        else:
+            link_state.set_connector(name, up=False)
+    return RoutingEngine(organization, organization.server(server), link_state)
+
+
+def test_smtp_connector_between_groups_is_taken_when_the_rgc_is_down() -> None:
+    organization = _contoso()
+    engine = _route(organization, "EX4", "Tokyo-London RGC")
+    hop = engine.route_to_server("ex3.contoso.com")
+    assert (hop.kind, hop.queue, hop.targets) == (
+        HopKind.CONNECTOR,
+        "Tokyo-London SMTP Connector",
+        ("ex3.contoso.com",),
+    )
+    assert "cost 9" in hop.detail
+    # With the RGC up it is dearer than the RGC, so unused.
+    plain = _route(organization, "EX4").route_to_server("ex3.contoso.com")
+    assert plain.queue == "Tokyo-London RGC"
+
+
+def test_seattle_keeps_its_direct_connector_when_tokyo_london_is_down() -> None:
+    hop = _route(_contoso(), "EX1", "Tokyo-London RGC").route_to_server("ex3.contoso.com")
+    assert (hop.kind, hop.queue) == (HopKind.CONNECTOR, "Seattle-London RGC")  # 10 < 2 + 9
+
+
+def test_a_mixed_path_smtp_then_routing_group_connector() -> None:
+    # EX2 down takes both Seattle-Tokyo connectors with it: Tokyo reaches Seattle through London,
+    # over the SMTP connector (9) and then the Seattle-London RGC's reciprocal (10).
+    engine = _route(_contoso(), "EX4", "Tokyo-London RGC", "EX2")
+    hop = engine.route_to_server("ex1.contoso.com")
+    assert (hop.kind, hop.queue, hop.targets) == (
+        HopKind.CONNECTOR,
+        "Tokyo-London SMTP Connector",
+        ("ex3.contoso.com",),
+    )
+    assert "path Tokyo > London > Seattle cost 19" in hop.detail
+    paths = engine.paths()
+    assert [c.name for c in paths["seattle"].connectors] == [
+        "Tokyo-London SMTP Connector",
+        "Seattle-London RGC (reciprocal)",
+    ]
+
+
+def test_x400_connector_is_taken_when_the_cheaper_connectors_are_down() -> None:
+    engine = _route(_contoso(), "EX4", "Tokyo-London RGC", "Tokyo-London SMTP Connector")
+    hop = engine.route_to_server("ex3.contoso.com")
+    assert (hop.kind, hop.queue, hop.targets) == (
+        HopKind.X400,
+        "Tokyo-London X.400 Connector",
+        ("ex3.contoso.com",),
+    )
+
+
+def test_smtp_connector_into_a_group_whose_servers_are_all_down_is_down() -> None:
+    organization = _contoso()
+    link_state = LinkState(organization)
+    link_state.set_server("EX3", up=False)
+    smtp = next(c for c in organization.connectors if c.name == "Tokyo-London SMTP Connector")
+    assert not link_state.connector_up(smtp)
+    hop = RoutingEngine(organization, organization.server("EX4"), link_state).route_to_server(
+        "ex3.contoso.com"
+    )
+    assert hop.kind == HopKind.UNREACHABLE
+
+
+def test_smtp_connector_between_groups_with_a_smart_host(tmp_path: Path) -> None:
+    organization = _organization(
+        tmp_path,
+        """
+    - type: smtp
+      name: Seattle-London SMTP Connector
+      routing_group: Seattle
+      connects_to: London
+      cost: 1
+      bridgeheads: [EX1]
+      delivery: {smart_hosts: [ex3.contoso.com]}
+""",
+    )
+    hop = RoutingEngine(organization, organization.server("EX1")).route_to_server("ex3.contoso.com")
+    assert (hop.kind, hop.queue, hop.targets) == (
+        HopKind.SMART_HOST,
+        "Seattle-London SMTP Connector",
+        ("ex3.contoso.com",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("connector", "field", "message"),
+    [
+        (
+            "      bridgeheads: [EX1]\n      delivery: {dns: true}\n",
+            "organization.connectors[",
+            "needs address_spaces",
+        ),
+        (
+            "      connects_to: Seattle\n      bridgeheads: [EX1]\n      delivery: {dns: true}\n",
+            "connects_to",
+            "must join two routing groups",
+        ),
+        (
+            "      cost: 3\n      bridgeheads: [EX1]\n      delivery: {dns: true}\n"
+            "      address_spaces: [{type: SMTP, pattern: x.example}]\n",
+            "cost",
+            "set connects_to",
+        ),
+    ],
+)
+def test_smtp_connector_errors_name_the_line(
+    tmp_path: Path, connector: str, field: str, message: str
+) -> None:
+    head = "\n    - type: smtp\n      name: Broken SMTP Connector\n      routing_group: Seattle\n"
+    error = _error(tmp_path, head + connector)
+    assert field in error.field, error
+    assert message in error.message, error
+
+
+# --- equal-cost ties are spread ----------------------------------------------------------------------
+
+
+def test_equal_cost_connectors_take_turns_one_message_each() -> None:
+    organization = lab_config.load(ROOT / "fixtures" / "labs" / "route-choices.yaml").organization
+    engine = RoutingEngine(organization, organization.server("EX1"))
+    chosen = []
+    for _ in range(3):
+        msg = MailMsg.new("alice@contoso.com", ["ops@tie.example", "dev@tie.example"])
+        hops = {engine.route(msg, recipient).connector for recipient in msg.recipients}
+        assert len(hops) == 1  # every recipient of one message takes the same connector
+        chosen.append(hops.pop())
+    assert chosen == ["Tie Alpha SMTP Connector", "Tie Beta SMTP Connector", "Tie Alpha SMTP Connector"]
+
+
+def test_a_connector_on_this_server_still_comes_before_the_turns() -> None:
+    organization = lab_config.load(ROOT / "fixtures" / "labs" / "route-choices.yaml").organization
+    engine = RoutingEngine(organization, organization.server("EX1"))
+    for _ in range(3):
+        msg = MailMsg.new("alice@contoso.com", ["ops@local.example"])
+        assert engine.route(msg, msg.recipients[0]).connector == "Local Z SMTP Connector"

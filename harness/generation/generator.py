@@ -165,6 +165,9 @@ DOWN = (
     ("Partner SMTP Connector",),
     ("Adatum Relay SMTP Connector",),
     ("Northwind Primary SMTP Connector",),
+    # Tokyo to London over the SMTP connector between them; with EX2 down as well, Tokyo to Seattle too,
+    # over that SMTP connector and then a routing group connector (a mixed path).
+    ("Tokyo-London RGC", "EX2"),
     # A server down: its virtual servers stop answering and link state marks its connectors down.
     ("EX1",),
     ("EX2",),
@@ -243,6 +246,10 @@ def _may_relay(entry: Entry) -> bool:
 
 # Where a server down is tried in the grid: a client that may relay anything, and the Notes gateway.
 _OUTAGE_ENTRIES = (Entry("relay-host", "EX1"), Entry("notes", "EX4", kind=MEMO))
+# Outages that make Tokyo leave over a connector other than a routing group connector (the SMTP
+# connector to London, alone or followed by a routing group connector), tried from Tokyo.
+_PATH_OUTAGES = (("Tokyo-London RGC",), ("Tokyo-London RGC", "EX2"))
+_TOKYO_ENTRIES = (Entry("store", "EX4", kind=STORE), Entry("notes", "EX4", kind=MEMO))
 
 
 def _grid(entry: Entry, rng: random.Random, down: tuple[str, ...] = ()) -> Iterator[Scenario]:
@@ -259,7 +266,8 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     """First every entry point with every kind of recipient, alone and with every connector up (so the
     corpus covers the whole grid whatever its size), then every SMTP entry point that may relay with
     every Internet and relay-domain address, then every kind of recipient with each other server
-    down, then random scenarios without end."""
+    down, then the Tokyo entry points with the outages that route over an SMTP connector between
+    routing groups, then random scenarios without end."""
     for entry in ENTRIES:
         yield from _grid(entry, rng)
     for entry in filter(_may_relay, ROUTING_ENTRIES):
@@ -268,6 +276,9 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     for entry in _OUTAGE_ENTRIES:
         for server in (s for s in SERVERS if s != entry.server):
             yield from _grid(entry, rng, (server,))
+    for entry in _TOKYO_ENTRIES:
+        for down in _PATH_OUTAGES:
+            yield from _grid(entry, rng, down)
     while True:
         yield sample(rng)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from harness.generation.oracle.world import VirtualServer, World
@@ -96,13 +97,13 @@ def wildcard_form(pattern: str) -> str:
 
 
 def address_space_matches(pattern: str, domain: str) -> bool:
-    """`*` matches every domain, `*.example` its subdomains, anything else the exact domain."""
+    """`*` matches every domain, `*.example` its subdomains, anything else the exact domain; `%` is
+    any one character (reference section 5.3)."""
     pattern = wildcard_form(pattern)
     if pattern == "*":
         return True
-    if pattern.startswith("*"):
-        return domain.endswith(pattern[1:])
-    return domain == pattern
+    literal = re.escape(pattern.lstrip("*")).replace("%", ".")
+    return re.fullmatch((".+" if pattern.startswith("*") else "") + literal, domain) is not None
 
 
 def relay_connector(world: World, domain: str) -> str | None:

@@ -1,13 +1,14 @@
 """Where a message goes once the categorizer knows the recipient: the routing rules of the seeds.
 
 - C-RE / IN-6b: link-state routing finds the least expensive available path between routing groups
-  (routing group connectors that are up, each one way, with its own cost);
+  (routing group connectors, and SMTP and X.400 connectors with a connected routing group, that are up,
+  each one way, with its own cost);
 - IN-7a: mail for a mailbox on another server goes to that server, through the bridgeheads of the
   connectors on the path when the server is in another routing group;
 - OUT-4 / OUT-6: a remote address takes the connector whose address space matches it most closely
   (exact domain, then the longest `*.suffix`, then `*`); among those, a connector whose delivery
   restrictions exclude the sender, or whose scope is another routing group, does not exist; then the
-  cheapest (path cost + address space cost), then one on this server, then by name;
+  cheapest (path cost + address space cost), then one on this server, then each in turn by name;
 - docs/decisions.md: when every connector of the closest address space is down or out of reach, the
   message waits; there is no fail-over to a less specific address space;
 - link state: a server that is down takes nothing (what is for it waits on the server that has it),
@@ -53,7 +54,19 @@ def is_up(connector: Connector, down: frozenset[str]) -> bool:
 
 
 def links_up(world: World, down: frozenset[str]) -> list[Connector]:
-    return [c for c in world.connectors if c.kind == "routing_group" and is_up(c, down)]
+    """The edges between routing groups: routing group connectors, and SMTP and X.400 connectors that
+    name a connected routing group (reference section 5.2), each one way."""
+    return [
+        c for c in world.connectors if c.kind != "gateway" and c.connects_to is not None and is_up(c, down)
+    ]
+
+
+def far_side(link: Connector, down: frozenset[str]) -> str:
+    """The server a link hands the message to: the first of its remote bridgeheads that is up (for an
+    SMTP connector that uses DNS, the servers of the connected group: world.py lists them so)."""
+    if link.kind == "smtp" and link.smart_hosts:
+        raise Unpredictable(f"{link.name} hands messages between routing groups to a smart host")
+    return next(b for b in link.remote_bridgeheads if b.lower() not in down)
 
 
 def group_path(world: World, down: frozenset[str], start: str, goal: str) -> list[Connector] | None:
@@ -95,7 +108,10 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
         return None
     servers = [start.name]
     for link in chain:
-        for hop in (link.local_bridgeheads[0], link.remote_bridgeheads[0]):
+        if link.kind == "x400":
+            # The MTA's transfer over X.400 is a separate model; the generator leaves it out.
+            raise Unpredictable(f"the path from {origin} to {target} takes X.400 connector {link.name}")
+        for hop in (link.local_bridgeheads[0], far_side(link, down)):
             if servers[-1].upper() != hop.upper():
                 servers.append(world.server(hop).name)
     cost = sum(link.cost for link in chain)
@@ -107,13 +123,15 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
-    """Exact domains first, then wildcards by the length of what they fix, `*` last."""
+    """Exact domains first, then `%` patterns (one length of domain only), then `*.suffix` patterns,
+    each by how many characters they fix, `*` last (docs/decisions.md, "`%` in an address space")."""
     pattern = wildcard_form(pattern)
+    fixed = len(pattern.replace("*", "").replace("%", ""))
     if pattern == "*":
         return (0, 0)
     if pattern.startswith("*"):
-        return (1, len(pattern))
-    return (2, len(pattern))
+        return (1, fixed)
+    return (3, fixed) if "%" not in pattern else (2, fixed)
 
 
 def _exists_for(world: World, connector: Connector, origin: str, sender: str) -> bool:
@@ -158,6 +176,9 @@ def choose_connector(
             continue
         own = 0 if bridgehead.upper() == origin.upper() else 1
         ranked.append((path.cost + cost, own, connector.name, Choice(connector, bridgehead, path)))
+    # What stays tied after cost and "on this server" is used in turn, one message each, in name order,
+    # counted on each server (docs/decisions.md, "Equal-cost ties are spread"). A generated scenario is
+    # one message in a fresh lab, so it takes the first turn: the name that sorts first.
     return min(ranked, key=lambda r: r[:3])[3] if ranked else None
 
 

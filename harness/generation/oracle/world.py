@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ class AddressSpace:
 
 @dataclass(frozen=True)
 class Connector:
-    kind: str  # routing_group | smtp | gateway
+    kind: str  # routing_group | smtp | x400 | gateway
     name: str
     routing_group: str
     cost: int = 1
@@ -249,6 +249,16 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
     return [connector, back]
 
 
+def _far_side(connector: Connector, servers: dict[str, Server]) -> Connector:
+    """An SMTP connector between routing groups that uses DNS hands messages to the servers of the
+    connected group (docs/decisions.md): they stand as its remote bridgeheads, for routing and for
+    link state alike."""
+    if connector.kind != "smtp" or connector.connects_to is None or connector.smart_hosts:
+        return connector
+    group = tuple(s.name for s in servers.values() if s.routing_group == connector.connects_to)
+    return replace(connector, remote_bridgeheads=group)
+
+
 def load(lab_file: Path) -> World:
     raw = yaml.safe_load(lab_file.read_text(encoding="utf-8"))
     org = raw["organization"]
@@ -282,7 +292,9 @@ def load(lab_file: Path) -> World:
         base=ipaddress.IPv4Address(raw["network"]["base"]),
         policies=policies,
         servers=servers,
-        connectors=[c for raw_c in org.get("connectors") or () for c in _connectors(raw_c)],
+        connectors=[
+            _far_side(c, servers) for raw_c in org.get("connectors") or () for c in _connectors(raw_c)
+        ],
         internet=[Host(h["name"], h["fqdn"], int(h["addr"])) for h in raw.get("internet") or ()],
         clients=[Host(h["name"], h["fqdn"], int(h["addr"])) for h in raw.get("clients") or ()],
         mx=mx,
