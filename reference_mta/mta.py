@@ -1,4 +1,5 @@
-"""The message transfer agent (MTA) on the way out: one queue per connector it transfers over.
+"""The message transfer agent (MTA): one queue per connector it transfers over, and what other MTAs of
+the organization transfer to it over X.400 connectors.
 
 As the Exchange SDK describes the outbound path to a foreign system: routing assigns the gateway
 connector, the store driver hands the message to the MTA (tracking 1029, then MTA event 4, "message
@@ -11,12 +12,20 @@ envelope). The envelope is written last and moved last, so it marks a complete i
 between the two renames the envelope still names the queue the item came from, and `recover` finishes
 the move. Queue Viewer lists each queue as "X.400: <connector>" (`queue_contract.mta_queue`), and an
 administrator can freeze it like any X.400 queue.
+
+Over an X.400 connector between routing groups, the local MTA transfers the message to the remote MTA
+(MTA event 7 here, 0 there): the P1 association is modelled as a folder the remote server's MTA reads,
+its `MTA/in` under the lab's folder, which every server of a lab reaches at the same path, in one
+process or in containers. The remote MTA submits what it takes in to its AQ as the store driver does
+(1027, the GW-5 path), and the transport goes on from there. An X.400 connector with address spaces
+and no remote MTA of the organization leads to a foreign X.400 system: its folder is `x400/<connector>`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,22 @@ from reference_mta.queue_contract import DeliveryResult, QueueState, mta_queue
 
 # Told the item's name when the MTA has put it in the outlet's folder.
 Arrived = Callable[[str], None]
+# Hands a message the MTA took in to AQ; returns once AQ holds it durably.
+Submit = Callable[[MailMsg, bytes], Awaitable[None]]
+# How often the MTA looks for what other MTAs transferred to it: it waits for an association, as
+# Exchange's MTA does, rather than being called (the other MTA may run in another process).
+POLL_SECONDS = 0.02
+# What a message carries over an X.400 transfer; the rest (routing state, queue ids) is the sender's.
+_CARRIED = (
+    "RFC822_MSG_ID",
+    "RFC822_MSG_SUBJECT",
+    "MSG_SIZE_HINT",
+    "ORG_INTERNAL",
+    "AUTHENTICATED_USER_NAME",
+    "SMTP_UTF8",
+    "DSN_ENVID_VALUE",
+    "DSN_REQUEST",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,8 @@ class MessageTransferAgent:
         self._parked: dict[str, str] = {}  # item → connector, resting in a frozen queue
         self._moving = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.inbox = root / server / "MTA" / "in"
+        self._receiver: asyncio.Task[None] | None = None
 
     def connect(self, connector: str, outlet: Outlet) -> None:
         """Open the MTA's queue toward `connector` (at start, for each connector this server serves)."""
@@ -76,8 +103,15 @@ class MessageTransferAgent:
         The same envelope handed over again (AQ retrying after a crash) replaces the first copy."""
         name, _ = self._outlet(connector)
         folder = self.queue_folder(name)
+        # The connector and the sending server travel with the envelope: the remote MTA logs them.
+        carried = MailMsg(
+            msg.sender,
+            msg.recipients,
+            {**msg.properties, "MTA_CONNECTOR": name, "MTA_FROM": self.server},
+            msg.id,
+        )
         await asyncio.to_thread(write, folder / f"{msg.id}.eml", content)
-        await asyncio.to_thread(write, folder / f"{msg.id}.json", msg.to_json().encode())
+        await asyncio.to_thread(write, folder / f"{msg.id}.json", carried.to_json().encode())
         self.tracking.log(tracking.MTA_SUBMISSION, msg, None, "IN-7c", partner="STORE", queue=mta_queue(name))
         self._spawn(self._advance(name, msg.id))
         for recipient in msg.recipients:
@@ -149,8 +183,53 @@ class MessageTransferAgent:
 
         task.add_done_callback(done)
 
+    # --- what other MTAs transfer to this one ------------------------------------------------------
+
+    def receive(self, submit: Submit, handed_over: Callable[[str], bool]) -> None:
+        """Start taking in what other MTAs put in this MTA's folder. An item AQ already holds
+        (`handed_over`, by the item's name) was submitted just before a stop: it is only removed."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self._receiver = asyncio.get_running_loop().create_task(self._receive(submit, handed_over))
+
+    async def _receive(self, submit: Submit, handed_over: Callable[[str], bool]) -> None:
+        while True:
+            for envelope in sorted(await asyncio.to_thread(lambda: list(self.inbox.glob("*.json")))):
+                await self._take_in(envelope.stem, submit, handed_over)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _take_in(self, item: str, submit: Submit, handed_over: Callable[[str], bool]) -> None:
+        held = await asyncio.to_thread(read_item, self.inbox, item)
+        if held is None:
+            return  # the content is on its way still, or the item was taken in already
+        sent, content = held
+        if not handed_over(item):
+            # A new envelope, as the store driver makes one: the sender's routing state stays behind.
+            msg = MailMsg.new(
+                sent.sender,
+                [r.address for r in sent.recipients],
+                **{key: sent.properties[key] for key in _CARRIED if key in sent.properties},
+                HELO_DOMAIN="MTA",
+            )
+            msg.id = item  # the transfer's name: AQ keeps it, so a repeat after a crash is known
+            partner = str(sent.properties.get("MTA_FROM", "-"))
+            connector = str(sent.properties.get("MTA_CONNECTOR", ""))
+            self.tracking.log(tracking.MTA_TRANSFER_IN, msg, None, "C-RE", partner=partner, queue=connector)
+            await submit(msg, content)
+        # Taken in: the envelope goes first, so that a leftover content file is never a complete item.
+        for suffix in (".json", ".eml"):
+            await asyncio.to_thread((self.inbox / f"{item}{suffix}").unlink, missing_ok=True)
+
+    def receiving(self) -> bool:
+        """Something other MTAs transferred waits to be taken in."""
+        return self._receiver is not None and any(self.inbox.glob("*.json"))
+
     async def stop(self) -> None:
         """The transfers under way end where they are: `recover` takes them up at the next start."""
+        if self._receiver is not None:
+            self._receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._receiver
+            self._receiver = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -158,7 +237,14 @@ class MessageTransferAgent:
 
     def idle(self) -> bool:
         """Nothing is on its way: a message in a frozen queue waits for an administrator."""
-        return not self._moving
+        return not self._moving and not self.receiving()
+
+
+def x400_outlet(root: Path, connector: str, remote_server: str | None) -> Outlet:
+    """An X.400 connector's far end: the remote MTA's folder, or a foreign X.400 system's."""
+    if remote_server is None:
+        return Outlet(root / "x400" / connector, connector)
+    return Outlet(root / remote_server / "MTA" / "in", connector)
 
 
 def gateway_outlet(root: Path, server: str, connector: str, arrived: Arrived | None = None) -> Outlet:

@@ -26,7 +26,7 @@ from reference_mta.directory import Directory
 from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
-from reference_mta.mta import MessageTransferAgent
+from reference_mta.mta import MessageTransferAgent, x400_outlet
 from reference_mta.queue_contract import (
     X400_QUEUES,
     Components,
@@ -121,6 +121,10 @@ class ExchangeServer:
                 )
         for gateway in self.gateways.values():
             self.mta.connect(gateway.connector.name, gateway.outlet())
+        for connector in self.organization.connectors:
+            if connector.kind == "x400" and self.config.name in connector.local_bridgeheads:
+                remote = connector.remote_bridgeheads[0] if connector.remote_bridgeheads else None
+                self.mta.connect(connector.name, x400_outlet(self.environment.root, connector.name, remote))
         # The MTA first: it finishes a transfer into MTS-OUT cut short, which the gateway then delivers.
         self.mta.recover()
         for gateway in self.gateways.values():
@@ -128,6 +132,11 @@ class ExchangeServer:
             gateway.recover(
                 lambda message_id: any(e.msg.message_id == message_id for e in self.aq.entries.values())
             )
+        # What other MTAs transfer over X.400 connectors goes to AQ as the store driver hands it over.
+        self.mta.receive(
+            lambda msg, content: self.aq.submit(msg, content, source="gateway"),
+            lambda item: item in self.aq.entries,
+        )
         # A change of link state is a chance for what waits on an unreachable destination.
         self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
@@ -260,9 +269,13 @@ class ExchangeServer:
             # The store driver hands it to the MTA (1029, logged by AQ), which queues it for the connector.
             return await self.mta.accept(hop.queue, msg, content)
         if hop.kind == HopKind.X400:
-            # The MTA's transfer over an X.400 connector is not built yet: the message waits and retries.
-            error = f"{hop.queue}: the X.400 transfer is not available"
-            return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
+            connector = next(c for c in self.organization.connectors if c.name == hop.connector)
+            if connector.remote_bridgeheads and not hop.targets:
+                # The remote MTA's server is down: no association now; AQ retries later.
+                error = f"{hop.queue}: the remote MTA does not answer"
+                return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
+            # The store driver hands it to the MTA (1029), which transfers it to the remote MTA.
+            return await self.mta.accept(hop.queue, msg, content)
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(
