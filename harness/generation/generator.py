@@ -247,8 +247,13 @@ def _may_relay(entry: Entry) -> bool:
 # Where a server down is tried in the grid: a client that may relay anything, and the Notes gateway.
 _OUTAGE_ENTRIES = (Entry("relay-host", "EX1"), Entry("notes", "EX4", kind=MEMO))
 # Outages that make Tokyo leave over a connector other than a routing group connector (the SMTP
-# connector to London, alone or followed by a routing group connector), tried from Tokyo.
-_PATH_OUTAGES = (("Tokyo-London RGC",), ("Tokyo-London RGC", "EX2"))
+# connector to London, alone or followed by a routing group connector; with both down, the X.400
+# connector, the MTA transferring to the remote MTA), tried from Tokyo.
+_PATH_OUTAGES = (
+    ("Tokyo-London RGC",),
+    ("Tokyo-London RGC", "EX2"),
+    ("Tokyo-London RGC", "Tokyo-London SMTP Connector"),
+)
 _TOKYO_ENTRIES = (Entry("store", "EX4", kind=STORE), Entry("notes", "EX4", kind=MEMO))
 
 
