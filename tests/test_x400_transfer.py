@@ -4,13 +4,18 @@ mailbox once when the next lab starts on the same folder."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import pytest
+
 from harness.judge.evidence import Evidence
 from harness.lab import config as lab_config
+from harness.lab import containers
 from harness.lab.runtime import Lab
 from reference_mta.tracking import read_events
+from tests.mailflow_cli import ROOT, mailflow
 
 LAB = Path(__file__).resolve().parents[1] / "fixtures" / "labs" / "contoso.yaml"
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
@@ -87,3 +92,24 @@ def test_the_x400_queue_is_listed_with_the_servers_other_queues(tmp_path: Path) 
     with lab(tmp_path) as running:
         assert running.queues()["EX4"][QUEUE] == []
         assert QUEUE not in running.queues()["EX3"]  # EX3 hosts no X.400 connector
+
+
+def test_on_the_docker_backend_the_remote_mta_reads_the_shared_lab_folder(tmp_path: Path) -> None:
+    """Each server in its own container: EX4's MTA writes into EX3's folder through the lab folder both
+    containers mount, and the gateway's MTS-OUT is kept while the gateway is stopped."""
+    if (reason := containers.unavailable()) is not None:
+        pytest.skip(f"no Docker engine: {reason}")
+    if os.geteuid() != 0:
+        pytest.skip("the Docker backend puts the clients' addresses on the lab bridge: needs root")
+    traces = [
+        ROOT / "traces" / "gateway" / "x400-transfer-to-london.yaml",
+        ROOT / "traces" / "gateway" / "outbound-stopped-gateway-leaves-it-in-mts-out.yaml",
+    ]
+    band = int(os.environ.get("MAILFLOW_DOCKER_SUBNET", "70")) + 4 * WORKER
+    env = {"MAILFLOW_DOCKER_SUBNET": str(band)}
+    done = mailflow(
+        "run", "--backend", "docker", *map(str, traces), "--reports", str(tmp_path), cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = json.loads((tmp_path / "last-run.json").read_text())
+    assert sorted(r["outcome"] for r in ran) == ["passed", "passed"]
