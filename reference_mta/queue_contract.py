@@ -65,6 +65,7 @@ class QueueState(StrEnum):
     ACTIVE = "Active"
     RETRY = "Retry"  # waiting for its next attempt (or for link state, when unreachable)
     FROZEN = "Frozen"  # waits for an administrator to unfreeze its link queue
+    SCHEDULED = "Scheduled"  # its connector's schedule is closed: waits for it to open, or Force Connection
 
 
 class HopKind(StrEnum):
@@ -121,6 +122,8 @@ class Components:
     deliver_remote: Callable[[Hop, MailMsg, bytes], Awaitable[DeliveryResult]]
     make_ndr: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None]
     make_delay_notice: Callable[[MailMsg, list[Recipient], bytes], tuple[MailMsg, bytes] | None] | None = None
+    # Seconds until a link queue's connector schedule opens: 0 when open, None when it never opens itself.
+    schedule_wait: Callable[[Hop], float | None] | None = None
 
 
 # Who hands a message to AQ: the SMTP virtual server, the store driver (a mailbox's own mail), a gateway

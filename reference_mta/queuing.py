@@ -77,6 +77,7 @@ class AdvancedQueuingEngine:
         self._runner: asyncio.Task[None] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self.frozen: set[str] = set()  # link queues an administrator froze (lower-case names)
+        self._forced: set[str] = set()  # messages Force Connection sends although the schedule is closed
         self._link_changes = 0
         self._nudges: dict[str, int] = {}  # retry_now calls per queue, to catch one during a park
         self._delay_notified: set[str] = set()  # content ids: one delay notice per message, not per part
@@ -107,8 +108,8 @@ class AdvancedQueuingEngine:
         if self._busy or not self._work.empty():
             return False
         for entry in self.entries.values():
-            if entry.state == QueueState.FROZEN:
-                continue  # waits for an administrator, not for time
+            if entry.state in (QueueState.FROZEN, QueueState.SCHEDULED):
+                continue  # waits for an administrator or the connector's schedule, not for a retry
             if entry.state != QueueState.RETRY:
                 return False
             # Unreachable destinations wait for link state and directory look-ups for the directory, not
@@ -136,6 +137,33 @@ class AdvancedQueuingEngine:
                 entry.state = QueueState.READY  # and routed again first if link state changed meanwhile
                 self._work.put_nowait(entry.msg.id)
 
+    def force_connection(self, queue: str) -> int:
+        """Queue Viewer's Force Connection: what waits in link queue `queue` for its schedule or its next
+        retry is sent now (Scheduled or Retry → Active); later messages wait for the schedule again.
+        Returns how many messages it released."""
+        released = 0
+        for entry in self.entries.values():
+            if entry.queue.lower() == queue.lower() and entry.state in (
+                QueueState.SCHEDULED,
+                QueueState.RETRY,
+            ):
+                self._forced.add(entry.msg.id)
+                timer = self._timers.pop(entry.msg.id, None)
+                if timer is not None:
+                    timer.cancel()
+                if entry.state == QueueState.RETRY:
+                    entry.queue = entry.resume
+                entry.state = QueueState.READY
+                self._work.put_nowait(entry.msg.id)
+                released += 1
+        return released
+
+    def _schedule_opens(self, queue: str) -> None:
+        for entry in self.entries.values():
+            if entry.queue.lower() == queue.lower() and entry.state == QueueState.SCHEDULED:
+                entry.state = QueueState.READY
+                self._work.put_nowait(entry.msg.id)
+
     def link_state_changed(self) -> None:
         """Link state changed: what waits for an unreachable destination is routed again now, and what
         waits in a link queue (or a frozen one) is routed again before it is sent."""
@@ -144,7 +172,11 @@ class AdvancedQueuingEngine:
             if entry.queue == UNREACHABLE and entry.state == QueueState.RETRY:
                 entry.queue, entry.state = entry.resume, QueueState.READY
                 self._work.put_nowait(entry.msg.id)
-            elif entry.hop is not None and entry.state in (QueueState.READY, QueueState.FROZEN):
+            elif entry.hop is not None and entry.state in (
+                QueueState.READY,
+                QueueState.FROZEN,
+                QueueState.SCHEDULED,
+            ):
                 entry.reroute = True
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
@@ -354,6 +386,21 @@ class AdvancedQueuingEngine:
             return
         await self._finish(entry)
 
+    def _waits_for_schedule(self, entry: Entry) -> bool:
+        """The connector's schedule is closed and no Force Connection let this message through: it waits
+        in its link queue, Scheduled, until the schedule opens."""
+        assert self.components is not None and entry.hop is not None
+        if entry.msg.id in self._forced:
+            self._forced.discard(entry.msg.id)
+            return False
+        wait = self.components.schedule_wait(entry.hop) if self.components.schedule_wait else 0.0
+        if wait == 0.0:
+            return False
+        entry.state = QueueState.SCHEDULED
+        if wait is not None:
+            asyncio.get_running_loop().call_later(wait, self._schedule_opens, entry.hop.queue)
+        return True
+
     async def _deliver_remote(self, entry: Entry) -> None:
         assert self.components is not None and entry.hop is not None
         lock = self._links.setdefault(entry.hop.queue, asyncio.Lock())
@@ -368,6 +415,8 @@ class AdvancedQueuingEngine:
                 entry.reroute, entry.queue, entry.hop = False, TO_BE_ROUTED, None
                 await asyncio.to_thread(self.directory.save, entry)
                 self._work.put_nowait(entry.msg.id)
+                return
+            if self._waits_for_schedule(entry):
                 return
             entry.state = QueueState.ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))

@@ -41,13 +41,21 @@ class Path:
 
 class RoutingEngine:
     def __init__(
-        self, organization: Organization, server: Server, link_state: LinkState | None = None
+        self,
+        organization: Organization,
+        server: Server,
+        link_state: LinkState | None = None,
+        *,
+        spread: bool = True,
     ) -> None:
         self.organization = organization
         self.server = server
         self.group = server.routing_group
         self.link_state = link_state or LinkState(organization)
         # Per set of tied connectors: the message that took the last turn, and which connector it took.
+        # Without `spread` every message takes the first turn: one fixed answer per address space, for
+        # a configuration written once (harness/targets/plan.py).
+        self.spread = spread
         self._turns: dict[tuple[str, ...], tuple[str, int]] = {}
 
     # --- link state ------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ class RoutingEngine:
         """Exchange "distributes load as equally as possible" over equally good connectors: round-robin
         per message, in name order, counted on this server for each set of tied connectors (every
         recipient of one message takes the same one). docs/decisions.md, "Equal-cost ties are spread"."""
-        if len(tied) == 1:
+        if len(tied) == 1 or not self.spread:
             return tied[0]
         key = tuple(c.name for c in tied)
         last = self._turns.get(key)

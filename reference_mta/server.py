@@ -9,6 +9,7 @@ server runs inside a lab or, with real LDAP and DNS, on its own.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email
 import ssl
 import uuid
@@ -103,6 +104,7 @@ class ExchangeServer:
                 deliver_remote=self._deliver_remote,
                 make_ndr=self._make_ndr,
                 make_delay_notice=self._make_delay_notice,
+                schedule_wait=self._schedule_wait,
             )
         )
         directory = self.environment.directory(self.config.name)
@@ -255,6 +257,18 @@ class ExchangeServer:
         for gateway in self.gateways.values():
             gateway.release(x400)
         self.mta.release(x400)
+
+    def force_connection(self, queue: str) -> int:
+        """Queue Viewer's Force Connection on a link queue: how many messages it sent on their way."""
+        return self.aq.force_connection(queue)
+
+    def _schedule_wait(self, hop: Hop) -> float | None:
+        # Only a connector's own queue, on its bridgehead, keeps its schedule; a hop toward the
+        # bridgehead is not held by it.
+        if hop.connector is None or hop.queue.lower() != hop.connector.lower():
+            return 0.0
+        connector = next((c for c in self.organization.connectors if c.name == hop.connector), None)
+        return 0.0 if connector is None else connector.schedule.wait(datetime.datetime.now(datetime.UTC))
 
     @property
     def frozen(self) -> set[str]:

@@ -6,6 +6,7 @@ builds it from the `organization` section of a lab file.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import ipaddress
 from dataclasses import dataclass, field
@@ -176,6 +177,35 @@ class Restrictions:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A connector's Delivery Options schedule: Always (the default), Never (only Queue Viewer's Force
+    Connection sends), or selected times: daily windows in minutes after midnight UTC, [start, end)."""
+
+    always: bool = True
+    windows: tuple[tuple[int, int], ...] = ()
+
+    def wait(self, now: datetime.datetime) -> float | None:
+        """Seconds until the schedule opens: 0 while it is open, None when it never opens by itself."""
+        if self.always:
+            return 0.0
+        minute = now.hour * 60 + now.minute + now.second / 60 + now.microsecond / 60_000_000
+        waits: list[float] = []
+        for start, end in self.windows:
+            if _inside(minute, start, end):
+                return 0.0
+            waits.append(((start - minute) % 1440) * 60)
+        return min(waits) if waits else None
+
+
+def _inside(minute: float, start: int, end: int) -> bool:
+    # A window whose end is before its start runs over midnight.
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+NEVER = Schedule(always=False)
+
+
+@dataclass(frozen=True)
 class Connector:
     kind: Literal["routing_group", "smtp", "gateway", "x400"]
     name: str
@@ -193,6 +223,7 @@ class Connector:
     smtp_domain: str | None = None
     up: bool = True
     scope: str = "organization"  # or "routing_group": usable only by servers of its own routing group
+    schedule: Schedule = Schedule()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_mta.topology import (
+    NEVER,
     AddressSpace,
     ClientList,
     Connector,
@@ -24,6 +25,7 @@ from reference_mta.topology import (
     RelaySettings,
     Restrictions,
     RoutingGroup,
+    Schedule,
     Server,
     VirtualServer,
 )
@@ -371,6 +373,7 @@ def _smtp_connector(
         ),
         allow_relay=raw.get("allow_relay", False),
         scope=raw.get("scope", "organization"),
+        schedule=_schedule(raw.get("schedule", "always"), (*where, "schedule")),
         restrictions=Restrictions(
             max_size_kb=restrictions.get("max_size_kb"),
             accept_from=tuple(restrictions.get("accept_from") or []),
@@ -393,6 +396,28 @@ def _gateway_connector(
         smtp_domain=raw.get("smtp_domain"),
         up=up,
     )
+
+
+def _schedule(raw: str | Sequence[Mapping[str, str]], where: Location) -> Schedule:
+    if raw == "always":
+        return Schedule()
+    if raw == "never":
+        return NEVER
+    assert not isinstance(raw, str)  # the schema allows only the two words or a list of windows
+    windows = []
+    for number, window in enumerate(raw):
+        start, end = (_minutes(window[key]) for key in ("from", "to"))
+        if start == end:
+            raise TopologyError(
+                (*where, number, "to"), f"an empty window: it opens and closes at {window['to']}"
+            )
+        windows.append((start, end))
+    return Schedule(always=False, windows=tuple(windows))
+
+
+def _minutes(text: str) -> int:
+    hours, _, minutes = text.partition(":")
+    return int(hours) * 60 + int(minutes)
 
 
 def _x400_connector(

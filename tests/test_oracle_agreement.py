@@ -58,7 +58,7 @@ PINNED = [
         Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@x.com",)),
         ("sink", "x-mx", "EX1"),
     ),
-    # "Equal-cost ties are broken by name": two equal connectors on EX2, the name decides.
+    # "Equal-cost ties are spread": two equal connectors on EX2; the first message takes the first name.
     (
         "route-choices",
         Scenario("lan", "EX1", None, "alice", "alice@contoso.com", ("ops@tie.example",)),

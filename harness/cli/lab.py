@@ -394,9 +394,15 @@ def submit(lab_dir: Path, server: str, mailbox: str, recipients: tuple[str, ...]
 @lab.command("connector")
 @LAB_DIR
 @click.argument("name")
-@click.argument("state", type=click.Choice(["up", "down"]))
+@click.argument("state", type=click.Choice(["up", "down", "force"]))
 def lab_connector(lab_dir: Path, name: str, state: str) -> None:
-    """Mark connector NAME up or down in the lab's link state."""
+    """Mark connector NAME up or down in the lab's link state, or force a connection on its queue
+    (Queue Viewer's Force Connection: what waits for the connector's schedule, or for its next retry, is
+    sent now)."""
+    if state == "force":
+        forced = _control(lab_dir, {"op": "force", "connector": name})
+        console.print(f"{forced['name']}: {forced['released']} message(s) sent on their way")
+        return
     result = _control(lab_dir, {"op": "connector", "name": name, "up": state == "up"})
     name = result["name"]
     console.print(f"link state {result['version']}: {name} is {result['connectors'].get(name, state)}")

@@ -80,6 +80,7 @@ class LabVerb(StrEnum):
     UNFREEZE = "unfreeze"
     GATEWAY_STOPPED = "gateway_stopped"
     GATEWAY_STARTED = "gateway_started"
+    FORCE_CONNECTION = "force_connection"
     SINK_RULE = "sink_rule"
     SETTLE = "settle"
 
@@ -120,6 +121,7 @@ _SUBJECTS = {
     LabVerb.UNFREEZE: "queue",
     LabVerb.GATEWAY_STOPPED: "gateway",
     LabVerb.GATEWAY_STARTED: "gateway",
+    LabVerb.FORCE_CONNECTION: "connector",
     LabVerb.SINK_RULE: "sink",
     LabVerb.SETTLE: "lab",
 }

@@ -255,6 +255,11 @@ _PATH_OUTAGES = (
     ("Tokyo-London RGC", "Tokyo-London SMTP Connector"),
 )
 _TOKYO_ENTRIES = (Entry("store", "EX4", kind=STORE), Entry("notes", "EX4", kind=MEMO))
+# The domain of the connector scheduled Never: mail for it waits, Scheduled, on the connector's bridgehead
+# (EX1), sent there from its own routing group and from another one. Not among RECIPIENTS: a message
+# that never leaves is worth a few scenarios, not a share of every random draw.
+SCHEDULED_RECIPIENT = "ops@proseware.example"
+_SCHEDULED_ENTRIES = (Entry("store", "EX1", kind=STORE), Entry("store", "EX3", kind=STORE))
 
 
 def _grid(entry: Entry, rng: random.Random, down: tuple[str, ...] = ()) -> Iterator[Scenario]:
@@ -272,7 +277,7 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     corpus covers the whole grid whatever its size), then every SMTP entry point that may relay with
     every Internet and relay-domain address, then every kind of recipient with each other server
     down, then the Tokyo entry points with the outages that route over an SMTP connector between
-    routing groups, then random scenarios without end."""
+    routing groups, then mail for the connector scheduled Never, then random scenarios without end."""
     for entry in ENTRIES:
         yield from _grid(entry, rng)
     for entry in filter(_may_relay, ROUTING_ENTRIES):
@@ -284,6 +289,8 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
     for entry in _TOKYO_ENTRIES:
         for down in _PATH_OUTAGES:
             yield from _grid(entry, rng, down)
+    for entry in _SCHEDULED_ENTRIES:
+        yield scenario_of(entry, MAILBOX_OWNER[entry.server], (SCHEDULED_RECIPIENT,))
     while True:
         yield sample(rng)
 
@@ -401,7 +408,8 @@ def delivered_entries(prediction: Prediction) -> list[dict[str, Any]]:
 def _hops(scenario: Scenario, prediction: Prediction) -> list[str]:
     """The servers the message passes, when one copy goes one way: with several destinations the order
     in which servers first see copies is a race, and an NDR's sender is null, which the hop chain skips."""
-    if len(prediction.deliveries) != 1 or prediction.ndrs or prediction.waiting or not scenario.sender:
+    held = prediction.waiting or prediction.scheduled
+    if len(prediction.deliveries) != 1 or prediction.ndrs or held or not scenario.sender:
         return []
     hops = list(prediction.deliveries[0].hops)
     return hops if hops and hops[0].upper() == scenario.server.upper() else []
@@ -492,7 +500,8 @@ def _tracking(scenario: Scenario, prediction: Prediction) -> dict[str, dict[str,
     interleave other copies' events, so no sequence is asserted."""
     if scenario.kind != STORE or len(scenario.recipients) != 1:
         return {}
-    if prediction.ndrs or prediction.waiting or prediction.forwards or len(prediction.deliveries) != 1:
+    held = prediction.waiting or prediction.scheduled
+    if prediction.ndrs or held or prediction.forwards or len(prediction.deliveries) != 1:
         return {}
     (recipient,) = scenario.recipients
     d = prediction.deliveries[0]
@@ -634,8 +643,11 @@ def document(world: World, scenario: Scenario, prediction: Prediction) -> dict[s
     if events:
         outcome["events"] = events
     waiting = sorted({server for server, _ in prediction.waiting})
-    if waiting:
-        outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting]
+    scheduled = sorted({(server, queue) for server, _, queue in prediction.scheduled})
+    if waiting or scheduled:
+        outcome["queues"] = [{"server": s, "queue": UNREACHABLE} for s in waiting] + [
+            {"server": s, "queue": q, "state": "Scheduled"} for s, q in scheduled
+        ]
     elif scenario.kind == MEMO:
         # The memo went through the gateway's folders and the transport's queues, and all of them
         # are empty once it is delivered (GW-4).

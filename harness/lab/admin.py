@@ -61,6 +61,11 @@ class LabAdmin(Protocol):
     def change_freeze(self, server: str, queue: str, frozen: bool) -> None:
         """Freeze or release one of a reference server's queues (call on the lab's loop)."""
 
+    def change_force(self, queue: str) -> int:
+        """Queue Viewer's Force Connection on link queue `queue` of every reference server (call on the
+        lab's loop); how many messages it released."""
+        ...
+
     def frozen_queues(self) -> dict[str, set[str]]: ...
 
     def queue_snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -13,6 +13,8 @@ A Unix socket in the lab's folder carries one JSON object per line each way. Req
                                                       MTA: its own hold, as far as it has one)
   {"op": "global_catalog", "up": bool}              → stop the global catalog, or bring it back
   {"op": "gateway", "name": N, "running": bool}     → stop or start a gateway connector's service
+  {"op": "force", "connector": N}                   → Queue Viewer's Force Connection on the connector's
+                                                      queue (Scheduled or Retry → Active)
 Every name is checked against the lab (case-insensitively; the reply lists the valid ones). Replies are
 {"ok": true, "result": ...} or {"ok": false, "error": "...", "kind": "input" | "broken"}: "input" when
 the request was wrong, "broken" when the lab could not do it. The socket file is created with the
@@ -130,6 +132,14 @@ class ControlServer:
             return {"available": lab.gc.available}
         if op == "gateway":
             return self._gateway(str(request["name"]), bool(request["running"]))
+        if op == "force":
+            name = choose(
+                "connector",
+                str(request["connector"]),
+                (c.name for c in lab.config.organization.connectors),
+                self._lab,
+            )
+            return {"name": name, "released": lab.change_force(name)}
         if op in ("freeze", "unfreeze"):
             return await self._freeze(str(request["server"]), str(request["queue"]), op == "freeze")
         raise Refused(f"unknown operation {op!r}")
@@ -267,6 +277,8 @@ def queue_table(
                 if name.lower() in frozen.get(server, set())
                 else QueueState.ACTIVE
                 if QueueState.ACTIVE in states
+                else QueueState.SCHEDULED
+                if QueueState.SCHEDULED in states
                 else QueueState.RETRY
                 if states == {QueueState.RETRY}
                 else QueueState.READY

@@ -653,6 +653,13 @@ class DockerLab(Lab):
         if up:
             self.pool.call_all(self._server_names, {"op": "retry_directory"})
 
+    def force_connection(self, queue: str) -> int:
+        replies = self.pool.call_all(self._server_names, {"op": "force", "queue": queue})
+        return sum(int(r) for r in replies)
+
+    def change_force(self, queue: str) -> int:
+        return self.force_connection(queue)
+
     def freeze(self, server: str, queue: str, frozen: bool = True) -> None:
         name = self.config.organization.server(server).name
         self.pool.call(name, {"op": "freeze", "queue": queue, "frozen": frozen})

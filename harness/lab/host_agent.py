@@ -12,7 +12,7 @@ harness asks it, one JSON object per line and one reply each way per connection:
   {"op": "global_catalog", "up": bool} · {"op": "sink_rule", "rule": {...}}
   {"op": "idle", "horizon": T|null} · {"op": "queues"} · {"op": "link", "connector"|"server": N, "up": b}
   {"op": "listen", "up": bool} · {"op": "submit", ...} · {"op": "foreign", ...} · {"op": "freeze", ...}
-  {"op": "retry_directory"} · {"op": "frozen"}
+  {"op": "retry_directory"} · {"op": "frozen"} · {"op": "force", "queue": Q}
 
 Replies are {"ok": true, "result": ...} or {"ok": false, "error": "...", "kind": "input" | "broken"}, as
 on the lab's control socket (harness/lab/control.py). The same classes as the in-process lab do the work
@@ -257,6 +257,7 @@ class HostAgent:
             "gateway": self._gateway,
             "freeze": self._freeze,
             "frozen": self._frozen,
+            "force": self._force,
         }
         if op not in handlers:
             raise AgentError(f"unknown operation {op!r}; operations: {', '.join(sorted(handlers))}")
@@ -309,6 +310,9 @@ class HostAgent:
 
     async def _freeze(self, server: ExchangeServer, request: dict[str, Any]) -> None:
         server.freeze(str(request["queue"]), bool(request["frozen"]))
+
+    async def _force(self, server: ExchangeServer, request: dict[str, Any]) -> int:
+        return server.force_connection(str(request["queue"]))
 
     async def _frozen(self, server: ExchangeServer, _: dict[str, Any]) -> list[str]:
         return sorted(server.frozen)

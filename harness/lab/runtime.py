@@ -452,6 +452,19 @@ class Lab:
         """The same, on the lab's loop."""
         self.servers[self.config.organization.server(server).name].freeze(queue, frozen)
 
+    def force_connection(self, queue: str) -> int:
+        """Queue Viewer's Force Connection on link queue `queue` of every server: what waits in it for
+        its connector's schedule (or its next retry) is sent now. How many messages it released."""
+
+        async def change() -> int:
+            return self.change_force(queue)
+
+        return self.run(change())
+
+    def change_force(self, queue: str) -> int:
+        """The same, on the lab's loop."""
+        return sum(server.force_connection(queue) for server in self.servers.values())
+
     def frozen_queues(self) -> dict[str, set[str]]:
         return {name: set(server.frozen) for name, server in self.servers.items()}
 

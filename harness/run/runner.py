@@ -337,7 +337,9 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
     if item.rule is not None:
         lab.add_sink_rule(item.target, item.rule)
         return SessionRun("lab", "sink", _single(title, None, f"-- {title}: {item.rule}"))
-    if item.action in (LabVerb.CONNECTOR_DOWN, LabVerb.CONNECTOR_UP):
+    if item.action is LabVerb.FORCE_CONNECTION:
+        lab.force_connection(item.target)
+    elif item.action in (LabVerb.CONNECTOR_DOWN, LabVerb.CONNECTOR_UP):
         lab.set_connector(item.target, item.action.up)
     elif item.action in (LabVerb.GATEWAY_STOPPED, LabVerb.GATEWAY_STARTED):
         lab.set_gateway(item.target, item.action.up)

@@ -106,7 +106,8 @@ class ServerPlan:
 def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
     organization = config.organization
     me = organization.server(server)
-    engine = RoutingEngine(organization, me, LinkState(organization))
+    # One fixed route per address space: a configuration cannot take turns between tied connectors.
+    engine = RoutingEngine(organization, me, LinkState(organization), spread=False)
     authoritative = [d.domain for p in organization.policies for d in p.domains if d.authoritative]
     shared = [d.domain for p in organization.policies for d in p.domains if not d.authoritative]
     result = ServerPlan(

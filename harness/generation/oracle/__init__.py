@@ -82,6 +82,7 @@ class Prediction:
     deliveries: list[Delivery] = field(default_factory=list)
     ndrs: list[Ndr] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient) that wait
+    scheduled: list[tuple[str, str, str]] = field(default_factory=list)  # see Fate.scheduled
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)  # see Fate.forwards
     lookups: list[tuple[str, str, bool]] = field(default_factory=list)  # see Fate.lookups
     mx_lookups: list[tuple[str, str]] = field(default_factory=list)  # see Fate.mx_lookups
@@ -230,6 +231,7 @@ def _categorize(
         raise Unpredictable("more than one recipient fails")
     prediction.deliveries = fate.deliveries
     prediction.waiting += fate.waiting
+    prediction.scheduled += fate.scheduled
     prediction.forwards = list(fate.forwards)
     prediction.lookups += fate.lookups
     prediction.mx_lookups = list(fate.mx_lookups)
@@ -249,6 +251,7 @@ def _ndr(world: World, message: Message, failure: Failure, prediction: Predictio
     ndr_message = Message("", False, False, message.down)
     Categorizer(world, ndr_message, fate).recipient(failure.server, message.sender)
     prediction.waiting += fate.waiting
+    prediction.scheduled += fate.scheduled
     prediction.notes += [f"NDR: {n}" for n in fate.notes]
     if fate.failures:
         prediction.notes.append("the NDR itself cannot be delivered: it goes to BadMail")

@@ -49,6 +49,8 @@ class Fate:
     deliveries: list[Delivery] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     waiting: list[tuple[str, str]] = field(default_factory=list)  # (server, recipient)
+    # (bridgehead, recipient, connector): held in a connector's queue, Scheduled, until it is forced
+    scheduled: list[tuple[str, str, str]] = field(default_factory=list)
     # (categorizing server, mailbox, its home server, a copy kept) for each forwarding applied
     forwards: list[tuple[str, str, str, bool]] = field(default_factory=list)
     # (categorizing server, address, found): each proxy-address look-up in the global catalog
@@ -242,6 +244,13 @@ class Categorizer:
                     connector=connector.name,
                 )
             )
+            return
+        if connector.schedule == "windows":
+            raise Unpredictable(f"{connector.name} sends at selected times: the clock decides")
+        if connector.schedule == "never":
+            # Queue states (reference section 3.3): Scheduled until Force Connection.
+            self.fate.note(f"{connector.name} is scheduled Never: it waits in its queue, Scheduled", "C-AQ")
+            self.fate.scheduled.append((route.choice.bridgehead, rcpt, connector.name))
             return
         domain = address.rpartition("@")[2].lower()
         host, spec = next_hop(self.world, route.choice, domain)

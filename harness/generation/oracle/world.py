@@ -76,6 +76,8 @@ class Connector:
     scope_routing_group: bool = False
     down: bool = False
     smtp_domain: str | None = None  # a gateway's: the domain of the SMTP form of foreign addresses
+    # Delivery Options schedule: "always", "never", or "windows" (selected times: the clock decides).
+    schedule: str = "always"
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,9 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
         scope_routing_group=raw.get("scope") == "routing_group",
         down=raw.get("state") == "down",
         smtp_domain=raw.get("smtp_domain"),
+        schedule=raw.get("schedule", "always")
+        if isinstance(raw.get("schedule", "always"), str)
+        else "windows",
     )
     if kind != "routing_group" or not raw.get("reciprocal", True):
         return [connector]
