@@ -427,12 +427,14 @@ class NotesGateway:
     def start_service(self) -> None:
         """Started again: what waits in MTS-OUT is delivered now."""
         self.running = True
-        self._recover_outbound()
+        for envelope in sorted(self.mts_out.glob("*.json")):
+            self.collect(envelope.stem)
 
     def _recover_outbound(self) -> None:
-        """What MTS-OUT holds is delivered. A content file without its envelope is what a delivery cut
-        short left behind (the envelope goes first, `_deliver_out`), or a transfer the MTA finishes
-        at its own start (`mta.MessageTransferAgent.recover`, which runs before this)."""
+        """At start: what MTS-OUT holds is delivered. A content file without its envelope is what a
+        delivery cut short left behind (the envelope goes first, `_deliver_out`): the MTA has finished
+        its own moves cut short by now (`mta.MessageTransferAgent.recover` runs first). Only here, not
+        while the MTA runs, where such a file is half of a move under way."""
         for envelope in sorted(self.mts_out.glob("*.json")):
             self.collect(envelope.stem)
         for content in self.mts_out.glob("*.eml"):
