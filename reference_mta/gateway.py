@@ -9,8 +9,14 @@ Inbound, as the Exchange SDK's "Inbound Message Transfer Process" describes it:
         queue in Queue Viewer);
   GW-5  the store driver gives it to AQ (pre-categorization), and the transport takes it from there.
 A recipient with no NOTES proxy in the directory cannot be mapped: the gateway sends a non-delivery
-memo back to the foreign sender. Outbound (IN-7c), what the MTA put in the gateway's MTS-OUT folder is
-translated back into a memo and delivered to the foreign system.
+memo back to the foreign sender. Outbound (IN-7c), what the MTA (`mta.py`) put in the gateway's MTS-OUT
+folder is translated back into a memo and delivered to the foreign system (gateway event 1003), one memo
+in each recipient's mail file, named after the message: delivering the same message again after a
+crash replaces a memo, it never adds a second one.
+
+The gateway is a service an administrator can stop: a stopped gateway takes no memos from the foreign
+system and delivers none, while the MTA keeps putting what is for it into MTS-OUT; started again, it
+delivers what waits there.
 
 The MTA queue and the SMTP service's MTS-OUT queue are real stages: the message rests in each as a
 file, Queue Viewer lists both (`queue_contract.X400_QUEUES`), and an administrator can freeze either, so
@@ -28,7 +34,6 @@ import asyncio
 import email
 import email.policy
 import email.utils
-import os
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -38,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from reference_mta import replies, tracking
+from reference_mta import durable, mta, replies, tracking
 from reference_mta.directory import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
 from reference_mta.queue_contract import (
@@ -124,11 +129,11 @@ Submit = Callable[[MailMsg, bytes], Awaitable[None]]
 
 @dataclass(frozen=True)
 class _Stage:
-    """A folder an inbound message rests in, the event logged when it gets there and the queue name
-    Queue Viewer shows for it."""
+    """A folder an inbound message rests in, the event logged when it gets there (none for MTS-IN:
+    Exchange logs nothing for the translation) and the queue name Queue Viewer shows for it."""
 
     folder: Path
-    event: int
+    event: int | None
     spec: str
     label: str  # the tracking log's queue field
     queue: str
@@ -164,17 +169,20 @@ class NotesGateway:
         self.tracking = log
         self.submit = submit
         self.address_type = connector.address_spaces[0].type if connector.address_spaces else "NOTES"
+        # A foreign sender the directory does not know gets an IMCEA address in this domain.
+        self.encapsulation_domain = connector.smtp_domain or organization.primary_domain
         base = root / server / "gateways" / connector.name
         self.in_folder, self.mts_in, self.mts_out = base / "IN", base / "MTS-IN", base / "MTS-OUT"
         self.mta_queue = root / server / "MTA" / "queue"
         self.smtp_mts_out = root / server / "Mailroot" / "vsi 1" / "MTS-OUT"
         self.foreign = root / "foreign" / (connector.foreign_system or connector.name)
-        for folder in (self.in_folder, self.mts_in, self.mta_queue, self.smtp_mts_out, self.foreign):
+        for folder in (self.in_folder, self.mts_in, self.mta_queue, self.smtp_mts_out, self.mts_out):
             folder.mkdir(parents=True, exist_ok=True)
+        self.foreign.mkdir(parents=True, exist_ok=True)
         in_folder, mts_in, mts_out = (f"{connector.name} {folder}" for folder in GATEWAY_FOLDERS)
         # GW-2, GW-3 and GW-4: the folders a translated message passes through before AQ takes it.
         self.stages = (
-            _Stage(self.mts_in, tracking.GATEWAY_TRANSLATED, "GW-2", "MTS-IN", mts_in),
+            _Stage(self.mts_in, None, "GW-2", "MTS-IN", mts_in),
             _Stage(self.mta_queue, tracking.MTA_TRANSFER_IN, "GW-3", "MTA", X400_MTA),
             _Stage(self.smtp_mts_out, tracking.MTA_TRANSFER_OUT, "GW-4", "MTS-OUT", X400_MTS_OUT),
         )
@@ -187,12 +195,20 @@ class NotesGateway:
         self._parked: dict[str, _Inbound] = {}  # resting in a frozen queue
         self._moving = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.running = True  # the gateway service; stopped by an administrator with `stop_service`
+        self._delivering: set[str] = set()  # MTS-OUT items on their way to the foreign system
+
+    def outlet(self) -> mta.Outlet:
+        """Where the MTA puts what is for this gateway, and how it tells the gateway."""
+        return mta.Outlet(self.mts_out, "MTS-OUT", self.collect)
 
     # --- inbound ---------------------------------------------------------------------------------
 
     async def receive(self, data: bytes) -> str:
         """GW-1: the foreign system hands over a memo; it is durable in the IN folder on return."""
         memo = parse_memo(data)  # a memo the gateway cannot read is refused at the door
+        if not self.running:
+            raise GatewayBusy(f"the {self.connector.name} service is stopped")
         try:
             await asyncio.to_thread(self._smtp_of, memo.sender)
         except ComponentUnavailable as exc:
@@ -200,14 +216,14 @@ class NotesGateway:
             # again later, rather than the gateway holding one it cannot move (docs/decisions.md).
             raise GatewayBusy(f"the gateway cannot map addresses now: {exc}") from exc
         item = uuid.uuid4().hex
-        await asyncio.to_thread(_write, self.in_folder / f"{item}.memo", data)
+        await asyncio.to_thread(durable.write, self.in_folder / f"{item}.memo", data)
         self._log(tracking.GATEWAY_TRANSFER_IN, memo.sender, memo.send_to, "GW-1", "IN", item)
         await self._transfer(item, memo)
         return item
 
     async def _transfer(self, item: str, memo: Memo) -> None:
         sender = self._smtp_of(memo.sender) or encapsulate(
-            self.address_type, memo.sender, self.organization.primary_domain
+            self.address_type, memo.sender, self.encapsulation_domain
         )
         mapped: list[str] = []
         unmapped: list[str] = []
@@ -215,7 +231,7 @@ class NotesGateway:
             address = self._smtp_of(name)
             (mapped if address else unmapped).append(address or name)
         if unmapped:
-            await self._report(memo, unmapped)
+            await self._report(item, memo, unmapped)
         if not mapped:
             await asyncio.to_thread((self.in_folder / f"{item}.memo").unlink)
             return
@@ -226,7 +242,7 @@ class NotesGateway:
         self._moving += 1
         try:
             # GW-2: translated and mapped, into MTS-IN (new bytes: written before the memo goes).
-            await asyncio.to_thread(_write, self.mts_in / f"{item}.eml", content)
+            await asyncio.to_thread(durable.write, self.mts_in / f"{item}.eml", content)
             await asyncio.to_thread((self.in_folder / f"{item}.memo").unlink)
             self._arrived(inbound)
             await self._advance(inbound)
@@ -269,6 +285,7 @@ class NotesGateway:
                 path.unlink()  # translated before the stop: the memo's work is done
             else:
                 self._spawn(self._retranslate(path))
+        self._recover_outbound()
 
     def _read_inbound(self, path: Path, stage: int) -> _Inbound:
         """The envelope again, from the translated message: its From, To and Cc are the mapped ones."""
@@ -303,6 +320,8 @@ class NotesGateway:
 
     def _arrived(self, inbound: _Inbound) -> None:
         stage = self.stages[inbound.stage]
+        if stage.event is None:
+            return
         recipients = [r.address for r in inbound.msg.recipients]
         self._log(
             stage.event, inbound.msg.sender, recipients, stage.spec, stage.label, inbound.msg.message_id
@@ -321,7 +340,7 @@ class NotesGateway:
                 break
             inbound.stage += 1
             # The same bytes move on: a rename, so the message is in exactly one queue at any time.
-            await asyncio.to_thread(_move, path, self.stages[inbound.stage].folder / path.name)
+            await asyncio.to_thread(durable.move, path, self.stages[inbound.stage].folder / path.name)
             self._arrived(inbound)
         await self.submit(inbound.msg, inbound.content)  # GW-5: AQ makes it durable before this returns
         await asyncio.to_thread(path.unlink)
@@ -356,7 +375,7 @@ class NotesGateway:
             return entry.first("mail")
         return next((p[5:] for p in entry.all("proxyAddresses") if p.startswith("SMTP:")), None)
 
-    async def _report(self, memo: Memo, unmapped: list[str]) -> None:
+    async def _report(self, item: str, memo: Memo, unmapped: list[str]) -> None:
         """A non-delivery memo back to the foreign sender for names the directory does not know."""
         report = Memo(
             sender=f"Mail Router/{self.organization.name}",
@@ -364,7 +383,7 @@ class NotesGateway:
             subject=replies.gateway_failure_subject(memo.subject),
             body=replies.gateway_failure_body(unmapped),
         )
-        await asyncio.to_thread(self._deliver_foreign, report)
+        await asyncio.to_thread(self._deliver_foreign, report, f"{item}-report")
         self._log(tracking.GATEWAY_REPORT, memo.sender, unmapped, "GW-2", "IN", "")
 
     def folders(self) -> dict[str, list[dict[str, object]]]:
@@ -381,6 +400,8 @@ class NotesGateway:
     def _row(self, queue: str, path: Path) -> dict[str, object]:
         inbound = self._inbound.get(path.stem)
         msg = inbound.msg if inbound is not None else None
+        if path.parent == self.mts_out and (held := mta.read_item(self.mts_out, path.stem)) is not None:
+            msg = held[0]
         return {
             "id": path.stem,
             "msgid": msg.message_id if msg else "",
@@ -393,8 +414,63 @@ class NotesGateway:
 
     # --- outbound --------------------------------------------------------------------------------
 
-    async def deliver_out(self, msg: MailMsg, content: bytes) -> None:
-        """What the MTA put in the gateway's MTS-OUT folder goes to the foreign system as a memo."""
+    def collect(self, item: str) -> None:
+        """The MTA put `item` in MTS-OUT: a running gateway delivers it; a stopped one leaves it there."""
+        if self.running and item not in self._delivering:
+            self._delivering.add(item)
+            self._spawn(self._deliver_out(item))
+
+    def stop_service(self) -> None:
+        """The administrator stops the gateway service: what is under way finishes, nothing new starts."""
+        self.running = False
+
+    def start_service(self) -> None:
+        """Started again: what waits in MTS-OUT is delivered now."""
+        self.running = True
+        for envelope in sorted(self.mts_out.glob("*.json")):
+            self.collect(envelope.stem)
+
+    def _recover_outbound(self) -> None:
+        """At start: what MTS-OUT holds is delivered. A content file without its envelope is what a
+        delivery cut short left behind (the envelope goes first, `_deliver_out`): the MTA has finished
+        its own moves cut short by now (`mta.MessageTransferAgent.recover` runs first). Only here, not
+        while the MTA runs, where such a file is half of a move under way."""
+        for envelope in sorted(self.mts_out.glob("*.json")):
+            self.collect(envelope.stem)
+        for content in self.mts_out.glob("*.eml"):
+            if not content.with_suffix(".json").exists():
+                content.unlink()
+
+    async def _deliver_out(self, item: str) -> None:
+        """What the MTA put in MTS-OUT goes to the foreign system as a memo, one in each recipient's
+        mail file under the message's name; then it leaves MTS-OUT. A failure part way leaves it in
+        MTS-OUT, for the next start: the memos written already are written again, not added to."""
+        try:
+            held = await asyncio.to_thread(mta.read_item, self.mts_out, item)
+            if held is None:
+                return  # delivered already
+            msg, content = held
+            memo = self._memo_of(msg, content)
+            try:
+                await asyncio.to_thread(self._deliver_foreign, memo, msg.id)
+            except OSError:
+                return  # the foreign system did not take it: it stays in MTS-OUT
+            self.tracking.log(
+                tracking.GATEWAY_TRANSFER_OUT,
+                msg,
+                None,
+                "IN-7c",
+                partner=self.address_type,
+                queue=self.connector.name,
+            )
+            # Collected from MTS-OUT: the foreign system has it now. The envelope goes first, so that
+            # the content file left by a crash here is known for a leftover (`_recover_outbound`).
+            for suffix in (".json", ".eml"):
+                await asyncio.to_thread((self.mts_out / f"{item}{suffix}").unlink, missing_ok=True)
+        finally:
+            self._delivering.discard(item)
+
+    def _memo_of(self, msg: MailMsg, content: bytes) -> Memo:
         parsed = email.message_from_bytes(content, policy=email.policy.default)
         body = parsed.get_body(preferencelist=("plain",))
         text = body.get_content() if body is not None else ""
@@ -404,30 +480,19 @@ class NotesGateway:
             or email.utils.parseaddr(str(parsed.get("From", "")))[1]
             or f"postmaster@{self.organization.primary_domain}"
         )
-        memo = Memo(
+        return Memo(
             sender=sender,
             send_to=[r.address for r in msg.recipients],
             subject=str(parsed.get("Subject", "")),
             body=str(text),
         )
-        await asyncio.to_thread(self._deliver_foreign, memo)
-        self.tracking.log(
-            tracking.GATEWAY_TRANSFER_OUT,
-            msg,
-            None,
-            "IN-7c",
-            partner=self.address_type,
-            queue=self.connector.name,
-        )
-        # Collected from MTS-OUT: the foreign system has it now.
-        for suffix in (".eml", ".json"):
-            await asyncio.to_thread((self.mts_out / f"{msg.id}{suffix}").unlink, missing_ok=True)
 
-    def _deliver_foreign(self, memo: Memo) -> None:
-        for name in memo.send_to:
-            folder = self.foreign / _folder_name(name)
+    def _deliver_foreign(self, memo: Memo, name: str) -> None:
+        """One memo in each recipient's mail file, named `name`: written again, it replaces the first."""
+        for recipient in memo.send_to:
+            folder = self.foreign / _folder_name(recipient)
             folder.mkdir(parents=True, exist_ok=True)
-            _write(folder / f"{uuid.uuid4().hex}.memo", render_memo(memo))
+            durable.write(folder / f"{name}.memo", render_memo(memo))
 
     def _log(self, event: int, sender: str, recipients: list[str], spec: str, queue: str, msgid: str) -> None:
         msg = MailMsg(
@@ -471,20 +536,3 @@ def _mime(memo: Memo, sender: str, recipients: list[str], message_id: str) -> by
     message["X-Foreign-Sender"] = memo.sender
     message.set_content(memo.body)
     return message.as_bytes()
-
-
-def _move(source: Path, target: Path) -> None:
-    """An atomic rename, made durable: after a crash the file is in one folder or the other."""
-    os.replace(source, target)
-    descriptor = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())

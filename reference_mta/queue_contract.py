@@ -42,6 +42,16 @@ SYSTEM_QUEUES: Final = (
 X400_MTA: Final = "X.400: MTA queue"
 X400_MTS_OUT: Final = "X.400: MTS-OUT"
 X400_QUEUES: Final = (X400_MTA, X400_MTS_OUT)
+# On the way out, the MTA keeps one queue for each connector it transfers over (a gateway connector's,
+# and later an X.400 connector's), shown under the same node and frozen the same way.
+X400_PREFIX: Final = "X.400: "
+
+
+def mta_queue(connector: str) -> str:
+    """The name Queue Viewer shows for the MTA's queue toward `connector`."""
+    return f"{X400_PREFIX}{connector}"
+
+
 # A gateway connector's own folders, listed as "<connector> <folder>"; folders, not queues: never frozen.
 GATEWAY_FOLDERS: Final = ("IN", "MTS-IN", "MTS-OUT")
 # Messages parked here wait for something to change (link state, the directory), not for time.

@@ -466,7 +466,8 @@ class AdvancedQueuingEngine:
                 return
             entry.state = QueueState.ACTIVE
             content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
-            if entry.hop.kind == HopKind.GATEWAY:
+            # The store driver hands a gateway's or an X.400 connector's message to the MTA.
+            if entry.hop.kind in (HopKind.GATEWAY, HopKind.X400):
                 self.tracking.log(tracking.SD_GATEWAY_DELIVERY, entry.msg, None, "IN-7c", partner="X400")
             else:
                 self.tracking.log(
@@ -478,7 +479,7 @@ class AdvancedQueuingEngine:
                     detail=",".join(entry.hop.targets),
                 )
             result = await self.components.deliver_remote(entry.hop, entry.msg, content)
-        if result.delivered and entry.hop.kind != HopKind.GATEWAY:
+        if result.delivered and entry.hop.kind not in (HopKind.GATEWAY, HopKind.X400):
             self.tracking.log(
                 tracking.END_OUTBOUND,
                 entry.msg,

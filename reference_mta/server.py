@@ -17,8 +17,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from reference_mta import dsn, store
+from reference_mta import dsn
+from reference_mta import store as store_driver
 from reference_mta.address_book import AddressBook
 from reference_mta.categorizer import Categorizer
 from reference_mta.delivery import SmtpDelivery, make_resolver
@@ -26,6 +28,7 @@ from reference_mta.directory import Directory
 from reference_mta.gateway import NotesGateway
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
+from reference_mta.mta import MessageTransferAgent, x400_outlet
 from reference_mta.queue_contract import (
     DEFERRED_DELIVERY_TIME,
     X400_QUEUES,
@@ -76,7 +79,7 @@ class ExchangeServer:
         )
         self.link_state = environment.link_state or LinkState(organization)
         self.routing = RoutingEngine(organization, self.config, self.link_state)
-        self.store = store.MailboxStore(environment.root, self.config.name)
+        self.store = store_driver.MailboxStore(environment.root, self.config.name)
         self.categorizer: Categorizer | None = None
         self.delivery = SmtpDelivery(
             self.config.fqdn,
@@ -96,6 +99,7 @@ class ExchangeServer:
         self._handlers: list[VirtualServerHandler] = []
         self.gateways: dict[str, NotesGateway] = {}
         self.frozen_x400: set[str] = set()  # X.400 queues an administrator froze, shared by the gateways
+        self.mta = MessageTransferAgent(self.config.name, environment.root, self.tracking, self.frozen_x400)
 
     async def start(self) -> None:
         self.categorizer = Categorizer(
@@ -130,10 +134,23 @@ class ExchangeServer:
                     self.frozen_x400,
                 )
         for gateway in self.gateways.values():
+            self.mta.connect(gateway.connector.name, gateway.outlet())
+        for connector in self.organization.connectors:
+            if connector.kind == "x400" and self.config.name in connector.local_bridgeheads:
+                remote = connector.remote_bridgeheads[0] if connector.remote_bridgeheads else None
+                self.mta.connect(connector.name, x400_outlet(self.environment.root, connector.name, remote))
+        # The MTA first: it finishes a transfer into MTS-OUT cut short, which the gateway then delivers.
+        self.mta.recover()
+        for gateway in self.gateways.values():
             # AQ has loaded its own queue folder by now: a message it holds was handed over already.
             gateway.recover(
                 lambda message_id: any(e.msg.message_id == message_id for e in self.aq.entries.values())
             )
+        # What other MTAs transfer over X.400 connectors goes to AQ as the store driver hands it over.
+        self.mta.receive(
+            lambda msg, content: self.aq.submit(msg, content, source="gateway"),
+            lambda item: item in self.aq.entries,
+        )
         # A change of link state is a chance for what waits on an unreachable destination.
         self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
@@ -169,6 +186,7 @@ class ExchangeServer:
         await self.close()
         for gateway in self.gateways.values():
             await gateway.stop()
+        await self.mta.stop()
         await self.aq.stop()
 
     async def close(self) -> None:
@@ -227,11 +245,32 @@ class ExchangeServer:
         return None if link is None else self.aq.trigger(link)
 
     def idle(self, horizon: float | None = None) -> bool:
-        return self.aq.idle(horizon) and all(gateway.idle() for gateway in self.gateways.values())
+        return (
+            self.aq.idle(horizon)
+            and self.mta.idle()
+            and all(gateway.idle() for gateway in self.gateways.values())
+        )
+
+    def queues(self) -> dict[str, list[dict[str, Any]]]:
+        """Every queue Queue Viewer shows for this server: AQ's, the gateways' folders and the X.400 ones."""
+        queues: dict[str, list[dict[str, Any]]] = dict(self.aq.snapshot())
+        for gateway in self.gateways.values():
+            queues.update(gateway.folders())
+        queues.update(self.mta.folders())
+        return queues
+
+    def set_gateway(self, name: str, running: bool) -> None:
+        """Stop or start the gateway service of connector `name` (KeyError if none runs here)."""
+        gateway = self.gateways[name.lower()]
+        if running:
+            gateway.start_service()
+        else:
+            gateway.stop_service()
 
     def freeze(self, queue: str, frozen: bool = True) -> None:
         """Queue Viewer's Freeze (or Unfreeze) on a link queue, or on an X.400 queue of the gateway path."""
-        x400 = next((name for name in X400_QUEUES if name.lower() == queue.lower()), None)
+        names = (*X400_QUEUES, *self.mta.queue_names())
+        x400 = next((name for name in names if name.lower() == queue.lower()), None)
         if x400 is None:
             (self.aq.freeze if frozen else self.aq.unfreeze)(queue)
             return
@@ -241,6 +280,7 @@ class ExchangeServer:
         self.frozen_x400.discard(x400)
         for gateway in self.gateways.values():
             gateway.release(x400)
+        self.mta.release(x400)
 
     def force_connection(self, queue: str) -> int:
         """Queue Viewer's Force Connection on a link queue: how many messages it sent on their way."""
@@ -264,17 +304,16 @@ class ExchangeServer:
 
     async def _deliver_remote(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
         if hop.kind == HopKind.GATEWAY:
-            result = await asyncio.to_thread(
-                store.transfer_to_mta, self.environment.root, self.config.name, hop.queue, msg, content
-            )
-            gateway = self.gateways.get(hop.queue.lower())
-            if gateway is not None:
-                await gateway.deliver_out(msg, content)
-            return result
+            # The store driver hands it to the MTA (1029, logged by AQ), which queues it for the connector.
+            return await self.mta.accept(hop.queue, msg, content)
         if hop.kind == HopKind.X400:
-            # The MTA's transfer over an X.400 connector is not built yet: the message waits and retries.
-            error = f"{hop.queue}: the X.400 transfer is not available"
-            return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
+            connector = next(c for c in self.organization.connectors if c.name == hop.connector)
+            if connector.remote_bridgeheads and not hop.targets:
+                # The remote MTA's server is down: no association now; AQ retries later.
+                error = f"{hop.queue}: the remote MTA does not answer"
+                return DeliveryResult(delivered=[], failed=[], deferred=list(msg.recipients), error=error)
+            # The store driver hands it to the MTA (1029), which transfers it to the remote MTA.
+            return await self.mta.accept(hop.queue, msg, content)
         return await self.delivery.deliver(hop, msg, content)
 
     def _make_delay_notice(

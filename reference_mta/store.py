@@ -91,26 +91,6 @@ def read_deliveries(root: Path) -> list[dict[str, object]]:
     return sorted(records, key=lambda r: float(str(r["time"])))
 
 
-def _mts_out(root: Path, server: str, connector: str) -> Path:
-    return root / server / "gateways" / connector / "MTS-OUT"
-
-
-def transfer_to_mta(root: Path, server: str, connector: str, msg: MailMsg, content: bytes) -> DeliveryResult:
-    """Gateway path (IN-7c): the store driver hands the message to the MTA, which queues it in the
-    gateway's MTS-OUT folder for the foreign system to collect."""
-    folder = _mts_out(root, server, connector)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{msg.id}.eml"
-    with target.open("wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    (folder / f"{msg.id}.json").write_text(msg.to_json(), encoding="utf-8")
-    for recipient in msg.recipients:
-        recipient.status = "relayed"
-    return DeliveryResult(delivered=list(msg.recipients), failed=[], deferred=[], partner="X400")
-
-
 def read_gateway_transfers(root: Path) -> list[dict[str, object]]:
     """Every message handed to a gateway's MTS-OUT folder under a lab's root."""
     transfers: list[dict[str, object]] = []

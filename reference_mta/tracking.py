@@ -70,14 +70,13 @@ ROUTED_GATEWAY = _event(1038, "SMTP: Message Routed and Queued for Gateway Deliv
 REDIRECTED = _event(1042, "SMTP: Message Redirected to Alternate Recipient")
 # MTA (0-52) and gateway (1000-1018): the hand-off between a foreign-system gateway and the transport.
 MTA_TRANSFER_IN = _event(0, "MTA: Message Transfer In")
+MTA_SUBMISSION = _event(4, "MTA: Message Submission")
 MTA_TRANSFER_OUT = _event(7, "MTA: Message Transfer Out")
 GATEWAY_TRANSFER_OUT = _event(1003, "Gateway: Message Transfer Out")
 GATEWAY_TRANSFER_IN = _event(1004, "Gateway: Message Transfer In")
 GATEWAY_REPORT = _event(1007, "Gateway: Non-Delivery Report Generated")
-# Exchange logs no event for a gateway's translation step; the reference MTA logs one so that traces can
-# see it. (A delay DSN has no event of its own either: it is a new message, and its own submission
-# events, sender <>, are what shows it, as in Exchange.)
-GATEWAY_TRANSLATED = _event(1046, "mailflow: Message Translated by Gateway", Source.EXTENSION)
+# Exchange logs no event for a gateway's translation step, nor for a delay DSN (a new message, sender
+# <>, whose own submission events show it): the reference MTA logs none either.
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_every_event_a_lab_logs_carries_its_catalogued_description(logged: list[
 
 
 def test_the_gateway_and_extension_events_are_among_them(logged: list[dict[str, Any]]) -> None:
-    # The events that once carried an empty description, and the extension.
+    # The events that once carried an empty description, and the MTA's.
     seen = {record["event-id"] for record in logged}
     assert {
         tracking.GATEWAY_TRANSFER_IN,
@@ -70,5 +70,5 @@ def test_the_gateway_and_extension_events_are_among_them(logged: list[dict[str, 
         tracking.GATEWAY_REPORT,
         tracking.MTA_TRANSFER_IN,
         tracking.MTA_TRANSFER_OUT,
-        tracking.GATEWAY_TRANSLATED,
+        tracking.MTA_SUBMISSION,
     } <= seen

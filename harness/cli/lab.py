@@ -102,7 +102,7 @@ def lab_up(
         )
         console.print(
             f"control: mailflow queues --lab-dir {running.workdir}  (also: mailflow submit, mailflow sinks, "
-            "mailflow lab connector|server|freeze)",
+            "mailflow lab connector|server|freeze|gateway)",
             soft_wrap=True,
         )
         console.print("Ctrl-C stops the lab.")
@@ -425,6 +425,18 @@ def lab_freeze(lab_dir: Path, server: str, queue: str, undo: bool) -> None:
             console.print(f"  {row['queue']}: {row['count']} ({row['state']})")
         return
     console.print(f"{result['queue']} on {result['server']}: {result['state'] or result['note']}")
+
+
+@lab.command("gateway")
+@LAB_DIR
+@click.argument("name")
+@click.argument("state", type=click.Choice(["stop", "start"]))
+def lab_gateway(lab_dir: Path, name: str, state: str) -> None:
+    """Stop or start the service of gateway connector NAME. Stopped, it takes no memos from its foreign
+    system and delivers none; the MTA keeps putting what is for it in its MTS-OUT folder, which
+    `mailflow queues` lists. Started, it delivers what waits there."""
+    result = _control(lab_dir, {"op": "gateway", "name": name, "running": state == "start"})
+    console.print(f"{result['name']} on {result['server']}: {'started' if result['running'] else 'stopped'}")
 
 
 @lab.command("server")

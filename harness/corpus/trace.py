@@ -79,19 +79,26 @@ class LabVerb(StrEnum):
     GLOBAL_CATALOG_UP = "global_catalog_up"
     FREEZE = "freeze"
     UNFREEZE = "unfreeze"
+    GATEWAY_STOPPED = "gateway_stopped"
+    GATEWAY_STARTED = "gateway_started"
     FORCE_CONNECTION = "force_connection"
     SINK_RULE = "sink_rule"
     SETTLE = "settle"
 
     @property
     def subject(self) -> str:
-        """What it acts on: connector, server, global catalog, queue, sink, or the lab (settle)."""
+        """What it acts on: connector, server, global catalog, queue, gateway, sink, or the lab (settle)."""
         return _SUBJECTS[self]
 
     @property
     def up(self) -> bool:
         """It brings its subject up (a connector, a server, the global catalog)."""
-        return self in (LabVerb.CONNECTOR_UP, LabVerb.SERVER_UP, LabVerb.GLOBAL_CATALOG_UP)
+        return self in (
+            LabVerb.CONNECTOR_UP,
+            LabVerb.SERVER_UP,
+            LabVerb.GLOBAL_CATALOG_UP,
+            LabVerb.GATEWAY_STARTED,
+        )
 
     @property
     def takes_rule(self) -> bool:
@@ -100,8 +107,8 @@ class LabVerb(StrEnum):
 
     @property
     def takes_name(self) -> bool:
-        """Its value names what it acts on (a connector, a server)."""
-        return self.subject in ("connector", "server")
+        """Its value names what it acts on (a connector, a server, a gateway connector's service)."""
+        return self.subject in ("connector", "server", "gateway")
 
 
 _SUBJECTS = {
@@ -113,6 +120,8 @@ _SUBJECTS = {
     LabVerb.GLOBAL_CATALOG_UP: "global catalog",
     LabVerb.FREEZE: "queue",
     LabVerb.UNFREEZE: "queue",
+    LabVerb.GATEWAY_STOPPED: "gateway",
+    LabVerb.GATEWAY_STARTED: "gateway",
     LabVerb.FORCE_CONNECTION: "connector",
     LabVerb.SINK_RULE: "sink",
     LabVerb.SETTLE: "lab",
@@ -601,6 +610,8 @@ def _check_lab_action_names(names: _LabNames, at: tuple[str | int, ...], lab: di
         names.require((*at, "lab", action), value, "connector", connectors)
     elif subject == "server":
         names.require((*at, "lab", action), value, "server", names.servers)
+    elif subject == "gateway":
+        names.require((*at, "lab", action), value, "gateway connector", names.gateways)
     elif subject == "sink":
         names.require((*at, "lab", action, "host"), value["host"], "Internet host", names.sinks)
     elif subject == "queue":

@@ -251,8 +251,13 @@ def _may_relay(entry: Entry) -> bool:
 # Where a server down is tried in the grid: a client that may relay anything, and the Notes gateway.
 _OUTAGE_ENTRIES = (Entry("relay-host", "EX1"), Entry("notes", "EX4", kind=MEMO))
 # Outages that make Tokyo leave over a connector other than a routing group connector (the SMTP
-# connector to London, alone or followed by a routing group connector), tried from Tokyo.
-_PATH_OUTAGES = (("Tokyo-London RGC",), ("Tokyo-London RGC", "EX2"))
+# connector to London, alone or followed by a routing group connector; with both down, the X.400
+# connector, the MTA transferring to the remote MTA), tried from Tokyo.
+_PATH_OUTAGES = (
+    ("Tokyo-London RGC",),
+    ("Tokyo-London RGC", "EX2"),
+    ("Tokyo-London RGC", "Tokyo-London SMTP Connector"),
+)
 _TOKYO_ENTRIES = (Entry("store", "EX4", kind=STORE), Entry("notes", "EX4", kind=MEMO))
 # The domain of the connector scheduled Never: mail for it waits, Scheduled, on the connector's bridgehead
 # (EX1), sent there from its own routing group and from another one. Not among RECIPIENTS: a message
@@ -455,7 +460,8 @@ def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
         events.append(_event(server, 1027, sender=scenario.sender))  # the store driver submits (OUT-2a)
     elif scenario.kind == MEMO:
         events.append(_event(server, 1004))  # the gateway takes it into its IN folder (GW-1)
-        events += [_event(server, 1046, recipient=a) for a in prediction.mapped]  # translated (GW-2)
+        # Translated into MTS-IN (GW-2, no event of its own), then the MTA takes it in (GW-3).
+        events += [_event(server, 0, recipient=a) for a in prediction.mapped]
         events.append(_event(server, 1027))  # the store driver gives it to AQ (GW-5)
     if scenario.kind != SMTP or accepted:
         events.append(_event(server, 1024))  # AQ hands it to the categorizer (C-AQ)
@@ -475,8 +481,9 @@ def _events(scenario: Scenario, prediction: Prediction) -> list[dict[str, Any]]:
                 _event(d.server, 1031, recipient=d.rcpt),
             ]
         else:
-            # Queued for the gateway, then handed to the MTA (IN-7c).
-            events += [_event(d.server, 1038, recipient=d.where), _event(d.server, 1029, recipient=d.where)]
+            # Queued for the gateway, handed to the MTA (IN-7c), which queues it for the connector (4)
+            # and puts it in the gateway's MTS-OUT (7); the gateway delivers it as a memo (1003).
+            events += [_event(d.server, event, recipient=d.where) for event in (1038, 1029, 4, 7, 1003)]
     # Routed into the remote-triggered connector's link queue, where it waits for ETRN (OUT-8b).
     events += [_event(server, 1034, recipient=rcpt, queue=queue) for server, queue, rcpt in prediction.held]
     events += [_event(n.origin, 1030) for n in prediction.ndrs]  # the NDR is made (DSN-1)

@@ -55,6 +55,9 @@ class LabAdmin(Protocol):
 
     def change_global_catalog(self, up: bool) -> None: ...
 
+    def change_gateway(self, name: str, running: bool) -> None:
+        """Stop or start the service of a gateway connector (call on the lab's loop)."""
+
     def change_freeze(self, server: str, queue: str, frozen: bool) -> None:
         """Freeze or release one of a reference server's queues (call on the lab's loop)."""
 

@@ -12,6 +12,7 @@ A Unix socket in the lab's folder carries one JSON object per line each way. Req
   {"op": "freeze" | "unfreeze", "server": S, "queue": Q} → Queue Viewer's Freeze / Unfreeze (a real
                                                       MTA: its own hold, as far as it has one)
   {"op": "global_catalog", "up": bool}              → stop the global catalog, or bring it back
+  {"op": "gateway", "name": N, "running": bool}     → stop or start a gateway connector's service
   {"op": "force", "connector": N}                   → Queue Viewer's Force Connection on the connector's
                                                       queue (Scheduled or Retry → Active)
 Every name is checked against the lab (case-insensitively; the reply lists the valid ones). Replies are
@@ -129,6 +130,8 @@ class ControlServer:
         if op == "global_catalog":
             lab.change_global_catalog(bool(request["up"]))
             return {"available": lab.gc.available}
+        if op == "gateway":
+            return self._gateway(str(request["name"]), bool(request["running"]))
         if op == "force":
             name = choose(
                 "connector",
@@ -140,6 +143,17 @@ class ControlServer:
         if op in ("freeze", "unfreeze"):
             return await self._freeze(str(request["server"]), str(request["queue"]), op == "freeze")
         raise Refused(f"unknown operation {op!r}")
+
+    def _gateway(self, name: str, running: bool) -> dict[str, Any]:
+        connectors = self.lab.config.organization.connectors
+        gateways = [c for c in connectors if c.kind == "gateway"]
+        name = choose("gateway connector", name, (c.name for c in gateways), self._lab)
+        connector = next(c for c in gateways if c.name == name)
+        server = next((s for s in connector.local_bridgeheads), "")
+        if server in self.lab.stand_ins:
+            raise NotPossible(f"{name} runs on {server}, where {self.lab.stand_ins[server].mta} stands in")
+        self.lab.change_gateway(name, running)
+        return {"name": name, "server": server, "running": running}
 
     @property
     def _lab(self) -> str:

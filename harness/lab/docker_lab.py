@@ -640,6 +640,16 @@ class DockerLab(Lab):
                 raise ValueError(str(exc).split(": ", 1)[-1]) from None
             raise
 
+    def set_gateway(self, name: str, running: bool) -> None:
+        for server in self._server_names:
+            if name.lower() in self.pool.call(server, {"op": "gateways"}):
+                self.pool.call(server, {"op": "gateway", "name": name, "running": running})
+                return
+        raise LabError(f"no gateway connector named {name!r} runs in this lab")
+
+    def change_gateway(self, name: str, running: bool) -> None:
+        self.set_gateway(name, running)
+
     def set_global_catalog(self, up: bool) -> None:
         self.pool.call(self._host_of_kind("gc"), {"op": "global_catalog", "up": up})
         self.gc.available = up

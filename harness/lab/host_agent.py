@@ -254,6 +254,7 @@ class HostAgent:
             "submit": self._submit,
             "foreign": self._foreign,
             "gateways": self._gateways,
+            "gateway": self._gateway,
             "freeze": self._freeze,
             "frozen": self._frozen,
             "force": self._force,
@@ -267,10 +268,7 @@ class HostAgent:
         return server.idle(float(horizon) if horizon is not None else None)
 
     async def _queues(self, server: ExchangeServer, _: dict[str, Any]) -> dict[str, Any]:
-        queues: dict[str, Any] = server.aq.snapshot()
-        for gateway in server.gateways.values():
-            queues.update(gateway.folders())
-        return queues
+        return server.queues()
 
     async def _link(self, _: ExchangeServer, request: dict[str, Any]) -> None:
         assert self.link_state is not None
@@ -305,6 +303,12 @@ class HostAgent:
 
     async def _gateways(self, server: ExchangeServer, _: dict[str, Any]) -> list[str]:
         return sorted(server.gateways)
+
+    async def _gateway(self, server: ExchangeServer, request: dict[str, Any]) -> None:
+        name = str(request["name"])
+        if name.lower() not in server.gateways:
+            raise AgentError(f"no gateway connector {name!r} runs on {self.host}")
+        server.set_gateway(name, bool(request["running"]))
 
     async def _freeze(self, server: ExchangeServer, request: dict[str, Any]) -> None:
         server.freeze(str(request["queue"]), bool(request["frozen"]))

@@ -410,6 +410,23 @@ class Lab:
                 return self.run(server.gateways[gateway.lower()].receive(memo))
         raise ValueError(f"no gateway connector named {gateway!r} runs in this lab")
 
+    def set_gateway(self, name: str, running: bool) -> None:
+        """Stop the service of gateway connector `name` (it takes no memos and delivers none; the MTA
+        keeps filling its MTS-OUT folder) or start it again (LabError if no such gateway runs)."""
+
+        async def change() -> None:
+            self.change_gateway(name, running)
+
+        self.run(change())
+
+    def change_gateway(self, name: str, running: bool) -> None:
+        """The same, on the lab's loop."""
+        for server in self.servers.values():
+            if name.lower() in server.gateways:
+                server.set_gateway(name, running)
+                return
+        raise LabError(f"no gateway connector named {name!r} runs in this lab")
+
     def set_global_catalog(self, up: bool) -> None:
         """Stop the global catalog (every look-up fails as unreachable) or bring it back; when it is
         back, what waits in "Messages awaiting directory lookup" is categorized at once."""
@@ -461,13 +478,7 @@ class Lab:
 
     def queue_snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Every server's queues (call on the lab's loop)."""
-        snapshot = {}
-        for name, server in self.servers.items():
-            queues = server.aq.snapshot()
-            for gateway in server.gateways.values():
-                queues.update(gateway.folders())
-            snapshot[name] = queues
-        return snapshot
+        return {name: server.queues() for name, server in self.servers.items()}
 
     def client_socket(self, source: str) -> socket.socket | None:
         """A socket bound to `source` where the lab holds that address apart from this process's

@@ -342,6 +342,8 @@ def _act(lab: Lab, item: LabAction, trace: Trace) -> SessionRun:
         lab.force_connection(item.target)
     elif item.action in (LabVerb.CONNECTOR_DOWN, LabVerb.CONNECTOR_UP):
         lab.set_connector(item.target, item.action.up)
+    elif item.action in (LabVerb.GATEWAY_STOPPED, LabVerb.GATEWAY_STARTED):
+        lab.set_gateway(item.target, item.action.up)
     else:
         lab.set_server(item.target, item.action.up)
     return SessionRun("lab", item.action.subject, _single(title, None, f"-- {title}"))

@@ -108,9 +108,12 @@ def server_path(world: World, down: frozenset[str], origin: str, target: str) ->
         return None
     servers = [start.name]
     for link in chain:
-        if link.kind == "x400":
-            # The MTA's transfer over X.400 is a separate model; the generator leaves it out.
-            raise Unpredictable(f"the path from {origin} to {target} takes X.400 connector {link.name}")
+        if link.kind == "x400" and all(b.lower() in down for b in link.remote_bridgeheads):
+            # The local MTA cannot open an association: the message waits in its queue, for no time
+            # the documents give.
+            raise Unpredictable(f"the remote MTA of X.400 connector {link.name} is down")
+        # Over an X.400 connector the local MTA hands the message to the remote MTA, whose server
+        # submits it to its AQ: the same two servers as any connector's bridgeheads.
         for hop in (link.local_bridgeheads[0], far_side(link, down)):
             if servers[-1].upper() != hop.upper():
                 servers.append(world.server(hop).name)
