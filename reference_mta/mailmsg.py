@@ -15,6 +15,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reference_mta.connector_restrictions import ResolvedSender
+
 if TYPE_CHECKING:
     from reference_mta.replies import Reply
 
@@ -97,6 +99,17 @@ class MailMsg:
     def size(self) -> int:
         value: int = self.properties.get("MSG_SIZE_HINT", 0)
         return value
+
+    @property
+    def resolved_sender(self) -> ResolvedSender | None:
+        """The sender as the categorizer resolved it in the directory (RESOLVED_SENDER), or None: not
+        resolved, because nobody has the address or because its origin does not vouch for it."""
+        value = self.properties.get("RESOLVED_SENDER")
+        return ResolvedSender.from_property(value) if value else None
+
+    @resolved_sender.setter
+    def resolved_sender(self, sender: ResolvedSender | None) -> None:
+        self.properties["RESOLVED_SENDER"] = sender.to_property() if sender is not None else None
 
     def pending(self, status: str = "pending") -> list[Recipient]:
         return [r for r in self.recipients if r.status == status]

@@ -19,6 +19,7 @@ from pathlib import Path
 from reference_mta import dsn, store
 from reference_mta.address_book import AddressBook
 from reference_mta.categorizer import Categorizer
+from reference_mta.connector_restrictions import priority_of
 from reference_mta.delivery import SmtpDelivery, make_resolver
 from reference_mta.directory import Directory
 from reference_mta.gateway import NotesGateway
@@ -196,6 +197,7 @@ class ExchangeServer:
             MSG_SIZE_HINT=len(content),
             ORG_INTERNAL=True,
             AUTHENTICATED_USER_NAME=mailbox,
+            PRIORITY=priority_of(headers),
         )
         await self.aq.submit(msg, content, source="store")
         return message_id

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.lab.config import LabConfig
 from harness.lab.recipients import Contact, Mailbox, RecipientTable
+from reference_mta.connector_restrictions import ResolvedSender
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, encapsulate
 from reference_mta.queue_contract import Hop, HopKind
@@ -266,6 +267,8 @@ def _sender_routes(
         by_hop: dict[NextHop | None, list[str]] = {}
         for sender in senders:
             probe = MailMsg.new(sender, ["postmaster@mailflow-probe.invalid"])
+            # As the categorizer resolves the listed sender (a group stands for itself here).
+            probe.resolved_sender = ResolvedSender(sender, frozenset({sender}))
             route = engine.route_to_address_space(probe, "SMTP", _probe_domain(pattern))
             hop = _next_hop(organization, route)
             if hop != general.get(domain):
