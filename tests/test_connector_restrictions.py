@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from harness.lab import config as lab_config
+from harness.lab.gc import MockGlobalCatalog
+from harness.lab.recipients import RecipientTable
+from harness.targets.plan import plan
 from harness.yamlsource import SourceError
 from reference_mta.connector_restrictions import priority_of, take_anonymous_origin
 from tests.sourcetext import line_with, replace_once, write
@@ -140,3 +143,16 @@ def test_a_forged_origin_mark_from_a_client_is_removed_and_does_not_reach_the_ne
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+def test_a_real_mta_s_plan_routes_the_members_of_a_listed_group_by_their_addresses() -> None:
+    """Postfix and the others route by the MAIL FROM text: the plan lists, for the connector restricted
+    to the Woodgrove Liaisons group, its members (Bob directly, Dave through Sales Managers), not the
+    group's own address, and not Alice."""
+    config = lab_config.load(CONTOSO)
+    catalog = MockGlobalCatalog(config.global_catalog)
+    catalog.load()
+    table = RecipientTable.from_directory(catalog.connect("test"), config.global_catalog.base_dn)
+    routes = {route.domain: names for route, names in plan(config, "EX1", table).sender_routes}
+    assert routes["woodgrove.com"] == ("bob@contoso.com", "dave@contoso.com")
+    assert routes["adatum.com"] == ("alice@contoso.com",)
