@@ -13,7 +13,6 @@ from __future__ import annotations
 from ldap3.utils.conv import escape_filter_chars
 
 from reference_mta import replies
-from reference_mta.connector_restrictions import ResolvedSender
 from reference_mta.directory import Directory, DirectoryEntry, primary_smtp, proxy_filter
 from reference_mta.mailmsg import (
     RP_ERROR_CONTEXT_CAT,
@@ -22,6 +21,7 @@ from reference_mta.mailmsg import (
     RP_UNRESOLVED,
     MailMsg,
     Recipient,
+    ResolvedSender,
     decapsulate,
 )
 from reference_mta.topology import Organization, Server

@@ -12,18 +12,18 @@ picks among the connectors that remain. Two kinds:
   and Priority headers), the allowed types (system messages, i.e. reports, and non-system ones), and
   the allowed size.
 
-The rule lives here alone: `routing` asks `permits`, the categorizer fills `ResolvedSender`, the SMTP
+The rule lives here alone: `routing` asks `permits`, the categorizer fills the MAILMSG's
+`ResolvedSender` (`mailmsg`), the SMTP
 virtual server works out the priority and whether the session may vouch for the sender.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from reference_mta.mailmsg import MSGCLASS_NDR, MailMsg, ResolvedSender
+
 if TYPE_CHECKING:
-    from reference_mta.mailmsg import MailMsg
     from reference_mta.topology import Connector
 
 HIGH, NORMAL, LOW = "high", "normal", "low"
@@ -45,22 +45,6 @@ class Headers(Protocol):
     """A message's header block as the email package parses it."""
 
     def get(self, name: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class ResolvedSender:
-    """The sender's directory object: its DN, and the SMTP addresses of itself and of every group it
-    is a member of (through nested groups), lower case: what a restriction list can name."""
-
-    dn: str
-    addresses: frozenset[str]
-
-    def to_property(self) -> dict[str, Any]:
-        return {"dn": self.dn, "addresses": sorted(self.addresses)}
-
-    @classmethod
-    def from_property(cls, value: Mapping[str, Any]) -> ResolvedSender:
-        return cls(str(value["dn"]), frozenset(str(a).lower() for a in value["addresses"]))
 
 
 def permits(connector: Connector, msg: MailMsg) -> bool:
@@ -88,8 +72,6 @@ def sender_allowed(
 def is_system_message(msg: MailMsg) -> bool:
     """Reports (NDRs, delay and delivery notices) are system messages: they have the null sender,
     which is how one still looks once it has left the server that wrote it."""
-    from reference_mta.mailmsg import MSGCLASS_NDR
-
     return not msg.sender or msg.properties.get("MSGCLASS") == MSGCLASS_NDR
 
 

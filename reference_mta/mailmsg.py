@@ -12,10 +12,9 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from reference_mta.connector_restrictions import ResolvedSender
 
 if TYPE_CHECKING:
     from reference_mta.replies import Reply
@@ -40,6 +39,22 @@ RP_DSN_NOTIFY_NEVER = 0x08000000
 # MSGCLASS values.
 MSGCLASS_NORMAL = 0
 MSGCLASS_NDR = 4
+
+
+@dataclass(frozen=True)
+class ResolvedSender:
+    """The sender's directory object: its DN, and the SMTP addresses of itself and of every group it
+    is a member of (through nested groups), lower case: what a restriction list can name."""
+
+    dn: str
+    addresses: frozenset[str]
+
+    def to_property(self) -> dict[str, Any]:
+        return {"dn": self.dn, "addresses": sorted(self.addresses)}
+
+    @classmethod
+    def from_property(cls, value: Mapping[str, Any]) -> ResolvedSender:
+        return cls(str(value["dn"]), frozenset(str(a).lower() for a in value["addresses"]))
 
 
 @dataclass

@@ -10,9 +10,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_mta.connector_restrictions import ResolvedSender
 from reference_mta.linkstate import LinkState
-from reference_mta.mailmsg import MailMsg
+from reference_mta.mailmsg import MailMsg, ResolvedSender
 from reference_mta.routing import RoutingEngine
 from reference_mta.topology import (
     AddressSpace,

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 from harness.lab.config import LabConfig
 from harness.lab.recipients import Contact, Mailbox, RecipientTable
-from reference_mta.connector_restrictions import ResolvedSender
 from reference_mta.linkstate import LinkState
-from reference_mta.mailmsg import MailMsg, encapsulate
+from reference_mta.mailmsg import MailMsg, ResolvedSender, encapsulate
 from reference_mta.queue_contract import Hop, HopKind
 from reference_mta.routing import RoutingEngine
 from reference_mta.topology import Organization, Server, VirtualServer
