@@ -25,6 +25,7 @@ from reference_mta.mailmsg import (
     RP_UNRESOLVED,
     MailMsg,
     Recipient,
+    ResolvedSender,
     decapsulate,
 )
 from reference_mta.topology import Organization, Server
@@ -91,18 +92,43 @@ class Categorizer:
         msg.properties["MESSAGE_STATUS"] = 5  # MP_STATUS_CATEGORIZED
 
     def _resolve_sender(self, msg: MailMsg) -> DirectoryEntry | None:
+        msg.resolved_sender = None
         if not msg.sender:
             return None
         found = self.directory.search(
             self.base_dn,
             proxy_filter("smtp", msg.sender),
-            ("cn", "legacyExchangeDN", "submissionContLength", "msExchRecipLimit"),
+            ("cn", "legacyExchangeDN", "proxyAddresses", "submissionContLength", "msExchRecipLimit"),
         )
-        if len(found) == 1:
-            msg.properties["SENDER_ADDRESS_LEGACY_EX_DN"] = found[0].first("legacyExchangeDN")
-            msg.properties["SENDER_DN"] = found[0].dn
-            return found[0]
-        return None
+        if len(found) != 1:
+            return None
+        msg.properties["SENDER_ADDRESS_LEGACY_EX_DN"] = found[0].first("legacyExchangeDN")
+        msg.properties["SENDER_DN"] = found[0].dn
+        if not msg.properties.get("ANONYMOUS_ORIGIN"):
+            # Connector restrictions judge the sender only where its origin vouches for it.
+            msg.resolved_sender = ResolvedSender(found[0].dn, self._sender_addresses(found[0]))
+        return found[0]
+
+    def _sender_addresses(self, sender: DirectoryEntry) -> frozenset[str]:
+        """The SMTP addresses of the sender and of every group it is a member of, nested groups
+        included (each group once, so a loop of groups ends): what a connector's restriction list can
+        name. Groups are looked up only when some connector has such a list."""
+        addresses = set(_smtp_proxies(sender))
+        if not any(
+            c.restrictions.accept_from or c.restrictions.reject_from for c in self.organization.connectors
+        ):
+            return frozenset(addresses)
+        pending, seen = [sender.dn], {sender.dn.lower()}
+        while pending:
+            member = escape_filter_chars(pending.pop())
+            for group in self.directory.search(
+                self.base_dn, f"(&(objectClass=group)(member={member}))", ("proxyAddresses",)
+            ):
+                if group.dn.lower() not in seen:
+                    seen.add(group.dn.lower())
+                    addresses |= _smtp_proxies(group)
+                    pending.append(group.dn)
+        return frozenset(addresses)
 
     def _sender_within_limits(self, msg: MailMsg, sender: DirectoryEntry) -> bool:
         """Per-sender limits (they override the organization's defaults, which are "no limit"): a
@@ -362,6 +388,10 @@ class Categorizer:
                     fqdn = value.split(":", 1)[1].lower()
         self._server_fqdn_cache[home_mdb] = fqdn
         return fqdn
+
+
+def _smtp_proxies(entry: DirectoryEntry) -> set[str]:
+    return {p[5:].lower() for p in entry.all("proxyAddresses") if p[:5].lower() == "smtp:"}
 
 
 def _strip_rdns(dn: str, count: int) -> str:

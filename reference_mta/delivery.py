@@ -21,6 +21,7 @@ import dns.exception
 import dns.resolver
 
 from reference_mta import replies
+from reference_mta.connector_restrictions import mark_anonymous_origin
 from reference_mta.mailmsg import (
     EXCH50_VERSION,
     RP_DELIVERED,
@@ -67,6 +68,8 @@ class SmtpDelivery:
 
     async def deliver(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
         pending = list(msg.recipients)
+        if hop.kind in (HopKind.SERVER, HopKind.CONNECTOR):
+            content = mark_anonymous_origin(msg, content)  # the next server of the organization reads it
         try:
             addresses = await self._addresses(hop)
         except Unresolvable as exc:

@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,22 @@ RP_DSN_NOTIFY_NEVER = 0x08000000
 # MSGCLASS values.
 MSGCLASS_NORMAL = 0
 MSGCLASS_NDR = 4
+
+
+@dataclass(frozen=True)
+class ResolvedSender:
+    """The sender's directory object: its DN, and the SMTP addresses of itself and of every group it
+    is a member of (through nested groups), lower case: what a restriction list can name."""
+
+    dn: str
+    addresses: frozenset[str]
+
+    def to_property(self) -> dict[str, Any]:
+        return {"dn": self.dn, "addresses": sorted(self.addresses)}
+
+    @classmethod
+    def from_property(cls, value: Mapping[str, Any]) -> ResolvedSender:
+        return cls(str(value["dn"]), frozenset(str(a).lower() for a in value["addresses"]))
 
 
 @dataclass
@@ -101,6 +117,17 @@ class MailMsg:
     def size(self) -> int:
         value: int = self.properties.get("MSG_SIZE_HINT", 0)
         return value
+
+    @property
+    def resolved_sender(self) -> ResolvedSender | None:
+        """The sender as the categorizer resolved it in the directory (RESOLVED_SENDER), or None: not
+        resolved, because nobody has the address or because its origin does not vouch for it."""
+        value = self.properties.get("RESOLVED_SENDER")
+        return ResolvedSender.from_property(value) if value else None
+
+    @resolved_sender.setter
+    def resolved_sender(self, sender: ResolvedSender | None) -> None:
+        self.properties["RESOLVED_SENDER"] = sender.to_property() if sender is not None else None
 
     def pending(self, status: str = "pending") -> list[Recipient]:
         return [r for r in self.recipients if r.status == status]

@@ -23,6 +23,7 @@ import heapq
 from dataclasses import dataclass
 from functools import cached_property
 
+from reference_mta import connector_restrictions
 from reference_mta.linkstate import LinkState
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import Hop, HopKind
@@ -125,7 +126,7 @@ class RoutingEngine:
                 continue
             if connector.scope == "routing_group" and connector.routing_group.lower() != self.group.lower():
                 continue  # a routing-group-scoped connector does not exist outside its group
-            if not self._restrictions_allow(connector, msg):
+            if not connector_restrictions.permits(connector, msg):
                 continue  # a connector the sender may not use does not exist for that sender
             for space in connector.address_spaces:
                 if space.type != address_type:
@@ -317,16 +318,6 @@ class RoutingEngine:
             spec=spec,
             detail=f"{reason}; X.400 connector {connector.name}",
         )
-
-    @staticmethod
-    def _restrictions_allow(connector: Connector, msg: MailMsg) -> bool:
-        limits = connector.restrictions
-        if limits.max_size_kb is not None and msg.size > limits.max_size_kb * 1024:
-            return False
-        sender = msg.sender.lower()
-        if limits.accept_from and sender not in [a.lower() for a in limits.accept_from]:
-            return False
-        return sender not in [a.lower() for a in limits.reject_from]
 
 
 class _AllUp(LinkState):

@@ -23,6 +23,7 @@ from reference_mta import dsn
 from reference_mta import store as store_driver
 from reference_mta.address_book import AddressBook
 from reference_mta.categorizer import Categorizer
+from reference_mta.connector_restrictions import priority_of
 from reference_mta.delivery import SmtpDelivery, make_resolver
 from reference_mta.directory import Directory
 from reference_mta.gateway import NotesGateway
@@ -232,6 +233,7 @@ class ExchangeServer:
             MSG_SIZE_HINT=len(content),
             ORG_INTERNAL=True,
             AUTHENTICATED_USER_NAME=mailbox,
+            PRIORITY=priority_of(headers),
         )
         if defer > 0:
             msg.properties[DEFERRED_DELIVERY_TIME] = time.time() + defer

@@ -28,6 +28,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from reference_mta import replies
 from reference_mta.access_policy import Client, filtering_applies, relay_grant
 from reference_mta.address_book import AddressBook
+from reference_mta.connector_restrictions import priority_of, take_anonymous_origin
 from reference_mta.mailmsg import MailMsg, apply_exch50
 from reference_mta.protocol_log import ProtocolLog
 from reference_mta.queue_contract import ComponentUnavailable, Submission
@@ -193,10 +194,13 @@ class VirtualServerHandler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        content, message_id, subject, queue_id = self._stamp(raw, session)
+        peer = client_ip(session)
+        org_internal = self.organization.is_own_address(peer)
+        raw, marked = take_anonymous_origin(raw)
+        authenticated = isinstance(session.auth_data, str)
+        content, message_id, subject, queue_id, priority = self._stamp(raw, session)
         if server.session_log is not None:
             server.session_log.query = f"<{message_id}>"  # what IIS logs for DATA
-        peer = client_ip(session)
         msg = MailMsg.new(
             (envelope.mail_from or "").strip("<>"),
             list(envelope.rcpt_tos),
@@ -210,7 +214,12 @@ class VirtualServerHandler:
             RFC822_MSG_SUBJECT=subject,
             MSG_SIZE_HINT=len(content),
             QUEUE_ID=queue_id,
-            ORG_INTERNAL=self.organization.is_own_address(peer),
+            ORG_INTERNAL=org_internal,
+            # Whether this session may not vouch for the sender: a server of the organization passes
+            # on what the message's origin said; anyone else is vouched for by authenticating, or by
+            # "Resolve anonymous e-mail" (docs/decisions.md, "Connector restrictions").
+            ANONYMOUS_ORIGIN=marked if org_internal else not (authenticated or self.vs.resolve_anonymous),
+            PRIORITY=priority,
             HOP_COUNT=_hop_count(content),
             MAX_HOP_COUNT=self.vs.max_hop_count,
             EIGHTBIT_MIME_OPTION=any(o.upper() == "BODY=8BITMIME" for o in envelope.mail_options),
@@ -313,8 +322,9 @@ class VirtualServerHandler:
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, handled=False, auth_data=user)
 
-    def _stamp(self, raw: bytes, session: Session) -> tuple[bytes, str, str, str]:
-        """Prepend our Received header; add a Message-ID when the client sent none (as IIS does)."""
+    def _stamp(self, raw: bytes, session: Session) -> tuple[bytes, str, str, str, str]:
+        """Prepend our Received header; add a Message-ID when the client sent none (as IIS does).
+        Returns the content, its Message-ID, subject, queue ID and priority."""
         headers = BytesHeaderParser().parsebytes(raw)
         message_id = (headers.get("Message-ID") or "").strip().strip("<>")
         # Raw UTF-8 in a header (RFC 6532) comes out of the parser as surrogates; show it as text.
@@ -331,7 +341,7 @@ class VirtualServerHandler:
         if not message_id:
             message_id = f"{queue_id}@{self.fqdn}"
             extra = f"Message-ID: <{message_id}>\r\n".encode()
-        return received + extra + raw, message_id, subject, queue_id
+        return received + extra + raw, message_id, subject, queue_id, priority_of(headers)
 
 
 def _address_refusal(address: str, smtputf8: bool) -> str | None:

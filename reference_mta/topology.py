@@ -104,6 +104,9 @@ class VirtualServer:
     expn: ExpnMode = "disabled"
     pipelining_sync: Literal["enforce", "lenient"] = "enforce"
     logging: Literal["none", "w3c"] = "none"  # General → Enable logging, W3C Extended Log File Format
+    # Access → Authentication → "Resolve anonymous e-mail": an anonymous session's sender is resolved in
+    # the directory (off by default: connector restrictions then treat it as nobody's).
+    resolve_anonymous: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,14 @@ def _same_shape(pattern: str, text: str) -> bool:
 
 @dataclass(frozen=True)
 class Restrictions:
+    """A connector's Delivery Restrictions (senders and groups, by SMTP address) and Content
+    Restrictions; `connector_restrictions` applies them."""
+
     max_size_kb: int | None = None
     accept_from: tuple[str, ...] = ()
     reject_from: tuple[str, ...] = ()
+    priorities: tuple[str, ...] = ("high", "normal", "low")
+    message_types: tuple[str, ...] = ("system", "non_system")
 
 
 @dataclass(frozen=True)

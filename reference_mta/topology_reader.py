@@ -205,6 +205,7 @@ def _virtual_server(
         expn=raw.get("expn", "disabled"),
         pipelining_sync=raw.get("pipelining_sync", "enforce"),
         logging=raw.get("logging", "none"),
+        resolve_anonymous=raw.get("resolve_anonymous", False),
     )
 
 
@@ -380,6 +381,8 @@ def _smtp_connector(
             max_size_kb=restrictions.get("max_size_kb"),
             accept_from=tuple(restrictions.get("accept_from") or []),
             reject_from=tuple(restrictions.get("reject_from") or []),
+            priorities=tuple(restrictions.get("priorities") or Restrictions.priorities),
+            message_types=tuple(restrictions.get("message_types") or Restrictions.message_types),
         ),
         up=up,
     )

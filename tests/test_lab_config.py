@@ -514,6 +514,7 @@ def test_relocation_moves_virtual_servers(relocated: LabConfig) -> None:
         ("EX1", "Directory SMTP Virtual Server"): ("127.88.0.16", 23025),
         ("EX1", "Members Only SMTP Virtual Server"): ("127.88.0.17", 23025),
         ("EX1", "Lenient TLS SMTP Virtual Server"): ("127.88.0.18", 23025),
+        ("EX1", "Resolving SMTP Virtual Server"): ("127.88.0.19", 23025),
         ("EX2", "Default SMTP Virtual Server"): ("127.88.0.21", 23025),
         ("EX2", "Internal SMTP Virtual Server"): ("127.88.0.22", 23025),
         ("EX3", "Default SMTP Virtual Server"): ("127.88.0.31", 23025),

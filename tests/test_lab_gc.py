@@ -63,7 +63,7 @@ def test_every_entry_is_loaded(conn: GcConnection) -> None:
     entries = conn.search(BASE, "(objectClass=*)", ["cn"])
     assert len(entries) == CONFIG.directory.read_text().count("\ndn: ")
     assert entries[0].dn == BASE
-    assert entries[-1].dn == f"CN=Nora Lee,{USERS}"
+    assert entries[-1].dn == f"CN=Woodgrove Liaisons,{USERS}"
 
 
 def test_lab_file_global_catalog_binds() -> None:

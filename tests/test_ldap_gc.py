@@ -47,7 +47,7 @@ from reference_mta.ldap_directory import LdapDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "fixtures" / "labs" / "contoso.yaml"
-SENDER_ATTRIBUTES = ("cn", "legacyExchangeDN", "submissionContLength", "msExchRecipLimit")
+SENDER_ATTRIBUTES = ("cn", "legacyExchangeDN", "proxyAddresses", "submissionContLength", "msExchRecipLimit")
 GATEWAY_ATTRIBUTES = ("mail", "proxyAddresses")
 AUTH_FILTER = "(&(objectClass=user)(|(sAMAccountName={0})(mail={0})(proxyAddresses=smtp:{0})))"
 # Addresses the corpus sends that the directory does not have, or that try to widen a filter.
@@ -118,6 +118,9 @@ def _searches(config: LabConfig) -> list[Search]:
         searches.append((dn, "(objectClass=*)", ADDRESS_BOOK_ATTRIBUTES, "BASE"))
         searches.append((dn, "(objectClass=group)", ("member",), "BASE"))
         searches.append((dn, "(objectClass=msExchExchangeServer)", ("networkAddress",), "BASE"))
+        # The groups a resolved sender belongs to, for connector restrictions (connector_restrictions).
+        member = f"(&(objectClass=group)(member={escape_filter_chars(dn)}))"
+        searches.append((base, member, ("proxyAddresses",), "SUBTREE"))
     for _, attributes in entries:
         if "msExchExchangeServer" in attributes.get("objectClass", []):
             for legacy in attributes.get("legacyExchangeDN", []):

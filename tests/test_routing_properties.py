@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference_mta.linkstate import LinkState
-from reference_mta.mailmsg import MailMsg
+from reference_mta.mailmsg import MailMsg, ResolvedSender
 from reference_mta.routing import RoutingEngine
 from reference_mta.topology import (
     AddressSpace,
@@ -156,8 +156,11 @@ def _route(
     sender: str = "a@example.org",
     size: int = 100,
     state: LinkState | None = None,
+    resolved: bool = True,
 ) -> tuple[str, str | None]:
     msg = MailMsg.new(sender, [address], MSG_SIZE_HINT=size)
+    # As the categorizer resolves a sender its origin vouches for (connector_restrictions).
+    msg.resolved_sender = ResolvedSender(f"CN={sender}", frozenset({sender})) if resolved else None
     hop = RoutingEngine(org, org.server(server), state).route(msg, msg.recipients[0])
     return hop.kind, hop.connector
 
@@ -198,6 +201,8 @@ def test_a_connector_the_sender_may_not_use_does_not_exist_for_that_sender() -> 
     org = organization(["A"], [], (limited, _smtp("All", "A", "*", 1)))
     assert _route(org, "SA", "x@far.test", sender="boss@example.org") == ("dns", "Partners only")
     assert _route(org, "SA", "x@far.test", sender="intern@example.org") == ("dns", "All")
+    # The MAIL FROM text alone, unresolved, is nobody's.
+    assert _route(org, "SA", "x@far.test", sender="boss@example.org", resolved=False) == ("dns", "All")
     small = _smtp("Small", "A", "far.test", 1, restrictions=Restrictions(max_size_kb=1))
     org = organization(["A"], [], (small, _smtp("All", "A", "*", 1)))
     assert _route(org, "SA", "x@far.test", size=5000) == ("dns", "All")

@@ -44,6 +44,19 @@ _ONE_COPY = (
     "{mta} delivers a second copy to a mailbox the message reaches both directly and through a group; "
     "Exchange delivers one copy per mailbox"
 )
+# docs/decisions.md, "Connector restrictions judge the resolved sender": a real MTA routes by the MAIL
+# FROM text and the domain alone.
+_CONNECTOR_RESTRICTIONS = (
+    "{mta} as configured from the lab file routes by the MAIL FROM text: it cannot tell a sender resolved "
+    "in the directory from an anonymous client claiming the address (no counterpart of 'Resolve anonymous "
+    "e-mail'), nor choose a connector by priority or leave one out for reports, as Exchange's connector "
+    "restrictions do"
+)
+_RESTRICTION_TRACES = (
+    "outbound/connector-restriction-priority",
+    "outbound/connector-restriction-spoofed-sender",
+    "outbound/decision-resolve-anonymous-email",
+)
 # OpenSMTPD 6.8 as the lab file renders it (harness/targets/opensmtpd.py): extensions it does not have,
 # settings it holds for the whole server where Exchange has them per virtual server, and RFC clauses it
 # does not follow.
@@ -470,6 +483,11 @@ KNOWN_FAILURES = {
         "smtpd carries NOTIFY=NEVER from one RCPT over to the next and refuses the next recipient's "
         "NOTIFY=FAILURE with 553 'NOTIFY option NEVER cannot be combined with other options' (RFC 3461 4.1: "
         "NOTIFY is per recipient)"
+    ),
+    **{("postfix", trace): _CONNECTOR_RESTRICTIONS.format(mta="Postfix") for trace in _RESTRICTION_TRACES},
+    **{("exim", trace): _CONNECTOR_RESTRICTIONS.format(mta="Exim") for trace in _RESTRICTION_TRACES},
+    ("opensmtpd", "outbound/decision-resolve-anonymous-email"): _CONNECTOR_RESTRICTIONS.format(
+        mta="OpenSMTPD"
     ),
     # OpenSMTPD: protocol and outbound
     **{("opensmtpd", f"protocol/{trace}"): reason for trace, reason in _OPENSMTPD_PROTOCOL.items()},

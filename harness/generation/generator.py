@@ -19,6 +19,7 @@ same files byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import re
@@ -156,7 +157,7 @@ RECIPIENTS = {
 
 # Domains whose connector's delivery options make the route action (OUT-8a: HELO instead of EHLO;
 # OUT-8b: queued for remote triggered delivery). Not among RECIPIENTS: the random draws stay as they were.
-ROUTE_ACTION_RECIPIENTS = ("hank@woodgrove.net", "orders@proseware.net")
+ROUTE_ACTION_RECIPIENTS = ("hank@lucerne.net", "orders@proseware.net")
 
 DOWN = (
     ("Seattle-Tokyo RGC",),
@@ -300,8 +301,36 @@ def _draws(rng: random.Random) -> Iterator[Scenario]:
             yield from _grid(entry, rng, down)
     for entry in _SCHEDULED_ENTRIES:
         yield scenario_of(entry, MAILBOX_OWNER[entry.server], (SCHEDULED_RECIPIENT,))
+    yield from _restricted_connectors()
     while True:
         yield sample(rng)
+
+
+# Connector restrictions (docs/decisions.md, "Connector restrictions judge the resolved sender"): who
+# sends to the connectors restricted by sender, group and priority, and how they are vouched for.
+_RESTRICTED_ADDRESSES = ("orders@adatum.com", "orders@woodgrove.com")
+_RESTRICTED_SENDERS = (
+    # A spoofed internal sender (a member of the group, or the one allowed sender) on anonymous
+    # sessions, on the relay list of EX1 and from the Internet through EX2 (which hands it to EX1).
+    (Entry("relay-host", "EX1"), "alice@contoso.com"),
+    (Entry("relay-host", "EX1"), "bob@contoso.com"),
+    (Entry("internet", "EX2"), "alice@contoso.com"),
+    # The same senders resolved: authenticated, from the store (Dave: a member through a nested
+    # group), or from another server of the organization.
+    (Entry("lan", "EX1", auth="alice"), "alice@contoso.com"),
+    (Entry("lan", "EX1", auth="bob"), "bob@contoso.com"),
+    (Entry("store", "EX4", kind=STORE), "dave@contoso.com"),
+    (Entry("store", "EX3", kind=STORE), "carol@contoso.com"),
+    (Entry("EX2", "EX1"), "bob@contoso.com"),
+    (Entry("relay-host", "EX1"), ""),
+)
+
+
+def _restricted_connectors() -> Iterator[Scenario]:
+    for entry, sender in _RESTRICTED_SENDERS:
+        for address in _RESTRICTED_ADDRESSES:
+            for priority in ("normal", "high", "low"):
+                yield dataclasses.replace(scenario_of(entry, sender, (address,)), priority=priority)
 
 
 def known_disagreement(prediction: Prediction) -> str | None:
@@ -363,6 +392,8 @@ def slug(scenario: Scenario) -> str:
     ]
     if scenario.down:
         parts += ["down", *(d.replace(" SMTP Connector", "").replace(" RGC", "") for d in scenario.down)]
+    if scenario.priority != "normal":
+        parts += [scenario.priority, "priority"]
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
@@ -565,8 +596,13 @@ def _script(world: World, scenario: Scenario, prediction: Prediction) -> list[di
     for address, reply in zip(scenario.recipients, prediction.replies, strict=True):
         script += [{"send": f"RCPT TO:<{address}>"}, {"expect": {"code": reply.code, "text": reply.text}}]
     if prediction.accepted:
-        # The content plays no part in these decisions: one small fixture message for all.
-        script += [{"data": "plain.eml"}, {"expect": {"code": 250, "enhanced": "2.6.0"}}]
+        # The content plays no part in these decisions but for its priority (connector content
+        # restrictions): one small fixture message for all, or one that says its Importance.
+        data: str | dict[str, str] = "plain.eml"
+        if scenario.priority != "normal":
+            data = {"inline": f"From: {scenario.sender or 'MAILER-DAEMON@fabrikam.com'}\n"
+                    f"Subject: generated\nImportance: {scenario.priority}\n\nplain text\n"}  # fmt: skip
+        script += [{"data": data}, {"expect": {"code": 250, "enhanced": "2.6.0"}}]
     script += [{"send": "QUIT"}, {"expect": 221}]
     return script
 
@@ -576,7 +612,10 @@ _MEMO_SUBJECT = "Generated memo"
 
 def _entry_session(world: World, scenario: Scenario, prediction: Prediction) -> dict[str, Any]:
     if scenario.kind == STORE:
-        data = {"inline": f"From: {scenario.sender}\nSubject: generated submission\n\nplain text\n"}
+        importance = f"Importance: {scenario.priority}\n" if scenario.priority != "normal" else ""
+        data = {
+            "inline": f"From: {scenario.sender}\nSubject: generated submission\n{importance}\nplain text\n"
+        }
         return {
             "submit": {
                 "server": scenario.server,
@@ -609,8 +648,10 @@ def _title(scenario: Scenario) -> str:
             f"{scenario.client} ({how}{', over TLS' if scenario.tls else ''}) to {scenario.server} "
             f"{scenario.virtual_server or 'Default SMTP Virtual Server'}: <{scenario.sender}>"
         )
-    return f"{who} to {', '.join(scenario.recipients)}" + (
-        f", with {', '.join(scenario.down)} down" if scenario.down else ""
+    return (
+        f"{who} to {', '.join(scenario.recipients)}"
+        + (f", with {', '.join(scenario.down)} down" if scenario.down else "")
+        + (f", Importance {scenario.priority}" if scenario.priority != "normal" else "")
     )
 
 

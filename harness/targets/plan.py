@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from harness.lab.config import LabConfig
 from harness.lab.recipients import Contact, Mailbox, RecipientTable
 from reference_mta.linkstate import LinkState
-from reference_mta.mailmsg import MailMsg, encapsulate
+from reference_mta.mailmsg import MailMsg, ResolvedSender, encapsulate
 from reference_mta.queue_contract import Hop, HopKind
 from reference_mta.routing import RoutingEngine
 from reference_mta.topology import Organization, Server, VirtualServer
@@ -142,7 +142,7 @@ def plan(config: LabConfig, server: str, table: RecipientTable) -> ServerPlan:
         for address in contact.addresses:
             result.aliases[address] = [target]
     result.routes = _connector_routes(organization, engine)
-    result.sender_routes = _sender_routes(organization, engine, result.routes)
+    result.sender_routes = _sender_routes(organization, engine, result.routes, table)
     result.organization_servers = tuple(
         ipaddress.IPv4Network(f"{address}/32") for address in _organization_addresses(me, organization)
     )
@@ -248,17 +248,18 @@ def _connector_routes(organization: Organization, engine: RoutingEngine) -> list
 
 
 def _sender_routes(
-    organization: Organization, engine: RoutingEngine, routes: list[Route]
+    organization: Organization, engine: RoutingEngine, routes: list[Route], table: RecipientTable
 ) -> list[tuple[Route, tuple[str, ...]]]:
     """The routes that differ for the senders named in connectors' delivery restrictions (accept only
-    from, reject from), as the routing engine decides them for each such sender."""
-    senders = sorted(
-        {
-            address.lower()
-            for connector in organization.connectors
-            for address in (*connector.restrictions.accept_from, *connector.restrictions.reject_from)
-        }
-    )
+    from, reject from), as the routing engine decides them for each such sender; a listed group stands
+    for its members, nested groups included. A real MTA routes by the MAIL FROM text: it cannot tell a
+    resolved sender from a spoofed one, which the traces that show it leave to the reference MTA."""
+    listed = {
+        address.lower()
+        for connector in organization.connectors
+        for address in (*connector.restrictions.accept_from, *connector.restrictions.reject_from)
+    }
+    senders = sorted(_expand_groups(listed, table))
     general = {route.domain: route.hop for route in routes}
     patterns = _smtp_patterns(organization)
     found: list[tuple[Route, tuple[str, ...]]] = []
@@ -267,12 +268,48 @@ def _sender_routes(
         by_hop: dict[NextHop | None, list[str]] = {}
         for sender in senders:
             probe = MailMsg.new(sender, ["postmaster@mailflow-probe.invalid"])
+            # As the categorizer resolves the sender: its address and those of the groups it is in.
+            probe.resolved_sender = ResolvedSender(sender, frozenset({sender, *_groups_of(sender, table)}))
             route = engine.route_to_address_space(probe, "SMTP", _probe_domain(pattern))
             hop = _next_hop(organization, route)
             if hop != general.get(domain):
                 by_hop.setdefault(hop, []).append(sender)
         found += [(Route(domain, hop), tuple(names)) for hop, names in by_hop.items()]
     return found
+
+
+def _expand_groups(addresses: set[str], table: RecipientTable) -> set[str]:
+    """Listed addresses with every group among them replaced by its members, through nested groups."""
+    by_address = {address: group for group in table.groups for address in group.addresses}
+    result: set[str] = set()
+    pending, seen = list(addresses), set()
+    while pending:
+        address = pending.pop()
+        if address in seen:
+            continue
+        seen.add(address)
+        if address in by_address:
+            pending.extend(by_address[address].members)
+        else:
+            result.add(address)
+    return result
+
+
+def _groups_of(sender: str, table: RecipientTable) -> set[str]:
+    """The addresses of every group `sender` is a member of, nested groups included."""
+    found: set[str] = set()
+    members = {sender}
+    while True:
+        more = {
+            address
+            for group in table.groups
+            if members & set(group.members) and not set(group.addresses) <= found
+            for address in group.addresses
+        }
+        if not more - found:
+            return found
+        found |= more
+        members |= {group.addresses[0] for group in table.groups if set(group.addresses) & found}
 
 
 def _smtp_patterns(organization: Organization) -> list[str]:

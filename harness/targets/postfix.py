@@ -300,7 +300,8 @@ def _relayhost(hop: NextHop) -> str:
 def _sender_relayhosts(the_plan: ServerPlan) -> tuple[dict[str, NextHop], set[str]]:
     """The senders whose mail for some domains takes another connector (delivery restrictions), as
     Postfix can say it: one relay host per sender, for domains that everyone else reaches by DNS. A
-    sender routed two ways, or to DNS where others go to a hop, is left out (docs/decisions.md)."""
+    sender routed two ways, or to DNS where others go to a hop, is left out, and so is one whose domains
+    are not those of the senders kept before it, in address order (docs/decisions.md)."""
     general = {route.domain: route.hop for route in the_plan.routes}
     hops: dict[str, set[NextHop | None]] = {}
     domains: dict[str, set[str]] = {}
@@ -310,10 +311,12 @@ def _sender_relayhosts(the_plan: ServerPlan) -> tuple[dict[str, NextHop], set[st
             domains.setdefault(sender, set()).add(route.domain)
     chosen: dict[str, NextHop] = {}
     kept: set[str] = set()
-    for sender, found in hops.items():
+    for sender, found in sorted(hops.items()):
         hop = next(iter(found))
         by_dns = all(d in general and general[d] is None for d in domains[sender])
-        if len(found) != 1 or hop is None or not by_dns:
+        # The relay host applies to every kept domain: a sender whose other domains differ would take
+        # it for those too, so only senders routed differently for the same domains are kept.
+        if len(found) != 1 or hop is None or not by_dns or (kept and domains[sender] != kept):
             continue
         chosen[sender] = hop
         kept |= domains[sender]

@@ -62,6 +62,7 @@ class Scenario:
     down: tuple[str, ...] = ()
     tls: bool = False  # the session starts TLS (STARTTLS) before anything else
     kind: str = SMTP
+    priority: str = "normal"  # the message's Importance: high, normal or low
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,14 @@ def _smtp(world: World, scenario: Scenario) -> Prediction:
     if not accepted:
         return prediction
     prediction.spec |= {"IN-4", "C-AQ"}
+    from_server = is_organization_server(world, scenario.client)
     message = Message(
         scenario.sender,
         authenticated,
-        is_organization_server(world, scenario.client),
+        from_server,
         frozenset(d.lower() for d in scenario.down),
+        vouched=authenticated or from_server or vs.resolve_anonymous,
+        priority=scenario.priority,
     )
     _categorize(world, server.name, message, accepted, prediction)
     return prediction
@@ -168,7 +172,14 @@ def _store(world: World, scenario: Scenario) -> Prediction:
         raise Unpredictable(f"{scenario.sender} has no mailbox to submit from")
     prediction = Prediction([], spec={"OUT-1", "OUT-2a", "C-AQ"})
     prediction.notes.append(f"{scenario.sender} submits through the store of {scenario.server} (OUT-2a)")
-    message = Message(scenario.sender, True, False, frozenset(d.lower() for d in scenario.down))
+    message = Message(
+        scenario.sender,
+        True,
+        False,
+        frozenset(d.lower() for d in scenario.down),
+        vouched=True,
+        priority=scenario.priority,
+    )
     _categorize(world, world.server(scenario.server).name, message, list(scenario.recipients), prediction)
     return prediction
 
@@ -197,7 +208,9 @@ def _memo(world: World, scenario: Scenario) -> Prediction:
     if gateway.smtp_domain is None:
         raise Unpredictable(f"{gateway.name} has no SMTP domain for the foreign senders")
     sender = imcea("NOTES", scenario.sender, gateway.smtp_domain)
-    message = Message(sender, False, False, frozenset(d.lower() for d in scenario.down))
+    # The gateway is the organization's own: it vouches for the memo's sender (who, as an IMCEA
+    # address, resolves to no one).
+    message = Message(sender, False, False, frozenset(d.lower() for d in scenario.down), vouched=True)
     _categorize(world, world.server(scenario.server).name, message, mapped, prediction)
     if prediction.ndrs:
         # The NDR goes back to an IMCEANOTES address, through the gateway, as a memo: its form is

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.generation.oracle.route import NoConnector, Unpredictable, next_hop, route_remote, server_path
+from harness.generation.oracle.route import (
+    NoConnector,
+    Traits,
+    Unpredictable,
+    next_hop,
+    route_remote,
+    server_path,
+)
 from harness.generation.oracle.world import Entry, World
 
 
@@ -75,6 +82,26 @@ class Message:
     authenticated: bool
     from_server: bool  # handed over by another server of the organization
     down: frozenset[str]
+    # Whether where the message entered vouches for its sender (authenticated, the store, another
+    # server of the organization, or "Resolve anonymous e-mail"): only then is it resolved for
+    # connector restrictions, on every server it passes.
+    vouched: bool = False
+    priority: str = "normal"
+
+
+def traits(world: World, message: Message) -> Traits:
+    """The sender's addresses and groups (nested) as a vouched-for resolution finds them, the
+    priority, and whether it is a report (the null sender)."""
+    found = world.all_by_proxy("smtp", message.sender) if message.sender and message.vouched else []
+    addresses: set[str] = set()
+    if len(found) == 1:
+        sender = found[0]
+        for entry in world.entries.values():
+            if entry.dn.lower() == sender.dn.lower() or (
+                entry.is_a("group") and _member_of(world, sender, entry.dn)
+            ):
+                addresses |= {p[5:].lower() for p in entry.all("proxyAddresses") if p[:5].lower() == "smtp:"}
+    return Traits(frozenset(addresses), message.priority, not message.sender)
 
 
 def _server_of(dn: str) -> str:
@@ -235,7 +262,9 @@ class Categorizer:
             self._fail(server, address, "5.0.0", f"no connector serves {kind} addresses")
 
     def _remote(self, server: str, kind: str, address: str, rcpt: str, foreign: str) -> None:
-        route = route_remote(self.world, self.message.down, server, kind, address, self.message.sender)
+        route = route_remote(
+            self.world, self.message.down, server, kind, address, traits(self.world, self.message)
+        )
         if route is None:
             self.fate.note(f"every connector of the closest address space for {address} is down or out "
                            "of reach: it waits", "OUT-6", "C-RE")  # fmt: skip

@@ -7,7 +7,8 @@
   connectors on the path when the server is in another routing group;
 - OUT-4 / OUT-6: a remote address takes the connector whose address space matches it most closely
   (exact domain, then the longest `*.suffix`, then `*`); among those, a connector whose delivery
-  restrictions exclude the sender, or whose scope is another routing group, does not exist; then the
+  restrictions exclude the sender as resolved at the message's origin (or the message's priority or
+  kind), or whose scope is another routing group, does not exist; then the
   cheapest (path cost + address space cost), then one on this server, then each in turn by name;
 - docs/decisions.md: when every connector of the closest address space is down or out of reach, the
   message waits; there is no fail-over to a less specific address space;
@@ -137,12 +138,30 @@ def _specificity(pattern: str) -> tuple[int, int]:
     return (3, fixed) if "%" not in pattern else (2, fixed)
 
 
-def _exists_for(world: World, connector: Connector, origin: str, sender: str) -> bool:
+@dataclass(frozen=True)
+class Traits:
+    """What a connector's restrictions look at (reference sections 5 and 7; docs/decisions.md,
+    "Connector restrictions"): the SMTP addresses of the sender's directory object and of the groups
+    it belongs to, empty when the sender is not resolved (an anonymous origin does not vouch for it);
+    the priority; whether the message is a report (a system message)."""
+
+    addresses: frozenset[str] = frozenset()
+    priority: str = "normal"
+    system: bool = False
+
+
+def _exists_for(world: World, connector: Connector, origin: str, traits: Traits) -> bool:
     if connector.scope_routing_group and connector.routing_group != world.server(origin).routing_group:
         return False
-    if connector.accept_from is not None and sender.lower() not in (a.lower() for a in connector.accept_from):
+    if traits.priority not in connector.priorities:
         return False
-    return sender.lower() not in (a.lower() for a in connector.reject_from)
+    if ("system" if traits.system else "non_system") not in connector.message_types:
+        return False
+    if connector.accept_from is not None and not traits.addresses & {
+        a.lower() for a in connector.accept_from
+    }:
+        return False
+    return not traits.addresses & {a.lower() for a in connector.reject_from}
 
 
 @dataclass(frozen=True)
@@ -153,7 +172,7 @@ class Choice:
 
 
 def choose_connector(
-    world: World, down: frozenset[str], origin: str, kind: str, address: str, sender: str
+    world: World, down: frozenset[str], origin: str, kind: str, address: str, traits: Traits
 ) -> Choice | None:
     """The connector a message for `address` (of address type `kind`) takes from server `origin`; None
     when the closest address space has no connector that is up and in reach (the message waits).
@@ -161,7 +180,7 @@ def choose_connector(
     domain = address.rpartition("@")[2].lower() if kind == "SMTP" else address
     candidates: list[tuple[tuple[int, int], int, Connector]] = []
     for connector in world.connectors:
-        if connector.kind == "routing_group" or not _exists_for(world, connector, origin, sender):
+        if connector.kind == "routing_group" or not _exists_for(world, connector, origin, traits):
             continue
         for space in connector.address_spaces:
             if space.kind == kind and address_space_matches(space.pattern, domain):
@@ -219,14 +238,14 @@ class Route:
 
 
 def route_remote(
-    world: World, down: frozenset[str], origin: str, kind: str, address: str, sender: str
+    world: World, down: frozenset[str], origin: str, kind: str, address: str, traits: Traits
 ) -> Route | None:
     """Routing is hop by hop (IN-6b: the routing engine "determines the next destination, or hop"):
     every server on the way chooses again, so a server that has a connector of its own as good as the
     one chosen before it uses its own. None when the message waits for an unreachable destination."""
     hops = [world.server(origin).name]
     while True:
-        choice = choose_connector(world, down, hops[-1], kind, address, sender)
+        choice = choose_connector(world, down, hops[-1], kind, address, traits)
         if choice is None:
             return None
         if choice.bridgehead.upper() == hops[-1].upper():

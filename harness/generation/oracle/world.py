@@ -37,6 +37,7 @@ class VirtualServer:
     filter_directory: bool = False
     filter_addresses: tuple[str, ...] = ()
     smart_host: str | None = None
+    resolve_anonymous: bool = False  # Access → Authentication → "Resolve anonymous e-mail"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class Connector:
     allow_relay: bool = False
     accept_from: tuple[str, ...] | None = None
     reject_from: tuple[str, ...] = ()
+    # Content restrictions: the priorities and the kinds of message (system = reports) it takes.
+    priorities: tuple[str, ...] = ("high", "normal", "low")
+    message_types: tuple[str, ...] = ("system", "non_system")
     scope_routing_group: bool = False
     down: bool = False
     smtp_domain: str | None = None  # a gateway's: the domain of the SMTP form of foreign addresses
@@ -149,6 +153,10 @@ class World:
     def entry(self, dn: str) -> Entry | None:
         return self.entries.get(dn.lower())
 
+    def all_by_proxy(self, kind: str, address: str) -> list[Entry]:
+        wanted = f"{kind}:{address}".lower()
+        return [e for e in self.entries.values() if wanted in (p.lower() for p in e.all("proxyAddresses"))]
+
     def sink_for(self, fqdn: str) -> Host | None:
         return next((h for h in self.internet if h.fqdn.lower() == fqdn.lower().rstrip(".")), None)
 
@@ -207,6 +215,7 @@ def _virtual_server(server: str, addr: int, raw: dict[str, Any]) -> VirtualServe
         filter_directory=bool(filtering.get("directory", False)),
         filter_addresses=_names(filtering.get("addresses")),
         smart_host=raw.get("smart_host"),
+        resolve_anonymous=bool(raw.get("resolve_anonymous", False)),
     )
 
 
@@ -232,8 +241,10 @@ def _connectors(raw: dict[str, Any]) -> list[Connector]:
         address_spaces=spaces,
         smart_hosts=_names(delivery.get("smart_hosts")),
         allow_relay=bool(raw.get("allow_relay", False)),
-        accept_from=_names(restrictions["accept_from"]) if "accept_from" in restrictions else None,
+        accept_from=_names(restrictions.get("accept_from")) or None,
         reject_from=_names(restrictions.get("reject_from")),
+        priorities=_names(restrictions.get("priorities")) or ("high", "normal", "low"),
+        message_types=_names(restrictions.get("message_types")) or ("system", "non_system"),
         scope_routing_group=raw.get("scope") == "routing_group",
         down=raw.get("state") == "down",
         smtp_domain=raw.get("smtp_domain"),
