@@ -34,11 +34,8 @@ MESSAGE_TYPES = (SYSTEM, NON_SYSTEM)
 # Between servers of the organization, a message that entered on an anonymous session and was not
 # resolved there says so, so that the next server does not resolve a sender its origin would not
 # vouch for (TechNet: Exchange 2003 "marks the message as un-authenticated at its point of origin and
-# transfers that information from server to server"). Exchange carries the mark in its XEXCH50 blob;
-# the reference MTA carries it in this header, which only a server of the organization may set: the
-# virtual server removes it from whatever it receives and reads it only from its own servers.
-ANONYMOUS_ORIGIN_HEADER = "X-Mailflow-Origin"
-ANONYMOUS_ORIGIN_VALUE = "anonymous"
+# transfers that information from server to server"). The mark is the MAILMSG property
+# ANONYMOUS_ORIGIN, carried in XEXCH50 (`mailmsg.exch50_blob`) and over the X.400 transfer (`mta`).
 
 
 class Headers(Protocol):
@@ -96,22 +93,3 @@ def priority_of(headers: Headers) -> str:
         return LOW
     priority = str(headers.get("Priority") or "").strip().lower()
     return {"urgent": HIGH, "normal": NORMAL, "non-urgent": LOW}.get(priority, NORMAL)
-
-
-def mark_anonymous_origin(msg: MailMsg, content: bytes) -> bytes:
-    """The content to hand to another server of the organization: with the mark when the sender was
-    not resolved at the message's origin."""
-    if not msg.properties.get("ANONYMOUS_ORIGIN"):
-        return content
-    return f"{ANONYMOUS_ORIGIN_HEADER}: {ANONYMOUS_ORIGIN_VALUE}\r\n".encode() + content
-
-
-def take_anonymous_origin(raw: bytes) -> tuple[bytes, bool]:
-    """The content without any origin mark in its header block, and whether it carried one."""
-    head, separator, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    name = ANONYMOUS_ORIGIN_HEADER.lower().encode() + b":"
-    kept = [line for line in lines if not line.lower().startswith(name)]
-    if len(kept) == len(lines):
-        return raw, False
-    return b"\r\n".join(kept) + separator + body, True

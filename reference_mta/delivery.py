@@ -21,7 +21,6 @@ import dns.exception
 import dns.resolver
 
 from reference_mta import replies
-from reference_mta.connector_restrictions import mark_anonymous_origin
 from reference_mta.mailmsg import (
     EXCH50_VERSION,
     RP_DELIVERED,
@@ -68,8 +67,6 @@ class SmtpDelivery:
 
     async def deliver(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
         pending = list(msg.recipients)
-        if hop.kind in (HopKind.SERVER, HopKind.CONNECTOR):
-            content = mark_anonymous_origin(msg, content)  # the next server of the organization reads it
         try:
             addresses = await self._addresses(hop)
         except Unresolvable as exc:
@@ -139,7 +136,7 @@ class SmtpDelivery:
         await client.mail(msg.sender, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
         accepted, failed, deferred = await self._send_recipients(client, recipients, encoding)
         if accepted and self.is_organization_server(address) and client.supports_extension("xexch50"):
-            await self._send_exch50(client, accepted)
+            await self._send_exch50(client, msg, accepted)
         if accepted:
             try:
                 await client.data(content)
@@ -175,11 +172,13 @@ class SmtpDelivery:
                     failed.append(recipient)
         return accepted, failed, deferred
 
-    async def _send_exch50(self, client: aiosmtplib.SMTP, recipients: list[Recipient]) -> None:
+    async def _send_exch50(self, client: aiosmtplib.SMTP, msg: MailMsg, recipients: list[Recipient]) -> None:
         """XEXCH50 to another server of the organization: what the categorizer did to each recipient, so
         that the next categorizer does not forward or expand it again. A refusal costs nothing but that:
         the next server then categorizes the message in full."""
-        blob = exch50_blob(recipients, self._smtp_address)
+        blob = exch50_blob(
+            recipients, self._smtp_address, anonymous_origin=bool(msg.properties.get("ANONYMOUS_ORIGIN"))
+        )
         reply = await client.execute_command(
             b"XEXCH50", str(len(blob)).encode(), str(EXCH50_VERSION).encode()
         )

@@ -189,8 +189,20 @@ class CarriedState:
     categorized: bool  # forwarding and expansion applied
 
 
-def exch50_blob(recipients: list[Recipient], rcpt_address: Callable[[Recipient], str]) -> bytes:
-    """The blob for a transaction to another server of the organization: one entry per RCPT address."""
+@dataclass(frozen=True)
+class Exch50:
+    """What an XEXCH50 blob says: each recipient's state by RCPT address (lower case), and whether the
+    message entered the organization on a session that could not vouch for its sender."""
+
+    recipients: dict[str, CarriedState]
+    anonymous_origin: bool
+
+
+def exch50_blob(
+    recipients: list[Recipient], rcpt_address: Callable[[Recipient], str], *, anonymous_origin: bool
+) -> bytes:
+    """The blob for a transaction to another server of the organization: one entry per RCPT address,
+    and the message's origin mark (docs/decisions.md, "Connector restrictions")."""
     entries = [
         {
             "ADDRESS_SMTP": rcpt_address(r),
@@ -200,15 +212,18 @@ def exch50_blob(recipients: list[Recipient], rcpt_address: Callable[[Recipient],
         }
         for r in recipients
     ]
-    return json.dumps({"VERSION": EXCH50_VERSION, "RECIPIENTS": entries}, sort_keys=True).encode()
+    return json.dumps(
+        {"VERSION": EXCH50_VERSION, "RECIPIENTS": entries, "ANONYMOUS_ORIGIN": anonymous_origin},
+        sort_keys=True,
+    ).encode()
 
 
 class UnreadableBlob(ValueError):
     """An XEXCH50 blob that is not categorizer state; the message says what is wrong with it."""
 
 
-def read_exch50_blob(data: bytes) -> dict[str, CarriedState]:
-    """The recipients' carried state by RCPT address (lower case)."""
+def read_exch50_blob(data: bytes) -> Exch50:
+    """The recipients' carried state by RCPT address (lower case), and the origin mark."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -218,6 +233,9 @@ def read_exch50_blob(data: bytes) -> dict[str, CarriedState]:
     entries = raw.get("RECIPIENTS")
     if not isinstance(entries, list):
         raise UnreadableBlob("no RECIPIENTS list")
+    anonymous_origin = raw.get("ANONYMOUS_ORIGIN")
+    if not isinstance(anonymous_origin, bool):
+        raise UnreadableBlob("no ANONYMOUS_ORIGIN flag")
     carried: dict[str, CarriedState] = {}
     for number, entry in enumerate(entries, 1):
         if not (
@@ -236,13 +254,15 @@ def read_exch50_blob(data: bytes) -> dict[str, CarriedState]:
             entry["CATEGORIZED"],
         )
         carried[state.address.lower()] = state
-    return carried
+    return Exch50(carried, anonymous_origin)
 
 
-def apply_exch50(msg: MailMsg, carried: dict[str, CarriedState]) -> None:
-    """Give each recipient of a message received from another server its carried state."""
+def apply_exch50(msg: MailMsg, carried: Exch50) -> None:
+    """Give a message received from another server its origin mark, and each recipient its carried
+    state."""
+    msg.properties["ANONYMOUS_ORIGIN"] = carried.anonymous_origin
     for recipient in msg.recipients:
-        state = carried.get(recipient.address.lower())
+        state = carried.recipients.get(recipient.address.lower())
         if state is not None:
             # The flags travel for a person reading the blob; what the receiving categorizer acts on is
             # whether forwarding and expansion were applied, and the address before them (for DSNs).

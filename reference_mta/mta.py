@@ -44,6 +44,8 @@ Submit = Callable[[MailMsg, bytes], Awaitable[None]]
 POLL_SECONDS = 0.02
 # What a message carries over an X.400 transfer; the rest (routing state, queue ids) is the sender's.
 _CARRIED = (
+    "ANONYMOUS_ORIGIN",
+    "PRIORITY",
     "RFC822_MSG_ID",
     "RFC822_MSG_SUBJECT",
     "MSG_SIZE_HINT",
@@ -211,6 +213,12 @@ class MessageTransferAgent:
                 HELO_DOMAIN="MTA",
             )
             msg.id = item  # the transfer's name: AQ keeps it, so a repeat after a crash is known
+            done = {r.address.lower(): r for r in sent.recipients}
+            for recipient in msg.recipients:
+                # What the sending categorizer did travels, as in XEXCH50: no forwarding twice.
+                carried = done[recipient.address.lower()]
+                recipient.original = carried.original
+                recipient.categorized = carried.categorized
             partner = str(sent.properties.get("MTA_FROM", "-"))
             connector = str(sent.properties.get("MTA_CONNECTOR", ""))
             self.tracking.log(tracking.MTA_TRANSFER_IN, msg, None, "C-RE", partner=partner, queue=connector)

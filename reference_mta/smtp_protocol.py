@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from reference_mta import replies
 from reference_mta.access_policy import may_connect
-from reference_mta.mailmsg import EXCH50_MAX_BYTES, CarriedState, UnreadableBlob, read_exch50_blob
+from reference_mta.mailmsg import EXCH50_MAX_BYTES, Exch50, UnreadableBlob, read_exch50_blob
 from reference_mta.protocol_log import ProtocolLog, SessionLog
 from reference_mta.session_rules import (
     RULES,
@@ -75,7 +75,7 @@ class ExchangeEnvelope(Envelope):
         self.binarymime = False
         self.dsn_mail: dict[str, str] = {}
         self.dsn_rcpt: dict[str, dict[str, str]] = {}
-        self.exch50: dict[str, CarriedState] | None = None  # XEXCH50's recipients, by RCPT address
+        self.exch50: Exch50 | None = None  # what XEXCH50 carried
 
 
 @dataclass

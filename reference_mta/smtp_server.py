@@ -28,7 +28,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from reference_mta import replies
 from reference_mta.access_policy import Client, filtering_applies, relay_grant
 from reference_mta.address_book import AddressBook
-from reference_mta.connector_restrictions import priority_of, take_anonymous_origin
+from reference_mta.connector_restrictions import priority_of
 from reference_mta.mailmsg import MailMsg, apply_exch50
 from reference_mta.protocol_log import ProtocolLog
 from reference_mta.queue_contract import ComponentUnavailable, Submission
@@ -196,7 +196,6 @@ class VirtualServerHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         peer = client_ip(session)
         org_internal = self.organization.is_own_address(peer)
-        raw, marked = take_anonymous_origin(raw)
         authenticated = isinstance(session.auth_data, str)
         content, message_id, subject, queue_id, priority = self._stamp(raw, session)
         if server.session_log is not None:
@@ -216,9 +215,10 @@ class VirtualServerHandler:
             QUEUE_ID=queue_id,
             ORG_INTERNAL=org_internal,
             # Whether this session may not vouch for the sender: a server of the organization passes
-            # on what the message's origin said; anyone else is vouched for by authenticating, or by
-            # "Resolve anonymous e-mail" (docs/decisions.md, "Connector restrictions").
-            ANONYMOUS_ORIGIN=marked if org_internal else not (authenticated or self.vs.resolve_anonymous),
+            # on what the message's origin said, in XEXCH50 (`apply_exch50` below); anyone else is
+            # vouched for by authenticating, or by "Resolve anonymous e-mail" (docs/decisions.md,
+            # "Connector restrictions").
+            ANONYMOUS_ORIGIN=not (org_internal or authenticated or self.vs.resolve_anonymous),
             PRIORITY=priority,
             HOP_COUNT=_hop_count(content),
             MAX_HOP_COUNT=self.vs.max_hop_count,

@@ -88,7 +88,7 @@ def judy_done(categorized: bool = True) -> bytes:
         "RECIPIENT_FLAGS": 0,
         "CATEGORIZED": categorized,
     }
-    return json.dumps({"VERSION": 2, "RECIPIENTS": [entry]}).encode()
+    return json.dumps({"VERSION": 2, "RECIPIENTS": [entry], "ANONYMOUS_ORIGIN": False}).encode()
 
 
 def address(lab: Lab, host: str) -> str:
@@ -151,7 +151,12 @@ def test_refused_to_a_client_outside_the_organization(lab: Lab) -> None:
         (b"\x00\x01not json", "not MAILMSG properties (JSONDecodeError)"),
         (b'{"VERSION": 1, "RECIPIENTS": []}', "not version 2 MAILMSG properties"),
         (b'{"VERSION": 2}', "no RECIPIENTS list"),
-        (b'{"VERSION": 2, "RECIPIENTS": [{"ADDRESS_SMTP": "judy@contoso.com"}]}', "recipient 1 lacks"),
+        (b'{"VERSION": 2, "RECIPIENTS": []}', "no ANONYMOUS_ORIGIN flag"),
+        (
+            b'{"VERSION": 2, "ANONYMOUS_ORIGIN": false,'
+            b' "RECIPIENTS": [{"ADDRESS_SMTP": "judy@contoso.com"}]}',
+            "recipient 1 lacks",
+        ),
     ],
 )
 def test_an_unreadable_blob_is_refused_and_the_message_categorized_in_full(
