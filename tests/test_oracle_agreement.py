@@ -6,10 +6,8 @@ it over, NDRs), the tracking events it asserts, the hop chain and nothing else. 
 disagreement to the smallest scenario it can find (fewest recipients, earliest entries of each list),
 which the failure message shows.
 
-Known disagreements (`generator.known_disagreement`, where the reference MTA does not follow the
-documents) are still run: in the property test such a scenario may fail, and only for the reason
-`known_disagreement` gives; each reason also has a fixed scenario below, a strict expected failure, so
-the day the reference MTA is fixed the test says so and the reason is removed.
+No disagreement is excused: every scenario the oracle can decide must pass, and the generator hides
+none from the corpus.
 
 200 examples by default (about a minute on two CPUs); for a longer or shorter run:
     MAILFLOW_ORACLE_EXAMPLES=500 .venv/bin/pytest tests/test_oracle_agreement.py
@@ -22,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from harness.corpus import writer
@@ -37,9 +35,6 @@ EXAMPLES = int(os.environ.get("MAILFLOW_ORACLE_EXAMPLES", "200"))
 ADDRESSES = sorted(
     {a for kind in generator.RECIPIENTS.values() for a in kind} | set(generator.ROUTE_ACTION_RECIPIENTS)
 )
-
-# One scenario per reason `known_disagreement` gives, each the smallest that shows it.
-KNOWN_DISAGREEMENTS: list[Scenario] = []
 
 # Scenarios on the contoso lab that once were known disagreements, kept as agreement cases with the
 # deliveries the oracle predicts.
@@ -180,40 +175,7 @@ def test_reference_mta_does_what_the_oracle_predicts(scenario: Scenario) -> None
         assume(False)  # the documents do not decide it: nothing to compare
         return
     result = replay(LAB, scenario, prediction)
-    known = generator.known_disagreement(prediction)
-    if known is not None and not result.passed:
-        # Tracked as a strict expected failure (test_known_disagreement_still_stands); a failure here
-        # for any other reason is not excused.
-        event(f"known disagreement: {known}")
-        return
     assert result.passed, disagreement(scenario, prediction, result)
-
-
-@pytest.mark.parametrize(
-    "scenario",
-    [
-        pytest.param(
-            scenario,
-            marks=pytest.mark.xfail(
-                strict=True, reason=generator.known_disagreement(predict(load(LAB), scenario)) or "?"
-            ),
-            id=generator.slug(scenario),
-        )
-        for scenario in KNOWN_DISAGREEMENTS
-    ],
-)
-def test_known_disagreement_still_stands(scenario: Scenario) -> None:
-    prediction = predict(load(LAB), scenario)
-    result = replay(LAB, scenario, prediction)
-    assert result.passed, disagreement(scenario, prediction, result)
-
-
-def test_every_known_disagreement_has_one_scenario() -> None:
-    """The list above and `known_disagreement` stay in step: each listed scenario is one it names, for
-    a reason of its own."""
-    reasons = [generator.known_disagreement(predict(load(LAB), s)) for s in KNOWN_DISAGREEMENTS]
-    assert None not in reasons
-    assert len(set(reasons)) == len(reasons)
 
 
 @pytest.mark.parametrize(
@@ -224,7 +186,6 @@ def test_reference_mta_and_oracle_agree_on_former_disagreements(
 ) -> None:
     prediction = predict(load(LAB), scenario)
     assert sorted((d.kind, d.where, d.server) for d in prediction.deliveries) == deliveries
-    assert generator.known_disagreement(prediction) is None
     result = replay(LAB, scenario, prediction)
     assert result.passed, disagreement(scenario, prediction, result)
 
@@ -238,6 +199,5 @@ def test_reference_mta_and_oracle_agree_on_pinned_scenarios(
     lab_file = LABS / f"{lab}.yaml"
     prediction = predict(load(lab_file), scenario)
     assert [(d.kind, d.where, d.server) for d in prediction.deliveries] == [delivery]
-    assert generator.known_disagreement(prediction) is None
     result = replay(lab_file, scenario, prediction)
     assert result.passed, disagreement(scenario, prediction, result)

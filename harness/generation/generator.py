@@ -333,14 +333,6 @@ def _restricted_connectors() -> Iterator[Scenario]:
                 yield dataclasses.replace(scenario_of(entry, sender, (address,)), priority=priority)
 
 
-def known_disagreement(prediction: Prediction) -> str | None:
-    """Why the reference MTA is known to contradict the oracle here (docs/decisions.md, "Generated
-    traces"), or None. Such scenarios stay out of the corpus, which must pass, until it is fixed; the
-    property test runs them and expects them to fail for this reason (tests/test_oracle_agreement.py,
-    which keeps one scenario per reason as a strict expected failure). None are known today."""
-    return None
-
-
 def scenarios(world: World, seed: int, count: int) -> Iterator[tuple[Scenario, Prediction]]:
     """`count` distinct scenarios the oracle can decide, in the order the seed draws them."""
     return itertools.islice(_decidable(world, seed, count), count)
@@ -364,8 +356,6 @@ def _decidable(world: World, seed: int, count: int) -> Iterator[tuple[Scenario, 
         try:
             prediction = predict(world, scenario)
         except Unpredictable:
-            continue
-        if known_disagreement(prediction) is not None:
             continue
         seen.add(name)
         yield scenario, prediction
