@@ -35,17 +35,17 @@ import email
 import email.policy
 import email.utils
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, unquote
 
 from reference_mta import durable, mta, replies, tracking
 from reference_mta.directory import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
+from reference_mta.moves import Moves
 from reference_mta.queue_contract import (
     GATEWAY_FOLDERS,
     X400_MTA,
@@ -193,8 +193,7 @@ class NotesGateway:
         self.frozen = frozen if frozen is not None else set()
         self._inbound: dict[str, _Inbound] = {}  # on its way to AQ, by item name
         self._parked: dict[str, _Inbound] = {}  # resting in a frozen queue
-        self._moving = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.moves = Moves()
         self.running = True  # the gateway service; stopped by an administrator with `stop_service`
         self._delivering: set[str] = set()  # MTS-OUT items on their way to the foreign system
 
@@ -239,15 +238,12 @@ class NotesGateway:
         content = _mime(memo, sender, mapped, message_id)
         inbound = _Inbound(item, self._envelope(sender, mapped, memo, message_id, len(content)), content)
         self._inbound[item] = inbound
-        self._moving += 1
-        try:
+        with self.moves.busy():
             # GW-2: translated and mapped, into MTS-IN (new bytes: written before the memo goes).
             await asyncio.to_thread(durable.write, self.mts_in / f"{item}.eml", content)
             await asyncio.to_thread((self.in_folder / f"{item}.memo").unlink)
             self._arrived(inbound)
             await self._advance(inbound)
-        finally:
-            self._moving -= 1
 
     def _envelope(self, sender: str, mapped: list[str], memo: Memo, message_id: str, size: int) -> MailMsg:
         return MailMsg.new(
@@ -279,12 +275,12 @@ class NotesGateway:
                     path.unlink()
                     continue
                 self._inbound[inbound.item] = inbound
-                self._spawn(self._advance(inbound))
+                self.moves.spawn(self._advance(inbound))
         for path in sorted(self.in_folder.glob("*.memo")):
             if path.stem in translated:
                 path.unlink()  # translated before the stop: the memo's work is done
             else:
-                self._spawn(self._retranslate(path))
+                self.moves.spawn(self._retranslate(path))
         self._recover_outbound()
 
     def _read_inbound(self, path: Path, stage: int) -> _Inbound:
@@ -305,18 +301,6 @@ class NotesGateway:
     async def _retranslate(self, path: Path) -> None:
         memo = parse_memo(await asyncio.to_thread(path.read_bytes))
         await self._transfer(path.stem, memo)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Moves that go on in the background; the gateway is busy (not idle) from now until they end."""
-        self._moving += 1
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            self._moving -= 1
-
-        task.add_done_callback(done)
 
     def _arrived(self, inbound: _Inbound) -> None:
         stage = self.stages[inbound.stage]
@@ -351,18 +335,15 @@ class NotesGateway:
         for item, inbound in list(self._parked.items()):
             if self.stages[inbound.stage].queue == queue and queue not in self.frozen:
                 del self._parked[item]
-                self._spawn(self._advance(inbound))
+                self.moves.spawn(self._advance(inbound))
 
     async def stop(self) -> None:
         """The moves under way end where they are: each message rests in one folder, for `recover`."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.moves.cancel()
 
     def idle(self) -> bool:
         """Nothing is on its way: a message in a frozen queue waits for an administrator."""
-        return not self._moving
+        return self.moves.idle()
 
     def _smtp_of(self, foreign: str) -> str | None:
         found = self.directory.search(
@@ -418,7 +399,7 @@ class NotesGateway:
         """The MTA put `item` in MTS-OUT: a running gateway delivers it; a stopped one leaves it there."""
         if self.running and item not in self._delivering:
             self._delivering.add(item)
-            self._spawn(self._deliver_out(item))
+            self.moves.spawn(self._deliver_out(item))
 
     def stop_service(self) -> None:
         """The administrator stops the gateway service: what is under way finishes, nothing new starts."""

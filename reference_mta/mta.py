@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from reference_mta import tracking
 from reference_mta.durable import move, write
 from reference_mta.mailmsg import MailMsg
+from reference_mta.moves import Moves
 from reference_mta.queue_contract import DeliveryResult, QueueState, mta_queue
 
 # Told the item's name when the MTA has put it in the outlet's folder.
@@ -76,8 +77,7 @@ class MessageTransferAgent:
         self.frozen = frozen
         self._outlets: dict[str, tuple[str, Outlet]] = {}  # by connector name in lower case
         self._parked: dict[str, str] = {}  # item → connector, resting in a frozen queue
-        self._moving = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.moves = Moves()
         self.inbox = root / server / "MTA" / "in"
         self._receiver: asyncio.Task[None] | None = None
 
@@ -115,7 +115,7 @@ class MessageTransferAgent:
         await asyncio.to_thread(write, folder / f"{msg.id}.eml", content)
         await asyncio.to_thread(write, folder / f"{msg.id}.json", carried.to_json().encode())
         self.tracking.log(tracking.MTA_SUBMISSION, msg, None, "IN-7c", partner="STORE", queue=mta_queue(name))
-        self._spawn(self._advance(name, msg.id))
+        self.moves.spawn(self._advance(name, msg.id))
         for recipient in msg.recipients:
             recipient.status = "relayed"
         return DeliveryResult(delivered=list(msg.recipients), failed=[], deferred=[], partner="X400")
@@ -152,7 +152,7 @@ class MessageTransferAgent:
                     if outlet.arrived is not None:
                         outlet.arrived(envelope.stem)
                     continue
-                self._spawn(self._advance(name, envelope.stem))
+                self.moves.spawn(self._advance(name, envelope.stem))
             for content in folder.glob("*.eml"):
                 if not content.with_suffix(".json").exists():
                     content.unlink()
@@ -162,7 +162,7 @@ class MessageTransferAgent:
         for item, connector in list(self._parked.items()):
             if mta_queue(connector).lower() == queue.lower() and queue not in self.frozen:
                 del self._parked[item]
-                self._spawn(self._advance(connector, item))
+                self.moves.spawn(self._advance(connector, item))
 
     def folders(self) -> dict[str, list[dict[str, Any]]]:
         """Each connector's queue as Queue Viewer lists X.400 queues: one row per message."""
@@ -173,17 +173,6 @@ class MessageTransferAgent:
             ]
             for name, _ in self._outlets.values()
         }
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        self._moving += 1
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            self._moving -= 1
-
-        task.add_done_callback(done)
 
     # --- what other MTAs transfer to this one ------------------------------------------------------
 
@@ -238,14 +227,11 @@ class MessageTransferAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._receiver
             self._receiver = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.moves.cancel()
 
     def idle(self) -> bool:
         """Nothing is on its way: a message in a frozen queue waits for an administrator."""
-        return not self._moving and not self.receiving()
+        return self.moves.idle() and not self.receiving()
 
 
 def x400_outlet(root: Path, connector: str, remote_server: str | None) -> Outlet:
