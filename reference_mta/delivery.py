@@ -84,7 +84,11 @@ class SmtpDelivery:
         errors: list[str] = []
         helo = hop.queue.lower() in self.helo_links
         for address in addresses:
-            result = await self._session(address, msg, content, pending, helo)
+            # The route action is for the remote domain's next hop; a server of the organization is
+            # greeted with EHLO whatever the connector says, or XEXCH50 could not carry the message's
+            # categorizer state and origin mark.
+            greet_helo = helo and not self.is_organization_server(address)
+            result = await self._session(address, msg, content, pending, greet_helo)
             if isinstance(result, DeliveryResult):
                 return result
             errors.append(f"{address}: {result}")

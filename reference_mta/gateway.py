@@ -37,7 +37,7 @@ import email.utils
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.policy import SMTP
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -454,7 +454,7 @@ class NotesGateway:
     def _memo_of(self, msg: MailMsg, content: bytes) -> Memo:
         parsed = email.message_from_bytes(content, policy=email.policy.default)
         body = parsed.get_body(preferencelist=("plain",))
-        text = body.get_content() if body is not None else ""
+        text = _plain_text(body) if body is not None else ""
         # A report (null sender) is from the organization's postmaster, as its From header says.
         sender = (
             msg.sender
@@ -517,3 +517,13 @@ def _mime(memo: Memo, sender: str, recipients: list[str], message_id: str) -> by
     message["X-Foreign-Sender"] = memo.sender
     message.set_content(memo.body)
     return message.as_bytes()
+
+
+def _plain_text(body: MIMEPart) -> str:
+    """The text a memo carries. A charset Python does not know (or a body that does not decode) must not
+    keep the message in MTS-OUT for ever: its bytes are then read as UTF-8, unknown ones replaced."""
+    try:
+        return str(body.get_content())
+    except (LookupError, ValueError):
+        payload = body.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)

@@ -226,7 +226,7 @@ def read_exch50_blob(data: bytes) -> Exch50:
     """The recipients' carried state by RCPT address (lower case), and the origin mark."""
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, too deep, a number too long
         raise UnreadableBlob(f"not MAILMSG properties ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict) or raw.get("VERSION") != EXCH50_VERSION:
         raise UnreadableBlob(f"not version {EXCH50_VERSION} MAILMSG properties")

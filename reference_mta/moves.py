@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class Moves:
@@ -27,6 +30,9 @@ class Moves:
         def done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
             self._busy -= 1
+            if not finished.cancelled() and finished.exception() is not None:
+                # The message stays where the move found it; say why, or nobody would know.
+                log.error("a move ended in an error", exc_info=finished.exception())
 
         task.add_done_callback(done)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from reference_mta.queue_contract import DeliveryResult, QueueState, mta_queue
 
 # Told the item's name when the MTA has put it in the outlet's folder.
 Arrived = Callable[[str], None]
+log = logging.getLogger(__name__)
+
 # Hands a message the MTA took in to AQ; returns once AQ holds it durably.
 Submit = Callable[[MailMsg, bytes], Awaitable[None]]
 # How often the MTA looks for what other MTAs transferred to it: it waits for an association, as
@@ -50,6 +53,7 @@ _CARRIED = (
     "RFC822_MSG_ID",
     "RFC822_MSG_SUBJECT",
     "MSG_SIZE_HINT",
+    "MAX_HOP_COUNT",
     "ORG_INTERNAL",
     "AUTHENTICATED_USER_NAME",
     "SMTP_UTF8",
@@ -79,6 +83,7 @@ class MessageTransferAgent:
         self._parked: dict[str, str] = {}  # item → connector, resting in a frozen queue
         self.moves = Moves()
         self.inbox = root / server / "MTA" / "in"
+        self.badmail = root / server / "MTA" / "BadMail"
         self._receiver: asyncio.Task[None] | None = None
 
     def connect(self, connector: str, outlet: Outlet) -> None:
@@ -185,8 +190,22 @@ class MessageTransferAgent:
     async def _receive(self, submit: Submit, handed_over: Callable[[str], bool]) -> None:
         while True:
             for envelope in sorted(await asyncio.to_thread(lambda: list(self.inbox.glob("*.json")))):
-                await self._take_in(envelope.stem, submit, handed_over)
+                try:
+                    await self._take_in(envelope.stem, submit, handed_over)
+                except Exception:
+                    # One item the MTA cannot take in must not stop the others: it is set aside whole,
+                    # as AQ sets aside what it cannot handle, for an administrator to look at.
+                    log.exception("MTA on %s cannot take in %s: moved to %s", self.server, envelope.stem,
+                                  self.badmail)  # fmt: skip
+                    await asyncio.to_thread(self._set_aside, envelope.stem)
             await asyncio.sleep(POLL_SECONDS)
+
+    def _set_aside(self, item: str) -> None:
+        self.badmail.mkdir(parents=True, exist_ok=True)
+        for suffix in (".json", ".eml"):
+            source = self.inbox / f"{item}{suffix}"
+            if source.exists():
+                move(source, self.badmail / source.name)
 
     async def _take_in(self, item: str, submit: Submit, handed_over: Callable[[str], bool]) -> None:
         held = await asyncio.to_thread(read_item, self.inbox, item)
@@ -200,6 +219,9 @@ class MessageTransferAgent:
                 [r.address for r in sent.recipients],
                 **{key: sent.properties[key] for key in _CARRIED if key in sent.properties},
                 HELO_DOMAIN="MTA",
+                # The transfer is a hop, as each Received: header is over SMTP: a loop through X.400
+                # connectors still ends at the hop limit (X.400 counts its own trace entries).
+                HOP_COUNT=int(sent.properties.get("HOP_COUNT", 0)) + 1,
             )
             msg.id = item  # the transfer's name: AQ keeps it, so a repeat after a crash is known
             done = {r.address.lower(): r for r in sent.recipients}

@@ -57,6 +57,11 @@ from reference_mta.queue_store import Entry, QueueDirectory
 log = logging.getLogger(__name__)
 
 _CLOCK_SLACK = 0.05  # seconds
+# Marks an administrator's or a remote host's release leaves on a message: Force Connection sends it
+# although its connector's schedule is closed, ETRN opens the session its remote-triggered queue holds
+# back. Each is used once, by the attempt it released.
+_FORCED = "FORCE_CONNECTION"
+_TRIGGERED = "REMOTE_TRIGGERED"
 
 
 class AdvancedQueuingEngine:
@@ -85,8 +90,6 @@ class AdvancedQueuingEngine:
         # Link queues (lower case) of connectors set to "Queue mail for remote triggered delivery", and
         # the envelopes an ETRN has released from them (each goes once; a retry waits for the next ETRN).
         self.remote_links = remote_links
-        self._triggered: set[str] = set()
-        self._forced: set[str] = set()  # messages Force Connection sends although the schedule is closed
         self._link_changes = 0
         self._nudges: dict[str, int] = {}  # retry_now calls per queue, to catch one during a park
         self._delay_notified: set[str] = set()  # content ids: one delay notice per message, not per part
@@ -155,7 +158,9 @@ class AdvancedQueuingEngine:
             if entry.state == QueueState.REMOTE and entry.queue.lower() == queue.lower()
         ]
         for entry in waiting:
-            self._triggered.add(entry.msg.id)
+            # A mark on the message, not on this envelope: routed again (link state changed), its parts
+            # keep it.
+            entry.msg.properties[_TRIGGERED] = True
             entry.state = QueueState.READY
             self._work.put_nowait(entry.msg.id)
         return len(waiting)
@@ -170,7 +175,7 @@ class AdvancedQueuingEngine:
                 QueueState.SCHEDULED,
                 QueueState.RETRY,
             ):
-                self._forced.add(entry.msg.id)
+                entry.msg.properties[_FORCED] = True  # kept by the parts if it is routed again
                 timer = self._timers.pop(entry.msg.id, None)
                 if timer is not None:
                     timer.cancel()
@@ -199,6 +204,7 @@ class AdvancedQueuingEngine:
                 QueueState.READY,
                 QueueState.FROZEN,
                 QueueState.SCHEDULED,
+                QueueState.REMOTE,
             ):
                 entry.reroute = True
 
@@ -431,8 +437,7 @@ class AdvancedQueuingEngine:
         """The connector's schedule is closed and no Force Connection let this message through: it waits
         in its link queue, Scheduled, until the schedule opens."""
         assert self.components is not None and entry.hop is not None
-        if entry.msg.id in self._forced:
-            self._forced.discard(entry.msg.id)
+        if entry.msg.properties.pop(_FORCED, False):
             return False
         wait = self.components.schedule_wait(entry.hop) if self.components.schedule_wait else 0.0
         if wait == 0.0:
@@ -457,11 +462,11 @@ class AdvancedQueuingEngine:
                 await asyncio.to_thread(self.directory.save, entry)
                 self._work.put_nowait(entry.msg.id)
                 return
-            if entry.hop.queue.lower() in self.remote_links and entry.msg.id not in self._triggered:
+            remote = entry.hop.queue.lower() in self.remote_links
+            if remote and not entry.msg.properties.pop(_TRIGGERED, False):
                 # Remote triggered delivery: no session is opened until the remote host sends ETRN.
                 entry.state = QueueState.REMOTE
                 return
-            self._triggered.discard(entry.msg.id)
             if self._waits_for_schedule(entry):
                 return
             entry.state = QueueState.ACTIVE

@@ -368,7 +368,7 @@ class ExchangeSMTP(SMTP):
         """The categorizer's state from another server of the organization (the session rules let only
         such a server this far): `XEXCH50 <size> <version>`, 354, then exactly <size> octets."""
         words = (arg or "").split()
-        if len(words) != 2 or not all(word.isdigit() for word in words):
+        if len(words) != 2 or not all(word.isascii() and word.isdigit() for word in words):
             await self.push(replies.XEXCH50_SYNTAX)
             return
         size = int(words[0])
@@ -383,7 +383,9 @@ class ExchangeSMTP(SMTP):
         try:
             self.exchange_envelope().exch50 = read_exch50_blob(blob)
         except UnreadableBlob as exc:
-            # The message is then categorized in full, as if it had come from outside.
+            # The message is then categorized in full, and its sender is not vouched for: a blob that
+            # cannot be read cannot say that the message's origin vouched for it.
+            self.exchange_envelope().exch50 = Exch50({}, anonymous_origin=True)
             await self.push(replies.xexch50_unreadable(str(exc)))
             return
         await self.push(replies.XEXCH50_OK)

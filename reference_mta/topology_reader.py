@@ -393,11 +393,19 @@ def _remote_triggered(raw: Mapping[str, Any], where: Location) -> bool:
     the connector must name that domain (an exact SMTP address space)."""
     if not raw["delivery"].get("remote_triggered", False):
         return False
-    if not any(s["type"] == "SMTP" and "*" not in s["pattern"] for s in raw["address_spaces"]):
+    spaces = raw.get("address_spaces") or []
+    if not any(s["type"] == "SMTP" and not set(s["pattern"]) & {"*", "%"} for s in spaces):
         raise TopologyError(
             (*where, "delivery", "remote_triggered"),
-            "remote triggered delivery needs an SMTP address space that names a domain (no *): "
+            "remote triggered delivery needs an SMTP address space that names a domain (no * or %): "
             "it is the domain the remote host asks for with ETRN",
+        )
+    if raw.get("schedule", "always") != "always":
+        # Delivery Options offers a schedule or remote triggered delivery, one or the other.
+        raise TopologyError(
+            (*where, "schedule"),
+            "a connector that queues mail for remote triggered delivery sends when the remote host asks "
+            "(ETRN), not on a schedule: leave out schedule, or remote_triggered",
         )
     return True
 

@@ -119,15 +119,37 @@ def test_a_deferred_submission_waits_in_its_queue_until_its_time(lab: Lab) -> No
     assert DEFERRED not in queue_rows(lab, "EX1")
 
 
-def test_remote_triggered_delivery_needs_a_domain_to_ask_for(tmp_path: Path) -> None:
+NAMED = "address_spaces: [{type: SMTP, pattern: proseware.net, cost: 1}]"
+
+
+@pytest.mark.parametrize(
+    ("spaces", "field", "says"),
+    [
+        # A wildcard names no domain an ETRN could ask for; neither does a connector joining groups only.
+        (
+            'address_spaces: [{type: SMTP, pattern: "*.net", cost: 1}]',
+            "delivery.remote_triggered",
+            "needs an SMTP",
+        ),
+        (
+            'address_spaces: [{type: SMTP, pattern: "proseware.ne%", cost: 1}]',
+            "delivery.remote_triggered",
+            "no * or %",
+        ),
+        ("connects_to: London", "delivery.remote_triggered", "needs an SMTP address space"),
+        # Delivery Options offers a schedule or remote triggered delivery, not both.
+        (NAMED + "\n      schedule: never", "schedule", "not on a schedule"),
+    ],
+)
+def test_remote_triggered_delivery_needs_a_domain_to_ask_for(
+    tmp_path: Path, spaces: str, field: str, says: str
+) -> None:
     text = LAB.read_text(encoding="utf-8").replace("../directory/", f"{LAB.parent.parent}/directory/")
-    named = "address_spaces: [{type: SMTP, pattern: proseware.net, cost: 1}]"
-    assert named in text
+    assert NAMED in text
     bad = tmp_path / "contoso.yaml"
-    bad.write_text(text.replace(named, 'address_spaces: [{type: SMTP, pattern: "*.net", cost: 1}]'))
-    line = 1 + text[: text.index("remote_triggered: true")].count("\n")
+    bad.write_text(text.replace(NAMED, spaces))
     result = CliRunner().invoke(main, ["check", str(bad)])
     assert result.exit_code == 2, result.output
-    assert f"{bad}:{line}: " in result.output, result.output
-    assert "delivery.remote_triggered: remote triggered delivery needs an SMTP address space" in result.output
+    assert f"{bad}:" in result.output, result.output
+    assert f"{field}: " in result.output and says in result.output, result.output
     assert "Traceback" not in result.output

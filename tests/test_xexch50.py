@@ -149,6 +149,9 @@ def test_refused_to_a_client_outside_the_organization(lab: Lab) -> None:
     [
         (b"\xff\xfenot UTF-8", "not MAILMSG properties (UnicodeDecodeError)"),
         (b"\x00\x01not json", "not MAILMSG properties (JSONDecodeError)"),
+        # Hostile shapes the JSON reader refuses with an error of its own, not a parse error.
+        (b"[" * 100_000, "not MAILMSG properties (RecursionError)"),
+        (b'{"VERSION": ' + b"9" * 5000 + b"}", "not MAILMSG properties (ValueError)"),
         (b'{"VERSION": 1, "RECIPIENTS": []}', "not version 2 MAILMSG properties"),
         (b'{"VERSION": 2}', "no RECIPIENTS list"),
         (b'{"VERSION": 2, "RECIPIENTS": []}', "no ANONYMOUS_ORIGIN flag"),
@@ -177,6 +180,7 @@ def test_command_syntax_sequence_and_size(lab: Lab) -> None:
     assert session.send("XEXCH50 10 2") == replies.NEED_RCPT
     session.send("RCPT TO:<judy@contoso.com>")
     assert session.send("XEXCH50 ten 2") == replies.XEXCH50_SYNTAX
+    assert session.send("XEXCH50 \u00b2 2") == replies.XEXCH50_SYNTAX  # a digit, but not an ASCII one
     assert session.send("XEXCH50") == replies.XEXCH50_SYNTAX
     assert session.send("XEXCH50 99999999 2") == replies.XEXCH50_TOO_BIG
     assert session.closed()
