@@ -12,7 +12,7 @@ import pytest
 from harness.judge.evidence import Delivery, DeliveryKind, DnsQuery, Evidence, LdapQuery
 from harness.judge.expectations import Check, check_outcome
 from harness.lab.runtime import Lab
-from reference_mta import store
+from reference_mta import durable, mta
 from reference_mta.mailmsg import MailMsg
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
@@ -188,7 +188,11 @@ def test_a_gateway_delivery_on_another_server_does_not_match() -> None:
 
 def test_evidence_reads_gateway_transfers_through_the_store(tmp_path: Path) -> None:
     msg = MailMsg.new("ann@fabrikam.com", ["First Last/Org", "Other Person/Org"])
-    store.transfer_to_mta(tmp_path, "EX4", "Notes Connector", msg, MESSAGE)
+    # What the MTA puts in the gateway's MTS-OUT folder: the content, then the envelope.
+    folder = mta.gateway_outlet(tmp_path, "EX4", "Notes Connector").folder
+    folder.mkdir(parents=True)
+    durable.write(folder / f"{msg.id}.eml", MESSAGE)
+    durable.write(folder / f"{msg.id}.json", msg.to_json().encode())
     # Only what Evidence.collect reads of a lab: no sockets needed to test the reading.
     lab = SimpleNamespace(
         config=SimpleNamespace(hosts={}),
