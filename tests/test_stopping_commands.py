@@ -42,6 +42,9 @@ def start(tmp_path: Path, *arguments: str) -> tuple[subprocess.Popen[bytes], Pat
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [MAILFLOW, *arguments],
+            # As from a terminal: under `nohup` (a CI job started so) SIGHUP would be inherited ignored,
+            # and mailflow rightly keeps an ignored SIGHUP ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
