@@ -211,6 +211,21 @@ def test_query_log(lab: LabThread) -> None:
     assert lab.queries() == []
 
 
+def test_the_query_log_keeps_its_newest_entries_and_counts_the_dropped_ones() -> None:
+    """A lab that runs for hours keeps a fixed number of queries: the oldest go, counted."""
+    server = FakeDNS(ADDRESS, PORT + 1, RECORDS, authoritative_zones=["contoso.com"], log_limit=20)
+    with LabThread(server) as running:
+        for index in range(50):
+            query = dns.message.make_query(f"host{index}.contoso.com", "A")
+            answer = dns.query.udp(query, ADDRESS, timeout=TIMEOUT, port=PORT + 1)
+            assert answer.rcode() == dns.rcode.NXDOMAIN
+        log = running.queries()
+        assert [q.name for q in log] == [f"host{index}.contoso.com" for index in range(30, 50)]
+        assert running.call(lambda: server.queries_dropped) == 30
+        running.call(server.clear_log)
+        assert (running.queries(), running.call(lambda: server.queries_dropped)) == ([], 0)
+
+
 def test_delay_fault_does_not_block_other_queries(lab: LabThread) -> None:
     async def both() -> tuple[list[str], float]:
         order: list[str] = []

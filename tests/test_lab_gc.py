@@ -239,6 +239,21 @@ def test_query_log_is_thread_safe(gc: MockGlobalCatalog) -> None:
     assert len(gc.queries) == 4 * 20 * 2
 
 
+def test_the_query_log_keeps_its_newest_entries_and_counts_the_dropped_ones() -> None:
+    catalog = MockGlobalCatalog(CONFIG, log_limit=5)
+    catalog.load()
+    connection = catalog.connect("EX1")
+    users = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"]
+    for user in users:
+        connection.search(BASE, proxy_filter("smtp", f"{user}@contoso.com"), ["cn"])
+    assert [q.filter for q in catalog.queries] == [
+        f"(proxyAddresses=smtp:{user}@contoso.com)" for user in users[2:]
+    ]
+    assert catalog.queries_dropped == 2
+    catalog.clear_log()
+    assert (catalog.queries, catalog.queries_dropped) == ([], 0)
+
+
 # --- SMTP AUTH -------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ import dns.reversename
 import dns.rrset
 
 from harness.lab.addresses import check_endpoint
+from harness.lab.query_log import DEFAULT_LIMIT, QueryLog
 
 __all__ = ["FakeDNS", "Fault", "Query", "Record", "check_record", "ptr_name"]
 
@@ -162,6 +163,7 @@ class FakeDNS:
         port: int,
         records: Iterable[Record],
         authoritative_zones: Iterable[str] = (),
+        log_limit: int = DEFAULT_LIMIT,
     ) -> None:
         check_endpoint(address, port)
         self._address = address
@@ -185,7 +187,7 @@ class FakeDNS:
                 if owner == dns.name.root:
                     break
                 owner = owner.parent()
-        self._log: list[_LogSlot] = []
+        self._log: QueryLog[_LogSlot] = QueryLog(log_limit)
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -232,10 +234,15 @@ class FakeDNS:
     @property
     def queries(self) -> list[Query]:
         """Answered (or deliberately unanswered) queries in arrival order; in-flight ones are omitted."""
-        return [slot.query for slot in self._log if slot.query is not None]
+        return [slot.query for slot in self._log.entries() if slot.query is not None]
+
+    @property
+    def queries_dropped(self) -> int:
+        """The oldest queries dropped from the log to keep it within its limit."""
+        return self._log.dropped
 
     def clear_log(self) -> None:
-        self._log = []
+        self._log.clear()
 
     def set_fault(self, name: str, rtype: str, fault: Fault | None) -> None:
         """Set or (with None) clear the fault for (name, rtype); rtype "*" covers every type of name.

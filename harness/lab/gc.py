@@ -30,6 +30,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import safe_dn
 
 from harness.lab.config import GlobalCatalogConfig
+from harness.lab.query_log import DEFAULT_LIMIT, QueryLog
 from reference_mta.directory import DirectoryEntry, DirectoryUnavailable, attribute_text, same_dn
 
 __all__ = [
@@ -163,14 +164,13 @@ class GcConnection:
 class MockGlobalCatalog:
     """The directory of one lab. `load()` before use; safe to search from several threads."""
 
-    def __init__(self, config: GlobalCatalogConfig) -> None:
+    def __init__(self, config: GlobalCatalogConfig, log_limit: int = DEFAULT_LIMIT) -> None:
         self.config = config
         self._server: ldap3.Server | None = None
         # Directory order of every entry: ldap3's mock returns matches as a set, and logs and
         # results must not change from run to run.
         self._order: dict[str, int] = {}
-        self._log: list[LdapQuery] = []
-        self._log_lock = threading.Lock()
+        self._log: QueryLog[LdapQuery] = QueryLog(log_limit)
         self._auth_connection: GcConnection | None = None
         # False while the lab has "stopped" the global catalog: every search fails as unreachable.
         self.available = True
@@ -272,16 +272,18 @@ class MockGlobalCatalog:
 
     @property
     def queries(self) -> list[LdapQuery]:
-        with self._log_lock:
-            return list(self._log)
+        return self._log.entries()
+
+    @property
+    def queries_dropped(self) -> int:
+        """The oldest queries dropped from the log to keep it within its limit."""
+        return self._log.dropped
 
     def clear_log(self) -> None:
-        with self._log_lock:
-            self._log.clear()
+        self._log.clear()
 
     def _record(self, query: LdapQuery) -> None:
-        with self._log_lock:
-            self._log.append(query)
+        self._log.append(query)
 
     # --- internals -------------------------------------------------------------------------------
 
