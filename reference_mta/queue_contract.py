@@ -100,8 +100,20 @@ class Hop:
     kind: HopKind
     targets: tuple[str, ...] = ()  # FQDNs or [a.b.c.d] literals, tried in order
     connector: str | None = None
+    # Why routing chose this hop for one recipient (the catalogue ID and a sentence): recipients that
+    # share a next hop share its session, whatever their reasons, so these are left out of `key`.
     spec: str = "C-RE"
     detail: str = ""
+
+    @property
+    def key(self) -> tuple[str, HopKind, tuple[str, ...], str | None]:
+        """What makes two hops one link: AQ gives all of a message's recipients with the same key to
+        one envelope, and so to one SMTP session. The connector counts only on its own queue (its
+        schedule, its X.400 transfer); a hop toward a bridgehead names the connector the bridgehead
+        will use, which does not change how this server reaches it (docs/decisions.md, "One envelope
+        per next hop")."""
+        own = self.connector is not None and self.connector.lower() == self.queue.lower()
+        return (self.queue.lower(), self.kind, self.targets, self.connector if own else None)
 
 
 class ComponentUnavailable(Exception):

@@ -62,6 +62,27 @@ _CLOCK_SLACK = 0.05  # seconds
 # back. Each is used once, by the attempt it released.
 _FORCED = "FORCE_CONNECTION"
 _TRIGGERED = "REMOTE_TRIGGERED"
+# Each recipient's catalogue ID from its last routing decision, by address: the recipients of one link
+# queue's envelope may have been routed there for different reasons, and tracking shows each its own.
+_ROUTE_SPECS = "ROUTE_SPECS"
+
+
+def _by_reason(recipients: list[Recipient], hops: list[Hop]) -> dict[tuple[str, str], list[Recipient]]:
+    """The recipients of one envelope by the reason (catalogue ID, sentence) routing gave each."""
+    reasons: dict[tuple[str, str], list[Recipient]] = defaultdict(list)
+    for recipient, hop in zip(recipients, hops, strict=True):
+        reasons[(hop.spec, hop.detail)].append(recipient)
+    return reasons
+
+
+def _by_spec(msg: MailMsg, recipients: list[Recipient], hop: Hop) -> dict[str, list[Recipient]]:
+    """The recipients by the catalogue ID their routing decision logged (the hop's, for an envelope
+    written before these were kept)."""
+    specs: dict[str, str] = msg.properties.get(_ROUTE_SPECS) or {}
+    found: dict[str, list[Recipient]] = defaultdict(list)
+    for recipient in recipients:
+        found[specs.get(recipient.address.lower(), hop.spec)].append(recipient)
+    return found
 
 
 class AdvancedQueuingEngine:
@@ -365,51 +386,68 @@ class AdvancedQueuingEngine:
             self._work.put_nowait(part.msg.id)
         await self._finish(entry)
 
+    def _by_hop(self, msg: MailMsg) -> list[list[tuple[Recipient, Hop]]]:
+        """Each recipient's routing decision, grouped by the hop's key, not by why each was routed
+        there: one session carries all of a message's recipients for a link. Each recipient's
+        catalogue ID is kept on the message for the tracking events of its transfer."""
+        assert self.components is not None
+        by_hop: dict[tuple[object, ...], list[tuple[Recipient, Hop]]] = defaultdict(list)
+        for recipient in msg.recipients:
+            hop = self.components.route(msg, recipient)
+            by_hop[hop.key].append((recipient, hop))
+        msg.properties[_ROUTE_SPECS] = {
+            recipient.address.lower(): hop.spec for routed in by_hop.values() for recipient, hop in routed
+        }
+        return list(by_hop.values())
+
     async def _route(self, entry: Entry) -> None:
         assert self.components is not None
         changes = self._link_changes
         # Every decision first, then every part written; only then is the original given up, so a
         # failure anywhere before leaves exactly the original envelope (never a part and the whole).
-        by_hop: dict[Hop, list[Recipient]] = defaultdict(list)
-        for recipient in entry.msg.recipients:
-            by_hop[self.components.route(entry.msg, recipient)].append(recipient)
-        parts: list[tuple[Hop, Entry]] = []
+        parts: list[tuple[list[Hop], Entry]] = []
         try:
-            for hop, recipients in by_hop.items():
+            for routed in self._by_hop(entry.msg):
+                hop = routed[0][1]
+                recipients = [recipient for recipient, _ in routed]
                 for recipient in recipients:
                     recipient.next_hop = hop.queue
                 waits = hop.kind.waits
                 part = await self._bifurcate(
                     entry, recipients, UNREACHABLE if waits else hop.queue, None if waits else hop
                 )
-                parts.append((hop, part))
+                parts.append(([h for _, h in routed], part))
         except BaseException:
             for _, part in parts:
                 await self._finish(part)
             raise
         await self._finish(entry)
-        for hop, part in parts:
+        for hops, part in parts:
+            hop = hops[0]
+            reasons = _by_reason(part.msg.recipients, hops)
             if hop.kind == HopKind.NO_ROUTE:
-                for recipient in part.msg.recipients:
-                    recipient.fail_with(replies.no_route(hop.detail), 0)
+                for recipient, own in zip(part.msg.recipients, hops, strict=True):
+                    recipient.fail_with(replies.no_route(own.detail), 0)
                 await self._fail(part, part.msg.recipients)
                 await self._finish(part)
             elif hop.kind == HopKind.UNREACHABLE:
                 # A connector or path that is down: wait for link state to change, as Exchange does.
-                self.tracking.log(
-                    tracking.ROUTING_RETRY, part.msg, None, "C-RE", queue=UNREACHABLE, detail=hop.detail
-                )
+                for (_, detail), recipients in reasons.items():
+                    self.tracking.log(
+                        tracking.ROUTING_RETRY, part.msg, recipients, "C-RE", queue=UNREACHABLE, detail=detail
+                    )
                 await self._park(
                     part,
                     part.msg.recipients,
                     UNREACHABLE,
                     resume=TO_BE_ROUTED,
-                    error=hop.detail,
+                    error="; ".join(dict.fromkeys(detail for _, detail in reasons)),
                     code=replies.ROUTING_FAILURE,
                 )
             else:
                 event = tracking.ROUTED_GATEWAY if hop.kind == HopKind.GATEWAY else tracking.ROUTED_REMOTE
-                self.tracking.log(event, part.msg, None, hop.spec, queue=hop.queue, detail=hop.detail)
+                for (spec, detail), recipients in reasons.items():
+                    self.tracking.log(event, part.msg, recipients, spec, queue=hop.queue, detail=detail)
                 self._work.put_nowait(part.msg.id)
         if self._link_changes != changes:
             self.link_state_changed()  # it changed while we were deciding: decide again
@@ -475,24 +513,26 @@ class AdvancedQueuingEngine:
             if entry.hop.kind in (HopKind.GATEWAY, HopKind.X400):
                 self.tracking.log(tracking.SD_GATEWAY_DELIVERY, entry.msg, None, "IN-7c", partner="X400")
             else:
-                self.tracking.log(
-                    tracking.BEGIN_OUTBOUND,
-                    entry.msg,
-                    None,
-                    entry.hop.spec,
-                    queue=entry.hop.queue,
-                    detail=",".join(entry.hop.targets),
-                )
+                for spec, recipients in _by_spec(entry.msg, entry.msg.recipients, entry.hop).items():
+                    self.tracking.log(
+                        tracking.BEGIN_OUTBOUND,
+                        entry.msg,
+                        recipients,
+                        spec,
+                        queue=entry.hop.queue,
+                        detail=",".join(entry.hop.targets),
+                    )
             result = await self.components.deliver_remote(entry.hop, entry.msg, content)
         if result.delivered and entry.hop.kind not in (HopKind.GATEWAY, HopKind.X400):
-            self.tracking.log(
-                tracking.END_OUTBOUND,
-                entry.msg,
-                result.delivered,
-                entry.hop.spec,
-                partner=result.partner,
-                queue=entry.hop.queue,
-            )
+            for spec, recipients in _by_spec(entry.msg, result.delivered, entry.hop).items():
+                self.tracking.log(
+                    tracking.END_OUTBOUND,
+                    entry.msg,
+                    recipients,
+                    spec,
+                    partner=result.partner,
+                    queue=entry.hop.queue,
+                )
         if result.failed:
             await self._fail(entry, result.failed)
         if result.deferred:
@@ -620,6 +660,7 @@ class AdvancedQueuingEngine:
         await asyncio.to_thread(self.directory.remove, entry.msg.id)
         if self._content_refs[content_id] <= 0:
             del self._content_refs[content_id]
+            self._delay_notified.discard(content_id)  # the message is gone: nothing left to notify about
             await asyncio.to_thread(self.directory.remove_content, content_id)
 
     def _schedule(self, entry: Entry) -> None:
