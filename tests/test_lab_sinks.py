@@ -148,6 +148,18 @@ def test_captures_envelope_and_exact_content() -> None:
     assert sink.captures == [] and sink.sessions == []
 
 
+def test_a_long_running_sink_keeps_its_newest_captures_and_sessions() -> None:
+    async def scenario(sink: SinkHost) -> None:
+        for index in range(12):
+            await send(
+                sink, "alice@contoso.com", [f"user{index}@fabrikam.com"], b"Subject: load\r\n\r\nx\r\n"
+            )
+
+    run(sink := SinkHost(sink_host(61), PORT, log_limit=5), scenario)
+    assert [c.rcpt_tos for c in sink.captures] == [(f"user{index}@fabrikam.com",) for index in range(7, 12)]
+    assert len(sink.sessions) == 5
+
+
 def test_null_sender_is_captured_as_empty() -> None:
     async def scenario(sink: SinkHost) -> None:
         await send(sink, "", ["postmaster@fabrikam.com"], b"Subject: bounce\r\n\r\nbody\r\n")

@@ -32,7 +32,7 @@ import dns.reversename
 import dns.rrset
 
 from harness.lab.addresses import check_endpoint
-from harness.lab.query_log import DEFAULT_LIMIT, QueryLog
+from harness.lab.bounded_log import DEFAULT_LIMIT, BoundedLog
 
 __all__ = ["FakeDNS", "Fault", "Query", "Record", "check_record", "ptr_name"]
 
@@ -187,7 +187,7 @@ class FakeDNS:
                 if owner == dns.name.root:
                     break
                 owner = owner.parent()
-        self._log: QueryLog[_LogSlot] = QueryLog(log_limit)
+        self._log: BoundedLog[_LogSlot] = BoundedLog(log_limit)
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()

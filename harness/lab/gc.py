@@ -29,8 +29,8 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import safe_dn
 
+from harness.lab.bounded_log import DEFAULT_LIMIT, BoundedLog
 from harness.lab.config import GlobalCatalogConfig
-from harness.lab.query_log import DEFAULT_LIMIT, QueryLog
 from reference_mta.directory import DirectoryEntry, DirectoryUnavailable, attribute_text, same_dn
 
 __all__ = [
@@ -170,7 +170,7 @@ class MockGlobalCatalog:
         # Directory order of every entry: ldap3's mock returns matches as a set, and logs and
         # results must not change from run to run.
         self._order: dict[str, int] = {}
-        self._log: QueryLog[LdapQuery] = QueryLog(log_limit)
+        self._log: BoundedLog[LdapQuery] = BoundedLog(log_limit)
         self._auth_connection: GcConnection | None = None
         # False while the lab has "stopped" the global catalog: every search fails as unreachable.
         self.available = True

@@ -23,6 +23,7 @@ from typing import AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from harness.lab.addresses import check_endpoint
+from harness.lab.bounded_log import DEFAULT_LIMIT, BoundedLog
 from harness.lab.captures import SINKS_FOLDER, Capture, CaptureFolder
 from harness.lab.config import Host, SinkRule
 
@@ -104,15 +105,19 @@ class SinkHost:
     `captures` and `sessions` from another thread is fine).
     """
 
-    def __init__(self, host: Host, port: int, *, advertise_dsn: bool = True) -> None:
+    def __init__(
+        self, host: Host, port: int, *, advertise_dsn: bool = True, log_limit: int = DEFAULT_LIMIT
+    ) -> None:
         check_endpoint(host.address, port)
         self.host = host
         self.fqdn = host.fqdn or host.name
         self.advertise_dsn = advertise_dsn
         self._port = port
         self._rules: list[_ActiveRule] = [_ActiveRule(_check_rule(rule)) for rule in host.rules]
-        self._captures: list[Capture] = []
-        self._sessions: list[SessionLog] = []
+        self._captures: BoundedLog[Capture] = BoundedLog(
+            log_limit
+        )  # every message is also kept on disk (keep_in)
+        self._sessions: BoundedLog[SessionLog] = BoundedLog(log_limit)
         self._server: asyncio.Server | None = None
         self._connections: set[_SinkSMTP] = set()
         self._folder: CaptureFolder | None = None
@@ -136,16 +141,16 @@ class SinkHost:
 
     @property
     def captures(self) -> list[Capture]:
-        return list(self._captures)
+        return self._captures.entries()
 
     @property
     def sessions(self) -> list[SessionLog]:
-        return list(self._sessions)
+        return self._sessions.entries()
 
     def clear(self) -> None:
         """Forget captures and sessions (rules and their counters stay)."""
-        self._captures = []
-        self._sessions = []
+        self._captures.clear()
+        self._sessions.clear()
 
     # --- rules -----------------------------------------------------------------------------------
 

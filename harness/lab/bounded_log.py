@@ -1,4 +1,5 @@
-"""The lab's query logs (DNS and LDAP), kept to a fixed number of entries.
+"""What the lab's hosts remember of what they saw (DNS and LDAP queries, an Internet sink's messages
+and sessions), kept to a fixed number of entries.
 
 Bounded rather than cleared between traces: the runner gives each trace a lab of its own, so a trace's
 evidence starts from an empty log anyway, while `mailflow lab up` may run for hours under load with no
@@ -12,13 +13,14 @@ import threading
 from collections import deque
 from typing import Final, Generic, TypeVar
 
-# Far above what one trace asks (tens of queries); a long run keeps its most recent hour or so at load.
+# Far above what one trace makes (tens of queries, a few messages); a long run under load keeps its
+# most recent minutes.
 DEFAULT_LIMIT: Final = 10_000
 
 T = TypeVar("T")
 
 
-class QueryLog(Generic[T]):
+class BoundedLog(Generic[T]):
     """The most recent `limit` entries in arrival order, and a count of the older ones dropped.
     Safe to use from several threads (the global catalog answers from the LDAP server's thread)."""
 
