@@ -133,3 +133,14 @@ def test_each_message_crosses_each_link_once_under_fifty_sessions(
     # Every message over every link in exactly one transaction: no split envelope, none missing.
     wanted = {(sender, receiver, message_id): 1 for sender, receiver in LINKS for message_id in sent}
     assert seen == wanted, f"transactions per link: {dict(per_link)}, messages per link: {dict(by_link)}"
+    # One envelope, but each recipient's routing event keeps the reason routing gave it.
+    reasons = {
+        (event["msgid"].strip("<>"), event["recipient-address"]): (event["spec"], event["detail"])
+        for event in tracking.read_events(workdir / "tracking", "EX1")
+        if event["event-id"] == tracking.ROUTED_REMOTE
+    }
+    for message_id in sent:
+        bob, carol, dave = (reasons[(message_id, member)] for member in MEMBERS)
+        assert bob == ("IN-7a", "same routing group Seattle"), bob
+        assert carol[0] == "IN-7a" and carol[1].startswith("home server ex3.contoso.com;"), carol
+        assert dave[0] == "IN-7a" and dave[1].startswith("home server ex4.contoso.com;"), dave
