@@ -308,6 +308,45 @@ def test_disconnect_action_hangs_up_without_a_reply() -> None:
     assert replies == [b"220 mx.example.net ESMTP mailflow sink\r\n", b""]
 
 
+def test_content_rule_hangs_up_in_the_middle_of_the_data_stream() -> None:
+    async def scenario(sink: SinkHost) -> None:
+        smtp = client(sink)
+        await smtp.connect()
+        await smtp.mail("alice@contoso.com")
+        await smtp.rcpt("bob@fabrikam.com")
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await smtp.data(MESSAGE * 200)
+        # The rule was for one message: the next session's message is taken.
+        await send(sink, "alice@contoso.com", ["bob@fabrikam.com"], MESSAGE)
+
+    run(sink := SinkHost(sink_host(19, rule("CONTENT", action="disconnect", times=1)), PORT), scenario)
+    (capture,) = sink.captures
+    assert capture.data == MESSAGE
+    first = sink.sessions[0]
+    assert first.replies[-1].startswith("354")
+    assert first.transcript[-3:] == [
+        ("C", "<first line of the message, 25 bytes>"),
+        ("*", "rule CONTENT disconnect"),
+        ("*", "connection closed by the sink"),
+    ]
+
+
+def test_dot_disconnect_hangs_up_after_the_final_dot_without_a_reply() -> None:
+    async def scenario(sink: SinkHost) -> None:
+        smtp = client(sink)
+        await smtp.connect()
+        await smtp.mail("alice@contoso.com")
+        await smtp.rcpt("bob@fabrikam.com")
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await smtp.data(MESSAGE)
+
+    run(sink := SinkHost(sink_host(20, rule("DOT", action="disconnect")), PORT), scenario)
+    assert sink.captures == []
+    (session,) = sink.sessions
+    assert session.commands[-1] == f"<message of {len(MESSAGE)} bytes>"
+    assert session.replies[-1].startswith("354")
+
+
 def test_disconnect_at_connect() -> None:
     async def scenario(sink: SinkHost) -> None:
         with pytest.raises(aiosmtplib.SMTPConnectError):
@@ -433,6 +472,8 @@ def test_accepts_the_network_namespace_range() -> None:
         rule("RCPT", "ok then"),
         rule("RCPT", "550 no", delay=-1),
         rule("RCPT", "550 no", times=0),
+        rule("CONTENT", "451 4.3.0 too late"),
+        rule("CONTENT", match="Subject", action="disconnect"),
     ],
 )
 def test_rejects_malformed_rules(bad: SinkRule) -> None:
