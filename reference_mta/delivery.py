@@ -276,11 +276,14 @@ def _answered(recipients: list[Recipient], name: str, exc: aiosmtplib.SMTPRespon
 
 
 def _fail_as_refused(recipients: list[Recipient], exc: aiosmtplib.SMTPResponseException) -> None:
-    """The next hop's own refusal, passed on as it said it (it is its text, not ours)."""
+    """The next hop's own refusal, passed on as it said it (it is its text, not ours). An enhanced code
+    whose class contradicts the reply's (RFC 3463 says they agree) is not believed: x.0.0 instead."""
+    undefined = f"{exc.code // 100}.0.0"
+    enhanced = replies.enhanced_code_of(exc.message, undefined)
+    if enhanced[0] != undefined[0]:
+        enhanced = undefined
     for recipient in recipients:
-        recipient.fail(
-            f"{exc.code} {exc.message}", replies.enhanced_code_of(exc.message), RP_ERROR_CONTEXT_MTA
-        )
+        recipient.fail(f"{exc.code} {exc.message}", enhanced, RP_ERROR_CONTEXT_MTA)
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
