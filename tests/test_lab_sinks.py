@@ -8,6 +8,7 @@ would give up too early to show what the sink says (a refused greeting).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ import pytest
 from harness.lab import config as lab_config
 from harness.lab.captures import Capture
 from harness.lab.config import Host, SinkRule
-from harness.lab.sinks import SinkHost
+from harness.lab.sinks import ACTIONS, COMMANDS, SinkHost
 
 ROOT = Path(__file__).resolve().parents[1]
 # Per-process port so parallel runs (xdist workers, other checkouts) do not collide.
@@ -481,3 +482,23 @@ def test_rejects_malformed_rules(bad: SinkRule) -> None:
         SinkHost(sink_host(18), PORT).add_rule(bad)
     with pytest.raises(ValueError, match="sink rule"):
         SinkHost(sink_host(18, bad), PORT)
+
+
+@pytest.mark.parametrize("schema", ["lab.schema.json", "trace.schema.json"])
+def test_the_schemas_name_the_sinks_commands_and_actions(schema: str) -> None:
+    """A lab file's rules and a trace's sink_rule action are checked by schema before a sink sees them:
+    the schemas must offer what the sinks do, no more and no less."""
+    (rule_schema,) = _rule_schemas(json.loads((ROOT / "harness" / "schemas" / schema).read_text()))
+    assert tuple(rule_schema["command"]["enum"]) == COMMANDS
+    assert tuple(rule_schema["action"]["enum"]) == ACTIONS
+
+
+def _rule_schemas(node: object) -> list[dict[str, dict[str, list[str]]]]:
+    """The property schemas of every object that has both a command and an action."""
+    if isinstance(node, list):
+        return [found for value in node for found in _rule_schemas(value)]
+    if not isinstance(node, dict):
+        return []
+    properties = node.get("properties")
+    own = [properties] if isinstance(properties, dict) and {"command", "action"} <= properties.keys() else []
+    return own + [found for value in node.values() for found in _rule_schemas(value)]
