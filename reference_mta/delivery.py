@@ -6,7 +6,10 @@ its own exchanger). The session binds the server's own address so that the next 
 calling. To another server of the organization that offers it, the categorizer's per-recipient state
 goes along in XEXCH50 between the recipients and the content. Per-recipient refusals are permanent
 (5xx → NDR) or transient (4xx → retry); a host that cannot be reached or answers 4xx to the transaction
-makes the next address be tried, then a retry.
+makes the next address be tried, then a retry. A next hop that does not know EHLO (500, 501, 502 or
+504) is greeted again with HELO in the same session (RFC 5321 4.1.1.1, 3.2), without extensions.
+Each recipient keeps the last reply the next hop gave about it in this attempt, and who gave it, for
+the DSN's Diagnostic-Code and Remote-MTA.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from reference_mta.mailmsg import (
     exch50_blob,
 )
 from reference_mta.queue_contract import DeliveryResult, Hop, HopKind
+
+# RFC 5321 4.1.1.1: a server that does not support EHLO answers it as an unrecognised command; the
+# client may then fall back to HELO. Any other refusal of EHLO stays a refusal.
+_EHLO_UNKNOWN = frozenset({500, 501, 502, 504})
 
 
 class Unresolvable(Exception):
@@ -67,6 +74,9 @@ class SmtpDelivery:
 
     async def deliver(self, hop: Hop, msg: MailMsg, content: bytes) -> DeliveryResult:
         pending = list(msg.recipients)
+        for recipient in pending:
+            # A DSN quotes what the next hop said in the latest attempt, not in an earlier one.
+            recipient.remote_reply = recipient.remote_mta = None
         try:
             addresses = await self._addresses(hop)
         except Unresolvable as exc:
@@ -77,25 +87,31 @@ class SmtpDelivery:
             return DeliveryResult(
                 delivered=[], failed=[], deferred=pending, error=replies.dns_trouble(str(exc))
             )
-        if any(address in self.own_addresses for address in addresses):
+        if any(address in self.own_addresses for _, address in addresses):
             for recipient in pending:
                 recipient.fail_with(replies.looping_condition(", ".join(hop.targets)), RP_ERROR_CONTEXT_MTA)
             return DeliveryResult(delivered=[], failed=pending, deferred=[], error="loop to self")
         errors: list[str] = []
         helo = hop.queue.lower() in self.helo_links
-        for address in addresses:
+        for name, address in addresses:
             # The route action is for the remote domain's next hop; a server of the organization is
             # greeted with EHLO whatever the connector says, or XEXCH50 could not carry the message's
             # categorizer state and origin mark.
             greet_helo = helo and not self.is_organization_server(address)
-            result = await self._session(address, msg, content, pending, greet_helo)
+            result = await self._session(name, address, msg, content, pending, greet_helo)
             if isinstance(result, DeliveryResult):
                 return result
             errors.append(f"{address}: {result}")
         return DeliveryResult(delivered=[], failed=[], deferred=pending, error="; ".join(errors))
 
     async def _session(
-        self, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient], helo: bool = False
+        self,
+        name: str,
+        address: str,
+        msg: MailMsg,
+        content: bytes,
+        recipients: list[Recipient],
+        helo: bool = False,
     ) -> DeliveryResult | str:
         """One SMTP transaction; a string (the transient error) means: try the next address."""
         client = aiosmtplib.SMTP(
@@ -110,9 +126,10 @@ class SmtpDelivery:
         try:
             await client.connect()
             # HELO asks the next hop for no extension: the transaction is then plain RFC 821 SMTP.
-            await (client.helo() if helo else client.ehlo())
-            return await self._transaction(client, address, msg, content, recipients)
+            await (client.helo() if helo else _greet(client))
+            return await self._transaction(client, name, address, msg, content, recipients)
         except aiosmtplib.SMTPResponseException as exc:
+            _answered(recipients, name, exc)
             if exc.code >= 500:
                 _fail_as_refused(recipients, exc)
                 return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
@@ -123,7 +140,13 @@ class SmtpDelivery:
             client.close()
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, address: str, msg: MailMsg, content: bytes, recipients: list[Recipient]
+        self,
+        client: aiosmtplib.SMTP,
+        name: str,
+        address: str,
+        msg: MailMsg,
+        content: bytes,
+        recipients: list[Recipient],
     ) -> DeliveryResult:
         """MAIL, RCPT for each recipient and DATA on a greeted session; a refusal of the whole session
         (a reply to MAIL, a dropped connection) raises for `_session` to judge."""
@@ -138,13 +161,14 @@ class SmtpDelivery:
             return DeliveryResult(delivered=[], failed=list(recipients), deferred=[], partner=address)
         encoding = "utf-8" if utf8 else "ascii"
         await client.mail(msg.sender, options=["SMTPUTF8"] if utf8 else None, encoding=encoding)
-        accepted, failed, deferred = await self._send_recipients(client, recipients, encoding)
+        accepted, failed, deferred = await self._send_recipients(client, name, recipients, encoding)
         if accepted and self.is_organization_server(address) and client.supports_extension("xexch50"):
             await self._send_exch50(client, msg, accepted)
         if accepted:
             try:
                 await client.data(content)
             except aiosmtplib.SMTPDataError as exc:
+                _answered(accepted, name, exc)
                 if 400 <= exc.code < 500:
                     deferred.extend(accepted)
                 else:
@@ -158,7 +182,7 @@ class SmtpDelivery:
         return DeliveryResult(delivered=accepted, failed=failed, deferred=deferred, partner=address)
 
     async def _send_recipients(
-        self, client: aiosmtplib.SMTP, recipients: list[Recipient], encoding: str
+        self, client: aiosmtplib.SMTP, name: str, recipients: list[Recipient], encoding: str
     ) -> tuple[list[Recipient], list[Recipient], list[Recipient]]:
         """RCPT for each recipient: (accepted, failed for good, refused for now)."""
         accepted: list[Recipient] = []
@@ -169,6 +193,7 @@ class SmtpDelivery:
                 await client.rcpt(self._smtp_address(recipient), encoding=encoding)
                 accepted.append(recipient)
             except aiosmtplib.SMTPRecipientRefused as exc:
+                _answered([recipient], name, exc)
                 if 400 <= exc.code < 500:
                     deferred.append(recipient)
                 else:
@@ -197,16 +222,17 @@ class SmtpDelivery:
         # A foreign address travels to the gateway's server inside an IMCEA address.
         return encapsulate(recipient.address_type, recipient.address, self.encapsulation_domain)
 
-    async def _addresses(self, hop: Hop) -> list[str]:
-        addresses: list[str] = []
+    async def _addresses(self, hop: Hop) -> list[tuple[str, str]]:
+        """(host name, address) of each host to try in turn; an IP literal is its own name."""
+        addresses: list[tuple[str, str]] = []
         for target in hop.targets:
             if target.startswith("[") and target.endswith("]"):
-                addresses.append(target[1:-1])
+                addresses.append((target, target[1:-1]))
             elif hop.kind == HopKind.DNS:
                 for exchange in await self._mx(target):
-                    addresses.extend(await self._a(exchange))
+                    addresses.extend((exchange, a) for a in await self._a(exchange))
             else:
-                addresses.extend(await self._a(target))
+                addresses.extend((target, a) for a in await self._a(target))
         if not addresses:
             raise Unresolvable(f"no address for {', '.join(hop.targets)}")
         return addresses
@@ -233,12 +259,31 @@ class SmtpDelivery:
         return [r.to_text() for r in answer]
 
 
-def _fail_as_refused(recipients: list[Recipient], exc: aiosmtplib.SMTPResponseException) -> None:
-    """The next hop's own refusal, passed on as it said it (it is its text, not ours)."""
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        if exc.code not in _EHLO_UNKNOWN:
+            raise
+        await client.helo()
+
+
+def _answered(recipients: list[Recipient], name: str, exc: aiosmtplib.SMTPResponseException) -> None:
+    """Keep the next hop's refusal as it gave it, for the Diagnostic-Code of a later DSN."""
     for recipient in recipients:
-        recipient.fail(
-            f"{exc.code} {exc.message}", replies.enhanced_code_of(exc.message), RP_ERROR_CONTEXT_MTA
-        )
+        recipient.remote_reply = f"{exc.code} {exc.message}"
+        recipient.remote_mta = name
+
+
+def _fail_as_refused(recipients: list[Recipient], exc: aiosmtplib.SMTPResponseException) -> None:
+    """The next hop's own refusal, passed on as it said it (it is its text, not ours). An enhanced code
+    whose class contradicts the reply's (RFC 3463 says they agree) is not believed: x.0.0 instead."""
+    undefined = f"{exc.code // 100}.0.0"
+    enhanced = replies.enhanced_code_of(exc.message, undefined)
+    if enhanced[0] != undefined[0]:
+        enhanced = undefined
+    for recipient in recipients:
+        recipient.fail(f"{exc.code} {exc.message}", enhanced, RP_ERROR_CONTEXT_MTA)
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -2,8 +2,11 @@
 
 The NDR is a new message from the postmaster with the null reverse-path, a human-readable part in
 Exchange's wording, a machine-readable message/delivery-status part (one block per failed recipient,
-with the ORCPT and ENVID the client gave), and the original headers. Whether a recipient wants an NDR
-at all (NOTIFY) is decided here too; no NDR is ever made for a message whose sender is already null.
+with the ORCPT and ENVID the client gave), and the original headers. A recipient block quotes the next
+hop's own reply (Diagnostic-Code) and names it (Remote-MTA) only when a next hop answered; a failure
+decided here (no route, DNS, expiry after unanswered attempts) has only its Status. Whether a
+recipient wants an NDR at all (NOTIFY) is decided here too; no NDR is ever made for a message whose
+sender is already null.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from email.message import EmailMessage, Message
 from email.policy import SMTP, SMTPUTF8, default
 
 from reference_mta import replies
-from reference_mta.mailmsg import MSGCLASS_NDR, MailMsg, Recipient
+from reference_mta.mailmsg import MSGCLASS_NDR, MailMsg, Recipient, encapsulate
 
 
 def wants_notice(recipient: Recipient, kind: str) -> bool:
@@ -50,7 +53,8 @@ def make_dsn(
     report = _report(
         original, failed, header_block, message_id, reporting_fqdn, postmaster, delayed, international
     )
-    report.attach(_delivery_status(original, failed, reporting_fqdn, action, international))
+    domain = postmaster.rpartition("@")[2]
+    report.attach(_delivery_status(original, failed, reporting_fqdn, action, international, domain))
     report.attach(_returned_headers(header_block, international))
     # Unfolded: a delivery-status field without spaces (a long address) would otherwise be folded into an
     # RFC 2047 encoded word, which RFC 3464's fields do not allow.
@@ -124,7 +128,12 @@ def _readable_text(failed: list[Recipient], subject: str, reporting_fqdn: str, d
 
 
 def _delivery_status(
-    original: MailMsg, failed: list[Recipient], reporting_fqdn: str, action: str, international: bool
+    original: MailMsg,
+    failed: list[Recipient],
+    reporting_fqdn: str,
+    action: str,
+    international: bool,
+    domain: str,
 ) -> EmailMessage:
     """message/delivery-status is a list of header blocks: the per-message one, then one per recipient."""
     delayed = action == "delayed"
@@ -141,11 +150,12 @@ def _delivery_status(
     blocks = [
         _fields(
             [
-                ("Original-Recipient", recipient.orcpt or _typed(recipient.original)),
-                ("Final-Recipient", _typed(recipient.address)),
+                ("Original-Recipient", recipient.orcpt or _typed("SMTP", recipient.original, domain)),
+                ("Final-Recipient", _typed(recipient.address_type, recipient.address, domain)),
                 ("Action", action),
                 ("Status", _status(recipient, delayed)),
-                ("Diagnostic-Code", f"smtp;{recipient.status_text}" if recipient.status_text else None),
+                ("Remote-MTA", f"dns;{recipient.remote_mta}" if recipient.remote_mta else None),
+                ("Diagnostic-Code", f"smtp;{recipient.remote_reply}" if recipient.remote_reply else None),
             ]
         )
         for recipient in failed
@@ -187,7 +197,14 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _typed(address: str) -> str:
+def _typed(address_type: str, address: str, domain: str) -> str:
+    """An address with its RFC 3464 address type, from the IANA registry (rfc822, utf-8, x400). A foreign
+    type the registry lacks (Notes, cc:Mail) is written as the IMCEA address the Internet sees it by."""
+    kind = address_type.upper()
+    if kind == "X400":
+        return f"x400;{address}"
+    if kind != "SMTP":
+        address = encapsulate(kind, address, domain)
     return f"rfc822;{address}" if address.isascii() else f"utf-8;{address}"
 
 

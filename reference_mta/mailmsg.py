@@ -77,6 +77,10 @@ class Recipient:
     # The categorizer of a server of the organization has applied forwarding and expansion to this
     # recipient; it came with the message in XEXCH50, and no categorizer applies them again.
     categorized: bool = False
+    # The next hop's own reply about this recipient in the latest delivery attempt, and the host that
+    # gave it: a DSN's Diagnostic-Code and Remote-MTA. None when no next hop answered (DNS, no connection).
+    remote_reply: str | None = None
+    remote_mta: str | None = None
 
     @property
     def domain(self) -> str:

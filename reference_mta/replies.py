@@ -340,7 +340,11 @@ def no_route(detail: str) -> Reply:
 
 
 def expired(enhanced: str, queue: str, error: str) -> Reply:
-    return Reply(550, enhanced, f"Message expired in queue {queue}: {error}")
+    # The server's own record of why it gave up (tracking); its code's class is the enhanced code's. The
+    # DSN quotes no such reply: its Diagnostic-Code is only ever a next hop's.
+    return Reply(
+        451 if enhanced.startswith("4") else 550, enhanced, f"Message expired in queue {queue}: {error}"
+    )
 
 
 def store_not_on_this_server(address: str) -> Reply:

@@ -8,6 +8,7 @@ would give up too early to show what the sink says (a refused greeting).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ import pytest
 from harness.lab import config as lab_config
 from harness.lab.captures import Capture
 from harness.lab.config import Host, SinkRule
-from harness.lab.sinks import SinkHost
+from harness.lab.sinks import ACTIONS, COMMANDS, SinkHost
 
 ROOT = Path(__file__).resolve().parents[1]
 # Per-process port so parallel runs (xdist workers, other checkouts) do not collide.
@@ -320,6 +321,45 @@ def test_disconnect_action_hangs_up_without_a_reply() -> None:
     assert replies == [b"220 mx.example.net ESMTP mailflow sink\r\n", b""]
 
 
+def test_content_rule_hangs_up_in_the_middle_of_the_data_stream() -> None:
+    async def scenario(sink: SinkHost) -> None:
+        smtp = client(sink)
+        await smtp.connect()
+        await smtp.mail("alice@contoso.com")
+        await smtp.rcpt("bob@fabrikam.com")
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await smtp.data(MESSAGE * 200)
+        # The rule was for one message: the next session's message is taken.
+        await send(sink, "alice@contoso.com", ["bob@fabrikam.com"], MESSAGE)
+
+    run(sink := SinkHost(sink_host(19, rule("CONTENT", action="disconnect", times=1)), PORT), scenario)
+    (capture,) = sink.captures
+    assert capture.data == MESSAGE
+    first = sink.sessions[0]
+    assert first.replies[-1].startswith("354")
+    assert first.transcript[-3:] == [
+        ("C", "<first line of the message, 25 bytes>"),
+        ("*", "rule CONTENT disconnect"),
+        ("*", "connection closed by the sink"),
+    ]
+
+
+def test_dot_disconnect_hangs_up_after_the_final_dot_without_a_reply() -> None:
+    async def scenario(sink: SinkHost) -> None:
+        smtp = client(sink)
+        await smtp.connect()
+        await smtp.mail("alice@contoso.com")
+        await smtp.rcpt("bob@fabrikam.com")
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await smtp.data(MESSAGE)
+
+    run(sink := SinkHost(sink_host(20, rule("DOT", action="disconnect")), PORT), scenario)
+    assert sink.captures == []
+    (session,) = sink.sessions
+    assert session.commands[-1] == f"<message of {len(MESSAGE)} bytes>"
+    assert session.replies[-1].startswith("354")
+
+
 def test_disconnect_at_connect() -> None:
     async def scenario(sink: SinkHost) -> None:
         with pytest.raises(aiosmtplib.SMTPConnectError):
@@ -445,6 +485,8 @@ def test_accepts_the_network_namespace_range() -> None:
         rule("RCPT", "ok then"),
         rule("RCPT", "550 no", delay=-1),
         rule("RCPT", "550 no", times=0),
+        rule("CONTENT", "451 4.3.0 too late"),
+        rule("CONTENT", match="Subject", action="disconnect"),
     ],
 )
 def test_rejects_malformed_rules(bad: SinkRule) -> None:
@@ -452,3 +494,23 @@ def test_rejects_malformed_rules(bad: SinkRule) -> None:
         SinkHost(sink_host(18), PORT).add_rule(bad)
     with pytest.raises(ValueError, match="sink rule"):
         SinkHost(sink_host(18, bad), PORT)
+
+
+@pytest.mark.parametrize("schema", ["lab.schema.json", "trace.schema.json"])
+def test_the_schemas_name_the_sinks_commands_and_actions(schema: str) -> None:
+    """A lab file's rules and a trace's sink_rule action are checked by schema before a sink sees them:
+    the schemas must offer what the sinks do, no more and no less."""
+    (rule_schema,) = _rule_schemas(json.loads((ROOT / "harness" / "schemas" / schema).read_text()))
+    assert tuple(rule_schema["command"]["enum"]) == COMMANDS
+    assert tuple(rule_schema["action"]["enum"]) == ACTIONS
+
+
+def _rule_schemas(node: object) -> list[dict[str, dict[str, list[str]]]]:
+    """The property schemas of every object that has both a command and an action."""
+    if isinstance(node, list):
+        return [found for value in node for found in _rule_schemas(value)]
+    if not isinstance(node, dict):
+        return []
+    properties = node.get("properties")
+    own = [properties] if isinstance(properties, dict) and {"command", "action"} <= properties.keys() else []
+    return own + [found for value in node.values() for found in _rule_schemas(value)]

@@ -398,6 +398,15 @@ def _block_matches(spec: dict[str, Any], entry: dict[str, str]) -> bool:
         return False
     if "action" in spec and entry.get("action", "").strip().lower() != spec["action"]:
         return False
+    if "diagnostic" in spec:
+        diagnostic = entry.get("diagnostic-code")
+        if spec["diagnostic"] is False:
+            if diagnostic is not None:
+                return False
+        elif diagnostic is None or not re.search(spec["diagnostic"], " ".join(diagnostic.split())):
+            return False
+    if "remote_mta" in spec and spec["remote_mta"].lower() not in entry.get("remote-mta", "").lower():
+        return False
     return "recipient" not in spec or spec["recipient"].lower() in entry.get("final-recipient", "").lower()
 
 
@@ -409,7 +418,8 @@ def _dsn_problems(spec: dict[str, Any], message: email.message.Message) -> list[
         return [Failure(Kind.DSN, "per-recipient fields", "", "fields")]
     if any(_block_matches(spec, entry) for entry in fields):
         return []
-    shown = "; ".join(f"{f.get('final-recipient')} {f.get('action')} {f.get('status')}" for f in fields)
+    names = ("final-recipient", "action", "status", "diagnostic-code")
+    shown = "; ".join(" ".join(f.get(name, "") for name in names).strip() for f in fields)
     return [Failure(Kind.DSN, str(spec), shown, "block")]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import re
 import time
@@ -29,7 +30,9 @@ from harness.lab.config import Host, SinkRule
 
 __all__ = ["ACTIONS", "COMMANDS", "SINKS_FOLDER", "Capture", "SessionLog", "SinkHost"]
 
-COMMANDS = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "DOT", "QUIT", "RSET")
+# CONTENT is the message text itself, after the 354 and before the final dot: its only fault is a
+# hang-up once the first line has arrived, a connection lost in the middle of the data stream.
+COMMANDS = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "CONTENT", "DOT", "QUIT", "RSET")
 ACTIONS = ("reply", "disconnect", "delay")
 
 _REPLY = re.compile(r"[2-5][0-9][0-9]( .*)?")
@@ -82,6 +85,10 @@ def _check_rule(rule: SinkRule) -> SinkRule:
         raise ValueError(f"sink rule {rule}: command must be one of {', '.join(COMMANDS)}")
     if rule.action not in ACTIONS:
         raise ValueError(f"sink rule {rule}: action must be one of {', '.join(ACTIONS)}")
+    if rule.command.upper() == "CONTENT" and (rule.action != "disconnect" or rule.match is not None):
+        raise ValueError(
+            f"sink rule {rule}: a CONTENT rule can only disconnect, and matches no text (it acts at the 354)"
+        )
     if rule.action == "reply" and rule.reply is None:
         raise ValueError(f"sink rule {rule}: a reply rule needs a reply")
     if rule.reply is not None and not _REPLY.fullmatch(rule.reply):
@@ -98,7 +105,7 @@ class SinkHost:
 
     A rule's `match` is looked for (case-insensitively) in: the client's IP address for CONNECT, the
     hostname for EHLO/HELO, the argument as sent for MAIL and RCPT ("TO:<a@b> NOTIFY=NEVER"), the
-    message for DOT, and the (normally empty) argument for DATA, RSET and QUIT. A reply starting with
+    message for DOT, and the (normally empty) argument for DATA, CONTENT, RSET and QUIT. A reply starting with
     421 closes the connection after it is sent, as the code says.
 
     Not thread-safe: call start/stop and the rule methods from the event loop it runs on (reading
@@ -352,7 +359,22 @@ class _SinkSMTP(SMTP):
             if outcome is not None:
                 await self.push(outcome)
                 return
+            rule = self.sink._take_rule("CONTENT", "")
+            if rule is not None:
+                await self._drop_in_content(rule)
+                return
         await super().smtp_DATA(arg)
+
+    async def _drop_in_content(self, rule: SinkRule) -> None:
+        """A CONTENT rule: the 354, the message's first line, then the hang-up, with no reply."""
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        with contextlib.suppress(asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            first = await self._reader.readuntil(b"\r\n")
+            self.log.add("C", f"<first line of the message, {len(first)} bytes>")
+        self.log.add("*", f"rule {rule.command} {rule.action}")
+        if rule.delay > 0:
+            await asyncio.sleep(rule.delay)
+        self.drop()
 
 
 class _SinkHandler:
