@@ -103,7 +103,7 @@ class MailboxStore:
 
     def _key(self, msg: MailMsg, content: bytes, recipient: Recipient) -> str:
         """The Maildir file name of this delivery: the same for a repeat, unique otherwise."""
-        if self.duplicate_detection == "off":
+        if self.duplicate_detection == "none":
             identity = f"{msg.id}\0{time.time_ns()}"
         else:
             # Every way into the store stamps a Message-ID; a message without one is known by its bytes.

@@ -111,7 +111,7 @@ class VirtualServer:
 
 # What makes two deliveries to one mailbox the same, so that the store keeps one: the Internet
 # Message-ID (Exchange's duplicate detection), or nothing, when every copy is kept (docs/decisions.md).
-DuplicateDetection = Literal["message_id", "off"]
+DuplicateDetection = Literal["message_id", "none"]
 
 
 @dataclass(frozen=True)

@@ -197,3 +197,26 @@ def test_a_mailbox_that_cannot_be_written_waits_alone(lab: LabProcess, config: L
         found = [d for d in settled(lab, 0) if d["msgid"] == "blocked@fabrikam.com"]
     assert sorted(str(d["recipient"]) for d in found) == ["alice@contoso.com", "spare4@contoso.com"]
     assert "Traceback" not in lab.output, lab.output[-3000:]
+
+
+def test_a_server_without_duplicate_detection_keeps_every_copy(
+    tmp_path: Path, lab_file: Path, placed: tuple[str, int]
+) -> None:
+    # The same lab beside the first, ports moved on, with EX1's duplicate detection off.
+    text = lab_file.read_text(encoding="utf-8")
+    marker = "    - name: EX1\n"
+    assert marker in text
+    off = tmp_path / "labs" / "contoso.yaml"
+    off.parent.mkdir()
+    off.write_text(text.replace(marker, f"{marker}      duplicate_detection: none\n", 1), encoding="utf-8")
+    shutil.copytree(lab_file.parent.parent / "directory", tmp_path / "directory")
+    offset = placed[1] + 1000
+    config = lab_config.load(off, base=placed[0], port_offset=offset)
+    args = (str(off), "--base", placed[0], "--port-offset", str(offset))
+    with lab_processes() as labs:
+        lab = start(labs, tmp_path / "workdir", environment(), *args)
+        content = message(7, "every-copy@fabrikam.com")
+        sessions_at_once(config, [[(content, ["alice@contoso.com"])], [(content, ["alice@contoso.com"])]])
+        found = [d for d in settled(lab, 2) if d["msgid"] == "every-copy@fabrikam.com"]
+        assert [d["recipient"] for d in found] == ["alice@contoso.com"] * 2
+        assert len(list((mailbox(lab, "alice@contoso.com") / "new").iterdir())) == 2
