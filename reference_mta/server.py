@@ -80,7 +80,9 @@ class ExchangeServer:
         )
         self.link_state = environment.link_state or LinkState(organization)
         self.routing = RoutingEngine(organization, self.config, self.link_state)
-        self.store = store_driver.MailboxStore(environment.root, self.config.name)
+        self.store = store_driver.MailboxStore(
+            environment.root, self.config.name, self.config.duplicate_detection
+        )
         self.categorizer: Categorizer | None = None
         self.delivery = SmtpDelivery(
             self.config.fqdn,

@@ -1,21 +1,38 @@
 """Store driver and mailbox stores: local delivery into the mailbox of each recipient.
 
-A mailbox store is a folder per store under the server's `mdbdata`; each mailbox is a Maildir (the
-standard library's, so any mail tool can read it) named by the user's alias, plus a `deliveries.jsonl`
-index that keeps the envelope (sender, recipient, Message-ID) apart from the headers.
+A mailbox store is a folder per store under the server's `mdbdata`; each mailbox is a Maildir (any mail
+tool can read it) named by the user's alias, plus a `deliveries.jsonl` index that keeps the envelope
+(sender, recipient, Message-ID) apart from the headers.
+
+Each recipient's delivery is idempotent. As Exchange's store drops a second copy of a message a mailbox
+already holds (its duplicate detection works on the Internet Message-ID), a delivery is keyed by the
+Message-ID and the recipient (docs/decisions.md). The Maildir file is named by that key, written in
+`tmp/` and renamed into `new/`, so doing it again replaces instead of adding; the index gets one line per
+key. A repeat of a delivery already indexed is dropped, and noted in `repeats.jsonl`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
-import mailbox
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from reference_mta import replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_STORE, MailMsg, Recipient
 from reference_mta.queue_contract import DeliveryResult
+from reference_mta.topology import DuplicateDetection
+
+log = logging.getLogger(__name__)
+
+INDEX = "deliveries.jsonl"
+REPEATS = "repeats.jsonl"
+MAILDIR_FOLDERS = ("tmp", "new", "cur")
 
 
 def mailbox_name(address: str) -> str:
@@ -23,16 +40,23 @@ def mailbox_name(address: str) -> str:
 
 
 class MailboxStore:
-    def __init__(self, root: Path, server: str) -> None:
+    def __init__(
+        self, root: Path, server: str, duplicate_detection: DuplicateDetection = "message_id"
+    ) -> None:
         self.root = root / server / "mdbdata"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.duplicate_detection = duplicate_detection
 
     def path_of(self, store: str, address: str) -> Path:
         return self.root / store / mailbox_name(address)
 
     def deliver(self, msg: MailMsg, content: bytes, store_names: tuple[str, ...]) -> DeliveryResult:
+        """Deliver to each recipient on its own: one that cannot be written now is deferred alone, with
+        its error, and the others are delivered."""
         delivered: list[Recipient] = []
         failed: list[Recipient] = []
+        deferred: list[Recipient] = []
+        errors: list[str] = []
         for recipient in msg.recipients:
             store = _store_of(recipient.home_mdb, store_names)
             if store is None:
@@ -41,32 +65,102 @@ class MailboxStore:
                 )
                 failed.append(recipient)
                 continue
-            folder = self.path_of(store, recipient.address)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            box = mailbox.Maildir(folder, create=True)
-            key = box.add(content)
-            box.close()
-            with (folder / "deliveries.jsonl").open("a", encoding="utf-8") as index:
-                index.write(
-                    json.dumps(
-                        {
-                            "time": time.time(),
-                            "key": key,
-                            "sender": msg.sender,
-                            "recipient": recipient.address,
-                            "original_recipient": recipient.original,
-                            "msgid": msg.message_id,
-                            "store": store,
-                        }
-                    )
-                    + "\n"
-                )
-                index.flush()
-                os.fsync(index.fileno())
+            try:
+                self._deliver_one(msg, content, store, recipient)
+            except OSError as exc:
+                log.warning("%s: cannot deliver to %s now: %s", msg.id, recipient.address, exc)
+                errors.append(f"{recipient.address}: {exc}")
+                deferred.append(recipient)
+                continue
             recipient.status = "delivered"
             recipient.flags |= RP_DELIVERED
             delivered.append(recipient)
-        return DeliveryResult(delivered=delivered, failed=failed, deferred=[], partner="STORE")
+        return DeliveryResult(
+            delivered=delivered, failed=failed, deferred=deferred, error="; ".join(errors), partner="STORE"
+        )
+
+    def _deliver_one(self, msg: MailMsg, content: bytes, store: str, recipient: Recipient) -> None:
+        folder = self.path_of(store, recipient.address)
+        for name in MAILDIR_FOLDERS:
+            (folder / name).mkdir(parents=True, exist_ok=True)  # the first deliveries may race here
+        key = self._key(msg, content, recipient)
+        record = {
+            "time": time.time(),
+            "key": key,
+            "sender": msg.sender,
+            "recipient": recipient.address,
+            "original_recipient": recipient.original,
+            "msgid": msg.message_id,
+            "store": store,
+        }
+        with _locked(folder):
+            if key in _indexed_keys(folder / INDEX):
+                log.info("%s: %s already holds %s; the repeat is dropped", msg.id, recipient.address, key)
+                _append(folder / REPEATS, record | {"envelope": msg.id})
+                return
+            _write_message(folder, key, content)
+            _append(folder / INDEX, record)
+
+    def _key(self, msg: MailMsg, content: bytes, recipient: Recipient) -> str:
+        """The Maildir file name of this delivery: the same for a repeat, unique otherwise."""
+        if self.duplicate_detection == "none":
+            identity = f"{msg.id}\0{time.time_ns()}"
+        else:
+            # Every way into the store stamps a Message-ID; a message without one is known by its bytes.
+            identity = msg.message_id or hashlib.sha256(content).hexdigest()
+        digest = hashlib.sha256(f"{identity}\0{mailbox_name(recipient.address)}".encode()).hexdigest()
+        return f"{digest[:40]}.mailflow"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    # flock, not a threading lock: it holds across the store's worker threads and across processes.
+    with (folder / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _indexed_keys(index: Path) -> set[str]:
+    if not index.exists():
+        return set()
+    keys: set[str] = set()
+    for line in index.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):  # a line cut short by a crash is not a delivery
+            keys.add(str(json.loads(line)["key"]))
+    return keys
+
+
+def _write_message(folder: Path, key: str, content: bytes) -> None:
+    """Maildir's own protocol: written whole in tmp/, then renamed into new/ (replacing a copy a crash
+    left before its index line)."""
+    staged = folder / "tmp" / key
+    with staged.open("wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(staged, folder / "new" / key)
+    _fsync_folder(folder / "new")
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _append(path: Path, record: dict[str, object]) -> None:
+    with path.open("a+b") as file:
+        # A line a crash cut short stays alone on its line, and the reader skips it.
+        size = file.seek(0, os.SEEK_END)
+        cut_short = size > 0 and file.seek(size - 1) >= 0 and file.read(1) != b"\n"
+        file.write((b"\n" if cut_short else b"") + json.dumps(record).encode() + b"\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _store_of(home_mdb: str | None, store_names: tuple[str, ...]) -> str | None:
@@ -80,14 +174,16 @@ def _store_of(home_mdb: str | None, store_names: tuple[str, ...]) -> str | None:
 def read_deliveries(root: Path) -> list[dict[str, object]]:
     """Every delivery in every mailbox store under a lab's root, oldest first."""
     records: list[dict[str, object]] = []
-    for index in root.glob("*/mdbdata/*/*/deliveries.jsonl"):
+    for index in root.glob(f"*/mdbdata/*/*/{INDEX}"):
         server = index.parents[3].name
         for line in index.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+            try:
                 record = json.loads(line)
-                record["server"] = server
-                record["path"] = str(index.parent / "new" / record["key"])
-                records.append(record)
+            except ValueError:
+                continue  # blank, or cut short by a crash before the delivery was acknowledged
+            record["server"] = server
+            record["path"] = str(index.parent / "new" / record["key"])
+            records.append(record)
     return sorted(records, key=lambda r: float(str(r["time"])))
 
 

@@ -109,6 +109,11 @@ class VirtualServer:
     resolve_anonymous: bool = False
 
 
+# What makes two deliveries to one mailbox the same, so that the store keeps one: the Internet
+# Message-ID (Exchange's duplicate detection), or nothing, when every copy is kept (docs/decisions.md).
+DuplicateDetection = Literal["message_id", "none"]
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -117,6 +122,7 @@ class Server:
     routing_group: str
     stores: tuple[str, ...]
     virtual_servers: tuple[VirtualServer, ...]
+    duplicate_detection: DuplicateDetection = "message_id"
 
     @property
     def default_virtual_server(self) -> VirtualServer:

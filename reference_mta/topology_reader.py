@@ -142,6 +142,7 @@ def _server(raw: Mapping[str, Any], where: Location, groups: set[str], lab: LabA
         routing_group=raw["routing_group"],
         stores=tuple(raw.get("stores") or [f"Mailbox Store ({raw['name']})"]),
         virtual_servers=virtual_servers,
+        duplicate_detection=raw.get("duplicate_detection", "message_id"),
     )
 
 
