@@ -18,7 +18,9 @@ from labprocess import environment
 
 from harness.cli.app import main
 from harness.exit_codes import ExitCode, stopped_by
+from harness.lab import config as lab_config
 from harness.run.chaos_accounting import Sent, deliveries, leftovers, queued_messages, tally
+from harness.run.chaos_recipients import recipients
 from reference_mta.mailmsg import MailMsg
 from reference_mta.store import MailboxStore
 
@@ -76,6 +78,20 @@ def test_an_undelivered_recipient_of_a_message_left_in_a_queue_is_still_queued_n
     assert books.queued == [("late@x", "carol@contoso.com")]
     assert books.lost == []
     assert [p.name for p in leftovers(tmp_path)] == ["c2.eml", "half.json.tmp"]
+
+
+def test_the_recipients_come_from_the_directory_a_group_across_three_servers_and_plain_mailboxes() -> None:
+    config = lab_config.load(lab_config.lab_path("contoso"))
+    chosen = recipients(config, "someone@fabrikam.com")
+    # Sales: Bob (EX2), Carol (EX3) and, through Sales Managers, Dave (EX4).
+    assert (chosen.group, chosen.members) == (
+        "sales@contoso.com",
+        ("bob@contoso.com", "carol@contoso.com", "dave@contoso.com"),
+    )
+    # Ivan and Judy forward elsewhere, st*r is a filter test: none of them owes a plain copy.
+    assert chosen.local == ("alice@contoso.com", "erin@contoso.com", "mailadmin@contoso.com")
+    assert chosen.sender == "relay.user@contoso.com"
+    assert chosen.remote == ("grace@contoso.com", "lisa@litware.com")
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from harness.cli.lab import load_lab, placement
 from harness.exit_codes import BrokenError, ExitCode, InputError, help_text
 from harness.run import chaos
 from harness.run.chaos_accounting import Pair
+from harness.run.chaos_recipients import ChaosSetupError
 
 
 @click.command(epilog=help_text())
@@ -90,7 +91,7 @@ def chaos_command(
     click.echo(f"lab {config.name} in {lab_dir}: {senders} senders, {kills} kills (seed {seed})")
     try:
         outcome = chaos.run(settings, config, lab_dir, base)
-    except chaos.ChaosSetupError as exc:
+    except ChaosSetupError as exc:
         shutil.rmtree(folder, ignore_errors=workdir is None)
         raise InputError(str(exc)) from None
     except chaos.ChaosBroken as exc:
