@@ -28,7 +28,11 @@ class ExitCode(IntEnum):
 # in step).
 MEANINGS: tuple[tuple[str, str], ...] = (
     ("0", "every trace passed (or the command did what it was asked)"),
-    ("1", "a trace failed, two targets differ, or a run differs from its baseline"),
+    (
+        "1",
+        "a trace failed, two targets differ, a run differs from its baseline, or a crash test lost or "
+        "duplicated mail",
+    ),
     (
         "2",
         "usage or invalid input (a wrong option or name, a malformed trace or lab file, no trace found, "

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from harness import exit_codes, targets
 from harness.cli import baseline as cli_baseline
+from harness.cli import chaos as cli_chaos
 from harness.cli import generate as cli_generate
 from harness.cli import images as cli_images
 from harness.cli import importing as cli_import
@@ -788,6 +789,7 @@ def _shown_path(path: Path) -> str:
 
 # The commands that drive a lab started by hand live in their own module.
 main.add_command(cli_lab.lab)
+main.add_command(cli_chaos.chaos_command, name="chaos")
 main.add_command(cli_lab.queues)
 main.add_command(cli_lab.submit)
 main.add_command(cli_lab.sinks)

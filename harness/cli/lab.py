@@ -73,8 +73,8 @@ def lab_up(
     target = target_option.on_backend(target_option.chosen(target_name), backend)
     if (unavailable := target.unavailable()) is not None:
         raise BrokenError(f"target {target.name} cannot run here: {unavailable}")
-    base, port_offset = _placement(base, port_offset, netns=target.needs_netns, docker=target.in_docker)
-    config = _lab_config(name, base, port_offset)
+    base, port_offset = placement(base, port_offset, netns=target.needs_netns, docker=target.in_docker)
+    config = load_lab(name, base, port_offset)
     if workdir is not None:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def _logins(running: Lab) -> list[tuple[str, str]]:
     return [(login.names[0], login.password) for login in table.logins]
 
 
-def _placement(
+def placement(
     base: str | None, port_offset: int | None, *, netns: bool, docker: bool = False
 ) -> tuple[str | None, int | None]:
     """Where the lab goes: --base and --port-offset, else MAILFLOW_LAB_BASE / MAILFLOW_PORT_OFFSET (or,
@@ -195,7 +195,7 @@ def _placement(
     return env_base, port_offset if port_offset is not None else env_offset
 
 
-def _lab_config(name: str, base: str | None, port_offset: int | None) -> lab_config.LabConfig:
+def load_lab(name: str, base: str | None, port_offset: int | None) -> lab_config.LabConfig:
     path = lab_config.lab_path(name)
     if not path.is_file():
         raise InputError(lab_config.missing_lab(name, path))
@@ -242,7 +242,7 @@ def lab_export(name: str, folder: Path, target_name: str, subnet: str | None, fo
         network = compose.parse_subnet(subnet or f"198.19.{docker_first_octet()}.0/24")
     except ValueError as exc:  # also MAILFLOW_DOCKER_SUBNET's own mistakes
         raise InputError(str(exc)) from None
-    config = _lab_config(name, str(network.network_address), 0)
+    config = load_lab(name, str(network.network_address), 0)
     try:
         target = compose.parse_target(target_name, config)
         compose.check_fits(config, network)
