@@ -70,14 +70,15 @@ class QueueDirectory:
             return
         record = self.path / f"{uuid.uuid4().hex}{_STEP}"
         self._write(record, _encode(step))
-        self._carry_out(step)
+        # The record holds the outputs until it goes: one folder sync, at its removal, covers them all.
+        self._carry_out(step, sync=False)
         if point is not None:
             crash_points.reached(point)
         self._finish_step(step, record)
 
-    def _carry_out(self, step: dict[str, Any]) -> None:
+    def _carry_out(self, step: dict[str, Any], *, sync: bool = True) -> None:
         for output in step["outputs"]:
-            self._write(self.path / f"{output['msg']['id']}.json", _encode(output))
+            self._write(self.path / f"{output['msg']['id']}.json", _encode(output), sync=sync)
 
     def _finish_step(self, step: dict[str, Any], record: Path) -> None:
         if step["removed"]:
@@ -110,7 +111,7 @@ class QueueDirectory:
         self._sync()
         return entries
 
-    def _write(self, target: Path, data: bytes) -> None:
+    def _write(self, target: Path, data: bytes, *, sync: bool = True) -> None:
         # Write-then-rename keeps the old version intact until the new one is on disk.
         temporary = target.with_suffix(target.suffix + ".tmp")
         with temporary.open("wb") as handle:
@@ -118,7 +119,8 @@ class QueueDirectory:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-        self._sync()
+        if sync:
+            self._sync()
 
     def _sync(self) -> None:
         directory = os.open(self.path, os.O_RDONLY)

@@ -232,18 +232,26 @@ class AdvancedQueuingEngine:
 
     async def submit(self, msg: MailMsg, content: bytes, *, source: SubmissionSource = "smtp") -> None:
         """Make the message durable and queue it. Returns only once it is safe to acknowledge."""
-        entry = await self._new_message(msg, content)
-        await self._commit([entry])
+        entry = self._entry_of(msg, content)
+        await asyncio.to_thread(self._persist_new, entry, content)
+        self._register(entry)
         self._submitted(entry, source)
+
+    def _persist_new(self, entry: Entry, content: bytes) -> None:
+        self.directory.write_content(self._content_id(entry.msg), content)
+        self.directory.save(entry)
+
+    def _entry_of(self, msg: MailMsg, content: bytes) -> Entry:
+        msg.properties["CONTENT_ID"] = uuid.uuid4().hex
+        msg.properties.setdefault("MSG_SIZE_HINT", len(content))
+        return Entry(msg, PENDING_SUBMISSION)
 
     async def _new_message(self, msg: MailMsg, content: bytes) -> Entry:
         """A new message's content on disk; its envelope is written by the step that submits it (until
         then the content is no envelope's, and a restart removes it)."""
-        content_id = uuid.uuid4().hex
-        msg.properties["CONTENT_ID"] = content_id
-        msg.properties.setdefault("MSG_SIZE_HINT", len(content))
-        await asyncio.to_thread(self.directory.write_content, content_id, content)
-        return Entry(msg, PENDING_SUBMISSION)
+        entry = self._entry_of(msg, content)
+        await asyncio.to_thread(self.directory.write_content, self._content_id(msg), content)
+        return entry
 
     def _submitted(self, entry: Entry, source: SubmissionSource) -> None:
         msg = entry.msg
@@ -629,10 +637,13 @@ class AdvancedQueuingEngine:
         await asyncio.to_thread(self.directory.commit, outputs, removed, point)
         for output in outputs:
             if output.msg.id not in self.entries:
-                self.entries[output.msg.id] = output
-                self._content_refs[self._content_id(output.msg)] += 1
+                self._register(output)
         if done is not None:
             await self._forget(done)
+
+    def _register(self, entry: Entry) -> None:
+        self.entries[entry.msg.id] = entry
+        self._content_refs[self._content_id(entry.msg)] += 1
 
     def _start_each(self, entries: list[Entry]) -> None:
         for entry in entries:
