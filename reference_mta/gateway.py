@@ -42,7 +42,7 @@ from email.policy import SMTP
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from reference_mta import durable, mta, replies, tracking
+from reference_mta import crash_points, durable, mta, replies, tracking
 from reference_mta.directory import Directory, proxy_filter
 from reference_mta.mailmsg import MailMsg, Recipient, encapsulate
 from reference_mta.moves import Moves
@@ -436,6 +436,7 @@ class NotesGateway:
                 await asyncio.to_thread(self._deliver_foreign, memo, msg.id)
             except OSError:
                 return  # the foreign system did not take it: it stays in MTS-OUT
+            crash_points.reached(crash_points.GATEWAY_MEMOS_WRITTEN)
             self.tracking.log(
                 tracking.GATEWAY_TRANSFER_OUT,
                 msg,

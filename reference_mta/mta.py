@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reference_mta import tracking
+from reference_mta import crash_points, tracking
 from reference_mta.durable import move, write
 from reference_mta.mailmsg import MailMsg
 from reference_mta.moves import Moves
@@ -137,6 +137,7 @@ class MessageTransferAgent:
             return  # moved already (a release and a recovery both asked)
         msg = MailMsg.from_json(await asyncio.to_thread(envelope.read_text, encoding="utf-8"))
         await asyncio.to_thread(move, source / f"{item}.eml", outlet.folder / f"{item}.eml")
+        crash_points.reached(crash_points.MTA_CONTENT_MOVED)
         await asyncio.to_thread(move, envelope, outlet.folder / f"{item}.json")
         self.tracking.log(
             tracking.MTA_TRANSFER_OUT, msg, None, "IN-7c", partner=connector, queue=outlet.label

@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
-from reference_mta import replies, tracking
+from reference_mta import crash_points, replies, tracking
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.queue_contract import (
     BADMAIL,
@@ -85,6 +85,10 @@ def _by_spec(msg: MailMsg, recipients: list[Recipient], hop: Hop) -> dict[str, l
     return found
 
 
+# The sender was told of a delay (one notice per message): kept in the envelope, so a restart keeps it.
+_DELAY_NOTIFIED = "DELAY_NOTIFIED"
+
+
 class AdvancedQueuingEngine:
     def __init__(
         self,
@@ -123,6 +127,8 @@ class AdvancedQueuingEngine:
             # Recovery: whatever was on disk when the service stopped resumes from its queue.
             self.entries[entry.msg.id] = entry
             self._content_refs[self._content_id(entry.msg)] += 1
+            if entry.msg.properties.get(_DELAY_NOTIFIED):
+                self._delay_notified.add(self._content_id(entry.msg))
             self._schedule(entry)
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
@@ -249,13 +255,29 @@ class AdvancedQueuingEngine:
 
     async def submit(self, msg: MailMsg, content: bytes, *, source: SubmissionSource = "smtp") -> None:
         """Make the message durable and queue it. Returns only once it is safe to acknowledge."""
-        content_id = uuid.uuid4().hex
-        msg.properties["CONTENT_ID"] = content_id
-        msg.properties.setdefault("MSG_SIZE_HINT", len(content))
-        entry = Entry(msg, PENDING_SUBMISSION)
+        entry = self._entry_of(msg, content)
         await asyncio.to_thread(self._persist_new, entry, content)
-        self._content_refs[content_id] += 1
-        self.entries[msg.id] = entry
+        self._register(entry)
+        self._submitted(entry, source)
+
+    def _persist_new(self, entry: Entry, content: bytes) -> None:
+        self.directory.write_content(self._content_id(entry.msg), content)
+        self.directory.save(entry)
+
+    def _entry_of(self, msg: MailMsg, content: bytes) -> Entry:
+        msg.properties["CONTENT_ID"] = uuid.uuid4().hex
+        msg.properties.setdefault("MSG_SIZE_HINT", len(content))
+        return Entry(msg, PENDING_SUBMISSION)
+
+    async def _new_message(self, msg: MailMsg, content: bytes) -> Entry:
+        """A new message's content on disk; its envelope is written by the step that submits it (until
+        then the content is no envelope's, and a restart removes it)."""
+        entry = self._entry_of(msg, content)
+        await asyncio.to_thread(self.directory.write_content, self._content_id(msg), content)
+        return entry
+
+    def _submitted(self, entry: Entry, source: SubmissionSource) -> None:
+        msg = entry.msg
         through_store = source in ("store", "gateway")  # the store driver submits both
         first = tracking.SUBMITTED_FROM_STORE if through_store else tracking.SUBMIT_TO_AQ
         spec = {"store": "OUT-2a", "gateway": "GW-5", "dsn": "C-AQ"}.get(source, "IN-4")
@@ -264,10 +286,6 @@ class AdvancedQueuingEngine:
             self.tracking.log(tracking.SUBMIT_TO_AQ, msg, None, "C-AQ", queue=PENDING_SUBMISSION)
         self.tracking.log(tracking.BEGIN_SUBMIT, msg, None, "C-AQ", queue=PENDING_SUBMISSION)
         self._work.put_nowait(msg.id)
-
-    def _persist_new(self, entry: Entry, content: bytes) -> None:
-        self.directory.write_content(self._content_id(entry.msg), content)
-        self.directory.save(entry)
 
     # --- the pipeline ----------------------------------------------------------------------------
 
@@ -374,17 +392,17 @@ class AdvancedQueuingEngine:
         resolved = local + onward
         if resolved:
             self.tracking.log(tracking.CATEGORIZED, msg, resolved, "C-CAT", queue=TO_BE_ROUTED)
-        if failed:
-            await self._fail(entry, failed)
-        parts: list[tuple[list[Recipient], str]] = [(local, LOCAL_DELIVERY), (onward, TO_BE_ROUTED)]
-        for recipients, queue in parts:
-            if not recipients:
-                continue
-            part = await self._bifurcate(entry, recipients, queue)
-            if queue == LOCAL_DELIVERY:
+        dsns = self._ndr_request(entry, failed) if failed else []
+        parts = [
+            Entry(msg.copy_for(recipients), queue)
+            for recipients, queue in ((local, LOCAL_DELIVERY), (onward, TO_BE_ROUTED))
+            if recipients
+        ]
+        await self._commit([*dsns, *parts], entry, crash_points.CATEGORIZED)
+        for part in parts:
+            if part.queue == LOCAL_DELIVERY:
                 self.tracking.log(tracking.QUEUED_LOCAL, part.msg, None, "IN-6a", queue=LOCAL_DELIVERY)
-            self._work.put_nowait(part.msg.id)
-        await self._finish(entry)
+        self._start_each([*dsns, *parts])
 
     def _by_hop(self, msg: MailMsg) -> list[list[tuple[Recipient, Hop]]]:
         """Each recipient's routing decision, grouped by the hop's key, not by why each was routed
@@ -403,34 +421,31 @@ class AdvancedQueuingEngine:
     async def _route(self, entry: Entry) -> None:
         assert self.components is not None
         changes = self._link_changes
-        # Every decision first, then every part written; only then is the original given up, so a
-        # failure anywhere before leaves exactly the original envelope (never a part and the whole).
+        # Every decision first, then one commit of every part in place of the original.
+        dsns: list[Entry] = []
         parts: list[tuple[list[Hop], Entry]] = []
-        try:
-            for routed in self._by_hop(entry.msg):
-                hop = routed[0][1]
-                recipients = [recipient for recipient, _ in routed]
-                for recipient in recipients:
-                    recipient.next_hop = hop.queue
-                waits = hop.kind.waits
-                part = await self._bifurcate(
-                    entry, recipients, UNREACHABLE if waits else hop.queue, None if waits else hop
-                )
-                parts.append(([h for _, h in routed], part))
-        except BaseException:
-            for _, part in parts:
-                await self._finish(part)
-            raise
-        await self._finish(entry)
-        for hops, part in parts:
-            hop = hops[0]
-            reasons = _by_reason(part.msg.recipients, hops)
+        for routed in self._by_hop(entry.msg):
+            hop = routed[0][1]
+            hops = [own for _, own in routed]
+            recipients = [recipient for recipient, _ in routed]
+            for recipient in recipients:
+                recipient.next_hop = hop.queue
+            part = Entry(entry.msg.copy_for(recipients), hop.queue, hop)
             if hop.kind == HopKind.NO_ROUTE:
                 for recipient, own in zip(part.msg.recipients, hops, strict=True):
                     recipient.fail_with(replies.no_route(own.detail), 0)
-                await self._fail(part, part.msg.recipients)
-                await self._finish(part)
-            elif hop.kind == HopKind.UNREACHABLE:
+                dsns += self._ndr_request(part, part.msg.recipients)
+                continue
+            if hop.kind == HopKind.UNREACHABLE:
+                # On disk as due for routing again at once, should a restart come before it is parked.
+                part = Entry(part.msg, UNREACHABLE, None, state=QueueState.RETRY, resume=TO_BE_ROUTED)
+            parts.append((hops, part))
+        await self._commit([*dsns, *(part for _, part in parts)], entry, crash_points.ROUTED)
+        self._start_each(dsns)
+        for hops, part in parts:
+            hop = hops[0]
+            reasons = _by_reason(part.msg.recipients, hops)
+            if hop.kind == HopKind.UNREACHABLE:
                 # A connector or path that is down: wait for link state to change, as Exchange does.
                 for (_, detail), recipients in reasons.items():
                     self.tracking.log(
@@ -457,19 +472,20 @@ class AdvancedQueuingEngine:
         content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
         result = await self.components.deliver_local(entry.msg, content)
         if result.delivered:
+            crash_points.reached(crash_points.STORE_DELIVERED)
             self.tracking.log(
                 tracking.SD_LOCAL_DELIVERY, entry.msg, result.delivered, "IN-6a", partner="STORE"
             )
             self.tracking.log(tracking.LOCAL_DELIVERY, entry.msg, result.delivered, "IN-6a", partner="STORE")
-        if result.failed:
-            await self._fail(entry, result.failed)
+        dsns = self._ndr_request(entry, result.failed) if result.failed else []
         if result.deferred:
             self.tracking.log(tracking.LOCAL_RETRY, entry.msg, result.deferred, "C-AQ", detail=result.error)
             await self._park(
-                entry, result.deferred, LOCAL_DELIVERY, resume=LOCAL_DELIVERY, error=result.error
+                entry, result.deferred, LOCAL_DELIVERY, resume=LOCAL_DELIVERY, error=result.error, also=dsns
             )
             return
-        await self._finish(entry)
+        await self._commit(dsns, entry)
+        self._start_each(dsns)
 
     def _waits_for_schedule(self, entry: Entry) -> bool:
         """The connector's schedule is closed and no Force Connection let this message through: it waits
@@ -523,6 +539,9 @@ class AdvancedQueuingEngine:
                         detail=",".join(entry.hop.targets),
                     )
             result = await self.components.deliver_remote(entry.hop, entry.msg, content)
+        if result.delivered:
+            # The window left open, as in any MTA: the next hop has it, the envelope does not say so yet.
+            crash_points.reached(crash_points.NEXT_HOP_ACCEPTED)
         if result.delivered and entry.hop.kind not in (HopKind.GATEWAY, HopKind.X400):
             for spec, recipients in _by_spec(entry.msg, result.delivered, entry.hop).items():
                 self.tracking.log(
@@ -533,13 +552,15 @@ class AdvancedQueuingEngine:
                     partner=result.partner,
                     queue=entry.hop.queue,
                 )
-        if result.failed:
-            await self._fail(entry, result.failed)
+        dsns = self._ndr_request(entry, result.failed) if result.failed else []
         if result.deferred:
             # The link queue shows Retry; the next attempt is routed afresh (link state may have changed).
-            await self._park(entry, result.deferred, entry.hop.queue, resume=TO_BE_ROUTED, error=result.error)
+            await self._park(
+                entry, result.deferred, entry.hop.queue, resume=TO_BE_ROUTED, error=result.error, also=dsns
+            )
             return
-        await self._finish(entry)
+        await self._commit(dsns, entry)
+        self._start_each(dsns)
 
     async def _park(
         self,
@@ -551,31 +572,40 @@ class AdvancedQueuingEngine:
         error: str = "",
         code: str = replies.DELIVERY_TIME_EXPIRED,
         expires: bool = True,
+        also: list[Entry] | None = None,
     ) -> None:
         """Park `waiting` recipients in `queue` until their next attempt, which starts in `resume`;
-        past the expiration time they fail instead (4.4.7, or `code` for unreachable destinations)."""
+        past the expiration time they fail instead (4.4.7, or `code` for unreachable destinations).
+        The envelope on disk then holds only `waiting`, in the same commit as the new envelopes `also`
+        (DSN requests of the attempt that parks it)."""
+        new = list(also or [])
         entry.msg.recipients = waiting
         entry.attempts += 1
         arrival = float(entry.msg.properties.get("ARRIVAL_TIME", time.time()))
         if expires and time.time() - arrival > self.retry.expiration:
             for recipient in waiting:
                 recipient.fail_with(replies.expired(code, queue, error), 0)
-            await self._fail(entry, waiting)
-            await self._finish(entry)
+            new += self._ndr_request(entry, waiting)
+            await self._commit(new, entry)
+            self._start_each(new)
             return
+        notice = None
         if (
             time.time() - arrival > self.retry.delay_notification
             and self._content_id(entry.msg) not in self._delay_notified
         ):
-            await self._notify_delay(entry, waiting)
+            notice = await self._delay_notice(entry, waiting)
         entry.next_retry = time.time() + self.retry.delay(entry.attempts)
         entry.queue, entry.resume = queue, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
         changes, nudges = self._link_changes, self._nudges.get(queue, 0)
         # Saved as Retry, but marked Retry in memory only once on disk: a wake-up cannot overtake the
         # write and have a finished message's envelope written again afterwards.
-        await asyncio.to_thread(self.directory.save, replace(entry, state=QueueState.RETRY))
+        await self._commit([*new, *([notice] if notice else []), replace(entry, state=QueueState.RETRY)])
         entry.state = QueueState.RETRY
+        self._start_each(new)
+        if notice is not None:
+            self._submitted(notice, "dsn")
         if queue == UNREACHABLE and self._link_changes != changes:
             self.link_state_changed()
         elif self._nudges.get(queue, 0) != nudges:
@@ -595,8 +625,9 @@ class AdvancedQueuingEngine:
             previous.cancel()
         self._timers[entry.msg.id] = asyncio.get_running_loop().call_later(delay, wake)
 
-    async def _fail(self, entry: Entry, failed: list[Recipient]) -> None:
-        """Failed recipients: log the NDR event and queue the DSN for submission."""
+    def _ndr_request(self, entry: Entry, failed: list[Recipient]) -> list[Entry]:
+        """Failed recipients: log the NDR event, and the DSN request to commit with the step (none for
+        an NDR, or for a DSN request itself, which goes to BadMail)."""
         self.tracking.log(
             tracking.NDR_ALL,
             entry.msg,
@@ -605,38 +636,34 @@ class AdvancedQueuingEngine:
             detail="; ".join(r.status_text or "" for r in failed),
         )
         if not entry.msg.sender:
-            return  # no NDR for an NDR
+            return []  # no NDR for an NDR
         if entry.msg.properties.get("DSN_REQUEST"):
             # The DSN itself could not be made: BadMail, never a DSN about a DSN.
             self.tracking.log(tracking.BAD_MAIL, entry.msg, failed, "DSN-1", queue=BADMAIL)
-            return
+            return []
         dsn = entry.msg.copy_for([Recipient(**r.__dict__) for r in failed])
         dsn.properties["DSN_REQUEST"] = True
-        dsn_entry = Entry(dsn, DSN_PENDING)
-        self._content_refs[self._content_id(dsn)] += 1
-        self.entries[dsn.id] = dsn_entry
-        await asyncio.to_thread(self.directory.save, dsn_entry)
-        self._work.put_nowait(dsn.id)
+        return [Entry(dsn, DSN_PENDING)]
 
-    async def _notify_delay(self, entry: Entry, waiting: list[Recipient]) -> None:
-        """Once per message, past the delay notification time: tell the sender it is still trying."""
+    async def _delay_notice(self, entry: Entry, waiting: list[Recipient]) -> Entry | None:
+        """Once per message, past the delay notification time: the notice that tells the sender it is
+        still trying, to be committed with the envelope that records it was sent."""
         self._delay_notified.add(self._content_id(entry.msg))
+        entry.msg.properties[_DELAY_NOTIFIED] = True
         if self.components is None or self.components.make_delay_notice is None or not entry.msg.sender:
-            return
+            return None
         content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
         made = self.components.make_delay_notice(entry.msg, waiting, content)
-        if made is not None:
-            notice, notice_content = made
-            await self.submit(notice, notice_content, source="dsn")
+        return None if made is None else await self._new_message(*made)
 
     async def _submit_dsn(self, entry: Entry) -> None:
         assert self.components is not None
         content = await asyncio.to_thread(self.directory.read_content, self._content_id(entry.msg))
         made = self.components.make_ndr(entry.msg, entry.msg.recipients, content)
-        if made is not None:
-            ndr, ndr_content = made
-            await self.submit(ndr, ndr_content, source="dsn")
-        await self._finish(entry)
+        ndr = [] if made is None else [await self._new_message(*made)]
+        await self._commit(ndr, entry, crash_points.NDR_SUBMITTED)
+        for new in ndr:
+            self._submitted(new, "dsn")
 
     # --- queue bookkeeping -----------------------------------------------------------------------
 
@@ -644,22 +671,34 @@ class AdvancedQueuingEngine:
         entry.queue = queue
         await asyncio.to_thread(self.directory.save, entry)
 
-    async def _bifurcate(
-        self, entry: Entry, recipients: list[Recipient], queue: str, hop: Hop | None = None
-    ) -> Entry:
-        part = Entry(entry.msg.copy_for(recipients), queue, hop)
-        self._content_refs[self._content_id(part.msg)] += 1
-        self.entries[part.msg.id] = part
-        await asyncio.to_thread(self.directory.save, part)
-        return part
+    async def _commit(
+        self, outputs: list[Entry], done: Entry | None = None, point: str | None = None
+    ) -> None:
+        """One queue step, on disk all or nothing (`queue_store`): the `outputs` written, in place of
+        `done`. An output AQ does not hold yet joins its queue (`_start_each` sets it going)."""
+        removed = None if done is None else done.msg.id
+        await asyncio.to_thread(self.directory.commit, outputs, removed, point)
+        for output in outputs:
+            if output.msg.id not in self.entries:
+                self._register(output)
+        if done is not None:
+            await self._forget(done)
 
-    async def _finish(self, entry: Entry) -> None:
+    def _register(self, entry: Entry) -> None:
+        self.entries[entry.msg.id] = entry
+        self._content_refs[self._content_id(entry.msg)] += 1
+
+    def _start_each(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self._work.put_nowait(entry.msg.id)
+
+    async def _forget(self, entry: Entry) -> None:
         self.entries.pop(entry.msg.id, None)
         content_id = self._content_id(entry.msg)
         self._content_refs[content_id] -= 1
-        await asyncio.to_thread(self.directory.remove, entry.msg.id)
         if self._content_refs[content_id] <= 0:
             del self._content_refs[content_id]
+            # A crash before this leaves content no envelope refers to: the next start removes it.
             self._delay_notified.discard(content_id)  # the message is gone: nothing left to notify about
             await asyncio.to_thread(self.directory.remove_content, content_id)
 

@@ -69,7 +69,10 @@ def lab_up(
 ) -> None:
     """Start lab NAME (or a lab file) in the foreground until Ctrl-C, SIGTERM or SIGHUP."""
     from harness import targets
+    from reference_mta import crash_points
 
+    if (wrong := crash_points.check(os.environ.get(crash_points.VARIABLE))) is not None:
+        raise InputError(wrong)
     target = target_option.on_backend(target_option.chosen(target_name), backend)
     if (unavailable := target.unavailable()) is not None:
         raise BrokenError(f"target {target.name} cannot run here: {unavailable}")
