@@ -121,7 +121,8 @@ class AdvancedQueuingEngine:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, components: Components) -> None:
+    def start(self, components: Components, *, process: bool = True) -> None:
+        """Load the queue folder; with `process`, begin working on it at once (else at `begin`)."""
         self.components = components
         for entry in self.directory.load():
             # Recovery: whatever was on disk when the service stopped resumes from its queue.
@@ -130,7 +131,14 @@ class AdvancedQueuingEngine:
             if entry.msg.properties.get(_DELAY_NOTIFIED):
                 self._delay_notified.add(self._content_id(entry.msg))
             self._schedule(entry)
-        self._runner = asyncio.get_running_loop().create_task(self._run())
+        if process:
+            self.begin()
+
+    def begin(self) -> None:
+        """Start dispatching what waits. Apart from `start` so that a lab starting several servers lets
+        none work on its backlog (and defer it to a peer not yet listening) before all of them listen."""
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         for timer in self._timers.values():

@@ -104,7 +104,9 @@ class ExchangeServer:
         self.frozen_x400: set[str] = set()  # X.400 queues an administrator froze, shared by the gateways
         self.mta = MessageTransferAgent(self.config.name, environment.root, self.tracking, self.frozen_x400)
 
-    async def start(self) -> None:
+    async def start(self, *, process: bool = True) -> None:
+        """Recover the queues and listen; with `process`, AQ works on its backlog at once, else only
+        at `begin`."""
         self.categorizer = Categorizer(
             self.organization,
             self.config,
@@ -120,7 +122,8 @@ class ExchangeServer:
                 make_ndr=self._make_ndr,
                 make_delay_notice=self._make_delay_notice,
                 schedule_wait=self._schedule_wait,
-            )
+            ),
+            process=process,
         )
         directory = self.environment.directory(self.config.name)
         for connector in self.organization.connectors:
@@ -157,6 +160,10 @@ class ExchangeServer:
         # A change of link state is a chance for what waits on an unreachable destination.
         self.link_state.on_change(self.aq.link_state_changed)
         await self.listen()
+
+    def begin(self) -> None:
+        """AQ starts on what waits in its queues."""
+        self.aq.begin()
 
     async def listen(self) -> None:
         """Open the virtual servers' listeners (at start, and when a stopped server comes back)."""

@@ -1,5 +1,5 @@
 """`python -m harness.cli`: the `mailflow` command."""
 
-from harness.cli.app import main
+from harness.cli.entry import main
 
 main()

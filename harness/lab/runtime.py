@@ -206,7 +206,13 @@ class Lab:
                 continue
             exchange = ExchangeServer(self.config.organization, server.name, environment)
             self.servers[server.name] = exchange
-            await _listening(exchange.start(), f"server {server.name}", server.address, self.config.port(25))
+            await _listening(
+                exchange.start(process=False), f"server {server.name}", server.address, self.config.port(25)
+            )
+        # Only once every server listens: a backlog recovered after a crash would otherwise be sent to
+        # servers not yet up, and be deferred, while the others are still starting.
+        for exchange in self.servers.values():
+            exchange.begin()
 
     def _start_ldap(self) -> None:
         gc = self.config.global_catalog
