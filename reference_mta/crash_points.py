@@ -21,6 +21,8 @@ NDR_SUBMITTED = "aq.ndr-submitted"
 # AQ: a delivery done, and not yet recorded in the envelope.
 NEXT_HOP_ACCEPTED = "aq.next-hop-accepted"
 STORE_DELIVERED = "aq.store-delivered"
+# The store: the message is in the mailbox, and its line is not yet in the mailbox's index.
+STORE_FILE_WRITTEN = "store.file-written"
 # The MTA and the gateway: a message's content moved on and its envelope not yet; the memos written
 # to the foreign system and the message not yet out of MTS-OUT.
 MTA_CONTENT_MOVED = "mta.content-moved"
@@ -32,6 +34,7 @@ POINTS = (
     NDR_SUBMITTED,
     NEXT_HOP_ACCEPTED,
     STORE_DELIVERED,
+    STORE_FILE_WRITTEN,
     MTA_CONTENT_MOVED,
     GATEWAY_MEMOS_WRITTEN,
 )

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from reference_mta import replies
+from reference_mta import crash_points, replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_STORE, MailMsg, Recipient
 from reference_mta.queue_contract import DeliveryResult
 from reference_mta.topology import DuplicateDetection
@@ -99,6 +99,7 @@ class MailboxStore:
                 _append(folder / REPEATS, record | {"envelope": msg.id})
                 return
             _write_message(folder, key, content)
+            crash_points.reached(crash_points.STORE_FILE_WRITTEN)  # a redo replaces the file
             _append(folder / INDEX, record)
 
     def _key(self, msg: MailMsg, content: bytes, recipient: Recipient) -> str:

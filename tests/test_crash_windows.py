@@ -20,7 +20,6 @@ import pytest
 from labprocess import LabProcess, environment, lab_processes, queues, start
 
 from reference_mta import crash_points
-from reference_mta.store import read_deliveries
 
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 # This module's own address block, apart from the other modules' labs (MAILFLOW_LAB_BASE moves it).
@@ -63,6 +62,7 @@ WINDOWS: dict[str, Window] = {
     # The window left open: the Internet host has it twice.
     crash_points.NEXT_HOP_ACCEPTED: Window(ERIN, (INTERNET,), {INTERNET: 2}),
     crash_points.STORE_DELIVERED: Window(ERIN, (ALICE,), {ALICE: 1}),
+    crash_points.STORE_FILE_WRITTEN: Window(ERIN, (ALICE,), {ALICE: 1}),
     crash_points.MTA_CONTENT_MOVED: TO_NOTES,
     crash_points.GATEWAY_MEMOS_WRITTEN: TO_NOTES,
 }
@@ -112,8 +112,9 @@ def received(workdir: Path) -> dict[str, int]:
     def count(name: str) -> None:
         found[name] = found.get(name, 0) + 1
 
-    for delivery in read_deliveries(workdir):
-        count(str(delivery["recipient"]))
+    # The copies a mail client would see (a Maildir's new/), not the store's index of them.
+    for copy in workdir.glob("*/mdbdata/*/*/new/*"):
+        count(copy.parent.parent.name)
     for envelope in (workdir / "sinks").glob("*/*.json"):
         for recipient in json.loads(envelope.read_text())["rcpt_to"]:
             count(recipient)
