@@ -70,8 +70,10 @@ class QueueDirectory:
             return
         record = self.path / f"{uuid.uuid4().hex}{_STEP}"
         self._write(record, _encode(step))
-        # The record holds the outputs until it goes: one folder sync, at its removal, covers them all.
+        # One folder sync for all the outputs, before the input goes: a file system that may reorder
+        # renames across a power loss then cannot keep the removal and lose an output.
         self._carry_out(step, sync=False)
+        self._sync()
         if point is not None:
             crash_points.reached(point)
         self._finish_step(step, record)

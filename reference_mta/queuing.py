@@ -448,32 +448,46 @@ class AdvancedQueuingEngine:
                 # On disk as due for routing again at once, should a restart come before it is parked.
                 part = Entry(part.msg, UNREACHABLE, None, state=QueueState.RETRY, resume=TO_BE_ROUTED)
             parts.append((hops, part))
-        await self._commit([*dsns, *(part for _, part in parts)], entry, crash_points.ROUTED)
+        waiting = [part for hops, part in parts if hops[0].kind == HopKind.UNREACHABLE]
+        # An unreachable part is Retry on disk (a restart routes it again) but held Active in memory
+        # until `_park` has written it: a link state change meanwhile must not route it while it parks.
+        await self._commit([*dsns, *(part for _, part in parts)], entry, crash_points.ROUTED, held=waiting)
         self._start_each(dsns)
         for hops, part in parts:
+            if hops[0].kind == HopKind.UNREACHABLE:
+                continue
             hop = hops[0]
-            reasons = _by_reason(part.msg.recipients, hops)
-            if hop.kind == HopKind.UNREACHABLE:
-                # A connector or path that is down: wait for link state to change, as Exchange does.
-                for (_, detail), recipients in reasons.items():
-                    self.tracking.log(
-                        tracking.ROUTING_RETRY, part.msg, recipients, "C-RE", queue=UNREACHABLE, detail=detail
-                    )
-                await self._park(
-                    part,
-                    part.msg.recipients,
-                    UNREACHABLE,
-                    resume=TO_BE_ROUTED,
-                    error="; ".join(dict.fromkeys(detail for _, detail in reasons)),
-                    code=replies.ROUTING_FAILURE,
-                )
-            else:
-                event = tracking.ROUTED_GATEWAY if hop.kind == HopKind.GATEWAY else tracking.ROUTED_REMOTE
-                for (spec, detail), recipients in reasons.items():
-                    self.tracking.log(event, part.msg, recipients, spec, queue=hop.queue, detail=detail)
-                self._work.put_nowait(part.msg.id)
+            event = tracking.ROUTED_GATEWAY if hop.kind == HopKind.GATEWAY else tracking.ROUTED_REMOTE
+            for (spec, detail), recipients in _by_reason(part.msg.recipients, hops).items():
+                self.tracking.log(event, part.msg, recipients, spec, queue=hop.queue, detail=detail)
+            self._work.put_nowait(part.msg.id)
+        for hops, part in parts:
+            if hops[0].kind == HopKind.UNREACHABLE:
+                await self._wait_for_link_state(part, hops)
         if self._link_changes != changes:
             self.link_state_changed()  # it changed while we were deciding: decide again
+
+    async def _wait_for_link_state(self, part: Entry, hops: list[Hop]) -> None:
+        """A connector or path that is down: the part waits for link state to change, as Exchange does."""
+        reasons = _by_reason(part.msg.recipients, hops)
+        for (_, detail), recipients in reasons.items():
+            self.tracking.log(
+                tracking.ROUTING_RETRY, part.msg, recipients, "C-RE", queue=UNREACHABLE, detail=detail
+            )
+        try:
+            await self._park(
+                part,
+                part.msg.recipients,
+                UNREACHABLE,
+                resume=TO_BE_ROUTED,
+                error="; ".join(dict.fromkeys(detail for _, detail in reasons)),
+                code=replies.ROUTING_FAILURE,
+            )
+        except Exception:
+            # Its step is committed and the original gone: it waits as it is on disk, Retry.
+            part.state = QueueState.RETRY
+            self._wake_later(part)
+            raise
 
     async def _deliver_local(self, entry: Entry) -> None:
         assert self.components is not None
@@ -607,6 +621,8 @@ class AdvancedQueuingEngine:
         entry.queue, entry.resume = queue, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
         changes, nudges = self._link_changes, self._nudges.get(queue, 0)
+        if self.entries.get(entry.msg.id) is not entry:
+            return  # finished meanwhile: writing it again would bring it back
         # Saved as Retry, but marked Retry in memory only once on disk: a wake-up cannot overtake the
         # write and have a finished message's envelope written again afterwards.
         await self._commit([*new, *([notice] if notice else []), replace(entry, state=QueueState.RETRY)])
@@ -680,15 +696,23 @@ class AdvancedQueuingEngine:
         await asyncio.to_thread(self.directory.save, entry)
 
     async def _commit(
-        self, outputs: list[Entry], done: Entry | None = None, point: str | None = None
+        self,
+        outputs: list[Entry],
+        done: Entry | None = None,
+        point: str | None = None,
+        *,
+        held: list[Entry] | None = None,
     ) -> None:
         """One queue step, on disk all or nothing (`queue_store`): the `outputs` written, in place of
-        `done`. An output AQ does not hold yet joins its queue (`_start_each` sets it going)."""
+        `done`. An output AQ does not hold yet joins its queue (`_start_each` sets it going); those
+        `held` join it Active, whatever their state on disk, for the step to go on with them."""
         removed = None if done is None else done.msg.id
         await asyncio.to_thread(self.directory.commit, outputs, removed, point)
         for output in outputs:
             if output.msg.id not in self.entries:
                 self._register(output)
+        for output in held or []:
+            output.state = QueueState.ACTIVE
         if done is not None:
             await self._forget(done)
 

@@ -19,7 +19,7 @@ from labprocess import environment
 from harness.cli.app import main
 from harness.exit_codes import ExitCode, stopped_by
 from harness.lab import config as lab_config
-from harness.run.chaos_accounting import Sent, deliveries, leftovers, queued_messages, tally
+from harness.run.chaos_accounting import Sent, deliveries, leftovers, queued_messages, store_repeats, tally
 from harness.run.chaos_recipients import recipients
 from reference_mta.mailmsg import MailMsg
 from reference_mta.store import MailboxStore
@@ -33,17 +33,19 @@ EX1_STORE = "Mailbox Store (EX1)"
 HOME = f"CN={EX1_STORE},CN=First Storage Group,CN=InformationStore,CN=EX1,CN=Servers"
 
 
-def deliver(root: Path, msgid: str, *recipients: str) -> None:
-    """Delivered as the reference MTA's store driver delivers, into EX1's mailbox store."""
+def deliver(root: Path, msgid: str, *recipients: str, keeps_every_copy: bool = False) -> None:
+    """Delivered as the reference MTA's store driver delivers, into EX1's mailbox store (one that keeps
+    every copy, as a store with duplicate detection off, or another MTA's, would)."""
     msg = MailMsg.new("sender@contoso.com", list(recipients), RFC822_MSG_ID=f"<{msgid}>")
     for recipient in msg.recipients:
         recipient.home_mdb = HOME
-    MailboxStore(root, "EX1").deliver(msg, b"Subject: x\r\n\r\nx\r\n", (EX1_STORE,))
+    detection = "none" if keeps_every_copy else "message_id"
+    MailboxStore(root, "EX1", detection).deliver(msg, b"Subject: x\r\n\r\nx\r\n", (EX1_STORE,))
 
 
 def test_a_delivery_seen_twice_is_duplicated_and_one_never_seen_is_lost(tmp_path: Path) -> None:
     deliver(tmp_path, "one@x", "alice@contoso.com", "erin@contoso.com")
-    deliver(tmp_path, "one@x", "alice@contoso.com")  # a repeat after a crash
+    deliver(tmp_path, "one@x", "alice@contoso.com", keeps_every_copy=True)  # a repeat after a crash
     deliver(tmp_path, "two@x", "alice@contoso.com")
     sent = [
         Sent("one@x", ("Alice@contoso.com", "erin@contoso.com"), acknowledged=True),
@@ -59,6 +61,13 @@ def test_a_delivery_seen_twice_is_duplicated_and_one_never_seen_is_lost(tmp_path
     assert books.worst == (("one@x", "alice@contoso.com"), 2)
     assert books.lost == [("two@x", "judy@contoso.com")]
     assert books.queued == []
+
+
+def test_a_repeat_the_store_drops_is_counted_as_a_repeat_not_as_a_copy(tmp_path: Path) -> None:
+    deliver(tmp_path, "one@x", "alice@contoso.com")
+    deliver(tmp_path, "one@x", "alice@contoso.com")  # a step done again after a crash
+    assert deliveries(tmp_path)[("one@x", "alice@contoso.com")] == 1
+    assert store_repeats(tmp_path) == 1
 
 
 def test_an_undelivered_recipient_of_a_message_left_in_a_queue_is_still_queued_not_lost(
@@ -130,7 +139,7 @@ def test_a_lab_killed_three_times_under_load_delivers_each_acknowledged_message_
     # The restart bound is loose here: a start's time is mostly Python importing the harness, which a
     # busy CI machine stretches; the long form keeps the 2 s default.
     command = mailflow(
-        "chaos", "--kills", "3", "--senders", "3", "--interval", "1", "--internet", "someone@fabrikam.com",
+        "chaos", "--kills", "3", "--senders", "3", "--interval", "1",
         "--max-restart", "15", "--workdir", str(tmp_path / "chaos"),
     )  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -48,7 +48,11 @@ from harness.run.chaos_recipients import ChaosSetupError
     help="seconds a start may take until the virtual server answers EHLO",
 )
 @click.option(
-    "--internet", default=None, metavar="ADDRESS", help="also send to this Internet address (a sink)"
+    "--internet",
+    default=None,
+    metavar="ADDRESS",
+    help="also send to this Internet address (a sink; a kill between its 250 and the queue's record of it "
+    "makes a copy too many there: the window every MTA leaves, docs/decisions.md)",
 )
 @click.option(
     "--client", default="relay-host", show_default=True, help="the lab client the senders connect from"
@@ -123,6 +127,7 @@ def _report(outcome: chaos.Outcome, max_restart: float) -> list[str]:
     echo(f"  duplicated:          {len(books.duplicated)}{worst_text}")
     echo(f"  still queued:        {len(books.queued)}")
     echo(f"leftover files:        {len(outcome.leftovers)}")
+    echo(f"repeats the stores dropped: {outcome.repeats}")
     restarts = f"median {outcome.restart_median:.2f} s, max {outcome.restart_max:.2f} s"
     echo(f"restart time:          {restarts} over {len(outcome.restarts)} restarts")
     for pair in books.lost[:10]:

@@ -24,7 +24,15 @@ import aiosmtplib
 
 from harness.lab import control
 from harness.lab.config import LabConfig
-from harness.run.chaos_accounting import Sent, Tally, deliveries, leftovers, queued_messages, tally
+from harness.run.chaos_accounting import (
+    Sent,
+    Tally,
+    deliveries,
+    leftovers,
+    queued_messages,
+    store_repeats,
+    tally,
+)
 from harness.run.chaos_recipients import ChaosSetupError, Recipients, recipients
 
 # How long one attempt to reach the virtual server may take before the next: a lab being started
@@ -55,6 +63,7 @@ class Outcome:
     books: Tally
     restarts: list[float] = field(default_factory=list)  # seconds from spawn to the EHLO answer
     leftovers: list[Path] = field(default_factory=list)
+    repeats: int = 0  # deliveries the mailbox stores dropped as repeats
     drained: bool = True
 
     @property
@@ -245,4 +254,5 @@ def run(settings: Settings, config: LabConfig, workdir: Path, base: str | None) 
         child.stop()
     outcome.books = tally(ledger, deliveries(workdir), queued_messages(workdir))
     outcome.leftovers = leftovers(workdir)
+    outcome.repeats = store_repeats(workdir)
     return outcome

@@ -97,6 +97,15 @@ def deliveries(workdir: Path) -> Counter[Pair]:
     return found
 
 
+def store_repeats(workdir: Path) -> int:
+    """Deliveries the mailbox stores dropped as repeats of one they had made (a step done again after
+    a crash, or a resend): not duplicates a user sees, but a sign of how often a redo happened."""
+    return sum(
+        sum(1 for line in index.read_text(encoding="utf-8").splitlines() if line.strip())
+        for index in workdir.glob(f"*/mdbdata/*/*/{store.REPEATS}")
+    )
+
+
 def _mailroots(workdir: Path) -> list[Path]:
     return sorted(p for p in workdir.glob("*/Mailroot") if p.is_dir())
 
