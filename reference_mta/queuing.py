@@ -469,6 +469,9 @@ class AdvancedQueuingEngine:
 
     async def _wait_for_link_state(self, part: Entry, hops: list[Hop]) -> None:
         """A connector or path that is down: the part waits for link state to change, as Exchange does."""
+        for recipient in part.msg.recipients:
+            # Its latest attempt reached no next hop: an expiry NDR quotes none (dsn.py).
+            recipient.remote_reply = recipient.remote_mta = None
         reasons = _by_reason(part.msg.recipients, hops)
         for (_, detail), recipients in reasons.items():
             self.tracking.log(
