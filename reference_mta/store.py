@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from reference_mta import crash_points, replies
+from reference_mta import crash_points, durable, replies
 from reference_mta.mailmsg import RP_DELIVERED, RP_ERROR_CONTEXT_STORE, MailMsg, Recipient
 from reference_mta.queue_contract import DeliveryResult
 from reference_mta.topology import DuplicateDetection
@@ -143,15 +143,7 @@ def _write_message(folder: Path, key: str, content: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(staged, folder / "new" / key)
-    _fsync_folder(folder / "new")
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    durable.sync_folder(folder / "new")
 
 
 def _append(path: Path, record: dict[str, object]) -> None:

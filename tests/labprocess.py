@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -104,3 +104,13 @@ def start(labs: list[LabProcess], workdir: Path, env: dict[str, str], *args: str
 
 def queues(workdir: Path) -> Result:
     return CliRunner().invoke(main, ["queues", "--lab-dir", str(workdir), "--all", "--json"])
+
+
+def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Polls `condition` until it holds; fails the test, saying `what` did not happen, after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"not within {timeout:g} s: {what}")

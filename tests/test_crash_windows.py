@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import smtplib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from labprocess import LabProcess, environment, lab_processes, queues, start
+from labprocess import LabProcess, environment, lab_processes, queues, start, until
 
 from reference_mta import crash_points
 
@@ -76,15 +75,6 @@ def test_every_crash_point_has_a_window() -> None:
 def started() -> Iterator[list[LabProcess]]:
     with lab_processes() as labs:
         yield labs
-
-
-def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"not within {timeout:g} s: {what}")
 
 
 def send(window: Window) -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from labprocess import LabProcess, environment, lab_processes, start
+from labprocess import LabProcess, environment, lab_processes, start, until
 
 from harness.cli.app import main
 from harness.exit_codes import ExitCode
@@ -46,15 +45,6 @@ def cli(*args: str) -> str:
 def ex4_queues(workdir: Path) -> dict[str, tuple[str, int]]:
     rows = json.loads(cli("queues", "--lab-dir", str(workdir), "--server", "EX4", "--all", "--json"))
     return {row["queue"]: (row["state"], row["count"]) for row in rows}
-
-
-def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"not within {timeout:g} s: {what}")
 
 
 def memos(workdir: Path) -> dict[str, int]:
