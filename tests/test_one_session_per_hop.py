@@ -29,7 +29,7 @@ _FIRST = int(os.environ.get("MAILFLOW_LAB_BASE", "127.170.0.0").split(".")[1])
 BASE = f"127.{(_FIRST + WORKER) % 250}.34.0"
 OFFSET = 34200 + 100 * (WORKER % 10)
 SESSIONS = 50
-MESSAGES_PER_SESSION = 2
+MESSAGES_PER_SESSION = 1
 # The contoso lab's hosts, by their addr in fixtures/labs/contoso.yaml.
 SERVERS = {11: "EX1", 21: "EX2", 31: "EX3", 41: "EX4"}
 INTERNET_CLIENT = 200
