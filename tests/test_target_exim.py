@@ -155,6 +155,9 @@ def test_lab_up_with_a_real_mta_serves_until_interrupted_and_leaves_nothing_behi
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As a terminal starts it: a background job of a non-interactive shell (a CI script's `&`)
+        # passes SIGINT on ignored, and lab up rightly leaves an ignored SIGINT alone.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert lab_up.stdout is not None
