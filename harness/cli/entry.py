@@ -1,10 +1,11 @@
-"""The `mailflow` command's entry point.
+"""`python -m harness.cli`, the way `mailflow chaos` starts `lab up` (the `mailflow` script itself is
+`harness.cli.app:main`).
 
 The commands that drive a lab (`lab`, `queues`, `submit`, `sinks`) are loaded without the rest of the
 application (the corpus runner and pytest, the reports, the generator), which `harness.cli.app` imports
-up front: `mailflow lab up` then starts in about two thirds of the time, and a crash test (`mailflow
-chaos`) restarts it many times and holds each start to a bound. Every other word, `--help` and
-`--version` included, loads the whole command (`app.main`), which holds these commands too.
+up front: `lab up` then starts in about two thirds of the time, and a crash test restarts it many times
+and holds each start to a bound. Every other word, `--help` and `--version` included, loads the whole
+command (`app.main`), which holds these commands too.
 """
 
 from __future__ import annotations
