@@ -46,6 +46,19 @@ AGREEMENTS = [
         Scenario("internet", "EX3", None, None, "ann@fabrikam.com", ("judy@contoso.com",)),
         [("mailbox", "carol@contoso.com", "EX3"), ("mailbox", "judy@contoso.com", "EX1")],
     ),
+    # Alice directly and through Executives, which EX3 expands: two copies reach EX1 by two paths, and
+    # its store keeps one (docs/decisions.md); the oracle once expected both.
+    (
+        Scenario(
+            "lan",
+            "EX4",
+            None,
+            "relayuser",
+            "relay.user@contoso.com",
+            ("alice.smith@contoso.com", "executives@contoso.com"),
+        ),
+        [("mailbox", "alice@contoso.com", "EX1"), ("mailbox", "dave@contoso.com", "EX4")],
+    ),
 ]
 
 # Scenarios on small labs of their own, for decisions the contoso lab has no clean example of (the
@@ -185,7 +198,7 @@ def test_reference_mta_and_oracle_agree_on_former_disagreements(
     scenario: Scenario, deliveries: list[tuple[str, str, str]]
 ) -> None:
     prediction = predict(load(LAB), scenario)
-    assert sorted((d.kind, d.where, d.server) for d in prediction.deliveries) == deliveries
+    assert sorted((d.kind, d.where, d.server) for d in prediction.deliveries if not d.repeat) == deliveries
     result = replay(LAB, scenario, prediction)
     assert result.passed, disagreement(scenario, prediction, result)
 

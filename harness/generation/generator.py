@@ -403,7 +403,8 @@ def delivered_entries(prediction: Prediction) -> list[dict[str, Any]]:
         if ndr.status == "5.1.1":
             dsn[len(deliveries)]["recipient"] = ndr.recipient
         deliveries.append(ndr.delivery)
-    for index, d in enumerate(deliveries):
+    # A repeat is left out: the mailbox holds one copy (docs/decisions.md).
+    for index, d in [(i, d) for i, d in enumerate(deliveries) if not d.repeat]:
         if d.kind == "mailbox":
             item: dict[str, Any] = {"mailbox": d.where, "server": d.server, "sender": _sender(d.sender)}
         elif d.kind == "foreign":

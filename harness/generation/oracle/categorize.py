@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.generation.oracle.route import (
     NoConnector,
@@ -41,6 +41,9 @@ class Delivery:
     hops: tuple[str, ...] = ()  # the servers it passes from that categorizer on
     connector: str = ""  # the connector that carries it out of the organization (sink, foreign)
     greeting: str = ""  # a sink's: "HELO" when the connector says "Send HELO instead of EHLO"
+    # A second copy of the message for a mailbox that already gets one: it travels (and is logged) like
+    # any copy, and the mailbox's store drops it (docs/decisions.md).
+    repeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,11 +222,14 @@ class Categorizer:
         self._deliver(Delivery("mailbox", mail, home, self.message.sender, scope=server, hops=path.servers))
 
     def _deliver(self, delivery: Delivery) -> None:
-        if delivery.kind == "mailbox" and any(
-            d.kind == "mailbox" and d.where.lower() == delivery.where.lower() and d.scope == delivery.scope
-            for d in self.fate.deliveries
-        ):
-            return  # one copy per mailbox
+        if delivery.kind == "mailbox":
+            mailbox = delivery.where.lower()
+            same = [d for d in self.fate.deliveries if d.kind == "mailbox" and d.where.lower() == mailbox]
+            if any(d.scope == delivery.scope for d in same):
+                return  # one copy per mailbox from each categorizer
+            if same and self.world.server(delivery.server).duplicate_detection != "none":
+                self.fate.note(f"{delivery.where} already gets this message: its store keeps one copy")
+                delivery = replace(delivery, repeat=True)
         self.fate.deliveries.append(delivery)
 
     def _group(self, server: str, entry: Entry, seen: set[str]) -> None:

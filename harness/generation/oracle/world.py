@@ -47,6 +47,8 @@ class Server:
     addr: int
     routing_group: str
     virtual_servers: tuple[VirtualServer, ...]
+    # The store keeps one copy of a message per mailbox unless this is "none" (docs/decisions.md).
+    duplicate_detection: str = "message_id"
 
     @property
     def default(self) -> VirtualServer:
@@ -293,6 +295,7 @@ def load(lab_file: Path) -> World:
             int(s["addr"]),
             s["routing_group"],
             tuple(_virtual_server(s["name"], int(s["addr"]), vs) for vs in s.get("virtual_servers") or ()),
+            s.get("duplicate_detection", "message_id"),
         )
         for s in org["servers"]
     }
