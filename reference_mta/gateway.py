@@ -370,13 +370,16 @@ class NotesGateway:
     def folders(self) -> dict[str, list[dict[str, object]]]:
         """The gateway's folders and the X.400 queues behind it, as Queue Viewer lists X.400 queues."""
         return {
-            name: [
-                self._row(name, path)
-                for path in sorted(folder.glob("*.*"))
-                if path.suffix in (".memo", ".eml")
-            ]
+            name: [self._row(name, path) for path in sorted(folder.glob("*.*")) if self._listed(folder, path)]
             for name, folder in self._queues.items()
         }
+
+    def _listed(self, folder: Path, path: Path) -> bool:
+        if folder == self.mts_out:
+            # The MTA moves an item's envelope last (reference_mta/mta.py): until then the item is
+            # still in the MTA's queue, and listing its content here would show it in both.
+            return path.suffix == ".json"
+        return path.suffix in (".memo", ".eml")
 
     def _row(self, queue: str, path: Path) -> dict[str, object]:
         inbound = self._inbound.get(path.stem)

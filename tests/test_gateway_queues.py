@@ -103,3 +103,20 @@ def test_a_message_already_handed_to_aq_is_not_handed_over_again(tmp_path: Path)
         assert second.settle()
         assert items(tmp_path)["MTS-OUT"] == []
         assert delivered(second) == DELIVERED
+
+
+def test_an_item_the_mta_is_still_moving_is_listed_in_its_queue_only(tmp_path: Path) -> None:
+    """The MTA moves an item's content into MTS-OUT first and its envelope last (reference_mta/mta.py):
+    halfway, Queue Viewer shows it in the MTA's queue and not yet in MTS-OUT."""
+    with lab(tmp_path) as running:
+        running.set_gateway("Notes Connector", False)
+        running.freeze("EX4", "X.400: Notes Connector")
+        running.submit("EX4", "dave@contoso.com", ["nora.lee@contoso.com"], b"Subject: halfway\n\nx\n")
+        assert running.settle()
+        assert len(running.queues()["EX4"]["X.400: Notes Connector"]) == 1
+        mta_queue = next(f for f in (tmp_path / "EX4" / "MTA").rglob("*.eml"))
+        mts_out = tmp_path / "EX4" / "gateways" / "Notes Connector" / "MTS-OUT"
+        shutil.copy(mta_queue, mts_out / mta_queue.name)  # the first of the two renames, done
+        queues = running.queues()["EX4"]
+        assert len(queues["X.400: Notes Connector"]) == 1
+        assert queues["Notes Connector MTS-OUT"] == []
