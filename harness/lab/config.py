@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,30 @@ def missing_lab(name_or_path: str | Path, path: Path) -> str:
 
 
 def load(path: Path, *, base: str | None = None, port_offset: int | None = None) -> LabConfig:
-    """Load and check a lab file; `base`/`port_offset` relocate it."""
+    """Load and check a lab file; `base`/`port_offset` relocate it.
+
+    A corpus names the same few labs in every trace, so a process loads each version of a file once
+    for each placement: the cache is keyed by what `stat` says of the file, and an edited, replaced or
+    touched file is loaded (and checked) again. A LabConfig is frozen, so sharing it is safe."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return _load(path, base, port_offset)  # which says, in the user's terms, what is wrong
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    config = _cached(key, base, port_offset)
+    if not config.global_catalog.directory.is_file():
+        # The directory fixture is read when the lab starts: one removed since must be named now.
+        _cached.cache_clear()
+        return _load(path, base, port_offset)
+    return config
+
+
+@lru_cache(maxsize=64)
+def _cached(key: tuple[str, int, int, int, int], base: str | None, port_offset: int | None) -> LabConfig:
+    return _load(Path(key[0]), base, port_offset)
+
+
+def _load(path: Path, base: str | None, port_offset: int | None) -> LabConfig:
     document = yamlsource.load(path)
     yamlsource.validate(document, "lab.schema.json")
     data: dict[str, Any] = document.data

@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import dns.exception
@@ -148,6 +149,72 @@ def check_record(record: Record) -> None:
         raise ValueError(str(exc) or exc.__class__.__name__) from exc
 
 
+@dataclass(frozen=True)
+class _Zone:
+    """What a lab's DNS serves: rrsets by owner and type, the names that exist (empty non-terminals
+    included) and the faults its records carry."""
+
+    data: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]]
+    existing: frozenset[dns.name.Name]
+    faults: dict[tuple[dns.name.Name, str], Fault]
+
+    @staticmethod
+    @lru_cache(maxsize=32)
+    def of(records: tuple[Record, ...], zones: tuple[dns.name.Name, ...]) -> _Zone:
+        builder = _ZoneBuilder()
+        for record in records:
+            builder.add(record)
+        for zone in zones:
+            apex = builder.data.setdefault(zone, {})
+            if dns.rdatatype.CNAME in apex:
+                raise ValueError(f"zone apex {zone} cannot have a CNAME")
+            apex.setdefault(dns.rdatatype.SOA, _synthetic_soa(zone))
+        # Empty non-terminals (contoso.com when only mail.contoso.com has data) exist in real DNS and
+        # answer NODATA, not NXDOMAIN; an MTA treats the two differently, so the lab must match.
+        existing: set[dns.name.Name] = set()
+        for owner in builder.data:
+            while owner not in existing:
+                existing.add(owner)
+                if owner == dns.name.root:
+                    break
+                owner = owner.parent()
+        return _Zone(builder.data, frozenset(existing), builder.faults)
+
+
+def _synthetic_soa(zone: dns.name.Name) -> dns.rrset.RRset:
+    apex = zone.to_text()
+    soa = f"ns.{apex} hostmaster.{apex} 1 3600 600 86400 {_NEGATIVE_TTL}".replace("..", ".")
+    return dns.rrset.from_text(zone, _NEGATIVE_TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa)
+
+
+class _ZoneBuilder:
+    def __init__(self) -> None:
+        self.data: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
+        self.faults: dict[tuple[dns.name.Name, str], Fault] = {}
+
+    def add(self, record: Record) -> None:
+        try:
+            owner = _absolute(record.name)
+            rtype = _rtype_text(record.rtype)
+            if rtype == _ALL_TYPES:
+                raise ValueError("'*' is only valid for faults")
+            rdtype = dns.rdatatype.from_text(rtype)
+            rdata = _make_rdata(record, rdtype)
+        except (ValueError, dns.exception.DNSException) as exc:
+            raise ValueError(f"bad record {record}: {exc}") from exc
+        node = self.data.setdefault(owner, {})
+        if (rdtype == dns.rdatatype.CNAME) != (dns.rdatatype.CNAME in node) and node:
+            raise ValueError(f"bad record {record}: a CNAME cannot coexist with other data at its name")
+        rrset = node.setdefault(rdtype, dns.rrset.RRset(owner, dns.rdataclass.IN, rdtype))
+        if rdtype == dns.rdatatype.CNAME and len(rrset) and rdata not in rrset:
+            raise ValueError(f"bad record {record}: a name can have only one CNAME")
+        rrset.add(rdata, record.ttl)
+        if record.fault is not None:
+            previous = self.faults.setdefault((owner, rtype), record.fault)
+            if previous != record.fault:
+                raise ValueError(f"bad record {record}: conflicting faults for {record.name} {rtype}")
+
+
 class FakeDNS:
     """An authoritative DNS server for the lab, on UDP and TCP at one loopback address and port.
 
@@ -168,59 +235,19 @@ class FakeDNS:
         check_endpoint(address, port)
         self._address = address
         self._port = port
-        self._data: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
-        self._faults: dict[tuple[dns.name.Name, str], Fault] = {}
         self._zones = sorted({_absolute(z) for z in authoritative_zones}, key=len, reverse=True)
-        for record in records:
-            self._add(record)
-        for zone in self._zones:
-            apex = self._data.setdefault(zone, {})
-            if dns.rdatatype.CNAME in apex:
-                raise ValueError(f"zone apex {zone} cannot have a CNAME")
-            apex.setdefault(dns.rdatatype.SOA, self._synthetic_soa(zone))
-        # Empty non-terminals (contoso.com when only mail.contoso.com has data) exist in real DNS and
-        # answer NODATA, not NXDOMAIN; an MTA treats the two differently, so the lab must match.
-        self._existing: set[dns.name.Name] = set()
-        for owner in self._data:
-            while owner not in self._existing:
-                self._existing.add(owner)
-                if owner == dns.name.root:
-                    break
-                owner = owner.parent()
+        # Read-only once built, so labs of one process that serve the same records share it: parsing
+        # a lab's records costs more than the rest of a lab's start.
+        zone = _Zone.of(tuple(records), tuple(self._zones))
+        self._data = zone.data
+        self._existing = zone.existing
+        self._faults: dict[tuple[dns.name.Name, str], Fault] = dict(zone.faults)  # set_fault changes it
         self._log: BoundedLog[_LogSlot] = BoundedLog(log_limit)
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-
-    def _add(self, record: Record) -> None:
-        try:
-            owner = _absolute(record.name)
-            rtype = _rtype_text(record.rtype)
-            if rtype == _ALL_TYPES:
-                raise ValueError("'*' is only valid for faults")
-            rdtype = dns.rdatatype.from_text(rtype)
-            rdata = _make_rdata(record, rdtype)
-        except (ValueError, dns.exception.DNSException) as exc:
-            raise ValueError(f"bad record {record}: {exc}") from exc
-        node = self._data.setdefault(owner, {})
-        if (rdtype == dns.rdatatype.CNAME) != (dns.rdatatype.CNAME in node) and node:
-            raise ValueError(f"bad record {record}: a CNAME cannot coexist with other data at its name")
-        rrset = node.setdefault(rdtype, dns.rrset.RRset(owner, dns.rdataclass.IN, rdtype))
-        if rdtype == dns.rdatatype.CNAME and len(rrset) and rdata not in rrset:
-            raise ValueError(f"bad record {record}: a name can have only one CNAME")
-        rrset.add(rdata, record.ttl)
-        if record.fault is not None:
-            previous = self._faults.setdefault((owner, rtype), record.fault)
-            if previous != record.fault:
-                raise ValueError(f"bad record {record}: conflicting faults for {record.name} {rtype}")
-
-    @staticmethod
-    def _synthetic_soa(zone: dns.name.Name) -> dns.rrset.RRset:
-        apex = zone.to_text()
-        soa = f"ns.{apex} hostmaster.{apex} 1 3600 600 86400 {_NEGATIVE_TTL}".replace("..", ".")
-        return dns.rrset.from_text(zone, _NEGATIVE_TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa)
 
     @property
     def address(self) -> str:

@@ -48,7 +48,7 @@ from harness.lab.container_shell import ContainerShell
 from harness.lab.dns import Query
 from harness.lab.gc import LdapQuery
 from harness.lab.host_agent import chain_file
-from harness.lab.runtime import Lab, LabError
+from harness.lab.runtime import QUIET, Lab, LabError
 from harness.lab.sender import PostfixSender
 
 if TYPE_CHECKING:
@@ -558,7 +558,11 @@ class DockerLab(Lab):
 
     # --- driving ---------------------------------------------------------------------------------
 
-    def settle(self, timeout: float = 15.0, quiet: float = 0.05, *, wait_for_retries: bool = True) -> bool:
+    def settle(
+        self, timeout: float = 15.0, quiet: float | None = None, *, wait_for_retries: bool = True
+    ) -> bool:
+        # The agents answer over a socket, between two of their answers something may be on its way.
+        quiet = QUIET if quiet is None else quiet
         began = time.monotonic()
         deadline = began + timeout
         horizon = time.time() + timeout if wait_for_retries else None

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,7 @@ class MockGlobalCatalog:
     # --- loading ---------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Parse the LDIF fixture into a fresh DIT; a GlobalCatalogError names the file and line."""
+        """Load the LDIF fixture's DIT (see `_parsed`); a GlobalCatalogError names the file and line."""
         path = self.config.directory
         try:
             raw = path.read_bytes()
@@ -186,40 +187,7 @@ class MockGlobalCatalog:
             raise GlobalCatalogError(
                 f"cannot read the directory fixture: {exc.strerror or exc}", path
             ) from exc
-        server = ldap3.Server(self.config.fqdn, get_info=ldap3.NONE)
-        loader = ldap3.Connection(
-            server,
-            user=self.config.bind_dn,
-            password=self.config.bind_password,
-            client_strategy=ldap3.MOCK_SYNC,
-        )
-        order: dict[str, int] = {}
-        parser = ldif.LDIFParser(io.BytesIO(raw))
-        records = parser.parse()
-        while True:
-            try:
-                dn, attributes = next(records)
-            except StopIteration:
-                break
-            except ValueError as exc:
-                # UnicodeDecodeError and binascii.Error are ValueErrors too.
-                line, text = _bad_line(raw, parser.records_read)
-                message = str(exc)
-                if text is not None and b":" not in text:
-                    # The parser's own message for this is str.index()'s "subsection not found".
-                    message = f"expected 'attribute: value', found {text.decode('utf-8', 'replace')!r}"
-                raise GlobalCatalogError(message, path, line) from exc
-            if dn is None:
-                continue  # the "version: 1" record
-            try:
-                added = loader.strategy.add_entry(dn, attributes)
-            except LDAPException as exc:
-                raise GlobalCatalogError(
-                    f"entry {dn!r}: {exc}", path, _dn_line(raw, parser.records_read)
-                ) from exc
-            if not added:
-                raise GlobalCatalogError(f"duplicate entry {dn}", path, _dn_line(raw, parser.records_read))
-            order[safe_dn(dn).lower()] = len(order)
+        server, order = _parsed(raw, path, self.config.fqdn, self.config.bind_dn, self.config.bind_password)
         self._server = server
         self._order = order
         self._auth_connection = None
@@ -418,3 +386,48 @@ def _dn_line(raw: bytes, record: int) -> int | None:
     if block is None:
         return None
     return next((number for number, text in block if text.startswith(b"dn:")), block[0][0])
+
+
+@lru_cache(maxsize=16)
+def _parsed(
+    raw: bytes, path: Path, fqdn: str, bind_dn: str, bind_password: str
+) -> tuple[ldap3.Server, dict[str, int]]:
+    """The DIT of one LDIF text, made once per process: every lab of a corpus run loads the same
+    fixture, and adding its entries to ldap3's mock costs more than the rest of a lab's start. The
+    labs share the server; nothing writes to its DIT once it is loaded (the directory is read-only to
+    the reference MTA), and each lab binds its own connections and keeps its own query log."""
+    server = ldap3.Server(fqdn, get_info=ldap3.NONE)
+    loader = ldap3.Connection(
+        server,
+        user=bind_dn,
+        password=bind_password,
+        client_strategy=ldap3.MOCK_SYNC,
+    )
+    order: dict[str, int] = {}
+    parser = ldif.LDIFParser(io.BytesIO(raw))
+    records = parser.parse()
+    while True:
+        try:
+            dn, attributes = next(records)
+        except StopIteration:
+            break
+        except ValueError as exc:
+            # UnicodeDecodeError and binascii.Error are ValueErrors too.
+            line, text = _bad_line(raw, parser.records_read)
+            message = str(exc)
+            if text is not None and b":" not in text:
+                # The parser's own message for this is str.index()'s "subsection not found".
+                message = f"expected 'attribute: value', found {text.decode('utf-8', 'replace')!r}"
+            raise GlobalCatalogError(message, path, line) from exc
+        if dn is None:
+            continue  # the "version: 1" record
+        try:
+            added = loader.strategy.add_entry(dn, attributes)
+        except LDAPException as exc:
+            raise GlobalCatalogError(
+                f"entry {dn!r}: {exc}", path, _dn_line(raw, parser.records_read)
+            ) from exc
+        if not added:
+            raise GlobalCatalogError(f"duplicate entry {dn}", path, _dn_line(raw, parser.records_read))
+        order[safe_dn(dn).lower()] = len(order)
+    return server, order

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +41,17 @@ from reference_mta.queue_contract import DIRECTORY_LOOKUP, RetryPolicy
 from reference_mta.server import Environment, ExchangeServer
 
 T = TypeVar("T")
+
+# How long a lab with a program of its own in it must stay idle before it counts as settled: such a
+# program is seen from outside (its queue folder, its log), between two looks something may be on its way.
+QUIET = 0.05
+# A stopped lab's folder (queues, mailboxes and logs of every server: some seventy folders) is removed
+# by one background thread, so that the next lab need not wait for it. The executor's thread is
+# joined when the interpreter exits, so a normal exit leaves no folder behind.
+_REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-folder-removal")
+# The settle loop's pauses between looks: short at first, as most work ends within milliseconds.
+POLL_FIRST = 0.001
+POLL_MAX = 0.01
 
 
 class LabError(RuntimeError):
@@ -278,7 +290,7 @@ class Lab:
                 self.network = None
             self.lock.release()
             if self._own_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                _REMOVER.submit(shutil.rmtree, self.workdir, ignore_errors=True)
 
     def _make_network(self) -> dict[str, Namespace]:
         """The netns backend: the lab's hosts on a bridge, each stand-in server and each sending MTA
@@ -344,8 +356,19 @@ class Lab:
             future.cancel()
             raise
 
-    def settle(self, timeout: float = 15.0, quiet: float = 0.05, *, wait_for_retries: bool = True) -> bool:
-        """Wait until every server's queues are idle (parked retries excepted) for `quiet` seconds."""
+    def settle(
+        self, timeout: float = 15.0, quiet: float | None = None, *, wait_for_retries: bool = True
+    ) -> bool:
+        """Wait until every server's queues are idle (parked retries excepted) for `quiet` seconds.
+
+        By default a lab whose servers are all the reference MTA's, in this process, is settled at the
+        first look that finds them idle, confirmed once more after the loop has run what was ready:
+        their `idle` sees every message in flight (one being received is in a queue before its 250,
+        one being sent keeps its entry busy until the reply), so there is nothing to wait out. A program
+        of its own (a stand-in, a sending MTA, an MTA outside) is seen from outside, and must stay
+        idle for QUIET seconds."""
+        if quiet is None:
+            quiet = QUIET if self.stand_ins or self.senders or self.outside else 0.0
 
         async def wait() -> bool:
             began = time.monotonic()
@@ -353,6 +376,7 @@ class Lab:
             # A retry due before the deadline is work still to come: fault traces wait for it.
             horizon = time.time() + timeout if wait_for_retries else None
             quiet_since: float | None = None
+            pause = POLL_FIRST
             while time.monotonic() < deadline:
                 if (
                     all(server.idle(horizon) for server in self.servers.values())
@@ -360,12 +384,15 @@ class Lab:
                     and all(sender.idle() for sender in self.senders.values())
                     and all(outside.idle(began) for outside in self.outside.values())
                 ):
-                    quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since >= quiet:
+                    if quiet_since is not None and time.monotonic() - quiet_since >= quiet:
                         return True
+                    quiet_since = quiet_since or time.monotonic()
+                    pause = POLL_FIRST
                 else:
                     quiet_since = None
-                await asyncio.sleep(0.01)
+                    # Busy: look again soon, then less often while the work goes on (a retry timer).
+                    pause = min(pause * 2, POLL_MAX)
+                await asyncio.sleep(pause)
             return False
 
         return self.run(wait(), timeout=timeout + 5)
