@@ -463,6 +463,37 @@ def test_relative_ldif_is_resolved_next_to_the_lab_file(tmp_path: Path) -> None:
     )
 
 
+def test_an_edited_lab_file_is_loaded_again(tmp_path: Path) -> None:
+    # A process keeps what it loaded: an edit made in between must not be missed, even one that keeps
+    # the file's size and lands within the same clock tick.
+    path = write_lab(tmp_path, contoso_text())
+    first = lab_config.load(path)
+    assert lab_config.load(path) is first
+    edited = mutate(contoso_text(), "\nname: contoso\n", "\nname: contosa\n")
+    path.write_text(edited, encoding="utf-8")
+    assert lab_config.load(path).name == "contosa"
+    broken = mutate(edited, "\nname: contosa\n", "\nname: [contosa\n")
+    path.write_text(broken, encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        lab_config.load(path)
+    assert info.value.message.startswith("YAML syntax error"), info.value
+
+
+def test_an_ldif_removed_after_the_lab_was_loaded_is_named(tmp_path: Path) -> None:
+    ldif = tmp_path / "directory.ldif"
+    ldif.write_bytes(LDIF.read_bytes())
+    text = mutate(contoso_text(), str(LDIF), str(ldif))
+    path = write_lab(tmp_path, text)
+    lab_config.load(path)
+    ldif.unlink()
+    with pytest.raises(SourceError) as info:
+        lab_config.load(path)
+    assert (info.value.field, info.value.message) == (
+        "global_catalog.directory",
+        f"directory fixture {ldif} does not exist",
+    )
+
+
 # --- relocation ------------------------------------------------------------------------------------
 
 

@@ -121,6 +121,8 @@ class GcConnection:
         base_exists = True
         try:
             with self._lock:
+                if not self._connection.bound:
+                    self._connection.bind()  # at the first search: see MockGlobalCatalog.connect
                 self._connection.search(
                     base,
                     ldap_filter,
@@ -173,6 +175,7 @@ class MockGlobalCatalog:
         self._order: dict[str, int] = {}
         self._log: BoundedLog[LdapQuery] = BoundedLog(log_limit)
         self._auth_connection: GcConnection | None = None
+        self._verified: set[tuple[str, str]] = set()  # credentials that bound, since the last load
         # False while the lab has "stopped" the global catalog: every search fails as unreachable.
         self.available = True
 
@@ -191,6 +194,7 @@ class MockGlobalCatalog:
         self._server = server
         self._order = order
         self._auth_connection = None
+        self._verified.clear()
 
     @property
     def loaded(self) -> bool:
@@ -199,11 +203,22 @@ class MockGlobalCatalog:
     # --- clients ---------------------------------------------------------------------------------
 
     def connect(self, client: str) -> GcConnection:
-        """A new connection for `client` (logged as such), bound as the categorizer account."""
-        connection = self._bind(self.config.bind_dn, self.config.bind_password)
-        if connection is None:
+        """A new connection for `client` (logged as such), bound as the categorizer account.
+
+        Once the account's credentials have bound here, later connections bind at their first search:
+        a lab's servers open a score of connections at start, few of which search in a given trace,
+        and ldap3 spends a millisecond or two preparing the password of each bind."""
+        account = (self.config.bind_dn, self.config.bind_password)
+        if account in self._verified:
+            connection = ldap3.Connection(
+                self._server, user=account[0], password=account[1], client_strategy=ldap3.MOCK_SYNC
+            )
+            return GcConnection(self, client, connection)
+        bound = self._bind(*account)
+        if bound is None:
             raise GlobalCatalogError(f"{client}: bind as {self.config.bind_dn} failed: invalid credentials")
-        return GcConnection(self, client, connection)
+        self._verified.add(account)
+        return GcConnection(self, client, bound)
 
     def authenticate(self, user: str, password: str) -> str | None:
         """SMTP AUTH: the DN of the user named by sAMAccountName, mail or SMTP proxy address whose
