@@ -32,6 +32,7 @@ from harness.lab.gc import AUTH_CLIENT, LdapQuery, MockGlobalCatalog
 from harness.lab.ldap_server import LdapServer, LdapServerThread
 from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
+from harness.lab.scratch import scratch_folder
 from harness.lab.sender import PostfixSender
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
 from harness.lab.standin import MailboxDelivery, StandIn
@@ -132,7 +133,9 @@ class Lab:
         self.link_state = LinkState(config.organization)
         # Made last: a lab whose hosts cannot be built leaves no folder behind.
         self._own_workdir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-"))
+        # A real MTA's own files (a stand-in's queue, its sockets) stay where tempfile puts them.
+        scratch = None if self._stand_in_factories or self._sender_hosts else scratch_folder()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-", dir=scratch))
         self.lock = LabLock(self.workdir)
         for sink in self.sinks.values():
             # What the Internet hosts receive is kept in the lab's folder as well as in memory.
