@@ -30,7 +30,7 @@ from harness.corpus.trace import Trace, is_trace_file, load
 from harness.judge.deviations import deviations
 from harness.lab import docker_lab
 from harness.reports import allure as allure_report
-from harness.reports import matrix
+from harness.reports import allure_writer, matrix
 from harness.run import outcomes, shard, signals
 from harness.run.runner import TraceResult, run_trace
 from harness.yamlsource import SourceError
@@ -84,9 +84,11 @@ _SHARDING = pytest.StashKey[tuple[shard.Shard, dict[str, float] | None]]()
 _SPLIT = pytest.StashKey[shard.Split]()
 
 
+@pytest.hookimpl(trylast=True)  # after allure-pytest's: allure_writer takes its file writer over
 def pytest_configure(config: pytest.Config) -> None:
     markers.register(config)
     _configure_shard(config)
+    allure_writer.take_over(config)
     if hasattr(config, "workerinput"):
         # A pytest-xdist worker runs labs of its own: it stops them on SIGTERM and SIGHUP as on Ctrl-C,
         # and when the process that started it dies.
