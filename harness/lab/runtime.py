@@ -46,13 +46,13 @@ T = TypeVar("T")
 # How long a lab with a program of its own in it must stay idle before it counts as settled: such a
 # program is seen from outside (its queue folder, its log), between two looks something may be on its way.
 QUIET = 0.05
+# The settle loop's pauses between looks: short at first, as most work ends within milliseconds.
+POLL_FIRST = 0.001
+POLL_MAX = 0.01
 # A stopped lab's folder (queues, mailboxes and logs of every server: some seventy folders) is removed
 # by one background thread, so that the next lab need not wait for it. The executor's thread is
 # joined when the interpreter exits, so a normal exit leaves no folder behind.
 _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-folder-removal")
-# The settle loop's pauses between looks: short at first, as most work ends within milliseconds.
-POLL_FIRST = 0.001
-POLL_MAX = 0.01
 
 
 class LabError(RuntimeError):
@@ -293,7 +293,10 @@ class Lab:
                 self.network = None
             self.lock.release()
             if self._own_workdir:
-                _REMOVER.submit(shutil.rmtree, self.workdir, ignore_errors=True)
+                try:
+                    _REMOVER.submit(shutil.rmtree, self.workdir, ignore_errors=True)
+                except RuntimeError:  # the interpreter is exiting and takes no more work: now, then
+                    shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _make_network(self) -> dict[str, Namespace]:
         """The netns backend: the lab's hosts on a bridge, each stand-in server and each sending MTA
