@@ -232,7 +232,8 @@ def schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped in harness/schemas/."""
     text = resources.files("harness").joinpath("schemas", name).read_text(encoding="utf-8")
     loaded: dict[str, Any] = json.loads(text)
-    jsonschema.Draft202012Validator.check_schema(loaded)
+    if not jsonschema_rs.meta.is_valid(loaded):  # jsonschema's own check takes a sixth of a second
+        jsonschema.Draft202012Validator.check_schema(loaded)
     return loaded
 
 
