@@ -1,11 +1,13 @@
 """Benchmark: how long a whole lab takes to start and stop, against a peer measured in the same run —
 one bare aiosmtpd server started and stopped on loopback the same way (its own loop thread).
 
-Run: .venv/bin/python benchmarks/lab_start.py [ROUNDS]
+Run from the repository root: python -m benchmarks.lab_start [ROUNDS] (the lab goes where
+MAILFLOW_LAB_BASE and MAILFLOW_PORT_OFFSET say, else to 127.66.0.0 with ports moved up 21000)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import sys
@@ -15,17 +17,19 @@ import time
 from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import SMTP
 
+from benchmarks import machine, options
 from harness.lab import config as lab_config
+from harness.lab.placement import relocation
 from harness.lab.runtime import Lab
 
 
-def bare_aiosmtpd(port: int) -> float:
+def bare_aiosmtpd(address: str, port: int) -> float:
     began = time.perf_counter()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     server = asyncio.run_coroutine_threadsafe(
-        loop.create_server(lambda: SMTP(Sink()), "127.66.0.1", port), loop
+        loop.create_server(lambda: SMTP(Sink()), address, port), loop
     ).result()
     server.close()
     asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result()
@@ -44,8 +48,20 @@ def lab_round(config: lab_config.LabConfig) -> tuple[float, float]:
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    config = lab_config.load(lab_config.lab_path("contoso"), base="127.66.0.0", port_offset=21000)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.lab_start", description="a whole lab's start and stop against aiosmtpd's"
+    )
+    parser.add_argument("rounds", nargs="?", type=options.positive_int, default=20, help="default 20")
+    rounds = parser.parse_args().rounds
+    try:
+        base, offset = relocation()
+    except ValueError as exc:
+        sys.exit(f"lab_start: {exc}")
+    config = lab_config.load(
+        lab_config.lab_path("contoso"),
+        base=base or "127.66.0.0",
+        port_offset=offset if offset is not None else 21000,
+    )
     hosts = len(config.hosts)
     lab_round(config)  # warm imports and caches
     starts, totals, peers = [], [], []
@@ -53,7 +69,8 @@ def main() -> None:
         started, total = lab_round(config)
         starts.append(started)
         totals.append(total)
-        peers.append(bare_aiosmtpd(21025))
+        # An address of the lab's block that no lab host takes, on the lab's SMTP port.
+        peers.append(bare_aiosmtpd(str(config.base + 250), config.port(25)))
     start_ms = statistics.median(starts) * 1000
     total_ms = statistics.median(totals) * 1000
     peer_ms = statistics.median(peers) * 1000
@@ -64,6 +81,13 @@ def main() -> None:
     print(f"  lab start + stop   median {total_ms:7.1f} ms")
     print(f"  peer: one bare aiosmtpd server start + stop   median {peer_ms:7.2f} ms")
     print(f"  ratio lab/peer (start + stop): {total_ms / peer_ms:.1f}x")
+    print(
+        machine.summary(
+            "lab_start",
+            f"contoso lab start + stop median {total_ms:.1f} ms (start {start_ms:.1f} ms), bare aiosmtpd "
+            f"{peer_ms:.2f} ms; ratio {total_ms / peer_ms:.1f}x",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from typing import Any
 
 import allure_commons
 import pytest
-from attr import asdict
 from allure_commons.logger import AllureFileLogger
+from attr import asdict
 
 
 class BackgroundFileLogger(AllureFileLogger):

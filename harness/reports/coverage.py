@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import targets
-from harness.targets.daemon import StandInError
-from harness.yamlsource import SourceError
 from harness.corpus.catalogue import catalogue
 from harness.corpus.claims import claims
 from harness.corpus.trace import Trace
+from harness.targets.daemon import StandInError
+from harness.yamlsource import SourceError
 
 # Whether a trace asserts the evidence of one of its claims (spec or boundary), as a white box (False)
 # or a black box (True) shows it.
