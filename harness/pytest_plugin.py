@@ -28,7 +28,7 @@ from harness.capture import update
 from harness.corpus import markers
 from harness.corpus.trace import Trace, is_trace_file, load
 from harness.judge.deviations import deviations
-from harness.lab import docker_lab
+from harness.lab import docker_lab, runtime
 from harness.reports import allure as allure_report
 from harness.reports import allure_writer, matrix
 from harness.run import outcomes, shard, signals
@@ -337,6 +337,9 @@ def _reason(report: pytest.TestReport) -> outcomes.Reason | None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if session.config.getoption("mailflow_backend", "local") == "docker":
         docker_lab.close_pools()  # this worker's containers, now rather than at its exit
+    # Before a pytest-xdist worker says it has finished, after which it is soon stopped.
+    allure_writer.drain(session.config)
+    runtime.wait_for_folder_removals()
     if hasattr(session.config, "workerinput"):
         return
     record = session.config.stash.get(_SPLIT, None)

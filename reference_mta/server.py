@@ -260,6 +260,7 @@ class ExchangeServer:
             self.aq.idle(horizon)
             and self.mta.idle()
             and all(gateway.idle() for gateway in self.gateways.values())
+            and not any(handler.receiving() for handler in self._handlers)
         )
 
     def queues(self) -> dict[str, list[dict[str, Any]]]:

@@ -93,6 +93,15 @@ class VirtualServerHandler:
         self.sessions.add(smtp)
         return smtp
 
+    def receiving(self) -> bool:
+        """A session is in the middle of a mail transaction (MAIL accepted, the message not yet queued
+        or refused): a client that closes right after its final dot, without waiting for the reply,
+        leaves the message to arrive after the client is gone."""
+        return any(
+            smtp.transport is not None and smtp.envelope is not None and smtp.envelope.mail_from is not None
+            for smtp in list(self.sessions)
+        )
+
     async def close_sessions(self) -> None:
         """End every open session: a stopping server must not leave handler tasks behind."""
         handlers = []

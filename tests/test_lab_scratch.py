@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from harness.lab import config as lab_config
-from harness.lab import runtime
+from harness.lab import runtime, scratch
+from harness.lab.lock import LabLock
 from harness.lab.placement import relocation
 from harness.lab.runtime import Lab
 from harness.lab.scratch import scratch_folder
@@ -36,3 +39,31 @@ def test_tmpdir_keeps_its_meaning(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("MAILFLOW_LAB_TMPDIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     assert scratch_folder() is None
+
+
+def test_the_folders_of_killed_labs_are_swept_and_running_ones_kept(tmp_path: Path) -> None:
+    old = time.time() - scratch.STALE_AFTER - 60
+
+    def folder(name: str, age: float | None) -> Path:
+        path = tmp_path / f"{scratch.PREFIX}{name}"
+        (path / "EX1").mkdir(parents=True)
+        if age is not None:
+            os.utime(path, (age, age))
+        return path
+
+    killed = folder("contoso-killed", old)
+    never_started = folder("contoso-unstarted", old)
+    young = folder("contoso-young", None)
+    running = folder("contoso-running", None)
+    lock = LabLock(running)
+    lock.acquire("contoso")
+    os.utime(running, (old, old))
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    os.utime(other, (old, old))
+    try:
+        scratch.sweep_once(str(tmp_path))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([young.name, running.name, other.name])
+        assert not killed.exists() and not never_started.exists()
+    finally:
+        lock.release()

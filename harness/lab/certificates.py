@@ -10,6 +10,7 @@ key pair and a context each time cost more than the rest of a lab's start.
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -74,5 +75,8 @@ class LabCertificates:
         loosen it (a test that checks no host name). Not create_default_context, which would read the
         system's CA bundle, at every session, only to trust more than the lab."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        keylog = os.environ.get("SSLKEYLOGFILE")
+        if keylog:  # as create_default_context does: to read a capture of the lab's TLS in Wireshark
+            context.keylog_filename = keylog
         self.ca.configure_trust(context)
         return context

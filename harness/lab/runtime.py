@@ -32,7 +32,7 @@ from harness.lab.gc import AUTH_CLIENT, LdapQuery, MockGlobalCatalog
 from harness.lab.ldap_server import LdapServer, LdapServerThread
 from harness.lab.lock import LabLock
 from harness.lab.netns import LabNetwork, Namespace
-from harness.lab.scratch import scratch_folder
+from harness.lab.scratch import scratch_folder, sweep_once
 from harness.lab.sender import PostfixSender
 from harness.lab.sinks import SINKS_FOLDER, SinkHost
 from harness.lab.standin import MailboxDelivery, StandIn
@@ -53,6 +53,12 @@ POLL_MAX = 0.01
 # by one background thread, so that the next lab need not wait for it. The executor's thread is
 # joined when the interpreter exits, so a normal exit leaves no folder behind.
 _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-folder-removal")
+
+
+def wait_for_folder_removals() -> None:
+    """Wait until the folders of the labs stopped so far are gone (at the end of a run: a process that
+    is stopped soon after, as a pytest-xdist worker is, would leave them behind)."""
+    _REMOVER.submit(lambda: None).result()
 
 
 class LabError(RuntimeError):
@@ -135,6 +141,8 @@ class Lab:
         self._own_workdir = workdir is None
         # A real MTA's own files (a stand-in's queue, its sockets) stay where tempfile puts them.
         scratch = None if self._stand_in_factories or self._sender_hosts else scratch_folder()
+        if scratch is not None and workdir is None:
+            sweep_once(scratch)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"mailflow-{config.name}-", dir=scratch))
         self.lock = LabLock(self.workdir)
         for sink in self.sinks.values():
@@ -369,10 +377,10 @@ class Lab:
 
         By default a lab whose servers are all the reference MTA's, in this process, is settled at the
         first look that finds them idle, confirmed once more after the loop has run what was ready:
-        their `idle` sees every message in flight (one being received is in a queue before its 250,
-        one being sent keeps its entry busy until the reply), so there is nothing to wait out. A program
-        of its own (a stand-in, a sending MTA, an MTA outside) is seen from outside, and must stay
-        idle for QUIET seconds."""
+        their `idle` sees every message in flight (one being received keeps its session busy until it
+        is queued, one being sent keeps its entry busy until the reply), so there is nothing to wait
+        out. A program of its own (a stand-in, a sending MTA, an MTA outside) is seen from outside, and
+        must stay idle for QUIET seconds."""
         if quiet is None:
             quiet = QUIET if self.stand_ins or self.senders or self.outside else 0.0
 
@@ -393,7 +401,9 @@ class Lab:
                     if quiet_since is not None and time.monotonic() - quiet_since >= quiet:
                         return True
                     quiet_since = quiet_since or time.monotonic()
-                    pause = POLL_FIRST
+                    # Without a quiet period, the look that confirms comes at once; with one, a program
+                    # seen from outside is looked at as often as before.
+                    pause = POLL_FIRST if quiet == 0 else POLL_MAX
                 else:
                     quiet_since = None
                     # Busy: look again soon, then less often while the work goes on (a retry timer).

@@ -20,7 +20,7 @@ from typing import Any
 
 import allure_commons
 import pytest
-from allure_commons.logger import AllureFileLogger
+from allure_commons.logger import INDENT, AllureFileLogger
 from attr import asdict
 
 
@@ -34,6 +34,9 @@ class BackgroundFileLogger(AllureFileLogger):
         self._pending.append(self._writer.submit(write, *args))
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
 
+    def _indent(self) -> int | None:
+        return INDENT if os.environ.get("ALLURE_INDENT_OUTPUT") else None  # as allure-pytest's own
+
     def _report_item(self, item: Any) -> None:
         # The item is turned into data now (allure may change it once the hook returns); only the
         # file is written later.
@@ -44,23 +47,38 @@ class BackgroundFileLogger(AllureFileLogger):
     def _write_json(self, filename: str, data: Any) -> None:
         partial = self._report_dir / f"{filename}.tmp"
         with open(partial, "w", encoding="utf8") as file:
-            json.dump(data, file, ensure_ascii=False)
+            json.dump(data, file, indent=self._indent(), ensure_ascii=False)
         os.replace(partial, self._report_dir / filename)
 
     @allure_commons.hookimpl
     def report_attached_data(self, body: str | bytes, file_name: str) -> None:
         self._later(super().report_attached_data, body, file_name)
 
-    def close(self) -> None:
-        """Wait for every file; say which could not be written."""
-        self._writer.shutdown(wait=True)
-        failed = [f.exception() for f in self._pending if f.exception() is not None]
+    def drain(self) -> None:
+        """Wait for every file queued so far; say which could not be written."""
+        pending, self._pending = self._pending, []
+        failed = [error for f in pending if (error := f.exception()) is not None]
         if failed:
             print(
                 f"mailflow: {len(failed)} Allure result file(s) could not be written to "
                 f"{self._report_dir}: {failed[0]}",
                 file=sys.stderr,
             )
+
+    def close(self) -> None:
+        self.drain()
+        self._writer.shutdown(wait=True)
+
+
+_WRITER = pytest.StashKey[BackgroundFileLogger]()
+
+
+def drain(config: pytest.Config) -> None:
+    """Wait for the files of this run (call at the end of the session: a pytest-xdist worker is stopped
+    soon after it says it has finished, before its clean-up may have run)."""
+    writer = config.stash.get(_WRITER, None)
+    if writer is not None:
+        writer.drain()
 
 
 def take_over(config: pytest.Config) -> None:
@@ -75,6 +93,7 @@ def take_over(config: pytest.Config) -> None:
     manager.unregister(theirs)
     ours = BackgroundFileLogger(str(theirs._report_dir), clean=False)  # allure-pytest has cleaned it
     manager.register(ours)
+    config.stash[_WRITER] = ours
 
     def put_back() -> None:
         manager.unregister(ours)
