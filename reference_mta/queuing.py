@@ -264,13 +264,9 @@ class AdvancedQueuingEngine:
     async def submit(self, msg: MailMsg, content: bytes, *, source: SubmissionSource = "smtp") -> None:
         """Make the message durable and queue it. Returns only once it is safe to acknowledge."""
         entry = self._entry_of(msg, content)
-        await asyncio.to_thread(self._persist_new, entry, content)
+        await asyncio.to_thread(self.directory.submit, entry, content)
         self._register(entry)
         self._submitted(entry, source)
-
-    def _persist_new(self, entry: Entry, content: bytes) -> None:
-        self.directory.write_content(self._content_id(entry.msg), content)
-        self.directory.save(entry)
 
     def _entry_of(self, msg: MailMsg, content: bytes) -> Entry:
         msg.properties["CONTENT_ID"] = uuid.uuid4().hex
