@@ -332,7 +332,10 @@ class AdvancedQueuingEngine:
         if entry.queue == PENDING_SUBMISSION:
             if await self._deferred(entry):
                 return
-            await self._move(entry, DIRECTORY_LOOKUP)
+            # In memory only: the categorization's own commit replaces this envelope (or parks it in
+            # this queue), and one cut short by a crash starts again from the submission queue, the same
+            # way. Written, it was a file and two fsyncs more per message for nothing a restart needs.
+            entry.queue = DIRECTORY_LOOKUP
             self.tracking.log(tracking.SUBMIT_TO_CAT, entry.msg, None, "C-CAT", queue=DIRECTORY_LOOKUP)
             await self._categorize(entry)
         elif entry.queue == DIRECTORY_LOOKUP:
@@ -689,10 +692,6 @@ class AdvancedQueuingEngine:
             self._submitted(new, "dsn")
 
     # --- queue bookkeeping -----------------------------------------------------------------------
-
-    async def _move(self, entry: Entry, queue: str) -> None:
-        entry.queue = queue
-        await asyncio.to_thread(self.directory.save, entry)
 
     async def _commit(
         self,
