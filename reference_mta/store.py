@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,14 +106,21 @@ class MailboxStore:
             "store": store,
         }
         index = self._indexes.setdefault(folder, _IndexKeys(folder / INDEX))
-        with _locked(folder):
-            if key in index.read():
-                log.info("%s: %s already holds %s; the repeat is dropped", msg.id, recipient.address, key)
-                _append(folder / REPEATS, record | {"envelope": msg.id})
-                return
-            _write_message(folder, key, content)
-            crash_points.reached(crash_points.STORE_FILE_WRITTEN)  # a redo replaces the file
-            _append(folder / INDEX, record)
+        # Written and fsynced before the mailbox's lock is taken: the other deliveries to the mailbox
+        # wait only for the rename and the index line.
+        staged = _stage(folder, key, content)
+        try:
+            with _locked(folder):
+                if key in index.read():
+                    log.info("%s: %s already holds %s; the repeat is dropped", msg.id, recipient.address, key)
+                    _append(folder / REPEATS, record | {"envelope": msg.id})
+                    return
+                os.replace(staged, folder / "new" / key)  # replaces a copy a crash left before its index line
+                durable.sync_folder(folder / "new")
+                crash_points.reached(crash_points.STORE_FILE_WRITTEN)  # a redo replaces the file
+                _append(folder / INDEX, record)
+        finally:
+            staged.unlink(missing_ok=True)  # a repeat's copy (a delivered one was renamed)
 
     def _key(self, msg: MailMsg, content: bytes, recipient: Recipient) -> str:
         """The Maildir file name of this delivery: the same for a repeat, unique otherwise."""
@@ -173,16 +181,15 @@ class _IndexKeys:
         return self._keys
 
 
-def _write_message(folder: Path, key: str, content: bytes) -> None:
-    """Maildir's own protocol: written whole in tmp/, then renamed into new/ (replacing a copy a crash
-    left before its index line)."""
-    staged = folder / "tmp" / key
+def _stage(folder: Path, key: str, content: bytes) -> Path:
+    """Maildir's own protocol: written whole in tmp/, under a name of its own (two deliveries of one
+    key may stage at once), to be renamed into new/."""
+    staged = folder / "tmp" / f"{key}.{uuid.uuid4().hex}"
     with staged.open("wb") as file:
         file.write(content)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(staged, folder / "new" / key)
-    durable.sync_folder(folder / "new")
+    return staged
 
 
 def _append(path: Path, record: dict[str, object]) -> None:
