@@ -14,6 +14,8 @@ expansion are not applied again.
 
 from __future__ import annotations
 
+import asyncio
+
 from ldap3.utils.conv import escape_filter_chars
 
 from reference_mta import replies
@@ -66,8 +68,15 @@ class Categorizer:
         self.directory = directory
         self.base_dn = base_dn
         self._server_fqdn_cache: dict[str, str | None] = {}
+        self._one_at_a_time = asyncio.Lock()  # the forwarding chains are kept per message, on self
 
     async def categorize(self, msg: MailMsg) -> None:
+        # The directory's look-ups block (over LDAP they wait for the network; the lab's in-process
+        # catalog computes), and on the event loop they held up every session of the server.
+        async with self._one_at_a_time:
+            await asyncio.to_thread(self._categorize, msg)
+
+    def _categorize(self, msg: MailMsg) -> None:
         self._chains: dict[int, list[str]] = {}
         hops, limit = int(msg.properties.get("HOP_COUNT", 0)), int(msg.properties.get("MAX_HOP_COUNT", 15))
         if hops > limit:

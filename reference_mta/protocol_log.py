@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reference_mta.appending import AppendFile
+
 FIELDS = (
     "date time c-ip cs-username s-sitename s-computername s-ip s-port cs-method cs-uri-stem cs-uri-query "
     "sc-status sc-win32-status sc-bytes cs-bytes time-taken cs-version cs-host cs(User-Agent) cs(Cookie) "
@@ -50,6 +52,7 @@ class ProtocolLog:
         self.site = f"SMTPSVC{instance}"
         self.computer = computer.upper()
         self.server_ip = server_ip
+        self._file = AppendFile()
 
     def path(self, when: datetime.datetime) -> Path:
         return self.folder / f"ex{when:%y%m%d}.log"
@@ -92,16 +95,14 @@ class ProtocolLog:
             "-",
             "-",
         )
-        self.folder.mkdir(parents=True, exist_ok=True)
-        header = (
-            ""
-            if path.exists()
-            else (f"#Software: {SOFTWARE}\n#Version: 1.0\n#Date: {stamp}\n#Fields: {FIELDS}\n")
-        )
+        header = f"#Software: {SOFTWARE}\n#Version: 1.0\n#Date: {stamp}\n#Fields: {FIELDS}\n"
         # IIS writes CRLF line ends; one append per line keeps the file whole if the lab stops. A client's
         # bytes that are not UTF-8 (kept as surrogates when the line was decoded) go out as they came.
-        with path.open("a", encoding="utf-8", errors="surrogateescape", newline="\r\n") as f:
-            f.write(header + " ".join(fields) + "\n")
+        line = (" ".join(fields) + "\n").replace("\n", "\r\n").encode("utf-8", "surrogateescape")
+        self._file.append(path, line, header=header.replace("\n", "\r\n").encode("utf-8"))
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class SessionLog:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reference_mta import crash_points
+from reference_mta.group_sync import FolderSync
 from reference_mta.mailmsg import MailMsg
 from reference_mta.queue_contract import TO_BE_ROUTED, Hop, HopKind, QueueState
 
@@ -45,9 +46,19 @@ class QueueDirectory:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.path.mkdir(parents=True, exist_ok=True)
+        self._folder = FolderSync(path)  # concurrent sessions and queue steps share its fsyncs
 
     def write_content(self, content_id: str, data: bytes) -> None:
         self._write(self.path / f"{content_id}.eml", data)
+
+    def submit(self, entry: Entry, content: bytes) -> None:
+        """A new message, durable when this returns: its content and its first envelope, each written
+        and fsynced, then one folder sync for both (shared with whoever syncs meanwhile). A crash
+        before that sync may leave the envelope without its content: `load` removes it, as it was
+        never acknowledged."""
+        self._write(self.path / f"{entry.msg.properties['CONTENT_ID']}.eml", content, sync=False)
+        self._write(self.path / f"{entry.msg.id}.json", _encode(_record(entry)), sync=False)
+        self._sync()
 
     def read_content(self, content_id: str) -> bytes:
         return (self.path / f"{content_id}.eml").read_bytes()
@@ -106,6 +117,11 @@ class QueueDirectory:
         for temporary in self.path.glob("*.tmp"):
             temporary.unlink()
         entries = [_entry(json.loads(path.read_bytes())) for path in sorted(self.path.glob("*.json"))]
+        kept = {content.stem for content in self.path.glob("*.eml")}
+        for entry in [entry for entry in entries if entry.msg.properties.get("CONTENT_ID") not in kept]:
+            # Its submission was cut short before the folder sync that makes both files durable.
+            self.remove(entry.msg.id)
+            entries.remove(entry)
         referred = {entry.msg.properties.get("CONTENT_ID") for entry in entries}
         for content in self.path.glob("*.eml"):
             if content.stem not in referred:
@@ -125,11 +141,7 @@ class QueueDirectory:
             self._sync()
 
     def _sync(self) -> None:
-        directory = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        self._folder.sync()
 
 
 def _record(entry: Entry) -> dict[str, Any]:

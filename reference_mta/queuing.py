@@ -264,13 +264,9 @@ class AdvancedQueuingEngine:
     async def submit(self, msg: MailMsg, content: bytes, *, source: SubmissionSource = "smtp") -> None:
         """Make the message durable and queue it. Returns only once it is safe to acknowledge."""
         entry = self._entry_of(msg, content)
-        await asyncio.to_thread(self._persist_new, entry, content)
+        await asyncio.to_thread(self.directory.submit, entry, content)
         self._register(entry)
         self._submitted(entry, source)
-
-    def _persist_new(self, entry: Entry, content: bytes) -> None:
-        self.directory.write_content(self._content_id(entry.msg), content)
-        self.directory.save(entry)
 
     def _entry_of(self, msg: MailMsg, content: bytes) -> Entry:
         msg.properties["CONTENT_ID"] = uuid.uuid4().hex
@@ -336,7 +332,10 @@ class AdvancedQueuingEngine:
         if entry.queue == PENDING_SUBMISSION:
             if await self._deferred(entry):
                 return
-            await self._move(entry, DIRECTORY_LOOKUP)
+            # In memory only: the categorization's own commit replaces this envelope (or parks it in
+            # this queue), and one cut short by a crash starts again from the submission queue, the same
+            # way. Written, it was a file and two fsyncs more per message for nothing a restart needs.
+            entry.queue = DIRECTORY_LOOKUP
             self.tracking.log(tracking.SUBMIT_TO_CAT, entry.msg, None, "C-CAT", queue=DIRECTORY_LOOKUP)
             await self._categorize(entry)
         elif entry.queue == DIRECTORY_LOOKUP:
@@ -693,10 +692,6 @@ class AdvancedQueuingEngine:
             self._submitted(new, "dsn")
 
     # --- queue bookkeeping -----------------------------------------------------------------------
-
-    async def _move(self, entry: Entry, queue: str) -> None:
-        entry.queue = queue
-        await asyncio.to_thread(self.directory.save, entry)
 
     async def _commit(
         self,

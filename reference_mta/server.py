@@ -198,6 +198,7 @@ class ExchangeServer:
             await gateway.stop()
         await self.mta.stop()
         await self.aq.stop()
+        self.tracking.close()
 
     async def close(self) -> None:
         """Close the listeners and end open sessions: the server is down for its clients."""
@@ -205,6 +206,8 @@ class ExchangeServer:
             listener.close()
         for handler in self._handlers:
             await handler.close_sessions()
+            if handler.protocol_log is not None:
+                handler.protocol_log.close()
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()

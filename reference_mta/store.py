@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class MailboxStore:
         self.root = root / server / "mdbdata"
         self.root.mkdir(parents=True, exist_ok=True)
         self.duplicate_detection = duplicate_detection
+        self._indexes: dict[Path, _IndexKeys] = {}
+        self._made: set[Path] = set()  # mailbox folders known to have their Maildir folders
 
     def path_of(self, store: str, address: str) -> Path:
         return self.root / store / mailbox_name(address)
@@ -81,8 +84,17 @@ class MailboxStore:
 
     def _deliver_one(self, msg: MailMsg, content: bytes, store: str, recipient: Recipient) -> None:
         folder = self.path_of(store, recipient.address)
-        for name in MAILDIR_FOLDERS:
-            (folder / name).mkdir(parents=True, exist_ok=True)  # the first deliveries may race here
+        try:
+            self._write(msg, content, store, recipient, folder)
+        except OSError:
+            self._made.discard(folder)  # made again at the next attempt, should it have gone
+            raise
+
+    def _write(self, msg: MailMsg, content: bytes, store: str, recipient: Recipient, folder: Path) -> None:
+        if folder not in self._made:
+            for name in MAILDIR_FOLDERS:
+                (folder / name).mkdir(parents=True, exist_ok=True)  # the first deliveries may race here
+            self._made.add(folder)
         key = self._key(msg, content, recipient)
         record = {
             "time": time.time(),
@@ -93,14 +105,22 @@ class MailboxStore:
             "msgid": msg.message_id,
             "store": store,
         }
-        with _locked(folder):
-            if key in _indexed_keys(folder / INDEX):
-                log.info("%s: %s already holds %s; the repeat is dropped", msg.id, recipient.address, key)
-                _append(folder / REPEATS, record | {"envelope": msg.id})
-                return
-            _write_message(folder, key, content)
-            crash_points.reached(crash_points.STORE_FILE_WRITTEN)  # a redo replaces the file
-            _append(folder / INDEX, record)
+        index = self._indexes.setdefault(folder, _IndexKeys(folder / INDEX))
+        # Written and fsynced before the mailbox's lock is taken: the other deliveries to the mailbox
+        # wait only for the rename and the index line.
+        staged = _stage(folder, key, content)
+        try:
+            with _locked(folder):
+                if key in index.read():
+                    log.info("%s: %s already holds %s; the repeat is dropped", msg.id, recipient.address, key)
+                    _append(folder / REPEATS, record | {"envelope": msg.id})
+                    return
+                os.replace(staged, folder / "new" / key)  # replaces a copy a crash left before its index line
+                durable.sync_folder(folder / "new")
+                crash_points.reached(crash_points.STORE_FILE_WRITTEN)  # a redo replaces the file
+                _append(folder / INDEX, record)
+        finally:
+            staged.unlink(missing_ok=True)  # a repeat's copy (a delivered one was renamed)
 
     def _key(self, msg: MailMsg, content: bytes, recipient: Recipient) -> str:
         """The Maildir file name of this delivery: the same for a repeat, unique otherwise."""
@@ -124,26 +144,52 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _indexed_keys(index: Path) -> set[str]:
-    if not index.exists():
-        return set()
-    keys: set[str] = set()
-    for line in index.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):  # a line cut short by a crash is not a delivery
-            keys.add(str(json.loads(line)["key"]))
-    return keys
+class _IndexKeys:
+    """The keys a mailbox's index holds, read on from where the last look stopped.
+
+    Read whole at every delivery, the index made each delivery cost as much as the mailbox's history.
+    The index only ever grows by appends (`_append`), from this process or another, so under the
+    mailbox's lock the lines added since the last look are all that is new; a file that is not the one
+    read before, or shorter than what was read, is read again from the start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._keys: set[str] = set()
+        self._identity: tuple[int, int] | None = None  # device and inode of the file read
+        self._offset = 0  # just past the last whole line read
+
+    def read(self) -> set[str]:
+        try:
+            file = self.path.open("rb")
+        except FileNotFoundError:
+            self._keys, self._identity, self._offset = set(), None, 0
+            return self._keys
+        with file:
+            status = os.fstat(file.fileno())
+            identity = (status.st_dev, status.st_ino)
+            if identity != self._identity or status.st_size < self._offset:
+                self._keys, self._identity, self._offset = set(), identity, 0
+            file.seek(self._offset)
+            added = file.read()
+        # The last line may have no newline yet (a crash cut it short): it is read as it is, and again
+        # from its start next time, once `_append` has ended it.
+        self._offset += added.rfind(b"\n") + 1
+        for line in added.splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                # A line cut short by a crash is not a delivery.
+                self._keys.add(str(json.loads(line)["key"]))
+        return self._keys
 
 
-def _write_message(folder: Path, key: str, content: bytes) -> None:
-    """Maildir's own protocol: written whole in tmp/, then renamed into new/ (replacing a copy a crash
-    left before its index line)."""
-    staged = folder / "tmp" / key
+def _stage(folder: Path, key: str, content: bytes) -> Path:
+    """Maildir's own protocol: written whole in tmp/, under a name of its own (two deliveries of one
+    key may stage at once), to be renamed into new/."""
+    staged = folder / "tmp" / f"{key}.{uuid.uuid4().hex}"
     with staged.open("wb") as file:
         file.write(content)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(staged, folder / "new" / key)
-    durable.sync_folder(folder / "new")
+    return staged
 
 
 def _append(path: Path, record: dict[str, object]) -> None:

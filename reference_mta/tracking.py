@@ -3,20 +3,20 @@
 Exchange writes a tab-separated `<SERVER>.log/yyyymmdd.log`; we keep its fields (KB 246965) but write
 JSON lines, one file per UTC day, and add the conformance catalogue ID of the step and the queue the
 message moved into. Every write is flushed at once so that a reader in another process (the harness)
-sees the event as soon as the step happened.
+sees the event as soon as the step happened; the day's file is kept open (`appending`).
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reference_mta.appending import AppendFile
 from reference_mta.mailmsg import MailMsg, Recipient
 from reference_mta.replies import SERVICE_VERSION
 
@@ -136,7 +136,7 @@ class TrackingLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.server = server
         self.server_ip = server_ip
-        self._lock = threading.Lock()
+        self._file = AppendFile()
 
     def path_for(self, when: float) -> Path:
         return self.directory / (time.strftime("%Y%m%d", time.gmtime(when)) + ".jsonl")
@@ -166,8 +166,10 @@ class TrackingLog:
                 **extra,
             )
             lines.append(json.dumps(event.to_record(), sort_keys=True) + "\n")
-        with self._lock, self.path_for(now).open("a", encoding="utf-8") as handle:
-            handle.writelines(lines)
+        self._file.append(self.path_for(now), "".join(lines).encode("utf-8"))
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def read_events(directory: Path, server: str) -> list[dict[str, Any]]:

@@ -115,6 +115,28 @@ def test_queued_messages_survive_a_restart_and_are_delivered(tmp_path: Path) -> 
     assert list((tmp_path / "Queue").iterdir()) == []  # delivered messages leave no files behind
 
 
+def test_an_envelope_whose_content_a_crash_lost_is_removed_at_start(tmp_path: Path) -> None:
+    # A submission cut short before its folder sync: the file system kept the envelope's rename and
+    # lost the content's. No 250 was given for it.
+    lost = MailMsg.new("ann@fabrikam.com", ["alice@contoso.com"], RFC822_MSG_ID="lost@x")
+    kept = MailMsg.new("ann@fabrikam.com", ["alice@contoso.com"], RFC822_MSG_ID="kept@x")
+    asyncio.run(_engine(tmp_path).submit(lost, b"lost"))
+    asyncio.run(_engine(tmp_path).submit(kept, b"kept"))
+    (tmp_path / "Queue" / f"{lost.properties['CONTENT_ID']}.eml").unlink()
+
+    delivered: list[str] = []
+
+    async def restart() -> None:
+        engine = _engine(tmp_path)
+        engine.start(_components(delivered))
+        await _until(lambda: bool(delivered) and engine.idle())
+        await engine.stop()
+
+    asyncio.run(restart())
+    assert delivered == ["alice@contoso.com:kept"]
+    assert list((tmp_path / "Queue").iterdir()) == []
+
+
 def test_a_failing_component_parks_the_message_for_retry_instead_of_losing_it(tmp_path: Path) -> None:
     async def scenario() -> tuple[dict[str, list[dict[str, object]]], list[int]]:
         engine = _engine(tmp_path)
