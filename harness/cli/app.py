@@ -99,11 +99,13 @@ class ProgressPlugin:
         # nothing itself; its workers' collections say it (below).
         if self.progress is not None and session.items:
             self.progress.update(self.task, total=len(session.items))
+            self.progress.refresh()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         if self.progress is not None:
             self.progress.update(self.task, total=len(ids))
+            self.progress.refresh()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.progress is None:
@@ -111,6 +113,9 @@ class ProgressPlugin:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             name = report.nodeid.rsplit("::", 1)[-1]
             self.progress.update(self.task, advance=1, description=f"{name} [{report.outcome}]")
+            # Drawn now, not at the next of rich's ten refreshes a second: a trace often takes less, and
+            # the count would skip the traces that ended in between.
+            self.progress.refresh()
 
 
 @contextmanager
