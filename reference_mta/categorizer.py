@@ -15,6 +15,7 @@ expansion are not applied again.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from ldap3.utils.conv import escape_filter_chars
 
@@ -69,6 +70,7 @@ class Categorizer:
         self.base_dn = base_dn
         self._server_fqdn_cache: dict[str, str | None] = {}
         self._one_at_a_time = asyncio.Lock()  # the forwarding chains are kept per message, on self
+        self._in_thread = threading.Lock()
 
     async def categorize(self, msg: MailMsg) -> None:
         # The directory's look-ups block (over LDAP they wait for the network; the lab's in-process
@@ -77,6 +79,12 @@ class Categorizer:
             await asyncio.to_thread(self._categorize, msg)
 
     def _categorize(self, msg: MailMsg) -> None:
+        # Also held in the thread: a categorization cancelled at a stop releases the asyncio lock while
+        # its thread still runs.
+        with self._in_thread:
+            self._categorize_message(msg)
+
+    def _categorize_message(self, msg: MailMsg) -> None:
         self._chains: dict[int, list[str]] = {}
         hops, limit = int(msg.properties.get("HOP_COUNT", 0)), int(msg.properties.get("MAX_HOP_COUNT", 15))
         if hops > limit:

@@ -369,6 +369,9 @@ class AdvancedQueuingEngine:
         assert self.components is not None
         msg = entry.msg
         before = copy.deepcopy(msg.recipients), dict(msg.properties)
+        # Counted before the look-ups, which run in a worker thread: a "directory is back" that comes
+        # while they fail, before the park, must still wake this message.
+        nudges = self._nudges.get(DIRECTORY_LOOKUP, 0)
         try:
             await self.components.categorize(msg)
         except ComponentUnavailable as exc:
@@ -383,6 +386,7 @@ class AdvancedQueuingEngine:
                 resume=DIRECTORY_LOOKUP,
                 error=str(exc),
                 expires=False,
+                nudged=nudges,
             )
             return
         for original, alternate in msg.properties.pop("REDIRECTIONS", []):
@@ -597,11 +601,13 @@ class AdvancedQueuingEngine:
         code: str = replies.DELIVERY_TIME_EXPIRED,
         expires: bool = True,
         also: list[Entry] | None = None,
+        nudged: int | None = None,
     ) -> None:
         """Park `waiting` recipients in `queue` until their next attempt, which starts in `resume`;
         past the expiration time they fail instead (4.4.7, or `code` for unreachable destinations).
         The envelope on disk then holds only `waiting`, in the same commit as the new envelopes `also`
-        (DSN requests of the attempt that parks it)."""
+        (DSN requests of the attempt that parks it). `nudged`: the count of `retry_now(queue)` calls
+        when the attempt began, where it did not begin in this task's turn of the loop."""
         new = list(also or [])
         entry.msg.recipients = waiting
         entry.attempts += 1
@@ -622,7 +628,7 @@ class AdvancedQueuingEngine:
         entry.next_retry = time.time() + self.retry.delay(entry.attempts)
         entry.queue, entry.resume = queue, resume
         entry.hop = None if resume == TO_BE_ROUTED else entry.hop
-        changes, nudges = self._link_changes, self._nudges.get(queue, 0)
+        changes, nudges = self._link_changes, self._nudges.get(queue, 0) if nudged is None else nudged
         if self.entries.get(entry.msg.id) is not entry:
             return  # finished meanwhile: writing it again would bring it back
         # Saved as Retry, but marked Retry in memory only once on disk: a wake-up cannot overtake the

@@ -185,10 +185,14 @@ def _stage(folder: Path, key: str, content: bytes) -> Path:
     """Maildir's own protocol: written whole in tmp/, under a name of its own (two deliveries of one
     key may stage at once), to be renamed into new/."""
     staged = folder / "tmp" / f"{key}.{uuid.uuid4().hex}"
-    with staged.open("wb") as file:
-        file.write(content)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with staged.open("wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError:
+        staged.unlink(missing_ok=True)  # a disk that filled up: no partial copy stays behind
+        raise
     return staged
 
 

@@ -17,6 +17,7 @@ from reference_mta.queue_contract import (
     PENDING_SUBMISSION,
     RETRY,
     Components,
+    ComponentUnavailable,
     DeliveryResult,
     Hop,
     HopKind,
@@ -223,3 +224,42 @@ def test_a_message_in_a_link_queue_keeps_its_next_hop_across_a_restart(tmp_path:
 async def _mark_remote(msg: MailMsg) -> None:
     for recipient in msg.recipients:
         recipient.status = "remote"
+
+
+def test_a_directory_back_while_a_failed_look_up_ends_still_wakes_the_message(tmp_path: Path) -> None:
+    # The categorizer's look-ups run in a worker thread: the lab brings the global catalog back on the
+    # loop after the look-up failed and before AQ parks the message. The wake-up must not be lost, or
+    # the message would wait for its retry timer (an hour here).
+    async def scenario() -> list[str]:
+        engine = AdvancedQueuingEngine(
+            "EX1",
+            QueueDirectory(tmp_path / "Q"),
+            TrackingLog(tmp_path, "EX1", "127.0.0.1"),
+            RetryPolicy(intervals=(3600.0,)),
+        )
+        delivered: list[str] = []
+        components = _components(delivered)
+        loop = asyncio.get_running_loop()
+        looked_up: list[str] = []
+
+        def look_up(msg: MailMsg) -> None:
+            looked_up.append(msg.id)
+            if len(looked_up) == 1:
+                loop.call_soon_threadsafe(engine.retry_now, DIRECTORY_LOOKUP)
+                raise ComponentUnavailable("the global catalog is not answering")
+            for recipient in msg.recipients:
+                recipient.status = "local"
+
+        async def categorize(msg: MailMsg) -> None:
+            await asyncio.to_thread(look_up, msg)
+
+        components.categorize = categorize
+        engine.start(components)
+        try:
+            await engine.submit(MailMsg.new("ann@fabrikam.com", ["alice@contoso.com"]), b"hello")
+            await _until(lambda: delivered, timeout=10)
+        finally:
+            await engine.stop()
+        return delivered
+
+    assert asyncio.run(scenario()) == ["alice@contoso.com:hello"]
