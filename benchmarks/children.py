@@ -19,6 +19,7 @@ from pathlib import Path
 from benchmarks.runner import BenchmarkError
 from harness.lab import config as lab_config
 from harness.lab.placement import relocation
+from harness.run.signals import stop_with_parent
 from harness.yamlsource import SourceError
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -83,6 +84,7 @@ class LabChild:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=stop_with_parent,  # a benchmark killed outright leaves no lab running
             env=os.environ | {"COLUMNS": "200"},
         )
         # A thread drains the pipe, so the lab never blocks writing its log lines.
@@ -143,7 +145,12 @@ def aiosmtpd_sink(address: str, port: int) -> Iterator[tuple[str, int]]:
         "aiosmtpd.handlers.Sink",
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=stop_with_parent,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -195,7 +202,12 @@ def smtp_source(
     exited: list[float] = []
     began = time.perf_counter()
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=stop_with_parent,
     )
     errors: list[str] = []
 

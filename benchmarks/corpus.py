@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import children, machine
 from benchmarks.runner import BenchmarkError, note, run
+from harness.run.signals import stop_with_parent
 
 
 def workers(text: str) -> str:
@@ -62,7 +63,13 @@ def _replay(path: Path, worker_count: str, reports: Path) -> tuple[float, list[d
     log = reports.with_suffix(".log")
     with log.open("w", encoding="utf-8") as output:
         began = time.perf_counter()
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=stop_with_parent,
+        )
         try:
             process.wait()
         finally:

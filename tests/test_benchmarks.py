@@ -32,7 +32,7 @@ needs_smtp_source = pytest.mark.skipif(
 MACHINE = re.compile(r"\[\d+ cores, \w+, \d{4}-\d{2}-\d{2}\]$")
 
 
-def benchmark(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+def benchmark(*args: str, timeout: float = 300.0) -> tuple[int, str, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", *args],
         cwd=ROOT,
@@ -44,8 +44,13 @@ def benchmark(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
+        # SIGTERM first: the benchmark then stops the labs it started, each in a session of its own.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
         pytest.fail(f"{args[0]} did not finish within {timeout:g} s:\n{stderr}")
     return process.returncode, stdout, stderr
 

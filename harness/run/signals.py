@@ -70,7 +70,7 @@ def install(*, worker: bool = False) -> None:
         if signal.getsignal(number) is not signal.SIG_IGN:
             signal.signal(number, _handle)
     if worker:
-        _stop_with_parent()
+        stop_with_parent()
     else:
         _talk = True
 
@@ -176,15 +176,25 @@ def _sweep(own: bool) -> None:
         netns.sweep_stale(own=own)
 
 
-def _stop_with_parent() -> None:
+def _find_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Found once, here: stop_with_parent also runs between fork and exec (a child's preexec_fn), where
+# loading a library could wait for a lock another thread of the parent held when it forked.
+_prctl = _find_prctl()
+
+
+def stop_with_parent() -> None:
     """Ask the kernel for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG; through ctypes, as no
     dependency of the project wraps prctl). The parent is the thread that forked this process: xdist
     starts its workers from the controller's main thread, which lives as long as the controller."""
     parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        done = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux: a worker then stops with the gateway only
+    if _prctl is None:  # not Linux: a worker then stops with the gateway only
         return
+    done = _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
     if done and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request was made
