@@ -4,6 +4,7 @@ stops the lab it started and prints no report."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -143,8 +144,17 @@ def test_ctrl_c_stops_the_lab_and_reports_nothing() -> None:
         text=True,
         start_new_session=True,
     )
-    # Whatever happens below, the benchmark does not outlive the test.
-    watchdog = threading.Timer(120, lambda: os.killpg(process.pid, signal.SIGKILL))
+
+    # Whatever happens below, the benchmark does not outlive the test: SIGTERM first (it stops its labs
+    # then), SIGKILL if that is not enough. A loaded CI machine can take minutes to start a lab.
+    def stop() -> None:
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(300, stop)
     watchdog.start()
     try:
         assert process.stderr is not None
