@@ -11,9 +11,10 @@ inside their own log), hence the few lines here.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
+
+from reference_mta.durable import sync_folder
 
 
 class FolderSync:
@@ -40,18 +41,10 @@ class FolderSync:
                 try:
                     self._changed.release()
                     try:
-                        _fsync_folder(self.path)
+                        sync_folder(self.path)
                     finally:
                         self._changed.acquire()
                     self._ended = this
                 finally:
                     self._running = False
                     self._changed.notify_all()
-
-
-def _fsync_folder(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -19,7 +19,7 @@ CALLERS = 8
 def test_callers_during_a_folder_fsync_share_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = group_sync._fsync_folder
+    real = group_sync.sync_folder
     began: list[int] = []  # the ordinal of each fsync, as it begins
     ended: list[int] = []
     first_may_end = threading.Event()
@@ -31,7 +31,7 @@ def test_callers_during_a_folder_fsync_share_the_next(
         real(path)
         ended.append(began[-1])
 
-    monkeypatch.setattr(group_sync, "_fsync_folder", watched)
+    monkeypatch.setattr(group_sync, "sync_folder", watched)
     folder = FolderSync(tmp_path)
     covered: dict[int, tuple[int, list[int]]] = {}
 
@@ -62,7 +62,7 @@ def test_callers_during_a_folder_fsync_share_the_next(
 def test_an_fsync_that_fails_is_raised_to_its_caller_and_the_next_caller_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = group_sync._fsync_folder
+    real = group_sync.sync_folder
     calls: list[Path] = []
 
     def failing_once(path: Path) -> None:
@@ -71,7 +71,7 @@ def test_an_fsync_that_fails_is_raised_to_its_caller_and_the_next_caller_syncs(
             raise OSError(5, "Input/output error")
         real(path)
 
-    monkeypatch.setattr(group_sync, "_fsync_folder", failing_once)
+    monkeypatch.setattr(group_sync, "sync_folder", failing_once)
     folder = FolderSync(tmp_path)
     with pytest.raises(OSError, match="Input/output error"):
         folder.sync()
