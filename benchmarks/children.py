@@ -42,6 +42,8 @@ def ex1(config: lab_config.LabConfig) -> tuple[str, int]:
 
 
 def stop_group(process: subprocess.Popen[str] | subprocess.Popen[bytes], first: int = signal.SIGTERM) -> None:
+    # SIGTERM rather than SIGINT for the labs: mailflow stops on both alike, but a process started in
+    # the background of a non-interactive shell (a CI job) inherits SIGINT ignored.
     """Sends `first` to the child's process group, then SIGKILL if it has not ended within 60 s."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -93,7 +95,7 @@ class LabChild:
         try:
             self._wait_until_ready()
         except BaseException:
-            stop_group(self.process, signal.SIGINT)
+            stop_group(self.process, signal.SIGTERM)
             raise
         return self
 
@@ -118,7 +120,7 @@ class LabChild:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        stop_group(self.process, signal.SIGINT)
+        stop_group(self.process, signal.SIGTERM)
 
     def memory(self) -> Memory:
         assert self.process is not None

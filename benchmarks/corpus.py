@@ -73,7 +73,7 @@ def _replay(path: Path, worker_count: str, reports: Path) -> tuple[float, list[d
         try:
             process.wait()
         finally:
-            children.stop_group(process, signal.SIGINT)  # as Ctrl-C: the run removes its labs
+            children.stop_group(process, signal.SIGTERM)  # as Ctrl-C: the run removes its labs
         seconds = time.perf_counter() - began
     if process.returncode not in (0, 1):
         said = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]

@@ -143,6 +143,8 @@ def test_ctrl_c_stops_the_lab_and_reports_nothing() -> None:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As a terminal leaves it: a CI job started in the background inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
     # Whatever happens below, the benchmark does not outlive the test: SIGTERM first (it stops its labs
